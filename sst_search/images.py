@@ -1,0 +1,144 @@
+"""Robust image and label-mask I/O.
+
+Collections come from decades of digitisation: CMYK TIFFs, 16-bit scans, palette PNGs,
+phone photos with EXIF rotation, and the occasional truncated upload. Everything that
+reads pixels goes through here so that every caller gets RGB uint8 in the orientation a
+person sees, or an :class:`ImageLoadError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Largest image we decode (pixels). Herbarium sheets at 600 dpi are ~100 MP; anything far
+#: beyond that is more likely a decompression bomb than a specimen.
+MAX_PIXELS = 250_000_000
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+
+
+class ImageLoadError(ValueError):
+    """An image or mask could not be used; ``str(err)`` names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _open(path: Path | str, data: bytes | None = None) -> Image.Image:
+    path = Path(path)
+    if data is None:
+        if not path.exists():
+            raise ImageLoadError(path, "file does not exist")
+        if path.is_dir():
+            raise ImageLoadError(path, "is a directory, not an image")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(path, "file is empty (0 bytes)")
+        data = path.read_bytes()
+    elif len(data) == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageLoadError(
+                    path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {MAX_PIXELS:,}"
+                )
+            img.load()
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(path, f"refused as a possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        hint = " (camera raw files such as .CR2 need converting to JPEG/TIFF first)" if path.suffix.lower() in {".cr2", ".nef", ".arw", ".dng"} else ""
+        raise ImageLoadError(path, f"not a readable image{hint}") from exc
+    except OSError as exc:
+        raise ImageLoadError(path, f"corrupt or truncated image data ({exc})") from exc
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB the way a viewer would show it."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if img.mode.startswith("I;16") or (img.mode == "I" and hi > 255):
+            scale = 65535.0 if img.mode.startswith("I;16") else max(hi, 1.0)
+            arr = arr / scale * 255.0
+        elif img.mode == "F":
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Composite transparency onto white: specimen photos are shot on light backgrounds.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode == "CMYK":
+        # PIL's CMYK->RGB ignores ICC profiles; Adobe JPEGs store inverted CMYK, handled by PIL.
+        img = img.convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """Read an image as an ``HxWx3`` uint8 RGB array, EXIF orientation applied.
+
+    ``data`` lets callers pass bytes they already hold (uploads) while still naming the
+    file in errors.
+    """
+    img = _open(path, data)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block should not lose the pixels
+        pass
+    return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+
+
+def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a label mask: single-channel uint8, 0 = background, k = trait k.
+
+    ``shape`` (H, W) is the size of the image the mask belongs to; a mismatch is an error
+    because a silently resized mask would measure the wrong trait areas.
+    """
+    img = _open(path)
+    if img.mode not in ("L", "P", "I", "I;16", "1"):
+        raise ImageLoadError(
+            path, f"label mask must be single-channel (mode L or P), got mode {img.mode}"
+        )
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
+            raise ImageLoadError(path, "label mask values must be in 0..255")
+        arr = arr.astype(np.uint8)
+    if shape is not None and arr.shape[:2] != tuple(shape):
+        raise ImageLoadError(
+            path,
+            f"mask size {arr.shape[1]}x{arr.shape[0]} differs from image size {shape[1]}x{shape[0]}",
+        )
+    return arr.copy()
+
+
+def save_mask(path: str | Path, label_map: np.ndarray) -> None:
+    """Write a label map as a lossless single-channel PNG."""
+    if label_map.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {label_map.shape}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label_map.astype(np.uint8), "L").save(path, format="PNG")
+
+
+def save_image(path: str | Path, rgb: np.ndarray) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb.astype(np.uint8), "RGB").save(path)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
