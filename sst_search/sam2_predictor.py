@@ -1,0 +1,187 @@
+"""SAM 2's video predictor fed from memory instead of a folder of JPEGs.
+
+``SAM2VideoPredictor.init_state`` only accepts a video path. SST builds pseudo-videos out
+of specimen photos that are already in memory, reuses the support's features across
+thousands of queries and encodes queries in batches, so this module adds exactly that to
+the official predictor and nothing else: a state built from :class:`EncodedFrame` objects
+whose image features were computed up front, batched, by :func:`encode_images`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from sam2.build_sam import build_sam2_video_predictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+from .weights import ResolvedWeights, get_model_spec
+
+# SAM 2 was trained on ImageNet-normalised inputs.
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+#: Seed for random initialisation, so ``--weights random`` runs are reproducible across
+#: processes and machines (a Ray worker and the local engine must build the same model).
+RANDOM_INIT_SEED = 0
+
+
+@dataclass
+class EncodedFrame:
+    """A frame ready for tracking: its original size and its image-encoder output."""
+
+    size: tuple[int, int]  # original (H, W)
+    image: torch.Tensor  # (1, 3, S, S), normalised
+    backbone: dict  # SAM2Base.forward_image output for this frame (batch of 1)
+
+
+class InMemoryVideoPredictor(SAM2VideoPredictor):
+    """The official video predictor, with states built from pre-encoded frames."""
+
+    def init_state_from_frames(self, frames: list[EncodedFrame | None]) -> dict:
+        """A predictor state over ``frames``; ``None`` marks a slot filled later by
+        :meth:`set_frame` (the query slot of a pairwise session)."""
+        state: dict = {
+            "images": _FrameImages(frames),
+            "num_frames": len(frames),
+            "offload_video_to_cpu": False,
+            "offload_state_to_cpu": False,
+            # Outputs stay at model resolution; callers resize to each frame's own size.
+            "video_height": self.image_size,
+            "video_width": self.image_size,
+            "device": self.device,
+            "storage_device": self.device,
+            "point_inputs_per_obj": {},
+            "mask_inputs_per_obj": {},
+            "cached_features": {},
+            "constants": {},
+            "obj_id_to_idx": OrderedDict(),
+            "obj_idx_to_id": OrderedDict(),
+            "obj_ids": [],
+            "output_dict_per_obj": {},
+            "temp_output_dict_per_obj": {},
+            "frames_tracked_per_obj": {},
+        }
+        for idx, frame in enumerate(frames):
+            if frame is not None:
+                self.set_frame(state, idx, frame)
+        return state
+
+    @staticmethod
+    def set_frame(state: dict, frame_idx: int, frame: EncodedFrame) -> None:
+        state["images"].frames[frame_idx] = frame
+        state["cached_features"][frame_idx] = (frame.image, frame.backbone)
+
+    @staticmethod
+    def drop_frame(state: dict, frame_idx: int) -> None:
+        """Forget a frame's pixels and features once its memory has been encoded."""
+        state["images"].frames[frame_idx] = None
+        state["cached_features"].pop(frame_idx, None)
+
+    def _get_image_feature(self, inference_state, frame_idx, batch_size):
+        if frame_idx not in inference_state["cached_features"]:
+            raise RuntimeError(
+                f"frame {frame_idx} has no encoded features; pseudo-video frames must be "
+                "encoded with encode_images before tracking"
+            )
+        return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+
+class _FrameImages:
+    """Stands in for the predictor's ``images`` tensor; indexing returns a frame's pixels."""
+
+    def __init__(self, frames: list[EncodedFrame | None]):
+        self.frames = list(frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        frame = self.frames[idx]
+        if frame is None:
+            raise RuntimeError(f"frame {idx} is not loaded")
+        return frame.image[0]
+
+
+def preprocess(image: np.ndarray, image_size: int) -> torch.Tensor:
+    """RGB uint8 -> normalised (3, S, S) tensor, resized exactly as SAM 2's own loader does."""
+    pil = Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC)
+    t = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (t - _MEAN) / _STD
+
+
+def _split_backbone(backbone: dict, i: int) -> dict:
+    return {
+        key: [t[i : i + 1] for t in value] if isinstance(value, list) else value[i : i + 1]
+        for key, value in backbone.items()
+    }
+
+
+@torch.inference_mode()
+def encode_images(predictor: SAM2VideoPredictor, images: list[np.ndarray]) -> list[EncodedFrame]:
+    """Run the image encoder once over a batch of images (the dominant cost of SST)."""
+    if not images:
+        return []
+    batch = torch.stack([preprocess(im, predictor.image_size) for im in images]).to(predictor.device)
+    with autocast(predictor.device):
+        backbone = predictor.forward_image(batch)
+    return [
+        EncodedFrame(size=im.shape[:2], image=batch[i : i + 1], backbone=_split_backbone(backbone, i))
+        for i, im in enumerate(images)
+    ]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (SAM 2's intended precision); a no-op on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _has_sam2_extension() -> bool:
+    try:
+        from sam2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_predictor(
+    model: str,
+    weights: ResolvedWeights,
+    image_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> InMemoryVideoPredictor:
+    """Build the real SAM 2.1 architecture from the registry, with resolved weights.
+
+    ``image_size`` overrides the model's 1024 px input; smaller sizes trade accuracy for
+    speed and are what the tests use.
+    """
+    spec = get_model_spec(model)
+    device = torch.device(device) if device is not None else default_device()
+    overrides = [f"++model._target_={InMemoryVideoPredictor.__module__}.{InMemoryVideoPredictor.__qualname__}"]
+    if image_size is not None:
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        overrides.append(f"++model.image_size={image_size}")
+    if weights.is_random:
+        torch.manual_seed(RANDOM_INIT_SEED)
+    predictor = build_sam2_video_predictor(
+        spec.config,
+        ckpt_path=str(weights.path) if weights.path else None,
+        device=str(device),
+        hydra_overrides_extra=overrides,
+    )
+    assert isinstance(predictor, InMemoryVideoPredictor)
+    if not _has_sam2_extension():
+        # Hole filling needs SAM 2's compiled extension, which pip wheels do not ship;
+        # without it SAM 2 warns on every frame and skips the step anyway.
+        predictor.fill_hole_area = 0
+    return predictor
