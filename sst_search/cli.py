@@ -1,0 +1,25 @@
+"""The ``sst-search`` command line: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from .commands.segment import segment
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trait segmentation and search for natural-history collections.")
+
+
+@app.callback()
+def _root() -> None:
+    """Trait segmentation and search for natural-history collections."""
+
+
+app.command()(segment)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

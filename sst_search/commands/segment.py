@@ -1,0 +1,59 @@
+"""``sst-search segment``: one-shot trait segmentation of query images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..references import ReferenceError, load_support
+from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
+from ..tracking import MODES, build_tracker
+from ..weights import SAM2_MODELS, WeightsError
+
+console = Console(stderr=True)
+
+
+def segment(
+    queries: list[Path] = typer.Argument(..., help="Query images or folders of images."),
+    support: list[Path] = typer.Option(..., "--support", help="Support image (repeat for several supports)."),
+    support_mask: list[Path] = typer.Option(..., "--support-mask", help="Label mask of each --support, in the same order."),
+    traits: Path | None = typer.Option(None, "--traits", help="traits.yaml naming the mask ids."),
+    out: Path = typer.Option(..., "--out", help="Output folder for masks, overlays and summary.json."),
+    mode: str = typer.Option("pairwise", "--mode", help=f"Propagation mode: {' | '.join(MODES)}."),
+    model: str = typer.Option("sam2.1-hiera-tiny", "--model", help=f"One of: {', '.join(SAM2_MODELS)}."),
+    weights: str | None = typer.Option(None, "--weights", help="Checkpoint path, or 'random' for smoke tests."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
+    quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Queries per image-encoder batch."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Track each trait of the support(s) into every query and write one label mask per query.
+
+    Exit status: 0 all queries segmented, 1 some queries failed (the rest are written),
+    2 bad arguments, references or weights.
+    """
+    if mode not in MODES:
+        raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    if len(support) != len(support_mask):
+        raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
+    try:
+        supports = [load_support(img, msk, traits) for img, msk in zip(support, support_mask)]
+        files = expand_queries(queries)
+        tracker = build_tracker(model, weights, image_size=image_size, device=device)
+    except (ReferenceError, DuplicateStemError, WeightsError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if tracker.weights.is_random:
+        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks are not meaningful (smoke test only).[/bold yellow]")
+    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet)
+    counts = summary["counts"]
+    console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
+    for stem, entry in summary["images"].items():
+        if entry["status"] == "failed":
+            console.print(f"[red]failed[/red] {stem}: {entry['error']}")
+    if counts["failed"]:
+        raise typer.Exit(1)

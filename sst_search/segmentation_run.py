@@ -1,0 +1,101 @@
+"""Segment a set of query images against supports and write masks + ``summary.json``.
+
+The library behind ``sst-search segment``: masks are written as soon as each query is
+done and the summary is written even if the run is interrupted, so finished work is never
+lost and a bad query never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.progress import Progress
+
+from .images import is_image_file, load_image, save_image, save_mask
+from .masks import overlay, trait_stats
+from .references import Support
+from .tracking import SSTTracker
+
+
+class DuplicateStemError(ValueError):
+    pass
+
+
+def expand_queries(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, directories expanded to their images (sorted); unique stems required
+    because outputs are named after them."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if is_image_file(f) and not f.name.endswith(".mask.png")))
+        else:
+            files.append(p)
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise DuplicateStemError(f"{f} and {seen[f.stem]} share the stem {f.stem!r}; outputs are named by stem")
+        seen[f.stem] = f
+    return files
+
+
+def run_segmentation(
+    tracker: SSTTracker,
+    supports: list[Support],
+    queries: list[Path],
+    out_dir: Path,
+    mode: str = "pairwise",
+    quality: bool = False,
+    write_overlays: bool = False,
+    batch_size: int = 4,
+    quiet: bool = False,
+) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
+    by_id = {q.stem: q for q in queries}
+    summary = {
+        "model": tracker.model,
+        "weights": {
+            "sha256": tracker.weights.sha256,
+            "path": str(tracker.weights.path) if tracker.weights.path else None,
+            "random": tracker.weights.is_random,
+        },
+        "mode": mode,
+        "image_size": tracker.predictor.image_size,
+        "supports": [{"id": s.id, "image": s.image_path, "mask": s.mask_path, "sha256": s.digest} for s in supports],
+        "traits": {str(k): v for k, v in sorted(traits.items())},
+        "images": {},
+    }
+    started = time.perf_counter()
+    try:
+        with Progress(disable=quiet, transient=True) as progress:
+            task = progress.add_task(f"segment ({mode})", total=len(queries))
+            results = tracker.segment(supports, [(q.stem, q) for q in queries], mode=mode, quality=quality, batch_size=batch_size)
+            for res in results:
+                entry: dict = {"path": str(by_id[res.query_id])}
+                if res.error is not None:
+                    entry.update(status="failed", error=res.error)
+                else:
+                    save_mask(out_dir / f"{res.query_id}.png", res.label_map)
+                    if write_overlays:
+                        img = load_image(by_id[res.query_id])
+                        save_image(out_dir / f"{res.query_id}.overlay.png", overlay(img, res.label_map))
+                    stats = trait_stats(res.label_map, sorted(traits))
+                    entry.update(
+                        status="ok",
+                        size=list(res.label_map.shape),
+                        traits={
+                            traits[tid]: {"id": tid, **stats.get(tid, {"area": 0, "bbox": None}), "quality": res.quality.get(tid)}
+                            for tid in sorted(traits)
+                        },
+                    )
+                summary["images"][res.query_id] = entry
+                progress.advance(task)
+    finally:
+        statuses = [e["status"] for e in summary["images"].values()]
+        summary["counts"] = {"ok": statuses.count("ok"), "failed": statuses.count("failed"), "total": len(queries)}
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
