@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from .images import ImageLoadError, load_image
 from .masks import logits_to_label_map, mask_iou
@@ -97,12 +98,13 @@ class TrackingSession:
         return [self.state["obj_idx_to_id"][i] for i in range(len(self.state["obj_idx_to_id"]))]
 
     def conditioning_logits(self, frame_idx: int) -> torch.Tensor:
-        """What SAM 2 outputs for a conditioning frame; traits absent there get -inf."""
+        """What SAM 2 outputs for a conditioning frame; traits absent there get SAM 2's
+        no-object score (finite, so resizing the logits cannot produce NaNs)."""
         logits = []
         for obj_idx in range(len(self.state["obj_ids"])):
             out = self.state["output_dict_per_obj"][obj_idx]["cond_frame_outputs"].get(frame_idx)
             if out is None:
-                logits.append(torch.full_like(logits[-1] if logits else self._any_cond_logits(), float("-inf")))
+                logits.append(torch.full_like(logits[-1] if logits else self._any_cond_logits(), NO_OBJ_SCORE))
             else:
                 logits.append(out["pred_masks"].float())
         return torch.cat(logits, dim=0)
