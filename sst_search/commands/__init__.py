@@ -1,0 +1,1 @@
+"""Command functions of the sst-search CLI, one module per command."""
