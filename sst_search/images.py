@@ -40,7 +40,10 @@ def _open(path: Path | str, data: bytes | None = None) -> Image.Image:
             raise ImageLoadError(path, "is a directory, not an image")
         if path.stat().st_size == 0:
             raise ImageLoadError(path, "file is empty (0 bytes)")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
     elif len(data) == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
     try:

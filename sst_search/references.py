@@ -60,11 +60,13 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
         raise ReferenceError(f"{path}: expected a mapping of trait id -> name")
     traits: dict[int, Trait] = {}
     for key, value in raw.items():
-        spec = {"name": value} if isinstance(value, str) else dict(value or {})
         try:
+            spec = {"name": value} if isinstance(value, str) else dict(value or {})
             trait = Trait(id=int(key), **spec)
         except (ValueError, TypeError, ValidationError) as exc:
             raise ReferenceError(f"{path}: trait {key!r} is invalid: {exc}") from exc
+        if trait.id in traits:
+            raise ReferenceError(f"{path}: trait id {trait.id} is declared twice")
         traits[trait.id] = trait
     names = [t.name for t in traits.values()]
     dupes = sorted({n for n in names if names.count(n) > 1})
