@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from .commands.evaluate import eval_seg
 from .commands.segment import segment
+from .commands.synth import synth
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trait segmentation and search for natural-history collections.")
 
@@ -15,6 +17,8 @@ def _root() -> None:
 
 
 app.command()(segment)
+app.command()(synth)
+app.command("eval-seg")(eval_seg)
 
 
 def main() -> None:
