@@ -1,0 +1,204 @@
+"""Image(-text) towers from open_clip: BioCLIP and any CLIP model open_clip knows.
+
+Weights resolve in one place (:func:`resolve_open_clip_weights`) so every embedder records
+exactly which checkpoint produced its vectors: ``"random"`` builds the real architecture
+with random initialisation (tests, smoke runs), a path loads that file, and ``None`` takes
+the model's published weights from the Hugging Face cache, downloading them when online.
+An offline miss becomes an :class:`EmbedderError` that says what to pass instead, and it
+fails at once: the cache lookup never touches the network when ``HF_HUB_OFFLINE`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sst_search.embed.base import EmbedderError, Region, TraitEmbedder, l2_normalize, masked_square_crop
+from sst_search.weights import RANDOM, sha256_file
+
+BIOCLIP_HUB_ID = "imageomics/bioclip"
+#: BioCLIP is a ViT-B/16 CLIP; its hub config equals open_clip's built-in one, so the
+#: architecture (and the default CLIP tokenizer) are available without the network.
+BIOCLIP_ARCH = "ViT-B-16"
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    path: Path | None
+    sha256: str
+    source: str
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read it per call instead.
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_checkpoint(repo_id: str, filename: str | None = None) -> Path:
+    from huggingface_hub import hf_hub_download
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    offline = _offline()
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=offline))
+        except Exception as exc:  # noqa: BLE001 - every hub failure means "not available"
+            last = exc
+    reason = "not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else f"{type(last).__name__}: {last}"
+    raise FileNotFoundError(f"none of {names} could be loaded ({reason})")
+
+
+def resolve_open_clip_weights(
+    label: str, weights: str | Path | None, hub_id: str | None = None, pretrained_tag: str | None = None,
+    arch: str | None = None,
+) -> ResolvedCheckpoint:
+    """Find the checkpoint for an open_clip model; see the module docstring for the rules.
+
+    ``hub_id`` follows open_clip's pretrained-config convention: ``org/repo/`` for the
+    repository's default open_clip weights file, ``org/repo/file`` for a named file.
+    """
+    if weights is not None and str(weights) == RANDOM:
+        return ResolvedCheckpoint(None, RANDOM, RANDOM)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise EmbedderError(f"{path}: {label} checkpoint does not exist")
+        return ResolvedCheckpoint(path, sha256_file(path), str(path))
+    if hub_id is None and pretrained_tag is not None:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(arch, pretrained_tag)
+        if not cfg:
+            raise EmbedderError(
+                f"open_clip has no pretrained tag {pretrained_tag!r} for {arch}; "
+                f"known tags: {open_clip.list_pretrained_tags_by_model(arch)}"
+            )
+        hub_id = cfg.get("hf_hub") or None
+        url = cfg.get("url") or None
+    else:
+        url = None
+    where = f"https://huggingface.co/{hub_id.rstrip('/')}" if hub_id else url
+    try:
+        if hub_id:
+            repo_id, filename = os.path.split(hub_id)
+            path = _hub_checkpoint(repo_id, filename or None)
+        elif url and not _offline():
+            from open_clip.pretrained import download_pretrained_from_url
+
+            path = Path(download_pretrained_from_url(url))
+        else:
+            raise FileNotFoundError("offline (HF_HUB_OFFLINE is set) and the file is not cached")
+    except Exception as exc:  # noqa: BLE001
+        raise EmbedderError(
+            f"{label} weights are not available ({where}): {exc}. Download them while online "
+            f"(they are cached by huggingface_hub), or pass --embedder-weights PATH to a checkpoint "
+            f"file, or --embedder-weights random for smoke tests only"
+        ) from None
+    return ResolvedCheckpoint(path, sha256_file(path), where)
+
+
+def _normalize_mean(preprocess) -> Sequence[float]:
+    from torchvision.transforms import Normalize
+
+    for t in getattr(preprocess, "transforms", []):
+        if isinstance(t, Normalize):
+            return t.mean
+    raise EmbedderError("open_clip preprocessing has no Normalize step to take the fill colour from")
+
+
+class OpenClipEmbedder(TraitEmbedder):
+    """Any open_clip model as a trait embedder: masked trait crops through the image tower."""
+
+    def __init__(
+        self,
+        name: str,
+        arch: str,
+        checkpoint: ResolvedCheckpoint,
+        pretrained: str | None,
+        device: str | torch.device | None = None,
+        image_size: int | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        import open_clip
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        kwargs: dict = {}
+        if pretrained and checkpoint.sha256 != RANDOM:
+            # A tag's preprocessing (mean/std, interpolation) and activation are part of the model.
+            cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+            kwargs.update({k: cfg[k] for k in ("image_mean", "image_std", "image_interpolation", "image_resize_mode") if k in cfg})
+            kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch,
+                pretrained=str(checkpoint.path) if checkpoint.path else None,
+                device=self.device,
+                force_image_size=image_size,
+                pretrained_text=False,
+                **kwargs,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise EmbedderError(f"could not build open_clip model {arch} from {checkpoint.source}: {exc}") from exc
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.fill = tuple(int(round(255 * m)) for m in _normalize_mean(preprocess))
+        self.batch_size = batch_size
+        self.name = name
+        self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
+        self.fingerprint = {
+            "embedder": name,
+            "model": arch,
+            "pretrained": pretrained,
+            "weights": checkpoint.sha256,
+            "weights_source": checkpoint.source,
+            "image_size": list(model.visual.image_size) if isinstance(model.visual.image_size, tuple)
+            else model.visual.image_size,
+            "fill": list(self.fill),
+        }
+
+    @torch.inference_mode()
+    def _embed_regions(self, regions: Sequence[Region]) -> np.ndarray:
+        crops = [masked_square_crop(r.image, r.mask, self.fill) for r in regions]
+        batch = torch.stack([self.preprocess(Image.fromarray(c)) for c in crops]).to(self.device)
+        return self.model.encode_image(batch).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_text(self, text: str | Sequence[str]) -> np.ndarray:
+        texts = [text] if isinstance(text, str) else list(text)
+        tokens = self.tokenizer(texts).to(self.device)
+        vectors = l2_normalize(self.model.encode_text(tokens).float().cpu().numpy())
+        return vectors[0] if isinstance(text, str) else vectors
+
+
+def build_bioclip(weights: str | Path | None = None, device=None, **opts) -> OpenClipEmbedder:
+    checkpoint = resolve_open_clip_weights("BioCLIP", weights, hub_id=BIOCLIP_HUB_ID + "/")
+    return OpenClipEmbedder("bioclip", BIOCLIP_ARCH, checkpoint, pretrained=f"hf-hub:{BIOCLIP_HUB_ID}", device=device, **opts)
+
+
+def build_clip(
+    weights: str | Path | None = None,
+    device=None,
+    model_name: str = "ViT-B-32",
+    pretrained: str | None = "openai",
+    **opts,
+) -> OpenClipEmbedder:
+    """``pretrained`` names the open_clip tag whose weights ``weights=None`` loads; with an
+    explicit checkpoint or ``"random"`` it only labels the vectors (``None`` for no tag)."""
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        raise EmbedderError(f"open_clip has no model {model_name!r}; see open_clip.list_models()")
+    if weights is None and not pretrained:
+        raise EmbedderError(f"CLIP {model_name}: pass a pretrained tag, a checkpoint path or weights='random'")
+    label = f"CLIP {model_name} ({pretrained or 'no tag'})"
+    checkpoint = resolve_open_clip_weights(label, weights, pretrained_tag=pretrained, arch=model_name)
+    name = f"clip-{model_name}" + (f"-{pretrained}" if pretrained else "")
+    return OpenClipEmbedder(name, model_name, checkpoint, pretrained, device=device, **opts)
