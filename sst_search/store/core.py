@@ -1,0 +1,526 @@
+"""The store: one DuckDB file (the truth) plus one FAISS index per (embedder, trait) (a cache).
+
+Crash safety: :meth:`Store.write_batch` and :meth:`Store.remove_specimens` change catalog
+rows, vectors and the affected indexes' generations in one DuckDB transaction, then update
+the in-memory FAISS indexes. :meth:`Store.flush_indexes` persists them atomically with
+their generation. After a SIGKILL at any point the database holds either the whole batch or
+none of it, and any FAISS file whose generation disagrees with the database is rebuilt from
+the ``vectors`` table when the store is next opened (writer) or used (reader).
+
+Concurrency: DuckDB allows one writer *process*; opening a file read-only while another
+process holds it for writing fails with DuckDB's lock error. Readers therefore open between
+indexing runs (or on a copy); they always see a consistent snapshot because index files are
+only ever replaced whole and are trusted only at a matching generation.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from sst_search.store import indexes as ix
+from sst_search.store.records import SpecimenRecord, TraitMask
+from sst_search.store.rle import decode_mask
+from sst_search.store.schema import DDL
+
+IndexKey = tuple[str, str]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
+    col = table.column(column).combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+
+
+class Store:
+    """Catalog + vector indexes of one collection. Use :meth:`open`."""
+
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, config: ix.IndexConfig,
+                 exact_candidates_max: int) -> None:
+        self.db_path = db_path
+        self.con = con
+        self.read_only = read_only
+        self.config = config
+        self.exact_candidates_max = exact_candidates_max
+        self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
+        self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
+        self._dirty: set[IndexKey] = set()
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        db_path: str | Path,
+        read_only: bool = False,
+        index_config: ix.IndexConfig | None = None,
+        exact_candidates_max: int = 20_000,
+    ) -> Store:
+        """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
+
+        A writer repairs stale or missing FAISS files right away, so a crashed run leaves
+        nothing behind for the next one to trip over. ``exact_candidates_max``: filtered
+        searches over at most this many candidates are scored exactly from DuckDB.
+        """
+        db_path = Path(db_path)
+        if read_only and not db_path.is_file():
+            raise FileNotFoundError(f"{db_path}: no such store")
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            mode = "read-only" if read_only else "for writing"
+            raise RuntimeError(
+                f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
+                "and none may read it meanwhile"
+            ) from exc
+        store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), exact_candidates_max)
+        if not read_only:
+            store._exec(DDL)
+            store.repair_indexes()
+        return store
+
+    def close(self) -> None:
+        if not self.read_only:
+            self.flush_indexes()
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def begin_run(self, fingerprint: dict | None = None, config_hash: str | None = None, engine: str = "local") -> str:
+        run_id = uuid.uuid4().hex
+        self._exec(
+            "INSERT INTO runs (run_id, started_at, fingerprint, config_hash, engine) VALUES (?, ?, ?, ?, ?)",
+            [run_id, _now(), json.dumps(fingerprint or {}), config_hash, engine],
+        )
+        return run_id
+
+    def finish_run(self, run_id: str, counts: dict | None = None, timings: dict | None = None) -> None:
+        self._exec(
+            "UPDATE runs SET finished_at = ?, counts = ?, timings = ? WHERE run_id = ?",
+            [_now(), json.dumps(counts or {}), json.dumps(timings or {}), run_id],
+        )
+
+    def runs(self) -> list[dict]:
+        return self._dicts("SELECT * FROM runs ORDER BY started_at")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write_batch(self, records: Sequence[SpecimenRecord]) -> None:
+        """Upsert specimens with their masks, metadata and vectors in one transaction.
+
+        Earlier masks, metadata and vectors of these specimens are replaced, not merged, so
+        a re-processed item never keeps vectors of a trait it no longer has.
+        """
+        self._require_writer()
+        if not records:
+            return
+        for r in records:
+            r.validate()
+        ids = [r.specimen_id for r in records]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a batch lists the same specimen_id twice")
+        new_vectors: dict[IndexKey, list[tuple[int, np.ndarray]]] = {}
+        for r in records:
+            for key, vec in r.vectors.items():
+                new_vectors.setdefault(key, []).append((r.specimen_id, np.asarray(vec, np.float32)))
+        dims = self._dims()
+        for key, rows in new_vectors.items():
+            batch_dims = {len(v) for _, v in rows}
+            expected = dims.get(key, next(iter(batch_dims)))
+            if batch_dims != {expected}:
+                raise ValueError(f"{key[0]}/{key[1]}: vectors of dims {sorted(batch_dims)} for an index of dim {expected}")
+        old_keys = self._keys_of(ids)
+        touched = old_keys | set(new_vectors)
+        for key in touched & set(dims):
+            self.index(*key)  # make sure it is in memory for the incremental update below
+        now = _now()
+        tables = {
+            "_new_specimens": pa.Table.from_pylist(
+                [
+                    {
+                        "specimen_id": r.specimen_id, "path": r.path, "group_name": r.group_name,
+                        "content_hash": r.content_hash, "status": r.status, "error": r.error,
+                        "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
+                        "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata), "updated_at": now,
+                    }
+                    for r in records
+                ]
+            ),
+            "_new_metadata": pa.table(
+                {
+                    "specimen_id": pa.array([r.specimen_id for r in records for _ in r.metadata], pa.int64()),
+                    "key": pa.array([k for r in records for k in r.metadata], pa.string()),
+                    "value": pa.array([None if v is None else str(v) for r in records for v in r.metadata.values()], pa.string()),
+                }
+            ),
+            "_new_masks": pa.table(
+                {
+                    "specimen_id": pa.array([r.specimen_id for r in records for _ in r.masks], pa.int64()),
+                    "trait_id": pa.array([m.trait_id for r in records for m in r.masks], pa.int32()),
+                    "trait_name": pa.array([m.trait_name for r in records for m in r.masks], pa.string()),
+                    "area": pa.array([m.area for r in records for m in r.masks], pa.int64()),
+                    **{
+                        f"bbox_{c}": pa.array([m.bbox[i] for r in records for m in r.masks], pa.int32())
+                        for i, c in enumerate(("x0", "y0", "x1", "y1"))
+                    },
+                    "rle": pa.array([m.rle for r in records for m in r.masks], pa.string()),
+                    "quality": pa.array([m.quality for r in records for m in r.masks], pa.float64()),
+                    "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
+                }
+            ),
+            "_new_vectors": pa.table(
+                {
+                    "embedder": pa.array([k[0] for k, rows in new_vectors.items() for _ in rows], pa.string()),
+                    "trait_name": pa.array([k[1] for k, rows in new_vectors.items() for _ in rows], pa.string()),
+                    "specimen_id": pa.array([s for rows in new_vectors.values() for s, _ in rows], pa.int64()),
+                    "faiss_id": pa.array([s for rows in new_vectors.values() for s, _ in rows], pa.int64()),
+                    "vector": pa.array([v for rows in new_vectors.values() for _, v in rows], pa.list_(pa.float32())),
+                }
+            ),
+        }
+        with self._transaction(tables):
+            self._delete_children(ids)
+            self._exec("INSERT OR REPLACE INTO specimens SELECT * FROM _new_specimens")
+            self._exec("INSERT INTO specimen_metadata SELECT * FROM _new_metadata")
+            self._exec("INSERT INTO trait_masks SELECT * FROM _new_masks")
+            self._exec("INSERT INTO vectors SELECT * FROM _new_vectors")
+            generations = self._bump(touched, {k: len(rows[0][1]) for k, rows in new_vectors.items()})
+        self._apply(touched, ids, new_vectors, generations)
+
+    def remove_specimens(self, ids: Iterable[int]) -> int:
+        """Delete specimens everywhere (catalog, masks, metadata, vectors, indexes); returns how many existed."""
+        self._require_writer()
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        touched = self._keys_of(ids)
+        for key in touched:
+            self.index(*key)
+        with self._transaction({"_ids": pa.table({"specimen_id": pa.array(ids, pa.int64())})}):
+            existed = self.con.execute(
+                "SELECT count(*) FROM specimens WHERE specimen_id IN (SELECT specimen_id FROM _ids)"
+            ).fetchall()[0][0]
+            self._delete_children(ids)
+            self._exec("DELETE FROM specimens WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
+            generations = self._bump(touched, {})
+        self._apply(touched, ids, {}, generations)
+        return int(existed)
+
+    def flush_indexes(self) -> None:
+        """Persist every index changed since the last flush (atomic per file)."""
+        self._require_writer()
+        for key in sorted(self._dirty):
+            index, generation = self._indexes[key]
+            ix.save_index(self.faiss_dir, *key, index, generation)
+        self._dirty.clear()
+
+    def repair_indexes(self) -> list[IndexKey]:
+        """Rebuild and save every index whose file is missing or stale; returns those keys."""
+        self._require_writer()
+        repaired = []
+        for key, generation in self._generations().items():
+            manifest = ix.read_manifest(self.faiss_dir, *key)
+            if manifest is None or manifest.get("generation") != generation:
+                self._indexes[key] = (self._rebuild(key), generation)
+                self._dirty.add(key)
+                repaired.append(key)
+        self.flush_indexes()
+        return repaired
+
+    # -- indexes and search -----------------------------------------------------------------
+
+    def index_keys(self) -> list[IndexKey]:
+        return sorted(self._generations())
+
+    def index(self, embedder: str, trait_name: str) -> faiss.Index:
+        """The FAISS index of one (embedder, trait), current with the database."""
+        key = (embedder, trait_name)
+        generation = self._generations().get(key)
+        if generation is None:
+            known = ", ".join(f"{e}/{t}" for e, t in self.index_keys()) or "none"
+            raise KeyError(f"no vectors for embedder {embedder!r}, trait {trait_name!r} (indexes: {known})")
+        cached = self._indexes.get(key)
+        if cached is not None and cached[1] == generation:
+            return cached[0]
+        manifest = ix.read_manifest(self.faiss_dir, *key)
+        if manifest is not None and manifest.get("generation") == generation:
+            index = ix.load_index(self.faiss_dir, *key)
+        else:
+            index = self._rebuild(key)
+            if not self.read_only:
+                self._dirty.add(key)
+        self._indexes[key] = (index, generation)
+        return index
+
+    def search(
+        self,
+        embedder: str,
+        trait_name: str,
+        query_vectors: np.ndarray,
+        k: int = 10,
+        candidate_ids: Iterable[int] | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Top-``k`` ``(specimen_id, cosine)`` per query vector, best first.
+
+        ``candidate_ids`` restricts the search (e.g. to a metadata filter's result). Small
+        candidate sets are scored exactly from DuckDB: an approximate index would probe only a
+        few clusters and could miss candidates that a filter made the only ones that count.
+        """
+        queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
+        index = self.index(embedder, trait_name)
+        if queries.shape[1] != index.d:
+            raise ValueError(f"{embedder}/{trait_name}: query of dim {queries.shape[1]}, index of dim {index.d}")
+        if candidate_ids is not None:
+            candidates = np.unique(np.fromiter((int(i) for i in candidate_ids), dtype=np.int64))
+            if len(candidates) <= self.exact_candidates_max:
+                ids, matrix = self.get_vectors(embedder, trait_name, candidates)
+                if not len(ids):
+                    return [[] for _ in queries]
+                scores = queries @ matrix.T
+                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                return [[(int(ids[j]), float(scores[q, j])) for j in row] for q, row in enumerate(top)]
+            params = ix.search_params(index, faiss.IDSelectorBatch(candidates))
+        else:
+            params = None
+        scores, labels = index.search(queries, k, params=params)
+        return [
+            [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+            for row_ids, row_scores in zip(labels, scores)
+        ]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_specimen(self, specimen_id: int) -> dict | None:
+        rows = self._dicts("SELECT * FROM specimens WHERE specimen_id = ?", [int(specimen_id)])
+        if not rows:
+            return None
+        row = rows[0]
+        for col in ("fingerprint", "metadata"):
+            row[col] = json.loads(row[col]) if row[col] is not None else None
+        return row
+
+    def specimen_states(self) -> dict[int, tuple[str | None, str | None, str]]:
+        """``specimen_id -> (content_hash, fingerprint JSON, status)``, what incremental planning compares."""
+        rows = self.con.execute("SELECT specimen_id, content_hash, fingerprint, status FROM specimens").fetchall()
+        return {sid: (h, fp, st) for sid, h, fp, st in rows}
+
+    def trait_masks(self, specimen_id: int) -> list[TraitMask]:
+        rows = self.con.execute(
+            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source "
+            "FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
+            [int(specimen_id)],
+        ).fetchall()
+        return [TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s) for t, n, rle, a, x0, y0, x1, y1, q, s in rows]
+
+    def label_map(self, specimen_id: int) -> np.ndarray | None:
+        """The specimen's label map rebuilt from its stored masks (None without masks)."""
+        masks = self.trait_masks(specimen_id)
+        if not masks:
+            return None
+        first = decode_mask(masks[0].rle)
+        out = np.zeros(first.shape, np.uint8)
+        for m in masks:
+            out[decode_mask(m.rle)] = m.trait_id
+        return out
+
+    def get_vectors(
+        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id."""
+        sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
+        params: list = [embedder, trait_name]
+        if ids is not None:
+            sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
+            params.append([int(i) for i in ids])
+        table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
+        return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
+
+    def filter_specimens(
+        self,
+        filters: Mapping[str, str | Sequence[str]] | None = None,
+        group: str | None = None,
+        status: str | None = "indexed",
+    ) -> list[int]:
+        """Ids of specimens whose metadata ``key`` equals the value (or one of the values) for every filter."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("s.status = ?")
+            params.append(status)
+        if group is not None:
+            clauses.append("s.group_name = ?")
+            params.append(group)
+        for key, value in (filters or {}).items():
+            values = [value] if isinstance(value, str) else list(value)
+            clauses.append(
+                "EXISTS (SELECT 1 FROM specimen_metadata m WHERE m.specimen_id = s.specimen_id "
+                "AND m.key = ? AND m.value IN (SELECT unnest(?::VARCHAR[])))"
+            )
+            params += [key, values]
+        where = " AND ".join(clauses) or "TRUE"
+        return [r[0] for r in self.con.execute(f"SELECT specimen_id FROM specimens s WHERE {where} ORDER BY 1", params).fetchall()]
+
+    def status(self) -> dict:
+        """Counts per status and per group, and per index: vectors, generation, file state."""
+        by_status = dict(self.con.execute("SELECT status, count(*) FROM specimens GROUP BY 1 ORDER BY 1").fetchall())
+        groups: dict[str, dict[str, int]] = {}
+        for group, st, n in self.con.execute(
+            "SELECT coalesce(group_name, ''), status, count(*) FROM specimens GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall():
+            groups.setdefault(group, {})[st] = n
+        counts = {
+            (e, t): n
+            for e, t, n in self.con.execute("SELECT embedder, trait_name, count(*) FROM vectors GROUP BY 1, 2").fetchall()
+        }
+        index_rows = []
+        for key, generation in sorted(self._generations().items()):
+            manifest = ix.read_manifest(self.faiss_dir, *key)
+            state = "missing" if manifest is None else "fresh" if manifest.get("generation") == generation else "stale"
+            index_rows.append(
+                {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
+                 "file": state, "kind": manifest.get("kind") if manifest else None}
+            )
+        return {"specimens": by_status, "groups": groups, "indexes": index_rows,
+                "runs": self.con.execute("SELECT count(*) FROM runs").fetchall()[0][0]}
+
+    def check_consistency(self) -> list[str]:
+        """Problems between the catalog and the FAISS indexes (in memory, else on disk); empty when consistent."""
+        problems = []
+        orphans = self.con.execute(
+            "SELECT count(*) FROM vectors v LEFT JOIN specimens s USING (specimen_id) "
+            "WHERE s.specimen_id IS NULL OR s.status <> 'indexed'"
+        ).fetchall()[0][0]
+        if orphans:
+            problems.append(f"{orphans} vectors belong to specimens that are missing or not indexed")
+        for key, generation in sorted(self._generations().items()):
+            name = f"{key[0]}/{key[1]}"
+            cached = self._indexes.get(key)
+            if cached is not None and cached[1] == generation:
+                index = cached[0]
+            else:
+                manifest = ix.read_manifest(self.faiss_dir, *key)
+                if manifest is None:
+                    problems.append(f"{name}: FAISS file missing")
+                    continue
+                if manifest.get("generation") != generation:
+                    problems.append(f"{name}: FAISS file is stale (generation {manifest.get('generation')}, catalog {generation})")
+                    continue
+                index = ix.load_index(self.faiss_dir, *key)
+            catalog_ids = self.get_vectors(*key)[0]
+            faiss_ids = ix.index_ids(index)
+            if len(faiss_ids) != len(catalog_ids) or not np.array_equal(faiss_ids, catalog_ids):
+                missing = np.setdiff1d(catalog_ids, faiss_ids).size
+                extra = np.setdiff1d(faiss_ids, catalog_ids).size
+                problems.append(
+                    f"{name}: FAISS has {len(faiss_ids)} ids, catalog {len(catalog_ids)} "
+                    f"({missing} missing from FAISS, {extra} not in catalog)"
+                )
+        return problems
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _require_writer(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.db_path}: store is open read-only")
+
+    def _exec(self, sql: str, params: list | None = None) -> None:
+        # DuckDB refuses new work while a result is unread; statements here return nothing useful.
+        self.con.execute(sql, params or []).fetchall()
+
+    def _dicts(self, sql: str, params: list | None = None) -> list[dict]:
+        cur = self.con.execute(sql, params or [])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def _generations(self) -> dict[IndexKey, int]:
+        return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
+
+    def _dims(self) -> dict[IndexKey, int]:
+        return {(e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()}
+
+    def _keys_of(self, ids: list[int]) -> set[IndexKey]:
+        rows = self.con.execute(
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids]
+        ).fetchall()
+        return {(e, t) for e, t in rows}
+
+    def _transaction(self, tables: Mapping[str, pa.Table]):
+        store = self
+
+        class _Txn:
+            def __enter__(self):
+                for name, table in tables.items():
+                    store.con.register(name, table)
+                store._exec("BEGIN TRANSACTION")
+
+            def __exit__(self, exc_type, exc, tb):
+                try:
+                    store._exec("ROLLBACK" if exc_type else "COMMIT")
+                finally:
+                    for name in tables:
+                        store.con.unregister(name)
+
+        return _Txn()
+
+    def _delete_children(self, ids: list[int]) -> None:
+        for table in ("specimen_metadata", "trait_masks", "vectors"):
+            self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+
+    def _bump(self, keys: Iterable[IndexKey], dims: Mapping[IndexKey, int]) -> dict[IndexKey, int]:
+        for key in keys:
+            self._exec(
+                "INSERT INTO index_state VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (embedder, trait_name) DO UPDATE SET generation = index_state.generation + 1",
+                [*key, dims.get(key, 0)],
+            )
+        return self._generations()
+
+    def _rebuild(self, key: IndexKey) -> faiss.Index:
+        ids, matrix = self.get_vectors(*key)
+        return ix.build_index(matrix, ids, self._dims()[key], self.config)
+
+    def _apply(
+        self,
+        touched: Iterable[IndexKey],
+        removed_ids: list[int],
+        added: Mapping[IndexKey, list[tuple[int, np.ndarray]]],
+        generations: Mapping[IndexKey, int],
+    ) -> None:
+        """Bring in-memory indexes to the just-committed generation, incrementally when possible."""
+        removed = np.asarray(removed_ids, dtype=np.int64)
+        for key in touched:
+            rows = added.get(key, [])
+            count = self.con.execute(
+                "SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)
+            ).fetchall()[0][0]
+            cached = self._indexes.get(key)
+            index = cached[0] if cached is not None else None
+            if index is None or ix.needs_rebuild(index, count, self.config) or not ix.supports_removal(index):
+                index = self._rebuild(key)
+            else:
+                index.remove_ids(faiss.IDSelectorBatch(removed))
+                if rows:
+                    index.add_with_ids(
+                        np.stack([v for _, v in rows]).astype(np.float32),
+                        np.array([s for s, _ in rows], dtype=np.int64),
+                    )
+            self._indexes[key] = (index, generations[key])
+            self._dirty.add(key)

@@ -1,0 +1,163 @@
+"""FAISS indexes: which kind for which size, and crash-safe files.
+
+Every index holds L2-normalised vectors under inner product (= cosine similarity) with
+FAISS ids equal to specimen ids. Small indexes are exact (``IndexFlatIP``); above
+``exact_max`` vectors they become approximate (IVF or HNSW) and are rebuilt whenever they
+cross the threshold or an IVF index outgrows its training (``nlist`` too small for ``n``).
+
+Files are a cache of the DuckDB ``vectors`` table: ``<name>.index`` is written to a
+temporary file and renamed into place, then ``<name>.json`` (the manifest: generation,
+count, kind) the same way. A reader trusts a file only when its manifest's generation
+equals the one in DuckDB, so a crash between the two renames costs a rebuild, never a
+wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import faiss
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """When to go approximate and how; defaults favour recall over speed."""
+
+    exact_max: int = 50_000
+    approx: Literal["ivf", "hnsw"] = "ivf"
+    nlist_factor: float = 4.0
+    nprobe_fraction: float = 0.125
+    min_nprobe: int = 8
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 200
+
+    def kind_for(self, n: int) -> str:
+        return "flat" if n <= self.exact_max else self.approx
+
+    def nlist_for(self, n: int) -> int:
+        return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))
+
+    def nprobe_for(self, nlist: int) -> int:
+        return min(nlist, max(self.min_nprobe, int(math.ceil(self.nprobe_fraction * nlist))))
+
+
+def index_kind(index: faiss.Index) -> str:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexIVF):
+        return "ivf"
+    return "flat"
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexConfig) -> faiss.Index:
+    """A fresh index of the right kind for ``len(ids)`` vectors."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    kind = config.kind_for(len(ids))
+    if kind == "ivf":
+        nlist = config.nlist_for(len(ids))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234  # same vectors, same clustering, same results
+        index.train(vectors)
+        index.nprobe = config.nprobe_for(nlist)
+    elif kind == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = config.hnsw_ef_construction
+        hnsw.hnsw.efSearch = config.hnsw_ef_search
+        index = faiss.IndexIDMap2(hnsw)
+    else:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def needs_rebuild(index: faiss.Index, n: int, config: IndexConfig) -> bool:
+    """True when ``n`` vectors call for another kind, or an IVF's clustering is outgrown."""
+    kind = index_kind(index)
+    if kind != config.kind_for(n):
+        return True
+    return kind == "ivf" and faiss.downcast_index(index).nlist * 2 < config.nlist_for(n)
+
+
+def supports_removal(index: faiss.Index) -> bool:
+    return index_kind(index) != "hnsw"
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """The FAISS ids an index holds (sorted), for consistency checks."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap2):
+        ids = faiss.vector_to_array(index.id_map)
+    elif isinstance(index, faiss.IndexIVF):
+        invlists = index.invlists
+        parts = [
+            faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+            for i in range(index.nlist)
+            if invlists.list_size(i)
+        ]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    else:
+        raise TypeError(f"cannot list the ids of a {type(index).__name__}")
+    return np.sort(ids.astype(np.int64))
+
+
+def search_params(index: faiss.Index, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+    if selector is None:
+        return None
+    kind = index_kind(index)
+    if kind == "ivf":
+        return faiss.SearchParametersIVF(sel=selector, nprobe=faiss.downcast_index(index).nprobe)
+    return faiss.SearchParameters(sel=selector)
+
+
+def index_paths(root: Path, embedder: str, trait_name: str) -> tuple[Path, Path]:
+    """``(index file, manifest file)``; names are percent-quoted so any embedder/trait name is safe."""
+    stem = root / quote(embedder, safe="") / quote(trait_name, safe="")
+    return stem.with_name(stem.name + ".index"), stem.with_name(stem.name + ".json")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int) -> None:
+    """Index first, manifest second: see the module docstring for why this order is safe."""
+    index_path, manifest_path = index_paths(root, embedder, trait_name)
+    _atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
+    manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d}
+    _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+
+
+def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
+    index_path, manifest_path = index_paths(root, embedder, trait_name)
+    if not (index_path.is_file() and manifest_path.is_file()):
+        return None
+    try:
+        return json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_index(root: Path, embedder: str, trait_name: str) -> faiss.Index:
+    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]))

@@ -1,0 +1,118 @@
+"""The DuckDB catalog schema.
+
+DuckDB is the single source of truth: catalog rows *and* vectors live in one file and
+change together inside one transaction, so a crash can never leave a specimen half
+written. The FAISS files beside the database are a derived cache (see ``indexes``).
+
+Tables and columns:
+
+``specimens``: one row per collection item, whatever happened to it.
+    - ``specimen_id BIGINT PRIMARY KEY``: stable id from the item's key (:func:`specimen_id`),
+      also the FAISS id of all its vectors.
+    - ``path VARCHAR``: the image path as given by the manifest.
+    - ``group_name VARCHAR``: the reference group (usually the species) used to segment it.
+    - ``content_hash VARCHAR``: sha256 of the image bytes; a change means re-index.
+    - ``status VARCHAR``: ``indexed`` | ``failed`` | ``no_reference`` | ``pending``.
+    - ``error VARCHAR``: why it failed (NULL unless ``failed``/``no_reference``).
+    - ``fingerprint JSON``: what produced its masks and vectors (models, weights sha256 or
+      ``random``, reference ids, config hash); a change means re-index.
+    - ``width INTEGER``, ``height INTEGER``: image size in pixels.
+    - ``metadata JSON``: the manifest's other columns verbatim (Darwin Core terms etc.).
+    - ``updated_at TIMESTAMP``: when the row was last written.
+
+``specimen_metadata``: ``metadata`` again as key/value rows, so filters are plain
+    parameterised SQL (``key = ? AND value = ?``) instead of JSON path expressions.
+    - ``specimen_id BIGINT``, ``key VARCHAR``, ``value VARCHAR``; primary key ``(specimen_id, key)``.
+
+``trait_masks``: one row per trait found in a specimen.
+    - ``specimen_id BIGINT``, ``trait_id INTEGER`` (label value), ``trait_name VARCHAR``.
+    - ``area BIGINT``: pixels; ``bbox_x0, bbox_y0, bbox_x1, bbox_y1 INTEGER``: box, exclusive ends.
+    - ``rle VARCHAR``: COCO RLE as JSON (``{"size": [h, w], "counts": "..."}``, pycocotools'
+      compressed counts as a UTF-8 string).
+    - ``quality DOUBLE``: cycle-consistency IoU of the trait, NULL when not computed.
+    - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item).
+    - primary key ``(specimen_id, trait_id)``.
+
+``vectors``: one row per (embedder, trait, specimen): the vectors themselves.
+    - ``embedder VARCHAR``: embedder name (e.g. ``bioclip``, ``color-pattern``).
+    - ``trait_name VARCHAR``: the trait, or ``__specimen__`` for the whole-specimen vector.
+    - ``specimen_id BIGINT``, ``faiss_id BIGINT`` (equal to ``specimen_id``).
+    - ``vector FLOAT[]``: L2-normalised embedding.
+    - primary key ``(embedder, trait_name, specimen_id)``.
+
+``index_state``: one row per FAISS index.
+    - ``embedder VARCHAR``, ``trait_name VARCHAR``: which index; primary key.
+    - ``generation BIGINT``: bumped in the same transaction as every change to that index's
+      vectors; a FAISS file whose manifest names another generation is stale.
+    - ``dim INTEGER``: vector length.
+
+``runs``: one row per indexing run.
+    - ``run_id VARCHAR PRIMARY KEY``, ``started_at TIMESTAMP``, ``finished_at TIMESTAMP``.
+    - ``fingerprint JSON``: models and weights of the run; ``config_hash VARCHAR``.
+    - ``counts JSON`` (items per outcome), ``timings JSON`` (seconds per stage).
+    - ``engine VARCHAR``: ``local`` | ``ray``.
+"""
+
+from __future__ import annotations
+
+SPECIMEN_TRAIT = "__specimen__"
+STATUSES = ("indexed", "failed", "no_reference", "pending")
+MASK_SOURCES = ("sst", "provided")
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS specimens (
+    specimen_id BIGINT PRIMARY KEY,
+    path VARCHAR NOT NULL,
+    group_name VARCHAR,
+    content_hash VARCHAR,
+    status VARCHAR NOT NULL CHECK (status IN {STATUSES}),
+    error VARCHAR,
+    fingerprint JSON,
+    width INTEGER,
+    height INTEGER,
+    metadata JSON,
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS specimen_metadata (
+    specimen_id BIGINT NOT NULL,
+    key VARCHAR NOT NULL,
+    value VARCHAR,
+    PRIMARY KEY (specimen_id, key)
+);
+CREATE TABLE IF NOT EXISTS trait_masks (
+    specimen_id BIGINT NOT NULL,
+    trait_id INTEGER NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    area BIGINT NOT NULL,
+    bbox_x0 INTEGER, bbox_y0 INTEGER, bbox_x1 INTEGER, bbox_y1 INTEGER,
+    rle VARCHAR NOT NULL,
+    quality DOUBLE,
+    source VARCHAR NOT NULL CHECK (source IN {MASK_SOURCES}),
+    PRIMARY KEY (specimen_id, trait_id)
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    embedder VARCHAR NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    specimen_id BIGINT NOT NULL,
+    faiss_id BIGINT NOT NULL,
+    vector FLOAT[] NOT NULL,
+    PRIMARY KEY (embedder, trait_name, specimen_id)
+);
+CREATE TABLE IF NOT EXISTS index_state (
+    embedder VARCHAR NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    generation BIGINT NOT NULL,
+    dim INTEGER NOT NULL,
+    PRIMARY KEY (embedder, trait_name)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    fingerprint JSON,
+    config_hash VARCHAR,
+    counts JSON,
+    timings JSON,
+    engine VARCHAR
+);
+"""
