@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .commands.evaluate import eval_seg
+from .commands.index import index, status
 from .commands.segment import segment
 from .commands.synth import synth
 
@@ -18,6 +19,8 @@ def _root() -> None:
 
 app.command()(segment)
 app.command()(synth)
+app.command()(index)
+app.command()(status)
 app.command("eval-seg")(eval_seg)
 
 

@@ -1,0 +1,100 @@
+"""``sst-search index``: plan, segment + embed, write - resumable and loss-free.
+
+Every unit of work is committed in its own DuckDB transaction as soon as it is done, so a
+job killed at any moment keeps all finished units; the next run's plan skips them and
+redoes the rest. The driver is the only writer of DuckDB and FAISS, whatever the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sst_search.config import Config, stable_hash
+from sst_search.store import IndexConfig, Store
+
+from .collection import load_collection
+from .plan import make_plan
+from .runners import make_runner
+from .worker import Worker, build_embedder
+
+log = logging.getLogger("sst_search.indexer")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    total: int
+    counts: dict[str, int]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    weights_random: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0: everything indexed or unchanged; 1: some items failed or have no references."""
+        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) else 0
+
+
+def run_index(
+    collection: Path,
+    references: Path,
+    db: Path,
+    config: Config,
+    masks: Path | None = None,
+    force: bool = False,
+    default_group: str | None = None,
+    quiet: bool = True,
+) -> RunSummary:
+    started = time.perf_counter()
+    items = load_collection(collection, default_group=default_group)
+    worker = Worker(config, references) if config.indexer.engine == "local" else None
+    embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
+    index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
+    with Store.open(db, index_config=index_config) as store:
+        with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
+            plan = make_plan(
+                items, store.specimen_states(), config, Path(references), embedder_fp,
+                masks_dir=masks, force=force, hash_progress=bar.update,
+            )
+        plan_seconds = time.perf_counter() - started
+        run_id = store.begin_run(plan.fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
+        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
+        failures: list[tuple[str, str]] = []
+        write_seconds = 0.0
+        runner = make_runner(config, Path(references), worker) if plan.units else None
+        try:
+            with tqdm(total=plan.todo, desc="segment + embed", unit="img", disable=quiet) as bar:
+                for records in runner.run(plan.units) if runner else []:
+                    t = time.perf_counter()
+                    store.write_batch(records)
+                    write_seconds += time.perf_counter() - t
+                    for r in records:
+                        counts[r.status] += 1
+                        if r.status != "indexed":
+                            failures.append((r.path, r.error or r.status))
+                    bar.update(len(records))
+                    if quiet:
+                        log.info("committed %d/%d", sum(counts[s] for s in ("indexed", "failed", "no_reference")), plan.todo)
+            t = time.perf_counter()
+            counts["removed"] = store.remove_specimens(plan.to_remove)
+            store.flush_indexes()
+            write_seconds += time.perf_counter() - t
+            timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
+                       "total": time.perf_counter() - started}
+        finally:
+            if runner is not None:
+                runner.close()
+        store.finish_run(run_id, counts, timings)
+    seg = plan.fingerprint.get("segmentation") or {}
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
+
+
+def _embedder_fingerprint(config: Config) -> dict:
+    """The driver of a Ray job needs the embedder's fingerprint to plan; building the
+    embedder once here is the only way to know the resolved weights' digest."""
+    return build_embedder(config).fingerprint

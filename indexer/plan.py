@@ -1,0 +1,134 @@
+"""Deciding what a run must do: new, changed, stale, failed and deleted items.
+
+An item is skipped only when it is already ``indexed`` with the same content hash and the
+same fingerprint. The fingerprint holds everything that shapes its masks and vectors:
+SAM 2 model, weights sha256, adapter, input size, propagation mode, the group's
+references, the embedder, or the provided mask's own hash. Failed and ``no_reference``
+items are always retried (the file or the references may have been fixed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sst_search.config import Config
+from sst_search.references import ReferenceError, references_fingerprint
+from sst_search.store import specimen_id
+from sst_search.weights import resolve_sam2_weights, sha256_file
+
+from .collection import Item
+from .worker import WorkUnit, content_hash, load_supports_or_error
+
+__all__ = ["Plan", "make_plan", "content_hash"]
+
+
+@dataclass
+class Plan:
+    units: list[WorkUnit]
+    unchanged: int
+    to_remove: list[int]
+    total: int
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def todo(self) -> int:
+        return sum(len(u.items) for u in self.units)
+
+
+def segmentation_fingerprint(config: Config) -> dict:
+    """What SAM 2 contributes to a mask; the checkpoint is identified by its sha256."""
+    seg = config.segmentation
+    weights = resolve_sam2_weights(seg.model, seg.weights)
+    return {
+        "model": seg.model,
+        "weights_sha256": weights.sha256,
+        "adapter_sha256": sha256_file(Path(seg.adapter)) if seg.adapter else None,
+        "image_size": seg.image_size,
+        "mode": seg.mode,
+        "quality": seg.quality,
+    }
+
+
+def make_plan(
+    items: list[Item],
+    states: dict[int, tuple[str | None, str | None, str]],
+    config: Config,
+    references: Path,
+    embedder_fingerprint: dict,
+    masks_dir: Path | None = None,
+    force: bool = False,
+    hash_progress=None,
+) -> Plan:
+    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``)."""
+    sst = None  # resolved lazily: a run that needs no SAM 2 never touches its weights
+    ref_fps: dict[str | None, str | None] = {}
+    units: dict[str | None, WorkUnit] = {}
+    unchanged = 0
+    ids = {}
+    for item in items:
+        sid = specimen_id(str(item.path.resolve()))
+        ids[sid] = item
+        digest = content_hash(item.path)
+        if hash_progress is not None:
+            hash_progress()
+        if item.group not in ref_fps:
+            supports = load_supports_or_error(references, item.group)
+            ref_fps[item.group] = None if isinstance(supports, ReferenceError) else references_fingerprint(supports)
+        provided = _provided_mask(masks_dir, item)
+        fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
+        if provided is not None:
+            fp["mask"] = {"source": "provided", "sha256": content_hash(provided)}
+        elif ref_fps[item.group] is not None:
+            sst = sst or segmentation_fingerprint(config)
+            fp["mask"] = {"source": "sst", **sst}
+        old = states.get(sid)
+        if not force and old is not None and old[2] == "indexed" and old[0] == digest and old[1] and json.loads(old[1]) == fp:
+            unchanged += 1
+            continue
+        unit = units.setdefault(item.group, WorkUnit(item.group, [], {}, {}, {}))
+        unit.items.append(item)
+        unit.specimen_ids[item.key] = sid
+        unit.hashes[item.key] = digest
+        unit.fingerprints[item.key] = fp
+        if provided is not None:
+            unit.provided_masks[item.key] = provided
+    to_remove = sorted(set(states) - set(ids))
+    return Plan(
+        units=_split(list(units.values()), config),
+        unchanged=unchanged,
+        to_remove=to_remove,
+        total=len(items),
+        fingerprint={"segmentation": sst, "embedder": embedder_fingerprint, "references": ref_fps},
+    )
+
+
+def _provided_mask(masks_dir: Path | None, item: Item) -> Path | None:
+    if masks_dir is None:
+        return None
+    for candidate in (masks_dir / (item.group or "") / f"{item.path.stem}.png", masks_dir / f"{item.path.stem}.png"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _split(units: list[WorkUnit], config: Config) -> list[WorkUnit]:
+    """Pairwise results do not depend on each other, so groups are cut into commit-sized
+    units (parallel and resumable at that grain). A chain is one pseudo-video per group
+    (capped by max_chain_length), so it stays one unit of that size."""
+    size = config.indexer.commit_every if config.segmentation.mode == "pairwise" else config.segmentation.max_chain_length
+    out = []
+    for unit in units:
+        for i in range(0, len(unit.items), size):
+            part = unit.items[i : i + size]
+            keys = [it.key for it in part]
+            out.append(
+                WorkUnit(
+                    unit.group, part,
+                    {k: unit.specimen_ids[k] for k in keys}, {k: unit.hashes[k] for k in keys},
+                    {k: unit.fingerprints[k] for k in keys},
+                    {k: unit.provided_masks[k] for k in keys if k in unit.provided_masks},
+                )
+            )
+    return out

@@ -1,0 +1,171 @@
+"""Segment + embed one unit of work into catalog records.
+
+The same code runs in-process and inside Ray actors. Workers never touch the store: they
+return :class:`~sst_search.store.SpecimenRecord` objects and the driver is the single
+writer, so a crashed worker can never leave a half-written catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sst_search.config import Config
+from sst_search.embed import EmbedItem, create_embedder
+from sst_search.images import ImageLoadError, load_image, load_mask
+from sst_search.references import ReferenceError, Support, load_group_references
+from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
+from sst_search.tracking import build_tracker
+
+from .collection import Item
+
+
+@dataclass
+class WorkUnit:
+    """Items of one group processed together: they share supports and, in chain mode, one
+    pseudo-video. Hashes and fingerprints come from the plan so that what is written is
+    exactly what was planned."""
+
+    group: str | None
+    items: list[Item]
+    specimen_ids: dict[str, int]
+    hashes: dict[str, str]
+    fingerprints: dict[str, dict]
+    provided_masks: dict[str, Path] = field(default_factory=dict)
+
+
+class Worker:
+    """Holds the models for a whole job; SAM 2 is built only when some item needs SST."""
+
+    def __init__(self, config: Config, references: Path):
+        self.config = config
+        self.references = Path(references)
+        self.embedder = build_embedder(config)
+        self._tracker = None
+        self._supports: dict[str, list[Support] | ReferenceError] = {}
+        self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0}
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            seg = self.config.segmentation
+            kwargs = {"adapter": seg.adapter} if seg.adapter else {}
+            self._tracker = build_tracker(
+                seg.model, seg.weights, image_size=seg.image_size, device=seg.device,
+                max_chain_length=seg.max_chain_length, **kwargs,
+            )
+        return self._tracker
+
+    def supports(self, group: str | None) -> list[Support] | ReferenceError:
+        key = group or ""
+        if key not in self._supports:
+            self._supports[key] = load_supports_or_error(self.references, group)
+        return self._supports[key]
+
+    def get_timings(self) -> dict[str, float]:
+        return dict(self.timings)
+
+    def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
+        supports = self.supports(unit.group)
+        records = {item.key: _record(unit, item) for item in unit.items}
+        if isinstance(supports, ReferenceError):
+            for r in records.values():
+                r.status, r.error = "no_reference", str(supports)
+            return list(records.values())
+        traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
+
+        started = time.perf_counter()
+        images: dict[str, np.ndarray] = {}
+        label_maps: dict[str, tuple[np.ndarray, dict[int, float], str]] = {}
+        for item in unit.items:
+            try:
+                images[item.key] = load_image(item.path)
+                if item.key in unit.provided_masks:
+                    label_maps[item.key] = (_provided_mask(unit.provided_masks[item.key], images[item.key], traits), {}, "provided")
+            except (ImageLoadError, ValueError) as exc:
+                records[item.key].status, records[item.key].error = "failed", str(exc)
+                images.pop(item.key, None)
+        self.timings["load"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        sst_queries = [(key, img) for key, img in images.items() if key not in label_maps]
+        if sst_queries:
+            seg = self.config.segmentation
+            try:
+                for res in self.tracker.segment(supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size):
+                    label_maps[res.query_id] = (res.label_map, res.quality, "sst")
+            except Exception as exc:  # keep what finished; the rest is retried by the next run
+                for key, _ in sst_queries:
+                    if key not in label_maps:
+                        records[key].error = f"segmentation failed: {type(exc).__name__}: {exc}"
+                        images.pop(key)
+        self.timings["segment"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        keys = list(label_maps)
+        vectors = self.embedder.embed_batch([EmbedItem(images[k], label_maps[k][0], sorted(traits)) for k in keys])
+        for key, vecs in zip(keys, vectors):
+            label_map, quality, source = label_maps[key]
+            r = records[key]
+            r.status = "indexed"
+            r.height, r.width = label_map.shape
+            r.masks = masks_from_label_map(label_map, traits, quality, source)
+            r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
+            r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
+        self.timings["embed"] += time.perf_counter() - started
+        return [records[item.key] for item in unit.items]
+
+
+def build_embedder(config: Config):
+    emb = config.embedding
+    opts = {k: v for k, v in (("model_name", emb.model_name), ("pretrained", emb.pretrained)) if v is not None}
+    return create_embedder(emb.embedder, weights=emb.weights, **opts)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes; '' when unreadable (the worker then says why)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferenceError:
+    """A group's supports, or the reason it has none (recorded as ``no_reference``)."""
+    folder = references / group if group else None
+    if folder is None:
+        return ReferenceError("item has no group; pass --default-group or add a 'group' column")
+    if not folder.is_dir():
+        return ReferenceError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
+    try:
+        return load_group_references(folder)
+    except ReferenceError as exc:
+        return exc
+
+
+def _record(unit: WorkUnit, item: Item) -> SpecimenRecord:
+    return SpecimenRecord(
+        specimen_id=unit.specimen_ids[item.key],
+        path=str(item.path),
+        status="failed",
+        group_name=item.group,
+        content_hash=unit.hashes[item.key] or None,
+        fingerprint=unit.fingerprints[item.key],
+        metadata=dict(item.metadata),
+    )
+
+
+def _provided_mask(path: Path, image: np.ndarray, traits: dict[int, str]) -> np.ndarray:
+    mask = load_mask(path, shape=image.shape[:2])
+    undeclared = sorted(set(np.unique(mask).tolist()) - {0} - set(traits))
+    if undeclared:
+        raise ValueError(f"{path}: mask holds trait ids not declared for this group: {undeclared}")
+    return mask

@@ -1,0 +1,139 @@
+"""``sst-search index`` and ``sst-search status``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import Config, load_config
+from ..references import ReferenceError
+from ..store import Store
+from ..weights import WeightsError
+
+console = Console(stderr=True)
+
+
+def apply_overrides(config: Config, **overrides) -> Config:
+    """Command-line options win over the config file; ``None`` means "not given"."""
+    sections = {
+        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device"),
+        "embedding": ("embedder", "embedder_weights"),
+        "indexer": ("engine", "ray_address", "num_workers"),
+    }
+    data = config.model_dump()
+    for section, keys in sections.items():
+        for key in keys:
+            value = overrides.get(key)
+            if value is not None:
+                data[section]["weights" if key == "embedder_weights" else key] = value
+    return Config.model_validate(data)
+
+
+def index(
+    collection: Path = typer.Argument(..., help="Manifest CSV or a folder whose sub-folders name the groups."),
+    references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
+    db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
+    embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
+    embedder_weights: str | None = typer.Option(None, "--embedder-weights", help="Embedder checkpoint path or 'random'."),
+    engine: str | None = typer.Option(None, "--engine", help="local | ray."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray actors."),
+    mode: str | None = typer.Option(None, "--mode", help="pairwise | chain."),
+    model: str | None = typer.Option(None, "--model", help="SAM 2.1 model name."),
+    weights: str | None = typer.Option(None, "--weights", help="SAM 2 checkpoint path or 'random'."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Fine-tuned adapter (sst-search finetune)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size."),
+    quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
+    masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
+    default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
+    force: bool = typer.Option(False, "--force", help="Re-process everything."),
+    quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
+) -> None:
+    """Segment and embed a collection into a DuckDB + FAISS trait index, incrementally.
+
+    Only new or changed images and items whose fingerprint (model, weights, adapter,
+    references, embedder, config) changed are processed; deleted files leave the index.
+    Exit status: 0 all indexed, 1 some items failed or have no references (the rest are
+    indexed; see `sst-search status`), 2 bad arguments, config, references or weights.
+    """
+    from indexer.collection import CollectionError
+    from indexer.job import run_index
+
+    logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
+    try:
+        config = apply_overrides(
+            load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
+            ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
+            image_size=image_size, quality=quality,
+        )
+        summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group, quiet=quiet)
+    except (CollectionError, ReferenceError, WeightsError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print_summary(summary)
+    raise typer.Exit(summary.exit_code)
+
+
+def print_summary(summary) -> None:
+    if summary.weights_random:
+        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
+    table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
+    for col in ("status", "count"):
+        table.add_column(col)
+    for status, n in summary.counts.items():
+        table.add_row(status, str(n))
+    console.print(table)
+    t = summary.timings
+    done = summary.counts["indexed"] + summary.counts["failed"]
+    if t.get("total"):
+        console.print(
+            "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+            + (f" | {done / t['total']:.2f} images/s" if done else "")
+        )
+    for path, reason in summary.failures[:10]:
+        console.print(f"[red]failed[/red] {path}: {reason}")
+    if len(summary.failures) > 10:
+        console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
+
+
+def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) -> None:
+    """Counts per status and group, index sizes and freshness, the last run, failed items."""
+    try:
+        store = Store.open(db, read_only=True)
+    except (FileNotFoundError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with store:
+        st = store.status()
+        groups = Table(title="specimens per group and status")
+        statuses = sorted({s for g in st["groups"].values() for s in g})
+        for col in ("group", *statuses):
+            groups.add_column(col)
+        for group, counts in st["groups"].items():
+            groups.add_row(group or "(none)", *(str(counts.get(s, 0)) for s in statuses))
+        console.print(groups)
+        indexes = Table(title="indexes")
+        for col in ("embedder", "trait", "vectors", "kind", "file"):
+            indexes.add_column(col)
+        for row in st["indexes"]:
+            indexes.add_row(row["embedder"], row["trait"], str(row["vectors"]), str(row["kind"]), row["file"])
+        console.print(indexes)
+        runs = store.runs()
+        if runs:
+            last = runs[-1]
+            console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: {last['counts']}")
+        failed = store.con.execute(
+            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT 20"
+        ).fetchall()
+        for path, st_, error in failed:
+            console.print(f"[red]{st_}[/red] {path}: {error}")
+        problems = store.check_consistency()
+        for p in problems:
+            console.print(f"[red]inconsistent:[/red] {p}")
+    if problems:
+        raise typer.Exit(1)

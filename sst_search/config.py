@@ -1,0 +1,78 @@
+"""Run configuration: YAML defaults (``configs/default.yaml``) validated by pydantic.
+
+Only settings that change results enter :func:`result_fingerprint`; batch sizes, engines
+and worker counts do not, so moving a job to Ray or a bigger batch never re-indexes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SegmentationConfig(_Strict):
+    model: str = "sam2.1-hiera-tiny"
+    weights: str | None = Field(None, description="checkpoint path, 'random', or None to resolve/download")
+    adapter: str | None = Field(None, description="fine-tuned adapter file (sst-search finetune)")
+    image_size: int = 1024
+    mode: Literal["pairwise", "chain"] = "pairwise"
+    quality: bool = Field(False, description="cycle-consistency quality score per mask")
+    batch_size: int = 4
+    max_chain_length: int = 256
+    device: str | None = None
+
+
+class EmbeddingConfig(_Strict):
+    embedder: str = "bioclip"
+    model_name: str | None = Field(None, description="open_clip model name (embedder 'clip')")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag (embedder 'clip')")
+    weights: str | None = Field(None, description="checkpoint path or 'random'")
+
+
+class IndexConfig(_Strict):
+    exact_threshold: int = Field(50_000, description="vectors per trait index below which search is exact")
+    approximate: Literal["hnsw", "ivf"] = "hnsw"
+
+
+class IndexerConfig(_Strict):
+    commit_every: int = Field(16, description="specimens per DuckDB transaction")
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    num_workers: int = 2
+
+
+class Config(_Strict):
+    segmentation: SegmentationConfig = SegmentationConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    index: IndexConfig = IndexConfig()
+    indexer: IndexerConfig = IndexerConfig()
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Defaults, overlaid by a YAML file when given; unknown keys are errors (typos
+    in a config must not be silently ignored)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read config ({exc})") from exc
+    try:
+        return Config.model_validate(data)
+    except Exception as exc:
+        raise ValueError(f"{path}: invalid config: {exc}") from exc
+
+
+def stable_hash(obj: object, length: int = 16) -> str:
+    """Hash of a JSON-able object that does not depend on key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
