@@ -1,0 +1,203 @@
+"""Indexer end to end on the synthetic collection: random SAM 2 weights, colour-pattern embedder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from indexer.job import run_index
+from sst_search.config import Config
+from sst_search.store import Store, specimen_id
+from sst_search.synthetic import generate_collection
+from tests.conftest import TEST_IMAGE_SIZE
+
+CONFIG = {
+    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
+    "embedding": {"embedder": "color-pattern"},
+    "indexer": {"commit_every": 4},
+}
+
+
+def _config(**sections) -> Config:
+    data = {k: dict(v) for k, v in CONFIG.items()}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return Config.model_validate(data)
+
+
+@pytest.fixture
+def collection(tmp_path):
+    return generate_collection(tmp_path / "syn", species=2, per_species=4, seed=3)
+
+
+def _index(coll, db, config=None, **kwargs):
+    return run_index(coll.manifest, coll.references, db, config or _config(), **kwargs)
+
+
+def _catalog(db):
+    with Store.open(db, read_only=True) as store:
+        rows = store.con.execute("SELECT specimen_id, status, group_name, content_hash FROM specimens ORDER BY 1").fetchall()
+        return rows, store.check_consistency(), store.status()
+
+
+def _rows(manifest):
+    with open(manifest, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path):
+    db = tmp_path / "db.duckdb"
+    first = _index(collection, db)
+    assert first.counts["indexed"] == 8 and first.exit_code == 0 and first.weights_random
+    rows, problems, status = _catalog(db)
+    assert problems == [] and len(rows) == 8
+    specimen_index = next(i for i in status["indexes"] if i["trait"] == "__specimen__")
+    assert specimen_index["vectors"] == 8 and specimen_index["file"] == "fresh"
+    with Store.open(db, read_only=True) as store:
+        meta = store.get_specimen(rows[0][0])["metadata"]
+        assert {"catalogNumber", "scientificName", "locality"} <= set(meta)
+
+    assert _index(collection, db).counts == {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": 8, "removed": 0}
+
+    # Change one image: exactly that one is re-processed.
+    target = collection.root / _rows(collection.manifest)[2]["path"]
+    img = np.asarray(Image.open(target)).copy()
+    img[:10, :10] = 0
+    Image.fromarray(img).save(target)
+    again = _index(collection, db)
+    assert again.counts["indexed"] == 1 and again.counts["unchanged"] == 7
+    changed = [r for r in _catalog(db)[0] if r[0] == specimen_id(str(target.resolve()))]
+    assert len(changed) == 1
+
+    # Delete one file (and its manifest row): it leaves the catalog and every FAISS index.
+    rows = _rows(collection.manifest)
+    gone = collection.root / rows[5]["path"]
+    gone.unlink()
+    with open(collection.manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for i, r in enumerate(rows) if i != 5)
+    removed = _index(collection, db)
+    assert removed.counts["removed"] == 1 and removed.counts["unchanged"] == 7
+    rows_after, problems, status = _catalog(db)
+    assert len(rows_after) == 7 and problems == []
+    assert specimen_id(str(gone.resolve())) not in {r[0] for r in rows_after}
+    assert next(i for i in status["indexes"] if i["trait"] == "__specimen__")["vectors"] == 7
+
+
+def test_fingerprint_changes_redo_only_affected_items(collection, tmp_path):
+    db = tmp_path / "db.duckdb"
+    _index(collection, db)
+    # New references for one group: only that group's items are re-done.
+    group = collection.groups[0]
+    traits = collection.references / group / "traits.yaml"
+    traits.write_text(traits.read_text().replace("forewing_band", "forewing_band_renamed"))
+    assert _index(collection, db).counts["indexed"] == 4
+    # Another SAM 2 input size changes every SST fingerprint.
+    assert _index(collection, db, _config(segmentation={"image_size": 128})).counts["indexed"] == 8
+    assert _index(collection, db, force=True).counts["indexed"] == 8
+
+
+def test_bad_files_missing_references_and_provided_masks(collection, tmp_path):
+    rows = _rows(collection.manifest)
+    (collection.root / rows[0]["path"]).write_bytes(b"")  # zero-byte image
+    (collection.root / rows[1]["path"]).write_text("not an image")
+    rows.append({**rows[2], "path": "images/unknown_group.png", "group": "nosuchgroup", "catalogNumber": "X-1"})
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(collection.root / "images/unknown_group.png")
+    with open(collection.manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    # Hand annotations for two items: the ground truth itself, recorded as "provided".
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    provided = [rows[3]["path"], rows[4]["path"]]
+    for p in provided:
+        gt = collection.ground_truth / p.split("/", 1)[1]
+        (masks / gt.name).write_bytes(gt.read_bytes())
+    db = tmp_path / "db.duckdb"
+    summary = _index(collection, db, masks=masks)
+    assert summary.counts["failed"] == 2 and summary.counts["no_reference"] == 1 and summary.counts["indexed"] == 6
+    assert summary.exit_code == 1
+    reasons = dict(summary.failures)
+    assert "empty" in reasons[str(collection.root / rows[0]["path"])]
+    assert "not a readable image" in reasons[str(collection.root / rows[1]["path"])]
+    assert "nosuchgroup" in reasons[str(collection.root / "images/unknown_group.png")]
+    with Store.open(db, read_only=True) as store:
+        for p in provided:
+            sid = specimen_id(str((collection.root / p).resolve()))
+            masks_ = store.trait_masks(sid)
+            assert masks_ and {m.source for m in masks_} == {"provided"}
+            gt = np.asarray(Image.open(collection.ground_truth / p.split("/", 1)[1]))
+            np.testing.assert_array_equal(store.label_map(sid), gt)
+        assert store.check_consistency() == []
+    # A re-run retries the failed and unreferenced items only.
+    again = _index(collection, db, masks=masks)
+    assert again.counts["unchanged"] == 6 and again.counts["failed"] == 2 and again.counts["no_reference"] == 1
+
+
+def test_killed_job_resumes_without_loss_or_duplicates(tmp_path):
+    coll = generate_collection(tmp_path / "syn", species=2, per_species=6, seed=5)
+    db = tmp_path / "db.duckdb"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"segmentation: {{weights: random, image_size: {TEST_IMAGE_SIZE}, device: cpu}}\n"
+        "embedding: {embedder: color-pattern}\nindexer: {commit_every: 1}\n"
+    )
+    cmd = [sys.executable, "-m", "sst_search.cli", "index", str(coll.manifest), "--references", str(coll.references),
+           "--db", str(db), "--config", str(cfg), "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    committed = 0
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if "committed" in line:
+            committed += 1
+            if committed == 3:
+                break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert committed == 3, "the job never committed three units"
+    with Store.open(db) as store:  # a writer open repairs stale FAISS files
+        partial = store.con.execute("SELECT count(*) FROM specimens").fetchall()[0][0]
+        assert 3 <= partial < 12
+        assert store.check_consistency() == []
+    resumed = _index(coll, db, _config(indexer={"commit_every": 1}))
+    assert resumed.counts["unchanged"] == partial and resumed.counts["indexed"] == 12 - partial
+    rows, problems, status = _catalog(db)
+    assert len(rows) == 12 and len({r[0] for r in rows}) == 12 and problems == []
+    assert all(r[1] == "indexed" for r in rows)
+    assert next(i for i in status["indexes"] if i["trait"] == "__specimen__")["vectors"] == 12
+
+
+@pytest.mark.ray
+def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
+    # Intra-op reductions depend on the thread count, so the local run uses one thread like
+    # each Ray actor does; then the two catalogs must be identical, masks and vectors included.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = _index(collection, tmp_path / "local.duckdb")
+    finally:
+        torch.set_num_threads(threads)
+    ray_run = _index(collection, tmp_path / "ray.duckdb", _config(indexer={"engine": "ray", "num_workers": 2, "commit_every": 2}))
+    assert local.counts == ray_run.counts
+    queries = [
+        "SELECT specimen_id, status, group_name, content_hash, fingerprint, metadata FROM specimens ORDER BY 1",
+        "SELECT specimen_id, trait_id, trait_name, area, rle FROM trait_masks ORDER BY 1, 2",
+        "SELECT embedder, trait_name, specimen_id, vector FROM vectors ORDER BY 1, 2, 3",
+    ]
+    with Store.open(tmp_path / "local.duckdb", read_only=True) as a, Store.open(tmp_path / "ray.duckdb", read_only=True) as b:
+        for q in queries:
+            assert a.con.execute(q).fetchall() == b.con.execute(q).fetchall(), q
+        assert b.check_consistency() == []
+        assert b.runs()[-1]["engine"] == "ray"
