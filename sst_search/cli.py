@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .commands.demo import demo
 from .commands.evaluate import eval_seg
 from .commands.index import index, status
 from .commands.segment import segment
@@ -21,6 +22,7 @@ app.command()(segment)
 app.command()(synth)
 app.command()(index)
 app.command()(status)
+app.command()(demo)
 app.command("eval-seg")(eval_seg)
 
 

@@ -1,0 +1,113 @@
+"""``sst-search demo``: the whole product on a generated collection, in one command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..config import Config
+from ..embed import EmbedderError, create_embedder
+from ..evaluation import evaluate_folders
+from ..images import save_mask
+from ..store import Store
+from ..synthetic import generate_collection
+from ..weights import WeightsError, resolve_sam2_weights
+from .index import print_summary
+
+console = Console(stderr=True)
+
+#: With random weights masks are meaningless anyway, so the demo stays quick.
+RANDOM_IMAGE_SIZE = 256
+
+
+def _choose_weights(model: str, weights: str | None) -> str:
+    if weights is not None:
+        return weights
+    try:
+        return str(resolve_sam2_weights(model).path)
+    except WeightsError as exc:
+        console.print(f"[yellow]{exc}[/yellow]")
+        return "random"
+
+
+def _choose_embedder(embedder: str | None, embedder_weights: str | None) -> str:
+    if embedder is not None:
+        return embedder
+    try:
+        create_embedder("bioclip", weights=embedder_weights)
+        return "bioclip"
+    except EmbedderError as exc:
+        console.print(f"[yellow]{exc}[/yellow]\nfalling back to the weight-free color-pattern embedder")
+        return "color-pattern"
+
+
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the collection, index and predictions."),
+    species: int = typer.Option(3, "--species", min=1, max=10),
+    per_species: int = typer.Option(6, "--per-species", min=1),
+    model: str = typer.Option("sam2.1-hiera-tiny", "--model"),
+    weights: str | None = typer.Option(None, "--weights", help="Checkpoint path or 'random' (default: real weights if they can be had)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size (default 1024; 256 with random weights)."),
+    embedder: str | None = typer.Option(None, "--embedder", help="Default: bioclip if its weights can be had, else color-pattern."),
+    engine: str = typer.Option("local", "--engine", help="local | ray."),
+    ui: bool = typer.Option(False, "--ui", help="Start the search app on the demo index afterwards."),
+    port: int = typer.Option(8501, "--port"),
+) -> None:
+    """Generate a synthetic collection, index it, score the masks against the ground truth
+    and run a sample trait search."""
+    from indexer.job import run_index
+
+    collection = generate_collection(out / "collection", species=species, per_species=per_species, seed=0)
+    console.print(f"collection: {collection.manifest} ({species} species x {per_species} specimens)")
+    chosen_weights = _choose_weights(model, weights)
+    random_weights = chosen_weights == "random"
+    if random_weights:
+        console.print("[bold yellow]WARNING: running with RANDOM SAM 2 weights - masks, scores and search results are not meaningful.[/bold yellow]")
+    config = Config.model_validate(
+        {
+            "segmentation": {"model": model, "weights": chosen_weights,
+                             "image_size": image_size or (RANDOM_IMAGE_SIZE if random_weights else 1024)},
+            "embedding": {"embedder": _choose_embedder(embedder, None)},
+            "indexer": {"engine": engine},
+        }
+    )
+    db = out / "index.duckdb"
+    summary = run_index(collection.manifest, collection.references, db, config, quiet=False)
+    print_summary(summary)
+
+    predictions = out / "predictions"
+    with Store.open(db, read_only=True) as store:
+        for sid, path, group in store.con.execute(
+            "SELECT specimen_id, path, group_name FROM specimens WHERE status = 'indexed'"
+        ).fetchall():
+            label_map = store.label_map(sid)
+            if label_map is not None:
+                save_mask(predictions / group / f"{Path(path).stem}.png", label_map)
+    report = evaluate_folders(predictions, collection.ground_truth)
+    console.print(report)
+    _sample_search(db, collection.groups[0])
+    console.print(f"\nindex: {db}\nbrowse it: sst-search ui --db {db}")
+    if ui:
+        subprocess.run([sys.executable, "-m", "sst_search.cli", "ui", "--db", str(db), "--port", str(port)], check=False)
+
+
+def _sample_search(db: Path, group: str) -> None:
+    try:
+        from ..query import SearchEngine
+    except ImportError:
+        return
+    engine = SearchEngine.open(db)
+    trait = next((t for t in engine.traits(group) if not t.startswith("__")), None)
+    if trait is None:
+        return
+    ids = engine.store.filter_specimens(group=group)
+    if not ids:
+        return
+    results = engine.search(trait, k=5, specimen_id=ids[0])
+    console.print(f"\nspecimens whose [bold]{trait}[/bold] looks most like specimen {ids[0]}'s:")
+    for r in results:
+        console.print(f"  {r.rank}. {Path(r.path).name} ({r.group}) score {r.score:.3f}")
