@@ -222,15 +222,12 @@ class SSTTracker:
 
     def _pairwise(self, supports, queries, quality, batch_size, cache_support) -> Iterator[TrackResult]:
         session = self._session(supports) if cache_support else None
-        for batch in _batched(_load_queries(queries), batch_size if cache_support else 1):
-            good = [(qid, img) for qid, img, _ in batch if img is not None]
-            frames = dict(zip((qid for qid, _ in good), encode_images(self.predictor, [img for _, img in good])))
-            for qid, _, error in batch:
-                if error is not None:
-                    yield TrackResult(qid, error=error)
-                    continue
-                current = session or self._session(supports)
-                yield self._result(qid, current, frames[qid], current.track(frames[qid]), supports, quality)
+        for qid, frame, error in self._encoded(queries, batch_size if cache_support else 1):
+            if error is not None:
+                yield TrackResult(qid, error=error)
+                continue
+            current = session or self._session(supports)
+            yield self._result(qid, current, frame, current.track(frame), supports, quality)
 
     def _chain(self, supports, queries, quality, batch_size) -> Iterator[TrackResult]:
         # First pass: one cheap descriptor per query to order the chain; pixels of files
@@ -250,15 +247,20 @@ class SSTTracker:
         for chain in _chunks(order, self.max_chain_length):
             session = self._session(supports, total_frames=len(supports) + len(chain))
             position = {qid: session.num_cond + i for i, qid in enumerate(chain)}
-            for batch in _batched(_load_queries((qid, sources[qid]) for qid in chain), batch_size):
-                good = [(qid, img) for qid, img, _ in batch if img is not None]
-                frames = dict(zip((q for q, _ in good), encode_images(self.predictor, [img for _, img in good])))
-                for qid, _, error in batch:
-                    if error is not None:
-                        yield TrackResult(qid, error=error)
-                        continue
-                    logits = session.track(frames[qid], frame_idx=position[qid], keep_memory=True)
-                    yield self._result(qid, session, frames[qid], logits, supports, quality)
+            for qid, frame, error in self._encoded(((qid, sources[qid]) for qid in chain), batch_size):
+                if error is not None:
+                    yield TrackResult(qid, error=error)
+                    continue
+                logits = session.track(frame, frame_idx=position[qid], keep_memory=True)
+                yield self._result(qid, session, frame, logits, supports, quality)
+
+    def _encoded(self, queries: Iterable[Query], batch_size: int) -> Iterator[tuple[str, EncodedFrame | None, str | None]]:
+        """Load and encode queries ``batch_size`` at a time, in order; failures pass through."""
+        for batch in _batched(_load_queries(queries), batch_size):
+            good = [(qid, img) for qid, img, _ in batch if img is not None]
+            frames = dict(zip((q for q, _ in good), encode_images(self.predictor, [img for _, img in good])))
+            for qid, _, error in batch:
+                yield qid, frames.get(qid), error
 
     def _result(self, qid, session, frame, logits, supports, quality) -> TrackResult:
         label_map = logits_to_label_map(logits, session.obj_trait_ids, frame.size)
