@@ -26,7 +26,7 @@ class SegmentationConfig(_Strict):
     image_size: int = 1024
     mode: Literal["pairwise", "chain"] = "pairwise"
     quality: bool = Field(False, description="cycle-consistency quality score per mask")
-    batch_size: int = 4
+    batch_size: int | None = Field(None, description="queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)")
     max_chain_length: int = 256
     device: str | None = None
 

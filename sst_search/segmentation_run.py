@@ -49,7 +49,7 @@ def run_segmentation(
     mode: str = "pairwise",
     quality: bool = False,
     write_overlays: bool = False,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     quiet: bool = False,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)

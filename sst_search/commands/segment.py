@@ -27,7 +27,7 @@ def segment(
     image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
     quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Queries per image-encoder batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:

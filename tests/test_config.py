@@ -1,0 +1,22 @@
+"""configs/default.yaml documents the defaults; it must not drift from the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sst_search.config import Config, load_config
+
+DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
+def test_default_yaml_matches_code_defaults():
+    assert load_config(DEFAULTS) == Config()
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segmentation:\n  imagesize: 512\n")
+    with pytest.raises(ValueError, match="bad.yaml.*imagesize"):
+        load_config(bad)
