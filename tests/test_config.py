@@ -18,5 +18,5 @@ def test_default_yaml_matches_code_defaults():
 def test_unknown_keys_are_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("segmentation:\n  imagesize: 512\n")
-    with pytest.raises(ValueError, match="bad.yaml.*imagesize"):
+    with pytest.raises(ValueError, match=r"(?s)bad.yaml.*imagesize"):
         load_config(bad)
