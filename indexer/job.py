@@ -62,7 +62,13 @@ def run_index(
                 masks_dir=masks, force=force, hash_progress=bar.update,
             )
         plan_seconds = time.perf_counter() - started
-        run_id = store.begin_run(plan.fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
+        run_fingerprint = {
+            **plan.fingerprint,
+            # What the query engine needs to segment and embed an uploaded photo the same way.
+            "config": config.model_dump(mode="json"),
+            "references_dir": str(Path(references).resolve()),
+        }
+        run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
         failures: list[tuple[str, str]] = []
         write_seconds = 0.0
