@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sst_search.config import Config, stable_hash
 from sst_search.store import IndexConfig, Store
+from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
 from .plan import make_plan
@@ -96,6 +97,7 @@ def run_index(
             if runner is not None:
                 runner.close()
         store.finish_run(run_id, counts, timings)
+    publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
 
