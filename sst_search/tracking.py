@@ -160,6 +160,8 @@ class SSTTracker:
         self.model = model
         self.weights = weights
         self.max_chain_length = max_chain_length
+        #: sha256 of the fine-tuning adapter applied to the model (see sst_search.finetune).
+        self.adapter_sha256: str | None = None
         self._support_cache: dict[str, EncodedFrame] = {}
 
     @property
@@ -168,6 +170,7 @@ class SSTTracker:
             "model": self.model,
             "weights_sha256": self.weights.sha256,
             "image_size": self.predictor.image_size,
+            "adapter_sha256": self.adapter_sha256,
         }
 
     # -- encoding ---------------------------------------------------------------------
@@ -337,8 +340,18 @@ def build_tracker(
     device: str | torch.device | None = None,
     allow_download: bool | None = None,
     max_chain_length: int = 256,
+    adapter: str | Path | None = None,
 ) -> SSTTracker:
-    """Resolve weights, build the real SAM 2.1 video predictor and wrap it for SST."""
+    """Resolve weights, build the real SAM 2.1 video predictor and wrap it for SST.
+
+    ``adapter`` is a fine-tuned adapter file; it must have been trained on this very base
+    model (name, weights, image size), otherwise ``AdapterMismatchError`` is raised.
+    """
     resolved = resolve_sam2_weights(model, weights, allow_download=allow_download)
     predictor = build_predictor(model, resolved, image_size=image_size, device=device)
-    return SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length)
+    tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length)
+    if adapter is not None:
+        from .finetune import apply_adapter  # fine-tuning pulls in peft; plain tracking does not need it
+
+        apply_adapter(tracker, adapter)
+    return tracker

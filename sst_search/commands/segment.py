@@ -25,6 +25,7 @@ def segment(
     model: str = typer.Option("sam2.1-hiera-tiny", "--model", help=f"One of: {', '.join(SAM2_MODELS)}."),
     weights: str | None = typer.Option(None, "--weights", help="Checkpoint path, or 'random' for smoke tests."),
     image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
     quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
@@ -43,7 +44,7 @@ def segment(
     try:
         supports = [load_support(img, msk, traits) for img, msk in zip(support, support_mask)]
         files = expand_queries(queries)
-        tracker = build_tracker(model, weights, image_size=image_size, device=device)
+        tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
     except (ReferenceError, DuplicateStemError, WeightsError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
