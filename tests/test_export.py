@@ -1,0 +1,128 @@
+"""Exports round-trip: CSV/Parquet read back, PNG label maps and COCO RLE decode to the stored masks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from pycocotools.coco import COCO
+
+from sst_search import export
+from sst_search.images import load_mask
+from sst_search.store import SpecimenRecord, Store, masks_from_label_map, specimen_id
+from sst_search.synthetic import generate_collection, species_traits
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A real catalog holding the synthetic ground-truth masks (as provided masks) and one failed item."""
+    root = tmp_path_factory.mktemp("export")
+    coll = generate_collection(root / "syn", species=2, per_species=3, seed=5)
+    records = []
+    with open(coll.manifest, newline="") as fh:
+        for row in csv.DictReader(fh):
+            path, group = coll.root / row["path"], row["group"]
+            label_map = load_mask(coll.ground_truth / group / f"{path.stem}.png")
+            names = {tid: t.name for tid, t in species_traits(group).items()}
+            metadata = {k: v for k, v in row.items() if k not in ("path", "group")}
+            records.append(SpecimenRecord(
+                specimen_id(str(path)), str(path), "indexed", group_name=group, width=label_map.shape[1],
+                height=label_map.shape[0], metadata=metadata,
+                masks=masks_from_label_map(label_map, names, quality={1: 0.75}, source="provided"),
+            ))
+    records.append(SpecimenRecord(specimen_id("broken.png"), "broken.png", "failed", group_name=coll.groups[0],
+                                  error="broken.png: corrupt or truncated image data"))
+    db = root / "db.duckdb"
+    with Store.open(db) as writer:
+        writer.write_batch(records)
+    with Store.open(db, read_only=True) as reader:
+        yield reader
+
+
+def _stored(store: Store) -> dict[int, dict[int, np.ndarray]]:
+    ids = store.filter_specimens()
+    return {sid: {m.trait_id: m.mask() for m in store.trait_masks(sid)} for sid in ids}
+
+
+def test_measurements_table_round_trips_through_csv_and_parquet(store):
+    df = export.measurements_table(store)
+    stored = _stored(store)
+    assert len(df) == sum(len(m) for m in stored.values())
+    assert set(df["specimen_id"]) == set(stored)  # the failed item has no measurements
+    assert list(df.columns[:8]) == ["specimen_id", "path", "group", "catalogNumber", "scientificName",
+                                    "institutionCode", "eventDate", "locality"]
+    for row in df.itertuples():
+        mask = stored[row.specimen_id][row.trait_id]
+        assert row.area == mask.sum()
+        ys, xs = np.nonzero(mask)
+        assert (row.bbox_x0, row.bbox_y0, row.bbox_x1, row.bbox_y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert row.source == "provided"
+    assert df.loc[df.trait_id == 1, "quality"].eq(0.75).all() and df.loc[df.trait_id != 1, "quality"].isna().all()
+
+    from_parquet = pd.read_parquet(io.BytesIO(export.to_parquet_bytes(df)))
+    pd.testing.assert_frame_equal(from_parquet, df)
+    from_csv = pd.read_csv(io.BytesIO(export.to_csv_bytes(df)), dtype={"catalogNumber": str, "eventDate": str})
+    pd.testing.assert_frame_equal(from_csv, df, check_dtype=False)
+    # Free-text localities (quotes, commas, semicolons) survive CSV quoting.
+    assert from_csv["locality"].tolist() == df["locality"].tolist()
+
+
+def test_measurements_scope_by_group_and_ids(store):
+    group = store.con.execute("SELECT min(group_name) FROM specimens").fetchone()[0]
+    by_group = export.measurements_table(store, groups=[group])
+    assert set(by_group["group"]) == {group} and len(by_group) > 0
+    one = int(by_group["specimen_id"].iloc[0])
+    assert set(export.measurements_table(store, specimen_ids=[one])["specimen_id"]) == {one}
+    assert export.measurements_table(store, groups=["no-such-group"]).empty
+
+
+def test_masks_zip_holds_one_label_map_per_specimen(store):
+    stored = _stored(store)
+    with zipfile.ZipFile(io.BytesIO(export.masks_zip(store))) as zf:
+        names = set(zf.namelist())
+        assert names == {"labels.csv"} | {export.mask_file_name(sid, store.get_specimen(sid)["path"]) for sid in stored}
+        for sid, masks in stored.items():
+            png = zf.read(export.mask_file_name(sid, store.get_specimen(sid)["path"]))
+            label_map = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+            assert label_map.ndim == 2 and label_map.dtype == np.uint8
+            expected = np.zeros(label_map.shape, np.uint8)
+            for tid, m in masks.items():
+                expected[m] = tid
+            np.testing.assert_array_equal(label_map, expected)
+        labels = pd.read_csv(io.BytesIO(zf.read("labels.csv")))
+    assert len(labels) == sum(len(m) for m in stored.values())
+    assert set(labels["trait"]) == {m.trait_name for sid in stored for m in store.trait_masks(sid)}
+
+
+def test_coco_rle_decodes_to_the_stored_masks(store, tmp_path):
+    stored = _stored(store)
+    path = tmp_path / "coco.json"
+    path.write_bytes(export.to_json_bytes(export.coco_dataset(store)))
+    coco = COCO(str(path))
+    assert set(coco.getImgIds()) == set(stored)
+    categories = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    trait_names = {m.trait_name for sid in stored for m in store.trait_masks(sid)}
+    assert sorted(categories.values()) == sorted(trait_names)  # one category per trait name
+    assert len(coco.getAnnIds()) == sum(len(m) for m in stored.values())
+    for sid, masks in stored.items():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[sid]))
+        names = {m.trait_id: m.trait_name for m in store.trait_masks(sid)}
+        assert {a["trait_id"] for a in anns} == set(masks)
+        for ann in anns:
+            decoded = coco.annToMask(ann).astype(bool)
+            np.testing.assert_array_equal(decoded, masks[ann["trait_id"]])
+            assert categories[ann["category_id"]] == names[ann["trait_id"]]
+            assert ann["area"] == decoded.sum()
+    json.loads(path.read_text())  # plain JSON, no numpy types
+
+
+def test_failures_table_lists_reasons(store):
+    failures = export.failures_table(store)
+    assert failures[["path", "status"]].values.tolist() == [["broken.png", "failed"]]
+    assert "corrupt" in failures["error"].iloc[0]

@@ -1,0 +1,37 @@
+"""The index the app tests browse: a synthetic collection (plus one corrupt image) segmented by
+SAM 2 hiera-t with random weights and embedded by the colour-pattern embedder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from indexer.job import run_index
+from sst_search.config import Config
+from sst_search.synthetic import generate_collection
+
+#: SAM 2 input size: with random weights the masks mean nothing anyway, and 128 keeps it quick.
+IMAGE_SIZE = 128
+BROKEN = "images/broken.png"
+
+
+def build_ui_index(base: Path) -> Path:
+    """Build once per test session (both app test files share it through ``base``); returns the DB path."""
+    db = base / "ui-index" / "index.duckdb"
+    done = db.with_name("done")
+    if done.is_file():
+        return db
+    coll = generate_collection(db.parent / "collection", species=2, per_species=3, seed=11)
+    (coll.root / BROKEN).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with open(coll.manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(coll.manifest, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerow({**rows[0], "path": BROKEN, "catalogNumber": "SYN-BROKEN"})
+    config = Config.model_validate({
+        "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
+        "embedding": {"embedder": "color-pattern"},
+    })
+    summary = run_index(coll.manifest, coll.references, db, config)
+    assert summary.counts["indexed"] == 6 and summary.counts["failed"] == 1, summary.counts
+    done.touch()
+    return db

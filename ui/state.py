@@ -1,0 +1,102 @@
+"""Where the app's index comes from, how it is shared between sessions, and page navigation state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import streamlit as st
+
+from sst_search.images import load_image
+from sst_search.query import SearchEngine
+
+DB_ENV = "SST_SEARCH_DB"
+PAGES = ("Search", "Specimen", "Collection", "Export")
+
+#: One engine (one DuckDB connection) serves every session; DuckDB connections are not
+#: thread-safe and Streamlit runs each session in its own thread, so page runs take turns.
+_ENGINE_LOCK = threading.RLock()
+
+
+def db_path_from_args(argv: list[str]) -> str | None:
+    """``--db PATH`` after ``streamlit run ui/app.py --``, else ``$SST_SEARCH_DB``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--db")
+    args, _ = parser.parse_known_args(argv)
+    return args.db or os.environ.get(DB_ENV) or None
+
+
+@st.cache_resource(show_spinner="Opening the index...")
+def load_engine(db: str) -> SearchEngine:
+    """The latest published snapshot, read-only; "Reload index" clears this to pick up a newer one."""
+    return SearchEngine.open(Path(db))
+
+
+@contextmanager
+def engine_session(db: str) -> Iterator[SearchEngine]:
+    with _ENGINE_LOCK:
+        yield load_engine(db)
+
+
+def cache_key(engine: SearchEngine) -> str:
+    """Identifies the snapshot an engine reads, so cached results never outlive it."""
+    return str(engine.store.db_path)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def specimen_image(_engine: SearchEngine, key: str, specimen_id: int, max_side: int = 768) -> np.ndarray:
+    """The specimen's image, read from the path the catalog stores for it (never from user text),
+    downscaled for display. Raises ``ImageLoadError`` naming the file."""
+    row = _engine.store.get_specimen(specimen_id)
+    if row is None:
+        raise KeyError(f"no specimen {specimen_id} in the catalog")
+    image = load_image(row["path"])
+    scale = max_side / max(image.shape[:2])
+    if scale < 1:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image
+
+
+@st.cache_data(show_spinner=False)
+def specimen_labels(_engine: SearchEngine, key: str, group: str | None = None, indexed_only: bool = True) -> dict[int, str]:
+    """``specimen_id -> "catalogNumber · stem (group)"`` for pick lists, in path order."""
+    sql = "SELECT specimen_id, path, group_name, status, metadata FROM specimens WHERE TRUE"
+    params: list = []
+    if indexed_only:
+        sql += " AND status = 'indexed'"
+    if group is not None:
+        sql += " AND group_name = ?"
+        params.append(group)
+    labels = {}
+    for sid, path, grp, status, metadata in _engine.store.con.execute(sql + " ORDER BY group_name, path", params).fetchall():
+        catalog_number = (json.loads(metadata) if metadata else {}).get("catalogNumber")
+        label = f"{catalog_number + ' · ' if catalog_number else ''}{Path(path).stem} ({grp or 'no group'})"
+        labels[sid] = label if status == "indexed" else f"{label} [{status}]"
+    return labels
+
+
+def init_navigation() -> None:
+    """First run of a session: take page and specimen from the URL (shared links)."""
+    if "page" in st.session_state:
+        return
+    page = st.query_params.get("page", "").capitalize()
+    st.session_state["page"] = page if page in PAGES else PAGES[0]
+    specimen = st.query_params.get("specimen", "")
+    if specimen.isdigit():
+        st.session_state["specimen_id"] = int(specimen)
+
+
+def open_specimen(specimen_id: int) -> None:
+    """Button callback: show one specimen, and put it in the URL so the view can be shared."""
+    st.session_state["page"] = "Specimen"
+    st.session_state["specimen_id"] = int(specimen_id)
+    st.query_params["page"] = "specimen"
+    st.query_params["specimen"] = str(specimen_id)

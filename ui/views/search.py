@@ -1,0 +1,109 @@
+"""Search: one trait, queried by an indexed specimen, an uploaded photo or text, with metadata filters."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from sst_search.images import ImageLoadError, load_image
+from sst_search.query import Filter, QueryError, SearchEngine
+
+from ..render import result_grid, trait_label
+from ..state import cache_key, specimen_labels
+
+MAX_UPLOAD_MB = 20
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff"]
+OPS = ["==", "!=", "contains", "in", "not in", ">=", "<=", ">", "<"]
+MAX_FILTERS = 6
+
+
+def _filter_value(op: str, text: str) -> str | float | list[str]:
+    """What the user typed, as the Filter expects it: lists for (not) in, numbers for comparisons."""
+    if op in ("in", "not in"):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    if op in (">=", "<=", ">", "<"):
+        try:
+            return float(text)
+        except ValueError:
+            return text  # dates and other text compare as text
+    return text
+
+
+def _filters(engine: SearchEngine, group: str) -> list[Filter]:
+    filters = []
+    if st.checkbox(f"Only specimens of {group}", key="only_group"):
+        filters.append(Filter(field="group", op="==", value=group))
+    fields = sorted(engine.metadata_keys()) + ["group", "path"]
+    count = st.number_input("Metadata filters", min_value=0, max_value=MAX_FILTERS, value=0, key="filter_count")
+    for i in range(int(count)):
+        c1, c2, c3 = st.columns([2, 1, 2])
+        field = c1.selectbox("Field", fields, key=f"filter_field_{i}")
+        op = c2.selectbox("Op", OPS, key=f"filter_op_{i}")
+        text = c3.text_input("Value", key=f"filter_value_{i}", help="comma-separated for 'in' / 'not in'").strip()
+        if text:
+            filters.append(Filter(field=field, op=op, value=_filter_value(op, text)))
+    return filters
+
+
+def _query(engine: SearchEngine, group: str) -> dict | None:
+    """The query as ``search()`` keyword arguments, or None while it is incomplete."""
+    mode = st.radio("Query by", ["Specimen", "Upload", "Text"], horizontal=True, key="query_mode")
+    if mode == "Specimen":
+        labels = specimen_labels(engine, cache_key(engine), group)
+        if not labels:
+            st.info(f"No indexed specimens in {group}.")
+            return None
+        sid = st.selectbox("Query specimen", list(labels), format_func=labels.get, key="query_specimen")
+        return {"specimen_id": sid}
+    if mode == "Upload":
+        upload = st.file_uploader(f"Photo (JPEG, PNG or TIFF, at most {MAX_UPLOAD_MB} MB)", type=UPLOAD_TYPES,
+                                  max_upload_size=MAX_UPLOAD_MB, key="upload")
+        if upload is None:
+            return None
+        if upload.size > MAX_UPLOAD_MB * 2**20:
+            st.error(f"{upload.name}: {upload.size / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit")
+            return None
+        try:
+            image = load_image(upload.name, data=upload.getvalue())
+        except ImageLoadError as exc:
+            st.error(str(exc))
+            return None
+        st.image(image, caption=upload.name, width=240)
+        return {"image": image, "group": group}
+    text = st.text_input("Describe the trait", key="query_text", placeholder="e.g. a broad red forewing band").strip()
+    return {"text": text} if text else None
+
+
+def render(engine: SearchEngine) -> None:
+    st.header("Search by trait")
+    groups = engine.groups()
+    if not groups:
+        st.info("The index holds no specimens yet.")
+        return
+    c1, c2 = st.columns(2)
+    group = c1.selectbox("Group", groups, key="group")
+    trait = c2.selectbox("Trait", engine.traits(group), format_func=trait_label, key="trait")
+    query = _query(engine, group)
+    with st.expander("Filters and options", expanded=False):
+        filters = _filters(engine, group)
+        c1, c2, c3 = st.columns(3)
+        k = int(c1.number_input("Results (k)", min_value=1, max_value=100, value=8, key="k"))
+        direction = c2.radio("Direction", ["similar", "different"], horizontal=True, key="direction")
+        rerank = c3.checkbox("Re-rank by cycle consistency", key="rerank",
+                             help="Tracks the query's trait into each candidate and back with SAM 2 (slow).")
+    if st.button("Search", type="primary", disabled=query is None, key="run_search"):
+        try:
+            with st.spinner("Searching..."):
+                st.session_state["results"] = engine.search(
+                    trait, k, filters=filters, direction=direction, rerank=rerank, **query)
+            st.session_state["results_for"] = f"{trait_label(trait)} · {direction}"
+        except (QueryError, ImageLoadError, KeyError, ValueError, RuntimeError) as exc:
+            st.session_state.pop("results", None)
+            st.error(f"Search failed: {exc}")
+    results = st.session_state.get("results")
+    if results is None:
+        return
+    if not results:
+        st.info("No specimens match these filters.")
+        return
+    st.subheader(f"{len(results)} results: {st.session_state['results_for']}")
+    result_grid(engine, results, "search")

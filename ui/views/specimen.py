@@ -1,0 +1,68 @@
+"""Specimen: every trait overlaid with a legend, its measurements, and its nearest neighbours per trait."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from sst_search import export
+from sst_search.images import ImageLoadError
+from sst_search.query import QueryError, SearchEngine
+from sst_search.store import SPECIMEN_TRAIT
+
+from ..render import legend, overlaid, result_grid, trait_label
+from ..state import cache_key, specimen_image, specimen_labels
+
+NEIGHBOURS = 4
+
+
+def _neighbours(engine: SearchEngine, specimen_id: int, traits: list[str]) -> None:
+    st.subheader("Nearest neighbours")
+    for trait in [SPECIMEN_TRAIT, *traits]:
+        st.markdown(f"**{trait_label(trait)}**")
+        try:
+            results = engine.search(trait, NEIGHBOURS, specimen_id=specimen_id)
+        except (QueryError, KeyError) as exc:
+            st.caption(f"no neighbours: {exc}")
+            continue
+        result_grid(engine, results, f"nn-{trait}", columns=NEIGHBOURS, compact=True)
+
+
+def render(engine: SearchEngine) -> None:
+    st.header("Specimen")
+    labels = specimen_labels(engine, cache_key(engine), indexed_only=False)
+    if not labels:
+        st.info("The index holds no specimens yet.")
+        return
+    if st.session_state.get("specimen_id") not in labels:
+        st.session_state.pop("specimen_id", None)  # a stale link or a specimen gone from this snapshot
+    sid = st.selectbox("Specimen", list(labels), format_func=labels.get, key="specimen_id")
+    row = engine.store.get_specimen(sid)
+    masks = engine.store.trait_masks(sid)
+    if row["status"] != "indexed":
+        st.error(f"{row['path']}: {row['status']}: {row['error']}")
+
+    left, right = st.columns([3, 2])
+    with left:
+        try:
+            image = specimen_image(engine, cache_key(engine), sid)
+        except (ImageLoadError, KeyError) as exc:
+            st.warning(f"image unavailable: {exc}")
+        else:
+            label_map = engine.store.label_map(sid)
+            st.image(overlaid(image, label_map) if label_map is not None else image, width="stretch")
+        legend([(m.trait_id, m.trait_name) for m in masks])
+    with right:
+        st.markdown(f"**Group:** {row['group_name'] or '-'}  \n**Path:** `{row['path']}`  \n**Size:** "
+                    f"{row['width']} x {row['height']} px")
+        metadata = row["metadata"] or {}
+        if metadata:
+            st.table(pd.DataFrame({"value": [str(v) for v in metadata.values()]}, index=list(metadata)))
+
+    st.subheader("Traits")
+    if not masks:
+        st.info("No trait was found on this specimen.")
+        return
+    table = export.measurements_table(engine.store, specimen_ids=[sid])
+    st.dataframe(table[list(export.MEASUREMENT_COLUMNS)], hide_index=True)
+    _neighbours(engine, sid, [m.trait_name for m in masks])
