@@ -5,10 +5,12 @@ from __future__ import annotations
 import typer
 
 from .commands.demo import demo
-from .commands.evaluate import eval_seg
+from .commands.evaluate import eval_kshot, eval_retrieval, eval_seg
+from .commands.finetune import finetune
 from .commands.index import index, status
 from .commands.segment import segment
 from .commands.synth import synth
+from .commands.ui import ui
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trait segmentation and search for natural-history collections.")
 
@@ -23,7 +25,11 @@ app.command()(synth)
 app.command()(index)
 app.command()(status)
 app.command()(demo)
+app.command()(finetune)
 app.command("eval-seg")(eval_seg)
+app.command()(ui)
+app.command("eval-kshot")(eval_kshot)
+app.command("eval-retrieval")(eval_retrieval)
 
 
 def main() -> None:
