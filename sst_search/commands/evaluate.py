@@ -1,4 +1,4 @@
-"""``sst-search eval-seg``: score predicted trait masks against ground-truth masks."""
+"""``sst-search eval-seg`` / ``eval-kshot`` / ``eval-retrieval``: segmentation and retrieval scores."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from tqdm import tqdm
 
-from ..evaluation import EvaluationInputError, evaluate_folders
+from ..evaluation import DatasetFormatError, EvaluationInputError, evaluate_folders
+from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
+from ..evaluation.retrieval import GROUP, evaluate_retrieval
+from ..references import ReferenceError
+from ..store import Store
+from ..tracking import MODES, build_tracker
+from ..weights import SAM2_MODELS, WeightsError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -26,6 +33,88 @@ def eval_seg(
     try:
         report = evaluate_folders(pred, gt, manifest)
     except EvaluationInputError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(report)
+    if csv is not None:
+        console.print(f"wrote {report.to_csv(csv)}")
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--seeds") from exc
+    if not seeds:
+        raise typer.BadParameter("at least one seed is needed", param_hint="--seeds")
+    return seeds
+
+
+def eval_kshot(
+    fmt: DatasetKind = typer.Option(..., "--format", help="folder | synthetic (--root) or cambridge | neon (--split)."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset folder (folder/synthetic formats)."),
+    split: Path | None = typer.Option(None, "--split", help="Cambridge split JSON or NEON metadata.json."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="Where the downloaded images are (cambridge/neon)."),
+    mask_root: Path | None = typer.Option(None, "--mask-root", help="Folder mask paths are relative to (default: found from --split)."),
+    k: int = typer.Option(1, "--k", min=1, help="Supports drawn per group."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    mode: str = typer.Option("pairwise", "--mode", help=f"Propagation mode: {' | '.join(MODES)}."),
+    model: str = typer.Option("sam2.1-hiera-tiny", "--model", help=f"One of: {', '.join(SAM2_MODELS)}."),
+    weights: str | None = typer.Option(None, "--weights", help="Checkpoint path, or 'random' for smoke tests."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    csv: Path | None = typer.Option(None, "--csv", help="Also write per-seed trait/group/overall rows to this CSV."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """k-shot protocol: per seed, draw k supports per group, segment the rest with SST, score mIoU.
+
+    Exit status: 0 scored, 1 some queries failed (scored as IoU 0), 2 bad input or weights.
+    """
+    if mode not in MODES:
+        raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    seed_list = _seed_list(seeds)
+    try:
+        dataset, names = open_dataset(fmt, root=root, split=split, image_root=image_root, mask_root=mask_root)
+        tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
+    except (DatasetFormatError, FileNotFoundError, ReferenceError, WeightsError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    err_console.print(dataset.summary())
+    if tracker.weights.is_random:
+        err_console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - scores are not meaningful (smoke test only).[/bold yellow]")
+    usable = sum(r.image_path is not None for r in dataset.records)
+    with tqdm(total=max(usable - k * len(dataset.groups), 0) * len(seed_list), desc="segment", unit="img", disable=quiet) as bar:
+        try:
+            report = run_kshot(dataset, tracker, k=k, seeds=seed_list, mode=mode, trait_names=names,
+                               batch_size=batch_size, progress=bar.update)
+        except ValueError as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    console.print(report)
+    if csv is not None:
+        console.print(f"wrote {report.to_csv(csv)}")
+    if any(s.failed for s in report.seeds):
+        raise typer.Exit(1)
+
+
+def eval_retrieval(
+    db: Path = typer.Option(..., "--db", help="DuckDB catalog file of an index."),
+    by: str = typer.Option(GROUP, "--by", help="Relevance label: 'group' or a metadata column (e.g. scientificName)."),
+    k: int = typer.Option(10, "--k", min=1, help="Ranks scored per query."),
+    embedder: list[str] | None = typer.Option(None, "--embedder", help="Only this embedder (repeatable)."),
+    traits: list[str] | None = typer.Option(None, "--traits", help="Only this trait name (repeatable)."),
+    csv: Path | None = typer.Option(None, "--csv", help="Also write the rows to this CSV."),
+) -> None:
+    """Leave-one-out mAP@k and P@k per (embedder, trait), with the chance level of each.
+
+    Exit status: 0 scored, 2 bad input (no store, unknown embedder/trait/column).
+    """
+    try:
+        with Store.open(db, read_only=True) as store:
+            report = evaluate_retrieval(store, by=by, k=k, embedders=embedder, traits=traits)
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(report)

@@ -1,0 +1,187 @@
+"""Retrieval quality of an index, with a label (group or metadata column) as relevance.
+
+Leave-one-out over the index itself: every specimen with a vector for the trait queries
+with its own stored vector, through the same FAISS search users get
+(:meth:`Store.search`), and is removed from its own ranking. A result is relevant when it
+carries the query's label. Specimens without the label are still in the gallery (as
+non-relevant results) but do not query.
+
+Scores alone mislead: a trait that only one species has will score P@k = 1 by group
+whatever the embedder does. Each row therefore states the chance level, the precision a
+random ranking would reach in expectation:
+``E[P@k] = min(k, N-1) * R / ((N-1) * k)`` for a query with ``R`` relevant specimens
+among the ``N-1`` others, averaged over the scored queries.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+
+from rich.console import Group
+from rich.table import Table
+
+from ..store import Store
+from .metrics import retrieval_scores
+
+#: ``by`` value that uses the specimens' reference group instead of a metadata column.
+GROUP = "group"
+
+#: Queries searched per FAISS call: bounds memory on large indexes.
+QUERY_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class RetrievalRow:
+    embedder: str
+    trait: str
+    k: int
+    queries: int
+    skipped: int  # queries with no other specimen of their label: no AP is defined
+    labels: int
+    map_at_k: float | None
+    precision_at_k: float | None
+    chance_precision_at_k: float | None
+
+
+@dataclass
+class RetrievalReport:
+    db: str
+    by: str
+    k: int
+    rows: list[RetrievalRow]
+    unlabeled: dict[tuple[str, str], int] = field(default_factory=dict)  # index -> vectors without a label
+    random_embedders: list[str] = field(default_factory=list)
+
+    def row(self, embedder: str, trait: str) -> RetrievalRow:
+        for r in self.rows:
+            if (r.embedder, r.trait) == (embedder, trait):
+                return r
+        raise KeyError(f"no row for {embedder}/{trait}")
+
+    def __rich__(self) -> Group:
+        table = Table(title=f"{self.db}: retrieval by {self.by!r}, k={self.k}")
+        for col in ("embedder", "trait", "queries", "skipped", "labels", f"mAP@{self.k}", f"P@{self.k}", f"chance P@{self.k}"):
+            label = col in ("embedder", "trait")
+            table.add_column(col, justify="left" if label else "right", no_wrap=label)
+        for r in self.rows:
+            table.add_row(r.embedder, r.trait, str(r.queries), str(r.skipped), str(r.labels),
+                          _fmt(r.map_at_k), _fmt(r.precision_at_k), _fmt(r.chance_precision_at_k))
+        lines = [
+            f"[yellow]{e}/{t}: {n} vector(s) of specimens without {self.by!r} (gallery only)[/yellow]"
+            for (e, t), n in sorted(self.unlabeled.items())
+        ]
+        lines += [
+            f"[bold yellow]{e}: embedder weights were RANDOM when indexed; scores say nothing about the model.[/bold yellow]"
+            for e in self.random_embedders
+        ]
+        return Group(table, *lines)
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["embedder", "trait", "by", "k", "queries", "skipped", "labels", "map_at_k", "precision_at_k", "chance_precision_at_k"])
+            for r in self.rows:
+                w.writerow([r.embedder, r.trait, self.by, r.k, r.queries, r.skipped, r.labels,
+                            _num(r.map_at_k), _num(r.precision_at_k), _num(r.chance_precision_at_k)])
+        return path
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def specimen_labels(store: Store, by: str = GROUP) -> dict[int, str]:
+    """``{specimen_id: label}`` of indexed specimens: their group, or a metadata column's value."""
+    if by == GROUP:
+        rows = store.con.execute(
+            "SELECT specimen_id, group_name FROM specimens WHERE status = 'indexed' AND group_name IS NOT NULL"
+        ).fetchall()
+    else:
+        rows = store.con.execute(
+            "SELECT m.specimen_id, m.value FROM specimen_metadata m JOIN specimens s USING (specimen_id) "
+            "WHERE s.status = 'indexed' AND m.key = ? AND m.value IS NOT NULL AND m.value <> ''",
+            [by],
+        ).fetchall()
+        if not rows:
+            keys = [k for (k,) in store.con.execute("SELECT DISTINCT key FROM specimen_metadata ORDER BY 1").fetchall()]
+            raise ValueError(f"{store.db_path}: no indexed specimen has metadata column {by!r} (columns: {', '.join(keys) or 'none'}; or use {GROUP!r})")
+    return {int(sid): str(label) for sid, label in rows}
+
+
+def _random_embedders(store: Store) -> list[str]:
+    """Embedders whose most recent run recorded random weights."""
+    latest: dict[str, bool] = {}
+    for run in store.runs():
+        fp = json.loads(run["fingerprint"]) if isinstance(run["fingerprint"], str) else (run["fingerprint"] or {})
+        emb = fp.get("embedder") or {}
+        if emb.get("embedder"):
+            latest[emb["embedder"]] = emb.get("weights") == "random"
+    return sorted(e for e, random in latest.items() if random)
+
+
+def evaluate_retrieval(
+    store: Store,
+    by: str = GROUP,
+    k: int = 10,
+    embedders: Iterable[str] | None = None,
+    traits: Iterable[str] | None = None,
+) -> RetrievalReport:
+    """mAP@k, P@k and chance P@k per (embedder, trait) index (see the module docstring)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    keys = store.index_keys()
+    if not keys:
+        raise ValueError(f"{store.db_path}: the index holds no vectors")
+    for name, wanted, have in (("embedder", embedders, {e for e, _ in keys}), ("trait", traits, {t for _, t in keys})):
+        unknown = sorted(set(wanted or ()) - have)
+        if unknown:
+            raise ValueError(f"{store.db_path}: unknown {name}(s) {unknown}; the index has {sorted(have)}")
+    embedders, traits = set(embedders or ()), set(traits or ())
+    labels = specimen_labels(store, by)
+    report = RetrievalReport(str(store.db_path), by, k, [], random_embedders=_random_embedders(store))
+    for embedder, trait in keys:
+        if (embedders and embedder not in embedders) or (traits and trait not in traits):
+            continue
+        report.rows.append(_score_index(store, embedder, trait, labels, k, report))
+    return report
+
+
+def _score_index(store: Store, embedder: str, trait: str, labels: dict[int, str], k: int, report: RetrievalReport) -> RetrievalRow:
+    ids, matrix = store.get_vectors(embedder, trait)
+    gallery = ids.tolist()
+    counts = Counter(labels[i] for i in gallery if i in labels)
+    unlabeled = len(gallery) - sum(counts.values())
+    if unlabeled:
+        report.unlabeled[(embedder, trait)] = unlabeled
+    queried = [j for j, sid in enumerate(gallery) if sid in labels]
+    others = len(gallery) - 1
+    queries, chance = [], []
+    for start in range(0, len(queried), QUERY_BATCH):
+        rows = queried[start : start + QUERY_BATCH]
+        # One extra result, because the query itself usually comes back first.
+        hits = store.search(embedder, trait, matrix[rows], k=min(k + 1, len(gallery)))
+        for j, found in zip(rows, hits):
+            sid = gallery[j]
+            label = labels[sid]
+            ranked = [h for h, _ in found if h != sid][:k]
+            n_rel = counts[label] - 1
+            queries.append((ranked, lambda h, label=label: labels.get(h) == label, n_rel))
+            if n_rel:
+                chance.append(min(k, others) * n_rel / (others * k))
+    scores = retrieval_scores(queries, k)
+    return RetrievalRow(
+        embedder, trait, k, scores.queries, scores.skipped, len(counts),
+        scores.map_at_k, scores.precision_at_k, fmean(chance) if chance else None,
+    )
