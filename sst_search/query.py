@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from .config import Config
 from .embed import NoTextTowerError
@@ -26,6 +26,9 @@ from .store import SPECIMEN_TRAIT, Store, decode_mask
 from .store.snapshots import resolve_snapshot
 
 Direction = Literal["similar", "different"]
+
+#: Unfiltered hits checked against the filters before falling back to a filtered search.
+POSTFILTER_FETCH = 200
 
 #: Filterable specimen columns besides the manifest's metadata keys.
 SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status"}
@@ -45,6 +48,13 @@ class Filter(BaseModel):
     field: str
     op: Literal["==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<"]
     value: str | float | list[str]
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Filter:
+        if (self.op in ("in", "not in")) != isinstance(self.value, list):
+            need = "a list of values" if self.op in ("in", "not in") else "a single value"
+            raise ValueError(f"filter on {self.field!r}: {self.op!r} needs {need}, got {self.value!r}")
+        return self
 
 
 @dataclass
@@ -102,20 +112,54 @@ def compile_filters(filters: list[Filter], metadata_keys: set[str]) -> tuple[str
 class SearchEngine:
     """Read-only search over the latest published snapshot of an index."""
 
-    def __init__(self, store: Store, tracker=None, embedder=None, references: Path | None = None):
+    def __init__(self, store: Store, tracker=None, embedder=None, references: Path | None = None,
+                 db_path: Path | None = None):
         self.store = store
+        #: The live store this engine follows; ``store.db_path`` is the snapshot it reads.
+        self.db_path = Path(db_path) if db_path is not None else store.db_path
         self._tracker = tracker
         self._embedder = embedder
+        self._explicit_references = Path(references) if references else None
         self._run = self._last_run()
         recorded = self._run.get("references_dir")
-        self.references = Path(references) if references else Path(recorded) if recorded else None
+        self.references = self._explicit_references or (Path(recorded) if recorded else None)
+        self._metadata_keys: set[str] | None = None
 
     @classmethod
     def open(cls, db_path: str | Path, tracker=None, embedder=None, references: str | Path | None = None) -> SearchEngine:
-        return cls(Store.open(resolve_snapshot(db_path), read_only=True), tracker, embedder, references)
+        """Open the latest published snapshot of the index at ``db_path`` read-only.
+
+        ``tracker`` and ``embedder`` are built on demand from the recorded run configuration
+        unless given; ``references`` overrides the references folder the run recorded.
+        """
+        return cls(Store.open(resolve_snapshot(db_path), read_only=True), tracker, embedder, references, Path(db_path))
+
+    def refresh(self) -> bool:
+        """Switch to a newer published snapshot if there is one; True when it switched.
+
+        A long-lived reader (the app) calls this between searches; searches already running
+        finish on the old snapshot, which a publish never modifies.
+        """
+        latest = resolve_snapshot(self.db_path)
+        if latest == self.store.db_path:
+            return False
+        old = self.store
+        self.store = Store.open(latest, read_only=True)
+        self._run = self._last_run()
+        recorded = self._run.get("references_dir")
+        self.references = self._explicit_references or (Path(recorded) if recorded else None)
+        self._metadata_keys = None
+        old.close()
+        return True
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> SearchEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- what is there --------------------------------------------------------------------
     def _last_run(self) -> dict:
@@ -140,7 +184,8 @@ class SearchEngine:
             "SELECT DISTINCT group_name FROM specimens WHERE group_name IS NOT NULL ORDER BY 1").fetchall()]
 
     def embedders(self) -> list[str]:
-        return [r[0] for r in self.store.con.execute("SELECT DISTINCT embedder FROM vectors ORDER BY 1").fetchall()]
+        # index_state has one row per index: no scan of the (large) vectors table per search.
+        return [r[0] for r in self.store.con.execute("SELECT DISTINCT embedder FROM index_state ORDER BY 1").fetchall()]
 
     def traits(self, group: str | None = None) -> list[str]:
         sql = "SELECT DISTINCT t.trait_name FROM trait_masks t JOIN specimens s USING (specimen_id)"
@@ -151,20 +196,32 @@ class SearchEngine:
         return [SPECIMEN_TRAIT] + [r[0] for r in self.store.con.execute(sql + " ORDER BY 1", params).fetchall()]
 
     def metadata_keys(self) -> set[str]:
-        return {r[0] for r in self.store.con.execute("SELECT DISTINCT key FROM specimen_metadata").fetchall()}
+        # A snapshot never changes, so one scan of the metadata table serves every search.
+        if self._metadata_keys is None:
+            self._metadata_keys = {r[0] for r in self.store.con.execute("SELECT DISTINCT key FROM specimen_metadata").fetchall()}
+        return self._metadata_keys
 
-    def filter_ids(self, filters: list[Filter] | None, group: str | None = None) -> list[int] | None:
-        """Specimen ids passing the filters (None when there are none to apply)."""
+    def filter_ids(self, filters: list[Filter] | None, group: str | None = None) -> np.ndarray | None:
+        """Ids of indexed specimens passing the filters (None when there are none to apply)."""
         filters = list(filters or [])
         if group is not None:
             filters.append(Filter(field="group", op="==", value=group))
         if not filters:
             return None
         where, params = compile_filters(filters, self.metadata_keys())
-        rows = self.store.con.execute(
+        return self.store.con.execute(
             f"SELECT s.specimen_id FROM specimens s WHERE s.status = 'indexed' AND {where}", params
+        ).fetchnumpy()["specimen_id"].astype(np.int64)
+
+    def _passing(self, ids: list[int], filters: list[Filter]) -> set[int]:
+        """Which of ``ids`` pass the filters: the cheap check of a post-filtered search."""
+        where, params = compile_filters(filters, self.metadata_keys())
+        rows = self.store.con.execute(
+            "SELECT s.specimen_id FROM specimens s WHERE s.specimen_id IN (SELECT unnest(?::BIGINT[])) "
+            f"AND s.status = 'indexed' AND {where}",
+            [[int(i) for i in ids], *params],
         ).fetchall()
-        return [r[0] for r in rows]
+        return {r[0] for r in rows}
 
     # -- models (built on demand, like the index was) -------------------------------------------
     @property
@@ -224,8 +281,12 @@ class SearchEngine:
         """Rank specimens by ``trait`` similarity to exactly one of: an indexed specimen, an
         uploaded ``image`` (segmented against ``group``'s references), or ``text``.
 
-        ``direction="different"`` returns the least similar first. ``rerank`` re-orders the
-        top ``k`` of ``3k`` candidates by cycle-consistency IoU (needs SAM 2 weights).
+        ``direction="different"`` returns the least similar first: the index is searched with
+        the negated query vector (the top of ``-q`` is the bottom of ``q``), and ``score`` is
+        still the cosine similarity to the query, so results come in ascending order.
+        ``rerank`` re-orders the top ``k`` of ``3k`` candidates by cycle-consistency IoU
+        (needs SAM 2). ``group`` names the species an uploaded photo is segmented as; to
+        restrict the results to a group, filter on ``Filter(field="group", ...)``.
         """
         if sum(x is not None for x in (specimen_id, image, text)) != 1:
             raise QueryError("give exactly one of specimen_id, image or text")
@@ -246,16 +307,12 @@ class SearchEngine:
                 vector = self.embedder.embed_text(text)
             except NoTextTowerError as exc:
                 raise QueryError(str(exc)) from exc
-        candidates = self.filter_ids(filters)
-        if candidates is not None and not candidates:
-            return []
         fetch = k * 3 if rerank else k
-        if exclude_query and specimen_id is not None:
-            fetch += 1
+        skip = specimen_id if exclude_query else None
         signed = vector if direction == "similar" else -vector
-        hits = self.store.search(embedder, trait, signed, fetch, candidate_ids=candidates)[0]
-        hits = [(sid, s if direction == "similar" else -s) for sid, s in hits
-                if not (exclude_query and sid == specimen_id)][:fetch]
+        hits = self._ranked(embedder, trait, signed, fetch, list(filters or []), skip)
+        if direction == "different":
+            hits = [(sid, -s) for sid, s in hits]
         results = self._results(hits, trait)
         if rerank:
             results = self._rerank(results, query_support, trait)
@@ -263,6 +320,41 @@ class SearchEngine:
         for i, r in enumerate(results, start=1):
             r.rank = i
         return results
+
+    def _ranked(
+        self, embedder: str, trait: str, vector: np.ndarray, n: int, filters: list[Filter], skip: int | None
+    ) -> list[tuple[int, float]]:
+        """Top ``n`` ``(specimen_id, inner product)`` passing ``filters``, without ``skip``.
+
+        Post-filter first: the head of the unfiltered top ``POSTFILTER_FETCH`` is checked
+        against the filters in one SQL query over just those ids, which answers the common,
+        unselective filter in about the time of an unfiltered search. When too few survive
+        (a selective filter), the candidate set is computed in SQL and searched directly
+        (exactly when small, see :meth:`Store.search`), so a filter does not make a search
+        miss the specimens that pass it.
+        """
+        extra = 1 if skip is not None else 0
+        if not filters:
+            hits = self.store.search(embedder, trait, vector, n + extra)[0]
+            return [h for h in hits if h[0] != skip][:n]
+        fetch = max(POSTFILTER_FETCH, 4 * n) + extra
+        hits = self.store.search(embedder, trait, vector, fetch)[0]
+        if len(hits) < fetch:  # the whole index came back: filtering it is exact
+            passing = self._passing([sid for sid, _ in hits], filters) if hits else set()
+            return [h for h in hits if h[0] in passing and h[0] != skip][:n]
+        # Trusted only when the filter keeps enough of the head of the list: an approximate
+        # index finds its best hits reliably, but misses more the further down it goes.
+        head = hits[: fetch // 2]
+        passing = self._passing([sid for sid, _ in head], filters)
+        kept = [h for h in head if h[0] in passing and h[0] != skip][:n]
+        if len(kept) == n:
+            return kept
+        candidates = self.filter_ids(filters)
+        if skip is not None:
+            candidates = candidates[candidates != skip]
+        if not len(candidates):
+            return []
+        return self.store.search(embedder, trait, vector, n, candidate_ids=candidates)[0]
 
     def _default_embedder(self) -> str:
         names = self.embedders()

@@ -298,7 +298,7 @@ class Store:
                 scores = queries @ matrix.T
                 top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
                 return [[(int(ids[j]), float(scores[q, j])) for j in row] for q, row in enumerate(top)]
-            params = ix.search_params(index, faiss.IDSelectorBatch(candidates))
+            params = ix.search_params(index, faiss.IDSelectorBatch(candidates), len(candidates) / max(1, index.ntotal))
         else:
             params = None
         scores, labels = index.search(queries, k, params=params)

@@ -112,12 +112,22 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     return np.sort(ids.astype(np.int64))
 
 
-def search_params(index: faiss.Index, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+def search_params(
+    index: faiss.Index, selector: faiss.IDSelector | None, fraction: float = 1.0
+) -> faiss.SearchParameters | None:
+    """Parameters of a search restricted to ``selector``, which admits ``fraction`` of the ids.
+
+    An IVF index probes ``nprobe / fraction`` lists (at most all of them): it then scans
+    about as many admitted vectors as an unrestricted search does, instead of finding
+    nothing when the admitted ones lie in lists far from the query.
+    """
     if selector is None:
         return None
     kind = index_kind(index)
     if kind == "ivf":
-        return faiss.SearchParametersIVF(sel=selector, nprobe=faiss.downcast_index(index).nprobe)
+        ivf = faiss.downcast_index(index)
+        nprobe = min(ivf.nlist, int(math.ceil(ivf.nprobe / max(fraction, 1e-9))))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
     return faiss.SearchParameters(sel=selector)
 
 

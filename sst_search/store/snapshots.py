@@ -1,68 +1,199 @@
-"""Published snapshots: what readers open while a writer re-indexes.
+"""Read-only snapshots of a store, so search keeps answering while a re-index runs.
 
-DuckDB gives one process the write lock and refuses read-only opens meanwhile, and a
-half-finished run is not something a curator should search anyway. So at the end of every
-run the indexer publishes a copy of the catalog and its FAISS files as a new version and
-swaps a one-line pointer file atomically (write, fsync, ``os.replace``). Readers resolve
-the pointer once and keep their version for as long as they have it open; the two newest
-versions are kept so a reader that just resolved the previous one still finds it.
+DuckDB lets one process write a file and refuses read-only opens meanwhile, so the search
+app cannot read the live store during an indexing run. Instead, the indexer *publishes*
+the store at the end of every run: the DuckDB file and its FAISS folder are copied into a
+new version folder and a small pointer file is switched to it atomically::
+
+    <db>                       live store (the indexer's)
+    <db>.faiss/                its FAISS cache
+    <db>.versions/<version>/<db name>          a published copy
+    <db>.versions/<version>/<db name>.faiss/   its FAISS cache
+    <db>.current               JSON pointer {"version": ..., "published_at": ...}
+
+Readers resolve the pointer once, when they open, and keep their version for as long as
+they live; a later publish never touches a version a reader already has open, it only
+moves the pointer. Only the newest ``keep`` versions are kept. Pruning an older one while
+a reader still uses it is harmless on POSIX: the reader's open DuckDB file stays readable
+until it closes, and a FAISS file that is gone is rebuilt in memory from the DuckDB
+vectors (see :meth:`Store.index`), so the reader still answers from its own version.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
-import time
+import tempfile
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
-KEEP = 2
+import duckdb
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP = 2
 
 
-def versions_dir(db_path: Path) -> Path:
+class SnapshotError(RuntimeError):
+    """No consistent copy of the store can be made or found; the message says why."""
+
+
+def versions_dir(db_path: str | Path) -> Path:
+    db_path = Path(db_path)
     return db_path.with_name(db_path.name + ".versions")
 
 
-def pointer_path(db_path: Path) -> Path:
+def pointer_path(db_path: str | Path) -> Path:
+    db_path = Path(db_path)
     return db_path.with_name(db_path.name + ".current")
 
 
-def publish_snapshot(db_path: str | Path) -> Path:
-    """Copy a closed store (DuckDB file + FAISS dir) into a new version and point readers at it."""
-    db_path = Path(db_path)
-    version = versions_dir(db_path) / time.strftime("%Y%m%dT%H%M%S") / f"{time.time_ns() % 1_000_000_000:09d}"
-    version.mkdir(parents=True)
-    target = version / db_path.name
-    shutil.copy2(db_path, target)
-    faiss_dir = db_path.with_name(db_path.name + ".faiss")
-    if faiss_dir.is_dir():
-        shutil.copytree(faiss_dir, target.with_name(target.name + ".faiss"))
+def _faiss_dir(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".faiss")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    for path in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
+
+
+def _write_pointer(db_path: Path, version: str) -> None:
     pointer = pointer_path(db_path)
-    tmp = pointer.with_name(pointer.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(str(target.relative_to(db_path.parent)))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, pointer)
-    _prune(db_path, keep=KEEP)
-    return target
+    payload = {"version": version, "published_at": datetime.now(timezone.utc).isoformat()}
+    fd, tmp = tempfile.mkstemp(dir=pointer.parent, prefix=pointer.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, pointer)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(pointer.parent)
+
+
+def current_version(db_path: str | Path) -> str | None:
+    """The published version name the pointer names, or None before the first publish."""
+    pointer = pointer_path(db_path)
+    try:
+        return json.loads(pointer.read_text())["version"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"{pointer}: unreadable snapshot pointer ({exc}); publish again to repair it") from exc
+
+
+def list_versions(db_path: str | Path) -> list[str]:
+    """Published versions, oldest first (names sort by publication time)."""
+    root = versions_dir(db_path)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
+    """Copy the store into a new version and point readers at it; returns the copy's DB path.
+
+    Call it after the writer closed the store. The database is opened for writing during
+    the copy, which checkpoints it (no WAL left behind) and holds DuckDB's lock so no
+    other writer can change the files being copied.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1: the current version is never pruned")
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise SnapshotError(f"{db_path}: no such store to publish")
+    root = versions_dir(db_path)
+    root.mkdir(parents=True, exist_ok=True)
+    version = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
+    try:
+        try:
+            con = duckdb.connect(str(db_path))
+        except duckdb.Error as exc:
+            raise SnapshotError(
+                f"{db_path}: cannot publish while another process writes it ({exc}); "
+                "publish after the indexing run has closed the store"
+            ) from exc
+        try:
+            con.execute("CHECKPOINT").fetchall()
+            shutil.copy2(db_path, staging / db_path.name)
+            faiss_dir = _faiss_dir(db_path)
+            if faiss_dir.is_dir():
+                shutil.copytree(
+                    faiss_dir, staging / faiss_dir.name, ignore=shutil.ignore_patterns("*.tmp")
+                )
+        finally:
+            con.close()
+        _fsync_tree(staging)
+        os.replace(staging, root / version)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _write_pointer(db_path, version)
+    prune_snapshots(db_path, keep)
+    return root / version / db_path.name
+
+
+def prune_snapshots(db_path: str | Path, keep: int = DEFAULT_KEEP) -> list[str]:
+    """Delete all but the newest ``keep`` versions (never the current one); returns the deleted."""
+    db_path = Path(db_path)
+    current = current_version(db_path)
+    versions = list_versions(db_path)
+    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    for version in doomed:
+        shutil.rmtree(versions_dir(db_path) / version, ignore_errors=True)
+    # Staging folders of publishes that died mid-copy.
+    root = versions_dir(db_path)
+    if root.is_dir():
+        for leftover in root.glob(".*"):
+            if leftover.is_dir() and leftover.name[1:].split(".")[0] < (current or ""):
+                shutil.rmtree(leftover, ignore_errors=True)
+    return doomed
 
 
 def resolve_snapshot(db_path: str | Path) -> Path:
-    """The catalog file a reader should open: the published version, else the live file."""
+    """The DB file a reader should open: the current published version, else the live store.
+
+    The live store is returned only when nothing was published yet; if a writer holds it,
+    reading is impossible and the error says so rather than failing later inside DuckDB.
+    """
     db_path = Path(db_path)
-    pointer = pointer_path(db_path)
-    if pointer.is_file():
-        target = db_path.parent / pointer.read_text().strip()
-        if target.is_file():
-            return target
+    version = current_version(db_path)
+    if version is not None:
+        snapshot = versions_dir(db_path) / version / db_path.name
+        if not snapshot.is_file():
+            raise SnapshotError(f"{pointer_path(db_path)} names version {version!r}, but {snapshot} is missing")
+        return snapshot
     if not db_path.is_file():
-        raise FileNotFoundError(f"{db_path}: no such index (run `sst-search index` first)")
+        raise SnapshotError(f"{db_path}: no such store")
+    try:
+        duckdb.connect(str(db_path), read_only=True).close()
+    except duckdb.Error as exc:
+        raise SnapshotError(
+            f"{db_path}: the store is being written and no snapshot has been published yet ({exc}); "
+            "wait for the indexing run to finish"
+        ) from exc
     return db_path
-
-
-def _prune(db_path: Path, keep: int) -> None:
-    leaves = sorted(p.parent for p in versions_dir(db_path).glob(f"*/*/{db_path.name}"))
-    for old in leaves[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-        if not any(old.parent.iterdir()):
-            old.parent.rmdir()
