@@ -7,7 +7,6 @@ writer, so a crashed worker can never leave a half-written catalog.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from sst_search.images import ImageLoadError, load_image, load_mask
 from sst_search.references import ReferenceError, Support, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.tracking import build_tracker
+from sst_search.weights import sha256_file
 
 from .collection import Item
 
@@ -128,14 +128,10 @@ def build_embedder(config: Config):
 
 def content_hash(path: Path) -> str:
     """sha256 of the file's bytes; '' when unreadable (the worker then says why)."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
+        return sha256_file(path)
     except OSError:
         return ""
-    return h.hexdigest()
 
 
 def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferenceError:
