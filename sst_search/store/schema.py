@@ -51,6 +51,11 @@ Tables and columns:
     - ``fingerprint JSON``: models and weights of the run; ``config_hash VARCHAR``.
     - ``counts JSON`` (items per outcome), ``timings JSON`` (seconds per stage).
     - ``engine VARCHAR``: ``local`` | ``ray``.
+
+``store_settings``: settings that every opening of the store must share.
+    - ``key VARCHAR PRIMARY KEY``, ``value JSON``. ``index_config``: the
+      :class:`~sst_search.config.IndexConfig` the writer built its FAISS indexes with;
+      readers that rebuild a stale index use it.
 """
 
 from __future__ import annotations
@@ -114,5 +119,9 @@ CREATE TABLE IF NOT EXISTS runs (
     counts JSON,
     timings JSON,
     engine VARCHAR
+);
+CREATE TABLE IF NOT EXISTS store_settings (
+    key VARCHAR PRIMARY KEY,
+    value JSON
 );
 """
