@@ -61,6 +61,14 @@ class TrackingSession:
     ``track`` runs one more frame through memory attention and the mask decoder. With
     ``keep_memory`` the frame's prediction is encoded and attended to by later frames
     (chain mode); without it the state is left exactly as before (pairwise mode).
+
+    A trait is conditioned only on the supports where it is drawn. A support whose mask
+    lacks a trait contributes nothing to that trait: no guess of SAM 2 on a labeled image
+    becomes memory, whether the annotator left the trait out because it is hidden,
+    absent or just not labeled. This equals the official predictor started at the first
+    query (``propagate_in_video(start_frame_idx=len(supports))``); its default start
+    would instead track the trait through that support frame and remember the guess.
+    Tests in ``tests/test_sam2_equivalence.py`` check both statements.
     """
 
     def __init__(
