@@ -55,9 +55,18 @@ Tables and columns:
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 SPECIMEN_TRAIT = "__specimen__"
 STATUSES = ("indexed", "failed", "no_reference", "pending")
 MASK_SOURCES = ("sst", "provided")
+
+#: Columns a writer supplies for ``specimens`` (``updated_at`` is the store's), with their Arrow types.
+SPECIMEN_COLUMNS = pa.schema([
+    ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
+    ("height", pa.int32()), ("metadata", pa.string()),
+])
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS specimens (
