@@ -8,6 +8,7 @@ from .commands.demo import demo
 from .commands.evaluate import eval_kshot, eval_retrieval, eval_seg
 from .commands.finetune import finetune
 from .commands.index import index, status
+from .commands.refs import refs_app
 from .commands.segment import segment
 from .commands.synth import synth
 from .commands.ui import ui
@@ -30,6 +31,7 @@ app.command("eval-seg")(eval_seg)
 app.command()(ui)
 app.command("eval-kshot")(eval_kshot)
 app.command("eval-retrieval")(eval_retrieval)
+app.add_typer(refs_app, name="refs")
 
 
 def main() -> None:

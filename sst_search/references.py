@@ -14,6 +14,10 @@ hours of indexing rather than producing plausible-looking wrong masks.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ValidationError, field_validator
 
-from .images import ImageLoadError, is_image_file, load_image, load_mask
+from .images import ImageLoadError, is_image_file, load_image, load_mask, save_image, save_mask
 
 MASK_SUFFIX = ".mask.png"
 TRAITS_FILE = "traits.yaml"
@@ -76,11 +80,12 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
 
 
 def write_traits(path: str | Path, traits: dict[int, Trait]) -> None:
+    """Write ``traits.yaml`` atomically (a reader never sees half a file)."""
     data = {
         tid: ({"name": t.name, "description": t.description} if t.description else t.name)
         for tid, t in sorted(traits.items())
     }
-    Path(path).write_text(yaml.safe_dump({"traits": data}, sort_keys=True))
+    _write_atomic(Path(path), yaml.safe_dump({"traits": data}, sort_keys=True).encode())
 
 
 @dataclass
@@ -185,3 +190,134 @@ def load_references(refs_dir: str | Path) -> dict[str, list[Support]]:
 def references_fingerprint(supports: list[Support]) -> str:
     """Changes whenever any support pixel, mask pixel or trait name changes."""
     return hashlib.sha256("".join(s.digest for s in supports).encode()).hexdigest()[:16]
+
+
+# -- writing supports ------------------------------------------------------------------
+
+_STEM_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _support_files(group_dir: Path, stem: str) -> list[Path]:
+    """Files that already claim ``stem`` in a group folder (an image of any suffix, or its mask)."""
+    if not group_dir.is_dir():
+        return []
+    return [p for p in group_dir.iterdir() if p.name == stem + MASK_SUFFIX or (p.stem == stem and is_image_file(p))]
+
+
+def unique_stem(group_dir: str | Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... : the first name no support of the group uses yet."""
+    group_dir = Path(group_dir)
+    candidate, n = stem, 1
+    while _support_files(group_dir, candidate):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+def merge_trait_names(existing: Mapping[int, Trait], names: list[str]) -> dict[int, Trait]:
+    """The group's traits plus any new ``names``, which get the next free ids; existing names
+    keep their ids, so masks of earlier supports stay valid."""
+    traits = dict(existing)
+    by_name = {t.name: tid for tid, t in traits.items()}
+    for name in names:
+        name = name.strip()
+        if not name:
+            raise ReferenceError("a trait name is empty")
+        if name in by_name:
+            continue
+        free = next((k for k in range(1, 256) if k not in traits), None)
+        if free is None:
+            raise ReferenceError(f"no free trait id left for {name!r} (255 traits already)")
+        traits[free] = Trait(id=free, name=name)
+        by_name[name] = free
+    return traits
+
+
+def save_support(
+    refs_dir: str | Path,
+    group: str,
+    stem: str,
+    image: np.ndarray | str | Path,
+    trait_masks: Mapping[str, np.ndarray],
+) -> Support:
+    """Add one support to ``refs_dir/<group>/`` and return it as :func:`load_group_references` sees it.
+
+    ``trait_masks`` maps trait *names* to boolean masks the size of the image; names are
+    mapped to the group's trait ids (new names get new ids in ``traits.yaml``); where masks
+    overlap, the later name wins. ``image`` is a path (its bytes are copied, keeping its
+    format) or an RGB array (written as PNG). The result is validated by the same
+    :class:`Support` checks as a loaded reference before anything is written. An existing
+    support of that stem is never overwritten (:func:`unique_stem` picks a free one).
+    Files appear in an order that keeps the folder loadable at every instant: traits first
+    (only additions), then the mask, then the image that makes the support visible.
+    """
+    refs_dir = Path(refs_dir)
+    if not group or not _STEM_OK.match(group):
+        raise ReferenceError(f"group {group!r}: use letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    if not _STEM_OK.match(stem) or stem.endswith(".mask"):
+        raise ReferenceError(f"support name {stem!r}: use letters, digits, '.', '_' or '-'")
+    group_dir = refs_dir / group
+    if isinstance(image, (str, Path)):
+        source = Path(image)
+        try:
+            pixels = load_image(source)
+        except ImageLoadError as exc:
+            raise ReferenceError(str(exc)) from exc
+        suffix = source.suffix.lower()
+    else:
+        source, pixels, suffix = None, np.asarray(image, dtype=np.uint8), ".png"
+    taken = _support_files(group_dir, stem)
+    if taken:
+        raise ReferenceError(f"{taken[0]}: a support named {stem!r} already exists in group {group!r}; not overwriting it")
+    traits_path = group_dir / TRAITS_FILE
+    existing = load_traits(traits_path) if traits_path.exists() else {}
+    traits = merge_trait_names(existing, list(trait_masks))
+    ids = {t.name: tid for tid, t in traits.items()}
+    label_map = np.zeros(pixels.shape[:2], np.uint8)
+    for name, mask in trait_masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != label_map.shape:
+            raise ReferenceError(
+                f"{stem}: mask of trait {name!r} is {mask.shape[1]}x{mask.shape[0]}, "
+                f"the image is {label_map.shape[1]}x{label_map.shape[0]}"
+            )
+        label_map[mask] = ids[name.strip()]
+    image_path, mask_path = group_dir / f"{stem}{suffix}", group_dir / f"{stem}{MASK_SUFFIX}"
+    Support(id=stem, image=pixels, mask=label_map, traits=traits, mask_path=str(mask_path))  # validates
+    group_dir.mkdir(parents=True, exist_ok=True)
+    if traits != existing:
+        write_traits(traits_path, traits)
+    staging = Path(tempfile.mkdtemp(dir=group_dir, prefix=f".{stem}."))
+    try:
+        save_mask(staging / mask_path.name, label_map)
+        if source is not None:
+            (staging / image_path.name).write_bytes(source.read_bytes())
+        else:
+            save_image(staging / image_path.name, pixels)
+        linked: list[Path] = []
+        try:
+            for path in (mask_path, image_path):
+                os.link(staging / path.name, path)  # unlike rename, link never replaces a file
+                linked.append(path)
+        except FileExistsError as exc:
+            for path in linked:
+                path.unlink()
+            raise ReferenceError(f"{exc.filename2 or exc.filename}: appeared meanwhile; not overwriting it") from exc
+    finally:
+        for path in staging.iterdir():
+            path.unlink()
+        staging.rmdir()
+    return load_support(image_path, mask_path, traits)
