@@ -9,6 +9,7 @@ from .commands.evaluate import eval_kshot, eval_retrieval, eval_seg
 from .commands.finetune import finetune
 from .commands.index import index, status
 from .commands.refs import refs_app
+from .commands.review import review_app
 from .commands.segment import segment
 from .commands.synth import synth
 from .commands.ui import ui
@@ -32,6 +33,7 @@ app.command()(ui)
 app.command("eval-kshot")(eval_kshot)
 app.command("eval-retrieval")(eval_retrieval)
 app.add_typer(refs_app, name="refs")
+app.add_typer(review_app, name="review")
 
 
 def main() -> None:
