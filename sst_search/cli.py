@@ -8,6 +8,7 @@ from .commands.demo import demo
 from .commands.evaluate import eval_kshot, eval_retrieval, eval_seg
 from .commands.finetune import finetune
 from .commands.index import index, status
+from .commands.measure import measure
 from .commands.refs import refs_app
 from .commands.review import review_app
 from .commands.segment import segment
@@ -26,6 +27,7 @@ app.command()(segment)
 app.command()(synth)
 app.command()(index)
 app.command()(status)
+app.command()(measure)
 app.command()(demo)
 app.command()(finetune)
 app.command("eval-seg")(eval_seg)

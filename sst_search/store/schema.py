@@ -34,6 +34,17 @@ Tables and columns:
       ``corrected`` (drawn by a reviewer; see ``review_decisions``).
     - primary key ``(specimen_id, trait_id)``.
 
+``trait_measurements``: one row per trait mask: its shape and colour (see :mod:`sst_search.measure`).
+    - ``specimen_id BIGINT``, ``trait_id INTEGER``, ``trait_name VARCHAR``; primary key ``(specimen_id, trait_id)``.
+    - ``unit VARCHAR``: ``mm`` when a scale was known, else ``px`` (the ``*_mm``/``*_mm2`` columns are NULL).
+    - ``pixels_per_mm DOUBLE``: the scale used; ``scale_source VARCHAR``: where it came from
+      (``metadata:<column>`` for the item's own value, ``collection`` for ``--pixels-per-mm``).
+    - one ``DOUBLE`` per measurement of :data:`sst_search.measure.FIELDS` (area_px, perimeter_px,
+      bbox_width_px, bbox_height_px, centroid_x, centroid_y, major_axis_px, minor_axis_px,
+      orientation_deg, eccentricity, solidity, their mm twins, CIELAB L_/a_/b_ and sRGB red_/green_/blue_ means and
+      medians, dominant_share) and ``dominant_color VARCHAR`` (``#rrggbb``).
+    - ``measured_at TIMESTAMP``.
+
 ``vectors``: one row per (embedder, trait, specimen): the vectors themselves.
     - ``embedder VARCHAR``: embedder name (e.g. ``bioclip``, ``color-pattern``).
     - ``trait_name VARCHAR``: the trait, or ``__specimen__`` for the whole-specimen vector.
@@ -71,10 +82,15 @@ Tables and columns:
 
 from __future__ import annotations
 
+from sst_search.measure import FIELDS
+
 SPECIMEN_TRAIT = "__specimen__"
 STATUSES = ("indexed", "failed", "no_reference", "pending")
 MASK_SOURCES = ("sst", "provided", "corrected")
 DECISIONS = ("accept", "reject", "correct", "promote")
+#: Columns of ``trait_measurements`` a writer fills, in order (``measured_at`` is set by the store).
+MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_per_mm", "scale_source",
+                       *(f.name for f in FIELDS))
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS specimens (
@@ -119,6 +135,17 @@ CREATE TABLE IF NOT EXISTS trait_masks (
     rle VARCHAR NOT NULL,
     quality DOUBLE,
     source VARCHAR NOT NULL CHECK (source IN {MASK_SOURCES}),
+    PRIMARY KEY (specimen_id, trait_id)
+);
+CREATE TABLE IF NOT EXISTS trait_measurements (
+    specimen_id BIGINT NOT NULL,
+    trait_id INTEGER NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    unit VARCHAR NOT NULL CHECK (unit IN ('px', 'mm')),
+    pixels_per_mm DOUBLE,
+    scale_source VARCHAR,
+    {", ".join(f"{f.name} {f.sql_type}" for f in FIELDS)},
+    measured_at TIMESTAMP NOT NULL,
     PRIMARY KEY (specimen_id, trait_id)
 );
 CREATE TABLE IF NOT EXISTS vectors (
