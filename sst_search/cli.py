@@ -10,6 +10,7 @@ from .commands.finetune import finetune
 from .commands.index import index, status
 from .commands.measure import measure
 from .commands.refs import refs_app
+from .commands.review import review_app
 from .commands.segment import segment
 from .commands.synth import synth
 from .commands.ui import ui
@@ -34,6 +35,7 @@ app.command()(ui)
 app.command("eval-kshot")(eval_kshot)
 app.command("eval-retrieval")(eval_retrieval)
 app.add_typer(refs_app, name="refs")
+app.add_typer(review_app, name="review")
 
 
 def main() -> None:

@@ -28,8 +28,9 @@ import pyarrow as pa
 
 from sst_search.store import indexes as ix
 from sst_search.store.records import SpecimenRecord, TraitMask
+from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.rle import decode_mask
-from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS
+from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, migrate
 
 IndexKey = tuple[str, str]
 
@@ -105,6 +106,7 @@ class Store:
         store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), exact_candidates_max)
         if not read_only:
             store._exec(DDL)
+            migrate(store.con)
             store.repair_indexes()
         return store
 
@@ -219,6 +221,7 @@ class Store:
             self._exec("INSERT OR REPLACE INTO specimens SELECT * FROM _new_specimens")
             self._exec("INSERT INTO specimen_metadata SELECT * FROM _new_metadata")
             self._exec("INSERT INTO trait_masks SELECT * FROM _new_masks")
+            self._exec(REAPPLY_CORRECTIONS)
             self._exec("INSERT INTO vectors SELECT * FROM _new_vectors")
             self._exec(_MEASUREMENT_INSERT)
             generations = self._bump(touched, {k: len(rows[0][1]) for k, rows in new_vectors.items()})
