@@ -28,6 +28,8 @@ from .references import MASK_SUFFIX, TRAITS_FILE, Trait, write_traits
 
 GENUS = "Heliconius synthetica"
 INSTITUTIONS = ("SYNM", "NHSYN", "MZSYN")
+#: Scale of every synthetic photo (a 256 px wide image shows 20.48 mm), so measurements come in mm.
+PIXELS_PER_MM = 12.5
 #: Free-text localities as they appear in real catalogues: quotes, commas, accents.
 LOCALITIES = (
     "O'Brien's \"Ridge\", 1200 m",
@@ -223,6 +225,7 @@ def _metadata(rng: np.random.Generator, number: int, group: str) -> dict[str, st
         "institutionCode": INSTITUTIONS[int(rng.integers(len(INSTITUTIONS)))],
         "eventDate": day.isoformat(),
         "locality": LOCALITIES[(number - 1) % len(LOCALITIES)],
+        "pixelsPerMM": str(PIXELS_PER_MM),
     }
 
 

@@ -17,7 +17,7 @@ from sst_search.images import load_image, load_mask
 from sst_search.references import load_references, load_traits
 from sst_search.synthetic import MAX_SPECIES, generate_collection, species_traits
 
-COLUMNS = ["path", "group", "catalogNumber", "scientificName", "institutionCode", "eventDate", "locality"]
+COLUMNS = ["path", "group", "catalogNumber", "scientificName", "institutionCode", "eventDate", "locality", "pixelsPerMM"]
 
 
 def _files(root: Path) -> dict[str, bytes]:
