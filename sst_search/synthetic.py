@@ -394,6 +394,8 @@ def generate_drawers(
     s_idx = next((i for i, s in enumerate(_SPECIES) if s.epithet == species), None)
     if s_idx is None:
         raise ValueError(f"unknown synthetic species {species!r}; known: {[s.epithet for s in _SPECIES]}")
+    if not counts:
+        raise ValueError("counts must list at least one drawer")
     if not 1 <= reference_count <= MAX_DRAWER_SPECIMENS:
         raise ValueError(f"reference_count must be in 1..{MAX_DRAWER_SPECIMENS}, got {reference_count}")
     _write_trait_reference(out.references, s_idx, seed, (192, 256))
@@ -413,8 +415,7 @@ def generate_drawers(
         meta["catalogNumber"] = f"SYN-DRAWER-{i + 1:04d}"
         rows.append({"path": rel.as_posix(), "group": species, **meta})
     with out.manifest.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "group", "catalogNumber", "scientificName",
-                                               "institutionCode", "eventDate", "locality"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return out
