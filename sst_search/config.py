@@ -43,6 +43,11 @@ class IndexConfig(_Strict):
     approximate: Literal["hnsw", "ivf"] = "hnsw"
 
 
+class MeasureConfig(_Strict):
+    pixels_per_mm: float | None = Field(None, gt=0, description="scale of the whole collection (an item's own column wins)")
+    scale_column: str = Field("pixelsPerMM", description="manifest column holding an item's pixels per millimetre")
+
+
 class IndexerConfig(_Strict):
     commit_every: int = Field(16, description="specimens per DuckDB transaction")
     engine: Literal["local", "ray"] = "local"
@@ -55,6 +60,7 @@ class Config(_Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     index: IndexConfig = IndexConfig()
     indexer: IndexerConfig = IndexerConfig()
+    measure: MeasureConfig = MeasureConfig()
 
 
 def load_config(path: str | Path | None = None) -> Config:

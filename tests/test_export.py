@@ -67,7 +67,7 @@ def test_measurements_table_round_trips_through_csv_and_parquet(store):
 
     from_parquet = pd.read_parquet(io.BytesIO(export.to_parquet_bytes(df)))
     pd.testing.assert_frame_equal(from_parquet, df)
-    from_csv = pd.read_csv(io.BytesIO(export.to_csv_bytes(df)), dtype={"catalogNumber": str, "eventDate": str})
+    from_csv = pd.read_csv(io.BytesIO(export.to_csv_bytes(df)), dtype={"catalogNumber": str, "eventDate": str, "pixelsPerMM": str})
     pd.testing.assert_frame_equal(from_csv, df, check_dtype=False)
     # Free-text localities (quotes, commas, semicolons) survive CSV quoting.
     assert from_csv["locality"].tolist() == df["locality"].tolist()

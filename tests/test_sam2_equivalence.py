@@ -5,6 +5,11 @@ the published SST recipe: frames written as JPEGs into a folder, ``init_state(vi
 ``add_new_mask`` per trait, ``propagate_in_video``. Our in-memory session gets the very
 pixels the official loader decodes from those JPEGs. Label maps must be identical and the
 low-resolution logits equal within float tolerance.
+
+These comparisons run our tracker one trait at a time, as the official predictor does.
+Batching the traits (the default) is compared with that path at the end: batched matrix
+products round differently in the last bit, so label maps agree except where two logits
+tie within float precision.
 """
 
 from __future__ import annotations
@@ -20,9 +25,17 @@ from sst_search.images import load_image, load_mask
 from sst_search.masks import logits_to_label_map
 from sst_search.references import Support
 from sst_search.sam2_predictor import encode_images
-from sst_search.tracking import TrackingSession
+from sst_search.tracking import SSTTracker, TrackingSession
 
 ATOL = 1e-4
+#: Logit margin below which a pixel's decision is a float tie.
+TIE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def per_object(tracker):
+    """Our tracker running one trait at a time, sharing the session's model."""
+    return SSTTracker(tracker.predictor, tracker.model, tracker.weights, batch_traits=False)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +101,8 @@ def _assert_same(ours_logits, ours_map, theirs):
     np.testing.assert_array_equal(ours_map, label_map)
 
 
-def test_pairwise_equals_official_predictor(tracker, official, synthetic, references, tmp_path):
+def test_pairwise_equals_official_predictor(per_object, official, synthetic, references, tmp_path):
+    tracker = per_object
     group = synthetic.groups[0]
     support = references[group][0]
     (query, _), = _specimens(synthetic, group, 1)
@@ -98,12 +112,14 @@ def test_pairwise_equals_official_predictor(tracker, official, synthetic, refere
     jpeg_support = Support("s", decoded[0], support.mask, support.traits)
     (result,) = tracker.segment([jpeg_support], [("q", decoded[1])], batch_size=1)
     session = tracker._session([jpeg_support])
+    assert [len(idx) for idx, _ in session._groups] == [1] * len(support.trait_ids)
     logits = session.track(encode_images(tracker.predictor, [decoded[1]])[0])
     assert session.obj_trait_ids == support.trait_ids
     _assert_same(logits, result.label_map, theirs[1])
 
 
-def test_chain_past_memory_horizon_equals_official(tracker, official, synthetic, references, tmp_path):
+def test_chain_past_memory_horizon_equals_official(per_object, official, synthetic, references, tmp_path):
+    tracker = per_object
     """Support + 8 queries: the last query attends to only 6 previous frames
     (num_maskmem=7), so the first query has left the memory window by then."""
     group = synthetic.groups[1]
@@ -117,7 +133,7 @@ def test_chain_past_memory_horizon_equals_official(tracker, official, synthetic,
 
     session = TrackingSession(
         tracker.predictor, encode_images(tracker.predictor, decoded[:1]), [support.mask], support.trait_ids,
-        total_frames=len(decoded),
+        total_frames=len(decoded), batch_traits=False,
     )
     for frame_idx in range(1, len(decoded)):
         frame = encode_images(tracker.predictor, [decoded[frame_idx]])[0]
@@ -126,7 +142,7 @@ def test_chain_past_memory_horizon_equals_official(tracker, official, synthetic,
         _assert_same(logits, label_map, theirs[frame_idx])
 
 
-def test_several_supports_and_a_trait_left_undrawn(tracker, official, synthetic, references, tmp_path):
+def test_several_supports_and_a_trait_left_undrawn(per_object, official, synthetic, references, tmp_path):
     """Two supports, the second without one trait, then a query.
 
     SST conditions a trait only on the supports where it is drawn (see TrackingSession).
@@ -145,8 +161,8 @@ def test_several_supports_and_a_trait_left_undrawn(tracker, official, synthetic,
     decoded = _write_video(tmp_path / "video", [support.image, second_img, query])
     prompts = {0: support.mask, 1: partial}
     supports = [Support("a", decoded[0], support.mask, support.traits), Support("b", decoded[1], partial, support.traits)]
-    session = tracker._session(supports)
-    frame = encode_images(tracker.predictor, [decoded[2]])[0]
+    session = per_object._session(supports)
+    frame = encode_images(per_object.predictor, [decoded[2]])[0]
     logits = session.track(frame)
 
     started_at_query = _run_official(official, tmp_path / "video", prompts, support.trait_ids, start=2)
@@ -158,3 +174,51 @@ def test_several_supports_and_a_trait_left_undrawn(tracker, official, synthetic,
     # Traits drawn on every support agree with the default start too; the undrawn one does not.
     torch.testing.assert_close(logits[kept], default_start[2][0][kept], atol=ATOL, rtol=0)
     assert (logits[k] - default_start[2][0][k]).abs().max() > 10 * ATOL
+
+
+def _assert_same_decisions(batched: np.ndarray, single: np.ndarray, single_logits: torch.Tensor) -> None:
+    """Label maps equal except on pixels whose decision is a float tie in ``single_logits``
+    (top two logits, or the top logit and SAM 2's threshold 0, closer than TIE)."""
+    up = torch.nn.functional.interpolate(single_logits.permute(1, 0, 2, 3), size=single.shape, mode="bilinear")[0]
+    top = up.topk(min(2, len(up)), dim=0).values
+    margin = top[0].abs() if len(up) == 1 else torch.minimum(top[0] - top[1], top[0].abs())
+    differ = batched != single
+    assert not (differ & (margin.numpy() >= TIE)).any(), "label maps differ where the decision is not a tie"
+    assert differ.mean() < 1e-3
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["pairwise", "chain"])
+def test_batched_traits_equal_one_trait_at_a_time(tracker, synthetic, references, chain):
+    group = synthetic.groups[1]  # three traits
+    supports = references[group]
+    frames = encode_images(tracker.predictor, [img for img, _ in _specimens(synthetic, group, 3)])
+    batched, single = (
+        TrackingSession(
+            tracker.predictor, tracker._encode_supports(supports), [s.mask for s in supports], supports[0].trait_ids,
+            total_frames=len(supports) + len(frames), batch_traits=b,
+        )
+        for b in (True, False)
+    )
+    assert [len(idx) for idx, _ in batched._groups] == [3] and len(single._groups) == 3
+    for i, frame in enumerate(frames):
+        frame_idx = len(supports) + i if chain else None
+        a, b = (session.track_frame(frame, frame_idx, keep_memory=chain) for session in (batched, single))
+        for name in ("logits", "object_score", "predicted_iou"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=TIE, rtol=0)
+        ids = single.obj_trait_ids
+        _assert_same_decisions(
+            logits_to_label_map(a.logits, ids, frame.size), logits_to_label_map(b.logits, ids, frame.size), b.logits
+        )
+
+
+def test_batched_traits_with_an_undrawn_trait(tracker, per_object, synthetic, references):
+    """A trait missing from one support has other memories: it runs in its own batch."""
+    group = synthetic.groups[1]
+    support = references[group][0]
+    (second_img, second_mask), (query, _) = _specimens(synthetic, group, 2)
+    partial = np.where(second_mask == support.trait_ids[0], 0, second_mask).astype(np.uint8)
+    supports = [support, Support("b", second_img, partial, support.traits)]
+    session = tracker._session(supports)
+    assert sorted(len(idx) for idx, _ in session._groups) == [1, 2]
+    frame = encode_images(tracker.predictor, [query])[0]
+    torch.testing.assert_close(session.track(frame), per_object._session(supports).track(frame), atol=TIE, rtol=0)

@@ -29,8 +29,9 @@ import pyarrow as pa
 from sst_search.store import indexes as ix
 from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
 from sst_search.store.records import SpecimenRecord, TraitMask
+from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.rle import decode_mask
-from sst_search.store.schema import DDL, SPECIMEN_COLUMNS
+from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
 
 #: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
 VECTOR_CHUNK = 200_000
@@ -40,6 +41,22 @@ IndexKey = tuple[str, str]
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _measurement_table(rows_by_specimen: Mapping[int, Sequence[Mapping]], now: datetime) -> pa.Table:
+    """Arrow table of ``trait_measurements`` rows (columns in :data:`MEASUREMENT_COLUMNS` order)."""
+    rows = [{**row, "specimen_id": sid} for sid, rs in rows_by_specimen.items() for row in rs]
+    data = {c: [r.get(c) for r in rows] for c in MEASUREMENT_COLUMNS}
+    types = {"specimen_id": pa.int64(), "trait_id": pa.int32(), "trait_name": pa.string(), "unit": pa.string(),
+             "scale_source": pa.string(), "dominant_color": pa.string()}
+    table = pa.table({c: pa.array(v, types.get(c, pa.float64())) for c, v in data.items()})
+    return table.append_column("measured_at", pa.array([now] * len(rows), pa.timestamp("us")))
+
+
+_MEASUREMENT_INSERT = (
+    f"INSERT INTO trait_measurements ({', '.join(MEASUREMENT_COLUMNS)}, measured_at) "
+    f"SELECT {', '.join(MEASUREMENT_COLUMNS)}, measured_at FROM _new_measurements"
+)
 
 
 def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
@@ -94,6 +111,7 @@ class Store:
         store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), plan or PlanConfig())
         if not read_only:
             store._exec(DDL)
+            migrate(store.con)
             store.repair_indexes()
         return store
 
@@ -182,6 +200,7 @@ class Store:
                     "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
                 }
             ),
+            measurements=_measurement_table({r.specimen_id: r.measurements for r in records}, _now()),
             vectors={
                 key: (np.array([s for s, _ in rows], np.int64), np.stack([v for _, v in rows]))
                 for key, rows in grouped.items()
@@ -194,11 +213,13 @@ class Store:
         metadata: pa.Table | None = None,
         masks: pa.Table | None = None,
         vectors: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]] | None = None,
+        measurements: pa.Table | None = None,
     ) -> None:
         """Bulk upsert, column-wise: what :meth:`write_batch` does, for millions of rows.
 
-        ``specimens``, ``metadata`` and ``masks`` are Arrow tables with the columns of the
-        tables of the same names (``updated_at`` is set here); ``vectors`` maps
+        ``specimens``, ``metadata``, ``masks`` and ``measurements`` are Arrow tables with the
+        columns of ``specimens``, ``specimen_metadata``, ``trait_masks`` and
+        ``trait_measurements`` (``updated_at`` and ``measured_at`` are set here); ``vectors`` maps
         ``(embedder, trait)`` to ``(specimen ids, (n, dim) float32 unit vectors)``. DuckDB
         ingests the Arrow buffers directly; indexes are built once, from the matrices in
         hand, instead of per row.
@@ -209,6 +230,9 @@ class Store:
         missing = {"specimen_id", "path", "status"} - set(specimens.column_names)
         if unknown or missing:
             raise ValueError(f"specimens table: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+        for column in SPECIMEN_COLUMNS:  # optional columns left out are NULL
+            if column.name not in specimens.column_names:
+                specimens = specimens.append_column(column, pa.nulls(len(specimens), column.type))
         ids = specimens.column("specimen_id").to_numpy().astype(np.int64)
         if len(ids) == 0:
             return
@@ -237,6 +261,8 @@ class Store:
             tables["_new_metadata"] = metadata
         if masks is not None:
             tables["_new_masks"] = masks
+        if measurements is not None:
+            tables["_new_measurements"] = measurements
         with self._transaction(tables):
             self._delete_children()
             self._insert("specimens", "_new_specimens", (*specimens.column_names, "updated_at"), replace=True)
@@ -244,6 +270,9 @@ class Store:
                 self._insert("specimen_metadata", "_new_metadata", ("specimen_id", "key", "value"))
             if masks is not None:
                 self._insert("trait_masks", "_new_masks", masks.column_names)
+            self._exec(REAPPLY_CORRECTIONS)
+            if measurements is not None:
+                self._exec(_MEASUREMENT_INSERT)
             for key, (vids, matrix) in vectors.items():
                 for start in range(0, len(vids), VECTOR_CHUNK):
                     part = slice(start, start + VECTOR_CHUNK)
@@ -280,6 +309,17 @@ class Store:
             generations = self._bump(touched, {})
         self._apply(touched, ids, {}, generations)
         return int(existed)
+
+    def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
+        """Replace the measurements of these specimens (a re-measure with another scale, say),
+        leaving masks and vectors alone; one transaction."""
+        self._require_writer()
+        if not rows_by_specimen:
+            return
+        ids = [int(i) for i in rows_by_specimen]
+        with self._transaction({"_new_measurements": _measurement_table(rows_by_specimen, _now())}):
+            self._exec("DELETE FROM trait_measurements WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+            self._exec(_MEASUREMENT_INSERT)
 
     def flush_indexes(self) -> None:
         """Persist every index changed since the last flush (atomic per file)."""
@@ -426,6 +466,37 @@ class Store:
             out[decode_mask(m.rle)] = m.trait_id
         return out
 
+    def indexed_specimens(self) -> list[tuple[int, str, dict]]:
+        """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
+        rows = self.con.execute(
+            "SELECT specimen_id, path, metadata FROM specimens WHERE status = 'indexed' ORDER BY specimen_id"
+        ).fetchall()
+        return [(sid, path, json.loads(md) if md else {}) for sid, path, md in rows]
+
+    def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
+        """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
+        pandas DataFrame: ``specimen_id, path, group, metadata`` (JSON), ``trait_id, trait``,
+        ``quality, source`` and every ``trait_measurements`` column."""
+        clauses, params = ["s.status = 'indexed'"], []
+        if groups is not None:
+            clauses.append("s.group_name IN (SELECT unnest(?::VARCHAR[]))")
+            params.append([str(g) for g in groups])
+        if specimen_ids is not None:
+            clauses.append("s.specimen_id IN (SELECT unnest(?::BIGINT[]))")
+            params.append([int(i) for i in specimen_ids])
+        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
+        return self.con.execute(
+            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, t.trait_id, t.trait_name AS trait, "
+            f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            f"WHERE {' AND '.join(clauses)} ORDER BY s.group_name, s.path, t.trait_id",
+            params,
+        ).df()
+
+    def measured_traits(self) -> list[str]:
+        """Names of the traits that have measurements (what measurement filters and plots accept)."""
+        return [r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()]
+
     def get_vectors(
         self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -571,7 +642,7 @@ class Store:
 
     def _delete_children(self) -> None:
         """Delete what hangs off the specimens in the registered ``_ids`` table."""
-        for table in ("specimen_metadata", "trait_masks", "vectors"):
+        for table in ("specimen_metadata", "trait_masks", "trait_measurements", "vectors"):
             self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
 
     def _bump(self, keys: Iterable[IndexKey], dims: Mapping[IndexKey, int]) -> dict[IndexKey, int]:
