@@ -17,6 +17,7 @@ from sst_search.builder import embedder_from_config, tracker_from_config
 from sst_search.config import Config
 from sst_search.embed import EmbedItem
 from sst_search.images import ImageLoadError, load_image, load_mask
+from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferenceError, Support, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.weights import sha256_file
@@ -113,6 +114,8 @@ class Worker:
             r.status = "indexed"
             r.height, r.width = label_map.shape
             r.masks = masks_from_label_map(label_map, traits, quality, source)
+            scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
+            r.measurements = measure_label_map(label_map, images[key], traits, scale)
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
         self.timings["embed"] += time.perf_counter() - started

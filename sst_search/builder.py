@@ -29,11 +29,13 @@ def build_tracker(
     allow_download: bool | None = None,
     max_chain_length: int = 256,
     adapter: str | Path | None = None,
+    batch_traits: bool = True,
 ) -> SSTTracker:
     """Resolve weights, build the real SAM 2.1 video predictor and wrap it for SST.
 
     ``adapter`` is a fine-tuned adapter file; it must have been trained on this very base
     model (name, weights, image size), otherwise ``AdapterMismatchError`` is raised.
+    ``batch_traits=False`` tracks one trait at a time (the reference behaviour of SAM 2).
     """
     from .sam2_predictor import build_predictor
     from .tracking import SSTTracker
@@ -41,7 +43,7 @@ def build_tracker(
 
     resolved = resolve_sam2_weights(model, weights, allow_download=allow_download)
     predictor = build_predictor(model, resolved, image_size=image_size, device=device)
-    tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length)
+    tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length, batch_traits=batch_traits)
     if adapter is not None:
         from .finetune import apply_adapter  # fine-tuning pulls in peft; plain tracking does not need it
 

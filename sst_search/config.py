@@ -51,6 +51,9 @@ class IndexConfig(_Strict):
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 200
+    train_per_list: int = Field(64, description="ivf: training vectors sampled per list")
+    train_niter: int = Field(10, description="ivf: k-means iterations")
+    train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
 
     def kind_for(self, n: int) -> str:
         return "flat" if n <= self.exact_threshold else self.approximate
@@ -60,6 +63,11 @@ class IndexConfig(_Strict):
 
     def nprobe_for(self, nlist: int) -> int:
         return min(nlist, max(self.min_nprobe, int(math.ceil(self.nprobe_fraction * nlist))))
+
+
+class MeasureConfig(_Strict):
+    pixels_per_mm: float | None = Field(None, gt=0, description="scale of the whole collection (an item's own column wins)")
+    scale_column: str = Field("pixelsPerMM", description="manifest column holding an item's pixels per millimetre")
 
 
 class IndexerConfig(_Strict):
@@ -74,6 +82,7 @@ class Config(_Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     index: IndexConfig = IndexConfig()
     indexer: IndexerConfig = IndexerConfig()
+    measure: MeasureConfig = MeasureConfig()
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -12,8 +12,8 @@ def logits_to_label_map(
 ) -> np.ndarray:
     """Turn per-trait mask logits into one label map at ``size`` (H, W).
 
-    Each pixel takes the trait with the highest logit; pixels where every logit is below
-    zero (SAM 2's decision threshold) are background. Resizing the logits, not the binary
+    Each pixel takes the trait with the highest logit; pixels where no logit is above zero
+    (SAM 2's decision threshold, ``logits > 0``) are background. Resizing the logits, not the binary
     masks, keeps boundaries smooth at the query's original resolution.
     """
     if logits.ndim == 4:
@@ -23,7 +23,7 @@ def logits_to_label_map(
     up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     best, idx = up.max(dim=0)
     lut = torch.tensor(trait_ids, dtype=torch.uint8, device=idx.device)
-    labels = torch.where(best >= 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
+    labels = torch.where(best > 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
     return labels.cpu().numpy().astype(np.uint8)
 
 

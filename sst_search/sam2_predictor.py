@@ -81,6 +81,47 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
         state["images"].frames[frame_idx] = None
         state["cached_features"].pop(frame_idx, None)
 
+    def stack_object_outputs(self, state: dict, obj_indices: list[int]) -> dict:
+        """One output dict for several objects, each frame's memories stacked along the
+        batch dimension in ``obj_indices`` order: what SAM 2 attends to when the objects
+        run as one batch. The objects must have outputs on the same frames."""
+        per_obj = [state["output_dict_per_obj"][i] for i in obj_indices]
+        stacked: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        for key, frames in stacked.items():
+            if any(set(o[key]) != set(per_obj[0][key]) for o in per_obj):
+                raise ValueError(f"objects {obj_indices} have {key} on different frames; they cannot share a batch")
+            for t in per_obj[0][key]:
+                frames[t] = _stack_outputs([o[key][t] for o in per_obj])
+        return stacked
+
+    def track_objects(
+        self, state: dict, output_dict: dict, frame_idx: int, num_objects: int, keep_memory: bool
+    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Track ``num_objects`` objects (memories stacked in ``output_dict``) into a
+        non-conditioning frame in one pass of memory attention and the mask decoder.
+
+        Returns SAM 2's compact output (memory when ``keep_memory``), the low-resolution
+        mask logits ``(B, 1, h, w)`` and the decoder's predicted IoU of each chosen mask ``(B,)``.
+        """
+        out, pred = self._run_single_frame_inference(
+            inference_state=state,
+            output_dict=output_dict,
+            frame_idx=frame_idx,
+            batch_size=num_objects,
+            is_init_cond_frame=False,
+            point_inputs=None,
+            mask_inputs=None,
+            reverse=False,
+            run_mem_encoder=keep_memory,
+        )
+        # With several candidate masks SAM 2 keeps the one with the highest predicted IoU.
+        return out, pred, self._last_ious.float().max(dim=-1).values
+
+    def _forward_sam_heads(self, *args, **kwargs):
+        outputs = super()._forward_sam_heads(*args, **kwargs)
+        self._last_ious = outputs[2]  # predicted IoU per candidate mask; SAM 2 drops it from its state
+        return outputs
+
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         if frame_idx not in inference_state["cached_features"]:
             raise RuntimeError(
@@ -88,6 +129,19 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
                 "encoded with encode_images before tracking"
             )
         return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+
+def _stack_outputs(outs: list[dict]) -> dict:
+    def cat(key):
+        return None if outs[0][key] is None else torch.cat([o[key] for o in outs])
+
+    return {
+        "maskmem_features": cat("maskmem_features"),
+        "maskmem_pos_enc": [torch.cat(levels) for levels in zip(*(o["maskmem_pos_enc"] for o in outs))],
+        "pred_masks": cat("pred_masks"),
+        "obj_ptr": cat("obj_ptr"),
+        "object_score_logits": cat("object_score_logits"),
+    }
 
 
 class _FrameImages:
