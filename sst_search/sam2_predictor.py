@@ -239,3 +239,16 @@ def build_predictor(
         # without it SAM 2 warns on every frame and skips the step anyway.
         predictor.fill_hole_area = 0
     return predictor
+
+
+def image_predictor(model: SAM2VideoPredictor):
+    """SAM 2's point/box image predictor over an already built model, so interactive labeling
+    uses exactly the weights and input size of the index's tracker, without a second model
+    in memory. SAM2ImagePredictor assumes a 1024 px input for its feature-map sizes; they
+    are set from the model's real input size."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    size = model.image_size
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    return predictor
