@@ -7,6 +7,7 @@ import typer
 from .commands.demo import demo
 from .commands.evaluate import eval_kshot, eval_retrieval, eval_seg
 from .commands.finetune import finetune
+from .commands.export import export_app
 from .commands.index import index, status
 from .commands.measure import measure
 from .commands.refs import refs_app
@@ -35,6 +36,7 @@ app.command()(ui)
 app.command("eval-kshot")(eval_kshot)
 app.command("eval-retrieval")(eval_retrieval)
 app.add_typer(refs_app, name="refs")
+app.add_typer(export_app, name="export")
 app.add_typer(review_app, name="review")
 
 

@@ -26,12 +26,10 @@ from .images import load_image
 from .measure import FIELDS as MEASUREMENT_FIELDS
 from .references import ReferenceError, Support, load_group_references
 from .store import SPECIMEN_TRAIT, Store, decode_mask
+from .store.planner import Admission
 from .store.snapshots import resolve_snapshot
 
 Direction = Literal["similar", "different"]
-
-#: Unfiltered hits checked against the filters before falling back to a filtered search.
-POSTFILTER_FETCH = 200
 
 #: Filterable specimen columns besides the manifest's metadata keys.
 SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status"}
@@ -410,35 +408,15 @@ class SearchEngine:
     ) -> list[tuple[int, float]]:
         """Top ``n`` ``(specimen_id, inner product)`` passing ``filters``, without ``skip``.
 
-        Post-filter first: the head of the unfiltered top ``POSTFILTER_FETCH`` is checked
-        against the filters in one SQL query over just those ids, which answers the common,
-        unselective filter in about the time of an unfiltered search. When too few survive
-        (a selective filter), the candidate set is computed in SQL and searched directly
-        (exactly when small, see :meth:`Store.search`), so a filter does not make a search
-        miss the specimens that pass it.
+        Exactly ``n`` whenever ``n`` specimens pass: the store plans the search from the
+        filter's selectivity (see :mod:`sst_search.store.planner`), asking the catalog which
+        of a few ids pass (:meth:`_passing`) or which pass at all (:meth:`filter_ids`).
         """
-        extra = 1 if skip is not None else 0
-        if not filters:
-            hits = self.store.search(embedder, trait, vector, n + extra)[0]
-            return [h for h in hits if h[0] != skip][:n]
-        fetch = max(POSTFILTER_FETCH, 4 * n) + extra
-        hits = self.store.search(embedder, trait, vector, fetch)[0]
-        if len(hits) < fetch:  # the whole index came back: filtering it is exact
-            passing = self._passing([sid for sid, _ in hits], filters) if hits else set()
-            return [h for h in hits if h[0] in passing and h[0] != skip][:n]
-        # Trusted only when the filter keeps enough of the head of the list: an approximate
-        # index finds its best hits reliably, but misses more the further down it goes.
-        head = hits[: fetch // 2]
-        passing = self._passing([sid for sid, _ in head], filters)
-        kept = [h for h in head if h[0] in passing and h[0] != skip][:n]
-        if len(kept) == n:
-            return kept
-        candidates = self.filter_ids(filters)
-        if skip is not None:
-            candidates = candidates[candidates != skip]
-        if not len(candidates):
-            return []
-        return self.store.search(embedder, trait, vector, n, candidate_ids=candidates)[0]
+        return self.store.filtered_search(embedder, trait, vector, n, self.admission(filters), skip).hits
+
+    def admission(self, filters: list[Filter] | None) -> Admission | None:
+        """The filters as the planner asks about them (None without filters)."""
+        return _FilterAdmission(self, list(filters)) if filters else None
 
     def _default_embedder(self) -> str:
         names = self.embedders()
@@ -522,6 +500,21 @@ class SearchEngine:
         for r in results:
             r.rerank_iou = float(scores.get(str(r.specimen_id), 0.0))
         return sorted(results, key=lambda r: (-r.rerank_iou, -r.score))
+
+
+@dataclass
+class _FilterAdmission:
+    """The catalog's answers about one search's filters, in the form the planner asks for."""
+
+    engine: SearchEngine
+    filters: list[Filter]
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        passing = self.engine._passing(ids.tolist(), self.filters)
+        return np.fromiter((int(i) in passing for i in ids), bool, len(ids))
+
+    def admitted(self) -> np.ndarray:
+        return self.engine.filter_ids(self.filters)
 
 
 def _support(sid: str, image: np.ndarray, label_map: np.ndarray, names: dict[int, str]) -> Support:

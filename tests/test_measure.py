@@ -167,7 +167,7 @@ def measured_engine(tmp_path_factory):
     with Store.open(db) as store:
         store.write_batch(records)
     publish_snapshot(db)
-    with SearchEngine.open(db, tracker=False, embedder=False) as engine:
+    with SearchEngine.open(db) as engine:
         yield engine
 
 

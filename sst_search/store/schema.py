@@ -82,6 +82,8 @@ Tables and columns:
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from sst_search.measure import FIELDS
 
 SPECIMEN_TRAIT = "__specimen__"
@@ -91,6 +93,13 @@ DECISIONS = ("accept", "reject", "correct", "promote")
 #: Columns of ``trait_measurements`` a writer fills, in order (``measured_at`` is set by the store).
 MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_per_mm", "scale_source",
                        *(f.name for f in FIELDS))
+
+#: Columns a writer supplies for ``specimens`` (``updated_at`` is the store's), with their Arrow types.
+SPECIMEN_COLUMNS = pa.schema([
+    ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
+    ("height", pa.int32()), ("metadata", pa.string()),
+])
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS specimens (
