@@ -14,45 +14,14 @@ from sst_search.cli import app
 from sst_search.images import save_mask
 from sst_search.references import load_references, references_fingerprint
 from sst_search.review import decide, promote
-from sst_search.store import SpecimenRecord, Store, masks_from_label_map, specimen_id
+from sst_search.store import Store
 from sst_search.store.review import decisions, review_queue
-
-TRAITS = {1: "band", 2: "spot"}
-#: band areas per specimen (10 rows x width): specimen 4's is an outlier; specimen 5 has no spot
-WIDTHS = [9, 10, 11, 10, 40, 10]
-LOW_QUALITY = 1
-
-
-def _label_map(i: int) -> np.ndarray:
-    lm = np.zeros((20, 48), np.uint8)
-    lm[2:12, 2 : 2 + WIDTHS[i]] = 1
-    if i != 5:
-        lm[15:18, 44:47] = 2
-    return lm
-
-
-def _records(content: str = "v1") -> list[SpecimenRecord]:
-    out = []
-    for i in range(6):
-        quality = {1: 0.2 if i == LOW_QUALITY else 0.9, 2: 0.9}
-        out.append(SpecimenRecord(
-            specimen_id=specimen_id(f"s{i}.png"), path=f"/data/s{i}.png", status="indexed", group_name="g",
-            content_hash=f"{content}-{i}", width=48, height=20,
-            masks=masks_from_label_map(_label_map(i), TRAITS, quality),
-        ))
-    return out
-
+from tests.review_store import LOW_QUALITY, WIDTHS, build_review_store, records
+from tests.review_store import sid as _sid
 
 @pytest.fixture
 def db(tmp_path) -> Path:
-    path = tmp_path / "review.duckdb"
-    with Store.open(path) as store:
-        store.write_batch(_records())
-    return path
-
-
-def _sid(i: int) -> int:
-    return specimen_id(f"s{i}.png")
+    return build_review_store(tmp_path)
 
 
 def _flags(store) -> dict[tuple[int, str], str]:
@@ -80,12 +49,12 @@ def test_decisions_leave_the_queue_and_corrections_survive_reindexing(db):
         assert {(d["trait_name"], d["decision"], d["reviewer"]) for d in decisions(store)} == {
             ("band", "correct", "ana"), ("band", "accept", "ben")}
 
-        store.write_batch(_records())  # a re-index of the same images brings back SST's masks...
+        store.write_batch(records(db.parent))  # a re-index of the same images brings back SST's masks...
         (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
         assert band.source == "corrected" and np.array_equal(band.mask(), corrected)  # ...but the correction wins
         assert len(decisions(store)) == 2
 
-        store.write_batch(_records(content="v2"))  # the image itself changed: the old correction no longer applies
+        store.write_batch(records(db.parent, content="v2"))  # the image itself changed: the old correction no longer applies
         (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
         assert band.source == "sst" and band.area == 10 * WIDTHS[4]
         assert len(decisions(store)) == 2
