@@ -71,11 +71,11 @@ class LazyCommands(TyperGroup):
     _listing = False
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return list(COMMANDS) + [n for n in super().list_commands(ctx) if n not in COMMANDS]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
-            return None
+        if name not in COMMANDS:  # registered the usual way (app.command()), imported with this module
+            return super().get_command(ctx, name)
         if self._listing:
             return click.Command(name, help=_summary(name))
         return _load(name)
