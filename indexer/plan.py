@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst_search.config import Config
-from sst_search.references import ReferenceError, references_fingerprint
+from sst_search.references import ReferencesError, references_fingerprint
 from sst_search.store import specimen_id
 from sst_search.weights import resolve_sam2_weights, sha256_file
 
@@ -75,7 +75,7 @@ def make_plan(
             hash_progress()
         if item.group not in ref_fps:
             supports = load_supports_or_error(references, item.group)
-            ref_fps[item.group] = None if isinstance(supports, ReferenceError) else references_fingerprint(supports)
+            ref_fps[item.group] = None if isinstance(supports, ReferencesError) else references_fingerprint(supports)
         provided = _provided_mask(masks_dir, item)
         fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
         if provided is not None:

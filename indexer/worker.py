@@ -18,7 +18,7 @@ from sst_search.config import Config
 from sst_search.embed import EmbedItem
 from sst_search.images import ImageLoadError, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
-from sst_search.references import ReferenceError, Support, load_group_references
+from sst_search.references import ReferencesError, Support, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.weights import sha256_file
 
@@ -51,7 +51,7 @@ class Worker:
         self.references = Path(references)
         self.embedder = embedder if embedder is not None else embedder_from_config(config.embedding)
         self._tracker = tracker
-        self._supports: dict[str, list[Support] | ReferenceError] = {}
+        self._supports: dict[str, list[Support] | ReferencesError] = {}
         self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0}
 
     @property
@@ -60,7 +60,7 @@ class Worker:
             self._tracker = tracker_from_config(self.config.segmentation)
         return self._tracker
 
-    def supports(self, group: str | None) -> list[Support] | ReferenceError:
+    def supports(self, group: str | None) -> list[Support] | ReferencesError:
         key = group or ""
         if key not in self._supports:
             self._supports[key] = load_supports_or_error(self.references, group)
@@ -72,7 +72,7 @@ class Worker:
     def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
         supports = self.supports(unit.group)
         records = {item.key: _record(unit, item) for item in unit.items}
-        if isinstance(supports, ReferenceError):
+        if isinstance(supports, ReferencesError):
             for r in records.values():
                 r.status, r.error = "no_reference", str(supports)
             return list(records.values())
@@ -130,16 +130,16 @@ def content_hash(path: Path) -> str:
         return ""
 
 
-def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferenceError:
+def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferencesError:
     """A group's supports, or the reason it has none (recorded as ``no_reference``)."""
     folder = references / group if group else None
     if folder is None:
-        return ReferenceError("item has no group; pass --default-group or add a 'group' column")
+        return ReferencesError("item has no group; pass --default-group or add a 'group' column")
     if not folder.is_dir():
-        return ReferenceError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
+        return ReferencesError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
     try:
         return load_group_references(folder)
-    except ReferenceError as exc:
+    except ReferencesError as exc:
         return exc
 
 

@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+
+expect = pytest.importorskip("playwright.sync_api").expect
 
 from sst_search import export
 from sst_search.query import SearchEngine

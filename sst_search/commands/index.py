@@ -9,29 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config, load_config
-from ..references import ReferenceError
-from ..store import Store
+from ..config import apply_overrides, load_config
+from ..references import ReferencesError
+from ..store import STATUSES, Store
 from ..weights import WeightsError
+from .options import ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
 
 console = Console(stderr=True)
-
-
-def apply_overrides(config: Config, **overrides) -> Config:
-    """Command-line options win over the config file; ``None`` means "not given"."""
-    sections = {
-        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device"),
-        "embedding": ("embedder", "embedder_weights"),
-        "indexer": ("engine", "ray_address", "num_workers"),
-        "measure": ("pixels_per_mm", "scale_column"),
-    }
-    data = config.model_dump()
-    for section, keys in sections.items():
-        for key in keys:
-            value = overrides.get(key)
-            if value is not None:
-                data[section]["weights" if key == "embedder_weights" else key] = value
-    return Config.model_validate(data)
 
 
 def index(
@@ -40,15 +24,15 @@ def index(
     db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
     embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
-    embedder_weights: str | None = typer.Option(None, "--embedder-weights", help="Embedder checkpoint path or 'random'."),
+    embedder_weights: str | None = EMBEDDER_WEIGHTS,
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
     workers: int | None = typer.Option(None, "--workers", help="Ray actors."),
-    mode: str | None = typer.Option(None, "--mode", help="pairwise | chain."),
-    model: str | None = typer.Option(None, "--model", help="SAM 2.1 model name."),
-    weights: str | None = typer.Option(None, "--weights", help="SAM 2 checkpoint path or 'random'."),
-    adapter: str | None = typer.Option(None, "--adapter", help="Fine-tuned adapter (sst-search finetune)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size."),
+    mode: str | None = mode_option(None),
+    model: str | None = model_option(None),
+    weights: str | None = WEIGHTS,
+    adapter: str | None = ADAPTER,
+    image_size: int | None = IMAGE_SIZE,
     quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
     masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
     default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
@@ -76,7 +60,7 @@ def index(
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
         )
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group, quiet=quiet)
-    except (CollectionError, ReferenceError, WeightsError, ValueError, RuntimeError) as exc:
+    except (CollectionError, ReferencesError, WeightsError, ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     print_summary(summary)
@@ -94,7 +78,7 @@ def failure_line(status: str, path: str, error: str | None) -> str:
 
 def print_summary(summary) -> None:
     if summary.weights_random:
-        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
+        warn_random_weights(console, "masks and search results are not meaningful")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)
@@ -140,11 +124,9 @@ def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) ->
         if runs:
             last = runs[-1]
             console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: {last['counts']}")
-        failed = store.con.execute(
-            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT 20"
-        ).fetchall()
-        for path, st_, error in failed:
-            console.print(failure_line(st_, path, error), soft_wrap=True)
+        not_indexed = [s for s in STATUSES if s != "indexed"]
+        for row in store.failures(statuses=not_indexed, limit=20).itertuples():
+            console.print(failure_line(row.status, row.path, row.error), soft_wrap=True)
         problems = store.check_consistency()
         for p in problems:
             console.print(f"[red]inconsistent:[/red] {p}")
