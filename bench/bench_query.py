@@ -42,8 +42,9 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
+from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import IndexConfig, Store
+from sst_search.store import Store
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
@@ -150,7 +151,7 @@ def main() -> None:
     start = date(1950, 1, 1)
     dates = np.array([(start + timedelta(days=int(d))).isoformat() for d in rng.integers(0, 27_000, size=args.n)])
 
-    config = IndexConfig(exact_max=min(50_000, args.n - 1), approx=args.approx)
+    config = IndexConfig(exact_threshold=min(50_000, args.n - 1), approximate=args.approx)
     rss0 = proc.memory_info().rss
     t = time.perf_counter()
     build_store(db, config, ids, vectors, group_names, localities, dates)

@@ -13,7 +13,8 @@ import pytest
 
 from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import SPECIMEN_TRAIT, IndexConfig, Store
+from sst_search.config import IndexConfig
+from sst_search.store import SPECIMEN_TRAIT, Store
 from ui.state import engine_session, load_engine
 from sst_search.store.planner import PlanConfig
 
@@ -33,7 +34,7 @@ def catalog(tmp_path_factory):
     locality[np.flatnonzero(locality == "common")[: N // 100]] = "one-percent"
     groups = np.array([f"g{i % 2}" for i in range(N)])
     db = tmp_path_factory.mktemp("scale") / "scale.duckdb"
-    with Store.open(db, index_config=IndexConfig(exact_max=1_000)) as store:
+    with Store.open(db, index_config=IndexConfig(exact_threshold=1_000, approximate="ivf")) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in range(N)], "group_name": groups,
                       "status": ["indexed"] * N}),
