@@ -41,7 +41,7 @@ def eval_seg(
     try:
         names = load_trait_names(references) if references is not None else {}
         report = evaluate_folders(pred, gt, manifest, predicted_only=predicted_only, trait_names=names)
-    except (EvaluationInputError, ReferenceError) as exc:
+    except (EvaluationInputError, ReferencesError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(report)
