@@ -28,29 +28,16 @@ from sst_search.store.snapshots import (
     resolve_snapshot,
 )
 from sst_search.synthetic import LOCALITIES, generate_collection
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.conftest import INDEXED_CONFIG, INDEXED_PER_SPECIES, INDEXED_SPECIES
 
-CONFIG = {
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-}
-SPECIES, PER_SPECIES = 3, 5
+CONFIG = INDEXED_CONFIG
+SPECIES, PER_SPECIES = INDEXED_SPECIES, INDEXED_PER_SPECIES
 RIDGE = next(loc for loc in LOCALITIES if "'" in loc and '"' in loc)
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("query")
-    coll = generate_collection(root / "syn", species=SPECIES, per_species=PER_SPECIES, seed=11)
-    db = root / "db.duckdb"
-    summary = run_index(coll.manifest, coll.references, db, Config.model_validate(CONFIG), masks=coll.ground_truth)
-    assert summary.counts["indexed"] == SPECIES * PER_SPECIES
-    return coll, db
-
-
-@pytest.fixture(scope="module")
-def engine(index, tracker):
-    with SearchEngine.open(index[1], tracker=tracker) as eng:
+def engine(indexed, tracker):
+    with SearchEngine.open(indexed[1], tracker=tracker) as eng:
         yield eng
 
 
@@ -63,18 +50,18 @@ def _all_vectors(engine, trait):
     return dict(zip(ids.tolist(), matrix))
 
 
-def test_catalog_listing(engine, index):
-    coll, _ = index
+def test_catalog_listing(engine, indexed):
+    coll, _ = indexed
     assert engine.groups() == sorted(coll.groups)
     assert engine.embedders() == ["color-pattern"]
     traits = engine.traits(coll.groups[0])
     assert traits[0] == SPECIMEN_TRAIT and set(traits[1:]) <= set(engine.traits())
     assert engine.fingerprints()["embedder"] == "color-pattern"
-    assert engine.store.db_path == resolve_snapshot(index[1]) != index[1]  # reads the published copy
+    assert engine.store.db_path == resolve_snapshot(indexed[1]) != indexed[1]  # reads the published copy
 
 
-def test_by_specimen_ranks_itself_first_then_its_species(engine, index):
-    coll, _ = index
+def test_by_specimen_ranks_itself_first_then_its_species(engine, indexed):
+    coll, _ = indexed
     group = coll.groups[0]
     query = _ids(engine, group)[0]
     trait = engine.traits(group)[1]
@@ -104,8 +91,8 @@ def test_by_specimen_ranks_itself_first_then_its_species(engine, index):
     assert np.mean(precision) >= 0.5
 
 
-def test_scores_are_exact_cosines(engine, index):
-    coll, _ = index
+def test_scores_are_exact_cosines(engine, indexed):
+    coll, _ = indexed
     query = _ids(engine, coll.groups[1])[0]
     vectors = _all_vectors(engine, SPECIMEN_TRAIT)
     results = engine.search(SPECIMEN_TRAIT, k=4, specimen_id=query)
@@ -114,8 +101,8 @@ def test_scores_are_exact_cosines(engine, index):
     assert [r.score for r in results] == pytest.approx([s for s, _ in expected], abs=1e-5)
 
 
-def test_different_returns_the_least_similar_first(engine, index):
-    coll, _ = index
+def test_different_returns_the_least_similar_first(engine, indexed):
+    coll, _ = indexed
     query = _ids(engine, coll.groups[0])[0]
     n = SPECIES * PER_SPECIES - 1
     similar = engine.search(SPECIMEN_TRAIT, k=n, specimen_id=query)
@@ -167,10 +154,10 @@ def test_filters_are_parameterised_and_survive_metacharacters(engine):
 
 @pytest.mark.parametrize("plan", [PlanConfig(), PlanConfig(postfilter_min_fraction=2.0),
                                   PlanConfig(postfilter_min_fraction=2.0, exact_max=0)])
-def test_filtered_search_is_exact_on_every_plan(engine, index, monkeypatch, plan):
+def test_filtered_search_is_exact_on_every_plan(engine, indexed, monkeypatch, plan):
     """Post-filtering, an exact scan of the admitted set and a FAISS selector agree."""
     monkeypatch.setattr(engine.store, "plan", plan)
-    coll, _ = index
+    coll, _ = indexed
     vectors = _all_vectors(engine, SPECIMEN_TRAIT)
     query = _ids(engine, coll.groups[0])[0]
     for group in coll.groups:
@@ -180,8 +167,8 @@ def test_filtered_search_is_exact_on_every_plan(engine, index, monkeypatch, plan
         assert [r.specimen_id for r in results] == expected
 
 
-def test_by_uploaded_image_is_segmented_then_embedded(engine, index):
-    coll, _ = index
+def test_by_uploaded_image_is_segmented_then_embedded(engine, indexed):
+    coll, _ = indexed
     group = coll.groups[1]
     path = sorted((coll.root / "images" / group).glob("*.png"))[2]
     image = load_image(path)
@@ -206,8 +193,8 @@ def test_by_uploaded_image_is_segmented_then_embedded(engine, index):
         engine.search("no_such_trait", image=image, group=group)
 
 
-def test_rerank_orders_by_cycle_consistency(engine, index):
-    coll, _ = index
+def test_rerank_orders_by_cycle_consistency(engine, indexed):
+    coll, _ = indexed
     group = coll.groups[2]
     query = _ids(engine, group)[0]
     trait = engine.traits(group)[1]
@@ -262,8 +249,8 @@ HOLD_WRITER = textwrap.dedent(
 )
 
 
-def test_snapshots_swap_atomically_under_an_open_reader(index, tmp_path):
-    db = _copy_store(index[1], tmp_path / "live.duckdb")
+def test_snapshots_swap_atomically_under_an_open_reader(indexed, tmp_path):
+    db = _copy_store(indexed[1], tmp_path / "live.duckdb")
     first = publish_snapshot(db)
     reader = SearchEngine.open(db)
     assert reader.store.db_path == first
@@ -289,8 +276,8 @@ def test_snapshots_swap_atomically_under_an_open_reader(index, tmp_path):
     reader.close()
 
 
-def test_readers_open_while_another_process_writes(index, tmp_path):
-    db = _copy_store(index[1], tmp_path / "live.duckdb")
+def test_readers_open_while_another_process_writes(indexed, tmp_path):
+    db = _copy_store(indexed[1], tmp_path / "live.duckdb")
     writer = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(db)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
