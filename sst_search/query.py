@@ -31,7 +31,7 @@ Direction = Literal["similar", "different"]
 POSTFILTER_FETCH = 200
 
 #: Filterable specimen columns besides the manifest's metadata keys.
-SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status"}
+SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status", "orientation": "s.orientation"}
 
 
 class QueryError(ValueError):

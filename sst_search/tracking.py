@@ -381,16 +381,22 @@ def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=(degrees // 90) % 4))
 
 
-def _orientations(orientation: int | str) -> tuple[int, ...]:
-    if orientation == "auto":
-        return ORIENTATIONS
+def parse_orientation(value: int | str) -> int | str:
+    """``"auto"`` or an angle in :data:`ORIENTATIONS` (as int), from a CLI string or a config value."""
+    if value == "auto":
+        return value
     try:
-        turn = int(orientation)
+        turn = int(value)
     except (TypeError, ValueError):
         turn = -1
     if turn not in ORIENTATIONS:
-        raise ValueError(f"orientation must be 'auto' or one of {ORIENTATIONS}, got {orientation!r}")
-    return (turn,)
+        raise ValueError(f"orientation must be 'auto' or one of {ORIENTATIONS}, got {value!r}")
+    return turn
+
+
+def _orientations(orientation: int | str) -> tuple[int, ...]:
+    turn = parse_orientation(orientation)
+    return ORIENTATIONS if turn == "auto" else (turn,)
 
 
 def _load_with_sources(queries: Iterable[Query]) -> Iterator[tuple[tuple, Query]]:

@@ -207,3 +207,21 @@ def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
             assert a.con.execute(q).fetchall() == b.con.execute(q).fetchall(), q
         assert b.check_consistency() == []
         assert b.runs()[-1]["engine"] == "ray"
+
+
+def test_orientation_and_confidences_are_stored(tmp_path):
+    coll = generate_collection(tmp_path / "syn", species=1, per_species=2, seed=5)
+    db = tmp_path / "db.duckdb"
+    summary = _index(coll, db, _config(segmentation={"orientation": "auto", "image_size": 128}))
+    assert summary.counts["indexed"] == 2
+    with Store.open(db, read_only=True) as store:
+        for sid in store.filter_specimens():
+            assert store.get_specimen(sid)["orientation"] in (0, 90, 180, 270)
+            masks = store.trait_masks(sid)
+            assert masks and all(0 <= m.object_score <= 1 and m.predicted_iou is not None for m in masks)
+            assert all(m.quality is None for m in masks)  # the cycle IoU only with --quality
+    # Upright indexing keeps the fingerprint it had before orientations existed; auto changes it.
+    from indexer.plan import segmentation_fingerprint
+
+    assert "orientation" not in segmentation_fingerprint(_config())
+    assert segmentation_fingerprint(_config(segmentation={"orientation": "auto"}))["orientation"] == "auto"

@@ -28,7 +28,8 @@ def build_ui_index(base: Path) -> Path:
     with open(coll.manifest, "a", newline="") as fh:
         csv.DictWriter(fh, fieldnames=list(rows[0])).writerow({**rows[0], "path": BROKEN, "catalogNumber": "SYN-BROKEN"})
     config = Config.model_validate({
-        "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
+        # auto orientation: the catalog then records how each specimen was turned
+        "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu", "orientation": "auto"},
         "embedding": {"embedder": "color-pattern"},
     })
     summary = run_index(coll.manifest, coll.references, db, config)

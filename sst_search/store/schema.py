@@ -17,6 +17,9 @@ Tables and columns:
     - ``fingerprint JSON``: what produced its masks and vectors (models, weights sha256 or
       ``random``, reference ids, config hash); a change means re-index.
     - ``width INTEGER``, ``height INTEGER``: image size in pixels.
+    - ``orientation INTEGER``: degrees (counter-clockwise) the image was turned for
+      segmentation (``--orientation``); masks are stored in the image's own orientation.
+      NULL for provided masks and for rows written before the column existed.
     - ``metadata JSON``: the manifest's other columns verbatim (Darwin Core terms etc.).
     - ``updated_at TIMESTAMP``: when the row was last written.
 
@@ -30,6 +33,11 @@ Tables and columns:
     - ``rle VARCHAR``: COCO RLE as JSON (``{"size": [h, w], "counts": "..."}``, pycocotools'
       compressed counts as a UTF-8 string).
     - ``quality DOUBLE``: cycle-consistency IoU of the trait, NULL when not computed.
+    - ``object_score DOUBLE``: SAM 2's probability that the trait is present (sigmoid of
+      its object score; below 0.5 SAM 2 predicts it absent). Cheap, stored for every
+      tracked mask; NULL for provided masks.
+    - ``predicted_iou DOUBLE``: the mask decoder's own IoU estimate for the mask; NULL for
+      provided masks.
     - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item).
     - primary key ``(specimen_id, trait_id)``.
 
@@ -142,4 +150,7 @@ CREATE TABLE IF NOT EXISTS runs (
     timings JSON,
     engine VARCHAR
 );
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS orientation INTEGER;
+ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS object_score DOUBLE;
+ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS predicted_iou DOUBLE;
 """
