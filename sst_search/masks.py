@@ -27,6 +27,27 @@ def logits_to_label_map(
     return labels.cpu().numpy().astype(np.uint8)
 
 
+def logits_to_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One boolean mask per object ``(K, H, W)`` at ``size``: each object decided on its own
+    (``logits > 0``), unlike :func:`logits_to_label_map` where objects compete for pixels."""
+    if logits.ndim == 4:
+        logits = logits[:, 0]
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (up > 0).cpu().numpy()
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``(len(a), len(b))`` of two stacks of boolean masks of one size; two
+    empty masks score 0 here (an empty prediction never matches anything)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """IoU of two boolean masks; two empty masks agree perfectly (1.0)."""
     union = np.logical_or(pred, truth).sum()

@@ -79,6 +79,9 @@ class TrackingSession:
     query (``propagate_in_video(start_frame_idx=len(supports))``); its default start
     would instead track the trait through that support frame and remember the guess.
     Tests in ``tests/test_sam2_equivalence.py`` check both statements.
+
+    A conditioning mask is a label map (object k on pixels equal to k) or, for objects that
+    may overlap, a stack of boolean masks (object k is ``mask[k - 1]``).
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class TrackingSession:
         with torch.inference_mode(), autocast(predictor.device):
             for frame_idx, mask in enumerate(cond_masks):
                 for tid in self.trait_ids:
-                    m = mask == tid
+                    m = mask[tid - 1] if mask.ndim == 3 else mask == tid
                     if m.any():
                         predictor.add_new_mask(self.state, frame_idx, tid, torch.from_numpy(m))
             missing = [t for t in self.trait_ids if t not in self.state["obj_id_to_idx"]]
