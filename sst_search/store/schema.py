@@ -33,9 +33,9 @@ Tables and columns:
     - ``rle VARCHAR``: COCO RLE as JSON (``{"size": [h, w], "counts": "..."}``, pycocotools'
       compressed counts as a UTF-8 string).
     - ``quality DOUBLE``: cycle-consistency IoU of the trait, NULL when not computed.
-    - ``object_score DOUBLE``: SAM 2's probability that the trait is present (sigmoid of
-      its object score; below 0.5 SAM 2 predicts it absent). Cheap, stored for every
-      tracked mask; NULL for provided masks.
+    - ``object_score DOUBLE``: SAM 2's object score logit for the trait (above 0 SAM 2
+      predicts it present, below 0 absent). Cheap, stored for every tracked mask; NULL for
+      provided masks.
     - ``predicted_iou DOUBLE``: the mask decoder's own IoU estimate for the mask; NULL for
       provided masks.
     - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item) |

@@ -67,7 +67,7 @@ def render(engine: SearchEngine) -> None:
         return
     table = export.measurements_table(engine.store, specimen_ids=[sid])
     st.dataframe(table[list(export.MEASUREMENT_COLUMNS)], hide_index=True)
-    st.caption("Confidence: SAM 2's object score (probability the trait is there), its predicted IoU, "
+    st.caption("Confidence: SAM 2's object score (a logit: above 0 SAM 2 sees the trait), its predicted IoU, "
                "and the cycle-consistency IoU when indexed with --quality.")
     st.dataframe(
         pd.DataFrame(
