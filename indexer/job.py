@@ -34,6 +34,8 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     weights_random: bool = False
+    #: path -> status (``failed`` or ``no_reference``) of each entry of ``failures``
+    failure_status: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -72,6 +74,7 @@ def run_index(
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
         failures: list[tuple[str, str]] = []
+        failure_status: dict[str, str] = {}
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None
         try:
@@ -84,6 +87,7 @@ def run_index(
                         counts[r.status] += 1
                         if r.status != "indexed":
                             failures.append((r.path, r.error or r.status))
+                            failure_status[r.path] = r.status
                     bar.update(len(records))
                     if quiet:
                         log.info("committed %d/%d", sum(counts[s] for s in ("indexed", "failed", "no_reference")), plan.todo)
@@ -99,7 +103,7 @@ def run_index(
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status)
 
 
 def _embedder_fingerprint(config: Config) -> dict:

@@ -100,6 +100,8 @@ class Store:
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
             raise FileNotFoundError(f"{db_path}: no such store")
+        if not read_only:  # a new store in a new folder: DuckDB would blame a lock instead
+            db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
         except duckdb.IOException as exc:
