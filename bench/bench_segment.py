@@ -90,7 +90,7 @@ class _EncoderTimer:
 
 
 def _run_ours(method: str, support, queries, model: str, image_size: int) -> tuple[float, dict]:
-    from sst_search.tracking import build_tracker
+    from sst_search.builder import build_tracker
 
     tracker = build_tracker(model, weights="random", image_size=image_size, device="cpu",
                             batch_traits=method != "per-object")

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
-from sst_search.store import IndexConfig, Store
+from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
 from .plan import make_plan
 from .runners import make_runner
-from .worker import Worker, build_embedder
+from .worker import Worker
 
 log = logging.getLogger("sst_search.indexer")
 
@@ -52,13 +53,22 @@ def run_index(
     force: bool = False,
     default_group: str | None = None,
     quiet: bool = True,
+    tracker=None,
+    embedder=None,
 ) -> RunSummary:
+    """Index ``collection`` into the store at ``db`` and publish a snapshot.
+
+    ``tracker`` and ``embedder``, when given, are used instead of building the models
+    ``config`` describes (they must be what it describes: the plan fingerprints the
+    config). They live in this process, so they need the local engine.
+    """
     started = time.perf_counter()
+    if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
+        raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
     items = load_collection(collection, default_group=default_group)
-    worker = Worker(config, references) if config.indexer.engine == "local" else None
+    worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
-    index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
-    with Store.open(db, index_config=index_config) as store:
+    with Store.open(db, index_config=config.index) as store:
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
@@ -109,4 +119,4 @@ def run_index(
 def _embedder_fingerprint(config: Config) -> dict:
     """The driver of a Ray job needs the embedder's fingerprint to plan; building the
     embedder once here is the only way to know the resolved weights' digest."""
-    return build_embedder(config).fingerprint
+    return embedder_from_config(config.embedding).fingerprint
