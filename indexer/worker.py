@@ -20,6 +20,7 @@ from sst_search.images import ImageLoadError, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferenceError, Support, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
+from sst_search.store.review import apply_corrections
 from sst_search.weights import sha256_file
 
 from .collection import Item
@@ -37,6 +38,8 @@ class WorkUnit:
     hashes: dict[str, str]
     fingerprints: dict[str, dict]
     provided_masks: dict[str, Path] = field(default_factory=dict)
+    #: reviewers' corrected masks ``{trait_id: RLE}`` per item, applied over the segmentation
+    corrections: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 class Worker:
@@ -108,6 +111,11 @@ class Worker:
                         records[key].error = f"segmentation failed: {type(exc).__name__}: {exc}"
                         images.pop(key)
         self.timings["segment"] += time.perf_counter() - started
+
+        for key, corrected in unit.corrections.items():
+            if key in label_maps:
+                label_map, quality, source = label_maps[key]
+                label_maps[key] = (apply_corrections(label_map, corrected), quality, source)
 
         started = time.perf_counter()
         keys = list(label_maps)

@@ -243,10 +243,10 @@ class SearchEngine:
 
     # -- what is there --------------------------------------------------------------------
     def _last_run(self) -> dict:
-        row = self.store.con.execute(
+        rows = self.store.con.execute(  # fetchall: a half-read result blocks the cursor's next .sql()
             "SELECT fingerprint FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"
-        ).fetchone()
-        return json.loads(row[0]) if row and row[0] else {}
+        ).fetchall()
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
     def fingerprints(self) -> dict:
         """Models and weights behind the index (from the last finished run)."""

@@ -648,10 +648,11 @@ class Store:
     def _recorded_index_config(self) -> IndexConfig:
         """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
         try:
-            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+            # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
+            rows = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
         except duckdb.CatalogException:  # a read-only store written before the table existed
             return IndexConfig()
-        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
+        return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
