@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
-from sst_search.store import Store
 from sst_search.measure import remeasure
+from sst_search.store import Store
+from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
@@ -75,7 +76,7 @@ def run_index(
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
-                masks_dir=masks, force=force, hash_progress=bar.update,
+                masks_dir=masks, force=force, hash_progress=bar.update, corrections=corrections(store),
             )
         plan_seconds = time.perf_counter() - started
         run_fingerprint = {
