@@ -41,7 +41,7 @@ def segmentation_fingerprint(config: Config) -> dict:
     """What SAM 2 contributes to a mask; the checkpoint is identified by its sha256."""
     seg = config.segmentation
     weights = resolve_sam2_weights(seg.model, seg.weights)
-    return {
+    fingerprint = {
         "model": seg.model,
         "weights_sha256": weights.sha256,
         "adapter_sha256": sha256_file(Path(seg.adapter)) if seg.adapter else None,
@@ -49,6 +49,9 @@ def segmentation_fingerprint(config: Config) -> dict:
         "mode": seg.mode,
         "quality": seg.quality,
     }
+    if seg.orientation != 0:  # only then, so stores indexed upright keep their fingerprints
+        fingerprint["orientation"] = seg.orientation
+    return fingerprint
 
 
 def make_plan(
