@@ -114,8 +114,8 @@ class Worker:
 
         for key, corrected in unit.corrections.items():
             if key in label_maps:
-                label_map, quality, source = label_maps[key]
-                label_maps[key] = (apply_corrections(label_map, corrected), quality, source)
+                label_map, res = label_maps[key]
+                label_maps[key] = (apply_corrections(label_map, corrected), res)
 
         started = time.perf_counter()
         keys = list(label_maps)
