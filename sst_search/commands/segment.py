@@ -10,7 +10,7 @@ from rich.console import Console
 from ..builder import build_tracker
 from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES
+from ..tracking import MODES, parse_orientation
 from ..weights import WeightsError
 from .options import ADAPTER, DEVICE, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
 
@@ -30,6 +30,7 @@ def segment(
     adapter: Path | None = ADAPTER,
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
     quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
+    orientation: str = typer.Option("0", "--orientation", help="0 | 90 | 180 | 270: turn queries before tracking; auto: try all four per query."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
     device: str | None = DEVICE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -41,6 +42,10 @@ def segment(
     """
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    try:
+        turn = parse_orientation(orientation)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--orientation") from exc
     if len(support) != len(support_mask):
         raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
     try:
@@ -52,7 +57,7 @@ def segment(
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         warn_random_weights(console, "masks are not meaningful (smoke test only)")
-    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet)
+    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn)
     counts = summary["counts"]
     console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
     for stem, entry in summary["images"].items():

@@ -53,10 +53,10 @@ class Catalog:
 
     def last_run_fingerprint(self) -> dict:
         """Fingerprint of the last finished run (models, config, references); {} when none finished."""
-        row = self.con.execute(
+        rows = self.con.execute(  # fetchall: a half-read result blocks the cursor's next .sql()
             "SELECT fingerprint FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"
-        ).fetchone()
-        return json.loads(row[0]) if row and row[0] else {}
+        ).fetchall()
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
     # -- specimens -----------------------------------------------------------------------
 
@@ -172,20 +172,24 @@ class Catalog:
 
     def trait_masks(self, specimen_id: int) -> list[TraitMask]:
         rows = self.con.execute(
-            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source "
-            "FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
+            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
+            "object_score, predicted_iou FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
             [int(specimen_id)],
         ).fetchall()
-        return [TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s) for t, n, rle, a, x0, y0, x1, y1, q, s in rows]
+        return [
+            TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
+            for t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows
+        ]
 
     def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
         """``{specimen_id: mask}`` of one trait on the given specimens (those without it are left out)."""
         rows = self.con.execute(
-            "SELECT specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source "
-            "FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[]))",
+            "SELECT specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
+            "object_score, predicted_iou FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[]))",
             [trait_name, [int(i) for i in specimen_ids]],
         ).fetchall()
-        return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s) for sid, t, n, rle, a, x0, y0, x1, y1, q, s in rows}
+        return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
+                for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}
 
     def label_map(self, specimen_id: int) -> np.ndarray | None:
         """The specimen's label map rebuilt from its stored masks (None without masks)."""
@@ -233,6 +237,14 @@ class Catalog:
             f"WHERE {where} ORDER BY s.group_name, s.path, t.trait_id",
             params,
         ).df()
+
+    def unmeasured_specimens(self) -> list[int]:
+        """Indexed specimens with a trait mask that has no measurements (written before they existed)."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT t.specimen_id FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            "WHERE x.specimen_id IS NULL AND s.status = 'indexed' ORDER BY 1"
+        ).fetchall()]
 
     def measured_traits(self) -> list[str]:
         """Names of the traits that have measurements (what measurement filters and plots accept)."""

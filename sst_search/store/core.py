@@ -190,6 +190,7 @@ class Store(Catalog):
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
+                        "orientation": r.orientation,
                     }
                     for r in records
                 ],
@@ -215,6 +216,8 @@ class Store(Catalog):
                     "rle": pa.array([m.rle for r in records for m in r.masks], pa.string()),
                     "quality": pa.array([m.quality for r in records for m in r.masks], pa.float64()),
                     "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
+                    "object_score": pa.array([m.object_score for r in records for m in r.masks], pa.float64()),
+                    "predicted_iou": pa.array([m.predicted_iou for r in records for m in r.masks], pa.float64()),
                 }
             ),
             measurements=_measurement_table({r.specimen_id: r.measurements for r in records}, _now()),
@@ -524,10 +527,11 @@ class Store(Catalog):
     def _recorded_index_config(self) -> IndexConfig:
         """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
         try:
-            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+            # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
+            rows = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
         except duckdb.CatalogException:  # a read-only store written before the table existed
             return IndexConfig()
-        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
+        return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
