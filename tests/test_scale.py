@@ -147,7 +147,6 @@ def test_a_slow_embed_does_not_hold_up_another_threads_search(tmp_path):
 
 def test_the_compressed_default_keeps_recall_and_readers_use_the_writers_kind(tmp_path):
     """The default (SQ8 codes, exact re-ranking of 4k candidates) at dim 512 against exact search."""
-    factory = IndexConfig().factory
     rng = np.random.default_rng(5)
     n, dim = 3_000, 512
     centres = rng.standard_normal((60, dim)).astype(np.float32)
@@ -159,7 +158,7 @@ def test_the_compressed_default_keeps_recall_and_readers_use_the_writers_kind(tm
         store.write_columns(pa.table({"specimen_id": ids, "path": [f"{i}.png" for i in ids], "status": ["indexed"] * n}),
                             vectors={(EMBEDDER, TRAIT): (ids, vectors)})
     with Store.open(tmp_path / "c.duckdb", read_only=True) as reader:
-        assert reader.index_config.factory == factory  # recorded by the writer, not the reader's default
+        assert reader.index_config == config  # recorded by the writer (threshold 1,000), not the default 50,000
         index = reader.index(EMBEDDER, TRAIT)
         assert isinstance(faiss.downcast_index(index), faiss.IndexIVFScalarQuantizer)
         assert bytes_per_vector(index) <= 600
