@@ -60,8 +60,9 @@ def run_index(
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
-                masks_dir=masks, force=force, hash_progress=bar.update,
+                masks_dir=masks, force=force, hash_progress=bar.update, locations=store.specimen_locations(),
             )
+        moved = store.move_specimens(plan.moves)
         plan_seconds = time.perf_counter() - started
         run_fingerprint = {
             **plan.fingerprint,
@@ -70,7 +71,8 @@ def run_index(
             "references_dir": str(Path(references).resolve()),
         }
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
-        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
+        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
+                  "moved": moved}
         failures: list[tuple[str, str]] = []
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None

@@ -10,6 +10,7 @@ from .commands.finetune import finetune
 from .commands.index import index, status
 from .commands.measure import measure
 from .commands.refs import refs_app
+from .commands.relocate import relocate
 from .commands.review import review_app
 from .commands.segment import segment
 from .commands.synth import synth
@@ -28,6 +29,7 @@ app.command()(synth)
 app.command()(index)
 app.command()(status)
 app.command()(measure)
+app.command()(relocate)
 app.command()(demo)
 app.command()(finetune)
 app.command("eval-seg")(eval_seg)

@@ -9,7 +9,8 @@ Tables and columns:
 ``specimens``: one row per collection item, whatever happened to it.
     - ``specimen_id BIGINT PRIMARY KEY``: stable id from the item's key (:func:`specimen_id`),
       also the FAISS id of all its vectors.
-    - ``path VARCHAR``: the image path as given by the manifest.
+    - ``path VARCHAR``: absolute, normalised path of the local file holding the pixels (for a
+      URL item, its copy in the image cache); ``sst-search relocate`` rewrites its prefix.
     - ``group_name VARCHAR``: the reference group (usually the species) used to segment it.
     - ``content_hash VARCHAR``: sha256 of the image bytes; a change means re-index.
     - ``status VARCHAR``: ``indexed`` | ``failed`` | ``no_reference`` | ``pending``.
@@ -19,6 +20,14 @@ Tables and columns:
     - ``width INTEGER``, ``height INTEGER``: image size in pixels.
     - ``metadata JSON``: the manifest's other columns verbatim (Darwin Core terms etc.).
     - ``updated_at TIMESTAMP``: when the row was last written.
+    - ``item_key VARCHAR``: the item's key in its collection (manifest path relative to the
+      manifest's folder, path within a collection folder, or ``occurrence|image`` in a Darwin
+      Core Archive); ``specimen_id`` is derived from it. NULL in rows written before keys
+      existed (ids then came from the absolute path; the next ``index`` run re-keys them).
+    - ``source VARCHAR``: the URL the pixels were fetched from (NULL for local files).
+    - ``fetched_at TIMESTAMP``: when they were fetched (NULL for local files).
+    - ``license VARCHAR``, ``rights_holder VARCHAR``: the image's licence and rights holder
+      (Multimedia ``license``/``rightsHolder`` or the manifest's columns of those names).
 
 ``specimen_metadata``: ``metadata`` again as key/value rows, so filters are plain
     parameterised SQL (``key = ? AND value = ?``) instead of JSON path expressions.
@@ -176,6 +185,19 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+#: Columns added after the first release (idempotent; run on every writable open).
+ADDED_COLUMNS = """
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS item_key VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS source VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS fetched_at TIMESTAMP;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS license VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS rights_holder VARCHAR;
+"""
+#: Columns of ``specimens`` a writer fills, in order.
+SPECIMEN_COLUMNS = ("specimen_id", "path", "group_name", "content_hash", "status", "error", "fingerprint", "width",
+                    "height", "metadata", "updated_at", "item_key", "source", "fetched_at", "license", "rights_holder")
+
+
 def migrate(con) -> None:
     """Bring a store created by an older version up to this schema.
 
@@ -183,6 +205,7 @@ def migrate(con) -> None:
     without ``corrected``; DuckDB cannot alter a CHECK, so the table is rebuilt once, in one
     transaction, keeping every column (including ones added later by ``ALTER TABLE``).
     """
+    con.execute(ADDED_COLUMNS)
     checks = con.execute(
         "SELECT constraint_text FROM duckdb_constraints() WHERE table_name = 'trait_masks' AND constraint_type = 'CHECK'"
     ).fetchall()
