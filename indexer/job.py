@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sst_search.config import Config, stable_hash
+from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
 from sst_search.store import IndexConfig, Store
 from sst_search.store.snapshots import publish_snapshot
 
@@ -50,9 +51,11 @@ def run_index(
     force: bool = False,
     default_group: str | None = None,
     quiet: bool = True,
+    group_by: str = "scientificName",
 ) -> RunSummary:
     started = time.perf_counter()
-    items = load_collection(collection, default_group=default_group)
+    items = load_collection(collection, default_group=default_group, group_by=group_by)
+    items = fetch_items(items, image_cache(config, db), fetch_limits(config), quiet=quiet)
     worker = Worker(config, references) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
     index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
@@ -102,6 +105,18 @@ def run_index(
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
+
+
+def image_cache(config: Config, db: Path) -> ImageCache:
+    """The cache of images given by URL: ``fetch.image_cache``, else ``<db>.images`` beside the store."""
+    return ImageCache(config.fetch.image_cache or Path(db).with_name(Path(db).name + ".images"))
+
+
+def fetch_limits(config: Config) -> FetchLimits:
+    f = config.fetch
+    return FetchLimits(concurrency=f.concurrency, max_per_host=f.max_per_host, timeout=f.timeout, retries=f.retries,
+                       max_bytes=f.max_bytes, iiif_size=f.iiif_size or config.segmentation.image_size,
+                       revalidate=f.revalidate)
 
 
 def _embedder_fingerprint(config: Config) -> dict:
