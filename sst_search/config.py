@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -39,13 +40,49 @@ class EmbeddingConfig(_Strict):
 
 
 class IndexConfig(_Strict):
+    """Which FAISS index a trait gets, by size. A store records the one it was written
+    with, and readers that rebuild a stale index use that, never their own defaults."""
+
     exact_threshold: int = Field(50_000, description="vectors per trait index below which search is exact")
     approximate: Literal["hnsw", "ivf"] = "hnsw"
+    nlist_factor: float = Field(4.0, description="ivf: nlist = nlist_factor * sqrt(n)")
+    nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
+    min_nprobe: int = 8
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 200
+    train_per_list: int = Field(64, description="ivf: training vectors sampled per list")
+    train_niter: int = Field(10, description="ivf: k-means iterations")
+    train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
+
+    def kind_for(self, n: int) -> str:
+        return "flat" if n <= self.exact_threshold else self.approximate
+
+    def nlist_for(self, n: int) -> int:
+        return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))
+
+    def nprobe_for(self, nlist: int) -> int:
+        return min(nlist, max(self.min_nprobe, int(math.ceil(self.nprobe_fraction * nlist))))
 
 
 class MeasureConfig(_Strict):
     pixels_per_mm: float | None = Field(None, gt=0, description="scale of the whole collection (an item's own column wins)")
     scale_column: str = Field("pixelsPerMM", description="manifest column holding an item's pixels per millimetre")
+
+
+class InstancesConfig(_Strict):
+    """Finding every specimen in a photo (``--instances``); see :mod:`sst_search.instances`."""
+
+    points_per_side: int = Field(32, ge=1, description="proposal grid: points_per_side^2 point prompts")
+    points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder batch")
+    pred_iou_thresh: float = Field(0.7, description="proposals below SAM 2's predicted IoU are dropped")
+    stability_score_thresh: float = Field(0.9, description="proposals less stable than this are dropped")
+    min_area: float = Field(0.001, ge=0, le=1, description="smallest candidate, fraction of the photo")
+    max_area: float = Field(0.5, ge=0, le=1, description="largest candidate, fraction of the photo")
+    max_candidates: int = Field(64, ge=0, description="candidates scored per photo (highest predicted IoU first)")
+    min_score: float = Field(0.5, ge=0, le=1, description="keep a candidate whose cycle or forward IoU reaches this")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="of two kept candidates overlapping by this mask IoU, the better stays")
+    margin: float = Field(0.1, ge=0, description="crop margin around an instance, fraction of its box's longer side")
 
 
 class FetchConfig(_Strict):
@@ -75,6 +112,7 @@ class Config(_Strict):
     index: IndexConfig = IndexConfig()
     indexer: IndexerConfig = IndexerConfig()
     measure: MeasureConfig = MeasureConfig()
+    instances: InstancesConfig = InstancesConfig()
     fetch: FetchConfig = FetchConfig()
 
 

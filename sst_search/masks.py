@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where logits are turned into masks, not by every catalog reader
+    import torch
 
 
 def logits_to_label_map(
@@ -20,11 +23,37 @@ def logits_to_label_map(
         logits = logits[:, 0]
     if len(trait_ids) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit maps for {len(trait_ids)} traits")
+    import torch
+    import torch.nn.functional as F
+
     up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     best, idx = up.max(dim=0)
     lut = torch.tensor(trait_ids, dtype=torch.uint8, device=idx.device)
     labels = torch.where(best > 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
     return labels.cpu().numpy().astype(np.uint8)
+
+
+def logits_to_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One boolean mask per object ``(K, H, W)`` at ``size``: each object decided on its own
+    (``logits > 0``), unlike :func:`logits_to_label_map` where objects compete for pixels."""
+    import torch.nn.functional as F
+
+    if logits.ndim == 4:
+        logits = logits[:, 0]
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (up > 0).cpu().numpy()
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``(len(a), len(b))`` of two stacks of boolean masks of one size; two
+    empty masks score 0 here (an empty prediction never matches anything)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -137,3 +137,57 @@ def test_measure_command_applies_a_collection_scale_and_publishes(tmp_path):
     assert (row["area_mm2"], row["scale_source"], row["unit"]) == (10.0, "collection", "mm")
     assert CliRunner().invoke(app, ["measure", "--db", str(tmp_path / "nope.duckdb")]).exit_code == 2
     assert CliRunner().invoke(app, ["measure", "--db", str(db), "--pixels-per-mm", "-3"]).exit_code == 2
+
+
+NASTY_TRAIT = "o'brien \"band\"; DROP TABLE specimens; --"
+
+
+@pytest.fixture(scope="module")
+def measured_engine(tmp_path_factory):
+    """A published store of four specimens whose one trait has areas 100, 200, 300, 400 px at 10 px/mm."""
+    from sst_search.query import SearchEngine
+    from sst_search.store.snapshots import publish_snapshot
+
+    db = tmp_path_factory.mktemp("measured") / "db.duckdb"
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(1, 5):
+        label_map = np.zeros((40, 40), np.uint8)
+        label_map[:10, : 10 * i] = 1
+        image = np.zeros((40, 40, 3), np.uint8)
+        image[label_map == 1] = (50 * i, 0, 0)
+        names = {1: NASTY_TRAIT}
+        vec = rng.normal(size=4).astype(np.float32)
+        records.append(SpecimenRecord(
+            i, f"s{i}.png", "indexed", group_name="g", metadata={"catalogNumber": f"C-{i}"},
+            masks=masks_from_label_map(label_map, names),
+            measurements=measure_label_map(label_map, image, names, Scale(10.0, "collection")),
+            vectors={("test", "__specimen__"): vec / np.linalg.norm(vec)},
+        ))
+    with Store.open(db) as store:
+        store.write_batch(records)
+    publish_snapshot(db)
+    with SearchEngine.open(db) as engine:
+        yield engine
+
+
+def test_measurement_filters_compile_to_parameters_and_select_the_right_specimens(measured_engine):
+    from sst_search.query import Filter, QueryError, compile_filters, parse_filter
+
+    engine = measured_engine
+    ids = lambda *texts: sorted(engine.filter_ids([parse_filter(t) for t in texts]).tolist())  # noqa: E731
+    assert ids(f"{NASTY_TRAIT}.area_mm2 > 2.5") == [3, 4]  # 300 and 400 px at 10 px/mm = 3 and 4 mm2
+    assert ids(f"{NASTY_TRAIT}.area_px <= 200", "catalogNumber != C-1") == [2]
+    assert ids(f"{NASTY_TRAIT}.red_mean >= 150") == [3, 4]
+    assert ids(f"{NASTY_TRAIT}.dominant_color == #c80000") == [4]
+    hits = engine.search("__specimen__", k=5, specimen_id=1, embedder="test",
+                         filters=[Filter(field=f"{NASTY_TRAIT}.area_mm2", op="<", value=3.5)])
+    assert sorted(h.specimen_id for h in hits) == [2, 3]
+    where, params = compile_filters([parse_filter(f"{NASTY_TRAIT}.L_mean < 50")], set(), engine.measured_traits())
+    assert NASTY_TRAIT not in where and "'" not in where and params == [NASTY_TRAIT, 50.0]
+    for bad, why in [(f"{NASTY_TRAIT}.area_mm2 > 1; DROP TABLE specimens", "not a number"),
+                     ("band'; --.area_px > 1", "no trait"), (f"{NASTY_TRAIT}.area_px; -- > 1", "unknown filter field"),
+                     (f"{NASTY_TRAIT}.area_px contains 1", "compares with")]:
+        with pytest.raises(QueryError, match=why):
+            engine.filter_ids([parse_filter(bad)])
+    assert ids(f"{NASTY_TRAIT}.area_px > 0") == [1, 2, 3, 4]  # the tables are still there

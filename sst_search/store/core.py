@@ -26,11 +26,16 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from sst_search.store import indexes as ix
+from sst_search.config import IndexConfig
+from sst_search.store import indexes
+from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
 from sst_search.store.records import SpecimenRecord, TraitMask
 from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
+
+#: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
+VECTOR_CHUNK = 200_000
 
 IndexKey = tuple[str, str]
 
@@ -55,12 +60,6 @@ _MEASUREMENT_INSERT = (
 )
 
 
-_SPECIMEN_INSERT = (
-    f"INSERT OR REPLACE INTO specimens ({', '.join(SPECIMEN_COLUMNS)}) "
-    f"SELECT {', '.join(SPECIMEN_COLUMNS)} FROM _new_specimens"
-)
-
-
 def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
     col = table.column(column).combine_chunks()
     if len(col) == 0:
@@ -71,16 +70,17 @@ def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
 class Store:
     """Catalog + vector indexes of one collection. Use :meth:`open`."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, config: ix.IndexConfig,
-                 exact_candidates_max: int) -> None:
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
+                 plan: PlanConfig) -> None:
         self.db_path = db_path
         self.con = con
         self.read_only = read_only
-        self.config = config
-        self.exact_candidates_max = exact_candidates_max
+        self.index_config = index_config
+        self.plan = plan
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
+        self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -89,18 +89,24 @@ class Store:
         cls,
         db_path: str | Path,
         read_only: bool = False,
-        index_config: ix.IndexConfig | None = None,
-        exact_candidates_max: int = 20_000,
+        index_config: IndexConfig | None = None,
+        plan: PlanConfig | None = None,
     ) -> Store:
         """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
 
+        ``index_config`` (writers only) says which FAISS index kinds to build; it is recorded
+        in the store, and every later opening (a reader rebuilding a stale file, a writer
+        given none) uses the recorded one, so all of them build the kind the writer chose.
+
         A writer repairs stale or missing FAISS files right away, so a crashed run leaves
-        nothing behind for the next one to trip over. ``exact_candidates_max``: filtered
-        searches over at most this many candidates are scored exactly from DuckDB.
+        nothing behind for the next one to trip over. ``plan`` says when a filtered search
+        post-filters, uses a FAISS selector or scores the admitted vectors exactly.
         """
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
             raise FileNotFoundError(f"{db_path}: no such store")
+        if not read_only:  # a new store in a new folder: DuckDB would blame a lock instead
+            db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
         except duckdb.IOException as exc:
@@ -109,10 +115,14 @@ class Store:
                 f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
                 "and none may read it meanwhile"
             ) from exc
-        store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), exact_candidates_max)
+        store = cls(db_path, con, read_only, IndexConfig(), plan or PlanConfig())
         if not read_only:
             store._exec(DDL)
             migrate(store.con)
+            if index_config is not None:
+                store._record_index_config(index_config)
+        store.index_config = store._recorded_index_config()
+        if not read_only:
             store.repair_indexes()
         return store
 
@@ -159,46 +169,36 @@ class Store:
             return
         for r in records:
             r.validate()
-        ids = [r.specimen_id for r in records]
-        if len(set(ids)) != len(ids):
-            raise ValueError("a batch lists the same specimen_id twice")
-        new_vectors: dict[IndexKey, list[tuple[int, np.ndarray]]] = {}
+        grouped: dict[IndexKey, list[tuple[int, np.ndarray]]] = {}
         for r in records:
             for key, vec in r.vectors.items():
-                new_vectors.setdefault(key, []).append((r.specimen_id, np.asarray(vec, np.float32)))
-        dims = self._dims()
-        for key, rows in new_vectors.items():
-            batch_dims = {len(v) for _, v in rows}
-            expected = dims.get(key, next(iter(batch_dims)))
-            if batch_dims != {expected}:
-                raise ValueError(f"{key[0]}/{key[1]}: vectors of dims {sorted(batch_dims)} for an index of dim {expected}")
-        old_keys = self._keys_of(ids)
-        touched = old_keys | set(new_vectors)
-        for key in touched & set(dims):
-            self.index(*key)  # make sure it is in memory for the incremental update below
-        now = _now()
-        tables = {
-            "_new_specimens": pa.Table.from_pylist(
+                grouped.setdefault(key, []).append((r.specimen_id, np.asarray(vec, np.float32)))
+        for key, rows in grouped.items():
+            if len({len(v) for _, v in rows}) > 1:
+                raise ValueError(f"{key[0]}/{key[1]}: vectors of dims {sorted({len(v) for _, v in rows})} in one batch")
+        self.write_columns(
+            specimens=pa.Table.from_pylist(
                 [
                     {
                         "specimen_id": r.specimen_id, "path": r.path, "group_name": r.group_name,
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
-                        "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata), "updated_at": now,
+                        "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                         "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
                         "license": r.license, "rights_holder": r.rights_holder,
                     }
                     for r in records
-                ]
+                ],
+                schema=SPECIMEN_COLUMNS,
             ),
-            "_new_metadata": pa.table(
+            metadata=pa.table(
                 {
                     "specimen_id": pa.array([r.specimen_id for r in records for _ in r.metadata], pa.int64()),
                     "key": pa.array([k for r in records for k in r.metadata], pa.string()),
                     "value": pa.array([None if v is None else str(v) for r in records for v in r.metadata.values()], pa.string()),
                 }
             ),
-            "_new_masks": pa.table(
+            masks=pa.table(
                 {
                     "specimen_id": pa.array([r.specimen_id for r in records for _ in r.masks], pa.int64()),
                     "trait_id": pa.array([m.trait_id for r in records for m in r.masks], pa.int32()),
@@ -213,27 +213,95 @@ class Store:
                     "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
                 }
             ),
-            "_new_measurements": _measurement_table({r.specimen_id: r.measurements for r in records}, now),
-            "_new_vectors": pa.table(
-                {
-                    "embedder": pa.array([k[0] for k, rows in new_vectors.items() for _ in rows], pa.string()),
-                    "trait_name": pa.array([k[1] for k, rows in new_vectors.items() for _ in rows], pa.string()),
-                    "specimen_id": pa.array([s for rows in new_vectors.values() for s, _ in rows], pa.int64()),
-                    "faiss_id": pa.array([s for rows in new_vectors.values() for s, _ in rows], pa.int64()),
-                    "vector": pa.array([v for rows in new_vectors.values() for _, v in rows], pa.list_(pa.float32())),
-                }
-            ),
-        }
+            measurements=_measurement_table({r.specimen_id: r.measurements for r in records}, _now()),
+            vectors={
+                key: (np.array([s for s, _ in rows], np.int64), np.stack([v for _, v in rows]))
+                for key, rows in grouped.items()
+            },
+        )
+
+    def write_columns(
+        self,
+        specimens: pa.Table,
+        metadata: pa.Table | None = None,
+        masks: pa.Table | None = None,
+        vectors: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]] | None = None,
+        measurements: pa.Table | None = None,
+    ) -> None:
+        """Bulk upsert, column-wise: what :meth:`write_batch` does, for millions of rows.
+
+        ``specimens``, ``metadata``, ``masks`` and ``measurements`` are Arrow tables with the
+        columns of ``specimens``, ``specimen_metadata``, ``trait_masks`` and
+        ``trait_measurements`` (``updated_at`` and ``measured_at`` are set here); ``vectors`` maps
+        ``(embedder, trait)`` to ``(specimen ids, (n, dim) float32 unit vectors)``. DuckDB
+        ingests the Arrow buffers directly; indexes are built once, from the matrices in
+        hand, instead of per row.
+        """
+        self._require_writer()
+        vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in (vectors or {}).items()}
+        unknown = set(specimens.column_names) - set(SPECIMEN_COLUMNS.names)
+        missing = {"specimen_id", "path", "status"} - set(specimens.column_names)
+        if unknown or missing:
+            raise ValueError(f"specimens table: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+        for column in SPECIMEN_COLUMNS:  # optional columns left out are NULL
+            if column.name not in specimens.column_names:
+                specimens = specimens.append_column(column, pa.nulls(len(specimens), column.type))
+        ids = specimens.column("specimen_id").to_numpy().astype(np.int64)
+        if len(ids) == 0:
+            return
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("a batch lists the same specimen_id twice")
+        indexed = ids[np.asarray(specimens.column("status").to_pylist()) == "indexed"]
+        dims = self._dims()
+        for key, (vids, matrix) in vectors.items():
+            name = f"{key[0]}/{key[1]}"
+            if matrix.ndim != 2 or len(matrix) != len(vids):
+                raise ValueError(f"{name}: {len(vids)} ids for a vector matrix of shape {matrix.shape}")
+            if key in dims and matrix.shape[1] != dims[key]:
+                raise ValueError(f"{name}: vectors of dim {matrix.shape[1]} for an index of dim {dims[key]}")
+            if not np.isin(vids, indexed).all():
+                raise ValueError(f"{name}: vectors for specimens that are not in this batch as 'indexed'")
+            if not np.isfinite(matrix).all() or np.abs(np.linalg.norm(matrix, axis=1) - 1.0).max(initial=0) > 1e-3:
+                raise ValueError(f"{name}: vectors must be finite and L2-normalised")
+        id_table = pa.table({"specimen_id": pa.array(ids, pa.int64())})
+        with self._transaction({"_ids": id_table}):
+            old_keys = self._keys_of_batch()
+        touched = old_keys | set(vectors)
+        for key in touched & set(dims):
+            self.index(*key)  # make sure it is in memory for the incremental update below
+        tables = {"_ids": id_table, "_new_specimens": specimens.append_column("updated_at", pa.array([_now()] * len(ids)))}
+        if metadata is not None:
+            tables["_new_metadata"] = metadata
+        if masks is not None:
+            tables["_new_masks"] = masks
+        if measurements is not None:
+            tables["_new_measurements"] = measurements
         with self._transaction(tables):
-            self._delete_children(ids)
-            self._exec(_SPECIMEN_INSERT)
-            self._exec("INSERT INTO specimen_metadata SELECT * FROM _new_metadata")
-            self._exec("INSERT INTO trait_masks SELECT * FROM _new_masks")
+            self._delete_children()
+            self._insert("specimens", "_new_specimens", (*specimens.column_names, "updated_at"), replace=True)
+            if metadata is not None:
+                self._insert("specimen_metadata", "_new_metadata", ("specimen_id", "key", "value"))
+            if masks is not None:
+                self._insert("trait_masks", "_new_masks", masks.column_names)
             self._exec(REAPPLY_CORRECTIONS)
-            self._exec("INSERT INTO vectors SELECT * FROM _new_vectors")
-            self._exec(_MEASUREMENT_INSERT)
-            generations = self._bump(touched, {k: len(rows[0][1]) for k, rows in new_vectors.items()})
-        self._apply(touched, ids, new_vectors, generations)
+            if measurements is not None:
+                self._exec(_MEASUREMENT_INSERT)
+            for key, (vids, matrix) in vectors.items():
+                for start in range(0, len(vids), VECTOR_CHUNK):
+                    part = slice(start, start + VECTOR_CHUNK)
+                    flat = pa.array(matrix[part].ravel())
+                    chunk = pa.table({
+                        "embedder": pa.array([key[0]] * len(vids[part])), "trait_name": pa.array([key[1]] * len(vids[part])),
+                        "specimen_id": vids[part], "faiss_id": vids[part],
+                        "vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32())),
+                    })
+                    self.con.register("_new_vectors", chunk)
+                    try:
+                        self._insert("vectors", "_new_vectors", ("embedder", "trait_name", "specimen_id", "faiss_id", "vector"))
+                    finally:
+                        self.con.unregister("_new_vectors")
+            generations = self._bump(touched, {k: m.shape[1] for k, (_, m) in vectors.items()})
+        self._apply(touched, ids, vectors, generations)
 
     def remove_specimens(self, ids: Iterable[int]) -> int:
         """Delete specimens everywhere (catalog, masks, metadata, vectors, indexes); returns how many existed."""
@@ -241,14 +309,15 @@ class Store:
         ids = [int(i) for i in ids]
         if not ids:
             return 0
-        touched = self._keys_of(ids)
+        with self._transaction({"_ids": pa.table({"specimen_id": pa.array(ids, pa.int64())})}):
+            touched = self._keys_of_batch()
         for key in touched:
             self.index(*key)
         with self._transaction({"_ids": pa.table({"specimen_id": pa.array(ids, pa.int64())})}):
             existed = self.con.execute(
                 "SELECT count(*) FROM specimens WHERE specimen_id IN (SELECT specimen_id FROM _ids)"
             ).fetchall()[0][0]
-            self._delete_children(ids)
+            self._delete_children()
             self._exec("DELETE FROM specimens WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
             generations = self._bump(touched, {})
         self._apply(touched, ids, {}, generations)
@@ -337,7 +406,7 @@ class Store:
         self._require_writer()
         for key in sorted(self._dirty):
             index, generation = self._indexes[key]
-            ix.save_index(self.faiss_dir, *key, index, generation)
+            indexes.save_index(self.faiss_dir, *key, index, generation)
         self._dirty.clear()
 
     def repair_indexes(self) -> list[IndexKey]:
@@ -345,7 +414,7 @@ class Store:
         self._require_writer()
         repaired = []
         for key, generation in self._generations().items():
-            manifest = ix.read_manifest(self.faiss_dir, *key)
+            manifest = indexes.read_manifest(self.faiss_dir, *key)
             if manifest is None or manifest.get("generation") != generation:
                 self._indexes[key] = (self._rebuild(key), generation)
                 self._dirty.add(key)
@@ -368,9 +437,9 @@ class Store:
         cached = self._indexes.get(key)
         if cached is not None and cached[1] == generation:
             return cached[0]
-        manifest = ix.read_manifest(self.faiss_dir, *key)
+        manifest = indexes.read_manifest(self.faiss_dir, *key)
         if manifest is not None and manifest.get("generation") == generation:
-            index = ix.load_index(self.faiss_dir, *key)
+            index = indexes.load_index(self.faiss_dir, *key)
         else:
             index = self._rebuild(key)
             if not self.read_only:
@@ -388,31 +457,59 @@ class Store:
     ) -> list[list[tuple[int, float]]]:
         """Top-``k`` ``(specimen_id, cosine)`` per query vector, best first.
 
-        ``candidate_ids`` restricts the search (e.g. to a metadata filter's result). Small
-        candidate sets are scored exactly from DuckDB: an approximate index would probe only a
-        few clusters and could miss candidates that a filter made the only ones that count.
+        ``candidate_ids`` restricts the search (e.g. to a filter's result); see
+        :meth:`filtered_search` for how, and for filters given as questions instead of ids.
         """
         queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
+        if candidate_ids is not None:
+            admission = _IdSet(candidate_ids)
+            return [self.filtered_search(embedder, trait_name, q, k, admission).hits for q in queries]
         index = self.index(embedder, trait_name)
         if queries.shape[1] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {queries.shape[1]}, index of dim {index.d}")
-        if candidate_ids is not None:
-            candidates = np.unique(np.fromiter((int(i) for i in candidate_ids), dtype=np.int64))
-            if len(candidates) <= self.exact_candidates_max:
-                ids, matrix = self.get_vectors(embedder, trait_name, candidates)
-                if not len(ids):
-                    return [[] for _ in queries]
-                scores = queries @ matrix.T
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-                return [[(int(ids[j]), float(scores[q, j])) for j in row] for q, row in enumerate(top)]
-            params = ix.search_params(index, faiss.IDSelectorBatch(candidates), len(candidates) / max(1, index.ntotal))
-        else:
-            params = None
-        scores, labels = index.search(queries, k, params=params)
+        scores, labels = index.search(queries, k)  # one batched call for many queries (evaluation)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
             for row_ids, row_scores in zip(labels, scores)
         ]
+
+    def filtered_search(
+        self,
+        embedder: str,
+        trait_name: str,
+        query: np.ndarray,
+        k: int = 10,
+        admission: Admission | None = None,
+        skip: int | None = None,
+    ) -> SearchOutcome:
+        """Top-``k`` among what ``admission`` admits (everything when None), without ``skip``.
+
+        Exactly ``k`` hits whenever at least ``k`` vectors are admitted, whatever the
+        filter's selectivity: :mod:`sst_search.store.planner` picks post-filtering, a FAISS
+        ID selector or an exact scan of the admitted vectors.
+        """
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        index = self.index(embedder, trait_name)
+        if query.shape[0] != index.d:
+            raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
+        return filtered_search(
+            index, query, k, population=self.population(embedder, trait_name),
+            vectors=lambda ids: self.get_vectors(embedder, trait_name, ids), admission=admission, skip=skip,
+            config=self.plan,
+        )
+
+    def population(self, embedder: str, trait_name: str) -> np.ndarray:
+        """Sorted ids of one index's vectors, kept in memory per generation (selectivity samples)."""
+        key = (embedder, trait_name)
+        generation = self._generations().get(key)
+        cached = self._populations.get(key)
+        if cached is None or cached[1] != generation:
+            ids = self.con.execute(
+                "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY 1", list(key)
+            ).fetchnumpy()["specimen_id"]
+            cached = (np.asarray(ids, np.int64), generation)
+            self._populations[key] = cached
+        return cached[0]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -471,8 +568,9 @@ class Store:
 
     def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
         """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
-        pandas DataFrame: ``specimen_id, path, group, metadata`` (JSON), ``trait_id, trait``,
-        ``quality, source`` and every ``trait_measurements`` column."""
+        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
+        the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
+        (NULL for masks written before measurements existed)."""
         clauses, params = ["s.status = 'indexed'"], []
         if groups is not None:
             clauses.append("s.group_name IN (SELECT unnest(?::VARCHAR[]))")
@@ -482,7 +580,8 @@ class Store:
             params.append([int(i) for i in specimen_ids])
         columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
         return self.con.execute(
-            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, t.trait_id, t.trait_name AS trait, "
+            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
+            "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
             f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
             "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
             f"WHERE {' AND '.join(clauses)} ORDER BY s.group_name, s.path, t.trait_id",
@@ -543,7 +642,7 @@ class Store:
         }
         index_rows = []
         for key, generation in sorted(self._generations().items()):
-            manifest = ix.read_manifest(self.faiss_dir, *key)
+            manifest = indexes.read_manifest(self.faiss_dir, *key)
             state = "missing" if manifest is None else "fresh" if manifest.get("generation") == generation else "stale"
             index_rows.append(
                 {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
@@ -567,16 +666,16 @@ class Store:
             if cached is not None and cached[1] == generation:
                 index = cached[0]
             else:
-                manifest = ix.read_manifest(self.faiss_dir, *key)
+                manifest = indexes.read_manifest(self.faiss_dir, *key)
                 if manifest is None:
                     problems.append(f"{name}: FAISS file missing")
                     continue
                 if manifest.get("generation") != generation:
                     problems.append(f"{name}: FAISS file is stale (generation {manifest.get('generation')}, catalog {generation})")
                     continue
-                index = ix.load_index(self.faiss_dir, *key)
+                index = indexes.load_index(self.faiss_dir, *key)
             catalog_ids = self.get_vectors(*key)[0]
-            faiss_ids = ix.index_ids(index)
+            faiss_ids = indexes.index_ids(index)
             if len(faiss_ids) != len(catalog_ids) or not np.array_equal(faiss_ids, catalog_ids):
                 missing = np.setdiff1d(catalog_ids, faiss_ids).size
                 extra = np.setdiff1d(faiss_ids, catalog_ids).size
@@ -601,17 +700,36 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def _record_index_config(self, config: IndexConfig) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO store_settings (key, value) VALUES ('index_config', ?)",
+            [config.model_dump_json()],
+        )
+
+    def _recorded_index_config(self) -> IndexConfig:
+        """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
+        try:
+            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+        except duckdb.CatalogException:  # a read-only store written before the table existed
+            return IndexConfig()
+        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
+
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
 
     def _dims(self) -> dict[IndexKey, int]:
         return {(e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()}
 
-    def _keys_of(self, ids: list[int]) -> set[IndexKey]:
+    def _keys_of_batch(self) -> set[IndexKey]:
+        """Indexes holding vectors of the specimens in the registered ``_ids`` table."""
         rows = self.con.execute(
-            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids]
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT specimen_id FROM _ids)"
         ).fetchall()
         return {(e, t) for e, t in rows}
+
+    def _insert(self, table: str, source: str, columns: Sequence[str], replace: bool = False) -> None:
+        cols = ", ".join(columns)
+        self._exec(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} ({cols}) SELECT {cols} FROM {source}")
 
     def _transaction(self, tables: Mapping[str, pa.Table]):
         store = self
@@ -631,9 +749,10 @@ class Store:
 
         return _Txn()
 
-    def _delete_children(self, ids: list[int]) -> None:
+    def _delete_children(self) -> None:
+        """Delete what hangs off the specimens in the registered ``_ids`` table."""
         for table in ("specimen_metadata", "trait_masks", "trait_measurements", "vectors"):
-            self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+            self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
 
     def _bump(self, keys: Iterable[IndexKey], dims: Mapping[IndexKey, int]) -> dict[IndexKey, int]:
         for key in keys:
@@ -646,32 +765,48 @@ class Store:
 
     def _rebuild(self, key: IndexKey) -> faiss.Index:
         ids, matrix = self.get_vectors(*key)
-        return ix.build_index(matrix, ids, self._dims()[key], self.config)
+        return indexes.build_index(matrix, ids, self._dims()[key], self.index_config)
 
     def _apply(
         self,
         touched: Iterable[IndexKey],
-        removed_ids: list[int],
-        added: Mapping[IndexKey, list[tuple[int, np.ndarray]]],
+        removed_ids: np.ndarray | list[int],
+        added: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]],
         generations: Mapping[IndexKey, int],
     ) -> None:
-        """Bring in-memory indexes to the just-committed generation, incrementally when possible."""
+        """Bring in-memory indexes to the just-committed generation, incrementally when possible.
+
+        An index is retrained only when it changes kind or its clustering is outgrown
+        (:func:`indexes.needs_rebuild`); a fresh one is built from the added matrix itself.
+        """
         removed = np.asarray(removed_ids, dtype=np.int64)
         for key in touched:
-            rows = added.get(key, [])
+            vids, matrix = added.get(key, (np.zeros(0, np.int64), None))
             count = self.con.execute(
                 "SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)
             ).fetchall()[0][0]
             cached = self._indexes.get(key)
             index = cached[0] if cached is not None else None
-            if index is None or ix.needs_rebuild(index, count, self.config) or not ix.supports_removal(index):
+            if index is None and count == len(vids) and matrix is not None:
+                index = indexes.build_index(matrix, vids, matrix.shape[1], self.index_config)
+            elif index is None or indexes.needs_rebuild(index, count, self.index_config) or not indexes.supports_removal(index):
                 index = self._rebuild(key)
             else:
                 index.remove_ids(faiss.IDSelectorBatch(removed))
-                if rows:
-                    index.add_with_ids(
-                        np.stack([v for _, v in rows]).astype(np.float32),
-                        np.array([s for s, _ in rows], dtype=np.int64),
-                    )
+                if len(vids):
+                    index.add_with_ids(matrix, vids)
             self._indexes[key] = (index, generations[key])
             self._dirty.add(key)
+
+
+class _IdSet:
+    """An :class:`Admission` for a filter already evaluated to a set of ids."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self.ids = np.unique(np.fromiter((int(i) for i in ids), dtype=np.int64))
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self.ids)
+
+    def admitted(self) -> np.ndarray:
+        return self.ids

@@ -73,6 +73,11 @@ Tables and columns:
     - ``counts JSON`` (items per outcome), ``timings JSON`` (seconds per stage).
     - ``engine VARCHAR``: ``local`` | ``ray``.
 
+``store_settings``: settings that every opening of the store must share.
+    - ``key VARCHAR PRIMARY KEY``, ``value JSON``. ``index_config``: the
+      :class:`~sst_search.config.IndexConfig` the writer built its FAISS indexes with;
+      readers that rebuild a stale index use it.
+
 ``review_decisions``: a curator's latest verdict per (specimen, trait). Kept across
     re-indexing: it is not a child of ``specimens``, and a ``correct`` decision is written
     back into ``trait_masks`` (``source = corrected``) whenever the specimen is re-indexed
@@ -91,6 +96,8 @@ Tables and columns:
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from sst_search.measure import FIELDS
 
 SPECIMEN_TRAIT = "__specimen__"
@@ -100,6 +107,15 @@ DECISIONS = ("accept", "reject", "correct", "promote")
 #: Columns of ``trait_measurements`` a writer fills, in order (``measured_at`` is set by the store).
 MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_per_mm", "scale_source",
                        *(f.name for f in FIELDS))
+
+#: Columns a writer supplies for ``specimens`` (``updated_at`` is the store's), with their Arrow types.
+SPECIMEN_COLUMNS = pa.schema([
+    ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
+    ("height", pa.int32()), ("metadata", pa.string()),
+    ("item_key", pa.string()), ("source", pa.string()), ("fetched_at", pa.timestamp("us")), ("license", pa.string()),
+    ("rights_holder", pa.string()),
+])
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS specimens (
@@ -182,6 +198,10 @@ CREATE TABLE IF NOT EXISTS runs (
     timings JSON,
     engine VARCHAR
 );
+CREATE TABLE IF NOT EXISTS store_settings (
+    key VARCHAR PRIMARY KEY,
+    value JSON
+);
 """
 
 
@@ -193,9 +213,6 @@ ALTER TABLE specimens ADD COLUMN IF NOT EXISTS fetched_at TIMESTAMP;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS license VARCHAR;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS rights_holder VARCHAR;
 """
-#: Columns of ``specimens`` a writer fills, in order.
-SPECIMEN_COLUMNS = ("specimen_id", "path", "group_name", "content_hash", "status", "error", "fingerprint", "width",
-                    "height", "metadata", "updated_at", "item_key", "source", "fetched_at", "license", "rights_holder")
 
 
 def migrate(con) -> None:
