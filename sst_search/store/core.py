@@ -342,7 +342,9 @@ class Store:
         ).fetchall()
         if clash:
             raise ValueError(f"cannot move specimens onto ids that are in use: {[c[0] for c in clash][:5]}")
-        touched = self._keys_of(rekeyed) if rekeyed else set()
+        touched = {(e, t) for e, t in self.con.execute(
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [rekeyed]
+        ).fetchall()}
         tables = [t for (t,) in self.con.execute(
             "SELECT DISTINCT c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t "
             "ON t.table_oid = c.table_oid WHERE c.column_name = 'specimen_id' AND NOT t.temporary"
