@@ -18,6 +18,7 @@ from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
 from sst_search.store import Store
+from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
@@ -76,6 +77,7 @@ def run_index(
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
                 masks_dir=masks, force=force, hash_progress=bar.update, locations=store.specimen_locations(),
+                corrections=corrections(store),
             )
         moved = store.move_specimens(plan.moves)
         plan_seconds = time.perf_counter() - started

@@ -44,7 +44,7 @@ def segmentation_fingerprint(config: Config) -> dict:
     """What SAM 2 contributes to a mask; the checkpoint is identified by its sha256."""
     seg = config.segmentation
     weights = resolve_sam2_weights(seg.model, seg.weights)
-    return {
+    fingerprint = {
         "model": seg.model,
         "weights_sha256": weights.sha256,
         "adapter_sha256": sha256_file(Path(seg.adapter)) if seg.adapter else None,
@@ -52,6 +52,9 @@ def segmentation_fingerprint(config: Config) -> dict:
         "mode": seg.mode,
         "quality": seg.quality,
     }
+    if seg.orientation != 0:  # only then, so stores indexed upright keep their fingerprints
+        fingerprint["orientation"] = seg.orientation
+    return fingerprint
 
 
 def make_plan(
@@ -64,6 +67,7 @@ def make_plan(
     force: bool = False,
     hash_progress=None,
     locations: dict[int, tuple[str, str | None]] | None = None,
+    corrections: dict[int, tuple[str | None, dict[int, str]]] | None = None,
 ) -> Plan:
     """Compare the collection with the catalog ``states`` (``Store.specimen_states()``) and
     ``locations`` (``Store.specimen_locations()``).
@@ -71,7 +75,8 @@ def make_plan(
     An item is identified by ``specimen_id(item.key)``. An item new under its key whose bytes
     and fingerprint match a row that is leaving the collection (the file moved to another key)
     or a row an older version keyed by the absolute path takes that row over (``moves``).
-    """
+    ``corrections`` (``sst_search.store.review.corrections``) go with the items they belong
+    to, so a re-done item keeps its reviewer-corrected masks, vectors and measurements."""
     sst = None  # resolved lazily: a run that needs no SAM 2 never touches its weights
     locations = locations or {}
     ref_fps: dict[str | None, str | None] = {}
@@ -112,6 +117,9 @@ def make_plan(
         unit.fingerprints[item.key] = fp
         if provided is not None:
             unit.provided_masks[item.key] = provided
+        content, corrected = (corrections or {}).get(sid, (None, None))
+        if corrected and content == digest:  # a correction holds for the image it was drawn on
+            unit.corrections[item.key] = corrected
     to_remove = sorted(set(states) - set(ids) - set(moves))
     return Plan(
         units=_split(list(units.values()), config),
@@ -161,6 +169,7 @@ def _split(units: list[WorkUnit], config: Config) -> list[WorkUnit]:
                     {k: unit.specimen_ids[k] for k in keys}, {k: unit.hashes[k] for k in keys},
                     {k: unit.fingerprints[k] for k in keys},
                     {k: unit.provided_masks[k] for k in keys if k in unit.provided_masks},
+                    {k: unit.corrections[k] for k in keys if k in unit.corrections},
                 )
             )
     return out
