@@ -14,7 +14,7 @@ Methods, all on the same N queries and one support with K traits:
 
 Run: ``python bench/bench_segment.py [--image-size 512] [--traits 2,8] [--n 16]``
 
-"encoder" is the time spent inside SAM 2's ``forward_image`` (timed the same way for every
+"encoder" is the time (wall and CPU) spent inside SAM 2's ``forward_image`` (timed the same way for every
 method); "tracking" is everything else (memory attention, mask decoder, memory encoder,
 resizing, label maps, image I/O). Random weights: SAM 2's arithmetic does not depend on the
 weight values. Each (method, K) runs in a fresh process so peak RSS is its own; the model
@@ -73,18 +73,19 @@ def _data(root: Path, n: int, k: int):
 
 
 class _EncoderTimer:
-    """Accumulates the time spent in ``predictor.forward_image``."""
+    """Accumulates the wall and CPU time spent in ``predictor.forward_image``."""
 
     def __init__(self, predictor):
-        self.seconds = 0.0
+        self.seconds = self.cpu = 0.0
         inner = predictor.forward_image
 
         def timed(batch):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             try:
                 return inner(batch)
             finally:
                 self.seconds += time.perf_counter() - t0
+                self.cpu += cpu_seconds() - c0
 
         predictor.forward_image = timed
 
@@ -101,7 +102,7 @@ def _run_ours(method: str, support, queries, model: str, image_size: int) -> tup
     seconds = time.perf_counter() - t0
     if len(results) != len(queries) or any(r.error for r in results):
         raise RuntimeError(f"{method}: {[r.error for r in results if r.error][:3]}")
-    return seconds, {"encoder": timer.seconds}
+    return seconds, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
 def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, dict]:
@@ -139,7 +140,7 @@ def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, d
                     n_maps += 1
     if n_maps != len(queries):
         raise RuntimeError(f"recipe: {n_maps} label maps for {len(queries)} queries")
-    return time.perf_counter() - t0, {"encoder": timer.seconds}
+    return time.perf_counter() - t0, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
 def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int) -> None:
@@ -152,7 +153,7 @@ def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int)
     else:
         seconds, parts = _run_ours(method, support, queries, model, image_size)
     print(json.dumps({
-        "method": method, "n": n, "k": k, "seconds": seconds, "encoder": parts["encoder"],
+        "method": method, "n": n, "k": k, "seconds": seconds, **parts,
         "cpu_seconds": cpu_seconds() - c0, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
     }), flush=True)
 
@@ -200,26 +201,31 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
                 print(f"  K={k:<2} {method:>10}: {r['seconds'] / r['n']:6.2f} s/query = encoder "
                       f"{r['encoder'] / r['n']:5.2f} + tracking {(r['seconds'] - r['encoder']) / r['n']:5.2f}  "
-                      f"({r['cpu_seconds'] / r['n']:5.2f} CPU s/query, peak RSS {r['peak_rss_mb']:.0f} MB)  "
+                      f"| CPU {r['cpu_seconds'] / r['n']:5.2f} s/query = encoder {r['encoder_cpu'] / r['n']:5.2f} + "
+                      f"tracking {(r['cpu_seconds'] - r['encoder_cpu']) / r['n']:5.2f} | peak RSS {r['peak_rss_mb']:.0f} MB  "
                       f"load {_load()}", flush=True)
     print(f"torch threads per worker: {rows[0]['torch_threads']}; load average at end: {_load()}")
     by = {(r["method"], r["k"]): r for r in rows}
     for k in traits:
-        def per_query(method, part="all"):
+        def per_query(method, part="all", clock="seconds"):
             r = by.get((method, k))
             if r is None:
                 return None
-            return (r["seconds"] - (r["encoder"] if part == "tracking" else 0)) / r["n"]
+            encoder = r["encoder" if clock == "seconds" else "encoder_cpu"]
+            return (r[clock] - (encoder if part == "tracking" else 0)) / r["n"]
 
         pairs = [
-            ("tracking, batched vs per-object", per_query("per-object", "tracking"), per_query("batched", "tracking")),
-            ("per query, batched vs recipe", per_query("recipe"), per_query("batched")),
-            ("per query, per-object vs recipe", per_query("recipe"), per_query("per-object")),
-            ("per query, auto orientation cost vs batched", per_query("auto"), per_query("batched")),
+            ("tracking, per-object / batched", "per-object", "batched", "tracking"),
+            ("per query, recipe / batched", "recipe", "batched", "all"),
+            ("per query, recipe / per-object", "recipe", "per-object", "all"),
+            ("per query, auto / batched (cost of auto)", "auto", "batched", "all"),
         ]
-        for label, a, b in pairs:
-            if a is not None and b is not None:
-                print(f"K={k}: {label}: {a / b:.2f}x")
+        for label, a, b, part in pairs:
+            ratios = [
+                (per_query(a, part, clock), per_query(b, part, clock)) for clock in ("seconds", "cpu_seconds")
+            ]
+            if all(x is not None and y for x, y in ratios):
+                print(f"K={k}: {label}: {ratios[0][0] / ratios[0][1]:.2f}x wall, {ratios[1][0] / ratios[1][1]:.2f}x CPU")
     print(f"total wall time: {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
+from sst_search.measure import remeasure
 from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
 from sst_search.store import Store
 from sst_search.store.review import corrections
@@ -39,6 +40,8 @@ class RunSummary:
     weights_random: bool = False
     #: path -> status (``failed`` or ``no_reference``) of each entry of ``failures``
     failure_status: dict[str, str] = field(default_factory=dict)
+    #: specimens indexed before measurements existed, measured by this run from their stored masks
+    remeasured: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -112,15 +115,20 @@ def run_index(
             counts["removed"] = store.remove_specimens(plan.to_remove)
             store.flush_indexes()
             write_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
+            remeasured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm,
+                                      specimen_ids=store.unmeasured_specimens())
             timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
-                       "total": time.perf_counter() - started}
+                       "measure": time.perf_counter() - t, "total": time.perf_counter() - started}
         finally:
             if runner is not None:
                 runner.close()
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status)
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
+                      remeasured)
 
 
 def image_cache(config: Config, db: Path) -> ImageCache:

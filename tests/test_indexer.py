@@ -149,9 +149,17 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path, t
                 assert measured.loc[tid, "area_mm2"] == pytest.approx((gt == tid).sum() / PIXELS_PER_MM**2)
                 assert measured.loc[tid, "scale_source"] == "metadata:pixelsPerMM"
         assert store.check_consistency() == []
+    # A store from before measurements existed: its masks get measured by the next run, without re-segmenting.
+    unmeasured = specimen_id(str((collection.root / provided[0]).resolve()))
+    with Store.open(db) as store:
+        store.replace_measurements({unmeasured: []})
+        assert store.unmeasured_specimens() == [unmeasured]
     # A re-run retries the failed and unreferenced items only.
     again = _index(collection, db, masks=masks, tracker=tracker)
     assert again.counts["unchanged"] == 6 and again.counts["failed"] == 2 and again.counts["no_reference"] == 1
+    assert again.remeasured == 1
+    with Store.open(db, read_only=True) as store:
+        assert store.unmeasured_specimens() == [] and len(store.measurements_frame(specimen_ids=[unmeasured])) > 0
 
 
 def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):

@@ -119,6 +119,8 @@ def print_summary(summary) -> None:
             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
+    if summary.remeasured:
+        console.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
     for path, reason in summary.failures[:10]:
         console.print(failure_line(summary.failure_status.get(path, "failed"), path, reason), soft_wrap=True)
     if len(summary.failures) > 10:

@@ -611,6 +611,14 @@ class Store:
             params,
         ).df()
 
+    def unmeasured_specimens(self) -> list[int]:
+        """Indexed specimens with a trait mask that has no measurements (written before they existed)."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT t.specimen_id FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            "WHERE x.specimen_id IS NULL AND s.status = 'indexed' ORDER BY 1"
+        ).fetchall()]
+
     def measured_traits(self) -> list[str]:
         """Names of the traits that have measurements (what measurement filters and plots accept)."""
         return [r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()]
