@@ -124,6 +124,19 @@ class Catalog:
         rows = self.con.execute("SELECT specimen_id, content_hash, fingerprint, status FROM specimens").fetchall()
         return {sid: (h, fp, st) for sid, h, fp, st in rows}
 
+    def specimen_locations(self) -> dict[int, tuple[str, str | None]]:
+        """``specimen_id -> (path, item_key)``: where each row's pixels are and the key it was
+        written under (NULL for rows from before item keys), for planning moves."""
+        rows = self.con.execute("SELECT specimen_id, path, item_key FROM specimens").fetchall()
+        return {sid: (path, key) for sid, path, key in rows}
+
+    def path_prefixes(self, limit: int = 5) -> list[str]:
+        """The most common parent folders of the stored paths (what ``relocate`` can re-point)."""
+        rows = self.con.execute(
+            "SELECT regexp_replace(path, '/[^/]*$', '') AS folder, count(*) FROM specimens "
+            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [limit]).fetchall()
+        return [r[0] for r in rows]
+
     def indexed_specimens(self) -> list[tuple[int, str, dict]]:
         """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
         rows = self.con.execute(

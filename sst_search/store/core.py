@@ -76,7 +76,7 @@ class Store(Catalog):
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
-        self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
+        self._tables: dict[IndexKey, tuple[np.ndarray, np.ndarray, int]] = {}
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -191,6 +191,8 @@ class Store(Catalog):
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                         "orientation": r.orientation,
+                        "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
+                        "license": r.license, "rights_holder": r.rights_holder,
                     }
                     for r in records
                 ],
@@ -330,6 +332,75 @@ class Store(Catalog):
         self._apply(touched, ids, {}, generations)
         return int(existed)
 
+    def move_specimens(self, moves: Mapping[int, tuple[int, str, str | None]]) -> int:
+        """Re-point specimens without re-processing them: ``old_id -> (new_id, path, item_key)``.
+
+        For an item whose file moved (same bytes) or a row written before ids came from item
+        keys. Every table with a ``specimen_id`` column follows the new id (tables added later
+        included), and the FAISS indexes of re-keyed specimens are rebuilt at a new
+        generation; all in one transaction. Returns how many rows moved.
+        """
+        self._require_writer()
+        if not moves:
+            return 0
+        rows = [(int(old), int(new), path, key) for old, (new, path, key) in moves.items()]
+        rekeyed = [old for old, new, _, _ in rows if old != new]
+        clash = self.con.execute(
+            "SELECT specimen_id FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+            [[new for old, new, _, _ in rows if old != new]],
+        ).fetchall()
+        if clash:
+            raise ValueError(f"cannot move specimens onto ids that are in use: {[c[0] for c in clash][:5]}")
+        touched = {(e, t) for e, t in self.con.execute(
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [rekeyed]
+        ).fetchall()}
+        tables = [t for (t,) in self.con.execute(
+            "SELECT DISTINCT c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t "
+            "ON t.table_oid = c.table_oid WHERE c.column_name = 'specimen_id' AND NOT t.temporary"
+        ).fetchall()]
+        table = pa.table({
+            "old_id": pa.array([r[0] for r in rows], pa.int64()), "new_id": pa.array([r[1] for r in rows], pa.int64()),
+            "path": pa.array([r[2] for r in rows], pa.string()), "item_key": pa.array([r[3] for r in rows], pa.string()),
+        })
+        with self._transaction({"_moves": table}):
+            self._exec("UPDATE specimens SET path = m.path, item_key = m.item_key "
+                       "FROM _moves m WHERE specimens.specimen_id = m.old_id")
+            if rekeyed:
+                for name in tables:
+                    extra = ", faiss_id = m.new_id" if name == "vectors" else ""
+                    self._exec(f'UPDATE "{name}" SET specimen_id = m.new_id{extra} FROM _moves m '
+                               f'WHERE "{name}".specimen_id = m.old_id AND m.old_id <> m.new_id')
+            generations = self._bump(touched, {})
+        for key in touched:
+            self._indexes.pop(key, None)  # ids changed: rebuilt from the vectors table below
+        self._apply(touched, [], {}, generations)
+        return len(rows)
+
+    def relocate(self, old_prefix: str, new_prefix: str) -> int:
+        """Rewrite the prefix of every stored image path (and of the references folder the
+        runs recorded) in one transaction: the collection was moved or mounted elsewhere.
+        Matches whole path components only. Returns how many specimens were re-pointed."""
+        self._require_writer()
+        old, new = old_prefix.rstrip("/") or "/", new_prefix.rstrip("/") or "/"
+        relative = self.con.execute(
+            "SELECT count(*) FROM specimens WHERE path NOT LIKE '/%' AND status = 'indexed'").fetchall()[0][0]
+        if relative:
+            raise ValueError(f"{self.db_path}: {relative} specimens have paths relative to the folder an older version "
+                             "was run from; re-run `sst-search index` with the collection at its current place to "
+                             "store absolute paths, then relocate")
+        match = "(path = ? OR starts_with(path, ? || '/'))"
+        with self._transaction({}):
+            count = self.con.execute(f"SELECT count(*) FROM specimens WHERE {match}", [old, old]).fetchall()[0][0]
+            self._exec(f"UPDATE specimens SET path = ? || substr(path, ?) WHERE {match}",
+                       [new, len(old) + 1, old, old])
+            for run_id, fingerprint in self.con.execute("SELECT run_id, fingerprint FROM runs").fetchall():
+                fp = json.loads(fingerprint) if fingerprint else {}
+                refs = fp.get("references_dir")
+                if isinstance(refs, str) and (refs == old or refs.startswith(old + "/")):
+                    fp["references_dir"] = new + refs[len(old):]
+                    self._exec("UPDATE runs SET fingerprint = ? WHERE run_id = ?", [json.dumps(fp), run_id])
+        return int(count)
+
     def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
         """Replace the measurements of these specimens (a re-measure with another scale, say),
         leaving masks and vectors alone; one transaction."""
@@ -434,22 +505,35 @@ class Store(Catalog):
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         return filtered_search(
             index, query, k, population=self.population(embedder, trait_name),
-            vectors=lambda ids: self.get_vectors(embedder, trait_name, ids), admission=admission, skip=skip,
-            config=self.plan,
+            vectors=lambda ids: self.vectors_of(embedder, trait_name, ids), admission=admission, skip=skip,
+            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.plan,
         )
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
-        """Sorted ids of one index's vectors, kept in memory per generation (selectivity samples)."""
+        """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""
+        return self._vector_table(embedder, trait_name)[0]
+
+    def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
+
+        A query's own vector, exact scans and re-ranking need a few rows per search; looking
+        them up in arrays kept per generation costs microseconds where a DuckDB query over
+        the ``vectors`` table costs a scan.
+        """
+        table_ids, matrix = self._vector_table(embedder, trait_name)
+        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(table_ids, ids), max(0, len(table_ids) - 1))
+        found = (table_ids[rows] == ids) if len(table_ids) else np.zeros(len(ids), bool)
+        return ids[found], matrix[rows[found]]
+
+    def _vector_table(self, embedder: str, trait_name: str) -> tuple[np.ndarray, np.ndarray]:
         key = (embedder, trait_name)
         generation = self._generations().get(key)
-        cached = self._populations.get(key)
-        if cached is None or cached[1] != generation:
-            ids = self.con.execute(
-                "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY 1", list(key)
-            ).fetchnumpy()["specimen_id"]
-            cached = (np.asarray(ids, np.int64), generation)
-            self._populations[key] = cached
-        return cached[0]
+        cached = self._tables.get(key)
+        if cached is None or cached[2] != generation:
+            ids, matrix = self.get_vectors(embedder, trait_name)
+            cached = self._tables[key] = (ids, np.ascontiguousarray(matrix, np.float32), generation)
+        return cached[0], cached[1]
 
     def status(self) -> dict:
         """Counts per status and per group, and per index: vectors, generation, file state."""
