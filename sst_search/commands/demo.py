@@ -107,12 +107,12 @@ def _sample_search(db: Path, group: str) -> None:
     trait = next((t for t in engine.traits(group) if not t.startswith("__")), None)
     if trait is None:
         return
-    ids = engine.store.filter_specimens(group=group)
-    if not ids:
+    specimens = engine.store.specimens(groups=[group])  # in path order: the group's first image
+    if not specimens:
         return
-    results = engine.search(trait, k=5, specimen_id=ids[0])
-    query = engine.store.get_specimen(ids[0])
-    name = (query["metadata"] or {}).get("catalogNumber") or Path(query["path"]).name
+    query = specimens[0]
+    results = engine.search(trait, k=5, specimen_id=query["specimen_id"])
+    name = query["metadata"].get("catalogNumber") or Path(query["path"]).name
     console.print(f"\nspecimens whose [bold]{trait}[/bold] looks most like {name}'s:")
     for r in results:
         label = r.metadata.get("catalogNumber") or Path(r.path).name
