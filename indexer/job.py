@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from sst_search.config import Config, stable_hash
 from sst_search.store import IndexConfig, Store
+from sst_search.store.core import repair_hint
+from sst_search.store.errors import StoreDamagedError
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
@@ -24,6 +26,10 @@ from .runners import make_runner
 from .worker import Worker, build_embedder
 
 log = logging.getLogger("sst_search.indexer")
+
+
+class MassRemovalError(RuntimeError):
+    """The run would remove or fail a large share of the index; nothing was written."""
 
 
 @dataclass
@@ -50,19 +56,32 @@ def run_index(
     force: bool = False,
     default_group: str | None = None,
     quiet: bool = True,
+    allow_mass_removal: bool = False,
 ) -> RunSummary:
+    """Index ``collection`` into ``db`` and publish a verified snapshot.
+
+    Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
+    when the run would remove or fail more than ``config.indexer.max_removal_share`` of the
+    indexed items because files vanished or references broke (:class:`MassRemovalError`,
+    unless ``allow_mass_removal``).
+    """
     started = time.perf_counter()
     items = load_collection(collection, default_group=default_group)
     worker = Worker(config, references) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
     index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
     with Store.open(db, index_config=index_config) as store:
+        damage = store.verify(indexes=False)
+        if damage:
+            raise StoreDamagedError(damage, "nothing was indexed; " + repair_hint(db))
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
                 masks_dir=masks, force=force, hash_progress=bar.update,
             )
         plan_seconds = time.perf_counter() - started
+        if not allow_mass_removal:
+            _guard_removals(plan, config.indexer.max_removal_share, store)
         run_fingerprint = {
             **plan.fingerprint,
             # What the query engine needs to segment and embed an uploaded photo the same way.
@@ -71,7 +90,8 @@ def run_index(
         }
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
-        failures: list[tuple[str, str]] = []
+        failures: list[tuple[str, str]] = list(plan.rejected)
+        counts["failed"] += len(plan.rejected)
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None
         try:
@@ -90,6 +110,9 @@ def run_index(
             t = time.perf_counter()
             counts["removed"] = store.remove_specimens(plan.to_remove)
             store.flush_indexes()
+            repaired = store.repair_indexes(deep=True)  # a damaged FAISS file is rebuilt from the catalog
+            if repaired:
+                log.warning("rebuilt damaged FAISS indexes from the catalog: %s", ", ".join(f"{e}/{t}" for e, t in repaired))
             write_seconds += time.perf_counter() - t
             timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
                        "total": time.perf_counter() - started}
@@ -100,6 +123,26 @@ def run_index(
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
+
+
+def _guard_removals(plan, max_share: float, store: Store) -> None:
+    """Refuse a run that would wipe a large share of the index: a moved folder, an unmounted
+    disk or one typo in a traits.yaml looks exactly like "all these items are gone"."""
+    at_risk = sum(len(paths) for paths in plan.at_risk.values())
+    if not plan.indexed_before or at_risk <= max_share * plan.indexed_before:
+        return
+    lines = []
+    for cause, paths in plan.at_risk.items():
+        if cause == "items are no longer in the collection":
+            paths = [(store.get_specimen(int(sid)) or {}).get("path", sid) for sid in paths[:3]] + paths[3:]
+        lines.append(f"{len(paths)} {cause}, e.g. {', '.join(map(str, paths[:3]))}")
+    raise MassRemovalError(
+        f"this run would remove or fail {at_risk} of {plan.indexed_before} indexed items "
+        f"({at_risk / plan.indexed_before:.0%}, more than the {max_share:.0%} allowed), so nothing was changed:\n  "
+        + "\n  ".join(lines)
+        + "\nFix the cause (a moved or unmounted folder, a broken traits.yaml), or pass --allow-mass-removal "
+        "if these items really are gone."
+    )
 
 
 def _embedder_fingerprint(config: Config) -> dict:

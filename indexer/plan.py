@@ -10,11 +10,12 @@ items are always retried (the file or the references may have been fixed).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst_search.config import Config
-from sst_search.references import ReferenceError, references_fingerprint
+from sst_search.references import ReferenceError, check_group_name, references_fingerprint
 from sst_search.store import specimen_id
 from sst_search.weights import resolve_sam2_weights, sha256_file
 
@@ -26,11 +27,19 @@ __all__ = ["Plan", "make_plan", "content_hash"]
 
 @dataclass
 class Plan:
+    """What a run will do. ``rejected``: ``(item, reason)`` of items that cannot get a row of
+    their own (a second listing of a file, a name that is not UTF-8); they count as failed.
+    ``at_risk``: per cause, the paths of *indexed* items this run would remove or fail, what
+    the removal guard weighs before anything is written."""
+
     units: list[WorkUnit]
     unchanged: int
     to_remove: list[int]
     total: int
     fingerprint: dict = field(default_factory=dict)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    at_risk: dict[str, list[str]] = field(default_factory=dict)
+    indexed_before: int = 0
 
     @property
     def todo(self) -> int:
@@ -66,16 +75,43 @@ def make_plan(
     ref_fps: dict[str | None, str | None] = {}
     units: dict[str | None, WorkUnit] = {}
     unchanged = 0
-    ids = {}
+    ids: dict[int, Item] = {}
+    files: dict[tuple[int, int], Item] = {}
+    rejected: list[tuple[str, str]] = []
+    at_risk: dict[str, list[str]] = {}
+    ref_errors: dict[str | None, str] = {}
     for item in items:
-        sid = specimen_id(str(item.path.resolve()))
-        ids[sid] = item
-        digest = content_hash(item.path)
         if hash_progress is not None:
             hash_progress()
+        try:
+            item.key.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = item.key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            rejected.append((shown, "file name is not valid UTF-8; rename the file"))
+            continue
+        sid = specimen_id(str(_resolved(item.path)))
+        first = ids.get(sid) or files.get(_file_identity(item.path))
+        if first is not None:
+            rejected.append((str(item.path), f"the same file as {first.path} (listed as {first.key!r} and {item.key!r}); "
+                                             "indexed once, under the first"))
+            continue
+        ids[sid] = item
+        identity = _file_identity(item.path)
+        if identity is not None:
+            files[identity] = item
+        digest = content_hash(item.path)
         if item.group not in ref_fps:
             supports = load_supports_or_error(references, item.group)
             ref_fps[item.group] = None if isinstance(supports, ReferenceError) else references_fingerprint(supports)
+            if isinstance(supports, ReferenceError):
+                ref_errors[item.group] = str(supports)
+        old = states.get(sid)
+        if old is not None and old[2] == "indexed":
+            if not digest:
+                at_risk.setdefault("image files are missing or unreadable", []).append(str(item.path))
+            elif item.group in ref_errors:
+                at_risk.setdefault(f"the references of group {item.group!r} are unusable: {ref_errors[item.group]}",
+                                   []).append(str(item.path))
         provided = _provided_mask(masks_dir, item)
         fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
         if provided is not None:
@@ -83,7 +119,6 @@ def make_plan(
         elif ref_fps[item.group] is not None:
             sst = sst or segmentation_fingerprint(config)
             fp["mask"] = {"source": "sst", **sst}
-        old = states.get(sid)
         if not force and old is not None and old[2] == "indexed" and old[0] == digest and old[1] and json.loads(old[1]) == fp:
             unchanged += 1
             continue
@@ -95,19 +130,47 @@ def make_plan(
         if provided is not None:
             unit.provided_masks[item.key] = provided
     to_remove = sorted(set(states) - set(ids))
+    dropped = [sid for sid in to_remove if states[sid][2] == "indexed"]
+    if dropped:
+        at_risk["items are no longer in the collection"] = [str(sid) for sid in dropped]
     return Plan(
         units=_split(list(units.values()), config),
         unchanged=unchanged,
         to_remove=to_remove,
         total=len(items),
         fingerprint={"segmentation": sst, "embedder": embedder_fingerprint, "references": ref_fps},
+        rejected=rejected,
+        at_risk=at_risk,
+        indexed_before=sum(1 for st in states.values() if st[2] == "indexed"),
     )
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute real path; a symlink loop cannot be resolved, so it stays as written
+    (the item then fails on reading, naming the loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)``: the same file under two names (``./a.png``, a symlink) is one specimen."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _provided_mask(masks_dir: Path | None, item: Item) -> Path | None:
     if masks_dir is None:
         return None
-    for candidate in (masks_dir / (item.group or "") / f"{item.path.stem}.png", masks_dir / f"{item.path.stem}.png"):
+    try:
+        folders = [masks_dir / check_group_name(item.group)] if item.group else []
+    except ReferenceError:
+        folders = []
+    for candidate in [*(f / f"{item.path.stem}.png" for f in folders), masks_dir / f"{item.path.stem}.png"]:
         if candidate.is_file():
             return candidate
     return None

@@ -11,6 +11,7 @@ from .commands.index import index, status
 from .commands.segment import segment
 from .commands.synth import synth
 from .commands.ui import ui
+from .commands.verify import verify
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trait segmentation and search for natural-history collections.")
 
@@ -24,6 +25,7 @@ app.command()(segment)
 app.command()(synth)
 app.command()(index)
 app.command()(status)
+app.command()(verify)
 app.command()(demo)
 app.command()(finetune)
 app.command("eval-seg")(eval_seg)

@@ -16,19 +16,24 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from .config import Config
 from .embed import NoTextTowerError
 from .images import load_image
-from .references import ReferenceError, Support, load_group_references
+from .references import ReferenceError, Support, check_group_name, load_group_references
 from .store import SPECIMEN_TRAIT, Store, decode_mask
+from .store.core import MAX_K
 from .store.snapshots import resolve_snapshot
 
 Direction = Literal["similar", "different"]
 
 #: Unfiltered hits checked against the filters before falling back to a filtered search.
 POSTFILTER_FETCH = 200
+
+#: The comparison operators a filter may use; the compiler emits SQL only for these.
+OPS = ("==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<")
+_SQL_COMPARISONS = {"==": "=", "!=": "!=", ">=": ">=", "<=": "<=", ">": ">", "<": "<"}
 
 #: Filterable specimen columns besides the manifest's metadata keys.
 SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status"}
@@ -44,6 +49,9 @@ class Filter(BaseModel):
     Comparisons (``<``, ``>=`` ...) are numeric when the value is a number and textual
     otherwise, so ISO dates compare chronologically.
     """
+
+    #: Checked on assignment too: a filter changed after construction is validated again.
+    model_config = ConfigDict(validate_assignment=True)
 
     field: str
     op: Literal["==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<"]
@@ -82,6 +90,8 @@ def compile_filters(filters: list[Filter], metadata_keys: set[str]) -> tuple[str
     """``(where_clause, params)`` over ``specimens s``; unknown fields are errors."""
     clauses, params = [], []
     for f in filters:
+        if f.op not in OPS:  # the op becomes SQL text: only allow-listed operators ever reach it
+            raise QueryError(f"filter on {f.field!r}: unknown operator {f.op!r}; use one of {list(OPS)}")
         values = f.value if isinstance(f.value, list) else [f.value]
         if f.op in ("in", "not in") and not isinstance(f.value, list):
             raise QueryError(f"filter on {f.field!r}: {f.op!r} needs a list of values")
@@ -100,10 +110,10 @@ def compile_filters(filters: list[Filter], metadata_keys: set[str]) -> tuple[str
             cond = f"strpos(lower({target}), lower(?)) > 0"
             params.append(str(f.value))
         elif isinstance(f.value, (int, float)) and f.op not in ("==", "!="):
-            cond = f"TRY_CAST({target} AS DOUBLE) {f.op} ?"
+            cond = f"TRY_CAST({target} AS DOUBLE) {_SQL_COMPARISONS[f.op]} ?"
             params.append(float(f.value))
         else:
-            cond = f"{target} {'=' if f.op == '==' else f.op} ?"
+            cond = f"{target} {_SQL_COMPARISONS[f.op]} ?"
             params.append(str(f.value))
         clauses.append(prefix + cond + (")" if prefix else ""))
     return " AND ".join(clauses) or "TRUE", params
@@ -163,10 +173,11 @@ class SearchEngine:
 
     # -- what is there --------------------------------------------------------------------
     def _last_run(self) -> dict:
-        row = self.store.con.execute(
+        # fetchall(), not fetchone(): an unread result would block the connection's next query.
+        rows = self.store.con.execute(
             "SELECT fingerprint FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"
-        ).fetchone()
-        return json.loads(row[0]) if row and row[0] else {}
+        ).fetchall()
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
     def fingerprints(self) -> dict:
         """Models and weights behind the index (from the last finished run)."""
@@ -258,7 +269,7 @@ class SearchEngine:
         if self.references is None:
             raise QueryError("no references folder known for this index; pass references=")
         try:
-            return load_group_references(self.references / group)
+            return load_group_references(self.references / check_group_name(group))
         except ReferenceError as exc:
             raise QueryError(f"cannot segment an upload for group {group!r}: {exc}") from exc
 
@@ -290,6 +301,9 @@ class SearchEngine:
         """
         if sum(x is not None for x in (specimen_id, image, text)) != 1:
             raise QueryError("give exactly one of specimen_id, image or text")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise QueryError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), MAX_K)
         if direction not in ("similar", "different"):
             raise QueryError(f"direction must be 'similar' or 'different', not {direction!r}")
         embedder = embedder or self._default_embedder()
@@ -300,6 +314,8 @@ class SearchEngine:
                 query_support = self._specimen_support(specimen_id)
         elif image is not None:
             vector, query_support = self._upload_vector(image, trait, group)
+            if not np.isfinite(vector).all():
+                raise QueryError(f"the {trait!r} vector of the uploaded photo is not finite (an empty trait mask?)")
         else:
             if rerank:
                 raise QueryError("re-ranking by cycle consistency needs a specimen or an image, not text")

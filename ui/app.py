@@ -11,6 +11,7 @@ import sys
 import streamlit as st
 
 from sst_search.store.snapshots import SnapshotError
+from ui.render import md
 from ui.state import DB_ENV, PAGES, db_path_from_args, engine_session, init_navigation, load_engine
 from ui.views import collection, export, search, specimen
 
@@ -27,7 +28,7 @@ init_navigation()
 with st.sidebar:
     st.title("sst-search")
     page = st.radio("Page", PAGES, key="page")
-    st.caption(f"Index: `{db}`")
+    st.caption(f"Index: {md(db)}")
     if st.button("Reload index", help="Open the newest published snapshot"):
         load_engine.clear()
         st.cache_data.clear()
@@ -36,12 +37,12 @@ with st.sidebar:
 try:
     load_engine(db)
 except (FileNotFoundError, SnapshotError, RuntimeError) as exc:
-    st.error(f"Cannot open the index: {exc}")
+    st.error(f"Cannot open the index: {md(exc)}")
     st.stop()
 
 with engine_session(db) as engine:
     with st.sidebar:
-        st.caption(f"Snapshot: `{engine.store.db_path}`")
+        st.caption(f"Snapshot: {md(engine.store.db_path)}")
         if engine.fingerprints().get("random_weights"):
             st.warning("Random model weights: results are not meaningful.")
     VIEWS[page](engine)

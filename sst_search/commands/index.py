@@ -6,15 +6,15 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config, load_config
 from ..references import ReferenceError
 from ..store import Store
+from ..store.errors import StoreError
 from ..weights import WeightsError
-
-console = Console(stderr=True)
+from .errors import ITEMS_FAILED, console, exit_codes
 
 
 def apply_overrides(config: Config, **overrides) -> Config:
@@ -53,28 +53,30 @@ def index(
     default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
+    allow_mass_removal: bool = typer.Option(
+        False, "--allow-mass-removal",
+        help="Let the run remove or fail more than indexer.max_removal_share of the indexed items."),
 ) -> None:
     """Segment and embed a collection into a DuckDB + FAISS trait index, incrementally.
 
     Only new or changed images and items whose fingerprint (model, weights, adapter,
     references, embedder, config) changed are processed; deleted files leave the index.
     Exit status: 0 all indexed, 1 some items failed or have no references (the rest are
-    indexed; see `sst-search status`), 2 bad arguments, config, references or weights.
+    indexed; see `sst-search status`), 2 bad arguments, config, references or weights, or a
+    run that would remove too much of the index, 3 storage fault (disk full, damaged store).
     """
     from indexer.collection import CollectionError
-    from indexer.job import run_index
+    from indexer.job import MassRemovalError, run_index
 
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
-    try:
+    with exit_codes(CollectionError, ReferenceError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality,
         )
-        summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group, quiet=quiet)
-    except (CollectionError, ReferenceError, WeightsError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
+                            quiet=quiet, allow_mass_removal=allow_mass_removal)
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
 
@@ -96,44 +98,47 @@ def print_summary(summary) -> None:
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
     for path, reason in summary.failures[:10]:
-        console.print(f"[red]failed[/red] {path}: {reason}")
+        console.print(f"[red]failed[/red] {escape(path)}: {escape(reason)}")
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
 
 
 def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) -> None:
-    """Counts per status and group, index sizes and freshness, the last run, failed items."""
-    try:
+    """Counts per status and group, index sizes and freshness, the last run, failed items, damage.
+
+    Exit status: 0 consistent, 1 FAISS files disagree with the catalog (repaired by the next
+    run or `sst-search verify --repair`), 2 no such store, 3 damaged or busy store.
+    """
+    with exit_codes(StoreError):
         store = Store.open(db, read_only=True)
-    except (FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    with store:
-        st = store.status()
-        groups = Table(title="specimens per group and status")
-        statuses = sorted({s for g in st["groups"].values() for s in g})
-        for col in ("group", *statuses):
-            groups.add_column(col)
-        for group, counts in st["groups"].items():
-            groups.add_row(group or "(none)", *(str(counts.get(s, 0)) for s in statuses))
-        console.print(groups)
-        indexes = Table(title="indexes")
-        for col in ("embedder", "trait", "vectors", "kind", "file"):
-            indexes.add_column(col)
-        for row in st["indexes"]:
-            indexes.add_row(row["embedder"], row["trait"], str(row["vectors"]), str(row["kind"]), row["file"])
-        console.print(indexes)
-        runs = store.runs()
-        if runs:
-            last = runs[-1]
-            console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: {last['counts']}")
-        failed = store.con.execute(
-            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT 20"
-        ).fetchall()
-        for path, st_, error in failed:
-            console.print(f"[red]{st_}[/red] {path}: {error}")
-        problems = store.check_consistency()
-        for p in problems:
-            console.print(f"[red]inconsistent:[/red] {p}")
+        with store:
+            _print_status(store)
+            problems = store.check_consistency()
+    for p in problems:
+        console.print(f"[red]inconsistent:[/red] {escape(p)}")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(ITEMS_FAILED)
+
+
+def _print_status(store: Store) -> None:
+    st = store.status()
+    groups = Table(title="specimens per group and status")
+    statuses = sorted({s for g in st["groups"].values() for s in g})
+    for col in ("group", *statuses):
+        groups.add_column(col)
+    for group, counts in st["groups"].items():
+        groups.add_row(escape(group or "(none)"), *(str(counts.get(s, 0)) for s in statuses))
+    console.print(groups)
+    indexes = Table(title="indexes")
+    for col in ("embedder", "trait", "vectors", "kind", "file"):
+        indexes.add_column(col)
+    for row in st["indexes"]:
+        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), row["file"])
+    console.print(indexes)
+    runs = store.runs()
+    if runs:
+        last = runs[-1]
+        console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: "
+                      f"{escape(str(last['counts']))}")
+    for path, st_, error in store.unindexed():
+        console.print(f"[red]{st_}[/red] {escape(path)}: {escape(str(error))}")

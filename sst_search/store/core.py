@@ -27,11 +27,22 @@ import numpy as np
 import pyarrow as pa
 
 from sst_search.store import indexes as ix
+from sst_search.store import verify as vf
+from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.records import SpecimenRecord, TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import DDL
+from sst_search.weights import sha256_file
 
 IndexKey = tuple[str, str]
+
+#: Largest k a search honours; more results than vectors are never returned anyway.
+MAX_K = 10_000
+
+
+def repair_hint(db_path: Path) -> str:
+    return (f"`sst-search verify --db {db_path} --repair` rebuilds damaged FAISS files from the catalog "
+            "and restores a damaged database from the last verified snapshot")
 
 
 def _now() -> datetime:
@@ -80,16 +91,27 @@ class Store:
             raise FileNotFoundError(f"{db_path}: no such store")
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
-        except duckdb.IOException as exc:
-            mode = "read-only" if read_only else "for writing"
-            raise RuntimeError(
-                f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
-                "and none may read it meanwhile"
-            ) from exc
+        except duckdb.Error as exc:
+            if is_lock_conflict(exc):
+                mode = "read-only" if read_only else "for writing"
+                raise StoreError(
+                    f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
+                    "and none may read it meanwhile"
+                ) from exc
+            raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
+                                    repair_hint(db_path)) from exc
         store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), exact_candidates_max)
         if not read_only:
-            store._exec(DDL)
-            store.repair_indexes()
+            try:
+                store._exec(DDL)
+                ix.remove_leftovers(store.faiss_dir)
+                store.repair_indexes()
+            except Exception as exc:
+                con.close()
+                fault = storage_fault(exc)
+                if fault is None or isinstance(fault, StoreDamagedError):
+                    raise
+                raise StoreDamagedError([vf.Problem(str(db_path), str(fault), "database")], repair_hint(db_path)) from exc
         return store
 
     def close(self) -> None:
@@ -233,18 +255,34 @@ class Store:
             ix.save_index(self.faiss_dir, *key, index, generation)
         self._dirty.clear()
 
-    def repair_indexes(self) -> list[IndexKey]:
-        """Rebuild and save every index whose file is missing or stale; returns those keys."""
+    def repair_indexes(self, deep: bool = False) -> list[IndexKey]:
+        """Rebuild and save every index whose file is missing, stale or of the wrong size;
+        ``deep``: also every file that fails :func:`verify.check_index` (load, checksum,
+        count, ids, sampled vectors). Returns the rebuilt keys."""
         self._require_writer()
+        self.flush_indexes()
         repaired = []
-        for key, generation in self._generations().items():
+        for embedder, trait, generation, dim in vf.index_states(self.con):
+            key = (embedder, trait)
             manifest = ix.read_manifest(self.faiss_dir, *key)
-            if manifest is None or manifest.get("generation") != generation:
+            if deep:
+                damaged = bool(vf.check_index(self.con, self.faiss_dir, key, generation, dim))
+            else:
+                damaged = manifest is None or manifest.get("generation") != generation or not _size_matches(
+                    self.faiss_dir, key, manifest)
+            if damaged:
                 self._indexes[key] = (self._rebuild(key), generation)
                 self._dirty.add(key)
                 repaired.append(key)
         self.flush_indexes()
         return repaired
+
+    def verify(self, sample: int = vf.SAMPLE, indexes: bool = True) -> list[vf.Problem]:
+        """Full check of this store's database and FAISS files (see :mod:`verify`); empty when intact."""
+        if not self.read_only:
+            self.flush_indexes()
+        problems = vf.check_database(self.con, self.db_path)
+        return problems or (vf.check_indexes(self.con, self.faiss_dir, sample) if indexes else [])
 
     # -- indexes and search -----------------------------------------------------------------
 
@@ -261,10 +299,8 @@ class Store:
         cached = self._indexes.get(key)
         if cached is not None and cached[1] == generation:
             return cached[0]
-        manifest = ix.read_manifest(self.faiss_dir, *key)
-        if manifest is not None and manifest.get("generation") == generation:
-            index = ix.load_index(self.faiss_dir, *key)
-        else:
+        index = self._load_trusted(key, generation)
+        if index is None:
             index = self._rebuild(key)
             if not self.read_only:
                 self._dirty.add(key)
@@ -285,10 +321,15 @@ class Store:
         candidate sets are scored exactly from DuckDB: an approximate index would probe only a
         few clusters and could miss candidates that a filter made the only ones that count.
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
+        if not np.isfinite(queries).all():
+            raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
         index = self.index(embedder, trait_name)
         if queries.shape[1] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {queries.shape[1]}, index of dim {index.d}")
+        k = int(min(k, MAX_K, max(1, index.ntotal)))
         if candidate_ids is not None:
             candidates = np.unique(np.fromiter((int(i) for i in candidate_ids), dtype=np.int64))
             if len(candidates) <= self.exact_candidates_max:
@@ -393,13 +434,24 @@ class Store:
         index_rows = []
         for key, generation in sorted(self._generations().items()):
             manifest = ix.read_manifest(self.faiss_dir, *key)
-            state = "missing" if manifest is None else "fresh" if manifest.get("generation") == generation else "stale"
+            if manifest is None:
+                state = "missing"
+            elif manifest.get("generation") != generation:
+                state = "stale"
+            else:
+                state = "fresh" if _size_matches(self.faiss_dir, key, manifest) else "damaged"
             index_rows.append(
                 {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
                  "file": state, "kind": manifest.get("kind") if manifest else None}
             )
         return {"specimens": by_status, "groups": groups, "indexes": index_rows,
                 "runs": self.con.execute("SELECT count(*) FROM runs").fetchall()[0][0]}
+
+    def unindexed(self, limit: int = 20) -> list[tuple[str, str, str | None]]:
+        """``(path, status, error)`` of items that are not indexed, by path."""
+        return self.con.execute(
+            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT ?", [int(limit)]
+        ).fetchall()
 
     def check_consistency(self) -> list[str]:
         """Problems between the catalog and the FAISS indexes (in memory, else on disk); empty when consistent."""
@@ -410,29 +462,12 @@ class Store:
         ).fetchall()[0][0]
         if orphans:
             problems.append(f"{orphans} vectors belong to specimens that are missing or not indexed")
-        for key, generation in sorted(self._generations().items()):
-            name = f"{key[0]}/{key[1]}"
+        for embedder, trait, generation, dim in vf.index_states(self.con):
+            key = (embedder, trait)
             cached = self._indexes.get(key)
-            if cached is not None and cached[1] == generation:
-                index = cached[0]
-            else:
-                manifest = ix.read_manifest(self.faiss_dir, *key)
-                if manifest is None:
-                    problems.append(f"{name}: FAISS file missing")
-                    continue
-                if manifest.get("generation") != generation:
-                    problems.append(f"{name}: FAISS file is stale (generation {manifest.get('generation')}, catalog {generation})")
-                    continue
-                index = ix.load_index(self.faiss_dir, *key)
-            catalog_ids = self.get_vectors(*key)[0]
-            faiss_ids = ix.index_ids(index)
-            if len(faiss_ids) != len(catalog_ids) or not np.array_equal(faiss_ids, catalog_ids):
-                missing = np.setdiff1d(catalog_ids, faiss_ids).size
-                extra = np.setdiff1d(faiss_ids, catalog_ids).size
-                problems.append(
-                    f"{name}: FAISS has {len(faiss_ids)} ids, catalog {len(catalog_ids)} "
-                    f"({missing} missing from FAISS, {extra} not in catalog)"
-                )
+            in_memory = cached[0] if cached is not None and cached[1] == generation else None
+            problems += [f"{embedder}/{trait}: {p.what}"
+                         for p in vf.check_index(self.con, self.faiss_dir, key, generation, dim, in_memory)]
         return problems
 
     # -- internals -----------------------------------------------------------------------
@@ -493,6 +528,20 @@ class Store:
             )
         return self._generations()
 
+    def _load_trusted(self, key: IndexKey, generation: int) -> faiss.Index | None:
+        """The file's index when its manifest, size, checksum and count vouch for it, else None."""
+        manifest = ix.read_manifest(self.faiss_dir, *key)
+        if manifest is None or manifest.get("generation") != generation or not _size_matches(self.faiss_dir, key, manifest):
+            return None
+        path = ix.index_paths(self.faiss_dir, *key)[0]
+        if manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
+            return None
+        try:
+            index = ix.load_index(self.faiss_dir, *key)
+        except RuntimeError:
+            return None
+        return index if index.ntotal == manifest.get("count", index.ntotal) else None
+
     def _rebuild(self, key: IndexKey) -> faiss.Index:
         ids, matrix = self.get_vectors(*key)
         return ix.build_index(matrix, ids, self._dims()[key], self.config)
@@ -524,3 +573,9 @@ class Store:
                     )
             self._indexes[key] = (index, generations[key])
             self._dirty.add(key)
+
+
+def _size_matches(faiss_dir: Path, key: IndexKey, manifest: dict) -> bool:
+    """Cheap check that catches truncated files (manifests older than the size field pass)."""
+    size = manifest.get("bytes")
+    return size is None or ix.index_paths(faiss_dir, *key)[0].stat().st_size == size
