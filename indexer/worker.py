@@ -16,6 +16,7 @@ import numpy as np
 from sst_search.config import Config
 from sst_search.embed import EmbedItem, create_embedder
 from sst_search.images import ImageLoadError, check_file, load_image, load_mask
+from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferenceError, Support, check_group_name, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.tracking import build_tracker
@@ -114,6 +115,8 @@ class Worker:
             r.status = "indexed"
             r.height, r.width = label_map.shape
             r.masks = masks_from_label_map(label_map, traits, quality, source)
+            scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
+            r.measurements = measure_label_map(label_map, images[key], traits, scale)
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
         self.timings["embed"] += time.perf_counter() - started

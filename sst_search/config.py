@@ -43,6 +43,26 @@ class IndexConfig(_Strict):
     approximate: Literal["hnsw", "ivf"] = "hnsw"
 
 
+class MeasureConfig(_Strict):
+    pixels_per_mm: float | None = Field(None, gt=0, description="scale of the whole collection (an item's own column wins)")
+    scale_column: str = Field("pixelsPerMM", description="manifest column holding an item's pixels per millimetre")
+
+
+class InstancesConfig(_Strict):
+    """Finding every specimen in a photo (``--instances``); see :mod:`sst_search.instances`."""
+
+    points_per_side: int = Field(32, ge=1, description="proposal grid: points_per_side^2 point prompts")
+    points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder batch")
+    pred_iou_thresh: float = Field(0.7, description="proposals below SAM 2's predicted IoU are dropped")
+    stability_score_thresh: float = Field(0.9, description="proposals less stable than this are dropped")
+    min_area: float = Field(0.001, ge=0, le=1, description="smallest candidate, fraction of the photo")
+    max_area: float = Field(0.5, ge=0, le=1, description="largest candidate, fraction of the photo")
+    max_candidates: int = Field(64, ge=0, description="candidates scored per photo (highest predicted IoU first)")
+    min_score: float = Field(0.5, ge=0, le=1, description="keep a candidate whose cycle or forward IoU reaches this")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="of two kept candidates overlapping by this mask IoU, the better stays")
+    margin: float = Field(0.1, ge=0, description="crop margin around an instance, fraction of its box's longer side")
+
+
 class IndexerConfig(_Strict):
     commit_every: int = Field(16, description="specimens per DuckDB transaction")
     engine: Literal["local", "ray"] = "local"
@@ -58,6 +78,8 @@ class Config(_Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     index: IndexConfig = IndexConfig()
     indexer: IndexerConfig = IndexerConfig()
+    measure: MeasureConfig = MeasureConfig()
+    instances: InstancesConfig = InstancesConfig()
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -1,11 +1,16 @@
 """Exports of an index for analysis outside sst-search: measurements, masks, failures.
 
 Curators take trait measurements into R or a spreadsheet, masks into other segmentation
-tools, and the list of failed items back to whoever fixes the images. Every export reads
-the catalog only (never the image files), so it works on a published snapshot anywhere.
+tools, and the list of failed items back to whoever fixes the images. Every export but the
+crops reads the catalog only (never the image files), so it works on a published snapshot anywhere.
 
 - :func:`measurements_table`: one row per (specimen, trait) with the Darwin Core metadata
-  as columns; :func:`to_csv_bytes` / :func:`to_parquet_bytes` serialise it.
+  as columns and every trait measurement; :func:`to_csv_bytes` / :func:`to_parquet_bytes`
+  serialise it.
+- :func:`dwca_zip`: a Darwin Core Archive (Occurrence core + MeasurementOrFact extension)
+  for GBIF-style aggregators and R/Python DwC readers.
+- :func:`iter_crops` / :func:`crops_zip`: each specimen or trait cut out of its image
+  (alpha = mask, or black outside), as the published SST tool's segment-and-crop does.
 - :func:`masks_zip`: one single-channel PNG label map per specimen (0 = background,
   k = trait k of its group) plus ``labels.csv`` naming every label value.
 - :func:`coco_dataset`: a COCO-style dict whose annotations carry the stored RLE masks and
@@ -26,11 +31,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .measure import FIELD_NAMES
 from .store import Store, decode_mask
 
 #: Darwin Core terms shown first; other metadata columns follow alphabetically.
 DWC_COLUMNS = ("catalogNumber", "scientificName", "institutionCode", "eventDate", "locality")
-MEASUREMENT_COLUMNS = ("trait_id", "trait", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source")
+#: Per-trait columns of a measurements table, after the specimen's ids and metadata.
+MEASUREMENT_COLUMNS = ("trait_id", "trait", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source",
+                       "unit", "pixels_per_mm", "scale_source", *FIELD_NAMES)
 
 
 def _scope(groups: Iterable[str] | None, specimen_ids: Iterable[int] | None) -> tuple[str, list]:
@@ -53,25 +61,14 @@ def _metadata_columns(metadata: Iterable[dict]) -> list[str]:
 def measurements_table(
     store: Store, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None
 ) -> pd.DataFrame:
-    """One row per trait mask of every indexed specimen in scope: ids, metadata, area (pixels),
-    bbox (exclusive ends), cycle-consistency quality and mask source."""
-    where, params = _scope(groups, specimen_ids)
-    rows = store.con.execute(
-        "SELECT s.specimen_id, s.path, s.group_name, s.metadata, t.trait_id, t.trait_name, t.area, "
-        "t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source "
-        f"FROM trait_masks t JOIN specimens s USING (specimen_id) WHERE {where} "
-        "ORDER BY s.group_name, s.path, t.trait_id",
-        params,
-    ).fetchall()
-    metadata = [json.loads(r[3]) if r[3] else {} for r in rows]
+    """One row per trait mask of every indexed specimen in scope: ids, metadata, the mask's area
+    (pixels), bbox (exclusive ends), cycle-consistency quality and source, then the trait's
+    measurements (:data:`sst_search.measure.FIELDS`; ``unit`` says whether the mm columns are filled)."""
+    frame = store.measurements_frame(specimen_ids=specimen_ids, groups=groups)
+    metadata = [json.loads(m) if m else {} for m in frame["metadata"]]
     meta_cols = _metadata_columns(metadata)
-    records = [
-        {"specimen_id": r[0], "path": r[1], "group": r[2], **{k: md.get(k) for k in meta_cols},
-         **dict(zip(MEASUREMENT_COLUMNS, r[4:]))}
-        for r, md in zip(rows, metadata)
-    ]
-    columns = ["specimen_id", "path", "group", *meta_cols, *MEASUREMENT_COLUMNS]
-    df = pd.DataFrame.from_records(records, columns=columns)
+    meta = pd.DataFrame.from_records([{k: md.get(k) for k in meta_cols} for md in metadata], columns=meta_cols)
+    df = pd.concat([frame[["specimen_id", "path", "group"]], meta, frame[list(MEASUREMENT_COLUMNS)]], axis=1)
     df["quality"] = df["quality"].astype("float64")
     for col in ("specimen_id", "trait_id", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
         df[col] = df[col].astype("int64")
@@ -169,3 +166,171 @@ def coco_dataset(store: Store, groups: Iterable[str] | None = None, specimen_ids
 
 def to_json_bytes(obj: dict) -> bytes:
     return json.dumps(obj).encode("utf-8")
+
+
+# -- Darwin Core Archive ------------------------------------------------------------------
+
+DWC = "http://rs.tdwg.org/dwc/terms/"
+#: Occurrence core columns (Darwin Core terms); metadata columns of the same name fill them.
+OCCURRENCE_TERMS = ("occurrenceID", "basisOfRecord", "catalogNumber", "scientificName", "institutionCode",
+                    "collectionCode", "recordedBy", "eventDate", "country", "locality", "associatedMedia")
+MOF_TERMS = ("measurementID", "measurementType", "measurementValue", "measurementUnit", "measurementMethod",
+             "measurementDeterminedDate", "measurementRemarks")
+#: MeasurementOrFact rows per trait: (type, column and unit without a scale, column and unit with one).
+MOF_MEASUREMENTS = (
+    ("area", "area_px", "px²", "area_mm2", "mm²"),
+    *((label, f"{col}_px", "px", f"{col}_mm", "mm") for label, col in (
+        ("perimeter", "perimeter"), ("major axis length", "major_axis"), ("minor axis length", "minor_axis"),
+        ("bounding box width", "bbox_width"), ("bounding box height", "bbox_height"))),
+    ("orientation", "orientation_deg", "degrees", "orientation_deg", "degrees"),
+    *((label, col, "", col, "") for label, col in (
+        ("eccentricity", "eccentricity"), ("solidity", "solidity"), ("mean CIELAB L*", "L_mean"),
+        ("mean CIELAB a*", "a_mean"), ("mean CIELAB b*", "b_mean"), ("mean sRGB red", "red_mean"),
+        ("mean sRGB green", "green_mean"), ("mean sRGB blue", "blue_mean"))),
+    ("dominant colour", "dominant_color", "sRGB hex", "dominant_color", "sRGB hex"),
+)
+
+
+def _meta_xml(core_fields: Iterable[str], mof_fields: Iterable[str]) -> str:
+    def fields(names: Iterable[str], start: int) -> str:
+        return "".join(f'    <field index="{i}" term="{DWC}{n}"/>\n' for i, n in enumerate(names, start))
+
+    attrs = 'encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" ignoreHeaderLines="1"'
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<archive xmlns="http://rs.tdwg.org/dwc/text/">\n'
+        f'  <core {attrs} rowType="{DWC}Occurrence">\n    <files><location>occurrence.txt</location></files>\n'
+        f'    <id index="0"/>\n{fields(list(core_fields)[1:], 1)}  </core>\n'
+        f'  <extension {attrs} rowType="{DWC}MeasurementOrFact">\n'
+        '    <files><location>measurementorfact.txt</location></files>\n'
+        f'    <coreid index="0"/>\n{fields(mof_fields, 1)}  </extension>\n'
+        '</archive>\n'
+    )
+
+
+def _tsv(rows: list[list]) -> str:
+    """Tab-separated text with tabs and newlines inside values replaced by spaces (no quoting in DwC-A text)."""
+    def cell(v) -> str:
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else " ".join(str(v).split())
+
+    return "".join("\t".join(cell(v) for v in row) + "\n" for row in rows)
+
+
+def measurement_method(fingerprint: dict | None) -> str:
+    """What produced a measurement, for ``measurementMethod``: the mask's model and weights
+    sha256 (or the provided annotation's sha256), the references, and the measuring code."""
+    fp = fingerprint or {}
+    mask = fp.get("mask") or {}
+    if not mask:
+        made = "label mask of unrecorded origin"
+    elif mask.get("source") == "provided":
+        made = f"provided label mask (sha256 {mask.get('sha256')})"
+    else:
+        made = (f"SST segmentation by tracking with SAM 2 {mask.get('model')} (weights sha256 {mask.get('weights_sha256')}"
+                + (f", adapter sha256 {mask['adapter_sha256']}" if mask.get("adapter_sha256") else "")
+                + f", input {mask.get('image_size')} px, {mask.get('mode')} propagation)")
+    return (f"{made}; references {fp.get('references')}; measured with scikit-image regionprops "
+            "(moments ellipse axes, perimeter through boundary pixel centres) and CIELAB D65 colour; sst-search")
+
+
+def dwca_zip(store: Store, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> bytes:
+    """A Darwin Core Archive: ``meta.xml``, an Occurrence core (one row per specimen, metadata
+    columns named like Darwin Core terms fill those terms) and a MeasurementOrFact extension
+    (one row per trait measurement, in mm / mm² when the specimen's scale is known, else px)."""
+    table = store.measurements_frame(specimen_ids=specimen_ids, groups=groups)
+    occurrences, facts, seen = [], [], set()
+    determined = datetime.now(timezone.utc).date().isoformat()
+    for row in table.itertuples(index=False):
+        md = json.loads(row.metadata) if row.metadata else {}
+        occurrence_id = md.get("occurrenceID") or f"urn:sst-search:specimen:{row.specimen_id}"
+        if row.specimen_id not in seen:
+            seen.add(row.specimen_id)
+            values = {**{k: md.get(k) for k in OCCURRENCE_TERMS}, "occurrenceID": occurrence_id,
+                      "basisOfRecord": md.get("basisOfRecord") or "PreservedSpecimen",
+                      "scientificName": md.get("scientificName") or row.group,
+                      "associatedMedia": md.get("associatedMedia") or row.path}
+            occurrences.append([values[t] for t in OCCURRENCE_TERMS])
+        if not isinstance(row.unit, str):
+            continue  # a mask from before measurements existed: `sst-search measure` fills it
+        method = measurement_method(json.loads(row.fingerprint) if row.fingerprint else None)
+        scaled = row.unit == "mm"
+        remarks = (f"scale {row.pixels_per_mm:g} px/mm from {row.scale_source}" if scaled else "no scale: pixels")
+        if row.quality == row.quality and row.quality is not None:
+            remarks += f"; mask cycle-consistency IoU {row.quality:.3f}"
+        for label, px_column, px_unit, mm_column, mm_unit in MOF_MEASUREMENTS:
+            column, unit = (mm_column, mm_unit) if scaled else (px_column, px_unit)
+            value = getattr(row, column)
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            facts.append([occurrence_id, f"{occurrence_id}:{row.trait}:{column}", f"{row.trait} {label}",
+                          value if isinstance(value, str) else f"{value:.6g}", unit, method, determined, remarks])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("meta.xml", _meta_xml(OCCURRENCE_TERMS, MOF_TERMS))
+        zf.writestr("occurrence.txt", _tsv([list(OCCURRENCE_TERMS), *occurrences]))
+        zf.writestr("measurementorfact.txt", _tsv([["coreid", *MOF_TERMS], *facts]))
+    return buf.getvalue()
+
+
+# -- crops ----------------------------------------------------------------------------------
+
+BACKGROUNDS = ("transparent", "black")
+
+
+def iter_crops(
+    store: Store, trait: str | None = None, background: str = "transparent",
+    groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(file name, crop)`` per specimen: the specimen (all its traits) or one ``trait`` cut out
+    of its image at the mask's box. ``transparent``: RGBA whose alpha is the mask; ``black``:
+    RGB with everything outside the mask black. An unreadable image is skipped and appended
+    to ``skipped`` as ``(path, reason)``: one moved file must not stop an export."""
+    from .images import ImageLoadError, load_image
+
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
+    for (sid, path, _, _, _), masks in _specimen_masks(store, groups, specimen_ids):
+        chosen = [m for m in masks if trait is None or m[1] == trait]
+        if not chosen:
+            continue
+        mask = np.zeros(decode_mask(chosen[0][2]).shape, bool)
+        for m in chosen:
+            mask |= decode_mask(m[2])
+        try:
+            image = load_image(path)
+        except ImageLoadError as exc:
+            if skipped is not None:
+                skipped.append((path, exc.reason))
+            continue
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        rgb, inside = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        if background == "transparent":
+            crop = np.dstack([rgb, np.where(inside, 255, 0).astype(np.uint8)])
+        else:
+            crop = np.where(inside[..., None], rgb, 0).astype(np.uint8)
+        yield f"{Path(path).stem}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG of an RGB or RGBA uint8 array (Pillow keeps the alpha channel exactly)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def crops_zip(store: Store, trait: str | None = None, background: str = "transparent",
+              groups: Iterable[str] | None = None, skipped: list[tuple[str, str]] | None = None) -> bytes:
+    """Every crop of :func:`iter_crops` in one zip (what the app offers for download)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, crop in iter_crops(store, trait, background, groups, skipped=skipped):
+            zf.writestr(name, png_bytes(crop))
+    return buf.getvalue()

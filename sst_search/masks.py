@@ -12,8 +12,8 @@ def logits_to_label_map(
 ) -> np.ndarray:
     """Turn per-trait mask logits into one label map at ``size`` (H, W).
 
-    Each pixel takes the trait with the highest logit; pixels where every logit is below
-    zero (SAM 2's decision threshold) are background. Resizing the logits, not the binary
+    Each pixel takes the trait with the highest logit; pixels where no logit is above zero
+    (SAM 2's decision threshold, ``logits > 0``) are background. Resizing the logits, not the binary
     masks, keeps boundaries smooth at the query's original resolution.
     """
     if logits.ndim == 4:
@@ -23,8 +23,29 @@ def logits_to_label_map(
     up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     best, idx = up.max(dim=0)
     lut = torch.tensor(trait_ids, dtype=torch.uint8, device=idx.device)
-    labels = torch.where(best >= 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
+    labels = torch.where(best > 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
     return labels.cpu().numpy().astype(np.uint8)
+
+
+def logits_to_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One boolean mask per object ``(K, H, W)`` at ``size``: each object decided on its own
+    (``logits > 0``), unlike :func:`logits_to_label_map` where objects compete for pixels."""
+    if logits.ndim == 4:
+        logits = logits[:, 0]
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (up > 0).cpu().numpy()
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``(len(a), len(b))`` of two stacks of boolean masks of one size; two
+    empty masks score 0 here (an empty prediction never matches anything)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -11,6 +11,8 @@ and back, and the round-trip IoU says how well the trait "exists" there.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,19 +23,17 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from .config import Config
 from .embed import NoTextTowerError
 from .images import load_image
+from .measure import FIELDS as MEASUREMENT_FIELDS
 from .references import ReferenceError, Support, check_group_name, load_group_references
 from .store import SPECIMEN_TRAIT, Store, decode_mask
 from .store.core import MAX_K
+from .store.planner import Admission
 from .store.snapshots import resolve_snapshot
 
 Direction = Literal["similar", "different"]
 
-#: Unfiltered hits checked against the filters before falling back to a filtered search.
-POSTFILTER_FETCH = 200
-
 #: The comparison operators a filter may use; the compiler emits SQL only for these.
 OPS = ("==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<")
-_SQL_COMPARISONS = {"==": "=", "!=": "!=", ">=": ">=", "<=": "<=", ">": ">", "<": "<"}
 
 #: Filterable specimen columns besides the manifest's metadata keys.
 SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status"}
@@ -44,7 +44,9 @@ class QueryError(ValueError):
 
 
 class Filter(BaseModel):
-    """One metadata condition, e.g. ``Filter(field="locality", op="contains", value="Ridge")``.
+    """One metadata or measurement condition, e.g. ``Filter(field="locality", op="contains", value="Ridge")``
+    or ``Filter(field="forewing_band.area_mm2", op=">", value=40)`` (``<trait>.<measurement>``,
+    see :data:`sst_search.measure.FIELDS`).
 
     Comparisons (``<``, ``>=`` ...) are numeric when the value is a number and textual
     otherwise, so ISO dates compare chronologically.
@@ -86,12 +88,79 @@ class QueryResult:
         return decode_mask(self._rle) if self._rle else None
 
 
-def compile_filters(filters: list[Filter], metadata_keys: set[str]) -> tuple[str, list]:
-    """``(where_clause, params)`` over ``specimens s``; unknown fields are errors."""
+_MEASUREMENT_TYPES = {m.name: m.sql_type for m in MEASUREMENT_FIELDS}
+_COMPARE_SQL = {"==": "=", "!=": "!=", ">=": ">=", "<=": "<=", ">": ">", "<": "<"}
+_FILTER_TEXT = re.compile(
+    r"^\s*(?P<field>[^<>=!]+?)(?:\s*(?P<sym>==|!=|>=|<=|>|<)\s*|\s+(?P<word>not in|in|contains)\s+)(?P<value>.*?)\s*$"
+)
+
+
+def parse_filter(text: str) -> Filter:
+    """A filter written as text, the form the CLI takes: ``forewing_band.area_mm2 > 40``,
+    ``locality contains Ridge``, ``group in cyrbia,dora``. Comparisons with a number are numeric."""
+    match = _FILTER_TEXT.match(text)
+    if match is None or not match["value"]:
+        raise QueryError(f"cannot read filter {text!r}; write FIELD OP VALUE with OP one of "
+                         "==, !=, <, <=, >, >=, in, not in, contains (e.g. 'forewing_band.area_mm2 > 40')")
+    op, raw = match["sym"] or match["word"], match["value"]
+    value: str | float | list[str]
+    if op in ("in", "not in"):
+        value = [v.strip() for v in raw.split(",") if v.strip()]
+    elif op in (">=", "<=", ">", "<") or "." in match["field"]:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = raw
+    else:
+        value = raw
+    return Filter(field=match["field"], op=op, value=value)
+
+
+def _measurement_condition(f: Filter, measured_traits: Collection[str]) -> tuple[str, list]:
+    """``<trait>.<measurement>`` as an EXISTS over ``trait_measurements``. The column name is
+    taken from the allow-list of measurements, the trait and the value travel as parameters."""
+    trait, _, column = f.field.rpartition(".")
+    if column not in _MEASUREMENT_TYPES:
+        raise QueryError(f"unknown filter field {f.field!r}: {column!r} is not a measurement; "
+                         f"measurements: {sorted(_MEASUREMENT_TYPES)}")
+    if trait not in measured_traits:
+        known = sorted(measured_traits)
+        hint = f"measured traits: {known}" if known else "this index has no measurements yet (run `sst-search measure`)"
+        raise QueryError(f"unknown filter field {f.field!r}: no trait {trait!r} measured; {hint}")
+    target = f"x.{column}"
+    if _MEASUREMENT_TYPES[column] == "VARCHAR":  # the dominant colour, '#rrggbb'
+        if f.op in ("in", "not in"):
+            cond, value = f"{target} {'NOT ' if f.op == 'not in' else ''}IN (SELECT unnest(?::VARCHAR[]))", list(f.value)
+        elif f.op == "contains":
+            cond, value = f"strpos(lower({target}), lower(?)) > 0", str(f.value)
+        else:
+            cond, value = f"{target} {_COMPARE_SQL[f.op]} ?", str(f.value)
+    else:
+        if f.op in ("in", "not in", "contains"):
+            raise QueryError(f"filter on {f.field!r}: a measurement compares with ==, !=, <, <=, > or >=, not {f.op!r}")
+        try:
+            value = float(f.value)
+        except (TypeError, ValueError):
+            raise QueryError(f"filter on {f.field!r}: {f.value!r} is not a number") from None
+        cond = f"{target} {_COMPARE_SQL[f.op]} ?"
+    sql = f"EXISTS (SELECT 1 FROM trait_measurements x WHERE x.specimen_id = s.specimen_id AND x.trait_name = ? AND {cond})"
+    return sql, [trait, value]
+
+
+def compile_filters(
+    filters: list[Filter], metadata_keys: set[str], measured_traits: Collection[str] = ()
+) -> tuple[str, list]:
+    """``(where_clause, params)`` over ``specimens s``; unknown fields are errors. A field that
+    is neither a specimen column nor a metadata key but has a dot is a trait measurement."""
     clauses, params = [], []
     for f in filters:
         if f.op not in OPS:  # the op becomes SQL text: only allow-listed operators ever reach it
             raise QueryError(f"filter on {f.field!r}: unknown operator {f.op!r}; use one of {list(OPS)}")
+        if f.field not in SPECIMEN_FIELDS and f.field not in metadata_keys and "." in f.field:
+            cond, values = _measurement_condition(f, measured_traits)
+            clauses.append(cond)
+            params += values
+            continue
         values = f.value if isinstance(f.value, list) else [f.value]
         if f.op in ("in", "not in") and not isinstance(f.value, list):
             raise QueryError(f"filter on {f.field!r}: {f.op!r} needs a list of values")
@@ -110,10 +179,10 @@ def compile_filters(filters: list[Filter], metadata_keys: set[str]) -> tuple[str
             cond = f"strpos(lower({target}), lower(?)) > 0"
             params.append(str(f.value))
         elif isinstance(f.value, (int, float)) and f.op not in ("==", "!="):
-            cond = f"TRY_CAST({target} AS DOUBLE) {_SQL_COMPARISONS[f.op]} ?"
+            cond = f"TRY_CAST({target} AS DOUBLE) {_COMPARE_SQL[f.op]} ?"
             params.append(float(f.value))
         else:
-            cond = f"{target} {_SQL_COMPARISONS[f.op]} ?"
+            cond = f"{target} {_COMPARE_SQL[f.op]} ?"
             params.append(str(f.value))
         clauses.append(prefix + cond + (")" if prefix else ""))
     return " AND ".join(clauses) or "TRUE", params
@@ -134,6 +203,7 @@ class SearchEngine:
         recorded = self._run.get("references_dir")
         self.references = self._explicit_references or (Path(recorded) if recorded else None)
         self._metadata_keys: set[str] | None = None
+        self._measured_traits: list[str] | None = None
 
     @classmethod
     def open(cls, db_path: str | Path, tracker=None, embedder=None, references: str | Path | None = None) -> SearchEngine:
@@ -159,6 +229,7 @@ class SearchEngine:
         recorded = self._run.get("references_dir")
         self.references = self._explicit_references or (Path(recorded) if recorded else None)
         self._metadata_keys = None
+        self._measured_traits = None
         old.close()
         return True
 
@@ -212,6 +283,16 @@ class SearchEngine:
             self._metadata_keys = {r[0] for r in self.store.con.execute("SELECT DISTINCT key FROM specimen_metadata").fetchall()}
         return self._metadata_keys
 
+    def measured_traits(self) -> list[str]:
+        """Traits with measurements, what ``<trait>.<measurement>`` filters accept (cached per snapshot)."""
+        if self._measured_traits is None:
+            self._measured_traits = self.store.measured_traits()
+        return self._measured_traits
+
+    def measurement_fields(self) -> list[str]:
+        """Every ``<trait>.<measurement>`` filter field this index can answer."""
+        return [f"{t}.{m.name}" for t in self.measured_traits() for m in MEASUREMENT_FIELDS]
+
     def filter_ids(self, filters: list[Filter] | None, group: str | None = None) -> np.ndarray | None:
         """Ids of indexed specimens passing the filters (None when there are none to apply)."""
         filters = list(filters or [])
@@ -219,14 +300,14 @@ class SearchEngine:
             filters.append(Filter(field="group", op="==", value=group))
         if not filters:
             return None
-        where, params = compile_filters(filters, self.metadata_keys())
+        where, params = compile_filters(filters, self.metadata_keys(), self.measured_traits())
         return self.store.con.execute(
             f"SELECT s.specimen_id FROM specimens s WHERE s.status = 'indexed' AND {where}", params
         ).fetchnumpy()["specimen_id"].astype(np.int64)
 
     def _passing(self, ids: list[int], filters: list[Filter]) -> set[int]:
         """Which of ``ids`` pass the filters: the cheap check of a post-filtered search."""
-        where, params = compile_filters(filters, self.metadata_keys())
+        where, params = compile_filters(filters, self.metadata_keys(), self.measured_traits())
         rows = self.store.con.execute(
             "SELECT s.specimen_id FROM specimens s WHERE s.specimen_id IN (SELECT unnest(?::BIGINT[])) "
             f"AND s.status = 'indexed' AND {where}",
@@ -342,35 +423,15 @@ class SearchEngine:
     ) -> list[tuple[int, float]]:
         """Top ``n`` ``(specimen_id, inner product)`` passing ``filters``, without ``skip``.
 
-        Post-filter first: the head of the unfiltered top ``POSTFILTER_FETCH`` is checked
-        against the filters in one SQL query over just those ids, which answers the common,
-        unselective filter in about the time of an unfiltered search. When too few survive
-        (a selective filter), the candidate set is computed in SQL and searched directly
-        (exactly when small, see :meth:`Store.search`), so a filter does not make a search
-        miss the specimens that pass it.
+        Exactly ``n`` whenever ``n`` specimens pass: the store plans the search from the
+        filter's selectivity (see :mod:`sst_search.store.planner`), asking the catalog which
+        of a few ids pass (:meth:`_passing`) or which pass at all (:meth:`filter_ids`).
         """
-        extra = 1 if skip is not None else 0
-        if not filters:
-            hits = self.store.search(embedder, trait, vector, n + extra)[0]
-            return [h for h in hits if h[0] != skip][:n]
-        fetch = max(POSTFILTER_FETCH, 4 * n) + extra
-        hits = self.store.search(embedder, trait, vector, fetch)[0]
-        if len(hits) < fetch:  # the whole index came back: filtering it is exact
-            passing = self._passing([sid for sid, _ in hits], filters) if hits else set()
-            return [h for h in hits if h[0] in passing and h[0] != skip][:n]
-        # Trusted only when the filter keeps enough of the head of the list: an approximate
-        # index finds its best hits reliably, but misses more the further down it goes.
-        head = hits[: fetch // 2]
-        passing = self._passing([sid for sid, _ in head], filters)
-        kept = [h for h in head if h[0] in passing and h[0] != skip][:n]
-        if len(kept) == n:
-            return kept
-        candidates = self.filter_ids(filters)
-        if skip is not None:
-            candidates = candidates[candidates != skip]
-        if not len(candidates):
-            return []
-        return self.store.search(embedder, trait, vector, n, candidate_ids=candidates)[0]
+        return self.store.filtered_search(embedder, trait, vector, n, self.admission(filters), skip).hits
+
+    def admission(self, filters: list[Filter] | None) -> Admission | None:
+        """The filters as the planner asks about them (None without filters)."""
+        return _FilterAdmission(self, list(filters)) if filters else None
 
     def _default_embedder(self) -> str:
         names = self.embedders()
@@ -454,6 +515,21 @@ class SearchEngine:
         for r in results:
             r.rerank_iou = float(scores.get(str(r.specimen_id), 0.0))
         return sorted(results, key=lambda r: (-r.rerank_iou, -r.score))
+
+
+@dataclass
+class _FilterAdmission:
+    """The catalog's answers about one search's filters, in the form the planner asks for."""
+
+    engine: SearchEngine
+    filters: list[Filter]
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        passing = self.engine._passing(ids.tolist(), self.filters)
+        return np.fromiter((int(i) in passing for i in ids), bool, len(ids))
+
+    def admitted(self) -> np.ndarray:
+        return self.engine.filter_ids(self.filters)
 
 
 def _support(sid: str, image: np.ndarray, label_map: np.ndarray, names: dict[int, str]) -> Support:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.build_sam import build_sam2_video_predictor
+from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from .weights import ResolvedWeights, get_model_spec
@@ -81,6 +83,47 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
         state["images"].frames[frame_idx] = None
         state["cached_features"].pop(frame_idx, None)
 
+    def stack_object_outputs(self, state: dict, obj_indices: list[int]) -> dict:
+        """One output dict for several objects, each frame's memories stacked along the
+        batch dimension in ``obj_indices`` order: what SAM 2 attends to when the objects
+        run as one batch. The objects must have outputs on the same frames."""
+        per_obj = [state["output_dict_per_obj"][i] for i in obj_indices]
+        stacked: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        for key, frames in stacked.items():
+            if any(set(o[key]) != set(per_obj[0][key]) for o in per_obj):
+                raise ValueError(f"objects {obj_indices} have {key} on different frames; they cannot share a batch")
+            for t in per_obj[0][key]:
+                frames[t] = _stack_outputs([o[key][t] for o in per_obj])
+        return stacked
+
+    def track_objects(
+        self, state: dict, output_dict: dict, frame_idx: int, num_objects: int, keep_memory: bool
+    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Track ``num_objects`` objects (memories stacked in ``output_dict``) into a
+        non-conditioning frame in one pass of memory attention and the mask decoder.
+
+        Returns SAM 2's compact output (memory when ``keep_memory``), the low-resolution
+        mask logits ``(B, 1, h, w)`` and the decoder's predicted IoU of each chosen mask ``(B,)``.
+        """
+        out, pred = self._run_single_frame_inference(
+            inference_state=state,
+            output_dict=output_dict,
+            frame_idx=frame_idx,
+            batch_size=num_objects,
+            is_init_cond_frame=False,
+            point_inputs=None,
+            mask_inputs=None,
+            reverse=False,
+            run_mem_encoder=keep_memory,
+        )
+        # With several candidate masks SAM 2 keeps the one with the highest predicted IoU.
+        return out, pred, self._last_ious.float().max(dim=-1).values
+
+    def _forward_sam_heads(self, *args, **kwargs):
+        outputs = super()._forward_sam_heads(*args, **kwargs)
+        self._last_ious = outputs[2]  # predicted IoU per candidate mask; SAM 2 drops it from its state
+        return outputs
+
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         if frame_idx not in inference_state["cached_features"]:
             raise RuntimeError(
@@ -88,6 +131,19 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
                 "encoded with encode_images before tracking"
             )
         return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+
+def _stack_outputs(outs: list[dict]) -> dict:
+    def cat(key):
+        return None if outs[0][key] is None else torch.cat([o[key] for o in outs])
+
+    return {
+        "maskmem_features": cat("maskmem_features"),
+        "maskmem_pos_enc": [torch.cat(levels) for levels in zip(*(o["maskmem_pos_enc"] for o in outs))],
+        "pred_masks": cat("pred_masks"),
+        "obj_ptr": cat("obj_ptr"),
+        "object_score_logits": cat("object_score_logits"),
+    }
 
 
 class _FrameImages:
@@ -185,3 +241,63 @@ def build_predictor(
         # without it SAM 2 warns on every frame and skips the step anyway.
         predictor.fill_hole_area = 0
     return predictor
+
+
+class _EncodedImagePredictor(SAM2ImagePredictor):
+    """SAM 2's image predictor on the video predictor's own modules (same checkpoint), reading
+    the features of an :class:`EncodedFrame` when one is given, so proposing masks on a photo
+    and tracking into it share one image-encoder pass.
+
+    The official predictor assumes a 1024 px input (its feature sizes are constants); here
+    they follow the model's ``image_size``.
+    """
+
+    def __init__(self, model: SAM2VideoPredictor, **kwargs):
+        super().__init__(model, **kwargs)
+        s = model.image_size
+        self._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+        self.frame: EncodedFrame | None = None
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> None:
+        # The frame stands for the whole photo; crops (crop_n_layers > 0) are encoded afresh.
+        frame = self.frame
+        if frame is None or tuple(frame.size) != tuple(image.shape[:2]):
+            frame = encode_images(self.model, [np.ascontiguousarray(image)])[0]
+        self.reset_predictor()
+        self._orig_hw = [tuple(image.shape[:2])]
+        _, vision_feats, _, _ = self.model._prepare_backbone_features(frame.backbone)
+        if self.model.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+        feats = [
+            feat.permute(1, 2, 0).reshape(1, -1, *size)
+            for feat, size in zip(vision_feats[::-1], self._bb_feat_sizes[::-1])
+        ][::-1]
+        self._features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+        self._is_image_set = True
+
+
+class MaskProposer:
+    """SAM 2's automatic mask generator (a grid of point prompts, each prompt's masks kept by
+    predicted IoU and stability, then box NMS) built on the tracker's own SAM 2 modules."""
+
+    def __init__(self, predictor: SAM2VideoPredictor, **generator_options):
+        self.generator = SAM2AutomaticMaskGenerator(predictor, output_mode="binary_mask", **generator_options)
+        self.generator.predictor = _EncodedImagePredictor(predictor)
+        self.device = predictor.device
+
+    def propose(self, image: np.ndarray, frame: EncodedFrame | None = None) -> list[dict]:
+        """SAM 2's mask records for ``image`` (``segmentation``, ``predicted_iou``,
+        ``stability_score``...), reusing ``frame``'s features when given."""
+        self.generator.predictor.frame = frame
+        try:
+            with torch.inference_mode(), autocast(self.device):
+                return self.generator.generate(np.ascontiguousarray(image))
+        finally:
+            self.generator.predictor.frame = None
+
+
+def image_predictor(model: SAM2VideoPredictor) -> SAM2ImagePredictor:
+    """SAM 2's point/box image predictor over an already built model, so interactive labeling
+    uses exactly the weights and input size of the index's tracker, without a second model."""
+    return _EncodedImagePredictor(model)

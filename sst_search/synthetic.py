@@ -28,6 +28,8 @@ from .references import MASK_SUFFIX, TRAITS_FILE, Trait, write_traits
 
 GENUS = "Heliconius synthetica"
 INSTITUTIONS = ("SYNM", "NHSYN", "MZSYN")
+#: Scale of every synthetic photo (a 256 px wide image shows 20.48 mm), so measurements come in mm.
+PIXELS_PER_MM = 12.5
 #: Free-text localities as they appear in real catalogues: quotes, commas, accents.
 LOCALITIES = (
     "O'Brien's \"Ridge\", 1200 m",
@@ -142,6 +144,7 @@ class _Canvas:
         h, w = size
         self.image = np.broadcast_to(background, (h, w, 3)).copy()
         self.labels = np.zeros((h, w), np.uint8)
+        self.specimen = np.zeros((h, w), bool)  # everything painted: the specimen's silhouette
         self.pose = pose  # 2x3 affine, canonical units -> pixels
 
     def _pixels(self, points: np.ndarray) -> np.ndarray:
@@ -156,6 +159,7 @@ class _Canvas:
     def paint(self, where: np.ndarray, colour: np.ndarray, label: int = 0) -> None:
         self.image[where] = colour
         self.labels[where] = label
+        self.specimen |= where
 
     def line(self, points: np.ndarray, colour: np.ndarray, thickness: int = 1) -> None:
         m = np.zeros(self.labels.shape, np.uint8)
@@ -167,8 +171,10 @@ def _mirror(points: np.ndarray) -> np.ndarray:
     return points * np.array([-1.0, 1.0])
 
 
-def _render(species: _Species, size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One specimen: ``(rgb, label_map)``."""
+def _render(
+    species: _Species, size: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One specimen: ``(rgb, label_map, silhouette)``."""
     h, w = size
     unit = min(w / 2.6, h / 1.6) * rng.uniform(0.85, 1.1)
     a = np.deg2rad(rng.uniform(-15.0, 15.0))
@@ -208,7 +214,7 @@ def _render(species: _Species, size: tuple[int, int], rng: np.random.Generator) 
     r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
     img *= (1.0 - 0.06 * r2)[..., None]
     img += rng.normal(0.0, 2.5, size=img.shape)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8), canvas.labels
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8), canvas.labels, canvas.specimen
 
 
 def _metadata(rng: np.random.Generator, number: int, group: str) -> dict[str, str]:
@@ -219,6 +225,7 @@ def _metadata(rng: np.random.Generator, number: int, group: str) -> dict[str, st
         "institutionCode": INSTITUTIONS[int(rng.integers(len(INSTITUTIONS)))],
         "eventDate": day.isoformat(),
         "locality": LOCALITIES[(number - 1) % len(LOCALITIES)],
+        "pixelsPerMM": str(PIXELS_PER_MM),
     }
 
 
@@ -250,14 +257,10 @@ def generate_collection(
     rows: list[dict[str, str]] = []
     for s_idx, spec in enumerate(_SPECIES[:species]):
         group = spec.epithet
-        ref_dir = coll.references / group
-        ref_rgb, ref_mask = _render(spec, size, np.random.default_rng((seed, s_idx, 1, 0)))
-        save_image(ref_dir / f"{group}-ref.png", ref_rgb)
-        save_mask(ref_dir / f"{group}-ref{MASK_SUFFIX}", ref_mask)
-        write_traits(ref_dir / TRAITS_FILE, species_traits(group))
+        _write_trait_reference(coll.references, s_idx, seed, size)
         for i in range(per_species):
             rng = np.random.default_rng((seed, s_idx, 0, i))
-            rgb, mask = _render(spec, size, rng)
+            rgb, mask, _ = _render(spec, size, rng)
             stem = f"{group}-{i:03d}"
             rel = Path("images") / group / f"{stem}.png"
             save_image(root / rel, rgb)
@@ -268,3 +271,151 @@ def generate_collection(
         writer.writeheader()
         writer.writerows(rows)
     return coll
+
+
+# -- drawers: many specimens in one photo ----------------------------------------------
+
+#: A tray holds a 3 x 4 grid of cells, at most one specimen per cell, so specimens never touch.
+DRAWER_GRID = (3, 4)
+MAX_DRAWER_SPECIMENS = DRAWER_GRID[0] * DRAWER_GRID[1]
+INSTANCE_KIND = "specimen"
+
+
+@dataclass
+class Drawer:
+    """A tray photo with its exact ground truth: ``instances`` holds k on specimen k's pixels
+    (1..count, in reading order of the cells), ``traits`` the trait label map of all specimens."""
+
+    image: np.ndarray
+    instances: np.ndarray
+    traits: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.instances.max())
+
+    def instance_masks(self) -> list[np.ndarray]:
+        return [self.instances == k for k in range(1, self.count + 1)]
+
+
+@dataclass
+class SyntheticDrawers:
+    """Where a generated set of drawers lives."""
+
+    root: Path
+    manifest: Path
+    references: Path  # trait references, REFS/<species>/ as for a collection
+    instance_references: Path  # one tray whose mask marks every specimen (instance_of: specimen)
+    ground_truth: Path  # instances/<stem>.png and traits/<stem>.png
+    counts: list[int]
+
+
+def render_drawer(
+    species: str, count: int, size: tuple[int, int] = (384, 512), seed: int = 0, index: int = 0
+) -> Drawer:
+    """A tray of ``count`` specimens of one species at random cells, sizes and rotations (any angle).
+
+    Each specimen is rendered on its own, rotated, and pasted through its silhouette, so the
+    instance and trait masks are exact; the foam between them has a faint texture and the
+    tray a darker frame, the two things a proposal generator sees besides the specimens.
+    """
+    s_idx = next((i for i, s in enumerate(_SPECIES) if s.epithet == species), None)
+    if s_idx is None:
+        raise ValueError(f"unknown synthetic species {species!r}; known: {[s.epithet for s in _SPECIES]}")
+    if not 0 <= count <= MAX_DRAWER_SPECIMENS:
+        raise ValueError(f"count must be in 0..{MAX_DRAWER_SPECIMENS}, got {count}")
+    if min(size) < 96:
+        raise ValueError(f"drawer size (H, W) must be at least 96x96 pixels, got {size}")
+    if index < 0:
+        raise ValueError(f"index must be a non-negative integer, got {index}")
+    return _tray(s_idx, count, size, np.random.default_rng((seed, s_idx, 2, index)))
+
+
+def _tray(s_idx: int, count: int, size: tuple[int, int], rng: np.random.Generator) -> Drawer:
+    h, w = size
+    foam = np.array([222, 218, 206]) + rng.integers(-6, 7, size=3)
+    texture = cv2.resize(rng.normal(0.0, 4.0, size=(h // 16 + 1, w // 16 + 1)), (w, h), interpolation=cv2.INTER_CUBIC)
+    image = np.clip(foam[None, None, :] + texture[..., None], 0, 255)
+    border = max(3, round(0.03 * min(h, w)))
+    frame = np.ones((h, w), bool)
+    frame[border:-border, border:-border] = False
+    image[frame] = foam * 0.55
+    image = image.astype(np.uint8)
+    instances = np.zeros((h, w), np.uint8)
+    traits = np.zeros((h, w), np.uint8)
+
+    rows, cols = DRAWER_GRID
+    cell_h, cell_w = (h - 2 * border) / rows, (w - 2 * border) / cols
+    cells = sorted(rng.permutation(MAX_DRAWER_SPECIMENS)[:count].tolist())
+    for k, cell in enumerate(cells, start=1):
+        r, c = divmod(cell, cols)
+        side = int(min(cell_h, cell_w) * rng.uniform(0.6, 1.0))
+        y0 = int(border + r * cell_h + rng.uniform(0, cell_h - side))
+        x0 = int(border + c * cell_w + rng.uniform(0, cell_w - side))
+        rgb, labels, silhouette = _render(_SPECIES[s_idx], (side, side), rng)
+        turn = cv2.getRotationMatrix2D((side / 2, side / 2), float(rng.uniform(-180.0, 180.0)), 1.0)
+        rgb = cv2.warpAffine(rgb, turn, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        labels = cv2.warpAffine(labels, turn, (side, side), flags=cv2.INTER_NEAREST)
+        silhouette = cv2.warpAffine(silhouette.astype(np.uint8), turn, (side, side), flags=cv2.INTER_NEAREST) > 0
+        window = (slice(y0, y0 + side), slice(x0, x0 + side))
+        image[window][silhouette] = rgb[silhouette]
+        instances[window][silhouette] = k
+        traits[window][silhouette] = labels[silhouette]
+    return Drawer(image, instances, traits)
+
+
+def _write_trait_reference(references: Path, s_idx: int, seed: int, size: tuple[int, int]) -> None:
+    spec = _SPECIES[s_idx]
+    ref_dir = references / spec.epithet
+    ref_rgb, ref_mask, _ = _render(spec, size, np.random.default_rng((seed, s_idx, 1, 0)))
+    save_image(ref_dir / f"{spec.epithet}-ref.png", ref_rgb)
+    save_mask(ref_dir / f"{spec.epithet}-ref{MASK_SUFFIX}", ref_mask)
+    write_traits(ref_dir / TRAITS_FILE, species_traits(spec.epithet))
+
+
+def generate_drawers(
+    out_dir: str | Path,
+    counts: tuple[int, ...] | list[int] = (0, 1, 3, 7, 12),
+    species: str = "alba",
+    seed: int = 0,
+    size: tuple[int, int] = (384, 512),
+    reference_count: int = 4,
+) -> SyntheticDrawers:
+    """Write drawer photos holding ``counts[i]`` specimens each, their instance and trait ground
+    truth, a manifest, the species' trait reference and one instance reference (a tray of
+    ``reference_count`` specimens whose mask marks each one)."""
+    from .references import write_instance_spec
+
+    root = Path(out_dir)
+    out = SyntheticDrawers(
+        root=root, manifest=root / "manifest.csv", references=root / "references",
+        instance_references=root / "instance_references", ground_truth=root / "ground_truth", counts=list(counts),
+    )
+    s_idx = next((i for i, s in enumerate(_SPECIES) if s.epithet == species), None)
+    if s_idx is None:
+        raise ValueError(f"unknown synthetic species {species!r}; known: {[s.epithet for s in _SPECIES]}")
+    if not counts:
+        raise ValueError("counts must list at least one drawer")
+    if not 1 <= reference_count <= MAX_DRAWER_SPECIMENS:
+        raise ValueError(f"reference_count must be in 1..{MAX_DRAWER_SPECIMENS}, got {reference_count}")
+    _write_trait_reference(out.references, s_idx, seed, (192, 256))
+    ref = _tray(s_idx, reference_count, size, np.random.default_rng((seed, s_idx, 4, 0)))
+    save_image(out.instance_references / "tray-ref.png", ref.image)
+    save_mask(out.instance_references / f"tray-ref{MASK_SUFFIX}", ref.instances)
+    write_instance_spec(out.instance_references / TRAITS_FILE, INSTANCE_KIND)
+    rows: list[dict[str, str]] = []
+    for i, count in enumerate(counts):
+        drawer = render_drawer(species, count, size, seed, index=i)
+        stem = f"drawer-{i:03d}"
+        rel = Path("images") / f"{stem}.png"
+        save_image(root / rel, drawer.image)
+        save_mask(out.ground_truth / "instances" / f"{stem}.png", drawer.instances)
+        save_mask(out.ground_truth / "traits" / f"{stem}.png", drawer.traits)
+        meta = _metadata(np.random.default_rng((seed, s_idx, 3, i)), i + 1, species)
+        meta["catalogNumber"] = f"SYN-DRAWER-{i + 1:04d}"
+        rows.append({"path": rel.as_posix(), "group": species, **meta})
+    with out.manifest.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

@@ -40,6 +40,8 @@ from .sam2_predictor import (
 from .weights import ResolvedWeights, resolve_sam2_weights
 
 MODES = ("pairwise", "chain")
+#: Rotations (degrees counter-clockwise) a query can be tracked in; ``"auto"`` tries all.
+ORIENTATIONS = (0, 90, 180, 270)
 
 #: A query is an id plus either pixels already in memory or a path to read them from.
 Query = tuple[str, "np.ndarray | str | Path"]
@@ -51,8 +53,16 @@ class TrackResult:
 
     query_id: str
     label_map: np.ndarray | None = None
+    #: Cycle-consistency IoU per trait (only with ``quality=True``).
     quality: dict[int, float] = field(default_factory=dict)
     error: str | None = None
+    #: SAM 2's object-appearance probability per trait (below 0.5: predicted absent).
+    object_score: dict[int, float] = field(default_factory=dict)
+    #: The mask decoder's predicted IoU per trait.
+    predicted_iou: dict[int, float] = field(default_factory=dict)
+    #: Degrees (counter-clockwise) the query was turned before tracking; the label map is
+    #: always in the query's own orientation.
+    orientation: int = 0
 
 
 class TrackingSession:
@@ -61,6 +71,17 @@ class TrackingSession:
     ``track`` runs one more frame through memory attention and the mask decoder. With
     ``keep_memory`` the frame's prediction is encoded and attended to by later frames
     (chain mode); without it the state is left exactly as before (pairwise mode).
+
+    A trait is conditioned only on the supports where it is drawn. A support whose mask
+    lacks a trait contributes nothing to that trait: no guess of SAM 2 on a labeled image
+    becomes memory, whether the annotator left the trait out because it is hidden,
+    absent or just not labeled. This equals the official predictor started at the first
+    query (``propagate_in_video(start_frame_idx=len(supports))``); its default start
+    would instead track the trait through that support frame and remember the guess.
+    Tests in ``tests/test_sam2_equivalence.py`` check both statements.
+
+    A conditioning mask is a label map (object k on pixels equal to k) or, for objects that
+    may overlap, a stack of boolean masks (object k is ``mask[k - 1]``).
     """
 
     def __init__(
@@ -70,6 +91,7 @@ class TrackingSession:
         cond_masks: list[np.ndarray],
         trait_ids: list[int],
         total_frames: int | None = None,
+        batch_traits: bool = True,
     ):
         self.predictor = predictor
         self.trait_ids = list(trait_ids)
@@ -81,13 +103,14 @@ class TrackingSession:
         with torch.inference_mode(), autocast(predictor.device):
             for frame_idx, mask in enumerate(cond_masks):
                 for tid in self.trait_ids:
-                    m = mask == tid
+                    m = mask[tid - 1] if mask.ndim == 3 else mask == tid
                     if m.any():
                         predictor.add_new_mask(self.state, frame_idx, tid, torch.from_numpy(m))
             missing = [t for t in self.trait_ids if t not in self.state["obj_id_to_idx"]]
             if missing:
                 raise ValueError(f"traits {missing} appear in no conditioning mask")
             predictor.propagate_in_video_preflight(self.state)
+        self._groups = self._batches(batch_traits)
         # Memory is encoded; the conditioning frames' pixels and features are not needed.
         for frame_idx in range(self.num_cond):
             predictor.drop_frame(self.state, frame_idx)
@@ -115,35 +138,57 @@ class TrackingSession:
                 return out["pred_masks"].float()
         raise RuntimeError("session has no conditioning outputs")
 
+    def _batches(self, batch_traits: bool) -> list[tuple[list[int], dict]]:
+        """Objects that run together through memory attention and the mask decoder, with
+        the output dict they read and write. Batched, traits conditioned on the same
+        supports share one batch (usually all of them); otherwise one object per batch,
+        exactly as the official predictor runs them."""
+        outputs = self.state["output_dict_per_obj"]
+        if not batch_traits:
+            return [([i], outputs[i]) for i in range(len(outputs))]
+        by_supports: dict[tuple[int, ...], list[int]] = {}
+        for i in range(len(outputs)):
+            by_supports.setdefault(tuple(sorted(outputs[i]["cond_frame_outputs"])), []).append(i)
+        return [(idx, self.predictor.stack_object_outputs(self.state, idx)) for idx in by_supports.values()]
+
     @torch.inference_mode()
     def track(self, frame: EncodedFrame, frame_idx: int | None = None, keep_memory: bool = False) -> torch.Tensor:
         """Low-resolution logits ``(num_traits, 1, h, w)`` for ``frame``."""
+        return self.track_frame(frame, frame_idx, keep_memory).logits
+
+    @torch.inference_mode()
+    def track_frame(self, frame: EncodedFrame, frame_idx: int | None = None, keep_memory: bool = False) -> FrameOutput:
+        """Logits and SAM 2's own confidences for ``frame``, all traits in SAM 2's object order."""
         p, state = self.predictor, self.state
         frame_idx = self.num_cond if frame_idx is None else frame_idx
         p.set_frame(state, frame_idx, frame)
-        logits = []
+        n = len(state["obj_ids"])
+        logits, scores, ious = [None] * n, [None] * n, [None] * n
         with autocast(p.device):
-            for obj_idx in range(len(state["obj_ids"])):
-                obj_out = state["output_dict_per_obj"][obj_idx]
-                out, pred = p._run_single_frame_inference(
-                    inference_state=state,
-                    output_dict=obj_out,
-                    frame_idx=frame_idx,
-                    batch_size=1,
-                    is_init_cond_frame=False,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    reverse=False,
-                    run_mem_encoder=keep_memory,
-                )
+            for obj_indices, output_dict in self._groups:
+                out, pred, iou = p.track_objects(state, output_dict, frame_idx, len(obj_indices), keep_memory)
+                for j, i in enumerate(obj_indices):
+                    logits[i] = pred[j : j + 1].float()
+                    scores[i] = out["object_score_logits"][j].float()
+                    ious[i] = iou[j]
                 if keep_memory:
                     out["pred_masks"] = None  # only memory and pointers are read later
-                    obj_out["non_cond_frame_outputs"][frame_idx] = out
-                    for old in [t for t in obj_out["non_cond_frame_outputs"] if t <= frame_idx - self._horizon]:
-                        del obj_out["non_cond_frame_outputs"][old]
-                logits.append(pred.float())
+                    output_dict["non_cond_frame_outputs"][frame_idx] = out
+                    for old in [t for t in output_dict["non_cond_frame_outputs"] if t <= frame_idx - self._horizon]:
+                        del output_dict["non_cond_frame_outputs"][old]
         p.drop_frame(state, frame_idx)
-        return torch.cat(logits, dim=0)
+        return FrameOutput(torch.cat(logits), torch.sigmoid(torch.cat(scores)).cpu(), torch.stack(ious).cpu())
+
+
+@dataclass
+class FrameOutput:
+    """One tracked frame: low-res logits ``(K, 1, h, w)``, SAM 2's object-appearance
+    probability ``(K,)`` (sigmoid of its object score; below 0.5 SAM 2 predicts the trait
+    absent) and the mask decoder's predicted IoU of each mask ``(K,)``."""
+
+    logits: torch.Tensor
+    object_score: torch.Tensor
+    predicted_iou: torch.Tensor
 
 
 class SSTTracker:
@@ -155,11 +200,14 @@ class SSTTracker:
         model: str,
         weights: ResolvedWeights,
         max_chain_length: int = 256,
+        batch_traits: bool = True,
     ):
         self.predictor = predictor
         self.model = model
         self.weights = weights
         self.max_chain_length = max_chain_length
+        #: Run all traits of a query as one batch (same output as one trait at a time).
+        self.batch_traits = batch_traits
         #: sha256 of the fine-tuning adapter applied to the model (see sst_search.finetune).
         self.adapter_sha256: str | None = None
         self._support_cache: dict[str, EncodedFrame] = {}
@@ -184,7 +232,8 @@ class SSTTracker:
     def _session(self, supports: list[Support], total_frames: int | None = None) -> TrackingSession:
         trait_ids = sorted({t for s in supports for t in s.trait_ids})
         return TrackingSession(
-            self.predictor, self._encode_supports(supports), [s.mask for s in supports], trait_ids, total_frames
+            self.predictor, self._encode_supports(supports), [s.mask for s in supports], trait_ids, total_frames,
+            batch_traits=self.batch_traits,
         )
 
     # -- public API -------------------------------------------------------------------
@@ -208,8 +257,15 @@ class SSTTracker:
         quality: bool = False,
         batch_size: int | None = None,
         cache_support: bool = True,
+        orientation: int | str = 0,
     ) -> Iterator[TrackResult]:
         """Yield one :class:`TrackResult` per query (chain mode yields in chain order).
+
+        ``orientation`` turns every query by that many degrees (counter-clockwise) before
+        tracking; ``"auto"`` tracks each query at 0, 90, 180 and 270 degrees and keeps the
+        one where SAM 2 is most sure the traits are there (mean object score), for
+        specimens pinned and photographed in any orientation. It costs four image-encoder
+        passes per query. Label maps are always returned in the query's own orientation.
 
         ``batch_size`` queries share one image-encoder pass; by default 8 on CUDA and 1 on
         CPU, where larger batches measured slower per image at 512 px and above.
@@ -220,23 +276,24 @@ class SSTTracker:
             raise ValueError("at least one support is needed")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        turns = _orientations(orientation)
         if batch_size is None:
             batch_size = 8 if self.predictor.device.type == "cuda" else 1
         if mode == "pairwise":
-            yield from self._pairwise(supports, queries, quality, batch_size, cache_support)
+            yield from self._pairwise(supports, queries, quality, batch_size, cache_support, turns)
         else:
-            yield from self._chain(supports, queries, quality, batch_size)
+            yield from self._chain(supports, queries, quality, batch_size, turns)
 
-    def _pairwise(self, supports, queries, quality, batch_size, cache_support) -> Iterator[TrackResult]:
+    def _pairwise(self, supports, queries, quality, batch_size, cache_support, turns) -> Iterator[TrackResult]:
         session = self._session(supports) if cache_support else None
-        for qid, frame, error in self._encoded(queries, batch_size if cache_support else 1):
+        for qid, frames, error in self._encoded(queries, batch_size if cache_support else 1, turns):
             if error is not None:
                 yield TrackResult(qid, error=error)
                 continue
             current = session or self._session(supports)
-            yield self._result(qid, current, frame, current.track(frame), supports, quality)
+            yield self._result(qid, current, *self._track_oriented(current, frames, turns), supports, quality)
 
-    def _chain(self, supports, queries, quality, batch_size) -> Iterator[TrackResult]:
+    def _chain(self, supports, queries, quality, batch_size, turns) -> Iterator[TrackResult]:
         # First pass: one cheap descriptor per query to order the chain; pixels of files
         # are re-read when their frame comes up, so the whole collection is never held.
         sources, descriptors = {}, []
@@ -254,25 +311,48 @@ class SSTTracker:
         for chain in _chunks(order, self.max_chain_length):
             session = self._session(supports, total_frames=len(supports) + len(chain))
             position = {qid: session.num_cond + i for i, qid in enumerate(chain)}
-            for qid, frame, error in self._encoded(((qid, sources[qid]) for qid in chain), batch_size):
+            for qid, frames, error in self._encoded(((qid, sources[qid]) for qid in chain), batch_size, turns):
                 if error is not None:
                     yield TrackResult(qid, error=error)
                     continue
-                logits = session.track(frame, frame_idx=position[qid], keep_memory=True)
-                yield self._result(qid, session, frame, logits, supports, quality)
+                tracked = self._track_oriented(session, frames, turns, frame_idx=position[qid])
+                yield self._result(qid, session, *tracked, supports, quality)
 
-    def _encoded(self, queries: Iterable[Query], batch_size: int) -> Iterator[tuple[str, EncodedFrame | None, str | None]]:
-        """Load and encode queries ``batch_size`` at a time, in order; failures pass through."""
+    def _track_oriented(self, session, frames, turns, frame_idx=None) -> tuple[EncodedFrame, FrameOutput, int]:
+        """Track a query in each orientation without touching memory, keep the one with
+        the highest mean object score; in a chain only the kept one becomes memory."""
+        keep_memory = frame_idx is not None
+        if len(frames) == 1:
+            return frames[0], session.track_frame(frames[0], frame_idx, keep_memory), turns[0]
+        outs = [session.track_frame(f, frame_idx) for f in frames]
+        best = int(np.argmax([float(o.object_score.mean()) for o in outs]))
+        out = session.track_frame(frames[best], frame_idx, keep_memory=True) if keep_memory else outs[best]
+        return frames[best], out, turns[best]
+
+    def _encoded(
+        self, queries: Iterable[Query], batch_size: int, turns: tuple[int, ...] = (0,)
+    ) -> Iterator[tuple[str, list[EncodedFrame] | None, str | None]]:
+        """Load and encode queries ``batch_size`` at a time, in order, each turned by every
+        angle in ``turns`` (one frame per angle); failures pass through."""
         for batch in _batched(_load_queries(queries), batch_size):
             good = [(qid, img) for qid, img, _ in batch if img is not None]
-            frames = dict(zip((q for q, _ in good), encode_images(self.predictor, [img for _, img in good])))
+            encoded = encode_images(self.predictor, [rotate(img, t) for _, img in good for t in turns])
+            frames = {qid: encoded[i * len(turns) : (i + 1) * len(turns)] for i, (qid, _) in enumerate(good)}
             for qid, _, error in batch:
                 yield qid, frames.get(qid), error
 
-    def _result(self, qid, session, frame, logits, supports, quality) -> TrackResult:
-        label_map = logits_to_label_map(logits, session.obj_trait_ids, frame.size)
+    def _result(self, qid, session, frame, out: FrameOutput, turn: int, supports, quality) -> TrackResult:
+        label_map = logits_to_label_map(out.logits, session.obj_trait_ids, frame.size)
         scores = self.cycle_quality(frame, label_map, supports) if quality else {}
-        return TrackResult(qid, label_map=label_map, quality=scores)
+        ids = session.obj_trait_ids
+        return TrackResult(
+            qid,
+            label_map=rotate(label_map, -turn),
+            quality=scores,
+            object_score=dict(zip(ids, out.object_score.tolist())),
+            predicted_iou=dict(zip(ids, out.predicted_iou.tolist())),
+            orientation=turn,
+        )
 
     def cycle_quality(self, frame: EncodedFrame, label_map: np.ndarray, supports: list[Support]) -> dict[int, float]:
         """Round-trip IoU per trait: track the query's prediction back onto each support
@@ -285,7 +365,7 @@ class SSTTracker:
         scores = {t: 0.0 for t in trait_ids}
         if not present:
             return scores
-        back = TrackingSession(self.predictor, [frame], [label_map], present)
+        back = TrackingSession(self.predictor, [frame], [label_map], present, batch_traits=self.batch_traits)
         per_trait: dict[int, list[float]] = {t: [] for t in present}
         for support, enc in zip(supports, self._encode_supports(supports)):
             returned = logits_to_label_map(back.track(enc), back.obj_trait_ids, enc.size)
@@ -295,6 +375,25 @@ class SSTTracker:
         for t, values in per_trait.items():
             scores[t] = float(np.mean(values)) if values else 0.0
         return scores
+
+
+def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
+    """``image`` turned counter-clockwise by a multiple of 90 degrees (negative: clockwise)."""
+    if degrees % 90:
+        raise ValueError(f"orientation must be a multiple of 90 degrees, got {degrees}")
+    return np.ascontiguousarray(np.rot90(image, k=(degrees // 90) % 4))
+
+
+def _orientations(orientation: int | str) -> tuple[int, ...]:
+    if orientation == "auto":
+        return ORIENTATIONS
+    try:
+        turn = int(orientation)
+    except (TypeError, ValueError):
+        turn = -1
+    if turn not in ORIENTATIONS:
+        raise ValueError(f"orientation must be 'auto' or one of {ORIENTATIONS}, got {orientation!r}")
+    return (turn,)
 
 
 def _load_with_sources(queries: Iterable[Query]) -> Iterator[tuple[tuple, Query]]:
@@ -341,6 +440,7 @@ def build_tracker(
     allow_download: bool | None = None,
     max_chain_length: int = 256,
     adapter: str | Path | None = None,
+    batch_traits: bool = True,
 ) -> SSTTracker:
     """Resolve weights, build the real SAM 2.1 video predictor and wrap it for SST.
 
@@ -349,7 +449,7 @@ def build_tracker(
     """
     resolved = resolve_sam2_weights(model, weights, allow_download=allow_download)
     predictor = build_predictor(model, resolved, image_size=image_size, device=device)
-    tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length)
+    tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length, batch_traits=batch_traits)
     if adapter is not None:
         from .finetune import apply_adapter  # fine-tuning pulls in peft; plain tracking does not need it
 

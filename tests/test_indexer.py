@@ -17,7 +17,7 @@ from PIL import Image
 from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.store import Store, specimen_id
-from sst_search.synthetic import generate_collection
+from sst_search.synthetic import PIXELS_PER_MM, generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
 
 CONFIG = {
@@ -139,6 +139,12 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path):
             assert masks_ and {m.source for m in masks_} == {"provided"}
             gt = np.asarray(Image.open(collection.ground_truth / p.split("/", 1)[1]))
             np.testing.assert_array_equal(store.label_map(sid), gt)
+            # measured as the masks were written: areas are the ground truth's pixel counts, in mm by the item's scale
+            measured = store.measurements_frame(specimen_ids=[sid]).set_index("trait_id")
+            for tid in set(np.unique(gt).tolist()) - {0}:
+                assert measured.loc[tid, "area_px"] == (gt == tid).sum()
+                assert measured.loc[tid, "area_mm2"] == pytest.approx((gt == tid).sum() / PIXELS_PER_MM**2)
+                assert measured.loc[tid, "scale_source"] == "metadata:pixelsPerMM"
         assert store.check_consistency() == []
     # A re-run retries the failed and unreferenced items only.
     again = _index(collection, db, masks=masks)

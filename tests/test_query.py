@@ -13,7 +13,6 @@ import duckdb
 import numpy as np
 import pytest
 
-import sst_search.query as query_module
 from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.embed import NoTextTowerError
@@ -21,6 +20,7 @@ from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.query import Filter, QueryError, SearchEngine, compile_filters
 from sst_search.store import SPECIMEN_TRAIT, Store
+from sst_search.store.planner import PlanConfig
 from sst_search.store.snapshots import (
     SnapshotError,
     list_versions,
@@ -165,11 +165,11 @@ def test_filters_are_parameterised_and_survive_metacharacters(engine):
     assert "'x'" not in where and "'x'" in params
 
 
-@pytest.mark.parametrize("postfilter_fetch", [query_module.POSTFILTER_FETCH, 4])
-def test_filtered_search_is_exact_on_both_paths(engine, index, monkeypatch, postfilter_fetch):
-    """A small POSTFILTER_FETCH makes other groups' filters take the filtered-candidates
-    path that selective filters take on large indexes."""
-    monkeypatch.setattr(query_module, "POSTFILTER_FETCH", postfilter_fetch)
+@pytest.mark.parametrize("plan", [PlanConfig(), PlanConfig(postfilter_min_fraction=2.0),
+                                  PlanConfig(postfilter_min_fraction=2.0, exact_max=0)])
+def test_filtered_search_is_exact_on_every_plan(engine, index, monkeypatch, plan):
+    """Post-filtering, an exact scan of the admitted set and a FAISS selector agree."""
+    monkeypatch.setattr(engine.store, "plan", plan)
     coll, _ = index
     vectors = _all_vectors(engine, SPECIMEN_TRAIT)
     query = _ids(engine, coll.groups[0])[0]

@@ -15,10 +15,13 @@ from sst_search.references import (
     Support,
     Trait,
     load_group_references,
+    load_instance_references,
+    load_instance_spec,
     load_references,
     load_support,
     load_traits,
     references_fingerprint,
+    write_instance_spec,
     write_traits,
 )
 
@@ -224,3 +227,52 @@ def test_fingerprint_follows_pixels_and_names():
     assert references_fingerprint([Support(id="r", image=_image(), mask=_mask(), traits=renamed)]) != fp
     assert references_fingerprint([Support(id="r", image=_image(1), mask=_mask(), traits=TWO)]) != fp
     assert references_fingerprint([base, same]) != fp
+
+
+# -- instance references ------------------------------------------------------------------
+
+
+def _instance_folder(root: Path, spec: str, ids=(1, 2, 3), mask_shape=(H, W)) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / TRAITS_FILE).write_text(spec)
+    save_image(root / "tray.png", _image())
+    save_mask(root / f"tray{MASK_SUFFIX}", _mask(ids, mask_shape))
+    return root
+
+
+def test_instance_reference_marks_every_instance(tmp_path):
+    folder = _instance_folder(tmp_path / "inst", "instance_of: specimen\n")
+    (ref,) = load_instance_references(folder)
+    assert ref.kind == "specimen" and ref.instance_ids == [1, 2, 3]
+    assert [int(m.sum()) for m in ref.instance_masks()] == [16, 16, 16]
+    assert load_instance_spec(folder / TRAITS_FILE).instance_of == "specimen"
+    # A trait loader or a references scan never mistakes instances for traits.
+    with pytest.raises(ReferenceError, match="declares instances"):
+        load_traits(folder / TRAITS_FILE)
+    assert load_references(tmp_path) == {}
+
+
+def test_instance_mask_with_class_map_keeps_only_that_class(tmp_path):
+    folder = _instance_folder(tmp_path / "inst", "instance_of: specimen\nclasses: {1: specimen, 2: label, 3: specimen}\n")
+    (ref,) = load_instance_references(folder)
+    assert ref.instance_ids == [1, 3]
+    write_instance_spec(tmp_path / "w" / TRAITS_FILE, "specimen", {1: "specimen", 2: "label"})
+    assert load_instance_spec(tmp_path / "w" / TRAITS_FILE).classes == {1: "specimen", 2: "label"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "ids", "shape", "reason"),
+    [
+        ("instance_of: specimen\nclasses: {1: specimen}\n", (1, 2), (H, W), r"ids \[2\] have no class"),
+        ("instance_of: specimen\nclasses: {1: label, 2: label}\n", (1, 2), (H, W), "no instance of 'specimen'"),
+        ("instance_of: specimen\n", (1,), (H + 1, W), "differs from image size"),
+        ("instance_of: ''\n", (1,), (H, W), "must name a kind"),
+        ("instance_of: specimen\ncolour: red\n", (1,), (H, W), "invalid instance declaration"),
+        ("{1: wing}\n", (1,), (H, W), "declares traits, not instances"),
+    ],
+)
+def test_bad_instance_references_name_the_file(tmp_path, spec, ids, shape, reason):
+    folder = _instance_folder(tmp_path / "inst", spec, ids, shape)
+    with pytest.raises(ReferenceError, match=reason) as err:
+        load_instance_references(folder)
+    assert str(folder) in str(err.value)

@@ -17,7 +17,7 @@ from sst_search.images import load_image, load_mask
 from sst_search.references import load_references, load_traits
 from sst_search.synthetic import MAX_SPECIES, generate_collection, species_traits
 
-COLUMNS = ["path", "group", "catalogNumber", "scientificName", "institutionCode", "eventDate", "locality"]
+COLUMNS = ["path", "group", "catalogNumber", "scientificName", "institutionCode", "eventDate", "locality", "pixelsPerMM"]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -147,3 +147,43 @@ def test_synth_command(tmp_path):
     assert "alba" in result.output and "forewing_band" in result.output
     assert len(_rows(tmp_path / "manifest.csv")) == 4
     assert CliRunner().invoke(app, [str(tmp_path / "x"), "--species", "0"]).exit_code != 0
+
+
+# -- drawers -------------------------------------------------------------------------------
+
+
+def test_drawers_hold_the_requested_specimens_apart_and_exactly_labeled(tmp_path):
+    from sst_search.references import load_instance_references
+    from sst_search.synthetic import MAX_DRAWER_SPECIMENS, generate_drawers, render_drawer
+
+    out = generate_drawers(tmp_path, counts=(0, 1, 5, MAX_DRAWER_SPECIMENS), size=(192, 256))
+    rows = _rows(out.manifest)
+    assert [r["path"] for r in rows] == [f"images/drawer-{i:03d}.png" for i in range(4)]
+    assert len({r["catalogNumber"] for r in rows}) == 4
+    sizes = []
+    for row, count in zip(rows, out.counts):
+        stem = Path(row["path"]).stem
+        image = load_image(out.root / row["path"])
+        instances = load_mask(out.ground_truth / "instances" / f"{stem}.png")
+        traits = load_mask(out.ground_truth / "traits" / f"{stem}.png")
+        assert image.shape == (192, 256, 3)
+        assert set(np.unique(instances).tolist()) == set(range(count + 1))
+        assert not (traits > 0)[instances == 0].any()  # traits lie on specimens
+        foam = image[instances == 0].astype(float).mean()
+        for k in range(1, count + 1):
+            m = instances == k
+            ys, xs = np.nonzero(m)
+            sizes.append(m.sum())
+            assert image[m].astype(float).mean() < foam - 40  # alba is dark on light foam
+            assert (traits[m] > 0).any()
+            # One specimen per cell: boxes never overlap another specimen's pixels.
+            box = instances[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            assert set(np.unique(box).tolist()) <= {0, k}
+    assert max(sizes) > 1.5 * min(sizes)  # sizes vary
+    (ref,) = load_instance_references(out.instance_references)
+    assert ref.kind == "specimen" and ref.instance_ids == [1, 2, 3, 4]
+    a, b = render_drawer("alba", 3, seed=0, index=1), render_drawer("alba", 3, seed=0, index=1)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.instances, b.instances)
+    assert not np.array_equal(a.instances, render_drawer("alba", 3, seed=0, index=2).instances)
+    with pytest.raises(ValueError, match="count"):
+        render_drawer("alba", MAX_DRAWER_SPECIMENS + 1)

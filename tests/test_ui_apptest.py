@@ -87,6 +87,7 @@ def test_search_filters_directions_and_clear_errors(app, engine):
     others = engine.search(trait, 10, specimen_id=query)
     keep = others[-1].metadata["catalogNumber"]
     app.number_input(key="filter_count").set_value(1).run(timeout=TIMEOUT)
+    assert f"{trait}.area_mm2" in app.selectbox(key="filter_field_0").options  # measurements filter too
     app.selectbox(key="filter_field_0").set_value("catalogNumber")
     app.selectbox(key="filter_op_0").set_value("in")
     app.text_input(key="filter_value_0").input(f"{keep}, NO-SUCH-NUMBER")
@@ -161,9 +162,12 @@ def test_export_page_offers_non_empty_downloads(app, engine):
     _goto(app, "Export")
     labels = [b.label for b in app.get("download_button")]
     assert labels[:4] == ["Measurements (CSV)", "Measurements (Parquet)", "Masks (PNG zip)", "Masks (COCO RLE JSON)"]
-    assert labels[4].startswith("Failed items (1")
+    assert labels[4].startswith("Darwin Core Archive") and labels[5].startswith("Failed items (1")
+    app.button(key="make_crops").click().run(timeout=TIMEOUT)
+    assert "Crops (PNG zip)" in [b.label for b in app.get("download_button")]
     sizes = {m[1]: int(m[2].replace(",", "")) for m in (re.fullmatch(r"(\S+): ([\d,]+) bytes", c.value) for c in app.caption) if m}
-    assert set(sizes) == {"measurements.csv", "measurements.parquet", "masks.zip", "masks_coco.json", "failures.csv"}
+    assert set(sizes) == {"measurements.csv", "measurements.parquet", "masks.zip", "masks_coco.json", "dwca.zip",
+                          "crops.zip", "failures.csv"}
     assert all(size > 100 for size in sizes.values())
     n_masks = engine.store.con.execute("SELECT count(*) FROM trait_masks").fetchone()[0]
     assert f"**6** specimens, **{n_masks}** trait masks" in [md.value for md in app.markdown]

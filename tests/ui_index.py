@@ -13,6 +13,10 @@ from sst_search.synthetic import generate_collection
 #: SAM 2 input size: with random weights the masks mean nothing anyway, and 128 keeps it quick.
 IMAGE_SIZE = 128
 BROKEN = "images/broken.png"
+UI_CONFIG = Config.model_validate({
+    "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
+    "embedding": {"embedder": "color-pattern"},
+})
 
 
 def build_ui_index(base: Path) -> Path:
@@ -27,11 +31,7 @@ def build_ui_index(base: Path) -> Path:
         rows = list(csv.DictReader(fh))
     with open(coll.manifest, "a", newline="") as fh:
         csv.DictWriter(fh, fieldnames=list(rows[0])).writerow({**rows[0], "path": BROKEN, "catalogNumber": "SYN-BROKEN"})
-    config = Config.model_validate({
-        "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
-        "embedding": {"embedder": "color-pattern"},
-    })
-    summary = run_index(coll.manifest, coll.references, db, config)
+    summary = run_index(coll.manifest, coll.references, db, UI_CONFIG)
     assert summary.counts["indexed"] == 6 and summary.counts["failed"] == 1, summary.counts
     done.touch()
     return db

@@ -23,6 +23,7 @@ def apply_overrides(config: Config, **overrides) -> Config:
         "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device"),
         "embedding": ("embedder", "embedder_weights"),
         "indexer": ("engine", "ray_address", "num_workers"),
+        "measure": ("pixels_per_mm", "scale_column"),
     }
     data = config.model_dump()
     for section, keys in sections.items():
@@ -51,6 +52,9 @@ def index(
     quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
     masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
     default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
+    pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
+                                               help="Scale of the whole collection (mm measurements); an item's own column wins."),
+    scale_column: str | None = typer.Option(None, "--scale-column", help="Manifest column with an item's pixels per mm (default pixelsPerMM)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
     allow_mass_removal: bool = typer.Option(
@@ -73,7 +77,7 @@ def index(
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
-            image_size=image_size, quality=quality,
+            image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
         )
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
                             quiet=quiet, allow_mass_removal=allow_mass_removal)

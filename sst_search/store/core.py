@@ -29,10 +29,15 @@ import pyarrow as pa
 from sst_search.store import indexes as ix
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
+from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
 from sst_search.store.records import SpecimenRecord, TraitMask
+from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.rle import decode_mask
-from sst_search.store.schema import DDL
+from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
 from sst_search.weights import sha256_file
+
+#: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
+VECTOR_CHUNK = 200_000
 
 IndexKey = tuple[str, str]
 
@@ -49,6 +54,22 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def _measurement_table(rows_by_specimen: Mapping[int, Sequence[Mapping]], now: datetime) -> pa.Table:
+    """Arrow table of ``trait_measurements`` rows (columns in :data:`MEASUREMENT_COLUMNS` order)."""
+    rows = [{**row, "specimen_id": sid} for sid, rs in rows_by_specimen.items() for row in rs]
+    data = {c: [r.get(c) for r in rows] for c in MEASUREMENT_COLUMNS}
+    types = {"specimen_id": pa.int64(), "trait_id": pa.int32(), "trait_name": pa.string(), "unit": pa.string(),
+             "scale_source": pa.string(), "dominant_color": pa.string()}
+    table = pa.table({c: pa.array(v, types.get(c, pa.float64())) for c, v in data.items()})
+    return table.append_column("measured_at", pa.array([now] * len(rows), pa.timestamp("us")))
+
+
+_MEASUREMENT_INSERT = (
+    f"INSERT INTO trait_measurements ({', '.join(MEASUREMENT_COLUMNS)}, measured_at) "
+    f"SELECT {', '.join(MEASUREMENT_COLUMNS)}, measured_at FROM _new_measurements"
+)
+
+
 def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
     col = table.column(column).combine_chunks()
     if len(col) == 0:
@@ -60,15 +81,16 @@ class Store:
     """Catalog + vector indexes of one collection. Use :meth:`open`."""
 
     def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, config: ix.IndexConfig,
-                 exact_candidates_max: int) -> None:
+                 plan: PlanConfig) -> None:
         self.db_path = db_path
         self.con = con
         self.read_only = read_only
         self.config = config
-        self.exact_candidates_max = exact_candidates_max
+        self.plan = plan
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
+        self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -78,13 +100,13 @@ class Store:
         db_path: str | Path,
         read_only: bool = False,
         index_config: ix.IndexConfig | None = None,
-        exact_candidates_max: int = 20_000,
+        plan: PlanConfig | None = None,
     ) -> Store:
         """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
 
         A writer repairs stale or missing FAISS files right away, so a crashed run leaves
-        nothing behind for the next one to trip over. ``exact_candidates_max``: filtered
-        searches over at most this many candidates are scored exactly from DuckDB.
+        nothing behind for the next one to trip over. ``plan`` says when a filtered search
+        post-filters, uses a FAISS selector or scores the admitted vectors exactly.
         """
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
@@ -100,10 +122,11 @@ class Store:
                 ) from exc
             raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
                                     repair_hint(db_path)) from exc
-        store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), exact_candidates_max)
+        store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), plan or PlanConfig())
         if not read_only:
             try:
                 store._exec(DDL)
+                migrate(store.con)
                 ix.remove_leftovers(store.faiss_dir)
                 store.repair_indexes()
             except Exception as exc:
@@ -157,44 +180,34 @@ class Store:
             return
         for r in records:
             r.validate()
-        ids = [r.specimen_id for r in records]
-        if len(set(ids)) != len(ids):
-            raise ValueError("a batch lists the same specimen_id twice")
-        new_vectors: dict[IndexKey, list[tuple[int, np.ndarray]]] = {}
+        grouped: dict[IndexKey, list[tuple[int, np.ndarray]]] = {}
         for r in records:
             for key, vec in r.vectors.items():
-                new_vectors.setdefault(key, []).append((r.specimen_id, np.asarray(vec, np.float32)))
-        dims = self._dims()
-        for key, rows in new_vectors.items():
-            batch_dims = {len(v) for _, v in rows}
-            expected = dims.get(key, next(iter(batch_dims)))
-            if batch_dims != {expected}:
-                raise ValueError(f"{key[0]}/{key[1]}: vectors of dims {sorted(batch_dims)} for an index of dim {expected}")
-        old_keys = self._keys_of(ids)
-        touched = old_keys | set(new_vectors)
-        for key in touched & set(dims):
-            self.index(*key)  # make sure it is in memory for the incremental update below
-        now = _now()
-        tables = {
-            "_new_specimens": pa.Table.from_pylist(
+                grouped.setdefault(key, []).append((r.specimen_id, np.asarray(vec, np.float32)))
+        for key, rows in grouped.items():
+            if len({len(v) for _, v in rows}) > 1:
+                raise ValueError(f"{key[0]}/{key[1]}: vectors of dims {sorted({len(v) for _, v in rows})} in one batch")
+        self.write_columns(
+            specimens=pa.Table.from_pylist(
                 [
                     {
                         "specimen_id": r.specimen_id, "path": r.path, "group_name": r.group_name,
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
-                        "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata), "updated_at": now,
+                        "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                     }
                     for r in records
-                ]
+                ],
+                schema=SPECIMEN_COLUMNS,
             ),
-            "_new_metadata": pa.table(
+            metadata=pa.table(
                 {
                     "specimen_id": pa.array([r.specimen_id for r in records for _ in r.metadata], pa.int64()),
                     "key": pa.array([k for r in records for k in r.metadata], pa.string()),
                     "value": pa.array([None if v is None else str(v) for r in records for v in r.metadata.values()], pa.string()),
                 }
             ),
-            "_new_masks": pa.table(
+            masks=pa.table(
                 {
                     "specimen_id": pa.array([r.specimen_id for r in records for _ in r.masks], pa.int64()),
                     "trait_id": pa.array([m.trait_id for r in records for m in r.masks], pa.int32()),
@@ -209,24 +222,95 @@ class Store:
                     "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
                 }
             ),
-            "_new_vectors": pa.table(
-                {
-                    "embedder": pa.array([k[0] for k, rows in new_vectors.items() for _ in rows], pa.string()),
-                    "trait_name": pa.array([k[1] for k, rows in new_vectors.items() for _ in rows], pa.string()),
-                    "specimen_id": pa.array([s for rows in new_vectors.values() for s, _ in rows], pa.int64()),
-                    "faiss_id": pa.array([s for rows in new_vectors.values() for s, _ in rows], pa.int64()),
-                    "vector": pa.array([v for rows in new_vectors.values() for _, v in rows], pa.list_(pa.float32())),
-                }
-            ),
-        }
+            measurements=_measurement_table({r.specimen_id: r.measurements for r in records}, _now()),
+            vectors={
+                key: (np.array([s for s, _ in rows], np.int64), np.stack([v for _, v in rows]))
+                for key, rows in grouped.items()
+            },
+        )
+
+    def write_columns(
+        self,
+        specimens: pa.Table,
+        metadata: pa.Table | None = None,
+        masks: pa.Table | None = None,
+        vectors: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]] | None = None,
+        measurements: pa.Table | None = None,
+    ) -> None:
+        """Bulk upsert, column-wise: what :meth:`write_batch` does, for millions of rows.
+
+        ``specimens``, ``metadata``, ``masks`` and ``measurements`` are Arrow tables with the
+        columns of ``specimens``, ``specimen_metadata``, ``trait_masks`` and
+        ``trait_measurements`` (``updated_at`` and ``measured_at`` are set here); ``vectors`` maps
+        ``(embedder, trait)`` to ``(specimen ids, (n, dim) float32 unit vectors)``. DuckDB
+        ingests the Arrow buffers directly; indexes are built once, from the matrices in
+        hand, instead of per row.
+        """
+        self._require_writer()
+        vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in (vectors or {}).items()}
+        unknown = set(specimens.column_names) - set(SPECIMEN_COLUMNS.names)
+        missing = {"specimen_id", "path", "status"} - set(specimens.column_names)
+        if unknown or missing:
+            raise ValueError(f"specimens table: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+        for column in SPECIMEN_COLUMNS:  # optional columns left out are NULL
+            if column.name not in specimens.column_names:
+                specimens = specimens.append_column(column, pa.nulls(len(specimens), column.type))
+        ids = specimens.column("specimen_id").to_numpy().astype(np.int64)
+        if len(ids) == 0:
+            return
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("a batch lists the same specimen_id twice")
+        indexed = ids[np.asarray(specimens.column("status").to_pylist()) == "indexed"]
+        dims = self._dims()
+        for key, (vids, matrix) in vectors.items():
+            name = f"{key[0]}/{key[1]}"
+            if matrix.ndim != 2 or len(matrix) != len(vids):
+                raise ValueError(f"{name}: {len(vids)} ids for a vector matrix of shape {matrix.shape}")
+            if key in dims and matrix.shape[1] != dims[key]:
+                raise ValueError(f"{name}: vectors of dim {matrix.shape[1]} for an index of dim {dims[key]}")
+            if not np.isin(vids, indexed).all():
+                raise ValueError(f"{name}: vectors for specimens that are not in this batch as 'indexed'")
+            if not np.isfinite(matrix).all() or np.abs(np.linalg.norm(matrix, axis=1) - 1.0).max(initial=0) > 1e-3:
+                raise ValueError(f"{name}: vectors must be finite and L2-normalised")
+        id_table = pa.table({"specimen_id": pa.array(ids, pa.int64())})
+        with self._transaction({"_ids": id_table}):
+            old_keys = self._keys_of_batch()
+        touched = old_keys | set(vectors)
+        for key in touched & set(dims):
+            self.index(*key)  # make sure it is in memory for the incremental update below
+        tables = {"_ids": id_table, "_new_specimens": specimens.append_column("updated_at", pa.array([_now()] * len(ids)))}
+        if metadata is not None:
+            tables["_new_metadata"] = metadata
+        if masks is not None:
+            tables["_new_masks"] = masks
+        if measurements is not None:
+            tables["_new_measurements"] = measurements
         with self._transaction(tables):
-            self._delete_children(ids)
-            self._exec("INSERT OR REPLACE INTO specimens SELECT * FROM _new_specimens")
-            self._exec("INSERT INTO specimen_metadata SELECT * FROM _new_metadata")
-            self._exec("INSERT INTO trait_masks SELECT * FROM _new_masks")
-            self._exec("INSERT INTO vectors SELECT * FROM _new_vectors")
-            generations = self._bump(touched, {k: len(rows[0][1]) for k, rows in new_vectors.items()})
-        self._apply(touched, ids, new_vectors, generations)
+            self._delete_children()
+            self._insert("specimens", "_new_specimens", (*specimens.column_names, "updated_at"), replace=True)
+            if metadata is not None:
+                self._insert("specimen_metadata", "_new_metadata", ("specimen_id", "key", "value"))
+            if masks is not None:
+                self._insert("trait_masks", "_new_masks", masks.column_names)
+            self._exec(REAPPLY_CORRECTIONS)
+            if measurements is not None:
+                self._exec(_MEASUREMENT_INSERT)
+            for key, (vids, matrix) in vectors.items():
+                for start in range(0, len(vids), VECTOR_CHUNK):
+                    part = slice(start, start + VECTOR_CHUNK)
+                    flat = pa.array(matrix[part].ravel())
+                    chunk = pa.table({
+                        "embedder": pa.array([key[0]] * len(vids[part])), "trait_name": pa.array([key[1]] * len(vids[part])),
+                        "specimen_id": vids[part], "faiss_id": vids[part],
+                        "vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32())),
+                    })
+                    self.con.register("_new_vectors", chunk)
+                    try:
+                        self._insert("vectors", "_new_vectors", ("embedder", "trait_name", "specimen_id", "faiss_id", "vector"))
+                    finally:
+                        self.con.unregister("_new_vectors")
+            generations = self._bump(touched, {k: m.shape[1] for k, (_, m) in vectors.items()})
+        self._apply(touched, ids, vectors, generations)
 
     def remove_specimens(self, ids: Iterable[int]) -> int:
         """Delete specimens everywhere (catalog, masks, metadata, vectors, indexes); returns how many existed."""
@@ -234,18 +318,30 @@ class Store:
         ids = [int(i) for i in ids]
         if not ids:
             return 0
-        touched = self._keys_of(ids)
+        with self._transaction({"_ids": pa.table({"specimen_id": pa.array(ids, pa.int64())})}):
+            touched = self._keys_of_batch()
         for key in touched:
             self.index(*key)
         with self._transaction({"_ids": pa.table({"specimen_id": pa.array(ids, pa.int64())})}):
             existed = self.con.execute(
                 "SELECT count(*) FROM specimens WHERE specimen_id IN (SELECT specimen_id FROM _ids)"
             ).fetchall()[0][0]
-            self._delete_children(ids)
+            self._delete_children()
             self._exec("DELETE FROM specimens WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
             generations = self._bump(touched, {})
         self._apply(touched, ids, {}, generations)
         return int(existed)
+
+    def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
+        """Replace the measurements of these specimens (a re-measure with another scale, say),
+        leaving masks and vectors alone; one transaction."""
+        self._require_writer()
+        if not rows_by_specimen:
+            return
+        ids = [int(i) for i in rows_by_specimen]
+        with self._transaction({"_new_measurements": _measurement_table(rows_by_specimen, _now())}):
+            self._exec("DELETE FROM trait_measurements WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+            self._exec(_MEASUREMENT_INSERT)
 
     def flush_indexes(self) -> None:
         """Persist every index changed since the last flush (atomic per file)."""
@@ -317,36 +413,62 @@ class Store:
     ) -> list[list[tuple[int, float]]]:
         """Top-``k`` ``(specimen_id, cosine)`` per query vector, best first.
 
-        ``candidate_ids`` restricts the search (e.g. to a metadata filter's result). Small
-        candidate sets are scored exactly from DuckDB: an approximate index would probe only a
-        few clusters and could miss candidates that a filter made the only ones that count.
+        ``candidate_ids`` restricts the search (e.g. to a filter's result); see
+        :meth:`filtered_search` for how, and for filters given as questions instead of ids.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
         queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
-        if not np.isfinite(queries).all():
-            raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
+        k = _checked_query(queries, k, embedder, trait_name)
+        if candidate_ids is not None:
+            admission = _IdSet(candidate_ids)
+            return [self.filtered_search(embedder, trait_name, q, k, admission).hits for q in queries]
         index = self.index(embedder, trait_name)
         if queries.shape[1] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {queries.shape[1]}, index of dim {index.d}")
-        k = int(min(k, MAX_K, max(1, index.ntotal)))
-        if candidate_ids is not None:
-            candidates = np.unique(np.fromiter((int(i) for i in candidate_ids), dtype=np.int64))
-            if len(candidates) <= self.exact_candidates_max:
-                ids, matrix = self.get_vectors(embedder, trait_name, candidates)
-                if not len(ids):
-                    return [[] for _ in queries]
-                scores = queries @ matrix.T
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-                return [[(int(ids[j]), float(scores[q, j])) for j in row] for q, row in enumerate(top)]
-            params = ix.search_params(index, faiss.IDSelectorBatch(candidates), len(candidates) / max(1, index.ntotal))
-        else:
-            params = None
-        scores, labels = index.search(queries, k, params=params)
+        k = min(k, max(1, index.ntotal))  # FAISS allocates k results per query, found or not
+        scores, labels = index.search(queries, k)  # one batched call for many queries (evaluation)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
             for row_ids, row_scores in zip(labels, scores)
         ]
+
+    def filtered_search(
+        self,
+        embedder: str,
+        trait_name: str,
+        query: np.ndarray,
+        k: int = 10,
+        admission: Admission | None = None,
+        skip: int | None = None,
+    ) -> SearchOutcome:
+        """Top-``k`` among what ``admission`` admits (everything when None), without ``skip``.
+
+        Exactly ``k`` hits whenever at least ``k`` vectors are admitted, whatever the
+        filter's selectivity: :mod:`sst_search.store.planner` picks post-filtering, a FAISS
+        ID selector or an exact scan of the admitted vectors.
+        """
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        k = _checked_query(query, k, embedder, trait_name)
+        index = self.index(embedder, trait_name)
+        if query.shape[0] != index.d:
+            raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
+        return filtered_search(
+            index, query, k, population=self.population(embedder, trait_name),
+            vectors=lambda ids: self.get_vectors(embedder, trait_name, ids), admission=admission, skip=skip,
+            config=self.plan,
+        )
+
+    def population(self, embedder: str, trait_name: str) -> np.ndarray:
+        """Sorted ids of one index's vectors, kept in memory per generation (selectivity samples)."""
+        key = (embedder, trait_name)
+        generation = self._generations().get(key)
+        cached = self._populations.get(key)
+        if cached is None or cached[1] != generation:
+            ids = self.con.execute(
+                "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY 1", list(key)
+            ).fetchnumpy()["specimen_id"]
+            cached = (np.asarray(ids, np.int64), generation)
+            self._populations[key] = cached
+        return cached[0]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -382,6 +504,39 @@ class Store:
         for m in masks:
             out[decode_mask(m.rle)] = m.trait_id
         return out
+
+    def indexed_specimens(self) -> list[tuple[int, str, dict]]:
+        """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
+        rows = self.con.execute(
+            "SELECT specimen_id, path, metadata FROM specimens WHERE status = 'indexed' ORDER BY specimen_id"
+        ).fetchall()
+        return [(sid, path, json.loads(md) if md else {}) for sid, path, md in rows]
+
+    def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
+        """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
+        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
+        the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
+        (NULL for masks written before measurements existed)."""
+        clauses, params = ["s.status = 'indexed'"], []
+        if groups is not None:
+            clauses.append("s.group_name IN (SELECT unnest(?::VARCHAR[]))")
+            params.append([str(g) for g in groups])
+        if specimen_ids is not None:
+            clauses.append("s.specimen_id IN (SELECT unnest(?::BIGINT[]))")
+            params.append([int(i) for i in specimen_ids])
+        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
+        return self.con.execute(
+            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
+            "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
+            f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            f"WHERE {' AND '.join(clauses)} ORDER BY s.group_name, s.path, t.trait_id",
+            params,
+        ).df()
+
+    def measured_traits(self) -> list[str]:
+        """Names of the traits that have measurements (what measurement filters and plots accept)."""
+        return [r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()]
 
     def get_vectors(
         self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
@@ -491,11 +646,16 @@ class Store:
     def _dims(self) -> dict[IndexKey, int]:
         return {(e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()}
 
-    def _keys_of(self, ids: list[int]) -> set[IndexKey]:
+    def _keys_of_batch(self) -> set[IndexKey]:
+        """Indexes holding vectors of the specimens in the registered ``_ids`` table."""
         rows = self.con.execute(
-            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids]
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT specimen_id FROM _ids)"
         ).fetchall()
         return {(e, t) for e, t in rows}
+
+    def _insert(self, table: str, source: str, columns: Sequence[str], replace: bool = False) -> None:
+        cols = ", ".join(columns)
+        self._exec(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} ({cols}) SELECT {cols} FROM {source}")
 
     def _transaction(self, tables: Mapping[str, pa.Table]):
         store = self
@@ -515,9 +675,10 @@ class Store:
 
         return _Txn()
 
-    def _delete_children(self, ids: list[int]) -> None:
-        for table in ("specimen_metadata", "trait_masks", "vectors"):
-            self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+    def _delete_children(self) -> None:
+        """Delete what hangs off the specimens in the registered ``_ids`` table."""
+        for table in ("specimen_metadata", "trait_masks", "trait_measurements", "vectors"):
+            self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
 
     def _bump(self, keys: Iterable[IndexKey], dims: Mapping[IndexKey, int]) -> dict[IndexKey, int]:
         for key in keys:
@@ -549,33 +710,59 @@ class Store:
     def _apply(
         self,
         touched: Iterable[IndexKey],
-        removed_ids: list[int],
-        added: Mapping[IndexKey, list[tuple[int, np.ndarray]]],
+        removed_ids: np.ndarray | list[int],
+        added: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]],
         generations: Mapping[IndexKey, int],
     ) -> None:
-        """Bring in-memory indexes to the just-committed generation, incrementally when possible."""
+        """Bring in-memory indexes to the just-committed generation, incrementally when possible.
+
+        An index is retrained only when it changes kind or its clustering is outgrown
+        (:func:`indexes.needs_rebuild`); a fresh one is built from the added matrix itself.
+        """
         removed = np.asarray(removed_ids, dtype=np.int64)
         for key in touched:
-            rows = added.get(key, [])
+            vids, matrix = added.get(key, (np.zeros(0, np.int64), None))
             count = self.con.execute(
                 "SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)
             ).fetchall()[0][0]
             cached = self._indexes.get(key)
             index = cached[0] if cached is not None else None
-            if index is None or ix.needs_rebuild(index, count, self.config) or not ix.supports_removal(index):
+            if index is None and count == len(vids) and matrix is not None:
+                index = ix.build_index(matrix, vids, matrix.shape[1], self.config)
+            elif index is None or ix.needs_rebuild(index, count, self.config) or not ix.supports_removal(index):
                 index = self._rebuild(key)
             else:
                 index.remove_ids(faiss.IDSelectorBatch(removed))
-                if rows:
-                    index.add_with_ids(
-                        np.stack([v for _, v in rows]).astype(np.float32),
-                        np.array([s for s, _ in rows], dtype=np.int64),
-                    )
+                if len(vids):
+                    index.add_with_ids(matrix, vids)
             self._indexes[key] = (index, generations[key])
             self._dirty.add(key)
+
+
+def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: str) -> int:
+    """``k`` capped at :data:`MAX_K`; a non-positive ``k`` or a NaN query is an error, not an
+    AssertionError deep in FAISS or NaN-scored hits."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not np.isfinite(queries).all():
+        raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
+    return min(int(k), MAX_K)
 
 
 def _size_matches(faiss_dir: Path, key: IndexKey, manifest: dict) -> bool:
     """Cheap check that catches truncated files (manifests older than the size field pass)."""
     size = manifest.get("bytes")
     return size is None or ix.index_paths(faiss_dir, *key)[0].stat().st_size == size
+
+
+class _IdSet:
+    """An :class:`Admission` for a filter already evaluated to a set of ids."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self.ids = np.unique(np.fromiter((int(i) for i in ids), dtype=np.int64))
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self.ids)
+
+    def admitted(self) -> np.ndarray:
+        return self.ids

@@ -41,6 +41,9 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 200
+    train_per_list: int = 64
+    train_niter: int = 10
+    train_seed: int = 1234
 
     def kind_for(self, n: int) -> str:
         return "flat" if n <= self.exact_max else self.approx
@@ -69,8 +72,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
     if kind == "ivf":
         nlist = config.nlist_for(len(ids))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = 1234  # same vectors, same clustering, same results
-        index.train(vectors)
+        index.cp.seed, index.cp.niter = config.train_seed, config.train_niter
+        index.train(training_sample(vectors, nlist * config.train_per_list, config.train_seed))
         index.nprobe = config.nprobe_for(nlist)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -82,6 +85,15 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
     if len(ids):
         index.add_with_ids(vectors, ids)
     return index
+
+
+def training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A fixed-seed sample of ``size`` rows (all rows when fewer): k-means on the sample costs
+    ``size / n`` of training on everything and yields the same clustering for the same vectors."""
+    if len(vectors) <= size:
+        return vectors
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
+    return vectors[rows]
 
 
 def needs_rebuild(index: faiss.Index, n: int, config: IndexConfig) -> bool:
@@ -112,25 +124,6 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     else:
         raise TypeError(f"cannot list the ids of a {type(index).__name__}")
     return np.sort(ids.astype(np.int64))
-
-
-def search_params(
-    index: faiss.Index, selector: faiss.IDSelector | None, fraction: float = 1.0
-) -> faiss.SearchParameters | None:
-    """Parameters of a search restricted to ``selector``, which admits ``fraction`` of the ids.
-
-    An IVF index probes ``nprobe / fraction`` lists (at most all of them): it then scans
-    about as many admitted vectors as an unrestricted search does, instead of finding
-    nothing when the admitted ones lie in lists far from the query.
-    """
-    if selector is None:
-        return None
-    kind = index_kind(index)
-    if kind == "ivf":
-        ivf = faiss.downcast_index(index)
-        nprobe = min(ivf.nlist, int(math.ceil(ivf.nprobe / max(fraction, 1e-9))))
-        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-    return faiss.SearchParameters(sel=selector)
 
 
 def index_paths(root: Path, embedder: str, trait_name: str) -> tuple[Path, Path]:

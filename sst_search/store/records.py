@@ -79,6 +79,8 @@ class SpecimenRecord:
     height: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     masks: list[TraitMask] = field(default_factory=list)
+    #: One row per mask from :func:`sst_search.measure.measure_label_map`.
+    measurements: list[dict] = field(default_factory=list)
     vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -90,8 +92,8 @@ class SpecimenRecord:
         for m in self.masks:
             if m.source not in MASK_SOURCES:
                 raise ValueError(f"{where}: mask source {m.source!r} is not one of {MASK_SOURCES}")
-        if self.vectors and self.status != "indexed":
-            raise ValueError(f"{where}: only indexed specimens carry vectors (status {self.status!r})")
+        if (self.vectors or self.measurements) and self.status != "indexed":
+            raise ValueError(f"{where}: only indexed specimens carry vectors and measurements (status {self.status!r})")
         for (embedder, trait), vec in self.vectors.items():
             vec = np.asarray(vec)
             if vec.ndim != 1 or not np.all(np.isfinite(vec)):

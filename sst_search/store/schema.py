@@ -30,8 +30,20 @@ Tables and columns:
     - ``rle VARCHAR``: COCO RLE as JSON (``{"size": [h, w], "counts": "..."}``, pycocotools'
       compressed counts as a UTF-8 string).
     - ``quality DOUBLE``: cycle-consistency IoU of the trait, NULL when not computed.
-    - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item).
+    - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item) |
+      ``corrected`` (drawn by a reviewer; see ``review_decisions``).
     - primary key ``(specimen_id, trait_id)``.
+
+``trait_measurements``: one row per trait mask: its shape and colour (see :mod:`sst_search.measure`).
+    - ``specimen_id BIGINT``, ``trait_id INTEGER``, ``trait_name VARCHAR``; primary key ``(specimen_id, trait_id)``.
+    - ``unit VARCHAR``: ``mm`` when a scale was known, else ``px`` (the ``*_mm``/``*_mm2`` columns are NULL).
+    - ``pixels_per_mm DOUBLE``: the scale used; ``scale_source VARCHAR``: where it came from
+      (``metadata:<column>`` for the item's own value, ``collection`` for ``--pixels-per-mm``).
+    - one ``DOUBLE`` per measurement of :data:`sst_search.measure.FIELDS` (area_px, perimeter_px,
+      bbox_width_px, bbox_height_px, centroid_x, centroid_y, major_axis_px, minor_axis_px,
+      orientation_deg, eccentricity, solidity, their mm twins, CIELAB L_/a_/b_ and sRGB red_/green_/blue_ means and
+      medians, dominant_share) and ``dominant_color VARCHAR`` (``#rrggbb``).
+    - ``measured_at TIMESTAMP``.
 
 ``vectors``: one row per (embedder, trait, specimen): the vectors themselves.
     - ``embedder VARCHAR``: embedder name (e.g. ``bioclip``, ``color-pattern``).
@@ -51,13 +63,43 @@ Tables and columns:
     - ``fingerprint JSON``: models and weights of the run; ``config_hash VARCHAR``.
     - ``counts JSON`` (items per outcome), ``timings JSON`` (seconds per stage).
     - ``engine VARCHAR``: ``local`` | ``ray``.
+
+``review_decisions``: a curator's latest verdict per (specimen, trait). Kept across
+    re-indexing: it is not a child of ``specimens``, and a ``correct`` decision is written
+    back into ``trait_masks`` (``source = corrected``) whenever the specimen is re-indexed
+    with the same image content.
+    - ``specimen_id BIGINT``, ``trait_name VARCHAR``: what was reviewed; primary key.
+      ``trait_name`` is ``__specimen__`` for a ``promote`` decision.
+    - ``trait_id INTEGER``: label value of the trait (NULL for ``promote``).
+    - ``decision VARCHAR``: ``accept`` | ``reject`` | ``correct`` | ``promote`` (the
+      specimen became a support of its group).
+    - ``reviewer VARCHAR``, ``decided_at TIMESTAMP``: who and when.
+    - ``content_hash VARCHAR``: sha256 of the image the decision was made on.
+    - ``rle VARCHAR``, ``area BIGINT``, ``bbox_x0 .. bbox_y1 INTEGER``: the corrected mask
+      (``correct`` only), as in ``trait_masks``.
+    - ``note VARCHAR``: free text (``promote``: the support's image path).
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
+
+from sst_search.measure import FIELDS
+
 SPECIMEN_TRAIT = "__specimen__"
 STATUSES = ("indexed", "failed", "no_reference", "pending")
-MASK_SOURCES = ("sst", "provided")
+MASK_SOURCES = ("sst", "provided", "corrected")
+DECISIONS = ("accept", "reject", "correct", "promote")
+#: Columns of ``trait_measurements`` a writer fills, in order (``measured_at`` is set by the store).
+MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_per_mm", "scale_source",
+                       *(f.name for f in FIELDS))
+
+#: Columns a writer supplies for ``specimens`` (``updated_at`` is the store's), with their Arrow types.
+SPECIMEN_COLUMNS = pa.schema([
+    ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
+    ("height", pa.int32()), ("metadata", pa.string()),
+])
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS specimens (
@@ -79,6 +121,20 @@ CREATE TABLE IF NOT EXISTS specimen_metadata (
     value VARCHAR,
     PRIMARY KEY (specimen_id, key)
 );
+CREATE TABLE IF NOT EXISTS review_decisions (
+    specimen_id BIGINT NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    trait_id INTEGER,
+    decision VARCHAR NOT NULL CHECK (decision IN {DECISIONS}),
+    reviewer VARCHAR,
+    decided_at TIMESTAMP NOT NULL,
+    content_hash VARCHAR,
+    rle VARCHAR,
+    area BIGINT,
+    bbox_x0 INTEGER, bbox_y0 INTEGER, bbox_x1 INTEGER, bbox_y1 INTEGER,
+    note VARCHAR,
+    PRIMARY KEY (specimen_id, trait_name)
+);
 CREATE TABLE IF NOT EXISTS trait_masks (
     specimen_id BIGINT NOT NULL,
     trait_id INTEGER NOT NULL,
@@ -88,6 +144,17 @@ CREATE TABLE IF NOT EXISTS trait_masks (
     rle VARCHAR NOT NULL,
     quality DOUBLE,
     source VARCHAR NOT NULL CHECK (source IN {MASK_SOURCES}),
+    PRIMARY KEY (specimen_id, trait_id)
+);
+CREATE TABLE IF NOT EXISTS trait_measurements (
+    specimen_id BIGINT NOT NULL,
+    trait_id INTEGER NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    unit VARCHAR NOT NULL CHECK (unit IN ('px', 'mm')),
+    pixels_per_mm DOUBLE,
+    scale_source VARCHAR,
+    {", ".join(f"{f.name} {f.sql_type}" for f in FIELDS)},
+    measured_at TIMESTAMP NOT NULL,
     PRIMARY KEY (specimen_id, trait_id)
 );
 CREATE TABLE IF NOT EXISTS vectors (
@@ -116,3 +183,38 @@ CREATE TABLE IF NOT EXISTS runs (
     engine VARCHAR
 );
 """
+
+
+def migrate(con) -> None:
+    """Bring a store created by an older version up to this schema.
+
+    Stores created before reviewer corrections existed have a ``trait_masks.source`` CHECK
+    without ``corrected``; DuckDB cannot alter a CHECK, so the table is rebuilt once, in one
+    transaction, keeping every column (including ones added later by ``ALTER TABLE``).
+    """
+    checks = con.execute(
+        "SELECT constraint_text FROM duckdb_constraints() WHERE table_name = 'trait_masks' AND constraint_type = 'CHECK'"
+    ).fetchall()
+    if not checks or any("'corrected'" in text for (text,) in checks):
+        return
+    columns = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'trait_masks' ORDER BY column_index"
+    ).fetchall()
+    create = DDL[DDL.index("CREATE TABLE IF NOT EXISTS trait_masks"):]
+    create = create[: create.index(";") + 1]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("ALTER TABLE trait_masks RENAME TO trait_masks_before_migration")
+        con.execute(create)
+        fresh = {name for (name,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'trait_masks'").fetchall()}
+        for name, dtype in columns:
+            if name not in fresh:
+                con.execute(f'ALTER TABLE trait_masks ADD COLUMN "{name}" {dtype}')
+        names = ", ".join(f'"{name}"' for name, _ in columns)
+        con.execute(f"INSERT INTO trait_masks ({names}) SELECT {names} FROM trait_masks_before_migration")
+        con.execute("DROP TABLE trait_masks_before_migration")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

@@ -1,4 +1,5 @@
-"""Export: measurements as CSV / Parquet, masks as PNG label maps or COCO RLE, the failures list."""
+"""Export: measurements as CSV / Parquet or a Darwin Core Archive, masks as PNG label maps or COCO RLE,
+crops of specimens or traits, the failures list."""
 
 from __future__ import annotations
 
@@ -19,6 +20,17 @@ def _masks_zip(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> byte
 @st.cache_data(show_spinner="Building COCO annotations...")
 def _coco(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
     return export.to_json_bytes(export.coco_dataset(_engine.store, groups=groups))
+
+
+@st.cache_data(show_spinner="Building the Darwin Core Archive...")
+def _dwca(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
+    return export.dwca_zip(_engine.store, groups=groups)
+
+
+@st.cache_data(show_spinner="Cutting out crops...")
+def _crops(_engine: SearchEngine, key: str, groups: tuple[str, ...], trait: str | None, background: str) -> tuple[bytes, list]:
+    skipped: list[tuple[str, str]] = []
+    return export.crops_zip(_engine.store, trait, background, groups, skipped=skipped), skipped
 
 
 def _download(label: str, data: bytes, file_name: str, mime: str, key: str) -> None:
@@ -49,6 +61,19 @@ def render(engine: SearchEngine) -> None:
         _download("Masks (PNG zip)", _masks_zip(engine, key, groups), "masks.zip", "application/zip", "dl_zip")
     with c4:
         _download("Masks (COCO RLE JSON)", _coco(engine, key, groups), "masks_coco.json", "application/json", "dl_coco")
+    _download("Darwin Core Archive (occurrences + MeasurementOrFact)", _dwca(engine, key, groups), "dwca.zip",
+              "application/zip", "dl_dwca")
+
+    st.subheader("Crops")
+    w1, w2 = st.columns(2)
+    whole = "(whole specimen)"
+    trait = w1.selectbox("Cut out", [whole, *sorted(table["trait"].unique())], key="crop_trait")
+    background = w2.radio("Outside the mask", export.BACKGROUNDS, horizontal=True, key="crop_background")
+    if st.button("Make crops", key="make_crops"):
+        data, skipped = _crops(engine, key, groups, None if trait == whole else trait, background)
+        _download("Crops (PNG zip)", data, "crops.zip", "application/zip", "dl_crops")
+        for path, reason in skipped:
+            st.warning(f"skipped {path}: {reason}")
     failures = export.failures_table(engine.store)
     if not failures.empty:
         _download(f"Failed items ({len(failures)}, CSV)", export.to_csv_bytes(failures), "failures.csv", "text/csv",

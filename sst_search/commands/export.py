@@ -1,0 +1,106 @@
+"""``sst-search export measurements|dwca|crops``: results out of an index, for analysis elsewhere."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+export_app = typer.Typer(no_args_is_help=True, help="Measurements (CSV/Parquet), a Darwin Core Archive, or crops.")
+
+_DB = typer.Option(..., "--db", help="Index (DuckDB catalog); its latest published snapshot is read.")
+_WHERE = typer.Option(None, "--where", help="Filter, e.g. 'forewing_band.area_mm2 > 40' or 'locality contains Ridge' (repeatable).")
+_GROUP = typer.Option(None, "--group", help="Only this group (repeatable).")
+
+
+@contextmanager
+def _scope(db: Path, where: list[str] | None, group: list[str] | None):
+    """``(store, specimen ids or None)`` of the published snapshot, filters applied; exit 2 on bad input."""
+    from ..query import QueryError, SearchEngine, parse_filter
+
+    try:
+        engine = SearchEngine.open(db)
+    except (FileNotFoundError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with engine:
+        try:
+            ids = engine.filter_ids([parse_filter(w) for w in where or []]) if where else None
+        except QueryError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        yield engine.store, (None if ids is None else ids.tolist()), (list(group) if group else None)
+
+
+def measurements(
+    db: Path = _DB,
+    out: Path = typer.Option(..., "--out", help="FILE.csv or FILE.parquet."),
+    where: list[str] | None = _WHERE,
+    group: list[str] | None = _GROUP,
+) -> None:
+    """One row per specimen x trait: ids, metadata (catalogNumber, scientificName, ...), mask
+    area/box/quality/source and every measurement (mm when a scale is known; see `unit`)."""
+    from .. import export
+
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise typer.BadParameter(f"{out}: use a .csv or .parquet file name", param_hint="--out")
+    with _scope(db, where, group) as (store, ids, groups):
+        table = export.measurements_table(store, groups=groups, specimen_ids=ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(export.to_csv_bytes(table) if out.suffix.lower() == ".csv" else export.to_parquet_bytes(table))
+    console.print(f"wrote {out}: {len(table)} rows ({table['specimen_id'].nunique()} specimens)")
+
+
+def dwca(
+    db: Path = _DB,
+    out: Path = typer.Option(..., "--out", help="FILE.zip"),
+    where: list[str] | None = _WHERE,
+    group: list[str] | None = _GROUP,
+) -> None:
+    """A Darwin Core Archive: Occurrence core + MeasurementOrFact extension (type, value, unit,
+    method naming the model, weights sha256 and references)."""
+    from .. import export
+
+    with _scope(db, where, group) as (store, ids, groups):
+        data = export.dwca_zip(store, groups=groups, specimen_ids=ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    console.print(f"wrote {out} ({len(data):,} bytes)")
+
+
+def crops(
+    db: Path = _DB,
+    out: Path = typer.Option(..., "--out", help="Folder for the PNG crops."),
+    trait: str | None = typer.Option(None, "--trait", help="Cut out this trait (default: the whole specimen, all traits)."),
+    background: str = typer.Option("transparent", "--background", help="transparent (alpha = mask) | black."),
+    where: list[str] | None = _WHERE,
+    group: list[str] | None = _GROUP,
+) -> None:
+    """Each specimen (or one trait) cut out of its image at its box, outside the mask transparent or black.
+
+    Exit status: 0 written, 1 some images could not be read (the rest are written), 2 bad input.
+    """
+    from .. import export
+
+    if background not in export.BACKGROUNDS:
+        raise typer.BadParameter(f"choose one of {export.BACKGROUNDS}", param_hint="--background")
+    skipped: list[tuple[str, str]] = []
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with _scope(db, where, group) as (store, ids, groups):
+        for name, crop in export.iter_crops(store, trait, background, groups, ids, skipped=skipped):
+            (out / name).write_bytes(export.png_bytes(crop))
+            written += 1
+    console.print(f"wrote {written} crops to {out}")
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    if skipped:
+        raise typer.Exit(1)
+
+
+export_app.command()(measurements)
+export_app.command()(dwca)
+export_app.command()(crops)

@@ -1,0 +1,225 @@
+"""Trait measurements: shape (scikit-image ``regionprops``) and colour of each trait's pixels.
+
+Biologists segment traits in order to measure them, so every mask written to the catalog
+gets a row of measurements. Lengths and areas are in pixels; when a scale is known
+(``pixelsPerMM`` of the item, a column named in the config, or one value for the whole
+collection) the millimetre columns are filled too, and the row records the scale and where
+it came from. Without a scale the mm columns stay NULL and ``unit`` says ``px``.
+
+:data:`FIELDS` is the vocabulary: the catalog's ``trait_measurements`` columns, the
+measurement filters (``forewing_band.area_mm2 > 40``) and the exports all use these names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .store import Store
+
+#: Default metadata column holding an item's scale (pixels per millimetre).
+SCALE_COLUMN = "pixelsPerMM"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One measurement: its column name, unit and meaning (used for DwC measurementType)."""
+
+    name: str
+    unit: str
+    description: str
+    sql_type: str = "DOUBLE"
+
+
+#: Every measurement column, in catalog order. ``px``/``px2`` columns are always filled; the
+#: ``mm``/``mm2`` twins only when a scale is known.
+FIELDS: tuple[Field, ...] = (
+    Field("area_px", "px2", "trait area"),
+    Field("perimeter_px", "px", "trait perimeter (through boundary pixel centres)"),
+    Field("bbox_width_px", "px", "bounding box width"),
+    Field("bbox_height_px", "px", "bounding box height"),
+    Field("centroid_x", "px", "centroid column in the image"),
+    Field("centroid_y", "px", "centroid row in the image"),
+    Field("major_axis_px", "px", "major axis length of the ellipse with the same second moments"),
+    Field("minor_axis_px", "px", "minor axis length of the ellipse with the same second moments"),
+    Field("orientation_deg", "degree", "major axis angle from the image horizontal, counter-clockwise on screen"),
+    Field("eccentricity", "1", "eccentricity of the ellipse with the same second moments"),
+    Field("solidity", "1", "area / convex hull area"),
+    Field("area_mm2", "mm2", "trait area"),
+    Field("perimeter_mm", "mm", "trait perimeter"),
+    Field("bbox_width_mm", "mm", "bounding box width"),
+    Field("bbox_height_mm", "mm", "bounding box height"),
+    Field("major_axis_mm", "mm", "major axis length"),
+    Field("minor_axis_mm", "mm", "minor axis length"),
+    Field("L_mean", "1", "mean CIELAB L* (D65) of the trait's pixels"),
+    Field("a_mean", "1", "mean CIELAB a*"),
+    Field("b_mean", "1", "mean CIELAB b*"),
+    Field("L_median", "1", "median CIELAB L*"),
+    Field("a_median", "1", "median CIELAB a*"),
+    Field("b_median", "1", "median CIELAB b*"),
+    Field("red_mean", "1", "mean sRGB red (0-255)"),
+    Field("green_mean", "1", "mean sRGB green (0-255)"),
+    Field("blue_mean", "1", "mean sRGB blue (0-255)"),
+    Field("red_median", "1", "median sRGB red (0-255)"),
+    Field("green_median", "1", "median sRGB green (0-255)"),
+    Field("blue_median", "1", "median sRGB blue (0-255)"),
+    Field("dominant_color", "hex", "mean sRGB of the most frequent colour bin (8 levels per channel)", "VARCHAR"),
+    Field("dominant_share", "1", "share of the trait's pixels in the dominant colour bin"),
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+#: pixel-unit column -> (mm column, power of the scale it is divided by)
+_MM_TWINS = {
+    "area_px": ("area_mm2", 2), "perimeter_px": ("perimeter_mm", 1), "bbox_width_px": ("bbox_width_mm", 1),
+    "bbox_height_px": ("bbox_height_mm", 1), "major_axis_px": ("major_axis_mm", 1), "minor_axis_px": ("minor_axis_mm", 1),
+}
+#: Colour bins per sRGB channel for the dominant colour (256 / 8 = 32 levels a bin).
+_DOMINANT_LEVELS = 8
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Pixels per millimetre and where that number came from (None: unknown, values stay px)."""
+
+    pixels_per_mm: float | None = None
+    source: str | None = None
+
+    @property
+    def unit(self) -> str:
+        return "mm" if self.pixels_per_mm else "px"
+
+
+def resolve_scale(metadata: Mapping[str, str], column: str = SCALE_COLUMN, pixels_per_mm: float | None = None) -> Scale:
+    """An item's own ``column`` value wins over a collection-wide ``pixels_per_mm``.
+
+    An item value that is not a positive number is not used, and the source says so
+    (``invalid metadata:<column> (<value>)``): one bad cell must not stop a batch, nor be
+    silently replaced by the collection's scale.
+    """
+    if pixels_per_mm is not None and not pixels_per_mm > 0:
+        raise ValueError(f"pixels per mm must be positive, got {pixels_per_mm}")
+    raw = metadata.get(column)
+    if raw not in (None, ""):
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            return Scale(None, f"invalid metadata:{column} ({raw!r})")
+        return Scale(value, f"metadata:{column}")
+    if pixels_per_mm is not None:
+        return Scale(float(pixels_per_mm), "collection")
+    return Scale()
+
+
+def measure_mask(mask: np.ndarray, image: np.ndarray | None, scale: Scale = Scale()) -> dict[str, float | str | None]:
+    """Shape and colour measurements of one trait mask (all pixels of the trait form one region).
+
+    ``image`` is the RGB uint8 image the mask belongs to; without it colour fields are None.
+    """
+    from skimage.measure import regionprops
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("cannot measure an empty mask")
+    props = regionprops(mask.astype(np.uint8))[0]
+    y0, x0, y1, x1 = props.bbox
+    orientation = math.degrees(props.orientation) - 90.0  # skimage: from the row axis; here: from the horizontal
+    if orientation <= -90.0:
+        orientation += 180.0
+    out: dict[str, float | str | None] = dict.fromkeys(FIELD_NAMES)
+    out.update({
+        "area_px": float(props.area), "perimeter_px": float(props.perimeter),
+        "bbox_width_px": float(x1 - x0), "bbox_height_px": float(y1 - y0),
+        "centroid_x": float(props.centroid[1]), "centroid_y": float(props.centroid[0]),
+        "major_axis_px": float(props.axis_major_length), "minor_axis_px": float(props.axis_minor_length),
+        "orientation_deg": orientation, "eccentricity": float(props.eccentricity), "solidity": float(props.solidity),
+    })
+    if scale.pixels_per_mm:
+        for px, (mm, power) in _MM_TWINS.items():
+            out[mm] = out[px] / scale.pixels_per_mm**power
+    if image is not None:
+        out.update(colour_stats(np.asarray(image)[mask]))
+    return out
+
+
+def colour_stats(pixels: np.ndarray) -> dict[str, float | str]:
+    """Mean and median in sRGB (0-255) and CIELAB (D65), and the dominant colour, of ``(n, 3)`` uint8 pixels."""
+    from skimage.color import rgb2lab
+
+    rgb = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3)
+    lab = rgb2lab(rgb[None].astype(np.float64) / 255.0)[0]
+    out: dict[str, float | str] = {}
+    for i, ch in enumerate(("red", "green", "blue")):
+        out[f"{ch}_mean"] = float(rgb[:, i].mean())
+        out[f"{ch}_median"] = float(np.median(rgb[:, i]))
+    for i, ch in enumerate("Lab"):
+        out[f"{ch}_mean"] = float(lab[:, i].mean())
+        out[f"{ch}_median"] = float(np.median(lab[:, i]))
+    step = 256 // _DOMINANT_LEVELS
+    bins = (rgb // step).astype(np.int64)
+    codes = (bins[:, 0] * _DOMINANT_LEVELS + bins[:, 1]) * _DOMINANT_LEVELS + bins[:, 2]
+    counts = np.bincount(codes)
+    top = int(np.argmax(counts))
+    r, g, b = (int(round(v)) for v in rgb[codes == top].mean(axis=0))
+    out["dominant_color"] = f"#{r:02x}{g:02x}{b:02x}"
+    out["dominant_share"] = float(counts[top] / len(codes))
+    return out
+
+
+def measure_label_map(
+    label_map: np.ndarray, image: np.ndarray | None, trait_names: Mapping[int, str], scale: Scale = Scale()
+) -> list[dict]:
+    """One measurement row per named trait present in ``label_map`` (``trait_id``, ``trait_name``,
+    ``unit``, ``pixels_per_mm``, ``scale_source`` and every :data:`FIELDS` column)."""
+    rows = []
+    for tid, name in sorted(trait_names.items()):
+        mask = label_map == tid
+        if mask.any():
+            rows.append({"trait_id": int(tid), "trait_name": name, "unit": scale.unit,
+                         "pixels_per_mm": scale.pixels_per_mm, "scale_source": scale.source,
+                         **measure_mask(mask, image, scale)})
+    return rows
+
+
+def remeasure(
+    store: Store, scale_column: str = SCALE_COLUMN, pixels_per_mm: float | None = None, commit_every: int = 64,
+    progress: Callable[[], None] | None = None,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Measure every indexed specimen again from its stored masks (no re-segmenting): how an
+    existing store gets measurements, or new ones after a change of scale.
+
+    Returns ``(specimens measured, [(path, problem), ...])``. An image that cannot be read
+    still gets its shape measured (colour left empty) and is listed; work is committed
+    every ``commit_every`` specimens, so an interrupted re-run keeps what it finished.
+    """
+    from .images import ImageLoadError, load_image
+
+    resolve_scale({}, scale_column, pixels_per_mm)  # a bad collection-wide scale fails before any work
+    pending: dict[int, list[dict]] = {}
+    measured, problems = 0, []
+    for sid, path, metadata in store.indexed_specimens():
+        label_map = store.label_map(sid)
+        if label_map is not None:
+            try:
+                image = load_image(path)
+                if image.shape[:2] != label_map.shape:
+                    raise ImageLoadError(path, f"image is {image.shape[1]}x{image.shape[0]}, its masks "
+                                               f"{label_map.shape[1]}x{label_map.shape[0]}; it changed since indexing")
+            except ImageLoadError as exc:
+                image = None
+                problems.append((path, f"colour not measured: {exc}"))
+            names = {m.trait_id: m.trait_name for m in store.trait_masks(sid)}
+            pending[sid] = measure_label_map(label_map, image, names, resolve_scale(metadata, scale_column, pixels_per_mm))
+            measured += 1
+        if len(pending) >= commit_every:
+            store.replace_measurements(pending)
+            pending = {}
+        if progress is not None:
+            progress()
+    store.replace_measurements(pending)
+    return measured, problems

@@ -1,0 +1,127 @@
+"""The review queue finds low-confidence, unusual and missing masks; decisions survive re-indexing;
+promoting a specimen to a support changes only its group's fingerprint."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sst_search.cli import app
+from sst_search.images import save_mask
+from sst_search.references import load_references, references_fingerprint
+from sst_search.review import decide, promote
+from sst_search.store import Store
+from sst_search.store.review import decisions, review_queue
+from tests.review_store import LOW_QUALITY, WIDTHS, build_review_store, records
+from tests.review_store import sid as _sid
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return build_review_store(tmp_path)
+
+
+def _flags(store) -> dict[tuple[int, str], str]:
+    return {(item.specimen_id, item.trait_name): "; ".join(item.reasons) for item in review_queue(store)}
+
+
+def test_queue_flags_low_confidence_unusual_area_and_missing_traits(db):
+    with Store.open(db, read_only=True) as store:
+        flags = _flags(store)
+    assert set(flags) == {(_sid(LOW_QUALITY), "band"), (_sid(4), "band"), (_sid(5), "spot")}
+    assert flags[(_sid(LOW_QUALITY), "band")].startswith("low quality (0.20")
+    assert "area large for its group" in flags[(_sid(4), "band")]
+    assert flags[(_sid(5), "spot")].startswith("trait missing")
+
+
+def test_decisions_leave_the_queue_and_corrections_survive_reindexing(db):
+    corrected = np.zeros((20, 48), bool)
+    corrected[2:12, 2:12] = True
+    decide(db, _sid(4), "band", "correct", "ana", mask=corrected, publish=False)
+    decide(db, _sid(LOW_QUALITY), "band", "accept", "ben", publish=False)
+    with Store.open(db) as store:
+        assert set(_flags(store)) == {(_sid(5), "spot")}
+        (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
+        assert band.source == "corrected" and np.array_equal(band.mask(), corrected)
+        assert {(d["trait_name"], d["decision"], d["reviewer"]) for d in decisions(store)} == {
+            ("band", "correct", "ana"), ("band", "accept", "ben")}
+
+        store.write_batch(records(db.parent))  # a re-index of the same images brings back SST's masks...
+        (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
+        assert band.source == "corrected" and np.array_equal(band.mask(), corrected)  # ...but the correction wins
+        assert len(decisions(store)) == 2
+
+        store.write_batch(records(db.parent, content="v2"))  # the image itself changed: the old correction no longer applies
+        (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
+        assert band.source == "sst" and band.area == 10 * WIDTHS[4]
+        assert len(decisions(store)) == 2
+
+
+def test_review_cli_lists_accepts_rejects_and_corrects(db, tmp_path):
+    runner = CliRunner()
+    listed = runner.invoke(app, ["review", "list", "--db", str(db)])
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split("\t") for line in listed.stdout.splitlines()[1:]]
+    assert {(int(r[0]), r[2]) for r in rows} == {(_sid(LOW_QUALITY), "band"), (_sid(4), "band"), (_sid(5), "spot")}
+
+    assert runner.invoke(app, ["review", "reject", str(_sid(4)), "band", "--db", str(db), "--by", "ana"]).exit_code == 0
+    mask = tmp_path / "fix.png"
+    fix = np.zeros((20, 48), np.uint8)
+    fix[15:18, 40:44] = 255
+    save_mask(mask, fix)
+    done = runner.invoke(app, ["review", "correct", str(_sid(5)), "spot", "--mask", str(mask), "--db", str(db)])
+    assert done.exit_code == 0, done.output
+    bad = runner.invoke(app, ["review", "accept", str(_sid(1)), "wings", "--db", str(db)])
+    assert bad.exit_code == 2 and "trait 'wings' is unknown in its group" in bad.output
+
+    remaining = runner.invoke(app, ["review", "list", "--db", str(db)]).stdout.splitlines()[1:]
+    assert [line.split("\t")[:3] for line in remaining] == [[str(_sid(LOW_QUALITY)), "g", "band"]]
+    decided = runner.invoke(app, ["review", "list", "--db", str(db), "--all"]).stdout.splitlines()[1:]
+    assert {(line.split("\t")[2], line.split("\t")[4]) for line in decided} == {("band", ""), ("band", "reject")}
+    with Store.open(db, read_only=True) as store:
+        (spot,) = [m for m in store.trait_masks(_sid(5)) if m.trait_name == "spot"]
+        assert spot.source == "corrected" and spot.area == 12  # the added trait no longer counts as missing
+
+
+def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_path_factory, tmp_path):
+    from indexer.collection import load_collection
+    from indexer.plan import make_plan
+    from tests.ui_index import UI_CONFIG, build_ui_index
+
+    source = build_ui_index(tmp_path_factory.getbasetemp())
+    db = tmp_path / "index.duckdb"
+    shutil.copy(source, db)
+    refs = tmp_path / "refs"
+    shutil.copytree(source.parent / "collection" / "references", refs)
+    before = {g: references_fingerprint(s) for g, s in load_references(refs).items()}
+    with Store.open(db, read_only=True) as store:
+        group = sorted(before)[-1]
+        sid = next(s for s in store.filter_specimens(group=group) if store.trait_masks(s))
+        stem = Path(store.get_specimen(sid)["path"]).stem
+        embedder = store.get_specimen(sid)["fingerprint"]["embedder"]
+        states = store.specimen_states()
+        indexed = {s for s, (_, _, status) in states.items() if status == "indexed"}
+        in_group = set(store.filter_specimens(group=group))
+
+    def replanned() -> set[int]:
+        """Indexed specimens the next index run would re-do."""
+        items = load_collection(source.parent / "collection" / "manifest.csv")
+        plan = make_plan(items, states, UI_CONFIG, refs, embedder)
+        return {u.specimen_ids[i.key] for u in plan.units for i in u.items} & indexed
+
+    assert replanned() == set()
+
+    support = promote(db, sid, refs, reviewer="ana", publish=False)
+    after_refs = load_references(refs)
+    assert stem in [s.id for s in after_refs[group]] and Path(support.image_path).parent == refs / group
+    after = {g: references_fingerprint(s) for g, s in after_refs.items()}
+    assert {g for g in before if before[g] != after[g]} == {group}
+    assert replanned() == in_group
+    with Store.open(db, read_only=True) as store:
+        assert [(d["decision"], d["note"]) for d in decisions(store, sid)] == [("promote", support.image_path)]
+    # promoting it again never overwrites the first support
+    again = promote(db, sid, refs, publish=False)
+    assert Path(again.image_path).stem == f"{stem}-2" and len(load_references(refs)[group]) == len(after_refs[group]) + 1
