@@ -162,16 +162,22 @@ def test_reading_a_fifo_or_device_never_blocks(tmp_path):
 
 @pytest.mark.parametrize("text", [
     "![x](http://example.org/pixel.png)", "[click](javascript:alert(1))", "images/a `b` c.png", "**bold** _it_",
-    "<img src=x onerror=alert(1)>", "# heading", "$x^2$", "a | b", "1. list", "line\nbreak", "back\\slash",
+    "<img src=x onerror=alert(1)>", "# heading", "$x^2$", "a | b", "1. list", "- item", "> quote", "line\nbreak",
+    "back\\slash",
 ])
 def test_manifest_text_and_file_names_render_literally(text):
-    html = MarkdownIt("commonmark").enable("table").render(f"**Path:** {md(text)}")
-    assert "<img" not in html and "<a " not in html and "<code>" not in html and "<em>" not in html
-    assert "<h1>" not in html and "<ol>" not in html
-    plain = html.replace("<p><strong>Path:</strong> ", "").replace("</p>\n", "")
     import html as html_lib
 
-    assert html_lib.unescape(plain) == text.replace("\n", " ")
+    for prefix in ("**Path:** ", ""):  # inside a line, and as a line of its own (a caption line)
+        html = MarkdownIt("commonmark").enable("table").render(prefix + md(text))
+        assert "<img" not in html and "<a " not in html and "<code>" not in html and "<em>" not in html
+        assert "<h1>" not in html and "<ol>" not in html and "<table>" not in html
+        plain = html.replace("<p>", "").replace("<strong>Path:</strong> ", "").replace("</p>\n", "")
+        assert html_lib.unescape(plain) == text.replace("\n", " ")
+
+
+def test_catalog_numbers_keep_their_hyphens():
+    assert md("SYN-000001") == "SYN-000001"
 
 
 # -- manifests and folders ------------------------------------------------------------------------------

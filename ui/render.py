@@ -21,15 +21,18 @@ from .state import cache_key, open_specimen, specimen_image
 CARD_FIELDS = ("catalogNumber", "scientificName", "locality")
 
 
-#: Characters Markdown (and Streamlit's LaTeX) would interpret.
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:])")
+#: Characters Markdown (and Streamlit's LaTeX, GFM tables and autolinks) read anywhere in a line.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]!|<>~$&:])")
+#: What makes a line a heading, quote, list item or rule.
+_MARKDOWN_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
 
 
 def md(text: object) -> str:
     """``text`` shown literally in Markdown: manifest values and file names are data, never markup
     (``![x](http://...)`` in a catalogNumber must not load an image, a backtick in a file name must
-    not end a code span)."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text)).replace("\n", " ")
+    not end a code span). Hyphens and dots inside the text stay as they are (``SYN-000001``)."""
+    escaped = _MARKDOWN_INLINE.sub(r"\\\1", " ".join(str(text).splitlines()))
+    return _MARKDOWN_LINE_START.sub(lambda m: m[1] + ("\\" + m[2] if not m[2][0].isdigit() else m[2] + "\\"), escaped)
 
 
 def trait_label(trait: str) -> str:
