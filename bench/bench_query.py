@@ -40,7 +40,8 @@ import psutil
 import pyarrow as pa
 
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import IndexConfig, Store, encode_mask
+from sst_search.config import IndexConfig
+from sst_search.store import Store, encode_mask
 from sst_search.store import indexes as ix
 
 EMBEDDER, TRAIT = "bench", "forewing_band"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
-from sst_search.store import IndexConfig, Store
+from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.snapshots import publish_snapshot
@@ -23,7 +24,7 @@ from sst_search.store.snapshots import publish_snapshot
 from .collection import load_collection
 from .plan import make_plan
 from .runners import make_runner
-from .worker import Worker, build_embedder
+from .worker import Worker
 
 log = logging.getLogger("sst_search.indexer")
 
@@ -40,6 +41,8 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     weights_random: bool = False
+    #: path -> status (``failed`` or ``no_reference``) of each entry of ``failures``
+    failure_status: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -57,8 +60,14 @@ def run_index(
     default_group: str | None = None,
     quiet: bool = True,
     allow_mass_removal: bool = False,
+    tracker=None,
+    embedder=None,
 ) -> RunSummary:
-    """Index ``collection`` into ``db`` and publish a verified snapshot.
+    """Index ``collection`` into the store at ``db`` and publish a verified snapshot.
+
+    ``tracker`` and ``embedder``, when given, are used instead of building the models
+    ``config`` describes (they must be what it describes: the plan fingerprints the
+    config). They live in this process, so they need the local engine.
 
     Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
     when the run would remove or fail more than ``config.indexer.max_removal_share`` of the
@@ -66,11 +75,12 @@ def run_index(
     unless ``allow_mass_removal``).
     """
     started = time.perf_counter()
+    if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
+        raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
     items = load_collection(collection, default_group=default_group)
-    worker = Worker(config, references) if config.indexer.engine == "local" else None
+    worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
-    index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
-    with Store.open(db, index_config=index_config) as store:
+    with Store.open(db, index_config=config.index) as store:
         damage = store.verify(indexes=False)
         if damage:
             raise StoreDamagedError(damage, "nothing was indexed; " + repair_hint(db))
@@ -92,6 +102,7 @@ def run_index(
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
         failures: list[tuple[str, str]] = list(plan.rejected)
         counts["failed"] += len(plan.rejected)
+        failure_status: dict[str, str] = {}
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None
         try:
@@ -104,6 +115,7 @@ def run_index(
                         counts[r.status] += 1
                         if r.status != "indexed":
                             failures.append((r.path, r.error or r.status))
+                            failure_status[r.path] = r.status
                     bar.update(len(records))
                     if quiet:
                         log.info("committed %d/%d", sum(counts[s] for s in ("indexed", "failed", "no_reference")), plan.todo)
@@ -122,7 +134,7 @@ def run_index(
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status)
 
 
 def _guard_removals(plan, max_share: float, store: Store) -> None:
@@ -148,4 +160,4 @@ def _guard_removals(plan, max_share: float, store: Store) -> None:
 def _embedder_fingerprint(config: Config) -> dict:
     """The driver of a Ray job needs the embedder's fingerprint to plan; building the
     embedder once here is the only way to know the resolved weights' digest."""
-    return build_embedder(config).fingerprint
+    return embedder_from_config(config.embedding).fingerprint

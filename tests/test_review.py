@@ -125,3 +125,35 @@ def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_p
     # promoting it again never overwrites the first support
     again = promote(db, sid, refs, publish=False)
     assert Path(again.image_path).stem == f"{stem}-2" and len(load_references(refs)[group]) == len(after_refs[group]) + 1
+
+
+def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):
+    from sst_search.embed import create_embedder
+    from sst_search.images import load_image
+    from tests.ui_index import build_ui_index
+
+    source = build_ui_index(tmp_path_factory.getbasetemp())
+    db = tmp_path / "index.duckdb"
+    shutil.copy(source, db)
+    with Store.open(db, read_only=True) as store:
+        sid = next(s for s in store.filter_specimens() if store.trait_masks(s))
+        trait = store.trait_masks(sid)[0]
+        image = load_image(store.get_specimen(sid)["path"])
+    corrected = np.zeros(image.shape[:2], bool)
+    corrected[5:25, 10:40] = True
+    embedder = create_embedder("color-pattern")
+
+    assert decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, embedder=embedder, publish=False) == []
+    with Store.open(db) as store:
+        label_map = store.label_map(sid)
+        (mask,) = [m for m in store.trait_masks(sid) if m.trait_id == trait.trait_id]
+        assert mask.source == "corrected"
+        want = embedder.embed_traits(image, label_map, [trait.trait_id])[trait.trait_id]
+        ids, matrix = store.get_vectors(embedder.name, trait.trait_name, [sid])
+        assert list(ids) == [sid] and np.allclose(matrix[0], want, atol=1e-6)
+        assert store.search(embedder.name, trait.trait_name, want[None], k=1)[0][0][0] == sid  # FAISS follows
+        frame = store.measurements_frame(specimen_ids=[sid])
+        row = frame[frame["trait_id"] == trait.trait_id].iloc[0]
+        assert row["area_px"] == np.count_nonzero(label_map == trait.trait_id) and row["source"] == "corrected"
+    assert decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, publish=False)[0].startswith(
+        f"the vector of {trait.trait_name!r} still describes the earlier mask")

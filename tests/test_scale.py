@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import IndexConfig, Store
+from sst_search.config import IndexConfig
+from sst_search.store import Store
 from sst_search.store.planner import PlanConfig
 
 N, DIM, EMBEDDER, TRAIT = 50_000, 8, "e", "t"
@@ -27,7 +28,7 @@ def catalog(tmp_path_factory):
     locality[np.flatnonzero(locality == "common")[: N // 100]] = "one-percent"
     groups = np.array([f"g{i % 2}" for i in range(N)])
     db = tmp_path_factory.mktemp("scale") / "scale.duckdb"
-    with Store.open(db, index_config=IndexConfig(exact_max=1_000)) as store:
+    with Store.open(db, index_config=IndexConfig(exact_threshold=1_000, approximate="ivf")) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in range(N)], "group_name": groups,
                       "status": ["indexed"] * N}),

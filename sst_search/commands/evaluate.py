@@ -8,12 +8,13 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
+from ..builder import build_tracker
 from ..evaluation import DatasetFormatError, EvaluationInputError, evaluate_folders
 from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
 from ..evaluation.retrieval import GROUP, evaluate_retrieval
 from ..references import ReferenceError
 from ..store import Store
-from ..tracking import MODES, build_tracker
+from ..tracking import MODES
 from ..weights import SAM2_MODELS, WeightsError
 
 console = Console()

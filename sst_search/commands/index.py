@@ -85,6 +85,15 @@ def index(
     raise typer.Exit(summary.exit_code)
 
 
+def failure_line(status: str, path: str, error: str | None) -> str:
+    """One item that was not indexed, the same in the run summary and in ``status``: its
+    status (``failed`` / ``no_reference``), its path once, and why."""
+    reason = error or status
+    if reason.startswith(f"{path}: "):
+        reason = reason[len(path) + 2:]
+    return f"[red]{status}[/red] {path}: {reason}"
+
+
 def print_summary(summary) -> None:
     if summary.weights_random:
         console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
@@ -102,7 +111,7 @@ def print_summary(summary) -> None:
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
     for path, reason in summary.failures[:10]:
-        console.print(f"[red]failed[/red] {escape(path)}: {escape(reason)}")
+        console.print(failure_line(summary.failure_status.get(path, "failed"), escape(path), escape(reason)), soft_wrap=True)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
 
@@ -145,4 +154,4 @@ def _print_status(store: Store) -> None:
         console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: "
                       f"{escape(str(last['counts']))}")
     for path, st_, error in store.unindexed():
-        console.print(f"[red]{st_}[/red] {escape(path)}: {escape(str(error))}")
+        console.print(failure_line(st_, escape(path), escape(str(error or st_))), soft_wrap=True)

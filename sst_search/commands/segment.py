@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..builder import build_tracker
 from ..references import ReferenceError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES, build_tracker
+from ..tracking import MODES
 from ..weights import SAM2_MODELS, WeightsError
 
 console = Console(stderr=True)

@@ -26,7 +26,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from sst_search.store import indexes as ix
+from sst_search.config import IndexConfig
+from sst_search.store import indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
@@ -80,12 +81,12 @@ def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
 class Store:
     """Catalog + vector indexes of one collection. Use :meth:`open`."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, config: ix.IndexConfig,
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
                  plan: PlanConfig) -> None:
         self.db_path = db_path
         self.con = con
         self.read_only = read_only
-        self.config = config
+        self.index_config = index_config
         self.plan = plan
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
@@ -99,10 +100,14 @@ class Store:
         cls,
         db_path: str | Path,
         read_only: bool = False,
-        index_config: ix.IndexConfig | None = None,
+        index_config: IndexConfig | None = None,
         plan: PlanConfig | None = None,
     ) -> Store:
         """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
+
+        ``index_config`` (writers only) says which FAISS index kinds to build; it is recorded
+        in the store, and every later opening (a reader rebuilding a stale file, a writer
+        given none) uses the recorded one, so all of them build the kind the writer chose.
 
         A writer repairs stale or missing FAISS files right away, so a crashed run leaves
         nothing behind for the next one to trip over. ``plan`` says when a filtered search
@@ -111,6 +116,8 @@ class Store:
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
             raise FileNotFoundError(f"{db_path}: no such store")
+        if not read_only:  # a new store in a new folder: DuckDB would blame a lock instead
+            db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
         except duckdb.Error as exc:
@@ -122,19 +129,23 @@ class Store:
                 ) from exc
             raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
                                     repair_hint(db_path)) from exc
-        store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), plan or PlanConfig())
-        if not read_only:
-            try:
+        store = cls(db_path, con, read_only, IndexConfig(), plan or PlanConfig())
+        try:
+            if not read_only:
                 store._exec(DDL)
                 migrate(store.con)
-                ix.remove_leftovers(store.faiss_dir)
+                if index_config is not None:
+                    store._record_index_config(index_config)
+            store.index_config = store._recorded_index_config()
+            if not read_only:
+                indexes.remove_leftovers(store.faiss_dir)
                 store.repair_indexes()
-            except Exception as exc:
-                con.close()
-                fault = storage_fault(exc)
-                if fault is None or isinstance(fault, StoreDamagedError):
-                    raise
-                raise StoreDamagedError([vf.Problem(str(db_path), str(fault), "database")], repair_hint(db_path)) from exc
+        except Exception as exc:
+            con.close()
+            fault = storage_fault(exc)
+            if fault is None or isinstance(fault, StoreDamagedError):
+                raise
+            raise StoreDamagedError([vf.Problem(str(db_path), str(fault), "database")], repair_hint(db_path)) from exc
         return store
 
     def close(self) -> None:
@@ -348,7 +359,7 @@ class Store:
         self._require_writer()
         for key in sorted(self._dirty):
             index, generation = self._indexes[key]
-            ix.save_index(self.faiss_dir, *key, index, generation)
+            indexes.save_index(self.faiss_dir, *key, index, generation)
         self._dirty.clear()
 
     def repair_indexes(self, deep: bool = False) -> list[IndexKey]:
@@ -360,7 +371,7 @@ class Store:
         repaired = []
         for embedder, trait, generation, dim in vf.index_states(self.con):
             key = (embedder, trait)
-            manifest = ix.read_manifest(self.faiss_dir, *key)
+            manifest = indexes.read_manifest(self.faiss_dir, *key)
             if deep:
                 damaged = bool(vf.check_index(self.con, self.faiss_dir, key, generation, dim))
             else:
@@ -588,7 +599,7 @@ class Store:
         }
         index_rows = []
         for key, generation in sorted(self._generations().items()):
-            manifest = ix.read_manifest(self.faiss_dir, *key)
+            manifest = indexes.read_manifest(self.faiss_dir, *key)
             if manifest is None:
                 state = "missing"
             elif manifest.get("generation") != generation:
@@ -639,6 +650,20 @@ class Store:
         cur = self.con.execute(sql, params or [])
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def _record_index_config(self, config: IndexConfig) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO store_settings (key, value) VALUES ('index_config', ?)",
+            [config.model_dump_json()],
+        )
+
+    def _recorded_index_config(self) -> IndexConfig:
+        """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
+        try:
+            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+        except duckdb.CatalogException:  # a read-only store written before the table existed
+            return IndexConfig()
+        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
@@ -691,21 +716,21 @@ class Store:
 
     def _load_trusted(self, key: IndexKey, generation: int) -> faiss.Index | None:
         """The file's index when its manifest, size, checksum and count vouch for it, else None."""
-        manifest = ix.read_manifest(self.faiss_dir, *key)
+        manifest = indexes.read_manifest(self.faiss_dir, *key)
         if manifest is None or manifest.get("generation") != generation or not _size_matches(self.faiss_dir, key, manifest):
             return None
-        path = ix.index_paths(self.faiss_dir, *key)[0]
+        path = indexes.index_paths(self.faiss_dir, *key)[0]
         if manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
             return None
         try:
-            index = ix.load_index(self.faiss_dir, *key)
+            index = indexes.load_index(self.faiss_dir, *key)
         except RuntimeError:
             return None
         return index if index.ntotal == manifest.get("count", index.ntotal) else None
 
     def _rebuild(self, key: IndexKey) -> faiss.Index:
         ids, matrix = self.get_vectors(*key)
-        return ix.build_index(matrix, ids, self._dims()[key], self.config)
+        return indexes.build_index(matrix, ids, self._dims()[key], self.index_config)
 
     def _apply(
         self,
@@ -728,8 +753,8 @@ class Store:
             cached = self._indexes.get(key)
             index = cached[0] if cached is not None else None
             if index is None and count == len(vids) and matrix is not None:
-                index = ix.build_index(matrix, vids, matrix.shape[1], self.config)
-            elif index is None or ix.needs_rebuild(index, count, self.config) or not ix.supports_removal(index):
+                index = indexes.build_index(matrix, vids, matrix.shape[1], self.index_config)
+            elif index is None or indexes.needs_rebuild(index, count, self.index_config) or not indexes.supports_removal(index):
                 index = self._rebuild(key)
             else:
                 index.remove_ids(faiss.IDSelectorBatch(removed))
@@ -752,7 +777,7 @@ def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: st
 def _size_matches(faiss_dir: Path, key: IndexKey, manifest: dict) -> bool:
     """Cheap check that catches truncated files (manifests older than the size field pass)."""
     size = manifest.get("bytes")
-    return size is None or ix.index_paths(faiss_dir, *key)[0].stat().st_size == size
+    return size is None or indexes.index_paths(faiss_dir, *key)[0].stat().st_size == size
 
 
 class _IdSet:

@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from sst_search.images import ImageLoadError, load_image
-from sst_search.query import SearchEngine
+from sst_search.embed import EmbedderError
+from sst_search.query import QueryError, SearchEngine
 from sst_search.references import ReferenceError
 from sst_search.review import decide, default_reviewer, promote, references_dir_of
 from sst_search.store.review import ReviewItem, review_queue
@@ -31,13 +32,23 @@ def _published(message: str) -> None:
     st.rerun()
 
 
-def _decide(item: ReviewItem, decision: str, reviewer: str, mask=None) -> None:
+def _embedder(engine: SearchEngine):
+    """The index's embedder, so a corrected trait is re-embedded; None when the index records none."""
     try:
-        decide(live_db(), item.specimen_id, item.trait_name, decision, reviewer, mask=mask)
+        return engine.embedder
+    except (QueryError, EmbedderError) as exc:
+        st.warning(f"The corrected trait cannot be re-embedded: {exc}")
+        return None
+
+
+def _decide(engine: SearchEngine, item: ReviewItem, decision: str, reviewer: str, mask=None) -> None:
+    try:
+        problems = decide(live_db(), item.specimen_id, item.trait_name, decision, reviewer, mask=mask,
+                          embedder=_embedder(engine) if decision == "correct" else None)
     except (KeyError, ValueError, RuntimeError) as exc:
         st.error(f"Could not store the decision: {exc}")
         return
-    _published(f"{decision}: {item.trait_name} of specimen {item.specimen_id}")
+    _published("; ".join([f"{decision}: {item.trait_name} of specimen {item.specimen_id}", *problems]))
 
 
 def render(engine: SearchEngine) -> None:
@@ -78,9 +89,9 @@ def render(engine: SearchEngine) -> None:
             st.info(f"Decided: {item.decision} by {item.reviewer}")
         b1, b2 = st.columns(2)
         if b1.button("Accept", key="review_accept", disabled=current is None):
-            _decide(item, "accept", reviewer)
+            _decide(engine, item, "accept", reviewer)
         if b2.button("Reject", key="review_reject"):
-            _decide(item, "reject", reviewer)
+            _decide(engine, item, "reject", reviewer)
         if st.button("Promote specimen to a support of its group", key="review_promote",
                      help="Adds the image and its current masks to the references; re-index to use it."):
             try:
@@ -95,4 +106,4 @@ def render(engine: SearchEngine) -> None:
         if segmenter is not None:
             mask = mask_editor(segmenter, image, f"{EDITOR}-{item.specimen_id}-{item.trait_name}")
             if st.button("Save correction", key="review_correct", disabled=mask is None or not mask.any()):
-                _decide(item, "correct", reviewer, mask=mask)
+                _decide(engine, item, "correct", reviewer, mask=mask)

@@ -1,0 +1,61 @@
+"""What a new user meets in the first hour: start-up time, clear messages, names instead of ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "sam2", "open_clip", "peft", "transformers")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--db", "no-such.duckdb"], ["export", "--help"]])
+def test_help_and_status_start_without_the_model_libraries(args):
+    code = (
+        "import sys\nfrom sst_search.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    if args == ["--help"]:  # every command is still listed with its summary
+        for name in ("index", "status", "measure", "export", "eval-seg", "refs"):
+            assert f" {name} " in out.stdout
+
+
+def test_a_store_in_a_missing_folder_is_created_and_a_missing_store_is_named(tmp_path):
+    from sst_search.store import Store
+
+    db = tmp_path / "missing_dir" / "deeper" / "index.duckdb"
+    with Store.open(db) as store:
+        assert store.status()["specimens"] == {}
+    assert db.is_file()
+    with pytest.raises(FileNotFoundError, match="other_dir/index.duckdb: no such store"):
+        Store.open(tmp_path / "other_dir" / "index.duckdb", read_only=True)
+
+
+def test_run_summary_and_status_print_the_same_lines(tmp_path):
+    from typer.testing import CliRunner
+
+    from indexer.job import RunSummary
+    from sst_search.cli import app
+    from sst_search.commands import index as index_cmd
+    from sst_search.store import SpecimenRecord, Store
+
+    bad, orphan = str(tmp_path / "bad.png"), str(tmp_path / "orphan.png")
+    errors = {bad: f"{bad}: not a readable image", orphan: "no references for group 'x'"}
+    with Store.open(tmp_path / "db.duckdb") as store:
+        store.write_batch([SpecimenRecord(1, bad, "failed", error=errors[bad]),
+                           SpecimenRecord(2, orphan, "no_reference", group_name="x", error=errors[orphan])])
+    summary = RunSummary("r" * 32, 2, {"indexed": 0, "failed": 1, "no_reference": 1}, list(errors.items()),
+                         failure_status={bad: "failed", orphan: "no_reference"})
+    with index_cmd.console.capture() as captured:
+        index_cmd.print_summary(summary)
+    summary_lines = [line for line in captured.get().splitlines() if line.startswith(("failed", "no_reference"))]
+    assert summary_lines == [f"failed {bad}: not a readable image", f"no_reference {orphan}: no references for group 'x'"]
+    status = CliRunner().invoke(app, ["status", "--db", str(tmp_path / "db.duckdb")])
+    status_lines = [line for line in status.output.splitlines() if line.startswith(("failed", "no_reference"))]
+    assert sorted(status_lines) == sorted(summary_lines)
