@@ -153,7 +153,7 @@ def test_stale_or_missing_faiss_files_are_rebuilt_on_open(tmp_path):
     store.write_batch(_records(vectors[:20]))
     store.flush_indexes()
     store.write_batch(_records(vectors[20:], start=20))  # committed, never flushed
-    store.con.close()  # the process "dies" without flushing
+    store._connection.close()  # the process "dies" without flushing
     with Store.open(db, read_only=True) as reader:
         assert any("stale" in p for p in reader.check_consistency())
         assert reader.index("emb", "band").ntotal == 30  # readers rebuild in memory

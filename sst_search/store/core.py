@@ -16,6 +16,7 @@ only ever replaced whole and are trusted only at a matching generation.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -84,7 +85,8 @@ class Store:
     def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
                  plan: PlanConfig) -> None:
         self.db_path = db_path
-        self.con = con
+        self._connection = con
+        self._local = threading.local()
         self.read_only = read_only
         self.index_config = index_config
         self.plan = plan
@@ -92,6 +94,19 @@ class Store:
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
         self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the database.
+
+        A DuckDB connection must not be used by two threads at once; a cursor per thread
+        lets the app's sessions query in parallel (one session segmenting an upload never
+        holds up another's search) without a lock around the whole store.
+        """
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._connection.cursor()
+        return cursor
 
     # -- opening -----------------------------------------------------------------------
 
@@ -151,7 +166,7 @@ class Store:
     def close(self) -> None:
         if not self.read_only:
             self.flush_indexes()
-        self.con.close()
+        self._connection.close()
 
     def __enter__(self) -> Store:
         return self
