@@ -16,9 +16,14 @@ from tqdm import tqdm
 
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
+from sst_search.measure import remeasure
 from sst_search.store import Store
+<<<<<<< HEAD
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
+=======
+from sst_search.store.review import corrections
+>>>>>>> main
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
@@ -43,6 +48,8 @@ class RunSummary:
     weights_random: bool = False
     #: path -> status (``failed`` or ``no_reference``) of each entry of ``failures``
     failure_status: dict[str, str] = field(default_factory=dict)
+    #: specimens indexed before measurements existed, measured by this run from their stored masks
+    remeasured: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -87,7 +94,7 @@ def run_index(
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
-                masks_dir=masks, force=force, hash_progress=bar.update,
+                masks_dir=masks, force=force, hash_progress=bar.update, corrections=corrections(store),
             )
         plan_seconds = time.perf_counter() - started
         if not allow_mass_removal:
@@ -126,15 +133,20 @@ def run_index(
             if repaired:
                 log.warning("rebuilt damaged FAISS indexes from the catalog: %s", ", ".join(f"{e}/{t}" for e, t in repaired))
             write_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
+            remeasured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm,
+                                      specimen_ids=store.unmeasured_specimens())
             timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
-                       "total": time.perf_counter() - started}
+                       "measure": time.perf_counter() - t, "total": time.perf_counter() - started}
         finally:
             if runner is not None:
                 runner.close()
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status)
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
+                      remeasured)
 
 
 def _guard_removals(plan, max_share: float, store: Store) -> None:

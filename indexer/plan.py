@@ -50,7 +50,7 @@ def segmentation_fingerprint(config: Config) -> dict:
     """What SAM 2 contributes to a mask; the checkpoint is identified by its sha256."""
     seg = config.segmentation
     weights = resolve_sam2_weights(seg.model, seg.weights)
-    return {
+    fingerprint = {
         "model": seg.model,
         "weights_sha256": weights.sha256,
         "adapter_sha256": sha256_file(Path(seg.adapter)) if seg.adapter else None,
@@ -58,6 +58,9 @@ def segmentation_fingerprint(config: Config) -> dict:
         "mode": seg.mode,
         "quality": seg.quality,
     }
+    if seg.orientation != 0:  # only then, so stores indexed upright keep their fingerprints
+        fingerprint["orientation"] = seg.orientation
+    return fingerprint
 
 
 def make_plan(
@@ -69,8 +72,12 @@ def make_plan(
     masks_dir: Path | None = None,
     force: bool = False,
     hash_progress=None,
+    corrections: dict[int, tuple[str | None, dict[int, str]]] | None = None,
 ) -> Plan:
-    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``)."""
+    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``).
+
+    ``corrections`` (``sst_search.store.review.corrections``) go with the items they belong
+    to, so a re-done item keeps its reviewer-corrected masks, vectors and measurements."""
     sst = None  # resolved lazily: a run that needs no SAM 2 never touches its weights
     ref_fps: dict[str | None, str | None] = {}
     units: dict[str | None, WorkUnit] = {}
@@ -129,6 +136,9 @@ def make_plan(
         unit.fingerprints[item.key] = fp
         if provided is not None:
             unit.provided_masks[item.key] = provided
+        content, corrected = (corrections or {}).get(sid, (None, None))
+        if corrected and content == digest:  # a correction holds for the image it was drawn on
+            unit.corrections[item.key] = corrected
     to_remove = sorted(set(states) - set(ids))
     dropped = [sid for sid in to_remove if states[sid][2] == "indexed"]
     if dropped:
@@ -192,6 +202,7 @@ def _split(units: list[WorkUnit], config: Config) -> list[WorkUnit]:
                     {k: unit.specimen_ids[k] for k in keys}, {k: unit.hashes[k] for k in keys},
                     {k: unit.fingerprints[k] for k in keys},
                     {k: unit.provided_masks[k] for k in keys if k in unit.provided_masks},
+                    {k: unit.corrections[k] for k in keys if k in unit.corrections},
                 )
             )
     return out

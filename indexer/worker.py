@@ -20,6 +20,7 @@ from sst_search.images import ImageLoadError, check_file, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferenceError, Support, check_group_name, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
+from sst_search.store.review import apply_corrections
 from sst_search.weights import sha256_file
 
 from .collection import Item
@@ -37,6 +38,8 @@ class WorkUnit:
     hashes: dict[str, str]
     fingerprints: dict[str, dict]
     provided_masks: dict[str, Path] = field(default_factory=dict)
+    #: reviewers' corrected masks ``{trait_id: RLE}`` per item, applied over the segmentation
+    corrections: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 class Worker:
@@ -80,12 +83,12 @@ class Worker:
 
         started = time.perf_counter()
         images: dict[str, np.ndarray] = {}
-        label_maps: dict[str, tuple[np.ndarray, dict[int, float], str]] = {}
+        label_maps: dict[str, tuple[np.ndarray, TrackResult | None]] = {}
         for item in unit.items:
             try:
                 images[item.key] = load_image(item.path)
                 if item.key in unit.provided_masks:
-                    label_maps[item.key] = (_provided_mask(unit.provided_masks[item.key], images[item.key], traits), {}, "provided")
+                    label_maps[item.key] = (_provided_mask(unit.provided_masks[item.key], images[item.key], traits), None)
             except (ImageLoadError, ValueError) as exc:
                 records[item.key].status, records[item.key].error = "failed", str(exc)
                 images.pop(item.key, None)
@@ -96,8 +99,12 @@ class Worker:
         if sst_queries:
             seg = self.config.segmentation
             try:
-                for res in self.tracker.segment(supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size):
-                    label_maps[res.query_id] = (res.label_map, res.quality, "sst")
+                results = self.tracker.segment(
+                    supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size,
+                    orientation=seg.orientation,
+                )
+                for res in results:
+                    label_maps[res.query_id] = (res.label_map, res)
             except Exception as exc:  # keep what finished; the rest is retried by the next run
                 for key, _ in sst_queries:
                     if key not in label_maps:
@@ -105,15 +112,24 @@ class Worker:
                         images.pop(key)
         self.timings["segment"] += time.perf_counter() - started
 
+        for key, corrected in unit.corrections.items():
+            if key in label_maps:
+                label_map, res = label_maps[key]
+                label_maps[key] = (apply_corrections(label_map, corrected), res)
+
         started = time.perf_counter()
         keys = list(label_maps)
         vectors = self.embedder.embed_batch([EmbedItem(images[k], label_maps[k][0], sorted(traits)) for k in keys])
         for key, vecs in zip(keys, vectors):
-            label_map, quality, source = label_maps[key]
+            label_map, res = label_maps[key]
             r = records[key]
             r.status = "indexed"
             r.height, r.width = label_map.shape
-            r.masks = masks_from_label_map(label_map, traits, quality, source)
+            if res is None:
+                r.masks = masks_from_label_map(label_map, traits, source="provided")
+            else:
+                r.orientation = res.orientation
+                r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
             scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
             r.measurements = measure_label_map(label_map, images[key], traits, scale)
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}

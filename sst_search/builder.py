@@ -18,6 +18,7 @@ from .config import EmbeddingConfig, SegmentationConfig
 
 if TYPE_CHECKING:
     from .embed import TraitEmbedder
+    from .labeling import ClickSegmenter
     from .tracking import SSTTracker
 
 
@@ -65,3 +66,11 @@ def embedder_from_config(emb: EmbeddingConfig) -> TraitEmbedder:
 
     opts = {k: v for k, v in (("model_name", emb.model_name), ("pretrained", emb.pretrained)) if v is not None}
     return create_embedder(emb.embedder, weights=emb.weights, **opts)
+
+
+def build_click_segmenter(tracker: SSTTracker) -> ClickSegmenter:
+    """SAM 2's point/box image predictor for labeling by clicking, over the tracker's own model:
+    the same checkpoint and input size as the index, and no second copy in memory."""
+    from .labeling import ClickSegmenter
+
+    return ClickSegmenter(tracker)

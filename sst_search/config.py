@@ -27,6 +27,9 @@ class SegmentationConfig(_Strict):
     image_size: int = 1024
     mode: Literal["pairwise", "chain"] = "pairwise"
     quality: bool = Field(False, description="cycle-consistency quality score per mask")
+    orientation: Literal[0, 90, 180, 270, "auto"] = Field(
+        0, description="degrees to turn queries before tracking, or 'auto' to try all four per query"
+    )
     batch_size: int | None = Field(None, description="queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)")
     max_chain_length: int = 256
     device: str | None = None

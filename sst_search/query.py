@@ -37,7 +37,7 @@ Direction = Literal["similar", "different"]
 OPS = ("==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<")
 
 #: Filterable specimen columns besides the manifest's metadata keys.
-SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status"}
+SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status", "orientation": "s.orientation"}
 
 
 class QueryError(ValueError):
@@ -117,19 +117,25 @@ def parse_filter(text: str) -> Filter:
     return Filter(field=match["field"], op=op, value=value)
 
 
+#: Per-trait confidences of a mask (``trait_masks`` columns), filterable like measurements:
+#: ``forewing_band.object_score > 0``.
+CONFIDENCE_FIELDS = ("object_score", "predicted_iou", "quality")
+
+
 def _measurement_condition(f: Filter, measured_traits: Collection[str]) -> tuple[str, list]:
-    """``<trait>.<measurement>`` as an EXISTS over ``trait_measurements``. The column name is
-    taken from the allow-list of measurements, the trait and the value travel as parameters."""
+    """``<trait>.<measurement>`` (or ``<trait>.<confidence>``) as an EXISTS over
+    ``trait_measurements`` (or ``trait_masks``). The column name is taken from the allow-lists,
+    the trait and the value travel as parameters."""
     trait, _, column = f.field.rpartition(".")
-    if column not in _MEASUREMENT_TYPES:
-        raise QueryError(f"unknown filter field {f.field!r}: {column!r} is not a measurement; "
-                         f"measurements: {sorted(_MEASUREMENT_TYPES)}")
+    if column not in _MEASUREMENT_TYPES and column not in CONFIDENCE_FIELDS:
+        raise QueryError(f"unknown filter field {f.field!r}: {column!r} is not a measurement or confidence; "
+                         f"measurements: {sorted(_MEASUREMENT_TYPES)}, confidences: {list(CONFIDENCE_FIELDS)}")
     if trait not in measured_traits:
         known = sorted(measured_traits)
         hint = f"measured traits: {known}" if known else "this index has no measurements yet (run `sst-search measure`)"
         raise QueryError(f"unknown filter field {f.field!r}: no trait {trait!r} measured; {hint}")
     target = f"x.{column}"
-    if _MEASUREMENT_TYPES[column] == "VARCHAR":  # the dominant colour, '#rrggbb'
+    if _MEASUREMENT_TYPES.get(column) == "VARCHAR":  # the dominant colour, '#rrggbb'
         if f.op in ("in", "not in"):
             cond, value = f"{target} {'NOT ' if f.op == 'not in' else ''}IN (SELECT unnest(?::VARCHAR[]))", list(f.value)
         elif f.op == "contains":
@@ -144,7 +150,8 @@ def _measurement_condition(f: Filter, measured_traits: Collection[str]) -> tuple
         except (TypeError, ValueError):
             raise QueryError(f"filter on {f.field!r}: {f.value!r} is not a number") from None
         cond = f"{target} {_COMPARE_SQL[f.op]} ?"
-    sql = f"EXISTS (SELECT 1 FROM trait_measurements x WHERE x.specimen_id = s.specimen_id AND x.trait_name = ? AND {cond})"
+    table = "trait_masks" if column in CONFIDENCE_FIELDS else "trait_measurements"
+    sql = f"EXISTS (SELECT 1 FROM {table} x WHERE x.specimen_id = s.specimen_id AND x.trait_name = ? AND {cond})"
     return sql, [trait, value]
 
 
@@ -245,8 +252,12 @@ class SearchEngine:
 
     # -- what is there --------------------------------------------------------------------
     def _last_run(self) -> dict:
+<<<<<<< HEAD
         # fetchall(), not fetchone(): an unread result would block the connection's next query.
         rows = self.store.con.execute(
+=======
+        rows = self.store.con.execute(  # fetchall: a half-read result blocks the cursor's next .sql()
+>>>>>>> main
             "SELECT fingerprint FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"
         ).fetchall()
         return json.loads(rows[0][0]) if rows and rows[0][0] else {}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from indexer.job import run_index
 from sst_search.config import Config
-from sst_search.store import Store, specimen_id
+from sst_search.store import SPECIMEN_TRAIT, Store, specimen_id
 from sst_search.synthetic import PIXELS_PER_MM, generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
 
@@ -147,9 +147,17 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path, t
                 assert measured.loc[tid, "area_mm2"] == pytest.approx((gt == tid).sum() / PIXELS_PER_MM**2)
                 assert measured.loc[tid, "scale_source"] == "metadata:pixelsPerMM"
         assert store.check_consistency() == []
+    # A store from before measurements existed: its masks get measured by the next run, without re-segmenting.
+    unmeasured = specimen_id(str((collection.root / provided[0]).resolve()))
+    with Store.open(db) as store:
+        store.replace_measurements({unmeasured: []})
+        assert store.unmeasured_specimens() == [unmeasured]
     # A re-run retries the failed and unreferenced items only.
     again = _index(collection, db, masks=masks, tracker=tracker)
     assert again.counts["unchanged"] == 6 and again.counts["failed"] == 2 and again.counts["no_reference"] == 1
+    assert again.remeasured == 1
+    with Store.open(db, read_only=True) as store:
+        assert store.unmeasured_specimens() == [] and len(store.measurements_frame(specimen_ids=[unmeasured])) > 0
 
 
 def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
@@ -209,3 +217,39 @@ def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
             assert a.con.execute(q).fetchall() == b.con.execute(q).fetchall(), q
         assert b.check_consistency() == []
         assert b.runs()[-1]["engine"] == "ray"
+
+
+def test_orientation_and_confidences_are_stored(tmp_path):
+    coll = generate_collection(tmp_path / "syn", species=1, per_species=3, seed=5)
+    db = tmp_path / "db.duckdb"
+    summary = _index(coll, db, _config(segmentation={"orientation": "auto", "image_size": 128}))
+    assert summary.counts["indexed"] == 3
+    with Store.open(db, read_only=True) as store:
+        ids = store.filter_specimens()
+        turned = {sid: store.get_specimen(sid)["orientation"] for sid in ids}
+        assert set(turned.values()) <= {0, 90, 180, 270}
+        scores = {}
+        for sid in ids:
+            masks = store.trait_masks(sid)
+            assert masks and all(m.object_score is not None and m.predicted_iou is not None for m in masks)
+            assert all(m.quality is None for m in masks)  # the cycle IoU only with --quality
+            scores[sid] = {m.trait_name: m.object_score for m in masks}
+    # Both are usable in search filters.
+    from sst_search.query import Filter, SearchEngine
+
+    trait = next(iter(scores[ids[0]]))
+    cut = sorted(s[trait] for s in scores.values() if trait in s)[0]
+    with SearchEngine.open(db) as engine:
+        def found(*filters):
+            return {h.specimen_id for h in engine.search(SPECIMEN_TRAIT, k=10, specimen_id=ids[0], exclude_query=False,
+                                                           filters=list(filters))}
+
+        assert found(Filter(field=f"{trait}.object_score", op=">", value=cut)) == {
+            sid for sid, s in scores.items() if s.get(trait, cut) > cut}
+        assert found(Filter(field="orientation", op="==", value=str(turned[ids[0]]))) == {
+            sid for sid, t in turned.items() if t == turned[ids[0]]}
+    # Upright indexing keeps the fingerprint it had before orientations existed; auto changes it.
+    from indexer.plan import segmentation_fingerprint
+
+    assert "orientation" not in segmentation_fingerprint(_config())
+    assert segmentation_fingerprint(_config(segmentation={"orientation": "auto"}))["orientation"] == "auto"

@@ -20,7 +20,7 @@ from .errors import ITEMS_FAILED, console, exit_codes
 def apply_overrides(config: Config, **overrides) -> Config:
     """Command-line options win over the config file; ``None`` means "not given"."""
     sections = {
-        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device"),
+        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation"),
         "embedding": ("embedder", "embedder_weights"),
         "indexer": ("engine", "ray_address", "num_workers"),
         "measure": ("pixels_per_mm", "scale_column"),
@@ -50,6 +50,7 @@ def index(
     adapter: str | None = typer.Option(None, "--adapter", help="Fine-tuned adapter (sst-search finetune)."),
     image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size."),
     quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
+    orientation: str | None = typer.Option(None, "--orientation", help="0 | 90 | 180 | 270 | auto (try all four per image)."),
     masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
     default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
@@ -72,12 +73,15 @@ def index(
     from indexer.collection import CollectionError
     from indexer.job import MassRemovalError, run_index
 
+    from ..tracking import parse_orientation
+
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
     with exit_codes(CollectionError, ReferenceError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
+            orientation=parse_orientation(orientation) if orientation is not None else None,
         )
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
                             quiet=quiet, allow_mass_removal=allow_mass_removal)
@@ -110,6 +114,8 @@ def print_summary(summary) -> None:
             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
+    if summary.remeasured:
+        console.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
     for path, reason in summary.failures[:10]:
         console.print(failure_line(summary.failure_status.get(path, "failed"), escape(path), escape(reason)), soft_wrap=True)
     if len(summary.failures) > 10:

@@ -10,7 +10,7 @@ from rich.console import Console
 from ..builder import build_tracker
 from ..references import ReferenceError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES
+from ..tracking import MODES, parse_orientation
 from ..weights import SAM2_MODELS, WeightsError
 
 console = Console(stderr=True)
@@ -29,6 +29,7 @@ def segment(
     adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
     quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
+    orientation: str = typer.Option("0", "--orientation", help="0 | 90 | 180 | 270: turn queries before tracking; auto: try all four per query."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -40,6 +41,10 @@ def segment(
     """
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    try:
+        turn = parse_orientation(orientation)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--orientation") from exc
     if len(support) != len(support_mask):
         raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
     try:
@@ -51,7 +56,7 @@ def segment(
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks are not meaningful (smoke test only).[/bold yellow]")
-    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet)
+    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn)
     counts = summary["counts"]
     console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
     for stem, entry in summary["images"].items():

@@ -221,6 +221,7 @@ class Store:
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
+                        "orientation": r.orientation,
                     }
                     for r in records
                 ],
@@ -246,6 +247,8 @@ class Store:
                     "rle": pa.array([m.rle for r in records for m in r.masks], pa.string()),
                     "quality": pa.array([m.quality for r in records for m in r.masks], pa.float64()),
                     "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
+                    "object_score": pa.array([m.object_score for r in records for m in r.masks], pa.float64()),
+                    "predicted_iou": pa.array([m.predicted_iou for r in records for m in r.masks], pa.float64()),
                 }
             ),
             measurements=_measurement_table({r.specimen_id: r.measurements for r in records}, _now()),
@@ -514,11 +517,14 @@ class Store:
 
     def trait_masks(self, specimen_id: int) -> list[TraitMask]:
         rows = self.con.execute(
-            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source "
-            "FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
+            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
+            "object_score, predicted_iou FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
             [int(specimen_id)],
         ).fetchall()
-        return [TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s) for t, n, rle, a, x0, y0, x1, y1, q, s in rows]
+        return [
+            TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
+            for t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows
+        ]
 
     def label_map(self, specimen_id: int) -> np.ndarray | None:
         """The specimen's label map rebuilt from its stored masks (None without masks)."""
@@ -559,6 +565,14 @@ class Store:
             f"WHERE {' AND '.join(clauses)} ORDER BY s.group_name, s.path, t.trait_id",
             params,
         ).df()
+
+    def unmeasured_specimens(self) -> list[int]:
+        """Indexed specimens with a trait mask that has no measurements (written before they existed)."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT t.specimen_id FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            "WHERE x.specimen_id IS NULL AND s.status = 'indexed' ORDER BY 1"
+        ).fetchall()]
 
     def measured_traits(self) -> list[str]:
         """Names of the traits that have measurements (what measurement filters and plots accept)."""
@@ -675,10 +689,11 @@ class Store:
     def _recorded_index_config(self) -> IndexConfig:
         """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
         try:
-            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+            # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
+            rows = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
         except duckdb.CatalogException:  # a read-only store written before the table existed
             return IndexConfig()
-        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
+        return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}

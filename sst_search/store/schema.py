@@ -17,6 +17,9 @@ Tables and columns:
     - ``fingerprint JSON``: what produced its masks and vectors (models, weights sha256 or
       ``random``, reference ids, config hash); a change means re-index.
     - ``width INTEGER``, ``height INTEGER``: image size in pixels.
+    - ``orientation INTEGER``: degrees (counter-clockwise) the image was turned for
+      segmentation (``--orientation``); masks are stored in the image's own orientation.
+      NULL for provided masks and for rows written before the column existed.
     - ``metadata JSON``: the manifest's other columns verbatim (Darwin Core terms etc.).
     - ``updated_at TIMESTAMP``: when the row was last written.
 
@@ -30,6 +33,11 @@ Tables and columns:
     - ``rle VARCHAR``: COCO RLE as JSON (``{"size": [h, w], "counts": "..."}``, pycocotools'
       compressed counts as a UTF-8 string).
     - ``quality DOUBLE``: cycle-consistency IoU of the trait, NULL when not computed.
+    - ``object_score DOUBLE``: SAM 2's object score logit for the trait (above 0 SAM 2
+      predicts it present, below 0 absent). Cheap, stored for every tracked mask; NULL for
+      provided masks.
+    - ``predicted_iou DOUBLE``: the mask decoder's own IoU estimate for the mask; NULL for
+      provided masks.
     - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item) |
       ``corrected`` (drawn by a reviewer; see ``review_decisions``).
     - primary key ``(specimen_id, trait_id)``.
@@ -103,7 +111,7 @@ MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_
 SPECIMEN_COLUMNS = pa.schema([
     ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
     ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
-    ("height", pa.int32()), ("metadata", pa.string()),
+    ("height", pa.int32()), ("metadata", pa.string()), ("orientation", pa.int32()),
 ])
 
 DDL = f"""
@@ -187,6 +195,9 @@ CREATE TABLE IF NOT EXISTS runs (
     timings JSON,
     engine VARCHAR
 );
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS orientation INTEGER;
+ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS object_score DOUBLE;
+ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS predicted_iou DOUBLE;
 CREATE TABLE IF NOT EXISTS store_settings (
     key VARCHAR PRIMARY KEY,
     value JSON

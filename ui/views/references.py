@@ -8,9 +8,9 @@ import numpy as np
 import streamlit as st
 
 from sst_search.images import ImageLoadError, load_image
+from sst_search.query import SearchEngine
 from sst_search.references import TRAITS_FILE, ReferenceError, load_traits, save_support, unique_stem
 from sst_search.review import references_dir_of
-from sst_search.query import SearchEngine
 from sst_search.suggest import suggest_from_store
 
 from ..editor import mask_editor, reset, segmenter_or_error

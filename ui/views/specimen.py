@@ -53,8 +53,10 @@ def render(engine: SearchEngine) -> None:
             st.image(overlaid(image, label_map) if label_map is not None else image, width="stretch")
         legend([(m.trait_id, m.trait_name) for m in masks])
     with right:
+        turned = row.get("orientation")
         st.markdown(f"**Group:** {md(row['group_name'] or '-')}  \n**Path:** {md(row['path'])}  \n**Size:** "
-                    f"{row['width']} x {row['height']} px")
+                    f"{row['width']} x {row['height']} px"
+                    + (f"  \n**Segmented turned by:** {turned} degrees" if turned else ""))
         metadata = row["metadata"] or {}
         if metadata:
             st.table(pd.DataFrame({"value": [str(v) for v in metadata.values()]}, index=list(metadata)))
@@ -65,4 +67,13 @@ def render(engine: SearchEngine) -> None:
         return
     table = export.measurements_table(engine.store, specimen_ids=[sid])
     st.dataframe(table[list(export.MEASUREMENT_COLUMNS)], hide_index=True)
+    st.caption("Confidence: SAM 2's object score (a logit: above 0 SAM 2 sees the trait), its predicted IoU, "
+               "and the cycle-consistency IoU when indexed with --quality.")
+    st.dataframe(
+        pd.DataFrame(
+            [(m.trait_name, m.object_score, m.predicted_iou, m.quality) for m in masks],
+            columns=["trait", "object score", "predicted IoU", "cycle IoU"],
+        ),
+        hide_index=True,
+    )
     _neighbours(engine, sid, [m.trait_name for m in masks])
