@@ -18,12 +18,9 @@ from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
 from sst_search.store import Store
-<<<<<<< HEAD
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
-=======
 from sst_search.store.review import corrections
->>>>>>> main
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection

@@ -252,12 +252,7 @@ class SearchEngine:
 
     # -- what is there --------------------------------------------------------------------
     def _last_run(self) -> dict:
-<<<<<<< HEAD
-        # fetchall(), not fetchone(): an unread result would block the connection's next query.
-        rows = self.store.con.execute(
-=======
         rows = self.store.con.execute(  # fetchall: a half-read result blocks the cursor's next .sql()
->>>>>>> main
             "SELECT fingerprint FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"
         ).fetchall()
         return json.loads(rows[0][0]) if rows and rows[0][0] else {}
