@@ -17,6 +17,7 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
+from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
 from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
@@ -66,6 +67,7 @@ def run_index(
     allow_mass_removal: bool = False,
     tracker=None,
     embedder=None,
+    group_by: str = "scientificName",
 ) -> RunSummary:
     """Index ``collection`` into the store at ``db`` and publish a verified snapshot.
 
@@ -81,7 +83,8 @@ def run_index(
     started = time.perf_counter()
     if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
         raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
-    items = load_collection(collection, default_group=default_group)
+    items = load_collection(collection, default_group=default_group, group_by=group_by)
+    items = fetch_items(items, image_cache(config, db), fetch_limits(config), quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
     with Store.open(db, index_config=config.index) as store:
@@ -91,8 +94,10 @@ def run_index(
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
-                masks_dir=masks, force=force, hash_progress=bar.update, corrections=corrections(store),
+                masks_dir=masks, force=force, hash_progress=bar.update, locations=store.specimen_locations(),
+                corrections=corrections(store),
             )
+        moved = store.move_specimens(plan.moves)
         plan_seconds = time.perf_counter() - started
         if not allow_mass_removal:
             _guard_removals(plan, config.indexer.max_removal_share, store)
@@ -103,7 +108,8 @@ def run_index(
             "references_dir": str(Path(references).resolve()),
         }
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
-        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
+        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
+                  "moved": moved}
         failures: list[tuple[str, str]] = list(plan.rejected)
         counts["failed"] += len(plan.rejected)
         failure_status: dict[str, str] = {}
@@ -164,6 +170,18 @@ def _guard_removals(plan, max_share: float, store: Store) -> None:
         + "\nFix the cause (a moved or unmounted folder, a broken traits.yaml), or pass --allow-mass-removal "
         "if these items really are gone."
     )
+
+
+def image_cache(config: Config, db: Path) -> ImageCache:
+    """The cache of images given by URL: ``fetch.image_cache``, else ``<db>.images`` beside the store."""
+    return ImageCache(config.fetch.image_cache or Path(db).with_name(Path(db).name + ".images"))
+
+
+def fetch_limits(config: Config) -> FetchLimits:
+    f = config.fetch
+    return FetchLimits(concurrency=f.concurrency, max_per_host=f.max_per_host, timeout=f.timeout, retries=f.retries,
+                       max_bytes=f.max_bytes, iiif_size=f.iiif_size or config.segmentation.image_size,
+                       revalidate=f.revalidate)
 
 
 def _embedder_fingerprint(config: Config) -> dict:

@@ -36,6 +36,9 @@ class Plan:
     unchanged: int
     to_remove: list[int]
     total: int
+    #: ``old_id -> (new_id, path, item_key)``: unchanged items whose file moved, or rows of an
+    #: older store whose ids came from absolute paths; re-pointed without re-processing.
+    moves: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     fingerprint: dict = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     at_risk: dict[str, list[str]] = field(default_factory=dict)
@@ -72,13 +75,19 @@ def make_plan(
     masks_dir: Path | None = None,
     force: bool = False,
     hash_progress=None,
+    locations: dict[int, tuple[str, str | None]] | None = None,
     corrections: dict[int, tuple[str | None, dict[int, str]]] | None = None,
 ) -> Plan:
-    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``).
+    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``) and
+    ``locations`` (``Store.specimen_locations()``).
 
+    An item is identified by ``specimen_id(item.key)``. An item new under its key whose bytes
+    and fingerprint match a row that is leaving the collection (the file moved to another key)
+    or a row an older version keyed by the absolute path takes that row over (``moves``).
     ``corrections`` (``sst_search.store.review.corrections``) go with the items they belong
     to, so a re-done item keeps its reviewer-corrected masks, vectors and measurements."""
     sst = None  # resolved lazily: a run that needs no SAM 2 never touches its weights
+    locations = locations or {}
     ref_fps: dict[str | None, str | None] = {}
     units: dict[str | None, WorkUnit] = {}
     unchanged = 0
@@ -96,29 +105,30 @@ def make_plan(
             shown = item.key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             rejected.append((shown, "file name is not valid UTF-8; rename the file"))
             continue
-        sid = specimen_id(str(_resolved(item.path)))
-        first = ids.get(sid) or files.get(_file_identity(item.path))
+        sid = specimen_id(item.key)
+        identity = _file_identity(item.path) if item.path is not None else None
+        first = ids.get(sid) or (files.get(identity) if identity is not None else None)
         if first is not None:
-            rejected.append((str(item.path), f"the same file as {first.path} (listed as {first.key!r} and {item.key!r}); "
-                                             "indexed once, under the first"))
+            rejected.append((str(item.path or item.key),
+                             f"the same file as {first.path or first.key} (listed as {first.key!r} and {item.key!r}); "
+                             "indexed once, under the first"))
             continue
         ids[sid] = item
-        identity = _file_identity(item.path)
         if identity is not None:
             files[identity] = item
-        digest = content_hash(item.path)
+    leaving: dict[str, list[int]] = {}
+    for sid, (digest, _, status) in states.items():
+        if sid not in ids and status == "indexed" and digest:
+            leaving.setdefault(digest, []).append(sid)
+    moves: dict[int, tuple[int, str, str]] = {}
+    for item in ids.values():
+        sid = specimen_id(item.key)
+        digest = content_hash(item.path) if item.path is not None and not item.error else ""
         if item.group not in ref_fps:
             supports = load_supports_or_error(references, item.group)
             ref_fps[item.group] = None if isinstance(supports, ReferenceError) else references_fingerprint(supports)
             if isinstance(supports, ReferenceError):
                 ref_errors[item.group] = str(supports)
-        old = states.get(sid)
-        if old is not None and old[2] == "indexed":
-            if not digest:
-                at_risk.setdefault("image files are missing or unreadable", []).append(str(item.path))
-            elif item.group in ref_errors:
-                at_risk.setdefault(f"the references of group {item.group!r} are unusable: {ref_errors[item.group]}",
-                                   []).append(str(item.path))
         provided = _provided_mask(masks_dir, item)
         fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
         if provided is not None:
@@ -126,8 +136,18 @@ def make_plan(
         elif ref_fps[item.group] is not None:
             sst = sst or segmentation_fingerprint(config)
             fp["mask"] = {"source": "sst", **sst}
+        old_sid = sid if sid in states else _predecessor(item, digest, states, locations, leaving, moves)
+        old = states.get(old_sid) if old_sid is not None else None
+        if old is not None and old[2] == "indexed":
+            if not digest:
+                at_risk.setdefault("image files are missing or unreadable", []).append(str(item.path or item.key))
+            elif item.group in ref_errors:
+                at_risk.setdefault(f"the references of group {item.group!r} are unusable: {ref_errors[item.group]}",
+                                   []).append(str(item.path or item.key))
         if not force and old is not None and old[2] == "indexed" and old[0] == digest and old[1] and json.loads(old[1]) == fp:
             unchanged += 1
+            if old_sid != sid or locations.get(old_sid) != (item.location, item.key):
+                moves[old_sid] = (sid, item.location, item.key)
             continue
         unit = units.setdefault(item.group, WorkUnit(item.group, [], {}, {}, {}))
         unit.items.append(item)
@@ -139,7 +159,7 @@ def make_plan(
         content, corrected = (corrections or {}).get(sid, (None, None))
         if corrected and content == digest:  # a correction holds for the image it was drawn on
             unit.corrections[item.key] = corrected
-    to_remove = sorted(set(states) - set(ids))
+    to_remove = sorted(set(states) - set(ids) - set(moves))
     dropped = [sid for sid in to_remove if states[sid][2] == "indexed"]
     if dropped:
         at_risk["items are no longer in the collection"] = [str(sid) for sid in dropped]
@@ -149,19 +169,11 @@ def make_plan(
         to_remove=to_remove,
         total=len(items),
         fingerprint={"segmentation": sst, "embedder": embedder_fingerprint, "references": ref_fps},
+        moves=moves,
         rejected=rejected,
         at_risk=at_risk,
         indexed_before=sum(1 for st in states.values() if st[2] == "indexed"),
     )
-
-
-def _resolved(path: Path) -> Path:
-    """The absolute real path; a symlink loop cannot be resolved, so it stays as written
-    (the item then fails on reading, naming the loop)."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path.absolute()
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -173,8 +185,24 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _predecessor(item: Item, digest: str, states: dict, locations: dict, leaving: dict[str, list[int]],
+                 moves: dict) -> int | None:
+    """The row an item new under its key continues, if any: the row an older version wrote
+    for this very file (keyed by its absolute path), else a row with the same bytes whose
+    key left the collection."""
+    if item.path is not None:
+        try:
+            legacy = specimen_id(str(item.path.resolve()))
+        except (OSError, RuntimeError):  # a symlink loop: no older row can be keyed by it
+            return None
+        if legacy in states and legacy not in moves and locations.get(legacy, ("", None))[1] is None:
+            return legacy
+    candidates = [s for s in leaving.get(digest, []) if s not in moves]
+    return candidates[0] if candidates else None
+
+
 def _provided_mask(masks_dir: Path | None, item: Item) -> Path | None:
-    if masks_dir is None:
+    if masks_dir is None or item.path is None:
         return None
     try:
         folders = [masks_dir / check_group_name(item.group)] if item.group else []

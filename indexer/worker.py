@@ -75,16 +75,17 @@ class Worker:
     def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
         supports = self.supports(unit.group)
         records = {item.key: _record(unit, item) for item in unit.items}
+        usable = [item for item in unit.items if not item.error]  # the others stay failed with their reason
         if isinstance(supports, ReferenceError):
-            for r in records.values():
-                r.status, r.error = "no_reference", str(supports)
+            for item in usable:
+                records[item.key].status, records[item.key].error = "no_reference", str(supports)
             return list(records.values())
         traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
 
         started = time.perf_counter()
         images: dict[str, np.ndarray] = {}
         label_maps: dict[str, tuple[np.ndarray, TrackResult | None]] = {}
-        for item in unit.items:
+        for item in usable:
             try:
                 images[item.key] = load_image(item.path)
                 if item.key in unit.provided_masks:
@@ -167,12 +168,18 @@ def load_supports_or_error(references: Path, group: str | None) -> list[Support]
 def _record(unit: WorkUnit, item: Item) -> SpecimenRecord:
     return SpecimenRecord(
         specimen_id=unit.specimen_ids[item.key],
-        path=str(item.path),
+        path=item.location,
         status="failed",
+        error=item.error,
         group_name=item.group,
         content_hash=unit.hashes[item.key] or None,
         fingerprint=unit.fingerprints[item.key],
         metadata=dict(item.metadata),
+        item_key=item.key,
+        source=item.source,
+        fetched_at=item.fetched_at,
+        license=item.license,
+        rights_holder=item.rights_holder,
     )
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("index", "status"),
     "verify": ("verify", "verify"),
     "measure": ("measure", "measure"),
+    "relocate": ("relocate", "relocate"),
     "demo": ("demo", "demo"),
     "finetune": ("finetune", "finetune"),
     "eval-seg": ("evaluate", "eval_seg"),

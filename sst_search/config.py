@@ -88,6 +88,20 @@ class InstancesConfig(_Strict):
     margin: float = Field(0.1, ge=0, description="crop margin around an instance, fraction of its box's longer side")
 
 
+class FetchConfig(_Strict):
+    """Images given by http(s) URL, fetched into a cache before segmentation."""
+
+    image_cache: str | None = Field(None, description="cache folder (default: <db>.images beside the store)")
+    max_per_host: int = Field(2, ge=1, description="concurrent requests per host")
+    concurrency: int = Field(8, ge=1, description="concurrent requests in all")
+    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    retries: int = Field(4, ge=1, description="attempts per image (timeouts, dropped connections, 429, 5xx)")
+    max_bytes: int = Field(100_000_000, gt=0, description="largest image accepted")
+    iiif_size: int | None = Field(None, description="IIIF images are requested at most this many pixels a side "
+                                                    "(null: segmentation.image_size)")
+    revalidate: bool = Field(False, description="ask the server whether cached images changed (ETag)")
+
+
 class IndexerConfig(_Strict):
     commit_every: int = Field(16, description="specimens per DuckDB transaction")
     engine: Literal["local", "ray"] = "local"
@@ -105,6 +119,7 @@ class Config(_Strict):
     indexer: IndexerConfig = IndexerConfig()
     measure: MeasureConfig = MeasureConfig()
     instances: InstancesConfig = InstancesConfig()
+    fetch: FetchConfig = FetchConfig()
 
 
 def load_config(path: str | Path | None = None) -> Config:

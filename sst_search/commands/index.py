@@ -24,6 +24,7 @@ def apply_overrides(config: Config, **overrides) -> Config:
         "embedding": ("embedder", "embedder_weights"),
         "indexer": ("engine", "ray_address", "num_workers"),
         "measure": ("pixels_per_mm", "scale_column"),
+        "fetch": ("image_cache", "max_per_host"),
     }
     data = config.model_dump()
     for section, keys in sections.items():
@@ -35,7 +36,8 @@ def apply_overrides(config: Config, **overrides) -> Config:
 
 
 def index(
-    collection: Path = typer.Argument(..., help="Manifest CSV or a folder whose sub-folders name the groups."),
+    collection: Path = typer.Argument(..., help="Manifest CSV, Darwin Core Archive (zip or folder with meta.xml), "
+                                                "or a folder whose sub-folders name the groups."),
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
@@ -56,6 +58,9 @@ def index(
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
                                                help="Scale of the whole collection (mm measurements); an item's own column wins."),
     scale_column: str | None = typer.Option(None, "--scale-column", help="Manifest column with an item's pixels per mm (default pixelsPerMM)."),
+    group_by: str = typer.Option("scientificName", "--group-by", help="Darwin Core Archive: the core term naming each item's group."),
+    image_cache: Path | None = typer.Option(None, "--image-cache", help="Cache of images given by URL (default: <db>.images)."),
+    max_per_host: int | None = typer.Option(None, "--max-per-host", help="Concurrent requests per image server (default 2)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
     allow_mass_removal: bool = typer.Option(
@@ -82,9 +87,10 @@ def index(
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
             orientation=parse_orientation(orientation) if orientation is not None else None,
+            image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
-                            quiet=quiet, allow_mass_removal=allow_mass_removal)
+                            quiet=quiet, group_by=group_by, allow_mass_removal=allow_mass_removal)
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
 

@@ -222,6 +222,8 @@ class Store:
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                         "orientation": r.orientation,
+                        "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
+                        "license": r.license, "rights_holder": r.rights_holder,
                     }
                     for r in records
                 ],
@@ -360,6 +362,75 @@ class Store:
             generations = self._bump(touched, {})
         self._apply(touched, ids, {}, generations)
         return int(existed)
+
+    def move_specimens(self, moves: Mapping[int, tuple[int, str, str | None]]) -> int:
+        """Re-point specimens without re-processing them: ``old_id -> (new_id, path, item_key)``.
+
+        For an item whose file moved (same bytes) or a row written before ids came from item
+        keys. Every table with a ``specimen_id`` column follows the new id (tables added later
+        included), and the FAISS indexes of re-keyed specimens are rebuilt at a new
+        generation; all in one transaction. Returns how many rows moved.
+        """
+        self._require_writer()
+        if not moves:
+            return 0
+        rows = [(int(old), int(new), path, key) for old, (new, path, key) in moves.items()]
+        rekeyed = [old for old, new, _, _ in rows if old != new]
+        clash = self.con.execute(
+            "SELECT specimen_id FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+            [[new for old, new, _, _ in rows if old != new]],
+        ).fetchall()
+        if clash:
+            raise ValueError(f"cannot move specimens onto ids that are in use: {[c[0] for c in clash][:5]}")
+        touched = {(e, t) for e, t in self.con.execute(
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [rekeyed]
+        ).fetchall()}
+        tables = [t for (t,) in self.con.execute(
+            "SELECT DISTINCT c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t "
+            "ON t.table_oid = c.table_oid WHERE c.column_name = 'specimen_id' AND NOT t.temporary"
+        ).fetchall()]
+        table = pa.table({
+            "old_id": pa.array([r[0] for r in rows], pa.int64()), "new_id": pa.array([r[1] for r in rows], pa.int64()),
+            "path": pa.array([r[2] for r in rows], pa.string()), "item_key": pa.array([r[3] for r in rows], pa.string()),
+        })
+        with self._transaction({"_moves": table}):
+            self._exec("UPDATE specimens SET path = m.path, item_key = m.item_key "
+                       "FROM _moves m WHERE specimens.specimen_id = m.old_id")
+            if rekeyed:
+                for name in tables:
+                    extra = ", faiss_id = m.new_id" if name == "vectors" else ""
+                    self._exec(f'UPDATE "{name}" SET specimen_id = m.new_id{extra} FROM _moves m '
+                               f'WHERE "{name}".specimen_id = m.old_id AND m.old_id <> m.new_id')
+            generations = self._bump(touched, {})
+        for key in touched:
+            self._indexes.pop(key, None)  # ids changed: rebuilt from the vectors table below
+        self._apply(touched, [], {}, generations)
+        return len(rows)
+
+    def relocate(self, old_prefix: str, new_prefix: str) -> int:
+        """Rewrite the prefix of every stored image path (and of the references folder the
+        runs recorded) in one transaction: the collection was moved or mounted elsewhere.
+        Matches whole path components only. Returns how many specimens were re-pointed."""
+        self._require_writer()
+        old, new = old_prefix.rstrip("/") or "/", new_prefix.rstrip("/") or "/"
+        relative = self.con.execute(
+            "SELECT count(*) FROM specimens WHERE path NOT LIKE '/%' AND status = 'indexed'").fetchall()[0][0]
+        if relative:
+            raise ValueError(f"{self.db_path}: {relative} specimens have paths relative to the folder an older version "
+                             "was run from; re-run `sst-search index` with the collection at its current place to "
+                             "store absolute paths, then relocate")
+        match = "(path = ? OR starts_with(path, ? || '/'))"
+        with self._transaction({}):
+            count = self.con.execute(f"SELECT count(*) FROM specimens WHERE {match}", [old, old]).fetchall()[0][0]
+            self._exec(f"UPDATE specimens SET path = ? || substr(path, ?) WHERE {match}",
+                       [new, len(old) + 1, old, old])
+            for run_id, fingerprint in self.con.execute("SELECT run_id, fingerprint FROM runs").fetchall():
+                fp = json.loads(fingerprint) if fingerprint else {}
+                refs = fp.get("references_dir")
+                if isinstance(refs, str) and (refs == old or refs.startswith(old + "/")):
+                    fp["references_dir"] = new + refs[len(old):]
+                    self._exec("UPDATE runs SET fingerprint = ? WHERE run_id = ?", [json.dumps(fp), run_id])
+        return int(count)
 
     def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
         """Replace the measurements of these specimens (a re-measure with another scale, say),
@@ -514,6 +585,19 @@ class Store:
         """``specimen_id -> (content_hash, fingerprint JSON, status)``, what incremental planning compares."""
         rows = self.con.execute("SELECT specimen_id, content_hash, fingerprint, status FROM specimens").fetchall()
         return {sid: (h, fp, st) for sid, h, fp, st in rows}
+
+    def specimen_locations(self) -> dict[int, tuple[str, str | None]]:
+        """``specimen_id -> (path, item_key)``: where each row's pixels are and the key it was
+        written under (NULL for rows from before item keys), for planning moves."""
+        rows = self.con.execute("SELECT specimen_id, path, item_key FROM specimens").fetchall()
+        return {sid: (path, key) for sid, path, key in rows}
+
+    def path_prefixes(self, limit: int = 5) -> list[str]:
+        """The most common parent folders of the stored paths (what ``relocate`` can re-point)."""
+        rows = self.con.execute(
+            "SELECT regexp_replace(path, '/[^/]*$', '') AS folder, count(*) FROM specimens "
+            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [limit]).fetchall()
+        return [r[0] for r in rows]
 
     def trait_masks(self, specimen_id: int) -> list[TraitMask]:
         rows = self.con.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
@@ -14,7 +15,8 @@ from sst_search.store.schema import MASK_SOURCES, STATUSES
 
 
 def specimen_id(key: str) -> int:
-    """Stable 63-bit id of an item key (its manifest path): workers agree without coordination."""
+    """Stable 63-bit id of an item key (its path relative to the manifest or collection folder,
+    see ``Item.key``): workers agree without coordination, and moving the collection keeps it."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") & ((1 << 63) - 1)
 
 
@@ -91,6 +93,12 @@ class SpecimenRecord:
     #: One row per mask from :func:`sst_search.measure.measure_label_map`.
     measurements: list[dict] = field(default_factory=list)
     vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    #: Provenance: the item's key, the URL and time the pixels were fetched, licence, rights holder.
+    item_key: str | None = None
+    source: str | None = None
+    fetched_at: datetime | None = None
+    license: str | None = None
+    rights_holder: str | None = None
 
     def validate(self) -> None:
         where = f"{self.path} (specimen {self.specimen_id})"

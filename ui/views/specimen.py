@@ -28,6 +28,18 @@ def _neighbours(engine: SearchEngine, specimen_id: int, traits: list[str]) -> No
         result_grid(engine, results, f"nn-{trait}", columns=NEIGHBOURS, compact=True)
 
 
+def _provenance(row: dict) -> None:
+    """Where the pixels came from and under which licence (plain text: never rendered as Markdown)."""
+    licence, holder, source = row.get("license"), row.get("rights_holder"), row.get("source")
+    st.text(f"Licence: {licence or 'not recorded'}" + (f" · rights holder: {holder}" if holder else ""))
+    if source:
+        fetched = row.get("fetched_at")
+        st.text(f"Fetched {fetched:%Y-%m-%d %H:%M} UTC" if fetched else "Fetched from the web")
+        st.link_button("Image source", source)
+    if licence and licence.lower().startswith(("http://", "https://")):
+        st.link_button("Licence", licence)
+
+
 def render(engine: SearchEngine) -> None:
     st.header("Specimen")
     labels = specimen_labels(engine, cache_key(engine), indexed_only=False)
@@ -57,6 +69,7 @@ def render(engine: SearchEngine) -> None:
         st.markdown(f"**Group:** {md(row['group_name'] or '-')}  \n**Path:** {md(row['path'])}  \n**Size:** "
                     f"{row['width']} x {row['height']} px"
                     + (f"  \n**Segmented turned by:** {turned} degrees" if turned else ""))
+        _provenance(row)
         metadata = row["metadata"] or {}
         if metadata:
             st.table(pd.DataFrame({"value": [str(v) for v in metadata.values()]}, index=list(metadata)))
