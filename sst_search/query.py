@@ -442,7 +442,7 @@ class SearchEngine:
         return recorded if recorded in names else names[0]
 
     def _stored_vector(self, embedder: str, trait: str, specimen_id: int) -> np.ndarray:
-        ids, matrix = self.store.get_vectors(embedder, trait, [specimen_id])
+        ids, matrix = self.store.vectors_of(embedder, trait, [specimen_id])
         if not len(ids):
             raise QueryError(f"specimen {specimen_id} has no {trait!r} vector for {embedder!r} (trait not found on it?)")
         return matrix[0]

@@ -93,7 +93,7 @@ class Store:
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
-        self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
+        self._tables: dict[IndexKey, tuple[np.ndarray, np.ndarray, int]] = {}
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -553,22 +553,35 @@ class Store:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         return filtered_search(
             index, query, k, population=self.population(embedder, trait_name),
-            vectors=lambda ids: self.get_vectors(embedder, trait_name, ids), admission=admission, skip=skip,
-            config=self.plan,
+            vectors=lambda ids: self.vectors_of(embedder, trait_name, ids), admission=admission, skip=skip,
+            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.plan,
         )
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
-        """Sorted ids of one index's vectors, kept in memory per generation (selectivity samples)."""
+        """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""
+        return self._vector_table(embedder, trait_name)[0]
+
+    def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
+
+        A query's own vector, exact scans and re-ranking need a few rows per search; looking
+        them up in arrays kept per generation costs microseconds where a DuckDB query over
+        the ``vectors`` table costs a scan.
+        """
+        table_ids, matrix = self._vector_table(embedder, trait_name)
+        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(table_ids, ids), max(0, len(table_ids) - 1))
+        found = (table_ids[rows] == ids) if len(table_ids) else np.zeros(len(ids), bool)
+        return ids[found], matrix[rows[found]]
+
+    def _vector_table(self, embedder: str, trait_name: str) -> tuple[np.ndarray, np.ndarray]:
         key = (embedder, trait_name)
         generation = self._generations().get(key)
-        cached = self._populations.get(key)
-        if cached is None or cached[1] != generation:
-            ids = self.con.execute(
-                "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY 1", list(key)
-            ).fetchnumpy()["specimen_id"]
-            cached = (np.asarray(ids, np.int64), generation)
-            self._populations[key] = cached
-        return cached[0]
+        cached = self._tables.get(key)
+        if cached is None or cached[2] != generation:
+            ids, matrix = self.get_vectors(embedder, trait_name)
+            cached = self._tables[key] = (ids, np.ascontiguousarray(matrix, np.float32), generation)
+        return cached[0], cached[1]
 
     # -- reading -------------------------------------------------------------------------
 
