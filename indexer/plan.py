@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst_search.config import Config
-from sst_search.references import ReferenceError, check_group_name, references_fingerprint
+from sst_search.references import ReferencesError, check_group_name, references_fingerprint
 from sst_search.store import specimen_id
 from sst_search.weights import resolve_sam2_weights, sha256_file
 
@@ -126,8 +126,8 @@ def make_plan(
         digest = content_hash(item.path) if item.path is not None and not item.error else ""
         if item.group not in ref_fps:
             supports = load_supports_or_error(references, item.group)
-            ref_fps[item.group] = None if isinstance(supports, ReferenceError) else references_fingerprint(supports)
-            if isinstance(supports, ReferenceError):
+            ref_fps[item.group] = None if isinstance(supports, ReferencesError) else references_fingerprint(supports)
+            if isinstance(supports, ReferencesError):
                 ref_errors[item.group] = str(supports)
         provided = _provided_mask(masks_dir, item)
         fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
@@ -206,7 +206,7 @@ def _provided_mask(masks_dir: Path | None, item: Item) -> Path | None:
         return None
     try:
         folders = [masks_dir / check_group_name(item.group)] if item.group else []
-    except ReferenceError:
+    except ReferencesError:
         folders = []
     for candidate in [*(f / f"{item.path.stem}.png" for f in folders), masks_dir / f"{item.path.stem}.png"]:
         if candidate.is_file():

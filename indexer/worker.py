@@ -18,7 +18,7 @@ from sst_search.config import Config
 from sst_search.embed import EmbedItem
 from sst_search.images import ImageLoadError, check_file, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
-from sst_search.references import ReferenceError, Support, check_group_name, load_group_references
+from sst_search.references import ReferencesError, Support, check_group_name, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.store.review import apply_corrections
 from sst_search.weights import sha256_file
@@ -54,7 +54,7 @@ class Worker:
         self.references = Path(references)
         self.embedder = embedder if embedder is not None else embedder_from_config(config.embedding)
         self._tracker = tracker
-        self._supports: dict[str, list[Support] | ReferenceError] = {}
+        self._supports: dict[str, list[Support] | ReferencesError] = {}
         self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0}
 
     @property
@@ -63,7 +63,7 @@ class Worker:
             self._tracker = tracker_from_config(self.config.segmentation)
         return self._tracker
 
-    def supports(self, group: str | None) -> list[Support] | ReferenceError:
+    def supports(self, group: str | None) -> list[Support] | ReferencesError:
         key = group or ""
         if key not in self._supports:
             self._supports[key] = load_supports_or_error(self.references, group)
@@ -76,7 +76,7 @@ class Worker:
         supports = self.supports(unit.group)
         records = {item.key: _record(unit, item) for item in unit.items}
         usable = [item for item in unit.items if not item.error]  # the others stay failed with their reason
-        if isinstance(supports, ReferenceError):
+        if isinstance(supports, ReferencesError):
             for item in usable:
                 records[item.key].status, records[item.key].error = "no_reference", str(supports)
             return list(records.values())
@@ -149,19 +149,19 @@ def content_hash(path: Path) -> str:
         return ""
 
 
-def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferenceError:
+def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferencesError:
     """A group's supports, or the reason it has none (recorded as ``no_reference``)."""
     if not group:
-        return ReferenceError("item has no group; pass --default-group or add a 'group' column")
+        return ReferencesError("item has no group; pass --default-group or add a 'group' column")
     try:
         folder = references / check_group_name(group)
-    except ReferenceError as exc:
+    except ReferencesError as exc:
         return exc
     if not folder.is_dir():
-        return ReferenceError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
+        return ReferencesError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
     try:
         return load_group_references(folder)
-    except ReferenceError as exc:
+    except ReferencesError as exc:
         return exc
 
 

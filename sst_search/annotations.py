@@ -29,7 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .references import TRAITS_FILE, ReferenceError, Support, load_traits, save_support, unique_stem
+from .references import TRAITS_FILE, ReferencesError, Support, load_traits, save_support, unique_stem
 
 FORMATS = ("coco", "cvat", "labelstudio", "label-image")
 
@@ -413,6 +413,6 @@ def import_annotations(
     for a in annotated:
         try:
             written.append(save_support(refs_dir, group, a.image_path.stem, a.image_path, a.masks))
-        except ReferenceError as exc:
+        except ReferencesError as exc:
             raise AnnotationError(path, f"{a.image_path.name}: {exc}") from exc
     return written

@@ -128,6 +128,30 @@ class Config(_Strict):
     fetch: FetchConfig = FetchConfig()
 
 
+def apply_overrides(config: Config, **overrides) -> Config:
+    """``config`` with command-line options merged in: they win over the config file, and
+    ``None`` means "not given". Option names are the config's keys, except
+    ``embedder_weights`` (``embedding.weights``); an unknown name is an error."""
+    sections = {
+        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation"),
+        "embedding": ("embedder", "embedder_weights"),
+        "indexer": ("engine", "ray_address", "num_workers"),
+        "measure": ("pixels_per_mm", "scale_column"),
+        "fetch": ("image_cache", "max_per_host"),
+    }
+    known = {key for keys in sections.values() for key in keys}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown configuration override(s): {unknown}")
+    data = config.model_dump()
+    for section, keys in sections.items():
+        for key in keys:
+            value = overrides.get(key)
+            if value is not None:
+                data[section]["weights" if key == "embedder_weights" else key] = value
+    return Config.model_validate(data)
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Defaults, overlaid by a YAML file when given; unknown keys are errors (typos
     in a config must not be silently ignored)."""

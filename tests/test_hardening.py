@@ -18,7 +18,7 @@ from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.images import UPLOAD_FORMATS, ImageLoadError, _open, load_image
 from sst_search.query import Filter, QueryError, SearchEngine, compile_filters
-from sst_search.references import ReferenceError, check_group_name
+from sst_search.references import ReferencesError, check_group_name
 from sst_search.synthetic import generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
 from ui.render import md
@@ -96,7 +96,7 @@ def test_filter_op_is_validated_on_assignment_and_allow_listed_in_the_compiler(i
 
 def test_group_names_never_leave_the_references_folder(indexed):
     for bad in ("../alba", "/etc", "a/b", "a\\b", ".", "..", "", " alba", "a\x00b", "a\nb"):
-        with pytest.raises(ReferenceError, match="cannot name a references folder"):
+        with pytest.raises(ReferencesError, match="cannot name a references folder"):
             check_group_name(bad)
     assert check_group_name("Heliconius erato") == "Heliconius erato"
     db, _ = indexed

@@ -46,7 +46,9 @@ def _index(coll, db, config=None, **kwargs):
 
 def _catalog(db):
     with Store.open(db, read_only=True) as store:
-        rows = store.con.execute("SELECT specimen_id, status, group_name, content_hash FROM specimens ORDER BY 1").fetchall()
+        states = store.specimen_states()
+        rows = [(r["specimen_id"], r["status"], r["group_name"], states[r["specimen_id"]][0])
+                for r in sorted(store.specimens(status=None), key=lambda r: r["specimen_id"])]
         return rows, store.check_consistency(), store.status()
 
 
@@ -185,7 +187,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
     proc.wait()
     assert committed == 3, "the job never committed three units"
     with Store.open(db) as store:  # a writer open repairs stale FAISS files
-        partial = store.con.execute("SELECT count(*) FROM specimens").fetchall()[0][0]
+        partial = len(store.specimen_states())
         assert 3 <= partial < 12
         assert store.check_consistency() == []
     resumed = _index(coll, db, _config(indexer={"commit_every": 1}), tracker=tracker)
@@ -209,14 +211,16 @@ def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
         torch.set_num_threads(threads)
     ray_run = _index(collection, tmp_path / "ray.duckdb", _config(indexer={"engine": "ray", "num_workers": 2, "commit_every": 2}))
     assert local.counts == ray_run.counts
-    queries = [
-        "SELECT specimen_id, status, group_name, content_hash, fingerprint, metadata FROM specimens ORDER BY 1",
-        "SELECT specimen_id, trait_id, trait_name, area, rle FROM trait_masks ORDER BY 1, 2",
-        "SELECT embedder, trait_name, specimen_id, vector FROM vectors ORDER BY 1, 2, 3",
-    ]
+    def catalog(store):
+        ids = store.specimen_ids(status=None).tolist()
+        specimens = [{k: v for k, v in store.get_specimen(i).items() if k != "updated_at"} for i in ids]
+        masks = [[(m.trait_id, m.trait_name, m.area, m.rle) for m in store.trait_masks(i)] for i in ids]
+        vectors = {key: (lambda v: (v[0].tolist(), v[1].tolist()))(store.get_vectors(*key)) for key in store.index_keys()}
+        return specimens, masks, vectors
+
     with Store.open(tmp_path / "local.duckdb", read_only=True) as a, Store.open(tmp_path / "ray.duckdb", read_only=True) as b:
-        for q in queries:
-            assert a.con.execute(q).fetchall() == b.con.execute(q).fetchall(), q
+        for part, x, y in zip(("specimens", "masks", "vectors"), catalog(a), catalog(b)):
+            assert x == y, part
         assert b.check_consistency() == []
         assert b.runs()[-1]["engine"] == "ray"
 

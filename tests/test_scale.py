@@ -121,7 +121,7 @@ def test_a_slow_embed_does_not_hold_up_another_threads_search(tmp_path):
     image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
     load_engine.clear()
     with engine_session(str(tmp_path / "c.duckdb")) as engine:  # the app's way to the shared engine
-        engine._embedder = embedder
+        engine.encoder._embedder = embedder
     try:
         with ThreadPoolExecutor(2) as pool:
             def search(**query):

@@ -9,30 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import Config, load_config
-from ..references import ReferenceError
+from ..config import apply_overrides, load_config
+from ..references import ReferencesError
 from ..store import Store
 from ..store.errors import StoreError
 from ..weights import WeightsError
 from .errors import ITEMS_FAILED, console, exit_codes
-
-
-def apply_overrides(config: Config, **overrides) -> Config:
-    """Command-line options win over the config file; ``None`` means "not given"."""
-    sections = {
-        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation"),
-        "embedding": ("embedder", "embedder_weights"),
-        "indexer": ("engine", "ray_address", "num_workers"),
-        "measure": ("pixels_per_mm", "scale_column"),
-        "fetch": ("image_cache", "max_per_host"),
-    }
-    data = config.model_dump()
-    for section, keys in sections.items():
-        for key in keys:
-            value = overrides.get(key)
-            if value is not None:
-                data[section]["weights" if key == "embedder_weights" else key] = value
-    return Config.model_validate(data)
+from .options import ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
 
 
 def index(
@@ -42,15 +25,15 @@ def index(
     db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
     embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
-    embedder_weights: str | None = typer.Option(None, "--embedder-weights", help="Embedder checkpoint path or 'random'."),
+    embedder_weights: str | None = EMBEDDER_WEIGHTS,
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
     workers: int | None = typer.Option(None, "--workers", help="Ray actors."),
-    mode: str | None = typer.Option(None, "--mode", help="pairwise | chain."),
-    model: str | None = typer.Option(None, "--model", help="SAM 2.1 model name."),
-    weights: str | None = typer.Option(None, "--weights", help="SAM 2 checkpoint path or 'random'."),
-    adapter: str | None = typer.Option(None, "--adapter", help="Fine-tuned adapter (sst-search finetune)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size."),
+    mode: str | None = mode_option(None),
+    model: str | None = model_option(None),
+    weights: str | None = WEIGHTS,
+    adapter: str | None = ADAPTER,
+    image_size: int | None = IMAGE_SIZE,
     quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
     orientation: str | None = typer.Option(None, "--orientation", help="0 | 90 | 180 | 270 | auto (try all four per image)."),
     masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
@@ -81,7 +64,7 @@ def index(
     from ..tracking import parse_orientation
 
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
-    with exit_codes(CollectionError, ReferenceError, WeightsError, MassRemovalError, StoreError, RuntimeError):
+    with exit_codes(CollectionError, ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
@@ -106,7 +89,7 @@ def failure_line(status: str, path: str, error: str | None) -> str:
 
 def print_summary(summary) -> None:
     if summary.weights_random:
-        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
+        warn_random_weights(console, "masks and search results are not meaningful")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)

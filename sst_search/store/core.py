@@ -31,10 +31,10 @@ from sst_search.config import IndexConfig
 from sst_search.store import indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
+from sst_search.store.catalog import Catalog
 from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
-from sst_search.store.records import SpecimenRecord, TraitMask
+from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
-from sst_search.store.rle import decode_mask
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
 from sst_search.weights import sha256_file
 
@@ -72,15 +72,9 @@ _MEASUREMENT_INSERT = (
 )
 
 
-def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
-    col = table.column(column).combine_chunks()
-    if len(col) == 0:
-        return np.zeros((0, 0), np.float32)
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
-
-
-class Store:
-    """Catalog + vector indexes of one collection. Use :meth:`open`."""
+class Store(Catalog):
+    """Catalog + vector indexes of one collection: the reads of :class:`Catalog`, the writes
+    and the FAISS indexes kept consistent with them. Use :meth:`open`."""
 
     def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
                  plan: PlanConfig) -> None:
@@ -189,9 +183,6 @@ class Store:
             "UPDATE runs SET finished_at = ?, counts = ?, timings = ? WHERE run_id = ?",
             [_now(), json.dumps(counts or {}), json.dumps(timings or {}), run_id],
         )
-
-    def runs(self) -> list[dict]:
-        return self._dicts("SELECT * FROM runs ORDER BY started_at")
 
     # -- writing -------------------------------------------------------------------------
 
@@ -583,134 +574,6 @@ class Store:
             cached = self._tables[key] = (ids, np.ascontiguousarray(matrix, np.float32), generation)
         return cached[0], cached[1]
 
-    # -- reading -------------------------------------------------------------------------
-
-    def get_specimen(self, specimen_id: int) -> dict | None:
-        rows = self._dicts("SELECT * FROM specimens WHERE specimen_id = ?", [int(specimen_id)])
-        if not rows:
-            return None
-        row = rows[0]
-        for col in ("fingerprint", "metadata"):
-            row[col] = json.loads(row[col]) if row[col] is not None else None
-        return row
-
-    def specimen_states(self) -> dict[int, tuple[str | None, str | None, str]]:
-        """``specimen_id -> (content_hash, fingerprint JSON, status)``, what incremental planning compares."""
-        rows = self.con.execute("SELECT specimen_id, content_hash, fingerprint, status FROM specimens").fetchall()
-        return {sid: (h, fp, st) for sid, h, fp, st in rows}
-
-    def specimen_locations(self) -> dict[int, tuple[str, str | None]]:
-        """``specimen_id -> (path, item_key)``: where each row's pixels are and the key it was
-        written under (NULL for rows from before item keys), for planning moves."""
-        rows = self.con.execute("SELECT specimen_id, path, item_key FROM specimens").fetchall()
-        return {sid: (path, key) for sid, path, key in rows}
-
-    def path_prefixes(self, limit: int = 5) -> list[str]:
-        """The most common parent folders of the stored paths (what ``relocate`` can re-point)."""
-        rows = self.con.execute(
-            "SELECT regexp_replace(path, '/[^/]*$', '') AS folder, count(*) FROM specimens "
-            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [limit]).fetchall()
-        return [r[0] for r in rows]
-
-    def trait_masks(self, specimen_id: int) -> list[TraitMask]:
-        rows = self.con.execute(
-            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
-            "object_score, predicted_iou FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
-            [int(specimen_id)],
-        ).fetchall()
-        return [
-            TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
-            for t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows
-        ]
-
-    def label_map(self, specimen_id: int) -> np.ndarray | None:
-        """The specimen's label map rebuilt from its stored masks (None without masks)."""
-        masks = self.trait_masks(specimen_id)
-        if not masks:
-            return None
-        first = decode_mask(masks[0].rle)
-        out = np.zeros(first.shape, np.uint8)
-        for m in masks:
-            out[decode_mask(m.rle)] = m.trait_id
-        return out
-
-    def indexed_specimens(self) -> list[tuple[int, str, dict]]:
-        """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
-        rows = self.con.execute(
-            "SELECT specimen_id, path, metadata FROM specimens WHERE status = 'indexed' ORDER BY specimen_id"
-        ).fetchall()
-        return [(sid, path, json.loads(md) if md else {}) for sid, path, md in rows]
-
-    def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
-        """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
-        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
-        the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
-        (NULL for masks written before measurements existed)."""
-        clauses, params = ["s.status = 'indexed'"], []
-        if groups is not None:
-            clauses.append("s.group_name IN (SELECT unnest(?::VARCHAR[]))")
-            params.append([str(g) for g in groups])
-        if specimen_ids is not None:
-            clauses.append("s.specimen_id IN (SELECT unnest(?::BIGINT[]))")
-            params.append([int(i) for i in specimen_ids])
-        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
-        return self.con.execute(
-            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
-            "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
-            f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
-            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
-            f"WHERE {' AND '.join(clauses)} ORDER BY s.group_name, s.path, t.trait_id",
-            params,
-        ).df()
-
-    def unmeasured_specimens(self) -> list[int]:
-        """Indexed specimens with a trait mask that has no measurements (written before they existed)."""
-        return [r[0] for r in self.con.execute(
-            "SELECT DISTINCT t.specimen_id FROM trait_masks t JOIN specimens s USING (specimen_id) "
-            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
-            "WHERE x.specimen_id IS NULL AND s.status = 'indexed' ORDER BY 1"
-        ).fetchall()]
-
-    def measured_traits(self) -> list[str]:
-        """Names of the traits that have measurements (what measurement filters and plots accept)."""
-        return [r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()]
-
-    def get_vectors(
-        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id."""
-        sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
-        params: list = [embedder, trait_name]
-        if ids is not None:
-            sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
-            params.append([int(i) for i in ids])
-        table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
-        return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
-
-    def filter_specimens(
-        self,
-        filters: Mapping[str, str | Sequence[str]] | None = None,
-        group: str | None = None,
-        status: str | None = "indexed",
-    ) -> list[int]:
-        """Ids of specimens whose metadata ``key`` equals the value (or one of the values) for every filter."""
-        clauses, params = [], []
-        if status is not None:
-            clauses.append("s.status = ?")
-            params.append(status)
-        if group is not None:
-            clauses.append("s.group_name = ?")
-            params.append(group)
-        for key, value in (filters or {}).items():
-            values = [value] if isinstance(value, str) else list(value)
-            clauses.append(
-                "EXISTS (SELECT 1 FROM specimen_metadata m WHERE m.specimen_id = s.specimen_id "
-                "AND m.key = ? AND m.value IN (SELECT unnest(?::VARCHAR[])))"
-            )
-            params += [key, values]
-        where = " AND ".join(clauses) or "TRUE"
-        return [r[0] for r in self.con.execute(f"SELECT specimen_id FROM specimens s WHERE {where} ORDER BY 1", params).fetchall()]
-
     def status(self) -> dict:
         """Counts per status and per group, and per index: vectors, generation, file state."""
         by_status = dict(self.con.execute("SELECT status, count(*) FROM specimens GROUP BY 1 ORDER BY 1").fetchall())
@@ -771,11 +634,6 @@ class Store:
     def _exec(self, sql: str, params: list | None = None) -> None:
         # DuckDB refuses new work while a result is unread; statements here return nothing useful.
         self.con.execute(sql, params or []).fetchall()
-
-    def _dicts(self, sql: str, params: list | None = None) -> list[dict]:
-        cur = self.con.execute(sql, params or [])
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def _record_index_config(self, config: IndexConfig) -> None:
         self._exec(
