@@ -19,6 +19,7 @@ from sst_search.store import IndexConfig, Store
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
+from .instances import SplitSummary, crops_dir, split_instances
 from .plan import make_plan
 from .runners import make_runner
 from .worker import Worker, build_embedder
@@ -34,11 +35,13 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     weights_random: bool = False
+    split: SplitSummary | None = None  # --instances: photos split into instance items
 
     @property
     def exit_code(self) -> int:
-        """0: everything indexed or unchanged; 1: some items failed or have no references."""
-        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) else 0
+        """0: everything indexed or unchanged; 1: some items (or photos to split) failed or have no references."""
+        failed_photos = self.split.failed if self.split else 0
+        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) or failed_photos else 0
 
 
 def run_index(
@@ -50,13 +53,19 @@ def run_index(
     force: bool = False,
     default_group: str | None = None,
     quiet: bool = True,
+    instance_references: Path | None = None,
 ) -> RunSummary:
+    """Index ``collection``; with ``instance_references`` every photo is first split into one
+    item per instance (see :mod:`indexer.instances`) and those items are indexed."""
     started = time.perf_counter()
     items = load_collection(collection, default_group=default_group)
     worker = Worker(config, references) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
     index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
+    split = None
     with Store.open(db, index_config=index_config) as store:
+        if instance_references is not None:
+            items, split = split_instances(items, store, config, instance_references, crops_dir(db), worker, force)
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
@@ -99,7 +108,7 @@ def run_index(
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random")
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", split)
 
 
 def _embedder_fingerprint(config: Config) -> dict:

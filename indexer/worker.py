@@ -53,12 +53,7 @@ class Worker:
     @property
     def tracker(self):
         if self._tracker is None:
-            seg = self.config.segmentation
-            kwargs = {"adapter": seg.adapter} if seg.adapter else {}
-            self._tracker = build_tracker(
-                seg.model, seg.weights, image_size=seg.image_size, device=seg.device,
-                max_chain_length=seg.max_chain_length, **kwargs,
-            )
+            self._tracker = build_segmentation_tracker(self.config)
         return self._tracker
 
     def supports(self, group: str | None) -> list[Support] | ReferenceError:
@@ -121,6 +116,15 @@ class Worker:
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
         self.timings["embed"] += time.perf_counter() - started
         return [records[item.key] for item in unit.items]
+
+
+def build_segmentation_tracker(config: Config):
+    seg = config.segmentation
+    kwargs = {"adapter": seg.adapter} if seg.adapter else {}
+    return build_tracker(
+        seg.model, seg.weights, image_size=seg.image_size, device=seg.device,
+        max_chain_length=seg.max_chain_length, **kwargs,
+    )
 
 
 def build_embedder(config: Config):

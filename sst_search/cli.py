@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from .commands.demo import demo
-from .commands.evaluate import eval_kshot, eval_retrieval, eval_seg
+from .commands.evaluate import eval_instances, eval_kshot, eval_retrieval, eval_seg
 from .commands.finetune import finetune
 from .commands.export import export_app
 from .commands.index import index, status
@@ -35,6 +35,7 @@ app.command("eval-seg")(eval_seg)
 app.command()(ui)
 app.command("eval-kshot")(eval_kshot)
 app.command("eval-retrieval")(eval_retrieval)
+app.command("eval-instances")(eval_instances)
 app.add_typer(refs_app, name="refs")
 app.add_typer(export_app, name="export")
 app.add_typer(review_app, name="review")

@@ -18,7 +18,7 @@ from sst_search.images import load_image
 from sst_search.query import SearchEngine
 
 DB_ENV = "SST_SEARCH_DB"
-PAGES = ("Search", "Specimen", "Collection", "Export")
+PAGES = ("Search", "Specimen", "Collection", "Export", "Photos")
 
 #: One engine (one DuckDB connection) serves every session; DuckDB connections are not
 #: thread-safe and Streamlit runs each session in its own thread, so page runs take turns.

@@ -57,8 +57,16 @@ def index(
     scale_column: str | None = typer.Option(None, "--scale-column", help="Manifest column with an item's pixels per mm (default pixelsPerMM)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
+    instances: bool = typer.Option(False, "--instances", help="Split every photo into one item per specimen first."),
+    instance_references: Path | None = typer.Option(
+        None, "--instance-references", help="Instance references (traits.yaml with instance_of); default REFS/instances."
+    ),
 ) -> None:
     """Segment and embed a collection into a DuckDB + FAISS trait index, incrementally.
+
+    With --instances every photo (a drawer, a field photo) is first split into its
+    instances, found from the instance references; each instance is an item (a crop with
+    its mask, box and a link to the photo and its metadata) and is segmented and embedded.
 
     Only new or changed images and items whose fingerprint (model, weights, adapter,
     references, embedder, config) changed are processed; deleted files leave the index.
@@ -75,7 +83,11 @@ def index(
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
         )
-        summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group, quiet=quiet)
+        instance_refs = (instance_references or Path(references) / "instances") if instances else None
+        summary = run_index(
+            collection, references, db, config, masks=masks, force=force, default_group=default_group, quiet=quiet,
+            instance_references=instance_refs,
+        )
     except (CollectionError, ReferenceError, WeightsError, ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -86,6 +98,14 @@ def index(
 def print_summary(summary) -> None:
     if summary.weights_random:
         console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
+    if summary.split is not None:
+        sp = summary.split
+        console.print(
+            f"photos: {sp.photos} ({sp.split} split, {sp.unchanged} unchanged, {sp.failed} failed, "
+            f"{sp.removed} removed) -> {sp.instances} instances"
+        )
+        for path, reason in sp.failures[:10]:
+            console.print(f"[red]failed[/red] {path}: {reason}")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)
