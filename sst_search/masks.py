@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where logits are turned into masks, not by every catalog reader
+    import torch
 
 
 def logits_to_label_map(
@@ -20,6 +23,9 @@ def logits_to_label_map(
         logits = logits[:, 0]
     if len(trait_ids) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit maps for {len(trait_ids)} traits")
+    import torch
+    import torch.nn.functional as F
+
     up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     best, idx = up.max(dim=0)
     lut = torch.tensor(trait_ids, dtype=torch.uint8, device=idx.device)
@@ -30,6 +36,8 @@ def logits_to_label_map(
 def logits_to_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """One boolean mask per object ``(K, H, W)`` at ``size``: each object decided on its own
     (``logits > 0``), unlike :func:`logits_to_label_map` where objects compete for pixels."""
+    import torch.nn.functional as F
+
     if logits.ndim == 4:
         logits = logits[:, 0]
     up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]

@@ -12,13 +12,20 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import Config
+from .images import ImageLoadError, load_image
+from .measure import measure_label_map, resolve_scale
 from .references import ReferenceError, Support, save_support, unique_stem
 from .store import SPECIMEN_TRAIT, Store
-from .store.review import ReviewItem, decisions, record_decision, review_queue
+from .store.review import ReviewItem, decisions, record_decision, replace_vectors, review_queue
 from .store.snapshots import publish_snapshot
+
+if TYPE_CHECKING:
+    from .embed import TraitEmbedder
 
 
 def default_reviewer() -> str:
@@ -36,13 +43,45 @@ def decide(
     reviewer: str | None = None,
     mask: np.ndarray | None = None,
     note: str | None = None,
+    embedder: TraitEmbedder | None = None,
     publish: bool = True,
-) -> None:
-    """Accept, reject or correct (with ``mask``) one trait mask of a specimen."""
+) -> list[str]:
+    """Accept, reject or correct (with ``mask``) one trait mask of a specimen.
+
+    A correction also re-measures the specimen and, given the index's ``embedder``,
+    re-embeds the trait, so measurements and search follow the corrected mask. Returns
+    what could not be refreshed (an unreadable image, no embedder), to be shown.
+    """
+    problems: list[str] = []
     with Store.open(db) as store:
         record_decision(store, specimen_id, trait_name, decision, reviewer or default_reviewer(), mask=mask, note=note)
+        if decision == "correct":
+            problems = _refresh(store, specimen_id, trait_name, embedder)
     if publish:
         publish_snapshot(db)
+    return problems
+
+
+def _refresh(store: Store, specimen_id: int, trait_name: str, embedder: TraitEmbedder | None) -> list[str]:
+    row = store.get_specimen(specimen_id)
+    try:
+        image = load_image(row["path"])
+    except ImageLoadError as exc:
+        return [f"measurements and vector not refreshed: {exc}"]
+    label_map = store.label_map(specimen_id)
+    names = {m.trait_id: m.trait_name for m in store.trait_masks(specimen_id)}
+    if image.shape[:2] != label_map.shape:
+        return [f"{row['path']}: the image changed since indexing; measurements and vector not refreshed"]
+    runs = [json.loads(r["fingerprint"] or "{}") for r in store.runs()]
+    config = next((Config.model_validate(fp["config"]) for fp in reversed(runs) if "config" in fp), Config())
+    scale = resolve_scale(row["metadata"] or {}, config.measure.scale_column, config.measure.pixels_per_mm)
+    store.replace_measurements({specimen_id: measure_label_map(label_map, image, names, scale)})
+    if embedder is None:
+        return [f"the vector of {trait_name!r} still describes the earlier mask (no embedder given)"]
+    trait_id = next(tid for tid, name in names.items() if name == trait_name)
+    vectors = embedder.embed_traits(image, label_map, [trait_id])
+    replace_vectors(store, specimen_id, {(embedder.name, trait_name): vectors[trait_id]})
+    return []
 
 
 def references_dir_of(store: Store) -> Path | None:

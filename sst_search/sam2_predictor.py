@@ -295,3 +295,9 @@ class MaskProposer:
                 return self.generator.generate(np.ascontiguousarray(image))
         finally:
             self.generator.predictor.frame = None
+
+
+def image_predictor(model: SAM2VideoPredictor) -> SAM2ImagePredictor:
+    """SAM 2's point/box image predictor over an already built model, so interactive labeling
+    uses exactly the weights and input size of the index's tracker, without a second model."""
+    return _EncodedImagePredictor(model)

@@ -14,45 +14,14 @@ from sst_search.cli import app
 from sst_search.images import save_mask
 from sst_search.references import load_references, references_fingerprint
 from sst_search.review import decide, promote
-from sst_search.store import SpecimenRecord, Store, masks_from_label_map, specimen_id
+from sst_search.store import Store
 from sst_search.store.review import decisions, review_queue
-
-TRAITS = {1: "band", 2: "spot"}
-#: band areas per specimen (10 rows x width): specimen 4's is an outlier; specimen 5 has no spot
-WIDTHS = [9, 10, 11, 10, 40, 10]
-LOW_QUALITY = 1
-
-
-def _label_map(i: int) -> np.ndarray:
-    lm = np.zeros((20, 48), np.uint8)
-    lm[2:12, 2 : 2 + WIDTHS[i]] = 1
-    if i != 5:
-        lm[15:18, 44:47] = 2
-    return lm
-
-
-def _records(content: str = "v1") -> list[SpecimenRecord]:
-    out = []
-    for i in range(6):
-        quality = {1: 0.2 if i == LOW_QUALITY else 0.9, 2: 0.9}
-        out.append(SpecimenRecord(
-            specimen_id=specimen_id(f"s{i}.png"), path=f"/data/s{i}.png", status="indexed", group_name="g",
-            content_hash=f"{content}-{i}", width=48, height=20,
-            masks=masks_from_label_map(_label_map(i), TRAITS, quality),
-        ))
-    return out
-
+from tests.review_store import LOW_QUALITY, WIDTHS, build_review_store, records
+from tests.review_store import sid as _sid
 
 @pytest.fixture
 def db(tmp_path) -> Path:
-    path = tmp_path / "review.duckdb"
-    with Store.open(path) as store:
-        store.write_batch(_records())
-    return path
-
-
-def _sid(i: int) -> int:
-    return specimen_id(f"s{i}.png")
+    return build_review_store(tmp_path)
 
 
 def _flags(store) -> dict[tuple[int, str], str]:
@@ -80,12 +49,12 @@ def test_decisions_leave_the_queue_and_corrections_survive_reindexing(db):
         assert {(d["trait_name"], d["decision"], d["reviewer"]) for d in decisions(store)} == {
             ("band", "correct", "ana"), ("band", "accept", "ben")}
 
-        store.write_batch(_records())  # a re-index of the same images brings back SST's masks...
+        store.write_batch(records(db.parent))  # a re-index of the same images brings back SST's masks...
         (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
         assert band.source == "corrected" and np.array_equal(band.mask(), corrected)  # ...but the correction wins
         assert len(decisions(store)) == 2
 
-        store.write_batch(_records(content="v2"))  # the image itself changed: the old correction no longer applies
+        store.write_batch(records(db.parent, content="v2"))  # the image itself changed: the old correction no longer applies
         (band,) = [m for m in store.trait_masks(_sid(4)) if m.trait_name == "band"]
         assert band.source == "sst" and band.area == 10 * WIDTHS[4]
         assert len(decisions(store)) == 2
@@ -156,3 +125,35 @@ def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_p
     # promoting it again never overwrites the first support
     again = promote(db, sid, refs, publish=False)
     assert Path(again.image_path).stem == f"{stem}-2" and len(load_references(refs)[group]) == len(after_refs[group]) + 1
+
+
+def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):
+    from sst_search.embed import create_embedder
+    from sst_search.images import load_image
+    from tests.ui_index import build_ui_index
+
+    source = build_ui_index(tmp_path_factory.getbasetemp())
+    db = tmp_path / "index.duckdb"
+    shutil.copy(source, db)
+    with Store.open(db, read_only=True) as store:
+        sid = next(s for s in store.filter_specimens() if store.trait_masks(s))
+        trait = store.trait_masks(sid)[0]
+        image = load_image(store.get_specimen(sid)["path"])
+    corrected = np.zeros(image.shape[:2], bool)
+    corrected[5:25, 10:40] = True
+    embedder = create_embedder("color-pattern")
+
+    assert decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, embedder=embedder, publish=False) == []
+    with Store.open(db) as store:
+        label_map = store.label_map(sid)
+        (mask,) = [m for m in store.trait_masks(sid) if m.trait_id == trait.trait_id]
+        assert mask.source == "corrected"
+        want = embedder.embed_traits(image, label_map, [trait.trait_id])[trait.trait_id]
+        ids, matrix = store.get_vectors(embedder.name, trait.trait_name, [sid])
+        assert list(ids) == [sid] and np.allclose(matrix[0], want, atol=1e-6)
+        assert store.search(embedder.name, trait.trait_name, want[None], k=1)[0][0][0] == sid  # FAISS follows
+        frame = store.measurements_frame(specimen_ids=[sid])
+        row = frame[frame["trait_id"] == trait.trait_id].iloc[0]
+        assert row["area_px"] == np.count_nonzero(label_map == trait.trait_id) and row["source"] == "corrected"
+    assert decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, publish=False)[0].startswith(
+        f"the vector of {trait.trait_name!r} still describes the earlier mask")

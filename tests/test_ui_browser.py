@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from sst_search import export
 from sst_search.query import SearchEngine
 from tests.ui_index import build_ui_index
 
@@ -101,6 +102,8 @@ def test_trait_search_renders_ranked_results(server, chromium, db, tmp_path):
         trait = next(t for t in engine.traits(group) if not t.startswith("__"))
         query = min(engine.store.filter_specimens(group=group), key=lambda s: engine.store.get_specimen(s)["path"])
         expected = engine.search(trait, 8, specimen_id=query)
+        counts = export.measurements_table(engine.store)["trait"].value_counts()
+        trait_first = min(counts.index, key=lambda t: (-counts[t], t))  # the plots page opens on the most found trait
     finally:
         engine.close()
     assert expected
@@ -131,3 +134,13 @@ def test_trait_search_renders_ranked_results(server, chromium, db, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "ui_search.png")
     assert shot.stat().st_size > 10_000
+
+    # The same session plots a measurement by group: both charts draw, one point per specimen.
+    page.goto(f"{server}/?page=plots")
+    page.get_by_text(f"{trait_first}: area_mm2 by group").wait_for()
+    charts = page.locator("[data-testid='stVegaLiteChart']")
+    expect(charts).to_have_count(2)
+    page.wait_for_function("() => [...document.querySelectorAll(\"[data-testid='stVegaLiteChart'] canvas, "
+                           "[data-testid='stVegaLiteChart'] svg\")].filter(c => c.clientWidth > 100).length >= 2")
+    page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+    shutil.copy(tmp_path / "plots.png", ARTIFACTS / "ui_plots.png")

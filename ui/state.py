@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from sst_search.images import load_image
 from sst_search.query import SearchEngine
 
 DB_ENV = "SST_SEARCH_DB"
-PAGES = ("Search", "Specimen", "Collection", "Export", "Photos")
+PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
 
 #: One engine (one DuckDB connection) serves every session; DuckDB connections are not
 #: thread-safe and Streamlit runs each session in its own thread, so page runs take turns.
@@ -31,6 +32,14 @@ def db_path_from_args(argv: list[str]) -> str | None:
     parser.add_argument("--db")
     args, _ = parser.parse_known_args(argv)
     return args.db or os.environ.get(DB_ENV) or None
+
+
+def live_db() -> str:
+    """The live store the app was started on (decisions are written there, then published)."""
+    db = db_path_from_args(sys.argv[1:])
+    if db is None:
+        raise RuntimeError(f"no index given (--db or {DB_ENV})")
+    return db
 
 
 @st.cache_resource(show_spinner="Opening the index...")

@@ -53,10 +53,26 @@ def _decide(db: Path, specimen_id: int, trait: str, decision: str, by: str | Non
     from ..review import decide
 
     try:
-        decide(db, specimen_id, trait, decision, by, mask=mask, note=note)
+        problems = decide(db, specimen_id, trait, decision, by, mask=mask, note=note,
+                          embedder=_index_embedder(db) if decision == "correct" else None)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise _fail(exc) from exc
     console.print(f"{decision}: specimen {specimen_id}, {trait}")
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+
+
+def _index_embedder(db: Path):
+    """The embedder the index was built with (from its recorded configuration), or None."""
+    from ..embed import EmbedderError
+    from ..query import QueryError, SearchEngine
+
+    try:
+        with SearchEngine.open(db) as engine:
+            return engine.embedder
+    except (QueryError, EmbedderError, OSError, RuntimeError) as exc:
+        typer.echo(f"warning: cannot build the index's embedder ({exc})", err=True)
+        return None
 
 
 @review_app.command("accept")

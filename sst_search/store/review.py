@@ -115,6 +115,26 @@ def record_decision(
             )
 
 
+def replace_vectors(store, specimen_id: int, vectors: dict[tuple[str, str], np.ndarray]) -> None:
+    """Replace (or add) one specimen's vector in some ``(embedder, trait)`` indexes: after a
+    correction, the trait is searched by what the curator drew. One transaction; the FAISS
+    indexes follow like after any write."""
+    store._require_writer()
+    sid = int(specimen_id)
+    known = store._generations()
+    for key in vectors:
+        if key in known:
+            store.index(*key)  # in memory, for the incremental update
+    with store._transaction({}):
+        for (embedder, trait), vec in vectors.items():
+            store._exec("DELETE FROM vectors WHERE embedder = ? AND trait_name = ? AND specimen_id = ?", [embedder, trait, sid])
+            store._exec("INSERT INTO vectors (embedder, trait_name, specimen_id, faiss_id, vector) VALUES (?, ?, ?, ?, ?)",
+                        [embedder, trait, sid, sid, np.asarray(vec, np.float32).tolist()])
+        generations = store._bump(vectors, {k: len(v) for k, v in vectors.items()})
+    added = {k: (np.array([sid], np.int64), np.asarray(v, np.float32)[None]) for k, v in vectors.items()}
+    store._apply(vectors, [sid], added, generations)
+
+
 def decisions(store, specimen_id: int | None = None) -> list[dict]:
     """Decisions, newest first (without the mask itself)."""
     sql = ("SELECT specimen_id, trait_name, trait_id, decision, reviewer, decided_at, content_hash, area, note "
@@ -202,4 +222,4 @@ def review_queue(
 
 
 __all__ = ["CONFIDENCE_THRESHOLDS", "DECISIONS", "REAPPLY_CORRECTIONS", "SPECIMEN_TRAIT", "ReviewItem",
-           "confidence_columns", "decisions", "record_decision", "review_queue"]
+           "confidence_columns", "decisions", "record_decision", "replace_vectors", "review_queue"]
