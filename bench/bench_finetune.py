@@ -34,10 +34,10 @@ def peak_rss_mb() -> float:
 def worker(kind: str, image_size: int, steps: int, rank: int, root: Path, model: str) -> None:
     import torch
 
+    from sst_search.builder import build_tracker
     from sst_search.finetune import FinetuneConfig, finetune
     from sst_search.images import load_image
     from sst_search.references import load_group_references
-    from sst_search.tracking import build_tracker
 
     group = next(p.name for p in (root / "references").iterdir() if p.is_dir())
     support = load_group_references(root / "references" / group)[0]

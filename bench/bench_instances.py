@@ -51,11 +51,11 @@ def main() -> None:
     import torch
 
     from sst_search.config import InstancesConfig
-    from sst_search.instances import InstanceFinder, crop_instance
+    from sst_search.builder import build_instance_finder, build_tracker
+    from sst_search.instances import crop_instance
     from sst_search.references import InstanceReference, load_support
     from sst_search.sam2_predictor import encode_images
     from sst_search.synthetic import generate_drawers, render_drawer
-    from sst_search.tracking import build_tracker
 
     h, w = (int(v) for v in args.photo.split("x"))
     counts = [int(c) for c in args.counts.split(",")]
@@ -76,7 +76,7 @@ def main() -> None:
                         min_score=0.0, max_candidates=1024)
 
     # Warm-up: reference features and the forward session are built once per finder and reused.
-    finders = {p: InstanceFinder(tracker.predictor, InstancesConfig(points_per_side=p, **open_filters)) for p in points}
+    finders = {p: build_instance_finder(tracker, InstancesConfig(points_per_side=p, **open_filters)) for p in points}
     for finder in finders.values():
         finder.find(tray.image, [reference], candidates=tray.instance_masks())
     list(tracker.segment([trait_support], [("warm", tray.image[: h // 3, : w // 3])]))

@@ -1,36 +1,39 @@
-"""Query latency and recall at collection scale: top-10 trait search over 1M vectors.
+"""Query latency, recall and memory at collection scale, side by side with LanceDB.
 
-Builds a store of ``--n`` synthetic trait vectors (dim 512, clustered like species, float32,
-L2-normalised) with one metadata row set per specimen (group, locality, eventDate), then
-times ``SearchEngine.search`` - the very code path the app uses: the query specimen's vector
-from DuckDB, the FAISS search, the metadata filter in SQL and the metadata join of the
-results - and measures recall@10 against exact (brute-force) search under the same filter.
-
-The store is written straight into the catalog tables (same schema, same FAISS file layout,
-``index_state`` generation matching the FAISS manifest) instead of through
-``Store.write_batch``: that path is built for batches of a few specimens and would spend the
-whole run inserting. The FAISS index is an IVF-Flat like the store's, but trained on a
-sample (``--train-per-list`` points per list, ``--niter`` k-means iterations): training on
-all vectors, as ``IndexConfig``'s rebuild does, takes far longer on a small CPU.
+Builds a store of ``--n`` synthetic trait vectors (dim 512, clustered like species,
+L2-normalised) with metadata per specimen (group, locality, eventDate) through the
+product's own write path (:meth:`Store.write_columns`: catalog rows, vectors and the FAISS
+index of the configured kind), then times ``SearchEngine.search``, the code path the app
+uses, and measures recall@10 against exact search under the same filter. The same vectors
+and metadata go into a LanceDB table with its own IVF-PQ index, searched with its
+prefilter, in the same run.
 
 Filters (each a scenario):
   none            no filter
-  group-own       group == the query's group (most neighbours pass: answered by post-filtering)
+  group-own       group == the query's group (most neighbours pass)
   locality        locality contains "ridge" (a fifth of the specimens, unrelated to vectors)
-  group-other     group == another group (no neighbour passes: answered by the filtered search)
-  date-1%         eventDate >= a date that 1% of the specimens reach (a small candidate set)
+  group-other     group == another group (no neighbour passes)
+  date-1%         eventDate >= a date that 1% of the specimens reach
 
-    python bench/bench_query.py [--n 1000000] [--nprobe 8,16,32,64] [--queries 100]
+Printed: build time, bytes per vector of the index in RAM (and of the file), process RSS,
+per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
+results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
+LanceDB figures with the ratio of p95s. The load average is printed with the figures:
+on a shared machine they are only comparable within one run.
+
+    python bench/bench_query.py --n 100000            # development size
+    nice python bench/bench_query.py --n 1000000      # the issue's configuration
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -39,9 +42,9 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
+from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import IndexConfig, Store, encode_mask
-from sst_search.store import indexes as ix
+from sst_search.store import Store
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
@@ -61,75 +64,57 @@ def clustered_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) 
     return out, labels
 
 
-def write_catalog(db: Path, ids: np.ndarray, vectors: np.ndarray, groups: np.ndarray, localities: np.ndarray,
-                  dates: np.ndarray) -> None:
-    n, dim = vectors.shape
-    group_names = np.array([f"g{g:02d}" for g in range(groups.max() + 1)])[groups]
-    rle = encode_mask(np.pad(np.ones((8, 8), bool), 4))
-    with Store.open(db) as store:  # creates the schema
-        con = store.con
-        con.register("_s", pa.table({
-            "specimen_id": ids, "path": pa.array([f"images/{i}.png" for i in range(n)]), "group_name": group_names,
-            "content_hash": pa.nulls(n, pa.string()), "status": pa.array(["indexed"] * n),
-            "error": pa.nulls(n, pa.string()), "fingerprint": pa.nulls(n, pa.string()),
-            "width": pa.array(np.full(n, 16, np.int32)), "height": pa.array(np.full(n, 16, np.int32)),
-            "metadata": pa.array([json.dumps({"locality": loc, "eventDate": d}) for loc, d in zip(localities, dates)]),
-        }))
-        con.execute("INSERT INTO specimens SELECT *, now()::TIMESTAMP FROM _s")
-        con.register("_m", pa.table({
-            "specimen_id": np.concatenate([ids, ids]), "key": ["locality"] * n + ["eventDate"] * n,
-            "value": np.concatenate([localities, dates]),
-        }))
-        con.execute("INSERT INTO specimen_metadata SELECT * FROM _m")
-        con.register("_t", pa.table({
-            "specimen_id": ids, "trait_id": pa.array(np.ones(n, np.int32)), "trait_name": pa.array([TRAIT] * n),
-            "area": pa.array(np.full(n, 64, np.int64)),
-            **{f"bbox_{c}": pa.array(np.full(n, v, np.int32)) for c, v in zip(("x0", "y0", "x1", "y1"), (4, 4, 12, 12))},
-            "rle": pa.array([rle] * n), "quality": pa.nulls(n, pa.float64()), "source": pa.array(["sst"] * n),
-        }))
-        con.execute("INSERT INTO trait_masks SELECT * FROM _t")
-        for start in range(0, n, 200_000):
-            part = slice(start, min(n, start + 200_000))
-            flat = pa.array(vectors[part].ravel())
-            con.register("_v", pa.table({
-                "embedder": pa.array([EMBEDDER] * (part.stop - part.start)),
-                "trait_name": pa.array([TRAIT] * (part.stop - part.start)),
-                "specimen_id": ids[part], "faiss_id": ids[part],
-                "vector": pa.FixedSizeListArray.from_arrays(flat, dim).cast(pa.list_(pa.float32())),
-            }))
-            con.execute("INSERT INTO vectors SELECT * FROM _v")
-            con.unregister("_v")
-        con.execute("INSERT INTO index_state VALUES (?, ?, 1, ?)", [EMBEDDER, TRAIT, dim])
-        fingerprint = {"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}}
-        run = store.begin_run(fingerprint)
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, localities, dates) -> None:
+    """The product's bulk write path: catalog, metadata, vectors and index in one call."""
+    n = len(ids)
+    with Store.open(db, index_config=config) as store:
+        store.write_columns(
+            pa.table({"specimen_id": ids, "path": pa.array([f"images/{i}.png" for i in range(n)]),
+                      "group_name": group_names, "status": pa.array(["indexed"] * n)}),
+            metadata=pa.table({"specimen_id": np.concatenate([ids, ids]), "key": ["locality"] * n + ["eventDate"] * n,
+                               "value": np.concatenate([localities, dates])}),
+            vectors={(EMBEDDER, TRAIT): (ids, vectors)},
+        )
+        run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
         store.finish_run(run, {"indexed": n})
 
 
-def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, train_per_list: int, niter: int, seed: int) -> faiss.Index:
-    dim = vectors.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed, index.cp.niter = seed, niter
-    sample = np.random.default_rng(seed).choice(len(vectors), size=min(len(vectors), nlist * train_per_list), replace=False)
-    index.train(vectors[np.sort(sample)])
-    for start in range(0, len(vectors), 200_000):
-        index.add_with_ids(vectors[start : start + 200_000], ids[start : start + 200_000])
-    return index
-
-
-def exact_scores(vectors: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
-    """Cosine of every query against every vector, the query itself excluded (-inf)."""
-    scores = np.concatenate(
-        [vectors[query_rows] @ vectors[s : s + 200_000].T for s in range(0, len(vectors), 200_000)], axis=1
-    )
-    scores[np.arange(len(query_rows)), query_rows] = -np.inf
-    return scores
+def index_bytes_in_ram(index: faiss.Index) -> int:
+    """Bytes the index occupies in memory (its serialised size: codes, ids, centroids)."""
+    return int(faiss.serialize_index(index).nbytes)
 
 
 def exact_top(scores: np.ndarray, ids: np.ndarray, passing: np.ndarray, k: int) -> set[int]:
-    """Brute-force top-``k`` ids among ``passing`` vectors for one query's ``scores``."""
     masked = np.where(passing, scores, -np.inf)
     top = np.argpartition(-masked, k)[:k]
     return {int(ids[j]) for j in top if np.isfinite(masked[j])}
+
+
+def timed(fn, queries):
+    latencies, outputs = [], []
+    for q in queries:
+        t = time.perf_counter()
+        outputs.append(fn(q))
+        latencies.append(1000 * (time.perf_counter() - t))
+    return latencies, outputs
+
+
+def lance_table(work: Path, ids, vectors, group_names, localities, dates, partitions: int, sub_vectors: int):
+    import lancedb
+
+    db = lancedb.connect(str(work / "lance"))
+    table = db.create_table("traits", data=pa.table({
+        "id": ids, "group_name": group_names, "locality": localities, "eventDate": dates,
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+    }), mode="overwrite")
+    table.create_index(metric="dot", num_partitions=partitions, num_sub_vectors=sub_vectors, index_type="IVF_PQ")
+    for column in ("group_name", "eventDate"):
+        table.create_scalar_index(column)
+    return table
 
 
 def main() -> None:
@@ -139,95 +124,146 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=2000, help="vector clusters (think: species x morphs)")
     ap.add_argument("--groups", type=int, default=20)
     ap.add_argument("--noise", type=float, default=0.05, help="per-dimension noise around a cluster centre")
-    ap.add_argument("--nlist", type=int, default=None, help="IVF lists (default: the store's IndexConfig choice)")
-    ap.add_argument("--train-per-list", type=int, default=40)
-    ap.add_argument("--niter", type=int, default=10)
-    ap.add_argument("--nprobe", default="8,16,32,64", help="comma-separated nprobe values to sweep")
+    ap.add_argument("--approx", choices=("ivf", "hnsw"), default="ivf")
     ap.add_argument("--queries", type=int, default=100, help="queries per scenario")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--workdir", type=Path, default=None, help="where to build the store (default: a temp dir, removed)")
+    ap.add_argument("--threads", type=int, default=8, help="concurrent searching threads for the p95 under load")
+    ap.add_argument("--lance-nprobes", type=int, default=20)
+    ap.add_argument("--lance-refine", type=int, default=10)
+    ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_query_"))
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     db = work / "bench.duckdb"
-    for stale in (db, db.with_name(db.name + ".wal")):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(db.with_name(db.name + ".faiss"), ignore_errors=True)
     proc = psutil.Process()
-    print(f"n {args.n:,}  dim {args.dim}  clusters {args.clusters}  groups {args.groups}  "
-          f"cpus {os.cpu_count()}  faiss threads {faiss.omp_get_max_threads()}")
+    print(f"n {args.n:,}  dim {args.dim}  clusters {args.clusters}  groups {args.groups}  cpus {os.cpu_count()}  "
+          f"faiss threads {faiss.omp_get_max_threads()}  {load()}")
 
-    t = time.perf_counter()
     vectors, clusters = clustered_vectors(args.n, args.dim, args.clusters, args.noise, seed=0)
     rng = np.random.default_rng(1)
     ids = rng.choice(1 << 62, size=args.n, replace=False).astype(np.int64)  # ids look like specimen_id() hashes
     groups = clusters % args.groups  # a species' specimens look alike
+    group_names = np.array([f"g{g:02d}" for g in range(args.groups)])[groups]
     localities = np.array(LOCALITIES)[rng.integers(len(LOCALITIES), size=args.n)]
     start = date(1950, 1, 1)
     dates = np.array([(start + timedelta(days=int(d))).isoformat() for d in rng.integers(0, 27_000, size=args.n)])
-    print(f"generate vectors + metadata: {time.perf_counter() - t:.1f} s")
 
+    config = IndexConfig(exact_threshold=min(50_000, args.n - 1), approximate=args.approx)
+    rss0 = proc.memory_info().rss
     t = time.perf_counter()
-    write_catalog(db, ids, vectors, groups, localities, dates)
-    print(f"write DuckDB catalog (specimens, metadata, masks, vectors): {time.perf_counter() - t:.1f} s, "
-          f"{db.stat().st_size / 2**30:.2f} GiB on disk")
-
-    nlist = args.nlist or IndexConfig().nlist_for(args.n)
-    t = time.perf_counter()
-    index = build_ivf(vectors, ids, nlist, args.train_per_list, args.niter, seed=1234)
+    build_store(db, config, ids, vectors, group_names, localities, dates)
     build_s = time.perf_counter() - t
-    ix.save_index(db.with_name(db.name + ".faiss"), EMBEDDER, TRAIT, index, generation=1)
-    index_bytes = ix.index_paths(db.with_name(db.name + ".faiss"), EMBEDDER, TRAIT)[0].stat().st_size
-    print(f"IVF-Flat build (nlist {nlist}, trained on {min(args.n, nlist * args.train_per_list):,} vectors, "
-          f"{args.niter} k-means iterations, then add {args.n:,}): {build_s:.1f} s")
-    print(f"index size {index_bytes / 2**30:.2f} GiB = {index_bytes / args.n:.0f} bytes/vector "
-          f"(raw float32 vector: {4 * args.dim} bytes)")
-    del index
+    print(f"build through Store.write_columns (catalog + vectors + {args.approx} index + flush): {build_s:.1f} s "
+          f"({args.n / build_s:,.0f} vectors/s); DuckDB file {db.stat().st_size / 2**30:.2f} GiB; {load()}")
 
     engine = SearchEngine.open(db)
     t = time.perf_counter()
-    live_index = faiss.downcast_index(engine.store.index(EMBEDDER, TRAIT))
-    print(f"engine open + index load: {time.perf_counter() - t:.1f} s; process RSS {proc.memory_info().rss / 2**30:.1f} GiB")
+    index = engine.store.index(EMBEDDER, TRAIT)
+    ram = index_bytes_in_ram(index)
+    print(f"engine open + index load {time.perf_counter() - t:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
+          f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); process RSS "
+          f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)")
 
     query_rows = rng.choice(args.n, size=args.queries, replace=False)
+    query_ids = ids[query_rows]
     other = (groups[query_rows] + args.groups // 2) % args.groups
-    recent = np.sort(dates)[int(0.99 * args.n)]  # the latest 1% of collecting dates
+    recent = np.sort(dates)[int(0.99 * args.n)]
     ridge = np.char.find(np.char.lower(localities.astype(str)), "ridge") >= 0
-    # scenario -> (filters of query j, which vectors pass them)
+    # scenario -> (our filters of query j, LanceDB where clause of query j, which vectors pass)
     scenarios = {
-        "none": (lambda j: [], lambda j: np.ones(args.n, bool)),
-        "group-own": (lambda j: [Filter(field="group", op="==", value=f"g{groups[query_rows[j]]:02d}")],
-                      lambda j: groups == groups[query_rows[j]]),
-        "locality": (lambda j: [Filter(field="locality", op="contains", value="ridge")], lambda j: ridge),
+        "none": (lambda j: [], lambda j: None, lambda j: np.ones(args.n, bool)),
+        "group-own": (lambda j: [Filter(field="group", op="==", value=group_names[query_rows[j]])],
+                      lambda j: f"group_name = '{group_names[query_rows[j]]}'", lambda j: groups == groups[query_rows[j]]),
+        "locality": (lambda j: [Filter(field="locality", op="contains", value="ridge")],
+                     lambda j: "lower(locality) LIKE '%ridge%'", lambda j: ridge),
         "group-other": (lambda j: [Filter(field="group", op="==", value=f"g{other[j]:02d}")],
-                        lambda j: groups == other[j]),
-        "date-1%": (lambda j: [Filter(field="eventDate", op=">=", value=recent)], lambda j: dates >= recent),
+                        lambda j: f"group_name = 'g{other[j]:02d}'", lambda j: groups == other[j]),
+        "date-1%": (lambda j: [Filter(field="eventDate", op=">=", value=recent)],
+                    lambda j: f"eventDate >= '{recent}'", lambda j: dates >= recent),
     }
     t = time.perf_counter()
-    scores = exact_scores(vectors, query_rows)
-    truth = {name: [exact_top(scores[j], ids, passing(j), args.k) for j in range(args.queries)]
-             for name, (_, passing) in scenarios.items()}
-    del scores
-    print(f"exact ground truth ({len(scenarios)} x {args.queries} queries): {time.perf_counter() - t:.1f} s\n")
+    truth = {name: [] for name in scenarios}
+    for j, row in enumerate(query_rows):
+        scores = vectors @ vectors[row]
+        scores[row] = -np.inf
+        for name, (_, _, passing) in scenarios.items():
+            truth[name].append(exact_top(scores, ids, passing(j), args.k))
+    print(f"exact ground truth: {time.perf_counter() - t:.1f} s\n")
 
-    print(f"{'nprobe':>6} {'filter':<12} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10}")
-    for nprobe in [int(p) for p in args.nprobe.split(",")]:
-        live_index.nprobe = nprobe
-        for name, (filters_of, _) in scenarios.items():
-            for j in range(3):  # warm caches
-                engine.search(TRAIT, args.k, specimen_id=int(ids[query_rows[j]]), filters=filters_of(j), embedder=EMBEDDER)
-            latencies, recalls = [], []
-            for j, expected in enumerate(truth[name]):
-                t = time.perf_counter()
-                results = engine.search(TRAIT, args.k, specimen_id=int(ids[query_rows[j]]), filters=filters_of(j),
-                                        embedder=EMBEDDER)
-                latencies.append(1000 * (time.perf_counter() - t))
-                recalls.append(len({r.specimen_id for r in results} & expected) / max(1, len(expected)))
-            p50, p95 = np.percentile(latencies, [50, 95])
-            print(f"{nprobe:>6} {name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f}", flush=True)
-    print(f"\nprocess RSS {proc.memory_info().rss / 2**30:.1f} GiB")
+    def ours(name):
+        filters_of = scenarios[name][0]
+        return lambda j: engine.search(TRAIT, args.k, specimen_id=int(query_ids[j]), filters=filters_of(j),
+                                       embedder=EMBEDDER)
+
+    def plans(name):
+        """Plan per query, asked of the store directly (the engine returns only the hits)."""
+        filters_of, count = scenarios[name][0], Counter()
+        for j in range(min(20, args.queries)):
+            vector = engine.store.get_vectors(EMBEDDER, TRAIT, [int(query_ids[j])])[1][0]
+            outcome = engine.store.filtered_search(EMBEDDER, TRAIT, vector, args.k, engine.admission(filters_of(j)),
+                                                   skip=int(query_ids[j]))
+            count[outcome.plan + ("+fallback" if outcome.fallbacks else "")] += 1
+        return ",".join(f"{p}:{c}" for p, c in sorted(count.items()))
+
+    header = f"{'':<7}{'filter':<12} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10} {'exact k':>8}  plans"
+    print(f"sst-search ({args.approx}), {load()}\n{header}")
+    ours_p95 = {}
+    for name in scenarios:
+        for j in range(3):
+            ours(name)(j)
+        latencies, results = timed(ours(name), range(args.queries))
+        recalls = [len({r.specimen_id for r in res} & truth[name][j]) / max(1, len(truth[name][j]))
+                   for j, res in enumerate(results)]
+        exact_k = np.mean([len(res) == min(args.k, len(truth[name][j])) for j, res in enumerate(results)])
+        p50, p95 = np.percentile(latencies, [50, 95])
+        ours_p95[name] = p95
+        print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f}  {plans(name)}",
+              flush=True)
+
+    work_items = [(name, j) for j in range(args.queries) for name in scenarios]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as pool:
+        concurrent = list(pool.map(lambda item: timed(ours(item[0]), [item[1]])[0][0], work_items))
+    wall = time.perf_counter() - t
+    print(f"{args.threads} threads, all scenarios mixed: p50 {np.percentile(concurrent, 50):.1f} ms, "
+          f"p95 {np.percentile(concurrent, 95):.1f} ms, {len(work_items) / wall:.0f} queries/s; {load()}")
+    print(f"process RSS {proc.memory_info().rss / 2**30:.2f} GiB")
     engine.close()
+
+    if not args.no_lance:
+        partitions = max(1, int(round(np.sqrt(args.n))))
+        sub_vectors = args.dim // 8
+        t = time.perf_counter()
+        table = lance_table(work, ids, vectors, group_names, localities, dates, partitions, sub_vectors)
+        print(f"\nLanceDB {table.__class__.__module__.split('.')[0]} build (table + IVF_PQ {partitions} partitions, "
+              f"{sub_vectors} sub-vectors, scalar indexes): {time.perf_counter() - t:.1f} s; "
+              f"{load()}")
+        print(f"LanceDB (IVF_PQ, nprobes {args.lance_nprobes}, refine {args.lance_refine}, prefilter)\n{header}")
+
+        def lance(name):
+            where_of = scenarios[name][1]
+
+            def run(j):
+                query = table.search(vectors[query_rows[j]]).distance_type("dot").nprobes(args.lance_nprobes)
+                query = query.refine_factor(args.lance_refine).limit(args.k).select(["id", "_distance"])
+                where = " AND ".join(w for w in (where_of(j), f"id != {int(query_ids[j])}") if w)
+                return query.where(where, prefilter=True).to_arrow().column("id").to_pylist()
+
+            return run
+
+        for name in scenarios:
+            for j in range(3):
+                lance(name)(j)
+            latencies, results = timed(lance(name), range(args.queries))
+            recalls = [len(set(res) & truth[name][j]) / max(1, len(truth[name][j])) for j, res in enumerate(results)]
+            exact_k = np.mean([len(res) == min(args.k, len(truth[name][j])) for j, res in enumerate(results)])
+            p50, p95 = np.percentile(latencies, [50, 95])
+            print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f}  "
+                  f"LanceDB p95 / ours {p95 / ours_p95[name]:.1f}x", flush=True)
+        print(f"process RSS {proc.memory_info().rss / 2**30:.2f} GiB; {load()}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

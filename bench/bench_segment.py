@@ -52,7 +52,7 @@ def _data(root: Path, n: int):
 
 
 def _run_tracker(method: str, n: int, root: Path, model: str, image_size: int) -> dict:
-    from sst_search.tracking import build_tracker
+    from sst_search.builder import build_tracker
 
     supports, queries = _data(root, n)
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sst_search.config import Config
 from sst_search.images import ImageLoadError, load_image, save_image
+from sst_search.builder import build_instance_finder, tracker_from_config
 from sst_search.instances import InstanceFinder, crop_instance
 from sst_search.references import load_instance_references, references_fingerprint
 from sst_search.store import Store, encode_mask
@@ -33,7 +34,7 @@ from sst_search.store.instances import (
 
 from .collection import Item
 from .plan import content_hash, segmentation_fingerprint
-from .worker import Worker, build_segmentation_tracker
+from .worker import Worker
 
 
 @dataclass
@@ -89,8 +90,8 @@ def split_instances(
         try:
             image = load_image(item.path)
             if finder is None:
-                tracker = worker.tracker if worker is not None else build_segmentation_tracker(config)
-                finder = InstanceFinder(tracker.predictor, config.instances)
+                tracker = worker.tracker if worker is not None else tracker_from_config(config.segmentation)
+                finder = build_instance_finder(tracker, config.instances)
             result = finder.find(image, refs)
         except (ImageLoadError, ValueError, RuntimeError) as exc:  # one bad photo never stops the run
             source.error = str(exc)

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
-from sst_search.store import IndexConfig, Store
+from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
 from .instances import SplitSummary, crops_dir, split_instances
 from .plan import make_plan
 from .runners import make_runner
-from .worker import Worker, build_embedder
+from .worker import Worker
 
 log = logging.getLogger("sst_search.indexer")
 
@@ -35,6 +36,8 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     weights_random: bool = False
+    #: path -> status (``failed`` or ``no_reference``) of each entry of ``failures``
+    failure_status: dict[str, str] = field(default_factory=dict)
     split: SplitSummary | None = None  # --instances: photos split into instance items
 
     @property
@@ -53,17 +56,26 @@ def run_index(
     force: bool = False,
     default_group: str | None = None,
     quiet: bool = True,
+    tracker=None,
+    embedder=None,
     instance_references: Path | None = None,
 ) -> RunSummary:
-    """Index ``collection``; with ``instance_references`` every photo is first split into one
-    item per instance (see :mod:`indexer.instances`) and those items are indexed."""
+    """Index ``collection`` into the store at ``db`` and publish a snapshot.
+
+    ``tracker`` and ``embedder``, when given, are used instead of building the models
+    ``config`` describes (they must be what it describes: the plan fingerprints the
+    config). They live in this process, so they need the local engine. With
+    ``instance_references`` every photo is first split into one item per instance (see
+    :mod:`indexer.instances`) and those items are indexed.
+    """
     started = time.perf_counter()
+    if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
+        raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
     items = load_collection(collection, default_group=default_group)
-    worker = Worker(config, references) if config.indexer.engine == "local" else None
+    worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
-    index_config = IndexConfig(exact_max=config.index.exact_threshold, approx=config.index.approximate)
     split = None
-    with Store.open(db, index_config=index_config) as store:
+    with Store.open(db, index_config=config.index) as store:
         if instance_references is not None:
             items, split = split_instances(items, store, config, instance_references, crops_dir(db), worker, force)
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
@@ -81,6 +93,7 @@ def run_index(
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
         failures: list[tuple[str, str]] = []
+        failure_status: dict[str, str] = {}
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None
         try:
@@ -93,6 +106,7 @@ def run_index(
                         counts[r.status] += 1
                         if r.status != "indexed":
                             failures.append((r.path, r.error or r.status))
+                            failure_status[r.path] = r.status
                     bar.update(len(records))
                     if quiet:
                         log.info("committed %d/%d", sum(counts[s] for s in ("indexed", "failed", "no_reference")), plan.todo)
@@ -108,10 +122,12 @@ def run_index(
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", split)
+    return RunSummary(
+        run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status, split
+    )
 
 
 def _embedder_fingerprint(config: Config) -> dict:
     """The driver of a Ray job needs the embedder's fingerprint to plan; building the
     embedder once here is the only way to know the resolved weights' digest."""
-    return build_embedder(config).fingerprint
+    return embedder_from_config(config.embedding).fingerprint

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sst_search.builder import embedder_from_config, tracker_from_config
 from sst_search.config import Config
-from sst_search.embed import EmbedItem, create_embedder
+from sst_search.embed import EmbedItem
 from sst_search.images import ImageLoadError, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferenceError, Support, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
-from sst_search.tracking import build_tracker
 from sst_search.weights import sha256_file
 
 from .collection import Item
@@ -40,20 +40,24 @@ class WorkUnit:
 
 
 class Worker:
-    """Holds the models for a whole job; SAM 2 is built only when some item needs SST."""
+    """Holds the models for a whole job; SAM 2 is built only when some item needs SST.
 
-    def __init__(self, config: Config, references: Path):
+    ``tracker`` and ``embedder`` may be given already built (a notebook or a test that
+    indexes several times reuses them); otherwise they are built from ``config``.
+    """
+
+    def __init__(self, config: Config, references: Path, tracker=None, embedder=None):
         self.config = config
         self.references = Path(references)
-        self.embedder = build_embedder(config)
-        self._tracker = None
+        self.embedder = embedder if embedder is not None else embedder_from_config(config.embedding)
+        self._tracker = tracker
         self._supports: dict[str, list[Support] | ReferenceError] = {}
         self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0}
 
     @property
     def tracker(self):
         if self._tracker is None:
-            self._tracker = build_segmentation_tracker(self.config)
+            self._tracker = tracker_from_config(self.config.segmentation)
         return self._tracker
 
     def supports(self, group: str | None) -> list[Support] | ReferenceError:
@@ -116,21 +120,6 @@ class Worker:
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
         self.timings["embed"] += time.perf_counter() - started
         return [records[item.key] for item in unit.items]
-
-
-def build_segmentation_tracker(config: Config):
-    seg = config.segmentation
-    kwargs = {"adapter": seg.adapter} if seg.adapter else {}
-    return build_tracker(
-        seg.model, seg.weights, image_size=seg.image_size, device=seg.device,
-        max_chain_length=seg.max_chain_length, **kwargs,
-    )
-
-
-def build_embedder(config: Config):
-    emb = config.embedding
-    opts = {k: v for k, v in (("model_name", emb.model_name), ("pretrained", emb.pretrained)) if v is not None}
-    return create_embedder(emb.embedder, weights=emb.weights, **opts)
 
 
 def content_hash(path: Path) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -39,8 +40,29 @@ class EmbeddingConfig(_Strict):
 
 
 class IndexConfig(_Strict):
+    """Which FAISS index a trait gets, by size. A store records the one it was written
+    with, and readers that rebuild a stale index use that, never their own defaults."""
+
     exact_threshold: int = Field(50_000, description="vectors per trait index below which search is exact")
     approximate: Literal["hnsw", "ivf"] = "hnsw"
+    nlist_factor: float = Field(4.0, description="ivf: nlist = nlist_factor * sqrt(n)")
+    nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
+    min_nprobe: int = 8
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 200
+    train_per_list: int = Field(64, description="ivf: training vectors sampled per list")
+    train_niter: int = Field(10, description="ivf: k-means iterations")
+    train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
+
+    def kind_for(self, n: int) -> str:
+        return "flat" if n <= self.exact_threshold else self.approximate
+
+    def nlist_for(self, n: int) -> int:
+        return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))
+
+    def nprobe_for(self, nlist: int) -> int:
+        return min(nlist, max(self.min_nprobe, int(math.ceil(self.nprobe_fraction * nlist))))
 
 
 class MeasureConfig(_Strict):

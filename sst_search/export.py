@@ -115,27 +115,42 @@ def _specimen_masks(
         yield current, masks
 
 
-def mask_file_name(specimen_id: int, path: str) -> str:
-    """``<specimen_id>_<image stem>.png``: unique by id, recognisable by stem."""
-    return f"{specimen_id}_{Path(path).stem}.png"
+def mask_file_names(specimens: Iterable[tuple[int, str, str | None]]) -> dict[int, str]:
+    """``specimen_id -> "<group>/<image stem>.png"`` for ``(specimen_id, path, group)``: the layout of
+    a ground-truth folder, so ``sst-search eval-seg`` matches exported masks by group and stem. Two
+    images of one group with the same stem get ``<stem>-<specimen_id>.png``."""
+    specimens = list(specimens)
+    counts: dict[tuple[str, str], int] = {}
+    for _, path, group in specimens:
+        key = (group or "", Path(path).stem)
+        counts[key] = counts.get(key, 0) + 1
+    names = {}
+    for sid, path, group in specimens:
+        stem = Path(path).stem
+        unique = counts[(group or "", stem)] == 1
+        names[sid] = f"{group or '_'}/{stem if unique else f'{stem}-{sid}'}.png"
+    return names
 
 
 def masks_zip(store: Store, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> bytes:
-    """A zip of one PNG label map per specimen plus ``labels.csv`` (file, specimen, label value, trait)."""
+    """A zip of one PNG label map per specimen, ``<group>/<stem>.png`` (see :func:`mask_file_names`),
+    plus ``labels.csv`` (file, specimen, label value, trait)."""
+    per_specimen = list(_specimen_masks(store, groups, specimen_ids))
+    names = mask_file_names((row[0], row[1], row[2]) for row, _ in per_specimen)
     buf = io.BytesIO()
     labels = []
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for (sid, path, group, _, _), masks in _specimen_masks(store, groups, specimen_ids):
+        for (sid, path, group, _, _), masks in per_specimen:
             first = decode_mask(masks[0][2])
             label_map = np.zeros(first.shape, np.uint8)
             for trait_id, trait_name, rle, *_ in masks:
                 label_map[decode_mask(rle)] = trait_id
-                labels.append({"file": mask_file_name(sid, path), "specimen_id": sid, "group": group,
+                labels.append({"file": names[sid], "specimen_id": sid, "group": group,
                                "label": trait_id, "trait": trait_name})
             ok, png = cv2.imencode(".png", label_map)
             if not ok:
                 raise RuntimeError(f"specimen {sid} ({path}): PNG encoding of its label map failed")
-            zf.writestr(mask_file_name(sid, path), png.tobytes())
+            zf.writestr(names[sid], png.tobytes())
         zf.writestr("labels.csv", pd.DataFrame(labels, columns=["file", "specimen_id", "group", "label", "trait"])
                     .to_csv(index=False))
     return buf.getvalue()

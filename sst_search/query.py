@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, model_validator
 
+from .builder import embedder_from_config, tracker_from_config
 from .config import Config
 from .embed import NoTextTowerError
 from .images import load_image
@@ -315,19 +316,13 @@ class SearchEngine:
     @property
     def embedder(self):
         if self._embedder is None:
-            from indexer.worker import build_embedder
-
-            self._embedder = build_embedder(self.config)
+            self._embedder = embedder_from_config(self.config.embedding)
         return self._embedder
 
     @property
     def tracker(self):
         if self._tracker is None:
-            from .tracking import build_tracker
-
-            seg = self.config.segmentation
-            kwargs = {"adapter": seg.adapter} if seg.adapter else {}
-            self._tracker = build_tracker(seg.model, seg.weights, image_size=seg.image_size, device=seg.device, **kwargs)
+            self._tracker = tracker_from_config(self.config.segmentation)
             recorded = (self._run.get("segmentation") or {}).get("weights_sha256")
             if recorded and self._tracker.weights.sha256 != recorded:
                 raise QueryError(

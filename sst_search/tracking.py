@@ -34,10 +34,9 @@ from .sam2_predictor import (
     EncodedFrame,
     InMemoryVideoPredictor,
     autocast,
-    build_predictor,
     encode_images,
 )
-from .weights import ResolvedWeights, resolve_sam2_weights
+from .weights import ResolvedWeights
 
 MODES = ("pairwise", "chain")
 #: Rotations (degrees counter-clockwise) a query can be tracked in; ``"auto"`` tries all.
@@ -430,28 +429,3 @@ def _batched(it: Iterable, n: int) -> Iterator[list]:
 def _chunks(seq: list, n: int) -> Iterator[list]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
-
-
-def build_tracker(
-    model: str = "sam2.1-hiera-tiny",
-    weights: str | Path | None = None,
-    image_size: int | None = None,
-    device: str | torch.device | None = None,
-    allow_download: bool | None = None,
-    max_chain_length: int = 256,
-    adapter: str | Path | None = None,
-    batch_traits: bool = True,
-) -> SSTTracker:
-    """Resolve weights, build the real SAM 2.1 video predictor and wrap it for SST.
-
-    ``adapter`` is a fine-tuned adapter file; it must have been trained on this very base
-    model (name, weights, image size), otherwise ``AdapterMismatchError`` is raised.
-    """
-    resolved = resolve_sam2_weights(model, weights, allow_download=allow_download)
-    predictor = build_predictor(model, resolved, image_size=image_size, device=device)
-    tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length, batch_traits=batch_traits)
-    if adapter is not None:
-        from .finetune import apply_adapter  # fine-tuning pulls in peft; plain tracking does not need it
-
-        apply_adapter(tracker, adapter)
-    return tracker

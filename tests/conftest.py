@@ -22,7 +22,7 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tracker():
-    from sst_search.tracking import build_tracker
+    from sst_search.builder import build_tracker
 
     return build_tracker("sam2.1-hiera-tiny", weights="random", image_size=TEST_IMAGE_SIZE, device="cpu")
 

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.job import run_index
+from sst_search.builder import build_tracker
 from sst_search.cli import app
 from sst_search.config import Config
 from sst_search.evaluation import MaskDataset, load_mask_folder
@@ -19,7 +20,6 @@ from sst_search.evaluation.kshot import draw_supports, open_dataset, run_kshot
 from sst_search.evaluation.retrieval import evaluate_retrieval
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, Store
 from sst_search.synthetic import generate_collection
-from sst_search.tracking import build_tracker
 
 #: Small and fast on CPU; the k-shot tests check the protocol, not SAM 2's accuracy.
 IMAGE_SIZE = 128

@@ -99,9 +99,11 @@ def test_masks_zip_holds_one_label_map_per_specimen(store):
     stored = _stored(store)
     with zipfile.ZipFile(io.BytesIO(export.masks_zip(store))) as zf:
         names = set(zf.namelist())
-        assert names == {"labels.csv"} | {export.mask_file_name(sid, store.get_specimen(sid)["path"]) for sid in stored}
+        rows = {sid: store.get_specimen(sid) for sid in stored}
+        expected_names = {sid: f"{r['group_name']}/{Path(r['path']).stem}.png" for sid, r in rows.items()}
+        assert names == {"labels.csv"} | set(expected_names.values())
         for sid, masks in stored.items():
-            png = zf.read(export.mask_file_name(sid, store.get_specimen(sid)["path"]))
+            png = zf.read(expected_names[sid])
             label_map = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
             assert label_map.ndim == 2 and label_map.dtype == np.uint8
             expected = np.zeros(label_map.shape, np.uint8)
@@ -111,6 +113,33 @@ def test_masks_zip_holds_one_label_map_per_specimen(store):
         labels = pd.read_csv(io.BytesIO(zf.read("labels.csv")))
     assert len(labels) == sum(len(m) for m in stored.values())
     assert set(labels["trait"]) == {m.trait_name for sid in stored for m in store.trait_masks(sid)}
+
+
+def test_exported_masks_are_scored_by_eval_seg_with_trait_names(store, tmp_path):
+    """The export's file names are what eval-seg matches: the masks are the ground truth, so IoU 1."""
+    from typer.testing import CliRunner
+
+    from sst_search.cli import app
+
+    with zipfile.ZipFile(io.BytesIO(export.masks_zip(store))) as zf:
+        zf.extractall(tmp_path / "pred")
+    root = Path(store.get_specimen(store.filter_specimens()[0])["path"]).parents[2]
+    csv_out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(app, ["eval-seg", str(tmp_path / "pred"), str(root / "ground_truth"),
+                                      "--references", str(root / "references"), "--csv", str(csv_out)])
+    assert result.exit_code == 0, result.output
+    assert "missing" not in result.output.split("overall mIoU")[1] and "1.0000" in result.output
+    scores = pd.read_csv(csv_out)
+    assert scores["miou"].eq(1.0).all() and "forewing_band" in set(scores["trait"])
+    assert "forewing_band" in result.output  # tables name traits, not ids
+    # A partial run: with --predicted-only the items without a prediction are left out, not scored 0.
+    first = sorted((tmp_path / "pred").rglob("*.png"))[0]
+    first.unlink()
+    partial = CliRunner().invoke(app, ["eval-seg", str(tmp_path / "pred"), str(root / "ground_truth"), "--predicted-only"])
+    assert partial.exit_code == 0 and "1 ground-truth items without a prediction were not scored" in partial.output
+    assert "overall mIoU" in partial.output and "1.0000" in partial.output
+    full = CliRunner().invoke(app, ["eval-seg", str(tmp_path / "pred"), str(root / "ground_truth")])
+    assert "1 missing predictions" in full.output
 
 
 def test_coco_rle_decodes_to_the_stored_masks(store, tmp_path):

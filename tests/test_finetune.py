@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from sst_search.builder import build_tracker
 from sst_search.finetune import (
     AdapterError,
     AdapterMismatchError,
@@ -24,7 +25,7 @@ from sst_search.finetune.adapter import FROZEN_PREFIXES, prepare_trainable
 from sst_search.finetune.roundtrip import condition, encode_backbone, frame_features, resize_masks, track
 from sst_search.images import load_image
 from sst_search.sam2_predictor import encode_images
-from sst_search.tracking import TrackingSession, build_tracker
+from sst_search.tracking import TrackingSession
 
 SIZE = 128
 MODEL = "sam2.1-hiera-tiny"

@@ -40,6 +40,7 @@ def collection(tmp_path):
 
 
 def _index(coll, db, config=None, **kwargs):
+    """``tracker=`` hands in the session's SAM 2 (the one CONFIG describes) instead of building one per run."""
     return run_index(coll.manifest, coll.references, db, config or _config(), **kwargs)
 
 
@@ -54,9 +55,9 @@ def _rows(manifest):
         return list(csv.DictReader(fh))
 
 
-def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path):
+def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path, tracker):
     db = tmp_path / "db.duckdb"
-    first = _index(collection, db)
+    first = _index(collection, db, tracker=tracker)
     assert first.counts["indexed"] == 8 and first.exit_code == 0 and first.weights_random
     rows, problems, status = _catalog(db)
     assert problems == [] and len(rows) == 8
@@ -66,14 +67,14 @@ def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path
         meta = store.get_specimen(rows[0][0])["metadata"]
         assert {"catalogNumber", "scientificName", "locality"} <= set(meta)
 
-    assert _index(collection, db).counts == {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": 8, "removed": 0}
+    assert _index(collection, db, tracker=tracker).counts == {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": 8, "removed": 0}
 
     # Change one image: exactly that one is re-processed.
     target = collection.root / _rows(collection.manifest)[2]["path"]
     img = np.asarray(Image.open(target)).copy()
     img[:10, :10] = 0
     Image.fromarray(img).save(target)
-    again = _index(collection, db)
+    again = _index(collection, db, tracker=tracker)
     assert again.counts["indexed"] == 1 and again.counts["unchanged"] == 7
     changed = [r for r in _catalog(db)[0] if r[0] == specimen_id(str(target.resolve()))]
     assert len(changed) == 1
@@ -86,7 +87,7 @@ def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for i, r in enumerate(rows) if i != 5)
-    removed = _index(collection, db)
+    removed = _index(collection, db, tracker=tracker)
     assert removed.counts["removed"] == 1 and removed.counts["unchanged"] == 7
     rows_after, problems, status = _catalog(db)
     assert len(rows_after) == 7 and problems == []
@@ -94,20 +95,20 @@ def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path
     assert next(i for i in status["indexes"] if i["trait"] == "__specimen__")["vectors"] == 7
 
 
-def test_fingerprint_changes_redo_only_affected_items(collection, tmp_path):
+def test_fingerprint_changes_redo_only_affected_items(collection, tmp_path, tracker):
     db = tmp_path / "db.duckdb"
-    _index(collection, db)
+    _index(collection, db, tracker=tracker)
     # New references for one group: only that group's items are re-done.
     group = collection.groups[0]
     traits = collection.references / group / "traits.yaml"
     traits.write_text(traits.read_text().replace("forewing_band", "forewing_band_renamed"))
-    assert _index(collection, db).counts["indexed"] == 4
+    assert _index(collection, db, tracker=tracker).counts["indexed"] == 4
     # Another SAM 2 input size changes every SST fingerprint.
     assert _index(collection, db, _config(segmentation={"image_size": 128})).counts["indexed"] == 8
-    assert _index(collection, db, force=True).counts["indexed"] == 8
+    assert _index(collection, db, force=True, tracker=tracker).counts["indexed"] == 8
 
 
-def test_bad_files_missing_references_and_provided_masks(collection, tmp_path):
+def test_bad_files_missing_references_and_provided_masks(collection, tmp_path, tracker):
     rows = _rows(collection.manifest)
     (collection.root / rows[0]["path"]).write_bytes(b"")  # zero-byte image
     (collection.root / rows[1]["path"]).write_text("not an image")
@@ -125,7 +126,7 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path):
         gt = collection.ground_truth / p.split("/", 1)[1]
         (masks / gt.name).write_bytes(gt.read_bytes())
     db = tmp_path / "db.duckdb"
-    summary = _index(collection, db, masks=masks)
+    summary = _index(collection, db, masks=masks, tracker=tracker)
     assert summary.counts["failed"] == 2 and summary.counts["no_reference"] == 1 and summary.counts["indexed"] == 6
     assert summary.exit_code == 1
     reasons = dict(summary.failures)
@@ -147,11 +148,11 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path):
                 assert measured.loc[tid, "scale_source"] == "metadata:pixelsPerMM"
         assert store.check_consistency() == []
     # A re-run retries the failed and unreferenced items only.
-    again = _index(collection, db, masks=masks)
+    again = _index(collection, db, masks=masks, tracker=tracker)
     assert again.counts["unchanged"] == 6 and again.counts["failed"] == 2 and again.counts["no_reference"] == 1
 
 
-def test_killed_job_resumes_without_loss_or_duplicates(tmp_path):
+def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
     coll = generate_collection(tmp_path / "syn", species=2, per_species=6, seed=5)
     db = tmp_path / "db.duckdb"
     cfg = tmp_path / "cfg.yaml"
@@ -177,7 +178,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path):
         partial = store.con.execute("SELECT count(*) FROM specimens").fetchall()[0][0]
         assert 3 <= partial < 12
         assert store.check_consistency() == []
-    resumed = _index(coll, db, _config(indexer={"commit_every": 1}))
+    resumed = _index(coll, db, _config(indexer={"commit_every": 1}), tracker=tracker)
     assert resumed.counts["unchanged"] == partial and resumed.counts["indexed"] == 12 - partial
     rows, problems, status = _catalog(db)
     assert len(rows) == 12 and len({r[0] for r in rows}) == 12 and problems == []
@@ -189,6 +190,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path):
 def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
     # Intra-op reductions depend on the thread count, so the local run uses one thread like
     # each Ray actor does; then the two catalogs must be identical, masks and vectors included.
+    # It builds its own SAM 2: the session's caches support features computed with more threads.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,14 +1,21 @@
 """Search at scale on a real DuckDB catalog and real FAISS indexes: bulk writes, filtered
-search that returns exactly k at any selectivity, the plan chosen per selectivity."""
+search that returns exactly k at any selectivity, the plan chosen per selectivity, and
+searches in parallel threads."""
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import IndexConfig, Store
+from sst_search.config import IndexConfig
+from sst_search.store import SPECIMEN_TRAIT, Store
+from ui.state import engine_session, load_engine
 from sst_search.store.planner import PlanConfig
 
 N, DIM, EMBEDDER, TRAIT = 50_000, 8, "e", "t"
@@ -27,7 +34,7 @@ def catalog(tmp_path_factory):
     locality[np.flatnonzero(locality == "common")[: N // 100]] = "one-percent"
     groups = np.array([f"g{i % 2}" for i in range(N)])
     db = tmp_path_factory.mktemp("scale") / "scale.duckdb"
-    with Store.open(db, index_config=IndexConfig(exact_max=1_000)) as store:
+    with Store.open(db, index_config=IndexConfig(exact_threshold=1_000, approximate="ivf")) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in range(N)], "group_name": groups,
                       "status": ["indexed"] * N}),
@@ -81,3 +88,56 @@ def test_one_in_ten_thousand_returns_all_of_them_through_the_engine(catalog):
         results = engine.search(TRAIT, k=RARE, specimen_id=query, embedder=EMBEDDER,
                                 filters=[Filter(field="locality", op="==", value="rare")])
     assert sorted(r.specimen_id for r in results) == sorted(rare.tolist())
+
+
+class _SlowColorEmbedder(ColorPatternEmbedder):
+    """The real colour-pattern embedder, held at the start of ``embed_image`` until released."""
+
+    def __init__(self) -> None:
+        super().__init__(l_bins=2, ab_bins=2, grid=1)  # dim 12
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def embed_image(self, image):
+        self.entered.set()
+        assert self.release.wait(30)
+        return super().embed_image(image)
+
+
+def test_a_slow_embed_does_not_hold_up_another_threads_search(tmp_path):
+    embedder = _SlowColorEmbedder()
+    rng = np.random.default_rng(3)
+    n = 200
+    vectors = rng.standard_normal((n, embedder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    with Store.open(tmp_path / "c.duckdb") as store:
+        store.write_columns(
+            pa.table({"specimen_id": ids, "path": [f"{i}.png" for i in ids], "status": ["indexed"] * n,
+                      "group_name": ["g"] * n}),
+            vectors={(embedder.name, SPECIMEN_TRAIT): (ids, vectors)},
+        )
+    image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    load_engine.clear()
+    with engine_session(str(tmp_path / "c.duckdb")) as engine:  # the app's way to the shared engine
+        engine._embedder = embedder
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            def search(**query):
+                with engine_session(str(tmp_path / "c.duckdb")) as eng:
+                    return eng.search(SPECIMEN_TRAIT, 5, **query)
+
+            upload = pool.submit(search, image=image)
+            assert embedder.entered.wait(30)
+            by_specimen = pool.submit(search, specimen_id=1, filters=[Filter(field="group", op="==", value="g")])
+            assert len(by_specimen.result(timeout=30)) == 5  # finished while the upload is still embedding
+            assert not upload.done()
+            embedder.release.set()
+            assert len(upload.result(timeout=30)) == 5
+        with ThreadPoolExecutor(4) as pool:  # many threads on the one engine: each gets its own cursor
+            expected = engine.search(SPECIMEN_TRAIT, 5, specimen_id=1)
+            results = list(pool.map(lambda _: engine.search(SPECIMEN_TRAIT, 5, specimen_id=1), range(16)))
+            assert all([r.specimen_id for r in res] == [r.specimen_id for r in expected] for res in results)
+    finally:
+        embedder.release.set()
+        load_engine.clear()
+        engine.close()

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from sst_search.config import IndexConfig
 from sst_search.store import (
     SPECIMEN_TRAIT,
-    IndexConfig,
     SpecimenRecord,
     Store,
     TraitMask,
@@ -23,6 +23,7 @@ from sst_search.store import (
     masks_from_label_map,
     specimen_id,
 )
+from sst_search.store.indexes import index_kind
 
 DIM = 16
 
@@ -152,7 +153,7 @@ def test_stale_or_missing_faiss_files_are_rebuilt_on_open(tmp_path):
     store.write_batch(_records(vectors[:20]))
     store.flush_indexes()
     store.write_batch(_records(vectors[20:], start=20))  # committed, never flushed
-    store.con.close()  # the process "dies" without flushing
+    store._connection.close()  # the process "dies" without flushing
     with Store.open(db, read_only=True) as reader:
         assert any("stale" in p for p in reader.check_consistency())
         assert reader.index("emb", "band").ntotal == 30  # readers rebuild in memory
@@ -205,7 +206,7 @@ def test_switching_to_an_approximate_index_keeps_recall(tmp_path, approx):
     centers = _unit(rng, 20)
     vectors = centers[rng.integers(0, 20, 1200)] + 0.15 * rng.normal(size=(1200, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    config = IndexConfig(exact_max=500, approx=approx)
+    config = IndexConfig(exact_threshold=500, approximate=approx)
     with Store.open(tmp_path / "cat.duckdb", index_config=config) as store:
         store.write_batch(_records(vectors[:400]))
         assert store.status()["indexes"] and type(store.index("emb", "band")).__name__ == "IndexIDMap2"
@@ -232,3 +233,9 @@ def test_switching_to_an_approximate_index_keeps_recall(tmp_path, approx):
         store.remove_specimens(ids[:100])
         assert store.index("emb", "band").ntotal == 1100
         assert store.check_consistency() == []
+    # a reader that must rebuild a lost index file builds the kind the writer chose, not its own default
+    for stale in (tmp_path / "cat.duckdb.faiss").rglob("*.json"):
+        stale.unlink()
+    with Store.open(tmp_path / "cat.duckdb", read_only=True) as reader:
+        assert reader.index_config.approximate == approx
+        assert index_kind(reader.index("emb", "band")) == approx

@@ -16,7 +16,7 @@ def _queries(synthetic, group, n=3):
 
 
 def test_support_frame_round_trips(references):
-    from sst_search.tracking import build_tracker
+    from sst_search.builder import build_tracker
 
     # SAM 2 keeps masks at 1/4 of its input size; the synthetic marginal spots are a few
     # pixels wide, so the round trip is checked at 512 px where they survive.
@@ -138,7 +138,7 @@ def test_invalid_mode_and_no_supports(tracker):
 def test_checkpoint_file_is_loaded_and_fingerprinted(tracker, tmp_path, synthetic, references):
     import torch
 
-    from sst_search.tracking import build_tracker
+    from sst_search.builder import build_tracker
     from sst_search.weights import sha256_file
 
     ckpt = tmp_path / "sam2.1_hiera_tiny.pt"

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from playwright.sync_api import expect
 
@@ -68,11 +69,19 @@ def server(db, tmp_path):
         )
     try:
         _wait_healthy(port, proc, log)
+        server_procs = psutil.Process(proc.pid).children(recursive=True)
         yield f"http://127.0.0.1:{port}"
+        # SIGTERM to `sst-search ui` alone (as a service manager sends it) stops the Streamlit server too.
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(server_procs, timeout=15)
+        assert server_procs and not alive, f"still running after SIGTERM to `sst-search ui`: {alive}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=10)
+        except ProcessLookupError:  # already gone: the server stopped with its parent
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

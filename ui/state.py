@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +19,6 @@ from sst_search.query import SearchEngine
 
 DB_ENV = "SST_SEARCH_DB"
 PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
-
-#: One engine (one DuckDB connection) serves every session; DuckDB connections are not
-#: thread-safe and Streamlit runs each session in its own thread, so page runs take turns.
-_ENGINE_LOCK = threading.RLock()
-
 
 def db_path_from_args(argv: list[str]) -> str | None:
     """``--db PATH`` after ``streamlit run ui/app.py --``, else ``$SST_SEARCH_DB``."""
@@ -50,8 +44,10 @@ def load_engine(db: str) -> SearchEngine:
 
 @contextmanager
 def engine_session(db: str) -> Iterator[SearchEngine]:
-    with _ENGINE_LOCK:
-        yield load_engine(db)
+    """The shared engine. Streamlit runs each session in its own thread and the store gives
+    every thread its own DuckDB cursor, so sessions search in parallel: one segmenting an
+    upload never holds up another's search."""
+    yield load_engine(db)
 
 
 def cache_key(engine: SearchEngine) -> str:

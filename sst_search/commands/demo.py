@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..config import Config
-from ..embed import EmbedderError, create_embedder
+from ..builder import embedder_from_config
+from ..config import Config, EmbeddingConfig
+from ..embed import EmbedderError
 from ..evaluation import evaluate_folders
 from ..images import save_mask
 from ..store import Store
@@ -38,7 +39,7 @@ def _choose_embedder(embedder: str | None, embedder_weights: str | None) -> str:
     if embedder is not None:
         return embedder
     try:
-        create_embedder("bioclip", weights=embedder_weights)
+        embedder_from_config(EmbeddingConfig(embedder="bioclip", weights=embedder_weights))
         return "bioclip"
     except EmbedderError as exc:
         console.print(f"[yellow]{exc}[/yellow]\nfalling back to the weight-free color-pattern embedder")

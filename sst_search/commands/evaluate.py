@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
+from ..builder import build_tracker
 from ..evaluation import DatasetFormatError, EvaluationInputError, evaluate_folders
+from ..evaluation.eval_seg import load_trait_names
 from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
 from ..evaluation.retrieval import GROUP, evaluate_retrieval
 from ..references import ReferenceError
 from ..store import Store
-from ..tracking import MODES, build_tracker
+from ..tracking import MODES
 from ..weights import SAM2_MODELS, WeightsError
 
 console = Console()
@@ -25,14 +27,20 @@ def eval_seg(
     gt: Path = typer.Argument(..., help="Folder of ground-truth label masks; sub-folders are groups."),
     manifest: Path | None = typer.Option(None, "--manifest", help="Collection CSV whose 'group' column assigns groups by file stem."),
     csv: Path | None = typer.Option(None, "--csv", help="Also write per-trait rows to this CSV."),
+    predicted_only: bool = typer.Option(False, "--predicted-only", help="Score only the items that have a prediction."),
+    references: Path | None = typer.Option(None, "--references", help="REFS folder: name traits from REFS/<group>/traits.yaml."),
 ) -> None:
     """Per-trait IoU, per-group and overall mIoU; missing predictions score 0 and are listed.
+
+    Predictions match ground truth by group folder and stem (what `export` writes for masks:
+    <group>/<stem>.png), else by a unique stem.
 
     Exit status: 0 scored, 2 bad input (missing folder, no ground truth, bad manifest).
     """
     try:
-        report = evaluate_folders(pred, gt, manifest)
-    except EvaluationInputError as exc:
+        names = load_trait_names(references) if references is not None else {}
+        report = evaluate_folders(pred, gt, manifest, predicted_only=predicted_only, trait_names=names)
+    except (EvaluationInputError, ReferenceError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(report)

@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
+from ..builder import build_tracker
 from ..finetune import AdapterError, FinetuneConfig, finetune as run_finetune, save_adapter
 from ..images import ImageLoadError, is_image_file, load_image
 from ..references import MASK_SUFFIX, ReferenceError, load_support
-from ..tracking import build_tracker
 from ..weights import SAM2_MODELS, WeightsError
 
 console = Console(stderr=True)

@@ -95,6 +95,15 @@ def index(
     raise typer.Exit(summary.exit_code)
 
 
+def failure_line(status: str, path: str, error: str | None) -> str:
+    """One item that was not indexed, the same in the run summary and in ``status``: its
+    status (``failed`` / ``no_reference``), its path once, and why."""
+    reason = error or status
+    if reason.startswith(f"{path}: "):
+        reason = reason[len(path) + 2:]
+    return f"[red]{status}[/red] {path}: {reason}"
+
+
 def print_summary(summary) -> None:
     if summary.weights_random:
         console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
@@ -120,7 +129,7 @@ def print_summary(summary) -> None:
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
     for path, reason in summary.failures[:10]:
-        console.print(f"[red]failed[/red] {path}: {reason}")
+        console.print(failure_line(summary.failure_status.get(path, "failed"), path, reason), soft_wrap=True)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
 
@@ -155,7 +164,7 @@ def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) ->
             "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT 20"
         ).fetchall()
         for path, st_, error in failed:
-            console.print(f"[red]{st_}[/red] {path}: {error}")
+            console.print(failure_line(st_, path, error), soft_wrap=True)
         problems = store.check_consistency()
         for p in problems:
             console.print(f"[red]inconsistent:[/red] {p}")

@@ -65,11 +65,13 @@ def refs_suggest(
     else:
         from indexer.collection import CollectionError, load_collection
 
-        from ..embed import EmbedderError, create_embedder
+        from ..builder import embedder_from_config
+        from ..config import EmbeddingConfig
+        from ..embed import EmbedderError
 
         try:
             items = [i for i in load_collection(collection) if i.group == group]
-            model = create_embedder(embedder, weights=weights)
+            model = embedder_from_config(EmbeddingConfig(embedder=embedder, weights=weights))
         except (CollectionError, EmbedderError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..builder import build_tracker
 from ..references import ReferenceError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES, build_tracker
+from ..tracking import MODES
 from ..weights import SAM2_MODELS, WeightsError
 
 console = Console(stderr=True)
@@ -78,7 +79,7 @@ def _segment_instances(queries, support, support_mask, traits, out, model, weigh
                        background, config_file) -> None:
     from ..config import load_config
     from ..instance_export import run_instance_segmentation
-    from ..instances import InstanceFinder
+    from ..builder import build_instance_finder
     from ..references import InstanceSpec, load_instance_reference, load_instance_spec
 
     if len(support) != len(support_mask):
@@ -96,7 +97,7 @@ def _segment_instances(queries, support, support_mask, traits, out, model, weigh
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - instances are not meaningful (smoke test only).[/bold yellow]")
-    summary = run_instance_segmentation(InstanceFinder(tracker.predictor, config.instances), refs, files, out, background)
+    summary = run_instance_segmentation(build_instance_finder(tracker, config.instances), refs, files, out, background)
     counts = summary["counts"]
     found = sum(p.get("count", 0) for p in summary["photos"].values())
     console.print(f"{found} instances in {counts['ok']}/{counts['total']} photos -> {out} ({summary['seconds']} s)")

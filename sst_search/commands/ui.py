@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,14 +36,46 @@ def ui(
     db: Path = typer.Option(..., "--db", help="Index (DuckDB catalog) to search; opened read-only."),
     port: int = typer.Option(8501, "--port", min=1, max=65535),
 ) -> None:
-    """Start the search app on 127.0.0.1:PORT (Ctrl-C stops it)."""
+    """Start the search app on 127.0.0.1:PORT (Ctrl-C or SIGTERM stops it)."""
     try:
         resolve_snapshot(db)
     except (FileNotFoundError, RuntimeError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--db") from exc
     typer.echo(f"sst-search app: http://127.0.0.1:{port}  (index {db})", err=True)
+    raise typer.Exit(run_until_stopped(streamlit_command(db.resolve(), port)))
+
+
+def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:
+    """Run the server as a child that stops with its parent: SIGTERM or SIGHUP to this process
+    (a service manager, ``kill``, a closed terminal) and Ctrl-C are passed on to the server,
+    which is killed if it has not exited after ``grace_s``. Returns the server's exit code (0
+    when it was stopped)."""
+    proc = subprocess.Popen(command)
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        proc.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        code = subprocess.run(streamlit_command(db.resolve(), port), check=False).returncode
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to the server too
+            stopping = True
+            code = proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0 if stopping else code

@@ -51,6 +51,13 @@ class SegEvalReport:
     unmatched_predictions: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    #: ``{group: {trait id: name}}``: tables and CSV name traits (ids alone mean nothing to a reader)
+    trait_names: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: ground-truth items left out because they had no prediction (``predicted_only``)
+    not_predicted: int = 0
+
+    def trait_name(self, group: str, trait_id: int) -> str:
+        return self.trait_names.get(group, {}).get(trait_id, str(trait_id))
 
     @property
     def overall_miou(self) -> float | None:
@@ -71,14 +78,17 @@ class SegEvalReport:
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
             if pairs:
-                writer.writerow(["group", "item_id", "trait_id", "status", "iou", "intersection", "gt_pixels", "pred_pixels"])
+                writer.writerow(["group", "item_id", "trait_id", "trait", "status", "iou", "intersection", "gt_pixels",
+                                 "pred_pixels"])
                 for o in self.scores.overlaps:
                     iou = "" if o.iou is None else f"{o.iou:.6f}"
-                    writer.writerow([o.group, o.item_id, o.trait_id, o.status.value, iou, o.intersection, o.gt_pixels, o.pred_pixels])
+                    writer.writerow([o.group, o.item_id, o.trait_id, self.trait_name(o.group, o.trait_id), o.status.value, iou,
+                                     o.intersection, o.gt_pixels, o.pred_pixels])
             else:
-                writer.writerow(["group", "trait_id", "images", "miou", "missing_predictions", "false_positives"])
+                writer.writerow(["group", "trait_id", "trait", "images", "miou", "missing_predictions", "false_positives"])
                 for r in self.scores.trait_rows():
-                    writer.writerow([r.group, r.trait_id, r.images, f"{r.miou:.6f}", r.missing_predictions, r.false_positives])
+                    writer.writerow([r.group, r.trait_id, self.trait_name(r.group, r.trait_id), r.images, f"{r.miou:.6f}",
+                                     r.missing_predictions, r.false_positives])
         return path
 
     def __rich__(self) -> Group:
@@ -86,7 +96,7 @@ class SegEvalReport:
         for col in ("group", "trait", "images", "mIoU", "missing", "false pos."):
             traits.add_column(col, justify="left" if col == "group" else "right")
         for r in self.scores.trait_rows():
-            traits.add_row(r.group or "-", str(r.trait_id), str(r.images), _fmt(r.miou), str(r.missing_predictions), str(r.false_positives))
+            traits.add_row(r.group or "-", self.trait_name(r.group, r.trait_id), str(r.images), _fmt(r.miou), str(r.missing_predictions), str(r.false_positives))
         groups = Table(title="Per-group mIoU", title_justify="left")
         for col in ("group", "images", "pairs", "mIoU"):
             groups.add_column(col, justify="left" if col == "group" else "right")
@@ -102,6 +112,8 @@ class SegEvalReport:
             shown = ", ".join(f"{g}/{i}" if g else i for g, i in self.missing[:20])
             more = f" ... (+{len(self.missing) - 20})" if len(self.missing) > 20 else ""
             lines.append(f"[yellow]{len(self.missing)} missing predictions (scored as IoU 0):[/yellow] {shown}{more}")
+        if self.not_predicted:
+            lines.append(f"{self.not_predicted} ground-truth items without a prediction were not scored (predicted only)")
         if self.unmatched_predictions:
             lines.append(f"{len(self.unmatched_predictions)} predictions without ground truth (ignored)")
         if self.resized:
@@ -181,13 +193,24 @@ def read_group_manifest(path: Path) -> dict[str, str]:
     return groups
 
 
+def load_trait_names(references: str | Path) -> dict[str, dict[int, str]]:
+    """``{group: {trait id: name}}`` from ``REFS/<group>/traits.yaml``."""
+    from ..references import TRAITS_FILE, load_traits
+
+    return {f.parent.name: {tid: t.name for tid, t in load_traits(f).items()}
+            for f in sorted(Path(references).glob(f"*/{TRAITS_FILE}"))}
+
+
 def evaluate_folders(
-    pred_dir: str | Path, gt_dir: str | Path, groups: Path | Mapping[str, str] | None = None
+    pred_dir: str | Path, gt_dir: str | Path, groups: Path | Mapping[str, str] | None = None,
+    predicted_only: bool = False, trait_names: Mapping[str, Mapping[int, str]] | None = None,
 ) -> SegEvalReport:
     """Score every GT mask under ``gt_dir`` against the prediction with the same stem.
 
     ``groups``: a manifest CSV (``path``, ``group``) or ``{stem: group}``; without it,
     or for stems it does not list, the group is the GT's sub-folder ("" at the top).
+    ``predicted_only``: score only the GT items that have a prediction (a partial run), instead
+    of counting the others as IoU 0. ``trait_names``: ``{group: {id: name}}`` for the tables.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for label, d in (("prediction", pred_dir), ("ground-truth", gt_dir)):
@@ -205,11 +228,19 @@ def evaluate_folders(
 
     used: set[Path] = set()
     pairs = []
+    skipped = 0
     for (folder, stem), gt_path in gts.items():
         pred = preds.get((folder, stem)) or by_stem.get(stem)
         if pred is not None:
             used.add(pred)
+        elif predicted_only:
+            skipped += 1
+            continue
         pairs.append(MaskPair(stem, stem_groups.get(stem, folder), pred, gt_path))
+    if not pairs:
+        raise EvaluationInputError(f"{pred_dir}: no prediction matches a ground-truth mask in {gt_dir} (by stem)")
     report = evaluate_masks(pairs)
     report.unmatched_predictions = sorted(set(preds.values()) - used)
+    report.not_predicted = skipped
+    report.trait_names = {g: dict(n) for g, n in (trait_names or {}).items()}
     return report

@@ -10,7 +10,8 @@ Scores alone mislead: a trait that only one species has will score P@k = 1 by gr
 whatever the embedder does. Each row therefore states the chance level, the precision a
 random ranking would reach in expectation:
 ``E[P@k] = min(k, N-1) * R / ((N-1) * k)`` for a query with ``R`` relevant specimens
-among the ``N-1`` others, averaged over the scored queries.
+among the ``N-1`` others, averaged over the scored queries, and likewise for mAP@k
+(:func:`chance_average_precision`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ class RetrievalRow:
     map_at_k: float | None
     precision_at_k: float | None
     chance_precision_at_k: float | None
+    chance_map_at_k: float | None = None
+
+
+def chance_average_precision(k: int, relevant: int, others: int) -> float:
+    """Expected AP@k of a uniformly random ranking of ``others`` specimens, ``relevant`` of them
+    relevant. AP@k sums ``rel(i) * P@i`` (its normaliser ``min(k, R)`` is fixed), so the expectation
+    is exact term by term: ``E[rel(i) P@i] = (R/M) (1 + (i-1)(R-1)/(M-1)) / i`` for ``M`` others."""
+    if relevant <= 0 or others <= 0:
+        raise ValueError("chance AP needs at least one relevant specimen among the others")
+    m, r = others, relevant
+    total = sum((r / m) * (1 + ((i - 1) * (r - 1) / (m - 1) if m > 1 else 0.0)) / i for i in range(1, min(k, m) + 1))
+    return total / min(k, r)
 
 
 @dataclass
@@ -57,6 +70,7 @@ class RetrievalReport:
     rows: list[RetrievalRow]
     unlabeled: dict[tuple[str, str], int] = field(default_factory=dict)  # index -> vectors without a label
     random_embedders: list[str] = field(default_factory=list)
+    random_segmentation: bool = False  # the last run segmented with random SAM 2 weights
 
     def row(self, embedder: str, trait: str) -> RetrievalRow:
         for r in self.rows:
@@ -65,37 +79,46 @@ class RetrievalReport:
         raise KeyError(f"no row for {embedder}/{trait}")
 
     def __rich__(self) -> Group:
-        table = Table(title=f"{self.db}: retrieval by {self.by!r}, k={self.k}")
-        for col in ("embedder", "trait", "queries", "skipped", "labels", f"mAP@{self.k}", f"P@{self.k}", f"chance P@{self.k}"):
-            label = col in ("embedder", "trait")
-            table.add_column(col, justify="left" if label else "right", no_wrap=label)
-        for r in self.rows:
-            table.add_row(r.embedder, r.trait, str(r.queries), str(r.skipped), str(r.labels),
-                          _fmt(r.map_at_k), _fmt(r.precision_at_k), _fmt(r.chance_precision_at_k))
-        lines = [
+        """One table per embedder, sized for an 80-column terminal; chance levels beside each score."""
+        parts: list = [f"{self.db}: retrieval by {self.by!r}, k={self.k} (leave-one-out)"]
+        for embedder in sorted({r.embedder for r in self.rows}):
+            table = Table(title=f"embedder {embedder}", title_justify="left")
+            for col in ("trait", "queries", "labels", f"mAP@{self.k}", "chance", f"P@{self.k}", "chance"):
+                table.add_column(col, justify="left" if col == "trait" else "right", no_wrap=True)
+            for r in (r for r in self.rows if r.embedder == embedder):
+                table.add_row(r.trait, str(r.queries), str(r.labels), _fmt(r.map_at_k), _fmt(r.chance_map_at_k),
+                              _fmt(r.precision_at_k), _fmt(r.chance_precision_at_k))
+            parts.append(table)
+        parts += [f"{r.embedder}/{r.trait}: {r.skipped} queries skipped (no other specimen with their label)"
+                  for r in self.rows if r.skipped]
+        parts += [
             f"[yellow]{e}/{t}: {n} vector(s) of specimens without {self.by!r} (gallery only)[/yellow]"
             for (e, t), n in sorted(self.unlabeled.items())
         ]
-        lines += [
+        parts += [
             f"[bold yellow]{e}: embedder weights were RANDOM when indexed; scores say nothing about the model.[/bold yellow]"
             for e in self.random_embedders
         ]
-        return Group(table, *lines)
+        if self.random_segmentation:
+            parts.append("[bold yellow]The trait masks came from RANDOM SAM 2 weights: trait scores say nothing "
+                         "about the model.[/bold yellow]")
+        return Group(*parts)
 
     def to_csv(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["embedder", "trait", "by", "k", "queries", "skipped", "labels", "map_at_k", "precision_at_k", "chance_precision_at_k"])
+            w.writerow(["embedder", "trait", "by", "k", "queries", "skipped", "labels", "map_at_k", "precision_at_k",
+                        "chance_precision_at_k", "chance_map_at_k"])
             for r in self.rows:
                 w.writerow([r.embedder, r.trait, self.by, r.k, r.queries, r.skipped, r.labels,
-                            _num(r.map_at_k), _num(r.precision_at_k), _num(r.chance_precision_at_k)])
+                            _num(r.map_at_k), _num(r.precision_at_k), _num(r.chance_precision_at_k), _num(r.chance_map_at_k)])
         return path
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _num(value: float | None) -> str:
@@ -118,6 +141,17 @@ def specimen_labels(store: Store, by: str = GROUP) -> dict[int, str]:
             keys = [k for (k,) in store.con.execute("SELECT DISTINCT key FROM specimen_metadata ORDER BY 1").fetchall()]
             raise ValueError(f"{store.db_path}: no indexed specimen has metadata column {by!r} (columns: {', '.join(keys) or 'none'}; or use {GROUP!r})")
     return {int(sid): str(label) for sid, label in rows}
+
+
+def _random_segmentation(store: Store) -> bool:
+    """Whether the most recent run that segmented recorded random SAM 2 weights."""
+    random = False
+    for run in store.runs():
+        fp = json.loads(run["fingerprint"]) if isinstance(run["fingerprint"], str) else (run["fingerprint"] or {})
+        seg = fp.get("segmentation") or {}
+        if seg.get("weights_sha256"):
+            random = seg["weights_sha256"] == "random"
+    return random
 
 
 def _random_embedders(store: Store) -> list[str]:
@@ -150,7 +184,8 @@ def evaluate_retrieval(
             raise ValueError(f"{store.db_path}: unknown {name}(s) {unknown}; the index has {sorted(have)}")
     embedders, traits = set(embedders or ()), set(traits or ())
     labels = specimen_labels(store, by)
-    report = RetrievalReport(str(store.db_path), by, k, [], random_embedders=_random_embedders(store))
+    report = RetrievalReport(str(store.db_path), by, k, [], random_embedders=_random_embedders(store),
+                             random_segmentation=_random_segmentation(store))
     for embedder, trait in keys:
         if (embedders and embedder not in embedders) or (traits and trait not in traits):
             continue
@@ -167,7 +202,7 @@ def _score_index(store: Store, embedder: str, trait: str, labels: dict[int, str]
         report.unlabeled[(embedder, trait)] = unlabeled
     queried = [j for j, sid in enumerate(gallery) if sid in labels]
     others = len(gallery) - 1
-    queries, chance = [], []
+    queries, chance, chance_ap = [], [], []
     for start in range(0, len(queried), QUERY_BATCH):
         rows = queried[start : start + QUERY_BATCH]
         # One extra result, because the query itself usually comes back first.
@@ -180,8 +215,10 @@ def _score_index(store: Store, embedder: str, trait: str, labels: dict[int, str]
             queries.append((ranked, lambda h, label=label: labels.get(h) == label, n_rel))
             if n_rel:
                 chance.append(min(k, others) * n_rel / (others * k))
+                chance_ap.append(chance_average_precision(k, n_rel, others))
     scores = retrieval_scores(queries, k)
     return RetrievalRow(
         embedder, trait, k, scores.queries, scores.skipped, len(counts),
         scores.map_at_k, scores.precision_at_k, fmean(chance) if chance else None,
+        fmean(chance_ap) if chance_ap else None,
     )

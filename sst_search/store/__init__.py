@@ -5,7 +5,6 @@ consistency rules.
 """
 
 from sst_search.store.core import Store
-from sst_search.store.indexes import IndexConfig
 from sst_search.store.records import SpecimenRecord, TraitMask, masks_from_label_map, specimen_id
 from sst_search.store.rle import decode_mask, encode_mask
 from sst_search.store.schema import SPECIMEN_TRAIT, STATUSES
@@ -13,7 +12,6 @@ from sst_search.store.schema import SPECIMEN_TRAIT, STATUSES
 __all__ = [
     "SPECIMEN_TRAIT",
     "STATUSES",
-    "IndexConfig",
     "SpecimenRecord",
     "Store",
     "TraitMask",

@@ -16,6 +16,7 @@ only ever replaced whole and are trusted only at a matching generation.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -26,7 +27,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from sst_search.store import indexes as ix
+from sst_search.config import IndexConfig
+from sst_search.store import indexes
 from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
 from sst_search.store.records import SpecimenRecord, TraitMask
 from sst_search.store.review import REAPPLY_CORRECTIONS
@@ -69,17 +71,31 @@ def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
 class Store:
     """Catalog + vector indexes of one collection. Use :meth:`open`."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, config: ix.IndexConfig,
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
                  plan: PlanConfig) -> None:
         self.db_path = db_path
-        self.con = con
+        self._connection = con
+        self._local = threading.local()
         self.read_only = read_only
-        self.config = config
+        self.index_config = index_config
         self.plan = plan
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
         self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the database.
+
+        A DuckDB connection must not be used by two threads at once; a cursor per thread
+        lets the app's sessions query in parallel (one session segmenting an upload never
+        holds up another's search) without a lock around the whole store.
+        """
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._connection.cursor()
+        return cursor
 
     # -- opening -----------------------------------------------------------------------
 
@@ -88,10 +104,14 @@ class Store:
         cls,
         db_path: str | Path,
         read_only: bool = False,
-        index_config: ix.IndexConfig | None = None,
+        index_config: IndexConfig | None = None,
         plan: PlanConfig | None = None,
     ) -> Store:
         """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
+
+        ``index_config`` (writers only) says which FAISS index kinds to build; it is recorded
+        in the store, and every later opening (a reader rebuilding a stale file, a writer
+        given none) uses the recorded one, so all of them build the kind the writer chose.
 
         A writer repairs stale or missing FAISS files right away, so a crashed run leaves
         nothing behind for the next one to trip over. ``plan`` says when a filtered search
@@ -100,6 +120,8 @@ class Store:
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
             raise FileNotFoundError(f"{db_path}: no such store")
+        if not read_only:  # a new store in a new folder: DuckDB would blame a lock instead
+            db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
         except duckdb.IOException as exc:
@@ -108,17 +130,21 @@ class Store:
                 f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
                 "and none may read it meanwhile"
             ) from exc
-        store = cls(db_path, con, read_only, index_config or ix.IndexConfig(), plan or PlanConfig())
+        store = cls(db_path, con, read_only, IndexConfig(), plan or PlanConfig())
         if not read_only:
             store._exec(DDL)
             migrate(store.con)
+            if index_config is not None:
+                store._record_index_config(index_config)
+        store.index_config = store._recorded_index_config()
+        if not read_only:
             store.repair_indexes()
         return store
 
     def close(self) -> None:
         if not self.read_only:
             self.flush_indexes()
-        self.con.close()
+        self._connection.close()
 
     def __enter__(self) -> Store:
         return self
@@ -326,7 +352,7 @@ class Store:
         self._require_writer()
         for key in sorted(self._dirty):
             index, generation = self._indexes[key]
-            ix.save_index(self.faiss_dir, *key, index, generation)
+            indexes.save_index(self.faiss_dir, *key, index, generation)
         self._dirty.clear()
 
     def repair_indexes(self) -> list[IndexKey]:
@@ -334,7 +360,7 @@ class Store:
         self._require_writer()
         repaired = []
         for key, generation in self._generations().items():
-            manifest = ix.read_manifest(self.faiss_dir, *key)
+            manifest = indexes.read_manifest(self.faiss_dir, *key)
             if manifest is None or manifest.get("generation") != generation:
                 self._indexes[key] = (self._rebuild(key), generation)
                 self._dirty.add(key)
@@ -357,9 +383,9 @@ class Store:
         cached = self._indexes.get(key)
         if cached is not None and cached[1] == generation:
             return cached[0]
-        manifest = ix.read_manifest(self.faiss_dir, *key)
+        manifest = indexes.read_manifest(self.faiss_dir, *key)
         if manifest is not None and manifest.get("generation") == generation:
-            index = ix.load_index(self.faiss_dir, *key)
+            index = indexes.load_index(self.faiss_dir, *key)
         else:
             index = self._rebuild(key)
             if not self.read_only:
@@ -549,7 +575,7 @@ class Store:
         }
         index_rows = []
         for key, generation in sorted(self._generations().items()):
-            manifest = ix.read_manifest(self.faiss_dir, *key)
+            manifest = indexes.read_manifest(self.faiss_dir, *key)
             state = "missing" if manifest is None else "fresh" if manifest.get("generation") == generation else "stale"
             index_rows.append(
                 {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
@@ -573,16 +599,16 @@ class Store:
             if cached is not None and cached[1] == generation:
                 index = cached[0]
             else:
-                manifest = ix.read_manifest(self.faiss_dir, *key)
+                manifest = indexes.read_manifest(self.faiss_dir, *key)
                 if manifest is None:
                     problems.append(f"{name}: FAISS file missing")
                     continue
                 if manifest.get("generation") != generation:
                     problems.append(f"{name}: FAISS file is stale (generation {manifest.get('generation')}, catalog {generation})")
                     continue
-                index = ix.load_index(self.faiss_dir, *key)
+                index = indexes.load_index(self.faiss_dir, *key)
             catalog_ids = self.get_vectors(*key)[0]
-            faiss_ids = ix.index_ids(index)
+            faiss_ids = indexes.index_ids(index)
             if len(faiss_ids) != len(catalog_ids) or not np.array_equal(faiss_ids, catalog_ids):
                 missing = np.setdiff1d(catalog_ids, faiss_ids).size
                 extra = np.setdiff1d(faiss_ids, catalog_ids).size
@@ -606,6 +632,20 @@ class Store:
         cur = self.con.execute(sql, params or [])
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def _record_index_config(self, config: IndexConfig) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO store_settings (key, value) VALUES ('index_config', ?)",
+            [config.model_dump_json()],
+        )
+
+    def _recorded_index_config(self) -> IndexConfig:
+        """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
+        try:
+            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+        except duckdb.CatalogException:  # a read-only store written before the table existed
+            return IndexConfig()
+        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
@@ -658,7 +698,7 @@ class Store:
 
     def _rebuild(self, key: IndexKey) -> faiss.Index:
         ids, matrix = self.get_vectors(*key)
-        return ix.build_index(matrix, ids, self._dims()[key], self.config)
+        return indexes.build_index(matrix, ids, self._dims()[key], self.index_config)
 
     def _apply(
         self,
@@ -681,8 +721,8 @@ class Store:
             cached = self._indexes.get(key)
             index = cached[0] if cached is not None else None
             if index is None and count == len(vids) and matrix is not None:
-                index = ix.build_index(matrix, vids, matrix.shape[1], self.config)
-            elif index is None or ix.needs_rebuild(index, count, self.config) or not ix.supports_removal(index):
+                index = indexes.build_index(matrix, vids, matrix.shape[1], self.index_config)
+            elif index is None or indexes.needs_rebuild(index, count, self.index_config) or not indexes.supports_removal(index):
                 index = self._rebuild(key)
             else:
                 index.remove_ids(faiss.IDSelectorBatch(removed))

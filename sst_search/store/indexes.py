@@ -2,7 +2,7 @@
 
 Every index holds L2-normalised vectors under inner product (= cosine similarity) with
 FAISS ids equal to specimen ids. Small indexes are exact (``IndexFlatIP``); above
-``exact_max`` vectors they become approximate (IVF or HNSW) and are rebuilt whenever they
+``IndexConfig.exact_threshold`` vectors they become approximate (IVF or HNSW) and are rebuilt whenever they
 cross the threshold or an IVF index outgrows its training (``nlist`` too small for ``n``).
 
 Files are a cache of the DuckDB ``vectors`` table: ``<name>.index`` is written to a
@@ -18,39 +18,13 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
 import faiss
 import numpy as np
 
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """When to go approximate and how; defaults favour recall over speed."""
-
-    exact_max: int = 50_000
-    approx: Literal["ivf", "hnsw"] = "ivf"
-    nlist_factor: float = 4.0
-    nprobe_fraction: float = 0.125
-    min_nprobe: int = 8
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    hnsw_ef_construction: int = 200
-    train_per_list: int = 64
-    train_niter: int = 10
-    train_seed: int = 1234
-
-    def kind_for(self, n: int) -> str:
-        return "flat" if n <= self.exact_max else self.approx
-
-    def nlist_for(self, n: int) -> int:
-        return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))
-
-    def nprobe_for(self, nlist: int) -> int:
-        return min(nlist, max(self.min_nprobe, int(math.ceil(self.nprobe_fraction * nlist))))
+from sst_search.config import IndexConfig
 
 
 def index_kind(index: faiss.Index) -> str:

@@ -64,6 +64,11 @@ Tables and columns:
     - ``counts JSON`` (items per outcome), ``timings JSON`` (seconds per stage).
     - ``engine VARCHAR``: ``local`` | ``ray``.
 
+``store_settings``: settings that every opening of the store must share.
+    - ``key VARCHAR PRIMARY KEY``, ``value JSON``. ``index_config``: the
+      :class:`~sst_search.config.IndexConfig` the writer built its FAISS indexes with;
+      readers that rebuild a stale index use it.
+
 ``review_decisions``: a curator's latest verdict per (specimen, trait). Kept across
     re-indexing: it is not a child of ``specimens``, and a ``correct`` decision is written
     back into ``trait_masks`` (``source = corrected``) whenever the specimen is re-indexed
@@ -231,6 +236,10 @@ CREATE TABLE IF NOT EXISTS runs (
     counts JSON,
     timings JSON,
     engine VARCHAR
+);
+CREATE TABLE IF NOT EXISTS store_settings (
+    key VARCHAR PRIMARY KEY,
+    value JSON
 );
 """
 
