@@ -16,7 +16,45 @@ def test_demo_builds_a_searchable_index_and_scores_it(tmp_path):
     assert result.exit_code == 0, result.output
     assert "RANDOM" in result.output
     assert "overall mIoU" in result.output
+    assert "forewing_band" in result.output.split("overall mIoU")[0]  # the score table names traits
+    assert "looks most like SYN-000001's" in result.output  # the query by catalogNumber, not an internal id
+    assert "1. SYN-" in result.output
     with Store.open(out / "index.duckdb", read_only=True) as store:
         assert store.status()["specimens"] == {"indexed": 6}
         assert store.check_consistency() == []
     assert len(list((out / "predictions").rglob("*.png"))) == 6
+
+
+def test_demo_offline_embedder_hint_is_one_line_and_names_color_pattern(monkeypatch):
+    from sst_search.commands import demo as demo_cmd
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with demo_cmd.console.capture() as captured:
+        assert demo_cmd._choose_embedder(None, None) == "color-pattern"
+    text = captured.get().strip()
+    assert len(text.splitlines()) == 1 and "--embedder color-pattern" in text and "--embedder-weights" not in text
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line(monkeypatch, tmp_path):
+    """No retries for most of a minute: one probe of the hub, then the cache or a one-line error."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+    import pytest
+
+    from sst_search.embed.base import EmbedderError
+    from sst_search.embed.clip import resolve_open_clip_weights
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    started = time.monotonic()
+    with pytest.raises(EmbedderError) as err:
+        resolve_open_clip_weights("bioclip", None, hub_id="imageomics/bioclip/")
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert "\n" not in message and f"127.0.0.1:{port} is unreachable" in message and "--embedder color-pattern" in message

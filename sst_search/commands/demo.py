@@ -13,6 +13,7 @@ from ..builder import embedder_from_config
 from ..config import Config, EmbeddingConfig
 from ..embed import EmbedderError
 from ..evaluation import evaluate_folders
+from ..evaluation.eval_seg import load_trait_names
 from ..images import save_mask
 from ..store import Store
 from ..synthetic import generate_collection
@@ -41,8 +42,10 @@ def _choose_embedder(embedder: str | None, embedder_weights: str | None) -> str:
     try:
         embedder_from_config(EmbeddingConfig(embedder="bioclip", weights=embedder_weights))
         return "bioclip"
-    except EmbedderError as exc:
-        console.print(f"[yellow]{exc}[/yellow]\nfalling back to the weight-free color-pattern embedder")
+    except EmbedderError:
+        # One line: the library's message names --embedder-weights, which demo does not take.
+        console.print("[yellow]BioCLIP weights are not available here (offline, or not cached): using the weight-free "
+                      "color-pattern embedder; pass --embedder color-pattern to skip this check.[/yellow]", soft_wrap=True)
         return "color-pattern"
 
 
@@ -88,7 +91,7 @@ def demo(
             label_map = store.label_map(sid)
             if label_map is not None:
                 save_mask(predictions / group / f"{Path(path).stem}.png", label_map)
-    report = evaluate_folders(predictions, collection.ground_truth)
+    report = evaluate_folders(predictions, collection.ground_truth, trait_names=load_trait_names(collection.references))
     console.print(report)
     _sample_search(db, collection.groups[0])
     console.print(f"\nindex: {db}\nbrowse it: sst-search ui --db {db}")
@@ -109,6 +112,9 @@ def _sample_search(db: Path, group: str) -> None:
     if not ids:
         return
     results = engine.search(trait, k=5, specimen_id=ids[0])
-    console.print(f"\nspecimens whose [bold]{trait}[/bold] looks most like specimen {ids[0]}'s:")
+    query = engine.store.get_specimen(ids[0])
+    name = (query["metadata"] or {}).get("catalogNumber") or Path(query["path"]).name
+    console.print(f"\nspecimens whose [bold]{trait}[/bold] looks most like {name}'s:")
     for r in results:
-        console.print(f"  {r.rank}. {Path(r.path).name} ({r.group}) score {r.score:.3f}")
+        label = r.metadata.get("catalogNumber") or Path(r.path).name
+        console.print(f"  {r.rank}. {label} ({Path(r.path).name}, {r.group}) score {r.score:.3f}")

@@ -11,9 +11,12 @@ fails at once: the cache lookup never touches the network when ``HF_HUB_OFFLINE`
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -40,18 +43,38 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+@lru_cache(maxsize=None)
+def _hub_unreachable(endpoint: str, timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it can), asked once per process:
+    huggingface_hub would otherwise retry every file for most of a minute, logging each try."""
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{parsed.hostname}:{port} is unreachable ({exc.strerror or type(exc).__name__})"
+    return None
+
+
 def _hub_checkpoint(repo_id: str, filename: str | None = None) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
     offline = _offline()
+    unreachable = None if offline else _hub_unreachable(constants.ENDPOINT)
+    offline = offline or unreachable is not None  # the cache may still hold the file
     for name in names:
         try:
             return Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=offline))
         except Exception as exc:  # noqa: BLE001 - every hub failure means "not available"
             last = exc
-    reason = "not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else f"{type(last).__name__}: {last}"
+    if unreachable:
+        reason = f"not in the Hugging Face cache and {unreachable}"
+    elif offline:
+        reason = "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    else:
+        reason = f"{type(last).__name__}: {last}"
     raise FileNotFoundError(f"none of {names} could be loaded ({reason})")
 
 
@@ -99,7 +122,7 @@ def resolve_open_clip_weights(
         raise EmbedderError(
             f"{label} weights are not available ({where}): {exc}. Download them while online "
             f"(they are cached by huggingface_hub), or pass --embedder-weights PATH to a checkpoint "
-            f"file, or --embedder-weights random for smoke tests only"
+            f"file, or use the weight-free --embedder color-pattern (--embedder-weights random: smoke tests only)"
         ) from None
     return ResolvedCheckpoint(path, sha256_file(path), where)
 
