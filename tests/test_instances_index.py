@@ -91,6 +91,9 @@ def test_instances_become_items_linked_to_their_photo_and_reindex_per_photo(tmp_
     buttons[-1].click().run(timeout=60)
     assert at.session_state["page"] == "Specimen"
     assert at.session_state["specimen_id"] == sources[0].instances[-1].specimen_id
+    back = next(b for b in at.button if b.key == "open-photo")
+    back.click().run(timeout=60)
+    assert at.session_state["page"] == "Photos" and at.session_state["photo_key"] == sources[0].source_key
 
     # Drop the second photo: the first is neither split nor segmented again, the second's
     # instances leave the catalog with it.

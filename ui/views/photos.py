@@ -11,7 +11,7 @@ from sst_search.images import ImageLoadError, load_image
 from sst_search.masks import trait_color
 from sst_search.query import SearchEngine
 from sst_search.store import decode_mask
-from sst_search.store.instances import InstanceSource, instance_sources
+from sst_search.store.instances import InstanceSource, instance_sources, source_of_item
 
 from ..state import open_specimen
 
@@ -30,6 +30,22 @@ def numbered_outlines(image: np.ndarray, source: InstanceSource) -> np.ndarray:
         cv2.putText(out, str(row.number), (x0, y0), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (0, 0, 0), 3 * thickness)
         cv2.putText(out, str(row.number), (x0, y0), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour, thickness)
     return out
+
+
+def open_photo(source_key: str) -> None:
+    """Button callback: show one photo on this page."""
+    st.session_state["page"] = "Photos"
+    st.session_state["photo_key"] = source_key
+
+
+def source_link(engine: SearchEngine, item_path: str) -> None:
+    """On a specimen page: which photo this instance was cut from, with a way back to it."""
+    linked = source_of_item(engine.store, item_path)
+    if linked is None:
+        return
+    source, number = linked
+    st.markdown(f"Instance **{number}** of {len(source.instances)} in photo `{source.source_key}`")
+    st.button("Show the photo", key="open-photo", on_click=open_photo, args=(source.source_key,))
 
 
 def render(engine: SearchEngine) -> None:
