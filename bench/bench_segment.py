@@ -1,13 +1,25 @@
-"""Cost of segmenting N queries: ``pairwise`` (cached supports), ``chain``, and the
-published SST recipe (all frames in one folder, one plain SAM 2 video state, one
-propagation).
+"""Seconds per query of SST segmentation, split into image encoder and tracking.
 
-Run: ``python bench/bench_segment.py [--image-size 512] [--sizes 4,16,64] [--model sam2.1-hiera-tiny]``
+Methods, all on the same N queries and one support with K traits:
 
-The model has random weights: the arithmetic SAM 2 performs does not depend on the
-weight values, so time and memory are those of the real model. Every (method, N) runs in
-a fresh process because peak RSS is a process-wide high-water mark; the parent only
-generates data and never imports torch, so it cannot raise a worker's figure.
+``recipe``     the published SST recipe: support + queries written as 00000.jpg... into one
+               folder, one plain ``SAM2VideoPredictor`` state, one ``propagate_in_video``
+               (every query is memory for the later ones; JPEG writing counts, as the recipe
+               needs it).
+``per-object`` our pairwise mode, one trait at a time through memory attention and the
+               mask decoder (what the official predictor does per object).
+``batched``    our pairwise mode, all traits of a query as one batch (the default).
+``auto``       ``batched`` with ``orientation="auto"``: each query tracked at 0/90/180/270
+               degrees (four encoder passes) and the most confident turn kept.
+
+Run: ``python bench/bench_segment.py [--image-size 512] [--traits 2,8] [--n 16]``
+
+"encoder" is the time (wall and CPU) spent inside SAM 2's ``forward_image`` (timed the same way for every
+method); "tracking" is everything else (memory attention, mask decoder, memory encoder,
+resizing, label maps, image I/O). Random weights: SAM 2's arithmetic does not depend on the
+weight values. Each (method, K) runs in a fresh process so peak RSS is its own; the model
+build is excluded. The load average is printed before and after: on a shared machine the
+wall-clock figures are only comparable when it is low, CPU seconds are steadier.
 """
 
 from __future__ import annotations
@@ -22,11 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("pairwise", "chain", "baseline")
+METHODS = ("recipe", "per-object", "batched", "auto")
 #: Synthetic specimen photos (H, W); SAM 2 resizes every frame to --image-size anyway.
 DATA_SIZE = (384, 512)
-SPEEDUP_TARGET = 2.0  # pairwise vs baseline, per query, at N=16
-GROWTH_TARGET = 0.15  # pairwise peak RSS from the smallest to the largest N
 
 
 def peak_rss_mb() -> float:
@@ -34,195 +44,190 @@ def peak_rss_mb() -> float:
 
 
 def cpu_seconds() -> float:
-    """User + system time of this process: unlike wall time it barely moves when other
-    work shares the CPU, so it shows whether a wall-time difference is real."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 # -- workers (one per process) ------------------------------------------------------------
-def _data(root: Path, n: int):
-    from sst_search.references import load_group_references
+def _data(root: Path, n: int, k: int):
+    """The synthetic reference with its mask replaced by K stripes (K traits; what the
+    traits look like does not change the cost), and N query images."""
+    import numpy as np
+
+    from sst_search.references import Support, Trait, load_group_references
 
     group = next(p.name for p in (root / "references").iterdir() if p.is_dir())
-    supports = load_group_references(root / "references" / group)[:1]
+    ref = load_group_references(root / "references" / group)[0]
+    h, w = ref.mask.shape
+    mask = np.zeros((h, w), np.uint8)
+    cols = np.linspace(w // 8, 7 * w // 8, k + 1).astype(int)
+    for t in range(k):
+        mask[h // 4 : 3 * h // 4, cols[t] : cols[t + 1]] = t + 1
+    support = Support("support", ref.image, mask, {t: Trait(id=t, name=f"t{t}") for t in range(1, k + 1)})
     files = sorted((root / "images" / group).glob("*.png"))
-    queries = [(f"q{i:03d}", files[i % len(files)]) for i in range(n)]
-    return supports, queries
+    return support, [(f"q{i:03d}", files[i % len(files)]) for i in range(n)]
 
 
-def _run_tracker(method: str, n: int, root: Path, model: str, image_size: int) -> dict:
+class _EncoderTimer:
+    """Accumulates the wall and CPU time spent in ``predictor.forward_image``."""
+
+    def __init__(self, predictor):
+        self.seconds = self.cpu = 0.0
+        inner = predictor.forward_image
+
+        def timed(batch):
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            try:
+                return inner(batch)
+            finally:
+                self.seconds += time.perf_counter() - t0
+                self.cpu += cpu_seconds() - c0
+
+        predictor.forward_image = timed
+
+
+def _run_ours(method: str, support, queries, model: str, image_size: int) -> tuple[float, dict]:
     from sst_search.builder import build_tracker
 
-    supports, queries = _data(root, n)
+    tracker = build_tracker(model, weights="random", image_size=image_size, device="cpu",
+                            batch_traits=method != "per-object")
+    timer = _EncoderTimer(tracker.predictor)
+    orientation = "auto" if method == "auto" else 0
     t0 = time.perf_counter()
-    tracker = build_tracker(model, weights="random", image_size=image_size, device="cpu")
-    build_s = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    results = list(tracker.segment(supports, queries, mode=method, batch_size=4))
-    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    errors = [r.error for r in results if r.error]
-    if len(results) != n or errors:
-        raise RuntimeError(f"{method}: {len(results)} results for {n} queries, errors: {errors[:3]}")
-    return {"build_s": build_s, "seconds": seconds, "cpu_seconds": cpu}
+    results = list(tracker.segment([support], queries, orientation=orientation))
+    seconds = time.perf_counter() - t0
+    if len(results) != len(queries) or any(r.error for r in results):
+        raise RuntimeError(f"{method}: {[r.error for r in results if r.error][:3]}")
+    return seconds, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
-def _run_baseline(n: int, root: Path, model: str, image_size: int) -> dict:
-    """The published SST recipe: support + queries as 00000.jpg... in one folder, one
-    plain ``SAM2VideoPredictor`` state over all of them, one forward propagation."""
-    import numpy as np
+def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, dict]:
     import torch
     from PIL import Image
     from sam2.build_sam import build_sam2_video_predictor
 
     from sst_search.images import load_image
+    from sst_search.sam2_predictor import RANDOM_INIT_SEED
     from sst_search.weights import get_model_spec
 
-    supports, queries = _data(root, n)
-    support = supports[0]
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
+    torch.manual_seed(RANDOM_INIT_SEED)
     predictor = build_sam2_video_predictor(
-        get_model_spec(model).config,
-        ckpt_path=None,
-        device="cpu",
+        get_model_spec(model).config, ckpt_path=None, device="cpu",
         hydra_overrides_extra=[f"++model.image_size={image_size}"],
     )
     try:
         from sam2 import _C  # noqa: F401
     except ImportError:
-        # Without the compiled extension SAM 2 skips hole filling anyway (after a warning).
-        predictor.fill_hole_area = 0
-    build_s = time.perf_counter() - t0
-
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    label_maps = []
+        predictor.fill_hole_area = 0  # SAM 2 skips hole filling without its extension anyway
+    timer = _EncoderTimer(predictor)
+    t0 = time.perf_counter()
+    n_maps = 0
     with tempfile.TemporaryDirectory(prefix="sst-video-") as video_dir:
-        frames = [support.image] + [load_image(path) for _, path in queries]
-        for i, rgb in enumerate(frames):
+        for i, rgb in enumerate([support.image] + [load_image(path) for _, path in queries]):
             Image.fromarray(rgb).save(Path(video_dir) / f"{i:05d}.jpg", quality=95)
-        del frames
         with torch.inference_mode():
             state = predictor.init_state(video_path=video_dir)
             for tid in support.trait_ids:
                 predictor.add_new_mask(state, 0, tid, torch.from_numpy(support.mask == tid))
             for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
-                if frame_idx == 0:
-                    continue
-                best, idx = logits[:, 0].max(dim=0)
-                lut = torch.tensor(obj_ids, dtype=torch.uint8)
-                label_maps.append(torch.where(best > 0, lut[idx], torch.zeros_like(lut[idx])).numpy())
-    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    if len(label_maps) != n or label_maps[0].dtype != np.uint8:
-        raise RuntimeError(f"baseline: {len(label_maps)} label maps for {n} queries")
-    return {"build_s": build_s, "seconds": seconds, "cpu_seconds": cpu}
+                if frame_idx:
+                    best, idx = logits[:, 0].max(dim=0)
+                    torch.where(best > 0, torch.tensor(obj_ids)[idx], 0).to(torch.uint8).numpy()
+                    n_maps += 1
+    if n_maps != len(queries):
+        raise RuntimeError(f"recipe: {n_maps} label maps for {len(queries)} queries")
+    return time.perf_counter() - t0, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
-def worker(method: str, n: int, root: Path, model: str, image_size: int) -> None:
-    if method == "baseline":
-        out = _run_baseline(n, root, model, image_size)
-    else:
-        out = _run_tracker(method, n, root, model, image_size)
+def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int) -> None:
     import torch
 
-    out.update(
-        method=method,
-        n=n,
-        seconds_per_query=out["seconds"] / n,
-        cpu_seconds_per_query=out["cpu_seconds"] / n,
-        peak_rss_mb=peak_rss_mb(),
-        torch_threads=torch.get_num_threads(),
-    )
-    print(json.dumps(out), flush=True)
+    support, queries = _data(root, n, k)
+    c0 = cpu_seconds()
+    if method == "recipe":
+        seconds, parts = _run_recipe(support, queries, model, image_size)
+    else:
+        seconds, parts = _run_ours(method, support, queries, model, image_size)
+    print(json.dumps({
+        "method": method, "n": n, "k": k, "seconds": seconds, **parts,
+        "cpu_seconds": cpu_seconds() - c0, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
+    }), flush=True)
 
 
 # -- driver -------------------------------------------------------------------------------
-def run_worker(method: str, n: int, args, root: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, str(n), "--data", str(root),
+def run_worker(method: str, n: int, k: int, args, root: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", method, str(n), str(k), "--data", str(root),
            "--image-size", str(args.image_size), "--model", args.model]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {method} N={n} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"worker {method} K={k} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--image-size", type=int, default=384, help="SAM 2 input size (multiple of 32)")
-    ap.add_argument("--sizes", default="4,16,64", help="comma-separated numbers of queries")
+    ap.add_argument("--image-size", type=int, default=512, help="SAM 2 input size (multiple of 32)")
+    ap.add_argument("--traits", default="2,8", help="comma-separated numbers of traits K")
+    ap.add_argument("--n", type=int, default=16, help="number of queries")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     ap.add_argument("--model", default="sam2.1-hiera-tiny")
-    ap.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.data, args.model, args.image_size)
+        method, n, k = args.worker
+        worker(method, int(n), int(k), args.data, args.model, args.image_size)
         return 0
 
-    sizes = sorted({int(s) for s in args.sizes.split(",")})
     from sst_search.synthetic import generate_collection
 
+    traits = [int(k) for k in args.traits.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
     started = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="sst-bench-") as tmp:
-        coll = generate_collection(tmp, species=1, per_species=max(sizes), seed=0, size=DATA_SIZE)
-        print(f"model: {args.model}, SAM 2 input {args.image_size}x{args.image_size} px, device: cpu")
-        print("weights: random (cost does not depend on weight values)")
-        print(f"data: synthetic species {coll.groups[0]!r}, {max(sizes)} distinct query images of "
-              f"{DATA_SIZE[0]}x{DATA_SIZE[1]} px (HxW, PNG); the species' one reference is the support")
-        print(f"CPU count: {os.cpu_count()}; load average at start: {_load()}; "
-              f"parent peak RSS before workers: {peak_rss_mb():.0f} MB")
-        rows = []
-        for n in sizes:
-            for method in METHODS:
-                r = run_worker(method, n, args, coll.root)
+        coll = generate_collection(tmp, species=1, per_species=args.n, seed=0, size=DATA_SIZE)
+        print(f"model {args.model}, SAM 2 input {args.image_size} px, CPU ({os.cpu_count()} cores), random weights; "
+              f"N={args.n} distinct synthetic queries of {DATA_SIZE[1]}x{DATA_SIZE[0]} px, one support")
+        print(f"load average at start: {_load()}")
+        for k in traits:
+            for method in methods:
+                r = run_worker(method, args.n, k, args, coll.root)
                 rows.append(r)
-                print(f"  {method:>8}  N={n:<3}  {r['seconds']:7.1f} s  {r['seconds_per_query']:6.2f} s/query  "
-                      f"({r['cpu_seconds_per_query']:6.2f} CPU s/query)  peak RSS {r['peak_rss_mb']:7.0f} MB",
-                      flush=True)
-    print(f"torch threads (workers): {rows[0]['torch_threads']}")
-    build = {r["method"]: r["build_s"] for r in rows if r["n"] == sizes[0]}
-    print(f"model build (excluded from timings): tracker {build['pairwise']:.1f} s, "
-          f"plain SAM 2 predictor {build['baseline']:.1f} s")
-    print(f"load average at end: {_load()} (wall times are only comparable on an otherwise idle CPU)")
-    report(rows, sizes)
+                print(f"  K={k:<2} {method:>10}: {r['seconds'] / r['n']:6.2f} s/query = encoder "
+                      f"{r['encoder'] / r['n']:5.2f} + tracking {(r['seconds'] - r['encoder']) / r['n']:5.2f}  "
+                      f"| CPU {r['cpu_seconds'] / r['n']:5.2f} s/query = encoder {r['encoder_cpu'] / r['n']:5.2f} + "
+                      f"tracking {(r['cpu_seconds'] - r['encoder_cpu']) / r['n']:5.2f} | peak RSS {r['peak_rss_mb']:.0f} MB  "
+                      f"load {_load()}", flush=True)
+    print(f"torch threads per worker: {rows[0]['torch_threads']}; load average at end: {_load()}")
+    by = {(r["method"], r["k"]): r for r in rows}
+    for k in traits:
+        def per_query(method, part="all", clock="seconds"):
+            r = by.get((method, k))
+            if r is None:
+                return None
+            encoder = r["encoder" if clock == "seconds" else "encoder_cpu"]
+            return (r[clock] - (encoder if part == "tracking" else 0)) / r["n"]
+
+        pairs = [
+            ("tracking, per-object / batched", "per-object", "batched", "tracking"),
+            ("per query, recipe / batched", "recipe", "batched", "all"),
+            ("per query, recipe / per-object", "recipe", "per-object", "all"),
+            ("per query, auto / batched (cost of auto)", "auto", "batched", "all"),
+        ]
+        for label, a, b, part in pairs:
+            ratios = [
+                (per_query(a, part, clock), per_query(b, part, clock)) for clock in ("seconds", "cpu_seconds")
+            ]
+            if all(x is not None and y for x, y in ratios):
+                print(f"K={k}: {label}: {ratios[0][0] / ratios[0][1]:.2f}x wall, {ratios[1][0] / ratios[1][1]:.2f}x CPU")
     print(f"total wall time: {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def _load() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def report(rows: list[dict], sizes: list[int]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    by = {(r["method"], r["n"]): r for r in rows}
-    table = Table(title="wall seconds per query (CPU seconds per query) / peak RSS (MB)")
-    table.add_column("method")
-    for n in sizes:
-        table.add_column(f"N={n} s/query", justify="right")
-        table.add_column(f"N={n} RSS MB", justify="right")
-    for m in METHODS:
-        cells = []
-        for n in sizes:
-            r = by[m, n]
-            cells += [f"{r['seconds_per_query']:.2f} ({r['cpu_seconds_per_query']:.2f})", f"{r['peak_rss_mb']:.0f}"]
-        table.add_row(m, *cells)
-    Console(width=120).print(table)
-
-    if 16 in sizes:
-        ratio = by["baseline", 16]["seconds_per_query"] / by["pairwise", 16]["seconds_per_query"]
-        verdict = "PASS" if ratio >= SPEEDUP_TARGET else "FAIL"
-        print(f"target 1: pairwise >= {SPEEDUP_TARGET:.0f}x faster per query than baseline at N=16: "
-              f"{ratio:.2f}x -> {verdict}")
-        cpu_ratio = by["baseline", 16]["cpu_seconds_per_query"] / by["pairwise", 16]["cpu_seconds_per_query"]
-        print(f"  (same ratio on CPU time, for reference: {cpu_ratio:.2f}x)")
-    lo, hi = sizes[0], sizes[-1]
-    growth = by["pairwise", hi]["peak_rss_mb"] / by["pairwise", lo]["peak_rss_mb"] - 1.0
-    verdict = "PASS" if growth < GROWTH_TARGET else "FAIL"
-    print(f"target 2: pairwise peak RSS grows < {GROWTH_TARGET:.0%} from N={lo} to N={hi}: "
-          f"{growth:+.1%} -> {verdict}")
 
 
 if __name__ == "__main__":

@@ -1,42 +1,52 @@
-"""What a collection is: a manifest CSV or a folder whose sub-folders name the groups."""
+"""What a collection is: a manifest CSV, a Darwin Core Archive, or a folder whose sub-folders
+name the groups.
+
+Every item gets a ``key`` that identifies the specimen for good: the manifest's path
+relative to the manifest's folder (or to the collection folder), normalised, so that
+``./images/x.png`` and ``images/x.png`` are one key and moving or re-mounting the whole
+collection keeps every id. Its ``path`` is absolute and normalised, whatever the working
+directory of the run, so a catalog can be opened from anywhere.
+"""
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+import os
+from dataclasses import replace
 from pathlib import Path
 
 from sst_search.images import is_image_file
+from sst_search.sources import Item, SourceError, is_url, local_location, read_dwca
+
+__all__ = ["CollectionError", "Item", "load_collection"]
 
 
 class CollectionError(ValueError):
     """The collection itself (not one item) is unusable; names the file."""
 
 
-@dataclass(frozen=True)
-class Item:
-    """One specimen image. ``key`` is stable across runs (the path as written in the
-    manifest, or relative to the collection folder) and identifies the specimen."""
-
-    key: str
-    path: Path
-    group: str | None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def load_collection(source: str | Path, default_group: str | None = None) -> list[Item]:
-    """Items of a manifest CSV or a folder of group sub-folders, in a stable order."""
-    source = Path(source)
-    if source.is_dir():
+def load_collection(source: str | Path, default_group: str | None = None, group_by: str = "scientificName") -> list[Item]:
+    """Items of a manifest CSV, a Darwin Core Archive (zip or folder with ``meta.xml``) or a
+    folder of group sub-folders, in a stable order. ``group_by`` names the Darwin Core term
+    that picks an archive item's references."""
+    source = Path(os.path.abspath(source))
+    if source.is_dir() and not (source / "meta.xml").is_file():
         items = _from_folder(source)
+    elif source.is_dir() or (source.is_file() and source.suffix.lower() == ".zip"):
+        try:
+            items = read_dwca(source, group_by=group_by)
+        except SourceError as exc:
+            raise CollectionError(str(exc)) from exc
     elif source.is_file():
         items = _from_manifest(source)
     else:
-        raise CollectionError(f"{source}: collection not found (expected a manifest CSV or a folder)")
+        raise CollectionError(f"{source}: collection not found (expected a manifest CSV, a Darwin Core Archive or a folder)")
     if default_group:
-        items = [Item(i.key, i.path, i.group or default_group, i.metadata) for i in items]
-    keys = [i.key for i in items]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
+        items = [replace(i, group=i.group or default_group) for i in items]
+    seen: dict[str, int] = {}
+    for i in items:
+        seen[i.key] = seen.get(i.key, 0) + 1
+    dupes = sorted(k for k, n in seen.items() if n > 1)
     if dupes:
         raise CollectionError(f"{source}: the same image is listed more than once: {dupes[:5]}")
     return items
@@ -55,10 +65,15 @@ def _from_manifest(path: Path) -> list[Item]:
         raw = (row.get("path") or "").strip()
         if not raw:
             raise CollectionError(f"{path}:{line}: empty 'path'")
-        file = Path(raw) if Path(raw).is_absolute() else path.parent / raw
         group = (row.get("group") or "").strip() or None
         metadata = {k: v for k, v in row.items() if k not in ("path", "group") and k is not None and v not in (None, "")}
-        items.append(Item(raw, file, group, metadata))
+        licence = metadata.get("license") or metadata.get("dcterms:license")
+        holder = metadata.get("rightsHolder") or metadata.get("dcterms:rightsHolder")
+        if is_url(raw):
+            items.append(Item(raw, None, group, metadata, source=raw, license=licence, rights_holder=holder))
+        else:
+            key, file = local_location(raw, path.parent)
+            items.append(Item(key, file, group, metadata, license=licence, rights_holder=holder))
     return items
 
 

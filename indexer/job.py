@@ -16,7 +16,10 @@ from tqdm import tqdm
 
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
+from sst_search.measure import remeasure
+from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
 from sst_search.store import Store
+from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
@@ -38,6 +41,8 @@ class RunSummary:
     weights_random: bool = False
     #: path -> status (``failed`` or ``no_reference``) of each entry of ``failures``
     failure_status: dict[str, str] = field(default_factory=dict)
+    #: specimens indexed before measurements existed, measured by this run from their stored masks
+    remeasured: int = 0
     split: SplitSummary | None = None  # --instances: photos split into instance items
 
     @property
@@ -58,6 +63,7 @@ def run_index(
     quiet: bool = True,
     tracker=None,
     embedder=None,
+    group_by: str = "scientificName",
     instance_references: Path | None = None,
 ) -> RunSummary:
     """Index ``collection`` into the store at ``db`` and publish a snapshot.
@@ -71,7 +77,8 @@ def run_index(
     started = time.perf_counter()
     if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
         raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
-    items = load_collection(collection, default_group=default_group)
+    items = load_collection(collection, default_group=default_group, group_by=group_by)
+    items = fetch_items(items, image_cache(config, db), fetch_limits(config), quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
     split = None
@@ -81,8 +88,10 @@ def run_index(
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
-                masks_dir=masks, force=force, hash_progress=bar.update,
+                masks_dir=masks, force=force, hash_progress=bar.update, locations=store.specimen_locations(),
+                corrections=corrections(store),
             )
+        moved = store.move_specimens(plan.moves)
         plan_seconds = time.perf_counter() - started
         run_fingerprint = {
             **plan.fingerprint,
@@ -91,7 +100,8 @@ def run_index(
             "references_dir": str(Path(references).resolve()),
         }
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
-        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0}
+        counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
+                  "moved": moved}
         failures: list[tuple[str, str]] = []
         failure_status: dict[str, str] = {}
         write_seconds = 0.0
@@ -114,17 +124,32 @@ def run_index(
             counts["removed"] = store.remove_specimens(plan.to_remove)
             store.flush_indexes()
             write_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
+            remeasured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm,
+                                      specimen_ids=store.unmeasured_specimens())
             timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
-                       "total": time.perf_counter() - started}
+                       "measure": time.perf_counter() - t, "total": time.perf_counter() - started}
         finally:
             if runner is not None:
                 runner.close()
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
-    return RunSummary(
-        run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status, split
-    )
+    return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
+                      remeasured, split)
+
+
+def image_cache(config: Config, db: Path) -> ImageCache:
+    """The cache of images given by URL: ``fetch.image_cache``, else ``<db>.images`` beside the store."""
+    return ImageCache(config.fetch.image_cache or Path(db).with_name(Path(db).name + ".images"))
+
+
+def fetch_limits(config: Config) -> FetchLimits:
+    f = config.fetch
+    return FetchLimits(concurrency=f.concurrency, max_per_host=f.max_per_host, timeout=f.timeout, retries=f.retries,
+                       max_bytes=f.max_bytes, iiif_size=f.iiif_size or config.segmentation.image_size,
+                       revalidate=f.revalidate)
 
 
 def _embedder_fingerprint(config: Config) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst_search.config import Config
-from sst_search.references import ReferenceError, references_fingerprint
+from sst_search.references import ReferencesError, references_fingerprint
 from sst_search.store import specimen_id
 from sst_search.weights import resolve_sam2_weights, sha256_file
 
@@ -30,6 +30,9 @@ class Plan:
     unchanged: int
     to_remove: list[int]
     total: int
+    #: ``old_id -> (new_id, path, item_key)``: unchanged items whose file moved, or rows of an
+    #: older store whose ids came from absolute paths; re-pointed without re-processing.
+    moves: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     fingerprint: dict = field(default_factory=dict)
 
     @property
@@ -41,7 +44,7 @@ def segmentation_fingerprint(config: Config) -> dict:
     """What SAM 2 contributes to a mask; the checkpoint is identified by its sha256."""
     seg = config.segmentation
     weights = resolve_sam2_weights(seg.model, seg.weights)
-    return {
+    fingerprint = {
         "model": seg.model,
         "weights_sha256": weights.sha256,
         "adapter_sha256": sha256_file(Path(seg.adapter)) if seg.adapter else None,
@@ -49,6 +52,9 @@ def segmentation_fingerprint(config: Config) -> dict:
         "mode": seg.mode,
         "quality": seg.quality,
     }
+    if seg.orientation != 0:  # only then, so stores indexed upright keep their fingerprints
+        fingerprint["orientation"] = seg.orientation
+    return fingerprint
 
 
 def make_plan(
@@ -60,22 +66,36 @@ def make_plan(
     masks_dir: Path | None = None,
     force: bool = False,
     hash_progress=None,
+    locations: dict[int, tuple[str, str | None]] | None = None,
+    corrections: dict[int, tuple[str | None, dict[int, str]]] | None = None,
 ) -> Plan:
-    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``)."""
+    """Compare the collection with the catalog ``states`` (``Store.specimen_states()``) and
+    ``locations`` (``Store.specimen_locations()``).
+
+    An item is identified by ``specimen_id(item.key)``. An item new under its key whose bytes
+    and fingerprint match a row that is leaving the collection (the file moved to another key)
+    or a row an older version keyed by the absolute path takes that row over (``moves``).
+    ``corrections`` (``sst_search.store.review.corrections``) go with the items they belong
+    to, so a re-done item keeps its reviewer-corrected masks, vectors and measurements."""
     sst = None  # resolved lazily: a run that needs no SAM 2 never touches its weights
+    locations = locations or {}
     ref_fps: dict[str | None, str | None] = {}
     units: dict[str | None, WorkUnit] = {}
     unchanged = 0
-    ids = {}
+    ids = {specimen_id(item.key): item for item in items}
+    leaving: dict[str, list[int]] = {}
+    for sid, (digest, _, status) in states.items():
+        if sid not in ids and status == "indexed" and digest:
+            leaving.setdefault(digest, []).append(sid)
+    moves: dict[int, tuple[int, str, str]] = {}
     for item in items:
-        sid = specimen_id(str(item.path.resolve()))
-        ids[sid] = item
-        digest = content_hash(item.path)
+        sid = specimen_id(item.key)
+        digest = content_hash(item.path) if item.path is not None and not item.error else ""
         if hash_progress is not None:
             hash_progress()
         if item.group not in ref_fps:
             supports = load_supports_or_error(references, item.group)
-            ref_fps[item.group] = None if isinstance(supports, ReferenceError) else references_fingerprint(supports)
+            ref_fps[item.group] = None if isinstance(supports, ReferencesError) else references_fingerprint(supports)
         provided = _provided_mask(masks_dir, item)
         fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
         if provided is not None:
@@ -83,9 +103,12 @@ def make_plan(
         elif ref_fps[item.group] is not None:
             sst = sst or segmentation_fingerprint(config)
             fp["mask"] = {"source": "sst", **sst}
-        old = states.get(sid)
+        old_sid = sid if sid in states else _predecessor(item, digest, states, locations, leaving, moves)
+        old = states.get(old_sid) if old_sid is not None else None
         if not force and old is not None and old[2] == "indexed" and old[0] == digest and old[1] and json.loads(old[1]) == fp:
             unchanged += 1
+            if old_sid != sid or locations.get(old_sid) != (item.location, item.key):
+                moves[old_sid] = (sid, item.location, item.key)
             continue
         unit = units.setdefault(item.group, WorkUnit(item.group, [], {}, {}, {}))
         unit.items.append(item)
@@ -94,18 +117,35 @@ def make_plan(
         unit.fingerprints[item.key] = fp
         if provided is not None:
             unit.provided_masks[item.key] = provided
-    to_remove = sorted(set(states) - set(ids))
+        content, corrected = (corrections or {}).get(sid, (None, None))
+        if corrected and content == digest:  # a correction holds for the image it was drawn on
+            unit.corrections[item.key] = corrected
+    to_remove = sorted(set(states) - set(ids) - set(moves))
     return Plan(
         units=_split(list(units.values()), config),
         unchanged=unchanged,
         to_remove=to_remove,
         total=len(items),
         fingerprint={"segmentation": sst, "embedder": embedder_fingerprint, "references": ref_fps},
+        moves=moves,
     )
 
 
+def _predecessor(item: Item, digest: str, states: dict, locations: dict, leaving: dict[str, list[int]],
+                 moves: dict) -> int | None:
+    """The row an item new under its key continues, if any: the row an older version wrote
+    for this very file (keyed by its absolute path), else a row with the same bytes whose
+    key left the collection."""
+    if item.path is not None:
+        legacy = specimen_id(str(item.path.resolve()))
+        if legacy in states and legacy not in moves and locations.get(legacy, ("", None))[1] is None:
+            return legacy
+    candidates = [s for s in leaving.get(digest, []) if s not in moves]
+    return candidates[0] if candidates else None
+
+
 def _provided_mask(masks_dir: Path | None, item: Item) -> Path | None:
-    if masks_dir is None:
+    if masks_dir is None or item.path is None:
         return None
     for candidate in (masks_dir / (item.group or "") / f"{item.path.stem}.png", masks_dir / f"{item.path.stem}.png"):
         if candidate.is_file():
@@ -129,6 +169,7 @@ def _split(units: list[WorkUnit], config: Config) -> list[WorkUnit]:
                     {k: unit.specimen_ids[k] for k in keys}, {k: unit.hashes[k] for k in keys},
                     {k: unit.fingerprints[k] for k in keys},
                     {k: unit.provided_masks[k] for k in keys if k in unit.provided_masks},
+                    {k: unit.corrections[k] for k in keys if k in unit.corrections},
                 )
             )
     return out

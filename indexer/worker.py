@@ -18,8 +18,9 @@ from sst_search.config import Config
 from sst_search.embed import EmbedItem
 from sst_search.images import ImageLoadError, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
-from sst_search.references import ReferenceError, Support, load_group_references
+from sst_search.references import ReferencesError, Support, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
+from sst_search.store.review import apply_corrections
 from sst_search.weights import sha256_file
 
 from .collection import Item
@@ -37,6 +38,8 @@ class WorkUnit:
     hashes: dict[str, str]
     fingerprints: dict[str, dict]
     provided_masks: dict[str, Path] = field(default_factory=dict)
+    #: reviewers' corrected masks ``{trait_id: RLE}`` per item, applied over the segmentation
+    corrections: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 class Worker:
@@ -51,7 +54,7 @@ class Worker:
         self.references = Path(references)
         self.embedder = embedder if embedder is not None else embedder_from_config(config.embedding)
         self._tracker = tracker
-        self._supports: dict[str, list[Support] | ReferenceError] = {}
+        self._supports: dict[str, list[Support] | ReferencesError] = {}
         self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0}
 
     @property
@@ -60,7 +63,7 @@ class Worker:
             self._tracker = tracker_from_config(self.config.segmentation)
         return self._tracker
 
-    def supports(self, group: str | None) -> list[Support] | ReferenceError:
+    def supports(self, group: str | None) -> list[Support] | ReferencesError:
         key = group or ""
         if key not in self._supports:
             self._supports[key] = load_supports_or_error(self.references, group)
@@ -72,20 +75,21 @@ class Worker:
     def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
         supports = self.supports(unit.group)
         records = {item.key: _record(unit, item) for item in unit.items}
-        if isinstance(supports, ReferenceError):
-            for r in records.values():
-                r.status, r.error = "no_reference", str(supports)
+        usable = [item for item in unit.items if not item.error]  # the others stay failed with their reason
+        if isinstance(supports, ReferencesError):
+            for item in usable:
+                records[item.key].status, records[item.key].error = "no_reference", str(supports)
             return list(records.values())
         traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
 
         started = time.perf_counter()
         images: dict[str, np.ndarray] = {}
-        label_maps: dict[str, tuple[np.ndarray, dict[int, float], str]] = {}
-        for item in unit.items:
+        label_maps: dict[str, tuple[np.ndarray, TrackResult | None]] = {}
+        for item in usable:
             try:
                 images[item.key] = load_image(item.path)
                 if item.key in unit.provided_masks:
-                    label_maps[item.key] = (_provided_mask(unit.provided_masks[item.key], images[item.key], traits), {}, "provided")
+                    label_maps[item.key] = (_provided_mask(unit.provided_masks[item.key], images[item.key], traits), None)
             except (ImageLoadError, ValueError) as exc:
                 records[item.key].status, records[item.key].error = "failed", str(exc)
                 images.pop(item.key, None)
@@ -96,8 +100,12 @@ class Worker:
         if sst_queries:
             seg = self.config.segmentation
             try:
-                for res in self.tracker.segment(supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size):
-                    label_maps[res.query_id] = (res.label_map, res.quality, "sst")
+                results = self.tracker.segment(
+                    supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size,
+                    orientation=seg.orientation,
+                )
+                for res in results:
+                    label_maps[res.query_id] = (res.label_map, res)
             except Exception as exc:  # keep what finished; the rest is retried by the next run
                 for key, _ in sst_queries:
                     if key not in label_maps:
@@ -105,15 +113,24 @@ class Worker:
                         images.pop(key)
         self.timings["segment"] += time.perf_counter() - started
 
+        for key, corrected in unit.corrections.items():
+            if key in label_maps:
+                label_map, res = label_maps[key]
+                label_maps[key] = (apply_corrections(label_map, corrected), res)
+
         started = time.perf_counter()
         keys = list(label_maps)
         vectors = self.embedder.embed_batch([EmbedItem(images[k], label_maps[k][0], sorted(traits)) for k in keys])
         for key, vecs in zip(keys, vectors):
-            label_map, quality, source = label_maps[key]
+            label_map, res = label_maps[key]
             r = records[key]
             r.status = "indexed"
             r.height, r.width = label_map.shape
-            r.masks = masks_from_label_map(label_map, traits, quality, source)
+            if res is None:
+                r.masks = masks_from_label_map(label_map, traits, source="provided")
+            else:
+                r.orientation = res.orientation
+                r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
             scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
             r.measurements = measure_label_map(label_map, images[key], traits, scale)
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
@@ -130,28 +147,34 @@ def content_hash(path: Path) -> str:
         return ""
 
 
-def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferenceError:
+def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferencesError:
     """A group's supports, or the reason it has none (recorded as ``no_reference``)."""
     folder = references / group if group else None
     if folder is None:
-        return ReferenceError("item has no group; pass --default-group or add a 'group' column")
+        return ReferencesError("item has no group; pass --default-group or add a 'group' column")
     if not folder.is_dir():
-        return ReferenceError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
+        return ReferencesError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
     try:
         return load_group_references(folder)
-    except ReferenceError as exc:
+    except ReferencesError as exc:
         return exc
 
 
 def _record(unit: WorkUnit, item: Item) -> SpecimenRecord:
     return SpecimenRecord(
         specimen_id=unit.specimen_ids[item.key],
-        path=str(item.path),
+        path=item.location,
         status="failed",
+        error=item.error,
         group_name=item.group,
         content_hash=unit.hashes[item.key] or None,
         fingerprint=unit.fingerprints[item.key],
         metadata=dict(item.metadata),
+        item_key=item.key,
+        source=item.source,
+        fetched_at=item.fetched_at,
+        license=item.license,
+        rights_holder=item.rights_holder,
     )
 
 

@@ -10,7 +10,8 @@ Formats (picked from the file's content, not only its suffix):
 
 - COCO JSON: ``segmentation`` as polygons, uncompressed or compressed RLE (pycocotools).
 - CVAT for images 1.1 XML: ``<polygon>``, ``<box>`` and ``<mask>`` (CVAT's row-major RLE).
-- Label Studio JSON export: ``polygonlabels`` and ``rectanglelabels`` (percent coordinates).
+- Label Studio JSON export: ``polygonlabels``, ``rectanglelabels`` (percent coordinates) and
+  ``brushlabels`` (Label Studio's own brush RLE).
 - Label images (PNG/TIFF, e.g. napari labels): pixel value k = category k; names come from
   a ``traits.yaml`` (``label_names``), else from the group's own ``traits.yaml``.
 """
@@ -28,7 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .references import TRAITS_FILE, ReferenceError, Support, load_traits, save_support, unique_stem
+from .references import TRAITS_FILE, ReferencesError, Support, load_traits, save_support, unique_stem
 
 FORMATS = ("coco", "cvat", "labelstudio", "label-image")
 
@@ -194,6 +195,44 @@ def _ls_image_path(ref: str, images_dir: Path) -> Path:
     return candidate
 
 
+class _Bits:
+    """Reads big-endian unsigned integers of any width from a bit string."""
+
+    def __init__(self, data: bytes):
+        self.bits = np.unpackbits(np.frombuffer(bytes(data), np.uint8))
+        self.pos = 0
+
+    def read(self, width: int) -> int:
+        if self.pos + width > len(self.bits):
+            raise ValueError("brush RLE ends early")
+        chunk = self.bits[self.pos : self.pos + width].astype(np.int64)
+        self.pos += width
+        return int(chunk @ (1 << np.arange(width - 1, -1, -1, dtype=np.int64)))
+
+
+def _labelstudio_brush(rle: list[int], h: int, w: int) -> np.ndarray:
+    """Label Studio's brush RLE (label-studio-converter's format): a 32-bit value count, the
+    word size, four run-length widths, then runs that either repeat one word or list words;
+    the values are an RGBA image whose alpha channel is the mask."""
+    bits = _Bits(bytes(rle))
+    num = bits.read(32)
+    word = bits.read(5) + 1
+    widths = [bits.read(4) + 1 for _ in range(4)]
+    if num != h * w * 4:
+        raise ValueError(f"brush RLE holds {num} values, a {w}x{h} RGBA image {h * w * 4}")
+    out = np.zeros(num, np.uint8)
+    i = 0
+    while i < num:
+        repeat = bits.read(1)
+        j = min(num, i + 1 + bits.read(widths[bits.read(2)]))
+        if repeat:
+            out[i:j] = bits.read(word)
+        else:
+            out[i:j] = [bits.read(word) for _ in range(j - i)]
+        i = j
+    return out.reshape(h, w, 4)[..., 3] > 0
+
+
 def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:
     data = _load_json(path)
     if not isinstance(data, list) or not all(isinstance(t, dict) and "data" in t for t in data):
@@ -211,20 +250,21 @@ def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:
                 where = f"task {task.get('id')}, result {res.get('id')} ({kind})"
                 if kind not in ("polygonlabels", "rectanglelabels", "brushlabels"):
                     continue
-                if kind == "brushlabels":
-                    raise AnnotationError(path, f"{where}: brush masks are not supported; export as COCO or PNG masks instead")
                 try:
                     w, h = int(res["original_width"]), int(res["original_height"])
                     label = value[kind][0]
-                    if kind == "polygonlabels":
-                        flat = [c * s / 100.0 for x, y in value["points"] for c, s in ((x, w), (y, h))]
+                    if kind == "brushlabels":
+                        if value.get("format", "rle") != "rle":
+                            raise ValueError(f"brush format {value.get('format')!r} (expected 'rle')")
+                        mask = _labelstudio_brush(value["rle"], h, w)
+                    elif kind == "polygonlabels":
+                        mask = _polygon([c * s / 100.0 for x, y in value["points"] for c, s in ((x, w), (y, h))], h, w)
                     else:
                         if value.get("rotation"):
                             raise ValueError("rotated rectangles are not supported")
                         x0, y0 = value["x"] * w / 100.0, value["y"] * h / 100.0
                         x1, y1 = x0 + value["width"] * w / 100.0, y0 + value["height"] * h / 100.0
-                        flat = [x0, y0, x1, y0, x1, y1, x0, y1]
-                    mask = _polygon(flat, h, w)
+                        mask = _polygon([x0, y0, x1, y0, x1, y1, x0, y1], h, w)
                 except (KeyError, IndexError, TypeError, ValueError) as exc:
                     raise AnnotationError(path, f"{where}: {exc!r}") from exc
                 _union(entry.masks, label, mask)
@@ -373,6 +413,6 @@ def import_annotations(
     for a in annotated:
         try:
             written.append(save_support(refs_dir, group, a.image_path.stem, a.image_path, a.masks))
-        except ReferenceError as exc:
+        except ReferencesError as exc:
             raise AnnotationError(path, f"{a.image_path.name}: {exc}") from exc
     return written

@@ -19,6 +19,7 @@ from .config import EmbeddingConfig, InstancesConfig, SegmentationConfig
 if TYPE_CHECKING:
     from .embed import TraitEmbedder
     from .instances import InstanceFinder
+    from .labeling import ClickSegmenter
     from .tracking import SSTTracker
 
 
@@ -74,3 +75,11 @@ def build_instance_finder(tracker: SSTTracker, config: InstancesConfig | None = 
     from .instances import InstanceFinder
 
     return InstanceFinder(tracker.predictor, config)
+
+
+def build_click_segmenter(tracker: SSTTracker) -> ClickSegmenter:
+    """SAM 2's point/box image predictor for labeling by clicking, over the tracker's own model:
+    the same checkpoint and input size as the index, and no second copy in memory."""
+    from .labeling import ClickSegmenter
+
+    return ClickSegmenter(tracker)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index", "index"),
     "status": ("index", "status"),
     "measure": ("measure", "measure"),
+    "relocate": ("relocate", "relocate"),
     "demo": ("demo", "demo"),
     "finetune": ("finetune", "finetune"),
     "eval-seg": ("evaluate", "eval_seg"),

@@ -27,6 +27,9 @@ class SegmentationConfig(_Strict):
     image_size: int = 1024
     mode: Literal["pairwise", "chain"] = "pairwise"
     quality: bool = Field(False, description="cycle-consistency quality score per mask")
+    orientation: Literal[0, 90, 180, 270, "auto"] = Field(
+        0, description="degrees to turn queries before tracking, or 'auto' to try all four per query"
+    )
     batch_size: int | None = Field(None, description="queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)")
     max_chain_length: int = 256
     device: str | None = None
@@ -44,7 +47,13 @@ class IndexConfig(_Strict):
     with, and readers that rebuild a stale index use that, never their own defaults."""
 
     exact_threshold: int = Field(50_000, description="vectors per trait index below which search is exact")
-    approximate: Literal["hnsw", "ivf"] = "hnsw"
+    approximate: Literal["hnsw", "ivf"] = Field("ivf", description="index family above exact_threshold")
+    factory: str = Field(
+        "IVF{nlist},SQ8",
+        description="ivf: FAISS factory string, {nlist} filled in from the size (e.g. 'IVF{nlist},Flat', "
+        "'OPQ64,IVF{nlist},PQ64'); the default keeps recall@10 >= 0.95 at ~530 bytes/vector for dim 512",
+    )
+    refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
     nlist_factor: float = Field(4.0, description="ivf: nlist = nlist_factor * sqrt(n)")
     nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
     min_nprobe: int = 8
@@ -85,6 +94,20 @@ class InstancesConfig(_Strict):
     margin: float = Field(0.1, ge=0, description="crop margin around an instance, fraction of its box's longer side")
 
 
+class FetchConfig(_Strict):
+    """Images given by http(s) URL, fetched into a cache before segmentation."""
+
+    image_cache: str | None = Field(None, description="cache folder (default: <db>.images beside the store)")
+    max_per_host: int = Field(2, ge=1, description="concurrent requests per host")
+    concurrency: int = Field(8, ge=1, description="concurrent requests in all")
+    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    retries: int = Field(4, ge=1, description="attempts per image (timeouts, dropped connections, 429, 5xx)")
+    max_bytes: int = Field(100_000_000, gt=0, description="largest image accepted")
+    iiif_size: int | None = Field(None, description="IIIF images are requested at most this many pixels a side "
+                                                    "(null: segmentation.image_size)")
+    revalidate: bool = Field(False, description="ask the server whether cached images changed (ETag)")
+
+
 class IndexerConfig(_Strict):
     commit_every: int = Field(16, description="specimens per DuckDB transaction")
     engine: Literal["local", "ray"] = "local"
@@ -99,6 +122,31 @@ class Config(_Strict):
     indexer: IndexerConfig = IndexerConfig()
     measure: MeasureConfig = MeasureConfig()
     instances: InstancesConfig = InstancesConfig()
+    fetch: FetchConfig = FetchConfig()
+
+
+def apply_overrides(config: Config, **overrides) -> Config:
+    """``config`` with command-line options merged in: they win over the config file, and
+    ``None`` means "not given". Option names are the config's keys, except
+    ``embedder_weights`` (``embedding.weights``); an unknown name is an error."""
+    sections = {
+        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation"),
+        "embedding": ("embedder", "embedder_weights"),
+        "indexer": ("engine", "ray_address", "num_workers"),
+        "measure": ("pixels_per_mm", "scale_column"),
+        "fetch": ("image_cache", "max_per_host"),
+    }
+    known = {key for keys in sections.values() for key in keys}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown configuration override(s): {unknown}")
+    data = config.model_dump()
+    for section, keys in sections.items():
+        for key in keys:
+            value = overrides.get(key)
+            if value is not None:
+                data[section]["weights" if key == "embedder_weights" else key] = value
+    return Config.model_validate(data)
 
 
 def load_config(path: str | Path | None = None) -> Config:

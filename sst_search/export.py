@@ -41,18 +41,6 @@ MEASUREMENT_COLUMNS = ("trait_id", "trait", "area", "bbox_x0", "bbox_y0", "bbox_
                        "unit", "pixels_per_mm", "scale_source", *FIELD_NAMES)
 
 
-def _scope(groups: Iterable[str] | None, specimen_ids: Iterable[int] | None) -> tuple[str, list]:
-    """WHERE clause over ``specimens s`` for indexed specimens in the given groups / ids."""
-    clauses, params = ["s.status = 'indexed'"], []
-    if groups is not None:
-        clauses.append("s.group_name IN (SELECT unnest(?::VARCHAR[]))")
-        params.append([str(g) for g in groups])
-    if specimen_ids is not None:
-        clauses.append("s.specimen_id IN (SELECT unnest(?::BIGINT[]))")
-        params.append([int(i) for i in specimen_ids])
-    return " AND ".join(clauses), params
-
-
 def _metadata_columns(metadata: Iterable[dict]) -> list[str]:
     keys = set().union(*metadata) if metadata else set()
     return [k for k in DWC_COLUMNS if k in keys] + sorted(keys - set(DWC_COLUMNS))
@@ -77,10 +65,7 @@ def measurements_table(
 
 def failures_table(store: Store) -> pd.DataFrame:
     """Items that could not be indexed, with the reason, for whoever fixes the images."""
-    return store.con.execute(
-        "SELECT specimen_id, path, group_name AS \"group\", status, error, updated_at FROM specimens "
-        "WHERE status IN ('failed', 'no_reference') ORDER BY group_name, path"
-    ).df()
+    return store.failures()
 
 
 def to_csv_bytes(df: pd.DataFrame) -> bytes:
@@ -97,20 +82,13 @@ def _specimen_masks(
     store: Store, groups: Iterable[str] | None, specimen_ids: Iterable[int] | None
 ) -> Iterator[tuple[tuple, list[tuple]]]:
     """``(specimen row, [(trait_id, trait_name, rle, area, bbox..., quality), ...])`` per specimen with masks."""
-    where, params = _scope(groups, specimen_ids)
-    rows = store.con.execute(
-        "SELECT s.specimen_id, s.path, s.group_name, s.width, s.height, t.trait_id, t.trait_name, t.rle, t.area, "
-        "t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality "
-        f"FROM trait_masks t JOIN specimens s USING (specimen_id) WHERE {where} ORDER BY s.specimen_id, t.trait_id",
-        params,
-    ).fetchall()
     current, masks = None, []
-    for r in rows:
+    for r in store.mask_rows(groups=groups, specimen_ids=specimen_ids):
         if current is not None and r[0] != current[0]:
             yield current, masks
             masks = []
         current = r[:5]
-        masks.append(r[5:])
+        masks.append(r[6:15])
     if current is not None:
         yield current, masks
 

@@ -13,7 +13,7 @@ measurement filters (``forewing_band.area_mm2 > 40``) and the exports all use th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -188,7 +188,7 @@ def measure_label_map(
 
 def remeasure(
     store: Store, scale_column: str = SCALE_COLUMN, pixels_per_mm: float | None = None, commit_every: int = 64,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[], None] | None = None, specimen_ids: Collection[int] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Measure every indexed specimen again from its stored masks (no re-segmenting): how an
     existing store gets measurements, or new ones after a change of scale.
@@ -196,13 +196,19 @@ def remeasure(
     Returns ``(specimens measured, [(path, problem), ...])``. An image that cannot be read
     still gets its shape measured (colour left empty) and is listed; work is committed
     every ``commit_every`` specimens, so an interrupted re-run keeps what it finished.
+    ``specimen_ids`` limits the work to those specimens.
     """
     from .images import ImageLoadError, load_image
 
     resolve_scale({}, scale_column, pixels_per_mm)  # a bad collection-wide scale fails before any work
     pending: dict[int, list[dict]] = {}
     measured, problems = 0, []
+    wanted = None if specimen_ids is None else set(specimen_ids)
+    if wanted is not None and not wanted:
+        return 0, []
     for sid, path, metadata in store.indexed_specimens():
+        if wanted is not None and sid not in wanted:
+            continue
         label_map = store.label_map(sid)
         if label_map is not None:
             try:

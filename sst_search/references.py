@@ -31,7 +31,7 @@ MASK_SUFFIX = ".mask.png"
 TRAITS_FILE = "traits.yaml"
 
 
-class ReferenceError(ValueError):
+class ReferencesError(ValueError):
     """A reference (support image, mask or traits file) is unusable; names the file."""
 
 
@@ -53,34 +53,34 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
     optionally under a top-level ``traits:`` key."""
     path = Path(path)
     if not path.is_file():
-        raise ReferenceError(f"{path}: traits file does not exist")
+        raise ReferencesError(f"{path}: traits file does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ReferenceError(f"{path}: not valid YAML ({exc})") from exc
+        raise ReferencesError(f"{path}: not valid YAML ({exc})") from exc
     if isinstance(raw, dict) and INSTANCE_KEY in raw:
-        raise ReferenceError(
+        raise ReferencesError(
             f"{path}: declares instances ({INSTANCE_KEY}: {raw[INSTANCE_KEY]}), not traits; "
             "use its folder as instance references (--instance-references)"
         )
     if isinstance(raw, dict) and "traits" in raw:
         raw = raw["traits"]
     if not isinstance(raw, dict) or not raw:
-        raise ReferenceError(f"{path}: expected a mapping of trait id -> name")
+        raise ReferencesError(f"{path}: expected a mapping of trait id -> name")
     traits: dict[int, Trait] = {}
     for key, value in raw.items():
         try:
             spec = {"name": value} if isinstance(value, str) else dict(value or {})
             trait = Trait(id=int(key), **spec)
         except (ValueError, TypeError, ValidationError) as exc:
-            raise ReferenceError(f"{path}: trait {key!r} is invalid: {exc}") from exc
+            raise ReferencesError(f"{path}: trait {key!r} is invalid: {exc}") from exc
         if trait.id in traits:
-            raise ReferenceError(f"{path}: trait id {trait.id} is declared twice")
+            raise ReferencesError(f"{path}: trait id {trait.id} is declared twice")
         traits[trait.id] = trait
     names = [t.name for t in traits.values()]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ReferenceError(f"{path}: trait names must be unique, repeated: {dupes}")
+        raise ReferencesError(f"{path}: trait names must be unique, repeated: {dupes}")
     return traits
 
 
@@ -109,16 +109,16 @@ class Support:
         where = self.mask_path or self.id
         if self.mask.shape != self.image.shape[:2]:
             h, w = self.image.shape[:2]
-            raise ReferenceError(
+            raise ReferencesError(
                 f"{where}: mask size {self.mask.shape[1]}x{self.mask.shape[0]} differs "
                 f"from image size {w}x{h}"
             )
         present = set(np.unique(self.mask).tolist()) - {0}
         if not present:
-            raise ReferenceError(f"{where}: mask is empty (no trait pixels)")
+            raise ReferencesError(f"{where}: mask is empty (no trait pixels)")
         undeclared = sorted(present - set(self.traits))
         if undeclared:
-            raise ReferenceError(
+            raise ReferencesError(
                 f"{where}: mask holds trait ids not declared in {TRAITS_FILE}: {undeclared} "
                 f"(declared: {sorted(self.traits)})"
             )
@@ -147,7 +147,7 @@ def load_support(
         image = load_image(image_path)
         mask = load_mask(mask_path)
     except ImageLoadError as exc:
-        raise ReferenceError(str(exc)) from exc
+        raise ReferencesError(str(exc)) from exc
     if traits is None:
         ids = sorted(set(np.unique(mask).tolist()) - {0})
         traits = {k: Trait(id=k, name=f"trait_{k}") for k in ids}
@@ -171,10 +171,10 @@ def _labeled_images(group_dir: Path) -> list[tuple[Path, Path]]:
             continue
         mask_path = image_path.with_name(image_path.stem + MASK_SUFFIX)
         if not mask_path.exists():
-            raise ReferenceError(f"{image_path}: support image has no mask {mask_path.name}")
+            raise ReferencesError(f"{image_path}: support image has no mask {mask_path.name}")
         pairs.append((image_path, mask_path))
     if not pairs:
-        raise ReferenceError(f"{group_dir}: no support images (expected <stem>.<ext> + <stem>{MASK_SUFFIX})")
+        raise ReferencesError(f"{group_dir}: no support images (expected <stem>.<ext> + <stem>{MASK_SUFFIX})")
     return pairs
 
 
@@ -189,7 +189,7 @@ def load_references(refs_dir: str | Path) -> dict[str, list[Support]]:
     """``{group: supports}`` for every sub-folder of ``refs_dir`` holding a traits file."""
     refs_dir = Path(refs_dir)
     if not refs_dir.is_dir():
-        raise ReferenceError(f"{refs_dir}: references folder does not exist")
+        raise ReferencesError(f"{refs_dir}: references folder does not exist")
     return {
         d.name: load_group_references(d)
         for d in sorted(refs_dir.iterdir())
@@ -242,13 +242,13 @@ def load_instance_spec(path: str | Path) -> InstanceSpec | None:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ReferenceError(f"{path}: cannot read ({exc})") from exc
+        raise ReferencesError(f"{path}: cannot read ({exc})") from exc
     if not isinstance(raw, dict) or INSTANCE_KEY not in raw:
         return None
     try:
         return InstanceSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ReferenceError(f"{path}: invalid instance declaration: {exc}") from exc
+        raise ReferencesError(f"{path}: invalid instance declaration: {exc}") from exc
 
 
 def write_instance_spec(path: str | Path, kind: str, classes: Mapping[int, str] | None = None) -> None:
@@ -275,11 +275,11 @@ class InstanceReference:
         where = self.mask_path or self.id
         if self.instances.shape != self.image.shape[:2]:
             h, w = self.image.shape[:2]
-            raise ReferenceError(
+            raise ReferencesError(
                 f"{where}: mask size {self.instances.shape[1]}x{self.instances.shape[0]} differs from image size {w}x{h}"
             )
         if not self.instance_ids:
-            raise ReferenceError(f"{where}: mask marks no instance of {self.kind!r}")
+            raise ReferencesError(f"{where}: mask marks no instance of {self.kind!r}")
         if not self.digest:
             h = hashlib.sha256()
             h.update(np.ascontiguousarray(self.image).tobytes())
@@ -301,12 +301,12 @@ def load_instance_reference(image_path: str | Path, mask_path: str | Path, spec:
     try:
         image, mask = load_image(image_path), load_mask(mask_path)
     except ImageLoadError as exc:
-        raise ReferenceError(str(exc)) from exc
+        raise ReferencesError(str(exc)) from exc
     if spec.classes is not None:
         present = set(np.unique(mask).tolist()) - {0}
         undeclared = sorted(present - set(spec.classes))
         if undeclared:
-            raise ReferenceError(f"{mask_path}: instance ids {undeclared} have no class in {TRAITS_FILE}")
+            raise ReferencesError(f"{mask_path}: instance ids {undeclared} have no class in {TRAITS_FILE}")
         other = [k for k in present if spec.classes[k] != spec.instance_of]
         mask = np.where(np.isin(mask, other), 0, mask).astype(np.uint8)
     return InstanceReference(
@@ -319,12 +319,12 @@ def load_instance_references(folder: str | Path) -> list[InstanceReference]:
     """All instance references of a folder whose ``traits.yaml`` declares ``instance_of``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ReferenceError(f"{folder}: instance references folder does not exist")
+        raise ReferencesError(f"{folder}: instance references folder does not exist")
     if not (folder / TRAITS_FILE).is_file():
-        raise ReferenceError(f"{folder}: no {TRAITS_FILE} (expected '{INSTANCE_KEY}: <kind>')")
+        raise ReferencesError(f"{folder}: no {TRAITS_FILE} (expected '{INSTANCE_KEY}: <kind>')")
     spec = load_instance_spec(folder / TRAITS_FILE)
     if spec is None:
-        raise ReferenceError(f"{folder / TRAITS_FILE}: declares traits, not instances (expected '{INSTANCE_KEY}: <kind>')")
+        raise ReferencesError(f"{folder / TRAITS_FILE}: declares traits, not instances (expected '{INSTANCE_KEY}: <kind>')")
     return [load_instance_reference(i, m, spec) for i, m in _labeled_images(folder)]
 
 
@@ -371,12 +371,12 @@ def merge_trait_names(existing: Mapping[int, Trait], names: list[str]) -> dict[i
     for name in names:
         name = name.strip()
         if not name:
-            raise ReferenceError("a trait name is empty")
+            raise ReferencesError("a trait name is empty")
         if name in by_name:
             continue
         free = next((k for k in range(1, 256) if k not in traits), None)
         if free is None:
-            raise ReferenceError(f"no free trait id left for {name!r} (255 traits already)")
+            raise ReferencesError(f"no free trait id left for {name!r} (255 traits already)")
         traits[free] = Trait(id=free, name=name)
         by_name[name] = free
     return traits
@@ -402,22 +402,22 @@ def save_support(
     """
     refs_dir = Path(refs_dir)
     if not group or not _STEM_OK.match(group):
-        raise ReferenceError(f"group {group!r}: use letters, digits, '.', '_' or '-' (it becomes a folder name)")
+        raise ReferencesError(f"group {group!r}: use letters, digits, '.', '_' or '-' (it becomes a folder name)")
     if not _STEM_OK.match(stem) or stem.endswith(".mask"):
-        raise ReferenceError(f"support name {stem!r}: use letters, digits, '.', '_' or '-'")
+        raise ReferencesError(f"support name {stem!r}: use letters, digits, '.', '_' or '-'")
     group_dir = refs_dir / group
     if isinstance(image, (str, Path)):
         source = Path(image)
         try:
             pixels = load_image(source)
         except ImageLoadError as exc:
-            raise ReferenceError(str(exc)) from exc
+            raise ReferencesError(str(exc)) from exc
         suffix = source.suffix.lower()
     else:
         source, pixels, suffix = None, np.asarray(image, dtype=np.uint8), ".png"
     taken = _support_files(group_dir, stem)
     if taken:
-        raise ReferenceError(f"{taken[0]}: a support named {stem!r} already exists in group {group!r}; not overwriting it")
+        raise ReferencesError(f"{taken[0]}: a support named {stem!r} already exists in group {group!r}; not overwriting it")
     traits_path = group_dir / TRAITS_FILE
     existing = load_traits(traits_path) if traits_path.exists() else {}
     traits = merge_trait_names(existing, list(trait_masks))
@@ -426,7 +426,7 @@ def save_support(
     for name, mask in trait_masks.items():
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != label_map.shape:
-            raise ReferenceError(
+            raise ReferencesError(
                 f"{stem}: mask of trait {name!r} is {mask.shape[1]}x{mask.shape[0]}, "
                 f"the image is {label_map.shape[1]}x{label_map.shape[0]}"
             )
@@ -451,7 +451,7 @@ def save_support(
         except FileExistsError as exc:
             for path in linked:
                 path.unlink()
-            raise ReferenceError(f"{exc.filename2 or exc.filename}: appeared meanwhile; not overwriting it") from exc
+            raise ReferencesError(f"{exc.filename2 or exc.filename}: appeared meanwhile; not overwriting it") from exc
     finally:
         for path in staging.iterdir():
             path.unlink()

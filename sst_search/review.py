@@ -19,7 +19,7 @@ import numpy as np
 from .config import Config
 from .images import ImageLoadError, load_image
 from .measure import measure_label_map, resolve_scale
-from .references import ReferenceError, Support, save_support, unique_stem
+from .references import ReferencesError, Support, save_support, unique_stem
 from .store import SPECIMEN_TRAIT, Store
 from .store.review import ReviewItem, decisions, record_decision, replace_vectors, review_queue
 from .store.snapshots import publish_snapshot
@@ -110,15 +110,15 @@ def promote(
         if row is None:
             raise KeyError(f"no specimen {specimen_id} in {db}")
         if row["status"] != "indexed" or not row["group_name"]:
-            raise ReferenceError(f"{row['path']}: only an indexed specimen with a group can become a support "
+            raise ReferencesError(f"{row['path']}: only an indexed specimen with a group can become a support "
                                  f"(status {row['status']}, group {row['group_name']!r})")
         refs_dir = Path(refs_dir) if refs_dir is not None else references_dir_of(store)
         if refs_dir is None:
-            raise ReferenceError(f"{db}: no indexing run records a references folder; pass it explicitly")
+            raise ReferencesError(f"{db}: no indexing run records a references folder; pass it explicitly")
         label_map = store.label_map(specimen_id)
         masks = store.trait_masks(specimen_id)
         if label_map is None or not masks:
-            raise ReferenceError(f"{row['path']}: the specimen has no trait masks to promote")
+            raise ReferencesError(f"{row['path']}: the specimen has no trait masks to promote")
         group = row["group_name"]
         stem = unique_stem(refs_dir / group, Path(row["path"]).stem)
         support = save_support(refs_dir, group, stem, row["path"],

@@ -51,6 +51,7 @@ def run_segmentation(
     write_overlays: bool = False,
     batch_size: int | None = None,
     quiet: bool = False,
+    orientation: int | str = 0,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
@@ -63,6 +64,7 @@ def run_segmentation(
             "random": tracker.weights.is_random,
         },
         "mode": mode,
+        "orientation": orientation,
         "image_size": tracker.predictor.image_size,
         "supports": [{"id": s.id, "image": s.image_path, "mask": s.mask_path, "sha256": s.digest} for s in supports],
         "traits": {str(k): v for k, v in sorted(traits.items())},
@@ -72,7 +74,10 @@ def run_segmentation(
     try:
         with Progress(disable=quiet, transient=True) as progress:
             task = progress.add_task(f"segment ({mode})", total=len(queries))
-            results = tracker.segment(supports, [(q.stem, q) for q in queries], mode=mode, quality=quality, batch_size=batch_size)
+            results = tracker.segment(
+                supports, [(q.stem, q) for q in queries], mode=mode, quality=quality, batch_size=batch_size,
+                orientation=orientation,
+            )
             for res in results:
                 entry: dict = {"path": str(by_id[res.query_id])}
                 if res.error is not None:
@@ -86,8 +91,15 @@ def run_segmentation(
                     entry.update(
                         status="ok",
                         size=list(res.label_map.shape),
+                        orientation=res.orientation,
                         traits={
-                            traits[tid]: {"id": tid, **stats.get(tid, {"area": 0, "bbox": None}), "quality": res.quality.get(tid)}
+                            traits[tid]: {
+                                "id": tid,
+                                **stats.get(tid, {"area": 0, "bbox": None}),
+                                "quality": res.quality.get(tid),
+                                "object_score": res.object_score.get(tid),
+                                "predicted_iou": res.predicted_iou.get(tid),
+                            }
                             for tid in sorted(traits)
                         },
                     )

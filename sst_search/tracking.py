@@ -55,7 +55,7 @@ class TrackResult:
     #: Cycle-consistency IoU per trait (only with ``quality=True``).
     quality: dict[int, float] = field(default_factory=dict)
     error: str | None = None
-    #: SAM 2's object-appearance probability per trait (below 0.5: predicted absent).
+    #: SAM 2's object score logit per trait (above 0: predicted present, below 0: absent).
     object_score: dict[int, float] = field(default_factory=dict)
     #: The mask decoder's predicted IoU per trait.
     predicted_iou: dict[int, float] = field(default_factory=dict)
@@ -176,14 +176,14 @@ class TrackingSession:
                     for old in [t for t in output_dict["non_cond_frame_outputs"] if t <= frame_idx - self._horizon]:
                         del output_dict["non_cond_frame_outputs"][old]
         p.drop_frame(state, frame_idx)
-        return FrameOutput(torch.cat(logits), torch.sigmoid(torch.cat(scores)).cpu(), torch.stack(ious).cpu())
+        return FrameOutput(torch.cat(logits), torch.cat(scores).cpu(), torch.stack(ious).cpu())
 
 
 @dataclass
 class FrameOutput:
-    """One tracked frame: low-res logits ``(K, 1, h, w)``, SAM 2's object-appearance
-    probability ``(K,)`` (sigmoid of its object score; below 0.5 SAM 2 predicts the trait
-    absent) and the mask decoder's predicted IoU of each mask ``(K,)``."""
+    """One tracked frame: low-res logits ``(K, 1, h, w)``, SAM 2's object score logit
+    ``(K,)`` (above 0 SAM 2 predicts the trait present, below 0 absent) and the mask
+    decoder's predicted IoU of each mask ``(K,)``."""
 
     logits: torch.Tensor
     object_score: torch.Tensor
@@ -383,16 +383,22 @@ def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=(degrees // 90) % 4))
 
 
-def _orientations(orientation: int | str) -> tuple[int, ...]:
-    if orientation == "auto":
-        return ORIENTATIONS
+def parse_orientation(value: int | str) -> int | str:
+    """``"auto"`` or an angle in :data:`ORIENTATIONS` (as int), from a CLI string or a config value."""
+    if value == "auto":
+        return value
     try:
-        turn = int(orientation)
+        turn = int(value)
     except (TypeError, ValueError):
         turn = -1
     if turn not in ORIENTATIONS:
-        raise ValueError(f"orientation must be 'auto' or one of {ORIENTATIONS}, got {orientation!r}")
-    return (turn,)
+        raise ValueError(f"orientation must be 'auto' or one of {ORIENTATIONS}, got {value!r}")
+    return turn
+
+
+def _orientations(orientation: int | str) -> tuple[int, ...]:
+    turn = parse_orientation(orientation)
+    return ORIENTATIONS if turn == "auto" else (turn,)
 
 
 def _load_with_sources(queries: Iterable[Query]) -> Iterator[tuple[tuple, Query]]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic collection and the real SAM 2 hiera-t with random weights."""
+"""Shared fixtures: a small synthetic collection, the real SAM 2 hiera-t with random weights, and
+one indexed, published collection for every test that only reads an index."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
 
 #: Small enough for CPU tests, large enough that traits survive SAM 2's 1/4-resolution masks.
 TEST_IMAGE_SIZE = 256
+
+#: The session's indexed collection (:func:`indexed`): species, specimens per species, seed.
+INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED = 3, 5, 11
+#: Its run configuration: random SAM 2 at the test size, the weight-free colour-pattern embedder.
+INDEXED_CONFIG = {
+    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
+    "embedding": {"embedder": "color-pattern"},
+}
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +41,20 @@ def references(synthetic):
     from sst_search.references import load_references
 
     return load_references(synthetic.references)
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory):
+    """``(collection, db)``: a synthetic collection indexed once per session with its
+    ground-truth masks (no SAM 2 needed) and colour-pattern vectors, published. Read it (``SearchEngine.open``,
+    ``Store.open(read_only=True)``); copy it before writing."""
+    from indexer.job import run_index
+    from sst_search.config import Config
+    from sst_search.synthetic import generate_collection
+
+    root = tmp_path_factory.mktemp("indexed")
+    coll = generate_collection(root / "syn", species=INDEXED_SPECIES, per_species=INDEXED_PER_SPECIES, seed=INDEXED_SEED)
+    db = root / "db.duckdb"
+    summary = run_index(coll.manifest, coll.references, db, Config.model_validate(INDEXED_CONFIG), masks=coll.ground_truth)
+    assert summary.counts["indexed"] == INDEXED_SPECIES * INDEXED_PER_SPECIES
+    return coll, db

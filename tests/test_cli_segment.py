@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -49,9 +50,11 @@ def test_segment_writes_masks_overlays_summary_and_survives_bad_query(synthetic,
         assert mask.shape == np.asarray(Image.open(q)).shape[:2]
         assert (out / f"{q.stem}.overlay.png").exists()
         entry = summary["images"][q.stem]
+        assert entry["orientation"] == 0
         for name, stats in entry["traits"].items():
             assert stats["area"] == int((mask == stats["id"]).sum())
             assert stats["quality"] is not None and 0.0 <= stats["quality"] <= 1.0
+            assert stats["object_score"] is not None and 0.0 <= stats["predicted_iou"] <= 1.0
             if stats["area"]:
                 x0, y0, x1, y1 = stats["bbox"]
                 ys, xs = np.nonzero(mask == stats["id"])
@@ -81,11 +84,12 @@ def test_bad_support_mask_is_a_clear_error(synthetic, tmp_path):
     assert "small.mask.png" in result.output and "differs from image size" in result.output
 
 
-def test_unknown_mode_is_rejected(synthetic, tmp_path):
+@pytest.mark.parametrize("option", [["--mode", "zigzag"], ["--orientation", "45"]])
+def test_unknown_mode_or_orientation_is_rejected(synthetic, tmp_path, option):
     group = synthetic.groups[0]
     query = next((synthetic.root / "images" / group).glob("*.png"))
-    result = runner.invoke(app, ["segment", str(query), *_support_args(synthetic, group), *_common(tmp_path / "o"), "--mode", "zigzag"])
-    assert result.exit_code == 2
+    result = runner.invoke(app, ["segment", str(query), *_support_args(synthetic, group), *_common(tmp_path / "o"), *option])
+    assert result.exit_code == 2 and option[0] in result.output
 
 
 def test_console_script_is_installed():

@@ -87,7 +87,7 @@ def test_measurements_table_round_trips_through_csv_and_parquet(store):
 
 
 def test_measurements_scope_by_group_and_ids(store):
-    group = store.con.execute("SELECT min(group_name) FROM specimens").fetchone()[0]
+    group = min(store.groups())
     by_group = export.measurements_table(store, groups=[group])
     assert set(by_group["group"]) == {group} and len(by_group) > 0
     one = int(by_group["specimen_id"].iloc[0])

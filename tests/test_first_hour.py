@@ -101,3 +101,19 @@ def test_eval_retrieval_fits_80_columns_with_chance_levels_and_warns_about_rando
     line = next(ln for ln in text.splitlines() if "marginal_spots_long" in ln)  # one row, one line: nothing wrapped
     assert f"{row.map_at_k:.3f}" in line and f"{row.chance_precision_at_k:.3f}" in line
     assert "RANDOM SAM 2 weights" in text
+
+
+def test_readme_answers_the_first_questions():
+    import re
+
+    from sst_search.cli import _load
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    index_block = readme[readme.index("sst-search index COLLECTION"):]
+    index_block = index_block[: index_block.index("sst-search status")]
+    options = [o for p in _load("index").params for o in p.opts if o.startswith("--")]
+    assert [o for o in options if o not in index_block] == []  # every `index` option is listed
+    python = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "specimen_id=sid" in b)
+    assert python.index("sid = ") < python.index("specimen_id=sid")  # where `sid` comes from
+    for needle in ("7 GB", "CUDA build", "download.pytorch.org/whl/cpu", "Chromium", "few minutes"):
+        assert needle in readme, needle

@@ -16,7 +16,7 @@ from PIL import Image
 
 from indexer.job import run_index
 from sst_search.config import Config
-from sst_search.store import Store, specimen_id
+from sst_search.store import SPECIMEN_TRAIT, Store, specimen_id
 from sst_search.synthetic import PIXELS_PER_MM, generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
 
@@ -46,7 +46,9 @@ def _index(coll, db, config=None, **kwargs):
 
 def _catalog(db):
     with Store.open(db, read_only=True) as store:
-        rows = store.con.execute("SELECT specimen_id, status, group_name, content_hash FROM specimens ORDER BY 1").fetchall()
+        states = store.specimen_states()
+        rows = [(r["specimen_id"], r["status"], r["group_name"], states[r["specimen_id"]][0])
+                for r in sorted(store.specimens(status=None), key=lambda r: r["specimen_id"])]
         return rows, store.check_consistency(), store.status()
 
 
@@ -67,16 +69,18 @@ def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path
         meta = store.get_specimen(rows[0][0])["metadata"]
         assert {"catalogNumber", "scientificName", "locality"} <= set(meta)
 
-    assert _index(collection, db, tracker=tracker).counts == {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": 8, "removed": 0}
+    assert _index(collection, db, tracker=tracker).counts == {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": 8,
+                                                              "removed": 0, "moved": 0}
 
     # Change one image: exactly that one is re-processed.
-    target = collection.root / _rows(collection.manifest)[2]["path"]
+    key = _rows(collection.manifest)[2]["path"]
+    target = collection.root / key
     img = np.asarray(Image.open(target)).copy()
     img[:10, :10] = 0
     Image.fromarray(img).save(target)
     again = _index(collection, db, tracker=tracker)
     assert again.counts["indexed"] == 1 and again.counts["unchanged"] == 7
-    changed = [r for r in _catalog(db)[0] if r[0] == specimen_id(str(target.resolve()))]
+    changed = [r for r in _catalog(db)[0] if r[0] == specimen_id(key)]
     assert len(changed) == 1
 
     # Delete one file (and its manifest row): it leaves the catalog and every FAISS index.
@@ -91,7 +95,7 @@ def test_index_agrees_with_faiss_and_reindex_is_incremental(collection, tmp_path
     assert removed.counts["removed"] == 1 and removed.counts["unchanged"] == 7
     rows_after, problems, status = _catalog(db)
     assert len(rows_after) == 7 and problems == []
-    assert specimen_id(str(gone.resolve())) not in {r[0] for r in rows_after}
+    assert specimen_id(rows[5]["path"]) not in {r[0] for r in rows_after}
     assert next(i for i in status["indexes"] if i["trait"] == "__specimen__")["vectors"] == 7
 
 
@@ -135,7 +139,7 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path, t
     assert "nosuchgroup" in reasons[str(collection.root / "images/unknown_group.png")]
     with Store.open(db, read_only=True) as store:
         for p in provided:
-            sid = specimen_id(str((collection.root / p).resolve()))
+            sid = specimen_id(p)
             masks_ = store.trait_masks(sid)
             assert masks_ and {m.source for m in masks_} == {"provided"}
             gt = np.asarray(Image.open(collection.ground_truth / p.split("/", 1)[1]))
@@ -147,9 +151,17 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path, t
                 assert measured.loc[tid, "area_mm2"] == pytest.approx((gt == tid).sum() / PIXELS_PER_MM**2)
                 assert measured.loc[tid, "scale_source"] == "metadata:pixelsPerMM"
         assert store.check_consistency() == []
+    # A store from before measurements existed: its masks get measured by the next run, without re-segmenting.
+    unmeasured = specimen_id(str((collection.root / provided[0]).resolve()))
+    with Store.open(db) as store:
+        store.replace_measurements({unmeasured: []})
+        assert store.unmeasured_specimens() == [unmeasured]
     # A re-run retries the failed and unreferenced items only.
     again = _index(collection, db, masks=masks, tracker=tracker)
     assert again.counts["unchanged"] == 6 and again.counts["failed"] == 2 and again.counts["no_reference"] == 1
+    assert again.remeasured == 1
+    with Store.open(db, read_only=True) as store:
+        assert store.unmeasured_specimens() == [] and len(store.measurements_frame(specimen_ids=[unmeasured])) > 0
 
 
 def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
@@ -175,7 +187,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
     proc.wait()
     assert committed == 3, "the job never committed three units"
     with Store.open(db) as store:  # a writer open repairs stale FAISS files
-        partial = store.con.execute("SELECT count(*) FROM specimens").fetchall()[0][0]
+        partial = len(store.specimen_states())
         assert 3 <= partial < 12
         assert store.check_consistency() == []
     resumed = _index(coll, db, _config(indexer={"commit_every": 1}), tracker=tracker)
@@ -199,13 +211,51 @@ def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
         torch.set_num_threads(threads)
     ray_run = _index(collection, tmp_path / "ray.duckdb", _config(indexer={"engine": "ray", "num_workers": 2, "commit_every": 2}))
     assert local.counts == ray_run.counts
-    queries = [
-        "SELECT specimen_id, status, group_name, content_hash, fingerprint, metadata FROM specimens ORDER BY 1",
-        "SELECT specimen_id, trait_id, trait_name, area, rle FROM trait_masks ORDER BY 1, 2",
-        "SELECT embedder, trait_name, specimen_id, vector FROM vectors ORDER BY 1, 2, 3",
-    ]
+    def catalog(store):
+        ids = store.specimen_ids(status=None).tolist()
+        specimens = [{k: v for k, v in store.get_specimen(i).items() if k != "updated_at"} for i in ids]
+        masks = [[(m.trait_id, m.trait_name, m.area, m.rle) for m in store.trait_masks(i)] for i in ids]
+        vectors = {key: (lambda v: (v[0].tolist(), v[1].tolist()))(store.get_vectors(*key)) for key in store.index_keys()}
+        return specimens, masks, vectors
+
     with Store.open(tmp_path / "local.duckdb", read_only=True) as a, Store.open(tmp_path / "ray.duckdb", read_only=True) as b:
-        for q in queries:
-            assert a.con.execute(q).fetchall() == b.con.execute(q).fetchall(), q
+        for part, x, y in zip(("specimens", "masks", "vectors"), catalog(a), catalog(b)):
+            assert x == y, part
         assert b.check_consistency() == []
         assert b.runs()[-1]["engine"] == "ray"
+
+
+def test_orientation_and_confidences_are_stored(tmp_path):
+    coll = generate_collection(tmp_path / "syn", species=1, per_species=3, seed=5)
+    db = tmp_path / "db.duckdb"
+    summary = _index(coll, db, _config(segmentation={"orientation": "auto", "image_size": 128}))
+    assert summary.counts["indexed"] == 3
+    with Store.open(db, read_only=True) as store:
+        ids = store.filter_specimens()
+        turned = {sid: store.get_specimen(sid)["orientation"] for sid in ids}
+        assert set(turned.values()) <= {0, 90, 180, 270}
+        scores = {}
+        for sid in ids:
+            masks = store.trait_masks(sid)
+            assert masks and all(m.object_score is not None and m.predicted_iou is not None for m in masks)
+            assert all(m.quality is None for m in masks)  # the cycle IoU only with --quality
+            scores[sid] = {m.trait_name: m.object_score for m in masks}
+    # Both are usable in search filters.
+    from sst_search.query import Filter, SearchEngine
+
+    trait = next(iter(scores[ids[0]]))
+    cut = sorted(s[trait] for s in scores.values() if trait in s)[0]
+    with SearchEngine.open(db) as engine:
+        def found(*filters):
+            return {h.specimen_id for h in engine.search(SPECIMEN_TRAIT, k=10, specimen_id=ids[0], exclude_query=False,
+                                                           filters=list(filters))}
+
+        assert found(Filter(field=f"{trait}.object_score", op=">", value=cut)) == {
+            sid for sid, s in scores.items() if s.get(trait, cut) > cut}
+        assert found(Filter(field="orientation", op="==", value=str(turned[ids[0]]))) == {
+            sid for sid, t in turned.items() if t == turned[ids[0]]}
+    # Upright indexing keeps the fingerprint it had before orientations existed; auto changes it.
+    from indexer.plan import segmentation_fingerprint
+
+    assert "orientation" not in segmentation_fingerprint(_config())
+    assert segmentation_fingerprint(_config(segmentation={"orientation": "auto"}))["orientation"] == "auto"

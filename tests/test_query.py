@@ -19,7 +19,7 @@ from sst_search.embed import NoTextTowerError
 from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.query import Filter, QueryError, SearchEngine, compile_filters
-from sst_search.store import SPECIMEN_TRAIT, Store
+from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, Store
 from sst_search.store.planner import PlanConfig
 from sst_search.store.snapshots import (
     SnapshotError,
@@ -28,29 +28,16 @@ from sst_search.store.snapshots import (
     resolve_snapshot,
 )
 from sst_search.synthetic import LOCALITIES, generate_collection
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.conftest import INDEXED_CONFIG, INDEXED_PER_SPECIES, INDEXED_SPECIES
 
-CONFIG = {
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-}
-SPECIES, PER_SPECIES = 3, 5
+CONFIG = INDEXED_CONFIG
+SPECIES, PER_SPECIES = INDEXED_SPECIES, INDEXED_PER_SPECIES
 RIDGE = next(loc for loc in LOCALITIES if "'" in loc and '"' in loc)
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("query")
-    coll = generate_collection(root / "syn", species=SPECIES, per_species=PER_SPECIES, seed=11)
-    db = root / "db.duckdb"
-    summary = run_index(coll.manifest, coll.references, db, Config.model_validate(CONFIG), masks=coll.ground_truth)
-    assert summary.counts["indexed"] == SPECIES * PER_SPECIES
-    return coll, db
-
-
-@pytest.fixture(scope="module")
-def engine(index, tracker):
-    with SearchEngine.open(index[1], tracker=tracker) as eng:
+def engine(indexed, tracker):
+    with SearchEngine.open(indexed[1], tracker=tracker) as eng:
         yield eng
 
 
@@ -63,18 +50,18 @@ def _all_vectors(engine, trait):
     return dict(zip(ids.tolist(), matrix))
 
 
-def test_catalog_listing(engine, index):
-    coll, _ = index
+def test_catalog_listing(engine, indexed):
+    coll, _ = indexed
     assert engine.groups() == sorted(coll.groups)
     assert engine.embedders() == ["color-pattern"]
     traits = engine.traits(coll.groups[0])
     assert traits[0] == SPECIMEN_TRAIT and set(traits[1:]) <= set(engine.traits())
     assert engine.fingerprints()["embedder"] == "color-pattern"
-    assert engine.store.db_path == resolve_snapshot(index[1]) != index[1]  # reads the published copy
+    assert engine.store.db_path == resolve_snapshot(indexed[1]) != indexed[1]  # reads the published copy
 
 
-def test_by_specimen_ranks_itself_first_then_its_species(engine, index):
-    coll, _ = index
+def test_by_specimen_ranks_itself_first_then_its_species(engine, indexed):
+    coll, _ = indexed
     group = coll.groups[0]
     query = _ids(engine, group)[0]
     trait = engine.traits(group)[1]
@@ -104,8 +91,8 @@ def test_by_specimen_ranks_itself_first_then_its_species(engine, index):
     assert np.mean(precision) >= 0.5
 
 
-def test_scores_are_exact_cosines(engine, index):
-    coll, _ = index
+def test_scores_are_exact_cosines(engine, indexed):
+    coll, _ = indexed
     query = _ids(engine, coll.groups[1])[0]
     vectors = _all_vectors(engine, SPECIMEN_TRAIT)
     results = engine.search(SPECIMEN_TRAIT, k=4, specimen_id=query)
@@ -114,8 +101,8 @@ def test_scores_are_exact_cosines(engine, index):
     assert [r.score for r in results] == pytest.approx([s for s, _ in expected], abs=1e-5)
 
 
-def test_different_returns_the_least_similar_first(engine, index):
-    coll, _ = index
+def test_different_returns_the_least_similar_first(engine, indexed):
+    coll, _ = indexed
     query = _ids(engine, coll.groups[0])[0]
     n = SPECIES * PER_SPECIES - 1
     similar = engine.search(SPECIMEN_TRAIT, k=n, specimen_id=query)
@@ -144,7 +131,7 @@ def test_filters_are_parameterised_and_survive_metacharacters(engine):
                                  filters=[Filter(field="locality", op=op, value=nasty)]) == []
         assert engine.search(SPECIMEN_TRAIT, k=5, specimen_id=query,
                              filters=[Filter(field="group", op="in", value=[nasty])]) == []
-    assert engine.store.con.execute("SELECT count(*) FROM specimens").fetchone()[0] == n
+    assert len(engine.store.specimen_ids(status=None)) == n
     groups = engine.groups()
     in_two = engine.search(SPECIMEN_TRAIT, k=n, specimen_id=query, filters=[Filter(field="group", op="in", value=groups[1:])])
     assert len(in_two) == 2 * PER_SPECIES - (engine.store.get_specimen(query)["group_name"] in groups[1:])
@@ -167,10 +154,10 @@ def test_filters_are_parameterised_and_survive_metacharacters(engine):
 
 @pytest.mark.parametrize("plan", [PlanConfig(), PlanConfig(postfilter_min_fraction=2.0),
                                   PlanConfig(postfilter_min_fraction=2.0, exact_max=0)])
-def test_filtered_search_is_exact_on_every_plan(engine, index, monkeypatch, plan):
+def test_filtered_search_is_exact_on_every_plan(engine, indexed, monkeypatch, plan):
     """Post-filtering, an exact scan of the admitted set and a FAISS selector agree."""
     monkeypatch.setattr(engine.store, "plan", plan)
-    coll, _ = index
+    coll, _ = indexed
     vectors = _all_vectors(engine, SPECIMEN_TRAIT)
     query = _ids(engine, coll.groups[0])[0]
     for group in coll.groups:
@@ -180,30 +167,34 @@ def test_filtered_search_is_exact_on_every_plan(engine, index, monkeypatch, plan
         assert [r.specimen_id for r in results] == expected
 
 
-def test_by_uploaded_image_is_segmented_then_embedded(engine, index):
-    coll, _ = index
+def test_by_uploaded_image_is_segmented_then_embedded(engine, indexed):
+    coll, _ = indexed
     group = coll.groups[1]
     path = sorted((coll.root / "images" / group).glob("*.png"))[2]
     image = load_image(path)
     results = engine.search(SPECIMEN_TRAIT, k=3, image=image)
     assert results[0].path == str(path) and results[0].score == pytest.approx(1.0, abs=1e-4)
-    trait = engine.traits(group)[1]
-    # SAM 2 has random weights here, so the mask (and whether the trait is found) is
-    # arbitrary; what must hold is that the photo went through SST and the embedder.
-    try:
-        by_trait = engine.search(trait, k=3, image=image, group=group)
-    except QueryError as exc:
-        assert "not found on the uploaded photo" in str(exc)
-    else:
-        assert len(by_trait) == 3 and all(-1.0 <= r.score <= 1.0 + 1e-5 for r in by_trait)
+    # SAM 2 has random weights here, so which traits it finds on the photo is arbitrary;
+    # the same tracker says which, and a search by each kind of trait must behave accordingly.
+    supports = engine.supports(group)
+    (seg,) = list(engine.tracker.segment(supports, [("upload", image)]))
+    names = {tid: t.name for s in supports for tid, t in s.traits.items()}
+    found = [names[t] for t in np.unique(seg.label_map).tolist() if t in names]
+    assert found, "random SAM 2 lost every trait of the photo"
+    trait = found[0]
+    by_trait = engine.search(trait, k=3, image=image, group=group)
+    assert len(by_trait) == 3 and all(-1.0 <= r.score <= 1.0 + 1e-5 for r in by_trait)
+    for lost in sorted(set(names.values()) - set(found))[:1]:
+        with pytest.raises(QueryError, match="not found on the uploaded photo"):
+            engine.search(lost, k=3, image=image, group=group)
     with pytest.raises(QueryError, match="needs its group"):
         engine.search(trait, image=image)
     with pytest.raises(QueryError, match="has no trait"):
         engine.search("no_such_trait", image=image, group=group)
 
 
-def test_rerank_orders_by_cycle_consistency(engine, index):
-    coll, _ = index
+def test_rerank_orders_by_cycle_consistency(engine, indexed):
+    coll, _ = indexed
     group = coll.groups[2]
     query = _ids(engine, group)[0]
     trait = engine.traits(group)[1]
@@ -258,8 +249,8 @@ HOLD_WRITER = textwrap.dedent(
 )
 
 
-def test_snapshots_swap_atomically_under_an_open_reader(index, tmp_path):
-    db = _copy_store(index[1], tmp_path / "live.duckdb")
+def test_snapshots_swap_atomically_under_an_open_reader(indexed, tmp_path):
+    db = _copy_store(indexed[1], tmp_path / "live.duckdb")
     first = publish_snapshot(db)
     reader = SearchEngine.open(db)
     assert reader.store.db_path == first
@@ -285,8 +276,8 @@ def test_snapshots_swap_atomically_under_an_open_reader(index, tmp_path):
     reader.close()
 
 
-def test_readers_open_while_another_process_writes(index, tmp_path):
-    db = _copy_store(index[1], tmp_path / "live.duckdb")
+def test_readers_open_while_another_process_writes(indexed, tmp_path):
+    db = _copy_store(indexed[1], tmp_path / "live.duckdb")
     writer = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(db)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -313,7 +304,7 @@ def test_readers_open_while_another_process_writes(index, tmp_path):
     assert writer.returncode == 0
 
 
-def test_compiled_sql_carries_no_values():
+def test_compiled_sql_carries_no_values(tmp_path):
     nasty = "x'); DROP TABLE specimens; --"
     filters = [Filter(field=f, op=op, value=v) for f, op, v in [
         ("locality", "contains", nasty), ("group", "in", [nasty, "%"]), ("eventDate", "<", nasty),
@@ -321,16 +312,15 @@ def test_compiled_sql_carries_no_values():
     where, params = compile_filters(filters, {"locality", "eventDate", "catalogNumber", "width_mm"})
     assert nasty not in where and "%" not in where and "3.5" not in where
     assert nasty in params and [nasty, "%"] in params and 3.5 in params
-    con = duckdb.connect()
-    con.execute("CREATE TABLE specimens (specimen_id BIGINT, group_name VARCHAR, path VARCHAR, status VARCHAR)")
-    con.execute("CREATE TABLE specimen_metadata (specimen_id BIGINT, key VARCHAR, value VARCHAR)")
-    con.executemany("INSERT INTO specimens VALUES (?, ?, 'p', 'indexed')", [(1, "a"), (2, nasty)])
-    con.executemany("INSERT INTO specimen_metadata VALUES (?, ?, ?)",
-                    [(1, "width_mm", "4.0"), (2, "width_mm", "2"), (1, "locality", "50%_off")])
+    store = Store.open(tmp_path / "filters.duckdb")
+    store.write_batch([
+        SpecimenRecord(specimen_id=1, path="p1", status="indexed", group_name="a",
+                       metadata={"width_mm": "4.0", "locality": "50%_off"}),
+        SpecimenRecord(specimen_id=2, path="p2", status="indexed", group_name=nasty, metadata={"width_mm": "2"}),
+    ])
 
-    def count(fs):
-        where, params = compile_filters(fs, {"width_mm", "locality"})
-        return con.execute(f"SELECT count(*) FROM specimens s WHERE {where}", params).fetchone()[0]
+    def count(fs):  # the store's own filtered read, on its real schema
+        return len(store.specimen_ids(fs))
 
     assert count([Filter(field="group", op="==", value=nasty)]) == 1
     assert count([Filter(field="width_mm", op=">", value=3.5)]) == 1  # numeric, not textual ("4.0" vs "2")

@@ -11,7 +11,7 @@ from sst_search.images import save_image, save_mask
 from sst_search.references import (
     MASK_SUFFIX,
     TRAITS_FILE,
-    ReferenceError,
+    ReferencesError,
     Support,
     Trait,
     load_group_references,
@@ -101,13 +101,13 @@ def test_traits_descriptions_round_trip(tmp_path):
 )
 def test_bad_traits_files_name_the_file(tmp_path, text, reason):
     path = _yaml(tmp_path, text)
-    with pytest.raises(ReferenceError, match=reason) as err:
+    with pytest.raises(ReferencesError, match=reason) as err:
         load_traits(path)
     assert str(path) in str(err.value)
 
 
 def test_missing_traits_file(tmp_path):
-    with pytest.raises(ReferenceError, match="traits file does not exist"):
+    with pytest.raises(ReferencesError, match="traits file does not exist"):
         load_traits(tmp_path / TRAITS_FILE)
 
 
@@ -136,21 +136,21 @@ def test_declared_but_absent_trait_is_allowed(tmp_path):
 
 def test_mask_size_must_match_image(tmp_path):
     image, mask = _support(tmp_path, "ref", mask_shape=(H, W + 2))
-    with pytest.raises(ReferenceError, match=f"mask size {W + 2}x{H} differs from image size {W}x{H}") as err:
+    with pytest.raises(ReferencesError, match=f"mask size {W + 2}x{H} differs from image size {W}x{H}") as err:
         load_support(image, mask, TWO)
     assert str(mask) in str(err.value)
 
 
 def test_undeclared_mask_ids_are_listed(tmp_path):
     image, mask = _support(tmp_path, "ref", ids=(1, 2, 7, 9))
-    with pytest.raises(ReferenceError, match=r"not declared in traits.yaml: \[7, 9\]") as err:
+    with pytest.raises(ReferencesError, match=r"not declared in traits.yaml: \[7, 9\]") as err:
         load_support(image, mask, TWO)
     assert str(mask) in str(err.value) and "declared: [1, 2]" in str(err.value)
 
 
 def test_empty_mask_is_rejected(tmp_path):
     image, mask = _support(tmp_path, "ref", ids=())
-    with pytest.raises(ReferenceError, match="mask is empty") as err:
+    with pytest.raises(ReferencesError, match="mask is empty") as err:
         load_support(image, mask, TWO)
     assert str(mask) in str(err.value)
 
@@ -158,7 +158,7 @@ def test_empty_mask_is_rejected(tmp_path):
 def test_unreadable_support_image_names_the_file(tmp_path):
     image, mask = _support(tmp_path, "ref")
     image.write_text("not a picture")
-    with pytest.raises(ReferenceError, match="not a readable image") as err:
+    with pytest.raises(ReferencesError, match="not a readable image") as err:
         load_support(image, mask, TWO)
     assert str(image) in str(err.value)
 
@@ -167,7 +167,7 @@ def test_rgb_mask_is_rejected(tmp_path):
     image, _ = _support(tmp_path, "ref")
     rgb_mask = tmp_path / f"rgb{MASK_SUFFIX}"
     save_image(rgb_mask, np.repeat(_mask()[..., None], 3, axis=2))
-    with pytest.raises(ReferenceError, match="single-channel"):
+    with pytest.raises(ReferencesError, match="single-channel"):
         load_support(image, rgb_mask, TWO)
 
 
@@ -191,14 +191,14 @@ def test_support_without_mask_is_an_error(tmp_path):
     _support(group, "ok")
     save_image(group / "lonely.png", _image())
     write_traits(group / TRAITS_FILE, TWO)
-    with pytest.raises(ReferenceError, match=f"has no mask lonely{MASK_SUFFIX}") as err:
+    with pytest.raises(ReferencesError, match=f"has no mask lonely{MASK_SUFFIX}") as err:
         load_group_references(group)
     assert str(group / "lonely.png") in str(err.value)
 
 
 def test_group_without_supports_is_an_error(tmp_path):
     write_traits(tmp_path / TRAITS_FILE, TWO)
-    with pytest.raises(ReferenceError, match="no support images"):
+    with pytest.raises(ReferencesError, match="no support images"):
         load_group_references(tmp_path)
 
 
@@ -211,7 +211,7 @@ def test_load_references_maps_groups_and_skips_other_folders(tmp_path):
     loaded = load_references(refs)
     assert list(loaded) == ["alba", "cyrbia"]
     assert np.array_equal(loaded["alba"][0].image, _image(2))
-    with pytest.raises(ReferenceError, match="does not exist"):
+    with pytest.raises(ReferencesError, match="does not exist"):
         load_references(tmp_path / "nowhere")
 
 
@@ -247,7 +247,7 @@ def test_instance_reference_marks_every_instance(tmp_path):
     assert [int(m.sum()) for m in ref.instance_masks()] == [16, 16, 16]
     assert load_instance_spec(folder / TRAITS_FILE).instance_of == "specimen"
     # A trait loader or a references scan never mistakes instances for traits.
-    with pytest.raises(ReferenceError, match="declares instances"):
+    with pytest.raises(ReferencesError, match="declares instances"):
         load_traits(folder / TRAITS_FILE)
     assert load_references(tmp_path) == {}
 
@@ -273,6 +273,6 @@ def test_instance_mask_with_class_map_keeps_only_that_class(tmp_path):
 )
 def test_bad_instance_references_name_the_file(tmp_path, spec, ids, shape, reason):
     folder = _instance_folder(tmp_path / "inst", spec, ids, shape)
-    with pytest.raises(ReferenceError, match=reason) as err:
+    with pytest.raises(ReferencesError, match=reason) as err:
         load_instance_references(folder)
     assert str(folder) in str(err.value)

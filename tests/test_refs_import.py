@@ -213,3 +213,38 @@ def test_an_existing_support_is_never_overwritten_and_the_cli_says_why(photo, tm
     assert "coco.json" in second.output and "already has a support named 'spec_001'" in second.output
     assert (refs / "g" / f"spec_001{MASK_SUFFIX}").read_bytes() == mask_before
     assert [s.id for s in load_group_references(refs / "g")] == ["spec_001"]
+
+
+def _brush_rle(alpha: np.ndarray) -> list[int]:
+    """Label Studio's brush RLE of an RGBA image with this alpha (repeat runs only, 8-bit words)."""
+    values = np.zeros((*alpha.shape, 4), np.uint8)
+    values[..., 3] = alpha
+    flat = values.ravel()
+    widths = [3, 4, 8, 16]
+    bits = f"{flat.size:032b}{7:05b}" + "".join(f"{x - 1:04b}" for x in widths)
+    i = 0
+    while i < flat.size:
+        j = i
+        while j < flat.size and flat[j] == flat[i] and j - i < 1 << 16:
+            j += 1
+        k = next(k for k, width in enumerate(widths) if j - i - 1 < 1 << width)
+        bits += f"1{k:02b}{j - i - 1:0{widths[k]}b}{flat[i]:08b}"
+        i = j
+    bits += "0" * (-len(bits) % 8)
+    return [int(bits[n : n + 8], 2) for n in range(0, len(bits), 8)]
+
+
+def test_labelstudio_brush_masks_round_trip(photo, tmp_path):
+    truth = _truth()
+    result = [{"id": name, "type": "brushlabels", "original_width": W, "original_height": H,
+               "value": {"format": "rle", "rle": _brush_rle(mask.astype(np.uint8) * 255), "brushlabels": [name]}}
+              for name, mask in truth.items()]
+    path = photo.parent / "ls.json"
+    path.write_text(json.dumps([{"id": 1, "data": {"image": photo.name}, "annotations": [{"result": result}]}]))
+    import_annotations(path, tmp_path / "refs", "g")
+    _assert_equal(_loaded_masks(tmp_path / "refs", "g", "spec_001"), truth)
+
+    result[0]["value"]["rle"] = result[0]["value"]["rle"][:10]
+    path.write_text(json.dumps([{"id": 1, "data": {"image": photo.name}, "annotations": [{"result": result}]}]))
+    with pytest.raises(AnnotationError, match=r"ls\.json: task 1, result forewing_band \(brushlabels\).*ends early"):
+        import_annotations(path, tmp_path / "refs2", "g")

@@ -157,3 +157,38 @@ def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):
         assert row["area_px"] == np.count_nonzero(label_map == trait.trait_id) and row["source"] == "corrected"
     assert decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, publish=False)[0].startswith(
         f"the vector of {trait.trait_name!r} still describes the earlier mask")
+
+
+def test_a_reindex_keeps_the_corrected_mask_vector_and_measurements(tmp_path):
+    """Masks are provided (no SAM 2 needed); --force re-does every item, the correction wins."""
+    from indexer.job import run_index
+    from sst_search.config import Config
+    from sst_search.embed import create_embedder
+    from sst_search.images import load_image
+    from sst_search.synthetic import generate_collection
+
+    coll = generate_collection(tmp_path / "syn", species=1, per_species=2, seed=1)
+    config = Config.model_validate({"embedding": {"embedder": "color-pattern"}})
+    db = tmp_path / "db.duckdb"
+    run_index(coll.manifest, coll.references, db, config, masks=coll.ground_truth / coll.groups[0])
+    with Store.open(db, read_only=True) as store:
+        sid = store.filter_specimens()[0]
+        trait = store.trait_masks(sid)[0]
+        image = load_image(store.get_specimen(sid)["path"])
+    corrected = np.zeros(image.shape[:2], bool)
+    corrected[4:20, 6:30] = True
+    embedder = create_embedder("color-pattern")
+    decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, embedder=embedder, publish=False)
+    with Store.open(db, read_only=True) as store:
+        before = store.get_vectors(embedder.name, trait.trait_name, [sid])[1][0]
+
+    summary = run_index(coll.manifest, coll.references, db, config, masks=coll.ground_truth / coll.groups[0], force=True)
+    assert summary.counts["indexed"] == 2
+    with Store.open(db, read_only=True) as store:
+        (mask,) = [m for m in store.trait_masks(sid) if m.trait_id == trait.trait_id]
+        assert mask.source == "corrected" and np.array_equal(mask.mask(), corrected & (store.label_map(sid) == trait.trait_id))
+        after = store.get_vectors(embedder.name, trait.trait_name, [sid])[1][0]
+        assert np.allclose(after, before, atol=1e-6)
+        frame = store.measurements_frame(specimen_ids=[sid]).set_index("trait_id")
+        assert frame.loc[trait.trait_id, "area_px"] == mask.area
+        assert [d["decision"] for d in decisions(store, sid)] == ["correct"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -15,6 +16,7 @@ from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.query import Filter, SearchEngine
 from sst_search.config import IndexConfig
 from sst_search.store import SPECIMEN_TRAIT, Store
+from sst_search.store.indexes import bytes_per_vector
 from ui.state import engine_session, load_engine
 from sst_search.store.planner import PlanConfig
 
@@ -119,7 +121,7 @@ def test_a_slow_embed_does_not_hold_up_another_threads_search(tmp_path):
     image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
     load_engine.clear()
     with engine_session(str(tmp_path / "c.duckdb")) as engine:  # the app's way to the shared engine
-        engine._embedder = embedder
+        engine.encoder._embedder = embedder
     try:
         with ThreadPoolExecutor(2) as pool:
             def search(**query):
@@ -141,3 +143,29 @@ def test_a_slow_embed_does_not_hold_up_another_threads_search(tmp_path):
         embedder.release.set()
         load_engine.clear()
         engine.close()
+
+
+def test_the_compressed_default_keeps_recall_and_readers_use_the_writers_kind(tmp_path):
+    """The default (SQ8 codes, exact re-ranking of 4k candidates) at dim 512 against exact search."""
+    rng = np.random.default_rng(5)
+    n, dim = 3_000, 512
+    centres = rng.standard_normal((60, dim)).astype(np.float32)
+    vectors = centres[rng.integers(60, size=n)] + 0.06 * rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(10, 10 + n, dtype=np.int64)
+    config = IndexConfig(exact_threshold=1_000)
+    with Store.open(tmp_path / "c.duckdb", index_config=config) as store:
+        store.write_columns(pa.table({"specimen_id": ids, "path": [f"{i}.png" for i in ids], "status": ["indexed"] * n}),
+                            vectors={(EMBEDDER, TRAIT): (ids, vectors)})
+    with Store.open(tmp_path / "c.duckdb", read_only=True) as reader:
+        assert reader.index_config == config  # recorded by the writer (threshold 1,000), not the default 50,000
+        index = reader.index(EMBEDDER, TRAIT)
+        assert isinstance(faiss.downcast_index(index), faiss.IndexIVFScalarQuantizer)
+        assert bytes_per_vector(index) <= 600
+        recalls = []
+        for row in range(0, n, 100):
+            truth = set(np.argsort(-(vectors @ vectors[row]))[:10] + 10)
+            hits = reader.filtered_search(EMBEDDER, TRAIT, vectors[row], 10).hits
+            recalls.append(len(truth & {sid for sid, _ in hits}) / 10)
+            assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    assert np.mean(recalls) >= 0.95

@@ -111,6 +111,22 @@ def test_round_trip_search_and_catalog_counts(tmp_path):
             reader.remove_specimens(ids)
 
 
+def test_confidences_and_orientation_are_stored_and_reopening_keeps_them(tmp_path):
+    label_map = np.zeros((24, 32), np.uint8)
+    label_map[2:8, 3:12], label_map[14:20, 20:24] = 1, 2
+    record = SpecimenRecord(
+        specimen_id=specimen_id("a.png"), path="a.png", status="indexed", width=32, height=24, orientation=270,
+        masks=masks_from_label_map(label_map, {1: "band", 2: "spot"}, {1: 0.8}, "sst", {1: 0.9, 2: 0.2}, {1: 0.7, 2: 0.4}),
+    )
+    with Store.open(tmp_path / "cat.duckdb") as store:
+        store.write_batch([record])
+    for _ in range(2):  # the column additions are idempotent: an existing store keeps opening
+        with Store.open(tmp_path / "cat.duckdb") as store:
+            assert store.get_specimen(record.specimen_id)["orientation"] == 270
+            masks = store.trait_masks(record.specimen_id)
+            assert [(m.quality, m.object_score, m.predicted_iou) for m in masks] == [(0.8, 0.9, 0.7), (None, 0.2, 0.4)]
+
+
 def test_reprocessing_replaces_old_rows_and_removal_hits_both_sides(tmp_path):
     rng = np.random.default_rng(2)
     vectors = _unit(rng, 10)

@@ -106,8 +106,8 @@ def test_cycle_quality_scores_each_trait(tracker, synthetic, references):
     s = supports[0]
     (self_res,) = list(tracker.segment([s], [("self", s.image)], quality=True))
     present = [t for t in s.trait_ids if (self_res.label_map == t).any()]
-    if present:  # random weights may lose a trait; those that come back must be scored
-        assert all(self_res.quality[t] > 0.0 for t in present)
+    # random weights may lose a trait, but not all of them; those that come back must be scored
+    assert present and all(self_res.quality[t] > 0.0 for t in present)
 
 
 def test_bad_query_does_not_stop_the_batch(tracker, synthetic, references, tmp_path):
@@ -151,3 +151,36 @@ def test_checkpoint_file_is_loaded_and_fingerprinted(tracker, tmp_path, syntheti
     a = next(tracker.segment(references[group], q))
     b = next(loaded.segment(references[group], q))
     np.testing.assert_array_equal(a.label_map, b.label_map)
+
+
+def test_forced_orientation_maps_the_mask_back(tracker, synthetic, references):
+    from sst_search.tracking import rotate
+
+    group = synthetic.groups[0]
+    supports = references[group]
+    upright = load_image(_queries(synthetic, group, 1)[0][1])
+    turned = rotate(upright, 90)  # the same specimen photographed a quarter turn off
+    (up,) = tracker.segment(supports, [("up", upright)])
+    (back,) = tracker.segment(supports, [("turned", turned)], orientation=270)
+    assert back.orientation == 270 and back.label_map.shape == turned.shape[:2]
+    np.testing.assert_array_equal(back.label_map, rotate(up.label_map, 90))
+    assert back.object_score == up.object_score and back.predicted_iou == up.predicted_iou
+    with pytest.raises(ValueError, match="orientation"):
+        list(tracker.segment(supports, [("up", upright)], orientation=45))
+
+
+def test_auto_orientation_keeps_the_most_confident_turn(tracker, synthetic, references):
+    from sst_search.tracking import ORIENTATIONS
+
+    group = synthetic.groups[0]
+    supports = references[group]
+    query = _queries(synthetic, group, 1)
+    (auto,) = tracker.segment(supports, query, orientation="auto")
+    forced = {t: next(tracker.segment(supports, query, orientation=t)) for t in ORIENTATIONS}
+    best = max(ORIENTATIONS, key=lambda t: np.mean(list(forced[t].object_score.values())))
+    assert auto.orientation == best
+    np.testing.assert_array_equal(auto.label_map, forced[best].label_map)
+    # Every trait gets SAM 2's cheap confidences, whether or not quality was asked for.
+    assert set(auto.object_score) == set(auto.predicted_iou) == set(supports[0].trait_ids)
+    assert all(np.isfinite(v) for v in auto.object_score.values()) and auto.quality == {}
+    assert all(0.0 <= v <= 1.0 for v in auto.predicted_iou.values())  # a sigmoid in SAM 2.1

@@ -128,7 +128,9 @@ def test_upload_is_type_limited_decoded_and_searched(app, engine, db):
 
 
 def test_specimen_page_lists_traits_with_legend_and_neighbours(app, engine):
-    sid = engine.store.filter_specimens(group=engine.groups()[-1])[0]
+    ids = engine.store.filter_specimens(group=engine.groups()[-1])
+    # Prefer a specimen that was segmented turned, so the page must say so.
+    sid = next((i for i in ids if engine.store.get_specimen(i)["orientation"]), ids[0])
     app.session_state["specimen_id"] = sid
     _goto(app, "Specimen")
     masks = engine.store.trait_masks(sid)
@@ -136,6 +138,13 @@ def test_specimen_page_lists_traits_with_legend_and_neighbours(app, engine):
     table = app.dataframe[0].value
     assert table["trait"].tolist() == [m.trait_name for m in masks]
     assert table["area"].tolist() == [m.area for m in masks]
+    confidence = app.dataframe[1].value
+    assert confidence["object score"].tolist() == [m.object_score for m in masks]
+    assert confidence["predicted IoU"].notna().all()
+    turned = engine.store.get_specimen(sid)["orientation"]
+    assert turned in (0, 90, 180, 270)
+    said = any(f"**Segmented turned by:** {turned} degrees" in md.value for md in app.markdown)
+    assert said == bool(turned)
     legend = next(md.value for md in app.markdown if "background:rgb" in md.value)
     assert all(m.trait_name in legend for m in masks)
     assert "Nearest neighbours" in [h.value for h in app.subheader]
@@ -169,7 +178,7 @@ def test_export_page_offers_non_empty_downloads(app, engine):
     assert set(sizes) == {"measurements.csv", "measurements.parquet", "masks.zip", "masks_coco.json", "dwca.zip",
                           "crops.zip", "failures.csv"}
     assert all(size > 100 for size in sizes.values())
-    n_masks = engine.store.con.execute("SELECT count(*) FROM trait_masks").fetchone()[0]
+    n_masks = sum(len(engine.store.trait_masks(sid)) for sid in engine.store.specimen_ids(status=None))
     assert f"**6** specimens, **{n_masks}** trait masks" in [md.value for md in app.markdown]
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from playwright.sync_api import expect
+
+expect = pytest.importorskip("playwright.sync_api").expect
 
 from sst_search import export
 from sst_search.query import SearchEngine

@@ -14,7 +14,8 @@ from sst_search.synthetic import generate_collection
 IMAGE_SIZE = 128
 BROKEN = "images/broken.png"
 UI_CONFIG = Config.model_validate({
-    "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
+    # auto orientation: the catalog then records how each specimen was turned
+    "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu", "orientation": "auto"},
     "embedding": {"embedder": "color-pattern"},
 })
 

@@ -10,6 +10,7 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 from streamlit_image_coordinates import streamlit_image_coordinates
 
+from sst_search.builder import build_click_segmenter
 from sst_search.labeling import ClickSegmenter
 from sst_search.masks import overlay
 from sst_search.query import QueryError, SearchEngine
@@ -25,7 +26,7 @@ DISPLAY_SIDE = 640
 @st.cache_resource(show_spinner="Building SAM 2's image predictor...")
 def click_segmenter(_engine: SearchEngine, key: str) -> ClickSegmenter:
     """Built once per index snapshot, over the tracker the index was built with (same checkpoint and size)."""
-    return ClickSegmenter(_engine.tracker)
+    return build_click_segmenter(_engine.tracker)
 
 
 def segmenter_or_error(engine: SearchEngine) -> ClickSegmenter | None:

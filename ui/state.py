@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -73,18 +72,13 @@ def specimen_image(_engine: SearchEngine, key: str, specimen_id: int, max_side: 
 @st.cache_data(show_spinner=False)
 def specimen_labels(_engine: SearchEngine, key: str, group: str | None = None, indexed_only: bool = True) -> dict[int, str]:
     """``specimen_id -> "catalogNumber · stem (group)"`` for pick lists, in path order."""
-    sql = "SELECT specimen_id, path, group_name, status, metadata FROM specimens WHERE TRUE"
-    params: list = []
-    if indexed_only:
-        sql += " AND status = 'indexed'"
-    if group is not None:
-        sql += " AND group_name = ?"
-        params.append(group)
+    rows = _engine.store.specimens(status="indexed" if indexed_only else None,
+                                   groups=[group] if group is not None else None)
     labels = {}
-    for sid, path, grp, status, metadata in _engine.store.con.execute(sql + " ORDER BY group_name, path", params).fetchall():
-        catalog_number = (json.loads(metadata) if metadata else {}).get("catalogNumber")
-        label = f"{catalog_number + ' · ' if catalog_number else ''}{Path(path).stem} ({grp or 'no group'})"
-        labels[sid] = label if status == "indexed" else f"{label} [{status}]"
+    for row in rows:
+        catalog_number = row["metadata"].get("catalogNumber")
+        label = f"{catalog_number + ' · ' if catalog_number else ''}{Path(row['path']).stem} ({row['group_name'] or 'no group'})"
+        labels[row["specimen_id"]] = label if row["status"] == "indexed" else f"{label} [{row['status']}]"
     return labels
 
 

@@ -19,6 +19,7 @@ from ..store import Store
 from ..synthetic import generate_collection
 from ..weights import WeightsError, resolve_sam2_weights
 from .index import print_summary
+from .options import model_option, warn_random_weights
 
 console = Console(stderr=True)
 
@@ -53,7 +54,7 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the collection, index and predictions."),
     species: int = typer.Option(3, "--species", min=1, max=10),
     per_species: int = typer.Option(6, "--per-species", min=1),
-    model: str = typer.Option("sam2.1-hiera-tiny", "--model"),
+    model: str = model_option(),
     weights: str | None = typer.Option(None, "--weights", help="Checkpoint path or 'random' (default: real weights if they can be had)."),
     image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size (default 1024; 256 with random weights)."),
     embedder: str | None = typer.Option(None, "--embedder", help="Default: bioclip if its weights can be had, else color-pattern."),
@@ -70,7 +71,7 @@ def demo(
     chosen_weights = _choose_weights(model, weights)
     random_weights = chosen_weights == "random"
     if random_weights:
-        console.print("[bold yellow]WARNING: running with RANDOM SAM 2 weights - masks, scores and search results are not meaningful.[/bold yellow]")
+        warn_random_weights(console, "masks, scores and search results are not meaningful")
     config = Config.model_validate(
         {
             "segmentation": {"model": model, "weights": chosen_weights,
@@ -85,12 +86,10 @@ def demo(
 
     predictions = out / "predictions"
     with Store.open(db, read_only=True) as store:
-        for sid, path, group in store.con.execute(
-            "SELECT specimen_id, path, group_name FROM specimens WHERE status = 'indexed'"
-        ).fetchall():
-            label_map = store.label_map(sid)
+        for row in store.specimens():
+            label_map = store.label_map(row["specimen_id"])
             if label_map is not None:
-                save_mask(predictions / group / f"{Path(path).stem}.png", label_map)
+                save_mask(predictions / row["group_name"] / f"{Path(row['path']).stem}.png", label_map)
     report = evaluate_folders(predictions, collection.ground_truth, trait_names=load_trait_names(collection.references))
     console.print(report)
     _sample_search(db, collection.groups[0])

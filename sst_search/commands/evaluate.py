@@ -13,10 +13,11 @@ from ..evaluation import DatasetFormatError, EvaluationInputError, evaluate_fold
 from ..evaluation.eval_seg import load_trait_names
 from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
 from ..evaluation.retrieval import GROUP, evaluate_retrieval
-from ..references import ReferenceError
+from ..references import ReferencesError
 from ..store import Store
 from ..tracking import MODES
-from ..weights import SAM2_MODELS, WeightsError
+from ..weights import WeightsError
+from .options import ADAPTER, DEVICE, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +41,7 @@ def eval_seg(
     try:
         names = load_trait_names(references) if references is not None else {}
         report = evaluate_folders(pred, gt, manifest, predicted_only=predicted_only, trait_names=names)
-    except (EvaluationInputError, ReferenceError) as exc:
+    except (EvaluationInputError, ReferencesError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(report)
@@ -85,13 +86,13 @@ def eval_kshot(
     mask_root: Path | None = typer.Option(None, "--mask-root", help="Folder mask paths are relative to (default: found from --split)."),
     k: int = typer.Option(1, "--k", min=1, help="Supports drawn per group."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
-    mode: str = typer.Option("pairwise", "--mode", help=f"Propagation mode: {' | '.join(MODES)}."),
-    model: str = typer.Option("sam2.1-hiera-tiny", "--model", help=f"One of: {', '.join(SAM2_MODELS)}."),
-    weights: str | None = typer.Option(None, "--weights", help="Checkpoint path, or 'random' for smoke tests."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`."),
+    mode: str = mode_option(),
+    model: str = model_option(),
+    weights: str | None = WEIGHTS,
+    image_size: int | None = IMAGE_SIZE,
+    adapter: Path | None = ADAPTER,
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    device: str | None = DEVICE,
     csv: Path | None = typer.Option(None, "--csv", help="Also write per-seed trait/group/overall rows to this CSV."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -105,12 +106,12 @@ def eval_kshot(
     try:
         dataset, names = open_dataset(fmt, root=root, split=split, image_root=image_root, mask_root=mask_root)
         tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
-    except (DatasetFormatError, FileNotFoundError, ReferenceError, WeightsError, ValueError) as exc:
+    except (DatasetFormatError, FileNotFoundError, ReferencesError, WeightsError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     err_console.print(dataset.summary())
     if tracker.weights.is_random:
-        err_console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - scores are not meaningful (smoke test only).[/bold yellow]")
+        warn_random_weights(err_console, "scores are not meaningful (smoke test only)")
     usable = sum(r.image_path is not None for r in dataset.records)
     with tqdm(total=max(usable - k * len(dataset.groups), 0) * len(seed_list), desc="segment", unit="img", disable=quiet) as bar:
         try:

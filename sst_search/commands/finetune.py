@@ -12,8 +12,9 @@ from tqdm import tqdm
 from ..builder import build_tracker
 from ..finetune import AdapterError, FinetuneConfig, finetune as run_finetune, save_adapter
 from ..images import ImageLoadError, is_image_file, load_image
-from ..references import MASK_SUFFIX, ReferenceError, load_support
-from ..weights import SAM2_MODELS, WeightsError
+from ..references import MASK_SUFFIX, ReferencesError, load_support
+from ..weights import WeightsError
+from .options import DEVICE, IMAGE_SIZE, WEIGHTS, model_option, warn_random_weights
 
 console = Console(stderr=True)
 
@@ -37,12 +38,12 @@ def finetune(
     lora_rank: int = typer.Option(4, "--lora-rank", min=1, help="LoRA rank."),
     full: bool = typer.Option(False, "--full", help="Train all of memory attention and the mask decoder instead of LoRA."),
     max_queries: int = typer.Option(64, "--max-queries", min=1, help="Use at most this many query images (seeded sample)."),
-    model: str = typer.Option("sam2.1-hiera-tiny", "--model", help=f"One of: {', '.join(SAM2_MODELS)}."),
-    weights: str | None = typer.Option(None, "--weights", help="Checkpoint path, or 'random' for smoke tests."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
+    model: str = model_option(),
+    weights: str | None = WEIGHTS,
+    image_size: int | None = IMAGE_SIZE,
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for LoRA init, query order and augmentation."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flip, scale and colour-jitter the queries."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    device: str | None = DEVICE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Fine-tune the tracker on one labeled support and unlabeled queries; write an adapter.
@@ -58,14 +59,11 @@ def finetune(
         )
         sup = load_support(support, support_mask, traits)
         tracker = build_tracker(model, weights, image_size=image_size, device=device)
-    except (ReferenceError, WeightsError, ValueError) as exc:
+    except (ReferencesError, WeightsError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
-        console.print(
-            "[bold yellow]WARNING: SAM 2 weights are RANDOM - the adapter is meaningless and only "
-            "fits a random-weight model (smoke test only).[/bold yellow]"
-        )
+        warn_random_weights(console, "the adapter is meaningless and only fits a random-weight model (smoke test only)")
 
     files = _query_files(queries, support)
     if len(files) > max_queries:

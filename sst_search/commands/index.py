@@ -9,52 +9,41 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config, load_config
-from ..references import ReferenceError
-from ..store import Store
+from ..config import apply_overrides, load_config
+from ..references import ReferencesError
+from ..store import STATUSES, Store
 from ..weights import WeightsError
+from .options import ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
 
 console = Console(stderr=True)
 
 
-def apply_overrides(config: Config, **overrides) -> Config:
-    """Command-line options win over the config file; ``None`` means "not given"."""
-    sections = {
-        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device"),
-        "embedding": ("embedder", "embedder_weights"),
-        "indexer": ("engine", "ray_address", "num_workers"),
-        "measure": ("pixels_per_mm", "scale_column"),
-    }
-    data = config.model_dump()
-    for section, keys in sections.items():
-        for key in keys:
-            value = overrides.get(key)
-            if value is not None:
-                data[section]["weights" if key == "embedder_weights" else key] = value
-    return Config.model_validate(data)
-
-
 def index(
-    collection: Path = typer.Argument(..., help="Manifest CSV or a folder whose sub-folders name the groups."),
+    collection: Path = typer.Argument(..., help="Manifest CSV, Darwin Core Archive (zip or folder with meta.xml), "
+                                                "or a folder whose sub-folders name the groups."),
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
     embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
-    embedder_weights: str | None = typer.Option(None, "--embedder-weights", help="Embedder checkpoint path or 'random'."),
+    embedder_weights: str | None = EMBEDDER_WEIGHTS,
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
     workers: int | None = typer.Option(None, "--workers", help="Ray actors."),
-    mode: str | None = typer.Option(None, "--mode", help="pairwise | chain."),
-    model: str | None = typer.Option(None, "--model", help="SAM 2.1 model name."),
-    weights: str | None = typer.Option(None, "--weights", help="SAM 2 checkpoint path or 'random'."),
-    adapter: str | None = typer.Option(None, "--adapter", help="Fine-tuned adapter (sst-search finetune)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size."),
+    mode: str | None = mode_option(None),
+    model: str | None = model_option(None),
+    weights: str | None = WEIGHTS,
+    adapter: str | None = ADAPTER,
+    image_size: int | None = IMAGE_SIZE,
     quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
+    orientation: str | None = typer.Option(None, "--orientation", help="0 | 90 | 180 | 270 | auto (try all four per image)."),
     masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
     default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
                                                help="Scale of the whole collection (mm measurements); an item's own column wins."),
     scale_column: str | None = typer.Option(None, "--scale-column", help="Manifest column with an item's pixels per mm (default pixelsPerMM)."),
+    group_by: str = typer.Option("scientificName", "--group-by", help="Darwin Core Archive: the core term naming each item's group."),
+    image_cache: Path | None = typer.Option(None, "--image-cache", help="Cache of images given by URL (default: <db>.images)."),
+    max_per_host: int | None = typer.Option(None, "--max-per-host", help="Concurrent requests per image server (default 2)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
     instances: bool = typer.Option(False, "--instances", help="Split every photo into one item per specimen first."),
@@ -76,19 +65,21 @@ def index(
     from indexer.collection import CollectionError
     from indexer.job import run_index
 
+    from ..tracking import parse_orientation
+
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
     try:
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
+            orientation=parse_orientation(orientation) if orientation is not None else None,
+            image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
         instance_refs = (instance_references or Path(references) / "instances") if instances else None
-        summary = run_index(
-            collection, references, db, config, masks=masks, force=force, default_group=default_group, quiet=quiet,
-            instance_references=instance_refs,
-        )
-    except (CollectionError, ReferenceError, WeightsError, ValueError, RuntimeError) as exc:
+        summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
+                            quiet=quiet, group_by=group_by, instance_references=instance_refs)
+    except (CollectionError, ReferencesError, WeightsError, ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     print_summary(summary)
@@ -106,7 +97,7 @@ def failure_line(status: str, path: str, error: str | None) -> str:
 
 def print_summary(summary) -> None:
     if summary.weights_random:
-        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks and search results are not meaningful.[/bold yellow]")
+        warn_random_weights(console, "masks and search results are not meaningful")
     if summary.split is not None:
         sp = summary.split
         console.print(
@@ -128,6 +119,8 @@ def print_summary(summary) -> None:
             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
+    if summary.remeasured:
+        console.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
     for path, reason in summary.failures[:10]:
         console.print(failure_line(summary.failure_status.get(path, "failed"), path, reason), soft_wrap=True)
     if len(summary.failures) > 10:
@@ -160,11 +153,9 @@ def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) ->
         if runs:
             last = runs[-1]
             console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: {last['counts']}")
-        failed = store.con.execute(
-            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT 20"
-        ).fetchall()
-        for path, st_, error in failed:
-            console.print(failure_line(st_, path, error), soft_wrap=True)
+        not_indexed = [s for s in STATUSES if s != "indexed"]
+        for row in store.failures(statuses=not_indexed, limit=20).itertuples():
+            console.print(failure_line(row.status, row.path, row.error), soft_wrap=True)
         problems = store.check_consistency()
         for p in problems:
             console.print(f"[red]inconsistent:[/red] {p}")

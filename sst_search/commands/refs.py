@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..annotations import FORMATS, AnnotationError, import_annotations
-from ..references import ReferenceError
+from ..references import ReferencesError
 
 console = Console(stderr=True)
 refs_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Manage references (supports).")
@@ -31,7 +31,7 @@ def refs_import(
     """
     try:
         supports = import_annotations(file, refs, group, images, label_names, fmt)
-    except (AnnotationError, ReferenceError) as exc:
+    except (AnnotationError, ReferencesError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     for s in supports:

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..images import ImageLoadError, load_mask
-from ..references import ReferenceError
+from ..references import ReferencesError
 
 console = Console(stderr=True)
 review_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Review weak masks and record decisions.")
@@ -117,6 +117,6 @@ def review_promote(
 
     try:
         support = promote(db, specimen_id, refs, by)
-    except (KeyError, ReferenceError, RuntimeError) as exc:
+    except (KeyError, ReferencesError, RuntimeError) as exc:
         raise _fail(exc) from exc
     console.print(f"added support {support.image_path}; re-index to apply it to the group")

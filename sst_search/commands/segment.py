@@ -8,10 +8,11 @@ import typer
 from rich.console import Console
 
 from ..builder import build_tracker
-from ..references import ReferenceError, load_support
+from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES
-from ..weights import SAM2_MODELS, WeightsError
+from ..tracking import MODES, parse_orientation
+from ..weights import WeightsError
+from .options import ADAPTER, DEVICE, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
 
 console = Console(stderr=True)
 
@@ -22,15 +23,16 @@ def segment(
     support_mask: list[Path] = typer.Option(..., "--support-mask", help="Label mask of each --support, in the same order."),
     traits: Path | None = typer.Option(None, "--traits", help="traits.yaml naming the mask ids."),
     out: Path = typer.Option(..., "--out", help="Output folder for masks, overlays and summary.json."),
-    mode: str = typer.Option("pairwise", "--mode", help=f"Propagation mode: {' | '.join(MODES)}."),
-    model: str = typer.Option("sam2.1-hiera-tiny", "--model", help=f"One of: {', '.join(SAM2_MODELS)}."),
-    weights: str | None = typer.Option(None, "--weights", help="Checkpoint path, or 'random' for smoke tests."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Model input size (multiple of 32; default 1024)."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`."),
+    mode: str = mode_option(),
+    model: str = model_option(),
+    weights: str | None = WEIGHTS,
+    image_size: int | None = IMAGE_SIZE,
+    adapter: Path | None = ADAPTER,
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
     quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
+    orientation: str = typer.Option("0", "--orientation", help="0 | 90 | 180 | 270: turn queries before tracking; auto: try all four per query."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    device: str | None = DEVICE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     instances: bool = typer.Option(
         False, "--instances", help="Find every instance instead: supports are instance references (mask k = instance k)."
@@ -54,18 +56,22 @@ def segment(
         return
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    try:
+        turn = parse_orientation(orientation)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--orientation") from exc
     if len(support) != len(support_mask):
         raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
     try:
         supports = [load_support(img, msk, traits) for img, msk in zip(support, support_mask)]
         files = expand_queries(queries)
         tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
-    except (ReferenceError, DuplicateStemError, WeightsError, ValueError) as exc:
+    except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
-        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - masks are not meaningful (smoke test only).[/bold yellow]")
-    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet)
+        warn_random_weights(console, "masks are not meaningful (smoke test only)")
+    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn)
     counts = summary["counts"]
     console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
     for stem, entry in summary["images"].items():
@@ -92,7 +98,7 @@ def _segment_instances(queries, support, support_mask, traits, out, model, weigh
         files = expand_queries(queries)
         config = load_config(config_file)
         tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
-    except (ReferenceError, DuplicateStemError, WeightsError, ValueError) as exc:
+    except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:

@@ -30,7 +30,7 @@ from rich.console import Group
 from rich.table import Table
 
 from ..images import ImageLoadError, load_image
-from ..references import TRAITS_FILE, ReferenceError, Support, Trait, load_traits
+from ..references import TRAITS_FILE, ReferencesError, Support, Trait, load_traits
 from ..tracking import MODES, SSTTracker
 from .datasets import (
     MaskDataset,
@@ -256,7 +256,7 @@ def run_kshot(
             result.supports[group] = [items[i].item_id for i in chosen]
             try:
                 supports = [_support(items[i], names.get(group, {})) for i in chosen]
-            except (ImageLoadError, ReferenceError) as exc:
+            except (ImageLoadError, ReferencesError) as exc:
                 result.skipped_groups[group] = f"support unusable: {exc}"
                 continue
             queries = [(str(i), r) for i, r in enumerate(items) if i not in chosen]

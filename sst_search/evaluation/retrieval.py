@@ -128,19 +128,12 @@ def _num(value: float | None) -> str:
 def specimen_labels(store: Store, by: str = GROUP) -> dict[int, str]:
     """``{specimen_id: label}`` of indexed specimens: their group, or a metadata column's value."""
     if by == GROUP:
-        rows = store.con.execute(
-            "SELECT specimen_id, group_name FROM specimens WHERE status = 'indexed' AND group_name IS NOT NULL"
-        ).fetchall()
-    else:
-        rows = store.con.execute(
-            "SELECT m.specimen_id, m.value FROM specimen_metadata m JOIN specimens s USING (specimen_id) "
-            "WHERE s.status = 'indexed' AND m.key = ? AND m.value IS NOT NULL AND m.value <> ''",
-            [by],
-        ).fetchall()
-        if not rows:
-            keys = [k for (k,) in store.con.execute("SELECT DISTINCT key FROM specimen_metadata ORDER BY 1").fetchall()]
-            raise ValueError(f"{store.db_path}: no indexed specimen has metadata column {by!r} (columns: {', '.join(keys) or 'none'}; or use {GROUP!r})")
-    return {int(sid): str(label) for sid, label in rows}
+        return store.group_labels()
+    labels = store.metadata_labels(by)
+    if not labels:
+        keys = sorted(store.metadata_keys())
+        raise ValueError(f"{store.db_path}: no indexed specimen has metadata column {by!r} (columns: {', '.join(keys) or 'none'}; or use {GROUP!r})")
+    return labels
 
 
 def _random_segmentation(store: Store) -> bool:

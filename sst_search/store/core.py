@@ -29,10 +29,10 @@ import pyarrow as pa
 
 from sst_search.config import IndexConfig
 from sst_search.store import indexes
+from sst_search.store.catalog import Catalog
 from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
-from sst_search.store.records import SpecimenRecord, TraitMask
+from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
-from sst_search.store.rle import decode_mask
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
 
 #: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
@@ -61,15 +61,9 @@ _MEASUREMENT_INSERT = (
 )
 
 
-def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
-    col = table.column(column).combine_chunks()
-    if len(col) == 0:
-        return np.zeros((0, 0), np.float32)
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
-
-
-class Store:
-    """Catalog + vector indexes of one collection. Use :meth:`open`."""
+class Store(Catalog):
+    """Catalog + vector indexes of one collection: the reads of :class:`Catalog`, the writes
+    and the FAISS indexes kept consistent with them. Use :meth:`open`."""
 
     def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
                  plan: PlanConfig) -> None:
@@ -82,7 +76,7 @@ class Store:
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
-        self._populations: dict[IndexKey, tuple[np.ndarray, int]] = {}
+        self._tables: dict[IndexKey, tuple[np.ndarray, np.ndarray, int]] = {}
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -168,9 +162,6 @@ class Store:
             [_now(), json.dumps(counts or {}), json.dumps(timings or {}), run_id],
         )
 
-    def runs(self) -> list[dict]:
-        return self._dicts("SELECT * FROM runs ORDER BY started_at")
-
     # -- writing -------------------------------------------------------------------------
 
     def write_batch(self, records: Sequence[SpecimenRecord]) -> None:
@@ -199,6 +190,9 @@ class Store:
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
+                        "orientation": r.orientation,
+                        "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
+                        "license": r.license, "rights_holder": r.rights_holder,
                     }
                     for r in records
                 ],
@@ -224,6 +218,8 @@ class Store:
                     "rle": pa.array([m.rle for r in records for m in r.masks], pa.string()),
                     "quality": pa.array([m.quality for r in records for m in r.masks], pa.float64()),
                     "source": pa.array([m.source for r in records for m in r.masks], pa.string()),
+                    "object_score": pa.array([m.object_score for r in records for m in r.masks], pa.float64()),
+                    "predicted_iou": pa.array([m.predicted_iou for r in records for m in r.masks], pa.float64()),
                 }
             ),
             measurements=_measurement_table({r.specimen_id: r.measurements for r in records}, _now()),
@@ -336,6 +332,75 @@ class Store:
         self._apply(touched, ids, {}, generations)
         return int(existed)
 
+    def move_specimens(self, moves: Mapping[int, tuple[int, str, str | None]]) -> int:
+        """Re-point specimens without re-processing them: ``old_id -> (new_id, path, item_key)``.
+
+        For an item whose file moved (same bytes) or a row written before ids came from item
+        keys. Every table with a ``specimen_id`` column follows the new id (tables added later
+        included), and the FAISS indexes of re-keyed specimens are rebuilt at a new
+        generation; all in one transaction. Returns how many rows moved.
+        """
+        self._require_writer()
+        if not moves:
+            return 0
+        rows = [(int(old), int(new), path, key) for old, (new, path, key) in moves.items()]
+        rekeyed = [old for old, new, _, _ in rows if old != new]
+        clash = self.con.execute(
+            "SELECT specimen_id FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+            [[new for old, new, _, _ in rows if old != new]],
+        ).fetchall()
+        if clash:
+            raise ValueError(f"cannot move specimens onto ids that are in use: {[c[0] for c in clash][:5]}")
+        touched = {(e, t) for e, t in self.con.execute(
+            "SELECT DISTINCT embedder, trait_name FROM vectors WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [rekeyed]
+        ).fetchall()}
+        tables = [t for (t,) in self.con.execute(
+            "SELECT DISTINCT c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t "
+            "ON t.table_oid = c.table_oid WHERE c.column_name = 'specimen_id' AND NOT t.temporary"
+        ).fetchall()]
+        table = pa.table({
+            "old_id": pa.array([r[0] for r in rows], pa.int64()), "new_id": pa.array([r[1] for r in rows], pa.int64()),
+            "path": pa.array([r[2] for r in rows], pa.string()), "item_key": pa.array([r[3] for r in rows], pa.string()),
+        })
+        with self._transaction({"_moves": table}):
+            self._exec("UPDATE specimens SET path = m.path, item_key = m.item_key "
+                       "FROM _moves m WHERE specimens.specimen_id = m.old_id")
+            if rekeyed:
+                for name in tables:
+                    extra = ", faiss_id = m.new_id" if name == "vectors" else ""
+                    self._exec(f'UPDATE "{name}" SET specimen_id = m.new_id{extra} FROM _moves m '
+                               f'WHERE "{name}".specimen_id = m.old_id AND m.old_id <> m.new_id')
+            generations = self._bump(touched, {})
+        for key in touched:
+            self._indexes.pop(key, None)  # ids changed: rebuilt from the vectors table below
+        self._apply(touched, [], {}, generations)
+        return len(rows)
+
+    def relocate(self, old_prefix: str, new_prefix: str) -> int:
+        """Rewrite the prefix of every stored image path (and of the references folder the
+        runs recorded) in one transaction: the collection was moved or mounted elsewhere.
+        Matches whole path components only. Returns how many specimens were re-pointed."""
+        self._require_writer()
+        old, new = old_prefix.rstrip("/") or "/", new_prefix.rstrip("/") or "/"
+        relative = self.con.execute(
+            "SELECT count(*) FROM specimens WHERE path NOT LIKE '/%' AND status = 'indexed'").fetchall()[0][0]
+        if relative:
+            raise ValueError(f"{self.db_path}: {relative} specimens have paths relative to the folder an older version "
+                             "was run from; re-run `sst-search index` with the collection at its current place to "
+                             "store absolute paths, then relocate")
+        match = "(path = ? OR starts_with(path, ? || '/'))"
+        with self._transaction({}):
+            count = self.con.execute(f"SELECT count(*) FROM specimens WHERE {match}", [old, old]).fetchall()[0][0]
+            self._exec(f"UPDATE specimens SET path = ? || substr(path, ?) WHERE {match}",
+                       [new, len(old) + 1, old, old])
+            for run_id, fingerprint in self.con.execute("SELECT run_id, fingerprint FROM runs").fetchall():
+                fp = json.loads(fingerprint) if fingerprint else {}
+                refs = fp.get("references_dir")
+                if isinstance(refs, str) and (refs == old or refs.startswith(old + "/")):
+                    fp["references_dir"] = new + refs[len(old):]
+                    self._exec("UPDATE runs SET fingerprint = ? WHERE run_id = ?", [json.dumps(fp), run_id])
+        return int(count)
+
     def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
         """Replace the measurements of these specimens (a re-measure with another scale, say),
         leaving masks and vectors alone; one transaction."""
@@ -440,126 +505,35 @@ class Store:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         return filtered_search(
             index, query, k, population=self.population(embedder, trait_name),
-            vectors=lambda ids: self.get_vectors(embedder, trait_name, ids), admission=admission, skip=skip,
-            config=self.plan,
+            vectors=lambda ids: self.vectors_of(embedder, trait_name, ids), admission=admission, skip=skip,
+            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.plan,
         )
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
-        """Sorted ids of one index's vectors, kept in memory per generation (selectivity samples)."""
+        """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""
+        return self._vector_table(embedder, trait_name)[0]
+
+    def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
+
+        A query's own vector, exact scans and re-ranking need a few rows per search; looking
+        them up in arrays kept per generation costs microseconds where a DuckDB query over
+        the ``vectors`` table costs a scan.
+        """
+        table_ids, matrix = self._vector_table(embedder, trait_name)
+        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(table_ids, ids), max(0, len(table_ids) - 1))
+        found = (table_ids[rows] == ids) if len(table_ids) else np.zeros(len(ids), bool)
+        return ids[found], matrix[rows[found]]
+
+    def _vector_table(self, embedder: str, trait_name: str) -> tuple[np.ndarray, np.ndarray]:
         key = (embedder, trait_name)
         generation = self._generations().get(key)
-        cached = self._populations.get(key)
-        if cached is None or cached[1] != generation:
-            ids = self.con.execute(
-                "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY 1", list(key)
-            ).fetchnumpy()["specimen_id"]
-            cached = (np.asarray(ids, np.int64), generation)
-            self._populations[key] = cached
-        return cached[0]
-
-    # -- reading -------------------------------------------------------------------------
-
-    def get_specimen(self, specimen_id: int) -> dict | None:
-        rows = self._dicts("SELECT * FROM specimens WHERE specimen_id = ?", [int(specimen_id)])
-        if not rows:
-            return None
-        row = rows[0]
-        for col in ("fingerprint", "metadata"):
-            row[col] = json.loads(row[col]) if row[col] is not None else None
-        return row
-
-    def specimen_states(self) -> dict[int, tuple[str | None, str | None, str]]:
-        """``specimen_id -> (content_hash, fingerprint JSON, status)``, what incremental planning compares."""
-        rows = self.con.execute("SELECT specimen_id, content_hash, fingerprint, status FROM specimens").fetchall()
-        return {sid: (h, fp, st) for sid, h, fp, st in rows}
-
-    def trait_masks(self, specimen_id: int) -> list[TraitMask]:
-        rows = self.con.execute(
-            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source "
-            "FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
-            [int(specimen_id)],
-        ).fetchall()
-        return [TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s) for t, n, rle, a, x0, y0, x1, y1, q, s in rows]
-
-    def label_map(self, specimen_id: int) -> np.ndarray | None:
-        """The specimen's label map rebuilt from its stored masks (None without masks)."""
-        masks = self.trait_masks(specimen_id)
-        if not masks:
-            return None
-        first = decode_mask(masks[0].rle)
-        out = np.zeros(first.shape, np.uint8)
-        for m in masks:
-            out[decode_mask(m.rle)] = m.trait_id
-        return out
-
-    def indexed_specimens(self) -> list[tuple[int, str, dict]]:
-        """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
-        rows = self.con.execute(
-            "SELECT specimen_id, path, metadata FROM specimens WHERE status = 'indexed' ORDER BY specimen_id"
-        ).fetchall()
-        return [(sid, path, json.loads(md) if md else {}) for sid, path, md in rows]
-
-    def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
-        """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
-        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
-        the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
-        (NULL for masks written before measurements existed)."""
-        clauses, params = ["s.status = 'indexed'"], []
-        if groups is not None:
-            clauses.append("s.group_name IN (SELECT unnest(?::VARCHAR[]))")
-            params.append([str(g) for g in groups])
-        if specimen_ids is not None:
-            clauses.append("s.specimen_id IN (SELECT unnest(?::BIGINT[]))")
-            params.append([int(i) for i in specimen_ids])
-        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
-        return self.con.execute(
-            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
-            "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
-            f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
-            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
-            f"WHERE {' AND '.join(clauses)} ORDER BY s.group_name, s.path, t.trait_id",
-            params,
-        ).df()
-
-    def measured_traits(self) -> list[str]:
-        """Names of the traits that have measurements (what measurement filters and plots accept)."""
-        return [r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()]
-
-    def get_vectors(
-        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id."""
-        sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
-        params: list = [embedder, trait_name]
-        if ids is not None:
-            sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
-            params.append([int(i) for i in ids])
-        table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
-        return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
-
-    def filter_specimens(
-        self,
-        filters: Mapping[str, str | Sequence[str]] | None = None,
-        group: str | None = None,
-        status: str | None = "indexed",
-    ) -> list[int]:
-        """Ids of specimens whose metadata ``key`` equals the value (or one of the values) for every filter."""
-        clauses, params = [], []
-        if status is not None:
-            clauses.append("s.status = ?")
-            params.append(status)
-        if group is not None:
-            clauses.append("s.group_name = ?")
-            params.append(group)
-        for key, value in (filters or {}).items():
-            values = [value] if isinstance(value, str) else list(value)
-            clauses.append(
-                "EXISTS (SELECT 1 FROM specimen_metadata m WHERE m.specimen_id = s.specimen_id "
-                "AND m.key = ? AND m.value IN (SELECT unnest(?::VARCHAR[])))"
-            )
-            params += [key, values]
-        where = " AND ".join(clauses) or "TRUE"
-        return [r[0] for r in self.con.execute(f"SELECT specimen_id FROM specimens s WHERE {where} ORDER BY 1", params).fetchall()]
+        cached = self._tables.get(key)
+        if cached is None or cached[2] != generation:
+            ids, matrix = self.get_vectors(embedder, trait_name)
+            cached = self._tables[key] = (ids, np.ascontiguousarray(matrix, np.float32), generation)
+        return cached[0], cached[1]
 
     def status(self) -> dict:
         """Counts per status and per group, and per index: vectors, generation, file state."""
@@ -628,11 +602,6 @@ class Store:
         # DuckDB refuses new work while a result is unread; statements here return nothing useful.
         self.con.execute(sql, params or []).fetchall()
 
-    def _dicts(self, sql: str, params: list | None = None) -> list[dict]:
-        cur = self.con.execute(sql, params or [])
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
-
     def _record_index_config(self, config: IndexConfig) -> None:
         self._exec(
             "INSERT OR REPLACE INTO store_settings (key, value) VALUES ('index_config', ?)",
@@ -642,10 +611,11 @@ class Store:
     def _recorded_index_config(self) -> IndexConfig:
         """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
         try:
-            row = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchone()
+            # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
+            rows = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
         except duckdb.CatalogException:  # a read-only store written before the table existed
             return IndexConfig()
-        return IndexConfig.model_validate_json(row[0]) if row else IndexConfig()
+        return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
         return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}

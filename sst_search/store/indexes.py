@@ -31,9 +31,20 @@ def index_kind(index: faiss.Index) -> str:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if isinstance(inner, faiss.IndexHNSW):
         return "hnsw"
-    if isinstance(inner, faiss.IndexIVF):
-        return "ivf"
-    return "flat"
+    return "ivf" if ivf_of(index) is not None else "flat"
+
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF index inside ``index`` (also behind an OPQ pre-transform), or None."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def bytes_per_vector(index: faiss.Index) -> float:
+    """Memory of the index per vector it holds: codes, ids, centroids and transforms."""
+    return faiss.serialize_index(index).nbytes / max(1, index.ntotal)
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexConfig) -> faiss.Index:
@@ -43,10 +54,16 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
     kind = config.kind_for(len(ids))
     if kind == "ivf":
         nlist = config.nlist_for(len(ids))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed, index.cp.niter = config.train_seed, config.train_niter
+        try:
+            index = faiss.index_factory(dim, config.factory.format(nlist=nlist), faiss.METRIC_INNER_PRODUCT)
+        except (RuntimeError, KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"index.factory {config.factory!r}: not a FAISS factory string for dim {dim} ({exc})") from exc
+        ivf = ivf_of(index)
+        if ivf is None:
+            raise ValueError(f"index.factory {config.factory!r} builds no IVF index; use approximate: hnsw for graphs")
+        ivf.cp.seed, ivf.cp.niter = config.train_seed, config.train_niter
         index.train(training_sample(vectors, nlist * config.train_per_list, config.train_seed))
-        index.nprobe = config.nprobe_for(nlist)
+        ivf.nprobe = config.nprobe_for(nlist)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = config.hnsw_ef_construction
@@ -73,7 +90,7 @@ def needs_rebuild(index: faiss.Index, n: int, config: IndexConfig) -> bool:
     kind = index_kind(index)
     if kind != config.kind_for(n):
         return True
-    return kind == "ivf" and faiss.downcast_index(index).nlist * 2 < config.nlist_for(n)
+    return kind == "ivf" and ivf_of(index).nlist * 2 < config.nlist_for(n)
 
 
 def supports_removal(index: faiss.Index) -> bool:
@@ -82,14 +99,15 @@ def supports_removal(index: faiss.Index) -> bool:
 
 def index_ids(index: faiss.Index) -> np.ndarray:
     """The FAISS ids an index holds (sorted), for consistency checks."""
+    ivf = ivf_of(index)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap2):
         ids = faiss.vector_to_array(index.id_map)
-    elif isinstance(index, faiss.IndexIVF):
-        invlists = index.invlists
+    elif ivf is not None:
+        invlists = ivf.invlists
         parts = [
             faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-            for i in range(index.nlist)
+            for i in range(ivf.nlist)
             if invlists.list_size(i)
         ]
         ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -122,7 +140,8 @@ def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, g
     """Index first, manifest second: see the module docstring for why this order is safe."""
     index_path, manifest_path = index_paths(root, embedder, trait_name)
     _atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
-    manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d}
+    manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d,
+                "bytes_per_vector": round(bytes_per_vector(index), 1)}
     _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
 
 

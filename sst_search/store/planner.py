@@ -34,6 +34,8 @@ from typing import Literal, Protocol
 import faiss
 import numpy as np
 
+from sst_search.store.indexes import ivf_of
+
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
 
 #: ``ids -> (ids found, (n, dim) float matrix)``: the stored vectors of some ids, any order.
@@ -146,7 +148,7 @@ def filtered_search(
     hits = _faiss_search(index, query, k, search_params(index, selector, share), refine, vectors)
     if len(hits) < want:
         outcome.fallbacks.append(f"selector found {len(hits)} of {want}")
-        ivf = _ivf(index)
+        ivf = ivf_of(index)
         if ivf is not None:
             hits = _faiss_search(index, query, k, search_params(index, selector, share, nprobe=ivf.nlist), refine, vectors)
         if len(hits) < want:
@@ -176,7 +178,7 @@ def search_params(
     """
     if selector is None:
         return None
-    ivf = _ivf(index)
+    ivf = ivf_of(index)
     if ivf is None:
         return faiss.SearchParameters(sel=selector)
     if nprobe is None:
@@ -186,13 +188,6 @@ def search_params(
         # A pre-transform (OPQ) passes the parameters on to the IVF index it wraps.
         return faiss.SearchParametersPreTransform(index_params=params)
     return params
-
-
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
 
 
 def _postfilter_fetch(fraction: float, k: int, config: PlanConfig) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
@@ -14,7 +15,8 @@ from sst_search.store.schema import MASK_SOURCES, STATUSES
 
 
 def specimen_id(key: str) -> int:
-    """Stable 63-bit id of an item key (its manifest path): workers agree without coordination."""
+    """Stable 63-bit id of an item key (its path relative to the manifest or collection folder,
+    see ``Item.key``): workers agree without coordination, and moving the collection keeps it."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") & ((1 << 63) - 1)
 
 
@@ -29,16 +31,19 @@ class TraitMask:
     bbox: tuple[int, int, int, int]
     quality: float | None = None
     source: str = "sst"
+    object_score: float | None = None
+    predicted_iou: float | None = None
 
     @classmethod
     def from_mask(
-        cls, trait_id: int, trait_name: str, mask: np.ndarray, quality: float | None = None, source: str = "sst"
+        cls, trait_id: int, trait_name: str, mask: np.ndarray, quality: float | None = None, source: str = "sst",
+        object_score: float | None = None, predicted_iou: float | None = None,
     ) -> TraitMask:
         mask = np.asarray(mask, dtype=bool)
         box = bbox(mask)
         if box is None:
             raise ValueError(f"trait {trait_name!r} ({trait_id}) has an empty mask")
-        return cls(trait_id, trait_name, encode_mask(mask), int(mask.sum()), box, quality, source)
+        return cls(trait_id, trait_name, encode_mask(mask), int(mask.sum()), box, quality, source, object_score, predicted_iou)
 
     def mask(self) -> np.ndarray:
         return decode_mask(self.rle)
@@ -49,11 +54,16 @@ def masks_from_label_map(
     trait_names: Mapping[int, str],
     quality: Mapping[int, float] | None = None,
     source: str = "sst",
+    object_score: Mapping[int, float] | None = None,
+    predicted_iou: Mapping[int, float] | None = None,
 ) -> list[TraitMask]:
-    """A :class:`TraitMask` for each named trait present in ``label_map``."""
-    quality = quality or {}
+    """A :class:`TraitMask` for each named trait present in ``label_map``, with the
+    tracker's confidences for it when given."""
+    quality, object_score, predicted_iou = quality or {}, object_score or {}, predicted_iou or {}
     return [
-        TraitMask.from_mask(tid, name, label_map == tid, quality.get(tid), source)
+        TraitMask.from_mask(
+            tid, name, label_map == tid, quality.get(tid), source, object_score.get(tid), predicted_iou.get(tid)
+        )
         for tid, name in sorted(trait_names.items())
         if (label_map == tid).any()
     ]
@@ -78,10 +88,17 @@ class SpecimenRecord:
     width: int | None = None
     height: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    orientation: int | None = None
     masks: list[TraitMask] = field(default_factory=list)
     #: One row per mask from :func:`sst_search.measure.measure_label_map`.
     measurements: list[dict] = field(default_factory=list)
     vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    #: Provenance: the item's key, the URL and time the pixels were fetched, licence, rights holder.
+    item_key: str | None = None
+    source: str | None = None
+    fetched_at: datetime | None = None
+    license: str | None = None
+    rights_holder: str | None = None
 
     def validate(self) -> None:
         where = f"{self.path} (specimen {self.specimen_id})"

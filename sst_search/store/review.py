@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from sst_search.store.records import TraitMask
+from sst_search.store.rle import decode_mask
 from sst_search.store.schema import DECISIONS, SPECIMEN_TRAIT
 
 #: Confidence columns the queue understands, and the value below which a mask is queued.
@@ -135,6 +136,28 @@ def replace_vectors(store, specimen_id: int, vectors: dict[tuple[str, str], np.n
     store._apply(vectors, [sid], added, generations)
 
 
+def corrections(store) -> dict[int, tuple[str | None, dict[int, str]]]:
+    """``specimen_id -> (content_hash, {trait_id: RLE})`` of every correction: what a re-index
+    applies over SST's output (when the image is unchanged) before embedding and measuring."""
+    out: dict[int, tuple[str | None, dict[int, str]]] = {}
+    for sid, content, tid, rle in store.con.execute(
+        "SELECT specimen_id, content_hash, trait_id, rle FROM review_decisions WHERE decision = 'correct'"
+    ).fetchall():
+        out.setdefault(sid, (content, {}))[1][tid] = rle
+    return out
+
+
+def apply_corrections(label_map: np.ndarray, corrected: dict[int, str]) -> np.ndarray:
+    """``label_map`` with each corrected trait replaced by the curator's mask (same size only)."""
+    out = label_map.copy()
+    for tid, rle in sorted(corrected.items()):
+        mask = decode_mask(rle)
+        if mask.shape == out.shape:
+            out[out == tid] = 0
+            out[mask] = tid
+    return out
+
+
 def decisions(store, specimen_id: int | None = None) -> list[dict]:
     """Decisions, newest first (without the mask itself)."""
     sql = ("SELECT specimen_id, trait_name, trait_id, decision, reviewer, decided_at, content_hash, area, note "
@@ -222,4 +245,4 @@ def review_queue(
 
 
 __all__ = ["CONFIDENCE_THRESHOLDS", "DECISIONS", "REAPPLY_CORRECTIONS", "SPECIMEN_TRAIT", "ReviewItem",
-           "confidence_columns", "decisions", "record_decision", "replace_vectors", "review_queue"]
+           "apply_corrections", "confidence_columns", "corrections", "decisions", "record_decision", "replace_vectors", "review_queue"]

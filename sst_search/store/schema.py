@@ -9,7 +9,8 @@ Tables and columns:
 ``specimens``: one row per collection item, whatever happened to it.
     - ``specimen_id BIGINT PRIMARY KEY``: stable id from the item's key (:func:`specimen_id`),
       also the FAISS id of all its vectors.
-    - ``path VARCHAR``: the image path as given by the manifest.
+    - ``path VARCHAR``: absolute, normalised path of the local file holding the pixels (for a
+      URL item, its copy in the image cache); ``sst-search relocate`` rewrites its prefix.
     - ``group_name VARCHAR``: the reference group (usually the species) used to segment it.
     - ``content_hash VARCHAR``: sha256 of the image bytes; a change means re-index.
     - ``status VARCHAR``: ``indexed`` | ``failed`` | ``no_reference`` | ``pending``.
@@ -17,8 +18,19 @@ Tables and columns:
     - ``fingerprint JSON``: what produced its masks and vectors (models, weights sha256 or
       ``random``, reference ids, config hash); a change means re-index.
     - ``width INTEGER``, ``height INTEGER``: image size in pixels.
+    - ``orientation INTEGER``: degrees (counter-clockwise) the image was turned for
+      segmentation (``--orientation``); masks are stored in the image's own orientation.
+      NULL for provided masks and for rows written before the column existed.
     - ``metadata JSON``: the manifest's other columns verbatim (Darwin Core terms etc.).
     - ``updated_at TIMESTAMP``: when the row was last written.
+    - ``item_key VARCHAR``: the item's key in its collection (manifest path relative to the
+      manifest's folder, path within a collection folder, or ``occurrence|image`` in a Darwin
+      Core Archive); ``specimen_id`` is derived from it. NULL in rows written before keys
+      existed (ids then came from the absolute path; the next ``index`` run re-keys them).
+    - ``source VARCHAR``: the URL the pixels were fetched from (NULL for local files).
+    - ``fetched_at TIMESTAMP``: when they were fetched (NULL for local files).
+    - ``license VARCHAR``, ``rights_holder VARCHAR``: the image's licence and rights holder
+      (Multimedia ``license``/``rightsHolder`` or the manifest's columns of those names).
 
 ``specimen_metadata``: ``metadata`` again as key/value rows, so filters are plain
     parameterised SQL (``key = ? AND value = ?``) instead of JSON path expressions.
@@ -30,6 +42,11 @@ Tables and columns:
     - ``rle VARCHAR``: COCO RLE as JSON (``{"size": [h, w], "counts": "..."}``, pycocotools'
       compressed counts as a UTF-8 string).
     - ``quality DOUBLE``: cycle-consistency IoU of the trait, NULL when not computed.
+    - ``object_score DOUBLE``: SAM 2's object score logit for the trait (above 0 SAM 2
+      predicts it present, below 0 absent). Cheap, stored for every tracked mask; NULL for
+      provided masks.
+    - ``predicted_iou DOUBLE``: the mask decoder's own IoU estimate for the mask; NULL for
+      provided masks.
     - ``source VARCHAR``: ``sst`` (tracked) | ``provided`` (a label mask given with the item) |
       ``corrected`` (drawn by a reviewer; see ``review_decisions``).
     - primary key ``(specimen_id, trait_id)``.
@@ -123,7 +140,9 @@ MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_
 SPECIMEN_COLUMNS = pa.schema([
     ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
     ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
-    ("height", pa.int32()), ("metadata", pa.string()),
+    ("height", pa.int32()), ("metadata", pa.string()), ("orientation", pa.int32()),
+    ("item_key", pa.string()), ("source", pa.string()), ("fetched_at", pa.timestamp("us")), ("license", pa.string()),
+    ("rights_holder", pa.string()),
 ])
 
 DDL = f"""
@@ -237,6 +256,14 @@ CREATE TABLE IF NOT EXISTS runs (
     timings JSON,
     engine VARCHAR
 );
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS orientation INTEGER;
+ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS object_score DOUBLE;
+ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS predicted_iou DOUBLE;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS item_key VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS source VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS fetched_at TIMESTAMP;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS license VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS rights_holder VARCHAR;
 CREATE TABLE IF NOT EXISTS store_settings (
     key VARCHAR PRIMARY KEY,
     value JSON

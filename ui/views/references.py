@@ -8,9 +8,9 @@ import numpy as np
 import streamlit as st
 
 from sst_search.images import ImageLoadError, load_image
-from sst_search.references import TRAITS_FILE, ReferenceError, load_traits, save_support, unique_stem
-from sst_search.review import references_dir_of
 from sst_search.query import SearchEngine
+from sst_search.references import TRAITS_FILE, ReferencesError, load_traits, save_support, unique_stem
+from sst_search.review import references_dir_of
 from sst_search.suggest import suggest_from_store
 
 from ..editor import mask_editor, reset, segmenter_or_error
@@ -26,7 +26,7 @@ def _group_traits(refs_dir: Path, group: str) -> list[str]:
     path = refs_dir / group / TRAITS_FILE
     try:
         return [t.name for _, t in sorted(load_traits(path).items())] if path.exists() else []
-    except ReferenceError as exc:
+    except ReferencesError as exc:
         st.warning(str(exc))
         return []
 
@@ -123,7 +123,7 @@ def render(engine: SearchEngine) -> None:
         if st.button("Save support", type="primary", key="ref_save", disabled=not accepted):
             try:
                 support = save_support(refs_dir, group, name_as.strip(), file if file is not None else image, accepted)
-            except ReferenceError as exc:
+            except ReferencesError as exc:
                 st.error(str(exc))
             else:
                 st.session_state["ref_accepted"] = {}

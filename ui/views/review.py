@@ -9,7 +9,7 @@ import streamlit as st
 from sst_search.images import ImageLoadError, load_image
 from sst_search.embed import EmbedderError
 from sst_search.query import QueryError, SearchEngine
-from sst_search.references import ReferenceError
+from sst_search.references import ReferencesError
 from sst_search.review import decide, default_reviewer, promote, references_dir_of
 from sst_search.store.review import ReviewItem, review_queue
 
@@ -96,7 +96,7 @@ def render(engine: SearchEngine) -> None:
                      help="Adds the image and its current masks to the references; re-index to use it."):
             try:
                 support = promote(live_db(), item.specimen_id, references_dir_of(engine.store), reviewer)
-            except (KeyError, ReferenceError, RuntimeError) as exc:
+            except (KeyError, ReferencesError, RuntimeError) as exc:
                 st.error(f"Could not promote: {exc}")
             else:
                 _published(f"added support {support.image_path}; re-index to apply it to group {item.group_name}")

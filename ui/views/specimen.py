@@ -29,6 +29,18 @@ def _neighbours(engine: SearchEngine, specimen_id: int, traits: list[str]) -> No
         result_grid(engine, results, f"nn-{trait}", columns=NEIGHBOURS, compact=True)
 
 
+def _provenance(row: dict) -> None:
+    """Where the pixels came from and under which licence (plain text: never rendered as Markdown)."""
+    licence, holder, source = row.get("license"), row.get("rights_holder"), row.get("source")
+    st.text(f"Licence: {licence or 'not recorded'}" + (f" · rights holder: {holder}" if holder else ""))
+    if source:
+        fetched = row.get("fetched_at")
+        st.text(f"Fetched {fetched:%Y-%m-%d %H:%M} UTC" if fetched else "Fetched from the web")
+        st.link_button("Image source", source)
+    if licence and licence.lower().startswith(("http://", "https://")):
+        st.link_button("Licence", licence)
+
+
 def render(engine: SearchEngine) -> None:
     st.header("Specimen")
     labels = specimen_labels(engine, cache_key(engine), indexed_only=False)
@@ -54,8 +66,11 @@ def render(engine: SearchEngine) -> None:
             st.image(overlaid(image, label_map) if label_map is not None else image, width="stretch")
         legend([(m.trait_id, m.trait_name) for m in masks])
     with right:
+        turned = row.get("orientation")
         st.markdown(f"**Group:** {row['group_name'] or '-'}  \n**Path:** `{row['path']}`  \n**Size:** "
-                    f"{row['width']} x {row['height']} px")
+                    f"{row['width']} x {row['height']} px"
+                    + (f"  \n**Segmented turned by:** {turned} degrees" if turned else ""))
+        _provenance(row)
         metadata = row["metadata"] or {}
         if metadata:
             st.table(pd.DataFrame({"value": [str(v) for v in metadata.values()]}, index=list(metadata)))
@@ -67,4 +82,13 @@ def render(engine: SearchEngine) -> None:
         return
     table = export.measurements_table(engine.store, specimen_ids=[sid])
     st.dataframe(table[list(export.MEASUREMENT_COLUMNS)], hide_index=True)
+    st.caption("Confidence: SAM 2's object score (a logit: above 0 SAM 2 sees the trait), its predicted IoU, "
+               "and the cycle-consistency IoU when indexed with --quality.")
+    st.dataframe(
+        pd.DataFrame(
+            [(m.trait_name, m.object_score, m.predicted_iou, m.quality) for m in masks],
+            columns=["trait", "object score", "predicted IoU", "cycle IoU"],
+        ),
+        hide_index=True,
+    )
     _neighbours(engine, sid, [m.trait_name for m in masks])

@@ -1,0 +1,306 @@
+"""Reading the catalog: typed answers from the DuckDB file, for every reader of the library.
+
+The search engine, the exports, the evaluation, the CLI and the app read specimens,
+masks, measurements, vectors and runs through these methods, never through a connection,
+and every selection of specimens goes through the one filter compiler
+(:mod:`sst_search.store.filters`). :class:`~sst_search.store.core.Store` adds writing and
+the FAISS indexes on top.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sst_search.store.filters import Filter, scope
+from sst_search.store.records import TraitMask
+from sst_search.store.rle import decode_mask
+from sst_search.store.schema import MEASUREMENT_COLUMNS
+
+#: Columns of :meth:`Catalog.mask_rows`, in order.
+MASK_ROW_COLUMNS = (
+    "specimen_id", "path", "group_name", "width", "height", "metadata",
+    "trait_id", "trait_name", "rle", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source",
+)
+
+
+def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
+    col = table.column(column).combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+
+
+def _json(value: str | None):
+    return json.loads(value) if value is not None else None
+
+
+class Catalog:
+    """Read methods over ``self.con`` (a DuckDB connection to one store file)."""
+
+    con: duckdb.DuckDBPyConnection
+    read_only: bool
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def runs(self) -> list[dict]:
+        return self._dicts("SELECT * FROM runs ORDER BY started_at")
+
+    def last_run_fingerprint(self) -> dict:
+        """Fingerprint of the last finished run (models, config, references); {} when none finished."""
+        rows = self.con.execute(  # fetchall: a half-read result blocks the cursor's next .sql()
+            "SELECT fingerprint FROM runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"
+        ).fetchall()
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+
+    # -- specimens -----------------------------------------------------------------------
+
+    def get_specimen(self, specimen_id: int) -> dict | None:
+        rows = self._dicts("SELECT * FROM specimens WHERE specimen_id = ?", [int(specimen_id)])
+        if not rows:
+            return None
+        row = rows[0]
+        for col in ("fingerprint", "metadata"):
+            row[col] = _json(row[col])
+        return row
+
+    def specimens(
+        self,
+        filters: Iterable[Filter] = (),
+        *,
+        status: str | None = "indexed",
+        groups: Iterable[str] | None = None,
+        specimen_ids: Iterable[int] | None = None,
+    ) -> list[dict]:
+        """``specimen_id, path, group_name, status, metadata`` (parsed) of the specimens passing
+        the filters, with the status (any when None), in the groups / among the ids given;
+        in (group, path) order."""
+        where, params = self._scope(filters, status, groups, specimen_ids)
+        rows = self._dicts(
+            f"SELECT specimen_id, path, group_name, status, metadata FROM specimens s WHERE {where} "
+            "ORDER BY group_name, path",
+            params,
+        )
+        for row in rows:
+            row["metadata"] = _json(row["metadata"]) or {}
+        return rows
+
+    def specimen_ids(
+        self,
+        filters: Iterable[Filter] = (),
+        *,
+        status: str | None = "indexed",
+        groups: Iterable[str] | None = None,
+        specimen_ids: Iterable[int] | None = None,
+    ) -> np.ndarray:
+        """Ids (ascending) of the specimens :meth:`specimens` would list."""
+        where, params = self._scope(filters, status, groups, specimen_ids)
+        return (
+            self.con.execute(f"SELECT s.specimen_id FROM specimens s WHERE {where} ORDER BY 1", params)
+            .fetchnumpy()["specimen_id"]
+            .astype(np.int64)
+        )
+
+    def filter_specimens(
+        self,
+        filters: Mapping[str, str | Sequence[str]] | None = None,
+        group: str | None = None,
+        status: str | None = "indexed",
+    ) -> list[int]:
+        """Ids of specimens whose metadata ``key`` equals the value (or one of the values) for every filter."""
+        conditions = [
+            Filter(field=key, op="in", value=[value] if isinstance(value, str) else list(value))
+            for key, value in (filters or {}).items()
+        ]
+        return self.specimen_ids(conditions, status=status, groups=None if group is None else [group]).tolist()
+
+    def specimen_states(self) -> dict[int, tuple[str | None, str | None, str]]:
+        """``specimen_id -> (content_hash, fingerprint JSON, status)``, what incremental planning compares."""
+        rows = self.con.execute("SELECT specimen_id, content_hash, fingerprint, status FROM specimens").fetchall()
+        return {sid: (h, fp, st) for sid, h, fp, st in rows}
+
+    def specimen_locations(self) -> dict[int, tuple[str, str | None]]:
+        """``specimen_id -> (path, item_key)``: where each row's pixels are and the key it was
+        written under (NULL for rows from before item keys), for planning moves."""
+        rows = self.con.execute("SELECT specimen_id, path, item_key FROM specimens").fetchall()
+        return {sid: (path, key) for sid, path, key in rows}
+
+    def path_prefixes(self, limit: int = 5) -> list[str]:
+        """The most common parent folders of the stored paths (what ``relocate`` can re-point)."""
+        rows = self.con.execute(
+            "SELECT regexp_replace(path, '/[^/]*$', '') AS folder, count(*) FROM specimens "
+            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [limit]).fetchall()
+        return [r[0] for r in rows]
+
+    def indexed_specimens(self) -> list[tuple[int, str, dict]]:
+        """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
+        rows = self.con.execute(
+            "SELECT specimen_id, path, metadata FROM specimens WHERE status = 'indexed' ORDER BY specimen_id"
+        ).fetchall()
+        return [(sid, path, json.loads(md) if md else {}) for sid, path, md in rows]
+
+    def groups(self) -> list[str]:
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT group_name FROM specimens WHERE group_name IS NOT NULL ORDER BY 1").fetchall()]
+
+    def metadata_keys(self) -> set[str]:
+        """Every metadata column of the manifest(s)."""
+        return self._once("metadata_keys", lambda: {
+            r[0] for r in self.con.execute("SELECT DISTINCT key FROM specimen_metadata").fetchall()})
+
+    def group_labels(self) -> dict[int, str]:
+        """``{specimen_id: group}`` of indexed specimens that have a group."""
+        rows = self.con.execute(
+            "SELECT specimen_id, group_name FROM specimens WHERE status = 'indexed' AND group_name IS NOT NULL"
+        ).fetchall()
+        return {int(sid): str(group) for sid, group in rows}
+
+    def metadata_labels(self, key: str) -> dict[int, str]:
+        """``{specimen_id: value}`` of metadata column ``key`` on indexed specimens (empty values left out)."""
+        rows = self.con.execute(
+            "SELECT m.specimen_id, m.value FROM specimen_metadata m JOIN specimens s USING (specimen_id) "
+            "WHERE s.status = 'indexed' AND m.key = ? AND m.value IS NOT NULL AND m.value <> ''",
+            [key],
+        ).fetchall()
+        return {int(sid): str(value) for sid, value in rows}
+
+    def failures(self, statuses: Sequence[str] = ("failed", "no_reference"), limit: int | None = None) -> pd.DataFrame:
+        """``specimen_id, path, group, status, error, updated_at`` of items not indexed, by group and path."""
+        sql = (
+            'SELECT specimen_id, path, group_name AS "group", status, error, updated_at FROM specimens '
+            "WHERE status IN (SELECT unnest(?::VARCHAR[])) ORDER BY group_name, path"
+        )
+        params: list = [list(statuses)]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return self.con.execute(sql, params).df()
+
+    # -- masks and measurements ----------------------------------------------------------
+
+    def trait_masks(self, specimen_id: int) -> list[TraitMask]:
+        rows = self.con.execute(
+            "SELECT trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
+            "object_score, predicted_iou FROM trait_masks WHERE specimen_id = ? ORDER BY trait_id",
+            [int(specimen_id)],
+        ).fetchall()
+        return [
+            TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
+            for t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows
+        ]
+
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
+        """``{specimen_id: mask}`` of one trait on the given specimens (those without it are left out)."""
+        rows = self.con.execute(
+            "SELECT specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
+            "object_score, predicted_iou FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[]))",
+            [trait_name, [int(i) for i in specimen_ids]],
+        ).fetchall()
+        return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
+                for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}
+
+    def label_map(self, specimen_id: int) -> np.ndarray | None:
+        """The specimen's label map rebuilt from its stored masks (None without masks)."""
+        masks = self.trait_masks(specimen_id)
+        if not masks:
+            return None
+        first = decode_mask(masks[0].rle)
+        out = np.zeros(first.shape, np.uint8)
+        for m in masks:
+            out[decode_mask(m.rle)] = m.trait_id
+        return out
+
+    def traits(self, group: str | None = None) -> list[str]:
+        """Trait names with at least one mask (on the group's specimens when given), sorted."""
+        sql = "SELECT DISTINCT t.trait_name FROM trait_masks t JOIN specimens s USING (specimen_id)"
+        params = []
+        if group is not None:
+            sql += " WHERE s.group_name = ?"
+            params.append(group)
+        return [r[0] for r in self.con.execute(sql + " ORDER BY 1", params).fetchall()]
+
+    def mask_rows(self, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> list[tuple]:
+        """One tuple (:data:`MASK_ROW_COLUMNS`) per trait mask of the indexed specimens in scope,
+        by specimen id and trait id."""
+        where, params = self._scope((), "indexed", groups, specimen_ids)
+        return self.con.execute(
+            "SELECT s.specimen_id, s.path, s.group_name, s.width, s.height, s.metadata, t.trait_id, t.trait_name, "
+            "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source "
+            f"FROM trait_masks t JOIN specimens s USING (specimen_id) WHERE {where} ORDER BY s.specimen_id, t.trait_id",
+            params,
+        ).fetchall()
+
+    def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
+        """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
+        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
+        the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
+        (NULL for masks written before measurements existed)."""
+        where, params = self._scope((), "indexed", groups, specimen_ids)
+        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
+        return self.con.execute(
+            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
+            "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
+            f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            f"WHERE {where} ORDER BY s.group_name, s.path, t.trait_id",
+            params,
+        ).df()
+
+    def unmeasured_specimens(self) -> list[int]:
+        """Indexed specimens with a trait mask that has no measurements (written before they existed)."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT t.specimen_id FROM trait_masks t JOIN specimens s USING (specimen_id) "
+            "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
+            "WHERE x.specimen_id IS NULL AND s.status = 'indexed' ORDER BY 1"
+        ).fetchall()]
+
+    def measured_traits(self) -> list[str]:
+        """Names of the traits that have measurements (what measurement filters and plots accept)."""
+        return self._once("measured_traits", lambda: [
+            r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()])
+
+    # -- vectors -------------------------------------------------------------------------
+
+    def embedders(self) -> list[str]:
+        # index_state has one row per index: no scan of the (large) vectors table per search.
+        return [r[0] for r in self.con.execute("SELECT DISTINCT embedder FROM index_state ORDER BY 1").fetchall()]
+
+    def get_vectors(
+        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id."""
+        sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
+        params: list = [embedder, trait_name]
+        if ids is not None:
+            sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
+            params.append([int(i) for i in ids])
+        table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
+        return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _once(self, name: str, compute):
+        """``compute()``, remembered on a read-only store (a snapshot never changes, and filters
+        ask for the catalog's fields on every search)."""
+        if not self.read_only:
+            return compute()
+        memo = self.__dict__.setdefault("_catalog_memo", {})
+        if name not in memo:
+            memo[name] = compute()
+        return memo[name]
+
+    def _dicts(self, sql: str, params: list | None = None) -> list[dict]:
+        cur = self.con.execute(sql, params or [])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def _scope(self, filters: Iterable[Filter], status, groups, specimen_ids) -> tuple[str, list]:
+        """WHERE clause over ``specimens s``; the catalog is asked for its fields only when there are filters."""
+        filters = list(filters)
+        known = (self.metadata_keys(), self.measured_traits()) if filters else (set(), ())
+        return scope(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
