@@ -25,6 +25,7 @@ from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
+from .instances import SplitSummary, crops_dir, split_instances
 from .plan import make_plan
 from .runners import make_runner
 from .worker import Worker
@@ -48,11 +49,13 @@ class RunSummary:
     failure_status: dict[str, str] = field(default_factory=dict)
     #: specimens indexed before measurements existed, measured by this run from their stored masks
     remeasured: int = 0
+    split: SplitSummary | None = None  # --instances: photos split into instance items
 
     @property
     def exit_code(self) -> int:
-        """0: everything indexed or unchanged; 1: some items failed or have no references."""
-        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) else 0
+        """0: everything indexed or unchanged; 1: some items (or photos to split) failed or have no references."""
+        failed_photos = self.split.failed if self.split else 0
+        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) or failed_photos else 0
 
 
 def run_index(
@@ -68,12 +71,15 @@ def run_index(
     tracker=None,
     embedder=None,
     group_by: str = "scientificName",
+    instance_references: Path | None = None,
 ) -> RunSummary:
     """Index ``collection`` into the store at ``db`` and publish a verified snapshot.
 
     ``tracker`` and ``embedder``, when given, are used instead of building the models
     ``config`` describes (they must be what it describes: the plan fingerprints the
-    config). They live in this process, so they need the local engine.
+    config). They live in this process, so they need the local engine. With
+    ``instance_references`` every photo is first split into one item per instance (see
+    :mod:`indexer.instances`) and those items are indexed.
 
     Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
     when the run would remove or fail more than ``config.indexer.max_removal_share`` of the
@@ -87,10 +93,13 @@ def run_index(
     items = fetch_items(items, image_cache(config, db), fetch_limits(config), quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
+    split = None
     with Store.open(db, index_config=config.index) as store:
         damage = store.verify(indexes=False)
         if damage:
             raise StoreDamagedError(damage, "nothing was indexed; " + repair_hint(db))
+        if instance_references is not None:
+            items, split = split_instances(items, store, config, instance_references, crops_dir(db), worker, force)
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
@@ -149,7 +158,7 @@ def run_index(
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
-                      remeasured)
+                      remeasured, split)
 
 
 def _guard_removals(plan, max_share: float, store: Store) -> None:

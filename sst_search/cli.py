@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("ui", "ui"),
     "eval-kshot": ("evaluate", "eval_kshot"),
     "eval-retrieval": ("evaluate", "eval_retrieval"),
+    "eval-instances": ("evaluate", "eval_instances"),
     "refs": ("refs", "refs_app"),
     "export": ("export", "export_app"),
     "review": ("review", "review_app"),

@@ -49,8 +49,16 @@ def index(
     allow_mass_removal: bool = typer.Option(
         False, "--allow-mass-removal",
         help="Let the run remove or fail more than indexer.max_removal_share of the indexed items."),
+    instances: bool = typer.Option(False, "--instances", help="Split every photo into one item per specimen first."),
+    instance_references: Path | None = typer.Option(
+        None, "--instance-references", help="Instance references (traits.yaml with instance_of); default REFS/instances."
+    ),
 ) -> None:
     """Segment and embed a collection into a DuckDB + FAISS trait index, incrementally.
+
+    With --instances every photo (a drawer, a field photo) is first split into its
+    instances, found from the instance references; each instance is an item (a crop with
+    its mask, box and a link to the photo and its metadata) and is segmented and embedded.
 
     Only new or changed images and items whose fingerprint (model, weights, adapter,
     references, embedder, config) changed are processed; deleted files leave the index.
@@ -72,8 +80,10 @@ def index(
             orientation=parse_orientation(orientation) if orientation is not None else None,
             image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
+        instance_refs = (instance_references or Path(references) / "instances") if instances else None
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
-                            quiet=quiet, group_by=group_by, allow_mass_removal=allow_mass_removal)
+                            quiet=quiet, group_by=group_by, instance_references=instance_refs,
+                            allow_mass_removal=allow_mass_removal)
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
 
@@ -90,6 +100,14 @@ def failure_line(status: str, path: str, error: str | None) -> str:
 def print_summary(summary) -> None:
     if summary.weights_random:
         warn_random_weights(console, "masks and search results are not meaningful")
+    if summary.split is not None:
+        sp = summary.split
+        console.print(
+            f"photos: {sp.photos} ({sp.split} split, {sp.unchanged} unchanged, {sp.failed} failed, "
+            f"{sp.removed} removed) -> {sp.instances} instances"
+        )
+        for path, reason in sp.failures[:10]:
+            console.print(f"[red]failed[/red] {path}: {reason}")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)

@@ -12,6 +12,7 @@ from sst_search.store import SPECIMEN_TRAIT
 
 from ..render import legend, md, overlaid, result_grid, trait_label
 from ..state import cache_key, specimen_image, specimen_labels
+from . import photos
 
 NEIGHBOURS = 4
 
@@ -73,6 +74,7 @@ def render(engine: SearchEngine) -> None:
         metadata = row["metadata"] or {}
         if metadata:
             st.table(pd.DataFrame({"value": [str(v) for v in metadata.values()]}, index=list(metadata)))
+        photos.source_link(engine, row["path"])
 
     st.subheader("Traits")
     if not masks:
