@@ -43,25 +43,31 @@ def load_collection(source: str | Path, default_group: str | None = None, group_
         raise CollectionError(f"{source}: collection not found (expected a manifest CSV, a Darwin Core Archive or a folder)")
     if default_group:
         items = [replace(i, group=i.group or default_group) for i in items]
-    seen: dict[str, int] = {}
-    for i in items:
-        seen[i.key] = seen.get(i.key, 0) + 1
-    dupes = sorted(k for k, n in seen.items() if n > 1)
-    if dupes:
-        raise CollectionError(f"{source}: the same image is listed more than once: {dupes[:5]}")
     return items
 
 
 def _from_manifest(path: Path) -> list[Item]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CollectionError(f"{path}: not a readable CSV manifest ({exc})") from exc
-    if not rows or "path" not in rows[0]:
-        raise CollectionError(f"{path}: manifest needs a 'path' column (found {list(rows[0]) if rows else 'no rows'})")
+    if not header or "path" not in header:
+        raise CollectionError(f"{path}: manifest needs a 'path' column (found {header or 'no header'})")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise CollectionError(f"{path}:1: column(s) {repeated} appear more than once; their values would overwrite each other")
     items = []
-    for line, row in enumerate(rows, start=2):
+    for line, values in rows:
+        if not any(v.strip() for v in values):
+            continue  # blank line
+        if len(values) != len(header):
+            raise CollectionError(
+                f"{path}:{line}: {len(values)} values for {len(header)} columns (an unquoted comma or a missing value?)"
+            )
+        row = dict(zip(header, values))
         raw = (row.get("path") or "").strip()
         if not raw:
             raise CollectionError(f"{path}:{line}: empty 'path'")

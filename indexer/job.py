@@ -19,15 +19,22 @@ from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
 from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
 from sst_search.store import Store
+from sst_search.store.core import repair_hint
+from sst_search.store.errors import StoreDamagedError
 from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import load_collection
+from .instances import SplitSummary, crops_dir, split_instances
 from .plan import make_plan
 from .runners import make_runner
 from .worker import Worker
 
 log = logging.getLogger("sst_search.indexer")
+
+
+class MassRemovalError(RuntimeError):
+    """The run would remove or fail a large share of the index; nothing was written."""
 
 
 @dataclass
@@ -42,11 +49,13 @@ class RunSummary:
     failure_status: dict[str, str] = field(default_factory=dict)
     #: specimens indexed before measurements existed, measured by this run from their stored masks
     remeasured: int = 0
+    split: SplitSummary | None = None  # --instances: photos split into instance items
 
     @property
     def exit_code(self) -> int:
-        """0: everything indexed or unchanged; 1: some items failed or have no references."""
-        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) else 0
+        """0: everything indexed or unchanged; 1: some items (or photos to split) failed or have no references."""
+        failed_photos = self.split.failed if self.split else 0
+        return 1 if self.counts.get("failed", 0) or self.counts.get("no_reference", 0) or failed_photos else 0
 
 
 def run_index(
@@ -58,15 +67,24 @@ def run_index(
     force: bool = False,
     default_group: str | None = None,
     quiet: bool = True,
+    allow_mass_removal: bool = False,
     tracker=None,
     embedder=None,
     group_by: str = "scientificName",
+    instance_references: Path | None = None,
 ) -> RunSummary:
-    """Index ``collection`` into the store at ``db`` and publish a snapshot.
+    """Index ``collection`` into the store at ``db`` and publish a verified snapshot.
 
     ``tracker`` and ``embedder``, when given, are used instead of building the models
     ``config`` describes (they must be what it describes: the plan fingerprints the
-    config). They live in this process, so they need the local engine.
+    config). They live in this process, so they need the local engine. With
+    ``instance_references`` every photo is first split into one item per instance (see
+    :mod:`indexer.instances`) and those items are indexed.
+
+    Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
+    when the run would remove or fail more than ``config.indexer.max_removal_share`` of the
+    indexed items because files vanished or references broke (:class:`MassRemovalError`,
+    unless ``allow_mass_removal``).
     """
     started = time.perf_counter()
     if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
@@ -75,7 +93,13 @@ def run_index(
     items = fetch_items(items, image_cache(config, db), fetch_limits(config), quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
+    split = None
     with Store.open(db, index_config=config.index) as store:
+        damage = store.verify(indexes=False)
+        if damage:
+            raise StoreDamagedError(damage, "nothing was indexed; " + repair_hint(db))
+        if instance_references is not None:
+            items, split = split_instances(items, store, config, instance_references, crops_dir(db), worker, force)
         with tqdm(total=len(items), desc="plan (hash)", unit="img", disable=quiet) as bar:
             plan = make_plan(
                 items, store.specimen_states(), config, Path(references), embedder_fp,
@@ -84,6 +108,8 @@ def run_index(
             )
         moved = store.move_specimens(plan.moves)
         plan_seconds = time.perf_counter() - started
+        if not allow_mass_removal:
+            _guard_removals(plan, config.indexer.max_removal_share, store)
         run_fingerprint = {
             **plan.fingerprint,
             # What the query engine needs to segment and embed an uploaded photo the same way.
@@ -93,7 +119,8 @@ def run_index(
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
                   "moved": moved}
-        failures: list[tuple[str, str]] = []
+        failures: list[tuple[str, str]] = list(plan.rejected)
+        counts["failed"] += len(plan.rejected)
         failure_status: dict[str, str] = {}
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None
@@ -114,6 +141,9 @@ def run_index(
             t = time.perf_counter()
             counts["removed"] = store.remove_specimens(plan.to_remove)
             store.flush_indexes()
+            repaired = store.repair_indexes(deep=True)  # a damaged FAISS file is rebuilt from the catalog
+            if repaired:
+                log.warning("rebuilt damaged FAISS indexes from the catalog: %s", ", ".join(f"{e}/{t}" for e, t in repaired))
             write_seconds += time.perf_counter() - t
             t = time.perf_counter()
             # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
@@ -128,7 +158,27 @@ def run_index(
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
-                      remeasured)
+                      remeasured, split)
+
+
+def _guard_removals(plan, max_share: float, store: Store) -> None:
+    """Refuse a run that would wipe a large share of the index: a moved folder, an unmounted
+    disk or one typo in a traits.yaml looks exactly like "all these items are gone"."""
+    at_risk = sum(len(paths) for paths in plan.at_risk.values())
+    if not plan.indexed_before or at_risk <= max_share * plan.indexed_before:
+        return
+    lines = []
+    for cause, paths in plan.at_risk.items():
+        if cause == "items are no longer in the collection":
+            paths = [(store.get_specimen(int(sid)) or {}).get("path", sid) for sid in paths[:3]] + paths[3:]
+        lines.append(f"{len(paths)} {cause}, e.g. {', '.join(map(str, paths[:3]))}")
+    raise MassRemovalError(
+        f"this run would remove or fail {at_risk} of {plan.indexed_before} indexed items "
+        f"({at_risk / plan.indexed_before:.0%}, more than the {max_share:.0%} allowed), so nothing was changed:\n  "
+        + "\n  ".join(lines)
+        + "\nFix the cause (a moved or unmounted folder, a broken traits.yaml), or pass --allow-mass-removal "
+        "if these items really are gone."
+    )
 
 
 def image_cache(config: Config, db: Path) -> ImageCache:

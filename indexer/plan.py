@@ -10,11 +10,12 @@ items are always retried (the file or the references may have been fixed).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst_search.config import Config
-from sst_search.references import ReferencesError, references_fingerprint
+from sst_search.references import ReferencesError, check_group_name, references_fingerprint
 from sst_search.store import specimen_id
 from sst_search.weights import resolve_sam2_weights, sha256_file
 
@@ -26,6 +27,11 @@ __all__ = ["Plan", "make_plan", "content_hash"]
 
 @dataclass
 class Plan:
+    """What a run will do. ``rejected``: ``(item, reason)`` of items that cannot get a row of
+    their own (a second listing of a file, a name that is not UTF-8); they count as failed.
+    ``at_risk``: per cause, the paths of *indexed* items this run would remove or fail, what
+    the removal guard weighs before anything is written."""
+
     units: list[WorkUnit]
     unchanged: int
     to_remove: list[int]
@@ -34,6 +40,9 @@ class Plan:
     #: older store whose ids came from absolute paths; re-pointed without re-processing.
     moves: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     fingerprint: dict = field(default_factory=dict)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    at_risk: dict[str, list[str]] = field(default_factory=dict)
+    indexed_before: int = 0
 
     @property
     def todo(self) -> int:
@@ -82,20 +91,44 @@ def make_plan(
     ref_fps: dict[str | None, str | None] = {}
     units: dict[str | None, WorkUnit] = {}
     unchanged = 0
-    ids = {specimen_id(item.key): item for item in items}
+    ids: dict[int, Item] = {}
+    files: dict[tuple[int, int], Item] = {}
+    rejected: list[tuple[str, str]] = []
+    at_risk: dict[str, list[str]] = {}
+    ref_errors: dict[str | None, str] = {}
+    for item in items:
+        if hash_progress is not None:
+            hash_progress()
+        try:
+            item.key.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = item.key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            rejected.append((shown, "file name is not valid UTF-8; rename the file"))
+            continue
+        sid = specimen_id(item.key)
+        identity = _file_identity(item.path) if item.path is not None else None
+        first = ids.get(sid) or (files.get(identity) if identity is not None else None)
+        if first is not None:
+            rejected.append((str(item.path or item.key),
+                             f"the same file as {first.path or first.key} (listed as {first.key!r} and {item.key!r}); "
+                             "indexed once, under the first"))
+            continue
+        ids[sid] = item
+        if identity is not None:
+            files[identity] = item
     leaving: dict[str, list[int]] = {}
     for sid, (digest, _, status) in states.items():
         if sid not in ids and status == "indexed" and digest:
             leaving.setdefault(digest, []).append(sid)
     moves: dict[int, tuple[int, str, str]] = {}
-    for item in items:
+    for item in ids.values():
         sid = specimen_id(item.key)
         digest = content_hash(item.path) if item.path is not None and not item.error else ""
-        if hash_progress is not None:
-            hash_progress()
         if item.group not in ref_fps:
             supports = load_supports_or_error(references, item.group)
             ref_fps[item.group] = None if isinstance(supports, ReferencesError) else references_fingerprint(supports)
+            if isinstance(supports, ReferencesError):
+                ref_errors[item.group] = str(supports)
         provided = _provided_mask(masks_dir, item)
         fp: dict = {"references": ref_fps[item.group], "embedder": embedder_fingerprint}
         if provided is not None:
@@ -105,6 +138,12 @@ def make_plan(
             fp["mask"] = {"source": "sst", **sst}
         old_sid = sid if sid in states else _predecessor(item, digest, states, locations, leaving, moves)
         old = states.get(old_sid) if old_sid is not None else None
+        if old is not None and old[2] == "indexed":
+            if not digest:
+                at_risk.setdefault("image files are missing or unreadable", []).append(str(item.path or item.key))
+            elif item.group in ref_errors:
+                at_risk.setdefault(f"the references of group {item.group!r} are unusable: {ref_errors[item.group]}",
+                                   []).append(str(item.path or item.key))
         if not force and old is not None and old[2] == "indexed" and old[0] == digest and old[1] and json.loads(old[1]) == fp:
             unchanged += 1
             if old_sid != sid or locations.get(old_sid) != (item.location, item.key):
@@ -121,6 +160,9 @@ def make_plan(
         if corrected and content == digest:  # a correction holds for the image it was drawn on
             unit.corrections[item.key] = corrected
     to_remove = sorted(set(states) - set(ids) - set(moves))
+    dropped = [sid for sid in to_remove if states[sid][2] == "indexed"]
+    if dropped:
+        at_risk["items are no longer in the collection"] = [str(sid) for sid in dropped]
     return Plan(
         units=_split(list(units.values()), config),
         unchanged=unchanged,
@@ -128,7 +170,19 @@ def make_plan(
         total=len(items),
         fingerprint={"segmentation": sst, "embedder": embedder_fingerprint, "references": ref_fps},
         moves=moves,
+        rejected=rejected,
+        at_risk=at_risk,
+        indexed_before=sum(1 for st in states.values() if st[2] == "indexed"),
     )
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)``: the same file under two names (``./a.png``, a symlink) is one specimen."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _predecessor(item: Item, digest: str, states: dict, locations: dict, leaving: dict[str, list[int]],
@@ -137,7 +191,10 @@ def _predecessor(item: Item, digest: str, states: dict, locations: dict, leaving
     for this very file (keyed by its absolute path), else a row with the same bytes whose
     key left the collection."""
     if item.path is not None:
-        legacy = specimen_id(str(item.path.resolve()))
+        try:
+            legacy = specimen_id(str(item.path.resolve()))
+        except (OSError, RuntimeError):  # a symlink loop: no older row can be keyed by it
+            return None
         if legacy in states and legacy not in moves and locations.get(legacy, ("", None))[1] is None:
             return legacy
     candidates = [s for s in leaving.get(digest, []) if s not in moves]
@@ -147,7 +204,11 @@ def _predecessor(item: Item, digest: str, states: dict, locations: dict, leaving
 def _provided_mask(masks_dir: Path | None, item: Item) -> Path | None:
     if masks_dir is None or item.path is None:
         return None
-    for candidate in (masks_dir / (item.group or "") / f"{item.path.stem}.png", masks_dir / f"{item.path.stem}.png"):
+    try:
+        folders = [masks_dir / check_group_name(item.group)] if item.group else []
+    except ReferencesError:
+        folders = []
+    for candidate in [*(f / f"{item.path.stem}.png" for f in folders), masks_dir / f"{item.path.stem}.png"]:
         if candidate.is_file():
             return candidate
     return None

@@ -16,9 +16,9 @@ import numpy as np
 from sst_search.builder import embedder_from_config, tracker_from_config
 from sst_search.config import Config
 from sst_search.embed import EmbedItem
-from sst_search.images import ImageLoadError, load_image, load_mask
+from sst_search.images import ImageLoadError, check_file, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
-from sst_search.references import ReferencesError, Support, load_group_references
+from sst_search.references import ReferencesError, Support, check_group_name, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.store.review import apply_corrections
 from sst_search.weights import sha256_file
@@ -140,18 +140,23 @@ class Worker:
 
 
 def content_hash(path: Path) -> str:
-    """sha256 of the file's bytes; '' when unreadable (the worker then says why)."""
+    """sha256 of the file's bytes; '' when it is not a readable regular file of a sane size
+    (the worker then says why). Never blocks: FIFOs and devices are not read."""
     try:
+        check_file(path)
         return sha256_file(path)
-    except OSError:
+    except (OSError, ImageLoadError):
         return ""
 
 
 def load_supports_or_error(references: Path, group: str | None) -> list[Support] | ReferencesError:
     """A group's supports, or the reason it has none (recorded as ``no_reference``)."""
-    folder = references / group if group else None
-    if folder is None:
+    if not group:
         return ReferencesError("item has no group; pass --default-group or add a 'group' column")
+    try:
+        folder = references / check_group_name(group)
+    except ReferencesError as exc:
+        return exc
     if not folder.is_dir():
         return ReferencesError(f"no references for group {group!r} (expected {folder}/traits.yaml and labeled supports)")
     try:

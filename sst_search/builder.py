@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import EmbeddingConfig, SegmentationConfig
+from .config import EmbeddingConfig, InstancesConfig, SegmentationConfig
 
 if TYPE_CHECKING:
     from .embed import TraitEmbedder
+    from .instances import InstanceFinder
     from .labeling import ClickSegmenter
     from .tracking import SSTTracker
 
@@ -66,6 +67,14 @@ def embedder_from_config(emb: EmbeddingConfig) -> TraitEmbedder:
 
     opts = {k: v for k, v in (("model_name", emb.model_name), ("pretrained", emb.pretrained)) if v is not None}
     return create_embedder(emb.embedder, weights=emb.weights, **opts)
+
+
+def build_instance_finder(tracker: SSTTracker, config: InstancesConfig | None = None) -> InstanceFinder:
+    """Instance finding (``--instances``) on the tracker's own SAM 2: its automatic mask
+    generator and tracking share the model, the checkpoint and each photo's encoder pass."""
+    from .instances import InstanceFinder
+
+    return InstanceFinder(tracker.predictor, config)
 
 
 def build_click_segmenter(tracker: SSTTracker) -> ClickSegmenter:

@@ -113,6 +113,9 @@ class IndexerConfig(_Strict):
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     num_workers: int = 2
+    max_removal_share: float = Field(
+        0.2, ge=0, le=1, description="largest share of indexed items a run may remove or fail (--allow-mass-removal)"
+    )
 
 
 class Config(_Strict):

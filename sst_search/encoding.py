@@ -17,7 +17,7 @@ from .builder import embedder_from_config, tracker_from_config
 from .config import Config
 from .embed import NoTextTowerError
 from .errors import QueryError
-from .references import ReferencesError, Support, Trait, load_group_references
+from .references import ReferencesError, Support, Trait, check_group_name, load_group_references
 from .store import SPECIMEN_TRAIT
 
 
@@ -68,7 +68,7 @@ class QueryEncoder:
         if self.references is None:
             raise QueryError("no references folder known for this index; pass references=")
         try:
-            return load_group_references(self.references / group)
+            return load_group_references(self.references / check_group_name(group))
         except ReferencesError as exc:
             raise QueryError(f"cannot segment an upload for group {group!r}: {exc}") from exc
 

@@ -9,6 +9,8 @@ person sees, or an :class:`ImageLoadError` naming the file and the problem.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -18,8 +20,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: Largest image we decode (pixels). Herbarium sheets at 600 dpi are ~100 MP; anything far
 #: beyond that is more likely a decompression bomb than a specimen.
 MAX_PIXELS = 250_000_000
+#: PIL warns above its own limit (89 MP) and refuses at twice it; ours is the one that counts.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+#: Largest file we read: a 250 MP 16-bit RGB TIFF stored uncompressed is 1.5 GB.
+MAX_FILE_BYTES = 2 << 30
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+
+#: The only decoders ever run on collection files: PIL knows ~40 formats, some of which hand
+#: the bytes to external programs (EPS to Ghostscript). Uploads get a narrower list.
+IMAGE_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
+UPLOAD_FORMATS = ("JPEG", "PNG", "TIFF")
+
+#: Bytes per pixel a decoded image may take, by PIL mode (others count as 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "RGB": 3, "YCbCr": 3,
+               "LAB": 3, "HSV": 3, "RGBA": 4, "CMYK": 4, "I": 4, "F": 4}
 
 
 class ImageLoadError(ValueError):
@@ -31,15 +47,38 @@ class ImageLoadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _open(path: Path | str, data: bytes | None = None) -> Image.Image:
+def check_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> int:
+    """The size of ``path`` if it is a regular file we may read, else :class:`ImageLoadError`.
+
+    Reading a FIFO blocks until someone writes to it and ``/dev/zero`` never ends, so only
+    regular files (after symlinks) are read, and only up to ``max_bytes``.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        reason = "broken symlink" if os.path.islink(path) else "file does not exist"
+        raise ImageLoadError(path, reason) from exc
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(path, "is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(
+            st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special"
+        raise ImageLoadError(path, f"not a regular file ({kind}); only regular files are read")
+    if st.st_size == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)")
+    if st.st_size > max_bytes:
+        raise ImageLoadError(path, f"file is {st.st_size:,} bytes, over the limit of {max_bytes:,}")
+    return st.st_size
+
+
+def _open(path: Path | str, data: bytes | None = None, formats: tuple[str, ...] = IMAGE_FORMATS,
+          max_pixels: int | None = None) -> Image.Image:
     path = Path(path)
+    max_pixels = max_pixels or MAX_PIXELS
     if data is None:
-        if not path.exists():
-            raise ImageLoadError(path, "file does not exist")
-        if path.is_dir():
-            raise ImageLoadError(path, "is a directory, not an image")
-        if path.stat().st_size == 0:
-            raise ImageLoadError(path, "file is empty (0 bytes)")
+        check_file(path)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -48,13 +87,16 @@ def _open(path: Path | str, data: bytes | None = None) -> Image.Image:
         raise ImageLoadError(path, "file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(formats))
             w, h = img.size
-            if w * h > MAX_PIXELS:
+            if w * h > max_pixels:
                 raise ImageLoadError(
-                    path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {MAX_PIXELS:,}"
+                    path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}"
                 )
+            decoded = w * h * _MODE_BYTES.get(img.mode, 4)
+            if decoded > 4 * max_pixels:
+                raise ImageLoadError(path, f"{w}x{h} {img.mode} decodes to {decoded:,} bytes, over the limit")
             img.load()
     except ImageLoadError:
         raise
@@ -62,7 +104,7 @@ def _open(path: Path | str, data: bytes | None = None) -> Image.Image:
         raise ImageLoadError(path, f"refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         hint = " (camera raw files such as .CR2 need converting to JPEG/TIFF first)" if path.suffix.lower() in {".cr2", ".nef", ".arw", ".dng"} else ""
-        raise ImageLoadError(path, f"not a readable image{hint}") from exc
+        raise ImageLoadError(path, f"not a readable image of an allowed format ({', '.join(formats)}){hint}") from exc
     except OSError as exc:
         raise ImageLoadError(path, f"corrupt or truncated image data ({exc})") from exc
     return img
@@ -71,7 +113,7 @@ def _open(path: Path | str, data: bytes | None = None) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB the way a viewer would show it."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # half of float64's memory; exact for 16-bit values
         lo, hi = float(arr.min()), float(arr.max())
         if img.mode.startswith("I;16") or (img.mode == "I" and hi > 255):
             scale = 65535.0 if img.mode.startswith("I;16") else max(hi, 1.0)
@@ -92,13 +134,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
+def load_image(path: str | Path, data: bytes | None = None, formats: tuple[str, ...] = IMAGE_FORMATS,
+               max_pixels: int | None = None) -> np.ndarray:
     """Read an image as an ``HxWx3`` uint8 RGB array, EXIF orientation applied.
 
     ``data`` lets callers pass bytes they already hold (uploads) while still naming the
-    file in errors.
+    file in errors. Only ``formats`` are decoded, and only images of at most
+    ``max_pixels`` (default :data:`MAX_PIXELS`): both are checked from the header, before any
+    pixel is decoded.
     """
-    img = _open(path, data)
+    img = _open(path, data, formats, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block should not lose the pixels

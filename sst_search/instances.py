@@ -264,17 +264,20 @@ class InstanceCrop:
     crop_box: tuple[int, int, int, int]  # where the crop lies in the photo
 
 
-def crop_instance(image: np.ndarray, instance: Instance, margin: float = 0.1) -> InstanceCrop:
+def crop_instance(image: np.ndarray, mask: np.ndarray, margin: float = 0.1, number: int = 0) -> InstanceCrop:
     """The instance's box grown by ``margin`` x its longer side on every side, clipped to the photo."""
-    x0, y0, x1, y1 = instance.box
+    box = bbox(mask)
+    if box is None:
+        raise ValueError("an instance mask is empty")
+    x0, y0, x1, y1 = box
     pad = int(round(margin * max(x1 - x0, y1 - y0)))
     h, w = image.shape[:2]
     cx0, cy0, cx1, cy1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
     return InstanceCrop(
-        instance.number,
+        number,
         np.ascontiguousarray(image[cy0:cy1, cx0:cx1]),
-        np.ascontiguousarray(instance.mask[cy0:cy1, cx0:cx1]),
-        instance.box,
+        np.ascontiguousarray(mask[cy0:cy1, cx0:cx1]),
+        box,
         (cx0, cy0, cx1, cy1),
     )
 

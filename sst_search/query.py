@@ -25,6 +25,7 @@ from .measure import FIELDS as MEASUREMENT_FIELDS
 from .references import Support
 from .store import SPECIMEN_TRAIT, Store, decode_mask
 from .store.filters import Filter, compile_filters, parse_filter
+from .store.core import MAX_K
 from .store.planner import Admission
 from .store.snapshots import resolve_snapshot
 
@@ -194,6 +195,9 @@ class SearchEngine:
             raise QueryError("give exactly one of specimen_id, image or text")
         if direction not in ("similar", "different"):
             raise QueryError(f"direction must be 'similar' or 'different', not {direction!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise QueryError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), MAX_K)
         embedder = embedder or self._default_embedder()
         query_support = None
         if specimen_id is not None:

@@ -84,6 +84,20 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
     return traits
 
 
+def check_group_name(group: str) -> str:
+    """``group`` if it can name a folder directly under REFS, else :class:`ReferencesError`.
+
+    Group names come from manifests and uploads; used as paths, ``../x`` or ``/etc`` would
+    reach files outside the references folder.
+    """
+    bad = (not group or group in (".", "..") or any(c in group for c in "/\\\0")
+           or group != group.strip() or not group.isprintable())
+    if bad:
+        raise ReferencesError(f"group name {group!r} cannot name a references folder "
+                             "(no '/', '\\', '..', control characters or surrounding spaces)")
+    return group
+
+
 def write_traits(path: str | Path, traits: dict[int, Trait]) -> None:
     """Write ``traits.yaml`` atomically (a reader never sees half a file)."""
     data = {

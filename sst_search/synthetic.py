@@ -305,7 +305,7 @@ class SyntheticDrawers:
     root: Path
     manifest: Path
     references: Path  # trait references, REFS/<species>/ as for a collection
-    instance_references: Path  # one tray whose mask marks every specimen (instance_of: specimen)
+    instance_references: Path  # references/instances: a tray whose mask marks every specimen (instance_of: specimen)
     ground_truth: Path  # instances/<stem>.png and traits/<stem>.png
     counts: list[int]
 
@@ -389,7 +389,7 @@ def generate_drawers(
     root = Path(out_dir)
     out = SyntheticDrawers(
         root=root, manifest=root / "manifest.csv", references=root / "references",
-        instance_references=root / "instance_references", ground_truth=root / "ground_truth", counts=list(counts),
+        instance_references=root / "references" / "instances", ground_truth=root / "ground_truth", counts=list(counts),
     )
     s_idx = next((i for i, s in enumerate(_SPECIES) if s.epithet == species), None)
     if s_idx is None:

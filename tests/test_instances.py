@@ -45,7 +45,7 @@ def _check_items(image: np.ndarray, result) -> None:
     assert [i.number for i in result.instances] == list(range(1, result.count + 1))
     for inst in result.instances:
         assert inst.box == bbox(inst.mask)
-        crop = crop_instance(image, inst, margin=0.1)
+        crop = crop_instance(image, inst.mask, margin=0.1, number=inst.number)
         cx0, cy0, cx1, cy1 = crop.crop_box
         x0, y0, x1, y1 = inst.box
         assert cx0 <= x0 and cy0 <= y0 and x1 <= cx1 and y1 <= cy1

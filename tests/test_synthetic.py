@@ -187,3 +187,14 @@ def test_drawers_hold_the_requested_specimens_apart_and_exactly_labeled(tmp_path
     assert not np.array_equal(a.instances, render_drawer("alba", 3, seed=0, index=2).instances)
     with pytest.raises(ValueError, match="count"):
         render_drawer("alba", MAX_DRAWER_SPECIMENS + 1)
+
+
+def test_synth_drawers_command(tmp_path):
+    app = typer.Typer()
+    app.command()(synth)
+    result = CliRunner().invoke(app, [str(tmp_path), "--drawers", "0,2"])
+    assert result.exit_code == 0, result.output
+    assert len(_rows(tmp_path / "manifest.csv")) == 2
+    assert load_references(tmp_path / "references").keys() == {"alba"}  # instances are not a trait group
+    assert (tmp_path / "references" / "instances" / "traits.yaml").read_text().startswith("instance_of: specimen")
+    assert CliRunner().invoke(app, [str(tmp_path / "x"), "--drawers", "13"]).exit_code != 0

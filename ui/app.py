@@ -11,12 +11,14 @@ import sys
 import streamlit as st
 
 from sst_search.store.snapshots import SnapshotError
+from ui.render import md
 from ui.state import DB_ENV, PAGES, db_path_from_args, engine_session, init_navigation, load_engine
-from ui.views import collection, export, plots, references, review, search, specimen
+from ui.views import collection, export, photos, plots, references, review, search, specimen
 
 VIEWS = {"Search": search.render, "Specimen": specimen.render, "Collection": collection.render, "Export": export.render,
          "References": references.render, "Review": review.render}
 VIEWS["Plots"] = plots.render
+VIEWS["Photos"] = photos.render
 
 st.set_page_config(page_title="sst-search", page_icon="🦋", layout="wide")
 
@@ -29,7 +31,7 @@ init_navigation()
 with st.sidebar:
     st.title("sst-search")
     page = st.radio("Page", PAGES, key="page")
-    st.caption(f"Index: `{db}`")
+    st.caption(f"Index: {md(db)}")
     if st.button("Reload index", help="Open the newest published snapshot"):
         load_engine.clear()
         st.cache_data.clear()
@@ -38,12 +40,12 @@ with st.sidebar:
 try:
     load_engine(db)
 except (FileNotFoundError, SnapshotError, RuntimeError) as exc:
-    st.error(f"Cannot open the index: {exc}")
+    st.error(f"Cannot open the index: {md(exc)}")
     st.stop()
 
 with engine_session(db) as engine:
     with st.sidebar:
-        st.caption(f"Snapshot: `{engine.store.db_path}`")
+        st.caption(f"Snapshot: {md(engine.store.db_path)}")
         if engine.fingerprints().get("random_weights"):
             st.warning("Random model weights: results are not meaningful.")
     VIEWS[page](engine)

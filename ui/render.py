@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
 import cv2
@@ -18,6 +19,20 @@ from .state import cache_key, open_specimen, specimen_image
 
 #: Metadata a curator recognises a specimen by, shown on every result card.
 CARD_FIELDS = ("catalogNumber", "scientificName", "locality")
+
+
+#: Characters Markdown (and Streamlit's LaTeX, GFM tables and autolinks) read anywhere in a line.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]!|<>~$&:])")
+#: What makes a line a heading, quote, list item or rule.
+_MARKDOWN_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
+
+
+def md(text: object) -> str:
+    """``text`` shown literally in Markdown: manifest values and file names are data, never markup
+    (``![x](http://...)`` in a catalogNumber must not load an image, a backtick in a file name must
+    not end a code span). Hyphens and dots inside the text stay as they are (``SYN-000001``)."""
+    escaped = _MARKDOWN_INLINE.sub(r"\\\1", " ".join(str(text).splitlines()))
+    return _MARKDOWN_LINE_START.sub(lambda m: m[1] + ("\\" + m[2] if not m[2][0].isdigit() else m[2] + "\\"), escaped)
 
 
 def trait_label(trait: str) -> str:
@@ -59,7 +74,7 @@ def result_card(engine: SearchEngine, result: QueryResult, key_prefix: str, comp
         try:
             image = specimen_image(engine, cache_key(engine), result.specimen_id)
         except (ImageLoadError, KeyError) as exc:
-            st.warning(f"image unavailable: {exc}")
+            st.warning(f"image unavailable: {md(exc)}")
         else:
             mask = result.mask()
             if mask is not None and result.trait_id is not None:
@@ -70,7 +85,7 @@ def result_card(engine: SearchEngine, result: QueryResult, key_prefix: str, comp
             score += f" · cycle IoU {result.rerank_iou:.2f}"
         st.markdown(score)
         fields = CARD_FIELDS[:1] if compact else CARD_FIELDS
-        lines = [str(result.metadata[f]) for f in fields if result.metadata.get(f)]
+        lines = [md(result.metadata[f]) for f in fields if result.metadata.get(f)]
         if lines:
             st.caption("  \n".join(lines))
         st.button("Open specimen", key=f"{key_prefix}-open-{result.rank}-{result.specimen_id}",

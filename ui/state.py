@@ -17,7 +17,7 @@ from sst_search.images import load_image
 from sst_search.query import SearchEngine
 
 DB_ENV = "SST_SEARCH_DB"
-PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review")
+PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
 
 def db_path_from_args(argv: list[str]) -> str | None:
     """``--db PATH`` after ``streamlit run ui/app.py --``, else ``$SST_SEARCH_DB``."""

@@ -1,4 +1,4 @@
-"""``sst-search eval-seg`` / ``eval-kshot`` / ``eval-retrieval``: segmentation and retrieval scores."""
+"""``sst-search eval-seg`` / ``eval-kshot`` / ``eval-retrieval`` / ``eval-instances``: segmentation and retrieval scores."""
 
 from __future__ import annotations
 
@@ -47,6 +47,25 @@ def eval_seg(
     console.print(report)
     if csv is not None:
         console.print(f"wrote {report.to_csv(csv)}")
+
+
+def eval_instances(
+    pred: Path = typer.Argument(..., help="Folder of predicted instance-id maps (<stem>.instances.png from `segment --instances`)."),
+    gt: Path = typer.Argument(..., help="Folder of ground-truth instance-id maps (<stem>.png: 0 background, k instance k)."),
+    iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="Mask IoU at which a prediction matches a true instance."),
+) -> None:
+    """Instance recall and precision (one-to-one matches at mask IoU >= --iou) and count error.
+
+    Exit status: 0 scored, 2 bad input (missing folder, no ground truth, unreadable map).
+    """
+    from ..evaluation.instances import evaluate_instance_folders
+
+    try:
+        report = evaluate_instance_folders(pred, gt, iou)
+    except EvaluationInputError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(str(report))
 
 
 def _seed_list(text: str) -> list[int]:

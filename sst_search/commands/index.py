@@ -6,16 +6,16 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import apply_overrides, load_config
 from ..references import ReferencesError
-from ..store import STATUSES, Store
+from ..store import Store
+from ..store.errors import StoreError
 from ..weights import WeightsError
+from .errors import ITEMS_FAILED, console, exit_codes
 from .options import ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
-
-console = Console(stderr=True)
 
 
 def index(
@@ -46,21 +46,33 @@ def index(
     max_per_host: int | None = typer.Option(None, "--max-per-host", help="Concurrent requests per image server (default 2)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
     quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
+    allow_mass_removal: bool = typer.Option(
+        False, "--allow-mass-removal",
+        help="Let the run remove or fail more than indexer.max_removal_share of the indexed items."),
+    instances: bool = typer.Option(False, "--instances", help="Split every photo into one item per specimen first."),
+    instance_references: Path | None = typer.Option(
+        None, "--instance-references", help="Instance references (traits.yaml with instance_of); default REFS/instances."
+    ),
 ) -> None:
     """Segment and embed a collection into a DuckDB + FAISS trait index, incrementally.
+
+    With --instances every photo (a drawer, a field photo) is first split into its
+    instances, found from the instance references; each instance is an item (a crop with
+    its mask, box and a link to the photo and its metadata) and is segmented and embedded.
 
     Only new or changed images and items whose fingerprint (model, weights, adapter,
     references, embedder, config) changed are processed; deleted files leave the index.
     Exit status: 0 all indexed, 1 some items failed or have no references (the rest are
-    indexed; see `sst-search status`), 2 bad arguments, config, references or weights.
+    indexed; see `sst-search status`), 2 bad arguments, config, references or weights, or a
+    run that would remove too much of the index, 3 storage fault (disk full, damaged store).
     """
     from indexer.collection import CollectionError
-    from indexer.job import run_index
+    from indexer.job import MassRemovalError, run_index
 
     from ..tracking import parse_orientation
 
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
-    try:
+    with exit_codes(CollectionError, ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
@@ -68,11 +80,10 @@ def index(
             orientation=parse_orientation(orientation) if orientation is not None else None,
             image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
+        instance_refs = (instance_references or Path(references) / "instances") if instances else None
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
-                            quiet=quiet, group_by=group_by)
-    except (CollectionError, ReferencesError, WeightsError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+                            quiet=quiet, group_by=group_by, instance_references=instance_refs,
+                            allow_mass_removal=allow_mass_removal)
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
 
@@ -89,6 +100,14 @@ def failure_line(status: str, path: str, error: str | None) -> str:
 def print_summary(summary) -> None:
     if summary.weights_random:
         warn_random_weights(console, "masks and search results are not meaningful")
+    if summary.split is not None:
+        sp = summary.split
+        console.print(
+            f"photos: {sp.photos} ({sp.split} split, {sp.unchanged} unchanged, {sp.failed} failed, "
+            f"{sp.removed} removed) -> {sp.instances} instances"
+        )
+        for path, reason in sp.failures[:10]:
+            console.print(f"[red]failed[/red] {path}: {reason}")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)
@@ -105,42 +124,47 @@ def print_summary(summary) -> None:
     if summary.remeasured:
         console.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
     for path, reason in summary.failures[:10]:
-        console.print(failure_line(summary.failure_status.get(path, "failed"), path, reason), soft_wrap=True)
+        console.print(failure_line(summary.failure_status.get(path, "failed"), escape(path), escape(reason)), soft_wrap=True)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
 
 
 def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) -> None:
-    """Counts per status and group, index sizes and freshness, the last run, failed items."""
-    try:
+    """Counts per status and group, index sizes and freshness, the last run, failed items, damage.
+
+    Exit status: 0 consistent, 1 FAISS files disagree with the catalog (repaired by the next
+    run or `sst-search verify --repair`), 2 no such store, 3 damaged or busy store.
+    """
+    with exit_codes(StoreError):
         store = Store.open(db, read_only=True)
-    except (FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    with store:
-        st = store.status()
-        groups = Table(title="specimens per group and status")
-        statuses = sorted({s for g in st["groups"].values() for s in g})
-        for col in ("group", *statuses):
-            groups.add_column(col)
-        for group, counts in st["groups"].items():
-            groups.add_row(group or "(none)", *(str(counts.get(s, 0)) for s in statuses))
-        console.print(groups)
-        indexes = Table(title="indexes")
-        for col in ("embedder", "trait", "vectors", "kind", "file"):
-            indexes.add_column(col)
-        for row in st["indexes"]:
-            indexes.add_row(row["embedder"], row["trait"], str(row["vectors"]), str(row["kind"]), row["file"])
-        console.print(indexes)
-        runs = store.runs()
-        if runs:
-            last = runs[-1]
-            console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: {last['counts']}")
-        not_indexed = [s for s in STATUSES if s != "indexed"]
-        for row in store.failures(statuses=not_indexed, limit=20).itertuples():
-            console.print(failure_line(row.status, row.path, row.error), soft_wrap=True)
-        problems = store.check_consistency()
-        for p in problems:
-            console.print(f"[red]inconsistent:[/red] {p}")
+        with store:
+            _print_status(store)
+            problems = store.check_consistency()
+    for p in problems:
+        console.print(f"[red]inconsistent:[/red] {escape(p)}")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(ITEMS_FAILED)
+
+
+def _print_status(store: Store) -> None:
+    st = store.status()
+    groups = Table(title="specimens per group and status")
+    statuses = sorted({s for g in st["groups"].values() for s in g})
+    for col in ("group", *statuses):
+        groups.add_column(col)
+    for group, counts in st["groups"].items():
+        groups.add_row(escape(group or "(none)"), *(str(counts.get(s, 0)) for s in statuses))
+    console.print(groups)
+    indexes = Table(title="indexes")
+    for col in ("embedder", "trait", "vectors", "kind", "file"):
+        indexes.add_column(col)
+    for row in st["indexes"]:
+        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), row["file"])
+    console.print(indexes)
+    runs = store.runs()
+    if runs:
+        last = runs[-1]
+        console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: "
+                      f"{escape(str(last['counts']))}")
+    for path, st_, error in store.unindexed():
+        console.print(failure_line(st_, escape(path), escape(str(error or st_))), soft_wrap=True)

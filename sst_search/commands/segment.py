@@ -34,12 +34,26 @@ def segment(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
     device: str | None = DEVICE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    instances: bool = typer.Option(
+        False, "--instances", help="Find every instance instead: supports are instance references (mask k = instance k)."
+    ),
+    background: str = typer.Option("transparent", "--background", help="--instances cut-outs: transparent | black."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML config; --instances reads its 'instances' section."),
 ) -> None:
     """Track each trait of the support(s) into every query and write one label mask per query.
+
+    With --instances, find every instance of the supports' kind in each query instead
+    (--traits may declare 'instance_of: <kind>' and a class map; default: every marked
+    region is a specimen) and write <stem>.instances.png, <stem>.coco.json, <stem>/NNN.png
+    cut-outs and summary.json.
 
     Exit status: 0 all queries segmented, 1 some queries failed (the rest are written),
     2 bad arguments, references or weights.
     """
+    if instances:
+        _segment_instances(queries, support, support_mask, traits, out, model, weights, image_size, adapter,
+                           device, background, config_file)
+        return
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
     try:
@@ -61,6 +75,39 @@ def segment(
     counts = summary["counts"]
     console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
     for stem, entry in summary["images"].items():
+        if entry["status"] == "failed":
+            console.print(f"[red]failed[/red] {stem}: {entry['error']}")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+def _segment_instances(queries, support, support_mask, traits, out, model, weights, image_size, adapter, device,
+                       background, config_file) -> None:
+    from ..config import load_config
+    from ..instance_export import run_instance_segmentation
+    from ..builder import build_instance_finder
+    from ..references import InstanceSpec, load_instance_reference, load_instance_spec
+
+    if len(support) != len(support_mask):
+        raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
+    if background not in ("transparent", "black"):
+        raise typer.BadParameter("choose transparent or black", param_hint="--background")
+    try:
+        spec = (load_instance_spec(traits) if traits else None) or InstanceSpec(instance_of="specimen")
+        refs = [load_instance_reference(img, msk, spec) for img, msk in zip(support, support_mask)]
+        files = expand_queries(queries)
+        config = load_config(config_file)
+        tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
+    except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if tracker.weights.is_random:
+        console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - instances are not meaningful (smoke test only).[/bold yellow]")
+    summary = run_instance_segmentation(build_instance_finder(tracker, config.instances), refs, files, out, background)
+    counts = summary["counts"]
+    found = sum(p.get("count", 0) for p in summary["photos"].values())
+    console.print(f"{found} instances in {counts['ok']}/{counts['total']} photos -> {out} ({summary['seconds']} s)")
+    for stem, entry in summary["photos"].items():
         if entry["status"] == "failed":
             console.print(f"[red]failed[/red] {stem}: {entry['error']}")
     if counts["failed"]:

@@ -29,16 +29,27 @@ import pyarrow as pa
 
 from sst_search.config import IndexConfig
 from sst_search.store import indexes
+from sst_search.store import verify as vf
+from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.catalog import Catalog
 from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
+from sst_search.weights import sha256_file
 
 #: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
 VECTOR_CHUNK = 200_000
 
 IndexKey = tuple[str, str]
+
+#: Largest k a search honours; more results than vectors are never returned anyway.
+MAX_K = 10_000
+
+
+def repair_hint(db_path: Path) -> str:
+    return (f"`sst-search verify --db {db_path} --repair` rebuilds damaged FAISS files from the catalog "
+            "and restores a damaged database from the last verified snapshot")
 
 
 def _now() -> datetime:
@@ -118,21 +129,32 @@ class Store(Catalog):
             db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
-        except duckdb.IOException as exc:
-            mode = "read-only" if read_only else "for writing"
-            raise RuntimeError(
-                f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
-                "and none may read it meanwhile"
-            ) from exc
+        except duckdb.Error as exc:
+            if is_lock_conflict(exc):
+                mode = "read-only" if read_only else "for writing"
+                raise StoreError(
+                    f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
+                    "and none may read it meanwhile"
+                ) from exc
+            raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
+                                    repair_hint(db_path)) from exc
         store = cls(db_path, con, read_only, IndexConfig(), plan or PlanConfig())
-        if not read_only:
-            store._exec(DDL)
-            migrate(store.con)
-            if index_config is not None:
-                store._record_index_config(index_config)
-        store.index_config = store._recorded_index_config()
-        if not read_only:
-            store.repair_indexes()
+        try:
+            if not read_only:
+                store._exec(DDL)
+                migrate(store.con)
+                if index_config is not None:
+                    store._record_index_config(index_config)
+            store.index_config = store._recorded_index_config()
+            if not read_only:
+                indexes.remove_leftovers(store.faiss_dir)
+                store.repair_indexes()
+        except Exception as exc:
+            con.close()
+            fault = storage_fault(exc)
+            if fault is None or isinstance(fault, StoreDamagedError):
+                raise
+            raise StoreDamagedError([vf.Problem(str(db_path), str(fault), "database")], repair_hint(db_path)) from exc
         return store
 
     def close(self) -> None:
@@ -420,18 +442,34 @@ class Store(Catalog):
             indexes.save_index(self.faiss_dir, *key, index, generation)
         self._dirty.clear()
 
-    def repair_indexes(self) -> list[IndexKey]:
-        """Rebuild and save every index whose file is missing or stale; returns those keys."""
+    def repair_indexes(self, deep: bool = False) -> list[IndexKey]:
+        """Rebuild and save every index whose file is missing, stale or of the wrong size;
+        ``deep``: also every file that fails :func:`verify.check_index` (load, checksum,
+        count, ids, sampled vectors). Returns the rebuilt keys."""
         self._require_writer()
+        self.flush_indexes()
         repaired = []
-        for key, generation in self._generations().items():
+        for embedder, trait, generation, dim in vf.index_states(self.con):
+            key = (embedder, trait)
             manifest = indexes.read_manifest(self.faiss_dir, *key)
-            if manifest is None or manifest.get("generation") != generation:
+            if deep:
+                damaged = bool(vf.check_index(self.con, self.faiss_dir, key, generation, dim))
+            else:
+                damaged = manifest is None or manifest.get("generation") != generation or not _size_matches(
+                    self.faiss_dir, key, manifest)
+            if damaged:
                 self._indexes[key] = (self._rebuild(key), generation)
                 self._dirty.add(key)
                 repaired.append(key)
         self.flush_indexes()
         return repaired
+
+    def verify(self, sample: int = vf.SAMPLE, indexes: bool = True) -> list[vf.Problem]:
+        """Full check of this store's database and FAISS files (see :mod:`verify`); empty when intact."""
+        if not self.read_only:
+            self.flush_indexes()
+        problems = vf.check_database(self.con, self.db_path)
+        return problems or (vf.check_indexes(self.con, self.faiss_dir, sample) if indexes else [])
 
     # -- indexes and search -----------------------------------------------------------------
 
@@ -448,10 +486,8 @@ class Store(Catalog):
         cached = self._indexes.get(key)
         if cached is not None and cached[1] == generation:
             return cached[0]
-        manifest = indexes.read_manifest(self.faiss_dir, *key)
-        if manifest is not None and manifest.get("generation") == generation:
-            index = indexes.load_index(self.faiss_dir, *key)
-        else:
+        index = self._load_trusted(key, generation)
+        if index is None:
             index = self._rebuild(key)
             if not self.read_only:
                 self._dirty.add(key)
@@ -472,12 +508,14 @@ class Store(Catalog):
         :meth:`filtered_search` for how, and for filters given as questions instead of ids.
         """
         queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
+        k = _checked_query(queries, k, embedder, trait_name)
         if candidate_ids is not None:
             admission = _IdSet(candidate_ids)
             return [self.filtered_search(embedder, trait_name, q, k, admission).hits for q in queries]
         index = self.index(embedder, trait_name)
         if queries.shape[1] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {queries.shape[1]}, index of dim {index.d}")
+        k = min(k, max(1, index.ntotal))  # FAISS allocates k results per query, found or not
         scores, labels = index.search(queries, k)  # one batched call for many queries (evaluation)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
@@ -500,6 +538,7 @@ class Store(Catalog):
         ID selector or an exact scan of the admitted vectors.
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
+        k = _checked_query(query, k, embedder, trait_name)
         index = self.index(embedder, trait_name)
         if query.shape[0] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
@@ -550,13 +589,24 @@ class Store(Catalog):
         index_rows = []
         for key, generation in sorted(self._generations().items()):
             manifest = indexes.read_manifest(self.faiss_dir, *key)
-            state = "missing" if manifest is None else "fresh" if manifest.get("generation") == generation else "stale"
+            if manifest is None:
+                state = "missing"
+            elif manifest.get("generation") != generation:
+                state = "stale"
+            else:
+                state = "fresh" if _size_matches(self.faiss_dir, key, manifest) else "damaged"
             index_rows.append(
                 {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
                  "file": state, "kind": manifest.get("kind") if manifest else None}
             )
         return {"specimens": by_status, "groups": groups, "indexes": index_rows,
                 "runs": self.con.execute("SELECT count(*) FROM runs").fetchall()[0][0]}
+
+    def unindexed(self, limit: int = 20) -> list[tuple[str, str, str | None]]:
+        """``(path, status, error)`` of items that are not indexed, by path."""
+        return self.con.execute(
+            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT ?", [int(limit)]
+        ).fetchall()
 
     def check_consistency(self) -> list[str]:
         """Problems between the catalog and the FAISS indexes (in memory, else on disk); empty when consistent."""
@@ -567,29 +617,12 @@ class Store(Catalog):
         ).fetchall()[0][0]
         if orphans:
             problems.append(f"{orphans} vectors belong to specimens that are missing or not indexed")
-        for key, generation in sorted(self._generations().items()):
-            name = f"{key[0]}/{key[1]}"
+        for embedder, trait, generation, dim in vf.index_states(self.con):
+            key = (embedder, trait)
             cached = self._indexes.get(key)
-            if cached is not None and cached[1] == generation:
-                index = cached[0]
-            else:
-                manifest = indexes.read_manifest(self.faiss_dir, *key)
-                if manifest is None:
-                    problems.append(f"{name}: FAISS file missing")
-                    continue
-                if manifest.get("generation") != generation:
-                    problems.append(f"{name}: FAISS file is stale (generation {manifest.get('generation')}, catalog {generation})")
-                    continue
-                index = indexes.load_index(self.faiss_dir, *key)
-            catalog_ids = self.get_vectors(*key)[0]
-            faiss_ids = indexes.index_ids(index)
-            if len(faiss_ids) != len(catalog_ids) or not np.array_equal(faiss_ids, catalog_ids):
-                missing = np.setdiff1d(catalog_ids, faiss_ids).size
-                extra = np.setdiff1d(faiss_ids, catalog_ids).size
-                problems.append(
-                    f"{name}: FAISS has {len(faiss_ids)} ids, catalog {len(catalog_ids)} "
-                    f"({missing} missing from FAISS, {extra} not in catalog)"
-                )
+            in_memory = cached[0] if cached is not None and cached[1] == generation else None
+            problems += [f"{embedder}/{trait}: {p.what}"
+                         for p in vf.check_index(self.con, self.faiss_dir, key, generation, dim, in_memory)]
         return problems
 
     # -- internals -----------------------------------------------------------------------
@@ -666,6 +699,20 @@ class Store(Catalog):
             )
         return self._generations()
 
+    def _load_trusted(self, key: IndexKey, generation: int) -> faiss.Index | None:
+        """The file's index when its manifest, size, checksum and count vouch for it, else None."""
+        manifest = indexes.read_manifest(self.faiss_dir, *key)
+        if manifest is None or manifest.get("generation") != generation or not _size_matches(self.faiss_dir, key, manifest):
+            return None
+        path = indexes.index_paths(self.faiss_dir, *key)[0]
+        if manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
+            return None
+        try:
+            index = indexes.load_index(self.faiss_dir, *key)
+        except RuntimeError:
+            return None
+        return index if index.ntotal == manifest.get("count", index.ntotal) else None
+
     def _rebuild(self, key: IndexKey) -> faiss.Index:
         ids, matrix = self.get_vectors(*key)
         return indexes.build_index(matrix, ids, self._dims()[key], self.index_config)
@@ -700,6 +747,22 @@ class Store(Catalog):
                     index.add_with_ids(matrix, vids)
             self._indexes[key] = (index, generations[key])
             self._dirty.add(key)
+
+
+def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: str) -> int:
+    """``k`` capped at :data:`MAX_K`; a non-positive ``k`` or a NaN query is an error, not an
+    AssertionError deep in FAISS or NaN-scored hits."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not np.isfinite(queries).all():
+        raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
+    return min(int(k), MAX_K)
+
+
+def _size_matches(faiss_dir: Path, key: IndexKey, manifest: dict) -> bool:
+    """Cheap check that catches truncated files (manifests older than the size field pass)."""
+    size = manifest.get("bytes")
+    return size is None or indexes.index_paths(faiss_dir, *key)[0].stat().st_size == size
 
 
 class _IdSet:

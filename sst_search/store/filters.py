@@ -13,13 +13,17 @@ import re
 from collections.abc import Collection, Iterable
 from typing import Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from sst_search.errors import QueryError
 from sst_search.measure import FIELDS as MEASUREMENT_FIELDS
 
 #: Filterable specimen columns besides the manifest's metadata keys.
 SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status", "orientation": "s.orientation"}
+
+
+#: The comparison operators a filter may use; the compiler emits SQL only for these.
+OPS = ("==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<")
 
 
 class Filter(BaseModel):
@@ -30,6 +34,9 @@ class Filter(BaseModel):
     Comparisons (``<``, ``>=`` ...) are numeric when the value is a number and textual
     otherwise, so ISO dates compare chronologically.
     """
+
+    #: Checked on assignment too: a filter changed after construction is validated again.
+    model_config = ConfigDict(validate_assignment=True)
 
     field: str
     op: Literal["==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<"]
@@ -116,6 +123,8 @@ def compile_filters(
     is neither a specimen column nor a metadata key but has a dot is a trait measurement."""
     clauses, params = [], []
     for f in filters:
+        if f.op not in OPS:  # the op becomes SQL text: only allow-listed operators ever reach it
+            raise QueryError(f"filter on {f.field!r}: unknown operator {f.op!r}; use one of {list(OPS)}")
         if f.field not in SPECIMEN_FIELDS and f.field not in metadata_keys and "." in f.field:
             cond, values = _measurement_condition(f, measured_traits)
             clauses.append(cond)

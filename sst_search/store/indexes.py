@@ -7,7 +7,7 @@ cross the threshold or an IVF index outgrows its training (``nlist`` too small f
 
 Files are a cache of the DuckDB ``vectors`` table: ``<name>.index`` is written to a
 temporary file and renamed into place, then ``<name>.json`` (the manifest: generation,
-count, kind) the same way. A reader trusts a file only when its manifest's generation
+count, kind, dim, size and sha256 of the index file) the same way. A reader trusts a file only when its manifest's generation
 equals the one in DuckDB, so a crash between the two renames costs a rebuild, never a
 wrong answer.
 """
@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
+from sst_search.weights import sha256_file
 
 
 def index_kind(index: faiss.Index) -> str:
@@ -122,10 +123,33 @@ def index_paths(root: Path, embedder: str, trait_name: str) -> tuple[Path, Path]
     return stem.with_name(stem.name + ".index"), stem.with_name(stem.name + ".json")
 
 
+def file_mode(directory: bool = False) -> int:
+    """The mode a plain ``open()`` / ``mkdir()`` would give under the current umask.
+
+    ``mkstemp`` and ``mkdtemp`` create 0600 files and 0700 folders; published files get the
+    ordinary mode instead, so a search app running as another user can read them.
+    """
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Delete temporary files of writes a killed writer never finished (call as the only writer)."""
+    removed = []
+    if root.is_dir():
+        for tmp in root.rglob("*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, file_mode())
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -141,7 +165,8 @@ def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, g
     index_path, manifest_path = index_paths(root, embedder, trait_name)
     _atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
     manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d,
-                "bytes_per_vector": round(bytes_per_vector(index), 1)}
+                "bytes_per_vector": round(bytes_per_vector(index), 1),
+                "bytes": index_path.stat().st_size, "sha256": sha256_file(index_path)}
     _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
 
 

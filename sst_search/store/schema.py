@@ -100,6 +100,26 @@ Tables and columns:
     - ``rle VARCHAR``, ``area BIGINT``, ``bbox_x0 .. bbox_y1 INTEGER``: the corrected mask
       (``correct`` only), as in ``trait_masks``.
     - ``note VARCHAR``: free text (``promote``: the support's image path).
+
+``instance_sources``: one row per photo split into instances (``index --instances``).
+    - ``source_path VARCHAR PRIMARY KEY``: the photo, absolute.
+    - ``source_key VARCHAR``: its manifest key; ``group_name VARCHAR``; ``metadata JSON``: its
+      manifest columns (every instance item carries them too).
+    - ``content_hash VARCHAR``, ``fingerprint JSON``: photo bytes and what found the
+      instances (instance references, SAM 2, thresholds); either changing re-splits it.
+    - ``status VARCHAR``: ``split`` | ``failed``; ``error VARCHAR``.
+    - ``width INTEGER``, ``height INTEGER``, ``instance_count INTEGER``, ``candidates INTEGER``.
+    - ``updated_at TIMESTAMP``.
+
+``instances``: one row per instance found in a photo; the instance is also an item of
+    ``specimens`` whose ``path`` is ``crop_path``.
+    - ``source_path VARCHAR``, ``number INTEGER`` (1..n, reading order): primary key.
+    - ``item_key VARCHAR``: the item's key (``<source key>#<number>``); ``crop_path VARCHAR``.
+    - ``box_x0, box_y0, box_x1, box_y1 INTEGER``: instance box in the photo (exclusive ends).
+    - ``crop_x0, crop_y0, crop_x1, crop_y1 INTEGER``: the crop (box plus margin) in the photo.
+    - ``rle VARCHAR``: instance mask in photo pixels, COCO RLE JSON as in ``trait_masks``.
+    - ``area BIGINT``; ``score DOUBLE`` (max of the two IoUs below), ``cycle_iou DOUBLE``,
+      ``forward_iou DOUBLE``; ``origin VARCHAR``: ``proposal`` | ``forward`` | ``given``.
 """
 
 from __future__ import annotations
@@ -195,6 +215,36 @@ CREATE TABLE IF NOT EXISTS index_state (
     generation BIGINT NOT NULL,
     dim INTEGER NOT NULL,
     PRIMARY KEY (embedder, trait_name)
+);
+CREATE TABLE IF NOT EXISTS instance_sources (
+    source_path VARCHAR PRIMARY KEY,
+    source_key VARCHAR,
+    group_name VARCHAR,
+    metadata JSON,
+    content_hash VARCHAR,
+    fingerprint JSON,
+    status VARCHAR NOT NULL,
+    error VARCHAR,
+    width INTEGER,
+    height INTEGER,
+    instance_count INTEGER,
+    candidates INTEGER,
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    source_path VARCHAR NOT NULL,
+    number INTEGER NOT NULL,
+    item_key VARCHAR NOT NULL,
+    crop_path VARCHAR NOT NULL,
+    box_x0 INTEGER, box_y0 INTEGER, box_x1 INTEGER, box_y1 INTEGER,
+    crop_x0 INTEGER, crop_y0 INTEGER, crop_x1 INTEGER, crop_y1 INTEGER,
+    rle VARCHAR NOT NULL,
+    area BIGINT NOT NULL,
+    score DOUBLE,
+    cycle_iou DOUBLE,
+    forward_iou DOUBLE,
+    origin VARCHAR,
+    PRIMARY KEY (source_path, number)
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,

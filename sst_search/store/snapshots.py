@@ -13,7 +13,14 @@ new version folder and a small pointer file is switched to it atomically::
 
 Readers resolve the pointer once, when they open, and keep their version for as long as
 they live; a later publish never touches a version a reader already has open, it only
-moves the pointer. Only the newest ``keep`` versions are kept. Pruning an older one while
+moves the pointer.
+
+Nothing damaged is published: the copy is fully verified (:mod:`verify`: every table read
+back through DuckDB's block checksums, every FAISS file loaded and compared with the
+catalog) *before* the pointer moves, and marked verified. Only the newest ``keep``
+versions are kept, and never the newest verified one, so a run that fails verification
+leaves readers, and a repair, a good version to fall back on. Published files get the
+ordinary mode under the umask, so a search app running as another user can read them. Pruning an older one while
 a reader still uses it is harmless on POSIX: the reader's open DuckDB file stays readable
 until it closes, and a FAISS file that is gone is rebuilt in memory from the DuckDB
 vectors (see :meth:`Store.index`), so the reader still answers from its own version.
@@ -32,9 +39,16 @@ from pathlib import Path
 
 import duckdb
 
+from sst_search.store.errors import StoreDamagedError
+from sst_search.store.indexes import file_mode
+from sst_search.store.verify import verify_files
+
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 2
+
+#: Marker file in a version folder whose copy passed verification.
+VERIFIED = "verified.json"
 
 
 class SnapshotError(RuntimeError):
@@ -81,6 +95,7 @@ def _write_pointer(db_path: Path, version: str) -> None:
     pointer = pointer_path(db_path)
     payload = {"version": version, "published_at": datetime.now(timezone.utc).isoformat()}
     fd, tmp = tempfile.mkstemp(dir=pointer.parent, prefix=pointer.name + ".", suffix=".tmp")
+    os.chmod(tmp, file_mode())
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh)
@@ -112,12 +127,31 @@ def list_versions(db_path: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _make_readable(root: Path) -> None:
+    """Give the copied tree the mode plain files and folders get under the umask."""
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, file_mode(directory=path.is_dir()))
+
+
+def is_verified(db_path: str | Path, version: str) -> bool:
+    return (versions_dir(db_path) / version / VERIFIED).is_file()
+
+
+def last_verified(db_path: str | Path) -> str | None:
+    """The newest version whose copy passed verification, or None."""
+    verified = [v for v in list_versions(db_path) if is_verified(db_path, v)]
+    return verified[-1] if verified else None
+
+
 def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
-    """Copy the store into a new version and point readers at it; returns the copy's DB path.
+    """Copy the store into a new version, verify the copy, and only then point readers at it;
+    returns the copy's DB path.
 
     Call it after the writer closed the store. The database is opened for writing during
     the copy, which checkpoints it (no WAL left behind) and holds DuckDB's lock so no
-    other writer can change the files being copied.
+    other writer can change the files being copied. A copy that fails verification is
+    deleted and :class:`StoreDamagedError` names the damaged live files; the pointer and
+    every published version stay as they were.
     """
     if keep < 1:
         raise ValueError("keep must be at least 1: the current version is never pruned")
@@ -146,6 +180,20 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
                 )
         finally:
             con.close()
+        _make_readable(staging)
+        problems = verify_files(staging / db_path.name)
+        if problems:
+            live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
+            good = current_version(db_path)
+            raise StoreDamagedError(
+                live,
+                "nothing was published"
+                + (f"; readers keep verified version {good}" if good else "")
+                + f". `sst-search verify --db {db_path} --repair` rebuilds damaged FAISS files from the catalog "
+                "and restores a damaged database from the last verified snapshot",
+            )
+        (staging / VERIFIED).write_text(json.dumps({"verified_at": datetime.now(timezone.utc).isoformat()}))
+        os.chmod(staging / VERIFIED, file_mode())
         _fsync_tree(staging)
         os.replace(staging, root / version)
         _fsync_dir(root)
@@ -158,11 +206,13 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
 
 
 def prune_snapshots(db_path: str | Path, keep: int = DEFAULT_KEEP) -> list[str]:
-    """Delete all but the newest ``keep`` versions (never the current one); returns the deleted."""
+    """Delete all but the newest ``keep`` versions (never the current one, never the newest
+    verified one); returns the deleted."""
     db_path = Path(db_path)
     current = current_version(db_path)
     versions = list_versions(db_path)
-    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    spared = {current, last_verified(db_path)}
+    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in spared]
     for version in doomed:
         shutil.rmtree(versions_dir(db_path) / version, ignore_errors=True)
     # Staging folders of publishes that died mid-copy.
@@ -197,3 +247,26 @@ def resolve_snapshot(db_path: str | Path) -> Path:
             "wait for the indexing run to finish"
         ) from exc
     return db_path
+
+
+def restore_snapshot(db_path: str | Path, version: str) -> Path:
+    """Replace the live store by a published version; the damaged files are kept aside.
+
+    Returns where the damaged database went (``<db>.damaged-<time>``). Work committed after
+    that version is gone from the restored store; the next indexing run redoes it.
+    """
+    db_path = Path(db_path)
+    source = versions_dir(db_path) / version / db_path.name
+    if not source.is_file():
+        raise StoreDamagedError([f"{source}: missing"], f"version {version} cannot be restored")
+    aside = db_path.with_name(f"{db_path.name}.damaged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}")
+    aside.mkdir()
+    live_faiss = _faiss_dir(db_path)
+    for path in (db_path, db_path.with_name(db_path.name + ".wal"), live_faiss):
+        if path.exists():
+            os.replace(path, aside / path.name)
+    shutil.copy2(source, db_path)
+    if _faiss_dir(source).is_dir():
+        shutil.copytree(_faiss_dir(source), live_faiss)
+    _fsync_dir(db_path.parent)
+    return aside

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sst_search.images import ImageLoadError, load_image
+from sst_search.images import UPLOAD_FORMATS, ImageLoadError, load_image
 from sst_search.query import Filter, QueryError, SearchEngine
 
-from ..render import result_grid, trait_label
+from ..render import md, result_grid, trait_label
 from ..state import cache_key, specimen_labels
 
 MAX_UPLOAD_MB = 20
+#: A phone photo is 12-48 MP; more is refused from the header, before decoding (a 0.2 MB PNG can
+#: decode to gigabytes).
+MAX_UPLOAD_PIXELS = 50_000_000
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff"]
 OPS = ["==", "!=", "contains", "in", "not in", ">=", "<=", ">", "<"]
 MAX_FILTERS = 6
@@ -51,7 +54,7 @@ def _query(engine: SearchEngine, group: str) -> dict | None:
     if mode == "Specimen":
         labels = specimen_labels(engine, cache_key(engine), group)
         if not labels:
-            st.info(f"No indexed specimens in {group}.")
+            st.info(f"No indexed specimens in {md(group)}.")
             return None
         sid = st.selectbox("Query specimen", list(labels), format_func=labels.get, key="query_specimen")
         return {"specimen_id": sid}
@@ -61,14 +64,14 @@ def _query(engine: SearchEngine, group: str) -> dict | None:
         if upload is None:
             return None
         if upload.size > MAX_UPLOAD_MB * 2**20:
-            st.error(f"{upload.name}: {upload.size / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit")
+            st.error(f"{md(upload.name)}: {upload.size / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit")
             return None
         try:
-            image = load_image(upload.name, data=upload.getvalue())
+            image = load_image(upload.name, data=upload.getvalue(), formats=UPLOAD_FORMATS, max_pixels=MAX_UPLOAD_PIXELS)
         except ImageLoadError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             return None
-        st.image(image, caption=upload.name, width=240)
+        st.image(image, caption=md(upload.name), width=240)
         return {"image": image, "group": group}
     text = st.text_input("Describe the trait", key="query_text", placeholder="e.g. a broad red forewing band").strip()
     return {"text": text} if text else None
@@ -99,7 +102,7 @@ def render(engine: SearchEngine) -> None:
             st.session_state["results_for"] = f"{trait_label(trait)} · {direction}"
         except (QueryError, ImageLoadError, KeyError, ValueError, RuntimeError) as exc:
             st.session_state.pop("results", None)
-            st.error(f"Search failed: {exc}")
+            st.error(f"Search failed: {md(exc)}")
     results = st.session_state.get("results")
     if results is None:
         return

@@ -1,0 +1,190 @@
+"""Integrity checks: is every file a reader will touch intact and in agreement with the catalog?
+
+Two kinds of damage, repaired differently:
+
+- **database**: DuckDB keeps a checksum per block and checks it whenever it reads one, so
+  reading every row of every table finds any damaged block a query could hit. The database
+  is the truth; a damaged one is restored from the last verified snapshot.
+- **index**: a FAISS file must load, hold the manifest's checksum and count, the catalog's
+  ids, and the catalog's *vectors*: a sample of them is reconstructed and compared, which
+  catches a valid file of another trait with the same ids (ids alone would pass). FAISS
+  files are a cache and are rebuilt from the catalog's vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import faiss
+import numpy as np
+
+from sst_search.store import indexes as ix
+from sst_search.store.errors import StoreError, is_lock_conflict
+from sst_search.weights import sha256_file
+
+#: Vectors compared per index: enough to catch a swapped or garbled file, cheap for any size.
+SAMPLE = 32
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One damaged file and what is wrong with it."""
+
+    path: str
+    what: str
+    kind: Literal["database", "index"]
+    key: tuple[str, str] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_database(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
+    """Read every row of every table (DuckDB checks each block's checksum on the way)."""
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT temporary"
+        ).fetchall()]
+        for table in tables:
+            reader = con.sql('SELECT * FROM "{}"'.format(table.replace('"', '""'))).to_arrow_reader(65_536)
+            for _ in reader:
+                pass
+    except duckdb.Error as exc:
+        return [Problem(str(db_path), f"database is damaged ({_first_line(exc)})", "database")]
+    return []
+
+
+def index_states(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, int]]:
+    """``(embedder, trait, generation, dim)`` of every index the catalog knows."""
+    return con.execute("SELECT embedder, trait_name, generation, dim FROM index_state ORDER BY 1, 2").fetchall()
+
+
+def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
+    """The stored vectors of ``ids``, as the index would score them."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIVF):
+        # IVF lists hold ids, not positions: look them up through a hash table, on a copy so
+        # the caller's index (maybe the one serving searches) is left as it was.
+        clone = faiss.clone_index(inner)  # owns the copy: keep it referenced while in use
+        inner = faiss.downcast_index(clone)
+        inner.set_direct_map_type(faiss.DirectMap.Hashtable)
+    ids = [int(i) for i in ids]
+    if not ids:
+        return np.zeros((0, index.d), np.float32)
+    return np.stack([inner.reconstruct(i) for i in ids]).astype(np.float32)
+
+
+def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray) -> int:
+    """How many of ``ids`` the index does not hold as ``expected``. Exact indexes must give the
+    vectors back to float precision; compressed codes (SQ/PQ) only close to them (cosine >= 0.5,
+    while another trait's vector scores near 0); indexes that cannot reconstruct must find each
+    vector's own id among its nearest neighbours."""
+    ivf = ix.ivf_of(index)
+    lossy = ivf is not None and ivf.code_size < 4 * index.d
+    try:
+        got = reconstruct(index, ids)
+    except RuntimeError:
+        scores, labels = index.search(expected, min(10, max(1, index.ntotal)))
+        floor = 0.5 if lossy else 0.999
+        return sum(1 for i, sid in enumerate(ids) if not (scores[i][labels[i] == sid] >= floor).any())
+    if lossy:
+        return int(((got * expected).sum(axis=1) < 0.5).sum())
+    return int((~np.isclose(got, expected, atol=1e-4).all(axis=1)).sum())
+
+
+def check_index(
+    con: duckdb.DuckDBPyConnection,
+    faiss_dir: Path,
+    key: tuple[str, str],
+    generation: int,
+    dim: int,
+    index: faiss.Index | None = None,
+    sample: int = SAMPLE,
+) -> list[Problem]:
+    """Problems of one (embedder, trait) index; ``index`` given: check that in-memory copy instead of the file."""
+    index_path, _ = ix.index_paths(faiss_dir, *key)
+    where = str(index_path)
+
+    def problem(what: str) -> list[Problem]:
+        return [Problem(where, what, "index", key)]
+
+    manifest = None
+    if index is None:
+        manifest = ix.read_manifest(faiss_dir, *key)
+        if manifest is None:
+            return problem("FAISS file missing (or its manifest is)")
+        if manifest.get("generation") != generation:
+            return problem(f"FAISS file is stale (generation {manifest.get('generation')}, catalog {generation})")
+        if manifest.get("bytes") is not None and index_path.stat().st_size != manifest["bytes"]:
+            return problem(f"FAISS file is {index_path.stat().st_size} bytes, its manifest says {manifest['bytes']}")
+        if manifest.get("sha256") and sha256_file(index_path) != manifest["sha256"]:
+            return problem("FAISS file does not match its manifest's checksum")
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            return problem(f"FAISS file does not load ({_first_line(exc)})")
+    ids = con.execute(
+        "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY specimen_id", list(key)
+    ).fetchnumpy()["specimen_id"].astype(np.int64)
+    if index.d != dim:
+        return problem(f"FAISS index has dimension {index.d}, catalog {dim}")
+    if manifest is not None and manifest.get("count") != index.ntotal:
+        return problem(f"FAISS index holds {index.ntotal} vectors, its manifest says {manifest.get('count')}")
+    faiss_ids = ix.index_ids(index)
+    if len(faiss_ids) != len(ids) or not np.array_equal(faiss_ids, ids):
+        missing = np.setdiff1d(ids, faiss_ids).size
+        extra = np.setdiff1d(faiss_ids, ids).size
+        return problem(f"FAISS has {len(faiss_ids)} ids, catalog {len(ids)} "
+                       f"({missing} missing from FAISS, {extra} not in catalog)")
+    if not len(ids):
+        return []
+    picks = ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))]
+    rows = con.execute(
+        "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ? "
+        "AND specimen_id IN (SELECT unnest(?::BIGINT[])) ORDER BY specimen_id",
+        [*key, picks.tolist()],
+    ).fetchall()
+    expected = np.asarray([r[1] for r in rows], np.float32)
+    wrong = _mismatches(index, np.asarray([r[0] for r in rows], np.int64), expected)
+    if wrong:
+        return problem(f"{wrong} of {len(rows)} sampled vectors differ from the catalog's (a file of another index?)")
+    return []
+
+
+def check_indexes(con: duckdb.DuckDBPyConnection, faiss_dir: Path, sample: int = SAMPLE) -> list[Problem]:
+    problems = []
+    for embedder, trait, generation, dim in index_states(con):
+        problems += check_index(con, faiss_dir, (embedder, trait), generation, dim, sample=sample)
+    return problems
+
+
+def verify_files(db_path: str | Path, sample: int = SAMPLE) -> list[Problem]:
+    """Full check of the store at ``db_path`` (database and FAISS files), without changing anything."""
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        return [Problem(str(db_path), "no such database file", "database")]
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+    except duckdb.Error as exc:
+        if is_lock_conflict(exc):
+            raise StoreError(f"{db_path}: cannot verify while another process writes it ({_first_line(exc)})") from exc
+        return [Problem(str(db_path), f"database does not open ({_first_line(exc)})", "database")]
+    try:
+        problems = check_database(con, db_path)
+        if not problems:
+            try:
+                problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
+            except duckdb.Error as exc:
+                problems = [Problem(str(db_path), f"database is damaged ({_first_line(exc)})", "database")]
+        return problems
+    finally:
+        con.close()

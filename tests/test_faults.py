@@ -1,0 +1,308 @@
+"""Fault injection: damaged stores, disk full, transient faults that look like mass deletion,
+and the exit codes and messages each one ends in.
+
+One four-item collection is indexed per module; every test restores the store files from a
+pristine copy (same paths, so specimen ids stay the same) and damages what it needs. Each
+test asserts that nothing indexed is lost, nothing damaged is published and the message
+names the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer.job import MassRemovalError, run_index
+from sst_search.cli import app
+from sst_search.config import Config
+from sst_search.store import Store, indexes
+from sst_search.store import snapshots as snap
+from sst_search.store.errors import StoreDamagedError
+from sst_search.store.verify import verify_files
+from sst_search.synthetic import generate_collection
+from tests.conftest import TEST_IMAGE_SIZE
+
+CONFIG = Config.model_validate({
+    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
+    "embedding": {"embedder": "color-pattern"},
+})
+STORE_FILES = ("db.duckdb", "db.duckdb.faiss", "db.duckdb.versions", "db.duckdb.current")
+TRAIT = "forewing_band"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    coll = generate_collection(root / "syn", species=1, per_species=4, seed=13)
+    run_index(coll.manifest, coll.references, root / "db.duckdb", CONFIG, masks=coll.ground_truth)
+    (root / "pristine").mkdir()
+    for name in STORE_FILES:
+        _copy(root / name, root / "pristine" / name)
+    return root, coll
+
+
+def _copy(src, dst):
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+@pytest.fixture
+def store(template):
+    """The indexed store as it was after its first run: ``(db, collection, indexed ids, version)``."""
+    root, coll = template
+    for name in STORE_FILES:
+        target = root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        _copy(root / "pristine" / name, target)
+    for leftover in root.glob("db.duckdb.damaged-*"):
+        shutil.rmtree(leftover)
+    db = root / "db.duckdb"
+    with Store.open(db, read_only=True) as s:
+        ids = s.filter_specimens()
+    assert len(ids) == 4
+    return db, coll, ids, snap.current_version(db)
+
+
+def _index(db, coll, **kwargs):
+    return run_index(coll.manifest, coll.references, db, CONFIG, masks=coll.ground_truth, **kwargs)
+
+
+def _cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output and not isinstance(result.exception, (AttributeError, TypeError))
+    return result
+
+
+def _index_cli(db, coll, *extra):
+    return _cli("index", coll.manifest, "--references", coll.references, "--masks", coll.ground_truth, "--db", db,
+                "--embedder", "color-pattern", "--weights", "random", "--image-size", TEST_IMAGE_SIZE, "--quiet", *extra)
+
+
+def _assert_published_intact(db, ids, version=None):
+    """The pointer names a verified version (``version`` when given) holding all of ``ids``."""
+    current = snap.current_version(db)
+    assert snap.is_verified(db, current) and (version is None or current == version)
+    published = snap.versions_dir(db) / current / db.name
+    assert verify_files(published) == []
+    with Store.open(published, read_only=True) as s:
+        assert set(ids) <= set(s.filter_specimens())
+
+
+def _faiss_file(db, trait=TRAIT):
+    return indexes.index_paths(db.with_name(db.name + ".faiss"), "color-pattern", trait)[0]
+
+
+# -- damaged database --------------------------------------------------------------------------
+
+def _truncate(path):
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def _garbage(path):
+    size = path.stat().st_size
+    rng = np.random.default_rng(0)
+    with open(path, "r+b") as fh:  # 4 KB of noise in every 256 KB block after the headers
+        for offset in range(262_144 + 4096, size - 4096, 262_144):
+            fh.seek(offset)
+            fh.write(rng.bytes(4096))
+
+
+def _empty(path):
+    os.truncate(path, 0)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty], ids=["truncated", "garbage", "empty"])
+def test_damaged_database_stops_the_run_and_verify_repair_restores_it(store, damage):
+    db, coll, ids, version = store
+    damage(db)
+    with pytest.raises(StoreDamagedError, match=str(db)):
+        _index(db, coll)
+    result = _index_cli(db, coll)
+    assert result.exit_code == 3 and "storage fault" in result.output and str(db) in result.output
+    status = _cli("status", "--db", db)
+    assert status.exit_code == 3 and "storage fault" in status.output
+    _assert_published_intact(db, ids, version)  # nothing published, nothing pruned
+
+    assert _cli("verify", "--db", db).exit_code == 3
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "restored" in repaired.output and list(db.parent.glob("db.duckdb.damaged-*"))
+    summary = _index(db, coll)
+    assert summary.exit_code == 0 and summary.counts["unchanged"] == 4
+    _assert_published_intact(db, ids)
+
+
+# -- damaged FAISS files ---------------------------------------------------------------------------
+
+def _swap(db):
+    shutil.copy2(_faiss_file(db, "hindwing_bar"), _faiss_file(db))  # valid file, same ids, other trait
+
+
+def _truncate_faiss(db):
+    os.truncate(_faiss_file(db), 100)
+
+
+def _noise_faiss(db):
+    path = _faiss_file(db)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
+    path.write_bytes(bytes(data))
+
+
+def _remove_faiss(db):
+    _faiss_file(db).unlink()
+
+
+@pytest.mark.parametrize("damage", [_swap, _truncate_faiss, _noise_faiss, _remove_faiss],
+                         ids=["swapped", "truncated", "zeroed", "missing"])
+def test_damaged_faiss_file_is_reported_then_rebuilt_before_publishing(store, damage):
+    db, coll, ids, version = store
+    damage(db)
+    status = _cli("status", "--db", db)
+    assert status.exit_code == 1 and "inconsistent" in status.output and TRAIT in status.output
+    assert _cli("verify", "--db", db).exit_code == 3
+
+    summary = _index(db, coll)
+    assert summary.exit_code == 0 and summary.counts["unchanged"] == 4
+    _assert_published_intact(db, ids)
+    assert snap.current_version(db) != version
+    with Store.open(db, read_only=True) as s:
+        assert s.check_consistency() == []
+        vectors = s.get_vectors("color-pattern", TRAIT)
+        (hits,) = s.search("color-pattern", TRAIT, vectors[1][0], k=1)
+        assert hits[0][0] == vectors[0][0] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_publish_refuses_a_damaged_copy_and_keeps_every_version(store):
+    db, _, ids, version = store
+    before = snap.list_versions(db)
+    _swap(db)
+    with pytest.raises(StoreDamagedError, match=f"{TRAIT}.index.*checksum"):
+        snap.publish_snapshot(db)
+    assert snap.list_versions(db) == before and not list(snap.versions_dir(db).glob(".*"))
+    _assert_published_intact(db, ids, version)
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0 and "rebuilt color-pattern/forewing_band" in repaired.output
+    _assert_published_intact(db, ids)
+
+
+def test_pruning_spares_the_newest_verified_version(store):
+    db, _, _, version = store
+    root = snap.versions_dir(db)
+    for name in ("29990101T000000000000Z-aaaaaaaa", "29990101T000000000001Z-bbbbbbbb"):  # newer, unverified
+        shutil.copytree(root / version, root / name)
+        (root / name / snap.VERIFIED).unlink()
+    snap._write_pointer(db, "29990101T000000000001Z-bbbbbbbb")
+    snap.prune_snapshots(db, keep=1)
+    assert snap.list_versions(db) == [version, "29990101T000000000001Z-bbbbbbbb"]
+    assert snap.last_verified(db) == version
+
+
+# -- disk full, leftovers, permissions ---------------------------------------------------------------
+
+def test_disk_full_while_publishing_exits_3_and_keeps_the_published_version(store, monkeypatch):
+    db, coll, ids, version = store
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(snap.shutil, "copy2", full)
+    result = _index_cli(db, coll)
+    assert result.exit_code == 3 and "No space left on device" in result.output
+    monkeypatch.undo()
+    assert not [p for p in snap.versions_dir(db).iterdir() if p.name.startswith(".")]  # no half copy left
+    _assert_published_intact(db, ids, version)
+    with Store.open(db, read_only=True) as s:
+        assert s.filter_specimens() == ids and s.check_consistency() == []
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_writer(store):
+    db, _, _, _ = store
+    leftover = _faiss_file(db).with_name(f"{TRAIT}.index.k1ll3d.tmp")
+    leftover.write_bytes(b"half a file")
+    Store.open(db).close()
+    assert not leftover.exists()
+
+
+def test_published_files_are_readable_by_other_users(store):
+    db, coll, _, _ = store
+    old = os.umask(0o022)
+    try:
+        _index(db, coll)
+    finally:
+        os.umask(old)
+    version = snap.versions_dir(db) / snap.current_version(db)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [version, *version.rglob("*")]}
+    assert all(mode & 0o044 == 0o044 for mode in modes.values()), modes
+    assert stat.S_IMODE(snap.pointer_path(db).stat().st_mode) == 0o644
+
+
+# -- transient faults that look like mass deletion ---------------------------------------------------
+
+def test_moved_images_folder_stops_before_committing(store):
+    db, coll, ids, version = store
+    images = coll.root / "images"
+    images.rename(coll.root / "images.moved")
+    try:
+        with pytest.raises(MassRemovalError, match="4 image files are missing") as err:
+            _index(db, coll)
+        assert str(images) in str(err.value) and "--allow-mass-removal" in str(err.value)
+        result = _index_cli(db, coll)
+        assert result.exit_code == 2 and "nothing was changed" in result.output
+        with Store.open(db, read_only=True) as s:
+            assert s.filter_specimens() == ids
+        _assert_published_intact(db, ids, version)
+        allowed = _index(db, coll, allow_mass_removal=True)
+        assert allowed.counts["failed"] == 4
+    finally:
+        (coll.root / "images.moved").rename(images)
+
+
+def test_broken_traits_yaml_stops_before_committing(store):
+    db, coll, ids, version = store
+    traits = coll.references / coll.groups[0] / "traits.yaml"
+    good = traits.read_text()
+    traits.write_text(good + "\n  oops: [\n")
+    try:
+        with pytest.raises(MassRemovalError, match="traits.yaml"):
+            _index(db, coll)
+    finally:
+        traits.write_text(good)
+    with Store.open(db, read_only=True) as s:
+        assert s.filter_specimens() == ids
+    _assert_published_intact(db, ids, version)
+
+
+def test_items_dropped_from_the_manifest_are_named(store):
+    db, coll, ids, _ = store
+    lines = coll.manifest.read_text().splitlines()
+    short = coll.manifest.with_name("short.csv")
+    short.write_text("\n".join(lines[:2]) + "\n")
+    with pytest.raises(MassRemovalError, match="3 items are no longer in the collection") as err:
+        run_index(short, coll.references, db, CONFIG, masks=coll.ground_truth)
+    assert "alba-001.png" in str(err.value) or coll.groups[0] in str(err.value)
+    one_gone = coll.manifest.with_name("one-gone.csv")
+    one_gone.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(MassRemovalError):  # 1 of 4 is 25%, over the default 20%
+        run_index(one_gone, coll.references, db, CONFIG, masks=coll.ground_truth)
+    lenient = CONFIG.model_copy(update={"indexer": CONFIG.indexer.model_copy(update={"max_removal_share": 0.5})})
+    assert run_index(one_gone, coll.references, db, lenient, masks=coll.ground_truth).counts["removed"] == 1
+
+
+def test_bad_config_exits_2(store, tmp_path):
+    db, coll, _, _ = store
+    config = tmp_path / "typo.yaml"
+    config.write_text("indexer:\n  comit_every: 4\n")
+    result = _index_cli(db, coll, "--config", config)
+    assert result.exit_code == 2 and "comit_every" in result.output
