@@ -21,8 +21,8 @@ from .state import cache_key, open_specimen, specimen_image
 CARD_FIELDS = ("catalogNumber", "scientificName", "locality")
 
 
-#: Characters Markdown (and Streamlit's LaTeX, GFM tables and autolinks) read anywhere in a line.
-_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]!|<>~$&:])")
+#: Characters Markdown (and Streamlit's LaTeX and GFM tables) read anywhere in a line.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]!|<>~$&])")
 #: What makes a line a heading, quote, list item or rule.
 _MARKDOWN_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
 
