@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ValidationError, field_validator
 
+from .atomic_io import write_bytes_atomic
 from .images import ImageLoadError, is_image_file, load_image, load_mask, save_image, save_mask
 
 MASK_SUFFIX = ".mask.png"
@@ -104,7 +105,7 @@ def write_traits(path: str | Path, traits: dict[int, Trait]) -> None:
         tid: ({"name": t.name, "description": t.description} if t.description else t.name)
         for tid, t in sorted(traits.items())
     }
-    _write_atomic(Path(path), yaml.safe_dump({"traits": data}, sort_keys=True).encode())
+    write_bytes_atomic(Path(path), yaml.safe_dump({"traits": data}, sort_keys=True).encode())
 
 
 @dataclass
@@ -269,7 +270,7 @@ def write_instance_spec(path: str | Path, kind: str, classes: Mapping[int, str] 
     """Write the ``traits.yaml`` of an instance reference folder."""
     spec = InstanceSpec(instance_of=kind, classes=dict(classes) if classes else None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(Path(path), yaml.safe_dump(spec.model_dump(exclude_none=True), sort_keys=True).encode())
+    write_bytes_atomic(Path(path), yaml.safe_dump(spec.model_dump(exclude_none=True), sort_keys=True).encode())
 
 
 @dataclass
@@ -345,19 +346,6 @@ def load_instance_references(folder: str | Path) -> list[InstanceReference]:
 # -- writing supports ------------------------------------------------------------------
 
 _STEM_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _support_files(group_dir: Path, stem: str) -> list[Path]:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..atomic_io import write_bytes_atomic
 from .items import Item
 
 #: ``{base}/{region}/{size}/{rotation}/{quality}.{format}`` of the IIIF Image API (2.x and 3.0).
@@ -103,27 +103,13 @@ class ImageCache:
         digest = hashlib.sha256(data).hexdigest()
         blob = Path("blobs") / digest[:2] / (digest + EXTENSIONS.get(content_type, ".img"))
         if not (self.root / blob).is_file():
-            _atomic_write(self.root / blob, data)
+            write_bytes_atomic(self.root / blob, data, suffix=".part")
         record = {"url": url, "blob": blob.as_posix(), "sha256": digest, "bytes": len(data),
                   "content_type": content_type, "etag": headers.get("etag"),
                   "last_modified": headers.get("last-modified"),
                   "fetched_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat()}
-        _atomic_write(self._record_path(url), json.dumps(record).encode())
+        write_bytes_atomic(self._record_path(url), json.dumps(record).encode(), suffix=".part")
         return record
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Fetcher:
