@@ -20,6 +20,7 @@ from .images import ImageLoadError, load_image, save_mask
 from .instances import Instance, InstanceFinder, crop_instance, cutout
 from .masks import bbox
 from .references import InstanceReference
+from .segmentation_run import write_summary
 from .store.rle import encode_mask
 
 
@@ -130,8 +131,5 @@ def run_instance_segmentation(
                 "seconds": {k: round(v, 3) for k, v in result.timings.items()},
             }
     finally:
-        statuses = [p["status"] for p in summary["photos"].values()]
-        summary["counts"] = {"ok": statuses.count("ok"), "failed": statuses.count("failed"), "total": len(photos)}
-        summary["seconds"] = round(time.perf_counter() - started, 3)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_summary(summary, summary["photos"].values(), len(photos), started, out_dir)
     return summary

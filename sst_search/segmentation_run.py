@@ -106,8 +106,14 @@ def run_segmentation(
                 summary["images"][res.query_id] = entry
                 progress.advance(task)
     finally:
-        statuses = [e["status"] for e in summary["images"].values()]
-        summary["counts"] = {"ok": statuses.count("ok"), "failed": statuses.count("failed"), "total": len(queries)}
-        summary["seconds"] = round(time.perf_counter() - started, 3)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_summary(summary, summary["images"].values(), len(queries), started, out_dir)
     return summary
+
+
+def write_summary(summary: dict, entries: Iterable[dict], total: int, started: float, out_dir: Path) -> None:
+    """Count and time a run into ``summary.json``; called from ``finally`` so an interrupted
+    run still leaves the record of what it finished."""
+    statuses = [e["status"] for e in entries]
+    summary["counts"] = {"ok": statuses.count("ok"), "failed": statuses.count("failed"), "total": total}
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
