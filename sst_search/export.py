@@ -280,6 +280,7 @@ def iter_crops(
     RGB with everything outside the mask black. An unreadable image is skipped and appended
     to ``skipped`` as ``(path, reason)``: one moved file must not stop an export."""
     from .images import ImageLoadError, load_image
+    from .masks import cutout
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
@@ -298,11 +299,7 @@ def iter_crops(
             continue
         ys, xs = np.nonzero(mask)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        rgb, inside = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-        if background == "transparent":
-            crop = np.dstack([rgb, np.where(inside, 255, 0).astype(np.uint8)])
-        else:
-            crop = np.where(inside[..., None], rgb, 0).astype(np.uint8)
+        crop = cutout(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], background)
         yield f"{Path(path).stem}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
 
 

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from .images import ImageLoadError, load_image, save_mask
-from .instances import Instance, InstanceFinder, crop_instance, cutout
-from .masks import bbox
+from .instances import Instance, InstanceFinder, crop_instance
+from .masks import bbox, cutout
 from .references import InstanceReference
 from .segmentation_run import write_summary
 from .store.rle import encode_mask

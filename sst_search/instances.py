@@ -280,13 +280,3 @@ def crop_instance(image: np.ndarray, mask: np.ndarray, margin: float = 0.1, numb
         box,
         (cx0, cy0, cx1, cy1),
     )
-
-
-def cutout(crop: np.ndarray, mask: np.ndarray, background: str = "transparent") -> np.ndarray:
-    """The crop with everything outside the instance removed: RGBA with a transparent
-    background, or RGB on black."""
-    if background == "transparent":
-        return np.dstack([crop, np.where(mask, 255, 0).astype(np.uint8)])
-    if background == "black":
-        return np.where(mask[..., None], crop, 0).astype(np.uint8)
-    raise ValueError(f"background must be 'transparent' or 'black', got {background!r}")

@@ -111,3 +111,13 @@ def overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.
         contours, _ = cv2.findContours((label_map == tid).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, trait_color(tid), 1)
     return out
+
+
+def cutout(crop: np.ndarray, mask: np.ndarray, background: str = "transparent") -> np.ndarray:
+    """The crop with everything outside the mask removed: RGBA whose alpha is the mask, or
+    RGB on black; one rule for every exported cut-out (specimens, traits, instances)."""
+    if background == "transparent":
+        return np.dstack([crop, np.where(mask, 255, 0).astype(np.uint8)])
+    if background == "black":
+        return np.where(mask[..., None], crop, 0).astype(np.uint8)
+    raise ValueError(f"background must be 'transparent' or 'black', got {background!r}")

@@ -13,10 +13,9 @@ from sst_search.instances import (
     InstanceFinder,
     ScoredCandidates,
     crop_instance,
-    cutout,
     select_instances,
 )
-from sst_search.masks import bbox, iou_matrix
+from sst_search.masks import bbox, cutout, iou_matrix
 from sst_search.references import InstanceReference
 from sst_search.synthetic import render_drawer
 
