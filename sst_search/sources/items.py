@@ -20,7 +20,8 @@ class Item:
     ``key`` identifies the specimen for good (its id is derived from it). ``path`` is the
     absolute local file holding its pixels; for a URL item it is the cached download once
     fetched, ``None`` before. ``source`` is the URL the pixels come from, ``error`` why the
-    item cannot be used (it is then recorded as failed, never dropped).
+    item cannot be used (it is then recorded as failed, never dropped). ``origin`` says where
+    the collection lists it (``manifest.csv:7``), so a problem with the listing names the row.
     """
 
     key: str
@@ -32,6 +33,7 @@ class Item:
     fetched_at: datetime | None = None
     license: str | None = None
     rights_holder: str | None = None
+    origin: str | None = None
 
     @property
     def location(self) -> str:
