@@ -14,6 +14,15 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
+class Original:
+    """Where the full-resolution pixels of a downsampled IIIF image are, and their size when
+    the service's ``info.json`` said (``(width, height)`` of the requested region)."""
+
+    url: str
+    size: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class Item:
     """One specimen image.
 
@@ -34,6 +43,8 @@ class Item:
     license: str | None = None
     rights_holder: str | None = None
     origin: str | None = None
+    #: The full-resolution image when ``path`` holds a downsampled one (an IIIF request at the model's size).
+    original: Original | None = None
 
     @property
     def location(self) -> str:
