@@ -214,7 +214,8 @@ class Store(Catalog):
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                         "orientation": r.orientation,
                         "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
-                        "license": r.license, "rights_holder": r.rights_holder,
+                        "license": r.license, "rights_holder": r.rights_holder, "full_source": r.full_source,
+                        "original_width": r.original_width, "original_height": r.original_height,
                     }
                     for r in records
                 ],
