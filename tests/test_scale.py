@@ -66,7 +66,7 @@ def test_plan_follows_selectivity_and_returns_exactly_k(catalog, filters, plan, 
     passing = {"group": groups == "g0", "locality": locality == filters[0].value}[filters[0].field]
     k = min(10, int(passing.sum()))
     with SearchEngine.open(db) as engine:
-        engine.store.index_config = engine.store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
+        engine.store.index_cache.config = engine.store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         for query_row in (0, 1, 2):
             outcome = engine.store.filtered_search(
                 EMBEDDER, TRAIT, vectors[query_row], k, engine.admission(filters), skip=int(ids[query_row])
