@@ -76,10 +76,11 @@ def _from_manifest(path: Path) -> list[Item]:
         licence = metadata.get("license") or metadata.get("dcterms:license")
         holder = metadata.get("rightsHolder") or metadata.get("dcterms:rightsHolder")
         if is_url(raw):
-            items.append(Item(raw, None, group, metadata, source=raw, license=licence, rights_holder=holder))
+            items.append(Item(raw, None, group, metadata, source=raw, license=licence, rights_holder=holder,
+                              origin=f"{path}:{line}"))
         else:
             key, file = local_location(raw, path.parent)
-            items.append(Item(key, file, group, metadata, license=licence, rights_holder=holder))
+            items.append(Item(key, file, group, metadata, license=licence, rights_holder=holder, origin=f"{path}:{line}"))
     return items
 
 
@@ -90,5 +91,5 @@ def _from_folder(root: Path) -> list[Item]:
             continue
         rel = file.relative_to(root)
         group = rel.parts[0] if len(rel.parts) > 1 else None
-        items.append(Item(rel.as_posix(), file, group))
+        items.append(Item(rel.as_posix(), file, group, origin=str(file)))
     return items

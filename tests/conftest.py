@@ -44,6 +44,17 @@ def references(synthetic):
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs for every test that needs Ray: starting one costs
+    seconds, and runners join an initialised cluster instead of starting their own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def indexed(tmp_path_factory):
     """``(collection, db)``: a synthetic collection indexed once per session with its
     ground-truth masks (no SAM 2 needed) and colour-pattern vectors, published. Read it (``SearchEngine.open``,

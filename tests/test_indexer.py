@@ -199,10 +199,12 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
 
 
 @pytest.mark.ray
-def test_ray_engine_produces_the_same_catalog(collection, tmp_path):
+def test_ray_engine_produces_the_same_catalog(tmp_path, ray_cluster):
     # Intra-op reductions depend on the thread count, so the local run uses one thread like
     # each Ray actor does; then the two catalogs must be identical, masks and vectors included.
     # It builds its own SAM 2: the session's caches support features computed with more threads.
+    # Four items in commits of two: both actors get work and the writer commits twice.
+    collection = generate_collection(tmp_path / "syn", species=2, per_species=2, seed=3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -5,7 +5,8 @@ rows, vectors and the affected indexes' generations in one DuckDB transaction, t
 the in-memory FAISS indexes. :meth:`Store.flush_indexes` persists them atomically with
 their generation. After a SIGKILL at any point the database holds either the whole batch or
 none of it, and any FAISS file whose generation disagrees with the database is rebuilt from
-the ``vectors`` table when the store is next opened (writer) or used (reader).
+the ``vectors`` table when the store is next opened (writer) or used (reader). The in-memory
+side of that (load, rebuild, incremental update, save) is :class:`~sst_search.store.cache.IndexCache`.
 
 Concurrency: DuckDB allows one writer *process*; opening a file read-only while another
 process holds it for writing fails with DuckDB's lock error. Readers therefore open between
@@ -31,17 +32,15 @@ from sst_search.config import IndexConfig
 from sst_search.store import indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
+from sst_search.store.cache import IndexCache, IndexKey
 from sst_search.store.catalog import Catalog
-from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
+from sst_search.store.planner import Admission, SearchOutcome, VectorTable, filtered_search
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
-from sst_search.weights import sha256_file
 
 #: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
 VECTOR_CHUNK = 200_000
-
-IndexKey = tuple[str, str]
 
 #: Largest k a search honours; more results than vectors are never returned anyway.
 MAX_K = 10_000
@@ -76,18 +75,19 @@ class Store(Catalog):
     """Catalog + vector indexes of one collection: the reads of :class:`Catalog`, the writes
     and the FAISS indexes kept consistent with them. Use :meth:`open`."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
-                 plan: PlanConfig) -> None:
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig) -> None:
         self.db_path = db_path
         self._connection = con
         self._local = threading.local()
         self.read_only = read_only
-        self.index_config = index_config
-        self.plan = plan
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
-        self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
-        self._dirty: set[IndexKey] = set()
-        self._tables: dict[IndexKey, tuple[np.ndarray, np.ndarray, int]] = {}
+        #: The FAISS indexes and vector arrays kept current with this store's generations.
+        self.index_cache = IndexCache(self.faiss_dir, index_config, self.get_vectors)
+
+    @property
+    def index_config(self) -> IndexConfig:
+        """The index kinds this store builds (recorded by its writer)."""
+        return self.index_cache.config
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -110,7 +110,6 @@ class Store(Catalog):
         db_path: str | Path,
         read_only: bool = False,
         index_config: IndexConfig | None = None,
-        plan: PlanConfig | None = None,
     ) -> Store:
         """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
 
@@ -119,8 +118,7 @@ class Store(Catalog):
         given none) uses the recorded one, so all of them build the kind the writer chose.
 
         A writer repairs stale or missing FAISS files right away, so a crashed run leaves
-        nothing behind for the next one to trip over. ``plan`` says when a filtered search
-        post-filters, uses a FAISS selector or scores the admitted vectors exactly.
+        nothing behind for the next one to trip over.
         """
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
@@ -138,14 +136,14 @@ class Store(Catalog):
                 ) from exc
             raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
                                     repair_hint(db_path)) from exc
-        store = cls(db_path, con, read_only, IndexConfig(), plan or PlanConfig())
+        store = cls(db_path, con, read_only, IndexConfig())
         try:
             if not read_only:
                 store._exec(DDL)
                 migrate(store.con)
                 if index_config is not None:
                     store._record_index_config(index_config)
-            store.index_config = store._recorded_index_config()
+            store.index_cache.config = store._recorded_index_config()
             if not read_only:
                 indexes.remove_leftovers(store.faiss_dir)
                 store.repair_indexes()
@@ -214,7 +212,8 @@ class Store(Catalog):
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                         "orientation": r.orientation,
                         "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
-                        "license": r.license, "rights_holder": r.rights_holder,
+                        "license": r.license, "rights_holder": r.rights_holder, "full_source": r.full_source,
+                        "original_width": r.original_width, "original_height": r.original_height,
                     }
                     for r in records
                 ],
@@ -394,7 +393,7 @@ class Store(Catalog):
                                f'WHERE "{name}".specimen_id = m.old_id AND m.old_id <> m.new_id')
             generations = self._bump(touched, {})
         for key in touched:
-            self._indexes.pop(key, None)  # ids changed: rebuilt from the vectors table below
+            self.index_cache.forget(key)  # ids changed: rebuilt from the vectors table below
         self._apply(touched, [], {}, generations)
         return len(rows)
 
@@ -437,10 +436,7 @@ class Store(Catalog):
     def flush_indexes(self) -> None:
         """Persist every index changed since the last flush (atomic per file)."""
         self._require_writer()
-        for key in sorted(self._dirty):
-            index, generation = self._indexes[key]
-            indexes.save_index(self.faiss_dir, *key, index, generation)
-        self._dirty.clear()
+        self.index_cache.flush()
 
     def repair_indexes(self, deep: bool = False) -> list[IndexKey]:
         """Rebuild and save every index whose file is missing, stale or of the wrong size;
@@ -451,15 +447,12 @@ class Store(Catalog):
         repaired = []
         for embedder, trait, generation, dim in vf.index_states(self.con):
             key = (embedder, trait)
-            manifest = indexes.read_manifest(self.faiss_dir, *key)
             if deep:
                 damaged = bool(vf.check_index(self.con, self.faiss_dir, key, generation, dim))
             else:
-                damaged = manifest is None or manifest.get("generation") != generation or not _size_matches(
-                    self.faiss_dir, key, manifest)
+                damaged = self.index_cache.file_state(key, generation)[0] != "fresh"
             if damaged:
-                self._indexes[key] = (self._rebuild(key), generation)
-                self._dirty.add(key)
+                self.index_cache.replace(key, self.index_cache.rebuild(key, dim), generation)
                 repaired.append(key)
         self.flush_indexes()
         return repaired
@@ -483,16 +476,7 @@ class Store(Catalog):
         if generation is None:
             known = ", ".join(f"{e}/{t}" for e, t in self.index_keys()) or "none"
             raise KeyError(f"no vectors for embedder {embedder!r}, trait {trait_name!r} (indexes: {known})")
-        cached = self._indexes.get(key)
-        if cached is not None and cached[1] == generation:
-            return cached[0]
-        index = self._load_trusted(key, generation)
-        if index is None:
-            index = self._rebuild(key)
-            if not self.read_only:
-                self._dirty.add(key)
-        self._indexes[key] = (index, generation)
-        return index
+        return self.index_cache.index(key, generation, self._dims()[key], writable=not self.read_only)
 
     def search(
         self,
@@ -544,13 +528,13 @@ class Store(Catalog):
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         return filtered_search(
             index, query, k, population=self.population(embedder, trait_name),
-            vectors=lambda ids: self.vectors_of(embedder, trait_name, ids), admission=admission, skip=skip,
-            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.plan,
+            vectors=self._vector_table(embedder, trait_name).lookup, admission=admission, skip=skip,
+            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.index_config.plan,
         )
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
         """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""
-        return self._vector_table(embedder, trait_name)[0]
+        return self._vector_table(embedder, trait_name).ids
 
     def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
@@ -559,20 +543,12 @@ class Store(Catalog):
         them up in arrays kept per generation costs microseconds where a DuckDB query over
         the ``vectors`` table costs a scan.
         """
-        table_ids, matrix = self._vector_table(embedder, trait_name)
-        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(table_ids, ids), max(0, len(table_ids) - 1))
-        found = (table_ids[rows] == ids) if len(table_ids) else np.zeros(len(ids), bool)
-        return ids[found], matrix[rows[found]]
+        ids = ids if isinstance(ids, np.ndarray) else np.fromiter((int(i) for i in ids), np.int64)
+        return self._vector_table(embedder, trait_name).lookup(ids)
 
-    def _vector_table(self, embedder: str, trait_name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _vector_table(self, embedder: str, trait_name: str) -> VectorTable:
         key = (embedder, trait_name)
-        generation = self._generations().get(key)
-        cached = self._tables.get(key)
-        if cached is None or cached[2] != generation:
-            ids, matrix = self.get_vectors(embedder, trait_name)
-            cached = self._tables[key] = (ids, np.ascontiguousarray(matrix, np.float32), generation)
-        return cached[0], cached[1]
+        return self.index_cache.vector_table(key, self._generations().get(key))
 
     def status(self) -> dict:
         """Counts per status and per group, and per index: vectors, generation, file state."""
@@ -588,13 +564,7 @@ class Store(Catalog):
         }
         index_rows = []
         for key, generation in sorted(self._generations().items()):
-            manifest = indexes.read_manifest(self.faiss_dir, *key)
-            if manifest is None:
-                state = "missing"
-            elif manifest.get("generation") != generation:
-                state = "stale"
-            else:
-                state = "fresh" if _size_matches(self.faiss_dir, key, manifest) else "damaged"
+            state, manifest = self.index_cache.file_state(key, generation)
             index_rows.append(
                 {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
                  "file": state, "kind": manifest.get("kind") if manifest else None}
@@ -619,8 +589,7 @@ class Store(Catalog):
             problems.append(f"{orphans} vectors belong to specimens that are missing or not indexed")
         for embedder, trait, generation, dim in vf.index_states(self.con):
             key = (embedder, trait)
-            cached = self._indexes.get(key)
-            in_memory = cached[0] if cached is not None and cached[1] == generation else None
+            in_memory = self.index_cache.in_memory(key, generation)
             problems += [f"{embedder}/{trait}: {p.what}"
                          for p in vf.check_index(self.con, self.faiss_dir, key, generation, dim, in_memory)]
         return problems
@@ -699,24 +668,6 @@ class Store(Catalog):
             )
         return self._generations()
 
-    def _load_trusted(self, key: IndexKey, generation: int) -> faiss.Index | None:
-        """The file's index when its manifest, size, checksum and count vouch for it, else None."""
-        manifest = indexes.read_manifest(self.faiss_dir, *key)
-        if manifest is None or manifest.get("generation") != generation or not _size_matches(self.faiss_dir, key, manifest):
-            return None
-        path = indexes.index_paths(self.faiss_dir, *key)[0]
-        if manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
-            return None
-        try:
-            index = indexes.load_index(self.faiss_dir, *key)
-        except RuntimeError:
-            return None
-        return index if index.ntotal == manifest.get("count", index.ntotal) else None
-
-    def _rebuild(self, key: IndexKey) -> faiss.Index:
-        ids, matrix = self.get_vectors(*key)
-        return indexes.build_index(matrix, ids, self._dims()[key], self.index_config)
-
     def _apply(
         self,
         touched: Iterable[IndexKey],
@@ -724,29 +675,15 @@ class Store(Catalog):
         added: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]],
         generations: Mapping[IndexKey, int],
     ) -> None:
-        """Bring in-memory indexes to the just-committed generation, incrementally when possible.
-
-        An index is retrained only when it changes kind or its clustering is outgrown
-        (:func:`indexes.needs_rebuild`); a fresh one is built from the added matrix itself.
-        """
+        """Bring the cached indexes to the just-committed generations (see :meth:`IndexCache.apply`)."""
         removed = np.asarray(removed_ids, dtype=np.int64)
+        dims = self._dims()
         for key in touched:
-            vids, matrix = added.get(key, (np.zeros(0, np.int64), None))
             count = self.con.execute(
                 "SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)
             ).fetchall()[0][0]
-            cached = self._indexes.get(key)
-            index = cached[0] if cached is not None else None
-            if index is None and count == len(vids) and matrix is not None:
-                index = indexes.build_index(matrix, vids, matrix.shape[1], self.index_config)
-            elif index is None or indexes.needs_rebuild(index, count, self.index_config) or not indexes.supports_removal(index):
-                index = self._rebuild(key)
-            else:
-                index.remove_ids(faiss.IDSelectorBatch(removed))
-                if len(vids):
-                    index.add_with_ids(matrix, vids)
-            self._indexes[key] = (index, generations[key])
-            self._dirty.add(key)
+            self.index_cache.apply(key, generations[key], count, dims[key], removed,
+                                   added.get(key, (np.zeros(0, np.int64), None)))
 
 
 def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: str) -> int:
@@ -757,12 +694,6 @@ def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: st
     if not np.isfinite(queries).all():
         raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
     return min(int(k), MAX_K)
-
-
-def _size_matches(faiss_dir: Path, key: IndexKey, manifest: dict) -> bool:
-    """Cheap check that catches truncated files (manifests older than the size field pass)."""
-    size = manifest.get("bytes")
-    return size is None or indexes.index_paths(faiss_dir, *key)[0].stat().st_size == size
 
 
 class _IdSet:

@@ -1,0 +1,148 @@
+"""The FAISS side of a store: in-memory indexes and vector arrays, each tied to a generation.
+
+DuckDB is the truth; everything here is a cache of its ``vectors`` table. An entry is used
+only while its generation equals the one the database holds (the caller passes it in), so
+a writer's commit or a newer snapshot makes stale entries invisible without any
+invalidation message. Files on disk are trusted only when their manifest vouches for the
+same generation, size and checksum; anything else is rebuilt from the catalog.
+
+The cache does no SQL: the store hands it a function that reads one index's vectors, so
+all queries stay in :mod:`sst_search.store.core` and :mod:`sst_search.store.catalog`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from sst_search.config import IndexConfig
+from sst_search.store import indexes
+from sst_search.store.planner import VectorTable
+from sst_search.weights import sha256_file
+
+IndexKey = tuple[str, str]
+#: Reads ``(ids, (n, dim) matrix)`` of one index's vectors from the catalog.
+VectorReader = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
+FileState = Literal["missing", "stale", "fresh", "damaged"]
+
+
+class IndexCache:
+    """One store's FAISS indexes and vector arrays, loaded, rebuilt and saved by generation."""
+
+    def __init__(self, faiss_dir: Path, config: IndexConfig, read_vectors: VectorReader) -> None:
+        self.faiss_dir = faiss_dir
+        #: The index kinds to build (the store replaces it with the one its writer recorded).
+        self.config = config
+        self._read_vectors = read_vectors
+        self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
+        self._dirty: set[IndexKey] = set()
+        self._tables: dict[IndexKey, tuple[VectorTable, int | None]] = {}
+
+    def index(self, key: IndexKey, generation: int, dim: int, writable: bool) -> faiss.Index:
+        """The index of ``key`` at ``generation``: from memory, else a trusted file, else rebuilt
+        (and saved by the next :meth:`flush` when ``writable``)."""
+        cached = self._indexes.get(key)
+        if cached is not None and cached[1] == generation:
+            return cached[0]
+        index = self._load_trusted(key, generation)
+        if index is None:
+            index = self.rebuild(key, dim)
+            if writable:
+                self._dirty.add(key)
+        self._indexes[key] = (index, generation)
+        return index
+
+    def in_memory(self, key: IndexKey, generation: int) -> faiss.Index | None:
+        """The index held in memory for ``key`` if it is at ``generation`` (consistency checks)."""
+        cached = self._indexes.get(key)
+        return cached[0] if cached is not None and cached[1] == generation else None
+
+    def vector_table(self, key: IndexKey, generation: int | None) -> VectorTable:
+        """One index's vectors, read from the catalog once per generation."""
+        cached = self._tables.get(key)
+        if cached is None or cached[1] != generation:
+            ids, matrix = self._read_vectors(*key)
+            cached = self._tables[key] = (VectorTable(ids, np.ascontiguousarray(matrix, np.float32)), generation)
+        return cached[0]
+
+    def rebuild(self, key: IndexKey, dim: int) -> faiss.Index:
+        """A fresh index from the catalog's vectors (not cached; see :meth:`replace`)."""
+        ids, matrix = self._read_vectors(*key)
+        return indexes.build_index(matrix, ids, dim, self.config)
+
+    def replace(self, key: IndexKey, index: faiss.Index, generation: int) -> None:
+        """Hold ``index`` as ``key`` at ``generation`` and save it at the next :meth:`flush`."""
+        self._indexes[key] = (index, generation)
+        self._dirty.add(key)
+
+    def forget(self, key: IndexKey) -> None:
+        """Drop the in-memory index (its ids changed); the next use rebuilds it."""
+        self._indexes.pop(key, None)
+
+    def apply(
+        self,
+        key: IndexKey,
+        generation: int,
+        count: int,
+        dim: int,
+        removed_ids: np.ndarray,
+        added: tuple[np.ndarray, np.ndarray | None],
+    ) -> None:
+        """Bring ``key``'s in-memory index to a just-committed ``generation`` holding ``count``
+        vectors, incrementally when possible.
+
+        An index is retrained only when it changes kind or its clustering is outgrown
+        (:func:`indexes.needs_rebuild`); a fresh one is built from the added matrix itself.
+        """
+        vids, matrix = added
+        cached = self._indexes.get(key)
+        index = cached[0] if cached is not None else None
+        if index is None and count == len(vids) and matrix is not None:
+            index = indexes.build_index(matrix, vids, matrix.shape[1], self.config)
+        elif index is None or indexes.needs_rebuild(index, count, self.config) or not indexes.supports_removal(index):
+            index = self.rebuild(key, dim)
+        else:
+            index.remove_ids(faiss.IDSelectorBatch(removed_ids))
+            if len(vids):
+                index.add_with_ids(matrix, vids)
+        self.replace(key, index, generation)
+
+    def flush(self) -> None:
+        """Persist every index changed since the last flush (atomic per file)."""
+        for key in sorted(self._dirty):
+            index, generation = self._indexes[key]
+            indexes.save_index(self.faiss_dir, *key, index, generation)
+        self._dirty.clear()
+
+    def file_state(self, key: IndexKey, generation: int) -> tuple[FileState, dict | None]:
+        """What the file of ``key`` is worth at ``generation`` (cheap: manifest and size), and its manifest."""
+        manifest = indexes.read_manifest(self.faiss_dir, *key)
+        if manifest is None:
+            return "missing", None
+        if manifest.get("generation") != generation:
+            return "stale", manifest
+        return ("fresh" if self._size_matches(key, manifest) else "damaged"), manifest
+
+    def _load_trusted(self, key: IndexKey, generation: int) -> faiss.Index | None:
+        """The file's index when its manifest, size, checksum and count vouch for it, else None."""
+        state, manifest = self.file_state(key, generation)
+        if state != "fresh":
+            return None
+        path = indexes.index_paths(self.faiss_dir, *key)[0]
+        if manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
+            return None
+        try:
+            index = indexes.load_index(self.faiss_dir, *key)
+        except RuntimeError:
+            return None
+        return index if index.ntotal == manifest.get("count", index.ntotal) else None
+
+    def _size_matches(self, key: IndexKey, manifest: Mapping) -> bool:
+        """Cheap check that catches truncated files (manifests older than the size field pass)."""
+        size = manifest.get("bytes")
+        return size is None or indexes.index_paths(self.faiss_dir, *key)[0].stat().st_size == size
+
