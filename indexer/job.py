@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
-from sst_search.sources.fetch import ImageCache, fetch_items
+from sst_search.sources.fetch import Fetcher, ImageCache, fetch_items
 from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
@@ -59,7 +59,7 @@ class RunSummary:
 
 
 def run_index(
-    collection: Path,
+    collection: Path | str,
     references: Path,
     db: Path,
     config: Config,
@@ -89,8 +89,9 @@ def run_index(
     started = time.perf_counter()
     if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
         raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
-    items = load_collection(collection, default_group=default_group, group_by=group_by)
     cache = image_cache(config, db)
+    with Fetcher(cache, config.fetch) as fetcher:
+        items = load_collection(collection, default_group=default_group, group_by=group_by, fetch_json=fetcher.json)
     items = fetch_items(items, cache, config.fetch, config.fetch.iiif_size or config.segmentation.image_size,
                         quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None

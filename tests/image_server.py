@@ -1,5 +1,5 @@
 """A real HTTP image server on 127.0.0.1 for fetch tests: plain images with ETags, IIIF-style
-paths and info.json, and the failures real servers produce (404, 500, flaky 503, slow,
+paths and info.json, IIIF Presentation manifests, and the failures real servers produce (404, 500, flaky 503, slow,
 truncated body, HTML, oversize). Counts every request per path."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class ImageServer:
         self.slow_seconds = 5.0
         self.flaky_left = 1
         self.iiif_version = 2
+        #: path -> JSON document (IIIF Presentation manifests and collections)
+        self.documents: dict[str, dict] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +59,8 @@ class ImageServer:
             if h.headers.get("If-None-Match") == etag:
                 return self._send(h, 304, b"", None, {"ETag": etag})
             return self._send(h, 200, data, "image/png", {"ETag": etag})
+        if path in self.documents:
+            return self._send(h, 200, json.dumps(self.documents[path]).encode(), "application/ld+json")
         if m := IIIF.match(path):
             return self._iiif_image(h, m)
         if path.startswith("/iiif/"):

@@ -213,7 +213,33 @@ class Fetcher:
         with self._lock:
             return self._hosts.setdefault(host, threading.Semaphore(self.config.max_per_host))
 
+    def json(self, url: str) -> dict:
+        """The JSON document at ``url`` (an IIIF Presentation manifest or collection), with the
+        same politeness, limits and retries as images; not cached, since manifests change."""
+        body = self._retried(url, None)
+        if isinstance(body, dict):
+            raise FetchError(f"{url}: server returned {body['content_type']} instead of JSON")
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise FetchError(f"{url}: not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise FetchError(f"{url}: JSON is a {type(doc).__name__}, not an object")
+        return doc
+
     def _get(self, url: str, cached: dict | None, follow_info: bool) -> dict:
+        result = self._retried(url, cached)
+        if isinstance(result, dict):
+            return result
+        # A bare IIIF image service id answered with its info.json: request the image it describes.
+        service = self._iiif_service(url, result)
+        if not follow_info:
+            raise FetchError(f"{url}: server returned JSON instead of an image")
+        image = self.fetch(f"{service}/info.json")
+        return self.cache.put(url, self.cache.blob_path(image).read_bytes(), image["content_type"], image, service)
+
+    def _retried(self, url: str, cached: dict | None) -> dict | bytes:
+        """:meth:`_attempt` with backoff retries; every failure becomes a :class:`FetchError` saying why."""
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
         httpx = self._httpx
@@ -237,14 +263,7 @@ class Fetcher:
             raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from exc
         except _Transient as exc:
             raise FetchError(f"{exc} (after {retries} attempts)") from exc
-        if isinstance(result, dict):
-            return result
-        # A bare IIIF image service id answered with its info.json: request the image it describes.
-        service = self._iiif_service(url, result)
-        if not follow_info:
-            raise FetchError(f"{url}: server returned JSON instead of an image")
-        image = self.fetch(f"{service}/info.json")
-        return self.cache.put(url, self.cache.blob_path(image).read_bytes(), image["content_type"], image, service)
+        return result
 
     def _attempt(self, url: str, cached: dict | None) -> dict | bytes:
         """The cache record of the answer; the body of a JSON answer to anything but an
