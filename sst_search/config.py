@@ -42,6 +42,19 @@ class EmbeddingConfig(_Strict):
     weights: str | None = Field(None, description="checkpoint path or 'random'")
 
 
+class PlanConfig(_Strict):
+    """When a filtered search post-filters, uses a FAISS ID selector or scans the admitted
+    vectors exactly (see :mod:`sst_search.store.planner`); the defaults keep all three plans
+    near one FAISS search in cost."""
+
+    postfilter_min_fraction: float = Field(0.05, description="post-filter when at least this share of items passes")
+    overfetch: float = Field(3.0, description="post-filter: fetch overfetch*k/share candidates")
+    max_postfilter_fetch: int = Field(4096, description="post-filter: never fetch more candidates than this")
+    exact_max: int = Field(20_000, description="scan the admitted vectors exactly when at most this many pass")
+    sample_size: int = Field(2048, description="ids sampled to estimate a filter's share (when it is not known exactly)")
+    seed: int = Field(0, description="seed of that sample")
+
+
 class IndexConfig(_Strict):
     """Which FAISS index a trait gets, by size. A store records the one it was written
     with, and readers that rebuild a stale index use that, never their own defaults."""
@@ -63,6 +76,7 @@ class IndexConfig(_Strict):
     train_per_list: int = Field(64, description="ivf: training vectors sampled per list")
     train_niter: int = Field(10, description="ivf: k-means iterations")
     train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
+    plan: PlanConfig = PlanConfig()
 
     def kind_for(self, n: int) -> str:
         return "flat" if n <= self.exact_threshold else self.approximate
@@ -102,6 +116,7 @@ class FetchConfig(_Strict):
     concurrency: int = Field(8, ge=1, description="concurrent requests in all")
     timeout: float = Field(30.0, gt=0, description="seconds per request")
     retries: int = Field(4, ge=1, description="attempts per image (timeouts, dropped connections, 429, 5xx)")
+    backoff: float = Field(0.5, gt=0, description="seconds before the first retry, doubling each time (at most 30)")
     max_bytes: int = Field(100_000_000, gt=0, description="largest image accepted")
     iiif_size: int | None = Field(None, description="IIIF images are requested at most this many pixels a side "
                                                     "(null: segmentation.image_size)")

@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from sst_search.sources import Item
-from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items, iiif_request_url
+from sst_search.config import FetchConfig
+from sst_search.sources.fetch import ImageCache, fetch_items, iiif_request_url
 from sst_search.synthetic import generate_collection
 from tests.image_server import ImageServer
 
-FAST = FetchLimits(concurrency=4, max_per_host=2, timeout=1.0, retries=2, backoff=0.05, max_bytes=4000, iiif_size=64)
+FAST = FetchConfig(concurrency=4, max_per_host=2, timeout=1.0, retries=2, backoff=0.05, max_bytes=4000)
+SIZE = 64  # the model's input size
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +43,14 @@ def test_iiif_urls_are_requested_at_the_model_size():
 
 def test_fetch_caches_iiif_at_size_records_each_failure_and_never_refetches(server, tmp_path):
     names = list(server.images)
-    limits = FetchLimits(**{**vars(FAST), "max_bytes": 10**6})
+    limits = FAST.model_copy(update={"max_bytes": 10**6})
     urls = [f"{server.url}/img/{names[0]}", f"{server.url}/iiif/{names[1]}/full/full/0/default.jpg",
             f"{server.url}/iiif/{names[2]}/info.json", f"{server.url}/iiif/{names[3]}", f"{server.url}/fail/flaky"]
     failing = {"/fail/404": "HTTP 404", "/fail/500": "HTTP 500", "/fail/slow": "timed out", "/fail/truncated": "truncated",
                "/fail/html": "text/html instead of an image"}
     cache = ImageCache(tmp_path / "cache")
     server.flaky_left, server.slow_seconds = 1, 3.0
-    out = fetch_items(_items(urls + [server.url + p for p in failing]), cache, limits)
+    out = fetch_items(_items(urls + [server.url + p for p in failing]), cache, limits, SIZE)
     ok, bad = out[: len(urls)], out[len(urls):]
     assert all(i.error is None and i.path.is_file() and i.fetched_at for i in ok), [i.error for i in ok]
     for item, reason in zip(bad, failing.values()):
@@ -58,20 +60,20 @@ def test_fetch_caches_iiif_at_size_records_each_failure_and_never_refetches(serv
         assert max(Image.open(item.path).size) == 64
     assert server.requests["/fail/flaky"] == 2  # one 503, retried
     assert server.requests["/fail/500"] == limits.retries and server.requests["/fail/404"] == 1
-    huge = fetch_items(_items([f"{server.url}/fail/huge"]), cache, FAST)[0]
+    huge = fetch_items(_items([f"{server.url}/fail/huge"]), cache, FAST, SIZE)[0]
     assert "exceeds the limit" in huge.error
 
     before = sum(server.requests.values())
-    again = fetch_items(_items(urls), cache, limits)
+    again = fetch_items(_items(urls), cache, limits, SIZE)
     assert [i.path for i in again] == [i.path for i in ok] and sum(server.requests.values()) == before
     # Asking whether they changed: the server answers 304 to the ETag, nothing is downloaded.
-    revalidate = FetchLimits(**{**vars(limits), "revalidate": True})
-    assert fetch_items(_items(urls[:1]), cache, revalidate)[0].path == ok[0].path
+    revalidate = limits.model_copy(update={"revalidate": True})
+    assert fetch_items(_items(urls[:1]), cache, revalidate, SIZE)[0].path == ok[0].path
     assert server.requests[f"/img/{names[0]}"] == 2
 
 
 def _fetch_forever(urls, cache_root):
-    fetch_items(_items(urls), ImageCache(cache_root), FetchLimits(**{**vars(FAST), "timeout": 60.0, "max_bytes": 10**6}))
+    fetch_items(_items(urls), ImageCache(cache_root), FAST.model_copy(update={"timeout": 60.0, "max_bytes": 10**6}), SIZE)
 
 
 def test_killed_fetch_resumes_without_fetching_anything_twice(server, tmp_path):
@@ -90,7 +92,7 @@ def test_killed_fetch_resumes_without_fetching_anything_twice(server, tmp_path):
     proc.join()
     served = dict(server.requests)
     server.slow_seconds = 0.0
-    out = fetch_items(_items(urls), ImageCache(cache), FetchLimits(**{**vars(FAST), "max_bytes": 10**6}))
+    out = fetch_items(_items(urls), ImageCache(cache), FAST.model_copy(update={"max_bytes": 10**6}), SIZE)
     assert all(i.error is None and i.path.is_file() for i in out), [i.error for i in out]
     for n in names:  # each image was downloaded once, before the kill
         path = f"/img/{n}"

@@ -20,7 +20,7 @@ from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.query import Filter, QueryError, SearchEngine, compile_filters
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, Store
-from sst_search.store.planner import PlanConfig
+from sst_search.config import PlanConfig
 from sst_search.store.snapshots import (
     SnapshotError,
     list_versions,
@@ -156,7 +156,7 @@ def test_filters_are_parameterised_and_survive_metacharacters(engine):
                                   PlanConfig(postfilter_min_fraction=2.0, exact_max=0)])
 def test_filtered_search_is_exact_on_every_plan(engine, indexed, monkeypatch, plan):
     """Post-filtering, an exact scan of the admitted set and a FAISS selector agree."""
-    monkeypatch.setattr(engine.store, "plan", plan)
+    monkeypatch.setattr(engine.store.index_cache, "config", engine.store.index_config.model_copy(update={"plan": plan}))
     coll, _ = indexed
     vectors = _all_vectors(engine, SPECIMEN_TRAIT)
     query = _ids(engine, coll.groups[0])[0]

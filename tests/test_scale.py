@@ -14,11 +14,10 @@ import pytest
 
 from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.query import Filter, SearchEngine
-from sst_search.config import IndexConfig
+from sst_search.config import IndexConfig, PlanConfig
 from sst_search.store import SPECIMEN_TRAIT, Store
 from sst_search.store.indexes import bytes_per_vector
 from ui.state import engine_session, load_engine
-from sst_search.store.planner import PlanConfig
 
 N, DIM, EMBEDDER, TRAIT = 50_000, 8, "e", "t"
 RARE = 5  # 1 in 10,000 specimens
@@ -67,7 +66,7 @@ def test_plan_follows_selectivity_and_returns_exactly_k(catalog, filters, plan, 
     passing = {"group": groups == "g0", "locality": locality == filters[0].value}[filters[0].field]
     k = min(10, int(passing.sum()))
     with SearchEngine.open(db) as engine:
-        engine.store.plan = PlanConfig(exact_max=exact_max)
+        engine.store.index_cache.config = engine.store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         for query_row in (0, 1, 2):
             outcome = engine.store.filtered_search(
                 EMBEDDER, TRAIT, vectors[query_row], k, engine.admission(filters), skip=int(ids[query_row])

@@ -147,3 +147,15 @@ def test_rows_keyed_by_absolute_path_are_rekeyed_not_recomputed(tmp_path):
     assert again.counts["indexed"] == 0 and again.counts["moved"] == 3 and again.counts["removed"] == 0
     assert set(_catalog(db)) == set(legacy)  # back to the ids of the item keys
     assert all(key for _, key in _catalog(db).values())
+
+
+def test_a_key_listed_twice_is_a_failed_item_naming_both_rows(tmp_path):
+    coll = generate_collection(tmp_path / "coll", species=1, per_species=2, seed=4)
+    rows = _rewrite(coll.manifest, lambda r: r)
+    with open(coll.manifest, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerow({**rows[0], "path": "./" + rows[0]["path"]})
+    summary = _index(coll.manifest, coll, tmp_path / "index.duckdb")
+    assert summary.counts["indexed"] == 2 and summary.counts["failed"] == 1, summary.failures
+    [(_, reason)] = summary.failures
+    assert f"listed at {coll.manifest}:2 and again at {coll.manifest}:4" in reason, reason
+    assert summary.exit_code == 1

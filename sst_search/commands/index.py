@@ -19,8 +19,9 @@ from .options import ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, WEIGHTS, mode_option
 
 
 def index(
-    collection: Path = typer.Argument(..., help="Manifest CSV, Darwin Core Archive (zip or folder with meta.xml), "
-                                                "or a folder whose sub-folders name the groups."),
+    collection: str = typer.Argument(..., help="Manifest CSV, Darwin Core Archive (zip or folder with meta.xml), "
+                                               "IIIF Presentation manifest or collection (URL or .json file), "
+                                               "or a folder whose sub-folders name the groups."),
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),

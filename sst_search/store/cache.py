@@ -21,6 +21,7 @@ import numpy as np
 
 from sst_search.config import IndexConfig
 from sst_search.store import indexes
+from sst_search.store.planner import VectorTable
 from sst_search.weights import sha256_file
 
 IndexKey = tuple[str, str]
@@ -39,7 +40,7 @@ class IndexCache:
         self._read_vectors = read_vectors
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
-        self._tables: dict[IndexKey, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._tables: dict[IndexKey, tuple[VectorTable, int | None]] = {}
 
     def index(self, key: IndexKey, generation: int, dim: int, writable: bool) -> faiss.Index:
         """The index of ``key`` at ``generation``: from memory, else a trusted file, else rebuilt
@@ -60,13 +61,13 @@ class IndexCache:
         cached = self._indexes.get(key)
         return cached[0] if cached is not None and cached[1] == generation else None
 
-    def vector_table(self, key: IndexKey, generation: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(sorted ids, matrix)`` of one index's vectors, read from the catalog once per generation."""
+    def vector_table(self, key: IndexKey, generation: int | None) -> VectorTable:
+        """One index's vectors, read from the catalog once per generation."""
         cached = self._tables.get(key)
-        if cached is None or cached[2] != generation:
+        if cached is None or cached[1] != generation:
             ids, matrix = self._read_vectors(*key)
-            cached = self._tables[key] = (ids, np.ascontiguousarray(matrix, np.float32), generation)
-        return cached[0], cached[1]
+            cached = self._tables[key] = (VectorTable(ids, np.ascontiguousarray(matrix, np.float32)), generation)
+        return cached[0]
 
     def rebuild(self, key: IndexKey, dim: int) -> faiss.Index:
         """A fresh index from the catalog's vectors (not cached; see :meth:`replace`)."""

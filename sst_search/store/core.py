@@ -34,7 +34,7 @@ from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.cache import IndexCache, IndexKey
 from sst_search.store.catalog import Catalog
-from sst_search.store.planner import Admission, PlanConfig, SearchOutcome, filtered_search
+from sst_search.store.planner import Admission, SearchOutcome, VectorTable, filtered_search
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
@@ -75,13 +75,11 @@ class Store(Catalog):
     """Catalog + vector indexes of one collection: the reads of :class:`Catalog`, the writes
     and the FAISS indexes kept consistent with them. Use :meth:`open`."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig,
-                 plan: PlanConfig) -> None:
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection, read_only: bool, index_config: IndexConfig) -> None:
         self.db_path = db_path
         self._connection = con
         self._local = threading.local()
         self.read_only = read_only
-        self.plan = plan
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         #: The FAISS indexes and vector arrays kept current with this store's generations.
         self.index_cache = IndexCache(self.faiss_dir, index_config, self.get_vectors)
@@ -112,7 +110,6 @@ class Store(Catalog):
         db_path: str | Path,
         read_only: bool = False,
         index_config: IndexConfig | None = None,
-        plan: PlanConfig | None = None,
     ) -> Store:
         """Open (creating when writable) the store at ``db_path``; indexes live in ``<db_path>.faiss/``.
 
@@ -121,8 +118,7 @@ class Store(Catalog):
         given none) uses the recorded one, so all of them build the kind the writer chose.
 
         A writer repairs stale or missing FAISS files right away, so a crashed run leaves
-        nothing behind for the next one to trip over. ``plan`` says when a filtered search
-        post-filters, uses a FAISS selector or scores the admitted vectors exactly.
+        nothing behind for the next one to trip over.
         """
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
@@ -140,7 +136,7 @@ class Store(Catalog):
                 ) from exc
             raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
                                     repair_hint(db_path)) from exc
-        store = cls(db_path, con, read_only, IndexConfig(), plan or PlanConfig())
+        store = cls(db_path, con, read_only, IndexConfig())
         try:
             if not read_only:
                 store._exec(DDL)
@@ -216,7 +212,8 @@ class Store(Catalog):
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
                         "orientation": r.orientation,
                         "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
-                        "license": r.license, "rights_holder": r.rights_holder,
+                        "license": r.license, "rights_holder": r.rights_holder, "full_source": r.full_source,
+                        "original_width": r.original_width, "original_height": r.original_height,
                     }
                     for r in records
                 ],
@@ -531,13 +528,13 @@ class Store(Catalog):
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         return filtered_search(
             index, query, k, population=self.population(embedder, trait_name),
-            vectors=lambda ids: self.vectors_of(embedder, trait_name, ids), admission=admission, skip=skip,
-            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.plan,
+            vectors=self._vector_table(embedder, trait_name).lookup, admission=admission, skip=skip,
+            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.index_config.plan,
         )
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
         """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""
-        return self._vector_table(embedder, trait_name)[0]
+        return self._vector_table(embedder, trait_name).ids
 
     def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
@@ -546,13 +543,10 @@ class Store(Catalog):
         them up in arrays kept per generation costs microseconds where a DuckDB query over
         the ``vectors`` table costs a scan.
         """
-        table_ids, matrix = self._vector_table(embedder, trait_name)
-        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(table_ids, ids), max(0, len(table_ids) - 1))
-        found = (table_ids[rows] == ids) if len(table_ids) else np.zeros(len(ids), bool)
-        return ids[found], matrix[rows[found]]
+        ids = ids if isinstance(ids, np.ndarray) else np.fromiter((int(i) for i in ids), np.int64)
+        return self._vector_table(embedder, trait_name).lookup(ids)
 
-    def _vector_table(self, embedder: str, trait_name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _vector_table(self, embedder: str, trait_name: str) -> VectorTable:
         key = (embedder, trait_name)
         return self.index_cache.vector_table(key, self._generations().get(key))
 

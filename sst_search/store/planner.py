@@ -34,6 +34,7 @@ from typing import Literal, Protocol
 import faiss
 import numpy as np
 
+from sst_search.config import PlanConfig
 from sst_search.store.indexes import ivf_of
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
@@ -52,16 +53,29 @@ class Admission(Protocol):
         """Every id that passes the filter."""
 
 
-@dataclass(frozen=True)
-class PlanConfig:
-    """When each plan is used; the defaults keep all three plans near one FAISS search in cost."""
+class VectorTable:
+    """One index's stored float vectors in memory, sorted by id: a query's own vector, exact
+    scans and re-ranking look up a few rows per search in microseconds, where a DuckDB query
+    over the ``vectors`` table costs a scan. The matrix may be float16 (half the memory)."""
 
-    postfilter_min_fraction: float = 0.05
-    overfetch: float = 3.0
-    max_postfilter_fetch: int = 4096
-    exact_max: int = 20_000
-    sample_size: int = 2048
-    seed: int = 0
+    def __init__(self, ids: np.ndarray, matrix: np.ndarray) -> None:
+        ids = np.asarray(ids, np.int64)
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            order = np.argsort(ids, kind="stable")
+            ids, matrix = ids[order], matrix[order]
+        self.ids, self.matrix = ids, matrix
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, float32 matrix)`` in the order asked; unknown ids are left out."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.ids):
+            return ids[:0], np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        found = self.ids[rows] == ids
+        return ids[found], np.asarray(self.matrix[rows[found]], np.float32)
 
 
 @dataclass
