@@ -260,7 +260,7 @@ class SearchEngine:
         if not hits:
             return []
         ids = [sid for sid, _ in hits]
-        rows = {r["specimen_id"]: r for r in self.store.specimens(status=None, specimen_ids=ids)}
+        rows = self.store.listing(ids)
         masks = self.store.trait_mask_of(trait, ids)
         out = []
         for rank, (sid, score) in enumerate(hits, start=1):

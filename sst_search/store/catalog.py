@@ -107,6 +107,18 @@ class Catalog:
         mask = compile_mask(scoped(filters), self.metadata_keys(), self.measured_traits(), columns)
         return MaskAdmission(columns, mask)
 
+    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
+        """``{specimen_id: {path, group_name, status, metadata (parsed)}}`` of the given specimens,
+        whatever their status: what a search joins to its hits. A read-only snapshot answers
+        from memory (:meth:`SnapshotColumns.listing`), a writer in SQL."""
+        if self.read_only:
+            rows = self._once("columns", lambda: SnapshotColumns(self)).listing(np.asarray(specimen_ids, np.int64))
+            rows = rows.to_pylist()
+        else:
+            rows = self._dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
+                               "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
+        return {row["specimen_id"]: {**row, "metadata": _json(row["metadata"]) or {}} for row in rows}
+
     def specimen_ids(
         self,
         filters: Iterable[Filter] = (),

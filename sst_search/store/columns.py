@@ -32,6 +32,7 @@ class SnapshotColumns:
         self._catalog = catalog
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
+        self._listing: pa.Table | None = None
         self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
             "specimen_id"].astype(np.int64)
 
@@ -48,6 +49,17 @@ class SnapshotColumns:
             return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
         rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         return self.ids[rows] == ids, rows
+
+    def listing(self, ids: np.ndarray) -> pa.Table:
+        """``specimen_id, path, group_name, status, metadata`` of ``ids`` (those that exist), in
+        the order asked: a search's results joined in memory instead of by a scan per query."""
+        with self._lock:
+            if self._listing is None:
+                self._listing = self._catalog.con.sql(
+                    "SELECT specimen_id, path, group_name, status, metadata FROM specimens ORDER BY specimen_id"
+                ).to_arrow_table().combine_chunks()
+        found, rows = self.rows_of(np.asarray(ids, np.int64))
+        return self._listing.take(pa.array(rows[found]))
 
     def _load(self, c: Condition) -> ColumnValues:
         con = self._catalog.con
