@@ -77,12 +77,12 @@ class Catalog:
         groups: Iterable[str] | None = None,
         specimen_ids: Iterable[int] | None = None,
     ) -> list[dict]:
-        """``specimen_id, path, group_name, status, metadata`` (parsed) of the specimens passing
+        """``specimen_id, path, group_name, status, metadata`` (parsed), ``source`` of the specimens passing
         the filters, with the status (any when None), in the groups / among the ids given;
         in (group, path) order."""
         where, params = self._scope(filters, status, groups, specimen_ids)
         rows = self._dicts(
-            f"SELECT specimen_id, path, group_name, status, metadata FROM specimens s WHERE {where} "
+            f"SELECT specimen_id, path, group_name, status, metadata, source FROM specimens s WHERE {where} "
             "ORDER BY group_name, path",
             params,
         )
