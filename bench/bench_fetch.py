@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sst_search.sources import Item  # noqa: E402
-from sst_search.sources.fetch import Fetcher, FetchLimits, ImageCache  # noqa: E402
+from sst_search.config import FetchConfig  # noqa: E402
+from sst_search.sources.fetch import Fetcher, ImageCache  # noqa: E402
 from sst_search.synthetic import generate_collection  # noqa: E402
 from tests.image_server import ImageServer  # noqa: E402
 
@@ -27,10 +27,10 @@ from tests.image_server import ImageServer  # noqa: E402
 def run(server: ImageServer, names: list[str], size: int | None, max_per_host: int, cache: Path) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    limits = FetchLimits(concurrency=8, max_per_host=max_per_host, iiif_size=size, max_bytes=500_000_000)
+    config = FetchConfig(concurrency=8, max_per_host=max_per_host, max_bytes=500_000_000)
     urls = [f"{server.url}/iiif/{n}/full/max/0/default.jpg" for n in names]
     started = time.perf_counter()
-    with Fetcher(ImageCache(cache), limits) as fetcher, ThreadPoolExecutor(8) as pool:
+    with Fetcher(ImageCache(cache), config, size) as fetcher, ThreadPoolExecutor(8) as pool:
         records = list(pool.map(fetcher.fetch, urls))
         seconds = time.perf_counter() - started
         return {"images": len(records), "seconds": seconds, "images_per_s": len(records) / seconds,

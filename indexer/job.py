@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
-from sst_search.sources.fetch import FetchLimits, ImageCache, fetch_items
+from sst_search.sources.fetch import Fetcher, ImageCache, fetch_items
 from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
@@ -59,7 +59,7 @@ class RunSummary:
 
 
 def run_index(
-    collection: Path,
+    collection: Path | str,
     references: Path,
     db: Path,
     config: Config,
@@ -89,8 +89,11 @@ def run_index(
     started = time.perf_counter()
     if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
         raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
-    items = load_collection(collection, default_group=default_group, group_by=group_by)
-    items = fetch_items(items, image_cache(config, db), fetch_limits(config), quiet=quiet)
+    cache = image_cache(config, db)
+    with Fetcher(cache, config.fetch) as fetcher:
+        items = load_collection(collection, default_group=default_group, group_by=group_by, fetch_json=fetcher.json)
+    items = fetch_items(items, cache, config.fetch, config.fetch.iiif_size or config.segmentation.image_size,
+                        quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
     embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
     split = None
@@ -115,6 +118,8 @@ def run_index(
             # What the query engine needs to segment and embed an uploaded photo the same way.
             "config": config.model_dump(mode="json"),
             "references_dir": str(Path(references).resolve()),
+            # Where crops and exports fetch full-resolution images into (sst_search.originals).
+            "image_cache": str(cache.root),
         }
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
@@ -184,13 +189,6 @@ def _guard_removals(plan, max_share: float, store: Store) -> None:
 def image_cache(config: Config, db: Path) -> ImageCache:
     """The cache of images given by URL: ``fetch.image_cache``, else ``<db>.images`` beside the store."""
     return ImageCache(config.fetch.image_cache or Path(db).with_name(Path(db).name + ".images"))
-
-
-def fetch_limits(config: Config) -> FetchLimits:
-    f = config.fetch
-    return FetchLimits(concurrency=f.concurrency, max_per_host=f.max_per_host, timeout=f.timeout, retries=f.retries,
-                       max_bytes=f.max_bytes, iiif_size=f.iiif_size or config.segmentation.image_size,
-                       revalidate=f.revalidate)
 
 
 def _embedder_fingerprint(config: Config) -> dict:

@@ -109,8 +109,9 @@ def make_plan(
         identity = _file_identity(item.path) if item.path is not None else None
         first = ids.get(sid) or (files.get(identity) if identity is not None else None)
         if first is not None:
+            where = f"listed at {first.origin} and again at {item.origin}; " if item.origin else ""
             rejected.append((str(item.path or item.key),
-                             f"the same file as {first.path or first.key} (listed as {first.key!r} and {item.key!r}); "
+                             f"the same file as {first.path or first.key} ({where}as {first.key!r} and {item.key!r}); "
                              "indexed once, under the first"))
             continue
         ids[sid] = item

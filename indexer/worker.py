@@ -132,6 +132,8 @@ class Worker:
                 r.orientation = res.orientation
                 r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
             scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
+            if r.original_width:
+                scale = scale.resampled(r.width, r.original_width)
             r.measurements = measure_label_map(label_map, images[key], traits, scale)
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
@@ -180,6 +182,9 @@ def _record(unit: WorkUnit, item: Item) -> SpecimenRecord:
         fetched_at=item.fetched_at,
         license=item.license,
         rights_holder=item.rights_holder,
+        full_source=item.original.url if item.original else None,
+        original_width=item.original.size[0] if item.original and item.original.size else None,
+        original_height=item.original.size[1] if item.original and item.original.size else None,
     )
 
 

@@ -116,6 +116,7 @@ class FetchConfig(_Strict):
     concurrency: int = Field(8, ge=1, description="concurrent requests in all")
     timeout: float = Field(30.0, gt=0, description="seconds per request")
     retries: int = Field(4, ge=1, description="attempts per image (timeouts, dropped connections, 429, 5xx)")
+    backoff: float = Field(0.5, gt=0, description="seconds before the first retry, doubling each time (at most 30)")
     max_bytes: int = Field(100_000_000, gt=0, description="largest image accepted")
     iiif_size: int | None = Field(None, description="IIIF images are requested at most this many pixels a side "
                                                     "(null: segmentation.image_size)")

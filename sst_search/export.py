@@ -276,31 +276,36 @@ def iter_crops(
     skipped: list[tuple[str, str]] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(file name, crop)`` per specimen: the specimen (all its traits) or one ``trait`` cut out
-    of its image at the mask's box. ``transparent``: RGBA whose alpha is the mask; ``black``:
-    RGB with everything outside the mask black. An unreadable image is skipped and appended
-    to ``skipped`` as ``(path, reason)``: one moved file must not stop an export."""
-    from .images import ImageLoadError, load_image
+    of its image at the mask's box, at full resolution (:class:`~sst_search.originals.Originals`:
+    an IIIF image indexed at the model's size is fetched in full, once). ``transparent``: RGBA
+    whose alpha is the mask; ``black``: RGB with everything outside the mask black. An
+    unreadable image is skipped and appended to ``skipped`` as ``(path, reason)``: one moved
+    file must not stop an export."""
+    from .images import ImageLoadError
     from .masks import cutout
+    from .originals import Originals, fit_mask
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
-    for (sid, path, _, _, _), masks in _specimen_masks(store, groups, specimen_ids):
-        chosen = [m for m in masks if trait is None or m[1] == trait]
-        if not chosen:
-            continue
-        mask = np.zeros(decode_mask(chosen[0][2]).shape, bool)
-        for m in chosen:
-            mask |= decode_mask(m[2])
-        try:
-            image = load_image(path)
-        except ImageLoadError as exc:
-            if skipped is not None:
-                skipped.append((path, exc.reason))
-            continue
-        ys, xs = np.nonzero(mask)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        crop = cutout(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], background)
-        yield f"{Path(path).stem}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
+    with Originals(store) as originals:
+        for (sid, path, _, _, _), masks in _specimen_masks(store, groups, specimen_ids):
+            chosen = [m for m in masks if trait is None or m[1] == trait]
+            if not chosen:
+                continue
+            mask = np.zeros(decode_mask(chosen[0][2]).shape, bool)
+            for m in chosen:
+                mask |= decode_mask(m[2])
+            try:
+                image = originals.load(sid, path)
+                mask = fit_mask(mask, image.shape[:2], path)
+            except ImageLoadError as exc:
+                if skipped is not None:
+                    skipped.append((exc.path, exc.reason))
+                continue
+            ys, xs = np.nonzero(mask)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            crop = cutout(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], background)
+            yield f"{Path(path).stem}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
 
 
 def _safe(name: str) -> str:

@@ -92,6 +92,15 @@ class Scale:
     def unit(self) -> str:
         return "mm" if self.pixels_per_mm else "px"
 
+    def resampled(self, width: int, original_width: int) -> Scale:
+        """This scale for masks measured on a copy ``width`` pixels wide of an image
+        ``original_width`` wide: a scale (``pixelsPerMM``, ``--pixels-per-mm``) refers to the
+        original's pixels, and an IIIF image is segmented at the model's size."""
+        if not self.pixels_per_mm or width == original_width:
+            return self
+        return Scale(self.pixels_per_mm * width / original_width,
+                     f"{self.source} (original {original_width} px wide, measured at {width} px)")
+
 
 def resolve_scale(metadata: Mapping[str, str], column: str = SCALE_COLUMN, pixels_per_mm: float | None = None) -> Scale:
     """An item's own ``column`` value wins over a collection-wide ``pixels_per_mm``.
@@ -206,6 +215,7 @@ def remeasure(
     wanted = None if specimen_ids is None else set(specimen_ids)
     if wanted is not None and not wanted:
         return 0, []
+    original_widths = store.original_widths()
     for sid, path, metadata in store.indexed_specimens():
         if wanted is not None and sid not in wanted:
             continue
@@ -220,7 +230,10 @@ def remeasure(
                 image = None
                 problems.append((path, f"colour not measured: {exc}"))
             names = {m.trait_id: m.trait_name for m in store.trait_masks(sid)}
-            pending[sid] = measure_label_map(label_map, image, names, resolve_scale(metadata, scale_column, pixels_per_mm))
+            scale = resolve_scale(metadata, scale_column, pixels_per_mm)
+            if sid in original_widths:
+                scale = scale.resampled(label_map.shape[1], original_widths[sid])
+            pending[sid] = measure_label_map(label_map, image, names, scale)
             measured += 1
         if len(pending) >= commit_every:
             store.replace_measurements(pending)

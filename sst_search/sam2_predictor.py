@@ -9,14 +9,20 @@ whose image features were computed up front, batched, by :func:`encode_images`.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.build_sam import build_sam2_video_predictor
+from sam2.modeling.position_encoding import apply_rotary_enc
+from sam2.modeling.sam.transformer import RoPEAttention
+from sam2.utils.misc import fill_holes_in_mask_scores
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
@@ -38,6 +44,48 @@ class EncodedFrame:
     size: tuple[int, int]  # original (H, W)
     image: torch.Tensor  # (1, 3, S, S), normalised
     backbone: dict  # SAM2Base.forward_image output for this frame (batch of 1)
+
+
+@dataclass
+class SupportMemory:
+    """What memory attention reads from the supports alone, for one batch of objects.
+
+    In pairwise mode every query attends to the same support memory, so its per-layer key
+    and value projections (keys RoPE-rotated) are computed once per session, not per query.
+    """
+
+    num_objects: int
+    keys: list[torch.Tensor]  # per layer (num_objects, heads, tokens, head_dim)
+    values: list[torch.Tensor]
+    freqs_cis: list[torch.Tensor | None]  # per layer: the query tokens' RoPE, None without RoPE
+
+    def per_layer(self, layer: int, num_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``layer`` for ``num_queries`` queries, query-major like the batch."""
+        k, v = self.keys[layer], self.values[layer]
+        return (k, v) if num_queries == 1 else (k.repeat(num_queries, 1, 1, 1), v.repeat(num_queries, 1, 1, 1))
+
+
+@dataclass
+class TrackedBatch:
+    """Low-res logits ``(B, 1, h, w)``, object score logits ``(B,)`` and the predicted IoU of each
+    chosen mask ``(B,)`` for a batch of objects (queries-major when several queries)."""
+
+    logits: torch.Tensor
+    object_score: torch.Tensor
+    predicted_iou: torch.Tensor
+
+
+class _MemoryCaptured(Exception):
+    """Stops SAM 2's memory preparation once the memory it would attend to is known."""
+
+    def __init__(self, memory: torch.Tensor, memory_pos: torch.Tensor, num_obj_ptr_tokens: int):
+        super().__init__()
+        self.memory, self.memory_pos, self.num_obj_ptr_tokens = memory, memory_pos, num_obj_ptr_tokens
+
+
+#: The predicted IoUs of the last mask-decoder call, per thread, so a model shared by threads
+#: never hands one thread another's scores.
+_LAST_IOUS = threading.local()
 
 
 class InMemoryVideoPredictor(SAM2VideoPredictor):
@@ -117,12 +165,107 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
             run_mem_encoder=keep_memory,
         )
         # With several candidate masks SAM 2 keeps the one with the highest predicted IoU.
-        return out, pred, self._last_ious.float().max(dim=-1).values
+        return out, pred, _LAST_IOUS.value.float().max(dim=-1).values
 
     def _forward_sam_heads(self, *args, **kwargs):
         outputs = super()._forward_sam_heads(*args, **kwargs)
-        self._last_ious = outputs[2]  # predicted IoU per candidate mask; SAM 2 drops it from its state
+        _LAST_IOUS.value = outputs[2]  # predicted IoU per candidate mask; SAM 2 drops it from its state
         return outputs
+
+    def support_memory(self, state: dict, output_dict: dict, frame_idx: int, num_objects: int) -> SupportMemory:
+        """The memory a frame at ``frame_idx`` attends to when ``output_dict`` holds only
+        conditioning outputs, gathered by SAM 2 itself (which frames, temporal encodings,
+        object pointers) and projected once for every layer of memory attention."""
+        if output_dict["non_cond_frame_outputs"]:
+            raise ValueError("support memory is fixed only while no tracked frame is kept as memory")
+        ma = self.memory_attention
+        assert ma.batch_first, "SAM 2.1 memory attention runs batch-first"
+        side = self.sam_image_embedding_size
+        me = threading.get_ident()
+
+        def capture(_module, _args, kwargs):
+            if threading.get_ident() == me:
+                raise _MemoryCaptured(kwargs["memory"], kwargs["memory_pos"], kwargs["num_obj_ptr_tokens"])
+
+        handle = ma.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self._prepare_memory_conditioned_features(
+                frame_idx=frame_idx,
+                is_init_cond_frame=False,
+                current_vision_feats=[torch.zeros(1, num_objects, self.hidden_dim, device=self.device)],
+                current_vision_pos_embeds=[torch.zeros(1, num_objects, self.hidden_dim, device=self.device)],
+                feat_sizes=[(side, side)],
+                output_dict=output_dict,
+                num_frames=state["num_frames"],
+            )
+            raise RuntimeError("SAM 2 did not attend to memory")
+        except _MemoryCaptured as captured:
+            memory, memory_pos, num_ptr = captured.memory, captured.memory_pos, captured.num_obj_ptr_tokens
+        finally:
+            handle.remove()
+        memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+        keys, values, freqs = [], [], []
+        for layer in ma.layers:
+            ca = layer.cross_attn_image
+            k = ca._separate_heads(ca.k_proj(memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory), ca.num_heads)
+            v = ca._separate_heads(ca.v_proj(memory), ca.num_heads)
+            f = None
+            if isinstance(ca, RoPEAttention):
+                # As RoPEAttention.forward: the query tokens' RoPE, repeated over each memory frame.
+                f = ca.compute_cis(end_x=math.sqrt(side * side), end_y=math.sqrt(side * side)).to(k.device)
+                num_rope = k.size(-2) - num_ptr
+                dummy_q = torch.zeros(1, ca.num_heads, side * side, k.size(-1), dtype=k.dtype, device=k.device)
+                _, k[:, :, :num_rope] = apply_rotary_enc(dummy_q, k[:, :, :num_rope], f, repeat_freqs_k=ca.rope_k_repeat)
+            keys.append(k)
+            values.append(v)
+            freqs.append(f)
+        return SupportMemory(num_objects, keys, values, freqs)
+
+    def track_from_support(self, memory: SupportMemory, frames: list[EncodedFrame]) -> TrackedBatch:
+        """Track every object of ``memory`` into each of ``frames`` (never kept as memory):
+        one pass of memory attention and the mask decoder over frames x objects.
+
+        The same arithmetic as SAM 2's ``track_step`` on a non-conditioning frame, except
+        that the query's tokens, identical for every object until the first cross-attention,
+        go through the first self-attention once per frame instead of once per object.
+        """
+        ma, n = self.memory_attention, memory.num_objects
+        backbone = {
+            key: [torch.cat(levels) for levels in zip(*(f.backbone[key] for f in frames))]
+            for key in ("backbone_fpn", "vision_pos_enc")
+        }
+        _, feats, pos_embeds, sizes = self._prepare_backbone_features(backbone)
+        curr, curr_pos = feats[-1], pos_embeds[-1]
+        out = curr + 0.1 * curr_pos if ma.pos_enc_at_input else curr
+        out, pos = out.transpose(0, 1), curr_pos.transpose(0, 1)
+        for i, layer in enumerate(ma.layers):
+            out = layer._forward_sa(out, pos)
+            ca = layer.cross_attn_image
+            tgt2 = layer.norm2(out)
+            q = ca._separate_heads(ca.q_proj(tgt2 + pos if layer.pos_enc_at_cross_attn_queries else tgt2), ca.num_heads)
+            if memory.freqs_cis[i] is not None:
+                q, _ = apply_rotary_enc(q, q[:, :, :0], memory.freqs_cis[i], repeat_freqs_k=ca.rope_k_repeat)
+            if i == 0:  # from here on each object has its own tokens
+                out, pos, q = (t.repeat_interleave(n, dim=0) for t in (out, pos, q))
+            k, v = memory.per_layer(i, len(frames))
+            attn = F.scaled_dot_product_attention(q, k, v)
+            out = out + layer.dropout2(ca.out_proj(ca._recombine_heads(attn)))
+            tgt2 = layer.norm3(out)
+            out = out + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2)))))
+        h, w = sizes[-1]
+        pix_feat = ma.norm(out).permute(0, 2, 1).view(out.size(0), self.hidden_dim, h, w)
+        high_res = [
+            x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).repeat_interleave(n, dim=0)
+            for x, s in zip(feats[:-1], sizes[:-1])
+        ]
+        _, _, ious, low_res, _, _, object_scores = self._forward_sam_heads(
+            backbone_features=pix_feat,
+            high_res_features=high_res,
+            multimask_output=self._use_multimask(False, None),
+        )
+        if self.fill_hole_area > 0:
+            low_res = fill_holes_in_mask_scores(low_res, self.fill_hole_area)
+        return TrackedBatch(low_res.float(), object_scores.float().flatten(), ious.float().max(dim=-1).values)
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         if frame_idx not in inference_state["cached_features"]:

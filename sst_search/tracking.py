@@ -110,6 +110,7 @@ class TrackingSession:
                 raise ValueError(f"traits {missing} appear in no conditioning mask")
             predictor.propagate_in_video_preflight(self.state)
         self._groups = self._batches(batch_traits)
+        self._support_memory: list | None = None  # built on the first pairwise query
         # Memory is encoded; the conditioning frames' pixels and features are not needed.
         for frame_idx in range(self.num_cond):
             predictor.drop_frame(self.state, frame_idx)
@@ -157,9 +158,14 @@ class TrackingSession:
 
     @torch.inference_mode()
     def track_frame(self, frame: EncodedFrame, frame_idx: int | None = None, keep_memory: bool = False) -> FrameOutput:
-        """Logits and SAM 2's own confidences for ``frame``, all traits in SAM 2's object order."""
+        """Logits and SAM 2's own confidences for ``frame``, all traits in SAM 2's object order.
+
+        Without ``frame_idx`` and ``keep_memory`` the frame is a pairwise query (see
+        :meth:`track_frames`); otherwise it runs through SAM 2's own frame step.
+        """
+        if frame_idx is None and not keep_memory:
+            return self.track_frames([frame])[0]
         p, state = self.predictor, self.state
-        frame_idx = self.num_cond if frame_idx is None else frame_idx
         p.set_frame(state, frame_idx, frame)
         n = len(state["obj_ids"])
         logits, scores, ious = [None] * n, [None] * n, [None] * n
@@ -177,6 +183,34 @@ class TrackingSession:
                         del output_dict["non_cond_frame_outputs"][old]
         p.drop_frame(state, frame_idx)
         return FrameOutput(torch.cat(logits), torch.cat(scores).cpu(), torch.stack(ious).cpu())
+
+    @torch.inference_mode()
+    def track_frames(self, frames: list[EncodedFrame]) -> list[FrameOutput]:
+        """Pairwise queries: each frame tracked from the supports alone, never kept as memory.
+
+        All frames and all traits of a batch go through memory attention and the mask
+        decoder in one call; the supports' memory is projected once per session.
+        """
+        if not frames:
+            return []
+        p, n = self.predictor, len(self.state["obj_ids"])
+        per_frame: list[list] = [[None] * n for _ in frames]
+        with autocast(p.device):
+            if self._support_memory is None:
+                self._support_memory = [
+                    p.support_memory(self.state, output_dict, self.num_cond, len(obj_indices))
+                    for obj_indices, output_dict in self._groups
+                ]
+            for (obj_indices, _), memory in zip(self._groups, self._support_memory):
+                out = p.track_from_support(memory, frames)
+                for q in range(len(frames)):
+                    for j, i in enumerate(obj_indices):
+                        b = q * len(obj_indices) + j
+                        per_frame[q][i] = (out.logits[b : b + 1], out.object_score[b : b + 1], out.predicted_iou[b : b + 1])
+        return [
+            FrameOutput(torch.cat([o[0] for o in objs]), torch.cat([o[1] for o in objs]).cpu(), torch.cat([o[2] for o in objs]).cpu())
+            for objs in per_frame
+        ]
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """A real HTTP image server on 127.0.0.1 for fetch tests: plain images with ETags, IIIF-style
-paths and info.json, and the failures real servers produce (404, 500, flaky 503, slow,
+paths and info.json, IIIF Presentation manifests, and the failures real servers produce (404, 500, flaky 503, slow,
 truncated body, HTML, oversize). Counts every request per path."""
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class ImageServer:
         self.sizes: list[str] = []
         self.slow_seconds = 5.0
         self.flaky_left = 1
+        self.iiif_version = 2
+        #: path -> JSON document (IIIF Presentation manifests and collections)
+        self.documents: dict[str, dict] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,14 +59,14 @@ class ImageServer:
             if h.headers.get("If-None-Match") == etag:
                 return self._send(h, 304, b"", None, {"ETag": etag})
             return self._send(h, 200, data, "image/png", {"ETag": etag})
+        if path in self.documents:
+            return self._send(h, 200, json.dumps(self.documents[path]).encode(), "application/ld+json")
         if m := IIIF.match(path):
             return self._iiif_image(h, m)
         if path.startswith("/iiif/"):
             name = path[len("/iiif/"):].removesuffix("/info.json")
             if name in self.images:
-                info = {"@context": "http://iiif.io/api/image/2/context.json", "@id": f"{self.url}/iiif/{name}",
-                        "protocol": "http://iiif.io/api/image", "width": 0, "height": 0}
-                return self._send(h, 200, json.dumps(info).encode(), "application/json")
+                return self._send(h, 200, json.dumps(self.info(name)).encode(), "application/json")
         if path == "/fail/500":
             return self._send(h, 500, b"boom", "text/plain")
         if path == "/fail/flaky":
@@ -88,6 +91,16 @@ class ImageServer:
         if path == "/fail/huge":
             return self._send(h, 200, b"\0" * 5000, "image/png")
         return self._send(h, 404, b"not found", "text/plain")
+
+    def info(self, name: str) -> dict:
+        """The image's ``info.json`` in the Image API version of ``self.iiif_version``."""
+        width, height = Image.open(self.images[name]).size
+        service = f"{self.url}/iiif/{name}"
+        if self.iiif_version == 3:
+            return {"@context": "http://iiif.io/api/image/3/context.json", "id": service, "type": "ImageService3",
+                    "protocol": "http://iiif.io/api/image", "profile": "level1", "width": width, "height": height}
+        return {"@context": "http://iiif.io/api/image/2/context.json", "@id": service,
+                "protocol": "http://iiif.io/api/image", "width": width, "height": height}
 
     def _iiif_image(self, h: BaseHTTPRequestHandler, m: re.Match) -> None:
         if m["id"] not in self.images:

@@ -17,7 +17,9 @@ from sst_search.cli import app as cli
 from sst_search.config import Config
 from sst_search.images import load_image
 from sst_search.query import SearchEngine
+from sst_search.review import promote
 from sst_search.store import Store, specimen_id
+from sst_search.store.review import decisions
 from sst_search.synthetic import generate_collection
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -118,10 +120,15 @@ def test_moved_collection_keeps_ids_and_is_not_reprocessed(tmp_path):
     catalog = _catalog(db)
     assert specimen_id(new_key) in catalog and specimen_id(old_key) not in catalog
 
-    # relocate: back where it was, in one command, published for readers.
+    # relocate: back where it was, in one command, published for readers; a promoted support's note follows.
+    promoted = specimen_id(rows[1]["path"])
+    promote(db, promoted, moved.references, "curator", publish=False)
     shutil.move(moved_root, coll.root)
     result = CliRunner().invoke(cli, ["relocate", "--db", str(db), str(moved_root), str(coll.root)])
     assert result.exit_code == 0, result.output
+    with Store.open(db, read_only=True) as store:
+        [note] = [d["note"] for d in decisions(store, promoted) if d["decision"] == "promote"]
+    assert note.startswith(str(coll.root) + "/") and Path(note).is_file(), note
     assert all(Path(p).is_file() and p.startswith(str(coll.root) + "/") for p, _ in _catalog(db).values())
     engine = SearchEngine.open(db)
     try:
@@ -147,3 +154,15 @@ def test_rows_keyed_by_absolute_path_are_rekeyed_not_recomputed(tmp_path):
     assert again.counts["indexed"] == 0 and again.counts["moved"] == 3 and again.counts["removed"] == 0
     assert set(_catalog(db)) == set(legacy)  # back to the ids of the item keys
     assert all(key for _, key in _catalog(db).values())
+
+
+def test_a_key_listed_twice_is_a_failed_item_naming_both_rows(tmp_path):
+    coll = generate_collection(tmp_path / "coll", species=1, per_species=2, seed=4)
+    rows = _rewrite(coll.manifest, lambda r: r)
+    with open(coll.manifest, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerow({**rows[0], "path": "./" + rows[0]["path"]})
+    summary = _index(coll.manifest, coll, tmp_path / "index.duckdb")
+    assert summary.counts["indexed"] == 2 and summary.counts["failed"] == 1, summary.failures
+    [(_, reason)] = summary.failures
+    assert f"listed at {coll.manifest}:2 and again at {coll.manifest}:4" in reason, reason
+    assert summary.exit_code == 1

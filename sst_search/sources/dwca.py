@@ -57,16 +57,17 @@ def read_dwca(path: str | Path, group_by: str = "scientificName") -> list[Item]:
             raise SourceError(f"{path}: --group-by {group_by!r} is not a term of the core "
                               f"(terms: {sorted(short_name(t) for t in archive.descriptor.core.terms)})")
         items: list[Item] = []
+        core_file = f"{path}:{archive.descriptor.core.file_location}"
         try:
             for row in archive:
-                items.extend(_row_items(row, base, group_by))
+                items.extend(_row_items(row, base, group_by, f"{core_file} row {row.position + 1}"))
         except Exception as exc:
             line = len(items)
             raise SourceError(f"{path}: malformed data after about {line} items ({type(exc).__name__}: {exc})") from exc
     return items
 
 
-def _row_items(row, base: Path, group_by: str) -> list[Item]:
+def _row_items(row, base: Path, group_by: str, origin: str) -> list[Item]:
     core = {short_name(k): v for k, v in row.data.items() if v not in (None, "")}
     occurrence = core.get("occurrenceID") or core.get("catalogNumber") or str(row.id if row.id is not None else row.position)
     group = core.get(group_by) or None
@@ -82,7 +83,7 @@ def _row_items(row, base: Path, group_by: str) -> list[Item]:
         images = [(u.strip(), {}) for u in core["associatedMedia"].replace(",", "|").split("|") if u.strip()]
     if not images:
         return [Item(occurrence, None, group, core, error=f"occurrence {occurrence!r} has no image "
-                     "(no Multimedia row with an image URL or path, and no associatedMedia)")]
+                     "(no Multimedia row with an image URL or path, and no associatedMedia)", origin=origin)]
     out = []
     for location, terms in images:
         metadata = dict(core)
@@ -92,8 +93,9 @@ def _row_items(row, base: Path, group_by: str) -> list[Item]:
         holder = terms.get("rightsHolder") or terms.get("Owner") or core.get("rightsHolder")
         if is_url(location):
             out.append(Item(f"{occurrence}|{location}", None, group, metadata, source=location,
-                            license=licence, rights_holder=holder))
+                            license=licence, rights_holder=holder, origin=origin))
         else:
             key, file = local_location(location, base)
-            out.append(Item(f"{occurrence}|{key}", file, group, metadata, license=licence, rights_holder=holder))
+            out.append(Item(f"{occurrence}|{key}", file, group, metadata, license=licence, rights_holder=holder,
+                            origin=origin))
     return out

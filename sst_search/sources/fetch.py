@@ -14,7 +14,11 @@ the retries) becomes the item's recorded failure; the batch goes on.
 
 IIIF Image API URLs (``.../{region}/{size}/{rotation}/{quality}.{format}``), ``info.json``
 URLs and image service ids answering with an ``info.json`` are requested at the size the
-model needs (``/full/!1024,1024/0/default.jpg``), not at full resolution.
+model needs (``/full/!1024,1024/0/default.jpg``), not at full resolution. Their ``info.json``
+(small, cached like the images) says how large the original is and which API version the
+service speaks, so measurements can be converted to the original pixels without
+downloading them, and the full image (``/full/max/`` in API 3, ``/full/full/`` in API 2) is
+fetched only when a crop or an export asks for it (:meth:`Fetcher.get`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..atomic_io import write_bytes_atomic
-from .items import Item
+from ..config import FetchConfig
+from .items import Item, Original
 
 #: ``{base}/{region}/{size}/{rotation}/{quality}.{format}`` of the IIIF Image API (2.x and 3.0).
 IIIF_IMAGE = re.compile(
@@ -39,7 +44,8 @@ IIIF_IMAGE = re.compile(
     r"/(?P<size>[^/]+)/(?P<rotation>!?\d+(?:\.\d+)?)/(?P<quality>default|color|colour|gray|grey|bitonal|native)"
     r"\.(?P<format>jpg|jpeg|png|tif|tiff|webp|gif)$"
 )
-EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/tiff": ".tif", "image/webp": ".webp",
+JSON_TYPES = ("application/json", "application/ld+json")
+EXTENSIONS = {"application/json": ".json", "image/jpeg": ".jpg", "image/png": ".png", "image/tiff": ".tif", "image/webp": ".webp",
               "image/gif": ".gif", "image/bmp": ".bmp"}
 
 
@@ -49,20 +55,6 @@ class FetchError(RuntimeError):
 
 class _Transient(FetchError):
     """Worth another try: 429 and 5xx answers."""
-
-
-@dataclass(frozen=True)
-class FetchLimits:
-    """How politely and how far to fetch (see :class:`sst_search.config.FetchConfig`)."""
-
-    concurrency: int = 8
-    max_per_host: int = 2
-    timeout: float = 30.0
-    retries: int = 4
-    backoff: float = 0.5
-    max_bytes: int = 100_000_000
-    iiif_size: int | None = 1024
-    revalidate: bool = False
 
 
 def iiif_request_url(url: str, size: int | None) -> str:
@@ -77,6 +69,46 @@ def iiif_request_url(url: str, size: int | None) -> str:
     if m is None:
         return url
     return f"{m['base']}/{m['region']}/!{size},{size}/{m['rotation']}/{m['quality']}.{m['format']}"
+
+
+def iiif_base(url: str) -> str | None:
+    """The image service id of an IIIF image or ``info.json`` URL, else None."""
+    if url.endswith("/info.json"):
+        return url[: -len("/info.json")]
+    m = IIIF_IMAGE.match(url)
+    return m["base"] if m else None
+
+
+def original_of(url: str, info: dict | None) -> Original:
+    """The full-resolution request matching ``url`` (same region, rotation, quality and
+    format; size ``max`` in Image API 3, ``full`` in 2) and its size from ``info``."""
+    m = IIIF_IMAGE.match(url)
+    region, rotation, quality, fmt = (m["region"], m["rotation"], m["quality"], m["format"]) if m else \
+        ("full", "0", "default", "jpg")
+    base = iiif_base(url) or url.rstrip("/")
+    version3 = info is not None and ("image/3" in json.dumps(info.get("@context", "")) or info.get("type") == "ImageService3")
+    full = f"{base}/{region}/{'max' if info is None or version3 else 'full'}/{rotation}/{quality}.{fmt}"
+    return Original(full, _region_size(region, rotation, info))
+
+
+def _region_size(region: str, rotation: str, info: dict | None) -> tuple[int, int] | None:
+    """``(width, height)`` of ``region`` of the image ``info`` describes, after a rotation by a
+    multiple of 90 degrees; None when the service did not say or the rotation is arbitrary."""
+    try:
+        width, height = int(info["width"]), int(info["height"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if width <= 0 or height <= 0 or rotation.startswith("!") or float(rotation) % 90:
+        return None
+    if region == "square":
+        width = height = min(width, height)
+    elif region.startswith("pct:"):
+        _, _, w, h = (float(v) for v in region[4:].split(","))
+        width, height = round(width * min(w, 100) / 100), round(height * min(h, 100) / 100)
+    elif region != "full":
+        x, y, w, h = (int(v) for v in region.split(","))
+        width, height = max(0, min(w, width - x)), max(0, min(h, height - y))
+    return (height, width) if float(rotation) % 180 else (width, height)
 
 
 class ImageCache:
@@ -99,31 +131,36 @@ class ImageCache:
     def blob_path(self, record: dict) -> Path:
         return self.root / record["blob"]
 
-    def put(self, url: str, data: bytes, content_type: str, headers: dict[str, str]) -> dict:
+    def put(self, url: str, data: bytes, content_type: str, headers: dict[str, str], service: str | None = None) -> dict:
+        """Keep ``data`` fetched from ``url``; ``service``: the IIIF image service a bare service id named."""
         digest = hashlib.sha256(data).hexdigest()
         blob = Path("blobs") / digest[:2] / (digest + EXTENSIONS.get(content_type, ".img"))
         if not (self.root / blob).is_file():
             write_bytes_atomic(self.root / blob, data, suffix=".part")
         record = {"url": url, "blob": blob.as_posix(), "sha256": digest, "bytes": len(data),
                   "content_type": content_type, "etag": headers.get("etag"),
-                  "last_modified": headers.get("last-modified"),
+                  "last_modified": headers.get("last-modified"), "service": service,
                   "fetched_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat()}
         write_bytes_atomic(self._record_path(url), json.dumps(record).encode(), suffix=".part")
         return record
 
 
 class Fetcher:
-    """Fetches URLs into an :class:`ImageCache`; one instance per job (it holds the HTTP client)."""
+    """Fetches URLs into an :class:`ImageCache`; one instance per job (it holds the HTTP client).
 
-    def __init__(self, cache: ImageCache, limits: FetchLimits = FetchLimits()):
+    ``size`` is the model's input size: IIIF images are requested to fit in it; None asks
+    for IIIF images exactly as written."""
+
+    def __init__(self, cache: ImageCache, config: FetchConfig = FetchConfig(), size: int | None = None):
         import httpx
 
         self.cache = cache
-        self.limits = limits
+        self.config = config
+        self.size = size
         self._httpx = httpx
-        self._client = httpx.Client(timeout=limits.timeout, follow_redirects=True,
+        self._client = httpx.Client(timeout=config.timeout, follow_redirects=True,
                                     headers={"User-Agent": "sst-search (natural-history image indexer)"},
-                                    limits=httpx.Limits(max_connections=max(limits.concurrency, 1)))
+                                    limits=httpx.Limits(max_connections=max(config.concurrency, 1)))
         self._hosts: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
         #: Bytes downloaded and requests answered with a body, for progress and benchmarks.
@@ -140,26 +177,77 @@ class Fetcher:
         self.close()
 
     def fetch(self, url: str) -> dict:
-        """The cache record of ``url`` (fetched now unless cached); raises :class:`FetchError`."""
-        requested = iiif_request_url(url, self.limits.iiif_size)
-        cached = self.cache.lookup(requested)
-        if cached is not None and not self.limits.revalidate:
+        """The cache record of ``url`` at the model's size (fetched now unless cached); raises :class:`FetchError`."""
+        if self.size:
+            return self.get(iiif_request_url(url, self.size), follow_info=True)
+        base = iiif_base(url)
+        return self.get(f"{base}/full/max/0/default.jpg" if url.endswith("/info.json") and base else url, follow_info=True)
+
+    def get(self, url: str, follow_info: bool = False) -> dict:
+        """The cache record of exactly ``url`` (fetched now unless cached): how a crop or an
+        export gets an item's full-resolution image (:attr:`Original.url`)."""
+        cached = self.cache.lookup(url)
+        if cached is not None and not self.config.revalidate:
             return cached
-        return self._get(requested, cached, follow_info=True)
+        return self._get(url, cached, follow_info=follow_info)
+
+    def original(self, url: str) -> Original | None:
+        """Where the full-resolution image of ``url`` is when :meth:`fetch` downsampled it
+        (an IIIF image, ``info.json`` or service id), else None. Asks the service's
+        ``info.json`` once (cached) for its size and API version; a service without one
+        still gets a full-size request (``max``), only its size stays unknown."""
+        if not self.size:
+            return None
+        service = iiif_base(url) or (self.cache.lookup(url) or {}).get("service")
+        if service is None:
+            return None
+        try:
+            record = self.get(url if url.endswith("/info.json") else f"{service}/info.json")
+            info = json.loads(self.cache.blob_path(record).read_text())
+        except (FetchError, OSError, ValueError):
+            info = None
+        return original_of(url if IIIF_IMAGE.match(url) else f"{service}/info.json", info)
 
     def _host(self, url: str) -> threading.Semaphore:
         host = urlsplit(url).netloc.lower()
         with self._lock:
-            return self._hosts.setdefault(host, threading.Semaphore(self.limits.max_per_host))
+            return self._hosts.setdefault(host, threading.Semaphore(self.config.max_per_host))
+
+    def json(self, url: str) -> dict:
+        """The JSON document at ``url`` (an IIIF Presentation manifest or collection), with the
+        same politeness, limits and retries as images; not cached, since manifests change."""
+        body = self._retried(url, None)
+        if isinstance(body, dict):
+            raise FetchError(f"{url}: server returned {body['content_type']} instead of JSON")
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise FetchError(f"{url}: not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise FetchError(f"{url}: JSON is a {type(doc).__name__}, not an object")
+        return doc
 
     def _get(self, url: str, cached: dict | None, follow_info: bool) -> dict:
+        result = self._retried(url, cached)
+        if isinstance(result, dict):
+            return result
+        # A bare IIIF image service id answered with its info.json: request the image it describes.
+        service = self._iiif_service(url, result)
+        if not follow_info:
+            raise FetchError(f"{url}: server returned JSON instead of an image")
+        image = self.fetch(f"{service}/info.json")
+        return self.cache.put(url, self.cache.blob_path(image).read_bytes(), image["content_type"], image, service)
+
+    def _retried(self, url: str, cached: dict | None) -> dict | bytes:
+        """:meth:`_attempt` with backoff retries; every failure becomes a :class:`FetchError` saying why."""
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
         httpx = self._httpx
         transient = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, _Transient)
+        retries = self.config.retries
         retrying = Retrying(
-            stop=stop_after_attempt(max(1, self.limits.retries)),
-            wait=wait_exponential(multiplier=self.limits.backoff, max=30),
+            stop=stop_after_attempt(max(1, retries)),
+            wait=wait_exponential(multiplier=self.config.backoff, max=30),
             retry=retry_if_exception(lambda e: isinstance(e, transient)),
             reraise=True,
         )
@@ -168,27 +256,18 @@ class Fetcher:
                 with attempt:
                     result = self._attempt(url, cached)
         except httpx.TimeoutException as exc:
-            raise FetchError(f"{url}: timed out after {self.limits.retries} attempts ({type(exc).__name__})") from exc
+            raise FetchError(f"{url}: timed out after {retries} attempts ({type(exc).__name__})") from exc
         except httpx.RemoteProtocolError as exc:
-            raise FetchError(f"{url}: truncated or malformed response after {self.limits.retries} attempts ({exc})") from exc
+            raise FetchError(f"{url}: truncated or malformed response after {retries} attempts ({exc})") from exc
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from exc
         except _Transient as exc:
-            raise FetchError(f"{exc} (after {self.limits.retries} attempts)") from exc
-        if isinstance(result, str):  # an IIIF info.json: request the image it describes, at our size
-            if not follow_info:
-                raise FetchError(f"{url}: server returned JSON instead of an image")
-            image_url = iiif_request_url(result.rstrip("/") + "/info.json", self.limits.iiif_size or 0)
-            if image_url.endswith("/info.json"):  # no size limit: the whole image
-                image_url = result.rstrip("/") + "/full/max/0/default.jpg"
-            cached_image = self.cache.lookup(image_url)
-            record = cached_image if cached_image is not None and not self.limits.revalidate else \
-                self._get(image_url, cached_image, follow_info=False)
-            self.cache.put(url, self.cache.blob_path(record).read_bytes(), record["content_type"], record)
-            return record
+            raise FetchError(f"{exc} (after {retries} attempts)") from exc
         return result
 
-    def _attempt(self, url: str, cached: dict | None) -> dict | str:
+    def _attempt(self, url: str, cached: dict | None) -> dict | bytes:
+        """The cache record of the answer; the body of a JSON answer to anything but an
+        ``info.json`` URL (a service id: the caller decides), which is not cached."""
         headers = {}
         if cached is not None:
             if cached.get("etag"):
@@ -205,19 +284,20 @@ class Fetcher:
                 raise FetchError(f"{url}: HTTP {code} {response.reason_phrase}")
             content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             length = response.headers.get("content-length")
-            if length and length.isdigit() and int(length) > self.limits.max_bytes:
-                raise FetchError(f"{url}: {int(length):,} bytes exceeds the limit of {self.limits.max_bytes:,}")
-            if content_type in ("application/json", "application/ld+json"):
-                return self._iiif_service(url, response.read())
-            if not content_type.startswith("image/"):
+            limit = self.config.max_bytes
+            if length and length.isdigit() and int(length) > limit:
+                raise FetchError(f"{url}: {int(length):,} bytes exceeds the limit of {limit:,}")
+            if not content_type.startswith("image/") and content_type not in JSON_TYPES:
                 raise FetchError(f"{url}: server returned {content_type or 'no content type'} instead of an image")
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
-                if len(body) > self.limits.max_bytes:
-                    raise FetchError(f"{url}: body exceeds the limit of {self.limits.max_bytes:,} bytes")
+                if len(body) > limit:
+                    raise FetchError(f"{url}: body exceeds the limit of {limit:,} bytes")
             if length and length.isdigit() and len(body) != int(length):
                 raise self._httpx.RemoteProtocolError(f"got {len(body)} of {length} bytes")
+        if content_type in JSON_TYPES and not url.endswith("/info.json"):
+            return bytes(body)
         with self._lock:
             self.downloaded_bytes += len(body)
             self.downloads += 1
@@ -232,31 +312,34 @@ class Fetcher:
             service = None
         if not isinstance(service, str) or "iiif" not in json.dumps(info.get("@context", "")) + json.dumps(info.get("protocol", "")):
             raise FetchError(f"{url}: server returned JSON that is not an IIIF image service (info.json)")
-        return service
+        return service.rstrip("/")
 
 
-def fetch_items(items: list[Item], cache: ImageCache, limits: FetchLimits = FetchLimits(), quiet: bool = True) -> list[Item]:
-    """``items`` with every URL item's ``path`` set to its cached file (and ``fetched_at``),
-    or its ``error`` set to why it could not be fetched; local items unchanged. Order kept."""
+def fetch_items(items: list[Item], cache: ImageCache, config: FetchConfig = FetchConfig(), size: int | None = None,
+                quiet: bool = True) -> list[Item]:
+    """``items`` with every URL item's ``path`` set to its cached file (and ``fetched_at``,
+    and ``original`` when the cached image is a downsampled IIIF image), or its ``error`` set
+    to why it could not be fetched; local items unchanged. Order kept. ``size``: see :class:`Fetcher`."""
     from tqdm import tqdm
 
     todo = [i for i, item in enumerate(items) if item.source and item.path is None and not item.error]
     if not todo:
         return items
     out = list(items)
-    with Fetcher(cache, limits) as fetcher, tqdm(total=len(todo), desc="fetch", unit="img", disable=quiet) as bar:
+    with Fetcher(cache, config, size) as fetcher, tqdm(total=len(todo), desc="fetch", unit="img", disable=quiet) as bar:
         def one(i: int) -> Item:
             item = items[i]
             try:
                 record = fetcher.fetch(item.source)
+                original = fetcher.original(item.source)
             except FetchError as exc:
                 return replace(item, error=f"fetch failed: {exc}")
             finally:
                 bar.update(1)
-            return replace(item, path=fetcher.cache.blob_path(record),
+            return replace(item, path=fetcher.cache.blob_path(record), original=original,
                            fetched_at=datetime.fromisoformat(record["fetched_at"]))
 
-        with ThreadPoolExecutor(max_workers=max(1, limits.concurrency)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool:
             for i, item in zip(todo, pool.map(one, todo)):
                 out[i] = item
     return out

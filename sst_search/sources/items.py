@@ -14,13 +14,23 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
+class Original:
+    """Where the full-resolution pixels of a downsampled IIIF image are, and their size when
+    the service's ``info.json`` said (``(width, height)`` of the requested region)."""
+
+    url: str
+    size: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class Item:
     """One specimen image.
 
     ``key`` identifies the specimen for good (its id is derived from it). ``path`` is the
     absolute local file holding its pixels; for a URL item it is the cached download once
     fetched, ``None`` before. ``source`` is the URL the pixels come from, ``error`` why the
-    item cannot be used (it is then recorded as failed, never dropped).
+    item cannot be used (it is then recorded as failed, never dropped). ``origin`` says where
+    the collection lists it (``manifest.csv:7``), so a problem with the listing names the row.
     """
 
     key: str
@@ -32,6 +42,9 @@ class Item:
     fetched_at: datetime | None = None
     license: str | None = None
     rights_holder: str | None = None
+    origin: str | None = None
+    #: The full-resolution image when ``path`` holds a downsampled one (an IIIF request at the model's size).
+    original: Original | None = None
 
     @property
     def location(self) -> str:

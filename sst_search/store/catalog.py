@@ -78,12 +78,12 @@ class Catalog:
         groups: Iterable[str] | None = None,
         specimen_ids: Iterable[int] | None = None,
     ) -> list[dict]:
-        """``specimen_id, path, group_name, status, metadata`` (parsed) of the specimens passing
+        """``specimen_id, path, group_name, status, metadata`` (parsed), ``source`` of the specimens passing
         the filters, with the status (any when None), in the groups / among the ids given;
         in (group, path) order."""
         where, params = self._scope(filters, status, groups, specimen_ids)
         rows = self._dicts(
-            f"SELECT specimen_id, path, group_name, status, metadata FROM specimens s WHERE {where} "
+            f"SELECT specimen_id, path, group_name, status, metadata, source FROM specimens s WHERE {where} "
             "ORDER BY group_name, path",
             params,
         )
@@ -172,6 +172,19 @@ class Catalog:
             "SELECT specimen_id, path, metadata FROM specimens WHERE status = 'indexed' ORDER BY specimen_id"
         ).fetchall()
         return [(sid, path, json.loads(md) if md else {}) for sid, path, md in rows]
+
+    def original_widths(self) -> dict[int, int]:
+        """``specimen_id -> width`` of the full image, for specimens whose masks are at a
+        downsampled size (an IIIF image fetched at the model's size): what converts their
+        measurements to the original pixels a scale refers to."""
+        rows = self.con.execute("SELECT specimen_id, original_width FROM specimens WHERE original_width > 0").fetchall()
+        return {int(sid): int(w) for sid, w in rows}
+
+    def full_sources(self) -> dict[int, str]:
+        """``specimen_id -> URL`` of the full-resolution image of specimens indexed from a
+        downsampled copy: what crops and exports fetch instead of the stored file."""
+        rows = self.con.execute("SELECT specimen_id, full_source FROM specimens WHERE full_source IS NOT NULL").fetchall()
+        return {int(sid): str(url) for sid, url in rows}
 
     def groups(self) -> list[str]:
         return [r[0] for r in self.con.execute(

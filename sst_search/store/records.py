@@ -99,6 +99,10 @@ class SpecimenRecord:
     fetched_at: datetime | None = None
     license: str | None = None
     rights_holder: str | None = None
+    #: The full-resolution image and its size when ``path`` holds a downsampled one.
+    full_source: str | None = None
+    original_width: int | None = None
+    original_height: int | None = None
 
     def validate(self) -> None:
         where = f"{self.path} (specimen {self.specimen_id})"

@@ -31,6 +31,12 @@ Tables and columns:
     - ``fetched_at TIMESTAMP``: when they were fetched (NULL for local files).
     - ``license VARCHAR``, ``rights_holder VARCHAR``: the image's licence and rights holder
       (Multimedia ``license``/``rightsHolder`` or the manifest's columns of those names).
+    - ``full_source VARCHAR``: where the full-resolution image is when ``path`` holds a
+      downsampled one (an IIIF image fetched at the model's size); crops and exports fetch
+      it on demand. NULL when ``path`` is the original.
+    - ``original_width INTEGER``, ``original_height INTEGER``: the full image's size (from the
+      IIIF ``info.json``); masks and ``width``/``height`` are at the downsampled size, and
+      millimetre measurements are converted through the ratio. NULL when unknown or the same.
 
 ``specimen_metadata``: ``metadata`` again as key/value rows, so filters are plain
     parameterised SQL (``key = ? AND value = ?``) instead of JSON path expressions.
@@ -142,7 +148,8 @@ SPECIMEN_COLUMNS = pa.schema([
     ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
     ("height", pa.int32()), ("metadata", pa.string()), ("orientation", pa.int32()),
     ("item_key", pa.string()), ("source", pa.string()), ("fetched_at", pa.timestamp("us")), ("license", pa.string()),
-    ("rights_holder", pa.string()),
+    ("rights_holder", pa.string()), ("full_source", pa.string()), ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
 ])
 
 DDL = f"""
@@ -264,6 +271,9 @@ ALTER TABLE specimens ADD COLUMN IF NOT EXISTS source VARCHAR;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS fetched_at TIMESTAMP;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS license VARCHAR;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS rights_holder VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS full_source VARCHAR;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS original_width INTEGER;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS original_height INTEGER;
 CREATE TABLE IF NOT EXISTS store_settings (
     key VARCHAR PRIMARY KEY,
     value JSON
