@@ -200,3 +200,17 @@ def test_ui_command_refuses_a_missing_index_and_finds_the_app(tmp_path):
     cmd = streamlit_command(tmp_path / "x.duckdb", 8765)
     assert cmd[cmd.index("run") + 1] == str(APP)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[-2:] == ["--db", str(tmp_path / "x.duckdb")]
+
+
+def test_every_page_imports_outside_a_streamlit_runtime():
+    # Tooling and tests import the pages without a running app; components that need the
+    # runtime at import time are imported where a page uses them.
+    import importlib
+    import pkgutil
+
+    import ui.views
+
+    pages = [m.name for m in pkgutil.iter_modules(ui.views.__path__)]
+    assert {"references", "review", "search"} <= set(pages)
+    for page in pages:
+        importlib.import_module(f"ui.views.{page}")
