@@ -82,7 +82,7 @@ class _RayWorker(Worker):
 
 
 def make_runner(config: Config, references: Path, worker: Worker | None = None):
-    ix = config.indexer
-    if ix.engine == "ray":
-        return RayRunner(config, references, ix.ray_address, ix.num_workers)
+    engine = config.indexer
+    if engine.engine == "ray":
+        return RayRunner(config, references, engine.ray_address, engine.num_workers)
     return LocalRunner(config, references, worker)

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests.app_server import app_server, chromium, ui_db  # noqa: F401  (session fixtures of the app tests)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
 

@@ -1,18 +1,26 @@
-"""Images by URL against a real HTTP server on 127.0.0.1: cache, IIIF sizes, failures, resume."""
+"""Images by URL against a real HTTP server on 127.0.0.1: cache, IIIF sizes, failures, and a
+whole index run killed while fetching, then resumed."""
 
 from __future__ import annotations
 
-import multiprocessing
+import hashlib
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
+from indexer.job import run_index
 from sst_search.sources import Item
-from sst_search.config import FetchConfig
+from sst_search.config import Config, FetchConfig
 from sst_search.sources.fetch import ImageCache, fetch_items, iiif_request_url
+from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
 from tests.image_server import ImageServer
 
@@ -72,29 +80,50 @@ def test_fetch_caches_iiif_at_size_records_each_failure_and_never_refetches(serv
     assert server.requests[f"/img/{names[0]}"] == 2
 
 
-def _fetch_forever(urls, cache_root):
-    fetch_items(_items(urls), ImageCache(cache_root), FAST.model_copy(update={"timeout": 60.0, "max_bytes": 10**6}), SIZE)
+def test_killed_index_run_loses_nothing_and_fetches_nothing_twice(tmp_path):
+    """SIGKILL a whole ``sst-search index`` while it fetches, then run it again."""
+    coll = generate_collection(tmp_path / "coll", species=1, per_species=3, seed=8)
+    group = coll.groups[0]
+    images = sorted((coll.root / "images").rglob("*.png"))
+    server = ImageServer({p.stem: p for p in images})
+    server.slow_seconds = 60.0
+    try:
+        urls = [f"{server.url}/img/{p.stem}" for p in images] + [f"{server.url}/fail/slow", f"{server.url}/gone.png"]
+        manifest = tmp_path / "manifest.csv"
+        manifest.write_text("path,group\n" + "".join(f"{u},{group}\n" for u in urls))
+        # Provided masks (named like the cached files: the sha256 of the served bytes) stand in for SAM 2.
+        masks = tmp_path / "masks"
+        masks.mkdir()
+        for p in images:
+            shutil.copy(coll.ground_truth / group / p.name, masks / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.png")
+        settings = {"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
+                    "embedding": {"embedder": "color-pattern"}}
+        config_file = tmp_path / "config.yaml"
+        config_file.write_text(yaml.safe_dump(settings))
+        db = tmp_path / "index.duckdb"
+        cli = [sys.executable, "-c", "import sys; from sst_search.cli import app; sys.argv[0] = 'sst-search'; app()"]
+        proc = subprocess.Popen([*cli, "index", str(manifest), "--references", str(coll.references), "--db", str(db),
+                                 "--config", str(config_file), "--masks", str(masks), "--quiet"],
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        records = db.with_name("index.duckdb.images") / "urls"
+        deadline = time.monotonic() + 60
+        while len(list(records.glob("*.json")) if records.is_dir() else []) < len(images) \
+                or not server.requests["/fail/slow"]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach the slow image"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-request for the slow image
+        proc.wait()
 
-
-def test_killed_fetch_resumes_without_fetching_anything_twice(server, tmp_path):
-    names = list(server.images)
-    urls = [f"{server.url}/img/{n}" for n in names] + [f"{server.url}/fail/slow"]
-    cache = tmp_path / "cache"
-    server.slow_seconds = 30.0
-    base = dict(server.requests)
-    proc = multiprocessing.get_context("fork").Process(target=_fetch_forever, args=(urls, cache))
-    proc.start()
-    deadline = time.monotonic() + 30
-    while len(list((cache / "urls").glob("*.json")) if (cache / "urls").is_dir() else []) < len(names):
-        assert time.monotonic() < deadline, "fetching did not progress"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-request for the slow one
-    proc.join()
-    served = dict(server.requests)
-    server.slow_seconds = 0.0
-    out = fetch_items(_items(urls), ImageCache(cache), FAST.model_copy(update={"max_bytes": 10**6}), SIZE)
-    assert all(i.error is None and i.path.is_file() for i in out), [i.error for i in out]
-    for n in names:  # each image was downloaded once, before the kill
-        path = f"/img/{n}"
-        assert server.requests[path] == served[path] == base.get(path, 0) + 1
-    assert server.requests["/fail/slow"] == served["/fail/slow"] + 1
+        quick = Config.model_validate({**settings, "fetch": {"timeout": 0.5, "retries": 1}})
+        summary = run_index(manifest, coll.references, db, quick, masks=masks)
+        assert summary.counts["indexed"] == len(images) and summary.counts["failed"] == 2, summary.failures
+        assert all(server.requests[f"/img/{p.stem}"] == 1 for p in images)  # nothing fetched twice
+        with Store.open(db, read_only=True) as store:
+            rows = {u: store.get_specimen(specimen_id(u)) for u in urls}
+        assert all(rows[u]["status"] == "indexed" for u in urls[: len(images)])  # nothing lost
+        assert rows[urls[-2]]["status"] == "failed" and "timed out" in rows[urls[-2]]["error"]
+        assert rows[urls[-1]]["status"] == "failed" and "HTTP 404" in rows[urls[-1]]["error"]
+    finally:
+        server.slow_seconds = 0.0
+        server.close()

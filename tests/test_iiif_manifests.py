@@ -12,6 +12,7 @@ from indexer.collection import CollectionError, load_collection
 from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.sources.fetch import Fetcher, ImageCache
+from sst_search.sources.naming import item_name
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
@@ -125,3 +126,13 @@ def test_index_takes_a_manifest_url(served, tmp_path):
         row = store.get_specimen(specimen_id(f"{server.url}/p/a/canvas/1"))
         assert row["license"] == CC_BY and row["metadata"]["label"] == "Specimen a" and row["fetched_at"]
         assert row["full_source"].endswith("/full/full/0/default.jpg")  # the test server speaks Image API 2
+
+
+def test_url_items_are_named_by_their_record_not_their_cache_file():
+    cached = "/cache/blobs/ab/ab12.jpg"
+    assert item_name("/data/images/alba-001.png", None, {}) == "alba-001"
+    assert item_name(cached, "https://x.org/iiif/2/abc/full/!1024,1024/0/default.jpg", {}) == "abc"
+    assert item_name(cached, "https://x.org/iiif/2/abc%20d/info.json", {}) == "abc d"
+    assert item_name(cached, "https://x.org/photos/moth-17.jpg", {}) == "moth-17.jpg"
+    assert item_name(cached, "https://x.org/photos/moth-17.jpg", {"occurrenceID": "urn:M:17"}) == "urn:M:17 · moth-17.jpg"
+    assert item_name(cached, "https://x.org/iiif/abc/info.json", {"label": "Specimen a"}) == "Specimen a · abc"

@@ -4,7 +4,6 @@ the original's millimetres without fetching it, and cropped from the original fe
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import cv2
 import numpy as np

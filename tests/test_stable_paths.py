@@ -17,7 +17,9 @@ from sst_search.cli import app as cli
 from sst_search.config import Config
 from sst_search.images import load_image
 from sst_search.query import SearchEngine
+from sst_search.review import promote
 from sst_search.store import Store, specimen_id
+from sst_search.store.review import decisions
 from sst_search.synthetic import generate_collection
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -118,10 +120,15 @@ def test_moved_collection_keeps_ids_and_is_not_reprocessed(tmp_path):
     catalog = _catalog(db)
     assert specimen_id(new_key) in catalog and specimen_id(old_key) not in catalog
 
-    # relocate: back where it was, in one command, published for readers.
+    # relocate: back where it was, in one command, published for readers; a promoted support's note follows.
+    promoted = specimen_id(rows[1]["path"])
+    promote(db, promoted, moved.references, "curator", publish=False)
     shutil.move(moved_root, coll.root)
     result = CliRunner().invoke(cli, ["relocate", "--db", str(db), str(moved_root), str(coll.root)])
     assert result.exit_code == 0, result.output
+    with Store.open(db, read_only=True) as store:
+        [note] = [d["note"] for d in decisions(store, promoted) if d["decision"] == "promote"]
+    assert note.startswith(str(coll.root) + "/") and Path(note).is_file(), note
     assert all(Path(p).is_file() and p.startswith(str(coll.root) + "/") for p, _ in _catalog(db).values())
     engine = SearchEngine.open(db)
     try:

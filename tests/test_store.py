@@ -161,15 +161,28 @@ def test_bad_records_are_refused_with_their_path(tmp_path):
         assert store.status()["specimens"] == {"indexed": 2}
 
 
-def test_stale_or_missing_faiss_files_are_rebuilt_on_open(tmp_path):
-    rng = np.random.default_rng(4)
-    vectors = _unit(rng, 30)
-    db = tmp_path / "cat.duckdb"
-    store = Store.open(db)
+DIES_UNFLUSHED = textwrap.dedent(
+    """
+    import os, signal, sys, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_store import _records, _unit
+    from sst_search.store import Store
+    store = Store.open({db!r})
+    vectors = _unit(np.random.default_rng(4), 30)
     store.write_batch(_records(vectors[:20]))
     store.flush_indexes()
     store.write_batch(_records(vectors[20:], start=20))  # committed, never flushed
-    store._connection.close()  # the process "dies" without flushing
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_stale_or_missing_faiss_files_are_rebuilt_on_open(tmp_path):
+    db = tmp_path / "cat.duckdb"
+    # A writer process dies (SIGKILL) after a commit whose FAISS files it never saved.
+    died = subprocess.run([sys.executable, "-c", DIES_UNFLUSHED.format(tests=os.path.dirname(__file__), db=str(db))],
+                          capture_output=True, text=True)
+    assert died.returncode == -signal.SIGKILL, died.stderr
     with Store.open(db, read_only=True) as reader:
         assert any("stale" in p for p in reader.check_consistency())
         assert reader.index("emb", "band").ntotal == 30  # readers rebuild in memory

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sst_search.cli import app
 from sst_search.store import Store
 from sst_search.suggest import representatives, suggest_from_store
-from tests.ui_index import BROKEN, build_ui_index
+from tests.ui_index import BROKEN
 
 
 def test_medoid_first_then_farthest_first():
@@ -29,19 +29,14 @@ def test_medoid_first_then_farthest_first():
     assert len(representatives(np.vstack([centre, centre, outliers[0]]), n=3)) == 2
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_ui_index(tmp_path_factory.getbasetemp())
-
-
-def _broken_group(db) -> str:
-    with open(db.parent / "collection" / "manifest.csv", newline="") as fh:
+def _broken_group(ui_db) -> str:
+    with open(ui_db.parent / "collection" / "manifest.csv", newline="") as fh:
         return next(r["group"] for r in csv.DictReader(fh) if r["path"] == BROKEN)
 
 
-def test_suggestions_from_the_index_skip_failed_specimens(db):
-    group = _broken_group(db)
-    with Store.open(db, read_only=True) as store:
+def test_suggestions_from_the_index_skip_failed_specimens(ui_db):
+    group = _broken_group(ui_db)
+    with Store.open(ui_db, read_only=True) as store:
         indexed = set(store.filter_specimens(group=group))
         failed = set(store.filter_specimens(group=group, status="failed"))
         suggestions = suggest_from_store(store, group, n=10)
@@ -51,10 +46,10 @@ def test_suggestions_from_the_index_skip_failed_specimens(db):
     assert suggestions[0].reason == "medoid" and suggestions[0].centrality == max(s.centrality for s in suggestions)
 
 
-def test_cli_suggests_from_a_collection_without_references(db):
-    group = _broken_group(db)
+def test_cli_suggests_from_a_collection_without_references(ui_db):
+    group = _broken_group(ui_db)
     result = CliRunner().invoke(app, ["refs", "suggest", "--group", group, "--n", "2",
-                                      "--collection", str(db.parent / "collection" / "manifest.csv")])
+                                      "--collection", str(ui_db.parent / "collection" / "manifest.csv")])
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["1", "2"] and [r[3] for r in rows] == ["medoid", "k-center"]

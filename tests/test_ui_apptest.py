@@ -11,7 +11,6 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from sst_search.query import SearchEngine
-from tests.ui_index import build_ui_index
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 TIMEOUT = 60
@@ -19,20 +18,15 @@ SCORE = re.compile(r"\*\*#(\d+)\*\* · score \*\*(-?\d+\.\d+)\*\*")
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_ui_index(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def engine(db):
-    engine = SearchEngine.open(db)
+def engine(ui_db):
+    engine = SearchEngine.open(ui_db)
     yield engine
     engine.close()
 
 
 @pytest.fixture
-def app(db, monkeypatch):
-    monkeypatch.setenv("SST_SEARCH_DB", str(db))
+def app(ui_db, monkeypatch):
+    monkeypatch.setenv("SST_SEARCH_DB", str(ui_db))
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run(timeout=TIMEOUT)
     assert not at.exception, at.exception
@@ -103,7 +97,7 @@ def test_search_filters_directions_and_clear_errors(app, engine):
     assert app.error and "Search failed" in app.error[0].value and "text" in app.error[0].value.lower()
 
 
-def test_upload_is_type_limited_decoded_and_searched(app, engine, db):
+def test_upload_is_type_limited_decoded_and_searched(app, engine, ui_db):
     group = engine.groups()[0]
     app.selectbox(key="group").set_value(group).run(timeout=TIMEOUT)
     app.selectbox(key="trait").set_value("__specimen__")
@@ -206,3 +200,17 @@ def test_ui_command_refuses_a_missing_index_and_finds_the_app(tmp_path):
     cmd = streamlit_command(tmp_path / "x.duckdb", 8765)
     assert cmd[cmd.index("run") + 1] == str(APP)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[-2:] == ["--db", str(tmp_path / "x.duckdb")]
+
+
+def test_every_page_imports_outside_a_streamlit_runtime():
+    # Tooling and tests import the pages without a running app; components that need the
+    # runtime at import time are imported where a page uses them.
+    import importlib
+    import pkgutil
+
+    import ui.views
+
+    pages = [m.name for m in pkgutil.iter_modules(ui.views.__path__)]
+    assert {"references", "review", "search"} <= set(pages)
+    for page in pages:
+        importlib.import_module(f"ui.views.{page}")

@@ -13,16 +13,16 @@ pytest.importorskip("playwright")
 from playwright.sync_api import expect  # noqa: E402
 
 from sst_search.references import load_references  # noqa: E402
-from tests.test_ui_browser import ARTIFACTS, chromium, db, server  # noqa: E402,F401  (shared fixtures)
+from tests.app_server import ARTIFACTS  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
 
-def test_click_propose_name_and_save_a_support(server, chromium, tmp_path):  # noqa: F811
+def test_click_propose_name_and_save_a_support(app_server, chromium, tmp_path):
     refs = tmp_path / "refs"
     page = chromium.new_page(viewport={"width": 1400, "height": 1400})
     page.set_default_timeout(60_000)
-    page.goto(f"{server}/?page=references")
+    page.goto(f"{app_server}/?page=references")
     page.get_by_role("heading", name="References").wait_for()
     expect(page.get_by_text("SAM 2 has random weights")).to_be_visible()
     group = page.locator("[data-testid='stSelectbox']").filter(has_text="Group").locator("input").input_value() or None

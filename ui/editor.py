@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import streamlit as st
 from PIL import Image
-from streamlit_drawable_canvas import st_canvas
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from sst_search.builder import build_click_segmenter
@@ -82,6 +81,10 @@ def mask_editor(segmenter: ClickSegmenter, image: np.ndarray, key: str) -> np.nd
                     help="Points and boxes ask SAM 2 for a mask; the brush and eraser edit it by hand.")
     shown = _display(image, state["mask"], state["clicks"], scale)
     if tool in ("Brush", "Eraser"):
+        # Imported here: the canvas declares its component at import time, which fails outside a
+        # Streamlit runtime, so importing the pages (tests, tooling) would fail with it.
+        from streamlit_drawable_canvas import st_canvas
+
         width = st.slider("Brush size", 2, 60, 15, key=f"{key}-brush")
         canvas = st_canvas(
             stroke_width=width, stroke_color="#ff00ff", background_image=Image.fromarray(shown),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import streamlit as st
 
 from sst_search.images import load_image
 from sst_search.query import SearchEngine
+from sst_search.sources.naming import item_name
 
 DB_ENV = "SST_SEARCH_DB"
 PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
@@ -77,9 +79,11 @@ def specimen_labels(_engine: SearchEngine, key: str, group: str | None = None, i
     labels = {}
     for row in rows:
         catalog_number = row["metadata"].get("catalogNumber")
-        label = f"{catalog_number + ' · ' if catalog_number else ''}{Path(row['path']).stem} ({row['group_name'] or 'no group'})"
+        name = item_name(row["path"], row.get("source"), row["metadata"])
+        label = f"{catalog_number + ' · ' if catalog_number else ''}{name} ({row['group_name'] or 'no group'})"
         labels[row["specimen_id"]] = label if row["status"] == "indexed" else f"{label} [{row['status']}]"
-    return labels
+    counts = Counter(labels.values())  # two images of one record must not share a label
+    return {sid: f"{label} #{sid}" if counts[label] > 1 else label for sid, label in labels.items()}
 
 
 def init_navigation() -> None:

@@ -17,7 +17,10 @@ from ..references import ReferencesError
 from ..store import Store
 from ..tracking import MODES
 from ..weights import WeightsError
-from .options import ADAPTER, DEVICE, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
+from .options import (
+    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, db_option, mode_option, model_option,
+    warn_random_weights,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -94,7 +97,7 @@ def eval_kshot(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch."),
     device: str | None = DEVICE,
     csv: Path | None = typer.Option(None, "--csv", help="Also write per-seed trait/group/overall rows to this CSV."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = QUIET,
 ) -> None:
     """k-shot protocol: per seed, draw k supports per group, segment the rest with SST, score mIoU.
 
@@ -128,7 +131,7 @@ def eval_kshot(
 
 
 def eval_retrieval(
-    db: Path = typer.Option(..., "--db", help="DuckDB catalog file of an index."),
+    db: Path = db_option("read"),
     by: str = typer.Option(GROUP, "--by", help="Relevance label: 'group' or a metadata column (e.g. scientificName)."),
     k: int = typer.Option(10, "--k", min=1, help="Ranks scored per query."),
     embedder: list[str] | None = typer.Option(None, "--embedder", help="Only this embedder (repeatable)."),

@@ -8,10 +8,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import db_option
+
 console = Console(stderr=True)
 export_app = typer.Typer(no_args_is_help=True, help="Measurements (CSV/Parquet), a Darwin Core Archive, or crops.")
 
-_DB = typer.Option(..., "--db", help="Index (DuckDB catalog); its latest published snapshot is read.")
+_DB = db_option("its latest published snapshot is read")
 _WHERE = typer.Option(None, "--where", help="Filter, e.g. 'forewing_band.area_mm2 > 40' or 'locality contains Ridge' (repeatable).")
 _GROUP = typer.Option(None, "--group", help="Only this group (repeatable).")
 

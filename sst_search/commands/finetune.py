@@ -14,7 +14,7 @@ from ..finetune import AdapterError, FinetuneConfig, finetune as run_finetune, s
 from ..images import ImageLoadError, is_image_file, load_image
 from ..references import MASK_SUFFIX, ReferencesError, load_support
 from ..weights import WeightsError
-from .options import DEVICE, IMAGE_SIZE, WEIGHTS, model_option, warn_random_weights
+from .options import DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, model_option, warn_random_weights
 
 console = Console(stderr=True)
 
@@ -44,7 +44,7 @@ def finetune(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for LoRA init, query order and augmentation."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flip, scale and colour-jitter the queries."),
     device: str | None = DEVICE,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = QUIET,
 ) -> None:
     """Fine-tune the tracker on one labeled support and unlabeled queries; write an adapter.
 

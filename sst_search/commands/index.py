@@ -15,7 +15,10 @@ from ..store import Store
 from ..store.errors import StoreError
 from ..weights import WeightsError
 from .errors import ITEMS_FAILED, console, exit_codes
-from .options import ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
+from .options import (
+    ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option,
+    model_option, warn_random_weights,
+)
 
 
 def index(
@@ -23,8 +26,8 @@ def index(
                                                "IIIF Presentation manifest or collection (URL or .json file), "
                                                "or a folder whose sub-folders name the groups."),
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
-    db: Path = typer.Option(..., "--db", help="DuckDB catalog file (FAISS indexes go beside it)."),
-    config_file: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
+    db: Path = db_option("written; FAISS indexes go beside it"),
+    config_file: Path | None = config_option(),
     embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
     embedder_weights: str | None = EMBEDDER_WEIGHTS,
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
@@ -49,7 +52,7 @@ def index(
     image_cache: Path | None = typer.Option(None, "--image-cache", help="Cache of images given by URL (default: <db>.images)."),
     max_per_host: int | None = typer.Option(None, "--max-per-host", help="Concurrent requests per image server (default 2)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
-    quiet: bool = typer.Option(False, "--quiet", help="Log lines instead of progress bars."),
+    quiet: bool = QUIET,
     allow_mass_removal: bool = typer.Option(
         False, "--allow-mass-removal",
         help="Let the run remove or fail more than indexer.max_removal_share of the indexed items."),
@@ -134,7 +137,7 @@ def print_summary(summary) -> None:
         console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
 
 
-def status(db: Path = typer.Option(..., "--db", help="DuckDB catalog file.")) -> None:
+def status(db: Path = db_option("read")) -> None:
     """Counts per status and group, index sizes and freshness, the last run, failed items, damage.
 
     Exit status: 0 consistent, 1 FAISS files disagree with the catalog (repaired by the next

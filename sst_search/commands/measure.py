@@ -7,15 +7,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import QUIET, db_option
+
 console = Console(stderr=True)
 
 
 def measure(
-    db: Path = typer.Option(..., "--db", help="DuckDB catalog file of an index."),
+    db: Path = db_option("its measurements are rewritten"),
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
                                                help="Scale of the whole collection; an item's own column wins."),
     scale_column: str = typer.Option("pixelsPerMM", "--scale-column", help="Metadata column with an item's pixels per mm."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = QUIET,
 ) -> None:
     """Measure shape and colour of every stored trait mask again (areas, axes, colours; mm when a
     scale is known) and publish the result. Indexing measures new masks by itself; this brings

@@ -18,6 +18,16 @@ IMAGE_SIZE = typer.Option(None, "--image-size", help="SAM 2 input size (multiple
 ADAPTER = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`.")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 EMBEDDER_WEIGHTS = typer.Option(None, "--embedder-weights", help="Embedder checkpoint path or 'random'.")
+QUIET = typer.Option(False, "--quiet", help="No progress bars.")
+
+
+def db_option(role: str, required: bool = True):
+    """``--db``: the index, named by its DuckDB catalog file; ``role`` says what the command does with it."""
+    return typer.Option(... if required else None, "--db", help=f"Index: its DuckDB catalog file ({role}).")
+
+
+def config_option(note: str = "command-line options override it"):
+    return typer.Option(None, "--config", help=f"YAML config (see configs/default.yaml); {note}.")
 
 
 def model_option(default: str | None = "sam2.1-hiera-tiny"):

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ..annotations import FORMATS, AnnotationError, import_annotations
 from ..references import ReferencesError
+from .options import db_option
 
 console = Console(stderr=True)
 refs_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Manage references (supports).")
@@ -44,7 +45,7 @@ def refs_import(
 def refs_suggest(
     group: str = typer.Option(..., "--group", help="Group (species) to suggest supports for."),
     n: int = typer.Option(1, "--n", min=1, help="How many supports: the medoid, then a diverse (k-center) set."),
-    db: Path | None = typer.Option(None, "--db", help="Index: use its whole-specimen vectors (indexed specimens only)."),
+    db: Path | None = db_option("its whole-specimen vectors are used; indexed specimens only", required=False),
     collection: Path | None = typer.Option(None, "--collection", help="Manifest CSV or folder: embed the group's "
                                            "images (for a group without references, hence without vectors)."),
     embedder: str = typer.Option("color-pattern", "--embedder", help="With --collection: embedder to use."),

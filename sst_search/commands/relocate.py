@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..store import Store
 from ..store.snapshots import publish_snapshot
+from .options import db_option
 
 console = Console(stderr=True)
 
@@ -17,7 +18,7 @@ console = Console(stderr=True)
 def relocate(
     old_prefix: str = typer.Argument(..., help="Folder the stored image paths start with now."),
     new_prefix: str = typer.Argument(..., help="Folder they should start with instead."),
-    db: Path = typer.Option(..., "--db", help="DuckDB catalog file."),
+    db: Path = db_option("its stored paths are rewritten"),
 ) -> None:
     """Rewrite the prefix of the stored image paths in one transaction and publish the result.
 

@@ -9,11 +9,12 @@ from rich.console import Console
 
 from ..images import ImageLoadError, load_mask
 from ..references import ReferencesError
+from .options import db_option
 
 console = Console(stderr=True)
 review_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Review weak masks and record decisions.")
 
-DB = typer.Option(..., "--db", help="The index (its live store is written; a new snapshot is published).")
+DB = db_option("its live store is written; a new snapshot is published")
 BY = typer.Option(None, "--by", help="Reviewer name (default: the login name).")
 NOTE = typer.Option(None, "--note", help="Free-text note stored with the decision.")
 

@@ -12,7 +12,10 @@ from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
 from ..tracking import MODES, ORIENTATION_CRITERIA, parse_orientation
 from ..weights import WeightsError
-from .options import ADAPTER, DEVICE, IMAGE_SIZE, WEIGHTS, mode_option, model_option, warn_random_weights
+from .options import (
+    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_option, mode_option, model_option,
+    warn_random_weights,
+)
 
 console = Console(stderr=True)
 
@@ -36,12 +39,12 @@ def segment(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
     query_batch: int | None = typer.Option(None, "--query-batch", min=1, help="Pairwise queries per tracking call, queries x traits as one batch (default: 4 on CUDA, 1 on CPU)."),
     device: str | None = DEVICE,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = QUIET,
     instances: bool = typer.Option(
         False, "--instances", help="Find every instance instead: supports are instance references (mask k = instance k)."
     ),
     background: str = typer.Option("transparent", "--background", help="--instances cut-outs: transparent | black."),
-    config_file: Path | None = typer.Option(None, "--config", help="YAML config; --instances reads its 'instances' section."),
+    config_file: Path | None = config_option("--instances reads its 'instances' section"),
 ) -> None:
     """Track each trait of the support(s) into every query and write one label mask per query.
 

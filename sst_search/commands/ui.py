@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ..store.snapshots import resolve_snapshot
+from .options import db_option
 
 #: Uploads larger than this (MB) are refused by the server before the app sees them.
 MAX_UPLOAD_MB = 20
@@ -33,7 +34,7 @@ def streamlit_command(db: Path, port: int, address: str = "127.0.0.1") -> list[s
 
 
 def ui(
-    db: Path = typer.Option(..., "--db", help="Index (DuckDB catalog) to search; opened read-only."),
+    db: Path = db_option("searched; opened read-only"),
     port: int = typer.Option(8501, "--port", min=1, max=65535),
 ) -> None:
     """Start the search app on 127.0.0.1:PORT (Ctrl-C or SIGTERM stops it)."""

@@ -12,10 +12,11 @@ from ..store.errors import StoreError
 from ..store.snapshots import current_version, last_verified, publish_snapshot, restore_snapshot, versions_dir
 from ..store.verify import verify_files
 from .errors import STORAGE_FAULT, console, exit_codes
+from .options import db_option
 
 
 def verify(
-    db: Path = typer.Option(..., "--db", help="DuckDB catalog file."),
+    db: Path = db_option("checked, and repaired with --repair"),
     repair: bool = typer.Option(False, "--repair", help="Rebuild damaged FAISS files from the catalog; restore a "
                                 "damaged database from the last verified snapshot (the damaged files are kept aside)."),
 ) -> None:

@@ -398,9 +398,10 @@ class Store(Catalog):
         return len(rows)
 
     def relocate(self, old_prefix: str, new_prefix: str) -> int:
-        """Rewrite the prefix of every stored image path (and of the references folder the
-        runs recorded) in one transaction: the collection was moved or mounted elsewhere.
-        Matches whole path components only. Returns how many specimens were re-pointed."""
+        """Rewrite the prefix of every stored image path (and of the references and image
+        cache folders the runs recorded, and of the support images ``promote`` decisions
+        note) in one transaction: the collection was moved or mounted elsewhere. Matches
+        whole path components only. Returns how many specimens were re-pointed."""
         self._require_writer()
         old, new = old_prefix.rstrip("/") or "/", new_prefix.rstrip("/") or "/"
         relative = self.con.execute(
@@ -414,12 +415,14 @@ class Store(Catalog):
             count = self.con.execute(f"SELECT count(*) FROM specimens WHERE {match}", [old, old]).fetchall()[0][0]
             self._exec(f"UPDATE specimens SET path = ? || substr(path, ?) WHERE {match}",
                        [new, len(old) + 1, old, old])
+            self._exec(f"UPDATE review_decisions SET note = ? || substr(note, ?) "
+                       f"WHERE decision = 'promote' AND {match.replace('path', 'note')}", [new, len(old) + 1, old, old])
             for run_id, fingerprint in self.con.execute("SELECT run_id, fingerprint FROM runs").fetchall():
                 fp = json.loads(fingerprint) if fingerprint else {}
-                refs = fp.get("references_dir")
-                if isinstance(refs, str) and (refs == old or refs.startswith(old + "/")):
-                    fp["references_dir"] = new + refs[len(old):]
-                    self._exec("UPDATE runs SET fingerprint = ? WHERE run_id = ?", [json.dumps(fp), run_id])
+                moved = {k: new + v[len(old):] for k in ("references_dir", "image_cache")
+                         if isinstance(v := fp.get(k), str) and (v == old or v.startswith(old + "/"))}
+                if moved:
+                    self._exec("UPDATE runs SET fingerprint = ? WHERE run_id = ?", [json.dumps({**fp, **moved}), run_id])
         return int(count)
 
     def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
@@ -620,10 +623,13 @@ class Store(Catalog):
         return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
-        return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
+        # Asked several times per search; a read-only snapshot's answer never changes.
+        return self._once("generations", lambda: {
+            (e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()})
 
     def _dims(self) -> dict[IndexKey, int]:
-        return {(e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()}
+        return self._once("dims", lambda: {
+            (e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()})
 
     def _keys_of_batch(self) -> set[IndexKey]:
         """Indexes holding vectors of the specimens in the registered ``_ids`` table."""

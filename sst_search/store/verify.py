@@ -22,7 +22,7 @@ import duckdb
 import faiss
 import numpy as np
 
-from sst_search.store import indexes as ix
+from sst_search.store import indexes
 from sst_search.store.errors import StoreError, is_lock_conflict
 from sst_search.weights import sha256_file
 
@@ -88,7 +88,7 @@ def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray) -> in
     vectors back to float precision; compressed codes (SQ/PQ) only close to them (cosine >= 0.5,
     while another trait's vector scores near 0); indexes that cannot reconstruct must find each
     vector's own id among its nearest neighbours."""
-    ivf = ix.ivf_of(index)
+    ivf = indexes.ivf_of(index)
     lossy = ivf is not None and ivf.code_size < 4 * index.d
     try:
         got = reconstruct(index, ids)
@@ -111,7 +111,7 @@ def check_index(
     sample: int = SAMPLE,
 ) -> list[Problem]:
     """Problems of one (embedder, trait) index; ``index`` given: check that in-memory copy instead of the file."""
-    index_path, _ = ix.index_paths(faiss_dir, *key)
+    index_path, _ = indexes.index_paths(faiss_dir, *key)
     where = str(index_path)
 
     def problem(what: str) -> list[Problem]:
@@ -119,7 +119,7 @@ def check_index(
 
     manifest = None
     if index is None:
-        manifest = ix.read_manifest(faiss_dir, *key)
+        manifest = indexes.read_manifest(faiss_dir, *key)
         if manifest is None:
             return problem("FAISS file missing (or its manifest is)")
         if manifest.get("generation") != generation:
@@ -139,7 +139,7 @@ def check_index(
         return problem(f"FAISS index has dimension {index.d}, catalog {dim}")
     if manifest is not None and manifest.get("count") != index.ntotal:
         return problem(f"FAISS index holds {index.ntotal} vectors, its manifest says {manifest.get('count')}")
-    faiss_ids = ix.index_ids(index)
+    faiss_ids = indexes.index_ids(index)
     if len(faiss_ids) != len(ids) or not np.array_equal(faiss_ids, ids):
         missing = np.setdiff1d(ids, faiss_ids).size
         extra = np.setdiff1d(faiss_ids, ids).size
