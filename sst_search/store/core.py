@@ -210,7 +210,7 @@ class Store(Catalog):
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
-                        "orientation": r.orientation,
+                        "orientation": r.orientation, "mirrored": r.mirrored,
                         "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
                         "license": r.license, "rights_holder": r.rights_holder, "full_source": r.full_source,
                         "original_width": r.original_width, "original_height": r.original_height,
