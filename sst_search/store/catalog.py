@@ -315,14 +315,18 @@ class Catalog:
         return [r[0] for r in self.con.execute("SELECT DISTINCT embedder FROM index_state ORDER BY 1").fetchall()]
 
     def get_vectors(
-        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
+        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None, shard: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id."""
+        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id;
+        ``shard=(i, n)``: only those with ``specimen_id % n == i`` (see :mod:`sst_search.sharding`)."""
         sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
         params: list = [embedder, trait_name]
         if ids is not None:
             sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
             params.append([int(i) for i in ids])
+        if shard is not None:
+            sql += " AND specimen_id % ? = ?"
+            params += [int(shard[1]), int(shard[0])]
         table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
         return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
 

@@ -69,7 +69,8 @@ def render(engine: SearchEngine) -> None:
         turned = row.get("orientation")
         st.markdown(f"**Group:** {md(row['group_name'] or '-')}  \n**Path:** {md(row['path'])}  \n**Size:** "
                     f"{row['width']} x {row['height']} px"
-                    + (f"  \n**Segmented turned by:** {turned} degrees" if turned else ""))
+                    + (f"  \n**Segmented turned by:** {turned} degrees" if turned else "")
+                    + ("  \n**Segmented mirrored** (flipped left-right)" if row.get("mirrored") else ""))
         _provenance(row)
         metadata = row["metadata"] or {}
         if metadata:
