@@ -4,6 +4,7 @@ the original's millimetres without fetching it, and cropped from the original fe
 from __future__ import annotations
 
 import csv
+import zipfile
 
 import cv2
 import numpy as np
@@ -81,6 +82,11 @@ def test_iiif_items_are_indexed_small_measured_in_original_mm_and_cropped_full_o
             result = CliRunner().invoke(cli, ["export", "crops", "--db", str(db), "--out", str(out)])
             assert result.exit_code == 0, result.output
             assert full_requests() == 2
+        archive = tmp_path / "export.zip"
+        assert CliRunner().invoke(cli, ["export", "dwca", "--db", str(db), "--out", str(archive)]).exit_code == 0
+        occurrences = zipfile.ZipFile(archive).read("occurrence.txt").decode()
+        assert all(u in occurrences for u in urls) and "index.duckdb.images" not in occurrences  # media: the URL
+        assert full_requests() == 2  # the archive needs no pixels
         crops = {p.name: np.asarray(Image.open(p)) for p in out.glob("*.png")}
         assert len(crops) == 2
         ys, xs = np.nonzero(truth[0])
