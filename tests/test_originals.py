@@ -17,6 +17,7 @@ from indexer.job import image_cache, run_index
 from sst_search.cli import app as cli
 from sst_search.config import Config
 from sst_search.images import load_mask
+from sst_search.measure import remeasure
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items, original_of
 from sst_search.store import Store, specimen_id
@@ -75,6 +76,10 @@ def test_iiif_items_are_indexed_small_measured_in_original_mm_and_cropped_full_o
         specimen_area = table.groupby("specimen_id")["area_mm2"].sum().iloc[0]
         assert abs(specimen_area - full_area_mm2) < 0.08 * full_area_mm2, (specimen_area, full_area_mm2)
         assert table["scale_source"].str.contains("original 400 px wide").all()
+        with Store.open(db) as store:  # `sst-search measure` converts the same way, from the catalog
+            assert remeasure(store)[0] == 2
+            again = store.measurements_frame(specimen_ids=[specimen_id(urls[0])])
+        assert np.allclose(again["area_mm2"], table["area_mm2"]) and again["scale_source"].str.contains("400 px").all()
 
         def full_requests() -> int:
             return sum(n for path, n in server.requests.items() if "/full/max/" in path)
