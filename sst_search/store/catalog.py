@@ -279,13 +279,15 @@ class Catalog:
 
     def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
         """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
-        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
+        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``image_source`` (the
+        URL the pixels were fetched from, else NULL), ``trait_id, trait``,
         the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
         (NULL for masks written before measurements existed)."""
         where, params = self._scope((), "indexed", groups, specimen_ids)
         columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
         return self.con.execute(
-            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
+            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, "
+            "s.source AS image_source, t.trait_id, "
             "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
             f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
             "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
