@@ -75,8 +75,9 @@ class IndexConfig(_Strict):
     )
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
     nlist_factor: float = Field(
-        2.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist")
-    nprobe_fraction: float = Field(0.0625, description="ivf: share of the lists probed per search")
+        4.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist, recall at "
+        "a given probed share too")
+    nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
     min_nprobe: int = 8
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
