@@ -145,10 +145,6 @@ class SearchEngine:
             return None
         return self.store.specimen_ids(filters)
 
-    def _passing(self, ids: list[int], filters: list[Filter]) -> set[int]:
-        """Which of ``ids`` pass the filters: the cheap check of a post-filtered search."""
-        return set(self.store.specimen_ids(filters, specimen_ids=ids).tolist())
-
     # -- models (owned by the encoder, built on demand like the index was) ----------------------
     @property
     def config(self):
@@ -230,14 +226,14 @@ class SearchEngine:
         """Top ``n`` ``(specimen_id, inner product)`` passing ``filters``, without ``skip``.
 
         Exactly ``n`` whenever ``n`` specimens pass: the store plans the search from the
-        filter's selectivity (see :mod:`sst_search.store.planner`), asking the catalog which
-        of a few ids pass (:meth:`_passing`) or which pass at all (:meth:`filter_ids`).
+        filter's selectivity (see :mod:`sst_search.store.planner`), asking the snapshot which
+        of a few ids pass or which pass at all (:meth:`Store.admission`).
         """
         return self.store.filtered_search(embedder, trait, vector, n, self.admission(filters), skip).hits
 
     def admission(self, filters: list[Filter] | None) -> Admission | None:
         """The filters as the planner asks about them (None without filters)."""
-        return _FilterAdmission(self, list(filters)) if filters else None
+        return self.store.admission(filters or [])
 
     def _default_embedder(self) -> str:
         names = self.embedders()
@@ -264,7 +260,7 @@ class SearchEngine:
         if not hits:
             return []
         ids = [sid for sid, _ in hits]
-        rows = {r["specimen_id"]: r for r in self.store.specimens(status=None, specimen_ids=ids)}
+        rows = self.store.listing(ids)
         masks = self.store.trait_mask_of(trait, ids)
         out = []
         for rank, (sid, score) in enumerate(hits, start=1):
@@ -283,18 +279,3 @@ class SearchEngine:
         for r in results:
             r.rerank_iou = float(scores.get(str(r.specimen_id), 0.0))
         return sorted(results, key=lambda r: (-r.rerank_iou, -r.score))
-
-
-@dataclass
-class _FilterAdmission:
-    """The catalog's answers about one search's filters, in the form the planner asks for."""
-
-    engine: SearchEngine
-    filters: list[Filter]
-
-    def passes(self, ids: np.ndarray) -> np.ndarray:
-        passing = self.engine._passing(ids.tolist(), self.filters)
-        return np.fromiter((int(i) in passing for i in ids), bool, len(ids))
-
-    def admitted(self) -> np.ndarray:
-        return self.engine.filter_ids(self.filters)

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sst_search.store.filters import Filter, scope
+from sst_search.store.columns import MaskAdmission, SnapshotColumns, SqlAdmission
+from sst_search.store.filters import Filter, compile_mask, scope, scoped
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import MEASUREMENT_COLUMNS
@@ -89,6 +90,34 @@ class Catalog:
         for row in rows:
             row["metadata"] = _json(row["metadata"]) or {}
         return rows
+
+    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | SqlAdmission | None:
+        """The indexed specimens passing ``filters``, in the form a filtered search asks about
+        them (see :mod:`sst_search.store.planner`); None without filters.
+
+        A read-only snapshot evaluates them in memory (:mod:`sst_search.store.columns`): no
+        SQL per search. A writer's catalog changes under it, so it asks SQL each time.
+        """
+        filters = list(filters)
+        if not filters:
+            return None
+        if not self.read_only:
+            return SqlAdmission(self, filters)
+        columns = self._once("columns", lambda: SnapshotColumns(self))
+        mask = compile_mask(scoped(filters), self.metadata_keys(), self.measured_traits(), columns)
+        return MaskAdmission(columns, mask)
+
+    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
+        """``{specimen_id: {path, group_name, status, metadata (parsed)}}`` of the given specimens,
+        whatever their status: what a search joins to its hits. A read-only snapshot answers
+        from memory (:meth:`SnapshotColumns.listing`), a writer in SQL."""
+        if self.read_only:
+            rows = self._once("columns", lambda: SnapshotColumns(self)).listing(np.asarray(specimen_ids, np.int64))
+            rows = rows.to_pylist()
+        else:
+            rows = self._dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
+                               "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
+        return {row["specimen_id"]: {**row, "metadata": _json(row["metadata"]) or {}} for row in rows}
 
     def specimen_ids(
         self,

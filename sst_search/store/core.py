@@ -623,10 +623,13 @@ class Store(Catalog):
         return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
     def _generations(self) -> dict[IndexKey, int]:
-        return {(e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()}
+        # Asked several times per search; a read-only snapshot's answer never changes.
+        return self._once("generations", lambda: {
+            (e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()})
 
     def _dims(self) -> dict[IndexKey, int]:
-        return {(e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()}
+        return self._once("dims", lambda: {
+            (e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()})
 
     def _keys_of_batch(self) -> set[IndexKey]:
         """Indexes holding vectors of the specimens in the registered ``_ids`` table."""

@@ -1,18 +1,28 @@
-"""The one filter compiler: structured conditions -> parameterised DuckDB SQL over ``specimens s``.
+"""The one filter compiler: structured conditions -> parameterised DuckDB SQL over ``specimens s``,
+or -> a boolean mask over a snapshot's columns held in memory.
 
 A :class:`Filter` names a specimen column (``group``, ``path``, ``status``), a metadata
 key of the manifest, or a trait measurement (``<trait>.<measurement>``). Values only ever
 travel as parameters and field names are checked against the catalog (measurement columns
 against an allow-list), so no user text becomes SQL. Every store method that selects
 specimens (search candidates, exports, pick lists) goes through :func:`compile_filters`.
+
+Both backends start from :func:`resolve`, which does every check and value conversion once;
+:func:`condition_sql` renders a :class:`Condition` as SQL, :func:`compile_mask` evaluates it
+against in-memory columns (a read-only snapshot's search, where a SQL round trip per query
+would cost more than the vector search itself). A test holds the two to the same answers.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from sst_search.errors import QueryError
@@ -83,10 +93,49 @@ def parse_filter(text: str) -> Filter:
 CONFIDENCE_FIELDS = ("object_score", "predicted_iou", "quality")
 
 
-def _measurement_condition(f: Filter, measured_traits: Collection[str]) -> tuple[str, list]:
-    """``<trait>.<measurement>`` (or ``<trait>.<confidence>``) as an EXISTS over
-    ``trait_measurements`` (or ``trait_masks``). The column name is taken from the allow-lists,
-    the trait and the value travel as parameters."""
+@dataclass(frozen=True)
+class Condition:
+    """One filter resolved against the catalog: what both backends (SQL, in-memory columns) evaluate.
+
+    ``source`` is where the field lives: ``specimen`` (a ``specimens`` column), ``metadata``
+    (a manifest key), ``measurement`` / ``confidence`` (``<trait>.<column>`` of
+    ``trait_measurements`` / ``trait_masks``). ``numeric``: compare as numbers (text that is
+    not a number never passes). ``value`` is already converted (text, float or list of text).
+    """
+
+    source: Literal["specimen", "metadata", "measurement", "confidence"]
+    column: str
+    op: str
+    value: str | float | list[str]
+    numeric: bool
+    trait: str | None = None
+
+
+def resolve(f: Filter, metadata_keys: Collection[str], measured_traits: Collection[str] = ()) -> Condition:
+    """The checks every backend shares: known field, allowed operator, value of the right kind.
+    A field that is neither a specimen column nor a metadata key but has a dot is a trait
+    measurement (or a mask confidence)."""
+    if f.op not in OPS:  # the op becomes SQL text: only allow-listed operators ever reach it
+        raise QueryError(f"filter on {f.field!r}: unknown operator {f.op!r}; use one of {list(OPS)}")
+    if f.op in ("in", "not in") and not isinstance(f.value, list):
+        raise QueryError(f"filter on {f.field!r}: {f.op!r} needs a list of values")
+    if f.field not in SPECIMEN_FIELDS and f.field not in metadata_keys and "." in f.field:
+        return _measurement(f, measured_traits)
+    if f.field in SPECIMEN_FIELDS:
+        source, column = "specimen", SPECIMEN_FIELDS[f.field]
+    elif f.field in metadata_keys:
+        source, column = "metadata", f.field
+    else:
+        raise QueryError(f"unknown filter field {f.field!r}; known: {sorted(set(SPECIMEN_FIELDS) | set(metadata_keys))}")
+    numeric = isinstance(f.value, (int, float)) and f.op not in ("==", "!=", "in", "not in", "contains")
+    if f.op in ("in", "not in"):
+        value: str | float | list[str] = [str(v) for v in f.value]
+    else:
+        value = float(f.value) if numeric else str(f.value)
+    return Condition(source, column, f.op, value, numeric)
+
+
+def _measurement(f: Filter, measured_traits: Collection[str]) -> Condition:
     trait, _, column = f.field.rpartition(".")
     if column not in _MEASUREMENT_TYPES and column not in CONFIDENCE_FIELDS:
         raise QueryError(f"unknown filter field {f.field!r}: {column!r} is not a measurement or confidence; "
@@ -95,66 +144,128 @@ def _measurement_condition(f: Filter, measured_traits: Collection[str]) -> tuple
         known = sorted(measured_traits)
         hint = f"measured traits: {known}" if known else "this index has no measurements yet (run `sst-search measure`)"
         raise QueryError(f"unknown filter field {f.field!r}: no trait {trait!r} measured; {hint}")
-    target = f"x.{column}"
+    source = "confidence" if column in CONFIDENCE_FIELDS else "measurement"
     if _MEASUREMENT_TYPES.get(column) == "VARCHAR":  # the dominant colour, '#rrggbb'
-        if f.op in ("in", "not in"):
-            cond, value = f"{target} {'NOT ' if f.op == 'not in' else ''}IN (SELECT unnest(?::VARCHAR[]))", list(f.value)
-        elif f.op == "contains":
-            cond, value = f"strpos(lower({target}), lower(?)) > 0", str(f.value)
-        else:
-            cond, value = f"{target} {_COMPARE_SQL[f.op]} ?", str(f.value)
+        value = list(f.value) if f.op in ("in", "not in") else str(f.value)
+        return Condition(source, column, f.op, value, False, trait)
+    if f.op in ("in", "not in", "contains"):
+        raise QueryError(f"filter on {f.field!r}: a measurement compares with ==, !=, <, <=, > or >=, not {f.op!r}")
+    try:
+        number = float(f.value)
+    except (TypeError, ValueError):
+        raise QueryError(f"filter on {f.field!r}: {f.value!r} is not a number") from None
+    return Condition(source, column, f.op, number, True, trait)
+
+
+# -- backend 1: SQL over ``specimens s`` ----------------------------------------------------
+
+def condition_sql(c: Condition) -> tuple[str, list]:
+    """``(sql, params)`` of one resolved condition; values only ever travel as parameters."""
+    target = {"specimen": c.column, "metadata": "m.value"}.get(c.source, f"x.{c.column}")
+    if c.op in ("in", "not in"):
+        cond, value = f"{target} {'NOT ' if c.op == 'not in' else ''}IN (SELECT unnest(?::VARCHAR[]))", c.value
+    elif c.op == "contains":
+        cond, value = f"strpos(lower({target}), lower(?)) > 0", c.value
+    elif c.numeric and c.source in ("specimen", "metadata"):
+        cond, value = f"TRY_CAST({target} AS DOUBLE) {_COMPARE_SQL[c.op]} ?", c.value
     else:
-        if f.op in ("in", "not in", "contains"):
-            raise QueryError(f"filter on {f.field!r}: a measurement compares with ==, !=, <, <=, > or >=, not {f.op!r}")
-        try:
-            value = float(f.value)
-        except (TypeError, ValueError):
-            raise QueryError(f"filter on {f.field!r}: {f.value!r} is not a number") from None
-        cond = f"{target} {_COMPARE_SQL[f.op]} ?"
-    table = "trait_masks" if column in CONFIDENCE_FIELDS else "trait_measurements"
-    sql = f"EXISTS (SELECT 1 FROM {table} x WHERE x.specimen_id = s.specimen_id AND x.trait_name = ? AND {cond})"
-    return sql, [trait, value]
+        cond, value = f"{target} {_COMPARE_SQL[c.op]} ?", c.value
+    if c.source == "specimen":
+        return cond, [value]
+    if c.source == "metadata":
+        return f"EXISTS (SELECT 1 FROM specimen_metadata m WHERE m.specimen_id = s.specimen_id AND m.key = ? AND {cond})", [
+            c.column, value]
+    table = "trait_masks" if c.source == "confidence" else "trait_measurements"
+    return (f"EXISTS (SELECT 1 FROM {table} x WHERE x.specimen_id = s.specimen_id AND x.trait_name = ? AND {cond})",
+            [c.trait, value])
 
 
 def compile_filters(
     filters: Iterable[Filter], metadata_keys: set[str], measured_traits: Collection[str] = ()
 ) -> tuple[str, list]:
-    """``(where_clause, params)`` over ``specimens s``; unknown fields are errors. A field that
-    is neither a specimen column nor a metadata key but has a dot is a trait measurement."""
+    """``(where_clause, params)`` over ``specimens s``; unknown fields are errors."""
     clauses, params = [], []
     for f in filters:
-        if f.op not in OPS:  # the op becomes SQL text: only allow-listed operators ever reach it
-            raise QueryError(f"filter on {f.field!r}: unknown operator {f.op!r}; use one of {list(OPS)}")
-        if f.field not in SPECIMEN_FIELDS and f.field not in metadata_keys and "." in f.field:
-            cond, values = _measurement_condition(f, measured_traits)
-            clauses.append(cond)
-            params += values
-            continue
-        values = f.value if isinstance(f.value, list) else [f.value]
-        if f.op in ("in", "not in") and not isinstance(f.value, list):
-            raise QueryError(f"filter on {f.field!r}: {f.op!r} needs a list of values")
-        if f.field in SPECIMEN_FIELDS:
-            target, prefix = SPECIMEN_FIELDS[f.field], ""
-        elif f.field in metadata_keys:
-            target = "m.value"
-            prefix = "EXISTS (SELECT 1 FROM specimen_metadata m WHERE m.specimen_id = s.specimen_id AND m.key = ? AND "
-            params.append(f.field)
-        else:
-            raise QueryError(f"unknown filter field {f.field!r}; known: {sorted(set(SPECIMEN_FIELDS) | metadata_keys)}")
-        if f.op in ("in", "not in"):
-            cond = f"{target} {'NOT ' if f.op == 'not in' else ''}IN (SELECT unnest(?::VARCHAR[]))"
-            params.append([str(v) for v in values])
-        elif f.op == "contains":
-            cond = f"strpos(lower({target}), lower(?)) > 0"
-            params.append(str(f.value))
-        elif isinstance(f.value, (int, float)) and f.op not in ("==", "!="):
-            cond = f"TRY_CAST({target} AS DOUBLE) {f.op} ?"
-            params.append(float(f.value))
-        else:
-            cond = f"{target} {'=' if f.op == '==' else f.op} ?"
-            params.append(str(f.value))
-        clauses.append(prefix + cond + (")" if prefix else ""))
+        cond, values = condition_sql(resolve(f, metadata_keys, measured_traits))
+        clauses.append(cond)
+        params += values
     return " AND ".join(clauses) or "TRUE", params
+
+
+# -- backend 2: boolean masks over columns held in memory -----------------------------------
+
+@dataclass(frozen=True)
+class ColumnValues:
+    """One field's values for the specimens of a :class:`ColumnSource`.
+
+    ``values``: Arrow array of distinct values (text) or of per-entry values (numbers);
+    ``codes``: for text, index into ``values`` per row (-1: no value); ``rows``: the
+    specimen row of each entry, or None when entries are the specimens themselves in order.
+    """
+
+    values: pa.Array
+    codes: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    #: ``values`` cast to DOUBLE (NULL where not a number) by the catalog itself, as SQL's TRY_CAST does.
+    numbers: pa.Array | None = None
+
+
+class ColumnSource(Protocol):
+    """Specimens (``ids``, ascending) and their fields, loaded once per snapshot."""
+
+    ids: np.ndarray
+
+    def column(self, condition: Condition) -> ColumnValues:
+        """The values ``condition`` reads (specimen column, metadata key, trait measurement)."""
+
+
+def compile_mask(
+    filters: Iterable[Filter], metadata_keys: set[str], measured_traits: Collection[str], columns: ColumnSource
+) -> np.ndarray:
+    """Which of ``columns.ids`` pass every filter: the same conditions as :func:`compile_filters`,
+    evaluated on each field's distinct values and spread to the specimens with one gather, so
+    a filter over a million specimens costs milliseconds and no query."""
+    mask = np.ones(len(columns.ids), bool)
+    for f in filters:
+        condition = resolve(f, metadata_keys, measured_traits)
+        mask &= _condition_mask(condition, columns.column(condition), len(columns.ids))
+    return mask
+
+
+def _condition_mask(c: Condition, col: ColumnValues, n: int) -> np.ndarray:
+    """SQL's three-valued logic: a missing value (NULL) never passes, negations included."""
+    values = col.values
+    if c.op in ("in", "not in"):
+        hit = pc.is_in(values, value_set=pa.array(c.value, values.type))
+        hit = pc.invert(hit) if c.op == "not in" else hit
+    elif c.op == "contains":
+        hit = pc.greater(pc.find_substring(pc.utf8_lower(values), pc.utf8_lower(pa.scalar(c.value)).as_py()), -1)
+    else:
+        if c.numeric and pa.types.is_string(values.type):
+            values = col.numbers
+        hit = _COMPARE_ARROW[c.op](values, pa.scalar(c.value, values.type))
+    hit = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+    if col.codes is not None:
+        hit = np.append(hit, False)[col.codes]  # code -1 (no value) picks the appended False
+    if col.rows is None:
+        return hit
+    out = np.zeros(n, bool)
+    out[col.rows[hit]] = True
+    return out
+
+
+_COMPARE_ARROW = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal,
+                  ">": pc.greater, "<": pc.less}
+
+
+def scoped(filters: Iterable[Filter], status: str | None = "indexed", groups: Iterable[str] | None = None) -> list[Filter]:
+    """``filters`` plus the selections readers share (a status, some groups), for either backend."""
+    filters = list(filters)
+    if status is not None:
+        filters.append(Filter(field="status", op="==", value=status))
+    if groups is not None:
+        filters.append(Filter(field="group", op="in", value=[str(g) for g in groups]))
+    return filters
 
 
 def scope(
@@ -167,12 +278,7 @@ def scope(
     specimen_ids: Iterable[int] | None = None,
 ) -> tuple[str, list]:
     """:func:`compile_filters` plus the selections readers share: a status, some groups, some ids."""
-    filters = list(filters)
-    if status is not None:
-        filters.append(Filter(field="status", op="==", value=status))
-    if groups is not None:
-        filters.append(Filter(field="group", op="in", value=[str(g) for g in groups]))
-    where, params = compile_filters(filters, set(metadata_keys), measured_traits)
+    where, params = compile_filters(scoped(filters, status, groups), set(metadata_keys), measured_traits)
     if specimen_ids is not None:
         where += " AND s.specimen_id IN (SELECT unnest(?::BIGINT[]))"
         params.append([int(i) for i in specimen_ids])

@@ -1,0 +1,119 @@
+"""A read-only snapshot's filterable fields in memory, and the two ways a filter admits ids.
+
+A search with a filter asks *which of these ids pass?* (a selectivity sample, a page of
+candidates) and *which ids pass at all?*. Answered in SQL, each costs a scan of the catalog
+per query, more than the vector search itself at a million specimens. A snapshot never
+changes, so :class:`SnapshotColumns` loads each field a filter needs once (dictionary-encoded
+text, numbers per row) and :func:`~sst_search.store.filters.compile_mask` evaluates the same
+resolved conditions as the SQL compiler against them; :class:`MaskAdmission` answers both
+questions from the resulting mask. A writer's catalog changes under it, so it keeps
+:class:`SqlAdmission`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sst_search.store.filters import ColumnValues, Condition, Filter
+
+if TYPE_CHECKING:
+    from sst_search.store.catalog import Catalog
+
+
+class SnapshotColumns:
+    """Specimen ids (ascending) and, loaded on first use, the values of each filtered field."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._lock = threading.Lock()
+        self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
+        self._listing: pa.Table | None = None
+        self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
+            "specimen_id"].astype(np.int64)
+
+    def column(self, condition: Condition) -> ColumnValues:
+        key = (condition.source, condition.column, condition.trait)
+        with self._lock:  # threads of the app share the snapshot: load each field once
+            if key not in self._columns:
+                self._columns[key] = self._load(condition)
+            return self._columns[key]
+
+    def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
+        if not len(self.ids):
+            return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return self.ids[rows] == ids, rows
+
+    def listing(self, ids: np.ndarray) -> pa.Table:
+        """``specimen_id, path, group_name, status, metadata`` of ``ids`` (those that exist), in
+        the order asked: a search's results joined in memory instead of by a scan per query."""
+        with self._lock:
+            if self._listing is None:
+                self._listing = self._catalog.con.sql(
+                    "SELECT specimen_id, path, group_name, status, metadata FROM specimens ORDER BY specimen_id"
+                ).to_arrow_table().combine_chunks()
+        found, rows = self.rows_of(np.asarray(ids, np.int64))
+        return self._listing.take(pa.array(rows[found]))
+
+    def _load(self, c: Condition) -> ColumnValues:
+        con = self._catalog.con
+        # Column names come from the compiler's allow-lists (specimen columns, measurements), never from user text.
+        if c.source == "specimen":
+            table = con.sql(f"SELECT CAST({c.column} AS VARCHAR) AS v FROM specimens s ORDER BY s.specimen_id").to_arrow_table()
+            return self._text(table.column("v"), None)
+        if c.source == "metadata":
+            table = con.sql("SELECT specimen_id, value AS v FROM specimen_metadata WHERE key = ?", params=[c.column]).to_arrow_table()
+        else:
+            source = "trait_masks" if c.source == "confidence" else "trait_measurements"
+            table = con.sql(f"SELECT specimen_id, {c.column} AS v FROM {source} WHERE trait_name = ?",
+                            params=[c.trait]).to_arrow_table()
+        found, rows = self.rows_of(table.column("specimen_id").to_numpy().astype(np.int64))
+        table, rows = table.filter(pa.array(found)), rows[found]
+        values = table.column("v")
+        if pa.types.is_floating(values.type):
+            return ColumnValues(values.combine_chunks(), None, rows)
+        return self._text(values, rows)
+
+    def _text(self, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
+        """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's TRY_CAST)."""
+        encoded = pc.dictionary_encode(values.combine_chunks())
+        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+        distinct = encoded.dictionary
+        numbers = self._catalog.con.sql(
+            "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
+        ).to_arrow_table().column("n").combine_chunks()
+        return ColumnValues(distinct, codes, rows, numbers)
+
+
+class MaskAdmission:
+    """A filter evaluated to a mask over a snapshot's specimens."""
+
+    def __init__(self, columns: SnapshotColumns, mask: np.ndarray) -> None:
+        self._columns, self._mask = columns, mask
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        found, rows = self._columns.rows_of(np.asarray(ids, np.int64))
+        return found & self._mask[rows]
+
+    def admitted(self) -> np.ndarray:
+        return self._columns.ids[self._mask]
+
+
+class SqlAdmission:
+    """A filter asked of the catalog in SQL each time (a writer's catalog changes under it)."""
+
+    def __init__(self, catalog: Catalog, filters: list[Filter]) -> None:
+        self._catalog, self._filters = catalog, filters
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        return np.isin(ids, self._catalog.specimen_ids(self._filters, specimen_ids=ids.tolist()))
+
+    def admitted(self) -> np.ndarray:
+        return self._catalog.specimen_ids(self._filters)
