@@ -63,6 +63,10 @@ def segmentation_fingerprint(config: Config) -> dict:
     }
     if seg.orientation != 0:  # only then, so stores indexed upright keep their fingerprints
         fingerprint["orientation"] = seg.orientation
+    if seg.mirror:
+        fingerprint["mirror"] = True
+    if seg.orientation == "auto" and seg.orientation_by != "object_score":
+        fingerprint["orientation_by"] = seg.orientation_by
     return fingerprint
 
 

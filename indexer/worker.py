@@ -102,7 +102,8 @@ class Worker:
             try:
                 results = self.tracker.segment(
                     supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size,
-                    orientation=seg.orientation,
+                    orientation=seg.orientation, mirror=seg.mirror, orientation_by=seg.orientation_by,
+                    query_batch=seg.query_batch,
                 )
                 for res in results:
                     label_maps[res.query_id] = (res.label_map, res)
@@ -130,6 +131,7 @@ class Worker:
                 r.masks = masks_from_label_map(label_map, traits, source="provided")
             else:
                 r.orientation = res.orientation
+                r.mirrored = res.mirrored
                 r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
             scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
             if r.original_width:

@@ -30,7 +30,14 @@ class SegmentationConfig(_Strict):
     orientation: Literal[0, 90, 180, 270, "auto"] = Field(
         0, description="degrees to turn queries before tracking, or 'auto' to try all four per query"
     )
+    mirror: bool = Field(False, description="flip queries left-right before turning them; with 'auto' try both")
+    orientation_by: Literal["object_score", "cycle"] = Field(
+        "object_score", description="what 'auto' keeps: highest mean object score, or cycle IoU (slower)"
+    )
     batch_size: int | None = Field(None, description="queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)")
+    query_batch: int | None = Field(
+        None, ge=1, description="pairwise queries per tracking call, queries x traits as one batch (default: 4 on CUDA, 1 on CPU)"
+    )
     max_chain_length: int = 256
     device: str | None = None
 
@@ -67,8 +74,9 @@ class IndexConfig(_Strict):
         "'OPQ64,IVF{nlist},PQ64'); the default keeps recall@10 >= 0.95 at ~530 bytes/vector for dim 512",
     )
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
-    nlist_factor: float = Field(4.0, description="ivf: nlist = nlist_factor * sqrt(n)")
-    nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
+    nlist_factor: float = Field(
+        2.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist")
+    nprobe_fraction: float = Field(0.0625, description="ivf: share of the lists probed per search")
     min_nprobe: int = 8
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
@@ -148,7 +156,8 @@ def apply_overrides(config: Config, **overrides) -> Config:
     ``None`` means "not given". Option names are the config's keys, except
     ``embedder_weights`` (``embedding.weights``); an unknown name is an error."""
     sections = {
-        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation"),
+        "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation",
+                         "mirror", "orientation_by", "query_batch"),
         "embedding": ("embedder", "embedder_weights"),
         "indexer": ("engine", "ray_address", "num_workers"),
         "measure": ("pixels_per_mm", "scale_column"),

@@ -241,7 +241,8 @@ def dwca_zip(store: Store, groups: Iterable[str] | None = None, specimen_ids: It
             values = {**{k: md.get(k) for k in OCCURRENCE_TERMS}, "occurrenceID": occurrence_id,
                       "basisOfRecord": md.get("basisOfRecord") or "PreservedSpecimen",
                       "scientificName": md.get("scientificName") or row.group,
-                      "associatedMedia": md.get("associatedMedia") or row.path}
+                      "associatedMedia": md.get("associatedMedia") or
+                      (row.image_source if isinstance(row.image_source, str) else row.path)}
             occurrences.append([values[t] for t in OCCURRENCE_TERMS])
         if not isinstance(row.unit, str):
             continue  # a mask from before measurements existed: `sst-search measure` fills it

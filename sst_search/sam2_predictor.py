@@ -22,6 +22,7 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.modeling.position_encoding import apply_rotary_enc
 from sam2.modeling.sam.transformer import RoPEAttention
+from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.misc import fill_holes_in_mask_scores
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
@@ -234,7 +235,7 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
             key: [torch.cat(levels) for levels in zip(*(f.backbone[key] for f in frames))]
             for key in ("backbone_fpn", "vision_pos_enc")
         }
-        _, feats, pos_embeds, sizes = self._prepare_backbone_features(backbone)
+        feats, pos_embeds, sizes = backbone_tokens(self, backbone)
         curr, curr_pos = feats[-1], pos_embeds[-1]
         out = curr + 0.1 * curr_pos if ma.pos_enc_at_input else curr
         out, pos = out.transpose(0, 1), curr_pos.transpose(0, 1)
@@ -331,6 +332,52 @@ def encode_images(predictor: SAM2VideoPredictor, images: list[np.ndarray]) -> li
         EncodedFrame(size=im.shape[:2], image=batch[i : i + 1], backbone=_split_backbone(backbone, i))
         for i, im in enumerate(images)
     ]
+
+
+def backbone_tokens(model: SAM2Base, backbone: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+    """An image-encoder output as SAM 2's tracking reads it: per level, tokens
+    ``(HW, B, C)``, their position encodings and the level's ``(H, W)``."""
+    _, feats, pos, sizes = model._prepare_backbone_features(backbone)
+    return feats, pos, sizes
+
+
+def encode_memory(
+    model: SAM2Base, vision_feats: list, feat_sizes: list, high_res_masks: torch.Tensor, object_scores: torch.Tensor,
+    binarize: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """SAM 2's memory encoder on masks at model resolution; ``binarize`` thresholds them
+    first, as SAM 2 does with masks that come from clicks or from a user."""
+    return model._encode_new_memory(
+        current_vision_feats=vision_feats,
+        feat_sizes=feat_sizes,
+        pred_masks_high_res=high_res_masks,
+        object_score_logits=object_scores,
+        is_mask_from_pts=binarize,
+    )
+
+
+def track_step_outputs(
+    model: SAM2Base, frame_idx: int, vision_feats: list, vision_pos: list, feat_sizes: list, output_dict: dict,
+    num_frames: int,
+) -> tuple:
+    """SAM 2's frame step into a non-conditioning frame, returning everything its mask heads
+    produce: ``(low-res candidates, high-res candidates, their predicted IoUs, low-res mask,
+    high-res mask, object pointer, object score logits)``. Unlike ``track_step`` this keeps
+    the candidates and IoUs, which the differentiable round trip's loss needs."""
+    _, sam_outputs, _, _ = model._track_step(
+        frame_idx=frame_idx,
+        is_init_cond_frame=False,
+        current_vision_feats=vision_feats,
+        current_vision_pos_embeds=vision_pos,
+        feat_sizes=feat_sizes,
+        point_inputs=None,
+        mask_inputs=None,
+        output_dict=output_dict,
+        num_frames=num_frames,
+        track_in_reverse=False,
+        prev_sam_mask_logits=None,
+    )
+    return sam_outputs
 
 
 def autocast(device: torch.device):

@@ -52,6 +52,9 @@ def run_segmentation(
     batch_size: int | None = None,
     quiet: bool = False,
     orientation: int | str = 0,
+    mirror: bool = False,
+    orientation_by: str = "object_score",
+    query_batch: int | None = None,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
@@ -65,6 +68,8 @@ def run_segmentation(
         },
         "mode": mode,
         "orientation": orientation,
+        "mirror": mirror,
+        "orientation_by": orientation_by,
         "image_size": tracker.predictor.image_size,
         "supports": [{"id": s.id, "image": s.image_path, "mask": s.mask_path, "sha256": s.digest} for s in supports],
         "traits": {str(k): v for k, v in sorted(traits.items())},
@@ -76,7 +81,7 @@ def run_segmentation(
             task = progress.add_task(f"segment ({mode})", total=len(queries))
             results = tracker.segment(
                 supports, [(q.stem, q) for q in queries], mode=mode, quality=quality, batch_size=batch_size,
-                orientation=orientation,
+                orientation=orientation, mirror=mirror, orientation_by=orientation_by, query_batch=query_batch,
             )
             for res in results:
                 entry: dict = {"path": str(by_id[res.query_id])}
@@ -92,6 +97,7 @@ def run_segmentation(
                         status="ok",
                         size=list(res.label_map.shape),
                         orientation=res.orientation,
+                        mirrored=res.mirrored,
                         traits={
                             traits[tid]: {
                                 "id": tid,

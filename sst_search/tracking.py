@@ -41,6 +41,8 @@ from .weights import ResolvedWeights
 MODES = ("pairwise", "chain")
 #: Rotations (degrees counter-clockwise) a query can be tracked in; ``"auto"`` tries all.
 ORIENTATIONS = (0, 90, 180, 270)
+#: What ``orientation="auto"`` keeps: the view with the highest mean object score or cycle IoU.
+ORIENTATION_CRITERIA = ("object_score", "cycle")
 
 #: A query is an id plus either pixels already in memory or a path to read them from.
 Query = tuple[str, "np.ndarray | str | Path"]
@@ -62,6 +64,8 @@ class TrackResult:
     #: Degrees (counter-clockwise) the query was turned before tracking; the label map is
     #: always in the query's own orientation.
     orientation: int = 0
+    #: Whether the query was flipped left-right (before turning) for tracking.
+    mirrored: bool = False
 
 
 class TrackingSession:
@@ -291,17 +295,27 @@ class SSTTracker:
         batch_size: int | None = None,
         cache_support: bool = True,
         orientation: int | str = 0,
+        mirror: bool = False,
+        orientation_by: str = "object_score",
+        query_batch: int | None = None,
     ) -> Iterator[TrackResult]:
         """Yield one :class:`TrackResult` per query (chain mode yields in chain order).
 
         ``orientation`` turns every query by that many degrees (counter-clockwise) before
         tracking; ``"auto"`` tracks each query at 0, 90, 180 and 270 degrees and keeps the
-        one where SAM 2 is most sure the traits are there (mean object score), for
-        specimens pinned and photographed in any orientation. It costs four image-encoder
-        passes per query. Label maps are always returned in the query's own orientation.
+        best, for specimens pinned and photographed in any orientation. ``mirror`` flips
+        each query left-right before turning it; with ``"auto"`` both the plain and the
+        mirrored views are tried (eight). ``orientation_by`` says what "best" means:
+        ``"object_score"`` (SAM 2's mean object score, free) or ``"cycle"`` (the mean
+        cycle-consistency IoU back onto the supports: one extra tracking session per view,
+        several times slower, but it checks the masks themselves). Each view costs one
+        image-encoder pass. Label maps are always returned in the query's own orientation.
 
         ``batch_size`` queries share one image-encoder pass; by default 8 on CUDA and 1 on
         CPU, where larger batches measured slower per image at 512 px and above.
+        ``query_batch`` pairwise queries (all their views) share one pass of memory
+        attention and the mask decoder, queries x traits as one batch; by default 4 on CUDA
+        and 1 on CPU (not measured faster there). Results do not depend on either.
         ``cache_support=False`` rebuilds the supports' memory for every query; it exists to
         check that caching changes nothing and as the reference for benchmarks.
         """
@@ -309,24 +323,33 @@ class SSTTracker:
             raise ValueError("at least one support is needed")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        turns = _orientations(orientation)
-        if batch_size is None:
-            batch_size = 8 if self.predictor.device.type == "cuda" else 1
+        if orientation_by not in ORIENTATION_CRITERIA:
+            raise ValueError(f"unknown orientation criterion {orientation_by!r}; choose one of {ORIENTATION_CRITERIA}")
+        views = _views(orientation, mirror)
+        cuda = self.predictor.device.type == "cuda"
+        batch_size = batch_size or (8 if cuda else 1)
+        query_batch = query_batch or (4 if cuda else 1)
+        pick = _Picker(self, supports, orientation_by)
         if mode == "pairwise":
-            yield from self._pairwise(supports, queries, quality, batch_size, cache_support, turns)
+            yield from self._pairwise(supports, queries, quality, batch_size, cache_support, views, query_batch, pick)
         else:
-            yield from self._chain(supports, queries, quality, batch_size, turns)
+            yield from self._chain(supports, queries, quality, batch_size, views, pick)
 
-    def _pairwise(self, supports, queries, quality, batch_size, cache_support, turns) -> Iterator[TrackResult]:
+    def _pairwise(self, supports, queries, quality, batch_size, cache_support, views, query_batch, pick) -> Iterator[TrackResult]:
         session = self._session(supports) if cache_support else None
-        for qid, frames, error in self._encoded(queries, batch_size if cache_support else 1, turns):
-            if error is not None:
-                yield TrackResult(qid, error=error)
-                continue
+        encoded = self._encoded(queries, batch_size if cache_support else 1, views)
+        for chunk in _batched(encoded, query_batch if cache_support else 1):
             current = session or self._session(supports)
-            yield self._result(qid, current, *self._track_oriented(current, frames, turns), supports, quality)
+            tracked = iter(current.track_frames([f for _, frames, error in chunk if error is None for f in frames]))
+            for qid, frames, error in chunk:
+                if error is not None:
+                    yield TrackResult(qid, error=error)
+                    continue
+                outs = [next(tracked) for _ in frames]
+                best = pick(current, frames, outs)
+                yield self._result(qid, current, frames[best], outs[best], views[best], supports, quality)
 
-    def _chain(self, supports, queries, quality, batch_size, turns) -> Iterator[TrackResult]:
+    def _chain(self, supports, queries, quality, batch_size, views, pick) -> Iterator[TrackResult]:
         # First pass: one cheap descriptor per query to order the chain; pixels of files
         # are re-read when their frame comes up, so the whole collection is never held.
         sources, descriptors = {}, []
@@ -344,47 +367,42 @@ class SSTTracker:
         for chain in _chunks(order, self.max_chain_length):
             session = self._session(supports, total_frames=len(supports) + len(chain))
             position = {qid: session.num_cond + i for i, qid in enumerate(chain)}
-            for qid, frames, error in self._encoded(((qid, sources[qid]) for qid in chain), batch_size, turns):
+            for qid, frames, error in self._encoded(((qid, sources[qid]) for qid in chain), batch_size, views):
                 if error is not None:
                     yield TrackResult(qid, error=error)
                     continue
-                tracked = self._track_oriented(session, frames, turns, frame_idx=position[qid])
-                yield self._result(qid, session, *tracked, supports, quality)
-
-    def _track_oriented(self, session, frames, turns, frame_idx=None) -> tuple[EncodedFrame, FrameOutput, int]:
-        """Track a query in each orientation without touching memory, keep the one with
-        the highest mean object score; in a chain only the kept one becomes memory."""
-        keep_memory = frame_idx is not None
-        if len(frames) == 1:
-            return frames[0], session.track_frame(frames[0], frame_idx, keep_memory), turns[0]
-        outs = [session.track_frame(f, frame_idx) for f in frames]
-        best = int(np.argmax([float(o.object_score.mean()) for o in outs]))
-        out = session.track_frame(frames[best], frame_idx, keep_memory=True) if keep_memory else outs[best]
-        return frames[best], out, turns[best]
+                # Every view is tried without touching memory; only the kept one becomes memory.
+                idx = position[qid]
+                best = 0
+                if len(frames) > 1:
+                    best = pick(session, frames, [session.track_frame(f, idx) for f in frames])
+                out = session.track_frame(frames[best], idx, keep_memory=True)
+                yield self._result(qid, session, frames[best], out, views[best], supports, quality)
 
     def _encoded(
-        self, queries: Iterable[Query], batch_size: int, turns: tuple[int, ...] = (0,)
+        self, queries: Iterable[Query], batch_size: int, views: list[View]
     ) -> Iterator[tuple[str, list[EncodedFrame] | None, str | None]]:
-        """Load and encode queries ``batch_size`` at a time, in order, each turned by every
-        angle in ``turns`` (one frame per angle); failures pass through."""
+        """Load and encode queries ``batch_size`` at a time, in order, each in every view
+        (one frame per view); failures pass through."""
         for batch in _batched(_load_queries(queries), batch_size):
             good = [(qid, img) for qid, img, _ in batch if img is not None]
-            encoded = encode_images(self.predictor, [rotate(img, t) for _, img in good for t in turns])
-            frames = {qid: encoded[i * len(turns) : (i + 1) * len(turns)] for i, (qid, _) in enumerate(good)}
+            encoded = encode_images(self.predictor, [v.apply(img) for _, img in good for v in views])
+            frames = {qid: encoded[i * len(views) : (i + 1) * len(views)] for i, (qid, _) in enumerate(good)}
             for qid, _, error in batch:
                 yield qid, frames.get(qid), error
 
-    def _result(self, qid, session, frame, out: FrameOutput, turn: int, supports, quality) -> TrackResult:
+    def _result(self, qid, session, frame, out: FrameOutput, view: View, supports, quality) -> TrackResult:
         label_map = logits_to_label_map(out.logits, session.obj_trait_ids, frame.size)
         scores = self.cycle_quality(frame, label_map, supports) if quality else {}
         ids = session.obj_trait_ids
         return TrackResult(
             qid,
-            label_map=rotate(label_map, -turn),
+            label_map=view.undo(label_map),
             quality=scores,
             object_score=dict(zip(ids, out.object_score.tolist())),
             predicted_iou=dict(zip(ids, out.predicted_iou.tolist())),
-            orientation=turn,
+            orientation=view.turn,
+            mirrored=view.mirrored,
         )
 
     def cycle_quality(self, frame: EncodedFrame, label_map: np.ndarray, supports: list[Support]) -> dict[int, float]:
@@ -417,6 +435,44 @@ def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=(degrees // 90) % 4))
 
 
+@dataclass(frozen=True)
+class View:
+    """How a query is shown to SAM 2: flipped left-right when ``mirrored``, then turned
+    ``turn`` degrees counter-clockwise."""
+
+    turn: int = 0
+    mirrored: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return rotate(image[:, ::-1] if self.mirrored else image, self.turn)
+
+    def undo(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (a label map in this view) back in the query's own orientation."""
+        back = rotate(image, -self.turn)
+        return np.ascontiguousarray(back[:, ::-1]) if self.mirrored else back
+
+
+class _Picker:
+    """Chooses the view of a query whose tracking SAM 2 is surest of (mean object score)
+    or that best survives the round trip back onto the supports (mean cycle IoU)."""
+
+    def __init__(self, tracker: SSTTracker, supports: list[Support], by: str):
+        self.tracker, self.supports, self.by = tracker, supports, by
+
+    def __call__(self, session: TrackingSession, frames: list[EncodedFrame], outs: list[FrameOutput]) -> int:
+        if len(outs) == 1:
+            return 0
+        if self.by == "object_score":
+            scores = [float(o.object_score.mean()) for o in outs]
+        else:
+            scores = []
+            for frame, out in zip(frames, outs):
+                label_map = logits_to_label_map(out.logits, session.obj_trait_ids, frame.size)
+                per_trait = self.tracker.cycle_quality(frame, label_map, self.supports)
+                scores.append(float(np.mean(list(per_trait.values()))))
+        return int(np.argmax(scores))
+
+
 def parse_orientation(value: int | str) -> int | str:
     """``"auto"`` or an angle in :data:`ORIENTATIONS` (as int), from a CLI string or a config value."""
     if value == "auto":
@@ -430,9 +486,11 @@ def parse_orientation(value: int | str) -> int | str:
     return turn
 
 
-def _orientations(orientation: int | str) -> tuple[int, ...]:
+def _views(orientation: int | str, mirror: bool) -> list[View]:
     turn = parse_orientation(orientation)
-    return ORIENTATIONS if turn == "auto" else (turn,)
+    turns = ORIENTATIONS if turn == "auto" else (turn,)
+    flips = (False, True) if (mirror and turn == "auto") else (mirror,)
+    return [View(t, m) for m in flips for t in turns]
 
 
 def _load_with_sources(queries: Iterable[Query]) -> Iterator[tuple[tuple, Query]]:

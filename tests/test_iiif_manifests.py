@@ -7,10 +7,10 @@ import csv
 import json
 
 import pytest
+from typer.testing import CliRunner
 
 from indexer.collection import CollectionError, load_collection
-from indexer.job import run_index
-from sst_search.config import Config
+from sst_search.cli import app as cli
 from sst_search.sources.fetch import Fetcher, ImageCache
 from sst_search.sources.naming import item_name
 from sst_search.store import Store, specimen_id
@@ -114,13 +114,18 @@ def test_malformed_manifests_are_refused_naming_the_file(tmp_path, doc, needle):
 
 def test_index_takes_a_manifest_url(served, tmp_path):
     coll, server = served
-    config = Config.model_validate({"segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-                                    "embedding": {"embedder": "color-pattern"}})
     db = tmp_path / "index.duckdb"
     # A group without references: every image is fetched and recorded, nothing needs SAM 2.
-    summary = run_index(f"{server.url}/p/all", coll.references, db, config, group_by="specificEpithet",
-                        default_group="unreferenced")
-    assert summary.counts["no_reference"] == 3 and summary.counts["failed"] == 1, summary.failures
+    result = CliRunner().invoke(cli, [
+        "index", f"{server.url}/p/all", "--references", str(coll.references), "--db", str(db), "--quiet",
+        "--weights", "random", "--image-size", str(TEST_IMAGE_SIZE), "--embedder", "color-pattern",
+        "--group-by", "specificEpithet", "--default-group", "unreferenced"])
+    assert result.exit_code == 1, result.output  # some items failed or have no references
+    with Store.open(db, read_only=True) as store:
+        statuses = [store.get_specimen(specimen_id(k))["status"] for k in (
+            f"{server.url}/p/a/canvas/1", f"{server.url}/p/a/canvas/2", f"{server.url}/p/b/canvas/1",
+            f"{server.url}/p/gone/manifest")]
+    assert statuses == ["no_reference"] * 3 + ["failed"], statuses
     assert sorted(server.sizes) == [f"!{TEST_IMAGE_SIZE},{TEST_IMAGE_SIZE}"] * 2  # services at the model's size
     with Store.open(db, read_only=True) as store:
         row = store.get_specimen(specimen_id(f"{server.url}/p/a/canvas/1"))

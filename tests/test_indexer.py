@@ -231,12 +231,14 @@ def test_ray_engine_produces_the_same_catalog(tmp_path, ray_cluster):
 def test_orientation_and_confidences_are_stored(tmp_path):
     coll = generate_collection(tmp_path / "syn", species=1, per_species=3, seed=5)
     db = tmp_path / "db.duckdb"
-    summary = _index(coll, db, _config(segmentation={"orientation": "auto", "image_size": 128}))
+    summary = _index(coll, db, _config(segmentation={"orientation": "auto", "mirror": True, "image_size": 128}))
     assert summary.counts["indexed"] == 3
     with Store.open(db, read_only=True) as store:
         ids = store.filter_specimens()
         turned = {sid: store.get_specimen(sid)["orientation"] for sid in ids}
         assert set(turned.values()) <= {0, 90, 180, 270}
+        mirrored = {sid: store.get_specimen(sid)["mirrored"] for sid in ids}
+        assert set(mirrored.values()) <= {True, False}
         scores = {}
         for sid in ids:
             masks = store.trait_masks(sid)
@@ -257,8 +259,12 @@ def test_orientation_and_confidences_are_stored(tmp_path):
             sid for sid, s in scores.items() if s.get(trait, cut) > cut}
         assert found(Filter(field="orientation", op="==", value=str(turned[ids[0]]))) == {
             sid for sid, t in turned.items() if t == turned[ids[0]]}
+        assert found(Filter(field="mirrored", op="==", value=str(mirrored[ids[0]]).lower())) == {
+            sid for sid, m in mirrored.items() if m == mirrored[ids[0]]}
     # Upright indexing keeps the fingerprint it had before orientations existed; auto changes it.
     from indexer.plan import segmentation_fingerprint
 
     assert "orientation" not in segmentation_fingerprint(_config())
     assert segmentation_fingerprint(_config(segmentation={"orientation": "auto"}))["orientation"] == "auto"
+    assert "mirror" not in segmentation_fingerprint(_config())
+    assert segmentation_fingerprint(_config(segmentation={"mirror": True}))["mirror"] is True

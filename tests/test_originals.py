@@ -4,10 +4,13 @@ the original's millimetres without fetching it, and cropped from the original fe
 from __future__ import annotations
 
 import csv
+import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from indexer.job import image_cache, run_index
@@ -20,6 +23,7 @@ from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
 from tests.image_server import ImageServer
 
+APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 SIZE = 128  # the model's input size: IIIF images are fetched to fit in it
 PPM = 20.0  # pixels per mm of the original photographs
 
@@ -35,7 +39,7 @@ def test_full_size_requests_follow_the_image_api_version_and_region():
     assert original_of(f"{base}/square/full/0/default.jpg", None).size is None
 
 
-def test_iiif_items_are_indexed_small_measured_in_original_mm_and_cropped_full_once(tmp_path):
+def test_iiif_items_are_indexed_small_measured_in_original_mm_and_cropped_full_once(tmp_path, monkeypatch):
     coll = generate_collection(tmp_path / "coll", species=1, per_species=2, seed=3, size=(300, 400))
     group = coll.groups[0]
     images = sorted((coll.root / "images").rglob("*.png"))
@@ -76,11 +80,27 @@ def test_iiif_items_are_indexed_small_measured_in_original_mm_and_cropped_full_o
             return sum(n for path, n in server.requests.items() if "/full/max/" in path)
 
         assert full_requests() == 0
+        # The specimen page says so and links the original, without fetching it.
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        at.session_state["specimen_id"] = specimen_id(urls[0])
+        with monkeypatch.context() as m:
+            m.setenv("SST_SEARCH_DB", str(db))
+            at.run(timeout=60)
+            at.sidebar.radio(key="page").set_value("Specimen").run(timeout=60)
+        assert not at.exception, at.exception
+        assert any(f"Indexed at {SIZE}x96 px; the original (400x300 px)" in t.value for t in at.text)
+        assert any(b.proto.url == urls[0] and "Full-resolution" in b.proto.label for b in at.get("link_button"))
+        assert full_requests() == 0
         for attempt in range(2):  # a second export fetches nothing again
             out = tmp_path / f"crops{attempt}"
             result = CliRunner().invoke(cli, ["export", "crops", "--db", str(db), "--out", str(out)])
             assert result.exit_code == 0, result.output
             assert full_requests() == 2
+        archive = tmp_path / "export.zip"
+        assert CliRunner().invoke(cli, ["export", "dwca", "--db", str(db), "--out", str(archive)]).exit_code == 0
+        occurrences = zipfile.ZipFile(archive).read("occurrence.txt").decode()
+        assert all(u in occurrences for u in urls) and "index.duckdb.images" not in occurrences  # media: the URL
+        assert full_requests() == 2  # the archive needs no pixels
         crops = {p.name: np.asarray(Image.open(p)) for p in out.glob("*.png")}
         assert len(crops) == 2
         ys, xs = np.nonzero(truth[0])

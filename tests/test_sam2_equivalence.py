@@ -211,6 +211,21 @@ def test_batched_traits_equal_one_trait_at_a_time(tracker, synthetic, references
         )
 
 
+def test_several_queries_per_call_equal_one_at_a_time(tracker, synthetic, references):
+    """Pairwise queries x traits in one call: each query's output is what it gets alone,
+    and what SAM 2's own frame step (its memory gathered afresh) gives."""
+    group = synthetic.groups[1]
+    supports = references[group]
+    frames = encode_images(tracker.predictor, [img for img, _ in _specimens(synthetic, group, 2)])
+    session = tracker._session(supports)
+    for frame, together in zip(frames, session.track_frames(frames)):
+        alone = session.track_frames([frame])[0]
+        own_step = session.track_frame(frame, session.num_cond)
+        for name in ("logits", "object_score", "predicted_iou"):
+            torch.testing.assert_close(getattr(together, name), getattr(alone, name), atol=TIE, rtol=0)
+            torch.testing.assert_close(getattr(alone, name), getattr(own_step, name), atol=TIE, rtol=0)
+
+
 def test_batched_traits_with_an_undrawn_trait(tracker, per_object, synthetic, references):
     """A trait missing from one support has other memories: it runs in its own batch."""
     group = synthetic.groups[1]

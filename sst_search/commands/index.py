@@ -40,6 +40,9 @@ def index(
     image_size: int | None = IMAGE_SIZE,
     quality: bool | None = typer.Option(None, "--quality/--no-quality", help="Cycle-consistency quality per mask."),
     orientation: str | None = typer.Option(None, "--orientation", help="0 | 90 | 180 | 270 | auto (try all four per image)."),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help="Flip images left-right before turning; with auto, try both."),
+    orientation_by: str | None = typer.Option(None, "--orientation-by", help="What auto keeps: object_score | cycle (slower)."),
+    query_batch: int | None = typer.Option(None, "--query-batch", min=1, help="Pairwise queries per tracking call (default: 4 on CUDA, 1 on CPU)."),
     masks: Path | None = typer.Option(None, "--masks", help="Existing label masks (same stem) used instead of SST."),
     default_group: str | None = typer.Option(None, "--default-group", help="Group for items without one."),
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
@@ -82,6 +85,7 @@ def index(
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
             orientation=parse_orientation(orientation) if orientation is not None else None,
+            mirror=mirror, orientation_by=orientation_by, query_batch=query_batch,
             image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
         instance_refs = (instance_references or Path(references) / "instances") if instances else None

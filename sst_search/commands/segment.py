@@ -10,7 +10,7 @@ from rich.console import Console
 from ..builder import build_tracker
 from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES, parse_orientation
+from ..tracking import MODES, ORIENTATION_CRITERIA, parse_orientation
 from ..weights import WeightsError
 from .options import (
     ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_option, mode_option, model_option,
@@ -34,7 +34,10 @@ def segment(
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
     quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
     orientation: str = typer.Option("0", "--orientation", help="0 | 90 | 180 | 270: turn queries before tracking; auto: try all four per query."),
+    mirror: bool = typer.Option(False, "--mirror", help="Flip queries left-right before turning them; with auto, try both."),
+    orientation_by: str = typer.Option("object_score", "--orientation-by", help="What auto keeps: object_score | cycle (round-trip IoU, slower)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
+    query_batch: int | None = typer.Option(None, "--query-batch", min=1, help="Pairwise queries per tracking call, queries x traits as one batch (default: 4 on CUDA, 1 on CPU)."),
     device: str | None = DEVICE,
     quiet: bool = QUIET,
     instances: bool = typer.Option(
@@ -63,6 +66,8 @@ def segment(
         turn = parse_orientation(orientation)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--orientation") from exc
+    if orientation_by not in ORIENTATION_CRITERIA:
+        raise typer.BadParameter(f"choose one of {ORIENTATION_CRITERIA}", param_hint="--orientation-by")
     if len(support) != len(support_mask):
         raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
     try:
@@ -74,7 +79,8 @@ def segment(
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         warn_random_weights(console, "masks are not meaningful (smoke test only)")
-    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn)
+    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn,
+                               mirror=mirror, orientation_by=orientation_by, query_batch=query_batch)
     counts = summary["counts"]
     console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
     for stem, entry in summary["images"].items():

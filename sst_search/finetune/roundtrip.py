@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
 
-from ..sam2_predictor import autocast, preprocess
+from ..sam2_predictor import autocast, backbone_tokens, encode_memory, preprocess, track_step_outputs
 
 #: SAM 2 marks an absent object with logits of -1024; BCE on those would be ~1024 per pixel
 #: and swamp the loss without carrying a gradient, so loss logits are clamped to this range.
@@ -77,7 +77,7 @@ def frame_features(model: SAM2Base, backbone: dict, batch: int) -> FrameFeatures
     expanded = {
         key: [t.expand(batch, -1, -1, -1) for t in backbone[key]] for key in ("backbone_fpn", "vision_pos_enc")
     }
-    _, feats, pos, sizes = model._prepare_backbone_features(expanded)
+    feats, pos, sizes = backbone_tokens(model, expanded)
     return FrameFeatures(feats, pos, sizes)
 
 
@@ -110,13 +110,8 @@ def condition(model: SAM2Base, frame: FrameFeatures, masks: torch.Tensor, soft: 
     )
     size = (model.image_size, model.image_size)
     high_res = F.interpolate(out["pred_masks"].float(), size=size, mode="bilinear", align_corners=False)
-    features, pos = model._encode_new_memory(
-        current_vision_feats=frame.vision_feats,
-        feat_sizes=frame.feat_sizes,
-        pred_masks_high_res=high_res,
-        object_score_logits=out["object_score_logits"],
-        is_mask_from_pts=not soft,
-    )
+    features, pos = encode_memory(model, frame.vision_feats, frame.feat_sizes, high_res, out["object_score_logits"],
+                                  binarize=not soft)
     # The predictor stores memory in bf16; the cast passes gradients straight through.
     out["maskmem_features"] = features.to(torch.bfloat16).to(features.dtype)
     out["maskmem_pos_enc"] = pos
@@ -129,18 +124,9 @@ def track(model: SAM2Base, frame: FrameFeatures, conditioning: dict) -> dict:
     Besides the mask SAM 2 picks (highest predicted IoU), the candidate masks and their
     predicted IoUs are returned: the loss needs them (see :func:`cycle_loss`).
     """
-    _, sam_outputs, _, _ = model._track_step(
-        frame_idx=1,
-        is_init_cond_frame=False,
-        current_vision_feats=frame.vision_feats,
-        current_vision_pos_embeds=frame.vision_pos,
-        feat_sizes=frame.feat_sizes,
-        point_inputs=None,
-        mask_inputs=None,
-        output_dict={"cond_frame_outputs": {0: conditioning}, "non_cond_frame_outputs": {}},
-        num_frames=2,
-        track_in_reverse=False,
-        prev_sam_mask_logits=None,
+    sam_outputs = track_step_outputs(
+        model, 1, frame.vision_feats, frame.vision_pos, frame.feat_sizes,
+        {"cond_frame_outputs": {0: conditioning}, "non_cond_frame_outputs": {}}, num_frames=2,
     )
     _, candidates, ious, _, chosen, _, object_scores = sam_outputs
     return {

@@ -279,13 +279,15 @@ class Catalog:
 
     def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
         """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
-        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``trait_id, trait``,
+        pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``image_source`` (the
+        URL the pixels were fetched from, else NULL), ``trait_id, trait``,
         the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
         (NULL for masks written before measurements existed)."""
         where, params = self._scope((), "indexed", groups, specimen_ids)
         columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
         return self.con.execute(
-            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, t.trait_id, "
+            "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, "
+            "s.source AS image_source, t.trait_id, "
             "t.trait_name AS trait, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, "
             f"t.quality, t.source, {columns} FROM trait_masks t JOIN specimens s USING (specimen_id) "
             "LEFT JOIN trait_measurements x ON x.specimen_id = t.specimen_id AND x.trait_id = t.trait_id "
@@ -313,14 +315,18 @@ class Catalog:
         return [r[0] for r in self.con.execute("SELECT DISTINCT embedder FROM index_state ORDER BY 1").fetchall()]
 
     def get_vectors(
-        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None
+        self, embedder: str, trait_name: str, ids: Iterable[int] | None = None, shard: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id."""
+        """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id;
+        ``shard=(i, n)``: only those with ``specimen_id % n == i`` (see :mod:`sst_search.sharding`)."""
         sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
         params: list = [embedder, trait_name]
         if ids is not None:
             sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
             params.append([int(i) for i in ids])
+        if shard is not None:
+            sql += " AND specimen_id % ? = ?"
+            params += [int(shard[1]), int(shard[0])]
         table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
         return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
 

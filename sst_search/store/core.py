@@ -34,7 +34,7 @@ from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.cache import IndexCache, IndexKey
 from sst_search.store.catalog import Catalog
-from sst_search.store.planner import Admission, SearchOutcome, VectorTable, filtered_search
+from sst_search.store.planner import Admission, SearchOutcome, VectorTable, search_table
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
@@ -210,7 +210,7 @@ class Store(Catalog):
                         "content_hash": r.content_hash, "status": r.status, "error": r.error,
                         "fingerprint": json.dumps(r.fingerprint) if r.fingerprint is not None else None,
                         "width": r.width, "height": r.height, "metadata": json.dumps(r.metadata),
-                        "orientation": r.orientation,
+                        "orientation": r.orientation, "mirrored": r.mirrored,
                         "item_key": r.item_key, "source": r.source, "fetched_at": r.fetched_at,
                         "license": r.license, "rights_holder": r.rights_holder, "full_source": r.full_source,
                         "original_width": r.original_width, "original_height": r.original_height,
@@ -529,11 +529,7 @@ class Store(Catalog):
         index = self.index(embedder, trait_name)
         if query.shape[0] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
-        return filtered_search(
-            index, query, k, population=self.population(embedder, trait_name),
-            vectors=self._vector_table(embedder, trait_name).lookup, admission=admission, skip=skip,
-            refine=self.index_config.refine if indexes.index_kind(index) == "ivf" else 1, config=self.index_config.plan,
-        )
+        return search_table(index, self._vector_table(embedder, trait_name), self.index_config, query, k, admission, skip)
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
         """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""

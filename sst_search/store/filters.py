@@ -29,7 +29,8 @@ from sst_search.errors import QueryError
 from sst_search.measure import FIELDS as MEASUREMENT_FIELDS
 
 #: Filterable specimen columns besides the manifest's metadata keys.
-SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status", "orientation": "s.orientation"}
+SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.status", "orientation": "s.orientation",
+                   "mirrored": "s.mirrored"}
 
 
 #: The comparison operators a filter may use; the compiler emits SQL only for these.

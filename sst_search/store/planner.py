@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 import faiss
 import numpy as np
 
-from sst_search.config import PlanConfig
+from sst_search.config import IndexConfig, PlanConfig
 from sst_search.store.indexes import ivf_of
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
@@ -169,6 +169,18 @@ def filtered_search(
             hits = exact_top(query[0], admitted, k, vectors)
     outcome.hits = hits[:k]
     return outcome
+
+
+def search_table(
+    index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
+    admission: Admission | None = None, skip: int | None = None,
+) -> SearchOutcome:
+    """:func:`filtered_search` of ``index`` whose stored vectors are ``table``, planned and
+    re-ranked as ``config`` says (a whole store's index, or one shard's)."""
+    return filtered_search(
+        index, query, k, population=table.ids, vectors=table.lookup, admission=admission, skip=skip,
+        refine=config.refine if ivf_of(index) is not None else 1, config=config.plan,
+    )
 
 
 def exact_top(query: np.ndarray, ids: np.ndarray, k: int, vectors: VectorLookup) -> list[tuple[int, float]]:

@@ -89,6 +89,7 @@ class SpecimenRecord:
     height: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     orientation: int | None = None
+    mirrored: bool | None = None
     masks: list[TraitMask] = field(default_factory=list)
     #: One row per mask from :func:`sst_search.measure.measure_label_map`.
     measurements: list[dict] = field(default_factory=list)

@@ -21,6 +21,8 @@ Tables and columns:
     - ``orientation INTEGER``: degrees (counter-clockwise) the image was turned for
       segmentation (``--orientation``); masks are stored in the image's own orientation.
       NULL for provided masks and for rows written before the column existed.
+    - ``mirrored BOOLEAN``: whether the image was also flipped left-right (before turning)
+      for segmentation (``--mirror``); NULL like ``orientation``.
     - ``metadata JSON``: the manifest's other columns verbatim (Darwin Core terms etc.).
     - ``updated_at TIMESTAMP``: when the row was last written.
     - ``item_key VARCHAR``: the item's key in its collection (manifest path relative to the
@@ -147,6 +149,7 @@ SPECIMEN_COLUMNS = pa.schema([
     ("specimen_id", pa.int64()), ("path", pa.string()), ("group_name", pa.string()), ("content_hash", pa.string()),
     ("status", pa.string()), ("error", pa.string()), ("fingerprint", pa.string()), ("width", pa.int32()),
     ("height", pa.int32()), ("metadata", pa.string()), ("orientation", pa.int32()),
+    ("mirrored", pa.bool_()),
     ("item_key", pa.string()), ("source", pa.string()), ("fetched_at", pa.timestamp("us")), ("license", pa.string()),
     ("rights_holder", pa.string()), ("full_source", pa.string()), ("original_width", pa.int32()),
     ("original_height", pa.int32()),
@@ -264,6 +267,7 @@ CREATE TABLE IF NOT EXISTS runs (
     engine VARCHAR
 );
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS orientation INTEGER;
+ALTER TABLE specimens ADD COLUMN IF NOT EXISTS mirrored BOOLEAN;
 ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS object_score DOUBLE;
 ALTER TABLE trait_masks ADD COLUMN IF NOT EXISTS predicted_iou DOUBLE;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS item_key VARCHAR;

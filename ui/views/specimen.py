@@ -37,6 +37,10 @@ def _provenance(row: dict) -> None:
         fetched = row.get("fetched_at")
         st.text(f"Fetched {fetched:%Y-%m-%d %H:%M} UTC" if fetched else "Fetched from the web")
         st.link_button("Image source", source)
+    if row.get("full_source"):
+        size = f"{row['original_width']}x{row['original_height']} px" if row.get("original_width") else "full size"
+        st.text(f"Indexed at {row['width']}x{row['height']} px; the original ({size}) is fetched for crops")
+        st.link_button("Full-resolution image", row["full_source"])
     if licence and licence.lower().startswith(("http://", "https://")):
         st.link_button("Licence", licence)
 
@@ -69,7 +73,8 @@ def render(engine: SearchEngine) -> None:
         turned = row.get("orientation")
         st.markdown(f"**Group:** {md(row['group_name'] or '-')}  \n**Path:** {md(row['path'])}  \n**Size:** "
                     f"{row['width']} x {row['height']} px"
-                    + (f"  \n**Segmented turned by:** {turned} degrees" if turned else ""))
+                    + (f"  \n**Segmented turned by:** {turned} degrees" if turned else "")
+                    + ("  \n**Segmented mirrored** (flipped left-right)" if row.get("mirrored") else ""))
         _provenance(row)
         metadata = row["metadata"] or {}
         if metadata:
