@@ -11,8 +11,14 @@ Methods, all on the same N queries and one support with K traits:
 ``batched``    our pairwise mode, all traits of a query as one batch (the default).
 ``auto``       ``batched`` with ``orientation="auto"``: each query tracked at 0/90/180/270
                degrees (four encoder passes) and the most confident turn kept.
+``chain``      our chain mode (only when named in ``--methods``): every query is memory
+               for the later ones, as in the recipe, without the JPEG round trip.
 
-Run: ``python bench/bench_segment.py [--image-size 512] [--traits 2,8] [--n 16]``
+Run: ``python bench/bench_segment.py [--image-size 512[,1024]] [--traits 2,8] [--n 16] [--query-batch Q]``;
+``--issue`` runs everything the issue's benchmark asks for in one go: all four methods at
+512 px with 2 and 8 traits, per-object vs batched at 512 px with 1 and 4 traits and at
+1024 px with 1, 4 and 8 traits (about an hour on an idle 2-core machine).
+``--query-batch`` sets how many queries ``batched`` and ``auto`` track per call.
 
 "encoder" is the time (wall and CPU) spent inside SAM 2's ``forward_image`` (timed the same way for every
 method); "tracking" is everything else (memory attention, mask decoder, memory encoder,
@@ -35,6 +41,7 @@ import time
 from pathlib import Path
 
 METHODS = ("recipe", "per-object", "batched", "auto")
+OPTIONAL_METHODS = ("chain",)
 #: Synthetic specimen photos (H, W); SAM 2 resizes every frame to --image-size anyway.
 DATA_SIZE = (384, 512)
 
@@ -90,15 +97,16 @@ class _EncoderTimer:
         predictor.forward_image = timed
 
 
-def _run_ours(method: str, support, queries, model: str, image_size: int) -> tuple[float, dict]:
+def _run_ours(method: str, support, queries, model: str, image_size: int, query_batch: int) -> tuple[float, dict]:
     from sst_search.builder import build_tracker
 
     tracker = build_tracker(model, weights="random", image_size=image_size, device="cpu",
                             batch_traits=method != "per-object")
     timer = _EncoderTimer(tracker.predictor)
     orientation = "auto" if method == "auto" else 0
+    mode = "chain" if method == "chain" else "pairwise"
     t0 = time.perf_counter()
-    results = list(tracker.segment([support], queries, orientation=orientation))
+    results = list(tracker.segment([support], queries, orientation=orientation, query_batch=query_batch, mode=mode))
     seconds = time.perf_counter() - t0
     if len(results) != len(queries) or any(r.error for r in results):
         raise RuntimeError(f"{method}: {[r.error for r in results if r.error][:3]}")
@@ -143,7 +151,7 @@ def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, d
     return time.perf_counter() - t0, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
-def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int) -> None:
+def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int, query_batch: int) -> None:
     import torch
 
     support, queries = _data(root, n, k)
@@ -151,29 +159,54 @@ def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int)
     if method == "recipe":
         seconds, parts = _run_recipe(support, queries, model, image_size)
     else:
-        seconds, parts = _run_ours(method, support, queries, model, image_size)
+        seconds, parts = _run_ours(method, support, queries, model, image_size, query_batch)
     print(json.dumps({
-        "method": method, "n": n, "k": k, "seconds": seconds, **parts,
+        "method": method, "n": n, "k": k, "image_size": image_size, "seconds": seconds, **parts,
         "cpu_seconds": cpu_seconds() - c0, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
     }), flush=True)
 
 
 # -- driver -------------------------------------------------------------------------------
-def run_worker(method: str, n: int, k: int, args, root: Path) -> dict:
+#: ``--issue``: (image size, traits, methods) runs that answer the issue's benchmark section.
+ISSUE_RUNS = (
+    (512, (2, 8), METHODS),
+    (512, (1, 4), ("per-object", "batched")),
+    (1024, (1, 4, 8), ("per-object", "batched")),
+)
+
+
+def run_worker(method: str, n: int, k: int, image_size: int, args, root: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, str(n), str(k), "--data", str(root),
-           "--image-size", str(args.image_size), "--model", args.model]
+           "--image-size", str(image_size), "--model", args.model, "--query-batch", str(args.query_batch)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {method} K={k} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"worker {method} K={k} {image_size} px failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _per_query(r: dict | None, part: str, clock: str) -> float | None:
+    if r is None:
+        return None
+    encoder = r["encoder" if clock == "seconds" else "encoder_cpu"]
+    return (r[clock] - (encoder if part == "tracking" else 0)) / r["n"]
+
+
+RATIOS = (
+    ("tracking, per-object / batched", "per-object", "batched", "tracking"),
+    ("per query, recipe / batched", "recipe", "batched", "all"),
+    ("per query, recipe / per-object", "recipe", "per-object", "all"),
+    ("per query, auto / batched (cost of auto)", "auto", "batched", "all"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--image-size", type=int, default=512, help="SAM 2 input size (multiple of 32)")
+    ap.add_argument("--image-size", default="512", help="comma-separated SAM 2 input sizes (multiples of 32)")
     ap.add_argument("--traits", default="2,8", help="comma-separated numbers of traits K")
     ap.add_argument("--n", type=int, default=16, help="number of queries")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS + OPTIONAL_METHODS)}")
+    ap.add_argument("--query-batch", type=int, default=1, help="queries per tracking call for batched and auto")
+    ap.add_argument("--issue", action="store_true", help="run every configuration the issue's benchmark asks for")
     ap.add_argument("--model", default="sam2.1-hiera-tiny")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -181,51 +214,46 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         method, n, k = args.worker
-        worker(method, int(n), int(k), args.data, args.model, args.image_size)
+        worker(method, int(n), int(k), args.data, args.model, int(args.image_size), args.query_batch)
         return 0
 
     from sst_search.synthetic import generate_collection
 
-    traits = [int(k) for k in args.traits.split(",")]
-    methods = [m for m in args.methods.split(",") if m]
+    if args.issue:
+        runs = ISSUE_RUNS
+    else:
+        methods = tuple(m for m in args.methods.split(",") if m)
+        traits = tuple(int(k) for k in args.traits.split(","))
+        runs = tuple((int(size), traits, methods) for size in args.image_size.split(","))
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="sst-bench-") as tmp:
         coll = generate_collection(tmp, species=1, per_species=args.n, seed=0, size=DATA_SIZE)
-        print(f"model {args.model}, SAM 2 input {args.image_size} px, CPU ({os.cpu_count()} cores), random weights; "
-              f"N={args.n} distinct synthetic queries of {DATA_SIZE[1]}x{DATA_SIZE[0]} px, one support")
+        print(f"model {args.model}, CPU ({os.cpu_count()} cores), random weights; N={args.n} distinct synthetic "
+              f"queries of {DATA_SIZE[1]}x{DATA_SIZE[0]} px, one support; query batch {args.query_batch}")
         print(f"load average at start: {_load()}")
-        for k in traits:
-            for method in methods:
-                r = run_worker(method, args.n, k, args, coll.root)
-                rows.append(r)
-                print(f"  K={k:<2} {method:>10}: {r['seconds'] / r['n']:6.2f} s/query = encoder "
-                      f"{r['encoder'] / r['n']:5.2f} + tracking {(r['seconds'] - r['encoder']) / r['n']:5.2f}  "
-                      f"| CPU {r['cpu_seconds'] / r['n']:5.2f} s/query = encoder {r['encoder_cpu'] / r['n']:5.2f} + "
-                      f"tracking {(r['cpu_seconds'] - r['encoder_cpu']) / r['n']:5.2f} | peak RSS {r['peak_rss_mb']:.0f} MB  "
-                      f"load {_load()}", flush=True)
+        for size, traits, methods in runs:
+            for k in traits:
+                for method in methods:
+                    r = run_worker(method, args.n, k, size, args, coll.root)
+                    rows.append(r)
+                    print(f"  {size} px K={k:<2} {method:>10}: {r['seconds'] / r['n']:6.2f} s/query = encoder "
+                          f"{r['encoder'] / r['n']:5.2f} + tracking {(r['seconds'] - r['encoder']) / r['n']:5.2f}  "
+                          f"| CPU {r['cpu_seconds'] / r['n']:5.2f} s/query = encoder {r['encoder_cpu'] / r['n']:5.2f} + "
+                          f"tracking {(r['cpu_seconds'] - r['encoder_cpu']) / r['n']:5.2f} | peak RSS {r['peak_rss_mb']:.0f} MB  "
+                          f"load {_load()}", flush=True)
     print(f"torch threads per worker: {rows[0]['torch_threads']}; load average at end: {_load()}")
-    by = {(r["method"], r["k"]): r for r in rows}
-    for k in traits:
-        def per_query(method, part="all", clock="seconds"):
-            r = by.get((method, k))
-            if r is None:
-                return None
-            encoder = r["encoder" if clock == "seconds" else "encoder_cpu"]
-            return (r[clock] - (encoder if part == "tracking" else 0)) / r["n"]
-
-        pairs = [
-            ("tracking, per-object / batched", "per-object", "batched", "tracking"),
-            ("per query, recipe / batched", "recipe", "batched", "all"),
-            ("per query, recipe / per-object", "recipe", "per-object", "all"),
-            ("per query, auto / batched (cost of auto)", "auto", "batched", "all"),
-        ]
-        for label, a, b, part in pairs:
-            ratios = [
-                (per_query(a, part, clock), per_query(b, part, clock)) for clock in ("seconds", "cpu_seconds")
-            ]
-            if all(x is not None and y for x, y in ratios):
-                print(f"K={k}: {label}: {ratios[0][0] / ratios[0][1]:.2f}x wall, {ratios[1][0] / ratios[1][1]:.2f}x CPU")
+    by = {(r["method"], r["image_size"], r["k"]): r for r in rows}
+    for size, traits, _ in runs:
+        for k in traits:
+            for label, a, b, part in RATIOS:
+                ratios = [
+                    (_per_query(by.get((a, size, k)), part, clock), _per_query(by.get((b, size, k)), part, clock))
+                    for clock in ("seconds", "cpu_seconds")
+                ]
+                if all(x is not None and y for x, y in ratios):
+                    print(f"{size} px K={k}: {label}: {ratios[0][0] / ratios[0][1]:.2f}x wall, "
+                          f"{ratios[1][0] / ratios[1][1]:.2f}x CPU")
     print(f"total wall time: {time.perf_counter() - started:.0f} s")
     return 0
 

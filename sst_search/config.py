@@ -74,7 +74,9 @@ class IndexConfig(_Strict):
         "'OPQ64,IVF{nlist},PQ64'); the default keeps recall@10 >= 0.95 at ~530 bytes/vector for dim 512",
     )
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
-    nlist_factor: float = Field(4.0, description="ivf: nlist = nlist_factor * sqrt(n)")
+    nlist_factor: float = Field(
+        4.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist, recall at "
+        "a given probed share too")
     nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
     min_nprobe: int = 8
     hnsw_m: int = 32

@@ -105,10 +105,10 @@ class TrackingSession:
         self._horizon = max(predictor.num_maskmem, predictor.max_obj_ptrs_in_encoder)
         with torch.inference_mode(), autocast(predictor.device):
             for frame_idx, mask in enumerate(cond_masks):
-                for tid in self.trait_ids:
-                    m = mask[tid - 1] if mask.ndim == 3 else mask == tid
-                    if m.any():
-                        predictor.add_new_mask(self.state, frame_idx, tid, torch.from_numpy(m))
+                drawn = {tid: mask[tid - 1] if mask.ndim == 3 else mask == tid for tid in self.trait_ids}
+                drawn = {tid: torch.from_numpy(m) for tid, m in drawn.items() if m.any()}
+                if drawn:
+                    predictor.add_new_masks(self.state, frame_idx, list(drawn), list(drawn.values()))
             missing = [t for t in self.trait_ids if t not in self.state["obj_id_to_idx"]]
             if missing:
                 raise ValueError(f"traits {missing} appear in no conditioning mask")

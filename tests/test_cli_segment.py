@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -64,7 +65,10 @@ def test_segment_writes_masks_overlays_summary_and_survives_bad_query(synthetic,
 def test_segment_chain_mode_and_folder_input(synthetic, tmp_path):
     group = synthetic.groups[1]
     out = tmp_path / "chain"
-    folder = synthetic.root / "images" / group
+    folder = tmp_path / "queries"  # two images: a chain of more adds time, not behaviour
+    folder.mkdir()
+    for image in sorted((synthetic.root / "images" / group).glob("*.png"))[:2]:
+        shutil.copy(image, folder)
     result = runner.invoke(app, ["segment", str(folder), *_support_args(synthetic, group), *_common(out), "--mode", "chain"])
     assert result.exit_code == 0, result.output
     written = sorted(p.stem for p in out.glob("*.png"))

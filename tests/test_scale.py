@@ -168,3 +168,30 @@ def test_the_compressed_default_keeps_recall_and_readers_use_the_writers_kind(tm
             recalls.append(len(truth & {sid for sid, _ in hits}) / 10)
             assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     assert np.mean(recalls) >= 0.95
+
+
+def test_an_opq_pq_factory_builds_is_read_back_and_keeps_recall_with_refine(tmp_path):
+    """``OPQ8,IVF{nlist},PQ8`` at dim 32: 8-byte codes re-ranked from the stored floats."""
+    rng = np.random.default_rng(6)
+    n, dim = 2_000, 32
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    vectors = centres[rng.integers(40, size=n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    config = IndexConfig(exact_threshold=500, factory="OPQ8,IVF{nlist},PQ8", refine=8, train_niter=4)
+    with Store.open(tmp_path / "opq.duckdb", index_config=config) as store:
+        store.write_columns(pa.table({"specimen_id": ids, "path": [f"{i}.png" for i in ids], "status": ["indexed"] * n}),
+                            vectors={(EMBEDDER, TRAIT): (ids, vectors)})
+    with Store.open(tmp_path / "opq.duckdb", read_only=True) as reader:
+        assert reader.status()["indexes"][0]["kind"] == "ivf"  # the manifest records what was built
+        assert reader.index_config.factory == config.factory
+        index = faiss.downcast_index(reader.index(EMBEDDER, TRAIT))
+        assert isinstance(index, faiss.IndexPreTransform)
+        assert isinstance(faiss.downcast_VectorTransform(index.chain.at(0)), faiss.LinearTransform)  # OPQ, as saved
+        assert isinstance(faiss.downcast_index(index.index), faiss.IndexIVFPQ)
+        recalls = []
+        for row in range(0, n, 50):
+            truth = set((np.argsort(-(vectors @ vectors[row]))[:10] + 1).tolist())
+            hits = reader.filtered_search(EMBEDDER, TRAIT, vectors[row], 10).hits
+            recalls.append(len(truth & {sid for sid, _ in hits}) / 10)
+    assert np.mean(recalls) >= 0.9  # within 0.1 of exact search

@@ -62,7 +62,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
         ivf = ivf_of(index)
         if ivf is None:
             raise ValueError(f"index.factory {config.factory!r} builds no IVF index; use approximate: hnsw for graphs")
-        ivf.cp.seed, ivf.cp.niter = config.train_seed, config.train_niter
+        _bound_training(index, ivf, config)
         index.train(training_sample(vectors, nlist * config.train_per_list, config.train_seed))
         ivf.nprobe = config.nprobe_for(nlist)
     elif kind == "hnsw":
@@ -75,6 +75,25 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
     if len(ids):
         index.add_with_ids(vectors, ids)
     return index
+
+
+def _bound_training(index: faiss.Index, ivf: faiss.IndexIVF, config: IndexConfig) -> None:
+    """Every clustering the index trains (IVF lists, OPQ rotation, PQ codebooks) runs
+    ``train_niter`` iterations from ``train_seed``: FAISS's own defaults (50 OPQ rounds of PQ
+    training, polysemous training) cost minutes for a few thousand vectors."""
+    ivf.cp.seed, ivf.cp.niter = config.train_seed, config.train_niter
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = transform.niter_pq_0 = config.train_niter
+    ivf = faiss.downcast_index(ivf)
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        ivf.pq.cp.seed, ivf.pq.cp.niter = config.train_seed, config.train_niter
+        # The factory turns on polysemous training (an annealing of the code order) unless the
+        # string says ``np``; it only pays off with polysemous Hamming filtering, which searches
+        # here never use, and it dominates training time.
+        ivf.do_polysemous_training = False
 
 
 def training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -188,7 +188,13 @@ def exact_top(query: np.ndarray, ids: np.ndarray, k: int, vectors: VectorLookup)
     found, matrix = vectors(np.asarray(ids, np.int64))
     if len(found) == 0:
         return []
-    scores = matrix.astype(np.float32, copy=False) @ np.asarray(query, np.float32)
+    matrix = np.ascontiguousarray(matrix, np.float32)
+    query = np.ascontiguousarray(query, np.float32)
+    scores = np.empty(len(found), np.float32)
+    # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is
+    # too small to pay for waking BLAS threads, which costs milliseconds when the CPUs are busy.
+    faiss.fvec_inner_products_ny(faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
+                                 matrix.shape[1], len(found))
     top = np.argsort(-scores, kind="stable")[:k] if len(scores) <= 4 * k else _top_unsorted(scores, k)
     return [(int(found[j]), float(scores[j])) for j in top]
 
