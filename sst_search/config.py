@@ -57,6 +57,10 @@ class PlanConfig(_Strict):
     postfilter_min_fraction: float = Field(0.05, description="post-filter when at least this share of items passes")
     overfetch: float = Field(3.0, description="post-filter: fetch overfetch*k/share candidates")
     max_postfilter_fetch: int = Field(4096, description="post-filter: never fetch more candidates than this")
+    min_candidate_pass_ratio: float = Field(
+        0.5, description="post-filter: use the admitted-set plans when the candidates pass at less than this "
+        "times the filter's share (the filter avoids the query's neighbourhood)"
+    )
     exact_max: int = Field(20_000, description="scan the admitted vectors exactly when at most this many pass")
     sample_size: int = Field(2048, description="ids sampled to estimate a filter's share (when it is not known exactly)")
     seed: int = Field(0, description="seed of that sample")

@@ -195,3 +195,44 @@ def test_an_opq_pq_factory_builds_is_read_back_and_keeps_recall_with_refine(tmp_
             hits = reader.filtered_search(EMBEDDER, TRAIT, vectors[row], 10).hits
             recalls.append(len(truth & {sid for sid, _ in hits}) / 10)
     assert np.mean(recalls) >= 0.9  # within 0.1 of exact search
+
+
+def test_a_filter_that_avoids_the_query_neighbourhood_is_not_answered_from_the_probed_lists():
+    """Two IVF lists (centres a and b), one probed. The query sits in a's list near the
+    boundary; the filter admits b's whole list and a tenth of a's. Enough of a's admitted
+    items survive a post-filter, but the admitted set's nearest lie across the boundary in
+    the list not probed. The candidates pass far less often than the collection does, so
+    the search falls through to the admitted set and finds them."""
+    from sst_search.store.planner import VectorTable, filtered_search
+
+    rng = np.random.default_rng(5)
+    dim, n = 3, 8000
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64)
+    centres = np.eye(dim, dtype=np.float32)[:2]
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(centres)
+    index = faiss.IndexIVFFlat(quantizer, dim, 2, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
+    index.add_with_ids(vectors, ids)
+    index.nprobe = 1
+    in_b = vectors @ centres[1] > vectors @ centres[0]
+    admitted = np.sort(np.concatenate([ids[in_b], ids[~in_b][::10]]))
+
+    class Admitted:
+        def passes(self, some):
+            return np.isin(some, admitted)
+
+        def admitted(self):
+            return admitted
+
+    query = np.array([0.55, 0.45, 0.0], np.float32)
+    query /= np.linalg.norm(query)
+    table = VectorTable(ids, vectors)
+    plan = PlanConfig(overfetch=30, exact_max=n)
+    outcome = filtered_search(index, query, 10, population=ids, vectors=table.lookup, admission=Admitted(), config=plan)
+    expected = [int(i) for i in admitted[np.argsort(-(vectors[admitted] @ query))[:10]]]
+    assert outcome.plan == "postfilter" and outcome.fallbacks and "candidates passed" in outcome.fallbacks[0]
+    assert [sid for sid, _ in outcome.hits] == expected
+    assert in_b[expected].sum() >= 5  # the answer lies mostly in the list an unfiltered search does not probe

@@ -9,7 +9,11 @@ of the index's ids:
 ``postfilter``
     Most items pass. Search unfiltered for ``overfetch * k / fraction`` hits and keep the
     first ``k`` that pass. Falls through to the admitted-set plans when too few survive, so
-    an estimate that was too optimistic costs time, never results.
+    an estimate that was too optimistic costs time, never results. It also falls through
+    when the candidates pass far less often than the collection does: the filter then
+    avoids the query's neighbourhood (e.g. "specimens of *another* species most like this
+    one"), and the first ``k`` survivors are the few admitted items that happen to sit in the
+    lists an unfiltered search probes, not the admitted set's nearest.
 ``selector``
     Between the two. FAISS searches only the admitted ids (``IDSelectorBatch``: specimen
     ids are 63-bit hashes, too sparse for a bitmap). An IVF index probes ``nprobe /
@@ -138,12 +142,18 @@ def filtered_search(
         fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, config))
         hits = _faiss_search(index, query, fetch, None, refine, vectors)
         ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
-        passing = set(ids[admission.passes(ids)].tolist()) if len(ids) else set()
+        passed = admission.passes(ids) if len(ids) else np.zeros(0, bool)
+        passing = set(ids[passed].tolist())
         kept = [h for h in _drop(hits, skip) if h[0] in passing][:k]
-        if len(kept) == k or len(hits) >= index.ntotal:  # enough, or the whole index was filtered
+        candidate_share = float(passed.mean()) if len(ids) else 0.0
+        representative = candidate_share >= config.min_candidate_pass_ratio * fraction
+        if (len(kept) == k and representative) or len(hits) >= index.ntotal:  # or the whole index was filtered
             outcome.hits = kept
             return outcome
-        outcome.fallbacks.append(f"postfilter kept {len(kept)} of {k}")
+        outcome.fallbacks.append(
+            f"postfilter kept {len(kept)} of {k}" if len(kept) < k
+            else f"candidates passed at {candidate_share:.3f}, the collection at {fraction:.3f}"
+        )
     admitted = np.unique(np.asarray(admission.admitted(), np.int64))
     if skip is not None:
         admitted = admitted[admitted != skip]
