@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import os
 
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    # Each xdist worker (and the CLI runs it starts) gets its share of the cores: torch's default,
+    # one thread per core in every worker, oversubscribes the machine and stalls in thread barriers.
+    # Set before anything imports torch, which reads it once.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
 import pytest
 
 from tests.app_server import app_server, chromium, ui_db  # noqa: F401  (session fixtures of the app tests)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CLI's rich output wraps at the console width (80 columns without a terminal); tests look for
+# whole paths in it, and temporary paths (longer under xdist: .../popen-gw0/...) must not be cut.
+os.environ.setdefault("COLUMNS", "300")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
 
 #: Small enough for CPU tests, large enough that traits survive SAM 2's 1/4-resolution masks.

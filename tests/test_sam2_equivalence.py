@@ -3,8 +3,8 @@
 The official ``SAM2VideoPredictor`` (same seeded random weights, hiera-t at 256 px) runs
 the published SST recipe: frames written as JPEGs into a folder, ``init_state(video_path)``,
 ``add_new_mask`` per trait, ``propagate_in_video``. Our in-memory session gets the very
-pixels the official loader decodes from those JPEGs. Label maps must be identical and the
-low-resolution logits equal within float tolerance.
+pixels the official loader decodes from those JPEGs. The low-resolution logits must be equal
+within float tolerance, and the label maps identical except where that tolerance makes a tie.
 
 These comparisons run our tracker one trait at a time, as the official predictor does.
 Batching the traits (the default) is compared with that path at the end: batched matrix
@@ -98,7 +98,9 @@ def _assert_same(ours_logits, ours_map, theirs):
     low, label_map = theirs
     torch.testing.assert_close(ours_logits, low, atol=ATOL, rtol=0)
     assert len(np.unique(label_map)) > 1, "degenerate case: the official label map is one label"
-    np.testing.assert_array_equal(ours_map, label_map)
+    # Logits that may differ by ATOL may flip a decision whose margin is below 2 * ATOL (a few
+    # pixels at most, and only with some thread counts): anywhere else the maps must be equal.
+    _assert_same_decisions(ours_map, label_map, low, tie=2 * ATOL)
 
 
 def test_pairwise_equals_official_predictor(per_object, official, synthetic, references, tmp_path):
@@ -176,14 +178,14 @@ def test_several_supports_and_a_trait_left_undrawn(per_object, official, synthet
     assert (logits[k] - default_start[2][0][k]).abs().max() > 10 * ATOL
 
 
-def _assert_same_decisions(batched: np.ndarray, single: np.ndarray, single_logits: torch.Tensor) -> None:
+def _assert_same_decisions(batched: np.ndarray, single: np.ndarray, single_logits: torch.Tensor, tie: float = TIE) -> None:
     """Label maps equal except on pixels whose decision is a float tie in ``single_logits``
-    (top two logits, or the top logit and SAM 2's threshold 0, closer than TIE)."""
+    (top two logits, or the top logit and SAM 2's threshold 0, closer than ``tie``)."""
     up = torch.nn.functional.interpolate(single_logits.permute(1, 0, 2, 3), size=single.shape, mode="bilinear")[0]
     top = up.topk(min(2, len(up)), dim=0).values
     margin = top[0].abs() if len(up) == 1 else torch.minimum(top[0] - top[1], top[0].abs())
     differ = batched != single
-    assert not (differ & (margin.numpy() >= TIE)).any(), "label maps differ where the decision is not a tie"
+    assert not (differ & (margin.numpy() >= tie)).any(), "label maps differ where the decision is not a tie"
     assert differ.mean() < 1e-3
 
 
