@@ -40,6 +40,10 @@ class SegmentationConfig(_Strict):
     )
     max_chain_length: int = 256
     device: str | None = None
+    channels_last: bool = Field(
+        False, description="image encoder convolutions in channels-last layout: the same masks, speed depends on "
+        "the machine (bench/bench_encoder.py)"
+    )
 
 
 class EmbeddingConfig(_Strict):
