@@ -7,7 +7,8 @@ query. Each variant below is something SAM 2 or PyTorch offers without changing 
                     call under ``torch.inference_mode``.
 ``no-grad``         ``torch.no_grad`` instead of ``inference_mode``.
 ``batch-N``         N frames per encoder call (``segmentation.batch_size``), time per frame.
-``channels-last``   encoder convolutions and the input in channels-last memory format.
+``channels-last``   encoder convolutions and the input in channels-last memory format
+                    (``segmentation.channels_last``).
 ``compile``         ``torch.compile(image_encoder.forward, dynamic=False)`` (inductor,
                     default mode; on CPU it builds C++ kernels with gcc).
 ``compile-sam2``    SAM 2's own ``compile_image_encoder`` flag: the same with
@@ -67,10 +68,9 @@ def make_encoder(name: str, predictor) -> tuple[Callable, int]:
     grad = torch.no_grad if name == "no-grad" else torch.inference_mode
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else nullcontext()
     prepare = lambda x: x  # noqa: E731
-    if name == "channels-last":
-        for module in (model.image_encoder, model.sam_mask_decoder.conv_s0, model.sam_mask_decoder.conv_s1):
-            module.to(memory_format=torch.channels_last)
-        prepare = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    if name == "channels-last":  # segmentation.channels_last
+        model.set_encoder_memory_format(torch.channels_last)
+        prepare = lambda x: x.contiguous(memory_format=model.encoder_memory_format)  # noqa: E731
     elif name == "compile":
         model.image_encoder.forward = torch.compile(model.image_encoder.forward, dynamic=False)
     elif name == "compile-sam2":  # exactly what SAM2Base does with compile_image_encoder=True
