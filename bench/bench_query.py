@@ -45,6 +45,7 @@ import pyarrow as pa
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
+from sst_search.store.indexes import ivf_of
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
@@ -135,6 +136,9 @@ def main() -> None:
                     help="partitions LanceDB probes (default: the share of lists our index probes)")
     ap.add_argument("--lance-refine", type=int, default=10)
     ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
+    ap.add_argument("--nprobe-fractions", default="",
+                    help="comma-separated shares of the IVF lists to probe, each timed on the same index after the "
+                         "configured one (e.g. 0.0625,0.03125): the latency/recall trade-off from one build")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     args = ap.parse_args()
 
@@ -216,19 +220,26 @@ def main() -> None:
         return ",".join(f"{p}:{c}" for p, c in sorted(count.items()))
 
     header = f"{'':<7}{'filter':<12} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10} {'exact k':>8}  plans"
-    print(f"sst-search ({args.approx}), {load()}\n{header}")
-    ours_p95 = {}
-    for name in scenarios:
-        for j in range(3):
-            ours(name)(j)
-        latencies, results = timed(ours(name), range(args.queries))
-        recalls = [len({r.specimen_id for r in res} & truth[name][j]) / max(1, len(truth[name][j]))
-                   for j, res in enumerate(results)]
-        exact_k = np.mean([len(res) == min(args.k, len(truth[name][j])) for j, res in enumerate(results)])
-        p50, p95 = np.percentile(latencies, [50, 95])
-        ours_p95[name] = p95
-        print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f}  {plans(name)}",
-              flush=True)
+
+    def scenario_table(title: str) -> dict[str, float]:
+        """Every scenario through the engine; returns the p95 of each."""
+        print(f"{title}, {load()}\n{header}")
+        p95s = {}
+        for name in scenarios:
+            for j in range(3):
+                ours(name)(j)
+            latencies, results = timed(ours(name), range(args.queries))
+            recalls = [len({r.specimen_id for r in res} & truth[name][j]) / max(1, len(truth[name][j]))
+                       for j, res in enumerate(results)]
+            exact_k = np.mean([len(res) == min(args.k, len(truth[name][j])) for j, res in enumerate(results)])
+            p50, p95 = np.percentile(latencies, [50, 95])
+            p95s[name] = p95
+            print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f}  {plans(name)}",
+                  flush=True)
+        return p95s
+
+    ivf = ivf_of(index)
+    ours_p95 = scenario_table(f"sst-search ({args.approx}{f', nprobe {ivf.nprobe} of {ivf.nlist} lists' if ivf else ''})")
 
     work_items = [(name, j) for j in range(args.queries) for name in scenarios]
     t = time.perf_counter()
@@ -238,6 +249,12 @@ def main() -> None:
     print(f"{args.threads} threads, all scenarios mixed: p50 {np.percentile(concurrent, 50):.1f} ms, "
           f"p95 {np.percentile(concurrent, 95):.1f} ms, {len(work_items) / wall:.0f} queries/s; {load()}")
     print(f"process RSS {proc.memory_info().rss / 2**30:.2f} GiB")
+    if ivf is not None:
+        configured = ivf.nprobe
+        for share in (float(f) for f in args.nprobe_fractions.split(",") if f.strip()):
+            ivf.nprobe = IndexConfig(nprobe_fraction=share).nprobe_for(ivf.nlist)  # the cached index the engine searches
+            scenario_table(f"\nsst-search, probing {share:g} of the lists (nprobe {ivf.nprobe})")
+        ivf.nprobe = configured
     engine.close()
     del engine  # its snapshot arrays: LanceDB gets the memory back
 
