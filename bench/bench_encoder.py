@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
+import numpy as np
+
 VARIANTS = ("default", "no-grad", "batch-4", "channels-last", "compile", "bf16")
 #: Traits of the tracked comparison (stripes over the synthetic specimen).
 K = 2
@@ -88,8 +90,6 @@ def make_encoder(name: str, predictor) -> tuple[Callable, int]:
 
 def encode_frames(encode: Callable, per_call: int, batch) -> list:
     """EncodedFrames of ``batch`` (N, 3, S, S), ``per_call`` frames per encoder call."""
-    import torch
-
     from sst_search.sam2_predictor import EncodedFrame
 
     frames = []
@@ -99,7 +99,6 @@ def encode_frames(encode: Callable, per_call: int, batch) -> list:
         for j in range(len(part)):
             backbone = {k: [t[j : j + 1] for t in v] if isinstance(v, list) else v[j : j + 1] for k, v in out.items()}
             frames.append(EncodedFrame(size=(batch.shape[-2], batch.shape[-1]), image=part[j : j + 1], backbone=backbone))
-    assert all(isinstance(f.image, torch.Tensor) for f in frames)
     return frames
 
 
@@ -192,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants[0] != "default":
         raise SystemExit("the first variant must be 'default' (the reference of the comparisons)")
 
-    import numpy as np
     import torch
 
+    from sst_search.images import load_image
     from sst_search.references import load_group_references
     from sst_search.synthetic import generate_collection
 
@@ -205,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         coll = generate_collection(tmp, species=1, per_species=args.frames, seed=0, size=(384, 512))
         group = next(p for p in (coll.root / "references").iterdir() if p.is_dir())
         ref = load_group_references(group)[0]
-        from sst_search.images import load_image
-
         images = [load_image(p) for p in sorted((coll.root / "images" / group.name).glob("*.png"))][: args.frames]
     h, w = ref.mask.shape
     mask = np.zeros((h, w), np.uint8)
