@@ -44,6 +44,10 @@ class SegmentationConfig(_Strict):
         False, description="image encoder convolutions in channels-last layout: the same masks, speed depends on "
         "the machine (bench/bench_encoder.py)"
     )
+    compile_encoder: bool = Field(
+        False, description="SAM 2's compile_image_encoder (torch.compile, max-autotune): the same masks but for float "
+        "ties; tens of seconds of compilation per process and batch size (bench/bench_encoder.py)"
+    )
 
 
 class EmbeddingConfig(_Strict):

@@ -456,12 +456,15 @@ def build_predictor(
     image_size: int | None = None,
     device: str | torch.device | None = None,
     channels_last: bool = False,
+    compile_encoder: bool = False,
 ) -> InMemoryVideoPredictor:
     """Build the real SAM 2.1 architecture from the registry, with resolved weights.
 
     ``image_size`` overrides the model's 1024 px input; smaller sizes trade accuracy for
     speed and are what the tests use. ``channels_last`` runs the image encoder's
-    convolutions in channels-last layout (see ``bench/bench_encoder.py``).
+    convolutions in channels-last layout; ``compile_encoder`` sets SAM 2's own
+    ``compile_image_encoder`` (``torch.compile`` of the image encoder, max-autotune), which
+    costs tens of seconds on the first frame of each batch size (see ``bench/README.md``).
     """
     spec = get_model_spec(model)
     device = torch.device(device) if device is not None else default_device()
@@ -470,6 +473,8 @@ def build_predictor(
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
         overrides.append(f"++model.image_size={image_size}")
+    if compile_encoder:
+        overrides.append("++model.compile_image_encoder=true")
     if weights.is_random:
         torch.manual_seed(RANDOM_INIT_SEED)
     predictor = build_sam2_video_predictor(

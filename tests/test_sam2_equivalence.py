@@ -239,16 +239,32 @@ def test_batched_traits_with_an_undrawn_trait(tracker, per_object, synthetic, re
     torch.testing.assert_close(session.track(frame), per_object._session(supports).track(frame), atol=TIE, rtol=0)
 
 
-def test_channels_last_encoder_gives_the_same_masks(tracker, synthetic, references):
-    """``segmentation.channels_last`` changes only the memory layout of the encoder's
-    convolutions: features equal within float tolerance, label maps equal but for ties."""
+def _is_channels_last(predictor) -> bool:
+    conv = predictor.image_encoder.trunk.patch_embed.proj.weight
+    return conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def _is_compiled(predictor) -> bool:
+    return hasattr(predictor.image_encoder.forward, "_torchdynamo_orig_callable")
+
+
+#: Each encoder option and how to see that a built predictor has it.
+ENCODER_OPTIONS = {"channels_last": _is_channels_last, "compile_encoder": _is_compiled}
+
+
+@pytest.mark.parametrize("option", ENCODER_OPTIONS)
+def test_encoder_options_give_the_same_masks(tracker, synthetic, references, option):
+    """``segmentation.channels_last`` (the memory layout of the encoder's convolutions) and
+    ``segmentation.compile_encoder`` (SAM 2's compiled image encoder) change how the encoder
+    runs, not what it computes: features equal within float tolerance, label maps equal
+    but for ties."""
     from sst_search.builder import tracker_from_config
     from sst_search.config import SegmentationConfig
 
-    seg = SegmentationConfig(weights="random", image_size=tracker.predictor.image_size, device="cpu", channels_last=True)
+    seg = SegmentationConfig(weights="random", image_size=tracker.predictor.image_size, device="cpu", **{option: True})
     fast = tracker_from_config(seg)
-    conv = fast.predictor.image_encoder.trunk.patch_embed.proj.weight
-    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    applied = ENCODER_OPTIONS[option]
+    assert applied(fast.predictor) and not applied(tracker.predictor)
     group = synthetic.groups[1]
     supports = references[group][:1]
     images = [img for img, _ in _specimens(synthetic, group, 1)]
