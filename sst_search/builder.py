@@ -32,19 +32,25 @@ def build_tracker(
     max_chain_length: int = 256,
     adapter: str | Path | None = None,
     batch_traits: bool = True,
+    channels_last: bool = False,
+    compile_encoder: bool = False,
 ) -> SSTTracker:
     """Resolve weights, build the real SAM 2.1 video predictor and wrap it for SST.
 
     ``adapter`` is a fine-tuned adapter file; it must have been trained on this very base
     model (name, weights, image size), otherwise ``AdapterMismatchError`` is raised.
     ``batch_traits=False`` tracks one trait at a time (the reference behaviour of SAM 2).
+    ``channels_last`` lays out the image encoder's convolutions channels-last (same masks;
+    faster or not depending on the machine, see ``bench/README.md``); ``compile_encoder``
+    compiles it with SAM 2's own ``compile_image_encoder`` (same masks but for float ties).
     """
     from .sam2_predictor import build_predictor
     from .tracking import SSTTracker
     from .weights import resolve_sam2_weights
 
     resolved = resolve_sam2_weights(model, weights, allow_download=allow_download)
-    predictor = build_predictor(model, resolved, image_size=image_size, device=device)
+    predictor = build_predictor(model, resolved, image_size=image_size, device=device, channels_last=channels_last,
+                                compile_encoder=compile_encoder)
     tracker = SSTTracker(predictor, model, resolved, max_chain_length=max_chain_length, batch_traits=batch_traits)
     if adapter is not None:
         from .finetune import apply_adapter  # fine-tuning pulls in peft; plain tracking does not need it
@@ -54,10 +60,12 @@ def build_tracker(
 
 
 def tracker_from_config(seg: SegmentationConfig) -> SSTTracker:
-    """The tracker a run configuration describes (model, weights, size, adapter, chain length)."""
+    """The tracker a run configuration describes (model, weights, size, adapter, chain length,
+    encoder memory layout)."""
     return build_tracker(
         seg.model, seg.weights, image_size=seg.image_size, device=seg.device,
-        max_chain_length=seg.max_chain_length, adapter=seg.adapter,
+        max_chain_length=seg.max_chain_length, adapter=seg.adapter, channels_last=seg.channels_last,
+        compile_encoder=seg.compile_encoder,
     )
 
 

@@ -40,6 +40,14 @@ class SegmentationConfig(_Strict):
     )
     max_chain_length: int = 256
     device: str | None = None
+    channels_last: bool = Field(
+        False, description="image encoder convolutions in channels-last layout: the same masks, speed depends on "
+        "the machine (bench/bench_encoder.py)"
+    )
+    compile_encoder: bool = Field(
+        False, description="SAM 2's compile_image_encoder (torch.compile, max-autotune): the same masks but for float "
+        "ties; tens of seconds of compilation per process and batch size (bench/bench_encoder.py)"
+    )
 
 
 class EmbeddingConfig(_Strict):

@@ -92,6 +92,18 @@ _LAST_IOUS = threading.local()
 class InMemoryVideoPredictor(SAM2VideoPredictor):
     """The official video predictor, with states built from pre-encoded frames."""
 
+    #: Memory format of the image encoder's convolutions and of the batches fed to it.
+    encoder_memory_format: torch.memory_format = torch.contiguous_format
+
+    def set_encoder_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Lay out the convolutions of ``forward_image`` (Hiera's patch embedding, the FPN
+        neck, the decoder's high-resolution projections) in ``memory_format``; input batches
+        follow. Hiera itself works on channels-last tokens, so ``torch.channels_last``
+        saves layout copies at the convolutions without changing the arithmetic."""
+        for module in (self.image_encoder, self.sam_mask_decoder.conv_s0, self.sam_mask_decoder.conv_s1):
+            module.to(memory_format=memory_format)
+        self.encoder_memory_format = memory_format
+
     def init_state_from_frames(self, frames: list[EncodedFrame | None]) -> dict:
         """A predictor state over ``frames``; ``None`` marks a slot filled later by
         :meth:`set_frame` (the query slot of a pairwise session)."""
@@ -364,6 +376,7 @@ def encode_images(predictor: SAM2VideoPredictor, images: list[np.ndarray]) -> li
     if not images:
         return []
     batch = torch.stack([preprocess(im, predictor.image_size) for im in images]).to(predictor.device)
+    batch = batch.contiguous(memory_format=getattr(predictor, "encoder_memory_format", torch.contiguous_format))
     with autocast(predictor.device):
         backbone = predictor.forward_image(batch)
     return [
@@ -442,11 +455,16 @@ def build_predictor(
     weights: ResolvedWeights,
     image_size: int | None = None,
     device: str | torch.device | None = None,
+    channels_last: bool = False,
+    compile_encoder: bool = False,
 ) -> InMemoryVideoPredictor:
     """Build the real SAM 2.1 architecture from the registry, with resolved weights.
 
     ``image_size`` overrides the model's 1024 px input; smaller sizes trade accuracy for
-    speed and are what the tests use.
+    speed and are what the tests use. ``channels_last`` runs the image encoder's
+    convolutions in channels-last layout; ``compile_encoder`` sets SAM 2's own
+    ``compile_image_encoder`` (``torch.compile`` of the image encoder, max-autotune), which
+    costs tens of seconds on the first frame of each batch size (see ``bench/README.md``).
     """
     spec = get_model_spec(model)
     device = torch.device(device) if device is not None else default_device()
@@ -455,6 +473,8 @@ def build_predictor(
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
         overrides.append(f"++model.image_size={image_size}")
+    if compile_encoder:
+        overrides.append("++model.compile_image_encoder=true")
     if weights.is_random:
         torch.manual_seed(RANDOM_INIT_SEED)
     predictor = build_sam2_video_predictor(
@@ -468,6 +488,8 @@ def build_predictor(
         # Hole filling needs SAM 2's compiled extension, which pip wheels do not ship;
         # without it SAM 2 warns on every frame and skips the step anyway.
         predictor.fill_hole_area = 0
+    if channels_last:
+        predictor.set_encoder_memory_format(torch.channels_last)
     return predictor
 
 

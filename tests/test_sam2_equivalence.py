@@ -239,3 +239,46 @@ def test_batched_traits_with_an_undrawn_trait(tracker, per_object, synthetic, re
     assert sorted(len(idx) for idx, _ in session._groups) == [1, 2]
     frame = encode_images(tracker.predictor, [query])[0]
     torch.testing.assert_close(session.track(frame), per_object._session(supports).track(frame), atol=TIE, rtol=0)
+
+
+def _is_channels_last(predictor) -> bool:
+    conv = predictor.image_encoder.trunk.patch_embed.proj.weight
+    return conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def _is_compiled(predictor) -> bool:
+    return hasattr(predictor.image_encoder.forward, "_torchdynamo_orig_callable")
+
+
+#: Each encoder option and how to see that a built predictor has it.
+ENCODER_OPTIONS = {"channels_last": _is_channels_last, "compile_encoder": _is_compiled}
+
+
+@pytest.mark.parametrize("option", ENCODER_OPTIONS)
+def test_encoder_options_give_the_same_masks(tracker, synthetic, references, option):
+    """``segmentation.channels_last`` (the memory layout of the encoder's convolutions) and
+    ``segmentation.compile_encoder`` (SAM 2's compiled image encoder) change how the encoder
+    runs, not what it computes: features equal within float tolerance, label maps equal
+    but for ties."""
+    from sst_search.builder import tracker_from_config
+    from sst_search.config import SegmentationConfig
+
+    seg = SegmentationConfig(weights="random", image_size=tracker.predictor.image_size, device="cpu", **{option: True})
+    fast = tracker_from_config(seg)
+    applied = ENCODER_OPTIONS[option]
+    assert applied(fast.predictor) and not applied(tracker.predictor)
+    group = synthetic.groups[1]
+    supports = references[group][:1]
+    images = [img for img, _ in _specimens(synthetic, group, 1)]
+    frames = [encode_images(t.predictor, images) for t in (tracker, fast)]
+    for a, b in zip(*frames):
+        for x, y in zip(a.backbone["backbone_fpn"], b.backbone["backbone_fpn"]):
+            torch.testing.assert_close(y, x, atol=ATOL, rtol=0)
+    sessions = [t._session(supports) for t in (tracker, fast)]
+    default_out, fast_out = (s.track_frames(f) for s, f in zip(sessions, frames))
+    ids = sessions[0].obj_trait_ids
+    for frame, a, b in zip(frames[0], fast_out, default_out):
+        torch.testing.assert_close(a.logits, b.logits, atol=ATOL, rtol=0)
+        _assert_same_decisions(
+            logits_to_label_map(a.logits, ids, frame.size), logits_to_label_map(b.logits, ids, frame.size), b.logits
+        )
