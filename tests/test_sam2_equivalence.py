@@ -254,7 +254,11 @@ def _is_compiled(predictor) -> bool:
 ENCODER_OPTIONS = {"channels_last": _is_channels_last, "compile_encoder": _is_compiled}
 
 
-@pytest.mark.parametrize("option", ENCODER_OPTIONS)
+@pytest.mark.parametrize("option", [
+    "channels_last",
+    # Compiling the encoder costs 15-40 s per process on a 2-core CPU.
+    pytest.param("compile_encoder", marks=pytest.mark.slow),
+])
 def test_encoder_options_give_the_same_masks(tracker, synthetic, references, option):
     """``segmentation.channels_last`` (the memory layout of the encoder's convolutions) and
     ``segmentation.compile_encoder`` (SAM 2's compiled image encoder) change how the encoder
