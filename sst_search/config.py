@@ -94,7 +94,10 @@ class IndexConfig(_Strict):
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 200
-    train_per_list: int = Field(64, description="ivf: training vectors sampled per list")
+    train_per_list: int = Field(
+        40, description="ivf: training vectors sampled per list (FAISS warns below 39; at 1M vectors 40 trains in "
+        "35 s where 64 took 74 s)"
+    )
     train_niter: int = Field(10, description="ivf: k-means iterations")
     train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
     plan: PlanConfig = PlanConfig()
