@@ -123,20 +123,11 @@ def _track(predictor, support_frame, support_mask, frames) -> tuple[list, list]:
     return [o.logits for o in outs], [logits_to_label_map(o.logits, session.obj_trait_ids, f.size) for o, f in zip(outs, frames)]
 
 
-def _margin(logits, size) -> np.ndarray:
-    """Per pixel, how far the label decision is from a tie: top logit minus the runner-up,
-    or the top logit's distance from SAM 2's threshold 0, whichever is smaller."""
-    import torch
-
-    up = torch.nn.functional.interpolate(logits.permute(1, 0, 2, 3), size=size, mode="bilinear")[0]
-    top = up.topk(min(2, len(up)), dim=0).values
-    return (top[0].abs() if len(up) == 1 else torch.minimum(top[0] - top[1], top[0].abs())).numpy()
-
-
 def run_size(image_size: int, args, images: list, support_image, support_mask) -> list[dict]:
     import torch
 
     from sst_search.builder import build_tracker
+    from sst_search.masks import decision_margin
     from sst_search.sam2_predictor import preprocess
 
     predictor = build_tracker(args.model, weights="random", image_size=image_size, device="cpu").predictor
@@ -172,7 +163,7 @@ def run_size(image_size: int, args, images: list, support_image, support_mask) -
         row["maps_identical"] = all((a == b).all() for a, b in zip(maps, reference[2]))
         row["pixels_differ"] = sum(int((a != b).sum()) for a, b in zip(maps, reference[2]))
         row["decided_differ"] = sum(
-            int(((a != b) & (_margin(ref, b.shape) >= TIE)).sum()) for a, b, ref in zip(maps, reference[2], reference[1])
+            int(((a != b) & (decision_margin(ref, b.shape) >= TIE)).sum()) for a, b, ref in zip(maps, reference[2], reference[1])
         )
     return rows
 

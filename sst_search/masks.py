@@ -33,6 +33,23 @@ def logits_to_label_map(
     return labels.cpu().numpy().astype(np.uint8)
 
 
+def decision_margin(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Per pixel at ``size``, how far :func:`logits_to_label_map`'s decision is from flipping:
+    the top logit minus the runner-up, or the top logit's distance from the threshold 0,
+    whichever is smaller. Two runs whose logits agree within ``tol`` can only disagree on
+    pixels whose margin is below ``2 * tol``: this is how equivalence checks tell float ties
+    from real differences."""
+    if logits.ndim == 4:
+        logits = logits[:, 0]
+    import torch
+    import torch.nn.functional as F
+
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    top = up.topk(min(2, len(up)), dim=0).values
+    margin = top[0].abs() if len(up) == 1 else torch.minimum(top[0] - top[1], top[0].abs())
+    return margin.cpu().numpy()
+
+
 def logits_to_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """One boolean mask per object ``(K, H, W)`` at ``size``: each object decided on its own
     (``logits > 0``), unlike :func:`logits_to_label_map` where objects compete for pixels."""

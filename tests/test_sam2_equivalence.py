@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from sst_search.images import load_image, load_mask
-from sst_search.masks import logits_to_label_map
+from sst_search.masks import decision_margin, logits_to_label_map
 from sst_search.references import Support
 from sst_search.sam2_predictor import encode_images
 from sst_search.tracking import SSTTracker, TrackingSession
@@ -181,11 +181,9 @@ def test_several_supports_and_a_trait_left_undrawn(per_object, official, synthet
 def _assert_same_decisions(batched: np.ndarray, single: np.ndarray, single_logits: torch.Tensor, tie: float = TIE) -> None:
     """Label maps equal except on pixels whose decision is a float tie in ``single_logits``
     (top two logits, or the top logit and SAM 2's threshold 0, closer than ``tie``)."""
-    up = torch.nn.functional.interpolate(single_logits.permute(1, 0, 2, 3), size=single.shape, mode="bilinear")[0]
-    top = up.topk(min(2, len(up)), dim=0).values
-    margin = top[0].abs() if len(up) == 1 else torch.minimum(top[0] - top[1], top[0].abs())
     differ = batched != single
-    assert not (differ & (margin.numpy() >= tie)).any(), "label maps differ where the decision is not a tie"
+    margin = decision_margin(single_logits, single.shape)
+    assert not (differ & (margin >= tie)).any(), "label maps differ where the decision is not a tie"
     assert differ.mean() < 1e-3
 
 
