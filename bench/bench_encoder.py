@@ -11,9 +11,9 @@ query. Each variant below is something SAM 2 or PyTorch offers without changing 
                     (``segmentation.channels_last``).
 ``compile``         ``torch.compile(image_encoder.forward, dynamic=False)`` (inductor,
                     default mode; on CPU it builds C++ kernels with gcc).
-``compile-sam2``    SAM 2's own ``compile_image_encoder`` flag: the same with
-                    ``mode="max-autotune", fullgraph=True`` (``--sam2-compile``; its
-                    autotuning takes long on CPU).
+``compile-sam2``    SAM 2's own ``compile_image_encoder`` flag
+                    (``segmentation.compile_encoder``): the same with ``mode="max-autotune",
+                    fullgraph=True`` (``--sam2-compile``; its autotuning takes long on CPU).
 ``bf16``            bf16 autocast, SAM 2's precision on CUDA, here on the CPU.
 
 Per-frame times interleave the variants (default, A, B, ..., default, A, B, ...) for
@@ -60,25 +60,24 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def make_encoder(name: str, predictor) -> tuple[Callable, int]:
-    """``(encode(batch) -> backbone dict, frames per call)`` for variant ``name``, on its own
-    copy of the predictor so variants never change one another's modules."""
+def make_encoder(name: str, predictor, build: Callable) -> tuple[Callable, int]:
+    """``(encode(batch) -> backbone dict, frames per call)`` for variant ``name``. The product's
+    own options get a predictor built with them (``build(**options)``, same seeded weights);
+    the others that change modules work on a copy, so variants never change one another."""
     import torch
 
-    model = predictor if name in ("default", "no-grad", "bf16") or name.startswith("batch-") else copy.deepcopy(predictor)
     per_call = int(name.split("-")[1]) if name.startswith("batch-") else 1
     grad = torch.no_grad if name == "no-grad" else torch.inference_mode
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else nullcontext()
-    prepare = lambda x: x  # noqa: E731
+    model = predictor
     if name == "channels-last":  # segmentation.channels_last
-        model.set_encoder_memory_format(torch.channels_last)
-        prepare = lambda x: x.contiguous(memory_format=model.encoder_memory_format)  # noqa: E731
+        model = build(channels_last=True)
+    elif name == "compile-sam2":  # segmentation.compile_encoder
+        model = build(compile_encoder=True)
     elif name == "compile":
+        model = copy.deepcopy(predictor)
         model.image_encoder.forward = torch.compile(model.image_encoder.forward, dynamic=False)
-    elif name == "compile-sam2":  # exactly what SAM2Base does with compile_image_encoder=True
-        model.image_encoder.forward = torch.compile(
-            model.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
-        )
+    prepare = lambda x: x.contiguous(memory_format=model.encoder_memory_format)  # noqa: E731
 
     def encode(batch: torch.Tensor) -> dict:
         with grad(), cast:
@@ -130,13 +129,16 @@ def run_size(image_size: int, args, images: list, support_image, support_mask) -
     from sst_search.masks import decision_margin
     from sst_search.sam2_predictor import preprocess
 
-    predictor = build_tracker(args.model, weights="random", image_size=image_size, device="cpu").predictor
+    def build(**options):
+        return build_tracker(args.model, weights="random", image_size=image_size, device="cpu", **options).predictor
+
+    predictor = build()
     batch = torch.stack([preprocess(im, image_size) for im in images])
     support = torch.stack([preprocess(support_image, image_size)])
     rows = []
     encoders = {}
     for name in args.variants:
-        encode, per_call = make_encoder(name, predictor)
+        encode, per_call = make_encoder(name, predictor, build)
         t0, c0 = time.perf_counter(), cpu_seconds()
         encode(batch[:per_call])  # warm-up; for the compiled variants, the compilation
         first = time.perf_counter() - t0
