@@ -21,8 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("COLUMNS", "300")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
 
-#: Small enough for CPU tests, large enough that traits survive SAM 2's 1/4-resolution masks.
-TEST_IMAGE_SIZE = 256
+#: Small enough for CPU tests (a quarter of the compute of 256 px), large enough that traits
+#: survive SAM 2's 1/4-resolution (32 x 32) masks.
+TEST_IMAGE_SIZE = 128
 
 #: The session's indexed collection (:func:`indexed`): species, specimens per species, seed.
 INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED = 3, 5, 11

@@ -1,4 +1,4 @@
-"""`sst-search segment` end to end on synthetic specimens (random SAM 2 weights, 256 px)."""
+"""`sst-search segment` end to end on synthetic specimens (random SAM 2 weights, the test image size)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Our tracker computes what the official SAM 2 video predictor computes.
 
-The official ``SAM2VideoPredictor`` (same seeded random weights, hiera-t at 256 px) runs
+The official ``SAM2VideoPredictor`` (same seeded random weights, hiera-t at the test image size) runs
 the published SST recipe: frames written as JPEGs into a folder, ``init_state(video_path)``,
 ``add_new_mask`` per trait, ``propagate_in_video``. Our in-memory session gets the very
 pixels the official loader decodes from those JPEGs. The low-resolution logits must be equal
