@@ -89,7 +89,13 @@ class IndexConfig(_Strict):
     nlist_factor: float = Field(
         4.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist, recall at "
         "a given probed share too")
-    nprobe_fraction: float = Field(0.125, description="ivf: share of the lists probed per search")
+    nprobe_factor: float = Field(
+        2.0, gt=0, description="ivf: lists probed per search = nprobe_factor * sqrt(nlist); a fixed share would make "
+        "search cost grow linearly with the collection (at 1M vectors, 127 of 4000 lists)"
+    )
+    nprobe_fraction: float | None = Field(
+        None, gt=0, le=1, description="ivf: probe this share of the lists instead (stores written before nprobe_factor)"
+    )
     min_nprobe: int = 8
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
@@ -109,7 +115,8 @@ class IndexConfig(_Strict):
         return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))
 
     def nprobe_for(self, nlist: int) -> int:
-        return min(nlist, max(self.min_nprobe, int(math.ceil(self.nprobe_fraction * nlist))))
+        wanted = self.nprobe_fraction * nlist if self.nprobe_fraction is not None else self.nprobe_factor * math.sqrt(nlist)
+        return min(nlist, max(self.min_nprobe, int(math.ceil(wanted))))
 
 
 class MeasureConfig(_Strict):

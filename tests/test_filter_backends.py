@@ -33,6 +33,10 @@ def snapshot(tmp_path_factory):
                                quality=None if i % 7 == 0 else float(rng.random()))]
             measurements = [{"trait_id": 1, "trait_name": "band", "unit": "px",
                              "area_px": None if i % 11 == 0 else float(i), "dominant_color": f"#{i % 3}0{i % 3}0aa"}]
+            if i % 9 == 0:  # two traits drawn under one name: a condition holds when either passes
+                masks.append(TraitMask(2, "band", '{"size": [4, 4], "counts": "04"}', 4, (0, 0, 2, 2), quality=0.25))
+                measurements.append({"trait_id": 2, "trait_name": "band", "unit": "px", "area_px": float(300 - i),
+                                     "dominant_color": "#202020aa"})
         records.append(SpecimenRecord(
             specimen_id=int(rng.integers(1 << 62)), path=f"/c/{i}.png", status="failed" if failed else "indexed",
             group_name=None if i % 17 == 0 else f"g{i % 3}", metadata=metadata, masks=masks, measurements=measurements))
@@ -98,3 +102,14 @@ def test_a_writer_asks_sql_because_its_catalog_changes(snapshot, tmp_path):
         assert isinstance(admission, SqlAdmission) and admission.admitted().tolist() == [1]
         writer.write_batch([SpecimenRecord(specimen_id=2, path="/b.png", status="indexed", group_name="g")])
         assert admission.admitted().tolist() == [1, 2]
+
+
+def test_one_snapshot_answers_filter_after_filter_from_remembered_masks(snapshot, monkeypatch):
+    """Masks are remembered per condition for the snapshot's lifetime; with room for only
+    three, every filter twice over (evictions included) still admits what SQL admits."""
+    import sst_search.store.columns as columns
+
+    monkeypatch.setattr(columns, "MASKS_KEPT", 3)
+    with Store.open(snapshot, read_only=True) as reader, Store.open(snapshot, read_only=True) as other:
+        for filters in FILTERS + FILTERS[::-1]:
+            assert reader.admission(filters).admitted().tolist() == other.specimen_ids(filters).tolist()

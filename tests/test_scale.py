@@ -203,7 +203,7 @@ def test_a_filter_that_avoids_the_query_neighbourhood_is_not_answered_from_the_p
     items survive a post-filter, but the admitted set's nearest lie across the boundary in
     the list not probed. The candidates pass far less often than the collection does, so
     the search falls through to the admitted set and finds them."""
-    from sst_search.store.planner import VectorTable, filtered_search
+    from sst_search.store.planner import VectorTable, search_table
 
     rng = np.random.default_rng(5)
     dim, n = 3, 8000
@@ -219,20 +219,61 @@ def test_a_filter_that_avoids_the_query_neighbourhood_is_not_answered_from_the_p
     index.nprobe = 1
     in_b = vectors @ centres[1] > vectors @ centres[0]
     admitted = np.sort(np.concatenate([ids[in_b], ids[~in_b][::10]]))
-
-    class Admitted:
-        def passes(self, some):
-            return np.isin(some, admitted)
-
-        def admitted(self):
-            return admitted
-
     query = np.array([0.55, 0.45, 0.0], np.float32)
     query /= np.linalg.norm(query)
     table = VectorTable(ids, vectors)
-    plan = PlanConfig(overfetch=30, exact_max=n)
-    outcome = filtered_search(index, query, 10, population=ids, vectors=table.lookup, admission=Admitted(), config=plan)
+    config = IndexConfig(plan=PlanConfig(overfetch=30, exact_max=n))
+    outcome = search_table(index, table, config, query, 10, _Admitted(admitted))
     expected = [int(i) for i in admitted[np.argsort(-(vectors[admitted] @ query))[:10]]]
     assert outcome.plan == "postfilter" and outcome.fallbacks and "candidates passed" in outcome.fallbacks[0]
     assert [sid for sid, _ in outcome.hits] == expected
     assert in_b[expected].sum() >= 5  # the answer lies mostly in the list an unfiltered search does not probe
+
+
+class _Admitted:
+    """A filter given by the ids it admits."""
+
+    def __init__(self, admitted: np.ndarray) -> None:
+        self._admitted = np.sort(np.asarray(admitted, np.int64))
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self._admitted)
+
+    def admitted(self) -> np.ndarray:
+        return self._admitted
+
+
+def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_rotation():
+    """An OPQ + IVF-PQ index, and a filter admitting 2 of 80 clusters, none of them the
+    query's: the nearest lists hold no admitted vector. The selector plan probes the lists
+    that do, nearest first, scores about as many vectors as an index of the admitted ones
+    alone would (a fraction of the collection) and still finds the admitted set's nearest."""
+    from sst_search.store.indexes import build_index, ivf_of
+    from sst_search.store.planner import VectorTable, admitted_scan, search_table
+
+    rng = np.random.default_rng(8)
+    n, dim, clusters = 20_000, 32, 80
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    labels = rng.integers(clusters, size=n)
+    vectors = centres[labels] + 0.4 * rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = rng.choice(1 << 62, size=n, replace=False).astype(np.int64)
+    config = IndexConfig(exact_threshold=1_000, factory="OPQ8,IVF{nlist},PQ8", refine=8, train_niter=4,
+                         plan=PlanConfig(exact_max=100))
+    index = build_index(vectors, ids, dim, config)
+    table = VectorTable(ids, vectors)
+    passing = np.isin(labels, [5, 6])
+    recalls = []
+    for row in np.flatnonzero(~passing)[:20]:
+        faiss.cvar.indexIVF_stats.reset()
+        outcome = search_table(index, table, config, vectors[row], 10, _Admitted(ids[passing]), skip=int(ids[row]))
+        assert outcome.plan == "selector" and len(outcome.hits) == 10
+        assert set(np.isin([sid for sid, _ in outcome.hits], ids[passing])) == {True}
+        # scored: about what an index of the admitted vectors alone scans, in fewer lists than an
+        # unfiltered search probes (a probe widened by the filter's share would visit all of them)
+        stats = faiss.cvar.indexIVF_stats
+        assert stats.ndis <= 2 * admitted_scan(int(passing.sum()), config) < n // 4
+        assert stats.nlist < ivf_of(index).nprobe
+        truth = set(ids[passing][np.argsort(-(vectors[passing] @ vectors[row]))[:10]].tolist())
+        recalls.append(len(truth & {sid for sid, _ in outcome.hits}) / 10)
+    assert ivf_of(index).nprobe < ivf_of(index).nlist and np.mean(recalls) >= 0.9

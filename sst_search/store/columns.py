@@ -13,13 +13,17 @@ questions from the resulting mask. A writer's catalog changes under it, so it ke
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sst_search.store.filters import ColumnValues, Condition, Filter
+from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
+
+#: Condition masks a snapshot keeps (one byte per specimen each).
+MASKS_KEPT = 64
 
 if TYPE_CHECKING:
     from sst_search.store.catalog import Catalog
@@ -32,6 +36,7 @@ class SnapshotColumns:
         self._catalog = catalog
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
+        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._listing: pa.Table | None = None
         self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
             "specimen_id"].astype(np.int64)
@@ -42,6 +47,25 @@ class SnapshotColumns:
             if key not in self._columns:
                 self._columns[key] = self._load(condition)
             return self._columns[key]
+
+    def condition_mask(self, condition: Condition) -> np.ndarray:
+        """Which specimens pass ``condition``, remembered for the snapshot's lifetime (the last
+        :data:`MASKS_KEPT`): every search repeats ``status == 'indexed'``, and people page
+        and re-query under the same filter, which then costs nothing instead of a pass over
+        every specimen."""
+        key = (condition.source, condition.column, condition.trait, condition.op, repr(condition.value), condition.numeric)
+        with self._lock:
+            mask = self._masks.get(key)
+            if mask is not None:
+                self._masks.move_to_end(key)
+                return mask
+        mask = condition_mask(condition, self.column(condition), len(self.ids))
+        mask.flags.writeable = False  # shared by every search that repeats the condition
+        with self._lock:
+            self._masks[key] = mask
+            while len(self._masks) > MASKS_KEPT:
+                self._masks.popitem(last=False)
+        return mask
 
     def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
@@ -77,8 +101,26 @@ class SnapshotColumns:
         table, rows = table.filter(pa.array(found)), rows[found]
         values = table.column("v")
         if pa.types.is_floating(values.type):
-            return ColumnValues(values.combine_chunks(), None, rows)
-        return self._text(values, rows)
+            column = ColumnValues(values.combine_chunks(), None, rows)
+        else:
+            column = self._text(values, rows)
+        return self._per_specimen(column)
+
+    def _per_specimen(self, column: ColumnValues) -> ColumnValues:
+        """The entries laid out one per specimen (missing ones null / code -1) when no specimen
+        has two: a condition is then one gather over the specimens, not a scatter of entries."""
+        rows, n = column.rows, len(self.ids)
+        if rows is None or (len(rows) and np.bincount(rows, minlength=n).max() > 1):
+            return column
+        if column.codes is not None:
+            codes = np.full(n, -1, np.int32)
+            codes[rows] = column.codes
+            return ColumnValues(column.values, codes, None, column.numbers)
+        values, present = np.zeros(n, np.float64), np.zeros(n, bool)
+        valid = ~column.values.is_null().to_numpy(zero_copy_only=False)
+        values[rows[valid]] = column.values.filter(pa.array(valid)).to_numpy(zero_copy_only=False)
+        present[rows[valid]] = True
+        return ColumnValues(pa.array(values, mask=~present), None, None)
 
     def _text(self, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
         """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's TRY_CAST)."""

@@ -216,8 +216,8 @@ class ColumnSource(Protocol):
 
     ids: np.ndarray
 
-    def column(self, condition: Condition) -> ColumnValues:
-        """The values ``condition`` reads (specimen column, metadata key, trait measurement)."""
+    def condition_mask(self, condition: Condition) -> np.ndarray:
+        """Which of :attr:`ids` pass ``condition`` (:func:`condition_mask` over the field's values)."""
 
 
 def compile_mask(
@@ -228,12 +228,11 @@ def compile_mask(
     a filter over a million specimens costs milliseconds and no query."""
     mask = np.ones(len(columns.ids), bool)
     for f in filters:
-        condition = resolve(f, metadata_keys, measured_traits)
-        mask &= _condition_mask(condition, columns.column(condition), len(columns.ids))
+        mask &= columns.condition_mask(resolve(f, metadata_keys, measured_traits))
     return mask
 
 
-def _condition_mask(c: Condition, col: ColumnValues, n: int) -> np.ndarray:
+def condition_mask(c: Condition, col: ColumnValues, n: int) -> np.ndarray:
     """SQL's three-valued logic: a missing value (NULL) never passes, negations included."""
     values = col.values
     if c.op in ("in", "not in"):

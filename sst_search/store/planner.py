@@ -16,10 +16,12 @@ of the index's ids:
     lists an unfiltered search probes, not the admitted set's nearest.
 ``selector``
     Between the two. FAISS searches only the admitted ids (``IDSelectorBatch``: specimen
-    ids are 63-bit hashes, too sparse for a bitmap). An IVF index probes ``nprobe /
-    fraction`` lists so that it scans about as many admitted vectors as an unfiltered search
-    scans vectors; when that still finds fewer than ``k`` it probes every list, which is an
-    exact search of the admitted set.
+    ids are 63-bit hashes, too sparse for a bitmap). An IVF index is not probed in its
+    usual nearest ``nprobe`` lists, which may hold few admitted vectors or none (a filter
+    that avoids the query's neighbourhood): it probes the lists nearest the query *that
+    hold admitted vectors*, counted per list, until they hold as many admitted vectors as
+    an index built on the admitted set alone would scan. A filter's cost then follows the
+    size of what it admits, not the collection's.
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
 
@@ -31,7 +33,6 @@ vectors, so a lossy code only has to put the true neighbours among the candidate
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -42,9 +43,6 @@ from sst_search.config import IndexConfig, PlanConfig
 from sst_search.store.indexes import ivf_of
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
-
-#: ``ids -> (ids found, (n, dim) float matrix)``: the stored vectors of some ids, any order.
-VectorLookup = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class Admission(Protocol):
@@ -68,18 +66,39 @@ class VectorTable:
             order = np.argsort(ids, kind="stable")
             ids, matrix = ids[order], matrix[order]
         self.ids, self.matrix = ids, matrix
+        self._lists: tuple[faiss.Index, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids found, float32 matrix)`` in the order asked; unknown ids are left out."""
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of those ``ids`` the table holds, in the order asked (unknown ids left out)."""
         ids = np.asarray(ids, dtype=np.int64)
         if not len(self.ids):
-            return ids[:0], np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
+            return np.zeros(0, np.int64)
         rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        found = self.ids[rows] == ids
-        return ids[found], np.asarray(self.matrix[rows[found]], np.float32)
+        return rows[self.ids[rows] == ids]
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, float32 matrix)`` in the order asked; unknown ids are left out."""
+        if not len(self.ids):
+            return self.ids, np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
+        rows = self.rows(ids)
+        return self.ids[rows], np.asarray(self.matrix[rows], np.float32)
+
+    def ivf_lists(self, index: faiss.Index) -> np.ndarray:
+        """The IVF list of every row in ``index`` (which holds exactly these vectors), read from
+        its inverted lists once: a filter's admitted vectors are then counted per list."""
+        cached = self._lists
+        if cached is not None and cached[0] is index:
+            return cached[1]
+        ivf, out = ivf_of(index), np.full(len(self.ids), -1, np.int32)
+        for list_no in range(ivf.nlist):
+            size = ivf.invlists.list_size(list_no)
+            if size:
+                out[self.rows(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size))] = list_no
+        self._lists = (index, out)
+        return out
 
 
 @dataclass
@@ -113,40 +132,32 @@ def choose_plan(fraction: float, n_total: int, k: int, config: PlanConfig) -> Pl
     return "selector"
 
 
-def filtered_search(
-    index: faiss.Index,
-    query: np.ndarray,
-    k: int,
-    *,
-    population: np.ndarray,
-    vectors: VectorLookup,
-    admission: Admission | None = None,
-    skip: int | None = None,
-    refine: int = 1,
-    config: PlanConfig = PlanConfig(),
+def search_table(
+    index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
+    admission: Admission | None = None, skip: int | None = None,
 ) -> SearchOutcome:
-    """Top ``k`` of ``index`` for one ``query`` among the ids ``admission`` admits, without ``skip``.
-
-    ``population``: the ids the index holds (for the selectivity sample). ``refine > 1``
-    re-ranks ``refine * k`` candidates of every FAISS search by exact inner product.
-    """
+    """Top ``k`` of ``index``, whose stored vectors are ``table``, for one ``query`` among the
+    ids ``admission`` admits, without ``skip``: planned and re-ranked as ``config`` says (a
+    whole store's index, or one shard's)."""
     query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
+    plan_config, ivf = config.plan, ivf_of(index)
+    refine = config.refine if ivf is not None else 1
     extra = 1 if skip is not None else 0
     if admission is None:
-        hits = _faiss_search(index, query, k + extra, None, refine, vectors)
+        hits = _faiss_search(index, table, query, k + extra, refine)
         return SearchOutcome(_drop(hits, skip)[:k], "unfiltered")
-    fraction = estimate_fraction(population, admission, config)
-    plan = choose_plan(fraction, len(population), k, config)
+    fraction = estimate_fraction(table.ids, admission, plan_config)
+    plan = choose_plan(fraction, len(table), k, plan_config)
     outcome = SearchOutcome([], plan, fraction)
     if plan == "postfilter":
-        fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, config))
-        hits = _faiss_search(index, query, fetch, None, refine, vectors)
+        fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, plan_config))
+        hits = _faiss_search(index, table, query, fetch, refine)
         ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
         passed = admission.passes(ids) if len(ids) else np.zeros(0, bool)
         passing = set(ids[passed].tolist())
         kept = [h for h in _drop(hits, skip) if h[0] in passing][:k]
         candidate_share = float(passed.mean()) if len(ids) else 0.0
-        representative = candidate_share >= config.min_candidate_pass_ratio * fraction
+        representative = candidate_share >= plan_config.min_candidate_pass_ratio * fraction
         if (len(kept) == k and representative) or len(hits) >= index.ntotal:  # or the whole index was filtered
             outcome.hits = kept
             return outcome
@@ -154,82 +165,92 @@ def filtered_search(
             f"postfilter kept {len(kept)} of {k}" if len(kept) < k
             else f"candidates passed at {candidate_share:.3f}, the collection at {fraction:.3f}"
         )
-    admitted = np.unique(np.asarray(admission.admitted(), np.int64))
+    admitted = np.asarray(admission.admitted(), np.int64)
+    if len(admitted) > 1 and not (admitted[1:] > admitted[:-1]).all():
+        admitted = np.unique(admitted)
+    rows = table.rows(admitted)
     if skip is not None:
-        admitted = admitted[admitted != skip]
-    want = min(k, len(admitted))
+        rows = rows[table.ids[rows] != skip]
+    want = min(k, len(rows))
     if want == 0:
         return outcome
-    if len(admitted) <= config.exact_max:
+    if len(rows) <= plan_config.exact_max:
         outcome.plan = "exact" if plan == "exact" else outcome.plan
-        outcome.hits = exact_top(query[0], admitted, k, vectors)
+        outcome.hits = exact_top(query[0], table, rows, k)
         if plan != "exact":
             outcome.fallbacks.append("exact scan of the admitted set")
         return outcome
     outcome.plan = "selector" if plan != "postfilter" else outcome.plan
-    selector = faiss.IDSelectorBatch(admitted)
-    share = len(admitted) / max(1, int(index.ntotal))
-    hits = _faiss_search(index, query, k, search_params(index, selector, share), refine, vectors)
+    if ivf is not None:
+        hits = _admitted_lists_search(index, table, config, query, rows, k, refine)
+    else:
+        selector = faiss.IDSelectorBatch(table.ids[rows])
+        hits = _faiss_search(index, table, query, k, refine, faiss.SearchParameters(sel=selector))
     if len(hits) < want:
         outcome.fallbacks.append(f"selector found {len(hits)} of {want}")
-        ivf = ivf_of(index)
-        if ivf is not None:
-            hits = _faiss_search(index, query, k, search_params(index, selector, share, nprobe=ivf.nlist), refine, vectors)
-        if len(hits) < want:
-            hits = exact_top(query[0], admitted, k, vectors)
+        hits = exact_top(query[0], table, rows, k)
     outcome.hits = hits[:k]
     return outcome
 
 
-def search_table(
-    index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
-    admission: Admission | None = None, skip: int | None = None,
-) -> SearchOutcome:
-    """:func:`filtered_search` of ``index`` whose stored vectors are ``table``, planned and
-    re-ranked as ``config`` says (a whole store's index, or one shard's)."""
-    return filtered_search(
-        index, query, k, population=table.ids, vectors=table.lookup, admission=admission, skip=skip,
-        refine=config.refine if ivf_of(index) is not None else 1, config=config.plan,
-    )
-
-
-def exact_top(query: np.ndarray, ids: np.ndarray, k: int, vectors: VectorLookup) -> list[tuple[int, float]]:
-    """Top ``k`` of ``ids`` by the exact inner product of their stored vectors."""
-    found, matrix = vectors(np.asarray(ids, np.int64))
-    if len(found) == 0:
+def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """Top ``k`` of the table's ``rows`` by the exact inner product of their stored vectors."""
+    if len(rows) == 0:
         return []
-    matrix = np.ascontiguousarray(matrix, np.float32)
+    matrix = np.ascontiguousarray(table.matrix[rows], np.float32)
     query = np.ascontiguousarray(query, np.float32)
-    scores = np.empty(len(found), np.float32)
+    scores = np.empty(len(rows), np.float32)
     # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is
     # too small to pay for waking BLAS threads, which costs milliseconds when the CPUs are busy.
     faiss.fvec_inner_products_ny(faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
-                                 matrix.shape[1], len(found))
+                                 matrix.shape[1], len(rows))
     top = np.argsort(-scores, kind="stable")[:k] if len(scores) <= 4 * k else _top_unsorted(scores, k)
-    return [(int(found[j]), float(scores[j])) for j in top]
+    return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
 
 
-def search_params(
-    index: faiss.Index, selector: faiss.IDSelector | None, fraction: float = 1.0, nprobe: int | None = None
-) -> faiss.SearchParameters | None:
-    """Parameters of a search restricted to ``selector``, which admits ``fraction`` of the ids.
+def admitted_scan(m: int, config: IndexConfig) -> int:
+    """How many of ``m`` admitted vectors a filtered IVF search scores: as many as an index of
+    ``config``'s shape built on those ``m`` alone would scan (nprobe of its nlist lists)."""
+    nlist = config.nlist_for(m)
+    return int(math.ceil(config.nprobe_for(nlist) * m / nlist))
 
-    An IVF index probes ``nprobe / fraction`` lists (at most all of them): it then scans
-    about as many admitted vectors as an unrestricted search does, instead of finding
-    nothing when the admitted ones lie in lists far from the query.
-    """
-    if selector is None:
-        return None
+
+def _admitted_lists_search(
+    index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, rows: np.ndarray, k: int,
+    refine: int,
+) -> list[tuple[int, float]]:
+    """The selector plan on an IVF index: see the module docstring."""
     ivf = ivf_of(index)
-    if ivf is None:
-        return faiss.SearchParameters(sel=selector)
-    if nprobe is None:
-        nprobe = int(math.ceil(ivf.nprobe / max(fraction, 1e-9)))
-    params = faiss.SearchParametersIVF(sel=selector, nprobe=min(ivf.nlist, nprobe))
+    row_lists = table.ivf_lists(index)[rows]
+    held = np.bincount(row_lists, minlength=ivf.nlist)
+    coarse = _coarse_input(index, query)
+    scores, order = ivf.quantizer.search(coarse, ivf.nlist)
+    keep = held[order[0]] > 0
+    order, scores = order[0][keep], scores[0][keep]
+    want = max(admitted_scan(len(rows), config), k * refine)
+    probed = min(len(order), int(np.searchsorted(np.cumsum(held[order]), want)) + 1)
+    lists = order[:probed]
+    in_probed = np.zeros(ivf.nlist, bool)
+    in_probed[lists] = True
+    selector = faiss.IDSelectorBatch(table.ids[rows[in_probed[row_lists]]])
+    params = faiss.SearchParametersIVF(sel=selector, nprobe=probed)
+    fetch = min(int(np.count_nonzero(in_probed[row_lists])), k * refine)
+    lists = np.ascontiguousarray(lists, np.int64)
+    centroid_scores = np.ascontiguousarray(scores[:probed], np.float32)
+    found_scores, labels = np.empty(fetch, np.float32), np.empty(fetch, np.int64)
+    # FAISS's Python wrapper of search_preassigned refuses search parameters (the selector); the C++ method takes them.
+    ivf.search_preassigned_c(1, faiss.swig_ptr(coarse), fetch, faiss.swig_ptr(lists), faiss.swig_ptr(centroid_scores),
+                             faiss.swig_ptr(found_scores), faiss.swig_ptr(labels), False, params)
+    hits = [(int(i), float(s)) for i, s in zip(labels, found_scores) if i >= 0]
+    return _refined(query, table, hits, k, refine)
+
+
+def _coarse_input(index: faiss.Index, query: np.ndarray) -> np.ndarray:
+    """``query`` as the IVF index inside ``index`` sees it (through an OPQ rotation, if any)."""
     if isinstance(index, faiss.IndexPreTransform):
-        # A pre-transform (OPQ) passes the parameters on to the IVF index it wraps.
-        return faiss.SearchParametersPreTransform(index_params=params)
-    return params
+        for i in range(index.chain.size()):
+            query = faiss.downcast_VectorTransform(index.chain.at(i)).apply(query)
+    return np.ascontiguousarray(query, np.float32)
 
 
 def _postfilter_fetch(fraction: float, k: int, config: PlanConfig) -> int:
@@ -237,15 +258,20 @@ def _postfilter_fetch(fraction: float, k: int, config: PlanConfig) -> int:
 
 
 def _faiss_search(
-    index: faiss.Index, query: np.ndarray, k: int, params: faiss.SearchParameters | None, refine: int,
-    vectors: VectorLookup,
+    index: faiss.Index, table: VectorTable, query: np.ndarray, k: int, refine: int,
+    params: faiss.SearchParameters | None = None,
 ) -> list[tuple[int, float]]:
     fetch = min(max(1, int(index.ntotal)), k * max(1, refine))
     scores, labels = index.search(query, fetch, params=params)
     hits = [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
+    return _refined(query, table, hits, k, refine)
+
+
+def _refined(query: np.ndarray, table: VectorTable, hits: list[tuple[int, float]], k: int, refine: int) -> list[tuple[int, float]]:
+    """The best ``k`` of ``hits`` re-scored by their stored float vectors (when ``refine > 1``)."""
     if refine <= 1 or not hits:
         return hits[:k]
-    return exact_top(query[0], np.array([i for i, _ in hits], np.int64), k, vectors)
+    return exact_top(query[0], table, table.rows(np.array([i for i, _ in hits], np.int64)), k)
 
 
 def _drop(hits: list[tuple[int, float]], skip: int | None) -> list[tuple[int, float]]:
