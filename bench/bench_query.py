@@ -1,7 +1,8 @@
 """Query latency, recall and memory at collection scale, side by side with LanceDB.
 
 Builds a store of ``--n`` synthetic trait vectors (dim 512, clustered like species,
-L2-normalised) with metadata per specimen (group, locality, eventDate) through the
+L2-normalised) with metadata per specimen (group, locality, eventDate) and a trait mask
+per specimen (COCO RLE, as the indexer writes them) through the
 product's own write path (:meth:`Store.write_columns`: catalog rows, vectors and the FAISS
 index of the configured kind), then times ``SearchEngine.search``, the code path the app
 uses, and measures recall@10 against exact search under the same filter. The same vectors
@@ -46,6 +47,7 @@ from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
 from sst_search.store.indexes import ivf_of
+from sst_search.store.rle import encode_mask
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
@@ -69,8 +71,31 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def trait_mask_rows(ids: np.ndarray, seed: int, shapes: int = 64, size: int = 512) -> pa.Table:
+    """One mask per specimen, as the indexer stores them (COCO RLE of an elliptical band at
+    ``size`` px): ``shapes`` distinct ones cycled, so a search's per-hit mask join reads rows
+    of a realistic size from a table of a realistic length."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    masks = []
+    for _ in range(shapes):
+        (cy, cx), (ry, rx) = rng.uniform(0.3, 0.7, 2) * size, rng.uniform(0.05, 0.25, 2) * size
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        ys, xs = np.nonzero(mask)
+        masks.append((encode_mask(mask), int(mask.sum()), xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    pick = np.arange(len(ids)) % shapes
+
+    def column(j: int) -> list:
+        return [masks[i][j] for i in pick]
+
+    return pa.table({"specimen_id": ids, "trait_id": np.ones(len(ids), np.int32), "trait_name": [TRAIT] * len(ids),
+                     "area": column(1), "bbox_x0": column(2), "bbox_y0": column(3), "bbox_x1": column(4),
+                     "bbox_y1": column(5), "rle": column(0), "quality": rng.random(len(ids)),
+                     "source": ["sst"] * len(ids)})
+
+
 def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, localities, dates) -> None:
-    """The product's bulk write path: catalog, metadata, vectors and index in one call."""
+    """The product's bulk write path: catalog, metadata, masks, vectors and index in one call."""
     n = len(ids)
     with Store.open(db, index_config=config) as store:
         store.write_columns(
@@ -78,6 +103,7 @@ def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, locali
                       "group_name": group_names, "status": pa.array(["indexed"] * n)}),
             metadata=pa.table({"specimen_id": np.concatenate([ids, ids]), "key": ["locality"] * n + ["eventDate"] * n,
                                "value": np.concatenate([localities, dates])}),
+            masks=trait_mask_rows(ids, seed=2),
             vectors={(EMBEDDER, TRAIT): (ids, vectors)},
         )
         run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
@@ -136,9 +162,9 @@ def main() -> None:
                     help="partitions LanceDB probes (default: the share of lists our index probes)")
     ap.add_argument("--lance-refine", type=int, default=10)
     ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
-    ap.add_argument("--nprobe-fractions", default="",
-                    help="comma-separated shares of the IVF lists to probe, each timed on the same index after the "
-                         "configured one (e.g. 0.0625,0.03125): the latency/recall trade-off from one build")
+    ap.add_argument("--nprobe-factors", default="",
+                    help="comma-separated nprobe factors (lists probed = factor * sqrt(nlist)), each timed on the same "
+                         "index after the configured one (e.g. 1,4): the latency/recall trade-off from one build")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     args = ap.parse_args()
 
@@ -164,7 +190,7 @@ def main() -> None:
     t = time.perf_counter()
     build_store(db, config, ids, vectors, group_names, localities, dates)
     build_s = time.perf_counter() - t
-    print(f"build through Store.write_columns (catalog + vectors + {args.approx} index + flush): {build_s:.1f} s "
+    print(f"build through Store.write_columns (catalog + masks + vectors + {args.approx} index + flush): {build_s:.1f} s "
           f"({args.n / build_s:,.0f} vectors/s); DuckDB file {db.stat().st_size / 2**30:.2f} GiB; {load()}")
 
     engine = SearchEngine.open(db)
@@ -173,7 +199,10 @@ def main() -> None:
     ram = index_bytes_in_ram(index)
     population = engine.store.population(EMBEDDER, TRAIT)
     row = engine.store.vectors_of(EMBEDDER, TRAIT, population[:1])[1]
-    print(f"engine open + index load {time.perf_counter() - t:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
+    open_s, t = time.perf_counter() - t, time.perf_counter()
+    engine.store.trait_mask_of(TRAIT, population[:1])
+    print(f"trait masks held for the per-hit join: loaded in {time.perf_counter() - t:.1f} s")
+    print(f"engine open + index load {open_s:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
           f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); stored vectors kept for re-ranking and exact "
           f"scans {row.nbytes + population.itemsize:.0f} bytes/vector; process RSS "
           f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)")
@@ -251,9 +280,9 @@ def main() -> None:
     print(f"process RSS {proc.memory_info().rss / 2**30:.2f} GiB")
     if ivf is not None:
         configured = ivf.nprobe
-        for share in (float(f) for f in args.nprobe_fractions.split(",") if f.strip()):
-            ivf.nprobe = IndexConfig(nprobe_fraction=share).nprobe_for(ivf.nlist)  # the cached index the engine searches
-            scenario_table(f"\nsst-search, probing {share:g} of the lists (nprobe {ivf.nprobe})")
+        for factor in (float(f) for f in args.nprobe_factors.split(",") if f.strip()):
+            ivf.nprobe = IndexConfig(nprobe_factor=factor).nprobe_for(ivf.nlist)  # the cached index the engine searches
+            scenario_table(f"\nsst-search, nprobe factor {factor:g} (nprobe {ivf.nprobe})")
         ivf.nprobe = configured
     engine.close()
     del engine  # its snapshot arrays: LanceDB gets the memory back

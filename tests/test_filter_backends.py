@@ -113,3 +113,18 @@ def test_one_snapshot_answers_filter_after_filter_from_remembered_masks(snapshot
     with Store.open(snapshot, read_only=True) as reader, Store.open(snapshot, read_only=True) as other:
         for filters in FILTERS + FILTERS[::-1]:
             assert reader.admission(filters).admitted().tolist() == other.specimen_ids(filters).tolist()
+
+
+def test_the_snapshot_joins_the_masks_sql_joins(snapshot, tmp_path):
+    """Search hits get their trait's mask from memory on a snapshot and from SQL on a writer:
+    the same mask, the lower trait id where two traits share a name."""
+    import shutil
+
+    writable = tmp_path / "copy.duckdb"
+    shutil.copy(snapshot, writable)
+    with Store.open(snapshot, read_only=True) as reader, Store.open(writable) as writer:
+        ids = reader.specimen_ids(status=None).tolist() + [7]
+        in_memory, in_sql = reader.trait_mask_of("band", ids), writer.trait_mask_of("band", ids)
+        assert in_memory == in_sql and 7 not in in_memory
+        doubled = [sid for sid in ids if len(reader.trait_masks(sid)) == 2]
+        assert doubled and {in_memory[sid].trait_id for sid in doubled} == {1}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sst_search.store.columns import MaskAdmission, SnapshotColumns, SqlAdmission
+from sst_search.store.columns import MASK_COLUMNS, MaskAdmission, SnapshotColumns, SqlAdmission
 from sst_search.store.filters import Filter, compile_mask, scope, scoped
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
@@ -237,12 +237,18 @@ class Catalog:
         ]
 
     def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
-        """``{specimen_id: mask}`` of one trait on the given specimens (those without it are left out)."""
-        rows = self.con.execute(
-            "SELECT specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
-            "object_score, predicted_iou FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[]))",
-            [trait_name, [int(i) for i in specimen_ids]],
-        ).fetchall()
+        """``{specimen_id: mask}`` of one trait on the given specimens (those without it are left
+        out; of two traits drawn under one name, the lower trait id). A read-only snapshot
+        answers from memory (:meth:`SnapshotColumns.trait_masks`), a writer in SQL."""
+        ids = [int(i) for i in specimen_ids]
+        if self.read_only:
+            table = self._once("columns", lambda: SnapshotColumns(self)).trait_masks(trait_name, np.asarray(ids, np.int64))
+            rows = [tuple(r.values()) for r in table.to_pylist()]
+        else:
+            rows = self.con.execute(
+                f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[])) "
+                "ORDER BY trait_id DESC", [trait_name, ids],  # the lowest trait id is written last, and kept
+            ).fetchall()
         return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
                 for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}
 

@@ -19,9 +19,9 @@ of the index's ids:
     ids are 63-bit hashes, too sparse for a bitmap). An IVF index is not probed in its
     usual nearest ``nprobe`` lists, which may hold few admitted vectors or none (a filter
     that avoids the query's neighbourhood): it probes the lists nearest the query *that
-    hold admitted vectors*, counted per list, until they hold as many admitted vectors as
-    an index built on the admitted set alone would scan. A filter's cost then follows the
-    size of what it admits, not the collection's.
+    hold admitted vectors*, counted per list, until they hold ``selector_scan`` times as many
+    admitted vectors as an unfiltered search scores vectors. A filter that avoids the query's
+    neighbourhood then costs about what one around it costs.
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
 
@@ -151,11 +151,13 @@ def search_table(
     outcome = SearchOutcome([], plan, fraction)
     if plan == "postfilter":
         fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, plan_config))
-        hits = _faiss_search(index, table, query, fetch, refine)
+        # The candidates in the index's own order; only the first k * refine that pass are
+        # re-ranked by their stored vectors, as an unfiltered search re-ranks its first k * refine.
+        hits = _index_search(index, query, fetch)
         ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
         passed = admission.passes(ids) if len(ids) else np.zeros(0, bool)
         passing = set(ids[passed].tolist())
-        kept = [h for h in _drop(hits, skip) if h[0] in passing][:k]
+        kept = _refined(query, table, [h for h in _drop(hits, skip) if h[0] in passing][: k * refine], k, refine)
         candidate_share = float(passed.mean()) if len(ids) else 0.0
         representative = candidate_share >= plan_config.min_candidate_pass_ratio * fraction
         if (len(kept) == k and representative) or len(hits) >= index.ntotal:  # or the whole index was filtered
@@ -208,11 +210,11 @@ def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -
     return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
 
 
-def admitted_scan(m: int, config: IndexConfig) -> int:
-    """How many of ``m`` admitted vectors a filtered IVF search scores: as many as an index of
-    ``config``'s shape built on those ``m`` alone would scan (nprobe of its nlist lists)."""
-    nlist = config.nlist_for(m)
-    return int(math.ceil(config.nprobe_for(nlist) * m / nlist))
+def admitted_scan(m: int, ivf: faiss.IndexIVF, config: PlanConfig) -> int:
+    """How many of ``m`` admitted vectors a filtered IVF search scores: ``selector_scan`` times
+    what an unfiltered search scores (its ``nprobe`` lists of average length), at most ``m``."""
+    unfiltered = ivf.nprobe * ivf.ntotal / max(1, ivf.nlist)
+    return int(math.ceil(min(m, config.selector_scan * unfiltered)))
 
 
 def _admitted_lists_search(
@@ -227,7 +229,7 @@ def _admitted_lists_search(
     scores, order = ivf.quantizer.search(coarse, ivf.nlist)
     keep = held[order[0]] > 0
     order, scores = order[0][keep], scores[0][keep]
-    want = max(admitted_scan(len(rows), config), k * refine)
+    want = max(admitted_scan(len(rows), ivf, config.plan), k * refine)
     probed = min(len(order), int(np.searchsorted(np.cumsum(held[order]), want)) + 1)
     lists = order[:probed]
     in_probed = np.zeros(ivf.nlist, bool)
@@ -261,10 +263,15 @@ def _faiss_search(
     index: faiss.Index, table: VectorTable, query: np.ndarray, k: int, refine: int,
     params: faiss.SearchParameters | None = None,
 ) -> list[tuple[int, float]]:
-    fetch = min(max(1, int(index.ntotal)), k * max(1, refine))
-    scores, labels = index.search(query, fetch, params=params)
-    hits = [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
-    return _refined(query, table, hits, k, refine)
+    return _refined(query, table, _index_search(index, query, k * max(1, refine), params), k, refine)
+
+
+def _index_search(
+    index: faiss.Index, query: np.ndarray, n: int, params: faiss.SearchParameters | None = None
+) -> list[tuple[int, float]]:
+    """The index's own top ``n`` (approximate scores for compressed codes)."""
+    scores, labels = index.search(query, min(max(1, int(index.ntotal)), n), params=params)
+    return [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
 
 
 def _refined(query: np.ndarray, table: VectorTable, hits: list[tuple[int, float]], k: int, refine: int) -> list[tuple[int, float]]:
