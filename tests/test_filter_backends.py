@@ -113,6 +113,10 @@ def test_one_snapshot_answers_filter_after_filter_from_remembered_masks(snapshot
     with Store.open(snapshot, read_only=True) as reader, Store.open(snapshot, read_only=True) as other:
         for filters in FILTERS + FILTERS[::-1]:
             assert reader.admission(filters).admitted().tolist() == other.specimen_ids(filters).tolist()
+        # the mask doubles as an index's row mask only over exactly the snapshot's specimens
+        every, admission = reader.specimen_ids(status=None), reader.admission(FILTERS[0])
+        assert admission.table_mask(every).tolist() == np.isin(every, admission.admitted()).tolist()
+        assert admission.table_mask(every[1:]) is None
 
 
 def test_the_snapshot_joins_the_masks_sql_joins(snapshot, tmp_path):

@@ -81,6 +81,18 @@ def test_plan_follows_selectivity_and_returns_exactly_k(catalog, filters, plan, 
                 assert len(set(found) & set(expected)) >= 0.8 * k
 
 
+def test_a_snapshot_whose_index_holds_every_specimen_plans_from_the_exact_share(catalog):
+    """Every specimen has the trait's vector: the filter's mask is read as the index's rows
+    (the exact share, no sample, no id lookups)."""
+    db, ids, vectors, locality, _ = catalog
+    filters = [Filter(field="locality", op="==", value="one-percent")]
+    with SearchEngine.open(db) as engine:
+        admission = engine.admission(filters)
+        assert admission.table_mask(engine.store.population(EMBEDDER, TRAIT)) is not None
+        outcome = engine.store.filtered_search(EMBEDDER, TRAIT, vectors[0], 10, admission)
+    assert outcome.estimated_fraction == np.mean(locality == "one-percent")
+
+
 def test_one_in_ten_thousand_returns_all_of_them_through_the_engine(catalog):
     db, ids, vectors, locality, _ = catalog
     rare = ids[locality == "rare"]

@@ -42,6 +42,7 @@ class SnapshotColumns:
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._listing: pa.Table | None = None
         self._trait_masks: dict[str, pa.Table] = {}
+        self._same: dict[int, tuple[np.ndarray, bool]] = {}
         self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
             "specimen_id"].astype(np.int64)
 
@@ -70,6 +71,18 @@ class SnapshotColumns:
             while len(self._masks) > MASKS_KEPT:
                 self._masks.popitem(last=False)
         return mask
+
+    def same_ids(self, ids: np.ndarray) -> bool:
+        """Whether ``ids`` are the snapshot's specimen ids, row for row (checked once per array:
+        an index's id array lives as long as its generation)."""
+        with self._lock:
+            known = self._same.get(id(ids))
+            if known is not None and known[0] is ids:
+                return known[1]
+        same = len(ids) == len(self.ids) and bool(np.array_equal(ids, self.ids))
+        with self._lock:
+            self._same[id(ids)] = (ids, same)
+        return same
 
     def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
@@ -168,6 +181,11 @@ class MaskAdmission:
 
     def admitted(self) -> np.ndarray:
         return self._columns.ids[self._mask]
+
+    def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
+        """The mask itself when the index holds exactly the snapshot's specimens (see
+        :class:`~sst_search.store.planner.RowMask`)."""
+        return self._mask if self._columns.same_ids(table_ids) else None
 
 
 class SqlAdmission:

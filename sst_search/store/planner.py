@@ -4,7 +4,8 @@ A filter (metadata, group, measurement: whatever the catalog's filter compiler t
 SQL) reaches this module as two questions the catalog can answer, :class:`Admission`:
 *which of these ids pass?* (cheap, a handful of ids) and *which ids pass at all?* (one
 scan). The plan is chosen from the filter's selectivity, estimated on a fixed-seed sample
-of the index's ids:
+of the index's ids, or read exactly off a snapshot's mask when the index holds every
+specimen (:class:`RowMask`):
 
 ``postfilter``
     Most items pass. Search unfiltered for ``overfetch * k / fraction`` hits and keep the
@@ -53,6 +54,15 @@ class Admission(Protocol):
 
     def admitted(self) -> np.ndarray:
         """Every id that passes the filter."""
+
+
+class RowMask(Protocol):
+    """An admission that may also know which rows of an index's id array pass, without a
+    lookup per id (a snapshot's mask when the index holds every specimen): the plan then
+    reads the exact share and the admitted rows off it."""
+
+    def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
+        """Boolean mask over ``table_ids`` (sorted), or None when it would cost a lookup per id."""
 
 
 class VectorTable:
@@ -146,7 +156,11 @@ def search_table(
     if admission is None:
         hits = _faiss_search(index, table, query, k + extra, refine)
         return SearchOutcome(_drop(hits, skip)[:k], "unfiltered")
-    fraction = estimate_fraction(table.ids, admission, plan_config)
+    row_mask = admission.table_mask(table.ids) if hasattr(admission, "table_mask") else None
+    if row_mask is not None:
+        fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
+    else:
+        fraction = estimate_fraction(table.ids, admission, plan_config)
     plan = choose_plan(fraction, len(table), k, plan_config)
     outcome = SearchOutcome([], plan, fraction)
     if plan == "postfilter":
@@ -167,10 +181,7 @@ def search_table(
             f"postfilter kept {len(kept)} of {k}" if len(kept) < k
             else f"candidates passed at {candidate_share:.3f}, the collection at {fraction:.3f}"
         )
-    admitted = np.asarray(admission.admitted(), np.int64)
-    if len(admitted) > 1 and not (admitted[1:] > admitted[:-1]).all():
-        admitted = np.unique(admitted)
-    rows = table.rows(admitted)
+    rows = np.flatnonzero(row_mask) if row_mask is not None else _admitted_rows(admission, table)
     if skip is not None:
         rows = rows[table.ids[rows] != skip]
     want = min(k, len(rows))
@@ -193,6 +204,14 @@ def search_table(
         hits = exact_top(query[0], table, rows, k)
     outcome.hits = hits[:k]
     return outcome
+
+
+def _admitted_rows(admission: Admission, table: VectorTable) -> np.ndarray:
+    """Rows of the table whose ids ``admission`` admits, ascending."""
+    admitted = np.asarray(admission.admitted(), np.int64)
+    if len(admitted) > 1 and not (admitted[1:] > admitted[:-1]).all():
+        admitted = np.unique(admitted)
+    return table.rows(admitted)
 
 
 def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
