@@ -42,6 +42,7 @@ import faiss
 import numpy as np
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
@@ -77,21 +78,26 @@ def trait_mask_rows(ids: np.ndarray, seed: int, shapes: int = 64, size: int = 51
     of a realistic size from a table of a realistic length."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
-    masks = []
+    shapes_rows = []
     for _ in range(shapes):
         (cy, cx), (ry, rx) = rng.uniform(0.3, 0.7, 2) * size, rng.uniform(0.05, 0.25, 2) * size
         mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         ys, xs = np.nonzero(mask)
-        masks.append((encode_mask(mask), int(mask.sum()), xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-    pick = np.arange(len(ids)) % shapes
+        shapes_rows.append({"area": int(mask.sum()), "bbox_x0": int(xs.min()), "bbox_y0": int(ys.min()),
+                            "bbox_x1": int(xs.max()) + 1, "bbox_y1": int(ys.max()) + 1, "rle": encode_mask(mask)})
+    # Arrow repeats the few shapes natively: at 10 million rows Python lists would not fit in memory.
+    shapes_table = pa.Table.from_pylist(shapes_rows)
+    shapes_table = shapes_table.set_column(5, "rle", shapes_table.column("rle").cast(pa.large_string()))  # > 2 GiB at 10M
+    table = shapes_table.take(pa.array(np.arange(len(ids)) % shapes))
+    n = len(ids)
+    return table.add_column(0, "specimen_id", pa.array(ids)).add_column(1, "trait_id", pa.array(np.ones(n, np.int32))) \
+        .add_column(2, "trait_name", repeated(TRAIT, n)).append_column("quality", pa.array(rng.random(n))) \
+        .append_column("source", repeated("sst", n))
 
-    def column(j: int) -> list:
-        return [masks[i][j] for i in pick]
 
-    return pa.table({"specimen_id": ids, "trait_id": np.ones(len(ids), np.int32), "trait_name": [TRAIT] * len(ids),
-                     "area": column(1), "bbox_x0": column(2), "bbox_y0": column(3), "bbox_x1": column(4),
-                     "bbox_y1": column(5), "rle": column(0), "quality": rng.random(len(ids)),
-                     "source": ["sst"] * len(ids)})
+def repeated(value: str, n: int) -> pa.Array:
+    """``n`` copies of one string, built by Arrow."""
+    return pa.array([value]).take(pa.array(np.zeros(n, np.int64)))
 
 
 def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, localities, dates) -> None:
@@ -99,10 +105,12 @@ def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, locali
     n = len(ids)
     with Store.open(db, index_config=config) as store:
         store.write_columns(
-            pa.table({"specimen_id": ids, "path": pa.array([f"images/{i}.png" for i in range(n)]),
-                      "group_name": group_names, "status": pa.array(["indexed"] * n)}),
-            metadata=pa.table({"specimen_id": np.concatenate([ids, ids]), "key": ["locality"] * n + ["eventDate"] * n,
-                               "value": np.concatenate([localities, dates])}),
+            pa.table({"specimen_id": ids,
+                      "path": pc.binary_join_element_wise("images/", pc.cast(pa.array(np.arange(n)), pa.string()), ".png", ""),
+                      "group_name": group_names, "status": repeated("indexed", n)}),
+            metadata=pa.table({"specimen_id": np.concatenate([ids, ids]),
+                               "key": pa.concat_arrays([repeated("locality", n), repeated("eventDate", n)]),
+                               "value": pa.concat_arrays([localities, dates])}),
             masks=trait_mask_rows(ids, seed=2),
             vectors={(EMBEDDER, TRAIT): (ids, vectors)},
         )
@@ -180,10 +188,13 @@ def main() -> None:
     rng = np.random.default_rng(1)
     ids = rng.choice(1 << 62, size=args.n, replace=False).astype(np.int64)  # ids look like specimen_id() hashes
     groups = clusters % args.groups  # a species' specimens look alike
-    group_names = np.array([f"g{g:02d}" for g in range(args.groups)])[groups]
-    localities = np.array(LOCALITIES)[rng.integers(len(LOCALITIES), size=args.n)]
-    start = date(1950, 1, 1)
-    dates = (np.datetime64(start) + rng.integers(0, 27_000, size=args.n).astype("timedelta64[D]")).astype(str)
+    # Text columns as Arrow arrays built from codes: numpy text arrays of 10 million rows cost gigabytes.
+    group_names = pa.array([f"g{g:02d}" for g in range(args.groups)]).take(pa.array(groups))
+    locality_codes = rng.integers(len(LOCALITIES), size=args.n)
+    localities = pa.array(LOCALITIES).take(pa.array(locality_codes))
+    days = rng.integers(0, 27_000, size=args.n)
+    start = np.datetime64(date(1950, 1, 1))
+    dates = pa.array(start + days.astype("timedelta64[D]")).cast(pa.string())  # ISO dates, as a manifest gives them
 
     config = IndexConfig(exact_threshold=min(50_000, args.n - 1), approximate=args.approx)
     rss0 = proc.memory_info().rss
@@ -210,19 +221,22 @@ def main() -> None:
     query_rows = rng.choice(args.n, size=args.queries, replace=False)
     query_ids = ids[query_rows]
     other = (groups[query_rows] + args.groups // 2) % args.groups
-    recent = np.sort(dates)[int(0.99 * args.n)]
-    ridge = np.char.find(np.char.lower(localities.astype(str)), "ridge") >= 0
+    recent_day = np.sort(days)[int(0.99 * args.n)]
+    recent = str(start + np.timedelta64(int(recent_day), "D"))
+    ridge = np.isin(locality_codes, [i for i, name in enumerate(LOCALITIES) if "ridge" in name.lower()])
+    group_name = [f"g{g:02d}" for g in range(args.groups)]
     # scenario -> (our filters of query j, LanceDB where clause of query j, which vectors pass)
     scenarios = {
         "none": (lambda j: [], lambda j: None, lambda j: np.ones(args.n, bool)),
-        "group-own": (lambda j: [Filter(field="group", op="==", value=group_names[query_rows[j]])],
-                      lambda j: f"group_name = '{group_names[query_rows[j]]}'", lambda j: groups == groups[query_rows[j]]),
+        "group-own": (lambda j: [Filter(field="group", op="==", value=group_name[groups[query_rows[j]]])],
+                      lambda j: f"group_name = '{group_name[groups[query_rows[j]]]}'",
+                      lambda j: groups == groups[query_rows[j]]),
         "locality": (lambda j: [Filter(field="locality", op="contains", value="ridge")],
                      lambda j: "lower(locality) LIKE '%ridge%'", lambda j: ridge),
         "group-other": (lambda j: [Filter(field="group", op="==", value=f"g{other[j]:02d}")],
                         lambda j: f"group_name = 'g{other[j]:02d}'", lambda j: groups == other[j]),
         "date-1%": (lambda j: [Filter(field="eventDate", op=">=", value=recent)],
-                    lambda j: f"eventDate >= '{recent}'", lambda j: dates >= recent),
+                    lambda j: f"eventDate >= '{recent}'", lambda j: days >= recent_day),
     }
     t = time.perf_counter()
     truth = {name: [] for name in scenarios}

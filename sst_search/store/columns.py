@@ -96,9 +96,9 @@ class SnapshotColumns:
         the order asked: a search's results joined in memory instead of by a scan per query."""
         with self._lock:
             if self._listing is None:
-                self._listing = self._catalog.con.sql(
+                self._listing = whole(self._catalog.con.sql(
                     "SELECT specimen_id, path, group_name, status, metadata FROM specimens ORDER BY specimen_id"
-                ).to_arrow_table().combine_chunks()
+                ).to_arrow_table())
         found, rows = self.rows_of(np.asarray(ids, np.int64))
         return self._listing.take(pa.array(rows[found]))
 
@@ -109,11 +109,11 @@ class SnapshotColumns:
         with self._lock:
             table = self._trait_masks.get(trait_name)
             if table is None:
-                table = self._trait_masks[trait_name] = self._catalog.con.sql(
+                table = self._trait_masks[trait_name] = whole(self._catalog.con.sql(
                     f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
                     "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1 ORDER BY specimen_id",
                     params=[trait_name],
-                ).to_arrow_table().combine_chunks()
+                ).to_arrow_table())
         held = table.column("specimen_id").to_numpy()
         ids = np.asarray(ids, np.int64)
         if not len(held):
@@ -160,7 +160,7 @@ class SnapshotColumns:
 
     def _text(self, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
         """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's TRY_CAST)."""
-        encoded = pc.dictionary_encode(values.combine_chunks())
+        encoded = pc.dictionary_encode(whole(values))
         codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
         distinct = encoded.dictionary
         numbers = self._catalog.con.sql(
@@ -200,3 +200,12 @@ class SqlAdmission:
 
     def admitted(self) -> np.ndarray:
         return self._catalog.specimen_ids(self._filters)
+
+
+def whole(data: pa.Table | pa.ChunkedArray) -> pa.Table | pa.Array:
+    """``data`` as one contiguous table or array, text as ``large_string``: a column holding
+    more than 2 GiB of text (10 million masks' RLE, say) overflows Arrow's 32-bit offsets."""
+    if isinstance(data, pa.ChunkedArray):
+        return (data.cast(pa.large_string()) if pa.types.is_string(data.type) else data).combine_chunks()
+    schema = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in data.schema])
+    return data.cast(schema).combine_chunks()

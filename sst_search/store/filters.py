@@ -241,7 +241,7 @@ def condition_mask(c: Condition, col: ColumnValues, n: int) -> np.ndarray:
     elif c.op == "contains":
         hit = pc.greater(pc.find_substring(pc.utf8_lower(values), pc.utf8_lower(pa.scalar(c.value)).as_py()), -1)
     else:
-        if c.numeric and pa.types.is_string(values.type):
+        if c.numeric and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             values = col.numbers
         hit = _COMPARE_ARROW[c.op](values, pa.scalar(c.value, values.type))
     hit = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)

@@ -243,6 +243,9 @@ def _admitted_lists_search(
     """The selector plan on an IVF index: see the module docstring."""
     ivf = ivf_of(index)
     row_lists = table.ivf_lists(index)[rows]
+    rows, row_lists = rows[row_lists >= 0], row_lists[row_lists >= 0]  # a row the index lacks cannot be probed
+    if not len(rows):
+        return []
     held = np.bincount(row_lists, minlength=ivf.nlist)
     coarse = _coarse_input(index, query)
     scores, order = ivf.quantizer.search(coarse, ivf.nlist)
@@ -253,9 +256,9 @@ def _admitted_lists_search(
     lists = order[:probed]
     in_probed = np.zeros(ivf.nlist, bool)
     in_probed[lists] = True
-    selector = faiss.IDSelectorBatch(table.ids[rows[in_probed[row_lists]]])
-    params = faiss.SearchParametersIVF(sel=selector, nprobe=probed)
-    fetch = min(int(np.count_nonzero(in_probed[row_lists])), k * refine)
+    candidates = table.ids[rows[in_probed[row_lists]]]
+    params = faiss.SearchParametersIVF(sel=faiss.IDSelectorBatch(candidates), nprobe=probed)
+    fetch = min(len(candidates), k * refine)
     lists = np.ascontiguousarray(lists, np.int64)
     centroid_scores = np.ascontiguousarray(scores[:probed], np.float32)
     found_scores, labels = np.empty(fetch, np.float32), np.empty(fetch, np.int64)
