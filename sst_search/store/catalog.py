@@ -30,11 +30,30 @@ MASK_ROW_COLUMNS = (
 )
 
 
-def _vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
-    col = table.column(column).combine_chunks()
-    if len(col) == 0:
-        return np.zeros((0, 0), np.float32)
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
+#: Vectors per batch read from DuckDB (a few tens of megabytes at dim 512).
+VECTOR_BATCH_ROWS = 32_768
+
+
+def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, matrix)`` from batches of ``(specimen_id, vector)``, copied once into arrays of
+    ``n`` rows: at 10 million vectors an Arrow table and its combined, flattened and
+    converted copies held the matrix four times over, more than the machine's memory."""
+    ids, matrix, at = np.empty(n, np.int64), None, 0
+    for batch in batches:
+        rows = len(batch)
+        if not rows:
+            continue
+        if at + rows > n:
+            raise RuntimeError(f"the vectors table grew while it was read ({at + rows} rows, {n} counted)")
+        values = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+        if matrix is None:
+            matrix = np.empty((n, len(values) // rows), np.float32)
+        matrix[at : at + rows] = values.reshape(rows, -1)
+        ids[at : at + rows] = batch.column(0).to_numpy()
+        at += rows
+    if matrix is None:
+        return ids[:0], np.zeros((0, 0), np.float32)
+    return ids[:at], matrix[:at]
 
 
 def _json(value: str | None):
@@ -325,16 +344,18 @@ class Catalog:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(specimen_ids, (n, dim) matrix)`` of one index's vectors, from DuckDB, ordered by id;
         ``shard=(i, n)``: only those with ``specimen_id % n == i`` (see :mod:`sst_search.sharding`)."""
-        sql = "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ?"
+        where = "embedder = ? AND trait_name = ?"
         params: list = [embedder, trait_name]
         if ids is not None:
-            sql += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
+            where += " AND specimen_id IN (SELECT unnest(?::BIGINT[]))"
             params.append([int(i) for i in ids])
         if shard is not None:
-            sql += " AND specimen_id % ? = ?"
+            where += " AND specimen_id % ? = ?"
             params += [int(shard[1]), int(shard[0])]
-        table = self.con.sql(sql + " ORDER BY specimen_id", params=params).to_arrow_table()
-        return table.column("specimen_id").to_numpy().astype(np.int64), _vector_matrix(table)
+        n = self.con.execute(f"SELECT count(*) FROM vectors WHERE {where}", params).fetchall()[0][0]
+        batches = self.con.sql(f"SELECT specimen_id, vector FROM vectors WHERE {where} ORDER BY specimen_id",
+                               params=params).to_arrow_reader(VECTOR_BATCH_ROWS)
+        return _vector_rows(batches, n)
 
     # -- helpers -------------------------------------------------------------------------
 
