@@ -17,6 +17,7 @@ only ever replaced whole and are trusted only at a matching generation.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,7 +127,7 @@ class Store(Catalog):
         if not read_only:  # a new store in a new folder: DuckDB would blame a lock instead
             db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            con = duckdb.connect(str(db_path), read_only=read_only)
+            con = duckdb.connect(str(db_path), read_only=read_only, config={"memory_limit": duckdb_memory_limit()})
         except duckdb.Error as exc:
             if is_lock_conflict(exc):
                 mode = "read-only" if read_only else "for writing"
@@ -696,6 +697,18 @@ def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: st
     if not np.isfinite(queries).all():
         raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
     return min(int(k), MAX_K)
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's own buffer limit: a quarter of the machine's memory (DuckDB's default is 80%).
+
+    The store's bulk data in memory lives outside DuckDB (vector matrices, FAISS indexes,
+    the snapshot's columns and masks); left at 80%, DuckDB's sort buffers for reading a
+    10 million x 128 vector table grew to 10 GiB on top of the 5 GiB matrix being filled and
+    a 24 GiB machine ran out. Past the limit DuckDB spills to disk instead.
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, total // 4 // 2**20)}MB"
 
 
 class _IdSet:
