@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8, help="concurrent searching threads for the p95 under load")
     ap.add_argument("--lance-nprobes", type=int, default=None,
-                    help="partitions LanceDB probes (default: the share of lists our index probes)")
+                    help="partitions LanceDB probes (default: our rule, 2 * sqrt(partitions))")
     ap.add_argument("--lance-refine", type=int, default=10)
     ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
     ap.add_argument("--nprobe-factors", default="",
@@ -194,7 +194,8 @@ def main() -> None:
     ids = rng.choice(1 << 62, size=args.n, replace=False).astype(np.int64)  # ids look like specimen_id() hashes
     groups = clusters % args.groups  # a species' specimens look alike
     # Text columns as Arrow arrays built from codes: numpy text arrays of 10 million rows cost gigabytes.
-    group_names = pa.array([f"g{g:02d}" for g in range(args.groups)]).take(pa.array(groups))
+    group_name = [f"g{g:02d}" for g in range(args.groups)]
+    group_names = pa.array(group_name).take(pa.array(groups))
     locality_codes = rng.integers(len(LOCALITIES), size=args.n)
     localities = pa.array(LOCALITIES).take(pa.array(locality_codes))
     days = rng.integers(0, 27_000, size=args.n)
@@ -219,7 +220,6 @@ def main() -> None:
     recent_day = np.sort(days)[int(0.99 * args.n)]
     recent = str(start + np.timedelta64(int(recent_day), "D"))
     ridge = np.isin(locality_codes, [i for i, name in enumerate(LOCALITIES) if "ridge" in name.lower()])
-    group_name = [f"g{g:02d}" for g in range(args.groups)]
     # scenario -> (our filters of query j, LanceDB where clause of query j, which vectors pass)
     scenarios = {
         "none": (lambda j: [], lambda j: None, lambda j: np.ones(args.n, bool)),

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
+from sst_search.store.planner import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
@@ -41,7 +42,7 @@ class SnapshotColumns:
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._listing: pa.Table | None = None
-        self._trait_masks: dict[str, pa.Table] = {}
+        self._trait_masks: dict[str, tuple[pa.Table, np.ndarray]] = {}  # rows and their specimen ids
         self._same: dict[int, tuple[np.ndarray, bool]] = {}
         self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
             "specimen_id"].astype(np.int64)
@@ -86,10 +87,7 @@ class SnapshotColumns:
 
     def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
-        if not len(self.ids):
-            return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
-        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        return self.ids[rows] == ids, rows
+        return sorted_rows(self.ids, ids)
 
     def listing(self, ids: np.ndarray) -> pa.Table:
         """``specimen_id, path, group_name, status, metadata`` of ``ids`` (those that exist), in
@@ -107,19 +105,16 @@ class SnapshotColumns:
         from that trait's masks loaded once: a search joins its hits without a scan of the
         table per query (milliseconds at millions of masks)."""
         with self._lock:
-            table = self._trait_masks.get(trait_name)
-            if table is None:
-                table = self._trait_masks[trait_name] = whole(self._catalog.con.sql(
+            if trait_name not in self._trait_masks:
+                table = whole(self._catalog.con.sql(
                     f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
                     "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1 ORDER BY specimen_id",
                     params=[trait_name],
                 ).to_arrow_table())
-        held = table.column("specimen_id").to_numpy()
-        ids = np.asarray(ids, np.int64)
-        if not len(held):
-            return table.slice(0, 0)
-        rows = np.minimum(np.searchsorted(held, ids), len(held) - 1)
-        return table.take(pa.array(rows[held[rows] == ids]))
+                self._trait_masks[trait_name] = (table, table.column("specimen_id").to_numpy())
+            table, held = self._trait_masks[trait_name]
+        found, rows = sorted_rows(held, ids)
+        return table.take(pa.array(rows[found]))
 
     def _load(self, c: Condition) -> ColumnValues:
         con = self._catalog.con

@@ -65,6 +65,16 @@ class RowMask(Protocol):
         """Boolean mask over ``table_ids`` (sorted), or None when it would cost a lookup per id."""
 
 
+def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(found, rows)``: which ``ids`` are in the ascending array ``sorted_ids``, and where
+    (a row of a miss is meaningless): the join of a few ids against millions, by bisection."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(sorted_ids):
+        return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
+    rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[rows] == ids, rows
+
+
 class VectorTable:
     """One index's stored float vectors in memory, sorted by id: a query's own vector, exact
     scans and re-ranking look up a few rows per search in microseconds, where a DuckDB query
@@ -83,11 +93,8 @@ class VectorTable:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows of those ``ids`` the table holds, in the order asked (unknown ids left out)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if not len(self.ids):
-            return np.zeros(0, np.int64)
-        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        return rows[self.ids[rows] == ids]
+        found, rows = sorted_rows(self.ids, ids)
+        return rows[found]
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ids found, float32 matrix)`` in the order asked; unknown ids are left out."""
