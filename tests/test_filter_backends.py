@@ -51,6 +51,7 @@ FILTERS = [
     [Filter(field="group", op="not in", value=["g0", "g2"])],
     [Filter(field="locality", op="contains", value="RIDGE")],
     [Filter(field="locality", op="contains", value="0%_")],
+    [Filter(field="locality", op="contains", value="no such place")],
     [Filter(field="locality", op="==", value=NASTY)],
     [Filter(field="locality", op="!=", value="")],
     [Filter(field="locality", op="in", value=["Río Napo", "ridge top"])],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,14 +60,31 @@ class SnapshotColumns:
         :data:`MASKS_KEPT`): every search repeats ``status == 'indexed'``, and people page
         and re-query under the same filter, which then costs nothing instead of a pass over
         every specimen."""
-        key = (condition.source, condition.column, condition.trait, condition.op, repr(condition.value), condition.numeric)
+        return self._remembered(_key(condition), lambda: condition_mask(condition, self.column(condition), len(self.ids)))
+
+    def all_of(self, conditions: Sequence[Condition]) -> np.ndarray:
+        """Which specimens pass every one of ``conditions``, remembered like each condition's
+        mask: a filter then yields the same array search after search, and what a search
+        derives from it (its rows per IVF list, a FAISS selector) is kept with it."""
+        if len(conditions) == 1:
+            return self.condition_mask(conditions[0])
+
+        def conjunction() -> np.ndarray:
+            mask = self.condition_mask(conditions[0]).copy()
+            for condition in conditions[1:]:
+                mask &= self.condition_mask(condition)
+            return mask
+
+        return self._remembered(frozenset(map(_key, conditions)), conjunction)
+
+    def _remembered(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
         with self._lock:
             mask = self._masks.get(key)
             if mask is not None:
                 self._masks.move_to_end(key)
                 return mask
-        mask = condition_mask(condition, self.column(condition), len(self.ids))
-        mask.flags.writeable = False  # shared by every search that repeats the condition
+        mask = compute()
+        mask.flags.writeable = False  # shared by every search that repeats the filter
         with self._lock:
             self._masks[key] = mask
             while len(self._masks) > MASKS_KEPT:
@@ -195,6 +213,10 @@ class SqlAdmission:
 
     def admitted(self) -> np.ndarray:
         return self._catalog.specimen_ids(self._filters)
+
+
+def _key(c: Condition) -> tuple:
+    return (c.source, c.column, c.trait, c.op, repr(c.value), c.numeric)
 
 
 def whole(data: pa.Table | pa.ChunkedArray) -> pa.Table | pa.Array:

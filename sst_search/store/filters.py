@@ -16,7 +16,7 @@ would cost more than the vector search itself). A test holds the two to the same
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -216,8 +216,8 @@ class ColumnSource(Protocol):
 
     ids: np.ndarray
 
-    def condition_mask(self, condition: Condition) -> np.ndarray:
-        """Which of :attr:`ids` pass ``condition`` (:func:`condition_mask` over the field's values)."""
+    def all_of(self, conditions: Sequence[Condition]) -> np.ndarray:
+        """Which of :attr:`ids` pass every one of ``conditions`` (:func:`condition_mask` over each field's values)."""
 
 
 def compile_mask(
@@ -226,10 +226,8 @@ def compile_mask(
     """Which of ``columns.ids`` pass every filter: the same conditions as :func:`compile_filters`,
     evaluated on each field's distinct values and spread to the specimens with one gather, so
     a filter over a million specimens costs milliseconds and no query."""
-    mask = np.ones(len(columns.ids), bool)
-    for f in filters:
-        mask &= columns.condition_mask(resolve(f, metadata_keys, measured_traits))
-    return mask
+    conditions = [resolve(f, metadata_keys, measured_traits) for f in filters]
+    return columns.all_of(conditions) if conditions else np.ones(len(columns.ids), bool)
 
 
 def condition_mask(c: Condition, col: ColumnValues, n: int) -> np.ndarray:
@@ -246,12 +244,25 @@ def condition_mask(c: Condition, col: ColumnValues, n: int) -> np.ndarray:
         hit = _COMPARE_ARROW[c.op](values, pa.scalar(c.value, values.type))
     hit = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
     if col.codes is not None:
-        hit = np.append(hit, False)[col.codes]  # code -1 (no value) picks the appended False
+        hit = _per_code(hit, col.codes)
     if col.rows is None:
         return hit
     out = np.zeros(n, bool)
     out[col.rows[hit]] = True
     return out
+
+
+def _per_code(hit: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each entry's code looked up in ``hit`` (code -1, no value, never passes). A condition
+    that picks out a few values compares the codes with each (0.2 ms per value at a million
+    entries) instead of gathering (2 ms)."""
+    picked = np.flatnonzero(hit)
+    if len(picked) <= 4:
+        out = codes == picked[0] if len(picked) else np.zeros(len(codes), bool)
+        for code in picked[1:]:
+            out |= codes == code
+        return out
+    return np.take(np.append(hit, False), codes)  # code -1 picks the appended False
 
 
 _COMPARE_ARROW = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal,
