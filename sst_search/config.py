@@ -71,9 +71,9 @@ class PlanConfig(_Strict):
     )
     exact_max: int = Field(20_000, description="scan the admitted vectors exactly when at most this many pass")
     selector_scan: float = Field(
-        0.5, gt=0, description="selector on IVF: score this share of an unfiltered search's vectors among the admitted "
-        "ones (at 1M vectors, a filter avoiding the query's neighbourhood: 0.25 -> recall@10 0.950, 0.5 -> 0.988, "
-        "1 -> 0.997)"
+        0.5, gt=0, description="selector on IVF: beyond the lists an unfiltered search probes, score this share of what "
+        "it would score if the admitted vectors were a collection of their own (at 1M vectors, a filter avoiding the "
+        "query's neighbourhood: 0.25 -> recall@10 0.950, 0.5 -> 0.988, 1 -> 0.997)"
     )
     sample_size: int = Field(2048, description="ids sampled to estimate a filter's share (when it is not known exactly)")
     seed: int = Field(0, description="seed of that sample")

@@ -14,15 +14,22 @@ specimen (:class:`RowMask`):
     when the candidates pass far less often than the collection does: the filter then
     avoids the query's neighbourhood (e.g. "specimens of *another* species most like this
     one"), and the first ``k`` survivors are the few admitted items that happen to sit in the
-    lists an unfiltered search probes, not the admitted set's nearest.
+    lists an unfiltered search probes, not the admitted set's nearest. When the admitted
+    rows are known (a snapshot's mask) on an IVF index, their count per list
+    (:class:`AdmittedLists`, kept per filter) tells before searching whether the lists
+    nearest the query hold the filter's share, so a post-filter that would fall through is
+    not tried.
 ``selector``
-    Between the two. FAISS searches only the admitted ids (``IDSelectorBatch``: specimen
-    ids are 63-bit hashes, too sparse for a bitmap). An IVF index is not probed in its
-    usual nearest ``nprobe`` lists, which may hold few admitted vectors or none (a filter
-    that avoids the query's neighbourhood): it probes the lists nearest the query *that
-    hold admitted vectors*, counted per list, until they hold ``selector_scan`` times as many
-    admitted vectors as an unfiltered search scores vectors. A filter that avoids the query's
-    neighbourhood then costs about what one around it costs.
+    Between the two. FAISS searches only the admitted vectors. An IVF index is not probed in
+    its usual nearest ``nprobe`` lists alone, which may hold few admitted vectors or none (a
+    filter that avoids the query's neighbourhood): it probes the lists nearest the query
+    *that hold admitted vectors*: those among the nearest ``nprobe``, then on until they
+    hold ``selector_scan`` times what an unfiltered search would score if the admitted
+    vectors were a collection of their own (:func:`admitted_scan`). A filter unrelated to
+    the vectors is then searched about where an unfiltered search looks, and one that
+    avoids the query's neighbourhood costs about what one around it costs. The selector is
+    a set of the admitted ids of the probed lists, or of the others when most pass, or none
+    when all do (specimen ids are 63-bit hashes, too sparse for a bitmap).
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
 
@@ -34,6 +41,9 @@ vectors, so a lossy code only has to put the true neighbours among the candidate
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -44,6 +54,8 @@ from sst_search.config import IndexConfig, PlanConfig
 from sst_search.store.indexes import ivf_of
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
+#: Filters whose admitted vectors a table keeps counted per IVF list (a few KB each).
+ADMITTED_KEPT = 64
 
 
 class Admission(Protocol):
@@ -86,7 +98,9 @@ class VectorTable:
             order = np.argsort(ids, kind="stable")
             ids, matrix = ids[order], matrix[order]
         self.ids, self.matrix = ids, matrix
-        self._lists: tuple[faiss.Index, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        self._layout: tuple[faiss.Index, ListLayout] | None = None
+        self._admitted: OrderedDict[int, tuple[weakref.ref, faiss.Index, AdmittedLists]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,19 +117,110 @@ class VectorTable:
         rows = self.rows(ids)
         return self.ids[rows], np.asarray(self.matrix[rows], np.float32)
 
-    def ivf_lists(self, index: faiss.Index) -> np.ndarray:
-        """The IVF list of every row in ``index`` (which holds exactly these vectors), read from
-        its inverted lists once: a filter's admitted vectors are then counted per list."""
-        cached = self._lists
+    def layout(self, index: faiss.Index) -> ListLayout:
+        """Where these vectors sit in ``index`` (which holds exactly them), read from its
+        inverted lists once per index."""
+        cached = self._layout
         if cached is not None and cached[0] is index:
             return cached[1]
-        ivf, out = ivf_of(index), np.full(len(self.ids), -1, np.int32)
+        layout = ListLayout.of(index, self)
+        self._layout = (index, layout)
+        return layout
+
+    def admitted_lists(self, index: faiss.Index, mask: np.ndarray) -> AdmittedLists:
+        """:class:`AdmittedLists` of the rows ``mask`` admits, kept per mask (a snapshot hands
+        out one array per filter, and a filter paged through or shared by many users then
+        costs nothing); the cache holds only a weak reference to the mask."""
+        with self._lock:
+            entry = self._admitted.get(id(mask))
+            if entry is not None and entry[0]() is mask and entry[1] is index:
+                self._admitted.move_to_end(id(mask))
+                return entry[2]
+        admitted = AdmittedLists(self.layout(index), mask)
+        with self._lock:
+            self._admitted[id(mask)] = (weakref.ref(mask), index, admitted)
+            while len(self._admitted) > ADMITTED_KEPT:
+                self._admitted.popitem(last=False)
+        return admitted
+
+
+@dataclass(frozen=True)
+class ListLayout:
+    """The IVF list of every row of a :class:`VectorTable` (-1 where the index lacks the
+    row) and the rows of every list, in list order: a filter's mask over the rows then
+    counts its admitted vectors per list, and picks out the admitted ones of a few lists,
+    without asking the index."""
+
+    row_lists: np.ndarray
+    rows: np.ndarray
+    starts: np.ndarray  # list l holds rows[starts[l]:starts[l + 1]]
+
+    @classmethod
+    def of(cls, index: faiss.Index, table: VectorTable) -> ListLayout:
+        ivf = ivf_of(index)
+        row_lists, parts = np.full(len(table), -1, np.int32), []
         for list_no in range(ivf.nlist):
             size = ivf.invlists.list_size(list_no)
-            if size:
-                out[self.rows(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size))] = list_no
-        self._lists = (index, out)
-        return out
+            rows = table.rows(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)) if size else np.zeros(0, np.int64)
+            row_lists[rows] = list_no
+            parts.append(rows)
+        starts = np.zeros(ivf.nlist + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=starts[1:])
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return cls(row_lists, rows.astype(np.int32 if len(table) < 2**31 else np.int64), starts)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def rows_in(self, lists: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.rows[self.starts[i] : self.starts[i + 1]] for i in lists]) if len(lists) else self.rows[:0]
+
+
+class AdmittedLists:
+    """How many of a filter's admitted vectors each IVF list holds. From the counts the plan
+    knows before searching whether the lists nearest the query hold the filter's share (a
+    post-filter would otherwise fall through) and which lists the selector must probe."""
+
+    def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
+        lists = layout.row_lists[mask]
+        self.layout, self.sizes = layout, layout.sizes
+        self.held = np.bincount(lists[lists >= 0], minlength=len(self.sizes))  # a row the index lacks is not probed
+        self.holding = int(np.count_nonzero(self.held))
+        self.count = int(self.held.sum())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def seen_by_postfilter(self, order: np.ndarray, nprobe: int, fetch: int, fraction: float, need: int,
+                           config: PlanConfig) -> bool:
+        """Whether a post-filter would see the filter's share: the ``nprobe`` lists nearest
+        the query (``order``) hold ``need`` admitted vectors, and the nearest lists that
+        hold its ``fetch`` candidates pass at least ``min_candidate_pass_ratio`` of the share
+        (a filter that avoids the query's neighbourhood does not, however many pass further out)."""
+        near = order[:nprobe]
+        if int(self.held[near].sum()) < need:
+            return False
+        candidates = near[: int(np.searchsorted(np.cumsum(self.sizes[near]), fetch)) + 1]
+        return int(self.held[candidates].sum()) >= config.min_candidate_pass_ratio * fraction * int(
+            self.sizes[candidates].sum())
+
+
+def _list_selector(layout: ListLayout, mask: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> faiss.IDSelector | None:
+    """A selector admitting the admitted vectors of ``lists``: None when they all pass, else
+    a set of the admitted ids or of the others, whichever is smaller (a set lookup per
+    scanned vector costs about as much as scoring it when the set is large, so lists mostly
+    admitted test against the few that are not)."""
+    rows = layout.rows_in(lists)
+    admitted = mask[rows]
+    n = int(np.count_nonzero(admitted))
+    if n == len(rows):
+        return None
+    if 2 * n <= len(rows):
+        return faiss.IDSelectorBatch(ids[rows[admitted]])
+    selector = faiss.IDSelectorNot(batch := faiss.IDSelectorBatch(ids[rows[~admitted]]))
+    selector.inner = batch  # the wrapper does not keep what a selector refers to alive
+    return selector
 
 
 @dataclass
@@ -169,12 +274,20 @@ def search_table(
     else:
         fraction = estimate_fraction(table.ids, admission, plan_config)
     plan = choose_plan(fraction, len(table), k, plan_config)
+    fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, plan_config))
+    # Known rows on an IVF index: the admitted vectors counted per list (kept per filter) and
+    # the lists ranked for this query, once, for whichever plan runs.
+    counted = table.admitted_lists(index, row_mask) if row_mask is not None and ivf is not None else None
+    ranking = _Ranking(index, query) if counted is not None else None
+    if plan == "postfilter" and counted is not None and not counted.seen_by_postfilter(
+        ranking.order, ivf.nprobe, fetch, fraction, k + extra, plan_config
+    ):
+        plan = "exact" if counted.count <= plan_config.exact_max else "selector"
     outcome = SearchOutcome([], plan, fraction)
     if plan == "postfilter":
-        fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, plan_config))
         # The candidates in the index's own order; only the first k * refine that pass are
         # re-ranked by their stored vectors, as an unfiltered search re-ranks its first k * refine.
-        hits = _index_search(index, query, fetch)
+        hits = ranking.search(ivf, fetch, slice(0, ivf.nprobe)) if ranking is not None else _index_search(index, query, fetch)
         ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
         passed = admission.passes(ids) if len(ids) else np.zeros(0, bool)
         passing = set(ids[passed].tolist())
@@ -188,29 +301,42 @@ def search_table(
             f"postfilter kept {len(kept)} of {k}" if len(kept) < k
             else f"candidates passed at {candidate_share:.3f}, the collection at {fraction:.3f}"
         )
-    rows = np.flatnonzero(row_mask) if row_mask is not None else _admitted_rows(admission, table)
-    if skip is not None:
-        rows = rows[table.ids[rows] != skip]
-    want = min(k, len(rows))
-    if want == 0:
+    rows = _admitted_rows(admission, table) if row_mask is None else None
+
+    def admitted_rows() -> np.ndarray:
+        return rows if rows is not None else np.flatnonzero(row_mask)
+
+    count = len(rows) if rows is not None else counted.count if counted is not None else int(np.count_nonzero(row_mask))
+    want = min(k, count - int(skip is not None and bool(admission.passes(np.array([skip]))[0])))
+    if want <= 0:
         return outcome
-    if len(rows) <= plan_config.exact_max:
+    if count <= plan_config.exact_max:
         outcome.plan = "exact" if plan == "exact" else outcome.plan
-        outcome.hits = exact_top(query[0], table, rows, k)
+        outcome.hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
         if plan != "exact":
             outcome.fallbacks.append("exact scan of the admitted set")
         return outcome
     outcome.plan = "selector" if plan != "postfilter" else outcome.plan
     if ivf is not None:
-        hits = _admitted_lists_search(index, table, config, query, rows, k, refine)
+        mask = row_mask if row_mask is not None else _mask_of(rows, len(table))
+        counted = counted or AdmittedLists(table.layout(index), mask)
+        hits = _admitted_lists_search(ivf, table, config, query, ranking or _Ranking(index, query), counted, mask,
+                                      k + extra, refine)
     else:
-        selector = faiss.IDSelectorBatch(table.ids[rows])
-        hits = _faiss_search(index, table, query, k, refine, faiss.SearchParameters(sel=selector))
+        selector = faiss.IDSelectorBatch(table.ids[admitted_rows()])
+        hits = _faiss_search(index, table, query, k + extra, refine, faiss.SearchParameters(sel=selector))
+    hits = _drop(hits, skip)[:k]
     if len(hits) < want:
         outcome.fallbacks.append(f"selector found {len(hits)} of {want}")
-        hits = exact_top(query[0], table, rows, k)
-    outcome.hits = hits[:k]
+        hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
+    outcome.hits = hits
     return outcome
+
+
+def _mask_of(rows: np.ndarray, n: int) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    return mask
 
 
 def _admitted_rows(admission: Admission, table: VectorTable) -> np.ndarray:
@@ -236,43 +362,58 @@ def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -
     return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
 
 
-def admitted_scan(m: int, ivf: faiss.IndexIVF, config: PlanConfig) -> int:
-    """How many of ``m`` admitted vectors a filtered IVF search scores: ``selector_scan`` times
-    what an unfiltered search scores (its ``nprobe`` lists of average length), at most ``m``."""
-    unfiltered = ivf.nprobe * ivf.ntotal / max(1, ivf.nlist)
-    return int(math.ceil(min(m, config.selector_scan * unfiltered)))
+def admitted_scan(admitted: AdmittedLists, ivf: faiss.IndexIVF, config: PlanConfig) -> int:
+    """How many admitted vectors the selector scores at least: ``selector_scan`` times what an
+    unfiltered search would score (its ``nprobe`` lists) if the admitted vectors were a
+    collection of their own, spread over the lists that hold them. A filter that picks out a
+    few clusters fills its lists, and the selector then reaches as far as an unfiltered
+    search does; one unrelated to the vectors thins every list, and the lists an unfiltered
+    search probes hold enough."""
+    per_list = len(admitted) / max(1, admitted.holding)
+    return int(math.ceil(min(len(admitted), config.selector_scan * ivf.nprobe * per_list)))
+
+
+class _Ranking:
+    """The IVF lists by closeness to one query (through an OPQ rotation, if any), ranked once
+    for whichever plan a search takes."""
+
+    def __init__(self, index: faiss.Index, query: np.ndarray) -> None:
+        ivf = ivf_of(index)
+        self.coarse = _coarse_input(index, query)
+        scores, order = ivf.quantizer.search(self.coarse, ivf.nlist)
+        self.scores, self.order = scores[0], order[0]
+
+    def search(
+        self, ivf: faiss.IndexIVF, n: int, picks: slice | np.ndarray, selector: faiss.IDSelector | None = None
+    ) -> list[tuple[int, float]]:
+        """The index's own top ``n`` in the lists ``picks`` picks out of the ranking, among
+        what ``selector`` admits."""
+        lists = np.ascontiguousarray(self.order[picks], np.int64)
+        scores = np.ascontiguousarray(self.scores[picks], np.float32)
+        n = max(1, min(n, int(ivf.ntotal)))
+        # FAISS reads nprobe assigned lists per query from the parameters (the index's own nprobe without them).
+        params = faiss.SearchParametersIVF(nprobe=len(lists))
+        if selector is not None:
+            params.sel = selector
+        found, labels = np.empty(n, np.float32), np.empty(n, np.int64)
+        # FAISS's Python wrapper of search_preassigned refuses search parameters (the selector); the C++ method takes them.
+        ivf.search_preassigned_c(1, faiss.swig_ptr(self.coarse), n, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
+                                 faiss.swig_ptr(found), faiss.swig_ptr(labels), False, params)
+        return [(int(i), float(s)) for i, s in zip(labels, found) if i >= 0]
 
 
 def _admitted_lists_search(
-    index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, rows: np.ndarray, k: int,
-    refine: int,
+    ivf: faiss.IndexIVF, table: VectorTable, config: IndexConfig, query: np.ndarray, ranking: _Ranking,
+    counted: AdmittedLists, mask: np.ndarray, k: int, refine: int,
 ) -> list[tuple[int, float]]:
     """The selector plan on an IVF index: see the module docstring."""
-    ivf = ivf_of(index)
-    row_lists = table.ivf_lists(index)[rows]
-    rows, row_lists = rows[row_lists >= 0], row_lists[row_lists >= 0]  # a row the index lacks cannot be probed
-    if not len(rows):
-        return []
-    held = np.bincount(row_lists, minlength=ivf.nlist)
-    coarse = _coarse_input(index, query)
-    scores, order = ivf.quantizer.search(coarse, ivf.nlist)
-    keep = held[order[0]] > 0
-    order, scores = order[0][keep], scores[0][keep]
-    want = max(admitted_scan(len(rows), ivf, config.plan), k * refine)
-    probed = min(len(order), int(np.searchsorted(np.cumsum(held[order]), want)) + 1)
-    lists = order[:probed]
-    in_probed = np.zeros(ivf.nlist, bool)
-    in_probed[lists] = True
-    candidates = table.ids[rows[in_probed[row_lists]]]
-    params = faiss.SearchParametersIVF(sel=faiss.IDSelectorBatch(candidates), nprobe=probed)
-    fetch = min(len(candidates), k * refine)
-    lists = np.ascontiguousarray(lists, np.int64)
-    centroid_scores = np.ascontiguousarray(scores[:probed], np.float32)
-    found_scores, labels = np.empty(fetch, np.float32), np.empty(fetch, np.int64)
-    # FAISS's Python wrapper of search_preassigned refuses search parameters (the selector); the C++ method takes them.
-    ivf.search_preassigned_c(1, faiss.swig_ptr(coarse), fetch, faiss.swig_ptr(lists), faiss.swig_ptr(centroid_scores),
-                             faiss.swig_ptr(found_scores), faiss.swig_ptr(labels), False, params)
-    hits = [(int(i), float(s)) for i, s in zip(labels, found_scores) if i >= 0]
+    held = counted.held[ranking.order]
+    holding = np.flatnonzero(held)  # ranks of the lists holding admitted vectors, nearest first
+    near = int(np.searchsorted(holding, ivf.nprobe))  # those an unfiltered search probes
+    want = max(admitted_scan(counted, ivf, config.plan), k * refine)
+    probed = holding[: max(near, int(np.searchsorted(np.cumsum(held[holding]), want)) + 1)]
+    selector = _list_selector(counted.layout, mask, table.ids, ranking.order[probed])
+    hits = ranking.search(ivf, min(int(held[probed].sum()), k * refine), probed, selector)
     return _refined(query, table, hits, k, refine)
 
 
