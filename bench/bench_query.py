@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--nprobe-factors", default="",
                     help="comma-separated nprobe factors (lists probed = factor * sqrt(nlist)), each timed on the same "
                          "index after the configured one (e.g. 1,4): the latency/recall trade-off from one build")
+    ap.add_argument("--selector-scans", default="",
+                    help="comma-separated index.plan.selector_scan values, each timed on the same index after the "
+                         "configured one (e.g. 0.25,1): the selector's latency/recall trade-off")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true",
                     help="search the store a run with the same --n/--dim/--clusters/--groups/--noise/--approx left in "
@@ -309,6 +312,12 @@ def main() -> None:
             ivf.nprobe = IndexConfig(nprobe_factor=factor).nprobe_for(ivf.nlist)  # the cached index the engine searches
             scenario_table(f"\nsst-search, nprobe factor {factor:g} (nprobe {ivf.nprobe})")
         ivf.nprobe = configured
+    recorded = engine.store.index_config
+    for scan in (float(f) for f in args.selector_scans.split(",") if f.strip()):
+        engine.store.index_cache.config = recorded.model_copy(
+            update={"plan": recorded.plan.model_copy(update={"selector_scan": scan})})
+        scenario_table(f"\nsst-search, selector_scan {scan:g}")
+    engine.store.index_cache.config = recorded
     engine.close()
     del engine  # its snapshot arrays: LanceDB gets the memory back
 
