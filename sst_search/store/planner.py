@@ -90,7 +90,7 @@ def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np
 class VectorTable:
     """One index's stored float vectors in memory, sorted by id: a query's own vector, exact
     scans and re-ranking look up a few rows per search in microseconds, where a DuckDB query
-    over the ``vectors`` table costs a scan. The matrix may be float16 (half the memory)."""
+    over the ``vectors`` table costs a scan."""
 
     def __init__(self, ids: np.ndarray, matrix: np.ndarray) -> None:
         ids = np.asarray(ids, np.int64)
@@ -307,7 +307,7 @@ def search_table(
         return rows if rows is not None else np.flatnonzero(row_mask)
 
     count = len(rows) if rows is not None else counted.count if counted is not None else int(np.count_nonzero(row_mask))
-    want = min(k, count - int(skip is not None and bool(admission.passes(np.array([skip]))[0])))
+    want = min(k, count - _admits(table, skip, rows, row_mask))
     if want <= 0:
         return outcome
     if count <= plan_config.exact_max:
@@ -319,7 +319,7 @@ def search_table(
     outcome.plan = "selector" if plan != "postfilter" else outcome.plan
     if ivf is not None:
         mask = row_mask if row_mask is not None else _mask_of(rows, len(table))
-        counted = counted or AdmittedLists(table.layout(index), mask)
+        counted = counted if counted is not None else AdmittedLists(table.layout(index), mask)
         hits = _admitted_lists_search(ivf, table, config, query, ranking or _Ranking(index, query), counted, mask,
                                       k + extra, refine)
     else:
@@ -331,6 +331,16 @@ def search_table(
         hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
     outcome.hits = hits
     return outcome
+
+
+def _admits(table: VectorTable, skip: int | None, rows: np.ndarray | None, row_mask: np.ndarray | None) -> int:
+    """1 when ``skip`` is among the admitted rows (given as ``rows`` or as ``row_mask``), else 0."""
+    if skip is None:
+        return 0
+    if rows is not None:
+        return int(np.any(table.ids[rows] == skip))
+    found, row = sorted_rows(table.ids, np.array([skip]))
+    return int(found[0] and row_mask[row[0]])
 
 
 def _mask_of(rows: np.ndarray, n: int) -> np.ndarray:
