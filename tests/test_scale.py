@@ -242,6 +242,16 @@ def test_a_filter_that_avoids_the_query_neighbourhood_is_not_answered_from_the_p
     assert in_b[expected].sum() >= 5  # the answer lies mostly in the list an unfiltered search does not probe
 
 
+def _clustered_vectors(seed: int, n: int, dim: int, clusters: int, noise: float):
+    """``(unit vectors, cluster of each, 63-bit ids)`` around random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    labels = rng.integers(clusters, size=n)
+    vectors = centres[labels] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, labels, rng.choice(1 << 62, size=n, replace=False).astype(np.int64)
+
+
 class _Admitted:
     """A filter given by the ids it admits."""
 
@@ -264,13 +274,8 @@ def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_r
     from sst_search.store.indexes import build_index, ivf_of
     from sst_search.store.planner import AdmittedLists, VectorTable, admitted_scan, search_table
 
-    rng = np.random.default_rng(8)
-    n, dim, clusters = 20_000, 32, 80
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    labels = rng.integers(clusters, size=n)
-    vectors = centres[labels] + 0.4 * rng.standard_normal((n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = rng.choice(1 << 62, size=n, replace=False).astype(np.int64)
+    n, dim = 20_000, 32
+    vectors, labels, ids = _clustered_vectors(8, n, dim, clusters=80, noise=0.4)
     config = IndexConfig(exact_threshold=1_000, factory="OPQ8,IVF{nlist},PQ8", refine=8, train_niter=4,
                          plan=PlanConfig(exact_max=100, selector_scan=0.1))
     index = build_index(vectors, ids, dim, config)
@@ -304,13 +309,8 @@ def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_r
 def clustered(tmp_path_factory):
     """20k vectors in 40 tight clusters, a group per 5 clusters (12.5% each, a post-filter's
     share), indexed IVF + SQ8 through the product's write path."""
-    rng = np.random.default_rng(11)
-    n, dim, clusters = 20_000, 16, 40
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    labels = rng.integers(clusters, size=n)
-    vectors = centres[labels] + 0.15 * rng.standard_normal((n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = rng.choice(1 << 62, size=n, replace=False).astype(np.int64)
+    n = 20_000
+    vectors, labels, ids = _clustered_vectors(11, n, 16, clusters=40, noise=0.15)
     groups = np.array([f"g{c % 8}" for c in labels])
     db = tmp_path_factory.mktemp("clustered") / "c.duckdb"
     config = IndexConfig(exact_threshold=1_000, plan=PlanConfig(exact_max=100))
