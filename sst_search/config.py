@@ -164,6 +164,10 @@ class IndexerConfig(_Strict):
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     num_workers: int = 2
+    threads: int | None = Field(
+        None, ge=0, description="threads per process that decode, resize, embed and measure while the model segments "
+        "(null: the cores the process may use; 0: every stage one after another, no pipeline)"
+    )
     max_removal_share: float = Field(
         0.2, ge=0, le=1, description="largest share of indexed items a run may remove or fail (--allow-mass-removal)"
     )
