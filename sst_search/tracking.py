@@ -18,6 +18,7 @@ keeps only the memory SAM 2 can still attend to.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ from .weights import ResolvedWeights
 MODES = ("pairwise", "chain")
 #: Rotations (degrees counter-clockwise) a query can be tracked in; ``"auto"`` tries all.
 ORIENTATIONS = (0, 90, 180, 270)
+#: Pairwise sessions (a group's supports, their memory) a tracker keeps for later calls.
+PAIRWISE_SESSIONS_KEPT = 8
 #: What ``orientation="auto"`` keeps: the view with the highest mean object score or cycle IoU.
 ORIENTATION_CRITERIA = ("object_score", "cycle")
 
@@ -251,6 +254,7 @@ class SSTTracker:
         #: sha256 of the fine-tuning adapter applied to the model (see sst_search.finetune).
         self.adapter_sha256: str | None = None
         self._support_cache: dict[str, EncodedFrame] = {}
+        self._pairwise_sessions: OrderedDict[tuple[str, ...], TrackingSession] = OrderedDict()
 
     @property
     def fingerprint(self) -> dict:
@@ -338,8 +342,20 @@ class SSTTracker:
         else:
             yield from self._chain(supports, queries, quality, batch_size, views, pick)
 
+    def _pairwise_session(self, supports: list[Support]) -> TrackingSession:
+        """A group's pairwise session, kept for the next call with the same supports: pairwise
+        tracking never changes it, and an indexer calls once per unit of a few specimens."""
+        key = tuple(s.digest for s in supports)
+        if key in self._pairwise_sessions:
+            self._pairwise_sessions.move_to_end(key)
+        else:
+            self._pairwise_sessions[key] = self._session(supports)
+            while len(self._pairwise_sessions) > PAIRWISE_SESSIONS_KEPT:
+                self._pairwise_sessions.popitem(last=False)
+        return self._pairwise_sessions[key]
+
     def _pairwise(self, supports, queries, quality, batch_size, cache_support, views, query_batch, pick) -> Iterator[TrackResult]:
-        session = self._session(supports) if cache_support else None
+        session = self._pairwise_session(supports) if cache_support else None
         encoded = self._encoded(queries, batch_size if cache_support else 1, views)
         for chunk in _batched(encoded, query_batch if cache_support else 1):
             current = session or self._session(supports)
