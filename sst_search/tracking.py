@@ -203,8 +203,10 @@ class TrackingSession:
         """
         if not frames:
             return []
-        p, n = self.predictor, len(self.state["obj_ids"])
-        per_frame: list[list] = [[None] * n for _ in frames]
+        p, n, q = self.predictor, len(self.state["obj_ids"]), len(frames)
+        logits: list[torch.Tensor | None] = [None] * (q * n)  # query-major, objects in SAM 2's order
+        scores = torch.empty(q, n, device=p.device)
+        ious = torch.empty(q, n, device=p.device)
         with autocast(p.device):
             if self._support_memory is None:
                 self._support_memory = [
@@ -213,14 +215,15 @@ class TrackingSession:
                 ]
             for (obj_indices, _), memory in zip(self._groups, self._support_memory):
                 out = p.track_from_support(memory, frames)
-                for q in range(len(frames)):
-                    for j, i in enumerate(obj_indices):
-                        b = q * len(obj_indices) + j
-                        per_frame[q][i] = (out.logits[b : b + 1], out.object_score[b : b + 1], out.predicted_iou[b : b + 1])
-        return [
-            FrameOutput(torch.cat([o[0] for o in objs]), torch.cat([o[1] for o in objs]).cpu(), torch.cat([o[2] for o in objs]).cpu())
-            for objs in per_frame
-        ]
+                k = len(obj_indices)
+                for j, i in enumerate(obj_indices):
+                    for f in range(q):
+                        logits[f * n + i] = out.logits[f * k + j : f * k + j + 1]
+                scores[:, obj_indices] = out.object_score.view(q, k).float()
+                ious[:, obj_indices] = out.predicted_iou.view(q, k).float()
+        # One copy of every query's confidences to the host, not one synchronisation per query.
+        scores, ious = scores.cpu(), ious.cpu()
+        return [FrameOutput(torch.cat(logits[f * n : (f + 1) * n]), scores[f], ious[f]) for f in range(q)]
 
 
 @dataclass
