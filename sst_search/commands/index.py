@@ -73,25 +73,30 @@ def index(
     indexed; see `sst-search status`), 2 bad arguments, config, references or weights, or a
     run that would remove too much of the index, 3 storage fault (disk full, damaged store).
     """
-    from indexer.collection import CollectionError
-    from indexer.job import MassRemovalError, run_index
-
-    from ..tracking import parse_orientation
+    from indexer.collection import CollectionError, collection_items
 
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
-    with exit_codes(CollectionError, ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
+    with exit_codes(CollectionError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
-            orientation=parse_orientation(orientation) if orientation is not None else None,
+            # validated by the config (0, 90, 180, 270 or auto) without importing the tracker
+            orientation=int(orientation) if orientation and orientation.isdigit() else orientation,
             mirror=mirror, orientation_by=orientation_by, query_batch=query_batch,
             image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
+        # The collection is read and checked before any model library is imported: a refused
+        # collection (no images, duplicate ids, an unsafe archive) answers in a moment.
+        items = collection_items(collection, config, db, default_group=default_group, group_by=group_by)
+
+    from indexer.job import MassRemovalError, run_index
+
+    with exit_codes(ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         instance_refs = (instance_references or Path(references) / "instances") if instances else None
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
                             quiet=quiet, group_by=group_by, instance_references=instance_refs,
-                            allow_mass_removal=allow_mass_removal)
+                            allow_mass_removal=allow_mass_removal, items=items)
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
 
