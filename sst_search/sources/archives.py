@@ -130,8 +130,8 @@ def _unzip(archive: Path, root: Path, max_bytes: int, max_members: int) -> None:
         targets = []
         for info in infos:
             target = _member_path(archive, info.filename, root)
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0  # Unix file type, if any
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(f"{archive}: member {info.filename!r} is a link or special file; refused")
             targets.append((info, target))
         for info, target in targets:

@@ -42,10 +42,17 @@ def read_dwca(path: str | Path, group_by: str = "scientificName", limits: Source
     """
     path = Path(path)
     base = path if path.is_dir() else path.parent  # relative media paths are beside the archive
+    return occurrence_items(archive_occurrences(path, group_by, limits), path, base, group_by, confined=True,
+                            key_by_position=False)
+
+
+def archive_occurrences(path: str | Path, group_by: str = "scientificName",
+                        limits: SourcesConfig = SourcesConfig()) -> list[Occurrence]:
+    """The occurrences of the archive at ``path``, unpacked (when a file) within ``limits``."""
+    path = Path(path)
     opened = nullcontext(path) if path.is_dir() else unpacked(path, limits.max_archive_bytes, limits.max_archive_members)
     with opened as folder:
-        occurrences = read_occurrences(path, folder, group_by)
-    return occurrence_items(occurrences, path, base, group_by, confined=True, key_by_position=False)
+        return read_occurrences(path, folder, group_by)
 
 
 def simple_core(folder: Path) -> Path | None:
