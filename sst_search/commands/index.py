@@ -22,9 +22,10 @@ from .options import (
 
 
 def index(
-    collection: str = typer.Argument(..., help="Manifest CSV, Darwin Core Archive (zip or folder with meta.xml), "
-                                               "IIIF Presentation manifest or collection (URL or .json file), "
-                                               "or a folder whose sub-folders name the groups."),
+    collection: str = typer.Argument(..., help="Darwin Core occurrence table (CSV/TSV), manifest CSV (path column), "
+                                               "Darwin Core Archive (zip, tar or folder), IIIF Presentation "
+                                               "manifest or collection (URL or .json file), or a folder whose "
+                                               "sub-folders name the groups."),
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = db_option("written; FAISS indexes go beside it"),
     config_file: Path | None = config_option(),
@@ -48,7 +49,9 @@ def index(
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
                                                help="Scale of the whole collection (mm measurements); an item's own column wins."),
     scale_column: str | None = typer.Option(None, "--scale-column", help="Manifest column with an item's pixels per mm (default pixelsPerMM)."),
-    group_by: str = typer.Option("scientificName", "--group-by", help="Darwin Core Archive: the core term naming each item's group."),
+    group_by: str = typer.Option("scientificName", "--group-by",
+                                 help="Darwin Core table or archive: the term naming each item's group "
+                                      "(scientificName: without the authorship)."),
     image_cache: Path | None = typer.Option(None, "--image-cache", help="Cache of images given by URL (default: <db>.images)."),
     max_per_host: int | None = typer.Option(None, "--max-per-host", help="Concurrent requests per image server (default 2)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
