@@ -111,8 +111,11 @@ def _is_text(head: bytes) -> bool:
 
 def _from_table(path: Path, group_by: str) -> list[Item]:
     """Our ``path`` manifest, else a Darwin Core occurrence table."""
-    with open(path, "rb") as fh:
-        head = fh.read(8192)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+    except OSError as exc:
+        raise CollectionError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if path.name.lower().endswith(ARCHIVE_SUFFIXES) or head.startswith(ARCHIVE_MAGIC):
         raise CollectionError(f"{path}: not a readable Darwin Core Archive (named or starting like a zip or tar "
                               f"but not one: damaged or truncated?); archives are read as {ARCHIVE_FORMS}")

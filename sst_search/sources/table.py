@@ -46,6 +46,8 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             rows = [(reader.line_num, row) for row in reader if any(v.strip() for v in row)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise SourceError(f"{path}: not a readable UTF-8 table ({exc})") from exc
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise SourceError(f"{path}:1: column(s) {repeated} appear more than once; their values would overwrite each other")
