@@ -86,6 +86,7 @@ def test_table_forms_media_and_keys(tmp_path):
     ("Abies alba subsp. apennina Brullo et al.", None, "Abies alba subsp. apennina"),
     ("Aus bus Smith & Jones", "Smith & Jones", "Aus bus"),
     ("Papilionidae", None, "Papilionidae"),
+    ("Papilio (Achillides) maackii Ménétriés, 1859", None, "Papilio maackii"),
 ])
 def test_name_without_authorship(name, authorship, expected):
     assert name_without_authorship(name, authorship) == expected
@@ -116,6 +117,10 @@ def test_unrecognised_files_are_refused_with_the_kinds_of_collection(tmp_path):
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     with pytest.raises(CollectionError, match=r"photo\.png: not a collection .* a Darwin Core table .* a IIIF manifest"):
         load_collection(image)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("occurrenceID,scientificName,associatedMedia\n")
+    with pytest.raises(CollectionError, match=r"empty\.csv: holds no occurrences"):
+        load_collection(empty)
     notes = tmp_path / "notes.csv"
     notes.write_text("colour,size\nred,3\n")
     with pytest.raises(CollectionError, match=r"notes\.csv: manifest needs a 'path' column, or Darwin Core headers"):

@@ -61,13 +61,16 @@ def short_name(term: str) -> str:
 def name_without_authorship(name: str, authorship: str | None = None) -> str:
     """The scientific name without its author and year: the record's own
     ``scientificNameAuthorship`` when it ends the name, else everything from the first word
-    that cannot belong to a name (capitalised after the genus, a parenthesis, a digit)."""
+    that cannot belong to a name (capitalised after the genus, a parenthesis, a digit); a
+    subgenus is left out too, so the name is the one reference folders are called by."""
     name = " ".join(name.split())
     if authorship and name.endswith(authorship.strip()) and len(name) > len(authorship.strip()):
         return name[: -len(authorship.strip())].strip()
     words = name.split(" ")
     kept = words[:1]
     for word in words[1:]:
+        if len(kept) == 1 and re.fullmatch(r"\([A-Z][a-z-]+\)", word):
+            continue  # a subgenus, left out as GBIF's canonical name leaves it out
         if not (word.islower() or word in _RANKS) or not re.fullmatch(r"[^\W\d_][\w.×-]*", word):
             break
         kept.append(word)
@@ -138,8 +141,10 @@ def occurrence_items(occurrences: list[Occurrence], source: Path | str, base: Pa
     """
     refuse_duplicates(source, "core ids", [(o.core_id, o.row) for o in occurrences if o.core_id])
     refuse_duplicates(source, "occurrence keys (occurrenceID, else catalogNumber)", [(o.key, o.row) for o in occurrences])
+    if not occurrences:
+        raise SourceError(f"{source}: holds no occurrences (its core has no data rows)")
     found = [(o, _images(o)) for o in occurrences]
-    if occurrences and not any(images for _, images in found):
+    if not any(images for _, images in found):
         raise SourceError(f"{source}: no images are referenced: none of its {len(occurrences)} occurrences has a "
                           f"Multimedia row, an associatedMedia value or an accessURI; {HOW_TO_GET_IMAGES}")
     items: list[Item] = []
