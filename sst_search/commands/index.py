@@ -78,13 +78,14 @@ def index(
     """
     from indexer.collection import CollectionError, collection_items
 
+    if orientation not in (None, "0", "90", "180", "270", "auto"):  # checked here: the tracker module imports torch
+        raise typer.BadParameter(f"{orientation!r} is not 0, 90, 180, 270 or auto", param_hint="--orientation")
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
     with exit_codes(CollectionError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
-            # validated by the config (0, 90, 180, 270 or auto) without importing the tracker
             orientation=int(orientation) if orientation and orientation.isdigit() else orientation,
             mirror=mirror, orientation_by=orientation_by, query_batch=query_batch,
             image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
