@@ -159,6 +159,13 @@ class FetchConfig(_Strict):
     revalidate: bool = Field(False, description="ask the server whether cached images changed (ETag)")
 
 
+class SourcesConfig(_Strict):
+    """Collections handed over as archives (zip, tar): unpacked only within these bounds."""
+
+    max_archive_bytes: int = Field(20_000_000_000, gt=0, description="largest total size an archive may unpack to")
+    max_archive_members: int = Field(100_000, gt=0, description="most files and folders an archive may hold")
+
+
 class IndexerConfig(_Strict):
     commit_every: int = Field(16, description="specimens per DuckDB transaction")
     engine: Literal["local", "ray"] = "local"
@@ -181,6 +188,7 @@ class Config(_Strict):
     measure: MeasureConfig = MeasureConfig()
     instances: InstancesConfig = InstancesConfig()
     fetch: FetchConfig = FetchConfig()
+    sources: SourcesConfig = SourcesConfig()
 
 
 def apply_overrides(config: Config, **overrides) -> Config:
