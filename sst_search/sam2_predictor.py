@@ -360,7 +360,7 @@ def resize_for_model(image: np.ndarray, image_size: int) -> np.ndarray:
     """RGB uint8 -> ``(S, S, 3)`` uint8, resized exactly as SAM 2's own loader does. The CPU
     half of :func:`preprocess`, kept in bytes so that preparing threads can run it ahead
     of the model and hand a quarter of the float tensor's size to the device."""
-    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))
+    return np.array(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))  # writable: torch reads it
 
 
 def normalize_for_model(resized: torch.Tensor | np.ndarray) -> torch.Tensor:
