@@ -11,7 +11,8 @@ DataLoader's workers prefetch batches while the model runs.
 Units come out in the order they went in and each is exactly what :meth:`Worker.process`
 returns for it (the stages are the same functions), so the store does not depend on which
 path ran. Memory is bounded: at most ``depth`` units are prepared ahead of the model and
-at most ``depth`` segmented units wait to be finished or written. A failure inside a stage
+at most ``depth`` segmented units wait to be finished or written. Units that are finished
+while the caller writes are handed over together, so their writes share one transaction. A failure inside a stage
 is the item's failure (the worker records it); anything else stops the job with its cause,
 after the units already yielded were written.
 """
@@ -23,6 +24,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sst_search.store import SpecimenRecord
@@ -43,7 +45,7 @@ def default_threads() -> int:
 class Pipeline:
     """Runs a worker's stages on threads; ``run`` yields each unit's records in order."""
 
-    def __init__(self, worker: Worker, threads: int | None = None, depth: int = 2):
+    def __init__(self, worker: Worker, threads: int | None = None, depth: int = 4):
         if depth < 1:
             raise ValueError(f"pipeline depth must be at least 1, got {depth}")
         self.worker = worker
@@ -52,7 +54,8 @@ class Pipeline:
 
     def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
         """One unit, its items prepared in parallel (how a Ray actor takes its units)."""
-        return next(self.run([unit]))
+        with closing(self.run([unit])) as batches:
+            return next(batches)
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[list[SpecimenRecord]]:
         finished: queue.Queue = queue.Queue(maxsize=self.depth)
@@ -62,14 +65,32 @@ class Pipeline:
                                      name="sst-model", daemon=True)
             model.start()
             try:
-                while (entry := finished.get()) is not _DONE:
+                entry = None
+                while (entry := entry or finished.get()) is not _DONE:
                     if isinstance(entry, BaseException):
                         raise entry
-                    yield entry.result()
+                    records, entry = self._with_ready_units(entry.result(), finished)
+                    yield records
             finally:
                 stop.set()
                 _drain(finished)
                 model.join()
+
+    def _with_ready_units(self, records: list[SpecimenRecord], finished: queue.Queue) -> tuple[list[SpecimenRecord], object]:
+        """``records`` plus the units already finished behind it, as one batch, and the entry
+        taken from the queue but not used (None: nothing taken). When writing is what holds
+        the pipeline back, finished units queue up and are committed together, so a
+        transaction's fixed cost is paid once for several units; when the model is slower,
+        each unit is committed as soon as it is done."""
+        for _ in range(self.depth - 1):
+            try:
+                entry = finished.get_nowait()
+            except queue.Empty:
+                return records, None
+            if not (isinstance(entry, Future) and entry.done() and entry.exception() is None):
+                return records, entry
+            records = records + entry.result()
+        return records, None
 
     def _model_loop(self, units: Iterable[WorkUnit], pool: ThreadPoolExecutor, finished: queue.Queue,
                     stop: threading.Event) -> None:

@@ -4,6 +4,7 @@ failure inside a stage costs only its item."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -93,3 +94,23 @@ def test_a_failing_item_inside_a_stage_fails_alone(tmp_path):
         assert store.check_consistency() == []
         assert len(store.specimen_ids()) == 3
         assert np.isfinite(store.get_vectors("color-pattern", "__specimen__")[1]).all()
+
+
+def test_units_finished_during_a_slow_write_share_the_next_transaction(tmp_path, monkeypatch):
+    """When writing holds the pipeline back, finished units queue up and are committed
+    together; nothing is lost or written twice."""
+    coll = generate_collection(tmp_path / "syn", species=2, per_species=6, seed=9)
+    batches = []
+    write = Store.write_batch
+
+    def slow_write(self, records):
+        batches.append(len(records))
+        time.sleep(0.4)
+        return write(self, records)
+
+    monkeypatch.setattr(Store, "write_batch", slow_write)
+    summary = run_index(coll.manifest, coll.references, tmp_path / "db.duckdb", _config(2), masks=coll.ground_truth)
+    assert summary.counts["indexed"] == 12 and sum(batches) == 12
+    assert len(batches) < 6 and max(batches) > 2  # six units of two, fewer commits
+    with Store.open(tmp_path / "db.duckdb", read_only=True) as store:
+        assert len(store.specimen_ids()) == 12 and store.check_consistency() == []
