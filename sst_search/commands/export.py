@@ -62,12 +62,14 @@ def dwca(
     where: list[str] | None = _WHERE,
     group: list[str] | None = _GROUP,
 ) -> None:
-    """A Darwin Core Archive: Occurrence core + MeasurementOrFact extension (type, value, unit,
-    method naming the model, weights sha256 and references)."""
-    from .. import export
+    """A Darwin Core Archive: one Occurrence row per occurrence with its source's terms verbatim,
+    its images in a Simple Multimedia extension (licence, rights holder), each measurement in a
+    MeasurementOrFact row naming its occurrence, image and trait, and eml.xml naming the software,
+    models, weights and references."""
+    from ..dwca_export import dwca_zip
 
     with _scope(db, where, group) as (store, ids, groups):
-        data = export.dwca_zip(store, groups=groups, specimen_ids=ids)
+        data = dwca_zip(store, groups=groups, specimen_ids=ids)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     console.print(f"wrote {out} ({len(data):,} bytes)")

@@ -302,6 +302,21 @@ class Catalog:
             params,
         ).fetchall()
 
+    def provenance(self, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> dict[int, dict]:
+        """``specimen_id -> {path, group_name, item_key, source, full_source, license, rights_holder,
+        width, height, original_width, original_height, metadata, fingerprint}`` (JSON parsed) of the
+        indexed specimens in scope: where each image came from, what exports hand back to its owner."""
+        where, params = self._scope((), "indexed", groups, specimen_ids)
+        rows = self._dicts(
+            "SELECT specimen_id, path, group_name, item_key, source, full_source, license, rights_holder, width, height, "
+            f"original_width, original_height, metadata, fingerprint FROM specimens s WHERE {where} ORDER BY specimen_id",
+            params,
+        )
+        for row in rows:
+            row["metadata"] = _json(row["metadata"]) or {}
+            row["fingerprint"] = _json(row["fingerprint"]) or {}
+        return {int(row["specimen_id"]): row for row in rows}
+
     def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
         """Measurements joined with their specimen and mask, one row per (specimen, trait), as a
         pandas DataFrame: ``specimen_id, path, group, metadata, fingerprint`` (JSON), ``image_source`` (the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sst_search import export
+from sst_search import dwca_export, export
 from sst_search.query import SearchEngine
 
 from ..state import cache_key
@@ -24,7 +24,7 @@ def _coco(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
 
 @st.cache_data(show_spinner="Building the Darwin Core Archive...")
 def _dwca(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
-    return export.dwca_zip(_engine.store, groups=groups)
+    return dwca_export.dwca_zip(_engine.store, groups=groups)
 
 
 @st.cache_data(show_spinner="Cutting out crops...")
