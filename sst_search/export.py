@@ -24,7 +24,6 @@ import json
 import zipfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -80,44 +79,43 @@ def to_parquet_bytes(df: pd.DataFrame) -> bytes:
 def _specimen_masks(
     store: Store, groups: Iterable[str] | None, specimen_ids: Iterable[int] | None
 ) -> Iterator[tuple[tuple, list[tuple]]]:
-    """``(specimen row, [(trait_id, trait_name, rle, area, bbox..., quality), ...])`` per specimen with masks."""
+    """``((specimen_id, path, group, width, height, image URL), [(trait_id, trait_name, rle, area, bbox...,
+    quality), ...])`` per specimen with masks."""
     current, masks = None, []
     for r in store.mask_rows(groups=groups, specimen_ids=specimen_ids):
         if current is not None and r[0] != current[0]:
             yield current, masks
             masks = []
-        current = r[:5]
+        current = (*r[:5], r[16])
         masks.append(r[6:15])
     if current is not None:
         yield current, masks
 
 
-def mask_file_names(specimens: Iterable[tuple[int, str, str | None]]) -> dict[int, str]:
-    """``specimen_id -> "<group>/<image stem>.png"`` for ``(specimen_id, path, group)``: the layout of
-    a ground-truth folder, so ``sst-search eval-seg`` matches exported masks by group and stem. Two
-    images of one group with the same stem get ``<stem>-<specimen_id>.png``."""
-    specimens = list(specimens)
+def mask_file_names(specimens: Iterable[tuple[int, str, str | None, str | None]], suffix: str = ".png") -> dict[int, str]:
+    """``specimen_id -> "<group>/<image stem>.png"`` for ``(specimen_id, path, group, image URL)``: the
+    layout of a ground-truth folder, so ``sst-search eval-seg`` matches exported masks by group and
+    stem (:func:`~sst_search.sources.naming.image_stem`: a URL image by its URL, not its cached
+    file). Two images of one group with the same stem get ``<stem>-<specimen_id>.png``."""
+    from .sources.naming import image_stem
+
+    stems = {sid: (group or "", image_stem(path, source)) for sid, path, group, source in specimens}
     counts: dict[tuple[str, str], int] = {}
-    for _, path, group in specimens:
-        key = (group or "", Path(path).stem)
+    for key in stems.values():
         counts[key] = counts.get(key, 0) + 1
-    names = {}
-    for sid, path, group in specimens:
-        stem = Path(path).stem
-        unique = counts[(group or "", stem)] == 1
-        names[sid] = f"{group or '_'}/{stem if unique else f'{stem}-{sid}'}.png"
-    return names
+    return {sid: f"{group or '_'}/{stem if counts[(group, stem)] == 1 else f'{stem}-{sid}'}{suffix}"
+            for sid, (group, stem) in stems.items()}
 
 
 def masks_zip(store: Store, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> bytes:
     """A zip of one PNG label map per specimen, ``<group>/<stem>.png`` (see :func:`mask_file_names`),
     plus ``labels.csv`` (file, specimen, label value, trait)."""
     per_specimen = list(_specimen_masks(store, groups, specimen_ids))
-    names = mask_file_names((row[0], row[1], row[2]) for row, _ in per_specimen)
+    names = mask_file_names((row[0], row[1], row[2], row[5]) for row, _ in per_specimen)
     buf = io.BytesIO()
     labels = []
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for (sid, path, group, _, _), masks in per_specimen:
+        for (sid, path, group, *_), masks in per_specimen:
             first = decode_mask(masks[0][2])
             label_map = np.zeros(first.shape, np.uint8)
             for trait_id, trait_name, rle, *_ in masks:
@@ -140,7 +138,7 @@ def coco_dataset(store: Store, groups: Iterable[str] | None = None, specimen_ids
     names = sorted({m[1] for _, masks in per_specimen for m in masks})
     category = {name: i for i, name in enumerate(names, start=1)}
     images, annotations = [], []
-    for (sid, path, group, width, height), masks in per_specimen:
+    for (sid, path, group, width, height, _), masks in per_specimen:
         images.append({"id": sid, "file_name": path, "width": width, "height": height, "group": group})
         for trait_id, trait_name, rle, area, x0, y0, x1, y1, quality in masks:
             annotations.append({
@@ -179,11 +177,12 @@ def iter_crops(
     from .images import ImageLoadError
     from .masks import cutout
     from .originals import Originals, fit_mask
+    from .sources.naming import image_stem
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
     with Originals(store) as originals:
-        for (sid, path, _, _, _), masks in _specimen_masks(store, groups, specimen_ids):
+        for (sid, path, _, _, _, source), masks in _specimen_masks(store, groups, specimen_ids):
             chosen = [m for m in masks if trait is None or m[1] == trait]
             if not chosen:
                 continue
@@ -200,7 +199,7 @@ def iter_crops(
             ys, xs = np.nonzero(mask)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
             crop = cutout(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], background)
-            yield f"{Path(path).stem}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
+            yield f"{image_stem(path, source)}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
 
 
 def _safe(name: str) -> str:

@@ -72,7 +72,7 @@ def test_instances_become_items_linked_to_their_photo_and_reindex_per_photo(tmp_
     result = CliRunner().invoke(app, ["export", "instances", "--db", str(db), "--out", str(out)])
     assert result.exit_code == 0, result.output
     for source in sources:
-        stem = "images__" + source.source_key.split("/")[-1].removesuffix(".png")
+        stem = source.source_key.split("/")[-1].removesuffix(".png")  # <stem>, as README says
         coco = json.loads((out / f"{stem}.coco.json").read_text())
         assert [a["id"] for a in coco["annotations"]] == [r.number for r in source.instances]
         assert coco["images"][0]["file_name"] == source.source_key

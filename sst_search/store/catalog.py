@@ -27,6 +27,7 @@ from sst_search.store.schema import MEASUREMENT_COLUMNS
 MASK_ROW_COLUMNS = (
     "specimen_id", "path", "group_name", "width", "height", "metadata",
     "trait_id", "trait_name", "rle", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source",
+    "image_source",
 )
 
 
@@ -297,7 +298,7 @@ class Catalog:
         where, params = self._scope((), "indexed", groups, specimen_ids)
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name, s.width, s.height, s.metadata, t.trait_id, t.trait_name, "
-            "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source "
+            "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source, s.source AS image_source "
             f"FROM trait_masks t JOIN specimens s USING (specimen_id) WHERE {where} ORDER BY s.specimen_id, t.trait_id",
             params,
         ).fetchall()
