@@ -18,6 +18,7 @@ from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
 from sst_search.sources.fetch import Fetcher, ImageCache, fetch_items
+from sst_search.sources.naming import record_name, url_failure
 from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
@@ -132,14 +133,17 @@ def run_index(
         try:
             with tqdm(total=plan.todo, desc="segment + embed", unit="img", disable=quiet) as bar:
                 for records in runner.run(plan.units) if runner else []:
+                    for r in records:
+                        if r.status != "indexed" and r.source and r.error:
+                            r.error = url_failure(r.error, r.path, r.source, record_name(r.metadata, r.item_key))
                     t = time.perf_counter()
                     store.write_batch(records)
                     write_seconds += time.perf_counter() - t
                     for r in records:
                         counts[r.status] += 1
                         if r.status != "indexed":
-                            failures.append((r.path, r.error or r.status))
-                            failure_status[r.path] = r.status
+                            failures.append((r.source or r.path, r.error or r.status))
+                            failure_status[r.source or r.path] = r.status
                     bar.update(len(records))
                     if quiet:
                         log.info("committed %d/%d", sum(counts[s] for s in ("indexed", "failed", "no_reference")), plan.todo)

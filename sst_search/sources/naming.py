@@ -49,3 +49,17 @@ def url_of_key(key: str) -> str | None:
     """The URL an item key names (``<url>``, or ``<occurrence>|<url>`` from an archive), else None."""
     location = key.rsplit("|", 1)[-1]
     return location if location.lower().startswith(("http://", "https://")) else None
+
+
+def record_name(metadata: Mapping[str, str], key: str | None) -> str:
+    """What a curator calls the record an item comes from: its occurrenceID, else catalogNumber, else its key."""
+    return next((str(metadata[t]) for t in ("occurrenceID", "catalogNumber") if metadata.get(t)), None) or str(key)
+
+
+def url_failure(error: str, path: str, url: str, record: str) -> str:
+    """An image fetched by URL failed: say so by its URL and record, not by the cached file
+    (a sha256 under the image cache means nothing to whoever fixes the image)."""
+    if path == url:  # never fetched: the message already names the URL
+        return f"{error} (record {record})"
+    reason = error[len(path) + 2:] if error.startswith(f"{path}: ") else error
+    return f"{url}: {reason.replace(path, 'the downloaded file')} (record {record})"
