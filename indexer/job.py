@@ -17,6 +17,7 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
+from sst_search.references import group_hint
 from sst_search.sources.fetch import Fetcher, ImageCache, fetch_items
 from sst_search.sources.naming import record_name, url_failure
 from sst_search.store import Store
@@ -136,6 +137,8 @@ def run_index(
                     for r in records:
                         if r.status != "indexed" and r.source and r.error:
                             r.error = url_failure(r.error, r.path, r.source, record_name(r.metadata, r.item_key))
+                        if r.status == "no_reference" and r.group_name:
+                            r.error = (r.error or "") + group_hint(r.group_name, r.metadata, references)
                     t = time.perf_counter()
                     store.write_batch(records)
                     write_seconds += time.perf_counter() - t

@@ -53,3 +53,22 @@ def test_files_made_from_url_images_are_named_after_the_url_not_the_cache():
     assert image_stem(blob, "https://m.example/media/photo-7.jpeg?size=large") == "photo-7"
     assert image_stem("/data/images/alba/alba-003.png", None) == "alba-003"
     assert unique_stems([("/a/x.png", None), ("/b/x.png", None), ("/c/y.png", None)]) == ["x", "x-2", "y"]
+
+
+def test_a_name_with_authorship_says_which_name_and_term_would_match(tmp_path):
+    from sst_search.references import name_without_authorship
+
+    assert name_without_authorship("Lycorma delicatula (White, 1845)") == "Lycorma delicatula"
+    assert name_without_authorship("Papilio machaon Linnaeus, 1758") == "Papilio machaon"
+    assert name_without_authorship("Heliconius erato var. cyrbia") is None
+    coll = generate_collection(tmp_path / "coll", species=1, per_species=1, seed=2)
+    (coll.references / coll.groups[0]).rename(coll.references / "Synthia alba")
+    image = next((coll.root / "images").rglob("*.png"))
+    manifest = tmp_path / "gbif.csv"
+    manifest.write_text(f"path,group,species\n{image},Synthia alba (White 1845),Synthia alba\n"
+                        f"{image.with_name('x.png')},Synthia cyrbia (White 1845),\n")
+    result = CliRunner().invoke(app, ["index", str(manifest), "--references", str(coll.references), "--db",
+                                      str(tmp_path / "db.duckdb"), "--embedder", "color-pattern", "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "its species 'Synthia alba' has a references folder" in result.stdout and "--group-by species" in result.stdout
+    assert "without its authorship the name is 'Synthia cyrbia'" in result.stdout
