@@ -52,6 +52,8 @@ class RunSummary:
     #: specimens indexed before measurements existed, measured by this run from their stored masks
     remeasured: int = 0
     split: SplitSummary | None = None  # --instances: photos split into instance items
+    #: the scale settings changed since the last run, so every indexed specimen was re-measured
+    rescaled: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -123,6 +125,9 @@ def run_index(
             # Where crops and exports fetch full-resolution images into (sst_search.originals).
             "image_cache": str(cache.root),
         }
+        previous_measure = (store.last_run_fingerprint().get("config") or {}).get("measure")
+        # A new --pixels-per-mm or --scale-column applies to the whole index, not only to new items.
+        rescaled = previous_measure is not None and previous_measure != config.measure.model_dump(mode="json")
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
                   "moved": moved}
@@ -158,9 +163,10 @@ def run_index(
                 log.warning("rebuilt damaged FAISS indexes from the catalog: %s", ", ".join(f"{e}/{t}" for e, t in repaired))
             write_seconds += time.perf_counter() - t
             t = time.perf_counter()
-            # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
+            # Masks written before measurements existed, or all after a change of scale, are measured
+            # now from the catalog (no re-segmenting).
             remeasured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm,
-                                      specimen_ids=store.unmeasured_specimens())
+                                      specimen_ids=None if rescaled else store.unmeasured_specimens())
             timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
                        "measure": time.perf_counter() - t, "total": time.perf_counter() - started}
         finally:
@@ -170,7 +176,7 @@ def run_index(
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
-                      remeasured, split)
+                      remeasured, split, rescaled)
 
 
 def _guard_removals(plan, max_share: float, store: Store) -> None:

@@ -72,3 +72,27 @@ def test_a_name_with_authorship_says_which_name_and_term_would_match(tmp_path):
     assert result.exit_code == 1, result.output
     assert "its species 'Synthia alba' has a references folder" in result.stdout and "--group-by species" in result.stdout
     assert "without its authorship the name is 'Synthia cyrbia'" in result.stdout
+
+
+def test_pixels_per_mm_on_an_existing_store_remeasures_every_specimen(tmp_path):
+    from sst_search import export
+    from sst_search.store import Store
+
+    coll = generate_collection(tmp_path / "coll", species=1, per_species=2, seed=4)
+    db = tmp_path / "db.duckdb"
+    base = ["index", str(coll.manifest), "--references", str(coll.references), "--db", str(db), "--masks",
+            str(coll.ground_truth), "--embedder", "color-pattern", "--scale-column", "noScaleHere", "--quiet"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    with Store.open(db, read_only=True) as store:
+        before = export.measurements_table(store)
+    assert set(before["unit"]) == {"px"}
+
+    again = CliRunner().invoke(app, [*base, "--pixels-per-mm", "10"])
+    assert again.exit_code == 0, again.output
+    assert "re-measured all 2 indexed specimens" in again.stdout
+    with Store.open(db, read_only=True) as store:
+        after = export.measurements_table(store)
+    assert set(after["unit"]) == {"mm"} and set(after["pixels_per_mm"]) == {10.0}
+    assert after["area_mm2"].tolist() == pytest.approx((before["area_px"] / 100).tolist())
+    unchanged = CliRunner().invoke(app, [*base, "--pixels-per-mm", "10"])
+    assert "re-measured" not in unchanged.stdout  # the same scale again: nothing to redo

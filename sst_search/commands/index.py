@@ -131,7 +131,10 @@ def print_summary(summary) -> None:
             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
-    if summary.remeasured:
+    if summary.rescaled:
+        report.print(f"re-measured all {summary.remeasured} indexed specimens: the scale settings changed since the "
+                     "last run (no re-segmenting)")
+    elif summary.remeasured:
         report.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
     for path, reason in summary.failures[:10]:
         report.print(failure_line(summary.failure_status.get(path, "failed"), escape(path), escape(reason)), soft_wrap=True)
