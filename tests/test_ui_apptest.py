@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -147,11 +148,18 @@ def test_specimen_page_lists_traits_with_legend_and_neighbours(app, engine):
     n_neighbours = len(_scores(app))
     assert n_neighbours >= len(masks) + 1
     assert len(app.image) == 1 + n_neighbours  # the overlay plus one card per neighbour
+    groups = tuple(f"({g})" for g in engine.groups())
+    named = [c.value for c in app.caption if c.value.split("  \n")[0].endswith(groups)]
+    assert len(named) >= n_neighbours  # every neighbour card says whose it is (catalogNumber · stem (group))
 
 
 def test_collection_page_warns_loudly_and_counts(app):
     _goto(app, "Collection")
-    assert any("RANDOM WEIGHTS" in e.value for e in app.error)
+    banner = next(e.value for e in app.error if "RANDOM WEIGHTS" in e.value)
+    assert "SAM 2 sam2.1-hiera-tiny: random weights" in banner  # the embedder is named, not "embedder: none"
+    assert "embedder color-pattern: no learned weights" in banner
+    spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["y"]["axis"]["labelLimit"] == 0  # species names are never cut
     metrics = {m.label: m.value for m in app.metric}
     assert metrics == {"failed": "1", "indexed": "6"}
     failures = next(df.value for df in app.dataframe if "error" in df.value.columns)
