@@ -28,7 +28,7 @@ def index(
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = db_option("written; FAISS indexes go beside it"),
     config_file: Path | None = config_option(),
-    embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
+    embedder: str | None = typer.Option(None, "--embedder", help="bioclip | bioclip-2 | clip | color-pattern."),
     embedder_weights: str | None = EMBEDDER_WEIGHTS,
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
