@@ -95,3 +95,22 @@ def test_archive_in_index_archive_out_keeps_occurrences_and_media_and_adds_measu
     assert "sst-search" in methods and "4 provided label mask files" in methods and "embedder color-pattern" in methods and "arXiv:2501.06749" in methods
     with zipfile.ZipFile(out) as zf:  # never a local absolute path
         assert not [n for n in zf.namelist() if str(root) in zf.read(n).decode()]
+
+
+def test_a_manifest_collection_names_its_images_relative_to_the_collection(indexed, tmp_path):
+    """Images listed by a manifest have no URL: the archive names them by their path relative
+    to the collection folder, never by this machine's absolute path, and adds no media term."""
+    coll, db = indexed
+    with Store.open(db, read_only=True) as store:
+        data = dwca_zip(store)
+    path = tmp_path / "manifest_out.zip"
+    path.write_bytes(data)
+    with zipfile.ZipFile(path) as zf:
+        assert str(coll.root) not in "".join(zf.read(n).decode() for n in zf.namelist())
+    with DwCAReader(str(path)) as dwca:
+        rows = list(dwca)
+        media = [e.data for r in rows for e in r.extensions if e.rowtype == MULTIMEDIA]
+    manifest_paths = {line.split(",")[0] for line in coll.manifest.read_text().splitlines()[1:]}
+    assert {m[DCTERMS + "identifier"] for m in media} == manifest_paths
+    assert all(set(m) == {DCTERMS + "identifier"} for m in media)  # no licence the manifest did not give
+    assert {r.data[DWC + "catalogNumber"] for r in rows} == {r.id for r in rows}  # one row per catalogued specimen
