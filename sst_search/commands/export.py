@@ -95,7 +95,7 @@ def annotations(
     with _scope(db, where, group) as (store, ids, groups):
         regions = regions_table(store, groups=groups, specimen_ids=ids)
         pages = annotation_pages(store, base_url, groups=groups, specimen_ids=ids)
-        provenance = store.provenance(groups=groups, specimen_ids=list(pages)) if pages else {}
+        provenance = store.provenance(groups=groups, specimen_ids=list(pages))
     out.mkdir(parents=True, exist_ok=True)
     (out / "regions.csv").write_text(regions.to_csv(index=False))
     names = mask_file_names(((sid, r["path"], r["group_name"], r["source"]) for sid, r in provenance.items()), ".json")

@@ -1,4 +1,4 @@
-"""What a person calls an item in a pick list."""
+"""What a person calls an item: in a pick list, in a file made from it, in an error message."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .fetch import iiif_base
+from .items import is_url
 
 
 def item_name(path: str, source: str | None, metadata: Mapping[str, str]) -> str:
@@ -48,7 +49,7 @@ def unique_stems(images: Iterable[tuple[str, str | None]]) -> list[str]:
 def url_of_key(key: str) -> str | None:
     """The URL an item key names (``<url>``, or ``<occurrence>|<url>`` from an archive), else None."""
     location = key.rsplit("|", 1)[-1]
-    return location if location.lower().startswith(("http://", "https://")) else None
+    return location if is_url(location) else None
 
 
 def record_name(metadata: Mapping[str, str], key: str | None) -> str:

@@ -61,7 +61,7 @@ def render(engine: SearchEngine) -> None:
         _download("Masks (PNG zip)", _masks_zip(engine, key, groups), "masks.zip", "application/zip", "dl_zip")
     with c4:
         _download("Masks (COCO RLE JSON)", _coco(engine, key, groups), "masks_coco.json", "application/json", "dl_coco")
-    _download("Darwin Core Archive (occurrences + MeasurementOrFact)", _dwca(engine, key, groups), "dwca.zip",
+    _download("Darwin Core Archive (occurrences, images, measurements)", _dwca(engine, key, groups), "dwca.zip",
               "application/zip", "dl_dwca")
 
     st.subheader("Crops")
