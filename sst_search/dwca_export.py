@@ -139,7 +139,11 @@ def split_terms(metadata: dict[str, str], has_media_row: bool) -> tuple[dict[str
 def occurrence_id(metadata: dict[str, str], key: str | None, specimen: int) -> str:
     """The occurrence an image belongs to, as :mod:`sst_search.sources.dwca` keyed it
     (``<occurrence>|<image>``): occurrenceID, else catalogNumber, else the key's occurrence
-    part. A key that is an absolute local path is replaced by the specimen's id."""
+    part. One of several specimens found in one photo (``--instances``) is an occurrence of its
+    own, whatever record the photo carries. A key that is an absolute local path is replaced
+    by the specimen's id."""
+    if metadata.get("instanceNumber"):
+        return key if key and not PurePath(key).is_absolute() else f"urn:sst-search:specimen:{specimen}"
     if metadata.get("occurrenceID") or metadata.get("catalogNumber"):
         return metadata.get("occurrenceID") or metadata["catalogNumber"]
     if key and "|" in key:
