@@ -36,7 +36,8 @@ def test_the_editor_draws_by_hand_without_sam2():
     assert at.radio(key="k-tool").options == ["Brush", "Eraser"]  # no clicks to ask a model that is not there
 
 
-def test_ui_weights_reach_the_app_and_a_missing_checkpoint_is_refused(ui_db, tmp_path):
+def test_ui_weights_reach_the_app_and_a_missing_checkpoint_is_refused(indexed, tmp_path):
+    _, ui_db = indexed
     bad = CliRunner().invoke(cli, ["ui", "--db", str(ui_db), "--weights", str(tmp_path / "sam2.pt")])
     assert bad.exit_code == 2 and "sam2.pt: no such checkpoint file" in bad.output
     command = streamlit_command(ui_db, 8600, weights="/ckpt/sam2.1_hiera_tiny.pt")
