@@ -20,8 +20,9 @@ an ``identifier`` or ``accessURI``). A term both row types define (``license``,
 ``rightsHolder``, ``type``) given only once cannot be told apart after reading; it goes with
 the image, where the app and crops already use it.
 
-Naming an image (a media row's ``identifier``): the source's own identifier; else the URL its
-pixels were fetched from; else its path relative to the collection folder (the item's key).
+Naming an image (a media row's ``identifier``): the source's own identifier; else the URL of
+its full-resolution image (an IIIF image is fetched at the model's size), else the URL it was
+fetched from; else its path relative to the collection folder (the item's key).
 An absolute local path is never written: an image outside the collection folder is named
 by its file name.
 """
@@ -165,7 +166,8 @@ def occurrences(store: Store, groups: Iterable[str] | None = None,
         core, media = split_terms(md, has_media_row)
         if "scientificName" not in core and row["group_name"]:
             core["scientificName"] = row["group_name"]
-        identifier = media.get("identifier") or row["source"] or portable_name(row["item_key"], row["path"])
+        identifier = (media.get("identifier") or row["full_source"] or row["source"]
+                      or portable_name(row["item_key"], row["path"]))
         media = {"identifier": identifier, **media}
         if row["license"] and not media.get("license"):
             media["license"] = row["license"]

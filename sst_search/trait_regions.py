@@ -60,7 +60,8 @@ def regions_table(store: Store, groups: Iterable[str] | None = None,
         height, width = tm.mask.shape
         x0, y0, x1, y1 = tm.box
         identifier = images[tm.specimen_id].identifier
-        rows.append((tm.specimen_id, occurrence_of[tm.specimen_id], identifier, f"urn:sst-search:roi:{tm.specimen_id}:{tm.trait}", tm.trait,
+        roi = f"urn:sst-search:roi:{tm.specimen_id}:{tm.trait}"
+        rows.append((tm.specimen_id, occurrence_of[tm.specimen_id], identifier, roi, tm.trait,
                      round(x0 / width, 6), round(y0 / height, 6), round((x1 - x0) / width, 6),
                      round((y1 - y0) / height, 6)))
     return pd.DataFrame(rows, columns=list(REGION_COLUMNS))

@@ -57,7 +57,7 @@ def test_export_annotations_writes_audubon_regions_and_iiif_annotation_pages(db,
     assert (band["ac:xFrac"], band["ac:yFrac"], band["ac:widthFrac"], band["ac:heightFrac"]) == pytest.approx(
         (8 / 64, 10 / 48, 32 / 64, 10 / 48), abs=1e-6)  # precise enough to round back to the pixel
     iiif_band = regions[(regions["specimen_id"] == specimen_id("iiif")) & (regions["ac:subjectPart"] == "forewing_band")]
-    assert iiif_band.iloc[0]["dcterms:identifier"] == SMALL and iiif_band.iloc[0]["coreid"] == "urn:occ:1"
+    assert iiif_band.iloc[0]["dcterms:identifier"] == FULL and iiif_band.iloc[0]["coreid"] == "urn:occ:1"
 
     pages = sorted((out / "iiif").rglob("*.json"))
     assert [p.relative_to(out / "iiif").as_posix() for p in pages] == ["alba/MCZ-1.json"]  # only the IIIF image
