@@ -173,12 +173,13 @@ def test_export_page_offers_non_empty_downloads(app, engine):
     _goto(app, "Export")
     labels = [b.label for b in app.get("download_button")]
     assert labels[:4] == ["Measurements (CSV)", "Measurements (Parquet)", "Masks (PNG zip)", "Masks (COCO RLE JSON)"]
-    assert labels[4].startswith("Darwin Core Archive") and labels[5].startswith("Failed items (1")
+    assert labels[4].startswith("Darwin Core Archive") and labels[5].startswith("Trait regions")
+    assert labels[6].startswith("Failed items (1")
     app.button(key="make_crops").click().run(timeout=TIMEOUT)
     assert "Crops (PNG zip)" in [b.label for b in app.get("download_button")]
     sizes = {m[1]: int(m[2].replace(",", "")) for m in (re.fullmatch(r"(\S+): ([\d,]+) bytes", c.value) for c in app.caption) if m}
     assert set(sizes) == {"measurements.csv", "measurements.parquet", "masks.zip", "masks_coco.json", "dwca.zip",
-                          "crops.zip", "failures.csv"}
+                          "trait_regions.csv", "crops.zip", "failures.csv"}
     assert all(size > 100 for size in sizes.values())
     n_masks = sum(len(engine.store.trait_masks(sid)) for sid in engine.store.specimen_ids(status=None))
     assert f"**6** specimens, **{n_masks}** trait masks" in [md.value for md in app.markdown]
