@@ -17,8 +17,10 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
+from sst_search.references import group_hint
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items
+from sst_search.sources.naming import record_name, url_failure
 from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
@@ -51,6 +53,8 @@ class RunSummary:
     #: specimens indexed before measurements existed, measured by this run from their stored masks
     remeasured: int = 0
     split: SplitSummary | None = None  # --instances: photos split into instance items
+    #: the scale settings changed since the last run, so every indexed specimen was re-measured
+    rescaled: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -125,6 +129,9 @@ def run_index(
             # Where crops and exports fetch full-resolution images into (sst_search.originals).
             "image_cache": str(cache.root),
         }
+        previous_measure = (store.last_run_fingerprint().get("config") or {}).get("measure")
+        # A new --pixels-per-mm or --scale-column applies to the whole index, not only to new items.
+        rescaled = previous_measure is not None and previous_measure != config.measure.model_dump(mode="json")
         run_id = store.begin_run(run_fingerprint, stable_hash(config.model_dump(mode="json")), config.indexer.engine)
         counts = {"indexed": 0, "failed": 0, "no_reference": 0, "unchanged": plan.unchanged, "removed": 0,
                   "moved": moved}
@@ -136,14 +143,19 @@ def run_index(
         try:
             with tqdm(total=plan.todo, desc="segment + embed", unit="img", disable=quiet) as bar:
                 for records in runner.run(plan.units) if runner else []:
+                    for r in records:
+                        if r.status != "indexed" and r.source and r.error:
+                            r.error = url_failure(r.error, r.path, r.source, record_name(r.metadata, r.item_key))
+                        if r.status == "no_reference" and r.group_name:
+                            r.error = (r.error or "") + group_hint(r.group_name, r.metadata, references)
                     t = time.perf_counter()
                     store.write_batch(records)
                     write_seconds += time.perf_counter() - t
                     for r in records:
                         counts[r.status] += 1
                         if r.status != "indexed":
-                            failures.append((r.path, r.error or r.status))
-                            failure_status[r.path] = r.status
+                            failures.append((r.source or r.path, r.error or r.status))
+                            failure_status[r.source or r.path] = r.status
                     bar.update(len(records))
                     if quiet:
                         log.info("committed %d/%d", sum(counts[s] for s in ("indexed", "failed", "no_reference")), plan.todo)
@@ -155,9 +167,10 @@ def run_index(
                 log.warning("rebuilt damaged FAISS indexes from the catalog: %s", ", ".join(f"{e}/{t}" for e, t in repaired))
             write_seconds += time.perf_counter() - t
             t = time.perf_counter()
-            # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
+            # Masks written before measurements existed, or all after a change of scale, are measured
+            # now from the catalog (no re-segmenting).
             remeasured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm,
-                                      specimen_ids=store.unmeasured_specimens())
+                                      specimen_ids=None if rescaled else store.unmeasured_specimens())
             stages = runner.timings() if runner else {}
             # Measuring happens in the workers beside embedding, plus any re-measuring here.
             measure_seconds = stages.pop("measure", 0.0) + time.perf_counter() - t
@@ -170,7 +183,7 @@ def run_index(
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}
     return RunSummary(run_id, plan.total, counts, failures, timings, seg.get("weights_sha256") == "random", failure_status,
-                      remeasured, split)
+                      remeasured, split, rescaled)
 
 
 def _guard_removals(plan, max_share: float, store: Store) -> None:

@@ -28,9 +28,12 @@ class QueryEncoder:
     the models; its SAM 2 weights digest guards against a different checkpoint).
     """
 
-    def __init__(self, run: dict, tracker=None, embedder=None, references: Path | None = None) -> None:
+    def __init__(self, run: dict, tracker=None, embedder=None, references: Path | None = None,
+                 weights: str | None = None) -> None:
         self.run = run
         self._tracker = tracker
+        #: SAM 2 checkpoint given where the app runs (``sst-search ui --weights``), over the recorded one.
+        self._weights = weights
         self._embedder = embedder
         self._explicit_references = Path(references) if references else None
         recorded = run.get("references_dir")
@@ -38,13 +41,16 @@ class QueryEncoder:
 
     def for_run(self, run: dict) -> QueryEncoder:
         """The same models and references, following a newer snapshot's recorded run."""
-        return QueryEncoder(run, self._tracker, self._embedder, self._explicit_references)
+        return QueryEncoder(run, self._tracker, self._embedder, self._explicit_references, self._weights)
 
     @property
     def config(self) -> Config:
         if "config" not in self.run:
             raise QueryError("this index records no configuration; pass tracker= and embedder= explicitly")
-        return Config.model_validate(self.run["config"])
+        config = Config.model_validate(self.run["config"])
+        if self._weights:
+            config.segmentation = config.segmentation.model_copy(update={"weights": self._weights})
+        return config
 
     @property
     def embedder(self):

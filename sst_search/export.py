@@ -7,8 +7,7 @@ crops reads the catalog only (never the image files), so it works on a published
 - :func:`measurements_table`: one row per (specimen, trait) with the Darwin Core metadata
   as columns and every trait measurement; :func:`to_csv_bytes` / :func:`to_parquet_bytes`
   serialise it.
-- :func:`dwca_zip`: a Darwin Core Archive (Occurrence core + MeasurementOrFact extension)
-  for GBIF-style aggregators and R/Python DwC readers.
+- Darwin Core Archives are :mod:`sst_search.dwca_export`'s.
 - :func:`iter_crops` / :func:`crops_zip`: each specimen or trait cut out of its image
   (alpha = mask, or black outside), as the published SST tool's segment-and-crop does.
 - :func:`masks_zip`: one single-channel PNG label map per specimen (0 = background,
@@ -25,7 +24,6 @@ import json
 import zipfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -81,44 +79,43 @@ def to_parquet_bytes(df: pd.DataFrame) -> bytes:
 def _specimen_masks(
     store: Store, groups: Iterable[str] | None, specimen_ids: Iterable[int] | None
 ) -> Iterator[tuple[tuple, list[tuple]]]:
-    """``(specimen row, [(trait_id, trait_name, rle, area, bbox..., quality), ...])`` per specimen with masks."""
+    """``((specimen_id, path, group, width, height, image URL), [(trait_id, trait_name, rle, area, bbox...,
+    quality), ...])`` per specimen with masks."""
     current, masks = None, []
     for r in store.mask_rows(groups=groups, specimen_ids=specimen_ids):
         if current is not None and r[0] != current[0]:
             yield current, masks
             masks = []
-        current = r[:5]
+        current = (*r[:5], r[16])
         masks.append(r[6:15])
     if current is not None:
         yield current, masks
 
 
-def mask_file_names(specimens: Iterable[tuple[int, str, str | None]]) -> dict[int, str]:
-    """``specimen_id -> "<group>/<image stem>.png"`` for ``(specimen_id, path, group)``: the layout of
-    a ground-truth folder, so ``sst-search eval-seg`` matches exported masks by group and stem. Two
-    images of one group with the same stem get ``<stem>-<specimen_id>.png``."""
-    specimens = list(specimens)
+def mask_file_names(specimens: Iterable[tuple[int, str, str | None, str | None]], suffix: str = ".png") -> dict[int, str]:
+    """``specimen_id -> "<group>/<image stem>.png"`` for ``(specimen_id, path, group, image URL)``: the
+    layout of a ground-truth folder, so ``sst-search eval-seg`` matches exported masks by group and
+    stem (:func:`~sst_search.sources.naming.image_stem`: a URL image by its URL, not its cached
+    file). Two images of one group with the same stem get ``<stem>-<specimen_id>.png``."""
+    from .sources.naming import image_stem
+
+    stems = {sid: (group or "", image_stem(path, source)) for sid, path, group, source in specimens}
     counts: dict[tuple[str, str], int] = {}
-    for _, path, group in specimens:
-        key = (group or "", Path(path).stem)
+    for key in stems.values():
         counts[key] = counts.get(key, 0) + 1
-    names = {}
-    for sid, path, group in specimens:
-        stem = Path(path).stem
-        unique = counts[(group or "", stem)] == 1
-        names[sid] = f"{group or '_'}/{stem if unique else f'{stem}-{sid}'}.png"
-    return names
+    return {sid: f"{group or '_'}/{stem if counts[(group, stem)] == 1 else f'{stem}-{sid}'}{suffix}"
+            for sid, (group, stem) in stems.items()}
 
 
 def masks_zip(store: Store, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> bytes:
     """A zip of one PNG label map per specimen, ``<group>/<stem>.png`` (see :func:`mask_file_names`),
     plus ``labels.csv`` (file, specimen, label value, trait)."""
     per_specimen = list(_specimen_masks(store, groups, specimen_ids))
-    names = mask_file_names((row[0], row[1], row[2]) for row, _ in per_specimen)
+    names = mask_file_names((row[0], row[1], row[2], row[5]) for row, _ in per_specimen)
     buf = io.BytesIO()
     labels = []
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for (sid, path, group, _, _), masks in per_specimen:
+        for (sid, path, group, *_), masks in per_specimen:
             first = decode_mask(masks[0][2])
             label_map = np.zeros(first.shape, np.uint8)
             for trait_id, trait_name, rle, *_ in masks:
@@ -141,7 +138,7 @@ def coco_dataset(store: Store, groups: Iterable[str] | None = None, specimen_ids
     names = sorted({m[1] for _, masks in per_specimen for m in masks})
     category = {name: i for i, name in enumerate(names, start=1)}
     images, annotations = [], []
-    for (sid, path, group, width, height), masks in per_specimen:
+    for (sid, path, group, width, height, _), masks in per_specimen:
         images.append({"id": sid, "file_name": path, "width": width, "height": height, "group": group})
         for trait_id, trait_name, rle, area, x0, y0, x1, y1, quality in masks:
             annotations.append({
@@ -159,111 +156,6 @@ def coco_dataset(store: Store, groups: Iterable[str] | None = None, specimen_ids
 
 def to_json_bytes(obj: dict) -> bytes:
     return json.dumps(obj).encode("utf-8")
-
-
-# -- Darwin Core Archive ------------------------------------------------------------------
-
-DWC = "http://rs.tdwg.org/dwc/terms/"
-#: Occurrence core columns (Darwin Core terms); metadata columns of the same name fill them.
-OCCURRENCE_TERMS = ("occurrenceID", "basisOfRecord", "catalogNumber", "scientificName", "institutionCode",
-                    "collectionCode", "recordedBy", "eventDate", "country", "locality", "associatedMedia")
-MOF_TERMS = ("measurementID", "measurementType", "measurementValue", "measurementUnit", "measurementMethod",
-             "measurementDeterminedDate", "measurementRemarks")
-#: MeasurementOrFact rows per trait: (type, column and unit without a scale, column and unit with one).
-MOF_MEASUREMENTS = (
-    ("area", "area_px", "px²", "area_mm2", "mm²"),
-    *((label, f"{col}_px", "px", f"{col}_mm", "mm") for label, col in (
-        ("perimeter", "perimeter"), ("major axis length", "major_axis"), ("minor axis length", "minor_axis"),
-        ("bounding box width", "bbox_width"), ("bounding box height", "bbox_height"))),
-    ("orientation", "orientation_deg", "degrees", "orientation_deg", "degrees"),
-    *((label, col, "", col, "") for label, col in (
-        ("eccentricity", "eccentricity"), ("solidity", "solidity"), ("mean CIELAB L*", "L_mean"),
-        ("mean CIELAB a*", "a_mean"), ("mean CIELAB b*", "b_mean"), ("mean sRGB red", "red_mean"),
-        ("mean sRGB green", "green_mean"), ("mean sRGB blue", "blue_mean"))),
-    ("dominant colour", "dominant_color", "sRGB hex", "dominant_color", "sRGB hex"),
-)
-
-
-def _meta_xml(core_fields: Iterable[str], mof_fields: Iterable[str]) -> str:
-    def fields(names: Iterable[str], start: int) -> str:
-        return "".join(f'    <field index="{i}" term="{DWC}{n}"/>\n' for i, n in enumerate(names, start))
-
-    attrs = 'encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" ignoreHeaderLines="1"'
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<archive xmlns="http://rs.tdwg.org/dwc/text/">\n'
-        f'  <core {attrs} rowType="{DWC}Occurrence">\n    <files><location>occurrence.txt</location></files>\n'
-        f'    <id index="0"/>\n{fields(list(core_fields)[1:], 1)}  </core>\n'
-        f'  <extension {attrs} rowType="{DWC}MeasurementOrFact">\n'
-        '    <files><location>measurementorfact.txt</location></files>\n'
-        f'    <coreid index="0"/>\n{fields(mof_fields, 1)}  </extension>\n'
-        '</archive>\n'
-    )
-
-
-def _tsv(rows: list[list]) -> str:
-    """Tab-separated text with tabs and newlines inside values replaced by spaces (no quoting in DwC-A text)."""
-    def cell(v) -> str:
-        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else " ".join(str(v).split())
-
-    return "".join("\t".join(cell(v) for v in row) + "\n" for row in rows)
-
-
-def measurement_method(fingerprint: dict | None) -> str:
-    """What produced a measurement, for ``measurementMethod``: the mask's model and weights
-    sha256 (or the provided annotation's sha256), the references, and the measuring code."""
-    fp = fingerprint or {}
-    mask = fp.get("mask") or {}
-    if not mask:
-        made = "label mask of unrecorded origin"
-    elif mask.get("source") == "provided":
-        made = f"provided label mask (sha256 {mask.get('sha256')})"
-    else:
-        made = (f"SST segmentation by tracking with SAM 2 {mask.get('model')} (weights sha256 {mask.get('weights_sha256')}"
-                + (f", adapter sha256 {mask['adapter_sha256']}" if mask.get("adapter_sha256") else "")
-                + f", input {mask.get('image_size')} px, {mask.get('mode')} propagation)")
-    return (f"{made}; references {fp.get('references')}; measured with scikit-image regionprops "
-            "(moments ellipse axes, perimeter through boundary pixel centres) and CIELAB D65 colour; sst-search")
-
-
-def dwca_zip(store: Store, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> bytes:
-    """A Darwin Core Archive: ``meta.xml``, an Occurrence core (one row per specimen, metadata
-    columns named like Darwin Core terms fill those terms) and a MeasurementOrFact extension
-    (one row per trait measurement, in mm / mm² when the specimen's scale is known, else px)."""
-    table = store.measurements_frame(specimen_ids=specimen_ids, groups=groups)
-    occurrences, facts, seen = [], [], set()
-    determined = datetime.now(timezone.utc).date().isoformat()
-    for row in table.itertuples(index=False):
-        md = json.loads(row.metadata) if row.metadata else {}
-        occurrence_id = md.get("occurrenceID") or f"urn:sst-search:specimen:{row.specimen_id}"
-        if row.specimen_id not in seen:
-            seen.add(row.specimen_id)
-            values = {**{k: md.get(k) for k in OCCURRENCE_TERMS}, "occurrenceID": occurrence_id,
-                      "basisOfRecord": md.get("basisOfRecord") or "PreservedSpecimen",
-                      "scientificName": md.get("scientificName") or row.group,
-                      "associatedMedia": md.get("associatedMedia") or
-                      (row.image_source if isinstance(row.image_source, str) else row.path)}
-            occurrences.append([values[t] for t in OCCURRENCE_TERMS])
-        if not isinstance(row.unit, str):
-            continue  # a mask from before measurements existed: `sst-search measure` fills it
-        method = measurement_method(json.loads(row.fingerprint) if row.fingerprint else None)
-        scaled = row.unit == "mm"
-        remarks = (f"scale {row.pixels_per_mm:g} px/mm from {row.scale_source}" if scaled else "no scale: pixels")
-        if row.quality == row.quality and row.quality is not None:
-            remarks += f"; mask cycle-consistency IoU {row.quality:.3f}"
-        for label, px_column, px_unit, mm_column, mm_unit in MOF_MEASUREMENTS:
-            column, unit = (mm_column, mm_unit) if scaled else (px_column, px_unit)
-            value = getattr(row, column)
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                continue
-            facts.append([occurrence_id, f"{occurrence_id}:{row.trait}:{column}", f"{row.trait} {label}",
-                          value if isinstance(value, str) else f"{value:.6g}", unit, method, determined, remarks])
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("meta.xml", _meta_xml(OCCURRENCE_TERMS, MOF_TERMS))
-        zf.writestr("occurrence.txt", _tsv([list(OCCURRENCE_TERMS), *occurrences]))
-        zf.writestr("measurementorfact.txt", _tsv([["coreid", *MOF_TERMS], *facts]))
-    return buf.getvalue()
 
 
 # -- crops ----------------------------------------------------------------------------------
@@ -285,11 +177,12 @@ def iter_crops(
     from .images import ImageLoadError
     from .masks import cutout
     from .originals import Originals, fit_mask
+    from .sources.naming import image_stem
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
     with Originals(store) as originals:
-        for (sid, path, _, _, _), masks in _specimen_masks(store, groups, specimen_ids):
+        for (sid, path, _, _, _, source), masks in _specimen_masks(store, groups, specimen_ids):
             chosen = [m for m in masks if trait is None or m[1] == trait]
             if not chosen:
                 continue
@@ -306,7 +199,7 @@ def iter_crops(
             ys, xs = np.nonzero(mask)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
             crop = cutout(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], background)
-            yield f"{Path(path).stem}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
+            yield f"{image_stem(path, source)}{'_' + _safe(trait) if trait else ''}_{sid}.png", crop
 
 
 def _safe(name: str) -> str:

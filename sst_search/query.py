@@ -58,22 +58,25 @@ class SearchEngine:
     """Read-only search over the latest published snapshot of an index."""
 
     def __init__(self, store: Store, tracker=None, embedder=None, references: Path | None = None,
-                 db_path: Path | None = None):
+                 db_path: Path | None = None, weights: str | None = None):
         self.store = store
         #: The live store this engine follows; ``store.db_path`` is the snapshot it reads.
         self.db_path = Path(db_path) if db_path is not None else store.db_path
         self._explicit_references = Path(references) if references else None
         #: Segments and embeds what a search is given, with the models the index was built with.
-        self.encoder = QueryEncoder(store.last_run_fingerprint(), tracker, embedder, self._explicit_references)
+        self.encoder = QueryEncoder(store.last_run_fingerprint(), tracker, embedder, self._explicit_references, weights)
 
     @classmethod
-    def open(cls, db_path: str | Path, tracker=None, embedder=None, references: str | Path | None = None) -> SearchEngine:
+    def open(cls, db_path: str | Path, tracker=None, embedder=None, references: str | Path | None = None,
+             weights: str | None = None) -> SearchEngine:
         """Open the latest published snapshot of the index at ``db_path`` read-only.
 
         ``tracker`` and ``embedder`` are built on demand from the recorded run configuration
-        unless given; ``references`` overrides the references folder the run recorded.
+        unless given; ``references`` overrides the references folder the run recorded and
+        ``weights`` the SAM 2 checkpoint (the same checkpoint, at another path on this machine).
         """
-        return cls(Store.open(resolve_snapshot(db_path), read_only=True), tracker, embedder, references, Path(db_path))
+        return cls(Store.open(resolve_snapshot(db_path), read_only=True), tracker, embedder, references, Path(db_path),
+                   weights)
 
     def refresh(self) -> bool:
         """Switch to a newer published snapshot if there is one; True when it switched.

@@ -459,3 +459,36 @@ def save_support(
             path.unlink()
         staging.rmdir()
     return load_support(image_path, mask_path, traits)
+
+
+def name_without_authorship(name: str) -> str | None:
+    """``"Lycorma delicatula (White, 1845)"`` -> ``"Lycorma delicatula"``: the genus, its
+    lower-case epithets and rank markers, up to the first word that starts the authorship (a
+    capital, a parenthesis or a year); None when nothing follows the name."""
+    words = name.split()
+    keep = words[:1]
+    for word in words[1:]:
+        if word[0].isupper() or word[0] in "([" or any(c.isdigit() for c in word):
+            break
+        keep.append(word)
+    bare = " ".join(keep)
+    return bare if bare and bare != " ".join(words) else None
+
+
+def group_hint(group: str, metadata: Mapping[str, str], references: str | Path) -> str:
+    """What would give an item without references a matching folder, as a clause to append
+    to its error: a term of its own whose value names a folder under ``references``, else its
+    group name without authorship (what GBIF's ``species`` term holds); ``""`` when neither."""
+    root = Path(references)
+    folders = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    terms = [t for t, v in metadata.items() if v != group and str(v) in folders]
+    if terms:
+        return (f"; its {terms[0]} {metadata[terms[0]]!r} has a references folder: group by that term "
+                f"(a Darwin Core Archive: --group-by {terms[0]})")
+    bare = name_without_authorship(group)
+    if bare is None:
+        return ""
+    holding = next((t for t, v in metadata.items() if v == bare), None)
+    return (f"; without its authorship the name is {bare!r}"
+            + (f" (the {holding!r} term: --group-by {holding})" if holding else " (a GBIF download's 'species' term)")
+            + f": name the folder {bare!r} and group by a term holding it")

@@ -42,7 +42,7 @@ def clip():
 
 
 def test_registry_lists_the_three_embedders_and_rejects_unknown_names():
-    assert list_embedders() == ["bioclip", "clip", "color-pattern"]
+    assert list_embedders() == ["bioclip", "bioclip-2", "clip", "color-pattern"]
     with pytest.raises(EmbedderError, match="unknown embedder 'dino'"):
         create_embedder("dino")
 

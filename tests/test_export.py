@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from sst_search import export
+from sst_search import dwca_export, export
 from sst_search.images import load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.store import SpecimenRecord, Store, masks_from_label_map, specimen_id
@@ -175,18 +175,18 @@ def test_dwca_round_trips_through_a_dwca_reader_with_every_row(store, tmp_path):
 
     table = export.measurements_table(store)
     archive = tmp_path / "dwca.zip"
-    archive.write_bytes(export.dwca_zip(store))
-    per_trait = len(export.MOF_MEASUREMENTS)
+    archive.write_bytes(dwca_export.dwca_zip(store))
+    per_trait = len(dwca_export.MOF_MEASUREMENTS)
     with DwCAReader(str(archive)) as dwca:
         cores = list(dwca)
         assert len(cores) == table["specimen_id"].nunique()
-        facts = [f for core in cores for f in core.extensions]
+        facts = [f for core in cores for f in core.extensions if f.rowtype == DWC + "MeasurementOrFact"]
         assert len(facts) == len(table) * per_trait  # every trait, every measurement
         by_catalog = {core.data[DWC + "catalogNumber"]: core for core in cores}
         row = table.iloc[0]
         core = by_catalog[row["catalogNumber"]]
         assert core.data[DWC + "scientificName"] == row["scientificName"]
-        area = next(f.data for f in core.extensions if f.data[DWC + "measurementType"] == f"{row['trait']} area")
+        area = next(f.data for f in core.extensions if f.data.get(DWC + "measurementType") == f"{row['trait']} area")
     assert float(area[DWC + "measurementValue"]) == pytest.approx(row["area_px"] / PIXELS_PER_MM**2, rel=1e-5)
     assert area[DWC + "measurementUnit"] == "mm²"
     method = area[DWC + "measurementMethod"]
@@ -194,7 +194,7 @@ def test_dwca_round_trips_through_a_dwca_reader_with_every_row(store, tmp_path):
 
 
 def test_sst_measurement_method_names_model_weights_and_references():
-    method = export.measurement_method({"mask": {"source": "sst", "model": "sam2.1-hiera-tiny", "weights_sha256": "ab12",
+    method = dwca_export.measurement_method({"mask": {"source": "sst", "model": "sam2.1-hiera-tiny", "weights_sha256": "ab12",
                                                   "image_size": 1024, "mode": "pairwise"}, "references": "r9"})
     assert "SAM 2 sam2.1-hiera-tiny" in method and "weights sha256 ab12" in method and "references r9" in method
 
@@ -237,7 +237,8 @@ def test_export_commands_write_filtered_files(store, tmp_path):
     got = pd.read_csv(out)
     assert set(got["specimen_id"]) == set(band.loc[band["area_mm2"] > threshold, "specimen_id"])
     assert CliRunner().invoke(app, ["export", "dwca", "--db", db, "--out", str(tmp_path / "a.zip")]).exit_code == 0
-    assert zipfile.ZipFile(tmp_path / "a.zip").namelist() == ["meta.xml", "occurrence.txt", "measurementorfact.txt"]
+    assert zipfile.ZipFile(tmp_path / "a.zip").namelist() == ["meta.xml", "eml.xml", "occurrence.txt", "multimedia.txt",
+                                                              "measurementorfact.txt"]
     result = CliRunner().invoke(app, ["export", "crops", "--db", db, "--out", str(tmp_path / "crops")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "crops").glob("*.png"))) == table["specimen_id"].nunique()

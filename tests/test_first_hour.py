@@ -52,7 +52,7 @@ def test_run_summary_and_status_print_the_same_lines(tmp_path):
                            SpecimenRecord(2, orphan, "no_reference", group_name="x", error=errors[orphan])])
     summary = RunSummary("r" * 32, 2, {"indexed": 0, "failed": 1, "no_reference": 1}, list(errors.items()),
                          failure_status={bad: "failed", orphan: "no_reference"})
-    with index_cmd.console.capture() as captured:
+    with index_cmd.report.capture() as captured:  # the report goes to stdout
         index_cmd.print_summary(summary)
     summary_lines = [line for line in captured.get().splitlines() if line.startswith(("failed", "no_reference"))]
     assert summary_lines == [f"failed {bad}: not a readable image", f"no_reference {orphan}: no references for group 'x'"]

@@ -4,7 +4,9 @@ its photo; re-indexing is incremental per photo (random SAM 2 weights: plumbing 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 from indexer.job import run_index
 from sst_search.cli import app
 from sst_search.config import Config
+from sst_search.dwca_export import dwca_zip
 from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.store import Store, decode_mask
@@ -72,7 +75,7 @@ def test_instances_become_items_linked_to_their_photo_and_reindex_per_photo(tmp_
     result = CliRunner().invoke(app, ["export", "instances", "--db", str(db), "--out", str(out)])
     assert result.exit_code == 0, result.output
     for source in sources:
-        stem = "images__" + source.source_key.split("/")[-1].removesuffix(".png")
+        stem = source.source_key.split("/")[-1].removesuffix(".png")  # <stem>, as README says
         coco = json.loads((out / f"{stem}.coco.json").read_text())
         assert [a["id"] for a in coco["annotations"]] == [r.number for r in source.instances]
         assert coco["images"][0]["file_name"] == source.source_key
@@ -80,6 +83,13 @@ def test_instances_become_items_linked_to_their_photo_and_reindex_per_photo(tmp_
         assert [p.name for p in cutouts] == [f"{r.number:03d}.png" for r in source.instances]
         assert all(load_image(p).shape[:2] == (r.crop_box[3] - r.crop_box[1], r.crop_box[2] - r.crop_box[0])
                    for p, r in zip(cutouts, source.instances))
+
+    # A Darwin Core Archive: every specimen found in a drawer is an occurrence of its own,
+    # though they share the drawer's catalogNumber.
+    with Store.open(db, read_only=True) as store:
+        with zipfile.ZipFile(io.BytesIO(dwca_zip(store))) as zf:
+            core = zf.read("occurrence.txt").decode().splitlines()
+    assert len(core) - 1 == total == len({line.split("\t")[0] for line in core[1:]})
 
     # The app's Photos page: the photo with numbered outlines, each number opening its specimen.
     at = _app(db, monkeypatch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -147,11 +148,18 @@ def test_specimen_page_lists_traits_with_legend_and_neighbours(app, engine):
     n_neighbours = len(_scores(app))
     assert n_neighbours >= len(masks) + 1
     assert len(app.image) == 1 + n_neighbours  # the overlay plus one card per neighbour
+    groups = tuple(f"({g})" for g in engine.groups())
+    named = [c.value for c in app.caption if c.value.split("  \n")[0].endswith(groups)]
+    assert len(named) >= n_neighbours  # every neighbour card says whose it is (catalogNumber · stem (group))
 
 
 def test_collection_page_warns_loudly_and_counts(app):
     _goto(app, "Collection")
-    assert any("RANDOM WEIGHTS" in e.value for e in app.error)
+    banner = next(e.value for e in app.error if "RANDOM WEIGHTS" in e.value)
+    assert "SAM 2 sam2.1-hiera-tiny: random weights" in banner  # the embedder is named, not "embedder: none"
+    assert "embedder color-pattern: no learned weights" in banner
+    spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["y"]["axis"]["labelLimit"] == 0  # species names are never cut
     metrics = {m.label: m.value for m in app.metric}
     assert metrics == {"failed": "1", "indexed": "6"}
     failures = next(df.value for df in app.dataframe if "error" in df.value.columns)
@@ -165,12 +173,13 @@ def test_export_page_offers_non_empty_downloads(app, engine):
     _goto(app, "Export")
     labels = [b.label for b in app.get("download_button")]
     assert labels[:4] == ["Measurements (CSV)", "Measurements (Parquet)", "Masks (PNG zip)", "Masks (COCO RLE JSON)"]
-    assert labels[4].startswith("Darwin Core Archive") and labels[5].startswith("Failed items (1")
+    assert labels[4].startswith("Darwin Core Archive") and labels[5].startswith("Trait regions")
+    assert labels[6].startswith("Failed items (1")
     app.button(key="make_crops").click().run(timeout=TIMEOUT)
     assert "Crops (PNG zip)" in [b.label for b in app.get("download_button")]
     sizes = {m[1]: int(m[2].replace(",", "")) for m in (re.fullmatch(r"(\S+): ([\d,]+) bytes", c.value) for c in app.caption) if m}
     assert set(sizes) == {"measurements.csv", "measurements.parquet", "masks.zip", "masks_coco.json", "dwca.zip",
-                          "crops.zip", "failures.csv"}
+                          "trait_regions.csv", "crops.zip", "failures.csv"}
     assert all(size > 100 for size in sizes.values())
     n_masks = sum(len(engine.store.trait_masks(sid)) for sid in engine.store.specimen_ids(status=None))
     assert f"**6** specimens, **{n_masks}** trait masks" in [md.value for md in app.markdown]

@@ -32,27 +32,32 @@ def _queue(at: AppTest) -> list[tuple[str, str]]:
     return list(zip(table["specimen"], table["trait"]))
 
 
-def _select(at: AppTest, specimen_id: int, trait: str) -> None:
+def _name(i: int) -> str:
+    """How the page names specimen ``i``: its file's stem and group, never its 19-digit id."""
+    return f"s{i} (g)"
+
+
+def _select(at: AppTest, i: int, trait: str) -> None:
     box = at.selectbox(key="review_item")
-    index = next(k for k, label in enumerate(box.options) if label.startswith(f"{specimen_id} · {trait} "))
+    index = next(k for k, label in enumerate(box.options) if label.startswith(f"{_name(i)} · {trait}: "))
     box.set_value(index).run(timeout=TIMEOUT)
 
 
 def test_review_page_accepts_and_rejects_and_the_queue_follows(review_app):
     at, db = review_app
-    assert set(_queue(at)) == {(str(sid(LOW_QUALITY)), "band"), (str(sid(4)), "band"), (str(sid(5)), "spot")}
+    assert set(_queue(at)) == {(_name(LOW_QUALITY), "band"), (_name(4), "band"), (_name(5), "spot")}
     assert len(at.image) == 1  # the specimen with its trait outlined
 
-    _select(at, sid(LOW_QUALITY), "band")
+    _select(at, LOW_QUALITY, "band")
     at.text_input(key="review_by").set_value("ana")
     at.button(key="review_accept").click().run(timeout=TIMEOUT)
     assert not at.exception, at.exception
     assert at.success and "accept: band of specimen" in at.success[0].value
-    assert set(_queue(at)) == {(str(sid(4)), "band"), (str(sid(5)), "spot")}
+    assert set(_queue(at)) == {(_name(4), "band"), (_name(5), "spot")}
 
-    _select(at, sid(5), "spot")
+    _select(at, 5, "spot")
     at.button(key="review_reject").click().run(timeout=TIMEOUT)
-    assert set(_queue(at)) == {(str(sid(4)), "band")}
+    assert set(_queue(at)) == {(_name(4), "band")}
 
     with Store.open(db, read_only=True) as store:
         made = {(d["specimen_id"], d["trait_name"]): (d["decision"], d["reviewer"]) for d in decisions(store)}
@@ -60,4 +65,4 @@ def test_review_page_accepts_and_rejects_and_the_queue_follows(review_app):
     assert made == {(sid(LOW_QUALITY), "band"): ("accept", "ana"), (sid(5), "spot"): ("reject", "ana")}
 
     at.checkbox(key="review_all").check().run(timeout=TIMEOUT)
-    assert set(_queue(at)) == {(str(sid(LOW_QUALITY)), "band"), (str(sid(4)), "band"), (str(sid(5)), "spot")}
+    assert set(_queue(at)) == {(_name(LOW_QUALITY), "band"), (_name(4), "band"), (_name(5), "spot")}

@@ -1,5 +1,6 @@
 """The mask editor shared by the References and Review pages: click points or drag a box and
-SAM 2 proposes a mask; more clicks refine it; a brush adds or erases pixels by hand."""
+SAM 2 proposes a mask; more clicks refine it; a brush adds or erases pixels by hand. Without
+SAM 2 (no weights here) the brush and eraser still work: drawing by hand needs no model."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sst_search.weights import WeightsError
 from .state import cache_key
 
 TOOLS = ("Positive point", "Negative point", "Box", "Brush", "Eraser")
+HAND_TOOLS = ("Brush", "Eraser")
 #: Longest side of the image shown for clicking (clicks are mapped back to full resolution).
 DISPLAY_SIDE = 640
 
@@ -29,10 +31,12 @@ def click_segmenter(_engine: SearchEngine, key: str) -> ClickSegmenter:
 
 
 def segmenter_or_error(engine: SearchEngine) -> ClickSegmenter | None:
+    """SAM 2's click segmenter, or None (with a warning saying how to get it): the editor then draws by hand."""
     try:
         segmenter = click_segmenter(engine, cache_key(engine))
     except (QueryError, WeightsError, ValueError) as exc:
-        st.error(f"SAM 2 is not available for labeling: {exc}")
+        st.warning(f"SAM 2 is not available to propose masks: {exc}. Draw with the brush, or start the app with "
+                   "`sst-search ui --db INDEX --weights CHECKPOINT.pt` to click instead.")
         return None
     if segmenter.random_weights:
         st.warning("SAM 2 has random weights: its proposals are not meaningful (the page still works; "
@@ -73,14 +77,15 @@ def _add_prompt(state: dict, value: dict, tool: str, to_image: float) -> bool:
     return True
 
 
-def mask_editor(segmenter: ClickSegmenter, image: np.ndarray, key: str) -> np.ndarray | None:
-    """Render the editor for ``image``; returns the current mask (boolean, image size) or None."""
+def mask_editor(segmenter: ClickSegmenter | None, image: np.ndarray, key: str) -> np.ndarray | None:
+    """Render the editor for ``image``; returns the current mask (boolean, image size) or None.
+    Without a ``segmenter`` only the brush and eraser are offered."""
     state = _state(key)
     scale = min(1.0, DISPLAY_SIDE / max(image.shape[:2]))
-    tool = st.radio("Tool", TOOLS, horizontal=True, key=f"{key}-tool",
+    tool = st.radio("Tool", TOOLS if segmenter is not None else HAND_TOOLS, horizontal=True, key=f"{key}-tool",
                     help="Points and boxes ask SAM 2 for a mask; the brush and eraser edit it by hand.")
     shown = _display(image, state["mask"], state["clicks"], scale)
-    if tool in ("Brush", "Eraser"):
+    if tool in HAND_TOOLS:
         # Imported here: the canvas declares its component at import time, which fails outside a
         # Streamlit runtime, so importing the pages (tests, tooling) would fail with it.
         from streamlit_drawable_canvas import st_canvas

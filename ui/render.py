@@ -15,7 +15,7 @@ from sst_search.masks import overlay, trait_color
 from sst_search.query import QueryResult, SearchEngine
 from sst_search.store import SPECIMEN_TRAIT
 
-from .state import cache_key, open_specimen, specimen_image
+from .state import cache_key, open_specimen, specimen_image, specimen_labels
 
 #: Metadata a curator recognises a specimen by, shown on every result card.
 CARD_FIELDS = ("catalogNumber", "scientificName", "locality")
@@ -84,10 +84,10 @@ def result_card(engine: SearchEngine, result: QueryResult, key_prefix: str, comp
         if result.rerank_iou is not None:
             score += f" · cycle IoU {result.rerank_iou:.2f}"
         st.markdown(score)
-        fields = CARD_FIELDS[:1] if compact else CARD_FIELDS
-        lines = [md(result.metadata[f]) for f in fields if result.metadata.get(f)]
-        if lines:
-            st.caption("  \n".join(lines))
+        # First what a curator calls the specimen (catalogNumber, else its image's name), never its id.
+        name = specimen_labels(engine, cache_key(engine)).get(result.specimen_id, str(result.specimen_id))
+        lines = [md(name), *(md(result.metadata[f]) for f in ([] if compact else CARD_FIELDS[1:]) if result.metadata.get(f))]
+        st.caption("  \n".join(lines))
         st.button("Open specimen", key=f"{key_prefix}-open-{result.rank}-{result.specimen_id}",
                   on_click=open_specimen, args=(result.specimen_id,))
 

@@ -21,12 +21,21 @@ from sst_search.sources.naming import item_name
 DB_ENV = "SST_SEARCH_DB"
 PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
 
-def db_path_from_args(argv: list[str]) -> str | None:
-    """``--db PATH`` after ``streamlit run ui/app.py --``, else ``$SST_SEARCH_DB``."""
+def _app_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--db")
-    args, _ = parser.parse_known_args(argv)
-    return args.db or os.environ.get(DB_ENV) or None
+    parser.add_argument("--weights")
+    return parser.parse_known_args(argv)[0]
+
+
+def db_path_from_args(argv: list[str]) -> str | None:
+    """``--db PATH`` after ``streamlit run ui/app.py --``, else ``$SST_SEARCH_DB``."""
+    return _app_args(argv).db or os.environ.get(DB_ENV) or None
+
+
+def weights_from_args(argv: list[str]) -> str | None:
+    """``--weights CHECKPOINT`` after ``streamlit run ui/app.py --`` (``sst-search ui --weights``), else None."""
+    return _app_args(argv).weights
 
 
 def live_db() -> str:
@@ -39,8 +48,9 @@ def live_db() -> str:
 
 @st.cache_resource(show_spinner="Opening the index...")
 def load_engine(db: str) -> SearchEngine:
-    """The latest published snapshot, read-only; "Reload index" clears this to pick up a newer one."""
-    return SearchEngine.open(Path(db))
+    """The latest published snapshot, read-only; "Reload index" clears this to pick up a newer one.
+    SAM 2 (labeling, uploads) is built from ``--weights`` when the app was started with it."""
+    return SearchEngine.open(Path(db), weights=weights_from_args(sys.argv[1:]))
 
 
 @contextmanager
@@ -71,17 +81,22 @@ def specimen_image(_engine: SearchEngine, key: str, specimen_id: int, max_side: 
     return image
 
 
+def specimen_label(row: dict) -> str:
+    """``"catalogNumber · image name (group)"`` of a :meth:`~sst_search.store.Store.specimens` row; a
+    file named after its catalogNumber (0010007.jpg) is named once, not "0010007 · 0010007"."""
+    catalog_number = row["metadata"].get("catalogNumber")
+    name = item_name(row["path"], row.get("source"), row["metadata"])
+    shown = name if not catalog_number or catalog_number == name else f"{catalog_number} · {name}"
+    label = f"{shown} ({row['group_name'] or 'no group'})"
+    return label if row["status"] == "indexed" else f"{label} [{row['status']}]"
+
+
 @st.cache_data(show_spinner=False)
 def specimen_labels(_engine: SearchEngine, key: str, group: str | None = None, indexed_only: bool = True) -> dict[int, str]:
-    """``specimen_id -> "catalogNumber · stem (group)"`` for pick lists, in path order."""
+    """``specimen_id -> specimen_label`` for pick lists, in path order."""
     rows = _engine.store.specimens(status="indexed" if indexed_only else None,
                                    groups=[group] if group is not None else None)
-    labels = {}
-    for row in rows:
-        catalog_number = row["metadata"].get("catalogNumber")
-        name = item_name(row["path"], row.get("source"), row["metadata"])
-        label = f"{catalog_number + ' · ' if catalog_number else ''}{name} ({row['group_name'] or 'no group'})"
-        labels[row["specimen_id"]] = label if row["status"] == "indexed" else f"{label} [{row['status']}]"
+    labels = {row["specimen_id"]: specimen_label(row) for row in rows}
     counts = Counter(labels.values())  # two images of one record must not share a label
     return {sid: f"{label} #{sid}" if counts[label] > 1 else label for sid, label in labels.items()}
 

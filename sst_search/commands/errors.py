@@ -17,7 +17,10 @@ from ..store.errors import storage_fault
 
 OK, ITEMS_FAILED, BAD_INPUT, STORAGE_FAULT = 0, 1, 2, 3
 
+#: Errors, warnings and progress: stderr, so they reach the terminal when the report is redirected.
 console = Console(stderr=True)
+#: What a command reports (a run's summary, a store's status): stdout, so ``> file`` captures it.
+report = Console()
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""``sst-search export measurements|dwca|crops|instances``: results out of an index, for analysis elsewhere."""
+"""``sst-search export measurements|dwca|annotations|crops|instances``: results out of an index, for analysis elsewhere."""
 
 from __future__ import annotations
 
@@ -62,15 +62,49 @@ def dwca(
     where: list[str] | None = _WHERE,
     group: list[str] | None = _GROUP,
 ) -> None:
-    """A Darwin Core Archive: Occurrence core + MeasurementOrFact extension (type, value, unit,
-    method naming the model, weights sha256 and references)."""
-    from .. import export
+    """A Darwin Core Archive: one Occurrence row per occurrence with its source's terms verbatim,
+    its images in a Simple Multimedia extension (licence, rights holder), each measurement in a
+    MeasurementOrFact row naming its occurrence, image and trait, and eml.xml naming the software,
+    models, weights and references."""
+    from ..dwca_export import dwca_zip
 
     with _scope(db, where, group) as (store, ids, groups):
-        data = export.dwca_zip(store, groups=groups, specimen_ids=ids)
+        data = dwca_zip(store, groups=groups, specimen_ids=ids)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     console.print(f"wrote {out} ({len(data):,} bytes)")
+
+
+def annotations(
+    db: Path = _DB,
+    out: Path = typer.Option(..., "--out", help="Folder for regions.csv and iiif/<group>/<stem>.json."),
+    base_url: str = typer.Option("urn:sst-search:annotations", "--base-url",
+                                 help="Where the annotation pages will be published (their ids start with it)."),
+    where: list[str] | None = _WHERE,
+    group: list[str] | None = _GROUP,
+) -> None:
+    """Trait regions for museum systems: regions.csv, one Audubon Core region of interest per
+    trait mask (ac:subjectPart, ac:xFrac/yFrac/widthFrac/heightFrac), and for images from IIIF
+    one W3C Web Annotation page (IIIF Presentation 3) each, tagging the canvas with every
+    trait's outline (SVG) and box (xywh) in full-resolution coordinates."""
+    import json
+
+    from ..export import mask_file_names
+    from ..trait_regions import annotation_pages, regions_table
+
+    with _scope(db, where, group) as (store, ids, groups):
+        regions = regions_table(store, groups=groups, specimen_ids=ids)
+        pages = annotation_pages(store, base_url, groups=groups, specimen_ids=ids)
+        provenance = store.provenance(groups=groups, specimen_ids=list(pages))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "regions.csv").write_text(regions.to_csv(index=False))
+    names = mask_file_names(((sid, r["path"], r["group_name"], r["source"]) for sid, r in provenance.items()), ".json")
+    for sid, page in pages.items():
+        path = out / "iiif" / names[sid]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(page, indent=1))
+    console.print(f"wrote {out / 'regions.csv'} ({len(regions)} regions) and {len(pages)} IIIF annotation pages "
+                  f"under {out / 'iiif'}")
 
 
 def crops(
@@ -115,6 +149,7 @@ def instances(
     """
     from ..images import ImageLoadError, load_image
     from ..instance_export import ExportedInstance, write_photo_instances
+    from ..sources.naming import unique_stems, url_of_key
     from ..store import Store, decode_mask
     from ..store.instances import instance_sources
 
@@ -128,14 +163,14 @@ def instances(
     written, skipped = 0, []
     with store:
         sources = [s for s in instance_sources(store) if s.status == "split"]
-        for source in sources:
+        stems = unique_stems((s.source_path, url_of_key(s.source_key)) for s in sources)
+        for source, stem in zip(sources, stems):
             try:
                 image = load_image(source.source_path)
             except ImageLoadError as exc:
                 skipped.append((source.source_path, exc.reason))
                 continue
             rows = [ExportedInstance(r.number, decode_mask(r.rle), r.score) for r in source.instances]
-            stem = Path(source.source_key).with_suffix("").as_posix().replace("/", "__")
             kind = (source.fingerprint or {}).get("kind", "specimen")
             write_photo_instances(out, stem, image, source.source_key, rows, kind, background)
             written += 1
@@ -148,5 +183,6 @@ def instances(
 
 export_app.command()(measurements)
 export_app.command()(dwca)
+export_app.command()(annotations)
 export_app.command()(crops)
 export_app.command()(instances)

@@ -14,7 +14,7 @@ from ..references import ReferencesError
 from ..store import Store
 from ..store.errors import StoreError
 from ..weights import WeightsError
-from .errors import ITEMS_FAILED, console, exit_codes
+from .errors import ITEMS_FAILED, console, exit_codes, report
 from .options import (
     ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option,
     model_option, warn_random_weights,
@@ -29,7 +29,7 @@ def index(
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = db_option("written; FAISS indexes go beside it"),
     config_file: Path | None = config_option(),
-    embedder: str | None = typer.Option(None, "--embedder", help="bioclip | clip | color-pattern."),
+    embedder: str | None = typer.Option(None, "--embedder", help="bioclip | bioclip-2 | clip | color-pattern."),
     embedder_weights: str | None = EMBEDDER_WEIGHTS,
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
@@ -81,6 +81,8 @@ def index(
     if orientation not in (None, "0", "90", "180", "270", "auto"):  # checked here: the tracker module imports torch
         raise typer.BadParameter(f"{orientation!r} is not 0, 90, 180, 270 or auto", param_hint="--orientation")
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
+    # httpx logs every request at INFO: one line per URL image would bury the run's own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with exit_codes(CollectionError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
@@ -116,36 +118,39 @@ def failure_line(status: str, path: str, error: str | None) -> str:
 
 def print_summary(summary) -> None:
     if summary.weights_random:
-        warn_random_weights(console, "masks and search results are not meaningful")
+        warn_random_weights(console, "masks and search results are not meaningful")  # a warning: stderr
     if summary.split is not None:
         sp = summary.split
-        console.print(
+        report.print(
             f"photos: {sp.photos} ({sp.split} split, {sp.unchanged} unchanged, {sp.failed} failed, "
             f"{sp.removed} removed) -> {sp.instances} instances"
         )
         for path, reason in sp.failures[:10]:
-            console.print(f"[red]failed[/red] {path}: {reason}")
+            report.print(f"[red]failed[/red] {path}: {reason}")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)
     for status, n in summary.counts.items():
         table.add_row(status, str(n))
-    console.print(table)
+    report.print(table)
     t = summary.timings
     done = summary.counts["indexed"] + summary.counts["failed"]
     if t.get("total"):
-        console.print(
+        report.print(
             # Pipelined stages overlap, so their seconds (summed over threads) can exceed the total.
             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if k != "total")
             + f" (stages overlap) | total {t['total']:.1f}s"
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
-    if summary.remeasured:
-        console.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
+    if summary.rescaled:
+        report.print(f"re-measured all {summary.remeasured} indexed specimens: the scale settings changed since the "
+                     "last run (no re-segmenting)")
+    elif summary.remeasured:
+        report.print(f"measured {summary.remeasured} specimens indexed before measurements existed (no re-segmenting)")
     for path, reason in summary.failures[:10]:
-        console.print(failure_line(summary.failure_status.get(path, "failed"), escape(path), escape(reason)), soft_wrap=True)
+        report.print(failure_line(summary.failure_status.get(path, "failed"), escape(path), escape(reason)), soft_wrap=True)
     if len(summary.failures) > 10:
-        console.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
+        report.print(f"... and {len(summary.failures) - 10} more (see `sst-search status`)")
 
 
 def status(db: Path = db_option("read")) -> None:
@@ -160,7 +165,7 @@ def status(db: Path = db_option("read")) -> None:
             _print_status(store)
             problems = store.check_consistency()
     for p in problems:
-        console.print(f"[red]inconsistent:[/red] {escape(p)}")
+        report.print(f"[red]inconsistent:[/red] {escape(p)}")
     if problems:
         raise typer.Exit(ITEMS_FAILED)
 
@@ -173,17 +178,17 @@ def _print_status(store: Store) -> None:
         groups.add_column(col)
     for group, counts in st["groups"].items():
         groups.add_row(escape(group or "(none)"), *(str(counts.get(s, 0)) for s in statuses))
-    console.print(groups)
+    report.print(groups)
     indexes = Table(title="indexes")
     for col in ("embedder", "trait", "vectors", "kind", "file"):
         indexes.add_column(col)
     for row in st["indexes"]:
         indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), row["file"])
-    console.print(indexes)
+    report.print(indexes)
     runs = store.runs()
     if runs:
         last = runs[-1]
-        console.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: "
+        report.print(f"last run {last['run_id'][:8]} started {last['started_at']} finished {last['finished_at']}: "
                       f"{escape(str(last['counts']))}")
     for path, st_, error in store.unindexed():
-        console.print(failure_line(st_, escape(path), escape(str(error or st_))), soft_wrap=True)
+        report.print(failure_line(st_, escape(path), escape(str(error or st_))), soft_wrap=True)

@@ -23,27 +23,33 @@ def app_path() -> Path:
     return Path(ui.__file__).resolve().parent / "app.py"
 
 
-def streamlit_command(db: Path, port: int, address: str = "127.0.0.1") -> list[str]:
+def streamlit_command(db: Path, port: int, address: str = "127.0.0.1", weights: str | None = None) -> list[str]:
     return [
         sys.executable, "-m", "streamlit", "run", str(app_path()),
         "--server.port", str(port), "--server.address", address, "--server.headless", "true",
         "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
-        "--", "--db", str(db),
+        "--", "--db", str(db), *(["--weights", weights] if weights else []),
     ]
 
 
 def ui(
     db: Path = db_option("searched; opened read-only"),
     port: int = typer.Option(8501, "--port", min=1, max=65535),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="SAM 2 checkpoint for labeling and uploads, when the one the index recorded is not "
+                                "found here (offline, another machine). Drawing by hand needs none."),
 ) -> None:
     """Start the search app on 127.0.0.1:PORT (Ctrl-C or SIGTERM stops it)."""
     try:
         resolve_snapshot(db)
     except (FileNotFoundError, RuntimeError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--db") from exc
+    if weights is not None and not weights.is_file():
+        raise typer.BadParameter(f"{weights}: no such checkpoint file", param_hint="--weights")
     typer.echo(f"sst-search app: http://127.0.0.1:{port}  (index {db})", err=True)
-    raise typer.Exit(run_until_stopped(streamlit_command(db.resolve(), port)))
+    command = streamlit_command(db.resolve(), port, weights=str(weights.resolve()) if weights else None)
+    raise typer.Exit(run_until_stopped(command))
 
 
 def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:

@@ -4,6 +4,8 @@
 
 * ``bioclip`` (default): BioCLIP (``hf-hub:imageomics/bioclip``, a ViT-B/16 CLIP trained on
   the Tree of Life); image and text towers.
+* ``bioclip-2``: BioCLIP 2 (``hf-hub:imageomics/bioclip-2``, a ViT-L/14 CLIP trained on
+  TreeOfLife-200M, 768-dim); image and text towers; about four times BioCLIP's compute.
 * ``clip``: any open_clip model and pretrained tag (``model_name="ViT-B-32"``,
   ``pretrained="openai"``); image and text towers.
 * ``color-pattern``: weight-free CIELab colour histogram + spatial layout; no text tower.
@@ -28,7 +30,13 @@ from sst_search.embed.base import (
     l2_normalize,
     masked_square_crop,
 )
-from sst_search.embed.clip import OpenClipEmbedder, build_bioclip, build_clip, resolve_open_clip_weights
+from sst_search.embed.clip import (
+    OpenClipEmbedder,
+    build_bioclip,
+    build_bioclip2,
+    build_clip,
+    resolve_open_clip_weights,
+)
 from sst_search.embed.color import ColorPatternEmbedder
 
 DEFAULT_EMBEDDER = "bioclip"
@@ -42,6 +50,7 @@ def _build_color_pattern(weights: str | Path | None = None, device=None, **opts)
 
 EMBEDDERS: dict[str, Callable[..., TraitEmbedder]] = {
     "bioclip": build_bioclip,
+    "bioclip-2": build_bioclip2,
     "clip": build_clip,
     "color-pattern": _build_color_pattern,
 }

@@ -1,4 +1,4 @@
-"""Image(-text) towers from open_clip: BioCLIP and any CLIP model open_clip knows.
+"""Image(-text) towers from open_clip: BioCLIP, BioCLIP 2 and any CLIP model open_clip knows.
 
 Weights resolve in one place (:func:`resolve_open_clip_weights`) so every embedder records
 exactly which checkpoint produced its vectors: ``"random"`` builds the real architecture
@@ -6,11 +6,17 @@ with random initialisation (tests, smoke runs), a path loads that file, and ``No
 the model's published weights from the Hugging Face cache, downloading them when online.
 An offline miss becomes an :class:`EmbedderError` that says what to pass instead, and it
 fails at once: the cache lookup never touches the network when ``HF_HUB_OFFLINE`` is set.
+
+Checksums: a file from the hub is checked against the sha256 the hub published for it (the
+Git LFS object id, which huggingface_hub names the cached file by), so a truncated or
+altered download is refused instead of silently producing other vectors; a model with a
+digest pinned here (:data:`PINNED_SHA256`) must match that pin as well.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +35,16 @@ BIOCLIP_HUB_ID = "imageomics/bioclip"
 #: BioCLIP is a ViT-B/16 CLIP; its hub config equals open_clip's built-in one, so the
 #: architecture (and the default CLIP tokenizer) are available without the network.
 BIOCLIP_ARCH = "ViT-B-16"
+#: BioCLIP 2 (Gu et al. 2025, arXiv:2505.23883) continues LAION-2B's ViT-L/14 CLIP on
+#: TreeOfLife-200M: open_clip's built-in ViT-L-14 (768-dim, GELU, 224 px), the CLIP tokenizer.
+BIOCLIP2_HUB_ID = "imageomics/bioclip-2"
+BIOCLIP2_ARCH = "ViT-L-14"
+#: sha256 of a hub checkpoint known here, by hub id. Neither BioCLIP's nor BioCLIP 2's digest
+#: could be read from a public source this code was written against (the hub shows it only
+#: on the file's page), so they are not pinned: inventing one would refuse the real file.
+#: The hub's own digest is checked on every load (:func:`_verify_hub_file`), and every
+#: index records the sha256 of the weights its vectors came from.
+PINNED_SHA256: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,20 @@ def resolve_open_clip_weights(
             f"(they are cached by huggingface_hub), or pass --embedder-weights PATH to a checkpoint "
             f"file, or use the weight-free --embedder color-pattern (--embedder-weights random: smoke tests only)"
         ) from None
-    return ResolvedCheckpoint(path, sha256_file(path), where)
+    digest = sha256_file(path)
+    _verify_hub_file(label, path, digest, PINNED_SHA256.get(hub_id.rstrip("/")) if hub_id else None)
+    return ResolvedCheckpoint(path, digest, where)
+
+
+def _verify_hub_file(label: str, path: Path, digest: str, pinned: str | None) -> None:
+    """Refuse a cached hub file whose bytes are not what the hub published (its cache blob is
+    named by the LFS sha256) or not the pinned digest."""
+    published = Path(path).resolve().name
+    expected = [d for d in (pinned, published if re.fullmatch(r"[0-9a-f]{64}", published) else None) if d]
+    for want in expected:
+        if digest != want:
+            raise EmbedderError(f"{path}: {label} checkpoint has sha256 {digest}, expected {want}; the download is "
+                                "corrupt or altered: delete it from the Hugging Face cache and download it again")
 
 
 def _normalize_mean(preprocess) -> Sequence[float]:
@@ -205,6 +234,14 @@ class OpenClipEmbedder(TraitEmbedder):
 def build_bioclip(weights: str | Path | None = None, device=None, **opts) -> OpenClipEmbedder:
     checkpoint = resolve_open_clip_weights("BioCLIP", weights, hub_id=BIOCLIP_HUB_ID + "/")
     return OpenClipEmbedder("bioclip", BIOCLIP_ARCH, checkpoint, pretrained=f"hf-hub:{BIOCLIP_HUB_ID}", device=device, **opts)
+
+
+def build_bioclip2(weights: str | Path | None = None, device=None, **opts) -> OpenClipEmbedder:
+    """BioCLIP 2: ViT-L/14, 768-dim vectors, text queries through its own text tower. About four
+    times BioCLIP's compute per crop (see README for CPU figures)."""
+    checkpoint = resolve_open_clip_weights("BioCLIP 2", weights, hub_id=BIOCLIP2_HUB_ID + "/")
+    return OpenClipEmbedder("bioclip-2", BIOCLIP2_ARCH, checkpoint, pretrained=f"hf-hub:{BIOCLIP2_HUB_ID}",
+                            device=device, **opts)
 
 
 def build_clip(

@@ -27,6 +27,7 @@ from sst_search.store.schema import MEASUREMENT_COLUMNS
 MASK_ROW_COLUMNS = (
     "specimen_id", "path", "group_name", "width", "height", "metadata",
     "trait_id", "trait_name", "rle", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source",
+    "image_source",
 )
 
 
@@ -297,10 +298,25 @@ class Catalog:
         where, params = self._scope((), "indexed", groups, specimen_ids)
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name, s.width, s.height, s.metadata, t.trait_id, t.trait_name, "
-            "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source "
+            "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source, s.source AS image_source "
             f"FROM trait_masks t JOIN specimens s USING (specimen_id) WHERE {where} ORDER BY s.specimen_id, t.trait_id",
             params,
         ).fetchall()
+
+    def provenance(self, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> dict[int, dict]:
+        """``specimen_id -> {path, group_name, item_key, source, full_source, license, rights_holder,
+        width, height, original_width, original_height, metadata, fingerprint}`` (JSON parsed) of the
+        indexed specimens in scope: where each image came from, what exports hand back to its owner."""
+        where, params = self._scope((), "indexed", groups, specimen_ids)
+        rows = self._dicts(
+            "SELECT specimen_id, path, group_name, item_key, source, full_source, license, rights_holder, width, height, "
+            f"original_width, original_height, metadata, fingerprint FROM specimens s WHERE {where} ORDER BY specimen_id",
+            params,
+        )
+        for row in rows:
+            row["metadata"] = _json(row["metadata"]) or {}
+            row["fingerprint"] = _json(row["fingerprint"]) or {}
+        return {int(row["specimen_id"]): row for row in rows}
 
     def measurements_frame(self, specimen_ids: Iterable[int] | None = None, groups: Iterable[str] | None = None):
         """Measurements joined with their specimen and mask, one row per (specimen, trait), as a

@@ -573,9 +573,11 @@ class Store(Catalog):
                 "runs": self.con.execute("SELECT count(*) FROM runs").fetchall()[0][0]}
 
     def unindexed(self, limit: int = 20) -> list[tuple[str, str, str | None]]:
-        """``(path, status, error)`` of items that are not indexed, by path."""
+        """``(location, status, error)`` of items that are not indexed, by location: the URL of an
+        image fetched by URL (its cached file means nothing to whoever fixes it), else its path."""
         return self.con.execute(
-            "SELECT path, status, error FROM specimens WHERE status <> 'indexed' ORDER BY path LIMIT ?", [int(limit)]
+            "SELECT COALESCE(source, path) AS location, status, error FROM specimens WHERE status <> 'indexed' "
+            "ORDER BY location LIMIT ?", [int(limit)]
         ).fetchall()
 
     def check_consistency(self) -> list[str]:

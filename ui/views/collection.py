@@ -19,12 +19,20 @@ def measurements(_engine: SearchEngine, key: str, groups: tuple[str, ...] | None
     return export.measurements_table(_engine.store, groups=groups)
 
 
+def _weights_word(sha256: str | None) -> str:
+    if sha256 == "random":
+        return "random weights"
+    return f"weights {sha256[:12]}" if sha256 and sha256 != "none" else "no learned weights"
+
+
 def fingerprint_banner(engine: SearchEngine) -> None:
+    """Which model of the index has random weights, each named (SAM 2, and the embedder by its name)."""
     fp = engine.fingerprints()
     if fp.get("random_weights"):
         st.error(
             "RANDOM WEIGHTS: this index was built with randomly initialised model weights "
-            f"(SAM 2: {fp.get('sam2_weights')}, embedder: {fp.get('embedder_weights')}). "
+            f"(SAM 2 {fp.get('sam2_model') or ''}: {_weights_word(fp.get('sam2_weights'))}; "
+            f"embedder {fp.get('embedder') or 'unknown'}: {_weights_word(fp.get('embedder_weights'))}). "
             "Its masks, measurements and search results are NOT meaningful.",
             icon="🚨",
         )
@@ -56,7 +64,12 @@ def render(engine: SearchEngine) -> None:
     counts = pd.DataFrame(status["groups"]).T.fillna(0).astype(int)
     counts.index.name = "group"
     st.dataframe(counts)
-    st.bar_chart(counts)
+    long = counts.reset_index().melt("group", var_name="status", value_name="specimens")
+    # Horizontal bars, labels never truncated: species names are long ("Heliconius erato cyrbia").
+    st.altair_chart(alt.Chart(long).mark_bar().encode(
+        y=alt.Y("group:N", title=None, axis=alt.Axis(labelLimit=0)),
+        x=alt.X("specimens:Q", stack=True), color="status:N", tooltip=["group", "status", "specimens"],
+    ), width="stretch")
 
     st.subheader("Trait areas per group")
     areas = measurements(engine, cache_key(engine))

@@ -1,12 +1,13 @@
-"""Export: measurements as CSV / Parquet or a Darwin Core Archive, masks as PNG label maps or COCO RLE,
+"""Export: measurements as CSV / Parquet or a Darwin Core Archive, trait regions, masks as PNG label maps or COCO RLE,
 crops of specimens or traits, the failures list."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from sst_search import export
+from sst_search import dwca_export, export
 from sst_search.query import SearchEngine
+from sst_search.trait_regions import regions_table
 
 from ..state import cache_key
 from .collection import measurements
@@ -24,7 +25,12 @@ def _coco(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
 
 @st.cache_data(show_spinner="Building the Darwin Core Archive...")
 def _dwca(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
-    return export.dwca_zip(_engine.store, groups=groups)
+    return dwca_export.dwca_zip(_engine.store, groups=groups)
+
+
+@st.cache_data(show_spinner="Listing trait regions...")
+def _regions(_engine: SearchEngine, key: str, groups: tuple[str, ...]) -> bytes:
+    return export.to_csv_bytes(regions_table(_engine.store, groups=groups))
 
 
 @st.cache_data(show_spinner="Cutting out crops...")
@@ -61,8 +67,10 @@ def render(engine: SearchEngine) -> None:
         _download("Masks (PNG zip)", _masks_zip(engine, key, groups), "masks.zip", "application/zip", "dl_zip")
     with c4:
         _download("Masks (COCO RLE JSON)", _coco(engine, key, groups), "masks_coco.json", "application/json", "dl_coco")
-    _download("Darwin Core Archive (occurrences + MeasurementOrFact)", _dwca(engine, key, groups), "dwca.zip",
+    _download("Darwin Core Archive (occurrences, images, measurements)", _dwca(engine, key, groups), "dwca.zip",
               "application/zip", "dl_dwca")
+    _download("Trait regions (Audubon Core regions of interest, CSV)", _regions(engine, key, groups),
+              "trait_regions.csv", "text/csv", "dl_regions")
 
     st.subheader("Crops")
     w1, w2 = st.columns(2)

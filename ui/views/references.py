@@ -85,7 +85,7 @@ def render(engine: SearchEngine) -> None:
     refs_text = st.text_input("References folder", value=str(default_refs or ""), key="ref_dir").strip()
     segmenter = segmenter_or_error(engine)
     chosen = _source(engine)
-    if segmenter is None or chosen is None or not refs_text:
+    if chosen is None or not refs_text:
         return
     group, stem, image, file = chosen
     refs_dir = Path(refs_text)

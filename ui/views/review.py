@@ -15,13 +15,13 @@ from sst_search.store.review import ReviewItem, review_queue
 
 from ..editor import mask_editor, segmenter_or_error
 from ..render import outlined
-from ..state import live_db, load_engine
+from ..state import cache_key, live_db, load_engine, specimen_labels
 
 EDITOR = "review"
 
 
-def _item_label(item: ReviewItem) -> str:
-    return f"{item.specimen_id} · {item.trait_name} ({item.group_name or 'no group'}): {'; '.join(item.reasons)}"
+def _item_label(item: ReviewItem, names: dict[int, str]) -> str:
+    return f"{names.get(item.specimen_id, item.specimen_id)} · {item.trait_name}: {'; '.join(item.reasons)}"
 
 
 def _published(message: str) -> None:
@@ -65,10 +65,11 @@ def render(engine: SearchEngine) -> None:
         st.success("Nothing to review.")
         return
     st.caption(f"{len(items)} masks to review, worst first.")
-    st.dataframe(pd.DataFrame([{"specimen": str(i.specimen_id), "group": i.group_name, "trait": i.trait_name,
+    names = specimen_labels(engine, cache_key(engine))  # catalogNumber / file stem, not 19-digit ids
+    st.dataframe(pd.DataFrame([{"specimen": names.get(i.specimen_id, str(i.specimen_id)), "trait": i.trait_name,
                                 "reasons": "; ".join(i.reasons), "decision": i.decision or ""} for i in items]),
                  hide_index=True)
-    index = st.selectbox("Mask", range(len(items)), format_func=lambda k: _item_label(items[k]), key="review_item")
+    index = st.selectbox("Mask", range(len(items)), format_func=lambda k: _item_label(items[k], names), key="review_item")
     item = items[index]
     row = engine.store.get_specimen(item.specimen_id)
     try:
@@ -102,8 +103,6 @@ def render(engine: SearchEngine) -> None:
                 _published(f"added support {support.image_path}; re-index to apply it to group {item.group_name}")
     # SAM 2 is built only when a correction is wanted: listing and deciding stay instant
     if st.toggle("Correct this mask", key="review_correcting"):
-        segmenter = segmenter_or_error(engine)
-        if segmenter is not None:
-            mask = mask_editor(segmenter, image, f"{EDITOR}-{item.specimen_id}-{item.trait_name}")
-            if st.button("Save correction", key="review_correct", disabled=mask is None or not mask.any()):
-                _decide(engine, item, "correct", reviewer, mask=mask)
+        mask = mask_editor(segmenter_or_error(engine), image, f"{EDITOR}-{item.specimen_id}-{item.trait_name}")
+        if st.button("Save correction", key="review_correct", disabled=mask is None or not mask.any()):
+            _decide(engine, item, "correct", reviewer, mask=mask)
