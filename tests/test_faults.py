@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import shutil
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -306,3 +309,76 @@ def test_bad_config_exits_2(store, tmp_path):
     config.write_text("indexer:\n  comit_every: 4\n")
     result = _index_cli(db, coll, "--config", config)
     assert result.exit_code == 2 and "comit_every" in result.output
+
+
+# -- a store deleted, damaged twice, mis-pointed or read-only (round 3) ---------------------------
+
+def test_deleted_live_database_is_found_and_restored_with_its_review_decisions(store):
+    db, coll, ids, _ = store
+    assert _cli("review", "accept", ids[0], TRAIT, "--db", db, "--by", "ana").exit_code == 0  # publishes
+    db.unlink()
+    checked = _cli("verify", "--db", db)
+    assert checked.exit_code == 3 and "live database is missing" in checked.output
+    refused = _index_cli(db, coll)  # would start an empty store and lose the decision
+    assert refused.exit_code == 3 and "verify" in refused.output and not db.exists()
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0 and "restored" in repaired.output, repaired.output
+    with Store.open(db, read_only=True) as s:
+        assert s.filter_specimens() == ids
+        decided = s.con.execute("SELECT specimen_id, decision, reviewer FROM review_decisions").fetchall()
+    assert decided == [(ids[0], "accept", "ana")]
+    _assert_published_intact(db, ids)
+
+
+def test_repair_falls_back_to_an_older_snapshot_when_the_newest_is_damaged_too(store):
+    db, _, ids, older = store
+    snap.publish_snapshot(db)  # a second verified version
+    newest = snap.current_version(db)
+    assert newest != older and snap.list_versions(db) == [older, newest]
+    _garbage(db)
+    _garbage(snap.versions_dir(db) / newest / db.name)
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"passed over version {newest}" in repaired.output and f"snapshot {older}" in repaired.output
+    _assert_published_intact(db, ids)
+    assert verify_files(db) == []
+
+
+@pytest.mark.parametrize("pointer", ["garbage{", '{"version": "20000101T000000000000Z-gone"}', '{"version": "../x"}',
+                                     '{"version": 7}', '["version"]'])
+def test_a_bad_snapshot_pointer_is_reported_and_repaired(store, pointer):
+    db, _, ids, _ = store
+    snap.pointer_path(db).write_text(pointer)
+    checked = _cli("verify", "--db", db)
+    assert checked.exit_code == 3 and str(snap.pointer_path(db)) in checked.output, checked.output
+    assert _cli("search", "--db", db, "--trait", TRAIT, "--specimen", ids[0]).exit_code in (2, 3)  # a message, no traceback
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    _assert_published_intact(db, ids)
+
+
+def test_a_read_only_file_system_gives_one_true_message(store):
+    """The store's folder bind-mounted read-only in a user namespace (a real EROFS, even for
+    root): writers say it cannot be written, and verify, which only reads, says intact."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare")
+    db, *_ = store
+    script = (
+        "from typer.testing import CliRunner\n"
+        "from sst_search.cli import app\n"
+        "from sst_search.store import Store\n"
+        "from sst_search.store.errors import StoreDamagedError, StoreError\n"
+        f"db = {str(db)!r}\n"
+        "try:\n    Store.open(db).close(); print('OPENED')\n"
+        "except StoreDamagedError as e: print('DAMAGED', e)\n"
+        "except StoreError as e: print('REFUSED', e)\n"
+        "r = CliRunner().invoke(app, ['verify', '--db', db]); print('VERIFY', r.exit_code, r.output)\n"
+    )
+    folder = shlex.quote(str(db.parent))
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {folder} {folder} && "
+                          f"mount -o remount,bind,ro {folder} && exec {shlex.quote(sys.executable)} -c \"$0\"", script],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    if "mount" in run.stderr and run.returncode and "REFUSED" not in run.stdout:
+        pytest.skip(f"no user namespaces here: {run.stderr.strip()[:200]}")
+    assert "REFUSED" in run.stdout and "read-only" in run.stdout and "not damaged" in run.stdout, run.stdout + run.stderr
+    assert "VERIFY 0" in run.stdout and "intact" in run.stdout, run.stdout
