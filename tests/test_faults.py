@@ -382,3 +382,86 @@ def test_a_read_only_file_system_gives_one_true_message(store):
         pytest.skip(f"no user namespaces here: {run.stderr.strip()[:200]}")
     assert "REFUSED" in run.stdout and "read-only" in run.stdout and "not damaged" in run.stdout, run.stdout + run.stderr
     assert "VERIFY 0" in run.stdout and "intact" in run.stdout, run.stdout
+
+
+# -- review corrections all or nothing, measure beside a writer (round 3) ----------------------------
+
+_KILLED_CORRECTION = """
+import os, sys
+import numpy as np
+from sst_search.review import decide
+from sst_search.store.core import Store
+
+write = Store._write_measurements
+
+def killed(self, rows):  # the mask and the new measurements are written, the transaction not committed
+    write(self, rows)
+    os._exit(9)
+
+Store._write_measurements = killed
+db, sid, trait, h, w = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+mask = np.zeros((h, w), bool)
+mask[2:9, 3:11] = True
+decide(db, sid, trait, "correct", "ana", mask=mask, publish=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_correction_killed_half_way_leaves_nothing_and_runs_again(store):
+    db, _, ids, _ = store
+    with Store.open(db, read_only=True) as s:
+        before = {m.trait_id: m for m in s.trait_masks(ids[0])}
+        (trait,) = [m for m in before.values() if m.trait_name == TRAIT]
+        h, w = s.label_map(ids[0]).shape
+    killed = subprocess.run([sys.executable, "-c", _KILLED_CORRECTION, str(db), str(ids[0]), TRAIT, str(h), str(w)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    with Store.open(db, read_only=True) as s:
+        assert {m.trait_id: m for m in s.trait_masks(ids[0])} == before
+        assert s.con.execute("SELECT count(*) FROM review_decisions").fetchone()[0] == 0
+    assert _cli("verify", "--db", db).exit_code == 0
+
+    mask = np.zeros((h, w), bool)
+    mask[2:9, 3:11] = True
+    assert _cli("review", "correct", ids[0], TRAIT, "--mask", _mask_file(db, mask), "--db", db).exit_code == 0
+    with Store.open(db, read_only=True) as s:
+        frame = s.measurements_frame(specimen_ids=[ids[0]])
+        assert frame[frame["trait_id"] == trait.trait_id].iloc[0]["area_px"] == mask.sum()
+    assert _cli("verify", "--db", db).exit_code == 0
+
+
+def _mask_file(db, mask):
+    from sst_search.images import save_mask
+
+    path = db.parent / "corrected.png"
+    save_mask(path, mask.astype(np.uint8))
+    return path
+
+
+def test_verify_finds_measurements_older_than_a_corrected_mask(store):
+    db, _, ids, _ = store
+    with Store.open(db, read_only=True) as s:
+        mask = s.label_map(ids[1]) == next(m.trait_id for m in s.trait_masks(ids[1]) if m.trait_name == TRAIT)
+    assert _cli("review", "correct", ids[1], TRAIT, "--mask", _mask_file(db, mask[::-1]), "--db", db).exit_code == 0
+    with Store.open(db) as s:  # what a correction killed between its two transactions used to leave
+        s.con.execute("UPDATE trait_measurements SET measured_at = measured_at - INTERVAL 1 DAY WHERE specimen_id = ?",
+                      [ids[1]])
+    checked = _cli("verify", "--db", db)
+    assert checked.exit_code == 3 and f"specimen {ids[1]}" in checked.output and "predate" in checked.output
+    assert _cli("measure", "--db", db, "--quiet").exit_code == 0
+    assert _cli("verify", "--db", db).exit_code == 0
+
+
+def test_measure_while_another_process_writes_says_the_store_is_busy(store):
+    db, *_ = store
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom sst_search.store import Store\n"
+         "s = Store.open(sys.argv[1]); print('ready', flush=True); time.sleep(60)", str(db)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        busy = _cli("measure", "--db", db, "--quiet")
+        assert busy.exit_code == 3 and "Only one process may write" in busy.output, busy.output
+    finally:
+        holder.kill()
+        holder.wait()

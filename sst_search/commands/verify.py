@@ -59,7 +59,7 @@ def verify(
 def _check(db: Path) -> tuple[list[Problem], list[Problem]]:
     """Problems of the live store and of what readers are pointed at, printed as found."""
     if db.is_file():
-        live = verify_files(db)
+        live = verify_files(db, corrections=True)
     elif list_versions(db):  # deleted by hand: an index now would start an empty store
         live = [Problem(str(db), "the live database is missing (published versions exist)", "database")]
     else:

@@ -450,10 +450,19 @@ class Store(Catalog):
         self._require_writer()
         if not rows_by_specimen:
             return
+        with self._transaction(self._measurement_tables(rows_by_specimen)):
+            self._write_measurements(rows_by_specimen)
+
+    def _measurement_tables(self, rows_by_specimen: Mapping[int, Sequence[Mapping]],
+                            now: datetime | None = None) -> dict[str, pa.Table]:
+        """What a transaction writing these measurements registers (``measured_at`` = ``now``)."""
+        return {"_new_measurements": _measurement_table(rows_by_specimen, now or _now())}
+
+    def _write_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
+        """Replace the specimens' measurements, inside a transaction that registered :meth:`_measurement_tables`."""
         ids = [int(i) for i in rows_by_specimen]
-        with self._transaction({"_new_measurements": _measurement_table(rows_by_specimen, _now())}):
-            self._exec("DELETE FROM trait_measurements WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
-            self._exec(_MEASUREMENT_INSERT)
+        self._exec("DELETE FROM trait_measurements WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+        self._exec(_MEASUREMENT_INSERT)
 
     def flush_indexes(self) -> None:
         """Persist every index changed since the last flush (atomic per file)."""
