@@ -465,3 +465,18 @@ def test_measure_while_another_process_writes_says_the_store_is_busy(store):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_relocate_run_again_after_a_kill_between_commit_and_publish_publishes(store, tmp_path):
+    db, coll, ids, version = store
+    old, new = str(coll.root), str(tmp_path / "mounted")
+    with Store.open(db) as s:  # what a relocate killed after its commit leaves: readers still see the old paths
+        assert s.relocate(old, new) == len(ids)
+    again = _cli("relocate", "--db", db, old, new)
+    assert again.exit_code == 0 and "already point into" in again.output, again.output
+    assert snap.current_version(db) != version
+    with Store.open(snap.resolve_snapshot(db), read_only=True) as s:
+        assert s.count_under(new) == len(ids) and s.count_under(old) == 0
+    with Store.open(db) as s:
+        s.relocate(new, old)
+    assert _cli("relocate", "--db", db, str(tmp_path / "nowhere"), str(tmp_path)).exit_code == 2

@@ -185,6 +185,12 @@ class Catalog:
             "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [limit]).fetchall()
         return [r[0] for r in rows]
 
+    def count_under(self, prefix: str) -> int:
+        """How many stored paths lie in the folder ``prefix`` (whole path components)."""
+        prefix = prefix.rstrip("/") or "/"
+        return self.con.execute("SELECT count(*) FROM specimens WHERE path = ? OR starts_with(path, ? || '/')",
+                                [prefix, prefix]).fetchall()[0][0]
+
     def indexed_specimens(self) -> list[tuple[int, str, dict]]:
         """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
         rows = self.con.execute(
