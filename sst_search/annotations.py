@@ -29,7 +29,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .images import IMAGE_SUFFIXES, ImageLoadError, check_pixels, image_size
-from .references import TRAITS_FILE, ReferencesError, Support, load_traits, save_support, unique_stem
+from .references import (TRAITS_FILE, ReferencesError, Support, holds_support, load_traits, remove_staging, save_support,
+                         unique_stem)
 
 FORMATS = ("coco", "cvat", "labelstudio", "label-image")
 
@@ -539,7 +540,9 @@ def import_annotations(
 
     Everything is read and checked first (images readable, masks the size of their image),
     so a bad file writes nothing. Category names map to the group's trait ids; new names get
-    new ids. A support whose name is taken is refused, never overwritten.
+    new ids. A support whose name is taken by another support is refused, never overwritten;
+    one that holds exactly what this import would write is skipped, so an import that was
+    killed part-way is finished by running it again (and its staging folders removed).
     """
     path, refs_dir = Path(path), Path(refs_dir)
     if label_names is None:
@@ -562,11 +565,16 @@ def import_annotations(
         for name, mask in a.masks.items():
             if mask.shape != (h, w):
                 raise AnnotationError(path, f"{a.image_path.name}: annotation of {name!r} is {mask.shape[1]}x{mask.shape[0]}, the image {w}x{h}")
-        if unique_stem(refs_dir / group, a.image_path.stem) != a.image_path.stem:
-            raise AnnotationError(path, f"{a.image_path.name}: group {group!r} already has a support named "
-                                        f"{a.image_path.stem!r}; not overwriting it")
+    done = {a.image_path for a in annotated if holds_support(refs_dir, group, a.image_path.stem, a.image_path, a.masks)}
+    for a in annotated:
+        if a.image_path not in done and unique_stem(refs_dir / group, a.image_path.stem) != a.image_path.stem:
+            raise AnnotationError(path, f"{a.image_path.name}: group {group!r} already has a different support "
+                                        f"named {a.image_path.stem!r}; not overwriting it")
     written = []
     for a in annotated:
+        remove_staging(refs_dir / group, a.image_path.stem)
+        if a.image_path in done:  # imported by an earlier run of this import that was cut short
+            continue
         try:
             written.append(save_support(refs_dir, group, a.image_path.stem, a.image_path, a.masks))
         except ReferencesError as exc:

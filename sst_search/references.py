@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+from glob import escape as glob_escape
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +385,58 @@ def merge_trait_names(existing: Mapping[int, Trait], names: list[str]) -> dict[i
     return traits
 
 
+def _label_map(stem: str, traits: Mapping[int, Trait], trait_masks: Mapping[str, np.ndarray],
+               shape: tuple[int, int]) -> np.ndarray:
+    """The support's label mask: each named mask drawn with its trait id, later names on top."""
+    ids = {t.name: tid for tid, t in traits.items()}
+    label_map = np.zeros(shape, np.uint8)
+    for name, mask in trait_masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != label_map.shape:
+            raise ReferencesError(
+                f"{stem}: mask of trait {name!r} is {mask.shape[1]}x{mask.shape[0]}, "
+                f"the image is {label_map.shape[1]}x{label_map.shape[0]}"
+            )
+        label_map[mask] = ids[name.strip()]
+    return label_map
+
+
+def holds_support(refs_dir: str | Path, group: str, stem: str, image: str | Path,
+                  trait_masks: Mapping[str, np.ndarray]) -> bool:
+    """Whether the group already holds exactly the support :func:`save_support` would write
+    (same image bytes, same mask, same trait names): an import cut short and run again skips
+    what it finished instead of refusing it as a name clash."""
+    group_dir = Path(refs_dir) / group
+    image = Path(image)
+    existing = group_dir / f"{stem}{image.suffix.lower()}"
+    mask_path = group_dir / f"{stem}{MASK_SUFFIX}"
+    traits_path = group_dir / TRAITS_FILE
+    if not (existing.is_file() and mask_path.is_file() and traits_path.is_file()):
+        return False
+    try:
+        traits = load_traits(traits_path)
+        if not {n.strip() for n in trait_masks} <= {t.name for t in traits.values()}:
+            return False
+        if existing.read_bytes() != image.read_bytes():
+            return False
+        mask = load_mask(mask_path)
+        return np.array_equal(mask, _label_map(stem, traits, trait_masks, mask.shape))
+    except (OSError, ImageLoadError, ReferencesError):
+        return False
+
+
+def remove_staging(group_dir: str | Path, stem: str) -> None:
+    """Remove what a :func:`save_support` of ``stem`` killed mid-write left (its staging folder)."""
+    group_dir = Path(group_dir)
+    if not group_dir.is_dir():
+        return
+    for leftover in group_dir.glob(f".{glob_escape(stem)}.*"):
+        if leftover.is_dir():
+            for path in leftover.iterdir():
+                path.unlink()
+            leftover.rmdir()
+
+
 def save_support(
     refs_dir: str | Path,
     group: str,
@@ -423,16 +476,7 @@ def save_support(
     traits_path = group_dir / TRAITS_FILE
     existing = load_traits(traits_path) if traits_path.exists() else {}
     traits = merge_trait_names(existing, list(trait_masks))
-    ids = {t.name: tid for tid, t in traits.items()}
-    label_map = np.zeros(pixels.shape[:2], np.uint8)
-    for name, mask in trait_masks.items():
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != label_map.shape:
-            raise ReferencesError(
-                f"{stem}: mask of trait {name!r} is {mask.shape[1]}x{mask.shape[0]}, "
-                f"the image is {label_map.shape[1]}x{label_map.shape[0]}"
-            )
-        label_map[mask] = ids[name.strip()]
+    label_map = _label_map(stem, traits, trait_masks, pixels.shape[:2])
     image_path, mask_path = group_dir / f"{stem}{suffix}", group_dir / f"{stem}{MASK_SUFFIX}"
     Support(id=stem, image=pixels, mask=label_map, traits=traits, mask_path=str(mask_path))  # validates
     group_dir.mkdir(parents=True, exist_ok=True)
