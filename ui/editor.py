@@ -15,6 +15,7 @@ from sst_search.masks import overlay
 from sst_search.query import QueryError, SearchEngine
 from sst_search.weights import WeightsError
 
+from .render import md
 from .state import cache_key
 
 TOOLS = ("Positive point", "Negative point", "Box", "Brush", "Eraser")
@@ -32,7 +33,7 @@ def segmenter_or_error(engine: SearchEngine) -> ClickSegmenter | None:
     try:
         segmenter = click_segmenter(engine, cache_key(engine))
     except (QueryError, WeightsError, ValueError) as exc:
-        st.error(f"SAM 2 is not available for labeling: {exc}")
+        st.error(f"SAM 2 is not available for labeling: {md(exc)}")
         return None
     if segmenter.random_weights:
         st.warning("SAM 2 has random weights: its proposals are not meaningful (the page still works; "

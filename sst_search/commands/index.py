@@ -115,7 +115,7 @@ def print_summary(summary) -> None:
             f"{sp.removed} removed) -> {sp.instances} instances"
         )
         for path, reason in sp.failures[:10]:
-            console.print(f"[red]failed[/red] {path}: {reason}")
+            console.print(f"[red]failed[/red] {escape(str(path))}: {escape(str(reason))}")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)
@@ -167,7 +167,7 @@ def _print_status(store: Store) -> None:
     for col in ("embedder", "trait", "vectors", "kind", "file"):
         indexes.add_column(col)
     for row in st["indexes"]:
-        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), row["file"])
+        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), escape(str(row["file"])))
     console.print(indexes)
     runs = store.runs()
     if runs:

@@ -43,7 +43,7 @@ def verify(
             version, aside, passed_over = restore_newest_intact(db)
             for reason in passed_over:
                 console.print(f"passed over {escape(reason)}")
-            console.print(f"restored {escape(str(db))} from verified snapshot {version}; damaged files kept in "
+            console.print(f"restored {escape(str(db))} from verified snapshot {escape(str(version))}; damaged files kept in "
                           f"{escape(str(aside))}; the next `sst-search index` redoes the work done since")
         with Store.open(db) as store:
             rebuilt = store.repair_indexes(deep=True)
