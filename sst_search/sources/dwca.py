@@ -56,6 +56,8 @@ def read_dwca(path: str | Path, group_by: str = "scientificName") -> list[Item]:
         if group_by not in {short_name(t) for t in archive.descriptor.core.terms}:
             raise SourceError(f"{path}: --group-by {group_by!r} is not a term of the core "
                               f"(terms: {sorted(short_name(t) for t in archive.descriptor.core.terms)})")
+        for descriptor in [archive.descriptor.core, *archive.descriptor.extensions]:
+            _check_encoding(path, archive.absolute_temporary_path(descriptor.file_location), descriptor)
         items: list[Item] = []
         core_file = f"{path}:{archive.descriptor.core.file_location}"
         try:
@@ -65,6 +67,29 @@ def read_dwca(path: str | Path, group_by: str = "scientificName") -> list[Item]:
             line = len(items)
             raise SourceError(f"{path}: malformed data after about {line} items ({type(exc).__name__}: {exc})") from exc
     return items
+
+
+def _check_encoding(archive: Path, data_file: Path, descriptor) -> None:
+    """:class:`SourceError` when a data file is not in the encoding ``meta.xml`` declares:
+    the reader would silently turn every such byte into U+FFFD (a Latin-1 file declared
+    UTF-8 stores ``Mus\ufffdum`` for ``Muséum``)."""
+    import codecs
+
+    encoding = descriptor.file_encoding
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    offset = 0
+    try:
+        with open(data_file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{archive}: {descriptor.file_location} is not {encoding} as meta.xml declares "
+                          f"(byte {exc.object[exc.start:exc.start + 1]!r} at offset {offset + exc.start:,}); "
+                          "declare its real encoding, e.g. encoding=\"ISO-8859-1\"") from exc
+    except OSError as exc:
+        raise SourceError(f"{archive}: {descriptor.file_location} cannot be read ({exc})") from exc
 
 
 def _row_items(row, base: Path, group_by: str, origin: str) -> list[Item]:
