@@ -29,8 +29,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .images import IMAGE_SUFFIXES, ImageLoadError, check_pixels, image_size
-from .references import (TRAITS_FILE, ReferencesError, Support, holds_support, load_traits, remove_staging, save_support,
-                         unique_stem)
+from .references import (TRAITS_FILE, ReferencesError, Support, check_name, holds_support, load_traits, remove_staging,
+                         save_support, unique_stem)
 
 FORMATS = ("coco", "cvat", "labelstudio", "label-image")
 
@@ -558,6 +558,11 @@ def import_annotations(
     if repeated:
         raise AnnotationError(path, f"several images share the name(s) {repeated}; a group needs one support per name")
     for a in annotated:
+        for name in a.masks:
+            try:
+                check_name(name.strip(), "trait name")
+            except ReferencesError as exc:
+                raise AnnotationError(path, f"{a.image_path.name}: {exc}") from exc
         try:
             h, w = image_size(a.image_path)
         except ImageLoadError as exc:

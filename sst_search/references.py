@@ -49,6 +49,11 @@ class Trait(BaseModel):
             raise ValueError("trait ids must be in 1..255 (0 is background)")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, v: str) -> str:
+        return check_name(v, "trait name")
+
 
 def load_traits(path: str | Path) -> dict[int, Trait]:
     """Parse ``traits.yaml``: either ``{1: name}`` or ``{1: {name:, description:}}``,
@@ -74,7 +79,10 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
         try:
             spec = {"name": value} if isinstance(value, str) else dict(value or {})
             trait = Trait(id=int(key), **spec)
-        except (ValueError, TypeError, ValidationError) as exc:
+        except ValidationError as exc:  # one line per problem, not pydantic's report
+            raise ReferencesError(f"{path}: trait {key!r} is invalid: "
+                                  + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
+        except (ValueError, TypeError) as exc:
             raise ReferencesError(f"{path}: trait {key!r} is invalid: {exc}") from exc
         if trait.id in traits:
             raise ReferencesError(f"{path}: trait id {trait.id} is declared twice")
@@ -86,18 +94,24 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
     return traits
 
 
-def check_group_name(group: str) -> str:
-    """``group`` if it can name a folder directly under REFS, else :class:`ReferencesError`.
+def check_name(name: str, what: str) -> str:
+    """``name`` if it can name a file or folder on its own, else :class:`ReferencesError`.
 
-    Group names come from manifests and uploads; used as paths, ``../x`` or ``/etc`` would
-    reach files outside the references folder.
+    Group and trait names come from manifests, annotation files and uploads and become
+    folder and file names; ``../x`` or ``/etc`` would reach outside the references folder.
+    The one rule for both, so a name one place accepts is never refused by another.
     """
-    bad = (not group or group in (".", "..") or any(c in group for c in "/\\\0")
-           or group != group.strip() or not group.isprintable())
+    bad = (not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0")
+           or name != name.strip() or not name.isprintable())
     if bad:
-        raise ReferencesError(f"group name {group!r} cannot name a references folder "
-                             "(no '/', '\\', '..', control characters or surrounding spaces)")
-    return group
+        raise ReferencesError(f"{what} {name!r} cannot name a references folder or file "
+                              "(no '/', '\\', '..', control characters or surrounding spaces)")
+    return name
+
+
+def check_group_name(group: str) -> str:
+    """``group`` if it can name a folder directly under REFS (see :func:`check_name`)."""
+    return check_name(group, "group name")
 
 
 def write_traits(path: str | Path, traits: dict[int, Trait]) -> None:
@@ -375,6 +389,7 @@ def merge_trait_names(existing: Mapping[int, Trait], names: list[str]) -> dict[i
         name = name.strip()
         if not name:
             raise ReferencesError("a trait name is empty")
+        check_name(name, "trait name")
         if name in by_name:
             continue
         free = next((k for k in range(1, 256) if k not in traits), None)
@@ -456,8 +471,7 @@ def save_support(
     (only additions), then the mask, then the image that makes the support visible.
     """
     refs_dir = Path(refs_dir)
-    if not group or not _STEM_OK.match(group):
-        raise ReferencesError(f"group {group!r}: use letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    check_group_name(group)
     if not _STEM_OK.match(stem) or stem.endswith(".mask"):
         raise ReferencesError(f"support name {stem!r}: use letters, digits, '.', '_' or '-'")
     group_dir = refs_dir / group
