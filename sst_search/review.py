@@ -18,10 +18,10 @@ import numpy as np
 
 from .config import Config
 from .images import ImageLoadError, load_image
-from .measure import measure_label_map, resolve_scale
+from .measure import measure_label_map, remeasure, resolve_scale
 from .references import MASK_SUFFIX, TRAITS_FILE, ReferencesError, Support, load_support, save_support, unique_stem
 from .store import SPECIMEN_TRAIT, Store
-from .store.review import ReviewItem, decisions, record_decision, review_queue, trait_id_of
+from .store.review import ReviewItem, decisions, record_decision, review_queue, stale_measurements, trait_id_of
 from .store.snapshots import publish_snapshot
 
 if TYPE_CHECKING:
@@ -81,14 +81,30 @@ def _refreshed(store: Store, specimen_id: int, trait_name: str, mask: np.ndarray
         return None, None, [f"{row['path']}: the image changed since indexing; measurements and vector not refreshed"]
     label_map = store.label_map(specimen_id, replacing={trait_id: mask})
     names = {m.trait_id: m.trait_name for m in store.trait_masks(specimen_id)} | {trait_id: trait_name}
-    runs = [json.loads(r["fingerprint"] or "{}") for r in store.runs()]
-    config = next((Config.model_validate(fp["config"]) for fp in reversed(runs) if "config" in fp), Config())
+    config = _run_config(store)
     scale = resolve_scale(row["metadata"] or {}, config.measure.scale_column, config.measure.pixels_per_mm)
     measurements = measure_label_map(label_map, image, names, scale)
     if embedder is None:
         return measurements, None, [f"the vector of {trait_name!r} still describes the earlier mask (no embedder given)"]
     vectors = embedder.embed_traits(image, label_map, [trait_id])
     return measurements, {(embedder.name, trait_name): vectors[trait_id]}, []
+
+
+def _run_config(store: Store) -> Config:
+    """The configuration of the latest indexing run (its scale settings measure corrections)."""
+    runs = [json.loads(r["fingerprint"] or "{}") for r in store.runs()]
+    return next((Config.model_validate(fp["config"]) for fp in reversed(runs) if "config" in fp), Config())
+
+
+def remeasure_stale(store: Store) -> int:
+    """Measure again the specimens whose corrected masks are newer than their measurements
+    (:func:`stale_measurements`), with the latest run's scale; returns how many."""
+    ids = sorted({sid for sid, _ in stale_measurements(store.con)})
+    if not ids:
+        return 0
+    config = _run_config(store)
+    measured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm, specimen_ids=ids)
+    return measured
 
 
 def references_dir_of(store: Store) -> Path | None:

@@ -479,3 +479,27 @@ def test_relocate_run_again_after_a_kill_between_commit_and_publish_publishes(st
     with Store.open(db) as s:
         s.relocate(new, old)
     assert _cli("relocate", "--db", db, str(tmp_path / "nowhere"), str(tmp_path)).exit_code == 2
+
+
+def test_repair_recovers_corrections_made_after_the_snapshot_it_restores(store):
+    """The newest snapshot holds a correction but one of its FAISS files is damaged, and the live
+    database is gone: the older snapshot is restored and the correction is read back from the
+    damaged copy, applied to the mask and measured."""
+    db, _, ids, older = store
+    with Store.open(db, read_only=True) as s:
+        mask = s.label_map(ids[2]) == next(m.trait_id for m in s.trait_masks(ids[2]) if m.trait_name == TRAIT)
+    corrected = np.zeros_like(mask)
+    corrected[3:11, 4:20] = True
+    assert _cli("review", "correct", ids[2], TRAIT, "--mask", _mask_file(db, corrected), "--db", db).exit_code == 0
+    newest = snap.current_version(db)
+    os.truncate(_faiss_file(snap.versions_dir(db) / newest / db.name), 100)
+    db.unlink()
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"passed over version {newest}" in repaired.output and "recovered 1 review decisions" in repaired.output
+    with Store.open(db, read_only=True) as s:
+        (m,) = [m for m in s.trait_masks(ids[2]) if m.trait_name == TRAIT]
+        assert m.source == "corrected" and m.area == corrected.sum()
+        frame = s.measurements_frame(specimen_ids=[ids[2]])
+        assert frame[frame["trait_id"] == m.trait_id].iloc[0]["area_px"] == corrected.sum()
+    _assert_published_intact(db, ids)

@@ -7,10 +7,12 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from ..review import remeasure_stale
 from ..store import Store
 from ..store.errors import StoreError
 from ..store.snapshots import (current_version, list_versions, pointer_path, pointer_problem, publish_snapshot,
                                restore_newest_intact, versions_dir)
+from ..store.review import salvage_decisions
 from ..store.verify import Problem, verify_files
 from .errors import STORAGE_FAULT, console, exit_codes
 from .options import db_option
@@ -39,13 +41,22 @@ def verify(
         if not repair:
             console.print("run again with --repair to fix what can be fixed")
             raise typer.Exit(STORAGE_FAULT)
+        salvage: list[Path] = []
         if any(p.kind == "database" for p in live):
             version, aside, passed_over = restore_newest_intact(db)
-            for reason in passed_over:
-                console.print(f"passed over {escape(reason)}")
-            console.print(f"restored {escape(str(db))} from verified snapshot {escape(str(version))}; damaged files kept in "
+            for newer, why in passed_over:
+                console.print(f"passed over version {newer}: {escape(why)}")
+            console.print(f"restored {escape(str(db))} from verified snapshot {version}; damaged files kept in "
                           f"{escape(str(aside))}; the next `sst-search index` redoes the work done since")
+            salvage = [aside / db.name, *(versions_dir(db) / newer / db.name for newer, _ in passed_over)]
         with Store.open(db) as store:
+            recovered = sum(salvage_decisions(store, source) for source in salvage if source.is_file())
+            if recovered:
+                console.print(f"recovered {recovered} review decisions newer than the snapshot from the damaged copies")
+            remeasured = remeasure_stale(store)
+            if remeasured:
+                console.print(f"measured again {remeasured} specimens whose corrected masks were newer than their "
+                              "measurements")
             rebuilt = store.repair_indexes(deep=True)
         for embedder, trait in rebuilt:
             console.print(f"rebuilt {escape(embedder)}/{escape(trait)} from the catalog")

@@ -166,6 +166,42 @@ def stale_measurements(con) -> list[tuple[int, str]]:
         "WHERE d.decision = 'correct' AND m.measured_at < d.decided_at ORDER BY 1, 2").fetchall()
 
 
+def salvage_decisions(store, source) -> int:
+    """Copy into ``store`` the review decisions still readable in ``source`` (a damaged or
+    passed-over copy of it) that the store lacks or holds in an older form, and re-apply the
+    corrections among them to the masks of unchanged images; returns how many were copied.
+
+    A repair restores the newest snapshot that verifies, which may predate the last
+    decisions; a damaged file often still reads where they are, so they are not lost.
+    Best effort: a copy whose decisions cannot be read gives none."""
+    import duckdb
+
+    store._require_writer()
+    try:
+        with duckdb.connect(str(source), read_only=True) as con:
+            salvaged = con.sql("SELECT * FROM review_decisions").to_arrow_table()
+    except (duckdb.Error, OSError):
+        return 0
+    if not salvaged.num_rows:
+        return 0
+    columns = [f'"{c}"' for c in salvaged.column_names]
+    newer = ("FROM _salvaged s LEFT JOIN review_decisions d USING (specimen_id, trait_name) "
+             "WHERE d.decided_at IS NULL OR s.decided_at > d.decided_at")
+    with store._transaction({"_salvaged": salvaged}):  # decisions and the masks they correct at once
+        count, ids = store.con.execute(f"SELECT count(*), list(DISTINCT s.specimen_id) {newer}").fetchall()[0]
+        store._exec(f"INSERT OR REPLACE INTO review_decisions ({', '.join(columns)}) "
+                    f"SELECT {', '.join('s.' + c for c in columns)} {newer}")
+        if count:
+            store.con.register("_new_specimens", store.con.sql(
+                "SELECT specimen_id, status, content_hash FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+                params=[ids]).to_arrow_table())
+            try:
+                store._exec(REAPPLY_CORRECTIONS)
+            finally:
+                store.con.unregister("_new_specimens")
+    return int(count)
+
+
 def corrections(store) -> dict[int, tuple[str | None, dict[int, str]]]:
     """``specimen_id -> (content_hash, {trait_id: RLE})`` of every correction: what a re-index
     applies over SST's output (when the image is unchanged) before embedding and measuring."""
@@ -275,4 +311,4 @@ def review_queue(
 
 
 __all__ = ["CONFIDENCE_THRESHOLDS", "DECISIONS", "REAPPLY_CORRECTIONS", "SPECIMEN_TRAIT", "ReviewItem",
-           "apply_corrections", "confidence_columns", "corrections", "decisions", "record_decision", "review_queue", "stale_measurements", "trait_id_of"]
+           "apply_corrections", "confidence_columns", "corrections", "decisions", "record_decision", "review_queue", "salvage_decisions", "stale_measurements", "trait_id_of"]

@@ -162,12 +162,12 @@ def last_verified(db_path: str | Path) -> str | None:
     return verified[-1] if verified else None
 
 
-def restore_newest_intact(db_path: str | Path) -> tuple[str, Path, list[str]]:
+def restore_newest_intact(db_path: str | Path) -> tuple[str, Path, list[tuple[str, str]]]:
     """Restore the live store from the newest published version that verifies *now*, trying
     older ones when a newer copy was damaged since it was published.
 
-    Returns the version used, where the damaged files went, and why each newer version was
-    passed over; :class:`StoreDamagedError` when none verifies.
+    Returns the version used, where the damaged files went, and ``(version, why)`` of each
+    newer version passed over; :class:`StoreDamagedError` when none verifies.
     """
     db_path = Path(db_path)
     passed_over = []
@@ -175,8 +175,8 @@ def restore_newest_intact(db_path: str | Path) -> tuple[str, Path, list[str]]:
         problems = verify_files(versions_dir(db_path) / version / db_path.name)
         if not problems:
             return version, restore_snapshot(db_path, version), passed_over
-        passed_over.append(f"version {version}: {problems[0]}")
-    raise StoreDamagedError(passed_over or [f"{db_path}: no verified snapshot"],
+        passed_over.append((version, str(problems[0])))
+    raise StoreDamagedError([f"version {v}: {why}" for v, why in passed_over] or [f"{db_path}: no verified snapshot"],
                             "no published version verifies; move the store away and index the collection again")
 
 
