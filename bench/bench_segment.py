@@ -14,7 +14,7 @@ Methods, all on the same N queries and one support with K traits:
 ``chain``      our chain mode (only when named in ``--methods``): every query is memory
                for the later ones, as in the recipe, without the JPEG round trip.
 
-Run: ``python bench/bench_segment.py [--image-size 512[,1024]] [--traits 2,8] [--n 16] [--query-batch Q]``;
+Run: ``python bench/bench_segment.py [--image-size 512[,1024]] [--traits 2,8] [--n 16] [--query-batch Q] [--device cuda]``;
 ``--issue`` runs everything the issue's benchmark asks for in one go: all four methods at
 512 px with 2 and 8 traits, per-object vs batched at 512 px with 1 and 4 traits and at
 1024 px with 1, 4 and 8 traits (about an hour on an idle 2-core machine).
@@ -83,24 +83,29 @@ class _EncoderTimer:
     """Accumulates the wall and CPU time spent in ``predictor.forward_image``."""
 
     def __init__(self, predictor):
+        import torch
+
         self.seconds = self.cpu = 0.0
         inner = predictor.forward_image
+        sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
 
         def timed(batch):
+            sync()
             t0, c0 = time.perf_counter(), cpu_seconds()
             try:
                 return inner(batch)
             finally:
+                sync()
                 self.seconds += time.perf_counter() - t0
                 self.cpu += cpu_seconds() - c0
 
         predictor.forward_image = timed
 
 
-def _run_ours(method: str, support, queries, model: str, image_size: int, query_batch: int) -> tuple[float, dict]:
+def _run_ours(method: str, support, queries, model: str, image_size: int, query_batch: int, device: str) -> tuple[float, dict]:
     from sst_search.builder import build_tracker
 
-    tracker = build_tracker(model, weights="random", image_size=image_size, device="cpu",
+    tracker = build_tracker(model, weights="random", image_size=image_size, device=device,
                             batch_traits=method != "per-object")
     timer = _EncoderTimer(tracker.predictor)
     orientation = "auto" if method == "auto" else 0
@@ -113,7 +118,7 @@ def _run_ours(method: str, support, queries, model: str, image_size: int, query_
     return seconds, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
-def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, dict]:
+def _run_recipe(support, queries, model: str, image_size: int, device: str) -> tuple[float, dict]:
     import torch
     from PIL import Image
     from sam2.build_sam import build_sam2_video_predictor
@@ -124,7 +129,7 @@ def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, d
 
     torch.manual_seed(RANDOM_INIT_SEED)
     predictor = build_sam2_video_predictor(
-        get_model_spec(model).config, ckpt_path=None, device="cpu",
+        get_model_spec(model).config, ckpt_path=None, device=device,
         hydra_overrides_extra=[f"++model.image_size={image_size}"],
     )
     try:
@@ -151,15 +156,15 @@ def _run_recipe(support, queries, model: str, image_size: int) -> tuple[float, d
     return time.perf_counter() - t0, {"encoder": timer.seconds, "encoder_cpu": timer.cpu}
 
 
-def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int, query_batch: int) -> None:
+def worker(method: str, n: int, k: int, root: Path, model: str, image_size: int, query_batch: int, device: str) -> None:
     import torch
 
     support, queries = _data(root, n, k)
     c0 = cpu_seconds()
     if method == "recipe":
-        seconds, parts = _run_recipe(support, queries, model, image_size)
+        seconds, parts = _run_recipe(support, queries, model, image_size, device)
     else:
-        seconds, parts = _run_ours(method, support, queries, model, image_size, query_batch)
+        seconds, parts = _run_ours(method, support, queries, model, image_size, query_batch, device)
     print(json.dumps({
         "method": method, "n": n, "k": k, "image_size": image_size, "seconds": seconds, **parts,
         "cpu_seconds": cpu_seconds() - c0, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
@@ -177,7 +182,8 @@ ISSUE_RUNS = (
 
 def run_worker(method: str, n: int, k: int, image_size: int, args, root: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, str(n), str(k), "--data", str(root),
-           "--image-size", str(image_size), "--model", args.model, "--query-batch", str(args.query_batch)]
+           "--image-size", str(image_size), "--model", args.model, "--query-batch", str(args.query_batch),
+           "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"worker {method} K={k} {image_size} px failed:\n{proc.stderr[-4000:]}")
@@ -208,13 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--query-batch", type=int, default=1, help="queries per tracking call for batched and auto")
     ap.add_argument("--issue", action="store_true", help="run every configuration the issue's benchmark asks for")
     ap.add_argument("--model", default="sam2.1-hiera-tiny")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
         method, n, k = args.worker
-        worker(method, int(n), int(k), args.data, args.model, int(args.image_size), args.query_batch)
+        worker(method, int(n), int(k), args.data, args.model, int(args.image_size), args.query_batch, args.device)
         return 0
 
     from sst_search.synthetic import generate_collection
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="sst-bench-") as tmp:
         coll = generate_collection(tmp, species=1, per_species=args.n, seed=0, size=DATA_SIZE)
-        print(f"model {args.model}, CPU ({os.cpu_count()} cores), random weights; N={args.n} distinct synthetic "
+        print(f"model {args.model}, {args.device} ({os.cpu_count()} CPU cores), random weights; N={args.n} distinct synthetic "
               f"queries of {DATA_SIZE[1]}x{DATA_SIZE[0]} px, one support; query batch {args.query_batch}")
         print(f"load average at start: {_load()}")
         for size, traits, methods in runs:

@@ -17,14 +17,15 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
-from sst_search.sources.fetch import Fetcher, ImageCache, fetch_items
+from sst_search.sources import Item
+from sst_search.sources.fetch import fetch_items
 from sst_search.store import Store
 from sst_search.store.core import repair_hint
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot
 
-from .collection import load_collection
+from .collection import collection_items, image_cache
 from .instances import SplitSummary, crops_dir, split_instances
 from .plan import make_plan
 from .runners import make_runner
@@ -72,6 +73,7 @@ def run_index(
     embedder=None,
     group_by: str = "scientificName",
     instance_references: Path | None = None,
+    items: list[Item] | None = None,
 ) -> RunSummary:
     """Index ``collection`` into the store at ``db`` and publish a verified snapshot.
 
@@ -84,14 +86,16 @@ def run_index(
     Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
     when the run would remove or fail more than ``config.indexer.max_removal_share`` of the
     indexed items because files vanished or references broke (:class:`MassRemovalError`,
-    unless ``allow_mass_removal``).
+    unless ``allow_mass_removal``). ``items``, when given, are ``collection``'s items already
+    loaded by :func:`~indexer.collection.collection_items` (the CLI loads them before any
+    model library is imported, so a refused collection costs no start-up).
     """
     started = time.perf_counter()
     if (tracker is not None or embedder is not None) and config.indexer.engine != "local":
         raise ValueError("already-built models run in this process; they need indexer.engine 'local'")
     cache = image_cache(config, db)
-    with Fetcher(cache, config.fetch) as fetcher:
-        items = load_collection(collection, default_group=default_group, group_by=group_by, fetch_json=fetcher.json)
+    if items is None:
+        items = collection_items(collection, config, db, default_group=default_group, group_by=group_by)
     items = fetch_items(items, cache, config.fetch, config.fetch.iiif_size or config.segmentation.image_size,
                         quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
@@ -154,8 +158,11 @@ def run_index(
             # Masks written before measurements existed are measured now, from the catalog (no re-segmenting).
             remeasured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm,
                                       specimen_ids=store.unmeasured_specimens())
-            timings = {"plan": plan_seconds, **(runner.timings() if runner else {}), "write": write_seconds,
-                       "measure": time.perf_counter() - t, "total": time.perf_counter() - started}
+            stages = runner.timings() if runner else {}
+            # Measuring happens in the workers beside embedding, plus any re-measuring here.
+            measure_seconds = stages.pop("measure", 0.0) + time.perf_counter() - t
+            timings = {"plan": plan_seconds, **stages, "write": write_seconds, "measure": measure_seconds,
+                       "total": time.perf_counter() - started}
         finally:
             if runner is not None:
                 runner.close()
@@ -184,11 +191,6 @@ def _guard_removals(plan, max_share: float, store: Store) -> None:
         + "\nFix the cause (a moved or unmounted folder, a broken traits.yaml), or pass --allow-mass-removal "
         "if these items really are gone."
     )
-
-
-def image_cache(config: Config, db: Path) -> ImageCache:
-    """The cache of images given by URL: ``fetch.image_cache``, else ``<db>.images`` beside the store."""
-    return ImageCache(config.fetch.image_cache or Path(db).with_name(Path(db).name + ".images"))
 
 
 def _embedder_fingerprint(config: Config) -> dict:

@@ -1,8 +1,10 @@
 """Where work units run: in this process, or on Ray actors that each load the models once.
 
 Both runners yield ``list[SpecimenRecord]`` per unit as units finish; the driver writes
-them. Ray is used as a cluster, never re-implemented: an ``ActorPool`` hands units to idle
-actors and results stream back in completion order.
+them. Both run a unit's stages through the same :class:`~indexer.pipeline.Pipeline`
+(``indexer.threads: 0`` runs them one after another instead). Ray is used as a cluster,
+never re-implemented: an ``ActorPool`` hands units to idle actors and results stream back
+in completion order.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ from pathlib import Path
 from sst_search.config import Config
 from sst_search.store import SpecimenRecord
 
+from .pipeline import Pipeline
 from .worker import Worker, WorkUnit
 
 
 class LocalRunner:
     def __init__(self, config: Config, references: Path, worker: Worker | None = None):
         self.worker = worker or Worker(config, references)
+        self.threads = config.indexer.threads
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[list[SpecimenRecord]]:
-        for unit in units:
-            yield self.worker.process(unit)
+        if self.threads == 0:
+            yield from map(self.worker.process, units)
+        else:
+            yield from Pipeline(self.worker, self.threads).run(units)
 
     def timings(self) -> dict[str, float]:
         return self.worker.get_timings()
@@ -53,6 +59,8 @@ class RayRunner:
             )
         threads = max(1, int(ray.cluster_resources().get("CPU", num_workers)) // num_workers)
         actor_cls = ray.remote(num_cpus=1)(_RayWorker)
+        if config.indexer.threads is not None:
+            threads = config.indexer.threads
         self.actors = [actor_cls.remote(config, str(references), threads) for _ in range(num_workers)]
         self.pool = ActorPool(self.actors)
 
@@ -74,11 +82,17 @@ class RayRunner:
 
 
 class _RayWorker(Worker):
+    """A worker whose units run through the pipeline with the actor's share of the cores."""
+
     def __init__(self, config: Config, references: str, threads: int):
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(max(1, threads))
         super().__init__(config, Path(references))
+        self._pipeline = Pipeline(self, threads) if threads else None
+
+    def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
+        return self._pipeline.process(unit) if self._pipeline else super().process(unit)
 
 
 def make_runner(config: Config, references: Path, worker: Worker | None = None):

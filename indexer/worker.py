@@ -7,6 +7,7 @@ writer, so a crashed worker can never leave a half-written catalog.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 from sst_search.builder import embedder_from_config, tracker_from_config
 from sst_search.config import Config
 from sst_search.embed import EmbedItem
+from sst_search.embed.base import SpecimenVectors
 from sst_search.images import ImageLoadError, check_file, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferencesError, Support, check_group_name, load_group_references
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.store.review import apply_corrections
+from sst_search.tracking import PreparedQuery, TrackResult, prepare_query, views_for
 from sst_search.weights import sha256_file
 
 from .collection import Item
@@ -42,11 +45,37 @@ class WorkUnit:
     corrections: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
+@dataclass
+class PreparedItem:
+    """One item read and made ready for the model: its pixels, a provided label map, or
+    the SAM 2 inputs of an item to segment; ``error`` says why it cannot go on."""
+
+    key: str
+    image: np.ndarray | None = None
+    label_map: np.ndarray | None = None
+    query: PreparedQuery | None = None
+    error: str | None = None
+
+
+@dataclass
+class Segmented:
+    """A unit's label maps (with the tracker's result for SST items) and why others failed."""
+
+    label_maps: dict[str, tuple[np.ndarray, TrackResult | None]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
 class Worker:
     """Holds the models for a whole job; SAM 2 is built only when some item needs SST.
 
     ``tracker`` and ``embedder`` may be given already built (a notebook or a test that
     indexes several times reuses them); otherwise they are built from ``config``.
+
+    A unit goes through three stages: :meth:`prepare` (per item, no model: decode, resize,
+    read a provided mask), :meth:`segment` (the tracker, one caller at a time) and
+    :meth:`finish` (embed, measure, encode masks). :meth:`process` runs them one after
+    another; :class:`indexer.pipeline.Pipeline` runs them on threads so that the model
+    never waits for one item's CPU work. Either way the records are the same.
     """
 
     def __init__(self, config: Config, references: Path, tracker=None, embedder=None):
@@ -55,7 +84,8 @@ class Worker:
         self.embedder = embedder if embedder is not None else embedder_from_config(config.embedding)
         self._tracker = tracker
         self._supports: dict[str, list[Support] | ReferencesError] = {}
-        self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0}
+        self._lock = threading.Lock()
+        self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0, "measure": 0.0}
 
     @property
     def tracker(self):
@@ -65,82 +95,148 @@ class Worker:
 
     def supports(self, group: str | None) -> list[Support] | ReferencesError:
         key = group or ""
-        if key not in self._supports:
-            self._supports[key] = load_supports_or_error(self.references, group)
-        return self._supports[key]
+        with self._lock:
+            if key not in self._supports:
+                self._supports[key] = load_supports_or_error(self.references, group)
+            return self._supports[key]
 
     def get_timings(self) -> dict[str, float]:
-        return dict(self.timings)
+        with self._lock:
+            return dict(self.timings)
+
+    def _count(self, stage: str, started: float) -> None:
+        with self._lock:
+            self.timings[stage] += time.perf_counter() - started
 
     def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
+        prepared = [self.prepare(unit, item) for item in unit.items]
+        return self.finish(unit, prepared, self.segment(unit, prepared))
+
+    def _traits(self, unit: WorkUnit) -> dict[int, str] | None:
         supports = self.supports(unit.group)
-        records = {item.key: _record(unit, item) for item in unit.items}
-        usable = [item for item in unit.items if not item.error]  # the others stay failed with their reason
+        return None if isinstance(supports, ReferencesError) else {tid: t.name for s in supports for tid, t in s.traits.items()}
+
+    def prepare(self, unit: WorkUnit, item: Item) -> PreparedItem:
+        """Read one item and get it ready for the model; never raises for a bad file."""
+        started = time.perf_counter()
+        prepared = PreparedItem(item.key, error=item.error)
+        traits = self._traits(unit)
+        if item.error or traits is None:
+            return prepared
+        try:
+            prepared.image = load_image(item.path)
+            if item.key in unit.provided_masks:
+                prepared.label_map = _provided_mask(unit.provided_masks[item.key], prepared.image, traits)
+            else:
+                seg = self.config.segmentation
+                prepared.query = prepare_query(prepared.image, self._model_input_size(), views_for(seg.orientation, seg.mirror))
+        except (ImageLoadError, ValueError) as exc:
+            prepared.image, prepared.error = None, str(exc)
+        self._count("load", started)
+        return prepared
+
+    def _model_input_size(self) -> int:
+        """SAM 2's input size, known from the config without building the model."""
+        return self._tracker.predictor.image_size if self._tracker is not None else self.config.segmentation.image_size
+
+    def segment(self, unit: WorkUnit, prepared: list[PreparedItem]) -> Segmented:
+        """Track the unit's SST items; a tracker failure keeps what finished and fails the rest."""
+        out = Segmented()
+        supports = self.supports(unit.group)
         if isinstance(supports, ReferencesError):
-            for item in usable:
-                records[item.key].status, records[item.key].error = "no_reference", str(supports)
+            return out
+        for p in prepared:
+            if p.label_map is not None:
+                out.label_maps[p.key] = (p.label_map, None)
+        queries = [(p.key, p.query) for p in prepared if p.query is not None]
+        if not queries:
+            return out
+        started = time.perf_counter()
+        seg = self.config.segmentation
+        try:
+            for res in self.tracker.segment(
+                supports, queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size,
+                orientation=seg.orientation, mirror=seg.mirror, orientation_by=seg.orientation_by,
+                query_batch=seg.query_batch,
+            ):
+                if res.error is not None:
+                    out.errors[res.query_id] = res.error
+                else:
+                    out.label_maps[res.query_id] = (res.label_map, res)
+        except Exception as exc:  # keep what finished; the rest is retried by the next run
+            for key, _ in queries:
+                if key not in out.label_maps:
+                    out.errors[key] = f"segmentation failed: {type(exc).__name__}: {exc}"
+        self._count("segment", started)
+        return out
+
+    def finish(self, unit: WorkUnit, prepared: list[PreparedItem], segmented: Segmented) -> list[SpecimenRecord]:
+        """Records of a unit: embed its label maps as one batch, measure and encode each mask."""
+        records = {item.key: _record(unit, item) for item in unit.items}
+        supports = self.supports(unit.group)
+        if isinstance(supports, ReferencesError):
+            for item in unit.items:
+                if not item.error:
+                    records[item.key].status, records[item.key].error = "no_reference", str(supports)
             return list(records.values())
         traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
-
-        started = time.perf_counter()
-        images: dict[str, np.ndarray] = {}
-        label_maps: dict[str, tuple[np.ndarray, TrackResult | None]] = {}
-        for item in usable:
-            try:
-                images[item.key] = load_image(item.path)
-                if item.key in unit.provided_masks:
-                    label_maps[item.key] = (_provided_mask(unit.provided_masks[item.key], images[item.key], traits), None)
-            except (ImageLoadError, ValueError) as exc:
-                records[item.key].status, records[item.key].error = "failed", str(exc)
-                images.pop(item.key, None)
-        self.timings["load"] += time.perf_counter() - started
-
-        started = time.perf_counter()
-        sst_queries = [(key, img) for key, img in images.items() if key not in label_maps]
-        if sst_queries:
-            seg = self.config.segmentation
-            try:
-                results = self.tracker.segment(
-                    supports, sst_queries, mode=seg.mode, quality=seg.quality, batch_size=seg.batch_size,
-                    orientation=seg.orientation, mirror=seg.mirror, orientation_by=seg.orientation_by,
-                    query_batch=seg.query_batch,
-                )
-                for res in results:
-                    label_maps[res.query_id] = (res.label_map, res)
-            except Exception as exc:  # keep what finished; the rest is retried by the next run
-                for key, _ in sst_queries:
-                    if key not in label_maps:
-                        records[key].error = f"segmentation failed: {type(exc).__name__}: {exc}"
-                        images.pop(key)
-        self.timings["segment"] += time.perf_counter() - started
-
+        images = {p.key: p.image for p in prepared}
+        for p in prepared:
+            if p.error and not records[p.key].error:
+                records[p.key].error = p.error
+        for key, error in segmented.errors.items():
+            records[key].error = error
+        label_maps = dict(segmented.label_maps)
         for key, corrected in unit.corrections.items():
             if key in label_maps:
                 label_map, res = label_maps[key]
                 label_maps[key] = (apply_corrections(label_map, corrected), res)
 
         started = time.perf_counter()
-        keys = list(label_maps)
-        vectors = self.embedder.embed_batch([EmbedItem(images[k], label_maps[k][0], sorted(traits)) for k in keys])
-        for key, vecs in zip(keys, vectors):
+        vectors = self._embed(label_maps, images, sorted(traits), records)
+        self._count("embed", started)
+        started = time.perf_counter()
+        for key, vecs in vectors.items():
             label_map, res = label_maps[key]
             r = records[key]
+            try:
+                r.height, r.width = label_map.shape
+                if res is None:
+                    r.masks = masks_from_label_map(label_map, traits, source="provided")
+                else:
+                    r.orientation = res.orientation
+                    r.mirrored = res.mirrored
+                    r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
+                scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
+                if r.original_width:
+                    scale = scale.resampled(r.width, r.original_width)
+                r.measurements = measure_label_map(label_map, images[key], traits, scale)
+            except Exception as exc:  # noqa: BLE001 - one item's failure, recorded; the unit goes on
+                r.masks, r.measurements, r.error = [], [], f"measuring failed: {type(exc).__name__}: {exc}"
+                continue
             r.status = "indexed"
-            r.height, r.width = label_map.shape
-            if res is None:
-                r.masks = masks_from_label_map(label_map, traits, source="provided")
-            else:
-                r.orientation = res.orientation
-                r.mirrored = res.mirrored
-                r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
-            scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
-            if r.original_width:
-                scale = scale.resampled(r.width, r.original_width)
-            r.measurements = measure_label_map(label_map, images[key], traits, scale)
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
-        self.timings["embed"] += time.perf_counter() - started
+        self._count("measure", started)
         return [records[item.key] for item in unit.items]
+
+
+    def _embed(self, label_maps: dict, images: dict, trait_ids: list[int], records: dict) -> dict[str, SpecimenVectors]:
+        """The unit's vectors as one batch; if the batch fails, item by item, so that only the
+        items that cannot be embedded fail (with the reason in their record)."""
+        keys = list(label_maps)
+        items = [EmbedItem(images[k], label_maps[k][0], trait_ids) for k in keys]
+        try:
+            return dict(zip(keys, self.embedder.embed_batch(items)))
+        except Exception:  # noqa: BLE001 - find the culprits below
+            pass
+        vectors = {}
+        for key, item in zip(keys, items):
+            try:
+                vectors[key] = self.embedder.embed_batch([item])[0]
+            except Exception as exc:  # noqa: BLE001
+                records[key].error = f"embedding failed: {type(exc).__name__}: {exc}"
+        return vectors
 
 
 def content_hash(path: Path) -> str:

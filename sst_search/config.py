@@ -160,11 +160,22 @@ class FetchConfig(_Strict):
     revalidate: bool = Field(False, description="ask the server whether cached images changed (ETag)")
 
 
+class SourcesConfig(_Strict):
+    """Collections handed over as archives (zip, tar): unpacked only within these bounds."""
+
+    max_archive_bytes: int = Field(20_000_000_000, gt=0, description="largest total size an archive may unpack to")
+    max_archive_members: int = Field(100_000, gt=0, description="most files and folders an archive may hold")
+
+
 class IndexerConfig(_Strict):
     commit_every: int = Field(16, description="specimens per DuckDB transaction")
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     num_workers: int = 2
+    threads: int | None = Field(
+        None, ge=0, description="threads per process that decode, resize, embed and measure while the model segments "
+        "(null: the cores the process may use; 0: every stage one after another, no pipeline)"
+    )
     max_removal_share: float = Field(
         0.2, ge=0, le=1, description="largest share of indexed items a run may remove or fail (--allow-mass-removal)"
     )
@@ -178,6 +189,7 @@ class Config(_Strict):
     measure: MeasureConfig = MeasureConfig()
     instances: InstancesConfig = InstancesConfig()
     fetch: FetchConfig = FetchConfig()
+    sources: SourcesConfig = SourcesConfig()
 
 
 def apply_overrides(config: Config, **overrides) -> Config:

@@ -356,11 +356,23 @@ class _FrameImages:
         return frame.image[0]
 
 
+def resize_for_model(image: np.ndarray, image_size: int) -> np.ndarray:
+    """RGB uint8 -> ``(S, S, 3)`` uint8, resized exactly as SAM 2's own loader does. The CPU
+    half of :func:`preprocess`, kept in bytes so that preparing threads can run it ahead
+    of the model and hand a quarter of the float tensor's size to the device."""
+    return np.array(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))  # writable: torch reads it
+
+
+def normalize_for_model(resized: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``(..., S, S, 3)`` uint8 -> ImageNet-normalised float ``(..., 3, S, S)`` on the tensor's device
+    (the same float32 operations wherever they run, so the same values)."""
+    t = torch.as_tensor(resized).movedim(-1, -3).float() / 255.0
+    return (t - _MEAN.to(t.device)) / _STD.to(t.device)
+
+
 def preprocess(image: np.ndarray, image_size: int) -> torch.Tensor:
     """RGB uint8 -> normalised (3, S, S) tensor, resized exactly as SAM 2's own loader does."""
-    pil = Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC)
-    t = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (t - _MEAN) / _STD
+    return normalize_for_model(resize_for_model(image, image_size))
 
 
 def _split_backbone(backbone: dict, i: int) -> dict:
@@ -373,15 +385,26 @@ def _split_backbone(backbone: dict, i: int) -> dict:
 @torch.inference_mode()
 def encode_images(predictor: SAM2VideoPredictor, images: list[np.ndarray]) -> list[EncodedFrame]:
     """Run the image encoder once over a batch of images (the dominant cost of SST)."""
-    if not images:
+    return encode_resized(predictor, [resize_for_model(im, predictor.image_size) for im in images],
+                          [im.shape[:2] for im in images])
+
+
+@torch.inference_mode()
+def encode_resized(predictor: SAM2VideoPredictor, resized: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[EncodedFrame]:
+    """:func:`encode_images` of images already through :func:`resize_for_model`: uploaded as
+    bytes, normalised on the device, encoded as one batch. ``sizes`` are the originals' (H, W)."""
+    if not resized:
         return []
-    batch = torch.stack([preprocess(im, predictor.image_size) for im in images]).to(predictor.device)
+    pixels = torch.from_numpy(np.stack(resized))
+    if predictor.device.type == "cuda":
+        pixels = pixels.pin_memory().to(predictor.device, non_blocking=True)
+    batch = normalize_for_model(pixels.to(predictor.device))
     batch = batch.contiguous(memory_format=getattr(predictor, "encoder_memory_format", torch.contiguous_format))
     with autocast(predictor.device):
         backbone = predictor.forward_image(batch)
     return [
-        EncodedFrame(size=im.shape[:2], image=batch[i : i + 1], backbone=_split_backbone(backbone, i))
-        for i, im in enumerate(images)
+        EncodedFrame(size=tuple(size), image=batch[i : i + 1], backbone=_split_backbone(backbone, i))
+        for i, size in enumerate(sizes)
     ]
 
 

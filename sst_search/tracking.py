@@ -18,6 +18,7 @@ keeps only the memory SAM 2 can still attend to.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,17 +36,22 @@ from .sam2_predictor import (
     InMemoryVideoPredictor,
     autocast,
     encode_images,
+    encode_resized,
+    resize_for_model,
 )
 from .weights import ResolvedWeights
 
 MODES = ("pairwise", "chain")
 #: Rotations (degrees counter-clockwise) a query can be tracked in; ``"auto"`` tries all.
 ORIENTATIONS = (0, 90, 180, 270)
+#: Pairwise sessions (a group's supports, their memory) a tracker keeps for later calls.
+PAIRWISE_SESSIONS_KEPT = 8
 #: What ``orientation="auto"`` keeps: the view with the highest mean object score or cycle IoU.
 ORIENTATION_CRITERIA = ("object_score", "cycle")
 
-#: A query is an id plus either pixels already in memory or a path to read them from.
-Query = tuple[str, "np.ndarray | str | Path"]
+#: A query is an id plus pixels already in memory, a path to read them from, or a
+#: :class:`PreparedQuery`.
+Query = tuple[str, "np.ndarray | str | Path | PreparedQuery"]
 
 
 @dataclass
@@ -197,8 +203,10 @@ class TrackingSession:
         """
         if not frames:
             return []
-        p, n = self.predictor, len(self.state["obj_ids"])
-        per_frame: list[list] = [[None] * n for _ in frames]
+        p, n, q = self.predictor, len(self.state["obj_ids"]), len(frames)
+        logits: list[torch.Tensor | None] = [None] * (q * n)  # query-major, objects in SAM 2's order
+        scores = torch.empty(q, n, device=p.device)
+        ious = torch.empty(q, n, device=p.device)
         with autocast(p.device):
             if self._support_memory is None:
                 self._support_memory = [
@@ -207,14 +215,15 @@ class TrackingSession:
                 ]
             for (obj_indices, _), memory in zip(self._groups, self._support_memory):
                 out = p.track_from_support(memory, frames)
-                for q in range(len(frames)):
-                    for j, i in enumerate(obj_indices):
-                        b = q * len(obj_indices) + j
-                        per_frame[q][i] = (out.logits[b : b + 1], out.object_score[b : b + 1], out.predicted_iou[b : b + 1])
-        return [
-            FrameOutput(torch.cat([o[0] for o in objs]), torch.cat([o[1] for o in objs]).cpu(), torch.cat([o[2] for o in objs]).cpu())
-            for objs in per_frame
-        ]
+                k = len(obj_indices)
+                for j, i in enumerate(obj_indices):
+                    for f in range(q):
+                        logits[f * n + i] = out.logits[f * k + j : f * k + j + 1]
+                scores[:, obj_indices] = out.object_score.view(q, k).float()
+                ious[:, obj_indices] = out.predicted_iou.view(q, k).float()
+        # One copy of every query's confidences to the host, not one synchronisation per query.
+        scores, ious = scores.cpu(), ious.cpu()
+        return [FrameOutput(torch.cat(logits[f * n : (f + 1) * n]), scores[f], ious[f]) for f in range(q)]
 
 
 @dataclass
@@ -248,6 +257,7 @@ class SSTTracker:
         #: sha256 of the fine-tuning adapter applied to the model (see sst_search.finetune).
         self.adapter_sha256: str | None = None
         self._support_cache: dict[str, EncodedFrame] = {}
+        self._pairwise_sessions: OrderedDict[tuple[str, ...], TrackingSession] = OrderedDict()
 
     @property
     def fingerprint(self) -> dict:
@@ -325,7 +335,7 @@ class SSTTracker:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         if orientation_by not in ORIENTATION_CRITERIA:
             raise ValueError(f"unknown orientation criterion {orientation_by!r}; choose one of {ORIENTATION_CRITERIA}")
-        views = _views(orientation, mirror)
+        views = views_for(orientation, mirror)
         cuda = self.predictor.device.type == "cuda"
         batch_size = batch_size or (8 if cuda else 1)
         query_batch = query_batch or (4 if cuda else 1)
@@ -335,8 +345,20 @@ class SSTTracker:
         else:
             yield from self._chain(supports, queries, quality, batch_size, views, pick)
 
+    def _pairwise_session(self, supports: list[Support]) -> TrackingSession:
+        """A group's pairwise session, kept for the next call with the same supports: pairwise
+        tracking never changes it, and an indexer calls once per unit of a few specimens."""
+        key = tuple(s.digest for s in supports)
+        if key in self._pairwise_sessions:
+            self._pairwise_sessions.move_to_end(key)
+        else:
+            self._pairwise_sessions[key] = self._session(supports)
+            while len(self._pairwise_sessions) > PAIRWISE_SESSIONS_KEPT:
+                self._pairwise_sessions.popitem(last=False)
+        return self._pairwise_sessions[key]
+
     def _pairwise(self, supports, queries, quality, batch_size, cache_support, views, query_batch, pick) -> Iterator[TrackResult]:
-        session = self._session(supports) if cache_support else None
+        session = self._pairwise_session(supports) if cache_support else None
         encoded = self._encoded(queries, batch_size if cache_support else 1, views)
         for chunk in _batched(encoded, query_batch if cache_support else 1):
             current = session or self._session(supports)
@@ -358,7 +380,7 @@ class SSTTracker:
                 yield TrackResult(qid, error=error)
                 continue
             sources[qid] = source
-            descriptors.append(global_descriptor(img))
+            descriptors.append(global_descriptor(img.image if isinstance(img, PreparedQuery) else img))
         if not sources:
             return
         ids = list(sources)
@@ -383,10 +405,12 @@ class SSTTracker:
         self, queries: Iterable[Query], batch_size: int, views: list[View]
     ) -> Iterator[tuple[str, list[EncodedFrame] | None, str | None]]:
         """Load and encode queries ``batch_size`` at a time, in order, each in every view
-        (one frame per view); failures pass through."""
+        (one frame per view); failures pass through. Prepared queries skip the resize."""
+        size = self.predictor.image_size
         for batch in _batched(_load_queries(queries), batch_size):
-            good = [(qid, img) for qid, img, _ in batch if img is not None]
-            encoded = encode_images(self.predictor, [v.apply(img) for _, img in good for v in views])
+            good = [(qid, prepare_query(q, size, views)) for qid, q, _ in batch if q is not None]
+            encoded = encode_resized(self.predictor, [r for _, p in good for r in p.resized],
+                                     [v.viewed_size(p.image.shape[:2]) for _, p in good for v in views])
             frames = {qid: encoded[i * len(views) : (i + 1) * len(views)] for i, (qid, _) in enumerate(good)}
             for qid, _, error in batch:
                 yield qid, frames.get(qid), error
@@ -446,10 +470,36 @@ class View:
     def apply(self, image: np.ndarray) -> np.ndarray:
         return rotate(image[:, ::-1] if self.mirrored else image, self.turn)
 
+    def viewed_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of an image of ``size`` in this view."""
+        return (size[1], size[0]) if self.turn % 180 else tuple(size)
+
     def undo(self, image: np.ndarray) -> np.ndarray:
         """``image`` (a label map in this view) back in the query's own orientation."""
         back = rotate(image, -self.turn)
         return np.ascontiguousarray(back[:, ::-1]) if self.mirrored else back
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A query decoded and resized for SAM 2 ahead of time, one model input per view: the
+    indexer's preparing threads make these while the model encodes earlier queries, so
+    the model never waits for a decode or a resize."""
+
+    image: np.ndarray
+    image_size: int
+    views: tuple[View, ...]
+    resized: tuple[np.ndarray, ...]
+
+
+def prepare_query(image: np.ndarray | PreparedQuery, image_size: int, views: list[View]) -> PreparedQuery:
+    """``image`` as SAM 2's inputs in every view (a query already prepared for the same
+    size and views is returned as it is)."""
+    if isinstance(image, PreparedQuery):
+        if image.image_size == image_size and image.views == tuple(views):
+            return image
+        image = image.image
+    return PreparedQuery(image, image_size, tuple(views), tuple(resize_for_model(v.apply(image), image_size) for v in views))
 
 
 class _Picker:
@@ -486,7 +536,8 @@ def parse_orientation(value: int | str) -> int | str:
     return turn
 
 
-def _views(orientation: int | str, mirror: bool) -> list[View]:
+def views_for(orientation: int | str, mirror: bool) -> list[View]:
+    """The views a query is tracked in for these settings (see :meth:`SSTTracker.segment`)."""
     turn = parse_orientation(orientation)
     turns = ORIENTATIONS if turn == "auto" else (turn,)
     flips = (False, True) if (mirror and turn == "auto") else (mirror,)
@@ -498,9 +549,12 @@ def _load_with_sources(queries: Iterable[Query]) -> Iterator[tuple[tuple, Query]
         yield next(_load_queries([query])), query
 
 
-def _load_queries(queries: Iterable[Query]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+def _load_queries(queries: Iterable[Query]) -> Iterator[tuple[str, np.ndarray | PreparedQuery | None, str | None]]:
     """Read each query lazily; a bad file becomes an error result, never an exception."""
     for qid, source in queries:
+        if isinstance(source, PreparedQuery):
+            yield qid, source, None
+            continue
         if isinstance(source, np.ndarray):
             if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
                 yield qid, None, f"{qid}: expected an HxWx3 uint8 RGB array, got {source.dtype} {source.shape}"

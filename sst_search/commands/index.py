@@ -22,9 +22,10 @@ from .options import (
 
 
 def index(
-    collection: str = typer.Argument(..., help="Manifest CSV, Darwin Core Archive (zip or folder with meta.xml), "
-                                               "IIIF Presentation manifest or collection (URL or .json file), "
-                                               "or a folder whose sub-folders name the groups."),
+    collection: str = typer.Argument(..., help="Darwin Core occurrence table (CSV/TSV), manifest CSV (path column), "
+                                               "Darwin Core Archive (zip, tar or folder), IIIF Presentation "
+                                               "manifest or collection (URL or .json file), or a folder whose "
+                                               "sub-folders name the groups."),
     references: Path = typer.Option(..., "--references", help="REFS folder: REFS/<group>/{traits.yaml, supports}."),
     db: Path = db_option("written; FAISS indexes go beside it"),
     config_file: Path | None = config_option(),
@@ -48,7 +49,9 @@ def index(
     pixels_per_mm: float | None = typer.Option(None, "--pixels-per-mm",
                                                help="Scale of the whole collection (mm measurements); an item's own column wins."),
     scale_column: str | None = typer.Option(None, "--scale-column", help="Manifest column with an item's pixels per mm (default pixelsPerMM)."),
-    group_by: str = typer.Option("scientificName", "--group-by", help="Darwin Core Archive: the core term naming each item's group."),
+    group_by: str = typer.Option("scientificName", "--group-by",
+                                 help="Darwin Core table or archive: the term naming each item's group "
+                                      "(scientificName: without the authorship)."),
     image_cache: Path | None = typer.Option(None, "--image-cache", help="Cache of images given by URL (default: <db>.images)."),
     max_per_host: int | None = typer.Option(None, "--max-per-host", help="Concurrent requests per image server (default 2)."),
     force: bool = typer.Option(False, "--force", help="Re-process everything."),
@@ -73,25 +76,31 @@ def index(
     indexed; see `sst-search status`), 2 bad arguments, config, references or weights, or a
     run that would remove too much of the index, 3 storage fault (disk full, damaged store).
     """
-    from indexer.collection import CollectionError
-    from indexer.job import MassRemovalError, run_index
+    from indexer.collection import CollectionError, collection_items
 
-    from ..tracking import parse_orientation
-
+    if orientation not in (None, "0", "90", "180", "270", "auto"):  # checked here: the tracker module imports torch
+        raise typer.BadParameter(f"{orientation!r} is not 0, 90, 180, 270 or auto", param_hint="--orientation")
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(asctime)s %(message)s")
-    with exit_codes(CollectionError, ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
+    with exit_codes(CollectionError):
         config = apply_overrides(
             load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
-            orientation=parse_orientation(orientation) if orientation is not None else None,
+            orientation=int(orientation) if orientation and orientation.isdigit() else orientation,
             mirror=mirror, orientation_by=orientation_by, query_batch=query_batch,
             image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
         )
+        # The collection is read and checked before any model library is imported: a refused
+        # collection (no images, duplicate ids, an unsafe archive) answers in a moment.
+        items = collection_items(collection, config, db, default_group=default_group, group_by=group_by)
+
+    from indexer.job import MassRemovalError, run_index
+
+    with exit_codes(ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         instance_refs = (instance_references or Path(references) / "instances") if instances else None
         summary = run_index(collection, references, db, config, masks=masks, force=force, default_group=default_group,
                             quiet=quiet, group_by=group_by, instance_references=instance_refs,
-                            allow_mass_removal=allow_mass_removal)
+                            allow_mass_removal=allow_mass_removal, items=items)
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
 
@@ -126,7 +135,9 @@ def print_summary(summary) -> None:
     done = summary.counts["indexed"] + summary.counts["failed"]
     if t.get("total"):
         console.print(
-            "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+            # Pipelined stages overlap, so their seconds (summed over threads) can exceed the total.
+            "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if k != "total")
+            + f" (stages overlap) | total {t['total']:.1f}s"
             + (f" | {done / t['total']:.2f} images/s" if done else "")
         )
     if summary.remeasured:

@@ -147,7 +147,7 @@ class OpenClipEmbedder(TraitEmbedder):
         pretrained: str | None,
         device: str | torch.device | None = None,
         image_size: int | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
     ) -> None:
         import open_clip
 
@@ -173,7 +173,8 @@ class OpenClipEmbedder(TraitEmbedder):
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.fill = tuple(int(round(255 * m)) for m in _normalize_mean(preprocess))
-        self.batch_size = batch_size
+        # Crops of many specimens share a forward pass; a GPU wants far larger batches than a CPU.
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
         self.name = name
         self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
         self.fingerprint = {

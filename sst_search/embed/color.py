@@ -30,6 +30,9 @@ import numpy as np
 from sst_search.embed.base import Region, TraitEmbedder, l2_normalize
 
 DESCRIPTOR_VERSION = 1
+#: Layout cell means: L* to 0..1, a* and b* to -1..1 around neutral grey (OpenCV 8-bit Lab).
+_LAB_OFFSET = np.array([0.0, 128.0, 128.0])
+_LAB_SCALE = np.array([1 / 255, 1 / 128, 1 / 128])
 
 
 class ColorPatternEmbedder(TraitEmbedder):
@@ -49,6 +52,10 @@ class ColorPatternEmbedder(TraitEmbedder):
             raise ValueError("l_bins, ab_bins and grid must be positive")
         self.l_bins, self.ab_bins, self.grid = l_bins, ab_bins, grid
         self.hist_weight = hist_weight
+        values = np.arange(256)
+        self._bin_lut = np.stack([
+            (values * l_bins // 256) * ab_bins * ab_bins, (values * ab_bins // 256) * ab_bins, values * ab_bins // 256,
+        ])
         self.batch_size = batch_size
         self.name = "color-pattern"
         self.dim = l_bins * ab_bins * ab_bins + grid * grid * 4
@@ -64,43 +71,76 @@ class ColorPatternEmbedder(TraitEmbedder):
         }
 
     def _histogram(self, lab_pixels: np.ndarray) -> np.ndarray:
-        bins = np.array([self.l_bins, self.ab_bins, self.ab_bins])
-        idx = (lab_pixels.astype(np.int64) * bins) // 256
-        flat = np.ravel_multi_index(idx.T, tuple(bins))
-        hist = np.bincount(flat, minlength=int(bins.prod())).astype(np.float64)
+        # One look-up table per channel maps an 8-bit value to its bin's share of the joint index.
+        flat = self._bin_lut[0][lab_pixels[:, 0]] + self._bin_lut[1][lab_pixels[:, 1]] + self._bin_lut[2][lab_pixels[:, 2]]
+        hist = np.bincount(flat, minlength=self.l_bins * self.ab_bins * self.ab_bins).astype(np.float64)
         return np.sqrt(hist / hist.sum())
 
-    def _layout(self, lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        ys = np.flatnonzero(mask.any(axis=1))
-        xs = np.flatnonzero(mask.any(axis=0))
-        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+    def _layout(self, lab: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """``mask=None``: the whole image."""
+        if mask is None:
+            y0, y1, x0, x1 = 0, lab.shape[0], 0, lab.shape[1]
+        else:
+            ys = np.flatnonzero(mask.any(axis=1))
+            xs = np.flatnonzero(mask.any(axis=0))
+            y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
         ry = np.linspace(y0, y1, self.grid + 1).round().astype(int)
         rx = np.linspace(x0, x1, self.grid + 1).round().astype(int)
-        scale = np.array([1 / 255, 1 / 128, 1 / 128])
-        offset = np.array([0.0, 128.0, 128.0])
+        if mask is not None and (np.diff(ry).min() < 1 or np.diff(rx).min() < 1):
+            return self._layout_thin(lab, mask, ry, rx)
+        # Cells tile the box: per-cell sums are two reductions over row and column bands.
+        values = lab[y0:y1, x0:x1].astype(np.float64)
+        if mask is None:
+            counts = np.outer(np.diff(ry), np.diff(rx)).astype(np.float64)
+        else:
+            inside = mask[y0:y1, x0:x1]
+            values *= inside[..., None]
+            counts = _cell_sums(inside.astype(np.float64), ry - y0, rx - x0)
+        sums = _cell_sums(values, ry - y0, rx - x0)
+        sizes = np.outer(np.diff(ry), np.diff(rx))
+        cells = np.zeros((self.grid, self.grid, 4))
+        seen = counts > 0
+        cells[seen, :3] = (sums[seen] / counts[seen, None] - _LAB_OFFSET) * _LAB_SCALE
+        cells[seen, 3] = counts[seen] / sizes[seen]
+        return cells.ravel()
+
+    def _layout_thin(self, lab: np.ndarray, mask: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+        """A box thinner than the grid: degenerate cells borrow one pixel row or column, so
+        neighbouring cells overlap and each is summed on its own."""
         cells = np.zeros((self.grid, self.grid, 4))
         for i in range(self.grid):
             for j in range(self.grid):
-                # Degenerate cells (box thinner than the grid) borrow one pixel row/column.
                 ya, yb = ry[i], max(ry[i + 1], ry[i] + 1)
                 xa, xb = rx[j], max(rx[j + 1], rx[j] + 1)
                 cell_mask = mask[ya:yb, xa:xb]
                 n = cell_mask.sum()
                 if n:
                     mean = lab[ya:yb, xa:xb][cell_mask].mean(axis=0)
-                    cells[i, j, :3] = (mean - offset) * scale
+                    cells[i, j, :3] = (mean - _LAB_OFFSET) * _LAB_SCALE
                     cells[i, j, 3] = n / cell_mask.size
         return cells.ravel()
 
-    def describe(self, region: Region) -> np.ndarray:
-        """The unit descriptor of one region (see the module docstring for its layout)."""
-        lab = cv2.cvtColor(region.image, cv2.COLOR_RGB2Lab)
-        mask = np.ones(lab.shape[:2], bool) if region.mask is None else region.mask
-        if not mask.any():
+    def describe(self, region: Region, lab: np.ndarray | None = None) -> np.ndarray:
+        """The unit descriptor of one region (see the module docstring for its layout);
+        ``lab`` is the region's image in OpenCV 8-bit Lab when the caller already has it."""
+        if lab is None:
+            lab = cv2.cvtColor(region.image, cv2.COLOR_RGB2Lab)
+        mask = region.mask
+        if mask is not None and not mask.any():
             raise ValueError("cannot describe an empty region")
-        hist = l2_normalize(self._histogram(lab[mask]))
+        hist = l2_normalize(self._histogram(lab.reshape(-1, 3) if mask is None else lab[mask]))
         layout = l2_normalize(self._layout(lab, mask))
         return np.concatenate([np.sqrt(self.hist_weight) * hist, np.sqrt(1.0 - self.hist_weight) * layout])
 
     def _embed_regions(self, regions: Sequence[Region]) -> np.ndarray:
-        return np.stack([self.describe(r) for r in regions])
+        # A specimen's regions share its image: convert it to Lab once, not once per trait.
+        labs: dict[int, np.ndarray] = {}
+        for r in regions:
+            if id(r.image) not in labs:
+                labs[id(r.image)] = cv2.cvtColor(r.image, cv2.COLOR_RGB2Lab)
+        return np.stack([self.describe(r, labs[id(r.image)]) for r in regions])
+
+
+def _cell_sums(values: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+    """Sums of ``values`` over the cells cut by row bounds ``ry`` and column bounds ``rx``."""
+    return np.add.reduceat(np.add.reduceat(values, ry[:-1], axis=0), rx[:-1], axis=1)

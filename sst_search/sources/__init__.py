@@ -1,4 +1,4 @@
-"""Where a collection's items and pixels come from: manifests, Darwin Core Archives, URLs."""
+"""Where a collection's items and pixels come from: manifests, Darwin Core tables and archives, URLs."""
 
 from .dwca import read_dwca
 from .items import Item, SourceError, is_url, local_location
