@@ -346,24 +346,28 @@ class _Bits:
 def _labelstudio_brush(rle: list[int], h: int, w: int) -> np.ndarray:
     """Label Studio's brush RLE (label-studio-converter's format): a 32-bit value count, the
     word size, four run-length widths, then runs that either repeat one word or list words;
-    the values are an RGBA image whose alpha channel is the mask."""
+    the values are an RGBA image whose alpha channel is the mask. Only the alpha values are
+    kept (value 4p+3 is pixel p's), so the raster is the mask's size, not four times it."""
     bits = _Bits(bytes(rle))
     num = bits.read(32)
     word = bits.read(5) + 1
     widths = [bits.read(4) + 1 for _ in range(4)]
     if num != h * w * 4:
         raise ValueError(f"brush RLE holds {num} values, a {w}x{h} RGBA image {h * w * 4}")
-    out = np.zeros(num, np.uint8)
+    alpha = np.zeros(h * w, bool)
     i = 0
     while i < num:
         repeat = bits.read(1)
         j = min(num, i + 1 + bits.read(widths[bits.read(2)]))
         if repeat:
-            out[i:j] = bits.read(word)
+            alpha[i // 4 : j // 4] = bits.read(word) > 0  # the alpha values among i..j-1
         else:
-            out[i:j] = [bits.read(word) for _ in range(j - i)]
+            for k in range(i, j):
+                value = bits.read(word)
+                if k % 4 == 3:
+                    alpha[k // 4] = value > 0
         i = j
-    return out.reshape(h, w, 4)[..., 3] > 0
+    return alpha.reshape(h, w)
 
 
 def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:

@@ -296,3 +296,14 @@ def test_an_import_killed_part_way_is_finished_by_running_it_again(tmp_path):
     assert not [p for p in (refs / "g").iterdir() if p.name.startswith(".")]  # no staging folder left
     assert all(np.array_equal(s.mask == 1, _box_truth("forewing_band")) for s in supports)
     assert import_annotations(coco, refs, "g") == []  # a third run has nothing left to do
+
+
+def test_labelstudio_brush_literal_runs_keep_only_alpha():
+    from sst_search.annotations import _labelstudio_brush
+
+    values = [9, 9, 9, 255, 9, 9, 9, 0, 1, 2, 3, 4]  # a 3x1 RGBA image listed word by word: alpha 255, 0, 4
+    bits = f"{len(values):032b}" + f"{7:05b}" + f"{3:04b}" * 4  # count, 8-bit words, run widths of 4 bits
+    bits += "0" + "00" + f"{len(values) - 1:04b}" + "".join(f"{v:08b}" for v in values)  # one literal run
+    bits += "0" * (-len(bits) % 8)
+    rle = [int(bits[k:k + 8], 2) for k in range(0, len(bits), 8)]
+    assert _labelstudio_brush(rle, 1, 3).tolist() == [[True, False, True]]
