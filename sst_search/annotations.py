@@ -28,8 +28,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .references import TRAITS_FILE, ReferencesError, Support, load_traits, save_support, unique_stem
+from .images import IMAGE_SUFFIXES, ImageLoadError, check_pixels, image_size
+from .references import (TRAITS_FILE, ReferencesError, Support, check_name, holds_support, load_traits, remove_staging,
+                         save_support, unique_stem)
 
 FORMATS = ("coco", "cvat", "labelstudio", "label-image")
 
@@ -53,9 +54,129 @@ def _union(masks: dict[str, np.ndarray], name: str, mask: np.ndarray) -> None:
     masks[name] = masks[name] | mask if name in masks else mask
 
 
+# -- geometry checks ----------------------------------------------------------------------
+#
+# Everything in an annotation file is checked before a raster is allocated: pycocotools and
+# numpy trust their inputs, and a NaN vertex loops until memory runs out, a coordinate of
+# 1e30 overflows inside the C rasteriser, and run lengths that do not add up to the image
+# write past the end of its buffer. A small file must cost a small, bounded amount of memory.
+
+#: Most vertices in one annotation's polygons: far beyond any hand-drawn outline.
+MAX_VERTICES = 100_000
+#: Most runs in one RLE mask.
+MAX_RUNS = 5_000_000
+#: Most mask pixels one file may make the import hold at once (one byte each): images x
+#: categories. Declared sizes are free to forge; real 100 MP sheets with a few traits fit.
+MAX_MASK_PIXELS = 500_000_000
+
+
+def _size(h: object, w: object) -> tuple[int, int]:
+    """A declared image size as ``(h, w)``, positive and within the decode limit."""
+    try:
+        h_, w_ = int(h), int(w)  # type: ignore[call-overload]
+        check_pixels("image", w_, h_)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"image size {w}x{h}: {exc.reason if isinstance(exc, ImageLoadError) else exc}") from exc
+    return h_, w_
+
+
 def _polygon(flat: list[float], h: int, w: int) -> np.ndarray:
-    """A polygon (x0, y0, x1, y1, ...) rasterised exactly as COCO tools do."""
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([list(map(float, flat))], h, w))).astype(bool)
+    """A polygon (x0, y0, x1, y1, ...) rasterised exactly as COCO tools do. Vertices a little
+    outside the image (up to one image size) are moved to its nearest edge, which draws the
+    same pixels; farther ones mean a broken file and are refused."""
+    return _polygons([flat], h, w)
+
+
+def _polygons(polygons: list, h: int, w: int) -> np.ndarray:
+    """The union of ``polygons`` after the checks above: finite, at least 3 and at most
+    :data:`MAX_VERTICES` vertices in all, clipped to the image."""
+    flats = []
+    for flat in polygons:
+        try:
+            pts = np.asarray(flat, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"polygon coordinates are not numbers ({exc})") from exc
+        if pts.ndim != 1 or pts.size % 2 or pts.size < 6:
+            raise ValueError(f"a polygon needs pairs of numbers for at least 3 points, got {pts.size} values")
+        if not np.isfinite(pts).all():
+            raise ValueError("polygon has a coordinate that is not a finite number (NaN or infinity)")
+        pts = pts.reshape(-1, 2)
+        far = (pts < -np.array([w, h])) | (pts > 2 * np.array([w, h]))
+        if far.any():
+            x, y = pts[far.any(axis=1)][0]
+            raise ValueError(f"vertex ({x:g}, {y:g}) lies far outside the {w}x{h} image")
+        np.clip(pts[:, 0], 0, w, out=pts[:, 0])
+        np.clip(pts[:, 1], 0, h, out=pts[:, 1])
+        flats.append(pts.ravel().tolist())
+    vertices = sum(len(f) for f in flats) // 2
+    if vertices > MAX_VERTICES:
+        raise ValueError(f"{vertices:,} polygon vertices, over the limit of {MAX_VERTICES:,}")
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flats, h, w))).astype(bool)
+
+
+def _runs(counts: list, total: int) -> list[int]:
+    """Run lengths that are non-negative integers, at most :data:`MAX_RUNS`, covering exactly ``total`` pixels."""
+    if len(counts) > MAX_RUNS:
+        raise ValueError(f"{len(counts):,} runs, over the limit of {MAX_RUNS:,}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise ValueError("run lengths must be non-negative integers")
+    if sum(counts) != total:
+        raise ValueError(f"runs cover {sum(counts):,} pixels, the mask has {total:,}")
+    return counts
+
+
+def _coco_string_counts(text: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString``), read
+    here so they can be checked before pycocotools decodes them without checks."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError("compressed RLE ends inside a number")
+            c = ord(text[pos]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE holds the character {text[pos]!r}")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+        if len(counts) > MAX_RUNS:
+            raise ValueError(f"over {MAX_RUNS:,} runs")
+    return counts
+
+
+class _Held:
+    """What a reader may rasterise: the size an annotation declares must be its image's (read
+    from the image's header), and the mask pixels held so far stay under
+    :data:`MAX_MASK_PIXELS`; both checked before the next raster is allocated."""
+
+    def __init__(self, path: Path):
+        self.path, self.pixels = path, 0
+        self.sizes: dict[Path, tuple[int, int]] = {}
+
+    def claim(self, entry: Annotated, name: str, h: int, w: int) -> None:
+        image = entry.image_path
+        if image not in self.sizes:
+            try:
+                self.sizes[image] = image_size(image)
+            except ImageLoadError as exc:
+                raise AnnotationError(self.path, f"annotated image unusable: {exc}") from exc
+        if self.sizes[image] != (h, w):
+            real_h, real_w = self.sizes[image]
+            raise AnnotationError(self.path, f"{image.name}: annotated as {w}x{h}, the image is {real_w}x{real_h}")
+        if name in entry.masks:
+            return
+        self.pixels += h * w
+        if self.pixels > MAX_MASK_PIXELS:
+            raise AnnotationError(self.path, f"its masks would hold {self.pixels:,} pixels, over the limit of "
+                                             f"{MAX_MASK_PIXELS:,}; split the file")
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -85,33 +206,41 @@ def read_coco(path: Path, images_dir: Path) -> list[Annotated]:
     except (KeyError, TypeError, ValueError) as exc:
         raise AnnotationError(path, f"malformed categories or images ({exc!r})") from exc
     out: dict[int, Annotated] = {}
+    held = _Held(path)
     for n, ann in enumerate(data["annotations"]):
         where = f"annotation {ann.get('id', n)}" if isinstance(ann, dict) else f"annotation #{n}"
         try:
             image = images[int(ann["image_id"])]
             name = names[int(ann["category_id"])]
-            h, w = int(image["height"]), int(image["width"])
             seg = ann["segmentation"]
+            h, w = _size(image["height"], image["width"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise AnnotationError(path, f"{where}: missing or unknown image_id/category_id/segmentation ({exc!r})") from exc
+            raise AnnotationError(path, f"{where}: missing or unknown image_id/category_id/segmentation, or a bad "
+                                        f"image size ({exc})") from exc
+        if isinstance(seg, list) and not seg:
+            continue
+        entry = out.setdefault(image["id"], Annotated(_resolve(str(image.get("file_name", "")), images_dir)))
+        held.claim(entry, name, h, w)
         try:
             if isinstance(seg, list):  # polygons
-                if not seg:
-                    continue
-                rles = mask_utils.frPyObjects([list(map(float, p)) for p in seg], h, w)
-                mask = mask_utils.decode(mask_utils.merge(rles))
-            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
-                mask = mask_utils.decode(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg, dict) and isinstance(seg.get("counts"), str):  # compressed RLE
-                mask = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
+                mask = _polygons(seg, h, w)
+            elif isinstance(seg, dict) and "counts" in seg:  # RLE, uncompressed (a list) or compressed (a string)
+                if list(seg.get("size") or []) != [h, w]:
+                    raise ValueError(f"RLE size {seg.get('size')} differs from the image's [height, width] [{h}, {w}]")
+                counts = seg["counts"]
+                if isinstance(counts, list):
+                    rle = mask_utils.frPyObjects({"size": [h, w], "counts": _runs(counts, h * w)}, h, w)
+                elif isinstance(counts, str):
+                    _runs(_coco_string_counts(counts), h * w)
+                    rle = {"size": [h, w], "counts": counts.encode()}
+                else:
+                    raise ValueError("RLE counts are neither a list nor a string")
+                mask = mask_utils.decode(rle).astype(bool)
             else:
                 raise ValueError("segmentation is neither polygons nor RLE")
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise AnnotationError(path, f"{where}: bad segmentation ({exc})") from exc
-        if mask.shape != (h, w):
-            raise AnnotationError(path, f"{where}: RLE size {mask.shape[1]}x{mask.shape[0]} differs from image size {w}x{h}")
-        entry = out.setdefault(image["id"], Annotated(_resolve(str(image.get("file_name", "")), images_dir)))
-        _union(entry.masks, name, mask.astype(bool))
+        _union(entry.masks, name, mask)
     return list(out.values())
 
 
@@ -120,9 +249,13 @@ def read_coco(path: Path, images_dir: Path) -> list[Annotated]:
 
 def _cvat_rle(counts: str, left: int, top: int, width: int, height: int, h: int, w: int) -> np.ndarray:
     """CVAT's mask RLE: run lengths, row-major inside the box, alternating 0 and 1, from 0."""
-    runs = [int(c) for c in counts.split(",") if c.strip()]
-    if sum(runs) != width * height:
-        raise ValueError(f"RLE covers {sum(runs)} pixels, the {width}x{height} box {width * height}")
+    if width <= 0 or height <= 0 or left < 0 or top < 0 or left + width > w or top + height > h:
+        raise ValueError(f"mask box {left},{top} {width}x{height} is empty or leaves the {w}x{h} image")
+    try:
+        runs = [int(c) for c in counts.split(",") if c.strip()]
+    except ValueError as exc:
+        raise ValueError(f"RLE is not a list of integers ({exc})") from exc
+    _runs(runs, width * height)
     flat = np.zeros(width * height, bool)
     pos = 0
     for k, run in enumerate(runs):
@@ -130,10 +263,7 @@ def _cvat_rle(counts: str, left: int, top: int, width: int, height: int, h: int,
             flat[pos : pos + run] = True
         pos += run
     out = np.zeros((h, w), bool)
-    box = out[top : top + height, left : left + width]
-    if box.shape != (height, width):
-        raise ValueError(f"mask box {left},{top} {width}x{height} leaves the {w}x{h} image")
-    box[:] = flat.reshape(height, width)
+    out[top : top + height, left : left + width] = flat.reshape(height, width)
     return out
 
 
@@ -145,11 +275,13 @@ def read_cvat(path: Path, images_dir: Path) -> list[Annotated]:
     if root.tag != "annotations":
         raise AnnotationError(path, f"not a CVAT for images export (root element <{root.tag}>, expected <annotations>)")
     out = []
+    held = _Held(path)
     for image in root.iter("image"):
         try:
-            name, h, w = image.attrib["name"], int(image.attrib["height"]), int(image.attrib["width"])
+            name = image.attrib["name"]
+            h, w = _size(image.attrib["height"], image.attrib["width"])
         except (KeyError, ValueError) as exc:
-            raise AnnotationError(path, f"<image> without name/width/height ({exc!r})") from exc
+            raise AnnotationError(path, f"<image> without a name or a usable width/height ({exc})") from exc
         entry = Annotated(_resolve(name, images_dir))
         for shape in image:
             label = shape.attrib.get("label")
@@ -159,6 +291,7 @@ def read_cvat(path: Path, images_dir: Path) -> list[Annotated]:
             if not label:
                 raise AnnotationError(path, f"{where}: no label")
             a = shape.attrib
+            held.claim(entry, label, h, w)
             try:
                 if shape.tag == "polygon":
                     flat = [float(v) for pt in a["points"].split(";") for v in pt.split(",")]
@@ -168,7 +301,7 @@ def read_cvat(path: Path, images_dir: Path) -> list[Annotated]:
                     mask = _polygon([x0, y0, x1, y0, x1, y1, x0, y1], h, w)
                 else:
                     mask = _cvat_rle(a["rle"], *(int(float(a[k])) for k in ("left", "top", "width", "height")), h, w)
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, OverflowError) as exc:
                 raise AnnotationError(path, f"{where}: {exc}") from exc
             _union(entry.masks, label, mask)
         if entry.masks:
@@ -213,24 +346,28 @@ class _Bits:
 def _labelstudio_brush(rle: list[int], h: int, w: int) -> np.ndarray:
     """Label Studio's brush RLE (label-studio-converter's format): a 32-bit value count, the
     word size, four run-length widths, then runs that either repeat one word or list words;
-    the values are an RGBA image whose alpha channel is the mask."""
+    the values are an RGBA image whose alpha channel is the mask. Only the alpha values are
+    kept (value 4p+3 is pixel p's), so the raster is the mask's size, not four times it."""
     bits = _Bits(bytes(rle))
     num = bits.read(32)
     word = bits.read(5) + 1
     widths = [bits.read(4) + 1 for _ in range(4)]
     if num != h * w * 4:
         raise ValueError(f"brush RLE holds {num} values, a {w}x{h} RGBA image {h * w * 4}")
-    out = np.zeros(num, np.uint8)
+    alpha = np.zeros(h * w, bool)
     i = 0
     while i < num:
         repeat = bits.read(1)
         j = min(num, i + 1 + bits.read(widths[bits.read(2)]))
         if repeat:
-            out[i:j] = bits.read(word)
+            alpha[i // 4 : j // 4] = bits.read(word) > 0  # the alpha values among i..j-1
         else:
-            out[i:j] = [bits.read(word) for _ in range(j - i)]
+            for k in range(i, j):
+                value = bits.read(word)
+                if k % 4 == 3:
+                    alpha[k // 4] = value > 0
         i = j
-    return out.reshape(h, w, 4)[..., 3] > 0
+    return alpha.reshape(h, w)
 
 
 def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:
@@ -238,6 +375,7 @@ def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:
     if not isinstance(data, list) or not all(isinstance(t, dict) and "data" in t for t in data):
         raise AnnotationError(path, "not a Label Studio JSON export (expected a list of tasks with 'data')")
     out = []
+    held = _Held(path)
     for task in data:
         image_ref = next((v for v in task["data"].values() if isinstance(v, str)), None)
         if image_ref is None:
@@ -251,22 +389,24 @@ def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:
                 if kind not in ("polygonlabels", "rectanglelabels", "brushlabels"):
                     continue
                 try:
-                    w, h = int(res["original_width"]), int(res["original_height"])
+                    h, w = _size(res["original_height"], res["original_width"])
                     label = value[kind][0]
+                    held.claim(entry, label, h, w)
                     if kind == "brushlabels":
                         if value.get("format", "rle") != "rle":
                             raise ValueError(f"brush format {value.get('format')!r} (expected 'rle')")
                         mask = _labelstudio_brush(value["rle"], h, w)
                     elif kind == "polygonlabels":
-                        mask = _polygon([c * s / 100.0 for x, y in value["points"] for c, s in ((x, w), (y, h))], h, w)
+                        mask = _polygon([float(c) * s / 100.0 for x, y in value["points"] for c, s in ((x, w), (y, h))],
+                                        h, w)
                     else:
                         if value.get("rotation"):
                             raise ValueError("rotated rectangles are not supported")
-                        x0, y0 = value["x"] * w / 100.0, value["y"] * h / 100.0
-                        x1, y1 = x0 + value["width"] * w / 100.0, y0 + value["height"] * h / 100.0
+                        x, y, bw, bh = (float(value[k]) for k in ("x", "y", "width", "height"))  # percent
+                        x0, y0, x1, y1 = x * w / 100.0, y * h / 100.0, (x + bw) * w / 100.0, (y + bh) * h / 100.0
                         mask = _polygon([x0, y0, x1, y0, x1, y1, x0, y1], h, w)
-                except (KeyError, IndexError, TypeError, ValueError) as exc:
-                    raise AnnotationError(path, f"{where}: {exc!r}") from exc
+                except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+                    raise AnnotationError(path, f"{where}: {exc}") from exc
                 _union(entry.masks, label, mask)
         if entry.masks:
             out.append(entry)
@@ -276,22 +416,40 @@ def read_labelstudio(path: Path, images_dir: Path) -> list[Annotated]:
 # -- label images ------------------------------------------------------------------------------
 
 
+def _check_label_size(path: Path, planes: int, shape: tuple) -> None:
+    """Refuse a label image whose header declares too many pixels, before decoding it."""
+    if len(shape) < 2:
+        raise AnnotationError(path, f"a label image must be 2-D, its header says shape {tuple(shape)}")
+    try:
+        check_pixels(path, int(shape[1]) * planes, int(shape[0]))
+    except ImageLoadError as exc:
+        raise AnnotationError(path, exc.reason) from exc
+
+
 def _read_label_image(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
         try:
-            arr = np.squeeze(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+                _check_label_size(path, int(np.prod(shape[:-2], dtype=np.int64)) or 1, shape[-2:])
+                arr = np.squeeze(tif.series[0].asarray())
+        except AnnotationError:
+            raise
         except Exception as exc:  # tifffile raises several unrelated types for bad files
             raise AnnotationError(path, f"not a readable TIFF ({exc})") from exc
     else:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=["PNG"]) as img:
+                _check_label_size(path, 1, img.size[::-1])
                 if img.mode not in ("L", "P", "I", "I;16", "1"):
                     raise AnnotationError(path, f"a label image must be single-channel, got mode {img.mode}")
                 arr = np.asarray(img)
+        except Image.DecompressionBombError as exc:
+            raise AnnotationError(path, f"refused as a possible decompression bomb ({exc})") from exc
         except (OSError, UnidentifiedImageError) as exc:
             raise AnnotationError(path, f"not a readable image ({exc})") from exc
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
@@ -326,6 +484,9 @@ def read_label_image(path: Path, images_dir: Path, names: Mapping[int, str]) -> 
     unnamed = [k for k in ids if k not in names]
     if unnamed:
         raise AnnotationError(path, f"label values {unnamed} have no name; pass --label-names traits.yaml")
+    if len(ids) * labels.size > MAX_MASK_PIXELS:
+        raise AnnotationError(path, f"{len(ids)} labels of {labels.size:,} pixels each exceed the limit of "
+                                    f"{MAX_MASK_PIXELS:,} mask pixels")
     return [Annotated(_image_for_label(path, images_dir), {names[k]: labels == k for k in ids})]
 
 
@@ -383,7 +544,9 @@ def import_annotations(
 
     Everything is read and checked first (images readable, masks the size of their image),
     so a bad file writes nothing. Category names map to the group's trait ids; new names get
-    new ids. A support whose name is taken is refused, never overwritten.
+    new ids. A support whose name is taken by another support is refused, never overwritten;
+    one that holds exactly what this import would write is skipped, so an import that was
+    killed part-way is finished by running it again (and its staging folders removed).
     """
     path, refs_dir = Path(path), Path(refs_dir)
     if label_names is None:
@@ -399,18 +562,28 @@ def import_annotations(
     if repeated:
         raise AnnotationError(path, f"several images share the name(s) {repeated}; a group needs one support per name")
     for a in annotated:
+        for name in a.masks:
+            try:
+                check_name(name.strip(), "trait name")
+            except ReferencesError as exc:
+                raise AnnotationError(path, f"{a.image_path.name}: {exc}") from exc
         try:
-            h, w = load_image(a.image_path).shape[:2]
+            h, w = image_size(a.image_path)
         except ImageLoadError as exc:
             raise AnnotationError(path, f"annotated image unusable: {exc}") from exc
         for name, mask in a.masks.items():
             if mask.shape != (h, w):
                 raise AnnotationError(path, f"{a.image_path.name}: annotation of {name!r} is {mask.shape[1]}x{mask.shape[0]}, the image {w}x{h}")
-        if unique_stem(refs_dir / group, a.image_path.stem) != a.image_path.stem:
-            raise AnnotationError(path, f"{a.image_path.name}: group {group!r} already has a support named "
-                                        f"{a.image_path.stem!r}; not overwriting it")
+    done = {a.image_path for a in annotated if holds_support(refs_dir, group, a.image_path.stem, a.image_path, a.masks)}
+    for a in annotated:
+        if a.image_path not in done and unique_stem(refs_dir / group, a.image_path.stem) != a.image_path.stem:
+            raise AnnotationError(path, f"{a.image_path.name}: group {group!r} already has a different support "
+                                        f"named {a.image_path.stem!r}; not overwriting it")
     written = []
     for a in annotated:
+        remove_staging(refs_dir / group, a.image_path.stem)
+        if a.image_path in done:  # imported by an earlier run of this import that was cut short
+            continue
         try:
             written.append(save_support(refs_dir, group, a.image_path.stem, a.image_path, a.masks))
         except ReferencesError as exc:

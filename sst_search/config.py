@@ -150,7 +150,8 @@ class FetchConfig(_Strict):
     image_cache: str | None = Field(None, description="cache folder (default: <db>.images beside the store)")
     max_per_host: int = Field(2, ge=1, description="concurrent requests per host")
     concurrency: int = Field(8, ge=1, description="concurrent requests in all")
-    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    timeout: float = Field(30.0, gt=0, description="seconds a whole response may take (an attempt; a server "
+                                                   "trickling bytes is cut off), and the longest wait for a connection")
     retries: int = Field(4, ge=1, description="attempts per image (timeouts, dropped connections, 429, 5xx)")
     backoff: float = Field(0.5, gt=0, description="seconds before the first retry, doubling each time (at most 30)")
     max_bytes: int = Field(100_000_000, gt=0, description="largest image accepted")

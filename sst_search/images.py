@@ -18,13 +18,18 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Largest image we decode (pixels). Herbarium sheets at 600 dpi are ~100 MP; anything far
-#: beyond that is more likely a decompression bomb than a specimen.
-MAX_PIXELS = 250_000_000
+#: beyond that is more likely a decompression bomb than a specimen. ``SST_MAX_PIXELS`` in the
+#: environment sets a stricter (or, for a collection of huge scans, looser) limit for every
+#: process of a run, Ray workers included.
+MAX_PIXELS = int(os.environ.get("SST_MAX_PIXELS") or 250_000_000)
 #: PIL warns above its own limit (89 MP) and refuses at twice it; ours is the one that counts.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 #: Largest file we read: a 250 MP 16-bit RGB TIFF stored uncompressed is 1.5 GB.
 MAX_FILE_BYTES = 2 << 30
+
+#: The EXIF tag saying how the camera was held.
+ORIENTATION = 0x0112
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
@@ -73,6 +78,33 @@ def check_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> int:
     return st.st_size
 
 
+def check_pixels(path: str | Path, width: int, height: int, max_pixels: int | None = None) -> None:
+    """:class:`ImageLoadError` unless a ``width`` x ``height`` image may be decoded: sizes come
+    from headers (or annotation files), which cost nothing to forge."""
+    max_pixels = max_pixels or MAX_PIXELS
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(path, f"declared size {width}x{height} is not positive")
+    if width * height > max_pixels:
+        raise ImageLoadError(path, f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}")
+
+
+def image_size(path: str | Path, formats: tuple[str, ...] = IMAGE_FORMATS, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` of an image (as :func:`load_image` returns it) from its header alone, after the same checks as
+    :func:`load_image` (regular file, allowed format, pixel limit); no pixel is decoded."""
+    check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=list(formats)) as img:
+                w, h = img.size
+                if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # shown turned a quarter, as load_image turns it
+                    w, h = h, w
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError) as exc:
+        raise ImageLoadError(path, f"not a readable image of an allowed format ({exc})") from exc
+    check_pixels(path, w, h, max_pixels)
+    return h, w
+
+
 def _open(path: Path | str, data: bytes | None = None, formats: tuple[str, ...] = IMAGE_FORMATS,
           max_pixels: int | None = None) -> Image.Image:
     path = Path(path)
@@ -90,10 +122,7 @@ def _open(path: Path | str, data: bytes | None = None, formats: tuple[str, ...] 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(formats))
             w, h = img.size
-            if w * h > max_pixels:
-                raise ImageLoadError(
-                    path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}"
-                )
+            check_pixels(path, w, h, max_pixels)
             decoded = w * h * _MODE_BYTES.get(img.mode, 4)
             if decoded > 4 * max_pixels:
                 raise ImageLoadError(path, f"{w}x{h} {img.mode} decodes to {decoded:,} bytes, over the limit")

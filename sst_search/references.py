@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+from glob import escape as glob_escape
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ class Trait(BaseModel):
             raise ValueError("trait ids must be in 1..255 (0 is background)")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, v: str) -> str:
+        return check_name(v, "trait name")
+
 
 def load_traits(path: str | Path) -> dict[int, Trait]:
     """Parse ``traits.yaml``: either ``{1: name}`` or ``{1: {name:, description:}}``,
@@ -73,7 +79,10 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
         try:
             spec = {"name": value} if isinstance(value, str) else dict(value or {})
             trait = Trait(id=int(key), **spec)
-        except (ValueError, TypeError, ValidationError) as exc:
+        except ValidationError as exc:  # one line per problem, not pydantic's report
+            raise ReferencesError(f"{path}: trait {key!r} is invalid: "
+                                  + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
+        except (ValueError, TypeError) as exc:
             raise ReferencesError(f"{path}: trait {key!r} is invalid: {exc}") from exc
         if trait.id in traits:
             raise ReferencesError(f"{path}: trait id {trait.id} is declared twice")
@@ -85,18 +94,24 @@ def load_traits(path: str | Path) -> dict[int, Trait]:
     return traits
 
 
-def check_group_name(group: str) -> str:
-    """``group`` if it can name a folder directly under REFS, else :class:`ReferencesError`.
+def check_name(name: str, what: str) -> str:
+    """``name`` if it can name a file or folder on its own, else :class:`ReferencesError`.
 
-    Group names come from manifests and uploads; used as paths, ``../x`` or ``/etc`` would
-    reach files outside the references folder.
+    Group and trait names come from manifests, annotation files and uploads and become
+    folder and file names; ``../x`` or ``/etc`` would reach outside the references folder.
+    The one rule for both, so a name one place accepts is never refused by another.
     """
-    bad = (not group or group in (".", "..") or any(c in group for c in "/\\\0")
-           or group != group.strip() or not group.isprintable())
+    bad = (not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0")
+           or name != name.strip() or not name.isprintable())
     if bad:
-        raise ReferencesError(f"group name {group!r} cannot name a references folder "
-                             "(no '/', '\\', '..', control characters or surrounding spaces)")
-    return group
+        raise ReferencesError(f"{what} {name!r} cannot name a references folder or file "
+                              "(no '/', '\\', '..', control characters or surrounding spaces)")
+    return name
+
+
+def check_group_name(group: str) -> str:
+    """``group`` if it can name a folder directly under REFS (see :func:`check_name`)."""
+    return check_name(group, "group name")
 
 
 def write_traits(path: str | Path, traits: dict[int, Trait]) -> None:
@@ -374,6 +389,7 @@ def merge_trait_names(existing: Mapping[int, Trait], names: list[str]) -> dict[i
         name = name.strip()
         if not name:
             raise ReferencesError("a trait name is empty")
+        check_name(name, "trait name")
         if name in by_name:
             continue
         free = next((k for k in range(1, 256) if k not in traits), None)
@@ -382,6 +398,58 @@ def merge_trait_names(existing: Mapping[int, Trait], names: list[str]) -> dict[i
         traits[free] = Trait(id=free, name=name)
         by_name[name] = free
     return traits
+
+
+def _label_map(stem: str, traits: Mapping[int, Trait], trait_masks: Mapping[str, np.ndarray],
+               shape: tuple[int, int]) -> np.ndarray:
+    """The support's label mask: each named mask drawn with its trait id, later names on top."""
+    ids = {t.name: tid for tid, t in traits.items()}
+    label_map = np.zeros(shape, np.uint8)
+    for name, mask in trait_masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != label_map.shape:
+            raise ReferencesError(
+                f"{stem}: mask of trait {name!r} is {mask.shape[1]}x{mask.shape[0]}, "
+                f"the image is {label_map.shape[1]}x{label_map.shape[0]}"
+            )
+        label_map[mask] = ids[name.strip()]
+    return label_map
+
+
+def holds_support(refs_dir: str | Path, group: str, stem: str, image: str | Path,
+                  trait_masks: Mapping[str, np.ndarray]) -> bool:
+    """Whether the group already holds exactly the support :func:`save_support` would write
+    (same image bytes, same mask, same trait names): an import cut short and run again skips
+    what it finished instead of refusing it as a name clash."""
+    group_dir = Path(refs_dir) / group
+    image = Path(image)
+    existing = group_dir / f"{stem}{image.suffix.lower()}"
+    mask_path = group_dir / f"{stem}{MASK_SUFFIX}"
+    traits_path = group_dir / TRAITS_FILE
+    if not (existing.is_file() and mask_path.is_file() and traits_path.is_file()):
+        return False
+    try:
+        traits = load_traits(traits_path)
+        if not {n.strip() for n in trait_masks} <= {t.name for t in traits.values()}:
+            return False
+        if existing.read_bytes() != image.read_bytes():
+            return False
+        mask = load_mask(mask_path)
+        return np.array_equal(mask, _label_map(stem, traits, trait_masks, mask.shape))
+    except (OSError, ImageLoadError, ReferencesError):
+        return False
+
+
+def remove_staging(group_dir: str | Path, stem: str) -> None:
+    """Remove what a :func:`save_support` of ``stem`` killed mid-write left (its staging folder)."""
+    group_dir = Path(group_dir)
+    if not group_dir.is_dir():
+        return
+    for leftover in group_dir.glob(f".{glob_escape(stem)}.*"):
+        if leftover.is_dir():
+            for path in leftover.iterdir():
+                path.unlink()
+            leftover.rmdir()
 
 
 def save_support(
@@ -403,8 +471,7 @@ def save_support(
     (only additions), then the mask, then the image that makes the support visible.
     """
     refs_dir = Path(refs_dir)
-    if not group or not _STEM_OK.match(group):
-        raise ReferencesError(f"group {group!r}: use letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    check_group_name(group)
     if not _STEM_OK.match(stem) or stem.endswith(".mask"):
         raise ReferencesError(f"support name {stem!r}: use letters, digits, '.', '_' or '-'")
     group_dir = refs_dir / group
@@ -423,16 +490,7 @@ def save_support(
     traits_path = group_dir / TRAITS_FILE
     existing = load_traits(traits_path) if traits_path.exists() else {}
     traits = merge_trait_names(existing, list(trait_masks))
-    ids = {t.name: tid for tid, t in traits.items()}
-    label_map = np.zeros(pixels.shape[:2], np.uint8)
-    for name, mask in trait_masks.items():
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != label_map.shape:
-            raise ReferencesError(
-                f"{stem}: mask of trait {name!r} is {mask.shape[1]}x{mask.shape[0]}, "
-                f"the image is {label_map.shape[1]}x{label_map.shape[0]}"
-            )
-        label_map[mask] = ids[name.strip()]
+    label_map = _label_map(stem, traits, trait_masks, pixels.shape[:2])
     image_path, mask_path = group_dir / f"{stem}{suffix}", group_dir / f"{stem}{MASK_SUFFIX}"
     Support(id=stem, image=pixels, mask=label_map, traits=traits, mask_path=str(mask_path))  # validates
     group_dir.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,10 @@ import numpy as np
 
 from .config import Config
 from .images import ImageLoadError, load_image
-from .measure import measure_label_map, resolve_scale
-from .references import ReferencesError, Support, save_support, unique_stem
+from .measure import measure_label_map, remeasure, resolve_scale
+from .references import MASK_SUFFIX, TRAITS_FILE, ReferencesError, Support, load_support, save_support, unique_stem
 from .store import SPECIMEN_TRAIT, Store
-from .store.review import ReviewItem, decisions, record_decision, replace_vectors, review_queue
+from .store.review import ReviewItem, decisions, record_decision, review_queue, stale_measurements, trait_id_of
 from .store.snapshots import publish_snapshot
 
 if TYPE_CHECKING:
@@ -54,34 +54,57 @@ def decide(
     """
     problems: list[str] = []
     with Store.open(db) as store:
-        record_decision(store, specimen_id, trait_name, decision, reviewer or default_reviewer(), mask=mask, note=note)
-        if decision == "correct":
-            problems = _refresh(store, specimen_id, trait_name, embedder)
+        measurements, vectors = None, None
+        if decision == "correct" and mask is not None:
+            measurements, vectors, problems = _refreshed(store, specimen_id, trait_name, mask, embedder)
+        record_decision(store, specimen_id, trait_name, decision, reviewer or default_reviewer(), mask=mask, note=note,
+                        measurements=measurements, vectors=vectors)
     if publish:
         publish_snapshot(db)
     return problems
 
 
-def _refresh(store: Store, specimen_id: int, trait_name: str, embedder: TraitEmbedder | None) -> list[str]:
+def _refreshed(store: Store, specimen_id: int, trait_name: str, mask: np.ndarray, embedder: TraitEmbedder | None
+               ) -> tuple[list[dict] | None, dict | None, list[str]]:
+    """The specimen's measurements and the trait's vector as they will be once ``mask`` replaces
+    the trait's mask, computed before anything is written so that all of it is written at once."""
     row = store.get_specimen(specimen_id)
+    if row is None:
+        return None, None, []  # record_decision says so
     try:
         image = load_image(row["path"])
     except ImageLoadError as exc:
-        return [f"measurements and vector not refreshed: {exc}"]
-    label_map = store.label_map(specimen_id)
-    names = {m.trait_id: m.trait_name for m in store.trait_masks(specimen_id)}
-    if image.shape[:2] != label_map.shape:
-        return [f"{row['path']}: the image changed since indexing; measurements and vector not refreshed"]
-    runs = [json.loads(r["fingerprint"] or "{}") for r in store.runs()]
-    config = next((Config.model_validate(fp["config"]) for fp in reversed(runs) if "config" in fp), Config())
+        return None, None, [f"measurements and vector not refreshed: {exc}"]
+    trait_id = trait_id_of(store, specimen_id, trait_name)
+    mask, stored = np.asarray(mask, dtype=bool), store.label_map(specimen_id)
+    if stored is None or not image.shape[:2] == stored.shape == mask.shape:
+        return None, None, [f"{row['path']}: the image changed since indexing; measurements and vector not refreshed"]
+    label_map = store.label_map(specimen_id, replacing={trait_id: mask})
+    names = {m.trait_id: m.trait_name for m in store.trait_masks(specimen_id)} | {trait_id: trait_name}
+    config = _run_config(store)
     scale = resolve_scale(row["metadata"] or {}, config.measure.scale_column, config.measure.pixels_per_mm)
-    store.replace_measurements({specimen_id: measure_label_map(label_map, image, names, scale)})
+    measurements = measure_label_map(label_map, image, names, scale)
     if embedder is None:
-        return [f"the vector of {trait_name!r} still describes the earlier mask (no embedder given)"]
-    trait_id = next(tid for tid, name in names.items() if name == trait_name)
+        return measurements, None, [f"the vector of {trait_name!r} still describes the earlier mask (no embedder given)"]
     vectors = embedder.embed_traits(image, label_map, [trait_id])
-    replace_vectors(store, specimen_id, {(embedder.name, trait_name): vectors[trait_id]})
-    return []
+    return measurements, {(embedder.name, trait_name): vectors[trait_id]}, []
+
+
+def _run_config(store: Store) -> Config:
+    """The configuration of the latest indexing run (its scale settings measure corrections)."""
+    runs = [json.loads(r["fingerprint"] or "{}") for r in store.runs()]
+    return next((Config.model_validate(fp["config"]) for fp in reversed(runs) if "config" in fp), Config())
+
+
+def remeasure_stale(store: Store) -> int:
+    """Measure again the specimens whose corrected masks are newer than their measurements
+    (:func:`stale_measurements`), with the latest run's scale; returns how many."""
+    ids = sorted({sid for sid, _ in stale_measurements(store.con)})
+    if not ids:
+        return 0
+    config = _run_config(store)
+    measured, _ = remeasure(store, config.measure.scale_column, config.measure.pixels_per_mm, specimen_ids=ids)
+    return measured
 
 
 def references_dir_of(store: Store) -> Path | None:
@@ -120,14 +143,34 @@ def promote(
         if label_map is None or not masks:
             raise ReferencesError(f"{row['path']}: the specimen has no trait masks to promote")
         group = row["group_name"]
+        wanted = {m.trait_name: label_map == m.trait_id for m in masks}
+        earlier = _promoted(store, specimen_id, wanted)
+        if earlier is not None:
+            return earlier  # the same masks promoted again: nothing to add
         stem = unique_stem(refs_dir / group, Path(row["path"]).stem)
-        support = save_support(refs_dir, group, stem, row["path"],
-                               {m.trait_name: label_map == m.trait_id for m in masks})
+        support = save_support(refs_dir, group, stem, row["path"], wanted)
         record_decision(store, specimen_id, SPECIMEN_TRAIT, "promote", reviewer or default_reviewer(),
                         note=support.image_path)
     if publish:
         publish_snapshot(db)
     return support
+
+
+def _promoted(store: Store, specimen_id: int, masks: dict[str, np.ndarray]) -> Support | None:
+    """The support an earlier promotion of the specimen made, if it is still there and holds
+    exactly ``masks``; a specimen corrected since is promoted anew."""
+    earlier = next((d["note"] for d in decisions(store, specimen_id)
+                    if d["decision"] == "promote" and d["trait_name"] == SPECIMEN_TRAIT and d["note"]), None)
+    if earlier is None:
+        return None
+    image = Path(earlier)
+    try:
+        support = load_support(image, image.with_name(image.stem + MASK_SUFFIX), image.parent / TRAITS_FILE)
+    except ReferencesError:
+        return None
+    held = {support.traits[t].name: support.mask == t for t in support.trait_ids}
+    same = held.keys() == masks.keys() and all(np.array_equal(held[n], masks[n]) for n in masks)
+    return support if same else None
 
 
 __all__ = ["ReviewItem", "decide", "decisions", "default_reviewer", "promote", "references_dir_of", "review_queue"]

@@ -1,6 +1,7 @@
 """A real HTTP image server on 127.0.0.1 for fetch tests: plain images with ETags, IIIF-style
 paths and info.json, IIIF Presentation manifests, and the failures real servers produce (404, 500, flaky 503, slow,
-truncated body, HTML, oversize). Counts every request per path."""
+truncated body, HTML, oversize), and hostile ones (a body trickled a byte at a time, an IIIF service answering every
+path with its info.json, an info.json lying about the size). Counts every request per path."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class ImageServer:
         self.slow_seconds = 5.0
         self.flaky_left = 1
         self.iiif_version = 2
+        #: ``/fail/trickle``: seconds between bytes, and how many bytes at most (the server stays bounded)
+        self.trickle_seconds, self.trickle_bytes = 0.2, 100
+        #: name -> fields that replace those of its info.json (a service that lies about its size)
+        self.info_overrides: dict[str, dict] = {}
         #: path -> JSON document (IIIF Presentation manifests and collections)
         self.documents: dict[str, dict] = {}
         server = self
@@ -67,6 +72,24 @@ class ImageServer:
             name = path[len("/iiif/"):].removesuffix("/info.json")
             if name in self.images:
                 return self._send(h, 200, json.dumps(self.info(name)).encode(), "application/json")
+        if path.startswith("/loop/"):  # every path answers with an info.json naming itself
+            info = {"@context": "http://iiif.io/api/image/2/context.json", "@id": f"{self.url}/loop/x",
+                    "protocol": "http://iiif.io/api/image", "width": 100, "height": 100}
+            return self._send(h, 200, json.dumps(info).encode(), "application/json")
+        if path == "/fail/trickle":
+            h.send_response(200)
+            h.send_header("Content-Type", "image/png")
+            h.send_header("Content-Length", str(self.trickle_bytes))
+            h.end_headers()
+            try:
+                for _ in range(self.trickle_bytes):
+                    h.wfile.write(b"\0")
+                    h.wfile.flush()
+                    time.sleep(self.trickle_seconds)
+            except OSError:  # the client gave up
+                pass
+            h.close_connection = True
+            return None
         if path == "/fail/500":
             return self._send(h, 500, b"boom", "text/plain")
         if path == "/fail/flaky":
@@ -98,9 +121,11 @@ class ImageServer:
         service = f"{self.url}/iiif/{name}"
         if self.iiif_version == 3:
             return {"@context": "http://iiif.io/api/image/3/context.json", "id": service, "type": "ImageService3",
-                    "protocol": "http://iiif.io/api/image", "profile": "level1", "width": width, "height": height}
+                    "protocol": "http://iiif.io/api/image", "profile": "level1", "width": width, "height": height,
+                    **self.info_overrides.get(name, {})}
         return {"@context": "http://iiif.io/api/image/2/context.json", "@id": service,
-                "protocol": "http://iiif.io/api/image", "width": width, "height": height}
+                "protocol": "http://iiif.io/api/image", "width": width, "height": height,
+                **self.info_overrides.get(name, {})}
 
     def _iiif_image(self, h: BaseHTTPRequestHandler, m: re.Match) -> None:
         if m["id"] not in self.images:

@@ -147,3 +147,17 @@ def test_audubon_core_folder_archive_and_bad_archives(tmp_path):
         zf.writestr("notes.txt", "hello")
     with pytest.raises(CollectionError, match="nometa.zip"):
         load_collection(no_meta)
+
+
+def test_a_latin1_file_declared_utf8_is_refused_naming_the_file_and_the_byte(tmp_path):
+    core = [["o0", "urn:occ:0", "SYN-0", "Synthia alba", "alba", "Muséum"]]
+    archive = write_archive(tmp_path / "dwca", core, [["o0", "StillImage", "image/png", "x.png", CC_BY, "Muséum"]])
+    occurrence = archive / "occurrence.txt"
+    occurrence.write_bytes(occurrence.read_text().encode("latin-1"))  # meta.xml still says UTF-8
+    with pytest.raises(CollectionError, match=r"occurrence\.txt is not UTF-8 as meta\.xml declares \(byte b'\\xe9' at"):
+        load_collection(archive)
+    # declared as what it is, the same file reads without a replacement character
+    meta = archive / "meta.xml"
+    meta.write_text(meta.read_text().replace('<core encoding="UTF-8"', '<core encoding="ISO-8859-1"', 1))
+    (item,) = load_collection(archive)
+    assert item.metadata["locality"] == "Muséum"

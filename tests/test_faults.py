@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import shutil
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -306,3 +309,197 @@ def test_bad_config_exits_2(store, tmp_path):
     config.write_text("indexer:\n  comit_every: 4\n")
     result = _index_cli(db, coll, "--config", config)
     assert result.exit_code == 2 and "comit_every" in result.output
+
+
+# -- a store deleted, damaged twice, mis-pointed or read-only (round 3) ---------------------------
+
+def test_deleted_live_database_is_found_and_restored_with_its_review_decisions(store):
+    db, coll, ids, _ = store
+    assert _cli("review", "accept", ids[0], TRAIT, "--db", db, "--by", "ana").exit_code == 0  # publishes
+    db.unlink()
+    checked = _cli("verify", "--db", db)
+    assert checked.exit_code == 3 and "live database is missing" in checked.output
+    refused = _index_cli(db, coll)  # would start an empty store and lose the decision
+    assert refused.exit_code == 3 and "verify" in refused.output and not db.exists()
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0 and "restored" in repaired.output, repaired.output
+    with Store.open(db, read_only=True) as s:
+        assert s.filter_specimens() == ids
+        decided = s.con.execute("SELECT specimen_id, decision, reviewer FROM review_decisions").fetchall()
+    assert decided == [(ids[0], "accept", "ana")]
+    _assert_published_intact(db, ids)
+
+
+def test_repair_falls_back_to_an_older_snapshot_when_the_newest_is_damaged_too(store):
+    db, _, ids, older = store
+    snap.publish_snapshot(db)  # a second verified version
+    newest = snap.current_version(db)
+    assert newest != older and snap.list_versions(db) == [older, newest]
+    _garbage(db)
+    _garbage(snap.versions_dir(db) / newest / db.name)
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"passed over version {newest}" in repaired.output and f"snapshot {older}" in repaired.output
+    _assert_published_intact(db, ids)
+    assert verify_files(db) == []
+
+
+@pytest.mark.parametrize("pointer", ["garbage{", '{"version": "20000101T000000000000Z-gone"}', '{"version": 7}'])
+def test_a_bad_snapshot_pointer_is_reported_and_repaired(store, pointer):
+    db, _, ids, _ = store
+    snap.pointer_path(db).write_text(pointer)
+    checked = _cli("verify", "--db", db)
+    assert checked.exit_code == 3 and str(snap.pointer_path(db)) in checked.output, checked.output
+    assert _cli("search", "--db", db, "--trait", TRAIT, "--specimen", ids[0]).exit_code in (2, 3)  # a message, no traceback
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    _assert_published_intact(db, ids)
+
+
+def test_a_read_only_file_system_gives_one_true_message(store):
+    """The store's folder bind-mounted read-only in a user namespace (a real EROFS, even for
+    root): writers say it cannot be written, and verify, which only reads, says intact."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare")
+    db, *_ = store
+    script = (
+        "from typer.testing import CliRunner\n"
+        "from sst_search.cli import app\n"
+        "from sst_search.store import Store\n"
+        "from sst_search.store.errors import StoreDamagedError, StoreError\n"
+        f"db = {str(db)!r}\n"
+        "try:\n    Store.open(db).close(); print('OPENED')\n"
+        "except StoreDamagedError as e: print('DAMAGED', e)\n"
+        "except StoreError as e: print('REFUSED', e)\n"
+        "r = CliRunner().invoke(app, ['verify', '--db', db]); print('VERIFY', r.exit_code, r.output)\n"
+    )
+    folder = shlex.quote(str(db.parent))
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {folder} {folder} && "
+                          f"mount -o remount,bind,ro {folder} && exec {shlex.quote(sys.executable)} -c \"$0\"", script],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    if "mount" in run.stderr and run.returncode and "REFUSED" not in run.stdout:
+        pytest.skip(f"no user namespaces here: {run.stderr.strip()[:200]}")
+    assert "REFUSED" in run.stdout and "read-only" in run.stdout and "not damaged" in run.stdout, run.stdout + run.stderr
+    assert "VERIFY 0" in run.stdout and "intact" in run.stdout, run.stdout
+
+
+# -- review corrections all or nothing, measure beside a writer (round 3) ----------------------------
+
+_KILLED_CORRECTION = """
+import os, sys
+import numpy as np
+from sst_search.review import decide
+from sst_search.store.core import Store
+
+write = Store._write_measurements
+
+def killed(self, rows):  # the mask and the new measurements are written, the transaction not committed
+    write(self, rows)
+    os._exit(9)
+
+Store._write_measurements = killed
+db, sid, trait, h, w = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+mask = np.zeros((h, w), bool)
+mask[2:9, 3:11] = True
+decide(db, sid, trait, "correct", "ana", mask=mask, publish=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_correction_killed_half_way_leaves_nothing_and_runs_again(store):
+    db, _, ids, _ = store
+    with Store.open(db, read_only=True) as s:
+        before = {m.trait_id: m for m in s.trait_masks(ids[0])}
+        (trait,) = [m for m in before.values() if m.trait_name == TRAIT]
+        h, w = s.label_map(ids[0]).shape
+    killed = subprocess.run([sys.executable, "-c", _KILLED_CORRECTION, str(db), str(ids[0]), TRAIT, str(h), str(w)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    with Store.open(db, read_only=True) as s:
+        assert {m.trait_id: m for m in s.trait_masks(ids[0])} == before
+        assert s.con.execute("SELECT count(*) FROM review_decisions").fetchone()[0] == 0
+    assert _cli("verify", "--db", db).exit_code == 0
+
+    mask = np.zeros((h, w), bool)
+    mask[2:9, 3:11] = True
+    assert _cli("review", "correct", ids[0], TRAIT, "--mask", _mask_file(db, mask), "--db", db).exit_code == 0
+    with Store.open(db, read_only=True) as s:
+        frame = s.measurements_frame(specimen_ids=[ids[0]])
+        assert frame[frame["trait_id"] == trait.trait_id].iloc[0]["area_px"] == mask.sum()
+    assert _cli("verify", "--db", db).exit_code == 0
+
+
+def _mask_file(db, mask):
+    from sst_search.images import save_mask
+
+    path = db.parent / "corrected.png"
+    save_mask(path, mask.astype(np.uint8))
+    return path
+
+
+def test_verify_finds_measurements_older_than_a_corrected_mask(store):
+    db, _, ids, _ = store
+    with Store.open(db, read_only=True) as s:
+        mask = s.label_map(ids[1]) == next(m.trait_id for m in s.trait_masks(ids[1]) if m.trait_name == TRAIT)
+    assert _cli("review", "correct", ids[1], TRAIT, "--mask", _mask_file(db, mask[::-1]), "--db", db).exit_code == 0
+    with Store.open(db) as s:  # what a correction killed between its two transactions used to leave
+        s.con.execute("UPDATE trait_measurements SET measured_at = measured_at - INTERVAL 1 DAY WHERE specimen_id = ?",
+                      [ids[1]])
+    checked = _cli("verify", "--db", db)
+    assert checked.exit_code == 3 and f"specimen {ids[1]}" in checked.output and "predate" in checked.output
+    assert _cli("measure", "--db", db, "--quiet").exit_code == 0
+    assert _cli("verify", "--db", db).exit_code == 0
+
+
+def test_measure_while_another_process_writes_says_the_store_is_busy(store):
+    db, *_ = store
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom sst_search.store import Store\n"
+         "s = Store.open(sys.argv[1]); print('ready', flush=True); time.sleep(60)", str(db)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        busy = _cli("measure", "--db", db, "--quiet")
+        assert busy.exit_code == 3 and "Only one process may write" in busy.output, busy.output
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_relocate_run_again_after_a_kill_between_commit_and_publish_publishes(store, tmp_path):
+    db, coll, ids, version = store
+    old, new = str(coll.root), str(tmp_path / "mounted")
+    with Store.open(db) as s:  # what a relocate killed after its commit leaves: readers still see the old paths
+        assert s.relocate(old, new) == len(ids)
+    again = _cli("relocate", "--db", db, old, new)
+    assert again.exit_code == 0 and "already point into" in again.output, again.output
+    assert snap.current_version(db) != version
+    with Store.open(snap.resolve_snapshot(db), read_only=True) as s:
+        assert s.count_under(new) == len(ids) and s.count_under(old) == 0
+    with Store.open(db) as s:
+        s.relocate(new, old)
+    assert _cli("relocate", "--db", db, str(tmp_path / "nowhere"), str(tmp_path)).exit_code == 2
+
+
+def test_repair_recovers_corrections_made_after_the_snapshot_it_restores(store):
+    """The newest snapshot holds a correction but one of its FAISS files is damaged, and the live
+    database is gone: the older snapshot is restored and the correction is read back from the
+    damaged copy, applied to the mask and measured."""
+    db, _, ids, older = store
+    with Store.open(db, read_only=True) as s:
+        mask = s.label_map(ids[2]) == next(m.trait_id for m in s.trait_masks(ids[2]) if m.trait_name == TRAIT)
+    corrected = np.zeros_like(mask)
+    corrected[3:11, 4:20] = True
+    assert _cli("review", "correct", ids[2], TRAIT, "--mask", _mask_file(db, corrected), "--db", db).exit_code == 0
+    newest = snap.current_version(db)
+    os.truncate(_faiss_file(snap.versions_dir(db) / newest / db.name), 100)
+    db.unlink()
+    repaired = _cli("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"passed over version {newest}" in repaired.output and "recovered 1 review decisions" in repaired.output
+    with Store.open(db, read_only=True) as s:
+        (m,) = [m for m in s.trait_masks(ids[2]) if m.trait_name == TRAIT]
+        assert m.source == "corrected" and m.area == corrected.sum()
+        frame = s.measurements_frame(specimen_ids=[ids[2]])
+        assert frame[frame["trait_id"] == m.trait_id].iloc[0]["area_px"] == corrected.sum()
+    _assert_published_intact(db, ids)

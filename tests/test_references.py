@@ -276,3 +276,51 @@ def test_bad_instance_references_name_the_file(tmp_path, spec, ids, shape, reaso
     with pytest.raises(ReferencesError, match=reason) as err:
         load_instance_references(folder)
     assert str(folder) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "a\\b", "band\x00", "line\nbreak", " band"])
+def test_trait_names_that_would_be_paths_are_refused_in_traits_yaml(tmp_path, name):
+    import yaml
+
+    from sst_search.references import ReferencesError, load_traits
+
+    path = tmp_path / "traits.yaml"
+    path.write_text(yaml.safe_dump({"traits": {1: "band", 2: name}}))
+    with pytest.raises(ReferencesError, match=r"traits\.yaml: trait 2 is invalid.*trait name .* cannot name"):
+        load_traits(path)
+
+
+def test_group_names_follow_one_rule_wherever_they_are_used(tmp_path):
+    from sst_search.references import ReferencesError, check_group_name, save_support
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    band = np.zeros((8, 8), bool)
+    band[2:5, 2:5] = True
+    assert check_group_name("Heliconius erato") == "Heliconius erato"
+    support = save_support(tmp_path / "refs", "Heliconius erato", "spec", image, {"band": band})  # was refused here
+    assert Path(support.image_path).parent == tmp_path / "refs" / "Heliconius erato"
+    for bad in ("../x", "/etc", ".."):
+        with pytest.raises(ReferencesError, match="cannot name a references folder"):
+            check_group_name(bad)
+        with pytest.raises(ReferencesError, match="cannot name a references folder"):
+            save_support(tmp_path / "refs", bad, "spec", image, {"band": band})
+    with pytest.raises(ReferencesError, match="trait name '../band' cannot name"):
+        save_support(tmp_path / "refs", "Heliconius erato", "spec2", image, {"../band": band})
+    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == ["Heliconius erato"]
+
+
+def test_an_annotation_category_that_would_be_a_path_is_refused_before_writing(tmp_path):
+    import json
+
+    from sst_search.annotations import AnnotationError, import_annotations
+    from tests.hostile import H, PHOTO, W, photo
+
+    photo(tmp_path)
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": PHOTO, "height": H, "width": W}],
+                                "categories": [{"id": 1, "name": "../../etc/band"}],
+                                "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                                                 "segmentation": [[1, 1, 9, 1, 9, 9]]}]}))
+    with pytest.raises(AnnotationError, match=r"coco\.json: spec_001\.png: trait name '../../etc/band' cannot name"):
+        import_annotations(coco, tmp_path / "refs", "g")
+    assert not (tmp_path / "refs").exists()

@@ -210,7 +210,7 @@ def test_an_existing_support_is_never_overwritten_and_the_cli_says_why(photo, tm
     again = _coco(photo, {"band": [_polygon("apical_spot")]})
     second = runner.invoke(app, ["refs", "import", str(again), "--refs", str(refs), "--group", "g"])
     assert second.exit_code == 2
-    assert "coco.json" in second.output and "already has a support named 'spec_001'" in second.output
+    assert "coco.json" in second.output and "already has a different support named 'spec_001'" in second.output
     assert (refs / "g" / f"spec_001{MASK_SUFFIX}").read_bytes() == mask_before
     assert [s.id for s in load_group_references(refs / "g")] == ["spec_001"]
 
@@ -248,3 +248,62 @@ def test_labelstudio_brush_masks_round_trip(photo, tmp_path):
     path.write_text(json.dumps([{"id": 1, "data": {"image": photo.name}, "annotations": [{"result": result}]}]))
     with pytest.raises(AnnotationError, match=r"ls\.json: task 1, result forewing_band \(brushlabels\).*ends early"):
         import_annotations(path, tmp_path / "refs2", "g")
+
+
+_KILLED_IMPORT = """
+import os, sys
+from sst_search import references
+from sst_search.annotations import import_annotations
+
+save_mask, calls = references.save_mask, []
+
+def killed(path, label_map):  # the third support's mask is in its staging folder, nothing linked yet
+    save_mask(path, label_map)
+    calls.append(path)
+    if len(calls) == 3:
+        os._exit(9)
+
+references.save_mask = killed
+import_annotations(sys.argv[1], sys.argv[2], "g")
+"""
+
+
+def test_an_import_killed_part_way_is_finished_by_running_it_again(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ann"
+    names = [f"spec_{i:03d}.jpg" for i in range(6)]
+    for i, name in enumerate(names):
+        save_image(folder / name, np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    coco = folder / "coco.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": i, "file_name": n, "height": H, "width": W} for i, n in enumerate(names)],
+        "categories": [{"id": 1, "name": "forewing_band"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "segmentation": [_polygon("forewing_band")]}
+                        for i in range(len(names))]}))
+    refs = tmp_path / "refs"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IMPORT, str(coco), str(refs)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert len(load_group_references(refs / "g")) == 2 and [p for p in (refs / "g").iterdir() if p.name.startswith(".")]
+
+    rest = import_annotations(coco, refs, "g")
+    assert sorted(Path(s.image_path).name for s in rest) == names[2:]
+    supports = load_group_references(refs / "g")
+    assert sorted(Path(s.image_path).name for s in supports) == names
+    assert not [p for p in (refs / "g").iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert all(np.array_equal(s.mask == 1, _box_truth("forewing_band")) for s in supports)
+    assert import_annotations(coco, refs, "g") == []  # a third run has nothing left to do
+
+
+def test_labelstudio_brush_literal_runs_keep_only_alpha():
+    from sst_search.annotations import _labelstudio_brush
+
+    values = [9, 9, 9, 255, 9, 9, 9, 0, 1, 2, 3, 4]  # a 3x1 RGBA image listed word by word: alpha 255, 0, 4
+    bits = f"{len(values):032b}" + f"{7:05b}" + f"{3:04b}" * 4  # count, 8-bit words, run widths of 4 bits
+    bits += "0" + "00" + f"{len(values) - 1:04b}" + "".join(f"{v:08b}" for v in values)  # one literal run
+    bits += "0" * (-len(bits) % 8)
+    rle = [int(bits[k:k + 8], 2) for k in range(0, len(bits), 8)]
+    assert _labelstudio_brush(rle, 1, 3).tolist() == [[True, False, True]]

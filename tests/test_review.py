@@ -122,9 +122,17 @@ def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_p
     assert replanned() == in_group
     with Store.open(db, read_only=True) as store:
         assert [(d["decision"], d["note"]) for d in decisions(store, sid)] == [("promote", support.image_path)]
-    # promoting it again never overwrites the first support
+    # promoting the same masks again adds nothing
     again = promote(db, sid, refs, publish=False)
-    assert Path(again.image_path).stem == f"{stem}-2" and len(load_references(refs)[group]) == len(after_refs[group]) + 1
+    assert again.image_path == support.image_path and len(load_references(refs)[group]) == len(after_refs[group])
+    # corrected since: promoted anew, never over the first support
+    with Store.open(db, read_only=True) as store:
+        trait = store.trait_masks(sid)[0]
+        corrected = np.zeros(store.label_map(sid).shape, bool)
+    corrected[2:9, 3:11] = True
+    decide(db, sid, trait.trait_name, "correct", "ana", mask=corrected, publish=False)
+    third = promote(db, sid, refs, publish=False)
+    assert Path(third.image_path).stem == f"{stem}-2" and len(load_references(refs)[group]) == len(after_refs[group]) + 1
 
 
 def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):

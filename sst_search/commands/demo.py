@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..builder import embedder_from_config
 from ..config import Config, EmbeddingConfig
@@ -33,7 +34,7 @@ def _choose_weights(model: str, weights: str | None) -> str:
     try:
         return str(resolve_sam2_weights(model).path)
     except WeightsError as exc:
-        console.print(f"[yellow]{exc}[/yellow]")
+        console.print(f"[yellow]{escape(str(exc))}[/yellow]")
         return "random"
 
 
@@ -67,7 +68,7 @@ def demo(
     from indexer.job import run_index
 
     collection = generate_collection(out / "collection", species=species, per_species=per_species, seed=0)
-    console.print(f"collection: {collection.manifest} ({species} species x {per_species} specimens)")
+    console.print(f"collection: {escape(str(collection.manifest))} ({species} species x {per_species} specimens)")
     chosen_weights = _choose_weights(model, weights)
     random_weights = chosen_weights == "random"
     if random_weights:
@@ -93,7 +94,7 @@ def demo(
     report = evaluate_folders(predictions, collection.ground_truth, trait_names=load_trait_names(collection.references))
     console.print(report)
     _sample_search(db, collection.groups[0])
-    console.print(f"\nindex: {db}\nbrowse it: sst-search ui --db {db}")
+    console.print(f"\nindex: {escape(str(db))}\nbrowse it: sst-search ui --db {escape(str(db))}")
     if ui:
         subprocess.run([sys.executable, "-m", "sst_search.cli", "ui", "--db", str(db), "--port", str(port)], check=False)
 
@@ -113,7 +114,7 @@ def _sample_search(db: Path, group: str) -> None:
     query = specimens[0]
     results = engine.search(trait, k=5, specimen_id=query["specimen_id"])
     name = query["metadata"].get("catalogNumber") or Path(query["path"]).name
-    console.print(f"\nspecimens whose [bold]{trait}[/bold] looks most like {name}'s:")
+    console.print(f"\nspecimens whose [bold]{escape(str(trait))}[/bold] looks most like {escape(str(name))}'s:")
     for r in results:
         label = r.metadata.get("catalogNumber") or Path(r.path).name
-        console.print(f"  {r.rank}. {label} ({Path(r.path).name}, {r.group}) score {r.score:.3f}")
+        console.print(f"  {r.rank}. {escape(str(label))} ({escape(str(Path(r.path).name))}, {escape(str(r.group))}) score {r.score:.3f}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from tqdm import tqdm
 
 from ..builder import build_tracker
@@ -45,11 +46,11 @@ def eval_seg(
         names = load_trait_names(references) if references is not None else {}
         report = evaluate_folders(pred, gt, manifest, predicted_only=predicted_only, trait_names=names)
     except (EvaluationInputError, ReferencesError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     console.print(report)
     if csv is not None:
-        console.print(f"wrote {report.to_csv(csv)}")
+        console.print(f"wrote {escape(str(report.to_csv(csv)))}")
 
 
 def eval_instances(
@@ -66,7 +67,7 @@ def eval_instances(
     try:
         report = evaluate_instance_folders(pred, gt, iou)
     except EvaluationInputError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     console.print(str(report))
 
@@ -110,7 +111,7 @@ def eval_kshot(
         dataset, names = open_dataset(fmt, root=root, split=split, image_root=image_root, mask_root=mask_root)
         tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
     except (DatasetFormatError, FileNotFoundError, ReferencesError, WeightsError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     err_console.print(dataset.summary())
     if tracker.weights.is_random:
@@ -121,11 +122,11 @@ def eval_kshot(
             report = run_kshot(dataset, tracker, k=k, seeds=seed_list, mode=mode, trait_names=names,
                                batch_size=batch_size, progress=bar.update)
         except ValueError as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc
     console.print(report)
     if csv is not None:
-        console.print(f"wrote {report.to_csv(csv)}")
+        console.print(f"wrote {escape(str(report.to_csv(csv)))}")
     if any(s.failed for s in report.seeds):
         raise typer.Exit(1)
 
@@ -146,8 +147,8 @@ def eval_retrieval(
         with Store.open(db, read_only=True) as store:
             report = evaluate_retrieval(store, by=by, k=k, embedders=embedder, traits=traits)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     console.print(report)
     if csv is not None:
-        console.print(f"wrote {report.to_csv(csv)}")
+        console.print(f"wrote {escape(str(report.to_csv(csv)))}")

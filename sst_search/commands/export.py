@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .options import db_option
 
@@ -26,13 +27,13 @@ def _scope(db: Path, where: list[str] | None, group: list[str] | None):
     try:
         engine = SearchEngine.open(db)
     except (FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     with engine:
         try:
             ids = engine.filter_ids([parse_filter(w) for w in where or []]) if where else None
         except QueryError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc
         yield engine.store, (None if ids is None else ids.tolist()), (list(group) if group else None)
 
@@ -53,7 +54,7 @@ def measurements(
         table = export.measurements_table(store, groups=groups, specimen_ids=ids)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(export.to_csv_bytes(table) if out.suffix.lower() == ".csv" else export.to_parquet_bytes(table))
-    console.print(f"wrote {out}: {len(table)} rows ({table['specimen_id'].nunique()} specimens)")
+    console.print(f"wrote {escape(str(out))}: {len(table)} rows ({table['specimen_id'].nunique()} specimens)")
 
 
 def dwca(
@@ -72,7 +73,7 @@ def dwca(
         data = dwca_zip(store, groups=groups, specimen_ids=ids)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    console.print(f"wrote {out} ({len(data):,} bytes)")
+    console.print(f"wrote {escape(str(out))} ({len(data):,} bytes)")
 
 
 def annotations(
@@ -130,9 +131,9 @@ def crops(
         for name, crop in export.iter_crops(store, trait, background, groups, ids, skipped=skipped):
             (out / name).write_bytes(export.png_bytes(crop))
             written += 1
-    console.print(f"wrote {written} crops to {out}")
+    console.print(f"wrote {written} crops to {escape(str(out))}")
     for path, reason in skipped:
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+        console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}")
     if skipped:
         raise typer.Exit(1)
 
@@ -158,7 +159,7 @@ def instances(
     try:
         store = Store.open(db, read_only=True)
     except (FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     written, skipped = 0, []
     with store:
@@ -174,9 +175,9 @@ def instances(
             kind = (source.fingerprint or {}).get("kind", "specimen")
             write_photo_instances(out, stem, image, source.source_key, rows, kind, background)
             written += 1
-    console.print(f"wrote the instances of {written} photos to {out}")
+    console.print(f"wrote the instances of {written} photos to {escape(str(out))}")
     for path, reason in skipped:
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+        console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(str(reason))}")
     if skipped:
         raise typer.Exit(1)
 

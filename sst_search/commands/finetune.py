@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from tqdm import tqdm
 
 from ..builder import build_tracker
@@ -60,7 +61,7 @@ def finetune(
         sup = load_support(support, support_mask, traits)
         tracker = build_tracker(model, weights, image_size=image_size, device=device)
     except (ReferencesError, WeightsError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         warn_random_weights(console, "the adapter is meaningless and only fits a random-weight model (smoke test only)")
@@ -74,9 +75,9 @@ def finetune(
         try:
             images.append(load_image(f))
         except ImageLoadError as exc:
-            console.print(f"[yellow]skipped[/yellow] {exc}")
+            console.print(f"[yellow]skipped[/yellow] {escape(str(exc))}")
     if not images:
-        console.print(f"[red]error:[/red] {queries}: no readable query images")
+        console.print(f"[red]error:[/red] {escape(str(queries))}: no readable query images")
         raise typer.Exit(2)
 
     with tqdm(total=config.steps, desc="fine-tuning", unit="step", disable=quiet) as bar:
@@ -89,11 +90,11 @@ def finetune(
     try:
         digest = save_adapter(tracker, out, {**config.model_dump(), "lr": config.learning_rate})
     except (AdapterError, OSError) as exc:
-        console.print(f"[red]error:[/red] {out}: {exc}")
+        console.print(f"[red]error:[/red] {escape(str(out))}: {escape(str(exc))}")
         raise typer.Exit(2) from exc
     first, last = result.history[0]["cycle"], result.history[-1]["cycle"]
     console.print(
         f"trained {result.trainable_parameters:,} parameters ({config.kind}) for {config.steps} steps on "
         f"{len(images)} queries in {result.seconds:.1f} s; cycle loss {first:.4f} -> {last:.4f}"
     )
-    console.print(f"adapter -> {out} (sha256 {digest})")
+    console.print(f"adapter -> {escape(str(out))} (sha256 {digest})")

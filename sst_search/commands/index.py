@@ -126,7 +126,7 @@ def print_summary(summary) -> None:
             f"{sp.removed} removed) -> {sp.instances} instances"
         )
         for path, reason in sp.failures[:10]:
-            report.print(f"[red]failed[/red] {path}: {reason}")
+            report.print(f"[red]failed[/red] {escape(str(path))}: {escape(str(reason))}")
     table = Table(title=f"run {summary.run_id[:8]}: {summary.total} items")
     for col in ("status", "count"):
         table.add_column(col)
@@ -183,7 +183,7 @@ def _print_status(store: Store) -> None:
     for col in ("embedder", "trait", "vectors", "kind", "file"):
         indexes.add_column(col)
     for row in st["indexes"]:
-        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), row["file"])
+        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), escape(str(row["file"])))
     report.print(indexes)
     runs = store.runs()
     if runs:

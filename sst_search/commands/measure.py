@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from .errors import exit_codes
 from .options import QUIET, db_option
 
 console = Console(stderr=True)
@@ -33,19 +35,16 @@ def measure(
     from ..store.snapshots import publish_snapshot
 
     if not db.is_file():
-        console.print(f"[red]error:[/red] {db}: no such store")
+        console.print(f"[red]error:[/red] {escape(str(db))}: no such store")
         raise typer.Exit(2)
-    with Store.open(db) as store:
+    with exit_codes(), Store.open(db) as store:  # a store an indexing run holds: "busy", exit 3
         with tqdm(total=len(store.indexed_specimens()), desc="measure", unit="img", disable=quiet) as bar:
-            try:
-                measured, problems = remeasure(store, scale_column, pixels_per_mm, progress=bar.update)
-            except ValueError as exc:
-                console.print(f"[red]error:[/red] {exc}")
-                raise typer.Exit(2) from exc
-    publish_snapshot(db)
+            measured, problems = remeasure(store, scale_column, pixels_per_mm, progress=bar.update)
+    with exit_codes():
+        publish_snapshot(db)
     fallback = f"{pixels_per_mm} px/mm" if pixels_per_mm else "px"
-    console.print(f"measured {measured} specimens (scale: each item's {scale_column!r}, else {fallback})")
+    console.print(f"measured {measured} specimens (scale: each item's {escape(repr(scale_column))}, else {escape(str(fallback))})")
     for path, problem in problems[:10]:
-        console.print(f"[yellow]{path}[/yellow]: {problem}")
+        console.print(f"[yellow]{escape(str(path))}[/yellow]: {escape(str(problem))}")
     if problems:
         raise typer.Exit(1)

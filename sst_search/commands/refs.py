@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..annotations import FORMATS, AnnotationError, import_annotations
 from ..references import ReferencesError
@@ -33,12 +34,12 @@ def refs_import(
     try:
         supports = import_annotations(file, refs, group, images, label_names, fmt)
     except (AnnotationError, ReferencesError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     for s in supports:
         names = ", ".join(s.traits[t].name for t in s.trait_ids)
-        console.print(f"added {s.image_path} ({names})")
-    console.print(f"{len(supports)} supports imported into {refs / group}")
+        console.print(f"added {escape(str(s.image_path))} ({escape(str(names))})")
+    console.print(f"{len(supports)} supports imported into {escape(str(refs / group))}")
 
 
 @refs_app.command("suggest")
@@ -74,12 +75,12 @@ def refs_suggest(
             items = [i for i in load_collection(collection) if i.group == group]
             model = embedder_from_config(EmbeddingConfig(embedder=embedder, weights=weights))
         except (CollectionError, EmbedderError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc
         paths = {i.key: str(i.path) for i in items}
         suggestions, failed = suggest_from_images([(i.key, i.path) for i in items], model, n)
     if not suggestions:
-        console.print(f"[red]error:[/red] no usable specimens of group {group!r}")
+        console.print(f"[red]error:[/red] no usable specimens of group {escape(repr(group))}")
         raise typer.Exit(1)
     typer.echo("rank\tspecimen\tpath\twhy\tcentrality\tcoverage")  # tab-separated, for scripts
     for s in suggestions:

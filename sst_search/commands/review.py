@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..images import ImageLoadError, load_mask
 from ..references import ReferencesError
@@ -58,7 +59,7 @@ def _decide(db: Path, specimen_id: int, trait: str, decision: str, by: str | Non
                           embedder=_index_embedder(db) if decision == "correct" else None)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise _fail(exc) from exc
-    console.print(f"{decision}: specimen {specimen_id}, {trait}")
+    console.print(f"{escape(str(decision))}: specimen {escape(str(specimen_id))}, {escape(str(trait))}")
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
 
@@ -120,4 +121,4 @@ def review_promote(
         support = promote(db, specimen_id, refs, by)
     except (KeyError, ReferencesError, RuntimeError) as exc:
         raise _fail(exc) from exc
-    console.print(f"added support {support.image_path}; re-index to apply it to the group")
+    console.print(f"added support {escape(str(support.image_path))}; re-index to apply it to the group")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..builder import build_tracker
 from ..references import ReferencesError, load_support
@@ -75,17 +76,17 @@ def segment(
         files = expand_queries(queries)
         tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
     except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         warn_random_weights(console, "masks are not meaningful (smoke test only)")
     summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn,
                                mirror=mirror, orientation_by=orientation_by, query_batch=query_batch)
     counts = summary["counts"]
-    console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {out} ({summary['seconds']} s)")
+    console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {escape(str(out))} ({escape(str(summary['seconds']))} s)")
     for stem, entry in summary["images"].items():
         if entry["status"] == "failed":
-            console.print(f"[red]failed[/red] {stem}: {entry['error']}")
+            console.print(f"[red]failed[/red] {escape(str(stem))}: {escape(str(entry['error']))}")
     if counts["failed"]:
         raise typer.Exit(1)
 
@@ -108,16 +109,16 @@ def _segment_instances(queries, support, support_mask, traits, out, model, weigh
         config = load_config(config_file)
         tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
     except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         console.print("[bold yellow]WARNING: SAM 2 weights are RANDOM - instances are not meaningful (smoke test only).[/bold yellow]")
     summary = run_instance_segmentation(build_instance_finder(tracker, config.instances), refs, files, out, background)
     counts = summary["counts"]
     found = sum(p.get("count", 0) for p in summary["photos"].values())
-    console.print(f"{found} instances in {counts['ok']}/{counts['total']} photos -> {out} ({summary['seconds']} s)")
+    console.print(f"{escape(str(found))} instances in {counts['ok']}/{counts['total']} photos -> {escape(str(out))} ({escape(str(summary['seconds']))} s)")
     for stem, entry in summary["photos"].items():
         if entry["status"] == "failed":
-            console.print(f"[red]failed[/red] {stem}: {entry['error']}")
+            console.print(f"[red]failed[/red] {escape(str(stem))}: {escape(str(entry['error']))}")
     if counts["failed"]:
         raise typer.Exit(1)

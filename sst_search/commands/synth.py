@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..synthetic import MAX_SPECIES, generate_collection, species_traits
@@ -30,7 +31,7 @@ def synth(
         _drawers(out_dir, drawers, seed)
         return
     coll = generate_collection(out_dir, species=species, per_species=per_species, seed=seed)
-    table = Table(title=f"synthetic collection in {coll.root}")
+    table = Table(title=f"synthetic collection in {escape(str(coll.root))}")
     table.add_column("group")
     table.add_column("specimens", justify="right")
     table.add_column("traits")
@@ -38,7 +39,7 @@ def synth(
         traits = species_traits(group)
         table.add_row(group, str(per_species), ", ".join(t.name for t in traits.values()))
     console.print(table)
-    console.print(f"manifest: {coll.manifest}\nreferences: {coll.references}\nground truth: {coll.ground_truth}")
+    console.print(f"manifest: {escape(str(coll.manifest))}\nreferences: {escape(str(coll.references))}\nground truth: {escape(str(coll.ground_truth))}")
 
 
 def _drawers(out_dir: Path, counts_text: str, seed: int) -> None:

@@ -81,6 +81,8 @@ def read_occurrences(path: Path, folder: Path, group_by: str) -> list[Occurrence
         core_type = archive.descriptor.core.type
         if core_type != OCCURRENCE:
             raise SourceError(f"{path}: core row type is {core_type!r}; only {OCCURRENCE} cores are supported")
+        for descriptor in [archive.descriptor.core, *archive.descriptor.extensions]:
+            _check_encoding(path, folder / descriptor.file_location, descriptor)
         for unknown in sorted({d.type for d in archive.descriptor.extensions} - set(MULTIMEDIA)):
             log.info("%s: extension %s holds no images; ignored", path, unknown)
         terms = sorted(short_name(t) for t in archive.descriptor.core.terms)
@@ -100,3 +102,26 @@ def read_occurrences(path: Path, folder: Path, group_by: str) -> list[Occurrence
             raise SourceError(f"{path}: malformed data after about {len(occurrences)} occurrences "
                               f"({type(exc).__name__}: {exc})") from exc
     return occurrences
+
+
+def _check_encoding(archive: Path, data_file: Path, descriptor) -> None:
+    """:class:`SourceError` when a data file is not in the encoding ``meta.xml`` declares:
+    the reader would silently turn every such byte into U+FFFD (a Latin-1 file declared
+    UTF-8 stores ``Mus\ufffdum`` for ``Muséum``)."""
+    import codecs
+
+    encoding = descriptor.file_encoding
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    offset = 0
+    try:
+        with open(data_file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{archive}: {descriptor.file_location} is not {encoding} as meta.xml declares "
+                          f"(byte {exc.object[exc.start:exc.start + 1]!r} at offset {offset + exc.start:,}); "
+                          "declare its real encoding, e.g. encoding=\"ISO-8859-1\"") from exc
+    except OSError as exc:
+        raise SourceError(f"{archive}: {descriptor.file_location} cannot be read ({exc})") from exc

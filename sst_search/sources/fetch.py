@@ -27,7 +27,9 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -145,6 +147,40 @@ class ImageCache:
         return record
 
 
+class _Deadline:
+    """Ends a response that is still arriving at ``deadline``: a server trickling a byte at a
+    time never trips a timeout between bytes, so the connection is shut down when the time
+    is up (a blocked read returns at once) and the attempt ends in a ``ReadTimeout``, retried
+    like any other. A response whose headers trickle in is bounded by the read timeout alone."""
+
+    def __init__(self, response, deadline: float):
+        self.response, self.deadline = response, deadline
+        self.expired = threading.Event()
+        self.timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
+        self.timer.daemon = True
+
+    def _cut(self) -> None:
+        self.expired.set()
+        stream = self.response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
+    def __enter__(self) -> _Deadline:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+        if self.expired.is_set():
+            import httpx
+
+            raise httpx.ReadTimeout("the whole response did not arrive in time")
+
+
 class Fetcher:
     """Fetches URLs into an :class:`ImageCache`; one instance per job (it holds the HTTP client).
 
@@ -178,10 +214,14 @@ class Fetcher:
 
     def fetch(self, url: str) -> dict:
         """The cache record of ``url`` at the model's size (fetched now unless cached); raises :class:`FetchError`."""
+        return self.get(self._image_request(url), follow_info=True)
+
+    def _image_request(self, url: str) -> str:
+        """The URL :meth:`fetch` requests for ``url``: IIIF at the model's size, else as written."""
         if self.size:
-            return self.get(iiif_request_url(url, self.size), follow_info=True)
+            return iiif_request_url(url, self.size)
         base = iiif_base(url)
-        return self.get(f"{base}/full/max/0/default.jpg" if url.endswith("/info.json") and base else url, follow_info=True)
+        return f"{base}/full/max/0/default.jpg" if url.endswith("/info.json") and base else url
 
     def get(self, url: str, follow_info: bool = False) -> dict:
         """The cache record of exactly ``url`` (fetched now unless cached): how a crop or an
@@ -235,7 +275,12 @@ class Fetcher:
         service = self._iiif_service(url, result)
         if not follow_info:
             raise FetchError(f"{url}: server returned JSON instead of an image")
-        image = self.fetch(f"{service}/info.json")
+        # One hop only: a server answering the image request with an info.json again would
+        # send the fetcher round forever.
+        try:
+            image = self.get(self._image_request(f"{service}/info.json"))
+        except FetchError as exc:
+            raise FetchError(f"{url}: the IIIF service {service} it names gave no image ({exc})") from exc
         return self.cache.put(url, self.cache.blob_path(image).read_bytes(), image["content_type"], image, service)
 
     def _retried(self, url: str, cached: dict | None) -> dict | bytes:
@@ -274,34 +319,45 @@ class Fetcher:
                 headers["If-None-Match"] = cached["etag"]
             if cached.get("last_modified"):
                 headers["If-Modified-Since"] = cached["last_modified"]
-        with self._host(url), self._client.stream("GET", url, headers=headers) as response:
-            code = response.status_code
-            if code == 304 and cached is not None:
-                return cached
-            if code == 429 or code >= 500:
-                raise _Transient(f"{url}: HTTP {code} {response.reason_phrase}")
-            if code >= 400:
-                raise FetchError(f"{url}: HTTP {code} {response.reason_phrase}")
-            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            length = response.headers.get("content-length")
-            limit = self.config.max_bytes
-            if length and length.isdigit() and int(length) > limit:
-                raise FetchError(f"{url}: {int(length):,} bytes exceeds the limit of {limit:,}")
-            if not content_type.startswith("image/") and content_type not in JSON_TYPES:
-                raise FetchError(f"{url}: server returned {content_type or 'no content type'} instead of an image")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise FetchError(f"{url}: body exceeds the limit of {limit:,} bytes")
-            if length and length.isdigit() and len(body) != int(length):
-                raise self._httpx.RemoteProtocolError(f"got {len(body)} of {length} bytes")
+        with self._host(url):
+            deadline = time.monotonic() + self.config.timeout
+            with self._client.stream("GET", url, headers=headers) as response, _Deadline(response, deadline):
+                result = self._read(url, cached, response)
+        if isinstance(result, tuple):
+            content_type, body = result
+        else:
+            return result
         if content_type in JSON_TYPES and not url.endswith("/info.json"):
             return bytes(body)
         with self._lock:
             self.downloaded_bytes += len(body)
             self.downloads += 1
         return self.cache.put(url, bytes(body), content_type, dict(response.headers))
+
+    def _read(self, url: str, cached: dict | None, response) -> dict | tuple[str, bytearray]:
+        """The cached record a 304 confirms, else the content type and body of a usable answer."""
+        code = response.status_code
+        if code == 304 and cached is not None:
+            return cached
+        if code == 429 or code >= 500:
+            raise _Transient(f"{url}: HTTP {code} {response.reason_phrase}")
+        if code >= 400:
+            raise FetchError(f"{url}: HTTP {code} {response.reason_phrase}")
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        length = response.headers.get("content-length")
+        limit = self.config.max_bytes
+        if length and length.isdigit() and int(length) > limit:
+            raise FetchError(f"{url}: {int(length):,} bytes exceeds the limit of {limit:,}")
+        if not content_type.startswith("image/") and content_type not in JSON_TYPES:
+            raise FetchError(f"{url}: server returned {content_type or 'no content type'} instead of an image")
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise FetchError(f"{url}: body exceeds the limit of {limit:,} bytes")
+        if length and length.isdigit() and len(body) != int(length):
+            raise self._httpx.RemoteProtocolError(f"got {len(body)} of {length} bytes")
+        return content_type, body
 
     @staticmethod
     def _iiif_service(url: str, data: bytes) -> str:
@@ -313,6 +369,25 @@ class Fetcher:
         if not isinstance(service, str) or "iiif" not in json.dumps(info.get("@context", "")) + json.dumps(info.get("protocol", "")):
             raise FetchError(f"{url}: server returned JSON that is not an IIIF image service (info.json)")
         return service.rstrip("/")
+
+
+def _checked(original: Original | None, received: Path, url: str) -> Original | None:
+    """``original`` if the size its ``info.json`` declares is one the received image is a
+    downscale of (same shape, no larger, to a pixel's rounding); a service declaring a width
+    of 1e9 would otherwise turn every measurement into nonsense."""
+    if original is None or original.size is None:
+        return original
+    from ..images import ImageLoadError, image_size
+
+    try:
+        h, w = image_size(received)
+    except ImageLoadError as exc:
+        raise FetchError(f"{url}: {exc.reason}") from exc
+    width, height = original.size
+    if w > width + 1 or h > height + 1 or abs(w * height - h * width) > width + height:
+        raise FetchError(f"{url}: info.json declares {width}x{height} pixels, but the image received is {w}x{h}, "
+                         "not a downscale of it")
+    return original
 
 
 def fetch_items(items: list[Item], cache: ImageCache, config: FetchConfig = FetchConfig(), size: int | None = None,
@@ -331,7 +406,7 @@ def fetch_items(items: list[Item], cache: ImageCache, config: FetchConfig = Fetc
             item = items[i]
             try:
                 record = fetcher.fetch(item.source)
-                original = fetcher.original(item.source)
+                original = _checked(fetcher.original(item.source), fetcher.cache.blob_path(record), item.source)
             except FetchError as exc:
                 return replace(item, error=f"fetch failed: {exc}")
             finally:

@@ -186,6 +186,12 @@ class Catalog:
             "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [limit]).fetchall()
         return [r[0] for r in rows]
 
+    def count_under(self, prefix: str) -> int:
+        """How many stored paths lie in the folder ``prefix`` (whole path components)."""
+        prefix = prefix.rstrip("/") or "/"
+        return self.con.execute("SELECT count(*) FROM specimens WHERE path = ? OR starts_with(path, ? || '/')",
+                                [prefix, prefix]).fetchall()[0][0]
+
     def indexed_specimens(self) -> list[tuple[int, str, dict]]:
         """``(specimen_id, path, metadata)`` of every indexed specimen, by id: what a re-measure walks."""
         rows = self.con.execute(
@@ -272,15 +278,15 @@ class Catalog:
         return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
                 for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}
 
-    def label_map(self, specimen_id: int) -> np.ndarray | None:
-        """The specimen's label map rebuilt from its stored masks (None without masks)."""
-        masks = self.trait_masks(specimen_id)
+    def label_map(self, specimen_id: int, replacing: Mapping[int, np.ndarray] | None = None) -> np.ndarray | None:
+        """The specimen's label map rebuilt from its stored masks (None without masks);
+        ``replacing`` ``{trait_id: mask}``: as it will be once those masks are stored."""
+        masks = {m.trait_id: decode_mask(m.rle) for m in self.trait_masks(specimen_id)} | dict(replacing or {})
         if not masks:
             return None
-        first = decode_mask(masks[0].rle)
-        out = np.zeros(first.shape, np.uint8)
-        for m in masks:
-            out[decode_mask(m.rle)] = m.trait_id
+        out = np.zeros(next(iter(masks.values())).shape, np.uint8)
+        for trait_id in sorted(masks):
+            out[masks[trait_id]] = trait_id
         return out
 
     def traits(self, group: str | None = None) -> list[str]:

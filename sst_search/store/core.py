@@ -52,6 +52,17 @@ def repair_hint(db_path: Path) -> str:
             "and restores a damaged database from the last verified snapshot")
 
 
+def _published_versions(db_path: Path) -> bool:
+    versions = db_path.with_name(db_path.name + ".versions")
+    return versions.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in versions.iterdir())
+
+
+def _writable(db_path: Path) -> bool:
+    """Whether this process may write the store's file and folder (False on a read-only mount)."""
+    target = db_path if db_path.exists() else db_path.parent
+    return os.access(target, os.W_OK) and os.access(db_path.parent, os.W_OK)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -124,6 +135,10 @@ class Store(Catalog):
         db_path = Path(db_path)
         if read_only and not db_path.is_file():
             raise FileNotFoundError(f"{db_path}: no such store")
+        if not read_only and not db_path.exists() and _published_versions(db_path):
+            raise StoreDamagedError(
+                [vf.Problem(str(db_path), "the live database is missing, but versions of it were published", "database")],
+                "nothing was written (a new store would lose every review decision); " + repair_hint(db_path))
         if not read_only:  # a new store in a new folder: DuckDB would blame a lock instead
             db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -135,6 +150,9 @@ class Store(Catalog):
                     f"{db_path}: cannot open {mode}: {exc}. Only one process may write a store at a time, "
                     "and none may read it meanwhile"
                 ) from exc
+            if not read_only and not _writable(db_path):
+                raise StoreError(f"{db_path}: cannot be written: its folder or file system is read-only "
+                                 "(the store itself is not damaged; `sst-search verify` reads it)") from exc
             raise StoreDamagedError([vf.Problem(str(db_path), f"database does not open ({exc})", "database")],
                                     repair_hint(db_path)) from exc
         store = cls(db_path, con, read_only, IndexConfig())
@@ -432,10 +450,19 @@ class Store(Catalog):
         self._require_writer()
         if not rows_by_specimen:
             return
+        with self._transaction(self._measurement_tables(rows_by_specimen)):
+            self._write_measurements(rows_by_specimen)
+
+    def _measurement_tables(self, rows_by_specimen: Mapping[int, Sequence[Mapping]],
+                            now: datetime | None = None) -> dict[str, pa.Table]:
+        """What a transaction writing these measurements registers (``measured_at`` = ``now``)."""
+        return {"_new_measurements": _measurement_table(rows_by_specimen, now or _now())}
+
+    def _write_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
+        """Replace the specimens' measurements, inside a transaction that registered :meth:`_measurement_tables`."""
         ids = [int(i) for i in rows_by_specimen]
-        with self._transaction({"_new_measurements": _measurement_table(rows_by_specimen, _now())}):
-            self._exec("DELETE FROM trait_measurements WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
-            self._exec(_MEASUREMENT_INSERT)
+        self._exec("DELETE FROM trait_measurements WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+        self._exec(_MEASUREMENT_INSERT)
 
     def flush_indexes(self) -> None:
         """Persist every index changed since the last flush (atomic per file)."""

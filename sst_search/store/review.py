@@ -62,6 +62,21 @@ def confidence_columns(store) -> list[str]:
     return [c for c in CONFIDENCE_THRESHOLDS if c in cols]
 
 
+def trait_id_of(store, specimen_id: int, trait_name: str) -> int:
+    """The id ``trait_name`` has on the specimen, or in its group when the specimen lacks it."""
+    row = store.get_specimen(specimen_id)
+    if row is None:
+        raise KeyError(f"no specimen {specimen_id} in {store.db_path}")
+    known = {m.trait_name: m.trait_id for m in store.trait_masks(specimen_id)}
+    known |= dict(store.con.execute(
+        "SELECT t.trait_name, any_value(t.trait_id) FROM trait_masks t JOIN specimens s USING (specimen_id) "
+        "WHERE s.group_name IS NOT DISTINCT FROM ? GROUP BY 1", [row["group_name"]]).fetchall())
+    if trait_name not in known:
+        raise KeyError(f"specimen {specimen_id} ({row['path']}): trait {trait_name!r} is unknown in its group "
+                       f"(known: {sorted(known)})")
+    return known[trait_name]
+
+
 def record_decision(
     store,
     specimen_id: int,
@@ -71,9 +86,13 @@ def record_decision(
     trait_id: int | None = None,
     mask: np.ndarray | None = None,
     note: str | None = None,
+    measurements: list[dict] | None = None,
+    vectors: dict[tuple[str, str], np.ndarray] | None = None,
 ) -> None:
     """Store a decision (replacing an earlier one on the same trait); ``correct`` needs ``mask``
-    (boolean, the image's size) and writes it into ``trait_masks`` in the same transaction."""
+    (boolean, the image's size) and writes it into ``trait_masks``, with the specimen's
+    ``measurements`` and ``vectors`` recomputed from it, all in one transaction: a kill leaves
+    the old mask with its old numbers or the new one with the new, never a mix."""
     store._require_writer()
     if decision not in DECISIONS:
         raise ValueError(f"decision {decision!r} is not one of {DECISIONS}")
@@ -81,14 +100,7 @@ def record_decision(
     if row is None:
         raise KeyError(f"no specimen {specimen_id} in {store.db_path}")
     if trait_id is None and decision != "promote":
-        known = {m.trait_name: m.trait_id for m in store.trait_masks(specimen_id)}
-        known |= dict(store.con.execute(
-            "SELECT t.trait_name, any_value(t.trait_id) FROM trait_masks t JOIN specimens s USING (specimen_id) "
-            "WHERE s.group_name IS NOT DISTINCT FROM ? GROUP BY 1", [row["group_name"]]).fetchall())
-        if trait_name not in known:
-            raise KeyError(f"specimen {specimen_id} ({row['path']}): trait {trait_name!r} is unknown in its group "
-                           f"(known: {sorted(known)})")
-        trait_id = known[trait_name]
+        trait_id = trait_id_of(store, specimen_id, trait_name)
     corrected = None
     if decision == "correct":
         if mask is None:
@@ -101,39 +113,93 @@ def record_decision(
             raise ValueError(f"{row['path']}: corrected mask of {trait_name!r} is empty; reject the mask instead")
         corrected = TraitMask.from_mask(trait_id, trait_name, mask, source="corrected")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    with store._transaction({}):
+    sid = int(specimen_id)
+    vectors = vectors or {}
+    known = store._generations()
+    for key in vectors:
+        if key in known:
+            store.index(*key)  # in memory, for the incremental update
+    tables = store._measurement_tables({sid: measurements}, now) if measurements is not None else {}
+    with store._transaction(tables):
         store._exec(
             "INSERT OR REPLACE INTO review_decisions (specimen_id, trait_name, trait_id, decision, reviewer, decided_at, "
             "content_hash, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [int(specimen_id), trait_name, trait_id, decision, reviewer, now, row["content_hash"],
+            [sid, trait_name, trait_id, decision, reviewer, now, row["content_hash"],
              *((corrected.rle, corrected.area, *corrected.bbox) if corrected else (None,) * 6), note],
         )
         if corrected is not None:
             store._exec(
                 "INSERT OR REPLACE INTO trait_masks (specimen_id, trait_id, trait_name, area, bbox_x0, bbox_y0, bbox_x1, "
                 "bbox_y1, rle, quality, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                [int(specimen_id), trait_id, trait_name, corrected.area, *corrected.bbox, corrected.rle, corrected.source],
+                [sid, trait_id, trait_name, corrected.area, *corrected.bbox, corrected.rle, corrected.source],
             )
+        if measurements is not None:
+            store._write_measurements({sid: measurements})
+        generations = _write_vectors(store, sid, vectors)
+    _apply_vectors(store, sid, vectors, generations)
 
 
-def replace_vectors(store, specimen_id: int, vectors: dict[tuple[str, str], np.ndarray]) -> None:
-    """Replace (or add) one specimen's vector in some ``(embedder, trait)`` indexes: after a
-    correction, the trait is searched by what the curator drew. One transaction; the FAISS
-    indexes follow like after any write."""
+def _write_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray]) -> dict:
+    """Inside a transaction: the specimen's rows of ``vectors``, and the indexes' new generations."""
+    if not vectors:
+        return {}
+    for (embedder, trait), vec in vectors.items():
+        store._exec("DELETE FROM vectors WHERE embedder = ? AND trait_name = ? AND specimen_id = ?", [embedder, trait, sid])
+        store._exec("INSERT INTO vectors (embedder, trait_name, specimen_id, faiss_id, vector) VALUES (?, ?, ?, ?, ?)",
+                    [embedder, trait, sid, sid, np.asarray(vec, np.float32).tolist()])
+    return store._bump(vectors, {k: len(v) for k, v in vectors.items()})
+
+
+def _apply_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray], generations: dict) -> None:
+    """After the commit: the cached FAISS indexes follow the new vectors."""
+    if vectors:
+        added = {k: (np.array([sid], np.int64), np.asarray(v, np.float32)[None]) for k, v in vectors.items()}
+        store._apply(vectors, [sid], added, generations)
+
+
+def stale_measurements(con) -> list[tuple[int, str]]:
+    """``(specimen_id, trait_name)`` of corrected masks whose specimen was last measured before
+    the correction: what a correction interrupted before this was one transaction left."""
+    return con.execute(
+        "SELECT d.specimen_id, d.trait_name FROM review_decisions d JOIN trait_measurements m "
+        "ON m.specimen_id = d.specimen_id AND m.trait_id = d.trait_id "
+        "WHERE d.decision = 'correct' AND m.measured_at < d.decided_at ORDER BY 1, 2").fetchall()
+
+
+def salvage_decisions(store, source) -> int:
+    """Copy into ``store`` the review decisions still readable in ``source`` (a damaged or
+    passed-over copy of it) that the store lacks or holds in an older form, and re-apply the
+    corrections among them to the masks of unchanged images; returns how many were copied.
+
+    A repair restores the newest snapshot that verifies, which may predate the last
+    decisions; a damaged file often still reads where they are, so they are not lost.
+    Best effort: a copy whose decisions cannot be read gives none."""
+    import duckdb
+
     store._require_writer()
-    sid = int(specimen_id)
-    known = store._generations()
-    for key in vectors:
-        if key in known:
-            store.index(*key)  # in memory, for the incremental update
-    with store._transaction({}):
-        for (embedder, trait), vec in vectors.items():
-            store._exec("DELETE FROM vectors WHERE embedder = ? AND trait_name = ? AND specimen_id = ?", [embedder, trait, sid])
-            store._exec("INSERT INTO vectors (embedder, trait_name, specimen_id, faiss_id, vector) VALUES (?, ?, ?, ?, ?)",
-                        [embedder, trait, sid, sid, np.asarray(vec, np.float32).tolist()])
-        generations = store._bump(vectors, {k: len(v) for k, v in vectors.items()})
-    added = {k: (np.array([sid], np.int64), np.asarray(v, np.float32)[None]) for k, v in vectors.items()}
-    store._apply(vectors, [sid], added, generations)
+    try:
+        with duckdb.connect(str(source), read_only=True) as con:
+            salvaged = con.sql("SELECT * FROM review_decisions").to_arrow_table()
+    except (duckdb.Error, OSError):
+        return 0
+    if not salvaged.num_rows:
+        return 0
+    columns = [f'"{c}"' for c in salvaged.column_names]
+    newer = ("FROM _salvaged s LEFT JOIN review_decisions d USING (specimen_id, trait_name) "
+             "WHERE d.decided_at IS NULL OR s.decided_at > d.decided_at")
+    with store._transaction({"_salvaged": salvaged}):  # decisions and the masks they correct at once
+        count, ids = store.con.execute(f"SELECT count(*), list(DISTINCT s.specimen_id) {newer}").fetchall()[0]
+        store._exec(f"INSERT OR REPLACE INTO review_decisions ({', '.join(columns)}) "
+                    f"SELECT {', '.join('s.' + c for c in columns)} {newer}")
+        if count:
+            store.con.register("_new_specimens", store.con.sql(
+                "SELECT specimen_id, status, content_hash FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+                params=[ids]).to_arrow_table())
+            try:
+                store._exec(REAPPLY_CORRECTIONS)
+            finally:
+                store.con.unregister("_new_specimens")
+    return int(count)
 
 
 def corrections(store) -> dict[int, tuple[str | None, dict[int, str]]]:
@@ -245,4 +311,4 @@ def review_queue(
 
 
 __all__ = ["CONFIDENCE_THRESHOLDS", "DECISIONS", "REAPPLY_CORRECTIONS", "SPECIMEN_TRAIT", "ReviewItem",
-           "apply_corrections", "confidence_columns", "corrections", "decisions", "record_decision", "replace_vectors", "review_queue"]
+           "apply_corrections", "confidence_columns", "corrections", "decisions", "record_decision", "review_queue", "salvage_decisions", "stale_measurements", "trait_id_of"]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import duckdb
 
-from sst_search.store.errors import StoreDamagedError
+from sst_search.store.errors import StoreDamagedError, StoreError
 from sst_search.store.indexes import file_mode
 from sst_search.store.verify import verify_files
 
@@ -51,7 +51,7 @@ DEFAULT_KEEP = 2
 VERIFIED = "verified.json"
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(StoreError):
     """No consistent copy of the store can be made or found; the message says why."""
 
 
@@ -112,11 +112,30 @@ def current_version(db_path: str | Path) -> str | None:
     """The published version name the pointer names, or None before the first publish."""
     pointer = pointer_path(db_path)
     try:
-        return json.loads(pointer.read_text())["version"]
+        version = json.loads(pointer.read_text())["version"]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SnapshotError(f"{pointer}: unreadable snapshot pointer ({exc}); publish again to repair it") from exc
+        raise SnapshotError(f"{pointer}: unreadable snapshot pointer ({type(exc).__name__}: {exc}); "
+                            "`sst-search verify --repair` publishes a fresh one") from exc
+    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
+        raise SnapshotError(f"{pointer}: the snapshot pointer names no version ({version!r}); "
+                            "`sst-search verify --repair` publishes a fresh one")
+    return version
+
+
+def pointer_problem(db_path: str | Path) -> str | None:
+    """What is wrong with the snapshot pointer (unreadable, or naming a version that is not
+    there), or None when it is sound or absent."""
+    try:
+        version = current_version(db_path)
+    except SnapshotError as exc:
+        return str(exc)
+    if version is None:
+        return None
+    if not isinstance(version, str) or not (versions_dir(db_path) / version / Path(db_path).name).is_file():
+        return f"{pointer_path(db_path)}: names version {version!r}, which is not there"
+    return None
 
 
 def list_versions(db_path: str | Path) -> list[str]:
@@ -141,6 +160,24 @@ def last_verified(db_path: str | Path) -> str | None:
     """The newest version whose copy passed verification, or None."""
     verified = [v for v in list_versions(db_path) if is_verified(db_path, v)]
     return verified[-1] if verified else None
+
+
+def restore_newest_intact(db_path: str | Path) -> tuple[str, Path, list[tuple[str, str]]]:
+    """Restore the live store from the newest published version that verifies *now*, trying
+    older ones when a newer copy was damaged since it was published.
+
+    Returns the version used, where the damaged files went, and ``(version, why)`` of each
+    newer version passed over; :class:`StoreDamagedError` when none verifies.
+    """
+    db_path = Path(db_path)
+    passed_over = []
+    for version in reversed([v for v in list_versions(db_path) if is_verified(db_path, v)]):
+        problems = verify_files(versions_dir(db_path) / version / db_path.name)
+        if not problems:
+            return version, restore_snapshot(db_path, version), passed_over
+        passed_over.append((version, str(problems[0])))
+    raise StoreDamagedError([f"version {v}: {why}" for v, why in passed_over] or [f"{db_path}: no verified snapshot"],
+                            "no published version verifies; move the store away and index the collection again")
 
 
 def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:

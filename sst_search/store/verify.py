@@ -36,7 +36,7 @@ class Problem:
 
     path: str
     what: str
-    kind: Literal["database", "index"]
+    kind: Literal["database", "index", "review"]
     key: tuple[str, str] | None = None
 
     def __str__(self) -> str:
@@ -167,8 +167,19 @@ def check_indexes(con: duckdb.DuckDBPyConnection, faiss_dir: Path, sample: int =
     return problems
 
 
-def verify_files(db_path: str | Path, sample: int = SAMPLE) -> list[Problem]:
-    """Full check of the store at ``db_path`` (database and FAISS files), without changing anything."""
+def check_corrections(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
+    """Corrected masks whose measurements are older than the correction (a correction killed
+    half-way before corrections were written in one transaction)."""
+    from sst_search.store.review import stale_measurements
+
+    return [Problem(str(db_path), f"specimen {sid}: the measurements of {trait!r} predate its corrected mask "
+                                  f"(`sst-search measure --db {db_path}` measures the stored masks again)", "review")
+            for sid, trait in stale_measurements(con)]
+
+
+def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = False) -> list[Problem]:
+    """Full check of the store at ``db_path`` (database and FAISS files, and with
+    ``corrections`` the freshness of corrected masks' measurements), without changing anything."""
     db_path = Path(db_path)
     if not db_path.is_file():
         return [Problem(str(db_path), "no such database file", "database")]
@@ -183,6 +194,8 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE) -> list[Problem]:
         if not problems:
             try:
                 problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
+                if corrections:
+                    problems += check_corrections(con, db_path)
             except duckdb.Error as exc:
                 problems = [Problem(str(db_path), f"database is damaged ({_first_line(exc)})", "database")]
         return problems

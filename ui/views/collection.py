@@ -11,6 +11,7 @@ import streamlit as st
 from sst_search import export
 from sst_search.query import SearchEngine
 
+from ..render import md
 from ..state import cache_key
 
 
@@ -48,7 +49,7 @@ def _fingerprints(engine: SearchEngine) -> None:
     runs = engine.store.runs()
     if runs:
         st.caption(f"{len(runs)} indexing runs; the last finished {runs[-1]['finished_at']} "
-                   f"({json.loads(runs[-1]['counts'] or '{}')})")
+                   f"({md(json.loads(runs[-1]['counts'] or '{}'))})")
 
 
 def render(engine: SearchEngine) -> None:

@@ -14,9 +14,9 @@ from sst_search.review import references_dir_of
 from sst_search.suggest import suggest_from_store
 
 from ..editor import mask_editor, reset, segmenter_or_error
-from ..render import legend, overlaid
+from ..render import legend, md, overlaid
 from ..state import cache_key, specimen_labels
-from .search import MAX_UPLOAD_MB, UPLOAD_TYPES
+from .search import MAX_UPLOAD_MB, UPLOAD_TYPES, decode_upload
 
 EDITOR = "ref"
 NEW_TRAIT = "(new trait)"
@@ -27,7 +27,7 @@ def _group_traits(refs_dir: Path, group: str) -> list[str]:
     try:
         return [t.name for _, t in sorted(load_traits(path).items())] if path.exists() else []
     except ReferencesError as exc:
-        st.warning(str(exc))
+        st.warning(md(exc))
         return []
 
 
@@ -51,9 +51,9 @@ def _source(engine: SearchEngine) -> tuple[str, str, np.ndarray, str | Path | No
         if upload is None or not group:
             return None
         try:
-            return group, Path(upload.name).stem, load_image(upload.name, data=upload.getvalue()), None
+            return group, Path(upload.name).stem, decode_upload(upload), None
         except ImageLoadError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             return None
     groups = engine.groups()
     if not groups:
@@ -69,7 +69,7 @@ def _source(engine: SearchEngine) -> tuple[str, str, np.ndarray, str | Path | No
     try:
         return group, Path(path).stem, load_image(path), path
     except ImageLoadError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return None
 
 
@@ -124,8 +124,8 @@ def render(engine: SearchEngine) -> None:
             try:
                 support = save_support(refs_dir, group, name_as.strip(), file if file is not None else image, accepted)
             except ReferencesError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
             else:
                 st.session_state["ref_accepted"] = {}
-                st.success(f"Saved support {support.image_path} ({len(support.trait_ids)} traits). "
+                st.success(f"Saved support {md(support.image_path)} ({len(support.trait_ids)} traits). "
                            f"Re-index to segment group {group} with it.")

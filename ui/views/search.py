@@ -3,6 +3,7 @@ measurement (``<trait>.<measurement>``) filters."""
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from sst_search.images import UPLOAD_FORMATS, ImageLoadError, load_image
@@ -16,6 +17,17 @@ MAX_UPLOAD_MB = 20
 #: decode to gigabytes).
 MAX_UPLOAD_PIXELS = 50_000_000
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff"]
+
+
+def decode_upload(upload) -> np.ndarray:
+    """The pixels of an uploaded photo (a Streamlit ``UploadedFile``): only what the whole
+    pipeline reads (JPEG, PNG, TIFF by their content, not their name), within the upload size
+    and pixel limits, both checked before decoding; :class:`ImageLoadError` naming it otherwise."""
+    if upload.size > MAX_UPLOAD_MB * 2**20:
+        raise ImageLoadError(upload.name, f"{upload.size / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit")
+    return load_image(upload.name, data=upload.getvalue(), formats=UPLOAD_FORMATS, max_pixels=MAX_UPLOAD_PIXELS)
+
+
 OPS = ["==", "!=", "contains", "in", "not in", ">=", "<=", ">", "<"]
 MAX_FILTERS = 6
 
@@ -63,11 +75,8 @@ def _query(engine: SearchEngine, group: str) -> dict | None:
                                   max_upload_size=MAX_UPLOAD_MB, key="upload")
         if upload is None:
             return None
-        if upload.size > MAX_UPLOAD_MB * 2**20:
-            st.error(f"{md(upload.name)}: {upload.size / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit")
-            return None
         try:
-            image = load_image(upload.name, data=upload.getvalue(), formats=UPLOAD_FORMATS, max_pixels=MAX_UPLOAD_PIXELS)
+            image = decode_upload(upload)
         except ImageLoadError as exc:
             st.error(md(exc))
             return None
