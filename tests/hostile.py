@@ -21,12 +21,13 @@ from PIL import Image
 PHOTO, H, W = "spec_001.png", 24, 32
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares ``width`` x ``height`` and whose data is one tiny IDAT."""
+def png_header(width: int, height: int, colour_type: int = 0) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` (grey, or RGB with ``colour_type=2``)
+    and whose data is one tiny IDAT."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 

@@ -24,6 +24,7 @@ from sst_search.store.snapshots import current_version, is_verified, versions_di
 from sst_search.store.verify import verify_files
 from sst_search.synthetic import generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
+from tests.hostile import png_header
 
 CONFIG = Config.model_validate({
     "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
@@ -46,15 +47,8 @@ def _png_bytes(**kw) -> bytes:
 
 
 def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` with almost no pixel data behind it."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    """An RGB PNG whose header claims ``width`` x ``height`` with almost no pixel data behind it."""
+    return png_header(width, height, colour_type=2)
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -26,8 +26,8 @@ def test_run_summary_prints_markup_in_instance_and_item_paths_literally(capsys):
                          failures=[(f"/c/{MARKUP}.png", f"/c/{MARKUP}.png: not an image [/bold]")],
                          split=SplitSummary(photos=1, failed=1, failures=[(f"/c/{MARKUP}-photo.png", "[/red] no instance")]))
     print_summary(summary)
-    err = capsys.readouterr().err
-    assert f"{MARKUP}-photo.png: [/red] no instance" in err and f"{MARKUP}.png: not an image [/bold]" in err
+    out = capsys.readouterr().out  # the summary is the run's report: stdout
+    assert f"{MARKUP}-photo.png: [/red] no instance" in out and f"{MARKUP}.png: not an image [/bold]" in out
 
 
 def test_cli_messages_print_paths_with_markup_literally(tmp_path):
