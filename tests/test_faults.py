@@ -502,4 +502,8 @@ def test_repair_recovers_corrections_made_after_the_snapshot_it_restores(store):
         assert m.source == "corrected" and m.area == corrected.sum()
         frame = s.measurements_frame(specimen_ids=[ids[2]])
         assert frame[frame["trait_id"] == m.trait_id].iloc[0]["area_px"] == corrected.sum()
+        # its vector still describes the old mask: the next index run embeds it again, and only it
+        states = s.specimen_states()
+        assert states[ids[2]][1] is None and all(states[i][1] for i in ids if i != ids[2])
+    assert "embeds the corrected specimens again" in repaired.output
     _assert_published_intact(db, ids)

@@ -52,7 +52,8 @@ def verify(
         with Store.open(db) as store:
             recovered = sum(salvage_decisions(store, source) for source in salvage if source.is_file())
             if recovered:
-                console.print(f"recovered {recovered} review decisions newer than the snapshot from the damaged copies")
+                console.print(f"recovered {recovered} review decisions newer than the snapshot from the damaged copies; "
+                              "the next `sst-search index` embeds the corrected specimens again")
             remeasured = remeasure_stale(store)
             if remeasured:
                 console.print(f"measured again {remeasured} specimens whose corrected masks were newer than their "

@@ -172,7 +172,8 @@ def salvage_decisions(store, source) -> int:
     corrections among them to the masks of unchanged images; returns how many were copied.
 
     A repair restores the newest snapshot that verifies, which may predate the last
-    decisions; a damaged file often still reads where they are, so they are not lost.
+    decisions; a damaged file often still reads where they are, so they are not lost. The
+    corrected specimens are left for the next index run to embed again.
     Best effort: a copy whose decisions cannot be read gives none."""
     import duckdb
 
@@ -199,6 +200,10 @@ def salvage_decisions(store, source) -> int:
                 store._exec(REAPPLY_CORRECTIONS)
             finally:
                 store.con.unregister("_new_specimens")
+            # Their vectors still describe the masks before the correction: forgetting the
+            # fingerprint makes the next index run embed (and measure) them again.
+            store._exec("UPDATE specimens SET fingerprint = NULL WHERE specimen_id IN (SELECT unnest(?::BIGINT[])) "
+                        "AND specimen_id IN (SELECT specimen_id FROM review_decisions WHERE decision = 'correct')", [ids])
     return int(count)
 
 
