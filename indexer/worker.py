@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sst_search.builder import embedder_from_config, tracker_from_config
 from sst_search.config import Config
@@ -21,9 +22,10 @@ from sst_search.embed.base import SpecimenVectors
 from sst_search.images import ImageLoadError, check_file, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
 from sst_search.references import ReferencesError, Support, check_group_name, load_group_references
+from sst_search.sam2_predictor import default_device
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.store.review import apply_corrections
-from sst_search.tracking import PreparedQuery, TrackResult, prepare_query, views_for
+from sst_search.tracking import PreparedQuery, TrackResult, prepare_query, resize_on_cpu, views_for
 from sst_search.weights import sha256_file
 
 from .collection import Item
@@ -129,11 +131,18 @@ class Worker:
                 prepared.label_map = _provided_mask(unit.provided_masks[item.key], prepared.image, traits)
             else:
                 seg = self.config.segmentation
-                prepared.query = prepare_query(prepared.image, self._model_input_size(), views_for(seg.orientation, seg.mirror))
+                prepared.query = prepare_query(prepared.image, self._model_input_size(), views_for(seg.orientation, seg.mirror),
+                                               resize=resize_on_cpu(self._model_device()))
         except (ImageLoadError, ValueError) as exc:
             prepared.image, prepared.error = None, str(exc)
         self._count("load", started)
         return prepared
+
+    def _model_device(self) -> torch.device:
+        """Where SAM 2 runs, known from the config without building the model."""
+        if self._tracker is not None:
+            return self._tracker.predictor.device
+        return torch.device(self.config.segmentation.device) if self.config.segmentation.device else default_device()
 
     def _model_input_size(self) -> int:
         """SAM 2's input size, known from the config without building the model."""

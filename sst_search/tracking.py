@@ -408,8 +408,9 @@ class SSTTracker:
         (one frame per view); failures pass through. Prepared queries skip the resize."""
         size = self.predictor.image_size
         for batch in _batched(_load_queries(queries), batch_size):
-            good = [(qid, prepare_query(q, size, views)) for qid, q, _ in batch if q is not None]
-            encoded = encode_resized(self.predictor, [r for _, p in good for r in p.resized],
+            on_cpu = resize_on_cpu(self.predictor.device)
+            good = [(qid, prepare_query(q, size, views, on_cpu)) for qid, q, _ in batch if q is not None]
+            encoded = encode_resized(self.predictor, [r for _, p in good for r in p.inputs],
                                      [v.viewed_size(p.image.shape[:2]) for _, p in good for v in views])
             frames = {qid: encoded[i * len(views) : (i + 1) * len(views)] for i, (qid, _) in enumerate(good)}
             for qid, _, error in batch:
@@ -489,17 +490,29 @@ class PreparedQuery:
     image: np.ndarray
     image_size: int
     views: tuple[View, ...]
-    resized: tuple[np.ndarray, ...]
+    #: Per view: resized to the model's size on the CPU, or at the image's own size for the
+    #: device to resize.
+    inputs: tuple[np.ndarray, ...]
 
 
-def prepare_query(image: np.ndarray | PreparedQuery, image_size: int, views: list[View]) -> PreparedQuery:
+def prepare_query(image: np.ndarray | PreparedQuery, image_size: int, views: list[View],
+                  resize: bool = True) -> PreparedQuery:
     """``image`` as SAM 2's inputs in every view (a query already prepared for the same
-    size and views is returned as it is)."""
+    size and views is returned as it is). ``resize=False`` leaves the views at the image's
+    own size for the device to resize (what a GPU does much faster than a CPU)."""
     if isinstance(image, PreparedQuery):
         if image.image_size == image_size and image.views == tuple(views):
             return image
         image = image.image
-    return PreparedQuery(image, image_size, tuple(views), tuple(resize_for_model(v.apply(image), image_size) for v in views))
+    viewed = (v.apply(image) for v in views)
+    return PreparedQuery(image, image_size, tuple(views),
+                         tuple(resize_for_model(x, image_size) if resize else x for x in viewed))
+
+
+def resize_on_cpu(device: torch.device) -> bool:
+    """Whether queries are resized for SAM 2 on the CPU (Pillow, exactly as SAM 2's own loader)
+    or uploaded at their own size and resized on the device: on CUDA the device is faster."""
+    return torch.device(device).type != "cuda"
 
 
 class _Picker:

@@ -216,3 +216,26 @@ def test_auto_orientation_by_cycle_consistency(tracker, synthetic, references):
     _same_up_to_ties(auto.label_map, forced[best].label_map)
     with pytest.raises(ValueError, match="criterion"):
         list(tracker.segment(supports, query, orientation="auto", orientation_by="vibes"))
+
+
+def test_queries_left_at_their_own_size_are_resized_on_the_device(tracker, synthetic):
+    """What a GPU does with a query: upload it at its own size and resize there. The model's
+    input is within one grey level of Pillow's resize, and tracking takes it as it is."""
+    from sst_search.images import load_image
+    from sst_search.references import load_group_references
+    from sst_search.sam2_predictor import encode_resized, resize_for_model
+    from sst_search.tracking import prepare_query, views_for
+
+    group = synthetic.groups[0]
+    image = load_image(sorted((synthetic.root / "images" / group).glob("*.png"))[0])
+    size = tracker.predictor.image_size
+    on_device, on_cpu = (encode_resized(tracker.predictor, [x], [image.shape[:2]])[0]
+                         for x in (image, resize_for_model(image, size)))
+    assert on_device.image.shape == on_cpu.image.shape == (1, 3, size, size)
+    grey_levels = (on_device.image - on_cpu.image).abs() * 0.225 * 255  # back from ImageNet normalisation
+    assert float(grey_levels.mean()) < 0.5 and float(grey_levels.max()) < 1.5
+    query = prepare_query(image, size, views_for(0, False), resize=False)
+    assert query.inputs[0].shape == image.shape  # nothing resized on the CPU
+    supports = load_group_references(synthetic.references / group)
+    (result,) = tracker.segment(supports, [("q", query)])
+    assert result.error is None and result.label_map.shape == image.shape[:2]
