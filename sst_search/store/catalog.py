@@ -34,6 +34,12 @@ MASK_ROW_COLUMNS = (
 VECTOR_BATCH_ROWS = 32_768
 
 
+def vector_batch(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, (rows, dim) matrix)`` of one non-empty batch of ``(specimen_id, vector)`` rows."""
+    values = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+    return batch.column(0).to_numpy().astype(np.int64, copy=False), values.reshape(len(batch), -1)
+
+
 def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, matrix)`` from batches of ``(specimen_id, vector)``, copied once into arrays of
     ``n`` rows: at 10 million vectors an Arrow table and its combined, flattened and
@@ -45,11 +51,11 @@ def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.
             continue
         if at + rows > n:
             raise RuntimeError(f"the vectors table grew while it was read ({at + rows} rows, {n} counted)")
-        values = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+        batch_ids, values = vector_batch(batch)
         if matrix is None:
-            matrix = np.empty((n, len(values) // rows), np.float32)
-        matrix[at : at + rows] = values.reshape(rows, -1)
-        ids[at : at + rows] = batch.column(0).to_numpy()
+            matrix = np.empty((n, values.shape[1]), np.float32)
+        matrix[at : at + rows] = values
+        ids[at : at + rows] = batch_ids
         at += rows
     if matrix is None:
         return ids[:0], np.zeros((0, 0), np.float32)

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
-from sst_search.store import indexes
+from sst_search.store import at_rest, indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.cache import IndexCache, IndexKey
@@ -83,7 +83,8 @@ class Store(Catalog):
         self.read_only = read_only
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         #: The FAISS indexes and vector arrays kept current with this store's generations.
-        self.index_cache = IndexCache(self.faiss_dir, index_config, self.get_vectors)
+        self.index_cache = IndexCache(self.faiss_dir, index_config, self.get_vectors,
+                                      at_rest_db=db_path if read_only else None)
 
     @property
     def index_config(self) -> IndexConfig:
@@ -466,7 +467,9 @@ class Store(Catalog):
         if not self.read_only:
             self.flush_indexes()
         problems = vf.check_database(self.con, self.db_path)
-        return problems or (vf.check_indexes(self.con, self.faiss_dir, sample) if indexes else [])
+        if problems or not indexes:
+            return problems
+        return vf.check_indexes(self.con, self.faiss_dir, sample) or at_rest.check_all(self.con, self.db_path, sample)
 
     # -- indexes and search -----------------------------------------------------------------
 
@@ -537,7 +540,8 @@ class Store(Catalog):
         return self._vector_table(embedder, trait_name).ids
 
     def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
+        """``(ids found, float32 matrix)`` from the index's vector table (in memory, or mapped
+        float16 in a published snapshot), in the order asked.
 
         A query's own vector, exact scans and re-ranking need a few rows per search; looking
         them up in arrays kept per generation costs microseconds where a DuckDB query over

@@ -35,7 +35,8 @@ specimen (:class:`RowMask`):
 
 Every plan returns ``min(k, admitted)`` hits. Compressed indexes (SQ/PQ codes) fetch
 ``refine * k`` candidates and re-rank them by the exact inner product of the stored float
-vectors, so a lossy code only has to put the true neighbours among the candidates.
+vectors (float16 in a published snapshot), so a lossy code only has to put the true
+neighbours among the candidates.
 """
 
 from __future__ import annotations
@@ -88,13 +89,15 @@ def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np
 
 
 class VectorTable:
-    """One index's stored float vectors in memory, sorted by id: a query's own vector, exact
-    scans and re-ranking look up a few rows per search in microseconds, where a DuckDB query
-    over the ``vectors`` table costs a scan."""
+    """One index's stored vectors, sorted by id: a query's own vector, exact scans and
+    re-ranking look up a few rows per search in microseconds, where a DuckDB query over the
+    ``vectors`` table costs a scan. The matrix is float32 in memory, or float16 mapped from a
+    snapshot's file (:mod:`~sst_search.store.at_rest`): rows become float32 as they are read.
+    ``presorted``: the ids are known to ascend (a mapped file's; checking would read them all)."""
 
-    def __init__(self, ids: np.ndarray, matrix: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False) -> None:
         ids = np.asarray(ids, np.int64)
-        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        if not presorted and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
             order = np.argsort(ids, kind="stable")
             ids, matrix = ids[order], matrix[order]
         self.ids, self.matrix = ids, matrix
@@ -358,7 +361,8 @@ def _admitted_rows(admission: Admission, table: VectorTable) -> np.ndarray:
 
 
 def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """Top ``k`` of the table's ``rows`` by the exact inner product of their stored vectors."""
+    """Top ``k`` of the table's ``rows`` by the exact inner product of their stored vectors
+    (float16 at rest: scored in float32 from the rounded components)."""
     if len(rows) == 0:
         return []
     matrix = np.ascontiguousarray(table.matrix[rows], np.float32)

@@ -168,7 +168,7 @@ def check_indexes(con: duckdb.DuckDBPyConnection, faiss_dir: Path, sample: int =
 
 
 def verify_files(db_path: str | Path, sample: int = SAMPLE) -> list[Problem]:
-    """Full check of the store at ``db_path`` (database and FAISS files), without changing anything."""
+    """Full check of the store at ``db_path`` (database, FAISS files, vectors at rest), without changing anything."""
     db_path = Path(db_path)
     if not db_path.is_file():
         return [Problem(str(db_path), "no such database file", "database")]
@@ -183,6 +183,10 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE) -> list[Problem]:
         if not problems:
             try:
                 problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
+                if not problems:
+                    from sst_search.store import at_rest  # it builds on this module's checks
+
+                    problems = at_rest.check_all(con, db_path, sample)
             except duckdb.Error as exc:
                 problems = [Problem(str(db_path), f"database is damaged ({_first_line(exc)})", "database")]
         return problems
