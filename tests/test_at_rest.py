@@ -130,7 +130,7 @@ import numpy as np
 from sst_search.store import at_rest
 from sst_search.store.snapshots import publish_snapshot
 
-def killed_half_way(con, key, ids, dim, path):
+def killed_half_way(con, key, ids, dim, path, record):
     with open(path, "wb") as fh:
         header = {"descr": "<f2", "fortran_order": False, "shape": (len(ids), dim)}
         np.lib.format.write_array_header_1_0(fh, header)

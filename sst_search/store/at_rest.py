@@ -28,8 +28,11 @@ the next publish writes the folder.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -78,9 +81,10 @@ def _write_index(con: duckdb.DuckDBPyConnection, root: Path, key: IndexKey, gene
     matrix_path, ids_path, manifest_path = vector_paths(root, key)
     ids = _catalog_ids(con, key)
     atomic_write(ids_path, lambda tmp: _save(tmp, ids))
-    atomic_write(matrix_path, lambda tmp: _write_matrix(con, key, ids, dim, tmp))
+    digest = hashlib.sha256()  # of the bytes as written: the publish's check then reads the file back once
+    atomic_write(matrix_path, lambda tmp: _write_matrix(con, key, ids, dim, tmp, digest.update))
     manifest = {"generation": generation, "count": len(ids), "dim": dim, "dtype": DTYPE.name,
-                "bytes": matrix_path.stat().st_size, "sha256": sha256_file(matrix_path),
+                "bytes": matrix_path.stat().st_size, "sha256": digest.hexdigest(),
                 "ids_bytes": ids_path.stat().st_size, "ids_sha256": sha256_file(ids_path)}
     atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
 
@@ -96,24 +100,33 @@ def _save(path: str, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
-def _write_matrix(con: duckdb.DuckDBPyConnection, key: IndexKey, ids: np.ndarray, dim: int, path: str) -> None:
-    """The float16 matrix, appended batch by batch in the row order of ``ids``: ordinary
-    writes, not a writable mapping, so a full disk is an OSError rather than a SIGBUS."""
+def _write_matrix(con: duckdb.DuckDBPyConnection, key: IndexKey, ids: np.ndarray, dim: int, path: str,
+                  record: Callable[[bytes], None]) -> None:
+    """The float16 matrix, appended batch by batch in the row order of ``ids`` (each block
+    written also handed to ``record``): ordinary writes, not a writable mapping, so a full
+    disk is an OSError rather than a SIGBUS."""
     header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": (len(ids), dim)}
     at = 0
     batches = con.sql(
         "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY specimen_id",
         params=list(key),
     ).to_arrow_reader(VECTOR_BATCH_ROWS)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, header)
     with open(path, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, header)
+
+        def put(data: bytes) -> None:
+            fh.write(data)
+            record(data)
+
+        put(head.getvalue())
         for batch in batches:
             if not len(batch):
                 continue
             batch_ids, values = vector_batch(batch)
             if values.shape[1] != dim or not np.array_equal(batch_ids, ids[at : at + len(batch_ids)]):
                 raise RuntimeError(f"{key[0]}/{key[1]}: the vectors table changed while it was written at rest")
-            fh.write(np.ascontiguousarray(values, DTYPE).tobytes())
+            put(np.ascontiguousarray(values, DTYPE).tobytes())
             at += len(batch_ids)
     if at != len(ids):
         raise RuntimeError(f"{key[0]}/{key[1]}: {at} vectors read for {len(ids)} ids")
