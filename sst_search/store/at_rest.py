@@ -39,7 +39,7 @@ from urllib.parse import quote
 import duckdb
 import numpy as np
 
-from sst_search.store.catalog import VECTOR_BATCH_ROWS, vector_batch
+from sst_search.store.catalog import VECTOR_BATCH_ROWS, duckdb_memory_limit, vector_batch
 from sst_search.store.indexes import atomic_write
 from sst_search.store.verify import SAMPLE, Problem, _first_line, index_states
 from sst_search.weights import sha256_file
@@ -69,12 +69,20 @@ def write_snapshot(db_path: Path) -> None:
     """Write the vectors at rest of every index of the (staged, not yet published) store at
     ``db_path``, streaming from its catalog: one batch of float32 rows in memory at a time."""
     root = vectors_dir(db_path)
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = _connect(db_path)
     try:
         for embedder, trait, generation, dim in index_states(con):
             _write_index(con, root, (embedder, trait), generation, dim)
     finally:
         con.close()
+
+
+def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """Read-only, with the store's memory limit (sorting a large vectors table by id spills to
+    disk past it) and no progress bar on the publishing process's terminal."""
+    con = duckdb.connect(str(db_path), read_only=True, config={"memory_limit": duckdb_memory_limit()})
+    con.execute("SET enable_progress_bar = false").fetchall()
+    return con
 
 
 def _write_index(con: duckdb.DuckDBPyConnection, root: Path, key: IndexKey, generation: int, dim: int) -> None:
@@ -239,7 +247,7 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path, sample: int = SAMPL
 
 def check_snapshot(db_path: Path, sample: int = SAMPLE) -> list[Problem]:
     """:func:`check_all` of a store no process holds (a staged snapshot)."""
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = _connect(db_path)
     try:
         return check_all(con, db_path, sample)
     finally:

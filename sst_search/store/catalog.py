@@ -10,6 +10,7 @@ the FAISS indexes on top.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import duckdb
@@ -32,6 +33,18 @@ MASK_ROW_COLUMNS = (
 
 #: Vectors per batch read from DuckDB (a few tens of megabytes at dim 512).
 VECTOR_BATCH_ROWS = 32_768
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's own buffer limit: a quarter of the machine's memory (DuckDB's default is 80%).
+
+    The store's bulk data in memory lives outside DuckDB (vector matrices, FAISS indexes,
+    the snapshot's columns and masks); left at 80%, DuckDB's sort buffers for reading a
+    10 million x 128 vector table grew to 10 GiB on top of the 5 GiB matrix being filled and
+    a 24 GiB machine ran out. Past the limit DuckDB spills to disk instead.
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, total // 4 // 2**20)}MB"
 
 
 def vector_batch(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ only ever replaced whole and are trusted only at a matching generation.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ from sst_search.store import at_rest, indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.cache import IndexCache, IndexKey
-from sst_search.store.catalog import Catalog
+from sst_search.store.catalog import Catalog, duckdb_memory_limit
 from sst_search.store.planner import Admission, SearchOutcome, VectorTable, search_table
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
@@ -701,18 +700,6 @@ def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: st
     if not np.isfinite(queries).all():
         raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
     return min(int(k), MAX_K)
-
-
-def duckdb_memory_limit() -> str:
-    """DuckDB's own buffer limit: a quarter of the machine's memory (DuckDB's default is 80%).
-
-    The store's bulk data in memory lives outside DuckDB (vector matrices, FAISS indexes,
-    the snapshot's columns and masks); left at 80%, DuckDB's sort buffers for reading a
-    10 million x 128 vector table grew to 10 GiB on top of the 5 GiB matrix being filled and
-    a 24 GiB machine ran out. Past the limit DuckDB spills to disk instead.
-    """
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{max(1, total // 4 // 2**20)}MB"
 
 
 class _IdSet:
