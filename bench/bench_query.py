@@ -16,6 +16,12 @@ Filters (each a scenario):
   group-other     group == another group (no neighbour passes)
   date-1%         eventDate >= a date that 1% of the specimens reach
 
+The store is then published (:func:`publish_snapshot`, which writes each index's vectors
+at rest as a float16 file) and searched through the snapshot, as the app searches it:
+exact scans and re-ranking read the mapped float16 rows. ``--float32`` runs the scenarios
+again on the live store, whose vectors are read from the catalog as float32 (the reader
+before vectors at rest), for the recall cost of float16.
+
 Printed: build time, bytes per vector of the index in RAM (and of the file), process RSS,
 per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
 results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
@@ -47,7 +53,9 @@ import pyarrow.compute as pc
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
+from sst_search.store.at_rest import vector_paths, vectors_dir
 from sst_search.store.indexes import ivf_of
+from sst_search.store.snapshots import current_version, publish_snapshot, resolve_snapshot
 from sst_search.store.rle import encode_mask
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
@@ -118,6 +126,11 @@ def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, locali
         store.finish_run(run, {"indexed": n})
 
 
+def mapped_resident(path: Path) -> int:
+    """Bytes of the file at ``path`` this process has resident through its mappings."""
+    return sum(m.rss for m in psutil.Process().memory_maps(grouped=True) if m.path == str(path))
+
+
 def index_bytes_in_ram(index: faiss.Index) -> int:
     """Bytes the index occupies in memory (its serialised size: codes, ids, centroids)."""
     return int(faiss.serialize_index(index).nbytes)
@@ -176,6 +189,8 @@ def main() -> None:
     ap.add_argument("--selector-scans", default="",
                     help="comma-separated index.plan.selector_scan values, each timed on the same index after the "
                          "configured one (e.g. 0.25,1): the selector's latency/recall trade-off")
+    ap.add_argument("--float32", action="store_true",
+                    help="also run the scenarios on the live store's float32 vectors (the recall cost of float16 at rest)")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true",
                     help="search the store a run with the same --n/--dim/--clusters/--groups/--noise/--approx left in "
@@ -217,6 +232,16 @@ def main() -> None:
               f"{build_s:.1f} s ({args.n / build_s:,.0f} vectors/s); DuckDB file {db.stat().st_size / 2**30:.2f} GiB; "
               f"{load()}")
 
+    if not reuse or current_version(db) is None:
+        t = time.perf_counter()
+        snapshot = publish_snapshot(db)
+        print(f"publish (copy, verify, float16 vectors at rest): {time.perf_counter() - t:.1f} s; {load()}")
+    else:
+        snapshot = resolve_snapshot(db)
+    at_rest_file = vector_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))[0]
+    print(f"vectors at rest: {at_rest_file.stat().st_size / args.n:.0f} bytes/vector on disk "
+          f"(float32 in RAM was {4 * args.dim + 8})")
+
     query_rows = rng.choice(args.n, size=args.queries, replace=False)
     query_ids = ids[query_rows]
     other = (groups[query_rows] + args.groups // 2) % args.groups
@@ -247,18 +272,21 @@ def main() -> None:
     if args.no_lance:
         del vectors  # the engine holds its own copy; at 10 million vectors two do not fit in 24 GiB with the rest
 
+    rss_before_open = proc.memory_info().rss
     engine = SearchEngine.open(db)
     t = time.perf_counter()
     index = engine.store.index(EMBEDDER, TRAIT)
     ram = index_bytes_in_ram(index)
     population = engine.store.population(EMBEDDER, TRAIT)
-    row = engine.store.vectors_of(EMBEDDER, TRAIT, population[:1])[1]
+    engine.store.vectors_of(EMBEDDER, TRAIT, population[:1])  # maps the vectors at rest
     open_s, t = time.perf_counter() - t, time.perf_counter()
     engine.store.trait_mask_of(TRAIT, population[:1])
     print(f"trait masks held for the per-hit join: loaded in {time.perf_counter() - t:.1f} s")
     print(f"engine open + index load {open_s:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
-          f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); stored vectors kept for re-ranking and exact "
-          f"scans {row.nbytes + population.itemsize:.0f} bytes/vector; process RSS "
+          f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); stored vectors for re-ranking and exact "
+          f"scans: {engine.store._vector_table(EMBEDDER, TRAIT).matrix.dtype} "
+          f"{'mapped from the snapshot' if isinstance(engine.store._vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
+          f"{mapped_resident(at_rest_file) / 2**20:.1f} MiB of them resident; process RSS "
           f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)\n")
 
     def ours(name):
@@ -296,7 +324,12 @@ def main() -> None:
         return p95s
 
     ivf = ivf_of(index)
-    ours_p95 = scenario_table(f"sst-search ({args.approx}{f', nprobe {ivf.nprobe} of {ivf.nlist} lists' if ivf else ''})")
+    ours_p95 = scenario_table(f"sst-search ({args.approx}{f', nprobe {ivf.nprobe} of {ivf.nlist} lists' if ivf else ''}, "
+                              "float16 vectors at rest)")
+    grown = proc.memory_info().rss - rss_before_open
+    print(f"after open and {len(scenarios) * (args.queries + 23)} searches: the reader grew {grown / 2**20:.0f} MiB = "
+          f"{grown / args.n:.0f} bytes/vector, {mapped_resident(at_rest_file) / 2**20:.1f} MiB of the "
+          f"{at_rest_file.stat().st_size / 2**20:.1f} MiB float16 file resident (shared with other readers)")
 
     work_items = [(name, j) for j in range(args.queries) for name in scenarios]
     t = time.perf_counter()
@@ -319,6 +352,15 @@ def main() -> None:
         scenario_table(f"\nsst-search, selector_scan {scan:g}")
     engine.store.index_cache.config = recorded
     engine.close()
+    if args.float32:
+        rss_before_open = proc.memory_info().rss
+        engine = SearchEngine(Store.open(db, read_only=True))  # the live store: no file at rest, the catalog's float32
+        ivf = ivf_of(engine.store.index(EMBEDDER, TRAIT))
+        scenario_table(f"\nsst-search, float32 vectors in RAM (the same index{f', nprobe {ivf.nprobe}' if ivf else ''})")
+        grown = proc.memory_info().rss - rss_before_open
+        print(f"after open and {len(scenarios) * (args.queries + 23)} searches: the float32 reader grew "
+              f"{grown / 2**20:.0f} MiB = {grown / args.n:.0f} bytes/vector")
+        engine.close()
     del engine  # its snapshot arrays: LanceDB gets the memory back
 
     if not args.no_lance:

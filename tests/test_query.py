@@ -66,7 +66,8 @@ def test_by_specimen_ranks_itself_first_then_its_species(engine, indexed):
     query = _ids(engine, group)[0]
     trait = engine.traits(group)[1]
     results = engine.search(trait, k=5, specimen_id=query, exclude_query=False)
-    assert results[0].specimen_id == query and results[0].score == pytest.approx(1.0, abs=1e-5)
+    # A published snapshot keeps its vectors as float16: the query's own vector is rounded (cosines move <= 1e-3).
+    assert results[0].specimen_id == query and results[0].score == pytest.approx(1.0, abs=1e-3)
     assert [r.rank for r in results] == [1, 2, 3, 4, 5]
     assert all(a.score >= b.score for a, b in zip(results, results[1:]))
     assert query not in [r.specimen_id for r in engine.search(trait, k=5, specimen_id=query)]
@@ -98,7 +99,7 @@ def test_scores_are_exact_cosines(engine, indexed):
     results = engine.search(SPECIMEN_TRAIT, k=4, specimen_id=query)
     expected = sorted(((float(vectors[query] @ v), sid) for sid, v in vectors.items() if sid != query), reverse=True)[:4]
     assert [r.specimen_id for r in results] == [sid for _, sid in expected]
-    assert [r.score for r in results] == pytest.approx([s for s, _ in expected], abs=1e-5)
+    assert [r.score for r in results] == pytest.approx([s for s, _ in expected], abs=1e-3)  # float16 at rest
 
 
 def test_different_returns_the_least_similar_first(engine, indexed):

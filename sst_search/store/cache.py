@@ -1,4 +1,5 @@
-"""The FAISS side of a store: in-memory indexes and vector arrays, each tied to a generation.
+"""The FAISS side of a store: in-memory indexes and vector arrays (or, in a published
+snapshot, the mapped vectors at rest), each tied to a generation.
 
 DuckDB is the truth; everything here is a cache of its ``vectors`` table. An entry is used
 only while its generation equals the one the database holds (the caller passes it in), so
@@ -20,7 +21,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
-from sst_search.store import indexes
+from sst_search.store import at_rest, indexes
 from sst_search.store.planner import VectorTable
 from sst_search.weights import sha256_file
 
@@ -33,8 +34,11 @@ FileState = Literal["missing", "stale", "fresh", "damaged"]
 class IndexCache:
     """One store's FAISS indexes and vector arrays, loaded, rebuilt and saved by generation."""
 
-    def __init__(self, faiss_dir: Path, config: IndexConfig, read_vectors: VectorReader) -> None:
+    def __init__(self, faiss_dir: Path, config: IndexConfig, read_vectors: VectorReader,
+                 at_rest_db: Path | None = None) -> None:
         self.faiss_dir = faiss_dir
+        #: The snapshot whose vectors at rest a reader maps (None: always read the catalog's).
+        self.at_rest_db = at_rest_db
         #: The index kinds to build (the store replaces it with the one its writer recorded).
         self.config = config
         self._read_vectors = read_vectors
@@ -62,11 +66,18 @@ class IndexCache:
         return cached[0] if cached is not None and cached[1] == generation else None
 
     def vector_table(self, key: IndexKey, generation: int | None) -> VectorTable:
-        """One index's vectors, read from the catalog once per generation."""
+        """One index's vectors once per generation: mapped from the snapshot's vectors at rest
+        when it has them, else read from the catalog as float32."""
         cached = self._tables.get(key)
         if cached is None or cached[1] != generation:
-            ids, matrix = self._read_vectors(*key)
-            cached = self._tables[key] = (VectorTable(ids, np.ascontiguousarray(matrix, np.float32)), generation)
+            mapped = None if self.at_rest_db is None else at_rest.open_vectors(
+                at_rest.vectors_dir(self.at_rest_db), key, generation)
+            if mapped is not None:
+                table = VectorTable(*mapped, presorted=True)
+            else:
+                ids, matrix = self._read_vectors(*key)
+                table = VectorTable(ids, np.ascontiguousarray(matrix, np.float32))
+            cached = self._tables[key] = (table, generation)
         return cached[0]
 
     def rebuild(self, key: IndexKey, dim: int) -> faiss.Index:

@@ -10,6 +10,7 @@ the FAISS indexes on top.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import duckdb
@@ -35,6 +36,24 @@ MASK_ROW_COLUMNS = (
 VECTOR_BATCH_ROWS = 32_768
 
 
+def duckdb_memory_limit() -> str:
+    """DuckDB's own buffer limit: a quarter of the machine's memory (DuckDB's default is 80%).
+
+    The store's bulk data in memory lives outside DuckDB (vector matrices, FAISS indexes,
+    the snapshot's columns and masks); left at 80%, DuckDB's sort buffers for reading a
+    10 million x 128 vector table grew to 10 GiB on top of the 5 GiB matrix being filled and
+    a 24 GiB machine ran out. Past the limit DuckDB spills to disk instead.
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, total // 4 // 2**20)}MB"
+
+
+def vector_batch(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, (rows, dim) matrix)`` of one non-empty batch of ``(specimen_id, vector)`` rows."""
+    values = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+    return batch.column(0).to_numpy().astype(np.int64, copy=False), values.reshape(len(batch), -1)
+
+
 def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, matrix)`` from batches of ``(specimen_id, vector)``, copied once into arrays of
     ``n`` rows: at 10 million vectors an Arrow table and its combined, flattened and
@@ -46,11 +65,11 @@ def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.
             continue
         if at + rows > n:
             raise RuntimeError(f"the vectors table grew while it was read ({at + rows} rows, {n} counted)")
-        values = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+        batch_ids, values = vector_batch(batch)
         if matrix is None:
-            matrix = np.empty((n, len(values) // rows), np.float32)
-        matrix[at : at + rows] = values.reshape(rows, -1)
-        ids[at : at + rows] = batch.column(0).to_numpy()
+            matrix = np.empty((n, values.shape[1]), np.float32)
+        matrix[at : at + rows] = values
+        ids[at : at + rows] = batch_ids
         at += rows
     if matrix is None:
         return ids[:0], np.zeros((0, 0), np.float32)

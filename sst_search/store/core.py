@@ -17,7 +17,6 @@ only ever replaced whole and are trusted only at a matching generation.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,11 +29,11 @@ import numpy as np
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
-from sst_search.store import indexes
+from sst_search.store import at_rest, indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
 from sst_search.store.cache import IndexCache, IndexKey
-from sst_search.store.catalog import Catalog
+from sst_search.store.catalog import Catalog, duckdb_memory_limit
 from sst_search.store.planner import Admission, SearchOutcome, VectorTable, search_table
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
@@ -94,7 +93,8 @@ class Store(Catalog):
         self.read_only = read_only
         self.faiss_dir = db_path.with_name(db_path.name + ".faiss")
         #: The FAISS indexes and vector arrays kept current with this store's generations.
-        self.index_cache = IndexCache(self.faiss_dir, index_config, self.get_vectors)
+        self.index_cache = IndexCache(self.faiss_dir, index_config, self.get_vectors,
+                                      at_rest_db=db_path if read_only else None)
 
     @property
     def index_config(self) -> IndexConfig:
@@ -493,7 +493,9 @@ class Store(Catalog):
         if not self.read_only:
             self.flush_indexes()
         problems = vf.check_database(self.con, self.db_path)
-        return problems or (vf.check_indexes(self.con, self.faiss_dir, sample) if indexes else [])
+        if problems or not indexes:
+            return problems
+        return vf.check_indexes(self.con, self.faiss_dir, sample) or at_rest.check_all(self.con, self.db_path, sample)
 
     # -- indexes and search -----------------------------------------------------------------
 
@@ -564,7 +566,8 @@ class Store(Catalog):
         return self._vector_table(embedder, trait_name).ids
 
     def vectors_of(self, embedder: str, trait_name: str, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids found, matrix)`` from the in-memory copy of the index's vectors, in the order asked.
+        """``(ids found, float32 matrix)`` from the index's vector table (in memory, or mapped
+        float16 in a published snapshot), in the order asked.
 
         A query's own vector, exact scans and re-ranking need a few rows per search; looking
         them up in arrays kept per generation costs microseconds where a DuckDB query over
@@ -726,18 +729,6 @@ def _checked_query(queries: np.ndarray, k: object, embedder: str, trait_name: st
     if not np.isfinite(queries).all():
         raise ValueError(f"{embedder}/{trait_name}: the query vector holds NaN or infinite values")
     return min(int(k), MAX_K)
-
-
-def duckdb_memory_limit() -> str:
-    """DuckDB's own buffer limit: a quarter of the machine's memory (DuckDB's default is 80%).
-
-    The store's bulk data in memory lives outside DuckDB (vector matrices, FAISS indexes,
-    the snapshot's columns and masks); left at 80%, DuckDB's sort buffers for reading a
-    10 million x 128 vector table grew to 10 GiB on top of the 5 GiB matrix being filled and
-    a 24 GiB machine ran out. Past the limit DuckDB spills to disk instead.
-    """
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{max(1, total // 4 // 2**20)}MB"
 
 
 class _IdSet:

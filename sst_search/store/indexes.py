@@ -164,7 +164,7 @@ def remove_leftovers(root: Path) -> list[Path]:
     return removed
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
@@ -182,11 +182,11 @@ def _atomic_write(path: Path, write) -> None:
 def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int) -> None:
     """Index first, manifest second: see the module docstring for why this order is safe."""
     index_path, manifest_path = index_paths(root, embedder, trait_name)
-    _atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
+    atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
     manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d,
                 "bytes_per_vector": round(bytes_per_vector(index), 1),
                 "bytes": index_path.stat().st_size, "sha256": sha256_file(index_path)}
-    _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
 
 
 def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:

@@ -9,6 +9,7 @@ new version folder and a small pointer file is switched to it atomically::
     <db>.faiss/                its FAISS cache
     <db>.versions/<version>/<db name>          a published copy
     <db>.versions/<version>/<db name>.faiss/   its FAISS cache
+    <db>.versions/<version>/<db name>.vectors/ its vectors at rest (float16, memory-mapped by readers)
     <db>.current               JSON pointer {"version": ..., "published_at": ...}
 
 Readers resolve the pointer once, when they open, and keep their version for as long as
@@ -17,7 +18,8 @@ moves the pointer.
 
 Nothing damaged is published: the copy is fully verified (:mod:`verify`: every table read
 back through DuckDB's block checksums, every FAISS file loaded and compared with the
-catalog) *before* the pointer moves, and marked verified. Only the newest ``keep``
+catalog, the vectors at rest written from the verified catalog and checked against it)
+*before* the pointer moves, and marked verified. Only the newest ``keep``
 versions are kept, and never the newest verified one, so a run that fails verification
 leaves readers, and a repair, a good version to fall back on. Published files get the
 ordinary mode under the umask, so a search app running as another user can read them. Pruning an older one while
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import duckdb
 
+from sst_search.store import at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
 from sst_search.store.indexes import file_mode
 from sst_search.store.verify import verify_files
@@ -219,6 +222,9 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
             con.close()
         _make_readable(staging)
         problems = verify_files(staging / db_path.name)
+        if not problems:  # from a verified catalog only: a damaged one is reported, not copied
+            at_rest.write_snapshot(staging / db_path.name)
+            problems = at_rest.check_snapshot(staging / db_path.name)
         if problems:
             live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
             good = current_version(db_path)

@@ -178,7 +178,7 @@ def check_corrections(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Pro
 
 
 def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = False) -> list[Problem]:
-    """Full check of the store at ``db_path`` (database and FAISS files, and with
+    """Full check of the store at ``db_path`` (database, FAISS files, vectors at rest, and with
     ``corrections`` the freshness of corrected masks' measurements), without changing anything."""
     db_path = Path(db_path)
     if not db_path.is_file():
@@ -194,6 +194,10 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = 
         if not problems:
             try:
                 problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
+                if not problems:
+                    from sst_search.store import at_rest  # it builds on this module's checks
+
+                    problems = at_rest.check_all(con, db_path, sample)
                 if corrections:
                     problems += check_corrections(con, db_path)
             except duckdb.Error as exc:
