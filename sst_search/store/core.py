@@ -17,6 +17,7 @@ only ever replaced whole and are trusted only at a matching generation.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
