@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from sst_search.cli import app

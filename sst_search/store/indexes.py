@@ -15,7 +15,6 @@ wrong answer.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
