@@ -204,7 +204,8 @@ def fit_coordinates(matrix: np.ndarray, method: Method = "umap", seed: int = 0,
     return xy, fitted, projection
 
 
-def _vectors(store: Store, embedder: str, trait: str) -> tuple[np.ndarray, np.ndarray, int]:
+def index_vectors(store: Store, embedder: str, trait: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(ids, matrix, generation)`` of one index, the store's in-memory copy (no second one)."""
     generation = index_generation(store, embedder, trait)
     if generation is None:
         known = ", ".join(f"{e}/{t}" for e, t in store.index_keys()) or "none"
@@ -216,7 +217,7 @@ def _vectors(store: Store, embedder: str, trait: str) -> tuple[np.ndarray, np.nd
 def build_map(store: Store, embedder: str, trait: str, method: Method = "umap", seed: int = 0,
               sample_size: int = SAMPLE_SIZE) -> TraitMap:
     """Fit a new map of one index and store it (replacing any earlier one)."""
-    ids, matrix, generation = _vectors(store, embedder, trait)
+    ids, matrix, generation = index_vectors(store, embedder, trait)
     xy, fitted, projection = fit_coordinates(matrix, method, seed, sample_size)
     state = MapState(embedder, trait, method, seed, generation, fit_count=len(ids), added_since_fit=0,
                      params={"sample_size": sample_size, "neighbours": NEIGHBOURS, "reduced_dim": len(projection.axes),
@@ -284,7 +285,7 @@ def refresh_map(store: Store, embedder: str, trait: str, refit_share: float = RE
         return "removed"
     if generation == state.generation:
         return "current"
-    ids, matrix, generation = _vectors(store, embedder, trait)
+    ids, matrix, generation = index_vectors(store, embedder, trait)
     points = map_points(store, embedder, trait)
     update = _plan_update(state, points, ids, matrix, refit_share)
     if update.refit:
@@ -321,7 +322,7 @@ def load_map(store: Store, embedder: str, trait: str) -> TraitMap | None:
     points = map_points(store, embedder, trait)
     if generation == state.generation:
         return TraitMap(embedder, trait, state.method, state.seed, points.ids, points.xy, points.fitted)
-    ids, matrix, _ = _vectors(store, embedder, trait)
+    ids, matrix, _ = index_vectors(store, embedder, trait)
     update = _plan_update(state, points, ids, matrix, REFIT_SHARE)
     if update.refit:
         return None

@@ -139,3 +139,15 @@ def drop_map(store, embedder: str, trait_name: str) -> None:
     with store._transaction({}):
         store._exec("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ?", [embedder, trait_name])
         store._exec("DELETE FROM trait_maps WHERE embedder = ? AND trait_name = ?", [embedder, trait_name])
+
+
+def trait_measurement(store, trait_name: str, field_name: str) -> dict[int, float]:
+    """``{specimen_id: value}`` of one measurement of one trait (what a map is coloured by)."""
+    from sst_search.measure import FIELD_NAMES
+
+    if field_name not in FIELD_NAMES:
+        raise ValueError(f"{field_name!r} is not a measurement (measurements: {', '.join(FIELD_NAMES)})")
+    rows = store.con.execute(
+        f'SELECT specimen_id, "{field_name}" FROM trait_measurements WHERE trait_name = ? AND "{field_name}" IS NOT NULL',
+        [trait_name]).fetchall()
+    return {int(sid): value for sid, value in rows}
