@@ -109,44 +109,64 @@ def map_png(table: pd.DataFrame, color_by: str = "group", size: int = 1200, titl
     return out
 
 
+#: Maps up to this many points carry their catalogNumbers to the browser for hovering; larger
+#: ones leave them out (tens of megabytes of labels) and name a point when it is clicked.
+HOVER_MAX = 200_000
+
+
 def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", highlight: dict | None = None):
-    """A plotly figure of the map: one WebGL (``Scattergl``) trace per category (or one with
-    a colour scale for numbers); hover names the catalogNumber and group. ``highlight``:
-    ``{"query": id or None, "hits": [ids]}`` drawn on top (a search result on the map)."""
+    """``(figure, rows)``: a plotly figure of the map, one WebGL (``Scattergl``) trace per
+    category (or one with a colour scale for numbers), and for each trace the table rows its
+    points are, in order (a selection names points by trace and position). Hover shows the
+    catalogNumber and group. ``highlight``: ``{"query": id or None, "hits": [ids]}`` drawn on
+    top (a search result on the map)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    hover = "%{customdata[1]}<br>%{customdata[2]}<extra></extra>"
-    label = table["catalogNumber"].fillna(table["specimen_id"].astype(str))
-    custom = np.stack([table["specimen_id"].astype(str), label, table["group"].fillna("").astype(str)], axis=1)
+    rows_per_trace: list[np.ndarray] = []
+    labelled = len(table) <= HOVER_MAX
+    label = (table["catalogNumber"].fillna(table["specimen_id"].astype(str)) + "<br>"
+             + table["group"].fillna("").astype(str)).to_numpy() if labelled else None
+    x, y = table["x"].to_numpy(), table["y"].to_numpy()
+
+    def add(rows: np.ndarray, name: str, marker: dict) -> None:
+        hover = {"text": label[rows], "hovertemplate": "%{text}<extra></extra>"} if labelled else {"hoverinfo": "none"}
+        fig.add_trace(go.Scattergl(x=x[rows], y=y[rows], mode="markers", name=name, marker=marker, **hover))
+        rows_per_trace.append(rows)
+
     values = table[color_by] if color_by in table else pd.Series([None] * len(table))
     if is_numeric(values):
-        fig.add_trace(go.Scattergl(x=table["x"], y=table["y"], mode="markers", customdata=custom, hovertemplate=hover,
-                                   marker={"size": 6, "color": values, "colorscale": "Viridis", "showscale": True,
-                                           "colorbar": {"title": color_by}}, name=color_by))
+        add(np.arange(len(table)), color_by, {"size": 6, "color": values.to_numpy(), "colorscale": "Viridis",
+                                              "showscale": True, "colorbar": {"title": color_by}})
     else:
         names = categories(values)
-        keys = values.astype(str).where(values.notna() & values.astype(str).isin(names), "other / none")
+        keys = values.astype(str).where(values.notna() & values.astype(str).isin(names), "other / none").to_numpy()
         for name in [*names, "other / none"]:
-            rows = np.flatnonzero((keys == name).to_numpy())
+            rows = np.flatnonzero(keys == name)
             if len(rows):
                 rgb = PALETTE[names.index(name)] if name in names else PALETTE[-1]
-                fig.add_trace(go.Scattergl(x=table["x"].iloc[rows], y=table["y"].iloc[rows], mode="markers",
-                                           customdata=custom[rows], hovertemplate=hover, name=name,
-                                           marker={"size": 6, "color": f"rgb{tuple(rgb)}"}))
+                add(rows, name, {"size": 6, "color": f"rgb{tuple(rgb)}"})
     if highlight:
-        for ids, name, marker in ((highlight.get("hits") or [], "search hits",
-                                   {"size": 12, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}}),
-                                  ([highlight["query"]] if highlight.get("query") is not None else [], "query",
-                                   {"size": 16, "symbol": "star", "color": "gold", "line": {"width": 1, "color": "black"}})):
-            rows = np.flatnonzero(table["specimen_id"].isin([int(i) for i in ids]).to_numpy())
-            if len(rows):
-                fig.add_trace(go.Scattergl(x=table["x"].iloc[rows], y=table["y"].iloc[rows], mode="markers",
-                                           customdata=custom[rows], hovertemplate=hover, name=name, marker=marker))
+        ids = table["specimen_id"]
+        hits = np.flatnonzero(ids.isin([int(i) for i in highlight.get("hits") or []]).to_numpy())
+        if len(hits):
+            add(hits, "search hits", {"size": 13, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}})
+        if highlight.get("query") is not None:
+            query = np.flatnonzero((ids == int(highlight["query"])).to_numpy())
+            if len(query):
+                add(query, "query", {"size": 18, "symbol": "star", "color": "gold", "line": {"width": 1, "color": "black"}})
     fig.update_layout(title=title, dragmode="lasso", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
                       legend={"itemsizing": "constant"})
-    return fig
+    return fig, rows_per_trace
+
+
+def selected_rows(points: list[dict], rows_per_trace: list[np.ndarray]) -> np.ndarray:
+    """Table rows of the points of a plotly selection (``curve_number``, ``point_index``), each once."""
+    found = [int(rows_per_trace[p["curve_number"]][p["point_index"]]) for p in points
+             if p.get("curve_number") is not None and p["curve_number"] < len(rows_per_trace)
+             and p.get("point_index") is not None and p["point_index"] < len(rows_per_trace[p["curve_number"]])]
+    return np.unique(np.asarray(found, np.int64))
 
 
 def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str = "") -> None:
@@ -158,7 +178,7 @@ def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str
         if not ok:
             raise OSError(f"{out}: could not write the picture")
     elif suffix == ".html":
-        map_figure(table, color_by, title).write_html(out, include_plotlyjs=True)
+        map_figure(table, color_by, title)[0].write_html(out, include_plotlyjs=True)
     elif suffix == ".parquet":
         table.to_parquet(out, index=False)
     elif suffix == ".csv":

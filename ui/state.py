@@ -19,7 +19,7 @@ from sst_search.query import SearchEngine
 from sst_search.sources.naming import item_name
 
 DB_ENV = "SST_SEARCH_DB"
-PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
+PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos", "Map")
 
 def db_path_from_args(argv: list[str]) -> str | None:
     """``--db PATH`` after ``streamlit run ui/app.py --``, else ``$SST_SEARCH_DB``."""
