@@ -199,7 +199,7 @@ def render(engine: SearchEngine) -> None:
     tmap = _map(engine, cache_key(engine), embedder, trait)
     if tmap is None:
         st.info(f"No current map of {md(trait_label(trait))} in this snapshot. Build it here, or run "
-                f"`sst-search map --db INDEX --trait {md(trait)}`; index runs keep it current afterwards.")
+                f"sst-search map --db INDEX --trait {md(trait)}; index runs keep it current afterwards.")
         method = st.radio("Method", METHODS, horizontal=True, key="map_method",
                           help="umap: neighbourhoods kept (fitted on up to 50,000); pca: exact and fast")
         if st.button("Build the map", type="primary", key="map_build"):
