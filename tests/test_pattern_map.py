@@ -1,5 +1,6 @@
 """Trait maps: real umap-learn on the session's indexed collection, stored in a real DuckDB store,
-kept current by index runs (new specimens placed, not refitted) and refitted when vectors change."""
+kept current by index runs (new specimens placed, not refitted) and refitted when vectors change.
+One test fits UMAP on the store: its first fit in a process compiles umap-learn's numba code."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from indexer.job import run_index
 from sst_search.config import Config
-from sst_search.pattern_map import MapError, build_map, fit_coordinates, load_map, refresh_map
+from sst_search.pattern_map import MapError, build_map, fit_coordinates, load_map, place, refresh_map
 from sst_search.store import Store
 from sst_search.store.maps import map_points, map_state
 from sst_search.store.review import replace_vectors
@@ -29,22 +30,6 @@ def copy_store(db, to):
     return to / db.name
 
 
-def test_umap_map_is_seeded_stored_and_read_back(indexed, tmp_path):
-    _, db = indexed
-    db = copy_store(db, tmp_path / "store")
-    with Store.open(db) as store:
-        first = build_map(store, EMBEDDER, TRAIT, "umap", seed=3)
-        again = build_map(store, EMBEDDER, TRAIT, "umap", seed=3)
-        ids, _ = store.vectors_of(EMBEDDER, TRAIT, store.population(EMBEDDER, TRAIT))
-    assert np.array_equal(first.ids, np.sort(ids)) and first.fitted.all()
-    assert np.array_equal(first.xy, again.xy)  # same seed, same coordinates, bit for bit
-    assert np.isfinite(first.xy).all() and np.ptp(first.xy, axis=0).min() > 0
-    with Store.open(db, read_only=True) as reader:
-        stored = load_map(reader, EMBEDDER, TRAIT)
-    assert stored is not None and stored.method == "umap" and stored.placed_now == 0
-    assert np.array_equal(stored.ids, first.ids) and np.allclose(stored.xy, first.xy)
-
-
 def test_fit_on_a_sample_places_the_rest_next_to_their_twins():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 32))
@@ -55,21 +40,32 @@ def test_fit_on_a_sample_places_the_rest_next_to_their_twins():
     assert fitted.sum() == 40
     exact = (matrix - matrix[fitted].mean(0)) @ np.linalg.svd(matrix[fitted] - matrix[fitted].mean(0))[2][:2].T
     assert np.allclose(np.abs(xy), np.abs(exact), atol=1e-4)  # PCA places every point exactly
-    xy, fitted, _ = fit_coordinates(matrix, "umap", seed=1, sample_size=40)
-    # a placed point lands among its own cluster's fitted points, not another's
-    centroids = np.stack([xy[fitted & (labels == c)].mean(0) for c in range(4)])
-    nearest = np.linalg.norm(xy[~fitted][:, None] - centroids[None], axis=2).argmin(1)
+    # The rest of a UMAP map is placed by its fitted neighbours: a point lands among its own
+    # cluster's fitted points, not another's (here on any 2-D layout of the fitted points).
+    anchors_xy = np.random.default_rng(2).normal(size=(4, 2))[labels[fitted]] * 10 + rng.normal(size=(40, 2))
+    placed = place(matrix[fitted], anchors_xy, matrix[~fitted])
+    centroids = np.stack([anchors_xy[labels[fitted] == c].mean(0) for c in range(4)])
+    nearest = np.linalg.norm(placed[:, None] - centroids[None], axis=2).argmin(1)
     assert (nearest == labels[~fitted]).mean() > 0.95
+    assert np.allclose(place(matrix[fitted], anchors_xy, matrix[fitted]), anchors_xy, atol=1e-3)  # a twin: on it
     with pytest.raises(MapError, match="at least 3"):
         fit_coordinates(matrix[:2], "umap")
 
 
-def test_reindex_places_new_specimens_and_changed_vectors_refit(indexed, tmp_path):
+def test_umap_map_is_seeded_stored_placed_on_reindex_and_refitted_when_vectors_change(indexed, tmp_path):
     coll, db = indexed
     db = copy_store(db, tmp_path / "store")
     with Store.open(db) as store:
-        before = build_map(store, EMBEDDER, TRAIT, "umap", seed=0)
+        before = build_map(store, EMBEDDER, TRAIT, "umap", seed=3)
+        again = build_map(store, EMBEDDER, TRAIT, "umap", seed=3)
         fitted_at = map_state(store, EMBEDDER, TRAIT).fitted_at
+        assert np.array_equal(before.ids, store.population(EMBEDDER, TRAIT)) and before.fitted.all()
+    assert np.array_equal(before.xy, again.xy)  # same seed, same coordinates, bit for bit
+    assert np.isfinite(before.xy).all() and np.ptp(before.xy, axis=0).min() > 0
+    with Store.open(db, read_only=True) as reader:  # stored: a reader gets the same map back
+        stored = load_map(reader, EMBEDDER, TRAIT)
+    assert stored is not None and stored.method == "umap" and stored.placed_now == 0
+    assert np.array_equal(stored.ids, before.ids) and np.allclose(stored.xy, before.xy)
     # The same collection with one more specimen per species (the existing files are byte-identical).
     grown = generate_collection(tmp_path / "grown", species=INDEXED_SPECIES, per_species=INDEXED_PER_SPECIES + 1,
                                 seed=INDEXED_SEED)
