@@ -155,7 +155,7 @@ def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", hi
             query = np.flatnonzero((ids == int(highlight["query"])).to_numpy())
             if len(query):
                 add(query, "query", {"size": 18, "symbol": "star", "color": "gold", "line": {"width": 1, "color": "black"}})
-    fig.update_layout(title=title, dragmode="lasso", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    fig.update_layout(title=title, dragmode="lasso", clickmode="event+select", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
                       legend={"itemsizing": "constant"})
     return fig, rows_per_trace

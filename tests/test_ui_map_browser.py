@@ -3,8 +3,10 @@ collects exactly the specimens inside, and the gallery shows them."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
+import pandas as pd
 import pytest
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -41,17 +43,35 @@ def test_lasso_on_the_map_shows_exactly_the_specimens_inside(app_server, chromiu
     page = chromium.new_page(viewport={"width": 1400, "height": 1400})
     page.set_default_timeout(30_000)
     page.goto(f"{app_server}/?page=map")
-    page.get_by_role("heading", name="Map").wait_for()
+    page.get_by_role("heading", name="Map", exact=True).wait_for()
     page.locator("[data-testid='stSelectbox']").filter(has_text="Trait").click()
     page.get_by_role("option", name=trait_label(trait), exact=True).click()
     page.get_by_text("pca", exact=True).click()
     page.get_by_role("button", name="Build the map").click()
     page.locator(".js-plotly-plot .nsewdrag").wait_for()
     page.wait_for_function("() => document.querySelector('.js-plotly-plot')._fullData.length > 0")
-    assert page.get_by_text("Random model weights").first.is_visible()
+    expect(page.get_by_text("the map's neighbourhoods are not meaningful")).to_be_visible()
 
     points = page.evaluate(POINTS_JS)
     assert len(points) >= 4
+
+    # One point lassoed shows its crop and catalogNumber beside the map, and opens its specimen page.
+    one = points[0]
+    lasso(page, [(one["px"] - 6, one["py"] - 6), (one["px"] + 6, one["py"] - 6), (one["px"] + 6, one["py"] + 6),
+                 (one["px"] - 6, one["py"] + 6)])
+    panel = page.locator(".st-key-map-point")
+    expect(panel).to_contain_text(one["label"])
+    expect(panel.locator("img")).to_have_count(1)
+    panel.get_by_role("button", name="Open specimen").click()
+    page.get_by_role("heading", name="Specimen", exact=True).wait_for()
+    expect(page.get_by_role("combobox", name="Specimen", exact=True)).to_have_value(re.compile(re.escape(one["label"])))
+    page.goto(f"{app_server}/?page=map")  # back to the map, as a fresh session
+    page.locator("[data-testid='stSelectbox']").filter(has_text="Trait").click()
+    page.get_by_role("option", name=trait_label(trait), exact=True).click()
+    page.locator(".js-plotly-plot .nsewdrag").wait_for()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot')._fullData.length > 0")
+    points = page.evaluate(POINTS_JS)
+
     xs = sorted({round(p["px"], 1) for p in points})
     split = (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2  # between two columns of points: none on the edge
     top, bottom = min(p["py"] for p in points) - 15, max(p["py"] for p in points) + 15
@@ -68,6 +88,10 @@ def test_lasso_on_the_map_shows_exactly_the_specimens_inside(app_server, chromiu
     page.wait_for_function("n => [...document.querySelectorAll(\"[class*='st-key-map-sel-'] img\")]"
                            ".filter(i => i.complete && i.naturalWidth > 0).length === n", arg=len(inside))
     expect(page.get_by_role("button", name="Selection: Darwin Core Archive (MeasurementOrFact)")).to_be_visible()
+    with page.expect_download() as download:  # the export holds the selection, not the collection
+        page.get_by_role("button", name="Selection: measurements (CSV)").click()
+    exported = set(pd.read_csv(download.value.path())["catalogNumber"])
+    assert exported and exported <= inside
     page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(tmp_path / "map.png", ARTIFACTS / "ui_map.png")

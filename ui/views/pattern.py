@@ -91,12 +91,12 @@ def _selection(engine: SearchEngine, table: pd.DataFrame, rows: np.ndarray, embe
     ids = [int(i) for i in table["specimen_id"].iloc[rows]]
     st.subheader(f"Selection: {len(ids)} specimens")
     _gallery(engine, table, ids, trait, "map-sel")
-    c1, c2 = st.columns(2)
+    c1, c2 = st.columns(2)  # written when asked for: a 10,000-specimen lasso must answer at once
     c1.download_button("Selection: measurements (CSV)",
-                       export.to_csv_bytes(export.measurements_table(engine.store, specimen_ids=ids)),
+                       lambda: export.to_csv_bytes(export.measurements_table(engine.store, specimen_ids=ids)),
                        "selection.csv", "text/csv", key="map_dl_csv", on_click="ignore")
     c2.download_button("Selection: Darwin Core Archive (MeasurementOrFact)",
-                       export.dwca_zip(engine.store, specimen_ids=ids), "selection-dwca.zip", "application/zip",
+                       lambda: export.dwca_zip(engine.store, specimen_ids=ids), "selection-dwca.zip", "application/zip",
                        key="map_dl_dwca", on_click="ignore")
     with st.expander("Search within the selection"):
         numbers = dict(zip(table["specimen_id"], table["catalogNumber"]))
@@ -134,10 +134,10 @@ def _map_view(engine: SearchEngine, tmap: TraitMap, embedder: str, trait: str) -
     rows = selected_rows(selection.points, rows_per_trace) if selection else np.zeros(0, np.int64)
     dragged = bool(selection and (selection.box or selection.lasso))
     with right:
-        st.caption("Drag a lasso or box over the map to collect specimens; click a point to see it.")
+        st.caption("Drag a lasso or box over the map to collect specimens; click a point (or lasso one) to see it.")
         if highlight:
             st.caption("Search result shown: the query (star) and its hits (rings).")
-        if len(rows) == 1 and not dragged:
+        if len(rows) == 1:  # a clicked point, or a lasso around one
             _point(engine, table, int(rows[0]), trait)
     if dragged or len(rows) > 1:
         _selection(engine, table, rows, embedder, trait)
