@@ -3,6 +3,10 @@ with a mimic pair: melpomene painted with erato's hindwing bar, alba's left as i
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,3 +88,32 @@ def test_map_command_writes_map_atlas_and_convergence_csv(mimic_db, tmp_path, mo
     assert len(pd.read_csv(tmp_path / "c.pairs.csv")) > 0
     bad = runner.invoke(app, ["convergence", "--db", str(mimic_db), "--trait", TRAIT, "--by", "nosuchcolumn"])
     assert bad.exit_code == 2 and "nosuchcolumn" in bad.output
+
+
+def test_map_page_shows_a_search_result_on_the_map(mimic_db, monkeypatch):
+    """The Search page's last result on the map of its trait: the query as a star, its hits ringed."""
+    from streamlit.testing.v1 import AppTest
+
+    from sst_search.pattern_map import build_map
+    from sst_search.query import SearchEngine
+    from sst_search.store.snapshots import publish_snapshot
+
+    with Store.open(mimic_db) as store:
+        build_map(store, "color-pattern", TRAIT, "pca")
+    publish_snapshot(mimic_db)
+    with SearchEngine.open(mimic_db) as engine:
+        query = int(engine.store.population("color-pattern", TRAIT)[0])
+        results = engine.search(TRAIT, 3, specimen_id=query)
+        tmap = load_map(engine.store, "color-pattern", TRAIT)
+    monkeypatch.setenv("SST_SEARCH_DB", str(mimic_db))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "ui" / "app.py"), default_timeout=120)
+    for key, value in {"page": "Map", "results": results, "query_mode": "Specimen", "query_specimen": query}.items():
+        at.session_state[key] = value
+    at.run()
+    at.selectbox(key="map_trait").set_value(TRAIT).run()
+    assert not at.exception, at.exception
+    traces = {t["name"]: t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    decode = lambda column: np.frombuffer(base64.b64decode(column["bdata"]), column["dtype"])  # noqa: E731
+    hits = tmap.xy[np.isin(tmap.ids, [r.specimen_id for r in results])]
+    assert sorted(decode(traces["search hits"]["x"])) == sorted(hits[:, 0])
+    assert decode(traces["query"]["x"]).tolist() == tmap.xy[tmap.ids == query][:, 0].tolist()
