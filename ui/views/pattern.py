@@ -36,6 +36,14 @@ def _table(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by:
     return map_table(_engine.store, _map(_engine, key, embedder, trait), color_by)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _figure(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by: str, title: str,
+            highlight: dict | None):
+    """The figure and its rows per trace, built once per map, colouring and highlight: a lasso's
+    rerun only reads the selection."""
+    return map_figure(_table(_engine, key, embedder, trait, color_by), color_by, title, highlight)
+
+
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _thumbnail(_engine: SearchEngine, key: str, specimen_id: int, trait: str) -> np.ndarray | None:
     return trait_thumbnail(_engine.store, specimen_id, trait, 128)
@@ -70,10 +78,17 @@ def _highlight(trait: str) -> dict | None:
     return {"query": query, "hits": [r.specimen_id for r in results]}
 
 
+def _catalog_numbers(table: pd.DataFrame, ids: list[int]) -> dict[int, str | None]:
+    """catalogNumber of a few ids, looked up in the map's table (sorted by id) without a
+    dictionary of a million rows per rerun."""
+    at = np.searchsorted(table["specimen_id"].to_numpy(), ids)
+    return dict(zip(ids, table["catalogNumber"].to_numpy()[at]))
+
+
 def _gallery(engine: SearchEngine, table: pd.DataFrame, ids: list[int], trait: str, prefix: str,
              scores: dict[int, float] | None = None) -> None:
-    numbers = dict(zip(table["specimen_id"], table["catalogNumber"]))
     shown = ids[:GALLERY_MAX]
+    numbers = _catalog_numbers(table, shown)
     for start in range(0, len(shown), GALLERY_COLUMNS):
         for col, sid in zip(st.columns(GALLERY_COLUMNS), shown[start:start + GALLERY_COLUMNS]):
             with col, st.container(border=True, key=f"{prefix}-{sid}"):
@@ -99,8 +114,10 @@ def _selection(engine: SearchEngine, table: pd.DataFrame, rows: np.ndarray, embe
                        lambda: export.dwca_zip(engine.store, specimen_ids=ids), "selection-dwca.zip", "application/zip",
                        key="map_dl_dwca", on_click="ignore")
     with st.expander("Search within the selection"):
-        numbers = dict(zip(table["specimen_id"], table["catalogNumber"]))
-        query = st.selectbox("Query specimen", ids, format_func=lambda s: str(numbers.get(s) or s), key="map_query")
+        numbers = _catalog_numbers(table, ids[:GALLERY_MAX])
+        # the query is one of the specimens shown: a pick list of 10,000 would cost more than the search
+        query = st.selectbox("Query specimen (from the gallery)", ids[:GALLERY_MAX],
+                             format_func=lambda s: str(numbers.get(s) or s), key="map_query")
         k = int(st.number_input("Results", 1, 100, min(8, len(ids)), key="map_k"))
         if st.button("Search the selection", key="map_search"):
             _, vector = engine.store.vectors_of(embedder, trait, [query])
@@ -125,7 +142,7 @@ def _map_view(engine: SearchEngine, tmap: TraitMap, embedder: str, trait: str) -
     table = _table(engine, key, embedder, trait, color_by)
     highlight = _highlight(trait)
     title = f"{trait_label(trait)}: {len(table):,} specimens ({tmap.method}, seed {tmap.seed})"
-    figure, rows_per_trace = map_figure(table, color_by, title, highlight)
+    figure, rows_per_trace = _figure(engine, key, embedder, trait, color_by, title, highlight)
     left, right = st.columns([4, 1])
     with left:
         event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
