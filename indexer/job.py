@@ -17,6 +17,7 @@ from tqdm import tqdm
 from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
+from sst_search.pattern_map import refresh_maps
 from sst_search.references import group_hint
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items
@@ -179,6 +180,8 @@ def run_index(
         finally:
             if runner is not None:
                 runner.close()
+        for (embedder, trait), outcome in refresh_maps(store).items():  # stored maps follow the new vectors
+            log.info("map %s/%s: %s", embedder, trait, outcome)
         store.finish_run(run_id, counts, timings)
     publish_snapshot(db)
     seg = plan.fingerprint.get("segmentation") or {}

@@ -11,6 +11,7 @@ The public surface, for notebooks, the app and the batch indexer::
 - the index: :class:`Store` (catalog + FAISS), :class:`SpecimenRecord`
 - search: :class:`SearchEngine`, :class:`QueryEncoder`, :class:`QueryResult`,
   :class:`Filter`, :func:`parse_filter`, :class:`QueryError`
+- pattern space: :func:`build_map`, :func:`load_map`, :func:`convergence`
 
 Names are imported on first use, so ``import sst_search`` (and the CLI's start-up) does
 not pull in torch, SAM 2 or open_clip.
@@ -41,6 +42,9 @@ _EXPORTS = {
     "QueryEncoder": "sst_search.encoding",
     "QueryResult": "sst_search.query",
     "SearchEngine": "sst_search.query",
+    "build_map": "sst_search.pattern_map",
+    "load_map": "sst_search.pattern_map",
+    "convergence": "sst_search.convergence",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "refs": ("refs", "refs_app"),
     "export": ("export", "export_app"),
     "review": ("review", "review_app"),
+    "map": ("pattern", "map_"),
+    "convergence": ("pattern", "convergence"),
 }
 
 

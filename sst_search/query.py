@@ -54,6 +54,12 @@ class QueryResult:
         return decode_mask(self._rle) if self._rle else None
 
 
+def random_weights(run: dict) -> bool:
+    """Whether a run's fingerprint names random SAM 2 or embedder weights (results then mean nothing)."""
+    seg, emb = run.get("segmentation") or {}, run.get("embedder") or {}
+    return seg.get("weights_sha256") == "random" or emb.get("weights") == "random"
+
+
 class SearchEngine:
     """Read-only search over the latest published snapshot of an index."""
 
@@ -116,7 +122,7 @@ class SearchEngine:
             "sam2_model": seg.get("model"), "sam2_weights": seg.get("weights_sha256"), "image_size": seg.get("image_size"),
             "adapter": seg.get("adapter_sha256"), "mode": seg.get("mode"),
             "embedder": emb.get("embedder"), "embedder_model": emb.get("model"), "embedder_weights": emb.get("weights"),
-            "random_weights": seg.get("weights_sha256") == "random" or emb.get("weights") == "random",
+            "random_weights": random_weights(self.encoder.run),
         }
 
     def groups(self) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -229,15 +229,30 @@ def _metadata(rng: np.random.Generator, number: int, group: str) -> dict[str, st
     }
 
 
+def _mimic(species: _Species, model: str | None) -> _Species:
+    """``species`` with the colours of ``model``'s traits on the traits both have."""
+    if model is None:
+        return species
+    found = next((s for s in _SPECIES if s.epithet == model), None)
+    if found is None:
+        raise ValueError(f"unknown synthetic species {model!r} to mimic; known: {[s.epithet for s in _SPECIES]}")
+    colours = dict(found.traits)
+    return replace(species, traits=tuple((kind, colours.get(kind, colour)) for kind, colour in species.traits))
+
+
 def generate_collection(
     out_dir: str | Path,
     species: int = 3,
     per_species: int = 6,
     seed: int = 0,
     size: tuple[int, int] = (192, 256),
+    mimics: dict[str, str] | None = None,
 ) -> SyntheticCollection:
     """Write a synthetic collection (images, ground-truth masks, one reference per species,
-    manifest) under ``out_dir``; see the module docstring for why it looks the way it does."""
+    manifest) under ``out_dir``; see the module docstring for why it looks the way it does.
+
+    ``mimics`` maps a species to the one it mimics: every trait the two share is painted in
+    the model's colours (its wing keeps its own), the convergence a mimicry ring shows."""
     if not 1 <= species <= MAX_SPECIES:
         raise ValueError(f"species must be in 1..{MAX_SPECIES}, got {species}")
     if per_species < 1:
@@ -257,7 +272,8 @@ def generate_collection(
     rows: list[dict[str, str]] = []
     for s_idx, spec in enumerate(_SPECIES[:species]):
         group = spec.epithet
-        _write_trait_reference(coll.references, s_idx, seed, size)
+        spec = _mimic(spec, (mimics or {}).get(group))
+        _write_trait_reference(coll.references, s_idx, seed, size, spec)
         for i in range(per_species):
             rng = np.random.default_rng((seed, s_idx, 0, i))
             rgb, mask, _ = _render(spec, size, rng)
@@ -364,8 +380,9 @@ def _tray(s_idx: int, count: int, size: tuple[int, int], rng: np.random.Generato
     return Drawer(image, instances, traits)
 
 
-def _write_trait_reference(references: Path, s_idx: int, seed: int, size: tuple[int, int]) -> None:
-    spec = _SPECIES[s_idx]
+def _write_trait_reference(references: Path, s_idx: int, seed: int, size: tuple[int, int],
+                           spec: _Species | None = None) -> None:
+    spec = spec or _SPECIES[s_idx]
     ref_dir = references / spec.epithet
     ref_rgb, ref_mask, _ = _render(spec, size, np.random.default_rng((seed, s_idx, 1, 0)))
     save_image(ref_dir / f"{spec.epithet}-ref.png", ref_rgb)

@@ -13,12 +13,13 @@ import streamlit as st
 from sst_search.store.snapshots import SnapshotError
 from ui.render import md
 from ui.state import DB_ENV, PAGES, db_path_from_args, engine_session, init_navigation, load_engine
-from ui.views import collection, export, photos, plots, references, review, search, specimen
+from ui.views import collection, export, pattern, photos, plots, references, review, search, specimen
 
 VIEWS = {"Search": search.render, "Specimen": specimen.render, "Collection": collection.render, "Export": export.render,
          "References": references.render, "Review": review.render}
 VIEWS["Plots"] = plots.render
 VIEWS["Photos"] = photos.render
+VIEWS["Map"] = pattern.render
 
 st.set_page_config(page_title="sst-search", page_icon="🦋", layout="wide")
 

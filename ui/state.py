@@ -19,7 +19,7 @@ from sst_search.query import SearchEngine
 from sst_search.sources.naming import item_name
 
 DB_ENV = "SST_SEARCH_DB"
-PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos")
+PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos", "Map")
 
 def _app_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)

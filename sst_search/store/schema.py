@@ -119,6 +119,23 @@ Tables and columns:
     - ``width INTEGER``, ``height INTEGER``, ``instance_count INTEGER``, ``candidates INTEGER``.
     - ``updated_at TIMESTAMP``.
 
+``trait_maps``: one row per 2-D map of an index (see :mod:`sst_search.pattern_map`).
+    - ``embedder VARCHAR``, ``trait_name VARCHAR``: the index mapped; primary key.
+    - ``method VARCHAR``: ``umap`` | ``pca``; ``seed BIGINT``: the seed of the sample and the fit.
+    - ``generation BIGINT``: the ``index_state`` generation the map is current with.
+    - ``fit_count BIGINT``: points when it was fitted; ``added_since_fit BIGINT``: points placed
+      on it since (an index run refits once these exceed a share of ``fit_count``).
+    - ``params JSON``: the fit's settings; ``model BLOB``: what places a new point (the
+      projection, as a NumPy ``.npz``).
+    - ``fitted_at TIMESTAMP``, ``updated_at TIMESTAMP``.
+
+``trait_map_points``: one row per point of a map.
+    - ``embedder VARCHAR``, ``trait_name VARCHAR``, ``specimen_id BIGINT``: primary key.
+    - ``x DOUBLE``, ``y DOUBLE``: the point on the map.
+    - ``fitted BOOLEAN``: in the sample the map was fitted on (else placed onto it).
+    - ``signature DOUBLE``: the vector's projection on a fixed random direction, so a changed
+      vector is told from an unchanged one without storing it twice.
+
 ``instances``: one row per instance found in a photo; the instance is also an item of
     ``specimens`` whose ``path`` is ``crop_path``.
     - ``source_path VARCHAR``, ``number INTEGER`` (1..n, reading order): primary key.
@@ -278,6 +295,30 @@ ALTER TABLE specimens ADD COLUMN IF NOT EXISTS rights_holder VARCHAR;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS full_source VARCHAR;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS original_width INTEGER;
 ALTER TABLE specimens ADD COLUMN IF NOT EXISTS original_height INTEGER;
+CREATE TABLE IF NOT EXISTS trait_maps (
+    embedder VARCHAR NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    seed BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    fit_count BIGINT NOT NULL,
+    added_since_fit BIGINT NOT NULL,
+    params JSON,
+    model BLOB,
+    fitted_at TIMESTAMP,
+    updated_at TIMESTAMP,
+    PRIMARY KEY (embedder, trait_name)
+);
+CREATE TABLE IF NOT EXISTS trait_map_points (
+    embedder VARCHAR NOT NULL,
+    trait_name VARCHAR NOT NULL,
+    specimen_id BIGINT NOT NULL,
+    x DOUBLE NOT NULL,
+    y DOUBLE NOT NULL,
+    fitted BOOLEAN NOT NULL,
+    signature DOUBLE NOT NULL,
+    PRIMARY KEY (embedder, trait_name, specimen_id)
+);
 CREATE TABLE IF NOT EXISTS store_settings (
     key VARCHAR PRIMARY KEY,
     value JSON

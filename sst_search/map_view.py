@@ -1,0 +1,187 @@
+"""A trait map as a table and a picture: what ``sst-search map --out`` writes and the app draws.
+
+The same table (coordinates, group, catalogNumber, the colouring column) feeds the PNG, the
+interactive HTML and the app's WebGL scatter, so all three show the same points in the same
+colours. The PNG is rasterised with NumPy and OpenCV (a million points in well under a
+second, no plotting library needed); the HTML is a plotly ``Scattergl`` figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .measure import FIELD_NAMES
+from .pattern_map import TraitMap
+from .store import Store
+from .store.maps import trait_measurement
+
+#: Categorical colours (RGB); values beyond the first few share the last, grey, "other".
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (188, 189, 34), (23, 190, 207), (127, 127, 127))
+#: Categories given their own colour; the rest are "other".
+MAX_CATEGORIES = len(PALETTE) - 1
+
+
+def color_columns(store: Store) -> list[str]:
+    """What a map can be coloured by: group, each metadata column, each measurement."""
+    return ["group", *sorted(store.metadata_keys()), *FIELD_NAMES]
+
+
+def map_table(store: Store, tmap: TraitMap, color_by: str | None = "group") -> pd.DataFrame:
+    """One row per point: ``specimen_id, x, y, fitted, group, catalogNumber`` and ``color_by``
+    (a metadata column, or a measurement of the map's trait)."""
+    groups = store.group_labels()
+    numbers = store.metadata_labels("catalogNumber")
+    ids = [int(i) for i in tmap.ids]
+    table = pd.DataFrame({"specimen_id": tmap.ids.astype(np.int64), "x": tmap.xy[:, 0], "y": tmap.xy[:, 1],
+                          "fitted": tmap.fitted, "group": [groups.get(i) for i in ids],
+                          "catalogNumber": [numbers.get(i) for i in ids]})
+    if color_by and color_by not in table:
+        if color_by in FIELD_NAMES:
+            values = trait_measurement(store, tmap.trait_name, color_by)
+        elif color_by in store.metadata_keys():
+            values = store.metadata_labels(color_by)
+        else:
+            raise ValueError(f"cannot colour by {color_by!r}: not a metadata column or measurement "
+                             f"(choose from {', '.join(color_columns(store))})")
+        table[color_by] = [values.get(i) for i in ids]
+    return table
+
+
+def is_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and values.dtype != bool
+
+
+def categories(values: pd.Series) -> list[str]:
+    """The most frequent values, each shown in its own colour (the rest are "other")."""
+    return [str(v) for v in values.dropna().astype(str).value_counts().index[:MAX_CATEGORIES]]
+
+
+def point_colors(values: pd.Series) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int]]]]:
+    """RGB per point and the legend: categories for text, a viridis ramp for numbers."""
+    if is_numeric(values):
+        numbers = values.astype(float).to_numpy()
+        finite = np.isfinite(numbers)
+        lo, hi = (numbers[finite].min(), numbers[finite].max()) if finite.any() else (0.0, 1.0)
+        scaled = np.zeros(len(numbers), np.uint8)
+        scaled[finite] = np.round(255 * (numbers[finite] - lo) / ((hi - lo) or 1)).astype(np.uint8)
+        ramp = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_VIRIDIS)[:, 0, ::-1]
+        colors = ramp[scaled]
+        colors[~finite] = PALETTE[-1]
+        return colors, [(f"{lo:.4g}", tuple(int(c) for c in ramp[0])), (f"{hi:.4g}", tuple(int(c) for c in ramp[-1]))]
+    names = categories(values)
+    lookup = {n: i for i, n in enumerate(names)}
+    index = np.array([lookup.get(str(v), MAX_CATEGORIES) if v is not None else MAX_CATEGORIES for v in values])
+    legend = [(n, PALETTE[i]) for i, n in enumerate(names)]
+    if (index == MAX_CATEGORIES).any():
+        legend.append(("other / none", PALETTE[-1]))
+    return np.asarray(PALETTE, np.uint8)[index], legend
+
+
+def map_png(table: pd.DataFrame, color_by: str = "group", size: int = 1200, title: str = "") -> np.ndarray:
+    """The map as an RGB picture with a legend: one dot per point, later points on top."""
+    legend_width, margin = 260, 20
+    out = np.full((size, size + legend_width, 3), 255, np.uint8)
+    colors, legend = point_colors(table[color_by]) if color_by in table else (
+        np.tile(np.asarray(PALETTE[0], np.uint8), (len(table), 1)), [])
+    if len(table):
+        xy = table[["x", "y"]].to_numpy(float)
+        lo, hi = xy.min(0), xy.max(0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        px = margin + ((xy[:, 0] - lo[0]) / span[0] * (size - 2 * margin)).astype(int)
+        py = size - margin - ((xy[:, 1] - lo[1]) / span[1] * (size - 2 * margin)).astype(int)
+        radius = 1 if len(table) > 20_000 else 2 if len(table) > 2_000 else 5
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                if dx * dx + dy * dy <= radius * radius:
+                    out[np.clip(py + dy, 0, size - 1), np.clip(px + dx, 0, size - 1)] = colors
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(out, title[:60], (margin, 16), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(out, color_by[:28], (size + 10, 40), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (name, rgb) in enumerate(legend):
+        y = 70 + 24 * i
+        cv2.rectangle(out, (size + 10, y - 12), (size + 26, y + 2), tuple(int(c) for c in rgb), -1)
+        cv2.putText(out, name[:26], (size + 34, y), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+#: Maps up to this many points carry their catalogNumbers to the browser for hovering; larger
+#: ones leave them out (tens of megabytes of labels) and name a point when it is clicked.
+HOVER_MAX = 200_000
+
+
+def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", highlight: dict | None = None):
+    """``(figure, rows)``: a plotly figure of the map, one WebGL (``Scattergl``) trace per
+    category (or one with a colour scale for numbers), and for each trace the table rows its
+    points are, in order (a selection names points by trace and position). Hover shows the
+    catalogNumber and group. ``highlight``: ``{"query": id or None, "hits": [ids]}`` drawn on
+    top (a search result on the map)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    rows_per_trace: list[np.ndarray] = []
+    labelled = len(table) <= HOVER_MAX
+    label = (table["catalogNumber"].fillna(table["specimen_id"].astype(str)) + "<br>"
+             + table["group"].fillna("").astype(str)).to_numpy() if labelled else None
+    x, y = table["x"].to_numpy(), table["y"].to_numpy()
+
+    def add(rows: np.ndarray, name: str, marker: dict) -> None:
+        hover = {"text": label[rows], "hovertemplate": "%{text}<extra></extra>"} if labelled else {"hoverinfo": "none"}
+        fig.add_trace(go.Scattergl(x=x[rows], y=y[rows], mode="markers", name=name, marker=marker, **hover))
+        rows_per_trace.append(rows)
+
+    values = table[color_by] if color_by in table else pd.Series([None] * len(table))
+    if is_numeric(values):
+        add(np.arange(len(table)), color_by, {"size": 6, "color": values.to_numpy(), "colorscale": "Viridis",
+                                              "showscale": True, "colorbar": {"title": color_by}})
+    else:
+        names = categories(values)
+        keys = values.astype(str).where(values.notna() & values.astype(str).isin(names), "other / none").to_numpy()
+        for name in [*names, "other / none"]:
+            rows = np.flatnonzero(keys == name)
+            if len(rows):
+                rgb = PALETTE[names.index(name)] if name in names else PALETTE[-1]
+                add(rows, name, {"size": 6, "color": f"rgb{tuple(rgb)}"})
+    if highlight:
+        ids = table["specimen_id"]
+        hits = np.flatnonzero(ids.isin([int(i) for i in highlight.get("hits") or []]).to_numpy())
+        if len(hits):
+            add(hits, "search hits", {"size": 13, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}})
+        if highlight.get("query") is not None:
+            query = np.flatnonzero((ids == int(highlight["query"])).to_numpy())
+            if len(query):
+                add(query, "query", {"size": 18, "symbol": "star", "color": "gold", "line": {"width": 1, "color": "black"}})
+    fig.update_layout(title=title, dragmode="lasso", clickmode="event+select", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
+                      legend={"itemsizing": "constant"})
+    return fig, rows_per_trace
+
+
+def selected_rows(points: list[dict], rows_per_trace: list[np.ndarray]) -> np.ndarray:
+    """Table rows of the points of a plotly selection (``curve_number``, ``point_index``), each once."""
+    found = [int(rows_per_trace[p["curve_number"]][p["point_index"]]) for p in points
+             if p.get("curve_number") is not None and p["curve_number"] < len(rows_per_trace)
+             and p.get("point_index") is not None and p["point_index"] < len(rows_per_trace[p["curve_number"]])]
+    return np.unique(np.asarray(found, np.int64))
+
+
+def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str = "") -> None:
+    """Write the map by ``out``'s suffix: ``.png`` picture, ``.html`` interactive, ``.parquet`` / ``.csv`` coordinates."""
+    suffix = out.suffix.lower()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        ok = cv2.imwrite(str(out), map_png(table, color_by, title=title)[:, :, ::-1])
+        if not ok:
+            raise OSError(f"{out}: could not write the picture")
+    elif suffix == ".html":
+        map_figure(table, color_by, title)[0].write_html(out, include_plotlyjs=True)
+    elif suffix == ".parquet":
+        table.to_parquet(out, index=False)
+    elif suffix == ".csv":
+        table.to_csv(out, index=False)
+    else:
+        raise ValueError(f"{out}: write .png, .html, .parquet or .csv")
