@@ -14,7 +14,7 @@ from sst_search.config import Config
 from sst_search.pattern_map import MapError, build_map, fit_coordinates, load_map, place, refresh_map
 from sst_search.store import Store
 from sst_search.store.maps import map_points, map_state
-from sst_search.store.review import replace_vectors
+from sst_search.store.review import record_decision
 from sst_search.synthetic import generate_collection
 from tests.conftest import INDEXED_CONFIG, INDEXED_PER_SPECIES, INDEXED_SEED, INDEXED_SPECIES
 
@@ -86,7 +86,9 @@ def test_umap_map_is_seeded_stored_placed_on_reindex_and_refitted_when_vectors_c
         # A curator's correction re-embeds one fitted specimen's trait: the map no longer describes it.
         changed = int(before.ids[0])
         _, vec = store.vectors_of(EMBEDDER, TRAIT, [changed])
-        replace_vectors(store, changed, {(EMBEDDER, TRAIT): np.roll(vec[0], 7)})
+        tid = next(m.trait_id for m in store.trait_masks(changed) if m.trait_name == TRAIT)
+        record_decision(store, changed, TRAIT, "correct", "curator", mask=store.label_map(changed) == tid,
+                        vectors={(EMBEDDER, TRAIT): np.roll(vec[0], 7)})
         outcome = refresh_map(store, EMBEDDER, TRAIT)
         assert outcome == "refitted: 1 vectors of the fitted sample changed"
         refit = map_state(store, EMBEDDER, TRAIT)
