@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import torch
+
 from sst_search.store import SpecimenRecord
 
 from .worker import PreparedItem, Worker, WorkUnit
@@ -60,8 +62,12 @@ class Pipeline:
     def run(self, units: Iterable[WorkUnit]) -> Iterator[list[SpecimenRecord]]:
         finished: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="sst-prepare") as pool:
-            model = threading.Thread(target=self._model_loop, args=(units, pool, finished, stop),
+        # torch's intra-op thread count is per thread; the caller's, everywhere, keeps every
+        # reduction (and so every mask and vector) what the one-thread path computes.
+        torch_threads = torch.get_num_threads()
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="sst-prepare", initializer=torch.set_num_threads,
+                                initargs=(torch_threads,)) as pool:
+            model = threading.Thread(target=self._model_loop, args=(units, pool, finished, stop, torch_threads),
                                      name="sst-model", daemon=True)
             model.start()
             try:
@@ -93,9 +99,10 @@ class Pipeline:
         return records, None
 
     def _model_loop(self, units: Iterable[WorkUnit], pool: ThreadPoolExecutor, finished: queue.Queue,
-                    stop: threading.Event) -> None:
+                    stop: threading.Event, torch_threads: int) -> None:
         """The model's thread: segment unit after unit while the pool prepares the next ones
         and finishes the last ones; hand each unit's finishing future to the consumer."""
+        torch.set_num_threads(torch_threads)
         ahead: deque[tuple[WorkUnit, list[Future[PreparedItem]]]] = deque()
         todo = iter(units)
         try:

@@ -15,6 +15,7 @@ from sst_search.config import Config
 from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.store import Store
 from sst_search.synthetic import generate_collection
+from sst_search.tracking import SSTTracker
 from tests.conftest import TEST_IMAGE_SIZE
 
 
@@ -53,6 +54,8 @@ def mixed_collection(tmp_path_factory):
 
 def test_pipelined_store_equals_serial_store(mixed_collection, tmp_path, tracker):
     coll, masks = mixed_collection
+    # The session's SAM 2 with caches of its own: both runs start from the same state.
+    tracker = SSTTracker(tracker.predictor, tracker.model, tracker.weights)
     runs = {}
     for threads in (0, 2):
         db = tmp_path / f"threads{threads}.duckdb"
