@@ -9,8 +9,8 @@ Random weights throughout (the cost does not depend on the weight values). Each 
 
 Stage seconds (load = decode + resize, segment, embed, measure, write) are summed over the
 threads that ran them, so in a pipelined run they add up to more than the wall time.
-``model`` is the time spent inside the SAM 2 and open_clip forward passes (module hooks; on
-CUDA each hook synchronises), and the **non-model cost** is everything else: in the serial row,
+``model`` is the time spent inside the SAM 2 and open_clip calls (the image encoder, a group's
+support set-up, tracking from the supports, the image tower; on CUDA each call synchronises), and the **non-model cost** is everything else: in the serial row,
 run with one torch thread, ``(wall - model) / images`` is what one core spends per image
 around the models. In a pipelined row the forward passes overlap the rest, so instead of a
 difference it prints ``model busy``: the share of the wall time the model thread spent
@@ -46,52 +46,61 @@ STAGES = ("load", "segment", "embed", "measure", "write")
 
 
 class ModelClock:
-    """Seconds spent inside the forward passes of the given modules (outermost calls only)."""
+    """Seconds spent inside the models' calls (outermost calls only, per thread): SAM 2's image
+    encoder, the set-up of a group's supports and tracking from them (memory attention, its
+    projections and attention, the mask decoder), and the embedder's image tower."""
 
-    def __init__(self, modules: list[torch.nn.Module], device: torch.device):
+    def __init__(self, calls: list[tuple[object, str]], device: torch.device):
         self.seconds = 0.0
         self._local = threading.local()  # nesting per thread: the pipeline runs models on several
         self._lock = threading.Lock()
         self._cuda = device.type == "cuda"
-        self._handles = []
-        for module in modules:
-            self._handles.append(module.register_forward_pre_hook(self._enter))
-            self._handles.append(module.register_forward_hook(self._leave, always_call=True))  # also when SAM 2 stops a pass early
+        self._restore = []
+        for owner, name in calls:
+            inner = getattr(owner, name)
+            setattr(owner, name, self._timed(inner))
+            self._restore.append((owner, name))
 
     def _sync(self) -> None:
         if self._cuda:
             torch.cuda.synchronize()
 
-    def _enter(self, *_):
-        local = self._local
-        if getattr(local, "depth", 0) == 0:
-            self._sync()
-            local.started = time.perf_counter()
-        local.depth = getattr(local, "depth", 0) + 1
+    def _timed(self, inner):
+        def timed(*args, **kwargs):
+            local = self._local
+            outermost = getattr(local, "depth", 0) == 0
+            if outermost:
+                self._sync()
+                started = time.perf_counter()
+            local.depth = getattr(local, "depth", 0) + 1
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                local.depth -= 1
+                if outermost:
+                    self._sync()
+                    with self._lock:
+                        self.seconds += time.perf_counter() - started
+        return timed
 
-    def _leave(self, *_):
-        local = self._local
-        local.depth -= 1
-        if local.depth == 0:
-            self._sync()
-            with self._lock:
-                self.seconds += time.perf_counter() - local.started
+    def close(self) -> None:
+        for owner, name in self._restore:
+            delattr(owner, name)  # the instance attribute goes; the class's method shows again
 
 
 @contextmanager
 def clocked(tracker, embedder, device):
-    modules = []
+    calls = []
     if tracker is not None:
-        p = tracker.predictor
-        modules += [p.image_encoder, p.memory_attention, p.sam_mask_decoder, p.memory_encoder, p.sam_prompt_encoder]
+        calls += [(tracker.predictor, name) for name in ("forward_image", "add_new_masks", "support_memory",
+                                                         "track_from_support", "track_objects")]
     if hasattr(embedder, "model"):
-        modules.append(embedder.model.visual)
-    clock = ModelClock(modules, device)
+        calls.append((embedder.model, "encode_image"))
+    clock = ModelClock(calls, device)
     try:
         yield clock
     finally:
-        for h in clock._handles:
-            h.remove()
+        clock.close()
 
 
 def main() -> None:
