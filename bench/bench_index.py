@@ -7,7 +7,7 @@ Random weights throughout (the cost does not depend on the weight values). Each 
 ``pipeline``    the pipelined indexer with ``--workers`` threads (default: all cores)
 ``ray``         Ray actors (``--ray N``), each running the pipeline on its share of the cores
 
-Stage seconds (load = decode + resize, segment, embed, measure, write) are summed over the
+Stage seconds (load = decode + resize, segment, embed, encode = masks to RLE, measure, write) are summed over the
 threads that ran them, so in a pipelined run they add up to more than the wall time.
 ``model`` is the time spent inside the SAM 2 and open_clip calls (the image encoder, a group's
 support set-up, tracking from the supports, the image tower; on CUDA each call synchronises), and the **non-model cost** is everything else: in the serial row,
@@ -42,7 +42,7 @@ from sst_search.builder import build_tracker, embedder_from_config
 from sst_search.config import Config
 from sst_search.synthetic import generate_collection
 
-STAGES = ("load", "segment", "embed", "measure", "write")
+STAGES = ("load", "segment", "embed", "encode", "measure", "write")
 
 
 class ModelClock:

@@ -87,7 +87,8 @@ class Worker:
         self._tracker = tracker
         self._supports: dict[str, list[Support] | ReferencesError] = {}
         self._lock = threading.Lock()
-        self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0, "measure": 0.0}
+        #: seconds per stage; "encode" is the masks' run-length encoding for the catalog
+        self.timings = {"load": 0.0, "segment": 0.0, "embed": 0.0, "encode": 0.0, "measure": 0.0}
 
     @property
     def tracker(self):
@@ -106,9 +107,12 @@ class Worker:
         with self._lock:
             return dict(self.timings)
 
-    def _count(self, stage: str, started: float) -> None:
+    def _count(self, stage: str, started: float) -> float:
+        """Add the time since ``started`` to ``stage``; returns now, where the next stage starts."""
+        now = time.perf_counter()
         with self._lock:
-            self.timings[stage] += time.perf_counter() - started
+            self.timings[stage] += now - started
+        return now
 
     def process(self, unit: WorkUnit) -> list[SpecimenRecord]:
         prepared = [self.prepare(unit, item) for item in unit.items]
@@ -204,11 +208,11 @@ class Worker:
         started = time.perf_counter()
         vectors = self._embed(label_maps, images, sorted(traits), records)
         self._count("embed", started)
-        started = time.perf_counter()
         for key, vecs in vectors.items():
             label_map, res = label_maps[key]
             r = records[key]
             try:
+                started = time.perf_counter()
                 r.height, r.width = label_map.shape
                 if res is None:
                     r.masks = masks_from_label_map(label_map, traits, source="provided")
@@ -216,17 +220,18 @@ class Worker:
                     r.orientation = res.orientation
                     r.mirrored = res.mirrored
                     r.masks = masks_from_label_map(label_map, traits, res.quality, "sst", res.object_score, res.predicted_iou)
+                started = self._count("encode", started)
                 scale = resolve_scale(r.metadata, self.config.measure.scale_column, self.config.measure.pixels_per_mm)
                 if r.original_width:
                     scale = scale.resampled(r.width, r.original_width)
                 r.measurements = measure_label_map(label_map, images[key], traits, scale)
+                self._count("measure", started)
             except Exception as exc:  # noqa: BLE001 - one item's failure, recorded; the unit goes on
                 r.masks, r.measurements, r.error = [], [], f"measuring failed: {type(exc).__name__}: {exc}"
                 continue
             r.status = "indexed"
             r.vectors = {(self.embedder.name, traits[tid]): v for tid, v in vecs.traits.items()}
             r.vectors[(self.embedder.name, SPECIMEN_TRAIT)] = vecs.specimen
-        self._count("measure", started)
         return [records[item.key] for item in unit.items]
 
 
