@@ -211,9 +211,13 @@ def test_auto_orientation_by_cycle_consistency(tracker, synthetic, references):
     query = _queries(synthetic, group, 1)
     (auto,) = tracker.segment(supports, query, orientation="auto", orientation_by="cycle")
     forced = {t: next(tracker.segment(supports, query, orientation=t, quality=True)) for t in ORIENTATIONS}
-    best = max(ORIENTATIONS, key=lambda t: np.mean(list(forced[t].quality.values())))
-    assert auto.orientation == best and not auto.mirrored
-    _same_up_to_ties(auto.label_map, forced[best].label_map)
+    quality = {t: float(np.mean(list(forced[t].quality.values()))) for t in ORIENTATIONS}
+    # auto encodes the four turns as one batch, the forced runs one at a time: with random
+    # weights two turns can score within that float noise (0.0244 against 0.0245 at two torch
+    # threads), and then either is the right pick.
+    assert quality[auto.orientation] >= max(quality.values()) - 1e-3 and not auto.mirrored
+    assert quality[auto.orientation] > min(quality.values()) + 1e-3  # not just any turn
+    _same_up_to_ties(auto.label_map, forced[auto.orientation].label_map)
     with pytest.raises(ValueError, match="criterion"):
         list(tracker.segment(supports, query, orientation="auto", orientation_by="vibes"))
 
