@@ -186,13 +186,13 @@ class Worker:
     def finish(self, unit: WorkUnit, prepared: list[PreparedItem], segmented: Segmented) -> list[SpecimenRecord]:
         """Records of a unit: embed its label maps as one batch, measure and encode each mask."""
         records = {item.key: _record(unit, item) for item in unit.items}
-        supports = self.supports(unit.group)
-        if isinstance(supports, ReferencesError):
+        traits = self._traits(unit)
+        if traits is None:
+            reason = str(self.supports(unit.group))
             for item in unit.items:
                 if not item.error:
-                    records[item.key].status, records[item.key].error = "no_reference", str(supports)
+                    records[item.key].status, records[item.key].error = "no_reference", reason
             return list(records.values())
-        traits = {tid: t.name for s in supports for tid, t in s.traits.items()}
         images = {p.key: p.image for p in prepared}
         for p in prepared:
             if p.error and not records[p.key].error:
