@@ -406,9 +406,8 @@ class SSTTracker:
     ) -> Iterator[tuple[str, list[EncodedFrame] | None, str | None]]:
         """Load and encode queries ``batch_size`` at a time, in order, each in every view
         (one frame per view); failures pass through. Prepared queries skip the resize."""
-        size = self.predictor.image_size
+        size, on_cpu = self.predictor.image_size, resize_on_cpu(self.predictor.device)
         for batch in _batched(_load_queries(queries), batch_size):
-            on_cpu = resize_on_cpu(self.predictor.device)
             good = [(qid, prepare_query(q, size, views, on_cpu)) for qid, q, _ in batch if q is not None]
             encoded = encode_resized(self.predictor, [r for _, p in good for r in p.inputs],
                                      [v.viewed_size(p.image.shape[:2]) for _, p in good for v in views])
