@@ -18,7 +18,7 @@ from sst_search.builder import embedder_from_config
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
 from sst_search.pattern_map import refresh_maps
-from sst_search.references import group_hint
+from sst_search.references import group_hint, reference_folders
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items
 from sst_search.sources.naming import record_name, url_failure
@@ -141,6 +141,7 @@ def run_index(
         failure_status: dict[str, str] = {}
         write_seconds = 0.0
         runner = make_runner(config, Path(references), worker) if plan.units else None
+        folders = reference_folders(references)
         try:
             with tqdm(total=plan.todo, desc="segment + embed", unit="img", disable=quiet) as bar:
                 for records in runner.run(plan.units) if runner else []:
@@ -148,7 +149,7 @@ def run_index(
                         if r.status != "indexed" and r.source and r.error:
                             r.error = url_failure(r.error, r.path, r.source, record_name(r.metadata, r.item_key))
                         if r.status == "no_reference" and r.group_name:
-                            r.error = (r.error or "") + group_hint(r.group_name, r.metadata, references)
+                            r.error = (r.error or "") + group_hint(r.group_name, r.metadata, folders)
                     t = time.perf_counter()
                     store.write_batch(records)
                     write_seconds += time.perf_counter() - t

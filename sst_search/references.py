@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from glob import escape as glob_escape
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -533,12 +533,17 @@ def name_without_authorship(name: str) -> str | None:
     return bare if bare and bare != " ".join(words) else None
 
 
-def group_hint(group: str, metadata: Mapping[str, str], references: str | Path) -> str:
-    """What would give an item without references a matching folder, as a clause to append
-    to its error: a term of its own whose value names a folder under ``references``, else its
-    group name without authorship (what GBIF's ``species`` term holds); ``""`` when neither."""
+def reference_folders(references: str | Path) -> set[str]:
+    """The group folders under ``references`` (empty when it is not a folder)."""
     root = Path(references)
-    folders = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+
+
+def group_hint(group: str, metadata: Mapping[str, str], folders: Collection[str]) -> str:
+    """What would give an item without references a matching folder, as a clause to append
+    to its error: a term of its own whose value names one of the references' ``folders``
+    (:func:`reference_folders`, listed once per run, not once per item), else its group name
+    without authorship (what GBIF's ``species`` term holds); ``""`` when neither."""
     terms = [t for t, v in metadata.items() if v != group and str(v) in folders]
     if terms:
         return (f"; its {terms[0]} {metadata[terms[0]]!r} has a references folder: group by that term "
