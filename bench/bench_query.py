@@ -6,8 +6,10 @@ per specimen (COCO RLE, as the indexer writes them) through the
 product's own write path (:meth:`Store.write_columns`: catalog rows, vectors and the FAISS
 index of the configured kind), then times ``SearchEngine.search``, the code path the app
 uses, and measures recall@10 against exact search under the same filter. The same vectors
-and metadata go into a LanceDB table with its own IVF-PQ index, searched with its
-prefilter, in the same run.
+and metadata go into LanceDB tables (an IVF_PQ and an IVF_HNSW_SQ index), searched with
+its prefilter, in the same run, at equal recall: per scenario, the cheapest LanceDB setting
+(partitions probed, refine factor, ef) that reaches ``--lance-target`` recall@10
+(bench/lance_sweep.py), or "not reached".
 
 Filters (each a scenario):
   none            no filter
@@ -25,7 +27,8 @@ before vectors at rest), for the recall cost of float16.
 Printed: build time, bytes per vector of the index in RAM (and of the file), process RSS,
 per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
 results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
-LanceDB figures with the ratio of p95s. The load average is printed with the figures:
+LanceDB figures at equal recall with the ratio of p95s and both engines' throughput with
+``--threads`` threads. The load average is printed with the figures:
 on a shared machine they are only comparable within one run.
 
     python bench/bench_query.py --n 100000            # development size
@@ -45,6 +48,7 @@ from datetime import date
 from pathlib import Path
 
 import faiss
+import lance_sweep
 import numpy as np
 import psutil
 import pyarrow as pa
@@ -55,8 +59,12 @@ from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
 from sst_search.store.at_rest import vector_paths, vectors_dir
 from sst_search.store.indexes import ivf_of
-from sst_search.store.snapshots import current_version, publish_snapshot, resolve_snapshot
 from sst_search.store.rle import encode_mask
+from sst_search.store.snapshots import (
+    current_version,
+    publish_snapshot,
+    resolve_snapshot,
+)
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
@@ -151,21 +159,40 @@ def timed(fn, queries):
     return latencies, outputs
 
 
-def lance_table(work: Path, ids, vectors, group_names, localities, dates, partitions: int, sub_vectors: int,
-                iterations: int, sample_rate: int):
-    """LanceDB's table with its IVF_PQ index (the parameters its docs recommend, training bounded like ours)."""
-    import lancedb
+def lance_equal_recall(args, work: Path, config: IndexConfig, ids, vectors, group_names, localities, dates,
+                       query_rows, query_ids, scenarios, truth, ours_p95: dict[str, float]) -> None:
+    """LanceDB per index kind at the cheapest setting reaching ``--lance-target`` recall, per scenario."""
+    # LanceDB's documented defaults: sqrt(rows) partitions, dim/16 sub-vectors (dim/8 when 16 does not
+    # divide it); k-means bounded to our own training budget (iterations, rows sampled per partition).
+    partitions = max(1, round(np.sqrt(args.n)))
+    sub_vectors = args.dim // 16 if args.dim % 16 == 0 else args.dim // 8
+    columns = {"id": ids, "group_name": group_names, "locality": localities, "eventDate": dates}
+    refines = [int(r) for r in args.lance_refines.split(",") if r.strip()]
+    efs = [int(e) for e in args.lance_efs.split(",") if e.strip()]
+    for kind in (k.strip().upper() for k in args.lance_kinds.split(",") if k.strip()):
+        t = time.perf_counter()
+        table = lance_sweep.build_table(work, kind, columns, vectors, partitions, sub_vectors, config.train_niter,
+                                        config.train_per_list)
+        print(f"\nLanceDB {kind} build (table + index of {partitions} partitions"
+              f"{f', {sub_vectors} sub-vectors' if kind == 'IVF_PQ' else ''}, {config.train_niter} k-means iterations "
+              f"on {config.train_per_list} rows per partition, scalar indexes): {time.perf_counter() - t:.1f} s; "
+              f"{load()}")
+        settings = lance_sweep.ladder(kind, partitions, config.nprobe_for(partitions), refines, efs)
 
-    db = lancedb.connect(str(work / "lance"))
-    table = db.create_table("traits", data=pa.table({
-        "id": ids, "group_name": group_names, "locality": localities, "eventDate": dates,
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
-    }), mode="overwrite")
-    table.create_index(metric="dot", num_partitions=partitions, num_sub_vectors=sub_vectors, index_type="IVF_PQ",
-                       max_iterations=iterations, sample_rate=sample_rate)
-    for column in ("group_name", "eventDate"):
-        table.create_scalar_index(column)
-    return table
+        def make_run(name, table=table):
+            return lambda setting: lance_sweep.searcher(table, vectors, query_rows, query_ids, args.k,
+                                                        scenarios[name][1], setting)
+
+        outcomes = [lance_sweep.sweep(kind, name, settings, make_run(name), truth[name], args.k, args.lance_target)
+                    for name in scenarios]
+        print(f"LanceDB {kind}, prefilter, cheapest setting with recall@{args.k} >= {args.lance_target}; {load()}")
+        lance_sweep.report(outcomes, ours_p95, args.lance_target)
+        reached = {o.scenario: make_run(o.scenario)(o.setting) for o in outcomes if o.setting is not None}
+        if reached:
+            qps, p95 = lance_sweep.throughput(reached, args.queries, args.threads)
+            print(f"LanceDB {kind}, {args.threads} threads, the {len(reached)} scenarios reached, mixed: "
+                  f"p95 {p95:.1f} ms, {qps:.0f} queries/s; {load()}")
+    print(f"process RSS {psutil.Process().memory_info().rss / 2**30:.2f} GiB; {load()}")
 
 
 def main() -> None:
@@ -179,9 +206,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100, help="queries per scenario")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8, help="concurrent searching threads for the p95 under load")
-    ap.add_argument("--lance-nprobes", type=int, default=None,
-                    help="partitions LanceDB probes (default: our rule, 2 * sqrt(partitions))")
-    ap.add_argument("--lance-refine", type=int, default=10)
+    ap.add_argument("--lance-kinds", default=",".join(lance_sweep.KINDS),
+                    help="LanceDB vector index kinds to sweep (comma-separated)")
+    ap.add_argument("--lance-target", type=float, default=0.95,
+                    help="recall@k LanceDB must reach; its p95 is reported at the cheapest setting that does")
+    ap.add_argument("--lance-refines", default="10,50", help="IVF_PQ refine factors tried at each nprobes")
+    ap.add_argument("--lance-efs", default="64,256", help="IVF_HNSW_SQ ef values tried at each nprobes")
     ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
     ap.add_argument("--nprobe-factors", default="",
                     help="comma-separated nprobe factors (lists probed = factor * sqrt(nlist)), each timed on the same "
@@ -361,43 +391,11 @@ def main() -> None:
         print(f"after open and {len(scenarios) * (args.queries + 23)} searches: the float32 reader grew "
               f"{grown / 2**20:.0f} MiB = {grown / args.n:.0f} bytes/vector")
         engine.close()
-    del engine  # its snapshot arrays: LanceDB gets the memory back
+    engine = None  # its snapshot arrays: LanceDB gets the memory back
 
     if not args.no_lance:
-        # LanceDB's documented defaults: sqrt(rows) partitions, dim/16 sub-vectors (dim/8 when 16 does not
-        # divide it); k-means bounded to our own training budget (iterations, rows sampled per partition).
-        partitions = max(1, int(round(np.sqrt(args.n))))
-        sub_vectors = args.dim // 16 if args.dim % 16 == 0 else args.dim // 8
-        t = time.perf_counter()
-        table = lance_table(work, ids, vectors, group_names, localities, dates, partitions, sub_vectors,
-                            config.train_niter, config.train_per_list)
-        print(f"\nLanceDB {table.__class__.__module__.split('.')[0]} build (table + IVF_PQ {partitions} partitions, "
-              f"{sub_vectors} sub-vectors, {config.train_niter} k-means iterations on {config.train_per_list} rows "
-              f"per partition, scalar indexes): {time.perf_counter() - t:.1f} s; {load()}")
-        nprobes = args.lance_nprobes or config.nprobe_for(partitions)
-        print(f"LanceDB (IVF_PQ, nprobes {nprobes}, refine {args.lance_refine}, prefilter)\n{header}")
-
-        def lance(name):
-            where_of = scenarios[name][1]
-
-            def run(j):
-                query = table.search(vectors[query_rows[j]]).distance_type("dot").nprobes(nprobes)
-                query = query.refine_factor(args.lance_refine).limit(args.k).select(["id", "_distance"])
-                where = " AND ".join(w for w in (where_of(j), f"id != {int(query_ids[j])}") if w)
-                return query.where(where, prefilter=True).to_arrow().column("id").to_pylist()
-
-            return run
-
-        for name in scenarios:
-            for j in range(3):
-                lance(name)(j)
-            latencies, results = timed(lance(name), range(args.queries))
-            recalls = [len(set(res) & truth[name][j]) / max(1, len(truth[name][j])) for j, res in enumerate(results)]
-            exact_k = np.mean([len(res) == min(args.k, len(truth[name][j])) for j, res in enumerate(results)])
-            p50, p95 = np.percentile(latencies, [50, 95])
-            print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f}  "
-                  f"LanceDB p95 / ours {p95 / ours_p95[name]:.1f}x", flush=True)
-        print(f"process RSS {proc.memory_info().rss / 2**30:.2f} GiB; {load()}")
+        lance_equal_recall(args, work, config, ids, vectors, group_names, localities, dates, query_rows, query_ids,
+                           scenarios, truth, ours_p95)
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 
