@@ -1,0 +1,161 @@
+"""Ray-sharded search against one store: the fan-out's added latency and each shard's memory.
+
+Builds (or, with ``--reuse``, reopens) the same synthetic store as bench_query.py through
+the product's write path, publishes it, then times the same queries, under the same
+filters, through one :class:`~sst_search.store.Store` and through
+:class:`~sst_search.sharding.ShardedIndex` with ``--shards`` Ray actors on a local cluster.
+Printed per scenario: p50 / p95 of both, the fan-out's added p95, the overlap of the sharded
+top k with the single store's (1.000 when both search exactly; below it where the single
+store's index is approximate and the smaller shards' are exact), and per shard its vector count, resident memory and
+build time. These per-shard figures are what docs/scaling.md extrapolates from.
+
+    python bench/bench_shard.py --n 200000 --shards 4            # development size
+    nice python bench/bench_shard.py --n 10000000 --dim 128 --shards 4 --workdir /data/b --reuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+from bench_query import (
+    EMBEDDER,
+    LOCALITIES,
+    TRAIT,
+    build_store,
+    clustered_vectors,
+    load,
+)
+
+from sst_search.config import IndexConfig
+from sst_search.query import Filter
+from sst_search.sharding import ShardedIndex
+from sst_search.store import Store
+from sst_search.store.snapshots import (
+    current_version,
+    publish_snapshot,
+    resolve_snapshot,
+)
+
+
+def scenarios(groups: np.ndarray, group_count: int, query_rows: np.ndarray) -> dict[str, list[list[Filter]]]:
+    """Filters of each query per scenario: none, the query's own group, another group, a locality."""
+    own = [[Filter(field="group", op="==", value=f"g{groups[r]:02d}")] for r in query_rows]
+    other = [[Filter(field="group", op="==", value=f"g{(groups[r] + group_count // 2) % group_count:02d}")]
+             for r in query_rows]
+    ridge = [[Filter(field="locality", op="contains", value="ridge")] for _ in query_rows]
+    return {"none": [[] for _ in query_rows], "group-own": own, "locality": ridge, "group-other": other}
+
+
+class Opened:
+    """An actor that imports what a shard imports and opens the catalog: the memory a shard pays before vectors."""
+
+    def __init__(self, snapshot: str) -> None:
+        self.store = Store.open(snapshot, read_only=True)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def timed(search, count: int) -> tuple[list[float], list[list[int]]]:
+    latencies, answers = [], []
+    for j in range(count):
+        t = time.perf_counter()
+        answers.append([i for i, _ in search(j)])
+        latencies.append(1000 * (time.perf_counter() - t))
+    return latencies, answers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--clusters", type=int, default=2000)
+    ap.add_argument("--groups", type=int, default=20)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
+    ap.add_argument("--reuse", action="store_true", help="reopen the store a previous run left in --workdir")
+    args = ap.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_shard_"))
+    db = work / "bench.duckdb"
+    print(f"n {args.n:,}  dim {args.dim}  shards {args.shards}  cpus {os.cpu_count()}  {load()}")
+    vectors, clusters = clustered_vectors(args.n, args.dim, args.clusters, 0.05, seed=0)
+    rng = np.random.default_rng(1)
+    ids = rng.choice(1 << 62, size=args.n, replace=False).astype(np.int64)
+    groups = clusters % args.groups
+    if not (args.reuse and db.is_file()):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        group_names = pa.array([f"g{g:02d}" for g in range(args.groups)]).take(pa.array(groups))
+        localities = pa.array(LOCALITIES).take(pa.array(rng.integers(len(LOCALITIES), size=args.n)))
+        dates = pa.array(["2000-01-01"] * args.n)
+        t = time.perf_counter()
+        build_store(db, IndexConfig(exact_threshold=min(50_000, args.n - 1)), ids, vectors, group_names, localities,
+                    dates)
+        print(f"build {time.perf_counter() - t:.1f} s; {load()}")
+    if current_version(db) is None:
+        publish_snapshot(db)
+    snapshot = resolve_snapshot(db)
+    query_rows = np.random.default_rng(2).choice(args.n, size=args.queries, replace=False)
+    queries, skips = vectors[query_rows], ids[query_rows]
+    del vectors
+    filters = scenarios(groups, args.groups, query_rows)
+
+    import ray
+
+    ray.init(num_cpus=max(args.shards, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    t = time.perf_counter()
+    sharded = ShardedIndex(db, EMBEDDER, TRAIT, shards=args.shards, num_cpus=1)
+    start_s = time.perf_counter() - t
+    pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in sharded.actors])
+    shard_rss = [psutil.Process(pid).memory_info().rss for pid in pids]
+    empty = ray.remote(num_cpus=0)(Opened).remote(str(snapshot))  # imports and an open catalog, no vectors
+    base = psutil.Process(ray.get(empty.pid.remote())).memory_info().rss
+    ray.kill(empty)
+    print(f"{args.shards} shards started (each opens the snapshot, reads its vectors, builds its index) in "
+          f"{start_s:.1f} s; {load()}")
+    for i, (info, rss) in enumerate(zip(sharded.shards, shard_rss, strict=True)):
+        print(f"  shard {i}: {info['vectors']:,} vectors, {info['kind']} index, resident {rss / 2**30:.2f} GiB, "
+              f"{(rss - base) / max(1, info['vectors']):.0f} bytes/vector above an actor with the catalog open and "
+              f"no vectors ({base / 2**30:.2f} GiB)")
+
+    single = Store.open(snapshot, read_only=True)
+    print(f"\n{'filter':<12} {'one p50':>8} {'one p95':>8} {'shard p50':>9} {'shard p95':>9} {'added p95':>9} "
+          f"{'overlap':>8}")
+    for name, per_query in filters.items():
+        def one(j, per_query=per_query):
+            return single.filtered_search(EMBEDDER, TRAIT, queries[j], args.k, single.admission(per_query[j]),
+                                          skip=int(skips[j])).hits
+
+        def fanned(j, per_query=per_query):
+            return sharded.search(queries[j], args.k, per_query[j], skip=int(skips[j]))
+
+        for j in range(3):
+            one(j), fanned(j)
+        one_ms, one_ids = timed(one, args.queries)
+        shard_ms, shard_ids = timed(fanned, args.queries)
+        same = np.mean([len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(one_ids, shard_ids, strict=True)])
+        o50, o95 = np.percentile(one_ms, [50, 95])
+        s50, s95 = np.percentile(shard_ms, [50, 95])
+        print(f"{name:<12} {o50:>8.1f} {o95:>8.1f} {s50:>9.1f} {s95:>9.1f} {s95 - o95:>9.1f} {same:>8.3f}", flush=True)
+    print(f"\n{load()}")
+    sharded.close()
+    single.close()
+    ray.shutdown()
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
