@@ -65,7 +65,7 @@ def demo(
 ) -> None:
     """Generate a synthetic collection, index it, score the masks against the ground truth
     and run a sample trait search."""
-    from indexer.job import run_index
+    from ..indexing.job import run_index
 
     collection = generate_collection(out / "collection", species=species, per_species=per_species, seed=0)
     console.print(f"collection: {escape(str(collection.manifest))} ({species} species x {per_species} specimens)")

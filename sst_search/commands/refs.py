@@ -65,7 +65,7 @@ def refs_suggest(
             paths = {s.key: store.get_specimen(s.key)["path"] for s in suggestions}
         failed: list[tuple[str, str]] = []
     else:
-        from indexer.collection import CollectionError, load_collection
+        from ..indexing.collection import CollectionError, load_collection
 
         from ..builder import embedder_from_config
         from ..config import EmbeddingConfig
