@@ -10,10 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import apply_overrides, load_config
-from ..references import ReferencesError
-from ..store import Store
-from ..store.errors import StoreError
-from ..weights import WeightsError
+from .. import ReferencesError, Store, StoreError, WeightsError
 from .errors import ITEMS_FAILED, console, exit_codes, report
 from .options import (
     ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option,
