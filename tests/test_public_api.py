@@ -81,3 +81,43 @@ def test_the_library_never_imports_the_layers_above_it():
             if module.split(".")[0] in ("ui", "indexer"):
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert not wrong, "\n".join(wrong)
+
+
+def _readme_python_example() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Python API\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, tracker):
+    """The README's example, as written, in a folder laid out as it says (two groups of a
+    synthetic collection, a config for SAM 2 with random weights at the test size). The
+    tracker that config describes is the session's, already built, instead of a second one."""
+    import shutil
+
+    import yaml
+
+    from sst_search.synthetic import generate_collection
+    from tests.conftest import INDEXED_CONFIG
+
+    coll = generate_collection(tmp_path / "synthetic", species=6, per_species=2, seed=3)
+    work = tmp_path / "work"
+    for group in ("erato", "hydara"):
+        shutil.copytree(coll.root / "images" / group, work / "photos" / group)
+        shutil.copytree(coll.references / group, work / "references" / group)
+    (work / "config.yaml").write_text(yaml.safe_dump(INDEXED_CONFIG))
+    monkeypatch.chdir(work)
+
+    def session_tracker(seg):
+        assert (seg.model, seg.weights, seg.image_size) == (tracker.model, "random", tracker.predictor.image_size)
+        return tracker
+
+    monkeypatch.setattr(sst_search, "tracker_from_config", session_tracker)
+    namespace: dict = {}
+    exec(compile(_readme_python_example(), "README.md (Python API)", "exec"), namespace)
+
+    assert namespace["summary"].counts["indexed"] == 4
+    assert all(hit.group == "hydara" for hit in namespace["hits"])
+    assert len(namespace["table"]) and (work / "measurements.csv").stat().st_size > 0
+    assert namespace["result"].label_map.shape == namespace["image"].shape[:2]
+    assert all(row["unit"] == "mm" for row in namespace["rows"])
