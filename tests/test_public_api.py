@@ -121,3 +121,11 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, tracker):
     assert len(namespace["table"]) and (work / "measurements.csv").stat().st_size > 0
     assert namespace["result"].label_map.shape == namespace["image"].shape[:2]
     assert all(row["unit"] == "mm" for row in namespace["rows"])
+
+
+def test_segment_names_an_image_it_cannot_read(tmp_path, tracker, references):
+    import pytest
+
+    missing = tmp_path / "missing.png"
+    with pytest.raises(ValueError, match="missing.png"):
+        sst_search.segment(missing, next(iter(references.values())), tracker=tracker)
