@@ -148,10 +148,9 @@ def instances(
 
     Exit status: 0 written, 1 some photos could not be read (the rest are written), 2 bad input.
     """
-    from .. import ImageLoadError, load_image
+    from .. import ImageLoadError, Store, decode_mask, instance_sources, load_image
     from ..instance_export import ExportedInstance, write_photo_instances
     from ..sources.naming import unique_stems, url_of_key
-    from .. import Store, decode_mask, instance_sources
 
     if background not in ("transparent", "black"):
         raise typer.BadParameter("choose transparent or black", param_hint="--background")

@@ -47,12 +47,10 @@ def map_(
     is refitted only when its vectors changed or too many were added. Exit status: 0 done,
     2 bad arguments or no such store/trait, 3 damaged or busy store.
     """
+    from .. import Store, StoreError, atlas_cells, atlas_image, publish_snapshot
     from ..map_view import map_table, save_map
-    from .. import atlas_cells, atlas_image
     from ..pattern_map import METHODS, MapError, build_map, default_embedder, load_map, refresh_map
-    from .. import Store, StoreError
     from ..store.maps import map_state
-    from .. import publish_snapshot
 
     if method not in METHODS:
         raise typer.BadParameter(f"one of {', '.join(METHODS)}", param_hint="--method")

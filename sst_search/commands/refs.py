@@ -65,11 +65,9 @@ def refs_suggest(
             paths = {s.key: store.get_specimen(s.key)["path"] for s in suggestions}
         failed: list[tuple[str, str]] = []
     else:
-        from ..indexing.collection import CollectionError, load_collection
-
-        from .. import embedder_from_config
+        from .. import EmbedderError, embedder_from_config
         from ..config import EmbeddingConfig
-        from .. import EmbedderError
+        from ..indexing.collection import CollectionError, load_collection
 
         try:
             items = [i for i in load_collection(collection) if i.group == group]

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..images import ImageLoadError, load_mask
 from .. import ReferencesError
+from ..images import ImageLoadError, load_mask
 from .options import db_option
 
 console = Console(stderr=True)
