@@ -1,6 +1,6 @@
 """Batch indexing of whole collections: plan, segment, embed, write - locally or on Ray.
 
-Part of the library because indexing is something a notebook does too
-(:func:`sst_search.index`): the library never imports the layers above it, so the job that
-the CLI and the app's users run has to live here.
+Part of the library because a notebook indexes too (:func:`sst_search.index`) and the
+library never imports the layers above it: the CLI's ``index`` and a notebook run this
+same job.
 """
