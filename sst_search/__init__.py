@@ -52,7 +52,7 @@ _EXPORTS = {
     "IndexConfig": "sst_search.config",
     "load_config": "sst_search.config",
     # indexing
-    "index": "sst_search.indexing.job",
+    "index": "sst_search.indexing.entry",
     "RunSummary": "sst_search.indexing.job",
     "MassRemovalError": "sst_search.indexing.job",
     "CollectionError": "sst_search.indexing.collection",
