@@ -1,4 +1,5 @@
-"""Segment a set of query images against supports and write masks + ``summary.json``.
+"""Segment query images against supports: one image in memory (:func:`segment`), or a set
+written as masks + ``summary.json`` (:func:`run_segmentation`).
 
 The library behind ``sst-search segment``: masks are written as soon as each query is
 done and the summary is written even if the run is interrupted, so finished work is never
@@ -11,13 +12,19 @@ import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import Progress
 
 from .images import is_image_file, load_image, save_image, save_mask
 from .masks import overlay, trait_stats
-from .references import Support
-from .tracking import SSTTracker
+from .references import Support, load_group_references
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .config import Config
+    from .tracking import SSTTracker, TrackResult
 
 
 class DuplicateStemError(ValueError):
@@ -39,6 +46,44 @@ def expand_queries(paths: Iterable[str | Path]) -> list[Path]:
             raise DuplicateStemError(f"{f} and {seen[f.stem]} share the stem {f.stem!r}; outputs are named by stem")
         seen[f.stem] = f
     return files
+
+
+def segment(
+    image: np.ndarray | str | Path,
+    supports: Support | list[Support] | str | Path,
+    *,
+    tracker: SSTTracker | None = None,
+    config: Config | str | Path | None = None,
+) -> TrackResult:
+    """Track the supports' traits into one image and return its label map with the scores.
+
+    The notebook's ``sst-search segment`` for a single image: ``supports`` may be a
+    references group folder (images, ``.mask.png`` files and ``traits.yaml``) instead of
+    loaded :class:`Support` objects. Building SAM 2 is the slow part, so pass a built
+    ``tracker`` when segmenting many images; otherwise one is built from
+    ``config.segmentation`` (a :class:`Config`, a YAML file, or ``None`` for the defaults),
+    whose mode, orientation and quality settings apply either way. An image that cannot be
+    segmented raises ``ValueError`` naming it: there is no batch here to carry on.
+    """
+    from .builder import tracker_from_config
+    from .config import Config, load_config
+
+    if not isinstance(config, Config):
+        config = load_config(config)
+    seg = config.segmentation
+    if isinstance(supports, (str, Path)):
+        supports = load_group_references(supports)
+    elif isinstance(supports, Support):
+        supports = [supports]
+    tracker = tracker or tracker_from_config(seg)
+    query_id = str(image) if isinstance(image, (str, Path)) else "image"
+    result = next(iter(tracker.segment(
+        supports, [(query_id, image)], mode=seg.mode, quality=seg.quality, orientation=seg.orientation,
+        mirror=seg.mirror, orientation_by=seg.orientation_by,
+    )))
+    if result.error is not None:
+        raise ValueError(result.error)
+    return result
 
 
 def run_segmentation(

@@ -10,7 +10,7 @@ import sys
 
 import streamlit as st
 
-from sst_search.store.snapshots import SnapshotError
+from sst_search import SnapshotError
 from ui.render import md
 from ui.state import DB_ENV, PAGES, db_path_from_args, engine_session, init_navigation, load_engine
 from ui.views import collection, export, pattern, photos, plots, references, review, search, specimen

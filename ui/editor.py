@@ -10,11 +10,7 @@ import streamlit as st
 from PIL import Image
 from streamlit_image_coordinates import streamlit_image_coordinates
 
-from sst_search.builder import build_click_segmenter
-from sst_search.labeling import ClickSegmenter
-from sst_search.masks import overlay
-from sst_search.query import QueryError, SearchEngine
-from sst_search.weights import WeightsError
+from sst_search import ClickSegmenter, QueryError, SearchEngine, WeightsError, build_click_segmenter, overlay
 
 from .render import md
 from .state import cache_key

@@ -10,10 +10,7 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from sst_search.images import ImageLoadError
-from sst_search.masks import overlay, trait_color
-from sst_search.query import QueryResult, SearchEngine
-from sst_search.store import SPECIMEN_TRAIT
+from sst_search import SPECIMEN_TRAIT, ImageLoadError, QueryResult, SearchEngine, overlay, trait_color
 
 from .state import cache_key, open_specimen, specimen_image, specimen_labels
 

@@ -14,9 +14,7 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from sst_search.images import load_image
-from sst_search.query import SearchEngine
-from sst_search.sources.naming import item_name
+from sst_search import SearchEngine, item_name, load_image
 
 DB_ENV = "SST_SEARCH_DB"
 PAGES = ("Search", "Specimen", "Collection", "Plots", "Export", "References", "Review", "Photos", "Map")

@@ -10,13 +10,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..builder import embedder_from_config
+from .. import EmbedderError, Store, embedder_from_config
 from ..config import Config, EmbeddingConfig
-from ..embed import EmbedderError
 from ..evaluation import evaluate_folders
 from ..evaluation.eval_seg import load_trait_names
 from ..images import save_mask
-from ..store import Store
 from ..synthetic import generate_collection
 from ..weights import WeightsError, resolve_sam2_weights
 from .index import print_summary
@@ -65,7 +63,7 @@ def demo(
 ) -> None:
     """Generate a synthetic collection, index it, score the masks against the ground truth
     and run a sample trait search."""
-    from indexer.job import run_index
+    from .. import index
 
     collection = generate_collection(out / "collection", species=species, per_species=per_species, seed=0)
     console.print(f"collection: {escape(str(collection.manifest))} ({species} species x {per_species} specimens)")
@@ -82,7 +80,7 @@ def demo(
         }
     )
     db = out / "index.duckdb"
-    summary = run_index(collection.manifest, collection.references, db, config, quiet=False)
+    summary = index(collection.manifest, collection.references, db, config, quiet=False)
     print_summary(summary)
 
     predictions = out / "predictions"
@@ -101,7 +99,7 @@ def demo(
 
 def _sample_search(db: Path, group: str) -> None:
     try:
-        from ..query import SearchEngine
+        from .. import SearchEngine
     except ImportError:
         return
     engine = SearchEngine.open(db)

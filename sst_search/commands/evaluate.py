@@ -9,15 +9,12 @@ from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 
-from ..builder import build_tracker
+from .. import ReferencesError, Store, WeightsError, build_tracker
 from ..evaluation import DatasetFormatError, EvaluationInputError, evaluate_folders
 from ..evaluation.eval_seg import load_trait_names
 from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
 from ..evaluation.retrieval import GROUP, evaluate_retrieval
-from ..references import ReferencesError
-from ..store import Store
 from ..tracking import MODES
-from ..weights import WeightsError
 from .options import (
     ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, db_option, mode_option, model_option,
     warn_random_weights,

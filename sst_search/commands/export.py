@@ -22,7 +22,7 @@ _GROUP = typer.Option(None, "--group", help="Only this group (repeatable).")
 @contextmanager
 def _scope(db: Path, where: list[str] | None, group: list[str] | None):
     """``(store, specimen ids or None)`` of the published snapshot, filters applied; exit 2 on bad input."""
-    from ..query import QueryError, SearchEngine, parse_filter
+    from .. import QueryError, SearchEngine, parse_filter
 
     try:
         engine = SearchEngine.open(db)
@@ -148,11 +148,9 @@ def instances(
 
     Exit status: 0 written, 1 some photos could not be read (the rest are written), 2 bad input.
     """
-    from ..images import ImageLoadError, load_image
+    from .. import ImageLoadError, Store, decode_mask, instance_sources, load_image
     from ..instance_export import ExportedInstance, write_photo_instances
     from ..sources.naming import unique_stems, url_of_key
-    from ..store import Store, decode_mask
-    from ..store.instances import instance_sources
 
     if background not in ("transparent", "black"):
         raise typer.BadParameter("choose transparent or black", param_hint="--background")

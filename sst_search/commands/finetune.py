@@ -10,11 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 
-from ..builder import build_tracker
+from .. import WeightsError, build_tracker
 from ..finetune import AdapterError, FinetuneConfig, finetune as run_finetune, save_adapter
 from ..images import ImageLoadError, is_image_file, load_image
 from ..references import MASK_SUFFIX, ReferencesError, load_support
-from ..weights import WeightsError
 from .options import DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, model_option, warn_random_weights
 
 console = Console(stderr=True)

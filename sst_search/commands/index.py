@@ -10,10 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import apply_overrides, load_config
-from ..references import ReferencesError
-from ..store import Store
-from ..store.errors import StoreError
-from ..weights import WeightsError
+from .. import ReferencesError, Store, StoreError, WeightsError
 from .errors import ITEMS_FAILED, console, exit_codes, report
 from .options import (
     ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option,
@@ -76,7 +73,7 @@ def index(
     indexed; see `sst-search status`), 2 bad arguments, config, references or weights, or a
     run that would remove too much of the index, 3 storage fault (disk full, damaged store).
     """
-    from indexer.collection import CollectionError, collection_items
+    from ..indexing.collection import CollectionError, collection_items
 
     if orientation not in (None, "0", "90", "180", "270", "auto"):  # checked here: the tracker module imports torch
         raise typer.BadParameter(f"{orientation!r} is not 0, 90, 180, 270 or auto", param_hint="--orientation")
@@ -96,7 +93,7 @@ def index(
         # collection (no images, duplicate ids, an unsafe archive) answers in a moment.
         items = collection_items(collection, config, db, default_group=default_group, group_by=group_by)
 
-    from indexer.job import MassRemovalError, run_index
+    from ..indexing.job import MassRemovalError, run_index
 
     with exit_codes(ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         instance_refs = (instance_references or Path(references) / "instances") if instances else None

@@ -30,9 +30,7 @@ def measure(
     """
     from tqdm import tqdm
 
-    from ..measure import remeasure
-    from ..store import Store
-    from ..store.snapshots import publish_snapshot
+    from .. import Store, publish_snapshot, remeasure
 
     if not db.is_file():
         console.print(f"[red]error:[/red] {escape(str(db))}: no such store")

@@ -47,13 +47,10 @@ def map_(
     is refitted only when its vectors changed or too many were added. Exit status: 0 done,
     2 bad arguments or no such store/trait, 3 damaged or busy store.
     """
+    from .. import Store, StoreError, atlas_cells, atlas_image, publish_snapshot
     from ..map_view import map_table, save_map
-    from ..pattern_atlas import atlas_cells, atlas_image
     from ..pattern_map import METHODS, MapError, build_map, default_embedder, load_map, refresh_map
-    from ..store import Store
-    from ..store.errors import StoreError
     from ..store.maps import map_state
-    from ..store.snapshots import publish_snapshot
 
     if method not in METHODS:
         raise typer.BadParameter(f"one of {', '.join(METHODS)}", param_hint="--method")
@@ -102,9 +99,7 @@ def convergence(
     Exit status: 0 done, 2 no such store, trait or column, or fewer than two groups.
     """
     from ..convergence import convergence as compute
-    from ..pattern_map import MapError, default_embedder
-    from ..store import Store
-    from ..store.errors import StoreError
+    from .. import MapError, Store, StoreError, default_embedder
     from ..store.snapshots import SnapshotError, resolve_snapshot
 
     with exit_codes(StoreError, MapError, SnapshotError):

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..annotations import FORMATS, AnnotationError, import_annotations
-from ..references import ReferencesError
+from .. import ReferencesError
 from .options import db_option
 
 console = Console(stderr=True)
@@ -53,7 +53,7 @@ def refs_suggest(
     weights: str | None = typer.Option(None, "--weights", help="With --collection: embedder weights ('random' for tests)."),
 ) -> None:
     """Print the specimens of GROUP that are most worth labeling as supports, best first."""
-    from ..store import Store
+    from .. import Store
     from ..store.snapshots import resolve_snapshot
     from ..suggest import suggest_from_images, suggest_from_store
 
@@ -65,11 +65,9 @@ def refs_suggest(
             paths = {s.key: store.get_specimen(s.key)["path"] for s in suggestions}
         failed: list[tuple[str, str]] = []
     else:
-        from indexer.collection import CollectionError, load_collection
-
-        from ..builder import embedder_from_config
+        from .. import EmbedderError, embedder_from_config
         from ..config import EmbeddingConfig
-        from ..embed import EmbedderError
+        from ..indexing.collection import CollectionError, load_collection
 
         try:
             items = [i for i in load_collection(collection) if i.group == group]

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from ..store import Store
+from .. import Store
 from ..store.snapshots import publish_snapshot, resolve_snapshot
 from .errors import console, exit_codes
 from .options import db_option

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .. import ReferencesError
 from ..images import ImageLoadError, load_mask
-from ..references import ReferencesError
 from .options import db_option
 
 console = Console(stderr=True)
@@ -34,8 +34,7 @@ def review_list(
     area_z: float = typer.Option(3.0, "--area-z", help="Robust z-score of log area beyond which an area is an outlier."),
 ) -> None:
     """Masks to check, worst first (tab-separated): low confidence, unusual area, missing trait."""
-    from ..store import Store
-    from ..store.review import review_queue
+    from .. import Store, review_queue
     from ..store.snapshots import SnapshotError, resolve_snapshot
 
     try:
@@ -52,7 +51,7 @@ def review_list(
 
 
 def _decide(db: Path, specimen_id: int, trait: str, decision: str, by: str | None, note: str | None, mask=None) -> None:
-    from ..review import decide
+    from .. import decide
 
     try:
         problems = decide(db, specimen_id, trait, decision, by, mask=mask, note=note,
@@ -66,8 +65,7 @@ def _decide(db: Path, specimen_id: int, trait: str, decision: str, by: str | Non
 
 def _index_embedder(db: Path):
     """The embedder the index was built with (from its recorded configuration), or None."""
-    from ..embed import EmbedderError
-    from ..query import QueryError, SearchEngine
+    from .. import EmbedderError, QueryError, SearchEngine
 
     try:
         with SearchEngine.open(db) as engine:
@@ -115,7 +113,7 @@ def review_promote(
 ) -> None:
     """Add the specimen (with its corrected masks) as an extra support of its group; the next
     ``index`` run re-does that group only."""
-    from ..review import promote
+    from .. import promote
 
     try:
         support = promote(db, specimen_id, refs, by)

@@ -8,11 +8,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..builder import build_tracker
+from .. import WeightsError, build_tracker
 from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
 from ..tracking import MODES, ORIENTATION_CRITERIA, parse_orientation
-from ..weights import WeightsError
 from .options import (
     ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_option, mode_option, model_option,
     warn_random_weights,
@@ -93,7 +92,7 @@ def segment(
 
 def _segment_instances(queries, support, support_mask, traits, out, model, weights, image_size, adapter, device,
                        background, config_file) -> None:
-    from ..config import load_config
+    from .. import load_config
     from ..instance_export import run_instance_segmentation
     from ..builder import build_instance_finder
     from ..references import InstanceSpec, load_instance_reference, load_instance_spec

@@ -8,8 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..review import remeasure_stale
-from ..store import Store
-from ..store.errors import StoreError
+from .. import Store, StoreError
 from ..store.snapshots import (current_version, list_versions, pointer_path, pointer_problem, publish_snapshot,
                                restore_newest_intact, versions_dir)
 from ..store.review import salvage_decisions

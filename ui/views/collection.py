@@ -8,8 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from sst_search import export
-from sst_search.query import SearchEngine
+from sst_search import SearchEngine, export
 
 from ..render import md
 from ..state import cache_key

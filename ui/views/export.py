@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sst_search import dwca_export, export
-from sst_search.query import SearchEngine
-from sst_search.trait_regions import regions_table
+from sst_search import SearchEngine, dwca_export, export, regions_table
 
 from ..render import md
 from ..state import cache_key

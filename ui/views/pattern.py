@@ -7,16 +7,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from sst_search import export
-from sst_search.convergence import Convergence, convergence
-from sst_search.map_view import color_columns, map_figure, map_table, selected_rows
-from sst_search.pattern_atlas import atlas_cells, atlas_image
-from sst_search.pattern_map import METHODS, MapError, TraitMap, build_map, default_embedder, load_map
-from sst_search.query import SearchEngine
-from sst_search.store import SPECIMEN_TRAIT, Store
-from sst_search.store.errors import StoreError
-from sst_search.store.snapshots import publish_snapshot
-from sst_search.thumbnails import trait_thumbnail
+from sst_search import (
+    METHODS, SPECIMEN_TRAIT, Convergence, MapError, SearchEngine, Store, StoreError, TraitMap, atlas_cells, atlas_image,
+    build_map, color_columns, convergence, default_embedder, export, load_map, map_figure, map_table, publish_snapshot,
+    selected_rows, trait_thumbnail,
+)
 
 from ..render import md, trait_label
 from ..state import cache_key, live_db, load_engine, open_specimen
@@ -51,7 +46,7 @@ def _thumbnail(_engine: SearchEngine, key: str, specimen_id: int, trait: str) ->
 
 @st.cache_data(show_spinner="Comparing groups...", max_entries=8)
 def _convergence(_engine: SearchEngine, key: str, embedder: str, trait: str, by: str) -> Convergence:
-    return convergence(_engine.store, embedder, trait, by)
+    return convergence.convergence(_engine.store, embedder, trait, by)
 
 
 def _build(embedder: str, trait: str, method: str) -> None:

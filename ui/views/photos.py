@@ -7,11 +7,9 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from sst_search.images import ImageLoadError, load_image
-from sst_search.masks import trait_color
-from sst_search.query import SearchEngine
-from sst_search.store import decode_mask
-from sst_search.store.instances import InstanceSource, instance_sources, source_of_item
+from sst_search import (
+    ImageLoadError, InstanceSource, SearchEngine, decode_mask, instance_sources, load_image, source_of_item, trait_color,
+)
 
 from ..render import md
 from ..state import open_specimen

@@ -6,8 +6,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from sst_search.measure import FIELDS
-from sst_search.query import SearchEngine
+from sst_search import FIELDS, SearchEngine
 
 from ..render import md
 from ..state import cache_key, open_specimen

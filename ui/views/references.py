@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from sst_search.images import ImageLoadError, load_image
-from sst_search.query import SearchEngine
-from sst_search.references import TRAITS_FILE, ReferencesError, load_traits, save_support, unique_stem
-from sst_search.review import references_dir_of
-from sst_search.suggest import suggest_from_store
+from sst_search import (
+    TRAITS_FILE, ImageLoadError, ReferencesError, SearchEngine, load_image, load_traits, references_dir_of,
+    save_support, suggest_from_store, unique_stem,
+)
 
 from ..editor import mask_editor, reset, segmenter_or_error
 from ..render import legend, md, overlaid

@@ -6,12 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from sst_search.images import ImageLoadError, load_image
-from sst_search.embed import EmbedderError
-from sst_search.query import QueryError, SearchEngine
-from sst_search.references import ReferencesError
-from sst_search.review import decide, default_reviewer, promote, references_dir_of
-from sst_search.store.review import ReviewItem, review_queue
+from sst_search import (
+    EmbedderError, ImageLoadError, QueryError, ReferencesError, ReviewItem, SearchEngine, decide, default_reviewer,
+    load_image, promote, references_dir_of, review_queue,
+)
 
 from ..editor import mask_editor, segmenter_or_error
 from ..render import md, outlined

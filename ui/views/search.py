@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from sst_search.images import UPLOAD_FORMATS, ImageLoadError, load_image
-from sst_search.query import Filter, QueryError, SearchEngine
+from sst_search import UPLOAD_FORMATS, Filter, ImageLoadError, QueryError, SearchEngine, load_image
 
 from ..render import md, result_grid, trait_label
 from ..state import cache_key, specimen_labels

@@ -5,10 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from sst_search import export
-from sst_search.images import ImageLoadError
-from sst_search.query import QueryError, SearchEngine
-from sst_search.store import SPECIMEN_TRAIT
+from sst_search import SPECIMEN_TRAIT, ImageLoadError, QueryError, SearchEngine, export
 
 from ..render import legend, md, overlaid, result_grid, trait_label
 from ..state import cache_key, specimen_image, specimen_labels

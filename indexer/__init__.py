@@ -1,1 +1,0 @@
-"""Batch indexing of whole collections: plan, segment, embed, write - locally or on Ray."""
