@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from sst_search.indexing.job import run_index
-from sst_search.indexing.pipeline import default_threads
+from indexer.job import run_index
+from indexer.pipeline import default_threads
 from sst_search.builder import build_tracker, embedder_from_config
 from sst_search.config import Config
 from sst_search.synthetic import generate_collection

@@ -38,7 +38,10 @@ The public surface, for notebooks, the app, the CLI and the batch indexer::
   :class:`SnapshotError`, :class:`MapError`
 
 Names are imported on first use, so ``import sst_search`` (and the CLI's start-up) does
-not pull in torch, SAM 2 or open_clip. A public name never shares its name with a
+not pull in torch, SAM 2 or open_clip. The four indexing names come from the batch layer,
+``indexer/`` (planning, resumable runs, local and Ray runners): this table is the one place
+the library names it, resolved only when a caller asks for them, and no library module
+imports it. A public name never shares its name with a
 submodule (importing that submodule would replace it), so those are public as modules.
 """
 
@@ -51,11 +54,11 @@ _EXPORTS = {
     "Config": "sst_search.config",
     "IndexConfig": "sst_search.config",
     "load_config": "sst_search.config",
-    # indexing
-    "index": "sst_search.indexing.entry",
-    "RunSummary": "sst_search.indexing.job",
-    "MassRemovalError": "sst_search.indexing.job",
-    "CollectionError": "sst_search.indexing.collection",
+    # indexing: the batch layer's entry points, resolved on first use (see the docstring)
+    "index": "indexer.entry",
+    "RunSummary": "indexer.job",
+    "MassRemovalError": "indexer.job",
+    "CollectionError": "indexer.collection",
     # segmenting and models
     "segment": "sst_search.segmentation_run",
     "TrackResult": "sst_search.tracking",

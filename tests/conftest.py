@@ -71,7 +71,7 @@ def indexed(tmp_path_factory):
     """``(collection, db)``: a synthetic collection indexed once per session with its
     ground-truth masks (no SAM 2 needed) and colour-pattern vectors, published. Read it (``SearchEngine.open``,
     ``Store.open(read_only=True)``); copy it before writing."""
-    from sst_search.indexing.job import run_index
+    from indexer.job import run_index
     from sst_search.config import Config
     from sst_search.synthetic import generate_collection
 

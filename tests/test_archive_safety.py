@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sst_search.indexing.collection import CollectionError, load_collection
-from sst_search.indexing.job import run_index
+from indexer.collection import CollectionError, load_collection
+from indexer.job import run_index
 from sst_search.cli import app
 from sst_search.config import Config, SourcesConfig
 from sst_search.sources.archives import ArchiveError, unpacked

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.store import Store
 from sst_search.store.snapshots import current_version, is_verified, versions_dir

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.cli import app
 from sst_search.config import Config
 from sst_search.convergence import convergence

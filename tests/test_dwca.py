@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from sst_search.indexing.collection import CollectionError, load_collection
-from sst_search.indexing.job import run_index
+from indexer.collection import CollectionError, load_collection
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sst_search.indexing.collection import CollectionError, load_collection
+from indexer.collection import CollectionError, load_collection
 from sst_search.cli import app
 from sst_search.sources.dwca import archive_occurrences
 

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 from dwca.read import DwCAReader
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.dwca_export import DCTERMS, MOF_MEASUREMENTS, MULTIMEDIA, dwca_zip
 from sst_search.store import Store

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.builder import build_tracker
 from sst_search.cli import app
 from sst_search.config import Config

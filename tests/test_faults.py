@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sst_search.indexing.job import MassRemovalError, run_index
+from indexer.job import MassRemovalError, run_index
 from sst_search.cli import app
 from sst_search.config import Config
 from sst_search.store import Store, indexes

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.sources import Item
 from sst_search.config import Config, FetchConfig
 from sst_search.sources.fetch import ImageCache, fetch_items, iiif_request_url

@@ -40,7 +40,7 @@ def test_a_store_in_a_missing_folder_is_created_and_a_missing_store_is_named(tmp
 def test_run_summary_and_status_print_the_same_lines(tmp_path):
     from typer.testing import CliRunner
 
-    from sst_search.indexing.job import RunSummary
+    from indexer.job import RunSummary
     from sst_search.cli import app
     from sst_search.commands import index as index_cmd
     from sst_search.store import SpecimenRecord, Store

@@ -13,8 +13,8 @@ from markdown_it import MarkdownIt
 from PIL import Image
 from pydantic import ValidationError
 
-from sst_search.indexing.collection import CollectionError, load_collection
-from sst_search.indexing.job import run_index
+from indexer.collection import CollectionError, load_collection
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.images import UPLOAD_FORMATS, ImageLoadError, _open, load_image
 from sst_search.query import Filter, QueryError, SearchEngine, compile_filters

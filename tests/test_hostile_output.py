@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from sst_search.indexing.instances import SplitSummary
-from sst_search.indexing.job import RunSummary
+from indexer.instances import SplitSummary
+from indexer.job import RunSummary
 from sst_search.cli import app
 from sst_search.commands.index import print_summary
 from sst_search.images import ImageLoadError

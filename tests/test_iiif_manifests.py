@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sst_search.indexing.collection import CollectionError, load_collection
+from indexer.collection import CollectionError, load_collection
 from sst_search.cli import app as cli
 from sst_search.sources.fetch import Fetcher, ImageCache
 from sst_search.sources.naming import item_name

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.store import SPECIMEN_TRAIT, Store, specimen_id
 from sst_search.synthetic import PIXELS_PER_MM, generate_collection
@@ -263,7 +263,7 @@ def test_orientation_and_confidences_are_stored(tmp_path):
         assert found(Filter(field="mirrored", op="==", value=str(mirrored[ids[0]]).lower())) == {
             sid for sid, m in mirrored.items() if m == mirrored[ids[0]]}
     # Upright indexing keeps the fingerprint it had before orientations existed; auto changes it.
-    from sst_search.indexing.plan import segmentation_fingerprint
+    from indexer.plan import segmentation_fingerprint
 
     assert "orientation" not in segmentation_fingerprint(_config())
     assert segmentation_fingerprint(_config(segmentation={"orientation": "auto"}))["orientation"] == "auto"

@@ -15,7 +15,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.cli import app
 from sst_search.config import Config
 from sst_search.dwca_export import dwca_zip

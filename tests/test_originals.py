@@ -13,7 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
-from sst_search.indexing.job import image_cache, run_index
+from indexer.job import image_cache, run_index
 from sst_search.cli import app as cli
 from sst_search.config import Config
 from sst_search.images import load_mask

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.pattern_map import MapError, build_map, fit_coordinates, load_map, place, refresh_map
 from sst_search.store import Store

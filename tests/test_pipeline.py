@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.store import Store

@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.embed import NoTextTowerError
 from sst_search.images import load_image

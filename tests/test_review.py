@@ -87,8 +87,8 @@ def test_review_cli_lists_accepts_rejects_and_corrects(db, tmp_path):
 
 
 def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_path_factory, tmp_path):
-    from sst_search.indexing.collection import load_collection
-    from sst_search.indexing.plan import make_plan
+    from indexer.collection import load_collection
+    from indexer.plan import make_plan
     from tests.ui_index import UI_CONFIG, build_ui_index
 
     source = build_ui_index(tmp_path_factory.getbasetemp())
@@ -169,7 +169,7 @@ def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):
 
 def test_a_reindex_keeps_the_corrected_mask_vector_and_measurements(tmp_path):
     """Masks are provided (no SAM 2 needed); --force re-does every item, the correction wins."""
-    from sst_search.indexing.job import run_index
+    from indexer.job import run_index
     from sst_search.config import Config
     from sst_search.embed import create_embedder
     from sst_search.images import load_image

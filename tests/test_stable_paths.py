@@ -12,7 +12,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.cli import app as cli
 from sst_search.config import Config
 from sst_search.images import load_image

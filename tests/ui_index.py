@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from sst_search.indexing.job import run_index
+from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.synthetic import generate_collection
 

@@ -73,7 +73,7 @@ def index(
     indexed; see `sst-search status`), 2 bad arguments, config, references or weights, or a
     run that would remove too much of the index, 3 storage fault (disk full, damaged store).
     """
-    from ..indexing.collection import CollectionError, collection_items
+    from indexer.collection import CollectionError, collection_items
 
     if orientation not in (None, "0", "90", "180", "270", "auto"):  # checked here: the tracker module imports torch
         raise typer.BadParameter(f"{orientation!r} is not 0, 90, 180, 270 or auto", param_hint="--orientation")
@@ -93,7 +93,7 @@ def index(
         # collection (no images, duplicate ids, an unsafe archive) answers in a moment.
         items = collection_items(collection, config, db, default_group=default_group, group_by=group_by)
 
-    from ..indexing.job import MassRemovalError, run_index
+    from indexer.job import MassRemovalError, run_index
 
     with exit_codes(ReferencesError, WeightsError, MassRemovalError, StoreError, RuntimeError):
         instance_refs = (instance_references or Path(references) / "instances") if instances else None

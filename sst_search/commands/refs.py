@@ -67,7 +67,7 @@ def refs_suggest(
     else:
         from .. import EmbedderError, embedder_from_config
         from ..config import EmbeddingConfig
-        from ..indexing.collection import CollectionError, load_collection
+        from indexer.collection import CollectionError, load_collection
 
         try:
             items = [i for i in load_collection(collection) if i.group == group]

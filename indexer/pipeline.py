@@ -1,6 +1,6 @@
 """Overlap every per-item stage of indexing with the model, behind bounded queues.
 
-A :class:`~sst_search.indexing.worker.Worker` unit goes through prepare (decode, resize for SAM 2, read a
+A :class:`~indexer.worker.Worker` unit goes through prepare (decode, resize for SAM 2, read a
 provided mask), segment (SAM 2) and finish (embed, measure, encode masks), and the driver
 then writes it. Run one after another, the GPU waits for every decode, every measurement
 and every write. Here preparing threads read units ahead of the model, one model thread

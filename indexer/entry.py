@@ -1,6 +1,6 @@
 """The Python entry point to indexing: :func:`index`, exported as ``sst_search.index``.
 
-The job (:func:`~sst_search.indexing.job.run_index`) takes a resolved :class:`Config` and
+The job (:func:`~indexer.job.run_index`) takes a resolved :class:`Config` and
 what the CLI has already read; a notebook has neither, so this resolves the configuration
 and names every option.
 """

@@ -86,13 +86,13 @@ def run_index(
     ``config`` describes (they must be what it describes: the plan fingerprints the
     config). They live in this process, so they need the local engine. With
     ``instance_references`` every photo is first split into one item per instance (see
-    :mod:`sst_search.indexing.instances`) and those items are indexed.
+    :mod:`indexer.instances`) and those items are indexed.
 
     Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
     when the run would remove or fail more than ``config.indexer.max_removal_share`` of the
     indexed items because files vanished or references broke (:class:`MassRemovalError`,
     unless ``allow_mass_removal``). ``items``, when given, are ``collection``'s items already
-    loaded by :func:`~sst_search.indexing.collection.collection_items` (the CLI loads them before any
+    loaded by :func:`~indexer.collection.collection_items` (the CLI loads them before any
     model library is imported, so a refused collection costs no start-up).
     """
     started = time.perf_counter()

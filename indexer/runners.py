@@ -1,7 +1,7 @@
 """Where work units run: in this process, or on Ray actors that each load the models once.
 
 Both runners yield ``list[SpecimenRecord]`` per unit as units finish; the driver writes
-them. Both run a unit's stages through the same :class:`~sst_search.indexing.pipeline.Pipeline`
+them. Both run a unit's stages through the same :class:`~indexer.pipeline.Pipeline`
 (``indexer.threads: 0`` runs them one after another instead). Ray is used as a cluster,
 never re-implemented: an ``ActorPool`` hands units to idle actors and results stream back
 in completion order.

@@ -76,7 +76,7 @@ class Worker:
     A unit goes through three stages: :meth:`prepare` (per item, no model: decode, resize,
     read a provided mask), :meth:`segment` (the tracker, one caller at a time) and
     :meth:`finish` (embed, measure, encode masks). :meth:`process` runs them one after
-    another; :class:`sst_search.indexing.pipeline.Pipeline` runs them on threads so that the model
+    another; :class:`indexer.pipeline.Pipeline` runs them on threads so that the model
     never waits for one item's CPU work. Either way the records are the same.
     """
 
