@@ -25,7 +25,12 @@ from sst_search.sources import Item, SourceError, is_url, local_location, read_d
 from sst_search.sources.archives import ARCHIVE_FORMS, archive_kind
 from sst_search.sources.dwca import simple_core
 from sst_search.sources.fetch import Fetcher, ImageCache
-from sst_search.sources.iiif import FetchJson, expand_manifest, looks_like_manifest, read_iiif
+from sst_search.sources.iiif import (
+    FetchJson,
+    expand_manifest,
+    looks_like_manifest,
+    read_iiif,
+)
 from sst_search.sources.occurrences import occurrence_items, short_name
 from sst_search.sources.table import is_darwin_core, read_rows, read_table
 

@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sst_search.builder import build_instance_finder, tracker_from_config
 from sst_search.config import Config
 from sst_search.images import ImageLoadError, load_image, save_image
-from sst_search.builder import build_instance_finder, tracker_from_config
 from sst_search.instances import InstanceFinder, crop_instance
 from sst_search.references import load_instance_references, references_fingerprint
 from sst_search.store import Store, encode_mask

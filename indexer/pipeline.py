@@ -24,8 +24,8 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 
 import torch
 

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst_search.config import Config
-from sst_search.references import ReferencesError, check_group_name, references_fingerprint
+from sst_search.references import (
+    ReferencesError,
+    check_group_name,
+    references_fingerprint,
+)
 from sst_search.store import specimen_id
 from sst_search.weights import resolve_sam2_weights, sha256_file
 

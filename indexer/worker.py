@@ -21,11 +21,22 @@ from sst_search.embed import EmbedItem
 from sst_search.embed.base import SpecimenVectors
 from sst_search.images import ImageLoadError, check_file, load_image, load_mask
 from sst_search.measure import measure_label_map, resolve_scale
-from sst_search.references import ReferencesError, Support, check_group_name, load_group_references
+from sst_search.references import (
+    ReferencesError,
+    Support,
+    check_group_name,
+    load_group_references,
+)
 from sst_search.sam2_predictor import default_device
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
 from sst_search.store.review import apply_corrections
-from sst_search.tracking import PreparedQuery, TrackResult, prepare_query, resize_on_cpu, views_for
+from sst_search.tracking import (
+    PreparedQuery,
+    TrackResult,
+    prepare_query,
+    resize_on_cpu,
+    views_for,
+)
 from sst_search.weights import sha256_file
 
 from .collection import Item
