@@ -53,8 +53,8 @@ import pyarrow.compute as pc
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
-from sst_search.store.at_rest import vector_paths, vectors_dir
-from sst_search.store.indexes import ivf_of
+from sst_search.vector_search.at_rest import vector_paths, vectors_dir
+from sst_search.vector_search.indexes import ivf_of
 from sst_search.store.snapshots import current_version, publish_snapshot, resolve_snapshot
 from sst_search.store.rle import encode_mask
 

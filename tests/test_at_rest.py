@@ -18,7 +18,7 @@ import pytest
 from sst_search.config import IndexConfig, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
-from sst_search.store.at_rest import vector_paths, vectors_dir
+from sst_search.vector_search.at_rest import vector_paths, vectors_dir
 from sst_search.store.snapshots import current_version, list_versions, publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 
@@ -127,7 +127,7 @@ def test_a_snapshot_published_before_vectors_at_rest_opens_and_the_next_publish_
 _KILLED_WHILE_WRITING = """
 import os, signal, sys
 import numpy as np
-from sst_search.store import at_rest
+from sst_search.store import vectors_at_rest as at_rest
 from sst_search.store.snapshots import publish_snapshot
 
 def killed_half_way(con, key, ids, dim, path, record):

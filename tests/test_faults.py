@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from indexer.job import MassRemovalError, run_index
 from sst_search.cli import app
 from sst_search.config import Config
-from sst_search.store import Store, indexes
+from sst_search.store import Store
+from sst_search.vector_search import indexes
 from sst_search.store import snapshots as snap
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.verify import verify_files

@@ -132,7 +132,7 @@ class Catalog:
 
     def admission(self, filters: Iterable[Filter]) -> MaskAdmission | SqlAdmission | None:
         """The indexed specimens passing ``filters``, in the form a filtered search asks about
-        them (see :mod:`sst_search.store.planner`); None without filters.
+        them (see :mod:`sst_search.vector_search.planner`); None without filters.
 
         A read-only snapshot evaluates them in memory (:mod:`sst_search.store.columns`): no
         SQL per search. A writer's catalog changes under it, so it asks SQL each time.

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
-from sst_search.store.planner import sorted_rows
+from sst_search.vector_search.planner import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
@@ -197,7 +197,7 @@ class MaskAdmission:
 
     def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
         """The mask itself when the index holds exactly the snapshot's specimens (see
-        :class:`~sst_search.store.planner.RowMask`)."""
+        :class:`~sst_search.vector_search.planner.RowMask`)."""
         return self._mask if self._columns.same_ids(table_ids) else None
 
 

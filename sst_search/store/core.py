@@ -6,7 +6,7 @@ the in-memory FAISS indexes. :meth:`Store.flush_indexes` persists them atomicall
 their generation. After a SIGKILL at any point the database holds either the whole batch or
 none of it, and any FAISS file whose generation disagrees with the database is rebuilt from
 the ``vectors`` table when the store is next opened (writer) or used (reader). The in-memory
-side of that (load, rebuild, incremental update, save) is :class:`~sst_search.store.cache.IndexCache`.
+side of that (load, rebuild, incremental update, save) is :class:`~sst_search.vector_search.cache.IndexCache`.
 
 Concurrency: DuckDB allows one writer *process*; opening a file read-only while another
 process holds it for writing fails with DuckDB's lock error. Readers therefore open between
@@ -30,12 +30,13 @@ import numpy as np
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
-from sst_search.store import at_rest, indexes
+from sst_search.store import vectors_at_rest
+from sst_search.vector_search import indexes
 from sst_search.store import verify as vf
 from sst_search.store.errors import StoreDamagedError, StoreError, is_lock_conflict, storage_fault
-from sst_search.store.cache import IndexCache, IndexKey
+from sst_search.vector_search.cache import IndexCache, IndexKey
 from sst_search.store.catalog import Catalog, duckdb_memory_limit
-from sst_search.store.planner import Admission, SearchOutcome, VectorTable, search_table
+from sst_search.vector_search.planner import Admission, SearchOutcome, VectorTable, search_table
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
 from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
@@ -496,7 +497,7 @@ class Store(Catalog):
         problems = vf.check_database(self.con, self.db_path)
         if problems or not indexes:
             return problems
-        return vf.check_indexes(self.con, self.faiss_dir, sample) or at_rest.check_all(self.con, self.db_path, sample)
+        return vf.check_indexes(self.con, self.faiss_dir, sample) or vectors_at_rest.check_all(self.con, self.db_path, sample)
 
     # -- indexes and search -----------------------------------------------------------------
 
@@ -552,7 +553,7 @@ class Store(Catalog):
         """Top-``k`` among what ``admission`` admits (everything when None), without ``skip``.
 
         Exactly ``k`` hits whenever at least ``k`` vectors are admitted, whatever the
-        filter's selectivity: :mod:`sst_search.store.planner` picks post-filtering, a FAISS
+        filter's selectivity: :mod:`sst_search.vector_search.planner` picks post-filtering, a FAISS
         ID selector or an exact scan of the admitted vectors.
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import duckdb
 
-from sst_search.store import at_rest
+from sst_search.store import vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
-from sst_search.store.indexes import file_mode
+from sst_search.vector_search.indexes import file_mode
 from sst_search.store.verify import verify_files
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
         _make_readable(staging)
         problems = verify_files(staging / db_path.name)
         if not problems:  # from a verified catalog only: a damaged one is reported, not copied
-            at_rest.write_snapshot(staging / db_path.name)
-            problems = at_rest.check_snapshot(staging / db_path.name)
+            vectors_at_rest.write_snapshot(staging / db_path.name)
+            problems = vectors_at_rest.check_snapshot(staging / db_path.name)
         if problems:
             live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
             good = current_version(db_path)

@@ -21,8 +21,8 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
-from sst_search.store import at_rest, indexes
-from sst_search.store.planner import VectorTable
+from sst_search.vector_search import at_rest, indexes
+from sst_search.vector_search.planner import VectorTable
 from sst_search.weights import sha256_file
 
 IndexKey = tuple[str, str]

@@ -52,7 +52,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig, PlanConfig
-from sst_search.store.indexes import ivf_of
+from sst_search.vector_search.indexes import ivf_of
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
 #: Filters whose admitted vectors a table keeps counted per IVF list (a few KB each).
@@ -96,7 +96,7 @@ class VectorTable:
     """One index's stored vectors, sorted by id: a query's own vector, exact scans and
     re-ranking look up a few rows per search in microseconds, where a DuckDB query over the
     ``vectors`` table costs a scan. The matrix is float32 in memory, or float16 mapped from a
-    snapshot's file (:mod:`~sst_search.store.at_rest`): rows become float32 as they are read.
+    snapshot's file (:mod:`~sst_search.vector_search.at_rest`): rows become float32 as they are read.
     ``presorted``: the ids are known to ascend (a mapped file's; checking would read them all)."""
 
     def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False) -> None:
