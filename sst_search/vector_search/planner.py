@@ -261,83 +261,185 @@ def choose_plan(fraction: float, n_total: int, k: int, config: PlanConfig) -> Pl
     return "selector"
 
 
+@dataclass
+class _Query:
+    """One query against one index, as every plan needs it: ``want`` hits are fetched (one
+    more than ``k`` when ``skip`` may be among them), ``refine`` times as many re-ranked."""
+
+    index: faiss.Index
+    table: VectorTable
+    config: IndexConfig
+    vector: np.ndarray  # (1, dim) float32
+    k: int
+    skip: int | None
+    ivf: faiss.IndexIVF | None
+    refine: int
+
+    @classmethod
+    def of(cls, index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
+           skip: int | None) -> _Query:
+        ivf = ivf_of(index)
+        return cls(index, table, config, np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1)), k, skip,
+                   ivf, config.refine if ivf is not None else 1)
+
+    @property
+    def want(self) -> int:
+        return self.k + (1 if self.skip is not None else 0)
+
+    def top(self, hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The first ``k`` of ``hits`` without ``skip``."""
+        return _drop(hits, self.skip)[: self.k]
+
+
+@dataclass
+class _Share:
+    """What a filter admits of one index, as far as the plans need it: the admitted rows'
+    mask when known (a snapshot's), else the admission to ask; the admitted share; and, on an
+    IVF index with a known mask, the admitted vectors counted per list and the lists ranked
+    for the query (once, for whichever plan runs)."""
+
+    admission: Admission
+    row_mask: np.ndarray | None
+    fraction: float
+    counted: AdmittedLists | None
+    ranking: _Ranking | None
+
+    @classmethod
+    def of(cls, q: _Query, admission: Admission) -> _Share:
+        row_mask = admission.table_mask(q.table.ids) if hasattr(admission, "table_mask") else None
+        if row_mask is not None:
+            fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
+        else:
+            fraction = estimate_fraction(q.table.ids, admission, q.config.plan)
+        counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
+        return cls(admission, row_mask, fraction, counted, _Ranking(q.index, q.vector) if counted is not None else None)
+
+    def fetch(self, q: _Query) -> int:
+        """Candidates a post-filter asks the index for."""
+        return min(int(q.index.ntotal), _postfilter_fetch(self.fraction, q.want, q.config.plan))
+
+
+@dataclass
+class _Admitted:
+    """The admitted rows of the table (listed, or as the share's mask), how many, and how many
+    hits they can give (``k``, or fewer when fewer pass)."""
+
+    rows: np.ndarray | None
+    row_mask: np.ndarray | None
+    count: int
+    want: int
+
+    @classmethod
+    def of(cls, q: _Query, share: _Share) -> _Admitted:
+        rows = _admitted_rows(share.admission, q.table) if share.row_mask is None else None
+        count = (len(rows) if rows is not None else share.counted.count if share.counted is not None
+                 else int(np.count_nonzero(share.row_mask)))
+        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)))
+
+    def listed(self) -> np.ndarray:
+        return self.rows if self.rows is not None else np.flatnonzero(self.row_mask)
+
+    def mask(self, n: int) -> np.ndarray:
+        return self.row_mask if self.row_mask is not None else _mask_of(self.rows, n)
+
+
 def search_table(
     index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
     admission: Admission | None = None, skip: int | None = None,
 ) -> SearchOutcome:
     """Top ``k`` of ``index``, whose stored vectors are ``table``, for one ``query`` among the
     ids ``admission`` admits, without ``skip``: planned and re-ranked as ``config`` says (a
-    whole store's index, or one shard's)."""
-    query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
-    plan_config, ivf = config.plan, ivf_of(index)
-    refine = config.refine if ivf is not None else 1
-    extra = 1 if skip is not None else 0
+    whole store's index, or one shard's). Picks the plan; each plan is one function below,
+    and a plan that comes up short hands over to the admitted-set plans (see the module
+    docstring)."""
+    q = _Query.of(index, table, config, query, k, skip)
     if admission is None:
-        hits = _faiss_search(index, table, query, k + extra, refine)
-        return SearchOutcome(_drop(hits, skip)[:k], "unfiltered")
-    row_mask = admission.table_mask(table.ids) if hasattr(admission, "table_mask") else None
-    if row_mask is not None:
-        fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
-    else:
-        fraction = estimate_fraction(table.ids, admission, plan_config)
-    plan = choose_plan(fraction, len(table), k, plan_config)
-    fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, plan_config))
-    # Known rows on an IVF index: the admitted vectors counted per list (kept per filter) and
-    # the lists ranked for this query, once, for whichever plan runs.
-    counted = table.admitted_lists(index, row_mask) if row_mask is not None and ivf is not None else None
-    ranking = _Ranking(index, query) if counted is not None else None
-    if plan == "postfilter" and counted is not None and not counted.seen_by_postfilter(
-        ranking.order, ivf.nprobe, fetch, fraction, k + extra, plan_config
-    ):
-        plan = "exact" if counted.count <= plan_config.exact_max else "selector"
-    outcome = SearchOutcome([], plan, fraction)
+        return search_unfiltered(q)
+    share = _Share.of(q, admission)
+    plan = _plan(q, share)
+    outcome = SearchOutcome([], plan, share.fraction)
     if plan == "postfilter":
-        # The candidates in the index's own order; only the first k * refine that pass are
-        # re-ranked by their stored vectors, as an unfiltered search re-ranks its first k * refine.
-        hits = ranking.search(ivf, fetch, slice(0, ivf.nprobe)) if ranking is not None else _index_search(index, query, fetch)
-        ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
-        passed = admission.passes(ids) if len(ids) else np.zeros(0, bool)
-        passing = set(ids[passed].tolist())
-        kept = _refined(query, table, [h for h in _drop(hits, skip) if h[0] in passing][: k * refine], k, refine)
-        candidate_share = float(passed.mean()) if len(ids) else 0.0
-        representative = candidate_share >= plan_config.min_candidate_pass_ratio * fraction
-        if (len(kept) == k and representative) or len(hits) >= index.ntotal:  # or the whole index was filtered
-            outcome.hits = kept
+        hits, fallback = search_postfilter(q, share)
+        if fallback is None:
+            outcome.hits = hits
             return outcome
-        outcome.fallbacks.append(
-            f"postfilter kept {len(kept)} of {k}" if len(kept) < k
-            else f"candidates passed at {candidate_share:.3f}, the collection at {fraction:.3f}"
-        )
-    rows = _admitted_rows(admission, table) if row_mask is None else None
-
-    def admitted_rows() -> np.ndarray:
-        return rows if rows is not None else np.flatnonzero(row_mask)
-
-    count = len(rows) if rows is not None else counted.count if counted is not None else int(np.count_nonzero(row_mask))
-    want = min(k, count - _admits(table, skip, rows, row_mask))
-    if want <= 0:
+        outcome.fallbacks.append(fallback)
+    admitted = _Admitted.of(q, share)
+    if admitted.want <= 0:
         return outcome
-    if count <= plan_config.exact_max:
-        outcome.plan = "exact" if plan == "exact" else outcome.plan
-        outcome.hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
+    if admitted.count <= config.plan.exact_max:
+        outcome.hits = search_exact(q, admitted)
         if plan != "exact":
             outcome.fallbacks.append("exact scan of the admitted set")
         return outcome
-    outcome.plan = "selector" if plan != "postfilter" else outcome.plan
-    if ivf is not None:
-        mask = row_mask if row_mask is not None else _mask_of(rows, len(table))
-        counted = counted if counted is not None else AdmittedLists(table.layout(index), mask)
-        hits = _admitted_lists_search(ivf, table, config, query, ranking or _Ranking(index, query), counted, mask,
-                                      k + extra, refine)
-    else:
-        selector = faiss.IDSelectorBatch(table.ids[admitted_rows()])
-        hits = _faiss_search(index, table, query, k + extra, refine, faiss.SearchParameters(sel=selector))
-    hits = _drop(hits, skip)[:k]
-    if len(hits) < want:
-        outcome.fallbacks.append(f"selector found {len(hits)} of {want}")
-        hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
-    outcome.hits = hits
+    if plan != "postfilter":
+        outcome.plan = "selector"
+    outcome.hits = search_selector(q, share, admitted, outcome.fallbacks)
     return outcome
+
+
+def _plan(q: _Query, share: _Share) -> Plan:
+    """:func:`choose_plan` from the share, then, where the admitted vectors are counted per
+    IVF list, no post-filter that the lists nearest the query show would fall through."""
+    plan = choose_plan(share.fraction, len(q.table), q.k, q.config.plan)
+    counted = share.counted
+    if plan == "postfilter" and counted is not None and not counted.seen_by_postfilter(
+        share.ranking.order, q.ivf.nprobe, share.fetch(q), share.fraction, q.want, q.config.plan
+    ):
+        plan = "exact" if counted.count <= q.config.plan.exact_max else "selector"
+    return plan
+
+
+def search_unfiltered(q: _Query) -> SearchOutcome:
+    """The ``unfiltered`` plan: the index's own top ``k``, re-ranked."""
+    return SearchOutcome(q.top(_faiss_search(q.index, q.table, q.vector, q.want, q.refine)), "unfiltered")
+
+
+def search_postfilter(q: _Query, share: _Share) -> tuple[list[tuple[int, float]], str | None]:
+    """The ``postfilter`` plan: ``(hits, None)``, or ``(_, why it falls through)`` when too few
+    candidates pass or they pass far less often than the collection does."""
+    plan_config, fetch = q.config.plan, share.fetch(q)
+    # The candidates in the index's own order; only the first k * refine that pass are
+    # re-ranked by their stored vectors, as an unfiltered search re-ranks its first k * refine.
+    if share.ranking is not None:
+        hits = share.ranking.search(q.ivf, fetch, slice(0, q.ivf.nprobe))
+    else:
+        hits = _index_search(q.index, q.vector, fetch)
+    ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
+    passed = share.admission.passes(ids) if len(ids) else np.zeros(0, bool)
+    passing = set(ids[passed].tolist())
+    kept = _refined(q.vector, q.table, [h for h in _drop(hits, q.skip) if h[0] in passing][: q.k * q.refine], q.k,
+                    q.refine)
+    candidate_share = float(passed.mean()) if len(ids) else 0.0
+    representative = candidate_share >= plan_config.min_candidate_pass_ratio * share.fraction
+    if (len(kept) == q.k and representative) or len(hits) >= q.index.ntotal:  # or the whole index was filtered
+        return kept, None
+    return kept, (f"postfilter kept {len(kept)} of {q.k}" if len(kept) < q.k
+                  else f"candidates passed at {candidate_share:.3f}, the collection at {share.fraction:.3f}")
+
+
+def search_exact(q: _Query, admitted: _Admitted) -> list[tuple[int, float]]:
+    """The ``exact`` plan: every admitted vector scored."""
+    return q.top(exact_top(q.vector[0], q.table, admitted.listed(), q.want))
+
+
+def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: list[str]) -> list[tuple[int, float]]:
+    """The ``selector`` plan: FAISS searches only the admitted vectors (on an IVF index, in
+    the lists nearest the query that hold them); an exact scan when it finds too few (noted
+    in ``fallbacks``)."""
+    if q.ivf is not None:
+        mask = admitted.mask(len(q.table))
+        counted = share.counted if share.counted is not None else AdmittedLists(q.table.layout(q.index), mask)
+        hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking(q.index, q.vector),
+                                      counted, mask, q.want, q.refine)
+    else:
+        selector = faiss.IDSelectorBatch(q.table.ids[admitted.listed()])
+        hits = _faiss_search(q.index, q.table, q.vector, q.want, q.refine, faiss.SearchParameters(sel=selector))
+    hits = q.top(hits)
+    if len(hits) < admitted.want:
+        fallbacks.append(f"selector found {len(hits)} of {admitted.want}")
+        hits = search_exact(q, admitted)
+    return hits
 
 
 def _admits(table: VectorTable, skip: int | None, rows: np.ndarray | None, row_mask: np.ndarray | None) -> int:
