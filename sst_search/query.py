@@ -25,7 +25,7 @@ from .measure import FIELDS as MEASUREMENT_FIELDS
 from .references import Support
 from .store import SPECIMEN_TRAIT, Store, decode_mask
 from .store.filters import Filter, compile_filters, parse_filter
-from .store.core import MAX_K
+from .store.indexed import MAX_K
 from .vector_search.planner import Admission
 from .store.snapshots import resolve_snapshot
 

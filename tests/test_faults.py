@@ -390,15 +390,15 @@ _KILLED_CORRECTION = """
 import os, sys
 import numpy as np
 from sst_search.review import decide
-from sst_search.store.core import Store
+from sst_search.store import writer
 
-write = Store._write_measurements
+write = writer.write_measurements
 
-def killed(self, rows):  # the mask and the new measurements are written, the transaction not committed
-    write(self, rows)
+def killed(connection, rows):  # the mask and the new measurements are written, the transaction not committed
+    write(connection, rows)
     os._exit(9)
 
-Store._write_measurements = killed
+writer.write_measurements = killed
 db, sid, trait, h, w = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 mask = np.zeros((h, w), bool)
 mask[2:9, 3:11] = True

@@ -6,8 +6,9 @@ per query, more than the vector search itself at a million specimens. A snapshot
 changes, so :class:`SnapshotColumns` loads each field a filter needs once (dictionary-encoded
 text, numbers per row) and :func:`~sst_search.store.filters.compile_mask` evaluates the same
 resolved conditions as the SQL compiler against them; :class:`MaskAdmission` answers both
-questions from the resulting mask. A writer's catalog changes under it, so it keeps
-:class:`SqlAdmission`.
+questions from the resulting mask (what :class:`~sst_search.store.snapshot_catalog.SnapshotCatalog`
+hands a search). A live catalog changes under it, so :class:`~sst_search.store.catalog.Catalog`
+hands out :class:`SqlAdmission`, which asks SQL each time.
 """
 
 from __future__ import annotations

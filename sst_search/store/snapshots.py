@@ -25,7 +25,7 @@ leaves readers, and a repair, a good version to fall back on. Published files ge
 ordinary mode under the umask, so a search app running as another user can read them. Pruning an older one while
 a reader still uses it is harmless on POSIX: the reader's open DuckDB file stays readable
 until it closes, and a FAISS file that is gone is rebuilt in memory from the DuckDB
-vectors (see :meth:`Store.index`), so the reader still answers from its own version.
+vectors (see :meth:`SnapshotStore.index`), so the reader still answers from its own version.
 """
 
 from __future__ import annotations

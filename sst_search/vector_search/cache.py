@@ -8,7 +8,7 @@ invalidation message. Files on disk are trusted only when their manifest vouches
 same generation, size and checksum; anything else is rebuilt from the catalog.
 
 The cache does no SQL: the store hands it a function that reads one index's vectors, so
-all queries stay in :mod:`sst_search.store.core` and :mod:`sst_search.store.catalog`.
+all queries stay in the store (:mod:`sst_search.store.catalog` reads the vectors).
 """
 
 from __future__ import annotations
