@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,15 @@ class Store(IndexedStore, Catalog):
     :class:`Catalog`, the writes, and the FAISS indexes kept consistent with them. Use :meth:`open`."""
 
     saves_rebuilt_indexes = True
+
+    @overload
+    @classmethod
+    def open(cls, db_path: str | Path, read_only: Literal[False] = False,
+             index_config: IndexConfig | None = None) -> Store: ...
+
+    @overload
+    @classmethod
+    def open(cls, db_path: str | Path, read_only: Literal[True], index_config: None = None) -> SnapshotStore: ...
 
     @classmethod
     def open(

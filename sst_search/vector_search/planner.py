@@ -33,7 +33,9 @@ specimen (:class:`RowMask`):
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
 
-Every plan returns ``min(k, admitted)`` hits. Compressed indexes (SQ/PQ codes) fetch
+:func:`search_table` picks the plan; each is one function (:func:`search_unfiltered`,
+:func:`search_postfilter`, :func:`search_exact`, :func:`search_selector`). Every plan
+returns ``min(k, admitted)`` hits. Compressed indexes (SQ/PQ codes) fetch
 ``refine * k`` candidates and re-rank them by the exact inner product of the stored float
 vectors (float16 in a published snapshot), so a lossy code only has to put the true
 neighbours among the candidates.
