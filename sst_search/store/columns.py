@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
-from sst_search.vector_search.planner import sorted_rows
+from sst_search.vector_search.vector_table import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64

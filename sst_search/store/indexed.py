@@ -26,7 +26,8 @@ from sst_search.store import verify as vf
 from sst_search.store.connection import Connection, repair_hint
 from sst_search.store.errors import StoreDamagedError, storage_fault
 from sst_search.vector_search.cache import IndexCache, IndexKey
-from sst_search.vector_search.planner import Admission, SearchOutcome, VectorTable, search_table
+from sst_search.vector_search.planner import Admission, SearchOutcome, search_table
+from sst_search.vector_search.vector_table import VectorTable
 
 #: Largest k a search honours; more results than vectors are never returned anyway.
 MAX_K = 10_000

@@ -24,11 +24,11 @@ Each file is written under a temporary name, fsynced and renamed; the manifest c
 and the whole folder is part of the staging copy that is verified before the pointer moves,
 so a publish that dies while writing leaves nothing a reader is pointed at. A reader trusts
 the files only when the manifest's generation is the catalog's and the sizes are the
-manifest's (a truncated file is never mapped); the checksums are the verify's job
-(:func:`check_files`, compared with the catalog by the store),
-since hashing at open would read every vector. A snapshot published before this module
-existed has no folder: its readers read float32 vectors from the catalog, as before, and
-the next publish writes the folder.
+manifest's (a truncated file is never mapped); checksums are checked only by a verify
+(:func:`check_files`, then compared with the catalog by
+:mod:`sst_search.store.vectors_at_rest`), since hashing at open would read every vector. A
+snapshot published before vectors at rest existed has no folder: its readers read float32
+vectors from the catalog, and the next publish writes the folder.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 
 from sst_search.config import IndexConfig
 from sst_search.vector_search import at_rest, indexes
-from sst_search.vector_search.planner import VectorTable
+from sst_search.vector_search.vector_table import VectorTable
 from sst_search.weights import sha256_file
 
 IndexKey = tuple[str, str]
