@@ -26,6 +26,7 @@ from sst_search.store.filters import Filter, scope
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import MEASUREMENT_COLUMNS
+from sst_search.vector_search.cache import IndexKey
 
 #: Columns of :meth:`Catalog.mask_rows`, in order.
 MASK_ROW_COLUMNS = (
@@ -81,10 +82,6 @@ def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.
 
 def _json(value: str | None):
     return json.loads(value) if value is not None else None
-
-
-#: ``(embedder, trait)``: one FAISS index.
-IndexKey = tuple[str, str]
 
 
 class Catalog:

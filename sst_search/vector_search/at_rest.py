@@ -48,6 +48,7 @@ from sst_search.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
+#: ``(embedder, trait)``: one index.
 IndexKey = tuple[str, str]
 DTYPE = np.dtype(np.float16)
 #: Largest difference between a stored float32 component and its float16 copy that

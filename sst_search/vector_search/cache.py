@@ -22,10 +22,10 @@ import numpy as np
 
 from sst_search.config import IndexConfig
 from sst_search.vector_search import at_rest, indexes
+from sst_search.vector_search.at_rest import IndexKey
 from sst_search.vector_search.vector_table import VectorTable
 from sst_search.weights import sha256_file
 
-IndexKey = tuple[str, str]
 #: Reads ``(ids, (n, dim) matrix)`` of one index's vectors from the catalog.
 VectorReader = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
 FileState = Literal["missing", "stale", "fresh", "damaged"]
