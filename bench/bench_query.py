@@ -57,14 +57,14 @@ import pyarrow.compute as pc
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
-from sst_search.store.at_rest import vector_paths, vectors_dir
-from sst_search.store.indexes import ivf_of
 from sst_search.store.rle import encode_mask
 from sst_search.store.snapshots import (
     current_version,
     publish_snapshot,
     resolve_snapshot,
 )
+from sst_search.vector_search.at_rest import vector_paths, vectors_dir
+from sst_search.vector_search.indexes import ivf_of
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
@@ -314,8 +314,8 @@ def main() -> None:
     print(f"trait masks held for the per-hit join: loaded in {time.perf_counter() - t:.1f} s")
     print(f"engine open + index load {open_s:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
           f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); stored vectors for re-ranking and exact "
-          f"scans: {engine.store._vector_table(EMBEDDER, TRAIT).matrix.dtype} "
-          f"{'mapped from the snapshot' if isinstance(engine.store._vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
+          f"scans: {engine.store.vector_table(EMBEDDER, TRAIT).matrix.dtype} "
+          f"{'mapped from the snapshot' if isinstance(engine.store.vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
           f"{mapped_resident(at_rest_file) / 2**20:.1f} MiB of them resident; process RSS "
           f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)\n")
 

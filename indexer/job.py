@@ -23,7 +23,7 @@ from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items
 from sst_search.sources.naming import record_name, url_failure
 from sst_search.store import Store
-from sst_search.store.core import repair_hint
+from sst_search.store.connection import repair_hint
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.review import corrections
 from sst_search.store.snapshots import publish_snapshot

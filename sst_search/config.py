@@ -59,7 +59,7 @@ class EmbeddingConfig(_Strict):
 
 class PlanConfig(_Strict):
     """When a filtered search post-filters, uses a FAISS ID selector or scans the admitted
-    vectors exactly (see :mod:`sst_search.store.planner`); the defaults keep all three plans
+    vectors exactly (see :mod:`sst_search.vector_search.planner`); the defaults keep all three plans
     near one FAISS search in cost."""
 
     postfilter_min_fraction: float = Field(0.05, description="post-filter when at least this share of items passes")

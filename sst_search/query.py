@@ -25,8 +25,8 @@ from .measure import FIELDS as MEASUREMENT_FIELDS
 from .references import Support
 from .store import SPECIMEN_TRAIT, Store, decode_mask
 from .store.filters import Filter, compile_filters, parse_filter
-from .store.core import MAX_K
-from .store.planner import Admission
+from .store.indexed import MAX_K
+from .vector_search.planner import Admission
 from .store.snapshots import resolve_snapshot
 
 __all__ = ["Direction", "Filter", "QueryError", "QueryResult", "SearchEngine", "compile_filters", "parse_filter"]
@@ -235,7 +235,7 @@ class SearchEngine:
         """Top ``n`` ``(specimen_id, inner product)`` passing ``filters``, without ``skip``.
 
         Exactly ``n`` whenever ``n`` specimens pass: the store plans the search from the
-        filter's selectivity (see :mod:`sst_search.store.planner`), asking the snapshot which
+        filter's selectivity (see :mod:`sst_search.vector_search.planner`), asking the snapshot which
         of a few ids pass or which pass at all (:meth:`Store.admission`).
         """
         return self.store.filtered_search(embedder, trait, vector, n, self.admission(filters), skip).hits

@@ -3,10 +3,10 @@
 Each actor opens the published snapshot read-only (DuckDB allows any number of reading
 processes) and holds one shard of one ``(embedder, trait)`` index: the vectors whose
 ``specimen_id % shards`` is its number, kept in memory, and a FAISS index built from them
-by the store's own :func:`~sst_search.store.indexes.build_index` with the
+by the store's own :func:`~sst_search.vector_search.indexes.build_index` with the
 :class:`~sst_search.config.IndexConfig` the writer recorded. A search sends the query
 vector and the filters to every shard; each answers its own top ``k`` through the same
-planner as a single store (:func:`~sst_search.store.planner.search_table`: exactly ``k``
+planner as a single store (:func:`~sst_search.vector_search.planner.search_table`: exactly ``k``
 whenever ``k`` of its specimens pass, filters evaluated against its snapshot), and the
 driver keeps the best ``k`` of the union. The global top ``k`` lie among the shards' top
 ``k``, so under exact search the merged answer equals one index's answer.
@@ -26,8 +26,9 @@ import numpy as np
 
 from sst_search.store import Store
 from sst_search.store.filters import Filter
-from sst_search.store.indexes import build_index, index_kind
-from sst_search.store.planner import VectorTable, search_table
+from sst_search.vector_search.indexes import build_index, index_kind
+from sst_search.vector_search.planner import search_table
+from sst_search.vector_search.vector_table import VectorTable
 from sst_search.store.snapshots import resolve_snapshot
 
 

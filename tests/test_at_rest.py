@@ -18,7 +18,7 @@ import pytest
 from sst_search.config import IndexConfig, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
-from sst_search.store.at_rest import vector_paths, vectors_dir
+from sst_search.vector_search.at_rest import vector_paths, vectors_dir
 from sst_search.store.snapshots import current_version, list_versions, publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 
@@ -77,9 +77,9 @@ def test_every_plan_reads_the_mapped_float16_vectors_with_recall_and_exactly_k(p
         if filters else np.ones(N, bool)
     k, found_all, f32_recall, same = 10, [], [], []
     with SearchEngine.open(db) as engine, Store.open(db, read_only=True) as live:
-        table = engine.store._vector_table(*KEY)
+        table = engine.store.vector_table(*KEY)
         assert isinstance(table.matrix, np.memmap) and table.matrix.dtype == np.float16
-        assert live._vector_table(*KEY).matrix.dtype == np.float32  # the live store has no file: the catalog's
+        assert live.vector_table(*KEY).matrix.dtype == np.float32  # the live store has no file: the catalog's
         for store in (engine.store, live):
             store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         admission = engine.admission(filters) if filters else None
@@ -113,21 +113,21 @@ def test_a_snapshot_published_before_vectors_at_rest_opens_and_the_next_publish_
     shutil.rmtree(vectors_dir(snapshot))  # as a publish from before this change left it
     assert verify_files(snapshot) == []
     with SearchEngine.open(db) as engine:
-        table = engine.store._vector_table(*KEY)
+        table = engine.store.vector_table(*KEY)
         assert not isinstance(table.matrix, np.memmap) and table.matrix.dtype == np.float32
         hits = engine.store.filtered_search(*KEY, vectors[0], 5).hits
     assert hits[0][0] == int(ids[0]) and hits[0][1] == pytest.approx(1.0, abs=1e-6)
     snapshot = publish_snapshot(db)
     assert vector_paths(vectors_dir(snapshot), KEY)[0].is_file()
     with SearchEngine.open(db) as engine:
-        assert engine.store._vector_table(*KEY).matrix.dtype == np.float16
+        assert engine.store.vector_table(*KEY).matrix.dtype == np.float16
         assert [h[0] for h in engine.store.filtered_search(*KEY, vectors[0], 5).hits] == [h[0] for h in hits]
 
 
 _KILLED_WHILE_WRITING = """
 import os, signal, sys
 import numpy as np
-from sst_search.store import at_rest
+from sst_search.store import vectors_at_rest as at_rest
 from sst_search.store.snapshots import publish_snapshot
 
 def killed_half_way(con, key, ids, dim, path, record):
@@ -167,7 +167,7 @@ def test_a_publish_killed_while_writing_vectors_at_rest_moves_no_pointer_and_ver
     os.truncate(matrix, matrix.stat().st_size - 100)
     assert any("bytes" in p.what and p.path == str(matrix) for p in verify_files(good))
     with SearchEngine.open(db) as engine:
-        assert engine.store._vector_table(*KEY).matrix.dtype == np.float32
+        assert engine.store.vector_table(*KEY).matrix.dtype == np.float32
         assert engine.store.filtered_search(*KEY, vectors[1], 3).hits[0][0] == int(ids[1])
     assert publish_snapshot(db) != good and verify_files(resolve_snapshot(db)) == []
     assert not any(p.exists() for p in leftovers)  # the next publish clears what the killed one left
@@ -190,7 +190,7 @@ with Store.open(resolve_snapshot(sys.argv[1]), read_only=True) as store:
     assert len(store.filtered_search("e", "t", query, 10).hits) == 10
     print("searched", anonymous() - before, flush=True)
     sys.stdin.readline()
-    float(np.asarray(store._vector_table("e", "t").matrix, np.float32).sum())  # every page, as exact scans would
+    float(np.asarray(store.vector_table("e", "t").matrix, np.float32).sum())  # every page, as exact scans would
     print("touched", flush=True)
     sys.stdin.readline()
 """

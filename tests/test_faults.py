@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from indexer.job import MassRemovalError, run_index
 from sst_search.cli import app
 from sst_search.config import Config
-from sst_search.store import Store, indexes
+from sst_search.store import Store
+from sst_search.vector_search import indexes
 from sst_search.store import snapshots as snap
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.verify import verify_files
@@ -389,15 +390,15 @@ _KILLED_CORRECTION = """
 import os, sys
 import numpy as np
 from sst_search.review import decide
-from sst_search.store.core import Store
+from sst_search.store import writer
 
-write = Store._write_measurements
+write = writer.write_measurements
 
-def killed(self, rows):  # the mask and the new measurements are written, the transaction not committed
-    write(self, rows)
+def killed(connection, rows):  # the mask and the new measurements are written, the transaction not committed
+    write(connection, rows)
     os._exit(9)
 
-Store._write_measurements = killed
+writer.write_measurements = killed
 db, sid, trait, h, w = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 mask = np.zeros((h, w), bool)
 mask[2:9, 3:11] = True

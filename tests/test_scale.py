@@ -16,7 +16,7 @@ from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.query import Filter, SearchEngine
 from sst_search.config import IndexConfig, PlanConfig
 from sst_search.store import SPECIMEN_TRAIT, Store
-from sst_search.store.indexes import bytes_per_vector
+from sst_search.vector_search.indexes import bytes_per_vector
 from ui.state import engine_session, load_engine
 
 N, DIM, EMBEDDER, TRAIT = 50_000, 8, "e", "t"
@@ -215,7 +215,8 @@ def test_a_filter_that_avoids_the_query_neighbourhood_is_not_answered_from_the_p
     items survive a post-filter, but the admitted set's nearest lie across the boundary in
     the list not probed. The candidates pass far less often than the collection does, so
     the search falls through to the admitted set and finds them."""
-    from sst_search.store.planner import VectorTable, search_table
+    from sst_search.vector_search.planner import search_table
+    from sst_search.vector_search.vector_table import VectorTable
 
     rng = np.random.default_rng(5)
     dim, n = 3, 8000
@@ -271,8 +272,9 @@ def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_r
     those an unfiltered search probes, where they hold any, then on until it has scored a
     set share of what an unfiltered search scores. Where the nearest lists hold no admitted
     vector, that is fewer vectors than pass; either way it finds the admitted set's nearest."""
-    from sst_search.store.indexes import build_index, ivf_of
-    from sst_search.store.planner import AdmittedLists, VectorTable, admitted_scan, search_table
+    from sst_search.vector_search.indexes import build_index, ivf_of
+    from sst_search.vector_search.planner import admitted_scan, search_table
+    from sst_search.vector_search.vector_table import AdmittedLists, VectorTable
 
     n, dim = 20_000, 32
     vectors, labels, ids = _clustered_vectors(8, n, dim, clusters=80, noise=0.4)
@@ -343,8 +345,9 @@ def test_a_snapshot_counts_admitted_vectors_per_list_and_never_tries_a_postfilte
 def test_the_selector_tests_membership_against_the_smaller_side_of_the_probed_lists():
     """Lists all admitted need no selector; lists mostly admitted test against the few that
     are not; lists mostly not admitted against the few that are: the same vectors pass."""
-    from sst_search.store.indexes import build_index, ivf_of
-    from sst_search.store.planner import AdmittedLists, VectorTable, _list_selector
+    from sst_search.vector_search.indexes import build_index, ivf_of
+    from sst_search.vector_search.planner import _list_selector
+    from sst_search.vector_search.vector_table import AdmittedLists, VectorTable
 
     rng = np.random.default_rng(4)
     n, dim = 4_000, 8

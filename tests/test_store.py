@@ -23,7 +23,7 @@ from sst_search.store import (
     masks_from_label_map,
     specimen_id,
 )
-from sst_search.store.indexes import index_kind
+from sst_search.vector_search.indexes import index_kind
 
 DIM = 16
 

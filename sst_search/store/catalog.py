@@ -1,11 +1,13 @@
 """Reading the catalog: typed answers from the DuckDB file, for every reader of the library.
 
 The search engine, the exports, the evaluation, the CLI and the app read specimens,
-masks, measurements, vectors and runs through these methods, never through a connection,
-and every selection of specimens goes through the one filter compiler
-(:mod:`sst_search.store.filters`). :class:`~sst_search.store.core.Store` adds writing and
-the FAISS indexes on top.
+masks, measurements, vectors, runs and index generations through these methods, never
+through a connection, and every selection of specimens goes through the one filter compiler
+(:mod:`sst_search.store.filters`). :class:`Catalog` answers in SQL each time, as a live
+store that changes under it must; a published snapshot never changes, and
+:class:`~sst_search.store.snapshot_catalog.SnapshotCatalog` answers it from memory instead.
 """
+
 
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sst_search.store.columns import MASK_COLUMNS, MaskAdmission, SnapshotColumns, SqlAdmission
-from sst_search.store.filters import Filter, compile_mask, scope, scoped
+from sst_search.config import IndexConfig
+from sst_search.store.columns import MASK_COLUMNS, SqlAdmission
+from sst_search.store.filters import Filter, scope
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import MEASUREMENT_COLUMNS
+from sst_search.vector_search.cache import IndexKey
 
 #: Columns of :meth:`Catalog.mask_rows`, in order.
 MASK_ROW_COLUMNS = (
@@ -81,15 +85,14 @@ def _json(value: str | None):
 
 
 class Catalog:
-    """Read methods over ``self.con`` (a DuckDB connection to one store file)."""
+    """Read methods over ``self.con`` (a DuckDB cursor on one store file), answered in SQL."""
 
     con: duckdb.DuckDBPyConnection
-    read_only: bool
 
     # -- runs ----------------------------------------------------------------------------
 
     def runs(self) -> list[dict]:
-        return self._dicts("SELECT * FROM runs ORDER BY started_at")
+        return self.query_dicts("SELECT * FROM runs ORDER BY started_at")
 
     def last_run_fingerprint(self) -> dict:
         """Fingerprint of the last finished run (models, config, references); {} when none finished."""
@@ -101,7 +104,7 @@ class Catalog:
     # -- specimens -----------------------------------------------------------------------
 
     def get_specimen(self, specimen_id: int) -> dict | None:
-        rows = self._dicts("SELECT * FROM specimens WHERE specimen_id = ?", [int(specimen_id)])
+        rows = self.query_dicts("SELECT * FROM specimens WHERE specimen_id = ?", [int(specimen_id)])
         if not rows:
             return None
         row = rows[0]
@@ -121,7 +124,7 @@ class Catalog:
         the filters, with the status (any when None), in the groups / among the ids given;
         in (group, path) order."""
         where, params = self._scope(filters, status, groups, specimen_ids)
-        rows = self._dicts(
+        rows = self.query_dicts(
             f"SELECT specimen_id, path, group_name, status, metadata, source FROM specimens s WHERE {where} "
             "ORDER BY group_name, path",
             params,
@@ -130,33 +133,19 @@ class Catalog:
             row["metadata"] = _json(row["metadata"]) or {}
         return rows
 
-    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | SqlAdmission | None:
+    def admission(self, filters: Iterable[Filter]) -> SqlAdmission | None:
         """The indexed specimens passing ``filters``, in the form a filtered search asks about
-        them (see :mod:`sst_search.store.planner`); None without filters.
-
-        A read-only snapshot evaluates them in memory (:mod:`sst_search.store.columns`): no
-        SQL per search. A writer's catalog changes under it, so it asks SQL each time.
-        """
+        them (see :mod:`sst_search.vector_search.planner`); None without filters. Asked in
+        SQL each time: a live catalog changes under it."""
         filters = list(filters)
-        if not filters:
-            return None
-        if not self.read_only:
-            return SqlAdmission(self, filters)
-        columns = self._once("columns", lambda: SnapshotColumns(self))
-        mask = compile_mask(scoped(filters), self.metadata_keys(), self.measured_traits(), columns)
-        return MaskAdmission(columns, mask)
+        return SqlAdmission(self, filters) if filters else None
 
     def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
         """``{specimen_id: {path, group_name, status, metadata (parsed)}}`` of the given specimens,
-        whatever their status: what a search joins to its hits. A read-only snapshot answers
-        from memory (:meth:`SnapshotColumns.listing`), a writer in SQL."""
-        if self.read_only:
-            rows = self._once("columns", lambda: SnapshotColumns(self)).listing(np.asarray(specimen_ids, np.int64))
-            rows = rows.to_pylist()
-        else:
-            rows = self._dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
-                               "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
-        return {row["specimen_id"]: {**row, "metadata": _json(row["metadata"]) or {}} for row in rows}
+        whatever their status: what a search joins to its hits."""
+        rows = self.query_dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
+                                "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
+        return listing_of(rows)
 
     def specimen_ids(
         self,
@@ -237,7 +226,7 @@ class Catalog:
 
     def metadata_keys(self) -> set[str]:
         """Every metadata column of the manifest(s)."""
-        return self._once("metadata_keys", lambda: {
+        return self.remember("metadata_keys", lambda: {
             r[0] for r in self.con.execute("SELECT DISTINCT key FROM specimen_metadata").fetchall()})
 
     def group_labels(self) -> dict[int, str]:
@@ -283,19 +272,12 @@ class Catalog:
 
     def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
         """``{specimen_id: mask}`` of one trait on the given specimens (those without it are left
-        out; of two traits drawn under one name, the lower trait id). A read-only snapshot
-        answers from memory (:meth:`SnapshotColumns.trait_masks`), a writer in SQL."""
-        ids = [int(i) for i in specimen_ids]
-        if self.read_only:
-            table = self._once("columns", lambda: SnapshotColumns(self)).trait_masks(trait_name, np.asarray(ids, np.int64))
-            rows = [tuple(r.values()) for r in table.to_pylist()]
-        else:
-            rows = self.con.execute(
-                f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[])) "
-                "ORDER BY trait_id DESC", [trait_name, ids],  # the lowest trait id is written last, and kept
-            ).fetchall()
-        return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
-                for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}
+        out; of two traits drawn under one name, the lower trait id)."""
+        rows = self.con.execute(
+            f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[])) "
+            "ORDER BY trait_id DESC", [trait_name, [int(i) for i in specimen_ids]],  # the lowest trait id is written last, and kept
+        ).fetchall()
+        return masks_by_specimen(rows)
 
     def label_map(self, specimen_id: int, replacing: Mapping[int, np.ndarray] | None = None) -> np.ndarray | None:
         """The specimen's label map rebuilt from its stored masks (None without masks);
@@ -333,7 +315,7 @@ class Catalog:
         width, height, original_width, original_height, metadata, fingerprint}`` (JSON parsed) of the
         indexed specimens in scope: where each image came from, what exports hand back to its owner."""
         where, params = self._scope((), "indexed", groups, specimen_ids)
-        rows = self._dicts(
+        rows = self.query_dicts(
             "SELECT specimen_id, path, group_name, item_key, source, full_source, license, rights_holder, width, height, "
             f"original_width, original_height, metadata, fingerprint FROM specimens s WHERE {where} ORDER BY specimen_id",
             params,
@@ -371,7 +353,7 @@ class Catalog:
 
     def measured_traits(self) -> list[str]:
         """Names of the traits that have measurements (what measurement filters and plots accept)."""
-        return self._once("measured_traits", lambda: [
+        return self.remember("measured_traits", lambda: [
             r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()])
 
     # -- vectors -------------------------------------------------------------------------
@@ -398,19 +380,37 @@ class Catalog:
                                params=params).to_arrow_reader(VECTOR_BATCH_ROWS)
         return _vector_rows(batches, n)
 
+    # -- indexes ---------------------------------------------------------------------------
+
+    def generations(self) -> dict[IndexKey, int]:
+        """The generation of every index: a FAISS file or cached index is used only at its
+        catalog's generation (asked several times per search)."""
+        return self.remember("generations", lambda: {
+            (e, t): g for e, t, g in self.con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall()})
+
+    def index_dims(self) -> dict[IndexKey, int]:
+        """The vector dimension of every index."""
+        return self.remember("dims", lambda: {
+            (e, t): d for e, t, d in self.con.execute("SELECT embedder, trait_name, dim FROM index_state").fetchall()})
+
+    def recorded_index_config(self) -> IndexConfig:
+        """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
+        try:
+            # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
+            rows = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
+        except duckdb.CatalogException:  # a read-only store written before the table existed
+            return IndexConfig()
+        return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
+
     # -- helpers -------------------------------------------------------------------------
 
-    def _once(self, name: str, compute):
-        """``compute()``, remembered on a read-only store (a snapshot never changes, and filters
-        ask for the catalog's fields on every search)."""
-        if not self.read_only:
-            return compute()
-        memo = self.__dict__.setdefault("_catalog_memo", {})
-        if name not in memo:
-            memo[name] = compute()
-        return memo[name]
+    def remember(self, name: str, compute):
+        """``compute()``: a live catalog changes under its reader, so nothing is remembered
+        (:class:`~sst_search.store.snapshot_catalog.SnapshotCatalog` remembers)."""
+        return compute()
 
-    def _dicts(self, sql: str, params: list | None = None) -> list[dict]:
+    def query_dicts(self, sql: str, params: list | None = None) -> list[dict]:
+        """The rows of a query as dicts by column name."""
         cur = self.con.execute(sql, params or [])
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
@@ -420,3 +420,14 @@ class Catalog:
         filters = list(filters)
         known = (self.metadata_keys(), self.measured_traits()) if filters else (set(), ())
         return scope(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
+
+
+def listing_of(rows: Iterable[Mapping]) -> dict[int, dict]:
+    """:meth:`Catalog.listing`'s answer from its rows (metadata parsed)."""
+    return {row["specimen_id"]: {**row, "metadata": _json(row["metadata"]) or {}} for row in rows}
+
+
+def masks_by_specimen(rows: Iterable[Sequence]) -> dict[int, TraitMask]:
+    """:meth:`Catalog.trait_mask_of`'s answer from rows of ``specimen_id`` and :data:`MASK_COLUMNS`."""
+    return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
+            for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}

@@ -6,8 +6,9 @@ per query, more than the vector search itself at a million specimens. A snapshot
 changes, so :class:`SnapshotColumns` loads each field a filter needs once (dictionary-encoded
 text, numbers per row) and :func:`~sst_search.store.filters.compile_mask` evaluates the same
 resolved conditions as the SQL compiler against them; :class:`MaskAdmission` answers both
-questions from the resulting mask. A writer's catalog changes under it, so it keeps
-:class:`SqlAdmission`.
+questions from the resulting mask (what :class:`~sst_search.store.snapshot_catalog.SnapshotCatalog`
+hands a search). A live catalog changes under it, so :class:`~sst_search.store.catalog.Catalog`
+hands out :class:`SqlAdmission`, which asks SQL each time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
-from sst_search.store.planner import sorted_rows
+from sst_search.vector_search.vector_table import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
@@ -197,7 +198,7 @@ class MaskAdmission:
 
     def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
         """The mask itself when the index holds exactly the snapshot's specimens (see
-        :class:`~sst_search.store.planner.RowMask`)."""
+        :class:`~sst_search.vector_search.planner.RowMask`)."""
         return self._mask if self._columns.same_ids(table_ids) else None
 
 

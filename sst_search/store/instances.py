@@ -64,7 +64,7 @@ class InstanceSource:
 
 def write_instance_source(store: Store, source: InstanceSource) -> None:
     """Replace what is stored about ``source`` (its row and all its instances) in one transaction."""
-    store._require_writer()
+    store.require_writer()
     if source.status not in SOURCE_STATUSES:
         raise ValueError(f"{source.source_path}: status {source.status!r} is not one of {SOURCE_STATUSES}")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -90,10 +90,10 @@ def write_instance_source(store: Store, source: InstanceSource) -> None:
                            else pa.float64() if c in ("score", "cycle_iou", "forward_iou") else pa.int64())
                           for c in _INSTANCE_COLUMNS]),
     )
-    with store._transaction({"_new_source": src, "_new_instances": rows}):
-        store._exec("DELETE FROM instances WHERE source_path = ?", [source.source_path])
-        store._insert("instance_sources", "_new_source", _SOURCE_COLUMNS, replace=True)
-        store._insert("instances", "_new_instances", _INSTANCE_COLUMNS)
+    with store.connection.transaction({"_new_source": src, "_new_instances": rows}):
+        store.connection.execute("DELETE FROM instances WHERE source_path = ?", [source.source_path])
+        store.connection.insert_select("instance_sources", "_new_source", _SOURCE_COLUMNS, replace=True)
+        store.connection.insert_select("instances", "_new_instances", _INSTANCE_COLUMNS)
 
 
 def instance_source_states(store: Store) -> dict[str, tuple[str | None, str | None, str]]:
@@ -106,8 +106,8 @@ def remove_instance_sources(store: Store, source_paths: Iterable[str]) -> int:
     """Forget photos that left the collection (their items leave ``specimens`` with the plan)."""
     paths = list(source_paths)
     for path in paths:
-        store._exec("DELETE FROM instances WHERE source_path = ?", [path])
-        store._exec("DELETE FROM instance_sources WHERE source_path = ?", [path])
+        store.connection.execute("DELETE FROM instances WHERE source_path = ?", [path])
+        store.connection.execute("DELETE FROM instance_sources WHERE source_path = ?", [path])
     return len(paths)
 
 
@@ -121,7 +121,7 @@ def instance_sources(store: Store, source_paths: Iterable[str] | None = None) ->
             return []
         sql += f" WHERE source_path IN ({', '.join('?' * len(params))})"
     sources = []
-    for row in store._dicts(sql + " ORDER BY source_path", params):
+    for row in store.query_dicts(sql + " ORDER BY source_path", params):
         sources.append(InstanceSource(
             source_path=row["source_path"], source_key=row["source_key"], content_hash=row["content_hash"],
             fingerprint=json.loads(row["fingerprint"]) if row["fingerprint"] else None, status=row["status"],
@@ -143,7 +143,7 @@ def source_of_item(store: Store, item_path: str) -> tuple[InstanceSource, int] |
 
 
 def _instances(store: Store, source_path: str) -> list[InstanceRow]:
-    rows = store._dicts(
+    rows = store.query_dicts(
         "SELECT i.*, s.specimen_id FROM instances i LEFT JOIN specimens s ON s.path = i.crop_path "
         "WHERE i.source_path = ? ORDER BY i.number",
         [source_path],

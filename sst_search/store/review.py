@@ -6,7 +6,7 @@ area: median and MAD, so the outliers themselves do not hide in a widened spread
 a trait that most of the group shows is missing. Decisions live in ``review_decisions``
 (see :mod:`sst_search.store.schema`); a correction is also written into ``trait_masks``
 with ``source = corrected`` and re-applied whenever the specimen is re-indexed with the
-same image content (:data:`REAPPLY_CORRECTIONS`, run inside ``Store.write_batch``).
+same image content (:data:`REAPPLY_CORRECTIONS`, run inside :func:`~sst_search.store.writer.write_columns`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from sst_search.store import writer
+from sst_search.store.generations import apply_committed, bump
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import DECISIONS, SPECIMEN_TRAIT
@@ -93,7 +95,7 @@ def record_decision(
     (boolean, the image's size) and writes it into ``trait_masks``, with the specimen's
     ``measurements`` and ``vectors`` recomputed from it, all in one transaction: a kill leaves
     the old mask with its old numbers or the new one with the new, never a mix."""
-    store._require_writer()
+    store.require_writer()
     if decision not in DECISIONS:
         raise ValueError(f"decision {decision!r} is not one of {DECISIONS}")
     row = store.get_specimen(specimen_id)
@@ -115,28 +117,28 @@ def record_decision(
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     sid = int(specimen_id)
     vectors = vectors or {}
-    known = store._generations()
+    known = store.generations()
     for key in vectors:
         if key in known:
             store.index(*key)  # in memory, for the incremental update
-    tables = store._measurement_tables({sid: measurements}, now) if measurements is not None else {}
-    with store._transaction(tables):
-        store._exec(
+    tables = writer.measurement_tables({sid: measurements}, now) if measurements is not None else {}
+    with store.connection.transaction(tables):
+        store.connection.execute(
             "INSERT OR REPLACE INTO review_decisions (specimen_id, trait_name, trait_id, decision, reviewer, decided_at, "
             "content_hash, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [sid, trait_name, trait_id, decision, reviewer, now, row["content_hash"],
              *((corrected.rle, corrected.area, *corrected.bbox) if corrected else (None,) * 6), note],
         )
         if corrected is not None:
-            store._exec(
+            store.connection.execute(
                 "INSERT OR REPLACE INTO trait_masks (specimen_id, trait_id, trait_name, area, bbox_x0, bbox_y0, bbox_x1, "
                 "bbox_y1, rle, quality, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                 [sid, trait_id, trait_name, corrected.area, *corrected.bbox, corrected.rle, corrected.source],
             )
         if measurements is not None:
-            store._write_measurements({sid: measurements})
-        generations = _write_vectors(store, sid, vectors)
-    _apply_vectors(store, sid, vectors, generations)
+            writer.write_measurements(store.connection, {sid: measurements})
+        committed = _write_vectors(store, sid, vectors)
+    _apply_vectors(store, sid, vectors, committed)
 
 
 def _write_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray]) -> dict:
@@ -144,17 +146,17 @@ def _write_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray]) 
     if not vectors:
         return {}
     for (embedder, trait), vec in vectors.items():
-        store._exec("DELETE FROM vectors WHERE embedder = ? AND trait_name = ? AND specimen_id = ?", [embedder, trait, sid])
-        store._exec("INSERT INTO vectors (embedder, trait_name, specimen_id, faiss_id, vector) VALUES (?, ?, ?, ?, ?)",
+        store.connection.execute("DELETE FROM vectors WHERE embedder = ? AND trait_name = ? AND specimen_id = ?", [embedder, trait, sid])
+        store.connection.execute("INSERT INTO vectors (embedder, trait_name, specimen_id, faiss_id, vector) VALUES (?, ?, ?, ?, ?)",
                     [embedder, trait, sid, sid, np.asarray(vec, np.float32).tolist()])
-    return store._bump(vectors, {k: len(v) for k, v in vectors.items()})
+    return bump(store, vectors, {k: len(v) for k, v in vectors.items()})
 
 
-def _apply_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray], generations: dict) -> None:
+def _apply_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray], committed: dict) -> None:
     """After the commit: the cached FAISS indexes follow the new vectors."""
     if vectors:
         added = {k: (np.array([sid], np.int64), np.asarray(v, np.float32)[None]) for k, v in vectors.items()}
-        store._apply(vectors, [sid], added, generations)
+        apply_committed(store, vectors, [sid], added, committed)
 
 
 def stale_measurements(con) -> list[tuple[int, str]]:
@@ -177,7 +179,7 @@ def salvage_decisions(store, source) -> int:
     Best effort: a copy whose decisions cannot be read gives none."""
     import duckdb
 
-    store._require_writer()
+    store.require_writer()
     try:
         with duckdb.connect(str(source), read_only=True) as con:
             salvaged = con.sql("SELECT * FROM review_decisions").to_arrow_table()
@@ -188,21 +190,19 @@ def salvage_decisions(store, source) -> int:
     columns = [f'"{c}"' for c in salvaged.column_names]
     newer = ("FROM _salvaged s LEFT JOIN review_decisions d USING (specimen_id, trait_name) "
              "WHERE d.decided_at IS NULL OR s.decided_at > d.decided_at")
-    with store._transaction({"_salvaged": salvaged}):  # decisions and the masks they correct at once
+    with store.connection.transaction({"_salvaged": salvaged}):  # decisions and the masks they correct at once
         count, ids = store.con.execute(f"SELECT count(*), list(DISTINCT s.specimen_id) {newer}").fetchall()[0]
-        store._exec(f"INSERT OR REPLACE INTO review_decisions ({', '.join(columns)}) "
+        store.connection.execute(f"INSERT OR REPLACE INTO review_decisions ({', '.join(columns)}) "
                     f"SELECT {', '.join('s.' + c for c in columns)} {newer}")
         if count:
-            store.con.register("_new_specimens", store.con.sql(
+            changed = store.con.sql(
                 "SELECT specimen_id, status, content_hash FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
-                params=[ids]).to_arrow_table())
-            try:
-                store._exec(REAPPLY_CORRECTIONS)
-            finally:
-                store.con.unregister("_new_specimens")
+                params=[ids]).to_arrow_table()
+            with store.connection.registered({"_new_specimens": changed}):
+                store.connection.execute(REAPPLY_CORRECTIONS)
             # Their vectors still describe the masks before the correction: forgetting the
             # fingerprint makes the next index run embed (and measure) them again.
-            store._exec("UPDATE specimens SET fingerprint = NULL WHERE specimen_id IN (SELECT unnest(?::BIGINT[])) "
+            store.connection.execute("UPDATE specimens SET fingerprint = NULL WHERE specimen_id IN (SELECT unnest(?::BIGINT[])) "
                         "AND specimen_id IN (SELECT specimen_id FROM review_decisions WHERE decision = 'correct')", [ids])
     return int(count)
 
@@ -237,7 +237,7 @@ def decisions(store, specimen_id: int | None = None) -> list[dict]:
     if specimen_id is not None:
         sql += " WHERE specimen_id = ?"
         params.append(int(specimen_id))
-    return store._dicts(sql + " ORDER BY decided_at DESC, specimen_id, trait_name", params)
+    return store.query_dicts(sql + " ORDER BY decided_at DESC, specimen_id, trait_name", params)
 
 
 def review_queue(

@@ -2,7 +2,8 @@
 
 DuckDB is the single source of truth: catalog rows *and* vectors live in one file and
 change together inside one transaction, so a crash can never leave a specimen half
-written. The FAISS files beside the database are a derived cache (see ``indexes``).
+written. The FAISS files beside the database are a derived cache (see
+:mod:`sst_search.vector_search.indexes`).
 
 Tables and columns:
 

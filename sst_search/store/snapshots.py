@@ -25,7 +25,7 @@ leaves readers, and a repair, a good version to fall back on. Published files ge
 ordinary mode under the umask, so a search app running as another user can read them. Pruning an older one while
 a reader still uses it is harmless on POSIX: the reader's open DuckDB file stays readable
 until it closes, and a FAISS file that is gone is rebuilt in memory from the DuckDB
-vectors (see :meth:`Store.index`), so the reader still answers from its own version.
+vectors (see :meth:`SnapshotStore.index`), so the reader still answers from its own version.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from pathlib import Path
 
 import duckdb
 
-from sst_search.store import at_rest
+from sst_search.store import vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
-from sst_search.store.indexes import file_mode
+from sst_search.vector_search.indexes import file_mode
 from sst_search.store.verify import verify_files
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
         _make_readable(staging)
         problems = verify_files(staging / db_path.name)
         if not problems:  # from a verified catalog only: a damaged one is reported, not copied
-            at_rest.write_snapshot(staging / db_path.name)
-            problems = at_rest.check_snapshot(staging / db_path.name)
+            vectors_at_rest.write_snapshot(staging / db_path.name)
+            problems = vectors_at_rest.check_snapshot(staging / db_path.name)
         if problems:
             live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
             good = current_version(db_path)

@@ -22,7 +22,8 @@ import duckdb
 import faiss
 import numpy as np
 
-from sst_search.store import indexes
+from sst_search.vector_search import indexes
+from sst_search.errors import first_line
 from sst_search.store.errors import StoreError, is_lock_conflict
 from sst_search.weights import sha256_file
 
@@ -43,11 +44,6 @@ class Problem:
         return f"{self.path}: {self.what}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_database(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
     """Read every row of every table (DuckDB checks each block's checksum on the way)."""
     try:
@@ -59,7 +55,7 @@ def check_database(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Proble
             for _ in reader:
                 pass
     except duckdb.Error as exc:
-        return [Problem(str(db_path), f"database is damaged ({_first_line(exc)})", "database")]
+        return [Problem(str(db_path), f"database is damaged ({first_line(exc)})", "database")]
     return []
 
 
@@ -131,7 +127,7 @@ def check_index(
         try:
             index = faiss.read_index(str(index_path))
         except RuntimeError as exc:
-            return problem(f"FAISS file does not load ({_first_line(exc)})")
+            return problem(f"FAISS file does not load ({first_line(exc)})")
     ids = con.execute(
         "SELECT specimen_id FROM vectors WHERE embedder = ? AND trait_name = ? ORDER BY specimen_id", list(key)
     ).fetchnumpy()["specimen_id"].astype(np.int64)
@@ -187,21 +183,21 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = 
         con = duckdb.connect(str(db_path), read_only=True)
     except duckdb.Error as exc:
         if is_lock_conflict(exc):
-            raise StoreError(f"{db_path}: cannot verify while another process writes it ({_first_line(exc)})") from exc
-        return [Problem(str(db_path), f"database does not open ({_first_line(exc)})", "database")]
+            raise StoreError(f"{db_path}: cannot verify while another process writes it ({first_line(exc)})") from exc
+        return [Problem(str(db_path), f"database does not open ({first_line(exc)})", "database")]
     try:
         problems = check_database(con, db_path)
         if not problems:
             try:
                 problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
                 if not problems:
-                    from sst_search.store import at_rest  # it builds on this module's checks
+                    from sst_search.store import vectors_at_rest  # it builds on this module's checks
 
-                    problems = at_rest.check_all(con, db_path, sample)
+                    problems = vectors_at_rest.check_all(con, db_path, sample)
                 if corrections:
                     problems += check_corrections(con, db_path)
             except duckdb.Error as exc:
-                problems = [Problem(str(db_path), f"database is damaged ({_first_line(exc)})", "database")]
+                problems = [Problem(str(db_path), f"database is damaged ({first_line(exc)})", "database")]
         return problems
     finally:
         con.close()

@@ -8,7 +8,7 @@ invalidation message. Files on disk are trusted only when their manifest vouches
 same generation, size and checksum; anything else is rebuilt from the catalog.
 
 The cache does no SQL: the store hands it a function that reads one index's vectors, so
-all queries stay in :mod:`sst_search.store.core` and :mod:`sst_search.store.catalog`.
+all queries stay in the store (:mod:`sst_search.store.catalog` reads the vectors).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
-from sst_search.store import at_rest, indexes
-from sst_search.store.planner import VectorTable
+from sst_search.vector_search import at_rest, indexes
+from sst_search.vector_search.at_rest import IndexKey
+from sst_search.vector_search.vector_table import VectorTable
 from sst_search.weights import sha256_file
 
-IndexKey = tuple[str, str]
 #: Reads ``(ids, (n, dim) matrix)`` of one index's vectors from the catalog.
 VectorReader = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
 FileState = Literal["missing", "stale", "fresh", "damaged"]

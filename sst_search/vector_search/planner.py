@@ -16,9 +16,9 @@ specimen (:class:`RowMask`):
     one"), and the first ``k`` survivors are the few admitted items that happen to sit in the
     lists an unfiltered search probes, not the admitted set's nearest. When the admitted
     rows are known (a snapshot's mask) on an IVF index, their count per list
-    (:class:`AdmittedLists`, kept per filter) tells before searching whether the lists
-    nearest the query hold the filter's share, so a post-filter that would fall through is
-    not tried.
+    (:class:`~sst_search.vector_search.vector_table.AdmittedLists`, kept per filter) tells
+    before searching whether the lists nearest the query hold the filter's share, so a
+    post-filter that would fall through is not tried.
 ``selector``
     Between the two. FAISS searches only the admitted vectors. An IVF index is not probed in
     its usual nearest ``nprobe`` lists alone, which may hold few admitted vectors or none (a
@@ -33,7 +33,9 @@ specimen (:class:`RowMask`):
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
 
-Every plan returns ``min(k, admitted)`` hits. Compressed indexes (SQ/PQ codes) fetch
+:func:`search_table` picks the plan; each is one function (:func:`search_unfiltered`,
+:func:`search_postfilter`, :func:`search_exact`, :func:`search_selector`). Every plan
+returns ``min(k, admitted)`` hits. Compressed indexes (SQ/PQ codes) fetch
 ``refine * k`` candidates and re-rank them by the exact inner product of the stored float
 vectors (float16 in a published snapshot), so a lossy code only has to put the true
 neighbours among the candidates.
@@ -42,9 +44,6 @@ neighbours among the candidates.
 from __future__ import annotations
 
 import math
-import threading
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -52,11 +51,10 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig, PlanConfig
-from sst_search.store.indexes import ivf_of
+from sst_search.vector_search.indexes import ivf_of
+from sst_search.vector_search.vector_table import AdmittedLists, ListLayout, VectorTable, sorted_rows
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
-#: Filters whose admitted vectors a table keeps counted per IVF list (a few KB each).
-ADMITTED_KEPT = 64
 #: float16 rows from which :func:`widened` uses torch rather than numpy (a re-rank's few stay with numpy).
 TORCH_WIDEN_ROWS = 256
 #: Elements below which torch converts in the calling thread (``at::internal::GRAIN_SIZE``).
@@ -80,137 +78,6 @@ class RowMask(Protocol):
 
     def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
         """Boolean mask over ``table_ids`` (sorted), or None when it would cost a lookup per id."""
-
-
-def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(found, rows)``: which ``ids`` are in the ascending array ``sorted_ids``, and where
-    (a row of a miss is meaningless): the join of a few ids against millions, by bisection."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if not len(sorted_ids):
-        return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
-    rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[rows] == ids, rows
-
-
-class VectorTable:
-    """One index's stored vectors, sorted by id: a query's own vector, exact scans and
-    re-ranking look up a few rows per search in microseconds, where a DuckDB query over the
-    ``vectors`` table costs a scan. The matrix is float32 in memory, or float16 mapped from a
-    snapshot's file (:mod:`~sst_search.store.at_rest`): rows become float32 as they are read.
-    ``presorted``: the ids are known to ascend (a mapped file's; checking would read them all)."""
-
-    def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False) -> None:
-        ids = np.asarray(ids, np.int64)
-        if not presorted and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-            order = np.argsort(ids, kind="stable")
-            ids, matrix = ids[order], matrix[order]
-        self.ids, self.matrix = ids, matrix
-        self._lock = threading.Lock()
-        self._layout: tuple[faiss.Index, ListLayout] | None = None
-        self._admitted: OrderedDict[int, tuple[weakref.ref, faiss.Index, AdmittedLists]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows of those ``ids`` the table holds, in the order asked (unknown ids left out)."""
-        found, rows = sorted_rows(self.ids, ids)
-        return rows[found]
-
-    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids found, float32 matrix)`` in the order asked; unknown ids are left out."""
-        if not len(self.ids):
-            return self.ids, np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
-        rows = self.rows(ids)
-        return self.ids[rows], np.asarray(self.matrix[rows], np.float32)
-
-    def layout(self, index: faiss.Index) -> ListLayout:
-        """Where these vectors sit in ``index`` (which holds exactly them), read from its
-        inverted lists once per index."""
-        cached = self._layout
-        if cached is not None and cached[0] is index:
-            return cached[1]
-        layout = ListLayout.of(index, self)
-        self._layout = (index, layout)
-        return layout
-
-    def admitted_lists(self, index: faiss.Index, mask: np.ndarray) -> AdmittedLists:
-        """:class:`AdmittedLists` of the rows ``mask`` admits, kept per mask (a snapshot hands
-        out one array per filter, and a filter paged through or shared by many users then
-        costs nothing); the cache holds only a weak reference to the mask."""
-        with self._lock:
-            entry = self._admitted.get(id(mask))
-            if entry is not None and entry[0]() is mask and entry[1] is index:
-                self._admitted.move_to_end(id(mask))
-                return entry[2]
-        admitted = AdmittedLists(self.layout(index), mask)
-        with self._lock:
-            self._admitted[id(mask)] = (weakref.ref(mask), index, admitted)
-            while len(self._admitted) > ADMITTED_KEPT:
-                self._admitted.popitem(last=False)
-        return admitted
-
-
-@dataclass(frozen=True)
-class ListLayout:
-    """The IVF list of every row of a :class:`VectorTable` (-1 where the index lacks the
-    row) and the rows of every list, in list order: a filter's mask over the rows then
-    counts its admitted vectors per list, and picks out the admitted ones of a few lists,
-    without asking the index."""
-
-    row_lists: np.ndarray
-    rows: np.ndarray
-    starts: np.ndarray  # list l holds rows[starts[l]:starts[l + 1]]
-
-    @classmethod
-    def of(cls, index: faiss.Index, table: VectorTable) -> ListLayout:
-        ivf = ivf_of(index)
-        row_lists, parts = np.full(len(table), -1, np.int32), []
-        for list_no in range(ivf.nlist):
-            size = ivf.invlists.list_size(list_no)
-            rows = table.rows(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)) if size else np.zeros(0, np.int64)
-            row_lists[rows] = list_no
-            parts.append(rows)
-        starts = np.zeros(ivf.nlist + 1, np.int64)
-        np.cumsum([len(p) for p in parts], out=starts[1:])
-        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        return cls(row_lists, rows.astype(np.int32 if len(table) < 2**31 else np.int64), starts)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return np.diff(self.starts)
-
-    def rows_in(self, lists: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.rows[self.starts[i] : self.starts[i + 1]] for i in lists]) if len(lists) else self.rows[:0]
-
-
-class AdmittedLists:
-    """How many of a filter's admitted vectors each IVF list holds. From the counts the plan
-    knows before searching whether the lists nearest the query hold the filter's share (a
-    post-filter would otherwise fall through) and which lists the selector must probe."""
-
-    def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
-        lists = layout.row_lists[mask]
-        self.layout, self.sizes = layout, layout.sizes
-        self.held = np.bincount(lists[lists >= 0], minlength=len(self.sizes))  # a row the index lacks is not probed
-        self.holding = int(np.count_nonzero(self.held))
-        self.count = int(self.held.sum())
-
-    def __len__(self) -> int:
-        return self.count
-
-    def seen_by_postfilter(self, order: np.ndarray, nprobe: int, fetch: int, fraction: float, need: int,
-                           config: PlanConfig) -> bool:
-        """Whether a post-filter would see the filter's share: the ``nprobe`` lists nearest
-        the query (``order``) hold ``need`` admitted vectors, and the nearest lists that
-        hold its ``fetch`` candidates pass at least ``min_candidate_pass_ratio`` of the share
-        (a filter that avoids the query's neighbourhood does not, however many pass further out)."""
-        near = order[:nprobe]
-        if int(self.held[near].sum()) < need:
-            return False
-        candidates = near[: int(np.searchsorted(np.cumsum(self.sizes[near]), fetch)) + 1]
-        return int(self.held[candidates].sum()) >= config.min_candidate_pass_ratio * fraction * int(
-            self.sizes[candidates].sum())
 
 
 def _list_selector(layout: ListLayout, mask: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> faiss.IDSelector | None:
@@ -261,83 +128,185 @@ def choose_plan(fraction: float, n_total: int, k: int, config: PlanConfig) -> Pl
     return "selector"
 
 
+@dataclass
+class _Query:
+    """One query against one index, as every plan needs it: ``want`` hits are fetched (one
+    more than ``k`` when ``skip`` may be among them), ``refine`` times as many re-ranked."""
+
+    index: faiss.Index
+    table: VectorTable
+    config: IndexConfig
+    vector: np.ndarray  # (1, dim) float32
+    k: int
+    skip: int | None
+    ivf: faiss.IndexIVF | None
+    refine: int
+
+    @classmethod
+    def of(cls, index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
+           skip: int | None) -> _Query:
+        ivf = ivf_of(index)
+        return cls(index, table, config, np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1)), k, skip,
+                   ivf, config.refine if ivf is not None else 1)
+
+    @property
+    def want(self) -> int:
+        return self.k + (1 if self.skip is not None else 0)
+
+    def top(self, hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The first ``k`` of ``hits`` without ``skip``."""
+        return _drop(hits, self.skip)[: self.k]
+
+
+@dataclass
+class _Share:
+    """What a filter admits of one index, as far as the plans need it: the admitted rows'
+    mask when known (a snapshot's), else the admission to ask; the admitted share; and, on an
+    IVF index with a known mask, the admitted vectors counted per list and the lists ranked
+    for the query (once, for whichever plan runs)."""
+
+    admission: Admission
+    row_mask: np.ndarray | None
+    fraction: float
+    counted: AdmittedLists | None
+    ranking: _Ranking | None
+
+    @classmethod
+    def of(cls, q: _Query, admission: Admission) -> _Share:
+        row_mask = admission.table_mask(q.table.ids) if hasattr(admission, "table_mask") else None
+        if row_mask is not None:
+            fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
+        else:
+            fraction = estimate_fraction(q.table.ids, admission, q.config.plan)
+        counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
+        return cls(admission, row_mask, fraction, counted, _Ranking(q.index, q.vector) if counted is not None else None)
+
+    def fetch(self, q: _Query) -> int:
+        """Candidates a post-filter asks the index for."""
+        return min(int(q.index.ntotal), _postfilter_fetch(self.fraction, q.want, q.config.plan))
+
+
+@dataclass
+class _Admitted:
+    """The admitted rows of the table (listed, or as the share's mask), how many, and how many
+    hits they can give (``k``, or fewer when fewer pass)."""
+
+    rows: np.ndarray | None
+    row_mask: np.ndarray | None
+    count: int
+    want: int
+
+    @classmethod
+    def of(cls, q: _Query, share: _Share) -> _Admitted:
+        rows = _admitted_rows(share.admission, q.table) if share.row_mask is None else None
+        count = (len(rows) if rows is not None else share.counted.count if share.counted is not None
+                 else int(np.count_nonzero(share.row_mask)))
+        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)))
+
+    def listed(self) -> np.ndarray:
+        return self.rows if self.rows is not None else np.flatnonzero(self.row_mask)
+
+    def mask(self, n: int) -> np.ndarray:
+        return self.row_mask if self.row_mask is not None else _mask_of(self.rows, n)
+
+
 def search_table(
     index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
     admission: Admission | None = None, skip: int | None = None,
 ) -> SearchOutcome:
     """Top ``k`` of ``index``, whose stored vectors are ``table``, for one ``query`` among the
     ids ``admission`` admits, without ``skip``: planned and re-ranked as ``config`` says (a
-    whole store's index, or one shard's)."""
-    query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
-    plan_config, ivf = config.plan, ivf_of(index)
-    refine = config.refine if ivf is not None else 1
-    extra = 1 if skip is not None else 0
+    whole store's index, or one shard's). Picks the plan; each plan is one function below,
+    and a plan that comes up short hands over to the admitted-set plans (see the module
+    docstring)."""
+    q = _Query.of(index, table, config, query, k, skip)
     if admission is None:
-        hits = _faiss_search(index, table, query, k + extra, refine)
-        return SearchOutcome(_drop(hits, skip)[:k], "unfiltered")
-    row_mask = admission.table_mask(table.ids) if hasattr(admission, "table_mask") else None
-    if row_mask is not None:
-        fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
-    else:
-        fraction = estimate_fraction(table.ids, admission, plan_config)
-    plan = choose_plan(fraction, len(table), k, plan_config)
-    fetch = min(int(index.ntotal), _postfilter_fetch(fraction, k + extra, plan_config))
-    # Known rows on an IVF index: the admitted vectors counted per list (kept per filter) and
-    # the lists ranked for this query, once, for whichever plan runs.
-    counted = table.admitted_lists(index, row_mask) if row_mask is not None and ivf is not None else None
-    ranking = _Ranking(index, query) if counted is not None else None
-    if plan == "postfilter" and counted is not None and not counted.seen_by_postfilter(
-        ranking.order, ivf.nprobe, fetch, fraction, k + extra, plan_config
-    ):
-        plan = "exact" if counted.count <= plan_config.exact_max else "selector"
-    outcome = SearchOutcome([], plan, fraction)
+        return search_unfiltered(q)
+    share = _Share.of(q, admission)
+    plan = _plan(q, share)
+    outcome = SearchOutcome([], plan, share.fraction)
     if plan == "postfilter":
-        # The candidates in the index's own order; only the first k * refine that pass are
-        # re-ranked by their stored vectors, as an unfiltered search re-ranks its first k * refine.
-        hits = ranking.search(ivf, fetch, slice(0, ivf.nprobe)) if ranking is not None else _index_search(index, query, fetch)
-        ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
-        passed = admission.passes(ids) if len(ids) else np.zeros(0, bool)
-        passing = set(ids[passed].tolist())
-        kept = _refined(query, table, [h for h in _drop(hits, skip) if h[0] in passing][: k * refine], k, refine)
-        candidate_share = float(passed.mean()) if len(ids) else 0.0
-        representative = candidate_share >= plan_config.min_candidate_pass_ratio * fraction
-        if (len(kept) == k and representative) or len(hits) >= index.ntotal:  # or the whole index was filtered
-            outcome.hits = kept
+        hits, fallback = search_postfilter(q, share)
+        if fallback is None:
+            outcome.hits = hits
             return outcome
-        outcome.fallbacks.append(
-            f"postfilter kept {len(kept)} of {k}" if len(kept) < k
-            else f"candidates passed at {candidate_share:.3f}, the collection at {fraction:.3f}"
-        )
-    rows = _admitted_rows(admission, table) if row_mask is None else None
-
-    def admitted_rows() -> np.ndarray:
-        return rows if rows is not None else np.flatnonzero(row_mask)
-
-    count = len(rows) if rows is not None else counted.count if counted is not None else int(np.count_nonzero(row_mask))
-    want = min(k, count - _admits(table, skip, rows, row_mask))
-    if want <= 0:
+        outcome.fallbacks.append(fallback)
+    admitted = _Admitted.of(q, share)
+    if admitted.want <= 0:
         return outcome
-    if count <= plan_config.exact_max:
-        outcome.plan = "exact" if plan == "exact" else outcome.plan
-        outcome.hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
+    if admitted.count <= config.plan.exact_max:
+        outcome.hits = search_exact(q, admitted)
         if plan != "exact":
             outcome.fallbacks.append("exact scan of the admitted set")
         return outcome
-    outcome.plan = "selector" if plan != "postfilter" else outcome.plan
-    if ivf is not None:
-        mask = row_mask if row_mask is not None else _mask_of(rows, len(table))
-        counted = counted if counted is not None else AdmittedLists(table.layout(index), mask)
-        hits = _admitted_lists_search(ivf, table, config, query, ranking or _Ranking(index, query), counted, mask,
-                                      k + extra, refine)
-    else:
-        selector = faiss.IDSelectorBatch(table.ids[admitted_rows()])
-        hits = _faiss_search(index, table, query, k + extra, refine, faiss.SearchParameters(sel=selector))
-    hits = _drop(hits, skip)[:k]
-    if len(hits) < want:
-        outcome.fallbacks.append(f"selector found {len(hits)} of {want}")
-        hits = _drop(exact_top(query[0], table, admitted_rows(), k + extra), skip)[:k]
-    outcome.hits = hits
+    if plan != "postfilter":
+        outcome.plan = "selector"
+    outcome.hits = search_selector(q, share, admitted, outcome.fallbacks)
     return outcome
+
+
+def _plan(q: _Query, share: _Share) -> Plan:
+    """:func:`choose_plan` from the share, then, where the admitted vectors are counted per
+    IVF list, no post-filter that the lists nearest the query show would fall through."""
+    plan = choose_plan(share.fraction, len(q.table), q.k, q.config.plan)
+    counted = share.counted
+    if plan == "postfilter" and counted is not None and not counted.seen_by_postfilter(
+        share.ranking.order, q.ivf.nprobe, share.fetch(q), share.fraction, q.want, q.config.plan
+    ):
+        plan = "exact" if counted.count <= q.config.plan.exact_max else "selector"
+    return plan
+
+
+def search_unfiltered(q: _Query) -> SearchOutcome:
+    """The ``unfiltered`` plan: the index's own top ``k``, re-ranked."""
+    return SearchOutcome(q.top(_faiss_search(q.index, q.table, q.vector, q.want, q.refine)), "unfiltered")
+
+
+def search_postfilter(q: _Query, share: _Share) -> tuple[list[tuple[int, float]], str | None]:
+    """The ``postfilter`` plan: ``(hits, None)``, or ``(_, why it falls through)`` when too few
+    candidates pass or they pass far less often than the collection does."""
+    plan_config, fetch = q.config.plan, share.fetch(q)
+    # The candidates in the index's own order; only the first k * refine that pass are
+    # re-ranked by their stored vectors, as an unfiltered search re-ranks its first k * refine.
+    if share.ranking is not None:
+        hits = share.ranking.search(q.ivf, fetch, slice(0, q.ivf.nprobe))
+    else:
+        hits = _index_search(q.index, q.vector, fetch)
+    ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
+    passed = share.admission.passes(ids) if len(ids) else np.zeros(0, bool)
+    passing = set(ids[passed].tolist())
+    kept = _refined(q.vector, q.table, [h for h in _drop(hits, q.skip) if h[0] in passing][: q.k * q.refine], q.k,
+                    q.refine)
+    candidate_share = float(passed.mean()) if len(ids) else 0.0
+    representative = candidate_share >= plan_config.min_candidate_pass_ratio * share.fraction
+    if (len(kept) == q.k and representative) or len(hits) >= q.index.ntotal:  # or the whole index was filtered
+        return kept, None
+    return kept, (f"postfilter kept {len(kept)} of {q.k}" if len(kept) < q.k
+                  else f"candidates passed at {candidate_share:.3f}, the collection at {share.fraction:.3f}")
+
+
+def search_exact(q: _Query, admitted: _Admitted) -> list[tuple[int, float]]:
+    """The ``exact`` plan: every admitted vector scored."""
+    return q.top(exact_top(q.vector[0], q.table, admitted.listed(), q.want))
+
+
+def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: list[str]) -> list[tuple[int, float]]:
+    """The ``selector`` plan: FAISS searches only the admitted vectors (on an IVF index, in
+    the lists nearest the query that hold them); an exact scan when it finds too few (noted
+    in ``fallbacks``)."""
+    if q.ivf is not None:
+        mask = admitted.mask(len(q.table))
+        counted = share.counted if share.counted is not None else AdmittedLists(q.table.layout(q.index), mask)
+        hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking(q.index, q.vector),
+                                      counted, mask, q.want, q.refine)
+    else:
+        selector = faiss.IDSelectorBatch(q.table.ids[admitted.listed()])
+        hits = _faiss_search(q.index, q.table, q.vector, q.want, q.refine, faiss.SearchParameters(sel=selector))
+    hits = q.top(hits)
+    if len(hits) < admitted.want:
+        fallbacks.append(f"selector found {len(hits)} of {admitted.want}")
+        hits = search_exact(q, admitted)
+    return hits
 
 
 def _admits(table: VectorTable, skip: int | None, rows: np.ndarray | None, row_mask: np.ndarray | None) -> int:

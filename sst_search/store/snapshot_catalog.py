@@ -1,0 +1,87 @@
+"""A published snapshot's catalog, and the read-only store around it.
+
+A snapshot never changes once published, and the app's searches ask it the same things on
+every query (the catalog's fields, which specimens pass a filter, the listing of the hits,
+a trait's masks). :class:`SnapshotCatalog` therefore remembers what it was asked and answers
+filters, listings and masks from the snapshot's columns in memory
+(:mod:`sst_search.store.columns`) instead of a SQL round trip each time; the live
+:class:`~sst_search.store.catalog.Catalog` it derives from always asks SQL.
+:class:`SnapshotStore` is the store a reader opens on it: the catalog, the FAISS indexes
+at the catalog's generations, and search; nothing that writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
+from sst_search.store.columns import MaskAdmission, SnapshotColumns
+from sst_search.store.connection import Connection
+from sst_search.store.filters import Filter, compile_mask, scoped
+from sst_search.store.indexed import IndexedStore
+
+
+class SnapshotCatalog(Catalog):
+    """The reads of :class:`Catalog` over a file that never changes: remembered, and answered
+    from memory where a search asks them once per query."""
+
+    def remember(self, name: str, compute):
+        """``compute()``, once: a snapshot never changes."""
+        memo = self.__dict__.setdefault("_catalog_memo", {})
+        if name not in memo:
+            memo[name] = compute()
+        return memo[name]
+
+    def columns(self) -> SnapshotColumns:
+        """The snapshot's filterable fields, listing and masks in memory (loaded on first use)."""
+        return self.remember("columns", lambda: SnapshotColumns(self))
+
+    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | None:
+        """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
+        evaluated in memory: no SQL per search; None without filters."""
+        filters = list(filters)
+        if not filters:
+            return None
+        columns = self.columns()
+        return MaskAdmission(columns, compile_mask(scoped(filters), self.metadata_keys(), self.measured_traits(), columns))
+
+    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
+        """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`)."""
+        return listing_of(self.columns().listing(np.asarray(specimen_ids, np.int64)).to_pylist())
+
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]):
+        """:meth:`Catalog.trait_mask_of`, from memory (:meth:`SnapshotColumns.trait_masks`)."""
+        ids = np.asarray([int(i) for i in specimen_ids], np.int64)
+        table = self.columns().trait_masks(trait_name, ids)
+        return masks_by_specimen(tuple(r.values()) for r in table.to_pylist())
+
+
+class SnapshotStore(IndexedStore, SnapshotCatalog):
+    """A store opened read-only (usually a published snapshot): its catalog, its FAISS indexes
+    (a stale or missing file is rebuilt in memory, never saved) and the vectors at rest
+    beside it, mapped instead of loaded."""
+
+    saves_rebuilt_indexes = False
+
+    @classmethod
+    def open(cls, db_path: str | Path) -> SnapshotStore:
+        """Open the store at ``db_path`` for reading; indexes live in ``<db_path>.faiss/``."""
+        db_path = Path(db_path)
+        store = cls(Connection.open(db_path, read_only=True), at_rest_db=db_path)
+        with store.opening():
+            store.index_cache.config = store.recorded_index_config()
+        return store
+
+    def require_writer(self) -> None:
+        raise RuntimeError(f"{self.db_path}: store is open read-only")
+
+    def __getattr__(self, name: str):
+        """A writer's method asked of a snapshot says why it is missing, as the live store's would."""
+        from sst_search.store.core import Store  # the live store is built on this module
+
+        if not name.startswith("__") and hasattr(Store, name):
+            self.require_writer()
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

@@ -1,0 +1,156 @@
+"""One index's stored vectors as sorted arrays, and where they sit in an IVF index.
+
+The planner (:mod:`sst_search.vector_search.planner`) needs a few stored rows per search (a
+query's own vector, an exact scan, a re-rank), and for a filter known as a mask over the
+rows, how many admitted vectors each IVF list holds. :class:`VectorTable` answers the first
+in microseconds (a bisection over sorted ids, where a DuckDB query over the ``vectors``
+table costs a scan); :class:`ListLayout` and :class:`AdmittedLists` the second, read off the
+index's inverted lists once per index and kept per filter.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from sst_search.config import PlanConfig
+from sst_search.vector_search.indexes import ivf_of
+
+#: Filters whose admitted vectors a table keeps counted per IVF list (a few KB each).
+ADMITTED_KEPT = 64
+
+
+def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(found, rows)``: which ``ids`` are in the ascending array ``sorted_ids``, and where
+    (a row of a miss is meaningless): the join of a few ids against millions, by bisection."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(sorted_ids):
+        return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
+    rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[rows] == ids, rows
+
+
+class VectorTable:
+    """One index's stored vectors, sorted by id: a query's own vector, exact scans and
+    re-ranking look up a few rows per search in microseconds, where a DuckDB query over the
+    ``vectors`` table costs a scan. The matrix is float32 in memory, or float16 mapped from a
+    snapshot's file (:mod:`~sst_search.vector_search.at_rest`): rows become float32 as they are read.
+    ``presorted``: the ids are known to ascend (a mapped file's; checking would read them all)."""
+
+    def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False) -> None:
+        ids = np.asarray(ids, np.int64)
+        if not presorted and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            order = np.argsort(ids, kind="stable")
+            ids, matrix = ids[order], matrix[order]
+        self.ids, self.matrix = ids, matrix
+        self._lock = threading.Lock()
+        self._layout: tuple[faiss.Index, ListLayout] | None = None
+        self._admitted: OrderedDict[int, tuple[weakref.ref, faiss.Index, AdmittedLists]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of those ``ids`` the table holds, in the order asked (unknown ids left out)."""
+        found, rows = sorted_rows(self.ids, ids)
+        return rows[found]
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, float32 matrix)`` in the order asked; unknown ids are left out."""
+        if not len(self.ids):
+            return self.ids, np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
+        rows = self.rows(ids)
+        return self.ids[rows], np.asarray(self.matrix[rows], np.float32)
+
+    def layout(self, index: faiss.Index) -> ListLayout:
+        """Where these vectors sit in ``index`` (which holds exactly them), read from its
+        inverted lists once per index."""
+        cached = self._layout
+        if cached is not None and cached[0] is index:
+            return cached[1]
+        layout = ListLayout.of(index, self)
+        self._layout = (index, layout)
+        return layout
+
+    def admitted_lists(self, index: faiss.Index, mask: np.ndarray) -> AdmittedLists:
+        """:class:`AdmittedLists` of the rows ``mask`` admits, kept per mask (a snapshot hands
+        out one array per filter, and a filter paged through or shared by many users then
+        costs nothing); the cache holds only a weak reference to the mask."""
+        with self._lock:
+            entry = self._admitted.get(id(mask))
+            if entry is not None and entry[0]() is mask and entry[1] is index:
+                self._admitted.move_to_end(id(mask))
+                return entry[2]
+        admitted = AdmittedLists(self.layout(index), mask)
+        with self._lock:
+            self._admitted[id(mask)] = (weakref.ref(mask), index, admitted)
+            while len(self._admitted) > ADMITTED_KEPT:
+                self._admitted.popitem(last=False)
+        return admitted
+
+
+@dataclass(frozen=True)
+class ListLayout:
+    """The IVF list of every row of a :class:`VectorTable` (-1 where the index lacks the
+    row) and the rows of every list, in list order: a filter's mask over the rows then
+    counts its admitted vectors per list, and picks out the admitted ones of a few lists,
+    without asking the index."""
+
+    row_lists: np.ndarray
+    rows: np.ndarray
+    starts: np.ndarray  # list l holds rows[starts[l]:starts[l + 1]]
+
+    @classmethod
+    def of(cls, index: faiss.Index, table: VectorTable) -> ListLayout:
+        ivf = ivf_of(index)
+        row_lists, parts = np.full(len(table), -1, np.int32), []
+        for list_no in range(ivf.nlist):
+            size = ivf.invlists.list_size(list_no)
+            rows = table.rows(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)) if size else np.zeros(0, np.int64)
+            row_lists[rows] = list_no
+            parts.append(rows)
+        starts = np.zeros(ivf.nlist + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=starts[1:])
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return cls(row_lists, rows.astype(np.int32 if len(table) < 2**31 else np.int64), starts)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def rows_in(self, lists: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.rows[self.starts[i] : self.starts[i + 1]] for i in lists]) if len(lists) else self.rows[:0]
+
+
+class AdmittedLists:
+    """How many of a filter's admitted vectors each IVF list holds. From the counts the plan
+    knows before searching whether the lists nearest the query hold the filter's share (a
+    post-filter would otherwise fall through) and which lists the selector must probe."""
+
+    def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
+        lists = layout.row_lists[mask]
+        self.layout, self.sizes = layout, layout.sizes
+        self.held = np.bincount(lists[lists >= 0], minlength=len(self.sizes))  # a row the index lacks is not probed
+        self.holding = int(np.count_nonzero(self.held))
+        self.count = int(self.held.sum())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def seen_by_postfilter(self, order: np.ndarray, nprobe: int, fetch: int, fraction: float, need: int,
+                           config: PlanConfig) -> bool:
+        """Whether a post-filter would see the filter's share: the ``nprobe`` lists nearest
+        the query (``order``) hold ``need`` admitted vectors, and the nearest lists that
+        hold its ``fetch`` candidates pass at least ``min_candidate_pass_ratio`` of the share
+        (a filter that avoids the query's neighbourhood does not, however many pass further out)."""
+        near = order[:nprobe]
+        if int(self.held[near].sum()) < need:
+            return False
+        candidates = near[: int(np.searchsorted(np.cumsum(self.sizes[near]), fetch)) + 1]
+        return int(self.held[candidates].sum()) >= config.min_candidate_pass_ratio * fraction * int(
+            self.sizes[candidates].sum())
