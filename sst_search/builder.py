@@ -1,9 +1,11 @@
 """Every model is built here, from configuration, and nowhere else.
 
-Like SAM 2's ``build_sam.py``: the indexer, the search engine, the CLI and the benchmarks
-ask this module for a tracker or an embedder, so a setting (an adapter, the chain length,
-an open_clip model name) cannot reach one caller and be forgotten by another. Predictor
-and embedder classes never find or load weights themselves.
+Like SAM 2's ``build_sam.py`` and open_clip's ``create_model``: the indexer, the search
+engine, the CLI, the benchmarks and the equivalence tests ask this module for a tracker, a
+SAM 2 predictor (ours or the official one) or an embedder, so a setting (an adapter, the
+chain length, an open_clip model name) cannot reach one caller and be forgotten by another.
+Weights are resolved and verified by :mod:`sst_search.weights`; predictor and embedder
+classes are handed built models and never find or load weights themselves.
 
 Heavy libraries (torch, SAM 2, open_clip) are imported inside the functions so that
 importing the library, or starting the CLI, stays cheap.
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-    from .embed import TraitEmbedder
+    from .embed import OpenClipSpec, TraitEmbedder
     from .instances import InstanceFinder
     from .labeling import ClickSegmenter
     from .tracking import SSTTracker
@@ -128,12 +130,88 @@ def tracker_from_config(seg: SegmentationConfig, *, batch_traits: bool = True) -
     return tracker
 
 
-def embedder_from_config(emb: EmbeddingConfig) -> TraitEmbedder:
-    """The embedder a run configuration describes; unset open_clip options keep the embedder's defaults."""
-    from .embed import create_embedder
+#: Options that shape how an open_clip model is built rather than which model it is.
+_OPEN_CLIP_BUILD_OPTIONS = ("image_size", "batch_size")
 
-    opts = {k: v for k, v in (("model_name", emb.model_name), ("pretrained", emb.pretrained)) if v is not None}
-    return create_embedder(emb.embedder, weights=emb.weights, **opts)
+
+def create_embedder(
+    name: str | None = None, weights: str | Path | None = None, device: str | torch.device | None = None, **opts
+) -> TraitEmbedder:
+    """The trait embedder ``name`` (see :mod:`sst_search.embed`; default: the config's), built as
+    open_clip's ``create_model`` builds a model: weights resolved and verified by
+    :mod:`sst_search.weights`, the model built, then handed to the embedder class.
+    ``opts``: ``model_name``/``pretrained`` choose a ``clip`` model, ``image_size``/``batch_size``
+    how an open_clip model runs, the descriptor's parameters for ``color-pattern``."""
+    from .embed import COLOR_PATTERN, ColorPatternEmbedder, EmbedderError
+
+    name = name or EmbeddingConfig.model_fields["embedder"].default
+    if name == COLOR_PATTERN:
+        if weights not in (None, "random", "none"):
+            raise EmbedderError(f"color-pattern has no weights; got weights={weights!r}")
+        try:
+            return ColorPatternEmbedder(**opts)
+        except TypeError as exc:
+            raise EmbedderError(f"bad options for embedder {name!r}: {exc}") from exc
+    build = {key: opts.pop(key) for key in _OPEN_CLIP_BUILD_OPTIONS if key in opts}
+    spec = _open_clip_spec(name, weights, opts)
+    return build_open_clip_embedder(spec, spec.resolve(weights), device=device, **build)
+
+
+def _open_clip_spec(name: str, weights: str | Path | None, opts: dict):
+    from .embed import OPEN_CLIP_SPECS, EmbedderError, list_embedders
+
+    try:
+        factory = OPEN_CLIP_SPECS[name]
+    except KeyError:
+        raise EmbedderError(f"unknown embedder {name!r}; choose one of {list_embedders()}") from None
+    try:
+        return factory(weights=weights, **opts)
+    except TypeError as exc:
+        raise EmbedderError(f"bad options for embedder {name!r}: {exc}") from exc
+
+
+def build_open_clip_embedder(spec: OpenClipSpec, weights: ResolvedWeights, device: str | torch.device | None = None,
+                             image_size: int | None = None, batch_size: int | None = None) -> TraitEmbedder:
+    """open_clip's model, preprocessing and tokenizer for ``spec`` from resolved ``weights``,
+    handed to :class:`~sst_search.embed.OpenClipEmbedder` with the fingerprint that describes them."""
+    import open_clip
+    import torch
+
+    from .embed import EmbedderError, OpenClipEmbedder, open_clip_fingerprint
+    from .embed.clip import check_fingerprint
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fingerprint = open_clip_fingerprint(spec, weights, image_size)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.arch, pretrained=str(weights.path) if weights.path else None, device=device,
+            force_image_size=image_size, pretrained_text=False, **spec.preprocess_options(weights),
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise EmbedderError(f"could not build open_clip model {spec.arch} from {weights.source}: {exc}") from exc
+    check_fingerprint(fingerprint, model, preprocess)
+    return OpenClipEmbedder(model, preprocess, open_clip.get_tokenizer(spec.arch), fingerprint, device, batch_size)
+
+
+def _embedder_options(emb: EmbeddingConfig) -> dict:
+    """The open_clip options a configuration sets; unset ones keep the embedder's defaults."""
+    return {k: v for k, v in (("model_name", emb.model_name), ("pretrained", emb.pretrained)) if v is not None}
+
+
+def embedder_from_config(emb: EmbeddingConfig) -> TraitEmbedder:
+    """The embedder a run configuration describes."""
+    return create_embedder(emb.embedder, weights=emb.weights, **_embedder_options(emb))
+
+
+def embedder_fingerprint(emb: EmbeddingConfig) -> dict:
+    """The fingerprint of the embedder ``emb`` describes, equal to its built embedder's, without
+    building a model: what an index plans with (weights are resolved and hashed, not loaded)."""
+    from .embed import COLOR_PATTERN, open_clip_fingerprint
+
+    if emb.embedder == COLOR_PATTERN:
+        return embedder_from_config(emb).fingerprint  # no model: a descriptor of a few lookup tables
+    spec = _open_clip_spec(emb.embedder, emb.weights, _embedder_options(emb))
+    return open_clip_fingerprint(spec, spec.resolve(emb.weights))
 
 
 def build_instance_finder(tracker: SSTTracker, config: InstancesConfig | None = None) -> InstanceFinder:

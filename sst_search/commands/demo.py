@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..builder import embedder_from_config
+from ..builder import embedder_fingerprint
 from ..config import EmbeddingConfig, IndexerConfig, SegmentationConfig, apply_overrides, load_config
 from ..embed import EmbedderError
 from ..evaluation import evaluate_folders
@@ -41,9 +41,10 @@ def _choose_weights(model: str, weights: str | None) -> str:
 def _choose_embedder(embedder: str | None, embedder_weights: str | None) -> str:
     if embedder is not None:
         return embedder
+    default = EmbeddingConfig(weights=embedder_weights)
     try:
-        embedder_from_config(EmbeddingConfig(embedder="bioclip", weights=embedder_weights))
-        return "bioclip"
+        embedder_fingerprint(default)  # finds and verifies the weights, builds no model
+        return default.embedder
     except EmbedderError:
         # One line: the library's message names --embedder-weights, which demo does not take.
         console.print("[yellow]BioCLIP weights are not available here (offline, or not cached): using the weight-free "
