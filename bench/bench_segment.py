@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sst_search.config import SegmentationConfig
+
 METHODS = ("recipe", "per-object", "batched", "auto")
 OPTIONAL_METHODS = ("chain",)
 #: Synthetic specimen photos (H, W); SAM 2 resizes every frame to --image-size anyway.
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS + OPTIONAL_METHODS)}")
     ap.add_argument("--query-batch", type=int, default=1, help="queries per tracking call for batched and auto")
     ap.add_argument("--issue", action="store_true", help="run every configuration the issue's benchmark asks for")
-    ap.add_argument("--model", default="sam2.1-hiera-tiny")
+    ap.add_argument("--model", default=SegmentationConfig.model_fields["model"].default)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
