@@ -32,7 +32,8 @@ def main() -> None:
 
     import torch
 
-    from sst_search.embed import EmbedItem, create_embedder
+    from sst_search.builder import create_embedder
+    from sst_search.embed import EmbedItem
 
     print(f"load average at start: {os.getloadavg()}; torch threads {torch.get_num_threads()}")
     rng = np.random.default_rng(0)

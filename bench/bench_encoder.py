@@ -44,6 +44,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from sst_search.config import SegmentationConfig
+
 VARIANTS = ("default", "no-grad", "batch-4", "channels-last", "compile", "bf16")
 #: Traits of the tracked comparison (stripes over the synthetic specimen).
 K = 2
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, 'default' first")
     ap.add_argument("--sam2-compile", action="store_true", help="also SAM 2's compile_image_encoder (max-autotune)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
-    ap.add_argument("--model", default="sam2.1-hiera-tiny")
+    ap.add_argument("--model", default=SegmentationConfig.model_fields["model"].default)
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v] + (["compile-sam2"] if args.sam2_compile else [])
     if args.variants[0] != "default":

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sst_search.config import SegmentationConfig
+
 KINDS = ("lora", "full")
 #: Synthetic specimen photos (H, W); SAM 2 resizes every frame to the input size anyway.
 DATA_SIZE = (384, 512)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-sizes", default="256,512", help="comma-separated SAM 2 input sizes")
     ap.add_argument("--steps", type=int, default=6, help=f"timed steps (after {WARMUP_STEPS} warm-up steps)")
     ap.add_argument("--lora-rank", type=int, default=4)
-    ap.add_argument("--model", default="sam2.1-hiera-tiny")
+    ap.add_argument("--model", default=SegmentationConfig.model_fields["model"].default)
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sst_search.config import SegmentationConfig
+
 
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -39,7 +41,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="sam2.1-hiera-tiny")
+    ap.add_argument("--model", default=SegmentationConfig.model_fields["model"].default)
     ap.add_argument("--image-size", type=int, default=256, help="SAM 2 input size")
     ap.add_argument("--photo", default="384x512", help="drawer photo HxW")
     ap.add_argument("--counts", default="0,3,12", help="specimens per drawer")

@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sst_search.config import SegmentationConfig
+
 METHODS = ("recipe", "per-object", "batched", "auto")
 OPTIONAL_METHODS = ("chain",)
 #: Synthetic specimen photos (H, W); SAM 2 resizes every frame to --image-size anyway.
@@ -121,21 +123,14 @@ def _run_ours(method: str, support, queries, model: str, image_size: int, query_
 def _run_recipe(support, queries, model: str, image_size: int, device: str) -> tuple[float, dict]:
     import torch
     from PIL import Image
-    from sam2.build_sam import build_sam2_video_predictor
 
+    from sst_search.builder import build_sam2
     from sst_search.images import load_image
-    from sst_search.sam2_predictor import RANDOM_INIT_SEED
-    from sst_search.weights import get_model_spec
+    from sst_search.weights import resolve_sam2_weights
 
-    torch.manual_seed(RANDOM_INIT_SEED)
-    predictor = build_sam2_video_predictor(
-        get_model_spec(model).config, ckpt_path=None, device=device,
-        hydra_overrides_extra=[f"++model.image_size={image_size}"],
-    )
-    try:
-        from sam2 import _C  # noqa: F401
-    except ImportError:
-        predictor.fill_hole_area = 0  # SAM 2 skips hole filling without its extension anyway
+    # The same seeded random weights as ours, in SAM 2's own predictor class.
+    predictor = build_sam2(model, resolve_sam2_weights(model, "random"), image_size=image_size, device=device,
+                           official=True)
     timer = _EncoderTimer(predictor)
     t0 = time.perf_counter()
     n_maps = 0
@@ -213,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS + OPTIONAL_METHODS)}")
     ap.add_argument("--query-batch", type=int, default=1, help="queries per tracking call for batched and auto")
     ap.add_argument("--issue", action="store_true", help="run every configuration the issue's benchmark asks for")
-    ap.add_argument("--model", default="sam2.1-hiera-tiny")
+    ap.add_argument("--model", default=SegmentationConfig.model_fields["model"].default)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)

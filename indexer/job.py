@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sst_search.builder import embedder_from_config
+from sst_search.builder import embedder_fingerprint
 from sst_search.config import Config, stable_hash
 from sst_search.measure import remeasure
 from sst_search.pattern_map import refresh_maps
@@ -104,7 +104,8 @@ def run_index(
     items = fetch_items(items, cache, config.fetch, config.fetch.iiif_size or config.segmentation.image_size,
                         quiet=quiet)
     worker = Worker(config, references, tracker, embedder) if config.indexer.engine == "local" else None
-    embedder_fp = worker.embedder.fingerprint if worker else _embedder_fingerprint(config)
+    # The driver of a Ray job plans without building the embedder its actors build.
+    embedder_fp = worker.embedder.fingerprint if worker else embedder_fingerprint(config.embedding)
     split = None
     with Store.open(db, index_config=config.index) as store:
         damage = store.verify(indexes=False)
@@ -208,9 +209,3 @@ def _guard_removals(plan, max_share: float, store: Store) -> None:
         + "\nFix the cause (a moved or unmounted folder, a broken traits.yaml), or pass --allow-mass-removal "
         "if these items really are gone."
     )
-
-
-def _embedder_fingerprint(config: Config) -> dict:
-    """The driver of a Ray job needs the embedder's fingerprint to plan; building the
-    embedder once here is the only way to know the resolved weights' digest."""
-    return embedder_from_config(config.embedding).fingerprint

@@ -130,7 +130,7 @@ _EXPORTS = {
     "ReferencesError": "sst_search.references",
     "ImageLoadError": "sst_search.images",
     "WeightsError": "sst_search.weights",
-    "EmbedderError": "sst_search.embed",
+    "EmbedderError": "sst_search.errors",
     "StoreError": "sst_search.store.errors",
     "SnapshotError": "sst_search.store.snapshots",
     "MapError": "sst_search.pattern_map",

@@ -1,7 +1,11 @@
 """Run configuration: YAML defaults (``configs/default.yaml``) validated by pydantic.
 
-Only settings that change results enter :func:`result_fingerprint`; batch sizes, engines
-and worker counts do not, so moving a job to Ray or a bigger batch never re-indexes.
+Every default is stated here and nowhere else: each command loads a config file
+(:func:`load_config`), lays its command-line options over it (:func:`apply_overrides`) and
+hands the result to :mod:`sst_search.builder`, so a CLI flag, a config key and a Python
+caller cannot disagree about, say, the model name. Only settings that change results enter
+the index's fingerprints (``indexer.plan``); batch sizes, engines and worker counts do not,
+so moving a job to Ray or a bigger batch never re-indexes.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,25 +24,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Mode = Literal["pairwise", "chain"]
+OrientationCriterion = Literal["object_score", "cycle"]
+#: Propagation modes: every query tracked from the supports alone, or queries as one chain.
+MODES: tuple[str, ...] = get_args(Mode)
+#: What ``orientation="auto"`` keeps: the view with the highest mean object score or cycle IoU.
+ORIENTATION_CRITERIA: tuple[str, ...] = get_args(OrientationCriterion)
+
+
 class SegmentationConfig(_Strict):
     model: str = "sam2.1-hiera-tiny"
     weights: str | None = Field(None, description="checkpoint path, 'random', or None to resolve/download")
     adapter: str | None = Field(None, description="fine-tuned adapter file (sst-search finetune)")
     image_size: int = 1024
-    mode: Literal["pairwise", "chain"] = "pairwise"
+    mode: Mode = "pairwise"
     quality: bool = Field(False, description="cycle-consistency quality score per mask")
     orientation: Literal[0, 90, 180, 270, "auto"] = Field(
         0, description="degrees to turn queries before tracking, or 'auto' to try all four per query"
     )
     mirror: bool = Field(False, description="flip queries left-right before turning them; with 'auto' try both")
-    orientation_by: Literal["object_score", "cycle"] = Field(
+    orientation_by: OrientationCriterion = Field(
         "object_score", description="what 'auto' keeps: highest mean object score, or cycle IoU (slower)"
     )
     batch_size: int | None = Field(None, description="queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)")
     query_batch: int | None = Field(
         None, ge=1, description="pairwise queries per tracking call, queries x traits as one batch (default: 4 on CUDA, 1 on CPU)"
     )
-    max_chain_length: int = 256
+    max_chain_length: int = Field(256, ge=1, description="chain mode: queries per pseudo-video")
     device: str | None = None
     channels_last: bool = Field(
         False, description="image encoder convolutions in channels-last layout: the same masks, speed depends on "
@@ -181,6 +193,38 @@ class IndexerConfig(_Strict):
     )
 
 
+#: Learning rates that suit each kind when none is given: full fine-tuning moves pretrained
+#: weights directly and needs far smaller steps than a zero-initialised LoRA delta.
+DEFAULT_LR = {"lora": 5e-4, "full": 2e-5}
+
+
+class FinetuneConfig(_Strict):
+    """``sst-search finetune``: everything that shapes the trained adapter (stored inside the
+    adapter file), and how many query images it is trained on."""
+
+    kind: Literal["lora", "full"] = "lora"
+    steps: int = Field(200, ge=1, description="optimiser steps (one query each)")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default depends on kind: DEFAULT_LR)")
+    weight_decay: float = Field(0.01, ge=0)
+    lora_rank: int = Field(4, ge=1)
+    lora_alpha: float | None = Field(None, gt=0, description="default: the rank (scale 1)")
+    grad_clip: float = Field(1.0, gt=0)
+    iou_weight: float = Field(1.0, ge=0)
+    object_weight: float = Field(1.0, ge=0)
+    augment: bool = Field(True, description="flip, scale and colour-jitter the queries")
+    seed: int = Field(0, ge=0, description="seed of LoRA's initialisation, the query order and sample, augmentation")
+    max_queries: int = Field(64, ge=1, description="use at most this many query images (a seeded sample)")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.kind]
+
+    def adapter_record(self) -> dict:
+        """What the adapter file records about its training (the query sample size is not
+        a training setting, and the learning rate is the one used)."""
+        return {**self.model_dump(exclude={"max_queries"}), "lr": self.learning_rate}
+
+
 class Config(_Strict):
     segmentation: SegmentationConfig = SegmentationConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
@@ -190,6 +234,7 @@ class Config(_Strict):
     instances: InstancesConfig = InstancesConfig()
     fetch: FetchConfig = FetchConfig()
     sources: SourcesConfig = SourcesConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 def apply_overrides(config: Config, **overrides) -> Config:
@@ -198,11 +243,12 @@ def apply_overrides(config: Config, **overrides) -> Config:
     ``embedder_weights`` (``embedding.weights``); an unknown name is an error."""
     sections = {
         "segmentation": ("model", "weights", "adapter", "image_size", "mode", "quality", "device", "orientation",
-                         "mirror", "orientation_by", "query_batch"),
+                         "mirror", "orientation_by", "batch_size", "query_batch"),
         "embedding": ("embedder", "embedder_weights"),
         "indexer": ("engine", "ray_address", "num_workers"),
         "measure": ("pixels_per_mm", "scale_column"),
         "fetch": ("image_cache", "max_per_host"),
+        "finetune": ("kind", "steps", "lr", "lora_rank", "augment", "seed", "max_queries"),
     }
     known = {key for keys in sections.values() for key in keys}
     unknown = sorted(set(overrides) - known)
@@ -213,16 +259,20 @@ def apply_overrides(config: Config, **overrides) -> Config:
         for key in keys:
             value = overrides.get(key)
             if value is not None:
-                data[section]["weights" if key == "embedder_weights" else key] = value
+                data[section]["weights" if key == "embedder_weights" else key] = (
+                    str(value) if isinstance(value, Path) else value)
     return Config.model_validate(data)
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Defaults, overlaid by a YAML file when given; unknown keys are errors (typos
-    in a config must not be silently ignored)."""
-    if path is None:
-        return Config()
-    path = Path(path)
+def load_config(path: str | Path | None = None, **overrides) -> Config:
+    """Defaults, overlaid by a YAML file when given, overlaid by ``overrides`` (command-line
+    options, see :func:`apply_overrides`): the one way every command gets its configuration.
+    Unknown keys are errors (typos in a config must not be silently ignored)."""
+    config = _load_file(Path(path)) if path is not None else Config()
+    return apply_overrides(config, **overrides) if overrides else config
+
+
+def _load_file(path: Path) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -1,5 +1,5 @@
-"""Errors the library's search layer raises to callers (CLI, app, notebooks), and the one
-line of a foreign exception that a problem report quotes."""
+"""Errors the library raises to callers (CLI, app, notebooks) from more than one module, and
+the one line of a foreign exception that a problem report quotes."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ def first_line(exc: BaseException) -> str:
     errors run to many lines, and a problem report holds one."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class EmbedderError(RuntimeError):
+    """An embedder could not be built (unknown name, missing or altered weights, bad options)."""

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-from sam2.build_sam import build_sam2_video_predictor
 from sam2.modeling.position_encoding import apply_rotary_enc
 from sam2.modeling.sam.transformer import RoPEAttention
 from sam2.modeling.sam2_base import SAM2Base
@@ -27,16 +26,9 @@ from sam2.utils.misc import fill_holes_in_mask_scores
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-from .weights import ResolvedWeights, get_model_spec
-
 # SAM 2 was trained on ImageNet-normalised inputs.
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-#: Seed for random initialisation, so ``--weights random`` runs are reproducible across
-#: processes and machines (a Ray worker and the local engine must build the same model).
-RANDOM_INIT_SEED = 0
-
 
 @dataclass
 class EncodedFrame:
@@ -483,57 +475,6 @@ def autocast(device: torch.device):
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _has_sam2_extension() -> bool:
-    try:
-        from sam2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def build_predictor(
-    model: str,
-    weights: ResolvedWeights,
-    image_size: int | None = None,
-    device: str | torch.device | None = None,
-    channels_last: bool = False,
-    compile_encoder: bool = False,
-) -> InMemoryVideoPredictor:
-    """Build the real SAM 2.1 architecture from the registry, with resolved weights.
-
-    ``image_size`` overrides the model's 1024 px input; smaller sizes trade accuracy for
-    speed and are what the tests use. ``channels_last`` runs the image encoder's
-    convolutions in channels-last layout; ``compile_encoder`` sets SAM 2's own
-    ``compile_image_encoder`` (``torch.compile`` of the image encoder, max-autotune), which
-    costs tens of seconds on the first frame of each batch size (see ``bench/README.md``).
-    """
-    spec = get_model_spec(model)
-    device = torch.device(device) if device is not None else default_device()
-    overrides = [f"++model._target_={InMemoryVideoPredictor.__module__}.{InMemoryVideoPredictor.__qualname__}"]
-    if image_size is not None:
-        if image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
-        overrides.append(f"++model.image_size={image_size}")
-    if compile_encoder:
-        overrides.append("++model.compile_image_encoder=true")
-    if weights.is_random:
-        torch.manual_seed(RANDOM_INIT_SEED)
-    predictor = build_sam2_video_predictor(
-        spec.config,
-        ckpt_path=str(weights.path) if weights.path else None,
-        device=str(device),
-        hydra_overrides_extra=overrides,
-    )
-    assert isinstance(predictor, InMemoryVideoPredictor)
-    if not _has_sam2_extension():
-        # Hole filling needs SAM 2's compiled extension, which pip wheels do not ship;
-        # without it SAM 2 warns on every frame and skips the step anyway.
-        predictor.fill_hole_area = 0
-    if channels_last:
-        predictor.set_encoder_memory_format(torch.channels_last)
-    return predictor
 
 
 class _EncodedImagePredictor(SAM2ImagePredictor):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
+from .config import MODES, ORIENTATION_CRITERIA, SegmentationConfig
 from .images import ImageLoadError, load_image
 from .masks import logits_to_label_map, mask_iou
 from .ordering import global_descriptor, greedy_chain
@@ -41,13 +42,10 @@ from .sam2_predictor import (
 )
 from .weights import ResolvedWeights
 
-MODES = ("pairwise", "chain")
 #: Rotations (degrees counter-clockwise) a query can be tracked in; ``"auto"`` tries all.
 ORIENTATIONS = (0, 90, 180, 270)
 #: Pairwise sessions (a group's supports, their memory) a tracker keeps for later calls.
 PAIRWISE_SESSIONS_KEPT = 8
-#: What ``orientation="auto"`` keeps: the view with the highest mean object score or cycle IoU.
-ORIENTATION_CRITERIA = ("object_score", "cycle")
 
 #: A query is an id plus pixels already in memory, a path to read them from, or a
 #: :class:`PreparedQuery`.
@@ -245,7 +243,7 @@ class SSTTracker:
         predictor: InMemoryVideoPredictor,
         model: str,
         weights: ResolvedWeights,
-        max_chain_length: int = 256,
+        max_chain_length: int = SegmentationConfig.model_fields["max_chain_length"].default,
         batch_traits: bool = True,
     ):
         self.predictor = predictor

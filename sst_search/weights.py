@@ -1,4 +1,5 @@
-"""Finding, downloading and verifying model checkpoints.
+"""Finding, downloading and verifying model checkpoints: SAM 2's and open_clip's, here and
+nowhere else, so every model records exactly which bytes produced its outputs.
 
 Resolution order for a SAM 2 checkpoint: an explicit path, ``$SST_SEARCH_SAM2_CHECKPOINT``,
 the cache directory (``~/.cache/sst-search`` or ``$SST_SEARCH_CACHE``), then a download when
@@ -6,18 +7,33 @@ allowed. Downloads go to a temporary file, are hashed while streaming and only r
 place once complete and verified, so an interrupted download never leaves a file that looks
 valid. ``"random"`` is a first-class choice: it builds the real architecture with random
 weights for tests and smoke runs, and every output records it.
+
+An open_clip checkpoint (:func:`resolve_open_clip_weights`) is ``"random"``, a path, or, for
+``None``, the model's published weights from the Hugging Face cache, downloaded when online.
+An offline miss becomes an :class:`~sst_search.errors.EmbedderError` that says what to pass
+instead, and it fails at once: the cache lookup never touches the network when
+``HF_HUB_OFFLINE`` is set. A file from the hub is checked against the sha256 the hub
+published for it (the Git LFS object id, which huggingface_hub names the cached file by), so a
+truncated or altered download is refused instead of silently producing other vectors; a model
+with a digest pinned here (:data:`PINNED_SHA256`) must match that pin as well.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import tempfile
 import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tqdm import tqdm
+
+from .errors import EmbedderError
 
 RANDOM = "random"
 CHECKPOINT_ENV = "SST_SEARCH_SAM2_CHECKPOINT"
@@ -60,10 +76,12 @@ class WeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """What a model was built from; ``sha256`` is ``"random"`` for random initialisation."""
+    """What a model was built from; ``sha256`` is ``"random"`` for random initialisation.
+    ``source`` says where an open_clip checkpoint came from (hub page, URL or path)."""
 
     path: Path | None
     sha256: str
+    source: str | None = None
 
     @property
     def is_random(self) -> bool:
@@ -169,3 +187,115 @@ def resolve_sam2_weights(
             f"--weights PATH); use --weights random only for smoke tests"
         )
     return ResolvedWeights(cached, download(spec.url, cached, spec.sha256, quiet=quiet))
+
+
+#: sha256 of a hub checkpoint known here, by hub id. Neither BioCLIP's nor BioCLIP 2's digest
+#: could be read from a public source this code was written against (the hub shows it only
+#: on the file's page), so they are not pinned: inventing one would refuse the real file.
+#: The hub's own digest is checked on every load (:func:`_verify_hub_file`), and every
+#: index records the sha256 of the weights its vectors came from.
+PINNED_SHA256: dict[str, str] = {}
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read it per call instead.
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@lru_cache(maxsize=None)
+def _hub_unreachable(endpoint: str, timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it can), asked once per process:
+    huggingface_hub would otherwise retry every file for most of a minute, logging each try."""
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{parsed.hostname}:{port} is unreachable ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _hub_checkpoint(repo_id: str, filename: str | None = None) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    offline = _offline()
+    unreachable = None if offline else _hub_unreachable(constants.ENDPOINT)
+    offline = offline or unreachable is not None  # the cache may still hold the file
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=offline))
+        except Exception as exc:  # noqa: BLE001 - every hub failure means "not available"
+            last = exc
+    if unreachable:
+        reason = f"not in the Hugging Face cache and {unreachable}"
+    elif offline:
+        reason = "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    else:
+        reason = f"{type(last).__name__}: {last}"
+    raise FileNotFoundError(f"none of {names} could be loaded ({reason})")
+
+
+def resolve_open_clip_weights(
+    label: str, weights: str | Path | None, hub_id: str | None = None, pretrained_tag: str | None = None,
+    arch: str | None = None,
+) -> ResolvedWeights:
+    """Find and verify the checkpoint of an open_clip model; see the module docstring for the rules.
+
+    ``label`` names the model in messages. ``hub_id`` follows open_clip's pretrained-config
+    convention: ``org/repo/`` for the repository's default open_clip weights file,
+    ``org/repo/file`` for a named file; without it, ``pretrained_tag`` names one of open_clip's
+    tags for ``arch``.
+    """
+    if weights is not None and str(weights) == RANDOM:
+        return ResolvedWeights(None, RANDOM, RANDOM)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise EmbedderError(f"{path}: {label} checkpoint does not exist")
+        return ResolvedWeights(path, sha256_file(path), str(path))
+    if hub_id is None and pretrained_tag is not None:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(arch, pretrained_tag)
+        if not cfg:
+            raise EmbedderError(
+                f"open_clip has no pretrained tag {pretrained_tag!r} for {arch}; "
+                f"known tags: {open_clip.list_pretrained_tags_by_model(arch)}"
+            )
+        hub_id = cfg.get("hf_hub") or None
+        url = cfg.get("url") or None
+    else:
+        url = None
+    where = f"https://huggingface.co/{hub_id.rstrip('/')}" if hub_id else url
+    try:
+        if hub_id:
+            repo_id, filename = os.path.split(hub_id)
+            path = _hub_checkpoint(repo_id, filename or None)
+        elif url and not _offline():
+            from open_clip.pretrained import download_pretrained_from_url
+
+            path = Path(download_pretrained_from_url(url))
+        else:
+            raise FileNotFoundError("offline (HF_HUB_OFFLINE is set) and the file is not cached")
+    except Exception as exc:  # noqa: BLE001
+        raise EmbedderError(
+            f"{label} weights are not available ({where}): {exc}. Download them while online "
+            f"(they are cached by huggingface_hub), or pass --embedder-weights PATH to a checkpoint "
+            f"file, or use the weight-free --embedder color-pattern (--embedder-weights random: smoke tests only)"
+        ) from None
+    digest = sha256_file(path)
+    _verify_hub_file(label, path, digest, PINNED_SHA256.get(hub_id.rstrip("/")) if hub_id else None)
+    return ResolvedWeights(path, digest, where)
+
+
+def _verify_hub_file(label: str, path: Path, digest: str, pinned: str | None) -> None:
+    """Refuse a cached hub file whose bytes are not what the hub published (its cache blob is
+    named by the LFS sha256) or not the pinned digest."""
+    published = Path(path).resolve().name
+    expected = [d for d in (pinned, published if re.fullmatch(r"[0-9a-f]{64}", published) else None) if d]
+    for want in expected:
+        if digest != want:
+            raise EmbedderError(f"{path}: {label} checkpoint has sha256 {digest}, expected {want}; the download is "
+                                "corrupt or altered: delete it from the Hugging Face cache and download it again")

@@ -8,7 +8,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from sst_search.embed import EmbedderError, create_embedder
+from sst_search.builder import create_embedder
+from sst_search.embed import EmbedderError
 
 
 def _hub_cache(root, repo: str, data: bytes, blob_name: str):

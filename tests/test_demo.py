@@ -45,7 +45,7 @@ def test_an_unreachable_hub_fails_fast_in_one_line(monkeypatch, tmp_path):
     import pytest
 
     from sst_search.embed.base import EmbedderError
-    from sst_search.embed.clip import resolve_open_clip_weights
+    from sst_search.weights import resolve_open_clip_weights
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

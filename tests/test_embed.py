@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from sst_search.builder import create_embedder, embedder_fingerprint
+from sst_search.config import EmbeddingConfig
 from sst_search.embed import (
     EmbedderError,
     EmbedItem,
     NoTextTowerError,
-    create_embedder,
     list_embedders,
     masked_square_crop,
 )
@@ -115,6 +116,27 @@ def test_clip_random_weights_gives_unit_vectors_of_the_model_dim(clip):
     assert not np.allclose(traits[1], traits[2])
 
 
+def test_a_fingerprint_is_computed_without_building_a_model_and_equals_the_built_embedders(clip, monkeypatch):
+    import open_clip
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_model)
+    monkeypatch.setattr(open_clip, "create_model", no_model)
+    config = EmbeddingConfig(embedder="clip", model_name="ViT-B-32", weights="random")
+    assert embedder_fingerprint(config) == clip.fingerprint
+    assert embedder_fingerprint(EmbeddingConfig(embedder="color-pattern")) == create_embedder("color-pattern").fingerprint
+
+
+def test_a_built_model_that_disagrees_with_its_fingerprint_is_refused(clip):
+    from sst_search.embed.clip import check_fingerprint
+
+    check_fingerprint(clip.fingerprint, clip.model, clip.preprocess)
+    with pytest.raises(EmbedderError, match="fingerprint says"):
+        check_fingerprint({**clip.fingerprint, "image_size": [56, 56]}, clip.model, clip.preprocess)
+
+
 def test_clip_batch_matches_single_specimen_calls(clip):
     a = _specimen({1: (200, 30, 30), 2: (30, 30, 200)}, seed=3)
     b = _specimen({2: (30, 200, 30), 3: (250, 250, 0)}, seed=4)
@@ -170,6 +192,7 @@ def test_bioclip_random_weights_builds_vit_b_16_and_says_so():
     embedder = create_embedder("bioclip", weights="random", device="cpu")
     assert embedder.name == "bioclip" and embedder.dim == 512
     assert embedder.fingerprint["model"] == "ViT-B-16" and embedder.fingerprint["weights"] == "random"
+    assert embedder_fingerprint(EmbeddingConfig(embedder="bioclip", weights="random")) == embedder.fingerprint
     image, lm = _specimen({1: (200, 30, 30)})
     assert np.linalg.norm(embedder.embed_traits(image, lm, [1])[1]) == pytest.approx(1.0, abs=1e-5)
     assert embedder.embed_text("orange band").shape == (512,)

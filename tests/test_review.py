@@ -136,7 +136,7 @@ def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_p
 
 
 def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):
-    from sst_search.embed import create_embedder
+    from sst_search.builder import create_embedder
     from sst_search.images import load_image
     from tests.ui_index import build_ui_index
 
@@ -171,7 +171,7 @@ def test_a_reindex_keeps_the_corrected_mask_vector_and_measurements(tmp_path):
     """Masks are provided (no SAM 2 needed); --force re-does every item, the correction wins."""
     from indexer.job import run_index
     from sst_search.config import Config
-    from sst_search.embed import create_embedder
+    from sst_search.builder import create_embedder
     from sst_search.images import load_image
     from sst_search.synthetic import generate_collection
 

@@ -40,20 +40,16 @@ def per_object(tracker):
 
 @pytest.fixture(scope="module")
 def official(tracker):
-    """The unmodified official predictor class holding our tracker's exact weights."""
-    from sam2.build_sam import build_sam2_video_predictor
+    """The unmodified official predictor class, built by our builder from our tracker's weights."""
+    from sst_search.builder import build_sam2
 
-    from sst_search.weights import get_model_spec
-
-    predictor = build_sam2_video_predictor(
-        get_model_spec(tracker.model).config,
-        ckpt_path=None,
-        device="cpu",
-        hydra_overrides_extra=[f"++model.image_size={tracker.predictor.image_size}"],
-    )
-    predictor.load_state_dict(tracker.predictor.state_dict())
-    predictor.fill_hole_area = tracker.predictor.fill_hole_area
+    predictor = build_sam2(tracker.model, tracker.weights, image_size=tracker.predictor.image_size, device="cpu",
+                           official=True)
     assert type(predictor).__name__ == "SAM2VideoPredictor"
+    ours = tracker.predictor.state_dict()
+    theirs = predictor.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+    assert predictor.fill_hole_area == tracker.predictor.fill_hole_area
     return predictor
 
 

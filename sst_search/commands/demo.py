@@ -10,15 +10,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .. import EmbedderError, Store, embedder_from_config
-from ..config import Config, EmbeddingConfig
+from .. import EmbedderError, Store
+from ..builder import embedder_fingerprint
+from ..config import EmbeddingConfig, IndexerConfig, SegmentationConfig, apply_overrides, load_config
 from ..evaluation import evaluate_folders
 from ..evaluation.eval_seg import load_trait_names
 from ..images import save_mask
 from ..synthetic import generate_collection
 from ..weights import WeightsError, resolve_sam2_weights
 from .index import print_summary
-from .options import model_option, warn_random_weights
+from .options import config_default, model_option, warn_random_weights
 
 console = Console(stderr=True)
 
@@ -39,9 +40,10 @@ def _choose_weights(model: str, weights: str | None) -> str:
 def _choose_embedder(embedder: str | None, embedder_weights: str | None) -> str:
     if embedder is not None:
         return embedder
+    default = EmbeddingConfig(weights=embedder_weights)
     try:
-        embedder_from_config(EmbeddingConfig(embedder="bioclip", weights=embedder_weights))
-        return "bioclip"
+        embedder_fingerprint(default)  # finds and verifies the weights, builds no model
+        return default.embedder
     except EmbedderError:
         # One line: the library's message names --embedder-weights, which demo does not take.
         console.print("[yellow]BioCLIP weights are not available here (offline, or not cached): using the weight-free "
@@ -53,11 +55,12 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the collection, index and predictions."),
     species: int = typer.Option(3, "--species", min=1, max=10),
     per_species: int = typer.Option(6, "--per-species", min=1),
-    model: str = model_option(),
+    model: str | None = model_option(),
     weights: str | None = typer.Option(None, "--weights", help="Checkpoint path or 'random' (default: real weights if they can be had)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="SAM 2 input size (default 1024; 256 with random weights)."),
+    image_size: int | None = typer.Option(None, "--image-size", help=f"SAM 2 input size (default {config_default(SegmentationConfig, 'image_size')}; "
+                                                                                f"{RANDOM_IMAGE_SIZE} with random weights)."),
     embedder: str | None = typer.Option(None, "--embedder", help="Default: bioclip if its weights can be had, else color-pattern."),
-    engine: str = typer.Option("local", "--engine", help="local | ray."),
+    engine: str | None = typer.Option(None, "--engine", help="local | ray.", show_default=config_default(IndexerConfig, "engine")),
     ui: bool = typer.Option(False, "--ui", help="Start the search app on the demo index afterwards."),
     port: int = typer.Option(8501, "--port"),
 ) -> None:
@@ -67,18 +70,13 @@ def demo(
 
     collection = generate_collection(out / "collection", species=species, per_species=per_species, seed=0)
     console.print(f"collection: {escape(str(collection.manifest))} ({species} species x {per_species} specimens)")
-    chosen_weights = _choose_weights(model, weights)
+    config = load_config(model=model, engine=engine)
+    chosen_weights = _choose_weights(config.segmentation.model, weights)
     random_weights = chosen_weights == "random"
     if random_weights:
         warn_random_weights(console, "masks, scores and search results are not meaningful")
-    config = Config.model_validate(
-        {
-            "segmentation": {"model": model, "weights": chosen_weights,
-                             "image_size": image_size or (RANDOM_IMAGE_SIZE if random_weights else 1024)},
-            "embedding": {"embedder": _choose_embedder(embedder, None)},
-            "indexer": {"engine": engine},
-        }
-    )
+    config = apply_overrides(config, weights=chosen_weights, embedder=_choose_embedder(embedder, None),
+                             image_size=image_size or (RANDOM_IMAGE_SIZE if random_weights else None))
     db = out / "index.duckdb"
     summary = index(collection.manifest, collection.references, db, config, quiet=False)
     print_summary(summary)

@@ -9,14 +9,14 @@ from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 
-from .. import ReferencesError, Store, WeightsError, build_tracker
+from .. import ReferencesError, Store, WeightsError, tracker_from_config
+from ..config import MODES, load_config
 from ..evaluation import DatasetFormatError, EvaluationInputError, evaluate_folders
 from ..evaluation.eval_seg import load_trait_names
 from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
 from ..evaluation.retrieval import GROUP, evaluate_retrieval
-from ..tracking import MODES
 from .options import (
-    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, db_option, mode_option, model_option,
+    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option, model_option,
     warn_random_weights,
 )
 
@@ -87,8 +87,8 @@ def eval_kshot(
     mask_root: Path | None = typer.Option(None, "--mask-root", help="Folder mask paths are relative to (default: found from --split)."),
     k: int = typer.Option(1, "--k", min=1, help="Supports drawn per group."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
-    mode: str = mode_option(),
-    model: str = model_option(),
+    mode: str | None = mode_option(),
+    model: str | None = model_option(),
     weights: str | None = WEIGHTS,
     image_size: int | None = IMAGE_SIZE,
     adapter: Path | None = ADAPTER,
@@ -96,17 +96,20 @@ def eval_kshot(
     device: str | None = DEVICE,
     csv: Path | None = typer.Option(None, "--csv", help="Also write per-seed trait/group/overall rows to this CSV."),
     quiet: bool = QUIET,
+    config_file: Path | None = config_option("reads its 'segmentation' section, command-line options override it"),
 ) -> None:
     """k-shot protocol: per seed, draw k supports per group, segment the rest with SST, score mIoU.
 
     Exit status: 0 scored, 1 some queries failed (scored as IoU 0), 2 bad input or weights.
     """
-    if mode not in MODES:
+    if mode is not None and mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
     seed_list = _seed_list(seeds)
     try:
+        seg = load_config(config_file, mode=mode, model=model, weights=weights, image_size=image_size, adapter=adapter,
+                          batch_size=batch_size, device=device).segmentation
         dataset, names = open_dataset(fmt, root=root, split=split, image_root=image_root, mask_root=mask_root)
-        tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
+        tracker = tracker_from_config(seg)
     except (DatasetFormatError, FileNotFoundError, ReferencesError, WeightsError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
@@ -116,8 +119,8 @@ def eval_kshot(
     usable = sum(r.image_path is not None for r in dataset.records)
     with tqdm(total=max(usable - k * len(dataset.groups), 0) * len(seed_list), desc="segment", unit="img", disable=quiet) as bar:
         try:
-            report = run_kshot(dataset, tracker, k=k, seeds=seed_list, mode=mode, trait_names=names,
-                               batch_size=batch_size, progress=bar.update)
+            report = run_kshot(dataset, tracker, k=k, seeds=seed_list, mode=seg.mode, trait_names=names,
+                               batch_size=seg.batch_size, progress=bar.update)
         except ValueError as exc:
             err_console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc

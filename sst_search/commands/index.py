@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import apply_overrides, load_config
 from .. import ReferencesError, Store, StoreError, WeightsError
+from ..config import load_config
 from .errors import ITEMS_FAILED, console, exit_codes, report
 from .options import (
     ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option,
@@ -31,8 +31,8 @@ def index(
     engine: str | None = typer.Option(None, "--engine", help="local | ray."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)."),
     workers: int | None = typer.Option(None, "--workers", help="Ray actors."),
-    mode: str | None = mode_option(None),
-    model: str | None = model_option(None),
+    mode: str | None = mode_option(),
+    model: str | None = model_option(),
     weights: str | None = WEIGHTS,
     adapter: str | None = ADAPTER,
     image_size: int | None = IMAGE_SIZE,
@@ -81,13 +81,13 @@ def index(
     # httpx logs every request at INFO: one line per URL image would bury the run's own lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with exit_codes(CollectionError):
-        config = apply_overrides(
-            load_config(config_file), embedder=embedder, embedder_weights=embedder_weights, engine=engine,
+        config = load_config(
+            config_file, embedder=embedder, embedder_weights=embedder_weights, engine=engine,
             ray_address=address, num_workers=workers, mode=mode, model=model, weights=weights, adapter=adapter,
             image_size=image_size, quality=quality, pixels_per_mm=pixels_per_mm, scale_column=scale_column,
             orientation=int(orientation) if orientation and orientation.isdigit() else orientation,
             mirror=mirror, orientation_by=orientation_by, query_batch=query_batch,
-            image_cache=str(image_cache) if image_cache else None, max_per_host=max_per_host,
+            image_cache=image_cache, max_per_host=max_per_host,
         )
         # The collection is read and checked before any model library is imported: a refused
         # collection (no images, duplicate ids, an unsafe archive) answers in a moment.

@@ -3,18 +3,13 @@ command names, documents and warns about the same things the same way."""
 
 from __future__ import annotations
 
-from typing import get_args
-
 import typer
 from rich.console import Console
 
-from ..config import SegmentationConfig
+from ..config import MODES, SegmentationConfig
 from ..weights import SAM2_MODELS
 
-MODES = get_args(SegmentationConfig.model_fields["mode"].annotation)
-
 WEIGHTS = typer.Option(None, "--weights", help="SAM 2 checkpoint path, or 'random' (real architecture, random init; smoke tests).")
-IMAGE_SIZE = typer.Option(None, "--image-size", help="SAM 2 input size (multiple of 32; default 1024).")
 ADAPTER = typer.Option(None, "--adapter", help="Fine-tuned adapter from `sst-search finetune`.")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 EMBEDDER_WEIGHTS = typer.Option(None, "--embedder-weights", help="Embedder checkpoint path or 'random'.")
@@ -30,12 +25,25 @@ def config_option(note: str = "command-line options override it"):
     return typer.Option(None, "--config", help=f"YAML config (see configs/default.yaml); {note}.")
 
 
-def model_option(default: str | None = "sam2.1-hiera-tiny"):
-    return typer.Option(default, "--model", help=f"SAM 2.1 model, one of: {', '.join(SAM2_MODELS)}.")
+def config_default(section: type, key: str) -> str:
+    """A setting's default as ``--help`` shows it: options default to ``None`` ("not given",
+    so a config file's value stands), the value itself lives once, in :mod:`sst_search.config`."""
+    return str(section.model_fields[key].default)
 
 
-def mode_option(default: str | None = "pairwise"):
-    return typer.Option(default, "--mode", help=f"Propagation mode: {' | '.join(MODES)}.")
+IMAGE_SIZE = typer.Option(
+    None, "--image-size",
+    help=f"SAM 2 input size (multiple of 32; default {config_default(SegmentationConfig, 'image_size')}).")
+
+
+def model_option():
+    return typer.Option(None, "--model", help=f"SAM 2.1 model, one of: {', '.join(SAM2_MODELS)}.",
+                        show_default=config_default(SegmentationConfig, "model"))
+
+
+def mode_option():
+    return typer.Option(None, "--mode", help=f"Propagation mode: {' | '.join(MODES)}.",
+                        show_default=config_default(SegmentationConfig, "mode"))
 
 
 def warn_random_weights(console: Console, consequence: str) -> None:

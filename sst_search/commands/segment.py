@@ -8,12 +8,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .. import WeightsError, build_tracker
+from .. import WeightsError, tracker_from_config
+from ..config import MODES, ORIENTATION_CRITERIA, SegmentationConfig, load_config
 from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
-from ..tracking import MODES, ORIENTATION_CRITERIA, parse_orientation
+from ..tracking import parse_orientation
 from .options import (
-    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_option, mode_option, model_option,
+    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_default, config_option, mode_option, model_option,
     warn_random_weights,
 )
 
@@ -32,10 +33,12 @@ def segment(
     image_size: int | None = IMAGE_SIZE,
     adapter: Path | None = ADAPTER,
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>.overlay.png."),
-    quality: bool = typer.Option(False, "--quality", help="Score each mask by cycle consistency (slower)."),
-    orientation: str = typer.Option("0", "--orientation", help="0 | 90 | 180 | 270: turn queries before tracking; auto: try all four per query."),
-    mirror: bool = typer.Option(False, "--mirror", help="Flip queries left-right before turning them; with auto, try both."),
-    orientation_by: str = typer.Option("object_score", "--orientation-by", help="What auto keeps: object_score | cycle (round-trip IoU, slower)."),
+    quality: bool | None = typer.Option(None, "--quality", help="Score each mask by cycle consistency (slower)."),
+    orientation: str | None = typer.Option(None, "--orientation", help="0 | 90 | 180 | 270: turn queries before tracking; auto: try all four per query.",
+                                           show_default=config_default(SegmentationConfig, "orientation")),
+    mirror: bool | None = typer.Option(None, "--mirror", help="Flip queries left-right before turning them; with auto, try both."),
+    orientation_by: str | None = typer.Option(None, "--orientation-by", help="What auto keeps: object_score | cycle (round-trip IoU, slower).",
+                                              show_default=config_default(SegmentationConfig, "orientation_by")),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Queries per image-encoder batch (default: 8 on CUDA, 1 on CPU)."),
     query_batch: int | None = typer.Option(None, "--query-batch", min=1, help="Pairwise queries per tracking call, queries x traits as one batch (default: 4 on CUDA, 1 on CPU)."),
     device: str | None = DEVICE,
@@ -44,7 +47,7 @@ def segment(
         False, "--instances", help="Find every instance instead: supports are instance references (mask k = instance k)."
     ),
     background: str = typer.Option("transparent", "--background", help="--instances cut-outs: transparent | black."),
-    config_file: Path | None = config_option("--instances reads its 'instances' section"),
+    config_file: Path | None = config_option(),
 ) -> None:
     """Track each trait of the support(s) into every query and write one label mask per query.
 
@@ -56,31 +59,36 @@ def segment(
     Exit status: 0 all queries segmented, 1 some queries failed (the rest are written),
     2 bad arguments, references or weights.
     """
+    model_settings = {"model": model, "weights": weights, "image_size": image_size, "adapter": adapter,
+                      "device": device}
     if instances:
-        _segment_instances(queries, support, support_mask, traits, out, model, weights, image_size, adapter,
-                           device, background, config_file)
+        _segment_instances(queries, support, support_mask, traits, out, config_file, model_settings, background)
         return
-    if mode not in MODES:
+    if mode is not None and mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
     try:
-        turn = parse_orientation(orientation)
+        turn = parse_orientation(orientation) if orientation is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--orientation") from exc
-    if orientation_by not in ORIENTATION_CRITERIA:
+    if orientation_by is not None and orientation_by not in ORIENTATION_CRITERIA:
         raise typer.BadParameter(f"choose one of {ORIENTATION_CRITERIA}", param_hint="--orientation-by")
     if len(support) != len(support_mask):
         raise typer.BadParameter(f"{len(support)} --support but {len(support_mask)} --support-mask")
     try:
+        seg = load_config(config_file, mode=mode, quality=quality, orientation=turn, mirror=mirror,
+                          orientation_by=orientation_by, batch_size=batch_size, query_batch=query_batch,
+                          **model_settings).segmentation
         supports = [load_support(img, msk, traits) for img, msk in zip(support, support_mask)]
         files = expand_queries(queries)
-        tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
+        tracker = tracker_from_config(seg)
     except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if tracker.weights.is_random:
         warn_random_weights(console, "masks are not meaningful (smoke test only)")
-    summary = run_segmentation(tracker, supports, files, out, mode, quality, overlay, batch_size, quiet, turn,
-                               mirror=mirror, orientation_by=orientation_by, query_batch=query_batch)
+    summary = run_segmentation(tracker, supports, files, out, seg.mode, seg.quality, overlay, seg.batch_size, quiet,
+                               seg.orientation, mirror=seg.mirror, orientation_by=seg.orientation_by,
+                               query_batch=seg.query_batch)
     counts = summary["counts"]
     console.print(f"segmented {counts['ok']}/{counts['total']} queries -> {escape(str(out))} ({escape(str(summary['seconds']))} s)")
     for stem, entry in summary["images"].items():
@@ -90,9 +98,7 @@ def segment(
         raise typer.Exit(1)
 
 
-def _segment_instances(queries, support, support_mask, traits, out, model, weights, image_size, adapter, device,
-                       background, config_file) -> None:
-    from .. import load_config
+def _segment_instances(queries, support, support_mask, traits, out, config_file, model_settings, background) -> None:
     from ..instance_export import run_instance_segmentation
     from ..builder import build_instance_finder
     from ..references import InstanceSpec, load_instance_reference, load_instance_spec
@@ -105,8 +111,8 @@ def _segment_instances(queries, support, support_mask, traits, out, model, weigh
         spec = (load_instance_spec(traits) if traits else None) or InstanceSpec(instance_of="specimen")
         refs = [load_instance_reference(img, msk, spec) for img, msk in zip(support, support_mask)]
         files = expand_queries(queries)
-        config = load_config(config_file)
-        tracker = build_tracker(model, weights, image_size=image_size, device=device, adapter=adapter)
+        config = load_config(config_file, **model_settings)
+        tracker = tracker_from_config(config.segmentation)
     except (ReferencesError, DuplicateStemError, WeightsError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc

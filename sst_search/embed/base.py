@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sst_search.errors import EmbedderError
 from sst_search.masks import bbox
-
-
-class EmbedderError(RuntimeError):
-    """An embedder could not be built (unknown name, missing weights, bad options)."""
 
 
 class NoTextTowerError(EmbedderError):

@@ -1,159 +1,143 @@
-"""Image(-text) towers from open_clip: BioCLIP, BioCLIP 2 and any CLIP model open_clip knows.
+"""Image(-text) towers from open_clip as trait embedders: BioCLIP, BioCLIP 2 and any CLIP model
+open_clip knows.
 
-Weights resolve in one place (:func:`resolve_open_clip_weights`) so every embedder records
-exactly which checkpoint produced its vectors: ``"random"`` builds the real architecture
-with random initialisation (tests, smoke runs), a path loads that file, and ``None`` takes
-the model's published weights from the Hugging Face cache, downloading them when online.
-An offline miss becomes an :class:`EmbedderError` that says what to pass instead, and it
-fails at once: the cache lookup never touches the network when ``HF_HUB_OFFLINE`` is set.
-
-Checksums: a file from the hub is checked against the sha256 the hub published for it (the
-Git LFS object id, which huggingface_hub names the cached file by), so a truncated or
-altered download is refused instead of silently producing other vectors; a model with a
-digest pinned here (:data:`PINNED_SHA256`) must match that pin as well.
+This module describes the models (:class:`OpenClipSpec`) and what their vectors depend on
+(:func:`open_clip_fingerprint`), and turns a built model into a trait embedder
+(:class:`OpenClipEmbedder`). It never finds or loads weights: :mod:`sst_search.builder`
+resolves and verifies them (:func:`sst_search.weights.resolve_open_clip_weights`), has open_clip
+build the model and hands it over, as ``open_clip.create_model`` hands a model to its callers.
+The fingerprint comes from open_clip's configs, not from a model, so an index job can plan
+with it without building one.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from sst_search.embed.base import EmbedderError, Region, TraitEmbedder, l2_normalize, masked_square_crop
-from sst_search.weights import RANDOM, sha256_file
+from sst_search.weights import ResolvedWeights, resolve_open_clip_weights
 
-BIOCLIP_HUB_ID = "imageomics/bioclip"
+if TYPE_CHECKING:
+    from open_clip import CLIP
+
 #: BioCLIP is a ViT-B/16 CLIP; its hub config equals open_clip's built-in one, so the
 #: architecture (and the default CLIP tokenizer) are available without the network.
+BIOCLIP_HUB_ID = "imageomics/bioclip"
 BIOCLIP_ARCH = "ViT-B-16"
 #: BioCLIP 2 (Gu et al. 2025, arXiv:2505.23883) continues LAION-2B's ViT-L/14 CLIP on
 #: TreeOfLife-200M: open_clip's built-in ViT-L-14 (768-dim, GELU, 224 px), the CLIP tokenizer.
 BIOCLIP2_HUB_ID = "imageomics/bioclip-2"
 BIOCLIP2_ARCH = "ViT-L-14"
-#: sha256 of a hub checkpoint known here, by hub id. Neither BioCLIP's nor BioCLIP 2's digest
-#: could be read from a public source this code was written against (the hub shows it only
-#: on the file's page), so they are not pinned: inventing one would refuse the real file.
-#: The hub's own digest is checked on every load (:func:`_verify_hub_file`), and every
-#: index records the sha256 of the weights its vectors came from.
-PINNED_SHA256: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
-class ResolvedCheckpoint:
-    path: Path | None
-    sha256: str
-    source: str
+class OpenClipSpec:
+    """One open_clip model as an embedder: the name its vectors are stored under, open_clip's
+    architecture, the pretrained tag (or ``hf-hub:`` label) the vectors are labelled with, the
+    model's name in messages, and the hub repository its published weights come from (None:
+    open_clip's pretrained tag says where)."""
 
+    name: str
+    arch: str
+    pretrained: str | None
+    label: str
+    hub_id: str | None = None
 
-def _offline() -> bool:
-    # huggingface_hub reads HF_HUB_OFFLINE once at import; read it per call instead.
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    def resolve(self, weights: str | Path | None) -> ResolvedWeights:
+        """This model's checkpoint: ``"random"``, a path, or (None) its published weights."""
+        return resolve_open_clip_weights(self.label, weights, hub_id=self.hub_id,
+                                         pretrained_tag=None if self.hub_id else self.pretrained, arch=self.arch)
 
-
-@lru_cache(maxsize=None)
-def _hub_unreachable(endpoint: str, timeout_s: float = 3.0) -> str | None:
-    """Why the Hugging Face hub cannot be reached (None when it can), asked once per process:
-    huggingface_hub would otherwise retry every file for most of a minute, logging each try."""
-    parsed = urlparse(endpoint)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
-    except OSError as exc:
-        return f"{parsed.hostname}:{port} is unreachable ({exc.strerror or type(exc).__name__})"
-    return None
-
-
-def _hub_checkpoint(repo_id: str, filename: str | None = None) -> Path:
-    from huggingface_hub import constants, hf_hub_download
-    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-    offline = _offline()
-    unreachable = None if offline else _hub_unreachable(constants.ENDPOINT)
-    offline = offline or unreachable is not None  # the cache may still hold the file
-    for name in names:
-        try:
-            return Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=offline))
-        except Exception as exc:  # noqa: BLE001 - every hub failure means "not available"
-            last = exc
-    if unreachable:
-        reason = f"not in the Hugging Face cache and {unreachable}"
-    elif offline:
-        reason = "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
-    else:
-        reason = f"{type(last).__name__}: {last}"
-    raise FileNotFoundError(f"none of {names} could be loaded ({reason})")
-
-
-def resolve_open_clip_weights(
-    label: str, weights: str | Path | None, hub_id: str | None = None, pretrained_tag: str | None = None,
-    arch: str | None = None,
-) -> ResolvedCheckpoint:
-    """Find the checkpoint for an open_clip model; see the module docstring for the rules.
-
-    ``hub_id`` follows open_clip's pretrained-config convention: ``org/repo/`` for the
-    repository's default open_clip weights file, ``org/repo/file`` for a named file.
-    """
-    if weights is not None and str(weights) == RANDOM:
-        return ResolvedCheckpoint(None, RANDOM, RANDOM)
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise EmbedderError(f"{path}: {label} checkpoint does not exist")
-        return ResolvedCheckpoint(path, sha256_file(path), str(path))
-    if hub_id is None and pretrained_tag is not None:
+    def preprocess_options(self, weights: ResolvedWeights) -> dict:
+        """``open_clip.create_model_and_transforms`` options beyond the architecture: a tag's
+        preprocessing (mean/std, interpolation) and activation are part of the trained model."""
+        if not self.pretrained or weights.is_random:
+            return {}
         import open_clip
 
-        cfg = open_clip.get_pretrained_cfg(arch, pretrained_tag)
-        if not cfg:
-            raise EmbedderError(
-                f"open_clip has no pretrained tag {pretrained_tag!r} for {arch}; "
-                f"known tags: {open_clip.list_pretrained_tags_by_model(arch)}"
-            )
-        hub_id = cfg.get("hf_hub") or None
-        url = cfg.get("url") or None
-    else:
-        url = None
-    where = f"https://huggingface.co/{hub_id.rstrip('/')}" if hub_id else url
-    try:
-        if hub_id:
-            repo_id, filename = os.path.split(hub_id)
-            path = _hub_checkpoint(repo_id, filename or None)
-        elif url and not _offline():
-            from open_clip.pretrained import download_pretrained_from_url
-
-            path = Path(download_pretrained_from_url(url))
-        else:
-            raise FileNotFoundError("offline (HF_HUB_OFFLINE is set) and the file is not cached")
-    except Exception as exc:  # noqa: BLE001
-        raise EmbedderError(
-            f"{label} weights are not available ({where}): {exc}. Download them while online "
-            f"(they are cached by huggingface_hub), or pass --embedder-weights PATH to a checkpoint "
-            f"file, or use the weight-free --embedder color-pattern (--embedder-weights random: smoke tests only)"
-        ) from None
-    digest = sha256_file(path)
-    _verify_hub_file(label, path, digest, PINNED_SHA256.get(hub_id.rstrip("/")) if hub_id else None)
-    return ResolvedCheckpoint(path, digest, where)
+        cfg = open_clip.get_pretrained_cfg(self.arch, self.pretrained) or {}
+        options = {k: cfg[k] for k in ("image_mean", "image_std", "image_interpolation", "image_resize_mode") if k in cfg}
+        options["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+        return options
 
 
-def _verify_hub_file(label: str, path: Path, digest: str, pinned: str | None) -> None:
-    """Refuse a cached hub file whose bytes are not what the hub published (its cache blob is
-    named by the LFS sha256) or not the pinned digest."""
-    published = Path(path).resolve().name
-    expected = [d for d in (pinned, published if re.fullmatch(r"[0-9a-f]{64}", published) else None) if d]
-    for want in expected:
-        if digest != want:
-            raise EmbedderError(f"{path}: {label} checkpoint has sha256 {digest}, expected {want}; the download is "
-                                "corrupt or altered: delete it from the Hugging Face cache and download it again")
+def bioclip_spec() -> OpenClipSpec:
+    return OpenClipSpec("bioclip", BIOCLIP_ARCH, f"hf-hub:{BIOCLIP_HUB_ID}", "BioCLIP", BIOCLIP_HUB_ID + "/")
+
+
+def bioclip2_spec() -> OpenClipSpec:
+    """BioCLIP 2: ViT-L/14, 768-dim vectors, text queries through its own text tower. About four
+    times BioCLIP's compute per crop (see README for CPU figures)."""
+    return OpenClipSpec("bioclip-2", BIOCLIP2_ARCH, f"hf-hub:{BIOCLIP2_HUB_ID}", "BioCLIP 2", BIOCLIP2_HUB_ID + "/")
+
+
+def clip_spec(weights: str | Path | None = None, model_name: str = "ViT-B-32", pretrained: str | None = "openai") -> OpenClipSpec:
+    """``pretrained`` names the open_clip tag whose weights ``weights=None`` loads; with an
+    explicit checkpoint or ``"random"`` it only labels the vectors (``None`` for no tag)."""
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        raise EmbedderError(f"open_clip has no model {model_name!r}; see open_clip.list_models()")
+    if weights is None and not pretrained:
+        raise EmbedderError(f"CLIP {model_name}: pass a pretrained tag, a checkpoint path or weights='random'")
+    name = f"clip-{model_name}" + (f"-{pretrained}" if pretrained else "")
+    return OpenClipSpec(name, model_name, pretrained, f"CLIP {model_name} ({pretrained or 'no tag'})")
+
+
+#: The open_clip embedders by name; each takes the weights and the options that choose the model.
+OPEN_CLIP_SPECS: dict[str, Callable[..., OpenClipSpec]] = {
+    "bioclip": lambda weights=None: bioclip_spec(),
+    "bioclip-2": lambda weights=None: bioclip2_spec(),
+    "clip": clip_spec,
+}
+
+
+def open_clip_fingerprint(spec: OpenClipSpec, weights: ResolvedWeights, image_size: int | None = None) -> dict:
+    """What produced an open_clip embedder's vectors: model, tag, weights sha256 and source, the
+    input size and the fill colour of off-trait pixels (the preprocessing mean).
+
+    Read from open_clip's configs the way ``create_model_and_transforms`` reads them for a
+    built-in architecture with a checkpoint file, so it needs no model;
+    :func:`check_fingerprint` holds a built model to it.
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    vision = open_clip.get_model_config(spec.arch)["vision_cfg"]
+    size = image_size or vision["image_size"]
+    # open_clip's ResNet tower keeps the size as given; its ViT and timm towers make it (h, w).
+    resnet = isinstance(vision.get("layers"), (list, tuple)) and not vision.get("timm_model_name")
+    mean = spec.preprocess_options(weights).get("image_mean") or PreprocessCfg.mean
+    return {
+        "embedder": spec.name,
+        "model": spec.arch,
+        "pretrained": spec.pretrained,
+        "weights": weights.sha256,
+        "weights_source": weights.source,
+        "image_size": size if resnet else [size, size] if isinstance(size, int) else list(size),
+        "fill": list(_fill(mean)),
+    }
+
+
+def check_fingerprint(fingerprint: dict, model: CLIP, preprocess) -> None:
+    """Refuse a built model whose input size or preprocessing is not what its fingerprint says
+    (an open_clip whose configs are read differently): the index would misdescribe its vectors."""
+    size = model.visual.image_size
+    built = {"image_size": list(size) if isinstance(size, tuple) else size, "fill": list(_fill(_normalize_mean(preprocess)))}
+    stated = {key: fingerprint[key] for key in built}
+    if built != stated:
+        raise EmbedderError(f"open_clip built {fingerprint['model']} with {built}, but its fingerprint says {stated}")
+
+
+def _fill(mean: Sequence[float]) -> tuple[int, ...]:
+    return tuple(int(round(255 * m)) for m in mean)
 
 
 def _normalize_mean(preprocess) -> Sequence[float]:
@@ -166,56 +150,30 @@ def _normalize_mean(preprocess) -> Sequence[float]:
 
 
 class OpenClipEmbedder(TraitEmbedder):
-    """Any open_clip model as a trait embedder: masked trait crops through the image tower."""
+    """A built open_clip model as a trait embedder: masked trait crops through the image tower,
+    text queries through the text tower."""
 
     def __init__(
         self,
-        name: str,
-        arch: str,
-        checkpoint: ResolvedCheckpoint,
-        pretrained: str | None,
-        device: str | torch.device | None = None,
-        image_size: int | None = None,
+        model: CLIP,
+        preprocess,
+        tokenizer,
+        fingerprint: dict,
+        device: torch.device,
         batch_size: int | None = None,
     ) -> None:
         import open_clip
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        kwargs: dict = {}
-        if pretrained and checkpoint.sha256 != RANDOM:
-            # A tag's preprocessing (mean/std, interpolation) and activation are part of the model.
-            cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
-            kwargs.update({k: cfg[k] for k in ("image_mean", "image_std", "image_interpolation", "image_resize_mode") if k in cfg})
-            kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch,
-                pretrained=str(checkpoint.path) if checkpoint.path else None,
-                device=self.device,
-                force_image_size=image_size,
-                pretrained_text=False,
-                **kwargs,
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise EmbedderError(f"could not build open_clip model {arch} from {checkpoint.source}: {exc}") from exc
         self.model = model.eval()
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        self.fill = tuple(int(round(255 * m)) for m in _normalize_mean(preprocess))
+        self.tokenizer = tokenizer
+        self.device = device
+        self.fill = _fill(_normalize_mean(preprocess))
         # Crops of many specimens share a forward pass; a GPU wants far larger batches than a CPU.
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
-        self.name = name
-        self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
-        self.fingerprint = {
-            "embedder": name,
-            "model": arch,
-            "pretrained": pretrained,
-            "weights": checkpoint.sha256,
-            "weights_source": checkpoint.source,
-            "image_size": list(model.visual.image_size) if isinstance(model.visual.image_size, tuple)
-            else model.visual.image_size,
-            "fill": list(self.fill),
-        }
+        self.batch_size = batch_size or (64 if device.type == "cuda" else 16)
+        self.name = fingerprint["embedder"]
+        self.dim = int(open_clip.get_model_config(fingerprint["model"])["embed_dim"])
+        self.fingerprint = fingerprint
 
     @torch.inference_mode()
     def _embed_regions(self, regions: Sequence[Region]) -> np.ndarray:
@@ -230,36 +188,3 @@ class OpenClipEmbedder(TraitEmbedder):
         vectors = l2_normalize(self.model.encode_text(tokens).float().cpu().numpy())
         return vectors[0] if isinstance(text, str) else vectors
 
-
-def build_bioclip(weights: str | Path | None = None, device=None, **opts) -> OpenClipEmbedder:
-    checkpoint = resolve_open_clip_weights("BioCLIP", weights, hub_id=BIOCLIP_HUB_ID + "/")
-    return OpenClipEmbedder("bioclip", BIOCLIP_ARCH, checkpoint, pretrained=f"hf-hub:{BIOCLIP_HUB_ID}", device=device, **opts)
-
-
-def build_bioclip2(weights: str | Path | None = None, device=None, **opts) -> OpenClipEmbedder:
-    """BioCLIP 2: ViT-L/14, 768-dim vectors, text queries through its own text tower. About four
-    times BioCLIP's compute per crop (see README for CPU figures)."""
-    checkpoint = resolve_open_clip_weights("BioCLIP 2", weights, hub_id=BIOCLIP2_HUB_ID + "/")
-    return OpenClipEmbedder("bioclip-2", BIOCLIP2_ARCH, checkpoint, pretrained=f"hf-hub:{BIOCLIP2_HUB_ID}",
-                            device=device, **opts)
-
-
-def build_clip(
-    weights: str | Path | None = None,
-    device=None,
-    model_name: str = "ViT-B-32",
-    pretrained: str | None = "openai",
-    **opts,
-) -> OpenClipEmbedder:
-    """``pretrained`` names the open_clip tag whose weights ``weights=None`` loads; with an
-    explicit checkpoint or ``"random"`` it only labels the vectors (``None`` for no tag)."""
-    import open_clip
-
-    if model_name not in open_clip.list_models():
-        raise EmbedderError(f"open_clip has no model {model_name!r}; see open_clip.list_models()")
-    if weights is None and not pretrained:
-        raise EmbedderError(f"CLIP {model_name}: pass a pretrained tag, a checkpoint path or weights='random'")
-    label = f"CLIP {model_name} ({pretrained or 'no tag'})"
-    checkpoint = resolve_open_clip_weights(label, weights, pretrained_tag=pretrained, arch=model_name)
-    name = f"clip-{model_name}" + (f"-{pretrained}" if pretrained else "")
-    return OpenClipEmbedder(name, model_name, checkpoint, pretrained, device=device, **opts)

@@ -9,8 +9,9 @@ from .adapter import (
     load_adapter,
     save_adapter,
 )
+from ..config import FinetuneConfig
 from .roundtrip import RoundTrip, cycle_loss, round_trip
-from .train import FinetuneConfig, FinetuneResult, finetune
+from .train import FinetuneResult, finetune
 
 __all__ = [
     "AdapterError",

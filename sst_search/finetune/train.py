@@ -11,44 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms import v2
 
+from ..config import FinetuneConfig
 from ..references import Support
 from ..sam2_predictor import autocast
 from .adapter import prepare_trainable
 from .roundtrip import cycle_loss, encode_backbone, frame_features, resize_masks, round_trip
-
-#: Learning rates that suit each kind when none is given: full fine-tuning moves pretrained
-#: weights directly and needs far smaller steps than a zero-initialised LoRA delta.
-DEFAULT_LR = {"lora": 5e-4, "full": 2e-5}
-
-
-class FinetuneConfig(BaseModel):
-    """Everything that shapes the trained adapter; it is stored inside the adapter file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["lora", "full"] = "lora"
-    steps: int = Field(200, ge=1)
-    lr: float | None = Field(None, gt=0, description="default depends on kind (DEFAULT_LR)")
-    weight_decay: float = Field(0.01, ge=0)
-    lora_rank: int = Field(4, ge=1)
-    lora_alpha: float | None = Field(None, gt=0, description="default: the rank (scale 1)")
-    grad_clip: float = Field(1.0, gt=0)
-    iou_weight: float = Field(1.0, ge=0)
-    object_weight: float = Field(1.0, ge=0)
-    augment: bool = True
-    seed: int = Field(0, ge=0)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.kind]
 
 
 @dataclass
