@@ -336,20 +336,24 @@ class Store(Catalog):
             self._exec(REAPPLY_CORRECTIONS)
             if measurements is not None:
                 self._exec(_MEASUREMENT_INSERT)
+            # Every index's rows go in together, VECTOR_CHUNK rows per statement: a batch of a few
+            # specimens pays one insert, not one per trait.
+            chunks, rows = [], 0
             for key, (vids, matrix) in vectors.items():
                 for start in range(0, len(vids), VECTOR_CHUNK):
                     part = slice(start, start + VECTOR_CHUNK)
                     flat = pa.array(matrix[part].ravel())
-                    chunk = pa.table({
+                    chunks.append(pa.table({
                         "embedder": pa.array([key[0]] * len(vids[part])), "trait_name": pa.array([key[1]] * len(vids[part])),
                         "specimen_id": vids[part], "faiss_id": vids[part],
                         "vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32())),
-                    })
-                    self.con.register("_new_vectors", chunk)
-                    try:
-                        self._insert("vectors", "_new_vectors", ("embedder", "trait_name", "specimen_id", "faiss_id", "vector"))
-                    finally:
-                        self.con.unregister("_new_vectors")
+                    }))
+                    rows += len(chunks[-1])
+                    if rows >= VECTOR_CHUNK:
+                        self._insert_vectors(chunks)
+                        chunks, rows = [], 0
+            if chunks:
+                self._insert_vectors(chunks)
             generations = self._bump(touched, {k: m.shape[1] for k, (_, m) in vectors.items()})
         self._apply(touched, ids, vectors, generations)
 
@@ -672,6 +676,13 @@ class Store(Catalog):
         cols = ", ".join(columns)
         self._exec(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} ({cols}) SELECT {cols} FROM {source}")
 
+    def _insert_vectors(self, chunks: list[pa.Table]) -> None:
+        self.con.register("_new_vectors", pa.concat_tables(chunks))
+        try:
+            self._insert("vectors", "_new_vectors", ("embedder", "trait_name", "specimen_id", "faiss_id", "vector"))
+        finally:
+            self.con.unregister("_new_vectors")
+
     def _transaction(self, tables: Mapping[str, pa.Table]):
         store = self
 
@@ -696,11 +707,13 @@ class Store(Catalog):
             self._exec(f"DELETE FROM {table} WHERE specimen_id IN (SELECT specimen_id FROM _ids)")
 
     def _bump(self, keys: Iterable[IndexKey], dims: Mapping[IndexKey, int]) -> dict[IndexKey, int]:
-        for key in keys:
+        """One statement for all ``keys``: an upsert's fixed cost is most of a small batch's write."""
+        keys = sorted(keys)
+        if keys:
             self._exec(
-                "INSERT INTO index_state VALUES (?, ?, 1, ?) "
+                f"INSERT INTO index_state VALUES {', '.join(['(?, ?, 1, ?)'] * len(keys))} "
                 "ON CONFLICT (embedder, trait_name) DO UPDATE SET generation = index_state.generation + 1",
-                [*key, dims.get(key, 0)],
+                [v for key in keys for v in (*key, dims.get(key, 0))],
             )
         return self._generations()
 
@@ -713,12 +726,18 @@ class Store(Catalog):
     ) -> None:
         """Bring the cached indexes to the just-committed generations (see :meth:`IndexCache.apply`)."""
         removed = np.asarray(removed_ids, dtype=np.int64)
+        touched = sorted(touched)
+        if not touched:
+            return
         dims = self._dims()
+        counts = dict.fromkeys(touched, 0)
+        counts.update({(e, t): n for e, t, n in self.con.execute(  # one query for every index of the batch
+            "SELECT embedder, trait_name, count(*) FROM vectors WHERE (embedder, trait_name) IN "
+            f"({', '.join(['(?, ?)'] * len(touched))}) GROUP BY embedder, trait_name",
+            [v for key in touched for v in key],
+        ).fetchall()})
         for key in touched:
-            count = self.con.execute(
-                "SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)
-            ).fetchall()[0][0]
-            self.index_cache.apply(key, generations[key], count, dims[key], removed,
+            self.index_cache.apply(key, generations[key], counts[key], dims[key], removed,
                                    added.get(key, (np.zeros(0, np.int64), None)))
 
 
