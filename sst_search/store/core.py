@@ -336,7 +336,7 @@ class Store(Catalog):
             self._exec(REAPPLY_CORRECTIONS)
             if measurements is not None:
                 self._exec(_MEASUREMENT_INSERT)
-            # Every index's rows go in together, VECTOR_CHUNK rows per statement: a batch of a few
+            # Every index's rows go in together, flushed once VECTOR_CHUNK rows are held: a batch of a few
             # specimens pays one insert, not one per trait.
             chunks, rows = [], 0
             for key, (vids, matrix) in vectors.items():
