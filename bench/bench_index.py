@@ -18,6 +18,9 @@ segmenting; near 100% the model never waits for the CPU stages, and then
 ``non-model (serial) / cores`` is the CPU's share per image (printed as ``non-model / core``).
 ``--masks`` indexes the ground-truth masks instead of segmenting (no SAM 2, and with the
 colour embedder no model at all): then every row's wall time per image is non-model cost.
+``cpu`` is the process's CPU time per image (all its threads): on a machine other jobs load,
+wall times include waiting for a core, so compare ``cpu`` between runs there (in a serial
+``--masks`` row with the colour embedder it is the non-model cost on one core).
 
     python bench/bench_index.py [--image-size 1024] [--species 3] [--per-species 8] [--size 192x256]
         [--embedder color-pattern|bioclip|clip] [--device cpu|cuda] [--workers N] [--ray N]
@@ -142,7 +145,7 @@ def main() -> None:
           f"weights random (cost does not depend on weight values){', ground-truth masks (no SAM 2)' if args.masks else ''}")
     print(f"collection: {n} synthetic images of {h}x{w} px; cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, "
           f"pipeline threads {threads}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'row':<14}{'wall s':>8}{'img/s':>8}{'model':>8}{'non-model':>10}{'busy':>6}   per image: "
+    print(f"{'row':<14}{'wall s':>8}{'img/s':>8}{'model':>8}{'non-model':>10}{'busy':>6}{'cpu':>7}   per image: "
           + "  ".join(STAGES) + "   (ms per image; stage times summed over threads)")
     rows = [r for r in args.rows.split(",") if r] + (["ray"] if args.ray else [])
     serial_non_model = None
@@ -158,16 +161,16 @@ def main() -> None:
                 torch.set_num_threads(1)  # one core: what every other stage costs per image per core
             local = row != "ray"
             with clocked(tracker if local else None, embedder if local else None, device) as clock:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 summary = run_index(coll.manifest, coll.references, work / f"{row}{rep}.duckdb", config, quiet=True,
                                     masks=coll.ground_truth if args.masks else None,
                                     tracker=tracker if local else None, embedder=embedder if local else None)
-                wall = time.perf_counter() - started
+                wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
             torch.set_num_threads(torch_threads)
             assert summary.counts["indexed"] == n, summary.counts
             if best is None or wall < best[0]:
-                best = (wall, clock.seconds, summary.timings)
-        wall, model, timings = best
+                best = (wall, clock.seconds, summary.timings, cpu)
+        wall, model, timings, cpu = best
         ms = lambda seconds: f"{1000 * seconds / n:.1f}"  # noqa: E731
         label, model_col, non_model, busy = "serial x1", ms(model), ms(wall - model), "-"
         if row == "serial":
@@ -178,7 +181,8 @@ def main() -> None:
             non_model = ms(serial_non_model / threads) + "/c" if serial_non_model is not None and row != "ray" else "-"
             busy = f"{timings.get('segment', 0.0) / wall:.0%}" if row != "ray" and not args.masks else "-"
         stages = "  ".join(f"{k} {ms(timings.get(k, 0.0))}" for k in STAGES)
-        print(f"{label:<14}{wall:>8.2f}{n / wall:>8.1f}{model_col:>8}{non_model:>10}{busy:>6}   {stages}")
+        cpu_col = ms(cpu) if row != "ray" else "-"  # Ray actors are other processes
+        print(f"{label:<14}{wall:>8.2f}{n / wall:>8.1f}{model_col:>8}{non_model:>10}{busy:>6}{cpu_col:>7}   {stages}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -160,7 +160,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "CMYK":
         # PIL's CMYK->RGB ignores ICC profiles; Adobe JPEGs store inverted CMYK, handled by PIL.
         img = img.convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def load_image(path: str | Path, data: bytes | None = None, formats: tuple[str, ...] = IMAGE_FORMATS,
@@ -174,10 +174,10 @@ def load_image(path: str | Path, data: bytes | None = None, formats: tuple[str, 
     """
     img = _open(path, data, formats, max_pixels)
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: otherwise a copy of every pixel
     except Exception:  # a malformed EXIF block should not lose the pixels
         pass
-    return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+    return np.array(_to_rgb(img), dtype=np.uint8)  # writable: Pillow's array view is read-only
 
 
 def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ def logits_to_label_map(
     best, idx = up.max(dim=0)
     lut = torch.tensor(trait_ids, dtype=torch.uint8, device=idx.device)
     labels = torch.where(best > 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
-    return labels.cpu().numpy().astype(np.uint8)
+    return labels.cpu().numpy()  # uint8 already: one download, no host copy per query
 
 
 def decision_margin(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

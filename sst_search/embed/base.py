@@ -65,6 +65,18 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def crop_box(mask: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the mask's bounding box grown by ``margin`` of its longer side
+    (at least 2 px), within the image; what :func:`masked_square_crop` cuts."""
+    box = bbox(mask)
+    if box is None:
+        raise ValueError("cannot crop an empty region")
+    x0, y0, x1, y1 = box
+    pad = max(2, int(round(margin * max(x1 - x0, y1 - y0))))
+    h, w = mask.shape
+    return max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+
+
 def masked_square_crop(
     image: np.ndarray, mask: np.ndarray | None, fill: tuple[int, int, int], margin: float = 0.1
 ) -> np.ndarray:
@@ -78,13 +90,7 @@ def masked_square_crop(
     if mask is None:
         crop = image
     else:
-        box = bbox(mask)
-        if box is None:
-            raise ValueError("cannot crop an empty region")
-        x0, y0, x1, y1 = box
-        pad = max(2, int(round(margin * max(x1 - x0, y1 - y0))))
-        h, w = mask.shape
-        x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+        x0, y0, x1, y1 = crop_box(mask, margin)
         crop = image[y0:y1, x0:x1].copy()
         crop[~mask[y0:y1, x0:x1]] = fill
     h, w = crop.shape[:2]

@@ -55,7 +55,7 @@ class ColorPatternEmbedder(TraitEmbedder):
         values = np.arange(256)
         self._bin_lut = np.stack([
             (values * l_bins // 256) * ab_bins * ab_bins, (values * ab_bins // 256) * ab_bins, values * ab_bins // 256,
-        ])
+        ]).astype(np.min_scalar_type(l_bins * ab_bins * ab_bins - 1))  # narrow: look-ups move less memory
         self.batch_size = batch_size
         self.name = "color-pattern"
         self.dim = l_bins * ab_bins * ab_bins + grid * grid * 4
@@ -70,10 +70,14 @@ class ColorPatternEmbedder(TraitEmbedder):
             "hist_weight": hist_weight,
         }
 
-    def _histogram(self, lab_pixels: np.ndarray) -> np.ndarray:
-        # One look-up table per channel maps an 8-bit value to its bin's share of the joint index.
-        flat = self._bin_lut[0][lab_pixels[:, 0]] + self._bin_lut[1][lab_pixels[:, 1]] + self._bin_lut[2][lab_pixels[:, 2]]
-        hist = np.bincount(flat, minlength=self.l_bins * self.ab_bins * self.ab_bins).astype(np.float64)
+    def _bin_codes(self, lab: np.ndarray) -> np.ndarray:
+        """Each pixel's joint histogram bin: one look-up table per channel maps an 8-bit value
+        to its bin's share of the joint index. Computed once per image; each region then only
+        selects its pixels' codes."""
+        return sum(np.take(self._bin_lut[i], lab[..., i]) for i in range(3))
+
+    def _histogram(self, codes: np.ndarray) -> np.ndarray:
+        hist = np.bincount(codes, minlength=self.l_bins * self.ab_bins * self.ab_bins).astype(np.float64)
         return np.sqrt(hist / hist.sum())
 
     def _layout(self, lab: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -88,14 +92,15 @@ class ColorPatternEmbedder(TraitEmbedder):
         rx = np.linspace(x0, x1, self.grid + 1).round().astype(int)
         if mask is not None and (np.diff(ry).min() < 1 or np.diff(rx).min() < 1):
             return self._layout_thin(lab, mask, ry, rx)
-        # Cells tile the box: per-cell sums are two reductions over row and column bands.
-        values = lab[y0:y1, x0:x1].astype(np.float64)
+        # Cells tile the box: per-cell sums are four look-ups in an integral image. The sums
+        # are integers, exact in float64, so they equal summing the cells' pixels one by one.
+        values = lab[y0:y1, x0:x1]
         if mask is None:
             counts = np.outer(np.diff(ry), np.diff(rx)).astype(np.float64)
         else:
-            inside = mask[y0:y1, x0:x1]
-            values *= inside[..., None]
-            counts = _cell_sums(inside.astype(np.float64), ry - y0, rx - x0)
+            inside = np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8)
+            values = values * inside[..., None]
+            counts = _cell_sums(inside, ry - y0, rx - x0)
         sums = _cell_sums(values, ry - y0, rx - x0)
         sizes = np.outer(np.diff(ry), np.diff(rx))
         cells = np.zeros((self.grid, self.grid, 4))
@@ -120,27 +125,34 @@ class ColorPatternEmbedder(TraitEmbedder):
                     cells[i, j, 3] = n / cell_mask.size
         return cells.ravel()
 
-    def describe(self, region: Region, lab: np.ndarray | None = None) -> np.ndarray:
+    def describe(self, region: Region, lab: np.ndarray | None = None, codes: np.ndarray | None = None) -> np.ndarray:
         """The unit descriptor of one region (see the module docstring for its layout);
-        ``lab`` is the region's image in OpenCV 8-bit Lab when the caller already has it."""
+        ``lab`` is the region's image in OpenCV 8-bit Lab and ``codes`` its pixels' histogram
+        bins (:meth:`_bin_codes`) when the caller already has them."""
         if lab is None:
             lab = cv2.cvtColor(region.image, cv2.COLOR_RGB2Lab)
+        if codes is None:
+            codes = self._bin_codes(lab)
         mask = region.mask
         if mask is not None and not mask.any():
             raise ValueError("cannot describe an empty region")
-        hist = l2_normalize(self._histogram(lab.reshape(-1, 3) if mask is None else lab[mask]))
+        hist = l2_normalize(self._histogram(codes.ravel() if mask is None else codes[mask]))
         layout = l2_normalize(self._layout(lab, mask))
         return np.concatenate([np.sqrt(self.hist_weight) * hist, np.sqrt(1.0 - self.hist_weight) * layout])
 
     def _embed_regions(self, regions: Sequence[Region]) -> np.ndarray:
-        # A specimen's regions share its image: convert it to Lab once, not once per trait.
-        labs: dict[int, np.ndarray] = {}
+        # A specimen's regions share its image: convert it to Lab and bin it once, not once per trait.
+        prepared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for r in regions:
-            if id(r.image) not in labs:
-                labs[id(r.image)] = cv2.cvtColor(r.image, cv2.COLOR_RGB2Lab)
-        return np.stack([self.describe(r, labs[id(r.image)]) for r in regions])
+            if id(r.image) not in prepared:
+                lab = cv2.cvtColor(r.image, cv2.COLOR_RGB2Lab)
+                prepared[id(r.image)] = (lab, self._bin_codes(lab))
+        return np.stack([self.describe(r, *prepared[id(r.image)]) for r in regions])
 
 
 def _cell_sums(values: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
-    """Sums of ``values`` over the cells cut by row bounds ``ry`` and column bounds ``rx``."""
-    return np.add.reduceat(np.add.reduceat(values, ry[:-1], axis=0), rx[:-1], axis=1)
+    """Sums of ``values`` (uint8, one or three channels) over the cells cut by row bounds
+    ``ry`` and column bounds ``rx``, from its integral image (float64: exact for any image
+    size a decoder accepts)."""
+    corners = cv2.integral(values, sdepth=cv2.CV_64F)[np.ix_(ry, rx)]
+    return corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]

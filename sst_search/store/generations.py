@@ -33,11 +33,12 @@ def keys_of_registered_ids(con: duckdb.DuckDBPyConnection) -> set[IndexKey]:
 def bump(store: Store, keys: Iterable[IndexKey], dims: Mapping[IndexKey, int]) -> dict[IndexKey, int]:
     """Inside a transaction: a new generation for each of ``keys`` (created at dimension
     ``dims[key]`` when new); returns every index's generation."""
-    for key in keys:
+    keys = sorted(keys)
+    if keys:  # one statement for all keys: an upsert's fixed cost is most of a small batch's write
         store.connection.execute(
-            "INSERT INTO index_state VALUES (?, ?, 1, ?) "
+            f"INSERT INTO index_state VALUES {', '.join(['(?, ?, 1, ?)'] * len(keys))} "
             "ON CONFLICT (embedder, trait_name) DO UPDATE SET generation = index_state.generation + 1",
-            [*key, dims.get(key, 0)],
+            [v for key in keys for v in (*key, dims.get(key, 0))],
         )
     return store.generations()
 
@@ -52,10 +53,16 @@ def apply_committed(
     """After the commit: bring the cached indexes to the just-committed ``generations``,
     removing ``removed_ids`` and adding ``added`` (see :meth:`IndexCache.apply`)."""
     removed = np.asarray(removed_ids, dtype=np.int64)
+    touched = sorted(touched)
+    if not touched:
+        return
     dims = store.index_dims()
+    counts = dict.fromkeys(touched, 0)
+    counts.update({(e, t): n for e, t, n in store.con.execute(  # one query for every index of the batch
+        "SELECT embedder, trait_name, count(*) FROM vectors WHERE (embedder, trait_name) IN "
+        f"({', '.join(['(?, ?)'] * len(touched))}) GROUP BY embedder, trait_name",
+        [v for key in touched for v in key],
+    ).fetchall()})
     for key in touched:
-        count = store.con.execute(
-            "SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)
-        ).fetchall()[0][0]
-        store.index_cache.apply(key, generations[key], count, dims[key], removed,
+        store.index_cache.apply(key, generations[key], counts[key], dims[key], removed,
                                 added.get(key, (np.zeros(0, np.int64), None)))
