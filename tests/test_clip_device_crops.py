@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sst_search.embed import create_embedder
+from sst_search.builder import create_embedder
 from sst_search.embed.base import Region, masked_square_crop
 
 
