@@ -86,8 +86,7 @@ BOX_JS = """n => {
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   const area = gd.querySelector('.nsewdrag').getBoundingClientRect();
   const px = [], py = [];
-  const t = gd._fullData[0];  // every point is in the first trace; the others are legend entries
-  for (let i = 0; i < t.x.length; i++) { px.push(xa.l2p(t.x[i])); py.push(ya.l2p(t.y[i])); }
+  for (const t of gd._fullData) { for (let i = 0; i < t.x.length; i++) { px.push(xa.l2p(t.x[i])); py.push(ya.l2p(t.y[i])); } }
   const cx = area.width / 2, cy = area.height / 2;
   const d = px.map((x, i) => (x - cx) ** 2 + (py[i] - cy) ** 2);
   const r = Math.sqrt(Float64Array.from(d).sort()[Math.min(n, d.length) - 1]) * Math.sqrt(Math.PI) / 2;
@@ -149,7 +148,7 @@ def time_page(db: Path, n: int, lasso: int, timeout_ms: int) -> None:
             started = time.perf_counter()
             page.wait_for_function(
                 "n => { const gd = document.querySelector('.js-plotly-plot');"
-                " return gd && gd._fullData && gd._fullData.length && gd._fullData[0].x.length === n"
+                " return gd && gd._fullData && gd._fullData.reduce((s, t) => s + t.x.length, 0) === n"
                 " && gd.querySelector('canvas'); }", arg=n, polling=50)
             page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
             print(f"map page shows {n} points: {time.perf_counter() - started:.2f} s", flush=True)

@@ -118,45 +118,42 @@ HIT_RING, QUERY_DISC = 7, 10
 
 
 def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", highlight: dict | None = None):
-    """A plotly figure of the map: every point in ONE WebGL (``Scattergl``) trace, so a
-    selection's point indices are table rows (no per-point lookup); coordinates and colours
-    travel as compact typed arrays (float32, uint8 category codes), and categories get a
-    legend of marker-only entries. ``highlight``: ``{"query": id or None, "hits": [ids]}``,
-    drawn as rings and a disc that a lasso does not select (a search result on the map)."""
+    """``(figure, rows)``: a plotly figure of the map, one WebGL (``Scattergl``) trace per category
+    in one flat colour (a per-point colour array costs the browser seconds at 100,000 points),
+    or one trace with a colour scale for numbers; and for each trace the table rows its points
+    are, in order (a selection names points by trace and position). Coordinates travel as
+    float32 typed arrays; hover labels only up to :data:`HOVER_MAX` points. ``highlight``:
+    ``{"query": id or None, "hits": [ids]}``, drawn as rings and a disc that a lasso does not
+    select (a search result on the map)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    rows_per_trace: list[np.ndarray] = []
+    labelled = len(table) <= HOVER_MAX
+    label = (table["catalogNumber"].fillna(table["specimen_id"].astype(str)) + "<br>"
+             + table["group"].fillna("").astype(str)).to_numpy() if labelled else None
+    x, y = table["x"].to_numpy(np.float32), table["y"].to_numpy(np.float32)
+
+    def add(rows: np.ndarray, name: str, marker: dict) -> None:
+        hover = {"text": label[rows], "hovertemplate": "%{text}<extra></extra>"} if labelled else {"hoverinfo": "none"}
+        fig.add_trace(go.Scattergl(x=x[rows], y=y[rows], mode="markers", name=name, marker=marker, **hover))
+        rows_per_trace.append(rows)
+
     values = table[color_by] if color_by in table else pd.Series([None] * len(table))
     if is_numeric(values):
-        marker = {"color": values.to_numpy(np.float32), "colorscale": "Viridis", "showscale": True,
-                  "colorbar": {"title": color_by}}
-        legend: list[tuple[str, tuple[int, int, int]]] = []
+        add(np.arange(len(table)), color_by, {"size": 6, "color": values.to_numpy(np.float32), "colorscale": "Viridis",
+                                              "showscale": True, "colorbar": {"title": color_by}})
     else:
         names = categories(values)
         codes = pd.Categorical(values.astype(str).where(values.notna(), None), categories=names).codes
-        codes = np.where(codes < 0, len(names), codes).astype(np.uint8)
-        colors = [f"rgb{tuple(PALETTE[i])}" for i in range(len(names))] + [f"rgb{tuple(PALETTE[-1])}"]
-        steps = len(colors)  # a colour scale of flat steps: code i sits in the middle of step i
-        scale = [stop for i, c in enumerate(colors) for stop in ([i / steps, c], [(i + 1) / steps, c])]
-        marker = {"color": codes, "colorscale": scale, "cmin": -0.5, "cmax": steps - 0.5, "showscale": False}
-        legend = [(name, PALETTE[i]) for i, name in enumerate(names)]
-        if (codes == len(names)).any():
-            legend.append(("other / none", PALETTE[-1]))
-    if len(table) <= HOVER_MAX:
-        label = (table["catalogNumber"].fillna(table["specimen_id"].astype(str)) + "<br>"
-                 + table["group"].fillna("").astype(str)).to_numpy()
-        hover = {"text": label, "hovertemplate": "%{text}<extra></extra>"}
-    else:
-        hover = {"hoverinfo": "none"}
-    fig.add_trace(go.Scattergl(x=table["x"].to_numpy(np.float32), y=table["y"].to_numpy(np.float32), mode="markers",
-                               marker={"size": 6, **marker}, showlegend=False, name=color_by, **hover))
-    for name, rgb in legend:  # entries only: hiding one would need a trace per category
-        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=name, marker={"size": 6, "color": f"rgb{tuple(rgb)}"}))
+        for code, name in [*enumerate(names), (-1, "other / none")]:
+            rows = np.flatnonzero(codes == code)
+            if len(rows):
+                add(rows, name, {"size": 6, "color": f"rgb{tuple(PALETTE[code])}"})
     fig.update_layout(title=title, dragmode="zoom", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
-                      legend={"itemsizing": "constant", "itemclick": False, "itemdoubleclick": False},
-                      shapes=highlight_shapes(table, highlight))
-    return fig
+                      legend={"itemsizing": "constant"}, shapes=highlight_shapes(table, highlight))
+    return fig, rows_per_trace
 
 
 def highlight_shapes(table: pd.DataFrame, highlight: dict | None) -> list[dict]:
@@ -178,10 +175,12 @@ def highlight_shapes(table: pd.DataFrame, highlight: dict | None) -> list[dict]:
                for r in query])
 
 
-def selected_rows(point_indices: list[int], n: int) -> np.ndarray:
-    """Table rows of a plotly selection's point indices (the map is one trace), each once."""
-    rows = np.unique(np.asarray(point_indices, np.int64))
-    return rows[(rows >= 0) & (rows < n)]
+def selected_rows(points: list[dict], rows_per_trace: list[np.ndarray]) -> np.ndarray:
+    """Table rows of the points of a plotly selection (``curve_number``, ``point_index``), each once."""
+    pairs = np.array([(p.get("curve_number", -1), p.get("point_index", -1)) for p in points], np.int64).reshape(-1, 2)
+    found = [rows[pairs[(pairs[:, 0] == curve) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(rows)), 1]]
+             for curve, rows in enumerate(rows_per_trace)]
+    return np.unique(np.concatenate([np.zeros(0, np.int64), *found]))
 
 
 def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str = "") -> None:
@@ -193,7 +192,7 @@ def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str
         if not ok:
             raise OSError(f"{out}: could not write the picture")
     elif suffix == ".html":
-        map_figure(table, color_by, title).write_html(out, include_plotlyjs=True)
+        map_figure(table, color_by, title)[0].write_html(out, include_plotlyjs=True)
     elif suffix == ".parquet":
         table.to_parquet(out, index=False)
     elif suffix == ".csv":

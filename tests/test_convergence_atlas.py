@@ -113,9 +113,9 @@ def test_map_page_shows_a_search_result_on_the_map(mimic_db, monkeypatch):
     at.selectbox(key="map_trait").set_value(TRAIT).run()
     assert not at.exception, at.exception
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    points = spec["data"][0]  # every map point, as a typed array; shapes mark the result
-    x = np.frombuffer(base64.b64decode(points["x"]["bdata"]), points["x"]["dtype"])
-    assert len(x) == len(tmap) and len(spec["data"]) > 1  # and legend entries after it
+    # every map point, in float32 typed arrays (one trace per group); shapes mark the result
+    x = [np.frombuffer(base64.b64decode(t["x"]["bdata"]), t["x"]["dtype"]) for t in spec["data"]]
+    assert sum(map(len, x)) == len(tmap) and all(column.dtype == np.float32 for column in x)
     shapes = spec["layout"]["shapes"]
     hits = tmap.xy[np.isin(tmap.ids, [r.specimen_id for r in results])]
     assert sorted(s["xanchor"] for s in shapes if s["name"] == "hit") == pytest.approx(sorted(hits[:, 0]))

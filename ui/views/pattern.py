@@ -42,7 +42,8 @@ def _table(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _figure(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by: str, title: str,
             highlight: dict | None):
-    """The figure, built once per map, colouring and highlight: a lasso's rerun only reads the selection."""
+    """The figure and its rows per trace, built once per map, colouring and highlight: a lasso's
+    rerun only reads the selection."""
     return map_figure(_table(_engine, key, embedder, trait, color_by), color_by, title, highlight)
 
 
@@ -166,13 +167,13 @@ def _map_view(engine: SearchEngine, tmap: TraitMap, embedder: str, trait: str) -
     table = _table(engine, key, embedder, trait, color_by)
     highlight = _highlight(trait)
     title = f"{trait_label(trait)}: {len(table):,} specimens ({tmap.method}, seed {tmap.seed})"
-    figure = _figure(engine, key, embedder, trait, color_by, title, highlight)
+    figure, rows_per_trace = _figure(engine, key, embedder, trait, color_by, title, highlight)
     left, right = st.columns([4, 1])
     with left:
         event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
                                 key=f"map-chart-{embedder}-{trait}-{color_by}", config={"displaylogo": False})
     selection = event.selection if event else None
-    rows = selected_rows(selection.point_indices, len(table)) if selection else np.zeros(0, np.int64)
+    rows = selected_rows(selection.points, rows_per_trace) if selection else np.zeros(0, np.int64)
     dragged = bool(selection and (selection.box or selection.lasso))
     with right:
         st.caption("Click a point to see it. To collect specimens, pick Lasso or Box Select in the chart's "
