@@ -12,6 +12,7 @@ centre) and the time from releasing the mouse until the page names the selection
 gallery images have loaded.
 
     python bench/bench_map.py --n 20000 --browser        # a quick check
+    python bench/bench_map.py --n 100000 --methods "" --browser --store /tmp/bench-map   # the page only, store kept
     nice python bench/bench_map.py --n 100000,1000000 --browser   # the figures in bench/README.md
 
 Wall times are only comparable on an otherwise idle machine; the load average is printed.
@@ -93,84 +94,103 @@ BOX_JS = """n => {
 }"""
 
 
-def bench_browser(n: int, dim: int, method: str, lasso: int, timeout_ms: int = 600_000) -> None:
-    from playwright.sync_api import sync_playwright
-
+def build_browser_store(db: Path, n: int, dim: int, method: str) -> None:
+    """A published store of ``n`` specimens with a ``method`` map of the bench trait."""
     from sst_search.pattern_map import build_map
     from sst_search.store import Store
     from sst_search.store.snapshots import publish_snapshot
 
+    vectors, labels = clustered_vectors(n, dim, CLUSTERS, 0.6, seed=1)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    groups = pa.array([f"species-{c % 40:02d}" for c in range(CLUSTERS)]).take(pa.array(labels))
+    t = time.perf_counter()
+    build_store(db, IndexConfig(), ids, vectors, groups, repeated("Finca La Esperanza", n), repeated("2001-01-01", n))
+    del vectors
+    with Store.open(db) as store:
+        build_map(store, EMBEDDER, TRAIT, method)
+    publish_snapshot(db)
+    print(f"store + map + publish {time.perf_counter() - t:.0f} s ({load()})")
+
+
+def bench_browser(n: int, dim: int, method: str, lasso: int, store_dir: Path | None = None,
+                  timeout_ms: int = 600_000) -> None:
+    """Time the Map page on a store of ``n`` points: built in a temporary folder, or once in
+    ``store_dir`` and reused by later runs (the build dominates a run's wall time)."""
+    print(f"\nbrowser, {n} points ({method})")
     with tempfile.TemporaryDirectory(prefix="bench-map-") as work:
-        db = Path(work) / "bench.duckdb"
-        vectors, labels = clustered_vectors(n, dim, CLUSTERS, 0.6, seed=1)
-        ids = np.arange(1, n + 1, dtype=np.int64)
-        groups = pa.array([f"species-{c % 40:02d}" for c in range(CLUSTERS)]).take(pa.array(labels))
-        t = time.perf_counter()
-        build_store(db, IndexConfig(), ids, vectors, groups, repeated("Finca La Esperanza", n), repeated("2001-01-01", n))
-        del vectors
-        with Store.open(db) as store:
-            build_map(store, EMBEDDER, TRAIT, method)
-        publish_snapshot(db)
-        print(f"\nbrowser, {n} points ({method}); store + map + publish {time.perf_counter() - t:.0f} s ({load()})")
-        port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "sst_search.cli", "ui", "--db", str(db), "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1400, "height": 1400})
-                page.set_default_timeout(timeout_ms)
-                for _ in range(120):
-                    try:
-                        page.goto(f"http://127.0.0.1:{port}/?page=map")
-                        break
-                    except Exception:  # the server is still starting
-                        time.sleep(1)
-                page.get_by_role("heading", name="Map").wait_for()
-                page.get_by_text("Colour by").wait_for()  # the page's controls are up; the map is read next
-                page.reload()  # time a fresh session on a warm server: what a second curator sees
-                started = time.perf_counter()
-                page.wait_for_function(
-                    "n => { const gd = document.querySelector('.js-plotly-plot');"
-                    " return gd && gd._fullData && gd._fullData.reduce((s, t) => s + t.x.length, 0) === n"
-                    " && gd.querySelector('canvas'); }", arg=n, polling=50)
-                page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-                print(f"map page shows {n} points: {time.perf_counter() - started:.2f} s", flush=True)
-                box = page.evaluate(BOX_JS, lasso)
-                page.mouse.move(box["x0"], box["y0"])
-                page.mouse.down()
-                for x, y in ((box["x1"], box["y0"]), (box["x1"], box["y1"]), (box["x0"], box["y1"]), (box["x0"], box["y0"])):
-                    page.mouse.move(x, y, steps=5)
-                started = time.perf_counter()
-                page.mouse.up()
-                named = page.get_by_text(re.compile(r"Selection: \d+ specimens"))  # the box edges round to pixels
-                named.wait_for()
-                selected = int(named.inner_text().split()[1])
-                page.wait_for_function(  # every gallery card drawn, and any image in them loaded
-                    "n => document.querySelectorAll(\"[class*='st-key-map-sel-']:not([class*='open'])\").length >= n"
-                    " && [...document.querySelectorAll(\"[class*='st-key-map-sel-'] img\")].every(i => i.complete)",
-                    arg=min(selected, GALLERY_MAX), polling=50)
-                print(f"lasso of {selected} points answered (selection named, gallery loaded): "
-                      f"{time.perf_counter() - started:.2f} s ({load()})", flush=True)
-                browser.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        db = (store_dir or Path(work)) / f"bench-{n}-{method}.duckdb"
+        if store_dir is None or not db.exists():
+            db.parent.mkdir(parents=True, exist_ok=True)
+            build_browser_store(db, n, dim, method)
+        time_page(db, n, lasso, timeout_ms)
+
+
+def time_page(db: Path, n: int, lasso: int, timeout_ms: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "sst_search.cli", "ui", "--db", str(db), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(timeout_ms)
+            for _ in range(120):
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/?page=map")
+                    break
+                except Exception:  # the server is still starting
+                    time.sleep(1)
+            page.get_by_role("heading", name="Map").wait_for()
+            page.get_by_text("Colour by").wait_for()  # the page's controls are up; the map is read next
+            page.reload()  # time a fresh session on a warm server: what a second curator sees
+            started = time.perf_counter()
+            page.wait_for_function(
+                "n => { const gd = document.querySelector('.js-plotly-plot');"
+                " return gd && gd._fullData && gd._fullData.reduce((s, t) => s + t.x.length, 0) === n"
+                " && gd.querySelector('canvas'); }", arg=n, polling=50)
+            page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            print(f"map page shows {n} points: {time.perf_counter() - started:.2f} s", flush=True)
+            box = page.evaluate(BOX_JS, lasso)
+            page.locator(".modebar-btn[data-title='Lasso Select']").click()  # the map opens in zoom mode
+            page.mouse.move(box["x0"], box["y0"])
+            page.mouse.down()
+            for x, y in ((box["x1"], box["y0"]), (box["x1"], box["y1"]), (box["x0"], box["y1"]), (box["x0"], box["y0"])):
+                page.mouse.move(x, y, steps=5)
+            started = time.perf_counter()
+            page.mouse.up()
+            named = page.get_by_text(re.compile(r"Selection: \d+ specimens"))  # the box edges round to pixels
+            named.wait_for()
+            selected = int(named.inner_text().split()[1])
+            page.wait_for_function(  # every gallery card drawn, and any image in them loaded
+                "n => document.querySelectorAll(\"[class*='st-key-map-sel-']:not([class*='open'])\").length >= n"
+                " && [...document.querySelectorAll(\"[class*='st-key-map-sel-'] img\")].every(i => i.complete)",
+                arg=min(selected, GALLERY_MAX), polling=50)
+            print(f"lasso of {selected} points answered (selection named, gallery loaded): "
+                  f"{time.perf_counter() - started:.2f} s ({load()})", flush=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="100000,1000000", help="comma-separated collection sizes")
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--methods", default="umap,pca")
+    parser.add_argument("--methods", default="umap,pca", help='map build methods to time ("" for none)')
     parser.add_argument("--browser", action="store_true", help="also time the Map page in Chromium (largest --n)")
     parser.add_argument("--browser-method", default="pca", help="map method of the browser store (the page cost does not depend on it)")
     parser.add_argument("--lasso", type=int, default=10_000, help="points to lasso in the browser")
+    parser.add_argument("--store", type=Path, help="keep the browser's store in this folder and reuse it on later runs")
     args = parser.parse_args()
     ns = [int(x) for x in args.n.split(",")]
-    bench_build(ns, args.dim, args.methods.split(","))
+    methods = [m for m in args.methods.split(",") if m]
+    if methods:
+        bench_build(ns, args.dim, methods)
     if args.browser:
-        bench_browser(max(ns), args.dim, args.browser_method, args.lasso)
+        bench_browser(max(ns), args.dim, args.browser_method, args.lasso, args.store)
 
 
 if __name__ == "__main__":

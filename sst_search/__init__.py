@@ -31,7 +31,7 @@ The public surface, for notebooks, the app, the CLI and the batch indexer::
   :func:`default_reviewer`, :func:`references_dir_of`
 - pattern space: :func:`build_map`, :func:`load_map`, :class:`TraitMap`, :data:`METHODS`,
   :func:`default_embedder`, :func:`map_table`, :func:`map_figure`, :func:`color_columns`,
-  :func:`selected_rows`, :func:`atlas_cells`, :func:`atlas_image`, :func:`trait_thumbnail`,
+  :func:`selected_rows`, :func:`atlas_cells`, :func:`atlas_image`, :func:`trait_thumbnail`, :func:`trait_thumbnails`,
   the module :mod:`convergence` and its :class:`Convergence`
 - errors a caller may catch: :class:`QueryError`, :class:`ReferencesError`,
   :class:`ImageLoadError`, :class:`WeightsError`, :class:`EmbedderError`, :class:`StoreError`,
@@ -124,6 +124,7 @@ _EXPORTS = {
     "atlas_cells": "sst_search.pattern_atlas",
     "atlas_image": "sst_search.pattern_atlas",
     "trait_thumbnail": "sst_search.thumbnails",
+    "trait_thumbnails": "sst_search.thumbnails",
     "Convergence": "sst_search.convergence",
     # errors
     "QueryError": "sst_search.errors",

@@ -109,17 +109,22 @@ def map_png(table: pd.DataFrame, color_by: str = "group", size: int = 1200, titl
     return out
 
 
-#: Maps up to this many points carry their catalogNumbers to the browser for hovering; larger
-#: ones leave them out (tens of megabytes of labels) and name a point when it is clicked.
-HOVER_MAX = 200_000
+#: Maps up to this many points carry catalogNumber and group per point for hovering; larger ones
+#: leave hover labels out (per-point strings, or even ids, would be most of the page's bytes and
+#: parse time) and name a point, with its crop, when it is clicked.
+HOVER_MAX = 20_000
+#: A highlighted hit's ring and the query's disc, in screen pixels.
+HIT_RING, QUERY_DISC = 7, 10
 
 
 def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", highlight: dict | None = None):
-    """``(figure, rows)``: a plotly figure of the map, one WebGL (``Scattergl``) trace per
-    category (or one with a colour scale for numbers), and for each trace the table rows its
-    points are, in order (a selection names points by trace and position). Hover shows the
-    catalogNumber and group. ``highlight``: ``{"query": id or None, "hits": [ids]}`` drawn on
-    top (a search result on the map)."""
+    """``(figure, rows)``: a plotly figure of the map, one WebGL (``Scattergl``) trace per category
+    in one flat colour (a per-point colour array costs the browser seconds at 100,000 points),
+    or one trace with a colour scale for numbers; and for each trace the table rows its points
+    are, in order (a selection names points by trace and position). Coordinates travel as
+    float32 typed arrays; hover labels only up to :data:`HOVER_MAX` points. ``highlight``:
+    ``{"query": id or None, "hits": [ids]}``, drawn as rings and a disc that a lasso does not
+    select (a search result on the map)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -127,7 +132,7 @@ def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", hi
     labelled = len(table) <= HOVER_MAX
     label = (table["catalogNumber"].fillna(table["specimen_id"].astype(str)) + "<br>"
              + table["group"].fillna("").astype(str)).to_numpy() if labelled else None
-    x, y = table["x"].to_numpy(), table["y"].to_numpy()
+    x, y = table["x"].to_numpy(np.float32), table["y"].to_numpy(np.float32)
 
     def add(rows: np.ndarray, name: str, marker: dict) -> None:
         hover = {"text": label[rows], "hovertemplate": "%{text}<extra></extra>"} if labelled else {"hoverinfo": "none"}
@@ -136,37 +141,46 @@ def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", hi
 
     values = table[color_by] if color_by in table else pd.Series([None] * len(table))
     if is_numeric(values):
-        add(np.arange(len(table)), color_by, {"size": 6, "color": values.to_numpy(), "colorscale": "Viridis",
+        add(np.arange(len(table)), color_by, {"size": 6, "color": values.to_numpy(np.float32), "colorscale": "Viridis",
                                               "showscale": True, "colorbar": {"title": color_by}})
     else:
         names = categories(values)
-        keys = values.astype(str).where(values.notna() & values.astype(str).isin(names), "other / none").to_numpy()
-        for name in [*names, "other / none"]:
-            rows = np.flatnonzero(keys == name)
+        codes = pd.Categorical(values.astype(str).where(values.notna(), None), categories=names).codes
+        for code, name in [*enumerate(names), (-1, "other / none")]:
+            rows = np.flatnonzero(codes == code)
             if len(rows):
-                rgb = PALETTE[names.index(name)] if name in names else PALETTE[-1]
-                add(rows, name, {"size": 6, "color": f"rgb{tuple(rgb)}"})
-    if highlight:
-        ids = table["specimen_id"]
-        hits = np.flatnonzero(ids.isin([int(i) for i in highlight.get("hits") or []]).to_numpy())
-        if len(hits):
-            add(hits, "search hits", {"size": 13, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}})
-        if highlight.get("query") is not None:
-            query = np.flatnonzero((ids == int(highlight["query"])).to_numpy())
-            if len(query):
-                add(query, "query", {"size": 18, "symbol": "star", "color": "gold", "line": {"width": 1, "color": "black"}})
-    fig.update_layout(title=title, dragmode="lasso", clickmode="event+select", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                add(rows, name, {"size": 6, "color": f"rgb{tuple(PALETTE[code])}"})
+    fig.update_layout(title=title, dragmode="zoom", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
-                      legend={"itemsizing": "constant"})
+                      legend={"itemsizing": "constant"}, shapes=highlight_shapes(table, highlight))
     return fig, rows_per_trace
+
+
+def highlight_shapes(table: pd.DataFrame, highlight: dict | None) -> list[dict]:
+    """Rings around the hits and a disc on the query, sized in pixels at the points' positions:
+    shapes, not traces, so a lasso over them still selects map rows only."""
+    if not highlight:
+        return []
+    ids = table["specimen_id"]
+    hits = np.flatnonzero(ids.isin([int(i) for i in highlight.get("hits") or []]).to_numpy())
+    query = np.flatnonzero((ids == int(highlight["query"])).to_numpy()) if highlight.get("query") is not None else []
+
+    def at(row: int, radius: int, style: dict) -> dict:
+        return {"type": "circle", "xref": "x", "yref": "y", "xsizemode": "pixel", "ysizemode": "pixel",
+                "xanchor": float(table["x"].iat[row]), "yanchor": float(table["y"].iat[row]),
+                "x0": -radius, "x1": radius, "y0": -radius, "y1": radius, "layer": "above", **style}
+
+    return ([at(int(r), HIT_RING, {"line": {"width": 2, "color": "black"}, "name": "hit"}) for r in hits]
+            + [at(int(r), QUERY_DISC, {"fillcolor": "gold", "line": {"width": 1, "color": "black"}, "name": "query"})
+               for r in query])
 
 
 def selected_rows(points: list[dict], rows_per_trace: list[np.ndarray]) -> np.ndarray:
     """Table rows of the points of a plotly selection (``curve_number``, ``point_index``), each once."""
-    found = [int(rows_per_trace[p["curve_number"]][p["point_index"]]) for p in points
-             if p.get("curve_number") is not None and p["curve_number"] < len(rows_per_trace)
-             and p.get("point_index") is not None and p["point_index"] < len(rows_per_trace[p["curve_number"]])]
-    return np.unique(np.asarray(found, np.int64))
+    pairs = np.array([(p.get("curve_number", -1), p.get("point_index", -1)) for p in points], np.int64).reshape(-1, 2)
+    found = [rows[pairs[(pairs[:, 0] == curve) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(rows)), 1]]
+             for curve, rows in enumerate(rows_per_trace)]
+    return np.unique(np.concatenate([np.zeros(0, np.int64), *found]))
 
 
 def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str = "") -> None:

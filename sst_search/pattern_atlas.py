@@ -17,7 +17,7 @@ import numpy as np
 
 from .pattern_map import TraitMap
 from .store import Store
-from .thumbnails import trait_thumbnail
+from .thumbnails import trait_thumbnails
 
 
 @dataclass
@@ -67,9 +67,10 @@ def atlas_image(store: Store, trait: str, cells: list[AtlasCell], tile: int = 96
         return np.full((tile, tile, 3), 255, np.uint8)
     rows, cols = max(c.row for c in cells) + 1, max(c.col for c in cells) + 1
     out = np.full((rows * (tile + gap) + gap, cols * (tile + gap) + gap, 3), 255, np.uint8)
+    pictures = trait_thumbnails(store, [c.specimen_id for c in cells if c.specimen_id is not None], trait, tile)
     for cell in cells:
         y, x = gap + cell.row * (tile + gap), gap + cell.col * (tile + gap)
-        picture = trait_thumbnail(store, cell.specimen_id, trait, tile) if cell.specimen_id is not None else None
+        picture = pictures.get(cell.specimen_id) if cell.specimen_id is not None else None
         if picture is None:
             out[y:y + tile, x:x + tile] = 235
             continue

@@ -8,6 +8,8 @@ full-resolution original: a gallery of hundreds must not fetch hundreds of origi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -22,15 +24,28 @@ def trait_thumbnail(store: Store, specimen_id: int, trait: str, size: int = 128)
     """RGB ``size`` x ``size`` picture of the trait on the specimen (white margins; the whole
     image for ``__specimen__``), or None when the specimen lacks the trait or its image cannot
     be read."""
-    row = store.get_specimen(int(specimen_id))
-    found = store.trait_mask_of(trait, [int(specimen_id)]).get(int(specimen_id))
-    if row is None or (found is None and trait != SPECIMEN_TRAIT):
-        return None
-    try:
-        image = load_image(row["path"])
-    except ImageLoadError:
-        return None
-    return _fit_square(_cut(image, decode_mask(found.rle) if found else None), size)
+    return trait_thumbnails(store, [specimen_id], trait, size)[int(specimen_id)]
+
+
+def trait_thumbnails(store: Store, specimen_ids: Sequence[int], trait: str, size: int = 128) -> dict[int, np.ndarray | None]:
+    """:func:`trait_thumbnail` of many specimens, their paths and masks read in one query each
+    (a gallery page or an atlas, not one catalog round trip per card)."""
+    ids = [int(i) for i in specimen_ids]
+    listing = store.listing(ids)
+    masks = store.trait_mask_of(trait, ids)
+    out: dict[int, np.ndarray | None] = {}
+    for sid in ids:
+        found = masks.get(sid)
+        if sid not in listing or (found is None and trait != SPECIMEN_TRAIT):
+            out[sid] = None
+            continue
+        try:
+            image = load_image(listing[sid]["path"])
+        except ImageLoadError:
+            out[sid] = None
+            continue
+        out[sid] = _fit_square(_cut(image, decode_mask(found.rle) if found else None), size)
+    return out
 
 
 def _cut(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

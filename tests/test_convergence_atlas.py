@@ -91,7 +91,7 @@ def test_map_command_writes_map_atlas_and_convergence_csv(mimic_db, tmp_path, mo
 
 
 def test_map_page_shows_a_search_result_on_the_map(mimic_db, monkeypatch):
-    """The Search page's last result on the map of its trait: the query as a star, its hits ringed."""
+    """The Search page's last result on the map of its trait: the query as a disc, its hits ringed."""
     from streamlit.testing.v1 import AppTest
 
     from sst_search.pattern_map import build_map
@@ -112,8 +112,11 @@ def test_map_page_shows_a_search_result_on_the_map(mimic_db, monkeypatch):
     at.run()
     at.selectbox(key="map_trait").set_value(TRAIT).run()
     assert not at.exception, at.exception
-    traces = {t["name"]: t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
-    decode = lambda column: np.frombuffer(base64.b64decode(column["bdata"]), column["dtype"])  # noqa: E731
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    # every map point, in float32 typed arrays (one trace per group); shapes mark the result
+    x = [np.frombuffer(base64.b64decode(t["x"]["bdata"]), t["x"]["dtype"]) for t in spec["data"]]
+    assert sum(map(len, x)) == len(tmap) and all(column.dtype == np.float32 for column in x)
+    shapes = spec["layout"]["shapes"]
     hits = tmap.xy[np.isin(tmap.ids, [r.specimen_id for r in results])]
-    assert sorted(decode(traces["search hits"]["x"])) == sorted(hits[:, 0])
-    assert decode(traces["query"]["x"]).tolist() == tmap.xy[tmap.ids == query][:, 0].tolist()
+    assert sorted(s["xanchor"] for s in shapes if s["name"] == "hit") == pytest.approx(sorted(hits[:, 0]))
+    assert [s["xanchor"] for s in shapes if s["name"] == "query"] == pytest.approx(tmap.xy[tmap.ids == query][:, 0].tolist())

@@ -29,6 +29,10 @@ def streamlit_command(db: Path, port: int, address: str = "127.0.0.1", weights: 
         "--server.port", str(port), "--server.address", address, "--server.headless", "true",
         "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
+        # Not a development server: no polling of source files, and no full garbage collection after
+        # every rerun (a second or more on a loaded machine with torch's half a million objects alive,
+        # paid by every click; Python still collects on its own).
+        "--server.fileWatcherType", "none", "--runner.postScriptGC", "false",
         "--", "--db", str(db), *(["--weights", weights] if weights else []),
     ]
 

@@ -92,15 +92,6 @@ class Store(IndexedStore, Catalog):
     def require_writer(self) -> None:
         """Nothing: a live store writes (a :class:`SnapshotStore`'s raises)."""
 
-    # store/maps.py's names for require_writer, transaction and execute, until it takes the public ones.
-    _require_writer = require_writer
-
-    def _transaction(self, tables: Mapping[str, pa.Table]):
-        return self.connection.transaction(tables)
-
-    def _exec(self, sql: str, params: list | None = None) -> None:
-        self.connection.execute(sql, params)
-
     # -- runs (see :mod:`writer`) -----------------------------------------------------------
 
     def begin_run(self, fingerprint: dict | None = None, config_hash: str | None = None, engine: str = "local") -> str:

@@ -115,19 +115,19 @@ def write_map(store, state: MapState, points: MapPoints, removed: np.ndarray | N
               replace: bool = True) -> None:
     """Store a map in one transaction: ``replace`` writes a fresh fit (every old point goes);
     otherwise ``points`` are added to the map (an update) after deleting ``removed`` ids."""
-    store._require_writer()
+    store.require_writer()
     now = _now()
     key = [state.embedder, state.trait_name]
-    with store._transaction({"_map_points": _points_table(points)}):
+    with store.connection.transaction({"_map_points": _points_table(points)}):
         if replace:
-            store._exec("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ?", key)
+            store.connection.execute("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ?", key)
         else:
             ids = [int(i) for i in (removed if removed is not None else [])] + [int(i) for i in points.ids]
-            store._exec("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ? "
+            store.connection.execute("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ? "
                         "AND specimen_id IN (SELECT unnest(?::BIGINT[]))", [*key, ids])
-        store._exec(f"INSERT INTO trait_map_points (embedder, trait_name, {', '.join(POINT_COLUMNS)}) "
+        store.connection.execute(f"INSERT INTO trait_map_points (embedder, trait_name, {', '.join(POINT_COLUMNS)}) "
                     f"SELECT ?, ?, {', '.join(POINT_COLUMNS)} FROM _map_points", key)
-        store._exec(
+        store.connection.execute(
             "INSERT OR REPLACE INTO trait_maps (embedder, trait_name, method, seed, generation, fit_count, "
             "added_since_fit, params, model, fitted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [*key, state.method, state.seed, state.generation, state.fit_count, state.added_since_fit,
@@ -135,10 +135,10 @@ def write_map(store, state: MapState, points: MapPoints, removed: np.ndarray | N
 
 
 def drop_map(store, embedder: str, trait_name: str) -> None:
-    store._require_writer()
-    with store._transaction({}):
-        store._exec("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ?", [embedder, trait_name])
-        store._exec("DELETE FROM trait_maps WHERE embedder = ? AND trait_name = ?", [embedder, trait_name])
+    store.require_writer()
+    with store.connection.transaction({}):
+        store.connection.execute("DELETE FROM trait_map_points WHERE embedder = ? AND trait_name = ?", [embedder, trait_name])
+        store.connection.execute("DELETE FROM trait_maps WHERE embedder = ? AND trait_name = ?", [embedder, trait_name])
 
 
 def trait_measurement(store, trait_name: str, field_name: str) -> dict[int, float]:

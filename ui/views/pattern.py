@@ -3,6 +3,7 @@ result set (gallery, search within it, export), a pattern atlas and which groups
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -10,7 +11,7 @@ import streamlit as st
 from sst_search import (
     METHODS, SPECIMEN_TRAIT, Convergence, MapError, SearchEngine, Store, StoreError, TraitMap, atlas_cells, atlas_image,
     build_map, color_columns, convergence, default_embedder, export, load_map, map_figure, map_table, publish_snapshot,
-    selected_rows, trait_thumbnail,
+    selected_rows, trait_thumbnails,
 )
 
 from ..render import md, trait_label
@@ -21,12 +22,14 @@ GALLERY_MAX = 48
 GALLERY_COLUMNS = 6
 
 
-@st.cache_data(show_spinner="Reading the map...", max_entries=8)
+# Maps, tables and figures are held, not copied (cache_resource): a lasso's rerun must not
+# unpickle a million-row table; nothing here mutates them.
+@st.cache_resource(show_spinner="Reading the map...", max_entries=8)
 def _map(_engine: SearchEngine, key: str, embedder: str, trait: str) -> TraitMap | None:
     return load_map(_engine.store, embedder, trait)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _table(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by: str) -> pd.DataFrame:
     return map_table(_engine.store, _map(_engine, key, embedder, trait), color_by)
 
@@ -39,9 +42,26 @@ def _figure(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by
     return map_figure(_table(_engine, key, embedder, trait, color_by), color_by, title, highlight)
 
 
-@st.cache_data(show_spinner=False, max_entries=4096)
-def _thumbnail(_engine: SearchEngine, key: str, specimen_id: int, trait: str) -> np.ndarray | None:
-    return trait_thumbnail(_engine.store, specimen_id, trait, 128)
+#: Encoded thumbnails kept per snapshot and trait before the oldest are dropped.
+THUMBNAILS_KEPT = 4096
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _thumbnail_store(key: str, trait: str) -> dict[int, bytes | None]:
+    return {}
+
+
+def _thumbnails(engine: SearchEngine, ids: list[int], trait: str) -> dict[int, bytes | None]:
+    """JPEG thumbnails of ``ids``: those not seen before are cut in one batch, and kept encoded so
+    a rerun neither cuts nor re-encodes them."""
+    kept = _thumbnail_store(cache_key(engine), trait)
+    missing = [sid for sid in ids if sid not in kept]
+    if missing:
+        for sid, picture in trait_thumbnails(engine.store, missing, trait, 128).items():
+            kept[sid] = None if picture is None else cv2.imencode(".jpg", picture[:, :, ::-1])[1].tobytes()
+        for old in list(kept)[:max(0, len(kept) - THUMBNAILS_KEPT)]:
+            del kept[old]
+    return {sid: kept.get(sid) for sid in ids}
 
 
 @st.cache_data(show_spinner="Comparing groups...", max_entries=8)
@@ -61,6 +81,7 @@ def _build(embedder: str, trait: str, method: str) -> None:
         return
     load_engine.clear()
     st.cache_data.clear()
+    _map.clear()  # held, not copied: a "no map" answer must not outlive the build
     st.rerun()
 
 
@@ -81,42 +102,46 @@ def _catalog_numbers(table: pd.DataFrame, ids: list[int]) -> dict[int, str | Non
 
 
 def _gallery(engine: SearchEngine, table: pd.DataFrame, ids: list[int], trait: str, prefix: str,
-             scores: dict[int, float] | None = None) -> None:
-    shown = ids[:GALLERY_MAX]
+             scores: dict[int, float] | None = None) -> list[int]:
+    """Cards of one page of ``ids`` (GALLERY_MAX each); returns the ids shown."""
+    pages = -(-len(ids) // GALLERY_MAX)
+    page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{prefix}-page")) if pages > 1 else 1
+    shown = ids[(page - 1) * GALLERY_MAX:page * GALLERY_MAX]
     numbers = _catalog_numbers(table, shown)
+    pictures = _thumbnails(engine, shown, trait)
     for start in range(0, len(shown), GALLERY_COLUMNS):
         for col, sid in zip(st.columns(GALLERY_COLUMNS), shown[start:start + GALLERY_COLUMNS]):
             with col, st.container(border=True, key=f"{prefix}-{sid}"):
-                picture = _thumbnail(engine, cache_key(engine), sid, trait)
-                if picture is not None:
-                    st.image(picture, width="stretch")
+                if pictures[sid] is not None:
+                    st.image(pictures[sid], width="stretch")
                 caption = md(numbers.get(sid) or sid)
                 st.caption(caption + (f" · {scores[sid]:.3f}" if scores else ""))
                 st.button("Open", key=f"{prefix}-open-{sid}", on_click=open_specimen, args=(sid,))
     if len(ids) > len(shown):
         st.caption(f"showing {len(shown)} of {len(ids)}; the exports below hold all of them")
+    return shown
 
 
 def _selection(engine: SearchEngine, table: pd.DataFrame, rows: np.ndarray, embedder: str, trait: str) -> None:
-    ids = [int(i) for i in table["specimen_id"].iloc[rows]]
-    st.subheader(f"Selection: {len(ids)} specimens")
-    _gallery(engine, table, ids, trait, "map-sel")
+    selected = table["specimen_id"].to_numpy()[rows]  # ids stay a NumPy array until an export asks for a list
+    st.subheader(f"Selection: {len(selected)} specimens")
+    shown = _gallery(engine, table, selected.tolist(), trait, "map-sel")
     c1, c2 = st.columns(2)  # written when asked for: a 10,000-specimen lasso must answer at once
     c1.download_button("Selection: measurements (CSV)",
-                       lambda: export.to_csv_bytes(export.measurements_table(engine.store, specimen_ids=ids)),
+                       lambda: export.to_csv_bytes(export.measurements_table(engine.store, specimen_ids=selected.tolist())),
                        "selection.csv", "text/csv", key="map_dl_csv", on_click="ignore")
     c2.download_button("Selection: Darwin Core Archive (MeasurementOrFact)",
-                       lambda: export.dwca_zip(engine.store, specimen_ids=ids), "selection-dwca.zip", "application/zip",
-                       key="map_dl_dwca", on_click="ignore")
+                       lambda: export.dwca_zip(engine.store, specimen_ids=selected.tolist()), "selection-dwca.zip",
+                       "application/zip", key="map_dl_dwca", on_click="ignore")
     with st.expander("Search within the selection"):
-        numbers = _catalog_numbers(table, ids[:GALLERY_MAX])
+        numbers = _catalog_numbers(table, shown)
         # the query is one of the specimens shown: a pick list of 10,000 would cost more than the search
-        query = st.selectbox("Query specimen (from the gallery)", ids[:GALLERY_MAX],
+        query = st.selectbox("Query specimen (from the gallery page)", shown,
                              format_func=lambda s: str(numbers.get(s) or s), key="map_query")
-        k = int(st.number_input("Results", 1, 100, min(8, len(ids)), key="map_k"))
+        k = int(st.number_input("Results", 1, 100, min(8, len(selected)), key="map_k"))
         if st.button("Search the selection", key="map_search"):
             _, vector = engine.store.vectors_of(embedder, trait, [query])
-            hits = engine.store.search(embedder, trait, vector, k + 1, candidate_ids=ids)[0]
+            hits = engine.store.search(embedder, trait, vector, k + 1, candidate_ids=selected.tolist())[0]
             hits = [(sid, s) for sid, s in hits if sid != query][:k]
             _gallery(engine, table, [sid for sid, _ in hits], trait, "map-hit", dict(hits))
 
@@ -124,7 +149,7 @@ def _selection(engine: SearchEngine, table: pd.DataFrame, rows: np.ndarray, embe
 def _point(engine: SearchEngine, table: pd.DataFrame, row: int, trait: str) -> None:
     sid = int(table["specimen_id"].iloc[row])
     with st.container(border=True, key="map-point"):
-        picture = _thumbnail(engine, cache_key(engine), sid, trait)
+        picture = _thumbnails(engine, [sid], trait)[sid]
         if picture is not None:
             st.image(picture, width=160)
         st.markdown(f"**{md(table['catalogNumber'].iloc[row] or sid)}** · {md(table['group'].iloc[row] or '-')}")
@@ -146,9 +171,10 @@ def _map_view(engine: SearchEngine, tmap: TraitMap, embedder: str, trait: str) -
     rows = selected_rows(selection.points, rows_per_trace) if selection else np.zeros(0, np.int64)
     dragged = bool(selection and (selection.box or selection.lasso))
     with right:
-        st.caption("Drag a lasso or box over the map to collect specimens; click a point (or lasso one) to see it.")
+        st.caption("Click a point to see it. To collect specimens, pick Lasso or Box Select in the chart's "
+                   "toolbar and drag over the map.")
         if highlight:
-            st.caption("Search result shown: the query (star) and its hits (rings).")
+            st.caption("Search result shown: the query (gold disc) and its hits (rings).")
         if len(rows) == 1:  # a clicked point, or a lasso around one
             _point(engine, table, int(rows[0]), trait)
     if dragged or len(rows) > 1:
