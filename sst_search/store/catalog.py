@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sst_search.store.columns import MASK_COLUMNS, MaskAdmission, SnapshotColumns, SqlAdmission
-from sst_search.store.filters import Filter, compile_mask, scope, scoped
+from sst_search.store.filters import Filter, compile_mask, scope_filters, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import MEASUREMENT_COLUMNS
@@ -120,7 +120,7 @@ class Catalog:
         """``specimen_id, path, group_name, status, metadata`` (parsed), ``source`` of the specimens passing
         the filters, with the status (any when None), in the groups / among the ids given;
         in (group, path) order."""
-        where, params = self._scope(filters, status, groups, specimen_ids)
+        where, params = self._scope_where(filters, status, groups, specimen_ids)
         rows = self._dicts(
             f"SELECT specimen_id, path, group_name, status, metadata, source FROM specimens s WHERE {where} "
             "ORDER BY group_name, path",
@@ -143,7 +143,7 @@ class Catalog:
         if not self.read_only:
             return SqlAdmission(self, filters)
         columns = self._once("columns", lambda: SnapshotColumns(self))
-        mask = compile_mask(scoped(filters), self.metadata_keys(), self.measured_traits(), columns)
+        mask = compile_mask(scope_filters(filters), self.metadata_keys(), self.measured_traits(), columns)
         return MaskAdmission(columns, mask)
 
     def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
@@ -167,7 +167,7 @@ class Catalog:
         specimen_ids: Iterable[int] | None = None,
     ) -> np.ndarray:
         """Ids (ascending) of the specimens :meth:`specimens` would list."""
-        where, params = self._scope(filters, status, groups, specimen_ids)
+        where, params = self._scope_where(filters, status, groups, specimen_ids)
         return (
             self.con.execute(f"SELECT s.specimen_id FROM specimens s WHERE {where} ORDER BY 1", params)
             .fetchnumpy()["specimen_id"]
@@ -320,7 +320,7 @@ class Catalog:
     def mask_rows(self, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> list[tuple]:
         """One tuple (:data:`MASK_ROW_COLUMNS`) per trait mask of the indexed specimens in scope,
         by specimen id and trait id."""
-        where, params = self._scope((), "indexed", groups, specimen_ids)
+        where, params = self._scope_where((), "indexed", groups, specimen_ids)
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name, s.width, s.height, s.metadata, t.trait_id, t.trait_name, "
             "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source, s.source AS image_source "
@@ -332,7 +332,7 @@ class Catalog:
         """``specimen_id -> {path, group_name, item_key, source, full_source, license, rights_holder,
         width, height, original_width, original_height, metadata, fingerprint}`` (JSON parsed) of the
         indexed specimens in scope: where each image came from, what exports hand back to its owner."""
-        where, params = self._scope((), "indexed", groups, specimen_ids)
+        where, params = self._scope_where((), "indexed", groups, specimen_ids)
         rows = self._dicts(
             "SELECT specimen_id, path, group_name, item_key, source, full_source, license, rights_holder, width, height, "
             f"original_width, original_height, metadata, fingerprint FROM specimens s WHERE {where} ORDER BY specimen_id",
@@ -349,7 +349,7 @@ class Catalog:
         URL the pixels were fetched from, else NULL), ``trait_id, trait``,
         the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
         (NULL for masks written before measurements existed)."""
-        where, params = self._scope((), "indexed", groups, specimen_ids)
+        where, params = self._scope_where((), "indexed", groups, specimen_ids)
         columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, "
@@ -415,8 +415,8 @@ class Catalog:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
-    def _scope(self, filters: Iterable[Filter], status, groups, specimen_ids) -> tuple[str, list]:
+    def _scope_where(self, filters: Iterable[Filter], status, groups, specimen_ids) -> tuple[str, list]:
         """WHERE clause over ``specimens s``; the catalog is asked for its fields only when there are filters."""
         filters = list(filters)
         known = (self.metadata_keys(), self.measured_traits()) if filters else (set(), ())
-        return scope(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
+        return scope_where(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
