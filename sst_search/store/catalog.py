@@ -22,7 +22,7 @@ from sst_search.store.columns import MASK_COLUMNS, MaskAdmission, SnapshotColumn
 from sst_search.store.filters import Filter, compile_mask, scope_filters, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
-from sst_search.store.schema import MEASUREMENT_COLUMNS
+from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS
 
 #: Columns of :meth:`Catalog.mask_rows`, in order.
 MASK_ROW_COLUMNS = (
@@ -350,7 +350,7 @@ class Catalog:
         the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
         (NULL for masks written before measurements existed)."""
         where, params = self._scope_where((), "indexed", groups, specimen_ids)
-        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
+        columns = ", ".join(f"x.{c}" for c in TRAIT_MEASUREMENTS_COLUMNS[3:])
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, "
             "s.source AS image_source, t.trait_id, "

@@ -38,7 +38,7 @@ from sst_search.store.catalog import Catalog, duckdb_memory_limit
 from sst_search.store.planner import Admission, SearchOutcome, VectorTable, search_table
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
-from sst_search.store.schema import DDL, MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS, migrate
+from sst_search.store.schema import DDL, SPECIMEN_COLUMNS, TRAIT_MEASUREMENTS_COLUMNS, migrate
 
 #: Vectors per Arrow chunk handed to DuckDB in a bulk write (bounds the extra memory).
 VECTOR_CHUNK = 200_000
@@ -68,9 +68,9 @@ def _now() -> datetime:
 
 
 def _measurement_table(rows_by_specimen: Mapping[int, Sequence[Mapping]], now: datetime) -> pa.Table:
-    """Arrow table of ``trait_measurements`` rows (columns in :data:`MEASUREMENT_COLUMNS` order)."""
+    """Arrow table of ``trait_measurements`` rows (columns in :data:`TRAIT_MEASUREMENTS_COLUMNS` order)."""
     rows = [{**row, "specimen_id": sid} for sid, rs in rows_by_specimen.items() for row in rs]
-    data = {c: [r.get(c) for r in rows] for c in MEASUREMENT_COLUMNS}
+    data = {c: [r.get(c) for r in rows] for c in TRAIT_MEASUREMENTS_COLUMNS}
     types = {"specimen_id": pa.int64(), "trait_id": pa.int32(), "trait_name": pa.string(), "unit": pa.string(),
              "scale_source": pa.string(), "dominant_color": pa.string()}
     table = pa.table({c: pa.array(v, types.get(c, pa.float64())) for c, v in data.items()})
@@ -78,8 +78,8 @@ def _measurement_table(rows_by_specimen: Mapping[int, Sequence[Mapping]], now: d
 
 
 _MEASUREMENT_INSERT = (
-    f"INSERT INTO trait_measurements ({', '.join(MEASUREMENT_COLUMNS)}, measured_at) "
-    f"SELECT {', '.join(MEASUREMENT_COLUMNS)}, measured_at FROM _new_measurements"
+    f"INSERT INTO trait_measurements ({', '.join(TRAIT_MEASUREMENTS_COLUMNS)}, measured_at) "
+    f"SELECT {', '.join(TRAIT_MEASUREMENTS_COLUMNS)}, measured_at FROM _new_measurements"
 )
 
 

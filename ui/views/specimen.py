@@ -86,7 +86,7 @@ def render(engine: SearchEngine) -> None:
         st.info("No trait was found on this specimen.")
         return
     table = export.measurements_table(engine.store, specimen_ids=[sid])
-    st.dataframe(table[list(export.MEASUREMENT_COLUMNS)], hide_index=True)
+    st.dataframe(table[list(export.PER_TRAIT_COLUMNS)], hide_index=True)
     st.caption("Confidence: SAM 2's object score (a logit: above 0 SAM 2 sees the trait), its predicted IoU, "
                "and the cycle-consistency IoU when indexed with --quality.")
     st.dataframe(
