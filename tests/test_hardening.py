@@ -21,7 +21,7 @@ from sst_search.query import Filter, QueryError, SearchEngine, compile_filters
 from sst_search.references import ReferencesError, check_group_name
 from sst_search.synthetic import generate_collection
 from tests.conftest import TEST_IMAGE_SIZE
-from ui.render import md
+from ui.render import escape_markdown
 
 CONFIG = Config.model_validate({
     "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
@@ -169,7 +169,7 @@ def test_manifest_text_and_file_names_render_literally(text):
     import html as html_lib
 
     for prefix in ("**Path:** ", ""):  # inside a line, and as a line of its own (a caption line)
-        html = MarkdownIt("commonmark").enable("table").render(prefix + md(text))
+        html = MarkdownIt("commonmark").enable("table").render(prefix + escape_markdown(text))
         assert "<img" not in html and "<a " not in html and "<code>" not in html and "<em>" not in html
         assert "<h1>" not in html and "<ol>" not in html and "<table>" not in html
         plain = html.replace("<p>", "").replace("<strong>Path:</strong> ", "").replace("</p>\n", "")
@@ -177,7 +177,7 @@ def test_manifest_text_and_file_names_render_literally(text):
 
 
 def test_catalog_numbers_keep_their_hyphens():
-    assert md("SYN-000001") == "SYN-000001"
+    assert escape_markdown("SYN-000001") == "SYN-000001"
 
 
 # -- manifests and folders ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from sst_search.store.errors import StoreError
 from sst_search.store.snapshots import publish_snapshot
 from sst_search.thumbnails import trait_thumbnail
 
-from ..render import md, trait_label
+from ..render import escape_markdown, trait_label
 from ..state import cache_key, live_db, load_engine, open_specimen
 
 #: Selected specimens shown in the gallery at most (the export holds them all).
@@ -62,7 +62,7 @@ def _build(embedder: str, trait: str, method: str) -> None:
                 build_map(store, embedder, trait, method)
             publish_snapshot(live_db())
     except (StoreError, MapError, RuntimeError) as exc:
-        st.error(f"Could not build the map: {md(exc)}")
+        st.error(f"Could not build the map: {escape_markdown(exc)}")
         return
     load_engine.clear()
     st.cache_data.clear()
@@ -95,7 +95,7 @@ def _gallery(engine: SearchEngine, table: pd.DataFrame, ids: list[int], trait: s
                 picture = _thumbnail(engine, cache_key(engine), sid, trait)
                 if picture is not None:
                     st.image(picture, width="stretch")
-                caption = md(numbers.get(sid) or sid)
+                caption = escape_markdown(numbers.get(sid) or sid)
                 st.caption(caption + (f" · {scores[sid]:.3f}" if scores else ""))
                 st.button("Open", key=f"{prefix}-open-{sid}", on_click=open_specimen, args=(sid,))
     if len(ids) > len(shown):
@@ -132,7 +132,7 @@ def _point(engine: SearchEngine, table: pd.DataFrame, row: int, trait: str) -> N
         picture = _thumbnail(engine, cache_key(engine), sid, trait)
         if picture is not None:
             st.image(picture, width=160)
-        st.markdown(f"**{md(table['catalogNumber'].iloc[row] or sid)}** · {md(table['group'].iloc[row] or '-')}")
+        st.markdown(f"**{escape_markdown(table['catalogNumber'].iloc[row] or sid)}** · {escape_markdown(table['group'].iloc[row] or '-')}")
         st.button("Open specimen", key="map-point-open", on_click=open_specimen, args=(sid,), type="primary")
 
 
@@ -174,7 +174,7 @@ def _convergence_view(engine: SearchEngine, embedder: str, trait: str) -> None:
     try:
         result = _convergence(engine, cache_key(engine), embedder, trait, by)
     except MapError as exc:
-        st.info(md(exc))
+        st.info(escape_markdown(exc))
         return
     heat = go.Heatmap(z=result.mean.to_numpy(), x=list(result.mean.columns), y=list(result.mean.index),
                       customdata=result.spread.to_numpy(), colorscale="Viridis", colorbar={"title": "cosine"},
@@ -215,8 +215,8 @@ def render(engine: SearchEngine) -> None:
         return
     tmap = _map(engine, cache_key(engine), embedder, trait)
     if tmap is None:
-        st.info(f"No current map of {md(trait_label(trait))} in this snapshot. Build it here, or run "
-                f"sst-search map --db INDEX --trait {md(trait)}; index runs keep it current afterwards.")
+        st.info(f"No current map of {escape_markdown(trait_label(trait))} in this snapshot. Build it here, or run "
+                f"sst-search map --db INDEX --trait {escape_markdown(trait)}; index runs keep it current afterwards.")
         method = st.radio("Method", METHODS, horizontal=True, key="map_method",
                           help="umap: neighbourhoods kept (fitted on up to 50,000); pca: exact and fast")
         if st.button("Build the map", type="primary", key="map_build"):
