@@ -17,7 +17,7 @@ from indexer.job import image_cache, run_index
 from sst_search.cli import app as cli
 from sst_search.config import Config
 from sst_search.images import load_mask
-from sst_search.measure import remeasure
+from sst_search.remeasure import remeasure
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items, original_of
 from sst_search.store import Store, specimen_id

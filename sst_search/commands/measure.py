@@ -30,7 +30,7 @@ def measure(
     """
     from tqdm import tqdm
 
-    from ..measure import remeasure
+    from ..remeasure import remeasure
     from ..store import Store
     from ..store.snapshots import publish_snapshot
 
