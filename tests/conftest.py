@@ -14,24 +14,19 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
 import pytest
 
 from tests.app_server import app_server, chromium, ui_db  # noqa: F401  (session fixtures of the app tests)
+from tests.fixtures import (
+    INDEXED_PER_SPECIES,
+    INDEXED_SEED,
+    INDEXED_SPECIES,
+    TEST_IMAGE_SIZE,
+    index_synthetic,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The CLI's rich output wraps at the console width (80 columns without a terminal); tests look for
 # whole paths in it, and temporary paths (longer under xdist: .../popen-gw0/...) must not be cut.
 os.environ.setdefault("COLUMNS", "300")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
-
-#: Small enough for CPU tests (a quarter of the compute of 256 px), large enough that traits
-#: survive SAM 2's 1/4-resolution (32 x 32) masks.
-TEST_IMAGE_SIZE = 128
-
-#: The session's indexed collection (:func:`indexed`): species, specimens per species, seed.
-INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED = 3, 5, 11
-#: Its run configuration: random SAM 2 at the test size, the weight-free colour-pattern embedder.
-INDEXED_CONFIG = {
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-}
 
 
 @pytest.fixture(scope="session")
@@ -68,16 +63,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def indexed(tmp_path_factory):
-    """``(collection, db)``: a synthetic collection indexed once per session with its
-    ground-truth masks (no SAM 2 needed) and colour-pattern vectors, published. Read it (``SearchEngine.open``,
-    ``Store.open(read_only=True)``); copy it before writing."""
-    from indexer.job import run_index
-    from sst_search.config import Config
-    from sst_search.synthetic import generate_collection
-
-    root = tmp_path_factory.mktemp("indexed")
-    coll = generate_collection(root / "syn", species=INDEXED_SPECIES, per_species=INDEXED_PER_SPECIES, seed=INDEXED_SEED)
-    db = root / "db.duckdb"
-    summary = run_index(coll.manifest, coll.references, db, Config.model_validate(INDEXED_CONFIG), masks=coll.ground_truth)
-    assert summary.counts["indexed"] == INDEXED_SPECIES * INDEXED_PER_SPECIES
-    return coll, db
+    """``(collection, db)``: a synthetic collection indexed once per session with its ground-truth
+    masks (no SAM 2 needed) and colour-pattern vectors, published (:func:`tests.fixtures.index_synthetic`).
+    Read it (``SearchEngine.open``, ``Store.open(read_only=True)``); copy it before writing."""
+    return index_synthetic(tmp_path_factory.mktemp("indexed"), INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED)

@@ -7,17 +7,14 @@ import csv
 from pathlib import Path
 
 from indexer.job import run_index
-from sst_search.config import Config
 from sst_search.synthetic import generate_collection
+from tests.fixtures import random_weights_config
 
 #: SAM 2 input size: with random weights the masks mean nothing anyway, and 128 keeps it quick.
 IMAGE_SIZE = 128
 BROKEN = "images/broken.png"
-UI_CONFIG = Config.model_validate({
-    # auto orientation: the catalog then records how each specimen was turned
-    "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu", "orientation": "auto"},
-    "embedding": {"embedder": "color-pattern"},
-})
+# auto orientation: the catalog then records how each specimen was turned
+UI_CONFIG = random_weights_config(segmentation={"image_size": IMAGE_SIZE, "orientation": "auto"})
 
 
 def build_ui_index(base: Path) -> Path:
