@@ -19,6 +19,7 @@ from tests.fixtures import (
     INDEXED_SEED,
     INDEXED_SPECIES,
     TEST_IMAGE_SIZE,
+    build_once_per_run,
     index_synthetic,
 )
 
@@ -62,8 +63,9 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def indexed(tmp_path_factory):
-    """``(collection, db)``: a synthetic collection indexed once per session with its ground-truth
+def indexed(tmp_path_factory, worker_id):
+    """``(collection, db)``: a synthetic collection indexed once per run with its ground-truth
     masks (no SAM 2 needed) and colour-pattern vectors, published (:func:`tests.fixtures.index_synthetic`).
     Read it (``SearchEngine.open``, ``Store.open(read_only=True)``); copy it before writing."""
-    return index_synthetic(tmp_path_factory.mktemp("indexed"), INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED)
+    return build_once_per_run(tmp_path_factory, worker_id, "indexed",
+                              lambda root: index_synthetic(root, INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED))

@@ -4,7 +4,15 @@ either. The session fixtures built from them live in :mod:`tests.conftest`."""
 
 from __future__ import annotations
 
+import pickle
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from filelock import FileLock
+
+T = TypeVar("T")
 
 #: Small enough for CPU tests (a quarter of the compute of 256 px), large enough that traits
 #: survive SAM 2's 1/4-resolution (32 x 32) masks.
@@ -48,3 +56,20 @@ def index_synthetic(root: Path, species: int, per_species: int, seed: int, confi
 #: The session's indexed collection (:func:`indexed`): species, specimens per species, seed.
 INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED = 3, 5, 11
 
+
+def build_once_per_run(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], T]) -> T:
+    """``build(folder)``, run once per test run even under xdist: the first worker to ask builds
+    it in a folder of the run's temporary directory that every worker shares, the others wait
+    for it and get the same result back. For data that costs seconds to build and is only read."""
+    base = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        base = base.parent  # .../pytest-N, above each worker's .../pytest-N/popen-gwK
+    folder, built = base / name, base / f"{name}.pickle"
+    with FileLock(base / f"{name}.lock"):
+        if built.is_file():
+            return pickle.loads(built.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half-way left
+        folder.mkdir()
+        result = build(folder)
+        built.write_bytes(pickle.dumps(result))
+        return result
