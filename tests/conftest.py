@@ -30,6 +30,26 @@ os.environ.setdefault("COLUMNS", "300")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
 
 
+#: Fixtures that take seconds to set up and serve every test of the run (or module) that asks for
+#: them: the app server and Chromium; a Ray cluster, and the fine-tuned SAM 2 of test_finetune.py.
+FIRST_WORKER_FIXTURES, SECOND_WORKER_FIXTURES = {"app_server", "chromium"}, {"ray_cluster", "trained"}
+
+
+def pytest_collection_modifyitems(items):
+    """Order the tests so that each costly fixture is set up by one xdist worker, not by both:
+    ``--dist worksteal`` hands the first half of the collection to one worker and the second half
+    to the other, then steals only from the tail of a queue. The tests using the app and the
+    browser go first (the head of the first half), those using Ray or the fine-tuned model at
+    the middle (the head of the second half). (``--dist loadgroup`` would say this directly,
+    but it does not group under pytest 9: xdist rewrites a node id pytest no longer reads.)
+    Under ``-n 0`` only the order changes."""
+    first = [item for item in items if FIRST_WORKER_FIXTURES & set(item.fixturenames)]
+    second = [item for item in items if SECOND_WORKER_FIXTURES & set(item.fixturenames) and item not in first]
+    rest = [item for item in items if item not in first and item not in second]
+    cut = max(0, len(items) // 2 - len(first))
+    items[:] = [*first, *rest[:cut], *second, *rest[cut:]]
+
+
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     from sst_search.synthetic import generate_collection
