@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from sst_search.builder import embedder_fingerprint
 from sst_search.config import Config, stable_hash
-from sst_search.measure import remeasure
 from sst_search.pattern_map import refresh_maps
 from sst_search.references import group_hint, reference_folders
+from sst_search.remeasuring import remeasure
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items
 from sst_search.sources.naming import record_name, url_failure

@@ -100,7 +100,7 @@ _EXPORTS = {
     # measuring
     "measure_label_map": "sst_search.measure",
     "Scale": "sst_search.measure",
-    "remeasure": "sst_search.measure",
+    "remeasure": "sst_search.remeasuring",
     "FIELDS": "sst_search.measure",
     # exporting
     "regions_table": "sst_search.trait_regions",

@@ -35,8 +35,8 @@ from .store import Store, decode_mask
 #: Darwin Core terms shown first; other metadata columns follow alphabetically.
 DWC_COLUMNS = ("catalogNumber", "scientificName", "institutionCode", "eventDate", "locality")
 #: Per-trait columns of a measurements table, after the specimen's ids and metadata.
-MEASUREMENT_COLUMNS = ("trait_id", "trait", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source",
-                       "unit", "pixels_per_mm", "scale_source", *FIELD_NAMES)
+PER_TRAIT_COLUMNS = ("trait_id", "trait", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "quality", "source",
+                     "unit", "pixels_per_mm", "scale_source", *FIELD_NAMES)
 
 
 def _metadata_columns(metadata: Iterable[dict]) -> list[str]:
@@ -54,7 +54,7 @@ def measurements_table(
     metadata = [json.loads(m) if m else {} for m in frame["metadata"]]
     meta_cols = _metadata_columns(metadata)
     meta = pd.DataFrame.from_records([{k: md.get(k) for k in meta_cols} for md in metadata], columns=meta_cols)
-    df = pd.concat([frame[["specimen_id", "path", "group"]], meta, frame[list(MEASUREMENT_COLUMNS)]], axis=1)
+    df = pd.concat([frame[["specimen_id", "path", "group"]], meta, frame[list(PER_TRAIT_COLUMNS)]], axis=1)
     df["quality"] = df["quality"].astype("float64")
     for col in ("specimen_id", "trait_id", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
         df[col] = df[col].astype("int64")

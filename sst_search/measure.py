@@ -13,15 +13,11 @@ measurement filters (``forewing_band.area_mm2 > 40``) and the exports all use th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    from .store import Store
 
 #: Default metadata column holding an item's scale (pixels per millimetre).
 SCALE_COLUMN = "pixelsPerMM"
@@ -265,52 +261,3 @@ def measure_label_map(
                          "pixels_per_mm": scale.pixels_per_mm, "scale_source": scale.source,
                          **measure_mask(mask, image, scale)})
     return rows
-
-
-def remeasure(
-    store: Store, scale_column: str = SCALE_COLUMN, pixels_per_mm: float | None = None, commit_every: int = 64,
-    progress: Callable[[], None] | None = None, specimen_ids: Collection[int] | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
-    """Measure every indexed specimen again from its stored masks (no re-segmenting): how an
-    existing store gets measurements, or new ones after a change of scale.
-
-    Returns ``(specimens measured, [(path, problem), ...])``. An image that cannot be read
-    still gets its shape measured (colour left empty) and is listed; work is committed
-    every ``commit_every`` specimens, so an interrupted re-run keeps what it finished.
-    ``specimen_ids`` limits the work to those specimens.
-    """
-    from .images import ImageLoadError, load_image
-
-    resolve_scale({}, scale_column, pixels_per_mm)  # a bad collection-wide scale fails before any work
-    pending: dict[int, list[dict]] = {}
-    measured, problems = 0, []
-    wanted = None if specimen_ids is None else set(specimen_ids)
-    if wanted is not None and not wanted:
-        return 0, []
-    original_widths = store.original_widths()
-    for sid, path, metadata in store.indexed_specimens():
-        if wanted is not None and sid not in wanted:
-            continue
-        label_map = store.label_map(sid)
-        if label_map is not None:
-            try:
-                image = load_image(path)
-                if image.shape[:2] != label_map.shape:
-                    raise ImageLoadError(path, f"image is {image.shape[1]}x{image.shape[0]}, its masks "
-                                               f"{label_map.shape[1]}x{label_map.shape[0]}; it changed since indexing")
-            except ImageLoadError as exc:
-                image = None
-                problems.append((path, f"colour not measured: {exc}"))
-            names = {m.trait_id: m.trait_name for m in store.trait_masks(sid)}
-            scale = resolve_scale(metadata, scale_column, pixels_per_mm)
-            if sid in original_widths:
-                scale = scale.resampled(label_map.shape[1], original_widths[sid])
-            pending[sid] = measure_label_map(label_map, image, names, scale)
-            measured += 1
-        if len(pending) >= commit_every:
-            store.replace_measurements(pending)
-            pending = {}
-        if progress is not None:
-            progress()
-    store.replace_measurements(pending)
-    return measured, problems

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.fixtures import build_once_per_run
 from tests.ui_index import build_ui_index
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,9 +49,10 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 
 
 @pytest.fixture(scope="session")
-def ui_db(tmp_path_factory) -> Path:
-    """The app index (:func:`tests.ui_index.build_ui_index`), built once per session."""
-    return build_ui_index(tmp_path_factory.getbasetemp())
+def ui_db(tmp_path_factory, worker_id) -> Path:
+    """The app index (:func:`tests.ui_index.build_ui_index`): segmenting it with SAM 2 costs
+    seconds, so it is built once per run and shared by the workers."""
+    return build_once_per_run(tmp_path_factory, worker_id, "ui-index", build_ui_index)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,14 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
 import pytest
 
 from tests.app_server import app_server, chromium, ui_db  # noqa: F401  (session fixtures of the app tests)
+from tests.fixtures import (
+    INDEXED_PER_SPECIES,
+    INDEXED_SEED,
+    INDEXED_SPECIES,
+    TEST_IMAGE_SIZE,
+    build_once_per_run,
+    index_synthetic,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The CLI's rich output wraps at the console width (80 columns without a terminal); tests look for
@@ -21,17 +29,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("COLUMNS", "300")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
 
-#: Small enough for CPU tests (a quarter of the compute of 256 px), large enough that traits
-#: survive SAM 2's 1/4-resolution (32 x 32) masks.
-TEST_IMAGE_SIZE = 128
 
-#: The session's indexed collection (:func:`indexed`): species, specimens per species, seed.
-INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED = 3, 5, 11
-#: Its run configuration: random SAM 2 at the test size, the weight-free colour-pattern embedder.
-INDEXED_CONFIG = {
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-}
+#: Fixtures that take seconds to set up and serve every test of the run (or module) that asks for
+#: them: the app server and Chromium; a Ray cluster, and the fine-tuned SAM 2 of test_finetune.py.
+FIRST_WORKER_FIXTURES, SECOND_WORKER_FIXTURES = {"app_server", "chromium"}, {"ray_cluster", "trained"}
+
+
+def pytest_collection_modifyitems(items):
+    """Order the tests so that each costly fixture is set up by one xdist worker, not by both:
+    ``--dist worksteal`` hands the first half of the collection to one worker and the second half
+    to the other, then steals only from the tail of a queue. The tests using the app and the
+    browser go first (the head of the first half), those using Ray or the fine-tuned model at
+    the middle (the head of the second half). (``--dist loadgroup`` would say this directly,
+    but it does not group under pytest 9: xdist rewrites a node id pytest no longer reads.)
+    Under ``-n 0`` only the order changes."""
+    first = [item for item in items if FIRST_WORKER_FIXTURES & set(item.fixturenames)]
+    second = [item for item in items if SECOND_WORKER_FIXTURES & set(item.fixturenames) and item not in first]
+    rest = [item for item in items if item not in first and item not in second]
+    cut = max(0, len(items) // 2 - len(first))
+    items[:] = [*first, *rest[:cut], *second, *rest[cut:]]
 
 
 @pytest.fixture(scope="session")
@@ -67,17 +83,9 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def indexed(tmp_path_factory):
-    """``(collection, db)``: a synthetic collection indexed once per session with its
-    ground-truth masks (no SAM 2 needed) and colour-pattern vectors, published. Read it (``SearchEngine.open``,
-    ``Store.open(read_only=True)``); copy it before writing."""
-    from indexer.job import run_index
-    from sst_search.config import Config
-    from sst_search.synthetic import generate_collection
-
-    root = tmp_path_factory.mktemp("indexed")
-    coll = generate_collection(root / "syn", species=INDEXED_SPECIES, per_species=INDEXED_PER_SPECIES, seed=INDEXED_SEED)
-    db = root / "db.duckdb"
-    summary = run_index(coll.manifest, coll.references, db, Config.model_validate(INDEXED_CONFIG), masks=coll.ground_truth)
-    assert summary.counts["indexed"] == INDEXED_SPECIES * INDEXED_PER_SPECIES
-    return coll, db
+def indexed(tmp_path_factory, worker_id):
+    """``(collection, db)``: a synthetic collection indexed once per run with its ground-truth
+    masks (no SAM 2 needed) and colour-pattern vectors, published (:func:`tests.fixtures.index_synthetic`).
+    Read it (``SearchEngine.open``, ``Store.open(read_only=True)``); copy it before writing."""
+    return build_once_per_run(tmp_path_factory, worker_id, "indexed",
+                              lambda root: index_synthetic(root, INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED))

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from indexer.collection import CollectionError, load_collection
 from indexer.job import run_index
 from sst_search.cli import app
-from sst_search.config import Config, SourcesConfig
+from sst_search.config import SourcesConfig
 from sst_search.sources.archives import ArchiveError, unpacked
+from tests.fixtures import random_weights_config
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 META = ('<archive xmlns="http://rs.tdwg.org/dwc/text/"><core encoding="UTF-8" fieldsTerminatedBy="\\t" '
@@ -120,8 +121,7 @@ def test_media_rows_reading_outside_the_archive_fail_alone_naming_the_row(tmp_pa
     (folder / "meta.xml").write_text(META)
     (folder / "occurrence.txt").write_text(
         f"id\tscientificName\tassociatedMedia\no1\tAus bus\tfile://{secret}\no2\tAus bus\t../../secret.png\n")
-    config = Config.model_validate({"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
-                                    "embedding": {"embedder": "color-pattern"}})
+    config = random_weights_config()
     summary = run_index(folder, tmp_path / "refs", tmp_path / "db.duckdb", config, tracker=tracker)
     assert summary.counts["failed"] == 2 and summary.counts["indexed"] == 0
     reasons = sorted(reason for _, reason in summary.failures)

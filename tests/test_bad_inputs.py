@@ -18,18 +18,14 @@ import pytest
 from PIL import Image
 
 from indexer.job import run_index
-from sst_search.config import Config
 from sst_search.store import Store
 from sst_search.store.snapshots import current_version, is_verified, versions_dir
 from sst_search.store.verify import verify_files
 from sst_search.synthetic import generate_collection
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.fixtures import random_weights_config
 from tests.hostile import png_header
 
-CONFIG = Config.model_validate({
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-})
+CONFIG = random_weights_config()
 
 
 def _png(path: Path, size=(48, 40), mode="RGB", fill=180) -> Path:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sst_search.cli import app
 from sst_search.images import load_mask
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.fixtures import TEST_IMAGE_SIZE
 
 runner = CliRunner()
 

@@ -12,16 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from indexer.job import run_index
 from sst_search.cli import app
-from sst_search.config import Config
 from sst_search.convergence import convergence
 from sst_search.pattern_atlas import atlas_cells, atlas_image
 from sst_search.pattern_map import load_map
 from sst_search.store import Store
 from sst_search.store.snapshots import resolve_snapshot
-from sst_search.synthetic import generate_collection
-from tests.conftest import INDEXED_CONFIG
+from tests.fixtures import index_synthetic
 
 TRAIT = "hindwing_bar"  # on alba, erato and melpomene (the first 8 synthetic species)
 MIMIC, MODEL = "melpomene", "erato"
@@ -30,11 +27,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def mimic_db(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mimics")
-    coll = generate_collection(root / "syn", species=8, per_species=3, seed=5, size=(96, 128),
-                              mimics={MIMIC: MODEL})
-    db = root / "db.duckdb"
-    run_index(coll.manifest, coll.references, db, Config.model_validate(INDEXED_CONFIG), masks=coll.ground_truth)
+    _, db = index_synthetic(tmp_path_factory.mktemp("mimics"), 8, 3, 5, size=(96, 128), mimics={MIMIC: MODEL})
     return db
 
 

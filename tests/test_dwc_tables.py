@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from indexer.collection import CollectionError, load_collection
 from indexer.job import run_index
 from sst_search.cli import app
-from sst_search.config import Config
 from sst_search.sources.occurrences import name_without_authorship, split_media
 from sst_search.store import Store, specimen_id
+from tests.fixtures import random_weights_config
 
 ROOT = Path(__file__).resolve().parents[1]
 IIIF = "https://iiif.example.org/iiif/3/sp-1/full/!512,512/0/default.jpg"
@@ -36,8 +36,7 @@ def test_occurrence_csv_is_indexed_with_groups_matched_without_authorship(synthe
         "occurrenceID,scientificName,catalogNumber,associatedMedia\n"
         f'urn:1,"{group} (White, 1845)",C-1,img/{images[0].name} | {images[1]}\n'
     )
-    config = Config.model_validate({"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
-                                    "embedding": {"embedder": "color-pattern"}})
+    config = random_weights_config()
     db = tmp_path / "index.duckdb"
     summary = run_index(table, synthetic.references, db, config, tracker=tracker)
     assert summary.counts["indexed"] == 2, summary.failures

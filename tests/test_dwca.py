@@ -12,9 +12,9 @@ from streamlit.testing.v1 import AppTest
 
 from indexer.collection import CollectionError, load_collection
 from indexer.job import run_index
-from sst_search.config import Config
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
+from tests.fixtures import random_weights_config
 from tests.image_server import ImageServer
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -82,8 +82,7 @@ def test_dwca_with_iiif_images_is_indexed_with_provenance_and_shown_anywhere(ser
         # o3 has no image at all
     ]
     archive = write_archive(tmp_path / "dwca", core, media, zip_to=coll.root / "export.zip")
-    config = Config.model_validate({"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
-                                    "embedding": {"embedder": "color-pattern"}})
+    config = random_weights_config()
     db = tmp_path / "index.duckdb"
     summary = run_index(archive, coll.references, db, config, group_by="specificEpithet")
     assert summary.counts["indexed"] == 3 and summary.counts["failed"] == 2, summary.failures

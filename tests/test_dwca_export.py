@@ -10,10 +10,10 @@ import pytest
 from dwca.read import DwCAReader
 
 from indexer.job import run_index
-from sst_search.config import Config
 from sst_search.dwca_export import DCTERMS, MOF_MEASUREMENTS, MULTIMEDIA, dwca_zip
 from sst_search.store import Store
 from sst_search.synthetic import generate_collection, species_traits
+from tests.fixtures import random_weights_config
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 MOF = DWC + "MeasurementOrFact"
@@ -57,8 +57,7 @@ def round_trip(tmp_path_factory):
              ["o1", "StillImage", "image/png", rel(cyrbia[0]), "CC0", "Museum A"],
              ["o2", "StillImage", "image/png", rel(cyrbia[1]), by, "Museum A"]]
     archive = _archive(coll.root, core, media)
-    config = Config.model_validate({"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
-                                    "embedding": {"embedder": "color-pattern"}})
+    config = random_weights_config()
     db = root / "index.duckdb"
     summary = run_index(archive, coll.references, db, config, group_by="specificEpithet", masks=coll.ground_truth)
     assert summary.counts["indexed"] == 4, summary.failures

@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from indexer.job import run_index
-from sst_search.builder import build_tracker
 from sst_search.cli import app
-from sst_search.config import Config
 from sst_search.evaluation import MaskDataset, load_mask_folder
 from sst_search.evaluation.kshot import draw_supports, open_dataset, run_kshot
 from sst_search.evaluation.retrieval import evaluate_retrieval
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, Store
 from sst_search.synthetic import generate_collection
-
-#: Small and fast on CPU; the k-shot tests check the protocol, not SAM 2's accuracy.
-IMAGE_SIZE = 128
+from tests.fixtures import TEST_IMAGE_SIZE, index_synthetic
 
 runner = CliRunner()
 
@@ -32,27 +27,22 @@ def kshot_collection(tmp_path_factory):
     return generate_collection(tmp_path_factory.mktemp("kshot"), species=2, per_species=4, seed=0)
 
 
-@pytest.fixture(scope="module")
-def small_tracker():
-    return build_tracker("sam2.1-hiera-tiny", weights="random", image_size=IMAGE_SIZE, device="cpu")
-
-
 def _overlap_keys(result):
     return [(o.group, o.item_id, o.trait_id, o.intersection, o.gt_pixels, o.pred_pixels) for o in result.scores.overlaps]
 
 
-def test_kshot_is_deterministic_per_seed_and_summarises_seeds(kshot_collection, small_tracker):
+def test_kshot_is_deterministic_per_seed_and_summarises_seeds(kshot_collection, tracker):
     dataset, names = open_dataset("synthetic", root=kshot_collection.root)
     assert len(dataset) == 8 and dataset.groups == sorted(kshot_collection.groups)
     # Seeds 0 and 2 draw different supports for this collection (checked below).
-    report = run_kshot(dataset, small_tracker, k=1, seeds=[0, 2], trait_names=names)
+    report = run_kshot(dataset, tracker, k=1, seeds=[0, 2], trait_names=names)
     first, second = report.seeds
     assert first.supports != second.supports
     # Same seed again, on one group only (draws are per group, and this keeps the test fast):
     # the same support and the same pixel counts.
     group = kshot_collection.groups[0]
     one_group = MaskDataset("one group", [r for r in dataset.records if r.group == group])
-    again = run_kshot(one_group, small_tracker, k=1, seeds=[0], trait_names=names).seeds[0]
+    again = run_kshot(one_group, tracker, k=1, seeds=[0], trait_names=names).seeds[0]
     assert again.supports == {group: first.supports[group]}
     assert _overlap_keys(again) == [o for o in _overlap_keys(first) if o[0] == group]
 
@@ -84,13 +74,13 @@ def test_kshot_draws_depend_only_on_seed_and_group():
     assert all(len(set(d)) == 3 and all(0 <= i < 10 for i in d) for d in draws)
 
 
-def test_kshot_skips_groups_without_queries(kshot_collection, small_tracker):
+def test_kshot_skips_groups_without_queries(kshot_collection, tracker):
     dataset = load_mask_folder(kshot_collection.root)
-    report = run_kshot(dataset, small_tracker, k=4, seeds=[0])
+    report = run_kshot(dataset, tracker, k=4, seeds=[0])
     assert set(report.seeds[0].skipped_groups) == set(kshot_collection.groups)
     assert report.overall == (None, None)
     with pytest.raises(ValueError, match="mode"):
-        run_kshot(dataset, small_tracker, k=1, mode="sideways")
+        run_kshot(dataset, tracker, k=1, mode="sideways")
 
 
 def test_eval_kshot_cli_writes_csv(kshot_collection, tmp_path):
@@ -99,7 +89,7 @@ def test_eval_kshot_cli_writes_csv(kshot_collection, tmp_path):
     result = runner.invoke(
         app,
         ["eval-kshot", "--format", "synthetic", "--root", str(kshot_collection.root), "--k", "3", "--seeds", "3",
-         "--weights", "random", "--image-size", str(IMAGE_SIZE), "--device", "cpu", "--csv", str(out), "--quiet"],
+         "--weights", "random", "--image-size", str(TEST_IMAGE_SIZE), "--device", "cpu", "--csv", str(out), "--quiet"],
     )
     assert result.exit_code == 0, result.output
     assert "RANDOM" in result.output
@@ -118,14 +108,7 @@ def test_eval_kshot_cli_writes_csv(kshot_collection, tmp_path):
 
 @pytest.fixture(scope="module")
 def color_index(tmp_path_factory):
-    coll = generate_collection(tmp_path_factory.mktemp("retrieval"), species=4, per_species=5, seed=0)
-    config = Config.model_validate(
-        {"segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
-         "embedding": {"embedder": "color-pattern"}}
-    )
-    db = coll.root / "index.duckdb"
-    summary = run_index(coll.manifest, coll.references, db, config, masks=coll.ground_truth)
-    assert summary.counts["indexed"] == 20
+    _, db = index_synthetic(tmp_path_factory.mktemp("retrieval"), species=4, per_species=5, seed=0)
     return db
 
 

@@ -23,19 +23,14 @@ from typer.testing import CliRunner
 
 from indexer.job import MassRemovalError, run_index
 from sst_search.cli import app
-from sst_search.config import Config
 from sst_search.store import Store
 from sst_search.vector_search import indexes
 from sst_search.store import snapshots as snap
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.verify import verify_files
-from sst_search.synthetic import generate_collection
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.fixtures import TEST_IMAGE_SIZE, index_synthetic, random_weights_config
 
-CONFIG = Config.model_validate({
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-})
+CONFIG = random_weights_config()
 STORE_FILES = ("db.duckdb", "db.duckdb.faiss", "db.duckdb.versions", "db.duckdb.current")
 TRAIT = "forewing_band"
 
@@ -43,8 +38,7 @@ TRAIT = "forewing_band"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    coll = generate_collection(root / "syn", species=1, per_species=4, seed=13)
-    run_index(coll.manifest, coll.references, root / "db.duckdb", CONFIG, masks=coll.ground_truth)
+    coll, _ = index_synthetic(root, species=1, per_species=4, seed=13, config=CONFIG)
     (root / "pristine").mkdir()
     for name in STORE_FILES:
         _copy(root / name, root / "pristine" / name)

@@ -18,10 +18,11 @@ from PIL import Image
 
 from indexer.job import run_index
 from sst_search.sources import Item
-from sst_search.config import Config, FetchConfig
+from sst_search.config import FetchConfig
 from sst_search.sources.fetch import ImageCache, fetch_items, iiif_request_url
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
+from tests.fixtures import random_weights_config, random_weights_settings
 from tests.image_server import ImageServer
 
 FAST = FetchConfig(concurrency=4, max_per_host=2, timeout=1.0, retries=2, backoff=0.05, max_bytes=4000)
@@ -96,10 +97,8 @@ def test_killed_index_run_loses_nothing_and_fetches_nothing_twice(tmp_path):
         masks.mkdir()
         for p in images:
             shutil.copy(coll.ground_truth / group / p.name, masks / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.png")
-        settings = {"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
-                    "embedding": {"embedder": "color-pattern"}}
         config_file = tmp_path / "config.yaml"
-        config_file.write_text(yaml.safe_dump(settings))
+        config_file.write_text(yaml.safe_dump(random_weights_settings()))
         db = tmp_path / "index.duckdb"
         cli = [sys.executable, "-c", "import sys; from sst_search.cli import app; sys.argv[0] = 'sst-search'; app()"]
         proc = subprocess.Popen([*cli, "index", str(manifest), "--references", str(coll.references), "--db", str(db),
@@ -115,7 +114,7 @@ def test_killed_index_run_loses_nothing_and_fetches_nothing_twice(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)  # mid-request for the slow image
         proc.wait()
 
-        quick = Config.model_validate({**settings, "fetch": {"timeout": 0.5, "retries": 1}})
+        quick = random_weights_config(fetch={"timeout": 0.5, "retries": 1})
         summary = run_index(manifest, coll.references, db, quick, masks=masks)
         assert summary.counts["indexed"] == len(images) and summary.counts["failed"] == 2, summary.failures
         assert all(server.requests[f"/img/{p.stem}"] == 1 for p in images)  # nothing fetched twice

@@ -122,22 +122,23 @@ def test_full_finetuning_trains_memory_attention_and_decoder_only(group_data):
     assert len(nonzero) > 0.8 * len(expected)
 
 
-def test_adapter_file_holds_only_trained_tensors(trained):
+def test_adapter_file_holds_only_trained_tensors(trained, tracker):
+    base = tracker  # the session's SAM 2: the base the adapter was trained on, built the same way
     tracker, _, path = trained
     payload = load_adapter(path)
     assert payload["kind"] == "lora" and payload["lora"]["rank"] == 4
     assert payload["state"] and all("lora_" in n for n in payload["state"])
     assert payload["config"]["steps"] == STEPS and payload["config"]["augment"] is False
-    assert payload["base"] == base_fingerprint(_tracker().predictor, MODEL, "random")
+    assert payload["base"] == base_fingerprint(base.predictor, MODEL, "random")
     assert payload["base"]["weights_sha256"] == "random" and payload["base"]["image_size"] == SIZE
     assert tracker.fingerprint["adapter_sha256"] == adapter_sha256(path)
 
 
-def test_loaded_adapter_reproduces_predictions_and_changes_them(trained, group_data):
+def test_loaded_adapter_reproduces_predictions_and_changes_them(trained, group_data, tracker):
+    base = tracker  # the session's SAM 2, built as _tracker() builds it, without an adapter
     tracker, _, path = trained
     support, queries = group_data
     loaded = _tracker(adapter=path)
-    base = _tracker()
     assert loaded.fingerprint == {**base.fingerprint, "adapter_sha256": adapter_sha256(path)}
     assert base.fingerprint["adapter_sha256"] is None
     for a, b in zip(tracker.segment([support], queries), loaded.segment([support], queries)):
@@ -150,7 +151,7 @@ def test_loaded_adapter_reproduces_predictions_and_changes_them(trained, group_d
 
 
 @pytest.mark.parametrize("other", ["image_size", "model", "weights_sha256"])
-def test_adapter_for_another_base_is_refused(trained, other, tmp_path):
+def test_adapter_for_another_base_is_refused(trained, other, tmp_path, tracker):
     _, _, path = trained
     if other == "image_size":
         kw = {"image_size": 96}
@@ -158,7 +159,7 @@ def test_adapter_for_another_base_is_refused(trained, other, tmp_path):
         kw = {"model": "sam2.1-hiera-small"}
     else:  # the same values saved as a checkpoint file: a different weights digest
         ckpt = tmp_path / "ckpt.pt"
-        torch.save({"model": _tracker().predictor.state_dict()}, ckpt)
+        torch.save({"model": tracker.predictor.state_dict()}, ckpt)
         kw = {"weights": str(ckpt)}
     with pytest.raises(AdapterMismatchError) as err:
         _tracker(adapter=path, **kw)

@@ -68,8 +68,8 @@ def test_an_upload_of_an_allowed_format_decodes():
 
 
 def test_markdown_in_an_error_shown_by_the_app_is_escaped():
-    from ui.render import md
+    from ui.render import escape_markdown
 
-    shown = md(ImageLoadError(f"![x](http://e.org/t.png) `{MARKUP}`.png", "not a readable image"))
+    shown = escape_markdown(ImageLoadError(f"![x](http://e.org/t.png) `{MARKUP}`.png", "not a readable image"))
     assert "![x](" not in shown and "\\!\\[x\\]" in shown and "\\`" in shown
     assert json.dumps(shown)  # plain text, ready for st.error

@@ -15,7 +15,7 @@ from sst_search.sources.fetch import Fetcher, ImageCache
 from sst_search.sources.naming import item_name
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.fixtures import TEST_IMAGE_SIZE
 from tests.image_server import ImageServer
 
 CC_BY = "http://creativecommons.org/licenses/by/4.0/"

@@ -12,26 +12,19 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from indexer.job import run_index
 from sst_search.config import Config
 from sst_search.store import SPECIMEN_TRAIT, Store, specimen_id
 from sst_search.synthetic import PIXELS_PER_MM, generate_collection
-from tests.conftest import TEST_IMAGE_SIZE
-
-CONFIG = {
-    "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-    "indexer": {"commit_every": 4},
-}
+from tests.fixtures import random_weights_config, random_weights_settings
 
 
 def _config(**sections) -> Config:
-    data = {k: dict(v) for k, v in CONFIG.items()}
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    return Config.model_validate(data)
+    indexer = {"commit_every": 4, **sections.pop("indexer", {})}
+    return random_weights_config(indexer=indexer, **sections)
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def collection(tmp_path):
 
 
 def _index(coll, db, config=None, **kwargs):
-    """``tracker=`` hands in the session's SAM 2 (the one CONFIG describes) instead of building one per run."""
+    """``tracker=`` hands in the session's SAM 2 (the one the config describes) instead of building one per run."""
     return run_index(coll.manifest, coll.references, db, config or _config(), **kwargs)
 
 
@@ -170,10 +163,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
     coll = generate_collection(tmp_path / "syn", species=2, per_species=2, seed=5)
     db = tmp_path / "db.duckdb"
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        f"segmentation: {{weights: random, image_size: {TEST_IMAGE_SIZE}, device: cpu}}\n"
-        "embedding: {embedder: color-pattern}\nindexer: {commit_every: 1}\n"
-    )
+    cfg.write_text(yaml.safe_dump(random_weights_settings(indexer={"commit_every": 1})))
     cmd = [sys.executable, "-m", "sst_search.cli", "index", str(coll.manifest), "--references", str(coll.references),
            "--db", str(db), "--config", str(cfg), "--quiet"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

@@ -17,21 +17,20 @@ from typer.testing import CliRunner
 
 from indexer.job import run_index
 from sst_search.cli import app
-from sst_search.config import Config
 from sst_search.dwca_export import dwca_zip
 from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.store import Store, decode_mask
 from sst_search.store.instances import instance_sources, source_of_item
 from sst_search.synthetic import generate_drawers
+from tests.fixtures import random_weights_config
 from tests.ui_index import IMAGE_SIZE
 
-CONFIG = Config.model_validate({
-    "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu"},
-    "embedding": {"embedder": "color-pattern"},
-    "instances": {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_area": 0.0,
-                  "max_area": 1.0, "min_score": 0.0, "max_candidates": 1},
-})
+CONFIG = random_weights_config(
+    segmentation={"image_size": IMAGE_SIZE},
+    instances={"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_area": 0.0,
+               "max_area": 1.0, "min_score": 0.0, "max_candidates": 1},
+)
 
 
 def _app(db, monkeypatch) -> AppTest:

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 from indexer.job import image_cache, run_index
 from sst_search.cli import app as cli
-from sst_search.config import Config
 from sst_search.images import load_mask
-from sst_search.measure import remeasure
+from sst_search.remeasuring import remeasure
 from sst_search.sources import Item
 from sst_search.sources.fetch import fetch_items, original_of
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
+from tests.fixtures import random_weights_config
 from tests.image_server import ImageServer
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -51,8 +51,7 @@ def test_iiif_items_are_indexed_small_measured_in_original_mm_and_cropped_full_o
         manifest = tmp_path / "manifest.csv"
         with open(manifest, "w", newline="") as fh:
             csv.writer(fh).writerows([["path", "group", "pixelsPerMM"], *([u, group, PPM] for u in urls)])
-        config = Config.model_validate({"segmentation": {"weights": "random", "image_size": SIZE, "device": "cpu"},
-                                        "embedding": {"embedder": "color-pattern"}})
+        config = random_weights_config(segmentation={"image_size": SIZE})
         db = tmp_path / "index.duckdb"
         # Masks stand in for SAM 2: the ground truth at the fetched size, named like the cached file.
         fetched = fetch_items([Item(u, None, group, source=u) for u in urls], image_cache(config, db), config.fetch, SIZE)

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from indexer.job import run_index
-from sst_search.config import Config
 from sst_search.pattern_map import MapError, build_map, fit_coordinates, load_map, place, refresh_map
 from sst_search.store import Store
 from sst_search.store.maps import map_points, map_state
 from sst_search.store.review import record_decision
 from sst_search.synthetic import generate_collection
-from tests.conftest import INDEXED_CONFIG, INDEXED_PER_SPECIES, INDEXED_SEED, INDEXED_SPECIES
+from tests.fixtures import INDEXED_PER_SPECIES, INDEXED_SEED, INDEXED_SPECIES, random_weights_config
 
 TRAIT = "forewing_band"
 EMBEDDER = "color-pattern"
@@ -69,7 +68,7 @@ def test_umap_map_is_seeded_stored_placed_on_reindex_and_refitted_when_vectors_c
     # The same collection with one more specimen per species (the existing files are byte-identical).
     grown = generate_collection(tmp_path / "grown", species=INDEXED_SPECIES, per_species=INDEXED_PER_SPECIES + 1,
                                 seed=INDEXED_SEED)
-    run_index(grown.manifest, grown.references, db, Config.model_validate(INDEXED_CONFIG), masks=grown.ground_truth)
+    run_index(grown.manifest, grown.references, db, random_weights_config(), masks=grown.ground_truth)
     with Store.open(db) as store:
         state = map_state(store, EMBEDDER, TRAIT)
         points = map_points(store, EMBEDDER, TRAIT)

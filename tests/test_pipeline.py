@@ -16,15 +16,11 @@ from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.store import Store
 from sst_search.synthetic import generate_collection
 from sst_search.tracking import SSTTracker
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.fixtures import random_weights_config
 
 
 def _config(threads: int | None) -> Config:
-    return Config.model_validate({
-        "segmentation": {"weights": "random", "image_size": TEST_IMAGE_SIZE, "device": "cpu"},
-        "embedding": {"embedder": "color-pattern"},
-        "indexer": {"commit_every": 2, "threads": threads},
-    })
+    return random_weights_config(indexer={"commit_every": 2, "threads": threads})
 
 
 def _catalog(db) -> tuple:

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 from indexer.job import run_index
-from sst_search.config import Config
+from sst_search.config import PlanConfig
 from sst_search.embed import NoTextTowerError
 from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.query import Filter, QueryError, SearchEngine, compile_filters
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, Store
-from sst_search.config import PlanConfig
 from sst_search.store.snapshots import (
     SnapshotError,
     list_versions,
@@ -28,9 +27,8 @@ from sst_search.store.snapshots import (
     resolve_snapshot,
 )
 from sst_search.synthetic import LOCALITIES, generate_collection
-from tests.conftest import INDEXED_CONFIG, INDEXED_PER_SPECIES, INDEXED_SPECIES
+from tests.fixtures import INDEXED_PER_SPECIES, INDEXED_SPECIES, random_weights_config
 
-CONFIG = INDEXED_CONFIG
 SPECIES, PER_SPECIES = INDEXED_SPECIES, INDEXED_PER_SPECIES
 RIDGE = next(loc for loc in LOCALITIES if "'" in loc and '"' in loc)
 
@@ -221,9 +219,9 @@ def test_text_needs_a_text_tower(engine):
 
 def test_text_search_on_a_clip_index(tmp_path):
     coll = generate_collection(tmp_path / "syn", species=1, per_species=3, seed=4)
-    config = {**CONFIG, "embedding": {"embedder": "clip", "model_name": "ViT-B-32", "weights": "random"}}
+    config = random_weights_config(embedding={"embedder": "clip", "model_name": "ViT-B-32", "weights": "random"})
     db = tmp_path / "clip.duckdb"
-    run_index(coll.manifest, coll.references, db, Config.model_validate(config), masks=coll.ground_truth)
+    run_index(coll.manifest, coll.references, db, config, masks=coll.ground_truth)
     with SearchEngine.open(db) as eng:  # the text tower is rebuilt from the recorded config
         trait = eng.traits()[1]
         results = eng.search(trait, k=5, text="a pale band across the forewing")

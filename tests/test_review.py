@@ -86,12 +86,12 @@ def test_review_cli_lists_accepts_rejects_and_corrects(db, tmp_path):
         assert spot.source == "corrected" and spot.area == 12  # the added trait no longer counts as missing
 
 
-def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_path_factory, tmp_path):
+def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(ui_db, tmp_path):
     from indexer.collection import load_collection
     from indexer.plan import make_plan
-    from tests.ui_index import UI_CONFIG, build_ui_index
+    from tests.ui_index import UI_CONFIG
 
-    source = build_ui_index(tmp_path_factory.getbasetemp())
+    source = ui_db
     db = tmp_path / "index.duckdb"
     shutil.copy(source, db)
     refs = tmp_path / "refs"
@@ -135,12 +135,11 @@ def test_promotion_adds_a_support_and_changes_only_that_groups_fingerprint(tmp_p
     assert Path(third.image_path).stem == f"{stem}-2" and len(load_references(refs)[group]) == len(after_refs[group]) + 1
 
 
-def test_a_correction_is_remeasured_and_reembedded(tmp_path_factory, tmp_path):
+def test_a_correction_is_remeasured_and_reembedded(ui_db, tmp_path):
     from sst_search.builder import create_embedder
     from sst_search.images import load_image
-    from tests.ui_index import build_ui_index
 
-    source = build_ui_index(tmp_path_factory.getbasetemp())
+    source = ui_db
     db = tmp_path / "index.duckdb"
     shutil.copy(source, db)
     with Store.open(db, read_only=True) as store:

@@ -14,18 +14,17 @@ from typer.testing import CliRunner
 
 from indexer.job import run_index
 from sst_search.cli import app as cli
-from sst_search.config import Config
 from sst_search.images import load_image
 from sst_search.query import SearchEngine
 from sst_search.review import promote
 from sst_search.store import Store, specimen_id
 from sst_search.store.review import decisions
 from sst_search.synthetic import generate_collection
+from tests.fixtures import random_weights_config
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 #: Provided masks (the ground truth) stand in for SAM 2: segmentation is not under test here.
-CONFIG = Config.model_validate({"segmentation": {"weights": "random", "image_size": 128, "device": "cpu"},
-                                "embedding": {"embedder": "color-pattern"}})
+CONFIG = random_weights_config()
 
 
 def _index(manifest, coll, db, masks=None):

@@ -7,26 +7,20 @@ import csv
 from pathlib import Path
 
 from indexer.job import run_index
-from sst_search.config import Config
 from sst_search.synthetic import generate_collection
+from tests.fixtures import random_weights_config
 
 #: SAM 2 input size: with random weights the masks mean nothing anyway, and 128 keeps it quick.
 IMAGE_SIZE = 128
 BROKEN = "images/broken.png"
-UI_CONFIG = Config.model_validate({
-    # auto orientation: the catalog then records how each specimen was turned
-    "segmentation": {"weights": "random", "image_size": IMAGE_SIZE, "device": "cpu", "orientation": "auto"},
-    "embedding": {"embedder": "color-pattern"},
-})
+# auto orientation: the catalog then records how each specimen was turned
+UI_CONFIG = random_weights_config(segmentation={"image_size": IMAGE_SIZE, "orientation": "auto"})
 
 
-def build_ui_index(base: Path) -> Path:
-    """Build once per test session (both app test files share it through ``base``); returns the DB path."""
-    db = base / "ui-index" / "index.duckdb"
-    done = db.with_name("done")
-    if done.is_file():
-        return db
-    coll = generate_collection(db.parent / "collection", species=2, per_species=3, seed=11)
+def build_ui_index(folder: Path) -> Path:
+    """Build it in ``folder`` (the ``ui_db`` fixture builds it once per run); returns the DB path."""
+    db = folder / "index.duckdb"
+    coll = generate_collection(folder / "collection", species=2, per_species=3, seed=11)
     (coll.root / BROKEN).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with open(coll.manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -34,5 +28,4 @@ def build_ui_index(base: Path) -> Path:
         csv.DictWriter(fh, fieldnames=list(rows[0])).writerow({**rows[0], "path": BROKEN, "catalogNumber": "SYN-BROKEN"})
     summary = run_index(coll.manifest, coll.references, db, UI_CONFIG)
     assert summary.counts["indexed"] == 6 and summary.counts["failed"] == 1, summary.counts
-    done.touch()
     return db

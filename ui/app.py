@@ -11,7 +11,7 @@ import sys
 import streamlit as st
 
 from sst_search import SnapshotError
-from ui.render import md
+from ui.render import escape_markdown
 from ui.state import DB_ENV, PAGES, db_path_from_args, engine_session, init_navigation, load_engine
 from ui.views import collection, export, pattern, photos, plots, references, review, search, specimen
 
@@ -32,7 +32,7 @@ init_navigation()
 with st.sidebar:
     st.title("sst-search")
     page = st.radio("Page", PAGES, key="page")
-    st.caption(f"Index: {md(db)}")
+    st.caption(f"Index: {escape_markdown(db)}")
     if st.button("Reload index", help="Open the newest published snapshot"):
         load_engine.clear()
         st.cache_data.clear()
@@ -41,12 +41,12 @@ with st.sidebar:
 try:
     load_engine(db)
 except (FileNotFoundError, SnapshotError, RuntimeError) as exc:
-    st.error(f"Cannot open the index: {md(exc)}")
+    st.error(f"Cannot open the index: {escape_markdown(exc)}")
     st.stop()
 
 with engine_session(db) as engine:
     with st.sidebar:
-        st.caption(f"Snapshot: {md(engine.store.db_path)}")
+        st.caption(f"Snapshot: {escape_markdown(engine.store.db_path)}")
         if engine.fingerprints().get("random_weights"):
             st.warning("Random model weights: results are not meaningful.")
     VIEWS[page](engine)

@@ -12,7 +12,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from sst_search import ClickSegmenter, QueryError, SearchEngine, WeightsError, build_click_segmenter, overlay
 
-from .render import md
+from .render import escape_markdown
 from .state import cache_key
 
 TOOLS = ("Positive point", "Negative point", "Box", "Brush", "Eraser")
@@ -32,7 +32,7 @@ def segmenter_or_error(engine: SearchEngine) -> ClickSegmenter | None:
     try:
         segmenter = click_segmenter(engine, cache_key(engine))
     except (QueryError, WeightsError, ValueError) as exc:
-        st.warning(f"SAM 2 is not available to propose masks: {md(exc)}. Draw with the brush, or start the app with "
+        st.warning(f"SAM 2 is not available to propose masks: {escape_markdown(exc)}. Draw with the brush, or start the app with "
                    "`sst-search ui --db INDEX --weights CHECKPOINT.pt` to click instead.")
         return None
     if segmenter.random_weights:

@@ -24,7 +24,7 @@ _MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]!|<>~$&])")
 _MARKDOWN_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
 
 
-def md(text: object) -> str:
+def escape_markdown(text: object) -> str:
     """``text`` shown literally in Markdown: manifest values and file names are data, never markup
     (``![x](http://...)`` in a catalogNumber must not load an image, a backtick in a file name must
     not end a code span). Hyphens and dots inside the text stay as they are (``SYN-000001``)."""
@@ -71,7 +71,7 @@ def result_card(engine: SearchEngine, result: QueryResult, key_prefix: str, comp
         try:
             image = specimen_image(engine, cache_key(engine), result.specimen_id)
         except (ImageLoadError, KeyError) as exc:
-            st.warning(f"image unavailable: {md(exc)}")
+            st.warning(f"image unavailable: {escape_markdown(exc)}")
         else:
             mask = result.mask()
             if mask is not None and result.trait_id is not None:
@@ -83,7 +83,8 @@ def result_card(engine: SearchEngine, result: QueryResult, key_prefix: str, comp
         st.markdown(score)
         # First what a curator calls the specimen (catalogNumber, else its image's name), never its id.
         name = specimen_labels(engine, cache_key(engine)).get(result.specimen_id, str(result.specimen_id))
-        lines = [md(name), *(md(result.metadata[f]) for f in ([] if compact else CARD_FIELDS[1:]) if result.metadata.get(f))]
+        fields = [] if compact else CARD_FIELDS[1:]
+        lines = [escape_markdown(name), *(escape_markdown(result.metadata[f]) for f in fields if result.metadata.get(f))]
         st.caption("  \n".join(lines))
         st.button("Open specimen", key=f"{key_prefix}-open-{result.rank}-{result.specimen_id}",
                   on_click=open_specimen, args=(result.specimen_id,))

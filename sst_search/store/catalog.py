@@ -22,10 +22,10 @@ import pyarrow as pa
 
 from sst_search.config import IndexConfig
 from sst_search.store.columns import MASK_COLUMNS, SqlAdmission
-from sst_search.store.filters import Filter, scope
+from sst_search.store.filters import Filter, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
-from sst_search.store.schema import MEASUREMENT_COLUMNS
+from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS
 from sst_search.vector_search.cache import IndexKey
 
 #: Columns of :meth:`Catalog.mask_rows`, in order.
@@ -123,7 +123,7 @@ class Catalog:
         """``specimen_id, path, group_name, status, metadata`` (parsed), ``source`` of the specimens passing
         the filters, with the status (any when None), in the groups / among the ids given;
         in (group, path) order."""
-        where, params = self._scope(filters, status, groups, specimen_ids)
+        where, params = self._scope_where(filters, status, groups, specimen_ids)
         rows = self.query_dicts(
             f"SELECT specimen_id, path, group_name, status, metadata, source FROM specimens s WHERE {where} "
             "ORDER BY group_name, path",
@@ -156,7 +156,7 @@ class Catalog:
         specimen_ids: Iterable[int] | None = None,
     ) -> np.ndarray:
         """Ids (ascending) of the specimens :meth:`specimens` would list."""
-        where, params = self._scope(filters, status, groups, specimen_ids)
+        where, params = self._scope_where(filters, status, groups, specimen_ids)
         return (
             self.con.execute(f"SELECT s.specimen_id FROM specimens s WHERE {where} ORDER BY 1", params)
             .fetchnumpy()["specimen_id"]
@@ -302,7 +302,7 @@ class Catalog:
     def mask_rows(self, groups: Iterable[str] | None = None, specimen_ids: Iterable[int] | None = None) -> list[tuple]:
         """One tuple (:data:`MASK_ROW_COLUMNS`) per trait mask of the indexed specimens in scope,
         by specimen id and trait id."""
-        where, params = self._scope((), "indexed", groups, specimen_ids)
+        where, params = self._scope_where((), "indexed", groups, specimen_ids)
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name, s.width, s.height, s.metadata, t.trait_id, t.trait_name, "
             "t.rle, t.area, t.bbox_x0, t.bbox_y0, t.bbox_x1, t.bbox_y1, t.quality, t.source, s.source AS image_source "
@@ -314,7 +314,7 @@ class Catalog:
         """``specimen_id -> {path, group_name, item_key, source, full_source, license, rights_holder,
         width, height, original_width, original_height, metadata, fingerprint}`` (JSON parsed) of the
         indexed specimens in scope: where each image came from, what exports hand back to its owner."""
-        where, params = self._scope((), "indexed", groups, specimen_ids)
+        where, params = self._scope_where((), "indexed", groups, specimen_ids)
         rows = self.query_dicts(
             "SELECT specimen_id, path, group_name, item_key, source, full_source, license, rights_holder, width, height, "
             f"original_width, original_height, metadata, fingerprint FROM specimens s WHERE {where} ORDER BY specimen_id",
@@ -331,8 +331,8 @@ class Catalog:
         URL the pixels were fetched from, else NULL), ``trait_id, trait``,
         the mask's ``area, bbox_x0..bbox_y1, quality, source`` and every ``trait_measurements`` column
         (NULL for masks written before measurements existed)."""
-        where, params = self._scope((), "indexed", groups, specimen_ids)
-        columns = ", ".join(f"x.{c}" for c in MEASUREMENT_COLUMNS[3:])
+        where, params = self._scope_where((), "indexed", groups, specimen_ids)
+        columns = ", ".join(f"x.{c}" for c in TRAIT_MEASUREMENTS_COLUMNS[3:])
         return self.con.execute(
             "SELECT s.specimen_id, s.path, s.group_name AS \"group\", s.metadata, s.fingerprint, "
             "s.source AS image_source, t.trait_id, "
@@ -415,11 +415,11 @@ class Catalog:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
-    def _scope(self, filters: Iterable[Filter], status, groups, specimen_ids) -> tuple[str, list]:
+    def _scope_where(self, filters: Iterable[Filter], status, groups, specimen_ids) -> tuple[str, list]:
         """WHERE clause over ``specimens s``; the catalog is asked for its fields only when there are filters."""
         filters = list(filters)
         known = (self.metadata_keys(), self.measured_traits()) if filters else (set(), ())
-        return scope(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
+        return scope_where(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
 
 
 def listing_of(rows: Iterable[Mapping]) -> dict[int, dict]:

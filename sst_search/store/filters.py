@@ -269,7 +269,7 @@ _COMPARE_ARROW = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<
                   ">": pc.greater, "<": pc.less}
 
 
-def scoped(filters: Iterable[Filter], status: str | None = "indexed", groups: Iterable[str] | None = None) -> list[Filter]:
+def scope_filters(filters: Iterable[Filter], status: str | None = "indexed", groups: Iterable[str] | None = None) -> list[Filter]:
     """``filters`` plus the selections readers share (a status, some groups), for either backend."""
     filters = list(filters)
     if status is not None:
@@ -279,7 +279,7 @@ def scoped(filters: Iterable[Filter], status: str | None = "indexed", groups: It
     return filters
 
 
-def scope(
+def scope_where(
     filters: Iterable[Filter] = (),
     metadata_keys: set[str] = frozenset(),
     measured_traits: Collection[str] = (),
@@ -289,7 +289,7 @@ def scope(
     specimen_ids: Iterable[int] | None = None,
 ) -> tuple[str, list]:
     """:func:`compile_filters` plus the selections readers share: a status, some groups, some ids."""
-    where, params = compile_filters(scoped(filters, status, groups), set(metadata_keys), measured_traits)
+    where, params = compile_filters(scope_filters(filters, status, groups), set(metadata_keys), measured_traits)
     if specimen_ids is not None:
         where += " AND s.specimen_id IN (SELECT unnest(?::BIGINT[]))"
         params.append([int(i) for i in specimen_ids])

@@ -159,7 +159,7 @@ STATUSES = ("indexed", "failed", "no_reference", "pending")
 MASK_SOURCES = ("sst", "provided", "corrected")
 DECISIONS = ("accept", "reject", "correct", "promote")
 #: Columns of ``trait_measurements`` a writer fills, in order (``measured_at`` is set by the store).
-MEASUREMENT_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_per_mm", "scale_source",
+TRAIT_MEASUREMENTS_COLUMNS = ("specimen_id", "trait_id", "trait_name", "unit", "pixels_per_mm", "scale_source",
                        *(f.name for f in FIELDS))
 
 #: Columns a writer supplies for ``specimens`` (``updated_at`` is the store's), with their Arrow types.

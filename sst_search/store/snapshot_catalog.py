@@ -20,7 +20,7 @@ import numpy as np
 from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
 from sst_search.store.columns import MaskAdmission, SnapshotColumns
 from sst_search.store.connection import Connection
-from sst_search.store.filters import Filter, compile_mask, scoped
+from sst_search.store.filters import Filter, compile_mask, scope_filters
 from sst_search.store.indexed import IndexedStore
 
 
@@ -46,7 +46,7 @@ class SnapshotCatalog(Catalog):
         if not filters:
             return None
         columns = self.columns()
-        return MaskAdmission(columns, compile_mask(scoped(filters), self.metadata_keys(), self.measured_traits(), columns))
+        return MaskAdmission(columns, compile_mask(scope_filters(filters), self.metadata_keys(), self.measured_traits(), columns))
 
     def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
         """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`)."""

@@ -30,7 +30,7 @@ from sst_search.store.connection import Connection
 from sst_search.store.generations import apply_committed, bump, keys_of_registered_ids
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review import REAPPLY_CORRECTIONS
-from sst_search.store.schema import MEASUREMENT_COLUMNS, SPECIMEN_COLUMNS
+from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS, SPECIMEN_COLUMNS
 from sst_search.vector_search.cache import IndexKey
 
 if TYPE_CHECKING:
@@ -41,8 +41,8 @@ VECTOR_CHUNK = 200_000
 
 #: Moves the registered ``_new_measurements`` into ``trait_measurements``.
 MEASUREMENT_INSERT = (
-    f"INSERT INTO trait_measurements ({', '.join(MEASUREMENT_COLUMNS)}, measured_at) "
-    f"SELECT {', '.join(MEASUREMENT_COLUMNS)}, measured_at FROM _new_measurements"
+    f"INSERT INTO trait_measurements ({', '.join(TRAIT_MEASUREMENTS_COLUMNS)}, measured_at) "
+    f"SELECT {', '.join(TRAIT_MEASUREMENTS_COLUMNS)}, measured_at FROM _new_measurements"
 )
 
 
@@ -84,9 +84,9 @@ def record_index_config(connection: Connection, config: IndexConfig) -> None:
 
 
 def measurement_table(rows_by_specimen: Mapping[int, Sequence[Mapping]], measured_at: datetime) -> pa.Table:
-    """Arrow table of ``trait_measurements`` rows (columns in :data:`MEASUREMENT_COLUMNS` order)."""
+    """Arrow table of ``trait_measurements`` rows (columns in :data:`TRAIT_MEASUREMENTS_COLUMNS` order)."""
     rows = [{**row, "specimen_id": sid} for sid, rs in rows_by_specimen.items() for row in rs]
-    data = {c: [r.get(c) for r in rows] for c in MEASUREMENT_COLUMNS}
+    data = {c: [r.get(c) for r in rows] for c in TRAIT_MEASUREMENTS_COLUMNS}
     types = {"specimen_id": pa.int64(), "trait_id": pa.int32(), "trait_name": pa.string(), "unit": pa.string(),
              "scale_source": pa.string(), "dominant_color": pa.string()}
     table = pa.table({c: pa.array(v, types.get(c, pa.float64())) for c, v in data.items()})

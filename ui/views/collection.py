@@ -10,7 +10,7 @@ import streamlit as st
 
 from sst_search import SearchEngine, export
 
-from ..render import md
+from ..render import escape_markdown
 from ..state import cache_key
 
 
@@ -48,7 +48,7 @@ def _fingerprints(engine: SearchEngine) -> None:
     runs = engine.store.runs()
     if runs:
         st.caption(f"{len(runs)} indexing runs; the last finished {runs[-1]['finished_at']} "
-                   f"({md(json.loads(runs[-1]['counts'] or '{}'))})")
+                   f"({escape_markdown(json.loads(runs[-1]['counts'] or '{}'))})")
 
 
 def render(engine: SearchEngine) -> None:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from sst_search import SearchEngine, dwca_export, export, regions_table
 
-from ..render import md
+from ..render import escape_markdown
 from ..state import cache_key
 from .collection import measurements
 
@@ -80,7 +80,7 @@ def render(engine: SearchEngine) -> None:
         data, skipped = _crops(engine, key, groups, None if trait == whole else trait, background)
         _download("Crops (PNG zip)", data, "crops.zip", "application/zip", "dl_crops")
         for path, reason in skipped:
-            st.warning(f"skipped {md(path)}: {md(reason)}")
+            st.warning(f"skipped {escape_markdown(path)}: {escape_markdown(reason)}")
     failures = export.failures_table(engine.store)
     if not failures.empty:
         _download(f"Failed items ({len(failures)}, CSV)", export.to_csv_bytes(failures), "failures.csv", "text/csv",

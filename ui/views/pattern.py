@@ -14,7 +14,7 @@ from sst_search import (
     selected_rows, trait_thumbnails,
 )
 
-from ..render import md, trait_label
+from ..render import escape_markdown, trait_label
 from ..state import cache_key, live_db, load_engine, open_specimen
 
 #: Selected specimens shown in the gallery at most (the export holds them all).
@@ -77,7 +77,7 @@ def _build(embedder: str, trait: str, method: str) -> None:
                 build_map(store, embedder, trait, method)
             publish_snapshot(live_db())
     except (StoreError, MapError, RuntimeError) as exc:
-        st.error(f"Could not build the map: {md(exc)}")
+        st.error(f"Could not build the map: {escape_markdown(exc)}")
         return
     load_engine.clear()
     st.cache_data.clear()
@@ -114,7 +114,7 @@ def _gallery(engine: SearchEngine, table: pd.DataFrame, ids: list[int], trait: s
             with col, st.container(border=True, key=f"{prefix}-{sid}"):
                 if pictures[sid] is not None:
                     st.image(pictures[sid], width="stretch")
-                caption = md(numbers.get(sid) or sid)
+                caption = escape_markdown(numbers.get(sid) or sid)
                 st.caption(caption + (f" · {scores[sid]:.3f}" if scores else ""))
                 st.button("Open", key=f"{prefix}-open-{sid}", on_click=open_specimen, args=(sid,))
     if len(ids) > len(shown):
@@ -152,7 +152,7 @@ def _point(engine: SearchEngine, table: pd.DataFrame, row: int, trait: str) -> N
         picture = _thumbnails(engine, [sid], trait)[sid]
         if picture is not None:
             st.image(picture, width=160)
-        st.markdown(f"**{md(table['catalogNumber'].iloc[row] or sid)}** · {md(table['group'].iloc[row] or '-')}")
+        st.markdown(f"**{escape_markdown(table['catalogNumber'].iloc[row] or sid)}** · {escape_markdown(table['group'].iloc[row] or '-')}")
         st.button("Open specimen", key="map-point-open", on_click=open_specimen, args=(sid,), type="primary")
 
 
@@ -195,7 +195,7 @@ def _convergence_view(engine: SearchEngine, embedder: str, trait: str) -> None:
     try:
         result = _convergence(engine, cache_key(engine), embedder, trait, by)
     except MapError as exc:
-        st.info(md(exc))
+        st.info(escape_markdown(exc))
         return
     heat = go.Heatmap(z=result.mean.to_numpy(), x=list(result.mean.columns), y=list(result.mean.index),
                       customdata=result.spread.to_numpy(), colorscale="Viridis", colorbar={"title": "cosine"},
@@ -236,8 +236,8 @@ def render(engine: SearchEngine) -> None:
         return
     tmap = _map(engine, cache_key(engine), embedder, trait)
     if tmap is None:
-        st.info(f"No current map of {md(trait_label(trait))} in this snapshot. Build it here, or run "
-                f"sst-search map --db INDEX --trait {md(trait)}; index runs keep it current afterwards.")
+        st.info(f"No current map of {escape_markdown(trait_label(trait))} in this snapshot. Build it here, or run "
+                f"sst-search map --db INDEX --trait {escape_markdown(trait)}; index runs keep it current afterwards.")
         method = st.radio("Method", METHODS, horizontal=True, key="map_method",
                           help="umap: neighbourhoods kept (fitted on up to 50,000); pca: exact and fast")
         if st.button("Build the map", type="primary", key="map_build"):

@@ -11,7 +11,7 @@ from sst_search import (
     ImageLoadError, InstanceSource, SearchEngine, decode_mask, instance_sources, load_image, source_of_item, trait_color,
 )
 
-from ..render import md
+from ..render import escape_markdown
 from ..state import open_specimen
 
 COLUMNS = 6
@@ -43,7 +43,7 @@ def source_link(engine: SearchEngine, item_path: str) -> None:
     if linked is None:
         return
     source, number = linked
-    st.markdown(f"Instance **{number}** of {len(source.instances)} in photo {md(source.source_key)}")
+    st.markdown(f"Instance **{number}** of {len(source.instances)} in photo {escape_markdown(source.source_key)}")
     st.button("Show the photo", key="open-photo", on_click=open_photo, args=(source.source_key,))
 
 
@@ -61,12 +61,12 @@ def render(engine: SearchEngine) -> None:
     )
     source = by_key[key]
     if source.status != "split":
-        st.error(f"{md(source.source_path)}: {md(source.error)}")
+        st.error(f"{escape_markdown(source.source_path)}: {escape_markdown(source.error)}")
         return
     try:
         image = load_image(source.source_path)
     except ImageLoadError as exc:
-        st.warning(f"image unavailable: {md(exc)}")
+        st.warning(f"image unavailable: {escape_markdown(exc)}")
     else:
         st.image(numbered_outlines(image, source), width="stretch")
     st.caption(f"{len(source.instances)} instances from {source.candidates} candidates; "

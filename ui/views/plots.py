@@ -8,7 +8,7 @@ import streamlit as st
 
 from sst_search import FIELDS, SearchEngine
 
-from ..render import md
+from ..render import escape_markdown
 from ..state import cache_key, open_specimen
 from .collection import measurements
 
@@ -45,14 +45,14 @@ def render(engine: SearchEngine) -> None:
     data[by] = data[by].astype(str)
     tooltip = ["label:N", f"{by}:N", f"{measure}:Q"]
 
-    st.subheader(f"{md(trait)}: {md(measure)} by {md(by)}")
+    st.subheader(f"{escape_markdown(trait)}: {escape_markdown(measure)} by {escape_markdown(by)}")
     box = alt.Chart(data).mark_boxplot(extent="min-max", opacity=0.5).encode(
         x=alt.X(f"{by}:N", title=by), y=alt.Y(f"{measure}:Q", title=measure), color=alt.Color(f"{by}:N", legend=None))
     points = alt.Chart(data).mark_circle(size=50, color="black").encode(
         x=f"{by}:N", y=f"{measure}:Q", href="link:N", tooltip=tooltip)
     st.altair_chart(box + points, width="stretch")
 
-    st.subheader(f"{md(trait)}: two measurements")
+    st.subheader(f"{escape_markdown(trait)}: two measurements")
     other = _pick("Against", numeric, DEFAULT_Y, "plot_measure_y")
     pick = alt.selection_point(fields=["sid"], name="specimen")
     scatter = alt.Chart(data).mark_circle(size=70).encode(

@@ -13,7 +13,7 @@ from sst_search import (
 )
 
 from ..editor import mask_editor, reset, segmenter_or_error
-from ..render import legend, md, overlaid
+from ..render import escape_markdown, legend, overlaid
 from ..state import cache_key, specimen_labels
 from .search import MAX_UPLOAD_MB, UPLOAD_TYPES, decode_upload
 
@@ -26,7 +26,7 @@ def _group_traits(refs_dir: Path, group: str) -> list[str]:
     try:
         return [t.name for _, t in sorted(load_traits(path).items())] if path.exists() else []
     except ReferencesError as exc:
-        st.warning(md(exc))
+        st.warning(escape_markdown(exc))
         return []
 
 
@@ -52,7 +52,7 @@ def _source(engine: SearchEngine) -> tuple[str, str, np.ndarray, str | Path | No
         try:
             return group, Path(upload.name).stem, decode_upload(upload), None
         except ImageLoadError as exc:
-            st.error(md(exc))
+            st.error(escape_markdown(exc))
             return None
     groups = engine.groups()
     if not groups:
@@ -68,7 +68,7 @@ def _source(engine: SearchEngine) -> tuple[str, str, np.ndarray, str | Path | No
     try:
         return group, Path(path).stem, load_image(path), path
     except ImageLoadError as exc:
-        st.error(md(exc))
+        st.error(escape_markdown(exc))
         return None
 
 
@@ -123,8 +123,8 @@ def render(engine: SearchEngine) -> None:
             try:
                 support = save_support(refs_dir, group, name_as.strip(), file if file is not None else image, accepted)
             except ReferencesError as exc:
-                st.error(md(exc))
+                st.error(escape_markdown(exc))
             else:
                 st.session_state["ref_accepted"] = {}
-                st.success(f"Saved support {md(support.image_path)} ({len(support.trait_ids)} traits). "
+                st.success(f"Saved support {escape_markdown(support.image_path)} ({len(support.trait_ids)} traits). "
                            f"Re-index to segment group {group} with it.")

@@ -12,7 +12,7 @@ from sst_search import (
 )
 
 from ..editor import mask_editor, segmenter_or_error
-from ..render import md, outlined
+from ..render import escape_markdown, outlined
 from ..state import cache_key, live_db, load_engine, specimen_labels
 
 EDITOR = "review"
@@ -35,7 +35,7 @@ def _embedder(engine: SearchEngine):
     try:
         return engine.embedder
     except (QueryError, EmbedderError) as exc:
-        st.warning(f"The corrected trait cannot be re-embedded: {md(exc)}")
+        st.warning(f"The corrected trait cannot be re-embedded: {escape_markdown(exc)}")
         return None
 
 
@@ -44,7 +44,7 @@ def _decide(engine: SearchEngine, item: ReviewItem, decision: str, reviewer: str
         problems = decide(live_db(), item.specimen_id, item.trait_name, decision, reviewer, mask=mask,
                           embedder=_embedder(engine) if decision == "correct" else None)
     except (KeyError, ValueError, RuntimeError) as exc:
-        st.error(f"Could not store the decision: {md(exc)}")
+        st.error(f"Could not store the decision: {escape_markdown(exc)}")
         return
     _published("; ".join([f"{decision}: {item.trait_name} of specimen {item.specimen_id}", *problems]))
 
@@ -73,7 +73,7 @@ def render(engine: SearchEngine) -> None:
     try:
         image = load_image(row["path"])
     except ImageLoadError as exc:
-        st.warning(f"image unavailable: {md(exc)}")
+        st.warning(f"image unavailable: {escape_markdown(exc)}")
         return
     masks = {m.trait_name: m for m in engine.store.trait_masks(item.specimen_id)}
     current = masks.get(item.trait_name)
@@ -83,9 +83,9 @@ def render(engine: SearchEngine) -> None:
         st.image(shown, caption=f"{row['path']}: {item.trait_name}" + ("" if current else " (not found)"),
                  width="stretch")
     with right:
-        st.markdown("  \n".join(f"- {md(r)}" for r in item.reasons))
+        st.markdown("  \n".join(f"- {escape_markdown(r)}" for r in item.reasons))
         if item.decision:
-            st.info(f"Decided: {item.decision} by {md(item.reviewer)}")
+            st.info(f"Decided: {item.decision} by {escape_markdown(item.reviewer)}")
         b1, b2 = st.columns(2)
         if b1.button("Accept", key="review_accept", disabled=current is None):
             _decide(engine, item, "accept", reviewer)
@@ -96,7 +96,7 @@ def render(engine: SearchEngine) -> None:
             try:
                 support = promote(live_db(), item.specimen_id, references_dir_of(engine.store), reviewer)
             except (KeyError, ReferencesError, RuntimeError) as exc:
-                st.error(f"Could not promote: {md(exc)}")
+                st.error(f"Could not promote: {escape_markdown(exc)}")
             else:
                 _published(f"added support {support.image_path}; re-index to apply it to group {item.group_name}")
     # SAM 2 is built only when a correction is wanted: listing and deciding stay instant

@@ -8,7 +8,7 @@ import streamlit as st
 
 from sst_search import UPLOAD_FORMATS, Filter, ImageLoadError, QueryError, SearchEngine, load_image
 
-from ..render import md, result_grid, trait_label
+from ..render import escape_markdown, result_grid, trait_label
 from ..state import cache_key, specimen_labels
 
 MAX_UPLOAD_MB = 20
@@ -65,7 +65,7 @@ def _query(engine: SearchEngine, group: str) -> dict | None:
     if mode == "Specimen":
         labels = specimen_labels(engine, cache_key(engine), group)
         if not labels:
-            st.info(f"No indexed specimens in {md(group)}.")
+            st.info(f"No indexed specimens in {escape_markdown(group)}.")
             return None
         sid = st.selectbox("Query specimen", list(labels), format_func=labels.get, key="query_specimen")
         return {"specimen_id": sid}
@@ -77,9 +77,9 @@ def _query(engine: SearchEngine, group: str) -> dict | None:
         try:
             image = decode_upload(upload)
         except ImageLoadError as exc:
-            st.error(md(exc))
+            st.error(escape_markdown(exc))
             return None
-        st.image(image, caption=md(upload.name), width=240)
+        st.image(image, caption=escape_markdown(upload.name), width=240)
         return {"image": image, "group": group}
     text = st.text_input("Describe the trait", key="query_text", placeholder="e.g. a broad red forewing band").strip()
     return {"text": text} if text else None
@@ -110,7 +110,7 @@ def render(engine: SearchEngine) -> None:
             st.session_state["results_for"] = f"{trait_label(trait)} · {direction}"
         except (QueryError, ImageLoadError, KeyError, ValueError, RuntimeError) as exc:
             st.session_state.pop("results", None)
-            st.error(f"Search failed: {md(exc)}")
+            st.error(f"Search failed: {escape_markdown(exc)}")
     results = st.session_state.get("results")
     if results is None:
         return

@@ -7,7 +7,7 @@ import streamlit as st
 
 from sst_search import SPECIMEN_TRAIT, ImageLoadError, QueryError, SearchEngine, export
 
-from ..render import legend, md, overlaid, result_grid, trait_label
+from ..render import escape_markdown, legend, overlaid, result_grid, trait_label
 from ..state import cache_key, specimen_image, specimen_labels
 from . import photos
 
@@ -21,7 +21,7 @@ def _neighbours(engine: SearchEngine, specimen_id: int, traits: list[str]) -> No
         try:
             results = engine.search(trait, NEIGHBOURS, specimen_id=specimen_id)
         except (QueryError, KeyError) as exc:
-            st.caption(f"no neighbours: {md(exc)}")
+            st.caption(f"no neighbours: {escape_markdown(exc)}")
             continue
         result_grid(engine, results, f"nn-{trait}", columns=NEIGHBOURS, compact=True)
 
@@ -54,21 +54,21 @@ def render(engine: SearchEngine) -> None:
     row = engine.store.get_specimen(sid)
     masks = engine.store.trait_masks(sid)
     if row["status"] != "indexed":
-        st.error(f"{md(row['path'])}: {row['status']}: {md(row['error'])}")
+        st.error(f"{escape_markdown(row['path'])}: {row['status']}: {escape_markdown(row['error'])}")
 
     left, right = st.columns([3, 2])
     with left:
         try:
             image = specimen_image(engine, cache_key(engine), sid)
         except (ImageLoadError, KeyError) as exc:
-            st.warning(f"image unavailable: {md(exc)}")
+            st.warning(f"image unavailable: {escape_markdown(exc)}")
         else:
             label_map = engine.store.label_map(sid)
             st.image(overlaid(image, label_map) if label_map is not None else image, width="stretch")
         legend([(m.trait_id, m.trait_name) for m in masks])
     with right:
         turned = row.get("orientation")
-        st.markdown(f"**Group:** {md(row['group_name'] or '-')}  \n**Path:** {md(row['path'])}  \n**Size:** "
+        st.markdown(f"**Group:** {escape_markdown(row['group_name'] or '-')}  \n**Path:** {escape_markdown(row['path'])}  \n**Size:** "
                     f"{row['width']} x {row['height']} px"
                     + (f"  \n**Segmented turned by:** {turned} degrees" if turned else "")
                     + ("  \n**Segmented mirrored** (flipped left-right)" if row.get("mirrored") else ""))
@@ -83,7 +83,7 @@ def render(engine: SearchEngine) -> None:
         st.info("No trait was found on this specimen.")
         return
     table = export.measurements_table(engine.store, specimen_ids=[sid])
-    st.dataframe(table[list(export.MEASUREMENT_COLUMNS)], hide_index=True)
+    st.dataframe(table[list(export.PER_TRAIT_COLUMNS)], hide_index=True)
     st.caption("Confidence: SAM 2's object score (a logit: above 0 SAM 2 sees the trait), its predicted IoU, "
                "and the cycle-consistency IoU when indexed with --quality.")
     st.dataframe(
