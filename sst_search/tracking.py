@@ -14,6 +14,10 @@ that follow them in a pseudo-video. Two propagation modes:
 
 Queries are streamed: at most ``batch_size`` encoded queries are alive at once and a chain
 keeps only the memory SAM 2 can still attend to.
+
+This module decides which frames are tracked from which, in what order and view; SAM 2
+itself is reached only through :mod:`sst_search.sam2_predictor` (a
+:class:`~sst_search.sam2_predictor.TrackingSession` per group or chain).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Building
 Frames
     :func:`encode_images` / :func:`encode_resized` run the image encoder once over a batch
     and give :class:`EncodedFrame` objects, reused by everything below;
-    :func:`resize_for_model` is the CPU half of SAM 2's loader (for preparing threads);
+    :func:`resize_for_model` is the CPU half of SAM 2's loader (for preparing threads),
+    :func:`preprocess` all of it;
     :func:`autocast` is SAM 2's precision on the device.
 Tracking
     :class:`TrackingSession` adds support masks, encodes their memory once and tracks
