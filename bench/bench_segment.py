@@ -124,8 +124,8 @@ def _run_recipe(support, queries, model: str, image_size: int, device: str) -> t
     import torch
     from PIL import Image
 
-    from sst_search.builder import build_sam2
     from sst_search.images import load_image
+    from sst_search.sam2_predictor import build_sam2
     from sst_search.weights import resolve_sam2_weights
 
     # The same seeded random weights as ours, in SAM 2's own predictor class.

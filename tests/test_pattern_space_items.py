@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from indexer.job import run_index
 from sst_search.cli import app
-from sst_search.config import Config
 from sst_search.convergence import convergence
 from sst_search.map_view import map_figure, map_table
 from sst_search.pattern_atlas import atlas_cells, atlas_image
@@ -22,7 +21,7 @@ from sst_search.pattern_map import build_map
 from sst_search.store import Store
 from sst_search.store.snapshots import resolve_snapshot
 from sst_search.thumbnails import trait_thumbnails
-from tests.conftest import INDEXED_CONFIG
+from tests.fixtures import random_weights_config
 from tests.image_server import ImageServer
 
 EMBEDDER = "color-pattern"
@@ -52,7 +51,7 @@ def url_db(indexed, tmp_path_factory):
         for p, group in images.items():
             shutil.copy(coll.ground_truth / group / p.name, masks / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.png")
         db = root / "db.duckdb"
-        summary = run_index(root / "manifest.csv", coll.references, db, Config.model_validate(INDEXED_CONFIG), masks=masks)
+        summary = run_index(root / "manifest.csv", coll.references, db, random_weights_config(), masks=masks)
         assert summary.counts["indexed"] == len(images), summary.failures
     finally:
         server.close()

@@ -104,14 +104,14 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, tracker):
     import yaml
 
     from sst_search.synthetic import generate_collection
-    from tests.conftest import INDEXED_CONFIG
+    from tests.fixtures import random_weights_settings
 
     coll = generate_collection(tmp_path / "synthetic", species=6, per_species=2, seed=3)
     work = tmp_path / "work"
     for group in ("erato", "hydara"):
         shutil.copytree(coll.root / "images" / group, work / "photos" / group)
         shutil.copytree(coll.references / group, work / "references" / group)
-    (work / "config.yaml").write_text(yaml.safe_dump(INDEXED_CONFIG))
+    (work / "config.yaml").write_text(yaml.safe_dump(random_weights_settings()))
     monkeypatch.chdir(work)
 
     def session_tracker(seg):

@@ -41,7 +41,7 @@ def per_object(tracker):
 @pytest.fixture(scope="module")
 def official(tracker):
     """The unmodified official predictor class, built by our builder from our tracker's weights."""
-    from sst_search.builder import build_sam2
+    from sst_search.sam2_predictor import build_sam2
 
     predictor = build_sam2(tracker.model, tracker.weights, image_size=tracker.predictor.image_size, device="cpu",
                            official=True)

@@ -23,17 +23,18 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from ..sam2_predictor import ADAPTABLE_MODULES, IMAGE_FEATURE_PARAMETERS
 from ..weights import sha256_file
 
 FORMAT = "sst-search-adapter"
 VERSION = 1
 KINDS = ("lora", "full")
-#: The submodules fine-tuning adapts.
-ADAPTED_MODULES = ("memory_attention", "sam_mask_decoder")
+#: The submodules fine-tuning adapts: every one that leaves the cached image features alone.
+ADAPTED_MODULES = ADAPTABLE_MODULES
 #: Attention projections of SAM 2's ``Attention``/``RoPEAttention`` (both adapted modules).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-#: Parts of the adapted modules that belong to the frozen image-feature path.
-FROZEN_PREFIXES = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
+#: Parts of the adapted modules that stay frozen even in full mode: the image-feature path.
+FROZEN_PREFIXES = IMAGE_FEATURE_PARAMETERS
 #: Attribute on the predictor recording what was applied to it.
 ADAPTER_ATTR = "sst_adapter"
 

@@ -1,27 +1,15 @@
-"""The differentiable SST round trip: support -> query -> support, on SAM 2's own primitives.
+"""The differentiable SST round trip, support -> query -> support, and its loss.
 
-The video predictor's public methods run under ``torch.inference_mode``, so this module
-re-creates exactly the two steps SST inference takes (see :mod:`sst_search.tracking`) from
-``SAM2Base`` building blocks, keeping the autograd graph:
-
-1. *condition*: a frame plus a mask becomes a conditioning output. SAM 2.1 turns the mask
-   straight into output logits (``use_mask_input_as_output_without_sam``) and derives the
-   object pointer from the mask decoder; the memory is then encoded from the upsampled
-   low-resolution logits, as ``propagate_in_video_preflight`` does, and rounded to bf16 as
-   the predictor stores it.
-2. *track*: memory attention over that conditioning output, then the mask decoder, on a
-   frame in slot 1 of a two-frame pseudo-video.
+The two steps of SST inference, *condition* (a frame plus a mask becomes memory) and
+*track* (memory attention and the mask decoder on the next frame), come from the SAM 2
+boundary with the autograd graph kept (see :mod:`sst_search.sam2_predictor.differentiable`).
 
 Where gradients flow: the query prediction enters the return trip as ``sigmoid(logits)``,
-a soft mask. Inference binarises a user mask before the memory encoder
-(``binarize_mask_from_pts_for_mem_enc``), which would cut the graph, so the soft mask is
-encoded with ``is_mask_from_pts=False``: SAM 2 then applies its sigmoid (with its 20x/-10
-scale) to the logits ``20 * mask - 10``, a smooth function of the soft mask. The loss on
-the support therefore reaches the trained parameters three ways: the return trip's memory
-attention and mask decoder, the query mask through the memory encoder (frozen but
-differentiable), and the query mask through the mask decoder that makes the object
-pointer. The image encoder runs under ``no_grad``: it is frozen and its features are the
-same with or without an adapter.
+a soft mask, conditioned with ``soft=True`` so that the memory encoder does not binarise
+it. The loss on the support therefore reaches the trained parameters three ways: the
+return trip's memory attention and mask decoder, the query mask through the memory
+encoder (frozen but differentiable), and the query mask through the mask decoder that
+makes the object pointer. The image encoder is frozen and runs without a graph.
 
 The model stays in eval mode throughout (no dropout, the inference memory selection), so
 training sees the network that inference will run.
@@ -31,25 +19,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam2_base import SAM2Base
 
-from ..sam2_predictor import autocast, backbone_tokens, encode_memory, preprocess, track_step_outputs
+from ..sam2_predictor import (
+    FrameFeatures,
+    InMemoryVideoPredictor,
+    condition,
+    encode_backbone,
+    frame_features,
+    resize_masks,
+    track,
+)
+
+#: Fine-tuning's view of SAM 2's differentiable steps (:mod:`.train` prepares frames and
+#: targets with them), next to what this module adds.
+__all__ = [
+    "LOGIT_CLAMP",
+    "RoundTrip",
+    "condition",
+    "cycle_loss",
+    "encode_backbone",
+    "frame_features",
+    "resize_masks",
+    "round_trip",
+    "track",
+]
 
 #: SAM 2 marks an absent object with logits of -1024; BCE on those would be ~1024 per pixel
 #: and swamp the loss without carrying a gradient, so loss logits are clamped to this range.
 LOGIT_CLAMP = 32.0
-
-
-@dataclass
-class FrameFeatures:
-    """One frame's image-encoder output, flattened and repeated for ``batch`` objects."""
-
-    vision_feats: list[torch.Tensor]
-    vision_pos: list[torch.Tensor]
-    feat_sizes: list[tuple[int, int]]
 
 
 @dataclass
@@ -64,80 +63,9 @@ class RoundTrip:
     return_object_scores: torch.Tensor
 
 
-@torch.no_grad()
-def encode_backbone(model: SAM2Base, image: np.ndarray) -> dict:
-    """Frozen image-encoder features of one RGB image (plain tensors, usable by autograd)."""
-    x = preprocess(image, model.image_size)[None].to(model.device)
-    with autocast(model.device):
-        return model.forward_image(x)
-
-
-def frame_features(model: SAM2Base, backbone: dict, batch: int) -> FrameFeatures:
-    """Repeat one frame's features along SAM 2's batch dimension: one entry per trait."""
-    expanded = {
-        key: [t.expand(batch, -1, -1, -1) for t in backbone[key]] for key in ("backbone_fpn", "vision_pos_enc")
-    }
-    feats, pos, sizes = backbone_tokens(model, expanded)
-    return FrameFeatures(feats, pos, sizes)
-
-
-def resize_masks(masks: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
-    """Binary ``(T, H, W)`` masks -> ``(T, 1, S, S)`` floats, resized as ``add_new_mask`` does."""
-    m = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None].to(device)
-    if m.shape[-2:] != (image_size, image_size):
-        m = F.interpolate(m, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-        m = (m >= 0.5).float()
-    return m
-
-
-def condition(model: SAM2Base, frame: FrameFeatures, masks: torch.Tensor, soft: bool) -> dict:
-    """A conditioning output (memory + object pointer) for ``masks`` on ``frame``.
-
-    ``soft`` masks keep their gradient through the memory encoder; hard ones are binarised
-    there exactly as inference does with a user-given mask.
-    """
-    out = model.track_step(
-        frame_idx=0,
-        is_init_cond_frame=True,
-        current_vision_feats=frame.vision_feats,
-        current_vision_pos_embeds=frame.vision_pos,
-        feat_sizes=frame.feat_sizes,
-        point_inputs=None,
-        mask_inputs=masks,
-        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-        num_frames=2,
-        run_mem_encoder=False,
-    )
-    size = (model.image_size, model.image_size)
-    high_res = F.interpolate(out["pred_masks"].float(), size=size, mode="bilinear", align_corners=False)
-    features, pos = encode_memory(model, frame.vision_feats, frame.feat_sizes, high_res, out["object_score_logits"],
-                                  binarize=not soft)
-    # The predictor stores memory in bf16; the cast passes gradients straight through.
-    out["maskmem_features"] = features.to(torch.bfloat16).to(features.dtype)
-    out["maskmem_pos_enc"] = pos
-    return out
-
-
-def track(model: SAM2Base, frame: FrameFeatures, conditioning: dict) -> dict:
-    """Track the conditioning objects onto ``frame`` (slot 1 of a two-frame pseudo-video).
-
-    Besides the mask SAM 2 picks (highest predicted IoU), the candidate masks and their
-    predicted IoUs are returned: the loss needs them (see :func:`cycle_loss`).
-    """
-    sam_outputs = track_step_outputs(
-        model, 1, frame.vision_feats, frame.vision_pos, frame.feat_sizes,
-        {"cond_frame_outputs": {0: conditioning}, "non_cond_frame_outputs": {}}, num_frames=2,
-    )
-    _, candidates, ious, _, chosen, _, object_scores = sam_outputs
-    return {
-        "logits": chosen.float(),
-        "candidates": candidates.float(),
-        "ious": ious.float(),
-        "object_scores": object_scores.float(),
-    }
-
-
-def round_trip(model: SAM2Base, support: FrameFeatures, support_masks: torch.Tensor, query: FrameFeatures) -> RoundTrip:
+def round_trip(
+    model: InMemoryVideoPredictor, support: FrameFeatures, support_masks: torch.Tensor, query: FrameFeatures
+) -> RoundTrip:
     """Support -> query with the labeled masks, then query -> support with fresh memory
     holding only the (soft) query prediction.
 

@@ -3,8 +3,10 @@
 ``SAM2VideoPredictor.init_state`` only accepts a video path. SST builds pseudo-videos out
 of specimen photos that are already in memory, reuses the support's features across
 thousands of queries and encodes queries in batches, so this module adds exactly that to
-the official predictor and nothing else: a state built from :class:`EncodedFrame` objects
-whose image features were computed up front, batched, by :func:`encode_images`.
+the official predictor and nothing else: a state built from :class:`~.frames.EncodedFrame`
+objects whose image features were computed up front, batched, by
+:func:`~.frames.encode_images`. Its methods read and write SAM 2's inference state;
+:class:`~.session.TrackingSession` is their only caller.
 """
 
 from __future__ import annotations
@@ -17,26 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.modeling.position_encoding import apply_rotary_enc
 from sam2.modeling.sam.transformer import RoPEAttention
-from sam2.modeling.sam2_base import SAM2Base
-from sam2.utils.misc import fill_holes_in_mask_scores
-from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.utils.misc import fill_holes_in_mask_scores
 
-# SAM 2 was trained on ImageNet-normalised inputs.
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+from .frames import EncodedFrame, backbone_tokens, resize_masks
 
-@dataclass
-class EncodedFrame:
-    """A frame ready for tracking: its original size and its image-encoder output."""
-
-    size: tuple[int, int]  # original (H, W)
-    image: torch.Tensor  # (1, 3, S, S), normalised
-    backbone: dict  # SAM2Base.forward_image output for this frame (batch of 1)
+#: The SAM 2 submodules that run after the image features: what may change (an adapter)
+#: without re-encoding a single image.
+ADAPTABLE_MODULES = ("memory_attention", "sam_mask_decoder")
+#: Parameters inside those modules that ``forward_image`` applies: they are part of the
+#: image features SST encodes once and caches.
+IMAGE_FEATURE_PARAMETERS = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
 
 
 @dataclass
@@ -92,8 +87,8 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
         neck, the decoder's high-resolution projections) in ``memory_format``; input batches
         follow. Hiera itself works on channels-last tokens, so ``torch.channels_last``
         saves layout copies at the convolutions without changing the arithmetic."""
-        for module in (self.image_encoder, self.sam_mask_decoder.conv_s0, self.sam_mask_decoder.conv_s1):
-            module.to(memory_format=memory_format)
+        for name in ("image_encoder", *(prefix.rstrip(".") for prefix in IMAGE_FEATURE_PARAMETERS)):
+            self.get_submodule(name).to(memory_format=memory_format)
         self.encoder_memory_format = memory_format
 
     def init_state_from_frames(self, frames: list[EncodedFrame | None]) -> dict:
@@ -136,7 +131,7 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
         state["images"].frames[frame_idx] = None
         state["cached_features"].pop(frame_idx, None)
 
-    def add_new_masks(self, state: dict, frame_idx: int, obj_ids: list[int], masks: list[torch.Tensor]) -> None:
+    def add_new_masks(self, state: dict, frame_idx: int, obj_ids: list[int], masks: np.ndarray) -> None:
         """``add_new_mask`` for several objects of one unseen frame, memory included, so
         ``propagate_in_video_preflight`` only files the outputs: bit for bit what the
         official predictor computes, one object at a time. (As one batch it measured no
@@ -144,13 +139,12 @@ class InMemoryVideoPredictor(SAM2VideoPredictor):
 
         Per object the official method also merges every object's output at video
         resolution for its return value (quadratic in the number of traits); SST never reads
-        it, and skipping it more than halves a session's set-up at 8 traits.
+        it, and skipping it more than halves a session's set-up at 8 traits. ``masks`` are
+        boolean ``(len(obj_ids), H, W)``.
         """
         indices = [self._obj_id_to_idx(state, oid) for oid in obj_ids]
         s = self.image_size
-        m = torch.stack([mask.to(torch.bool) for mask in masks])[:, None].float().to(self.device)
-        if m.shape[-2:] != (s, s):
-            m = (F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False, antialias=True) >= 0.5).float()
+        m = resize_masks(masks, s, self.device)
         for j, idx in enumerate(indices):
             if frame_idx in state["frames_tracked_per_obj"][idx]:
                 raise ValueError(f"object {obj_ids[j]} was already tracked through frame {frame_idx}")
@@ -346,192 +340,3 @@ class _FrameImages:
         if frame is None:
             raise RuntimeError(f"frame {idx} is not loaded")
         return frame.image[0]
-
-
-def resize_for_model(image: np.ndarray, image_size: int) -> np.ndarray:
-    """RGB uint8 -> ``(S, S, 3)`` uint8, resized exactly as SAM 2's own loader does. The CPU
-    half of :func:`preprocess`, kept in bytes so that preparing threads can run it ahead
-    of the model and hand a quarter of the float tensor's size to the device."""
-    return np.array(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))  # writable: torch reads it
-
-
-def normalize_for_model(resized: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``(..., S, S, 3)`` uint8 -> ImageNet-normalised float ``(..., 3, S, S)`` on the tensor's device
-    (the same float32 operations wherever they run, so the same values)."""
-    t = torch.as_tensor(resized).movedim(-1, -3).float() / 255.0
-    return (t - _MEAN.to(t.device)) / _STD.to(t.device)
-
-
-def preprocess(image: np.ndarray, image_size: int) -> torch.Tensor:
-    """RGB uint8 -> normalised (3, S, S) tensor, resized exactly as SAM 2's own loader does."""
-    return normalize_for_model(resize_for_model(image, image_size))
-
-
-def _split_backbone(backbone: dict, i: int) -> dict:
-    return {
-        key: [t[i : i + 1] for t in value] if isinstance(value, list) else value[i : i + 1]
-        for key, value in backbone.items()
-    }
-
-
-@torch.inference_mode()
-def encode_images(predictor: SAM2VideoPredictor, images: list[np.ndarray]) -> list[EncodedFrame]:
-    """Run the image encoder once over a batch of images (the dominant cost of SST)."""
-    return encode_resized(predictor, [resize_for_model(im, predictor.image_size) for im in images],
-                          [im.shape[:2] for im in images])
-
-
-@torch.inference_mode()
-def encode_resized(predictor: SAM2VideoPredictor, resized: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[EncodedFrame]:
-    """:func:`encode_images` of images already through :func:`resize_for_model`, or of
-    images still at their own size, which are resized on the device instead (see
-    :func:`resize_on_device`): uploaded as bytes, normalised on the device, encoded as one
-    batch. ``sizes`` are the originals' (H, W)."""
-    if not resized:
-        return []
-    s = predictor.image_size
-    if all(r.shape[:2] == (s, s) for r in resized):
-        pixels = _upload(predictor, torch.from_numpy(np.stack(resized)))
-    else:
-        pixels = torch.stack([resize_on_device(_upload(predictor, torch.from_numpy(r)), s) for r in resized])
-    batch = normalize_for_model(pixels)
-    batch = batch.contiguous(memory_format=getattr(predictor, "encoder_memory_format", torch.contiguous_format))
-    with autocast(predictor.device):
-        backbone = predictor.forward_image(batch)
-    return [
-        EncodedFrame(size=tuple(size), image=batch[i : i + 1], backbone=_split_backbone(backbone, i))
-        for i, size in enumerate(sizes)
-    ]
-
-
-def _upload(predictor: SAM2VideoPredictor, pixels: torch.Tensor) -> torch.Tensor:
-    if predictor.device.type == "cuda":
-        return pixels.pin_memory().to(predictor.device, non_blocking=True)
-    return pixels.to(predictor.device)
-
-
-def resize_on_device(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 on any device -> ``(S, S, 3)`` uint8 on that device: bicubic with
-    antialiasing, rounded to bytes like :func:`resize_for_model`'s Pillow resize, which it
-    approximates to within one grey level (0.17 on average on the synthetic specimens). On a GPU this replaces the CPU's largest per-image cost (an upscale of every
-    photo to 1024 x 1024) with a kernel that takes microseconds."""
-    t = pixels.permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True)
-    return t.clamp_(0, 255).round_().to(torch.uint8)[0].permute(1, 2, 0)
-
-
-def backbone_tokens(model: SAM2Base, backbone: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
-    """An image-encoder output as SAM 2's tracking reads it: per level, tokens
-    ``(HW, B, C)``, their position encodings and the level's ``(H, W)``."""
-    _, feats, pos, sizes = model._prepare_backbone_features(backbone)
-    return feats, pos, sizes
-
-
-def encode_memory(
-    model: SAM2Base, vision_feats: list, feat_sizes: list, high_res_masks: torch.Tensor, object_scores: torch.Tensor,
-    binarize: bool,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """SAM 2's memory encoder on masks at model resolution; ``binarize`` thresholds them
-    first, as SAM 2 does with masks that come from clicks or from a user."""
-    return model._encode_new_memory(
-        current_vision_feats=vision_feats,
-        feat_sizes=feat_sizes,
-        pred_masks_high_res=high_res_masks,
-        object_score_logits=object_scores,
-        is_mask_from_pts=binarize,
-    )
-
-
-def track_step_outputs(
-    model: SAM2Base, frame_idx: int, vision_feats: list, vision_pos: list, feat_sizes: list, output_dict: dict,
-    num_frames: int,
-) -> tuple:
-    """SAM 2's frame step into a non-conditioning frame, returning everything its mask heads
-    produce: ``(low-res candidates, high-res candidates, their predicted IoUs, low-res mask,
-    high-res mask, object pointer, object score logits)``. Unlike ``track_step`` this keeps
-    the candidates and IoUs, which the differentiable round trip's loss needs."""
-    _, sam_outputs, _, _ = model._track_step(
-        frame_idx=frame_idx,
-        is_init_cond_frame=False,
-        current_vision_feats=vision_feats,
-        current_vision_pos_embeds=vision_pos,
-        feat_sizes=feat_sizes,
-        point_inputs=None,
-        mask_inputs=None,
-        output_dict=output_dict,
-        num_frames=num_frames,
-        track_in_reverse=False,
-        prev_sam_mask_logits=None,
-    )
-    return sam_outputs
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (SAM 2's intended precision); a no-op on CPU."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class _EncodedImagePredictor(SAM2ImagePredictor):
-    """SAM 2's image predictor on the video predictor's own modules (same checkpoint), reading
-    the features of an :class:`EncodedFrame` when one is given, so proposing masks on a photo
-    and tracking into it share one image-encoder pass.
-
-    The official predictor assumes a 1024 px input (its feature sizes are constants); here
-    they follow the model's ``image_size``.
-    """
-
-    def __init__(self, model: SAM2VideoPredictor, **kwargs):
-        super().__init__(model, **kwargs)
-        s = model.image_size
-        self._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-        self.frame: EncodedFrame | None = None
-
-    @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        # The frame stands for the whole photo; crops (crop_n_layers > 0) are encoded afresh.
-        frame = self.frame
-        if frame is None or tuple(frame.size) != tuple(image.shape[:2]):
-            frame = encode_images(self.model, [np.ascontiguousarray(image)])[0]
-        self.reset_predictor()
-        self._orig_hw = [tuple(image.shape[:2])]
-        _, vision_feats, _, _ = self.model._prepare_backbone_features(frame.backbone)
-        if self.model.directly_add_no_mem_embed:
-            vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
-        feats = [
-            feat.permute(1, 2, 0).reshape(1, -1, *size)
-            for feat, size in zip(vision_feats[::-1], self._bb_feat_sizes[::-1])
-        ][::-1]
-        self._features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
-        self._is_image_set = True
-
-
-class MaskProposer:
-    """SAM 2's automatic mask generator (a grid of point prompts, each prompt's masks kept by
-    predicted IoU and stability, then box NMS) built on the tracker's own SAM 2 modules."""
-
-    def __init__(self, predictor: SAM2VideoPredictor, **generator_options):
-        self.generator = SAM2AutomaticMaskGenerator(predictor, output_mode="binary_mask", **generator_options)
-        self.generator.predictor = _EncodedImagePredictor(predictor)
-        self.device = predictor.device
-
-    def propose(self, image: np.ndarray, frame: EncodedFrame | None = None) -> list[dict]:
-        """SAM 2's mask records for ``image`` (``segmentation``, ``predicted_iou``,
-        ``stability_score``...), reusing ``frame``'s features when given."""
-        self.generator.predictor.frame = frame
-        try:
-            with torch.inference_mode(), autocast(self.device):
-                return self.generator.generate(np.ascontiguousarray(image))
-        finally:
-            self.generator.predictor.frame = None
-
-
-def image_predictor(model: SAM2VideoPredictor) -> SAM2ImagePredictor:
-    """SAM 2's point/box image predictor over an already built model, so interactive labeling
-    uses exactly the weights and input size of the index's tracker, without a second model."""
-    return _EncodedImagePredictor(model)
