@@ -65,7 +65,9 @@ def test_cached_pairwise_equals_uncached(tracker, synthetic, references):
     together = list(tracker.segment(supports, queries, mode="pairwise", batch_size=4, query_batch=3))
     assert [r.query_id for r in cached] == [r.query_id for r in uncached] == [r.query_id for r in together]
     for a, b, c in zip(cached, uncached, together):
-        np.testing.assert_array_equal(a.label_map, b.label_map)
+        # The cached run encodes its frames four to a batch, the uncached one at its own batch
+        # size: which torch kernels (and thread counts) sum them differs in the last bits.
+        _same_up_to_ties(a.label_map, b.label_map)
         _same_up_to_ties(c.label_map, b.label_map)
         assert c.object_score == pytest.approx(b.object_score, abs=1e-5)
 

@@ -89,6 +89,8 @@ def test_lasso_on_the_map_shows_exactly_the_specimens_inside(app_server, chromiu
     page.locator(".js-plotly-plot").scroll_into_view_if_needed()  # the download button scrolled the page
     page.locator(".modebar-btn[data-title='Zoom']").click()
     one = next(p for p in page.evaluate(POINTS_JS) if p["label"] == label)
+    page.mouse.move(one["px"], one["py"])  # plotly reports a click on the point its hover found
+    page.locator(".hoverlayer .hovertext").first.wait_for()
     page.mouse.click(one["px"], one["py"])
     panel = page.locator(".st-key-map-point")
     expect(panel).to_contain_text(one["label"])
