@@ -52,9 +52,9 @@ def main() -> None:
 
     import torch
 
-    from sst_search.config import InstancesConfig
     from sst_search.builder import build_instance_finder, build_tracker
-    from sst_search.instances import crop_instance
+    from sst_search.config import InstancesConfig
+    from sst_search.instance_finding import crop_instance
     from sst_search.references import InstanceReference, load_support
     from sst_search.sam2_predictor import encode_images
     from sst_search.synthetic import generate_drawers, render_drawer

@@ -25,11 +25,11 @@ from sst_search.sources.naming import record_name, url_failure
 from sst_search.store import Store
 from sst_search.store.connection import repair_hint
 from sst_search.store.errors import StoreDamagedError
-from sst_search.store.review import corrections
+from sst_search.store.review_tables import corrections
 from sst_search.store.snapshots import publish_snapshot
 
 from .collection import collection_items, image_cache
-from .instances import SplitSummary, crops_dir, split_instances
+from .instance_split import SplitSummary, crops_dir, split_instances
 from .plan import make_plan
 from .runners import make_runner
 from .worker import Worker
@@ -86,7 +86,7 @@ def run_index(
     ``config`` describes (they must be what it describes: the plan fingerprints the
     config). They live in this process, so they need the local engine. With
     ``instance_references`` every photo is first split into one item per instance (see
-    :mod:`indexer.instances`) and those items are indexed.
+    :mod:`indexer.instance_split`) and those items are indexed.
 
     Stops before writing anything when the store is damaged (:class:`StoreDamagedError`) or
     when the run would remove or fail more than ``config.indexer.max_removal_share`` of the

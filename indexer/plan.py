@@ -92,7 +92,7 @@ def make_plan(
     An item is identified by ``specimen_id(item.key)``. An item new under its key whose bytes
     and fingerprint match a row that is leaving the collection (the file moved to another key)
     or a row an older version keyed by the absolute path takes that row over (``moves``).
-    ``corrections`` (``sst_search.store.review.corrections``) go with the items they belong
+    ``corrections`` (``sst_search.store.review_tables.corrections``) go with the items they belong
     to, so a re-done item keeps its reviewer-corrected masks, vectors and measurements."""
     sst = None  # resolved lazily: a run that needs no SAM 2 never touches its weights
     locations = locations or {}

@@ -29,7 +29,7 @@ from sst_search.references import (
 )
 from sst_search.sam2_predictor import default_device
 from sst_search.store import SPECIMEN_TRAIT, SpecimenRecord, masks_from_label_map
-from sst_search.store.review import apply_corrections
+from sst_search.store.review_tables import apply_corrections
 from sst_search.tracking import (
     PreparedQuery,
     TrackResult,

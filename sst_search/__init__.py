@@ -88,9 +88,9 @@ _EXPORTS = {
     "SPECIMEN_TRAIT": "sst_search.store",
     "publish_snapshot": "sst_search.store.snapshots",
     "item_name": "sst_search.sources.naming",
-    "InstanceSource": "sst_search.store.instances",
-    "instance_sources": "sst_search.store.instances",
-    "source_of_item": "sst_search.store.instances",
+    "InstanceSource": "sst_search.store.instance_tables",
+    "instance_sources": "sst_search.store.instance_tables",
+    "source_of_item": "sst_search.store.instance_tables",
     # search
     "SearchEngine": "sst_search.query",
     "QueryEncoder": "sst_search.encoding",
@@ -105,12 +105,12 @@ _EXPORTS = {
     # exporting
     "regions_table": "sst_search.trait_regions",
     # reviewing masks
-    "review_queue": "sst_search.store.review",
-    "ReviewItem": "sst_search.store.review",
-    "decide": "sst_search.review",
-    "promote": "sst_search.review",
-    "default_reviewer": "sst_search.review",
-    "references_dir_of": "sst_search.review",
+    "review_queue": "sst_search.store.review_tables",
+    "ReviewItem": "sst_search.store.review_tables",
+    "decide": "sst_search.mask_review",
+    "promote": "sst_search.mask_review",
+    "default_reviewer": "sst_search.mask_review",
+    "references_dir_of": "sst_search.mask_review",
     # pattern space
     "build_map": "sst_search.pattern_map",
     "load_map": "sst_search.pattern_map",

@@ -29,8 +29,17 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .images import IMAGE_SUFFIXES, ImageLoadError, check_pixels, image_size
-from .references import (TRAITS_FILE, ReferencesError, Support, check_name, holds_support, load_traits, remove_staging,
-                         save_support, unique_stem)
+from .references import (
+    TRAITS_FILE,
+    ReferencesError,
+    Support,
+    check_name,
+    holds_support,
+    load_traits,
+    remove_staging,
+    save_support,
+    unique_stem,
+)
 
 FORMATS = ("coco", "cvat", "labelstudio", "label-image")
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from .embed import OpenClipSpec, TraitEmbedder
-    from .instances import InstanceFinder
+    from .instance_finding import InstanceFinder
     from .labeling import ClickSegmenter
     from .tracking import SSTTracker
     from .weights import ResolvedWeights
@@ -153,7 +153,7 @@ def embedder_fingerprint(emb: EmbeddingConfig) -> dict:
 def build_instance_finder(tracker: SSTTracker, config: InstancesConfig | None = None) -> InstanceFinder:
     """Instance finding (``--instances``) on the tracker's own SAM 2: its automatic mask
     generator and tracking share the model, the checkpoint and each photo's encoder pass."""
-    from .instances import InstanceFinder
+    from .instance_finding import InstanceFinder
 
     return InstanceFinder(tracker.predictor, config)
 

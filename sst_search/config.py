@@ -142,7 +142,7 @@ class MeasureConfig(_Strict):
 
 
 class InstancesConfig(_Strict):
-    """Finding every specimen in a photo (``--instances``); see :mod:`sst_search.instances`."""
+    """Finding every specimen in a photo (``--instances``); see :mod:`sst_search.instance_finding`."""
 
     points_per_side: int = Field(32, ge=1, description="proposal grid: points_per_side^2 point prompts")
     points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder batch")

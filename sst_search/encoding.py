@@ -17,7 +17,13 @@ from .builder import embedder_from_config, tracker_from_config
 from .config import Config
 from .embed import NoTextTowerError
 from .errors import QueryError
-from .references import ReferencesError, Support, Trait, check_group_name, load_group_references
+from .references import (
+    ReferencesError,
+    Support,
+    Trait,
+    check_group_name,
+    load_group_references,
+)
 from .store import SPECIMEN_TRAIT
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .images import ImageLoadError, load_image, save_mask
-from .instances import Instance, InstanceFinder, crop_instance
+from .instance_finding import Instance, InstanceFinder, crop_instance
 from .masks import bbox, cutout
 from .references import InstanceReference
 from .segmentation_run import write_summary

@@ -44,7 +44,16 @@ import faiss
 import numpy as np
 
 from .store import Store
-from .store.maps import MapPoints, MapState, drop_map, index_generation, map_keys, map_points, map_state, write_map
+from .store.maps import (
+    MapPoints,
+    MapState,
+    drop_map,
+    index_generation,
+    map_keys,
+    map_points,
+    map_state,
+    write_map,
+)
 
 Method = Literal["umap", "pca"]
 METHODS: tuple[str, ...] = ("umap", "pca")

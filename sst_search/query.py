@@ -26,8 +26,8 @@ from .references import Support
 from .store import SPECIMEN_TRAIT, Store, decode_mask
 from .store.filters import Filter, compile_filters, parse_filter
 from .store.indexed import MAX_K
-from .vector_search.planner import Admission
 from .store.snapshots import resolve_snapshot
+from .vector_search.planner import Admission
 
 __all__ = ["Direction", "Filter", "QueryError", "QueryResult", "SearchEngine", "compile_filters", "parse_filter"]
 

@@ -17,9 +17,9 @@ import hashlib
 import os
 import re
 import tempfile
-from glob import escape as glob_escape
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,14 @@ import yaml
 from pydantic import BaseModel, ValidationError, field_validator
 
 from .atomic_io import write_bytes_atomic
-from .images import ImageLoadError, is_image_file, load_image, load_mask, save_image, save_mask
+from .images import (
+    ImageLoadError,
+    is_image_file,
+    load_image,
+    load_mask,
+    save_image,
+    save_mask,
+)
 
 MASK_SUFFIX = ".mask.png"
 TRAITS_FILE = "traits.yaml"

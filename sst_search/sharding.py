@@ -26,10 +26,10 @@ import numpy as np
 
 from sst_search.store import Store
 from sst_search.store.filters import Filter
+from sst_search.store.snapshots import resolve_snapshot
 from sst_search.vector_search.indexes import build_index, index_kind
 from sst_search.vector_search.planner import search_table
 from sst_search.vector_search.vector_table import VectorTable
-from sst_search.store.snapshots import resolve_snapshot
 
 
 class IndexShard:

@@ -18,9 +18,14 @@ import pytest
 from sst_search.config import IndexConfig, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
-from sst_search.vector_search.at_rest import vector_paths, vectors_dir
-from sst_search.store.snapshots import current_version, list_versions, publish_snapshot, resolve_snapshot
+from sst_search.store.snapshots import (
+    current_version,
+    list_versions,
+    publish_snapshot,
+    resolve_snapshot,
+)
 from sst_search.store.verify import verify_files
+from sst_search.vector_search.at_rest import vector_paths, vectors_dir
 
 N, DIM, EMBEDDER, TRAIT = 40_000, 128, "e", "t"
 KEY = (EMBEDDER, TRAIT)

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import zipfile
-
 from pathlib import Path
 
 import cv2

@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 from indexer.job import MassRemovalError, run_index
 from sst_search.cli import app
 from sst_search.store import Store
-from sst_search.vector_search import indexes
 from sst_search.store import snapshots as snap
 from sst_search.store.errors import StoreDamagedError
 from sst_search.store.verify import verify_files
+from sst_search.vector_search import indexes
 from tests.fixtures import TEST_IMAGE_SIZE, index_synthetic, random_weights_config
 
 CONFIG = random_weights_config()
@@ -383,7 +383,7 @@ def test_a_read_only_file_system_gives_one_true_message(store):
 _KILLED_CORRECTION = """
 import os, sys
 import numpy as np
-from sst_search.review import decide
+from sst_search.mask_review import decide
 from sst_search.store import writer
 
 write = writer.write_measurements

@@ -17,8 +17,8 @@ import yaml
 from PIL import Image
 
 from indexer.job import run_index
-from sst_search.sources import Item
 from sst_search.config import FetchConfig
+from sst_search.sources import Item
 from sst_search.sources.fetch import ImageCache, fetch_items, iiif_request_url
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection

@@ -22,7 +22,13 @@ from sst_search.finetune import (
     save_adapter,
 )
 from sst_search.finetune.adapter import FROZEN_PREFIXES, prepare_trainable
-from sst_search.finetune.roundtrip import condition, encode_backbone, frame_features, resize_masks, track
+from sst_search.finetune.roundtrip import (
+    condition,
+    encode_backbone,
+    frame_features,
+    resize_masks,
+    track,
+)
 from sst_search.images import load_image
 from sst_search.sam2_predictor import encode_images
 from sst_search.tracking import TrackingSession

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from indexer.instances import SplitSummary
+from indexer.instance_split import SplitSummary
 from indexer.job import RunSummary
 from sst_search.cli import app
 from sst_search.commands.index import print_summary

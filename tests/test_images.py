@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 import sst_search.images as images
-from sst_search.images import ImageLoadError, load_image, load_mask, save_image, save_mask
+from sst_search.images import (
+    ImageLoadError,
+    load_image,
+    load_mask,
+    save_image,
+    save_mask,
+)
 
 
 def _save(tmp_path: Path, img: Image.Image, name: str, **kw) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sst_search.config import InstancesConfig
-from sst_search.instances import (
+from sst_search.instance_finding import (
     GIVEN,
     InstanceFinder,
     ScoredCandidates,

@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
 from sst_search.cli import app
-from sst_search.evaluation.instances import evaluate_instance_folders
+from sst_search.evaluation.instance_scores import evaluate_instance_folders
 from sst_search.images import load_mask, save_mask
 from sst_search.synthetic import generate_drawers
 from tests.ui_index import IMAGE_SIZE

@@ -7,11 +7,9 @@ import csv
 import io
 import json
 import zipfile
-
-import numpy as np
-
 from pathlib import Path
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
@@ -21,7 +19,7 @@ from sst_search.dwca_export import dwca_zip
 from sst_search.images import load_image
 from sst_search.masks import bbox
 from sst_search.store import Store, decode_mask
-from sst_search.store.instances import instance_sources, source_of_item
+from sst_search.store.instance_tables import instance_sources, source_of_item
 from sst_search.synthetic import generate_drawers
 from tests.fixtures import random_weights_config
 from tests.ui_index import IMAGE_SIZE

@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from sst_search.measure import FIELD_NAMES, Scale, colour_stats, measure_label_map, measure_mask, resolve_scale
+from sst_search.measure import (
+    FIELD_NAMES,
+    Scale,
+    colour_stats,
+    measure_label_map,
+    measure_mask,
+    resolve_scale,
+)
 from sst_search.remeasuring import remeasure
 from sst_search.store import SpecimenRecord, Store, masks_from_label_map, specimen_id
 

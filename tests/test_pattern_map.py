@@ -10,12 +10,24 @@ import numpy as np
 import pytest
 
 from indexer.job import run_index
-from sst_search.pattern_map import MapError, build_map, fit_coordinates, load_map, place, refresh_map
+from sst_search.pattern_map import (
+    MapError,
+    build_map,
+    fit_coordinates,
+    load_map,
+    place,
+    refresh_map,
+)
 from sst_search.store import Store
 from sst_search.store.maps import map_points, map_state
-from sst_search.store.review import record_decision
+from sst_search.store.review_tables import record_decision
 from sst_search.synthetic import generate_collection
-from tests.fixtures import INDEXED_PER_SPECIES, INDEXED_SEED, INDEXED_SPECIES, random_weights_config
+from tests.fixtures import (
+    INDEXED_PER_SPECIES,
+    INDEXED_SEED,
+    INDEXED_SPECIES,
+    random_weights_config,
+)
 
 TRAIT = "forewing_band"
 EMBEDDER = "color-pattern"

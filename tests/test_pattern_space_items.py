@@ -104,7 +104,7 @@ def test_map_and_convergence_commands_from_another_directory_with_relative_paths
 def test_instance_items_cut_from_drawer_photos_are_mapped_with_their_crops(tmp_path):
     """Instances split from drawer photos (random SAM 2) are items of their own: each is on the map,
     and its thumbnail is cut from its own crop."""
-    from sst_search.store.instances import instance_sources
+    from sst_search.store.instance_tables import instance_sources
     from sst_search.synthetic import generate_drawers
     from tests.test_instances_index import CONFIG
 

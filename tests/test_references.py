@@ -313,7 +313,7 @@ def test_an_annotation_category_that_would_be_a_path_is_refused_before_writing(t
     import json
 
     from sst_search.annotations import AnnotationError, import_annotations
-    from tests.hostile import H, PHOTO, W, photo
+    from tests.hostile import PHOTO, H, W, photo
 
     photo(tmp_path)
     coco = tmp_path / "coco.json"

@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 from sst_search.annotations import AnnotationError, import_annotations
 from sst_search.cli import app
 from sst_search.images import save_image
-from sst_search.references import MASK_SUFFIX, TRAITS_FILE, load_group_references, load_traits, write_traits, Trait
+from sst_search.references import (
+    MASK_SUFFIX,
+    TRAITS_FILE,
+    Trait,
+    load_group_references,
+    load_traits,
+    write_traits,
+)
 from sst_search.store import encode_mask
 
 H, W = 24, 32

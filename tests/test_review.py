@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 from sst_search.cli import app
 from sst_search.images import save_mask
+from sst_search.mask_review import decide, promote
 from sst_search.references import load_references, references_fingerprint
-from sst_search.review import decide, promote
 from sst_search.store import Store
-from sst_search.store.review import decisions, review_queue
+from sst_search.store.review_tables import decisions, review_queue
 from tests.review_store import LOW_QUALITY, WIDTHS, build_review_store, records
 from tests.review_store import sid as _sid
+
 
 @pytest.fixture
 def db(tmp_path) -> Path:
@@ -169,8 +170,8 @@ def test_a_correction_is_remeasured_and_reembedded(ui_db, tmp_path):
 def test_a_reindex_keeps_the_corrected_mask_vector_and_measurements(tmp_path):
     """Masks are provided (no SAM 2 needed); --force re-does every item, the correction wins."""
     from indexer.job import run_index
-    from sst_search.config import Config
     from sst_search.builder import create_embedder
+    from sst_search.config import Config
     from sst_search.images import load_image
     from sst_search.synthetic import generate_collection
 

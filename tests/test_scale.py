@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from sst_search.config import IndexConfig, PlanConfig
 from sst_search.embed.color import ColorPatternEmbedder
 from sst_search.query import Filter, SearchEngine
-from sst_search.config import IndexConfig, PlanConfig
 from sst_search.store import SPECIMEN_TRAIT, Store
 from sst_search.vector_search.indexes import bytes_per_vector
 from ui.state import engine_session, load_engine

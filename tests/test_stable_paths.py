@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from indexer.job import run_index
 from sst_search.cli import app as cli
 from sst_search.images import load_image
+from sst_search.mask_review import promote
 from sst_search.query import SearchEngine
-from sst_search.review import promote
 from sst_search.store import Store, specimen_id
-from sst_search.store.review import decisions
+from sst_search.store.review_tables import decisions
 from sst_search.synthetic import generate_collection
 from tests.fixtures import random_weights_config
 

@@ -154,7 +154,11 @@ def test_synth_command(tmp_path):
 
 def test_drawers_hold_the_requested_specimens_apart_and_exactly_labeled(tmp_path):
     from sst_search.references import load_instance_references
-    from sst_search.synthetic import MAX_DRAWER_SPECIMENS, generate_drawers, render_drawer
+    from sst_search.synthetic import (
+        MAX_DRAWER_SPECIMENS,
+        generate_drawers,
+        render_drawer,
+    )
 
     out = generate_drawers(tmp_path, counts=(0, 1, 5, MAX_DRAWER_SPECIMENS), size=(192, 256))
     rows = _rows(out.manifest)

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from sst_search.store import Store
-from sst_search.store.review import decisions
+from sst_search.store.review_tables import decisions
 from tests.review_store import LOW_QUALITY, build_review_store, sid
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"

@@ -12,8 +12,25 @@ import streamlit as st
 
 from sst_search import SnapshotError
 from ui.render import escape_markdown
-from ui.state import DB_ENV, PAGES, db_path_from_args, engine_session, init_navigation, load_engine
-from ui.views import collection, export, pattern, photos, plots, references, review, search, specimen
+from ui.state import (
+    DB_ENV,
+    PAGES,
+    db_path_from_args,
+    engine_session,
+    init_navigation,
+    load_engine,
+)
+from ui.views import (
+    collection,
+    export,
+    pattern,
+    photos,
+    plots,
+    references,
+    review,
+    search,
+    specimen,
+)
 
 VIEWS = {"Search": search.render, "Specimen": specimen.render, "Collection": collection.render, "Export": export.render,
          "References": references.render, "Review": review.render}

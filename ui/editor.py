@@ -10,7 +10,14 @@ import streamlit as st
 from PIL import Image
 from streamlit_image_coordinates import streamlit_image_coordinates
 
-from sst_search import ClickSegmenter, QueryError, SearchEngine, WeightsError, build_click_segmenter, overlay
+from sst_search import (
+    ClickSegmenter,
+    QueryError,
+    SearchEngine,
+    WeightsError,
+    build_click_segmenter,
+    overlay,
+)
 
 from .render import escape_markdown
 from .state import cache_key

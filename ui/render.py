@@ -10,7 +10,14 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from sst_search import SPECIMEN_TRAIT, ImageLoadError, QueryResult, SearchEngine, overlay, trait_color
+from sst_search import (
+    SPECIMEN_TRAIT,
+    ImageLoadError,
+    QueryResult,
+    SearchEngine,
+    overlay,
+    trait_color,
+)
 
 from .state import cache_key, open_specimen, specimen_image, specimen_labels
 

@@ -12,7 +12,13 @@ from rich.markup import escape
 
 from .. import EmbedderError, Store
 from ..builder import embedder_fingerprint
-from ..config import EmbeddingConfig, IndexerConfig, SegmentationConfig, apply_overrides, load_config
+from ..config import (
+    EmbeddingConfig,
+    IndexerConfig,
+    SegmentationConfig,
+    apply_overrides,
+    load_config,
+)
 from ..evaluation import evaluate_folders
 from ..evaluation.eval_seg import load_trait_names
 from ..images import save_mask

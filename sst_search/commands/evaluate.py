@@ -16,7 +16,15 @@ from ..evaluation.eval_seg import load_trait_names
 from ..evaluation.kshot import DatasetKind, open_dataset, run_kshot
 from ..evaluation.retrieval import GROUP, evaluate_retrieval
 from .options import (
-    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option, model_option,
+    ADAPTER,
+    DEVICE,
+    IMAGE_SIZE,
+    QUIET,
+    WEIGHTS,
+    config_option,
+    db_option,
+    mode_option,
+    model_option,
     warn_random_weights,
 )
 
@@ -59,7 +67,7 @@ def eval_instances(
 
     Exit status: 0 scored, 2 bad input (missing folder, no ground truth, unreadable map).
     """
-    from ..evaluation.instances import evaluate_instance_folders
+    from ..evaluation.instance_scores import evaluate_instance_folders
 
     try:
         report = evaluate_instance_folders(pred, gt, iou)

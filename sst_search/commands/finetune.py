@@ -12,11 +12,19 @@ from tqdm import tqdm
 
 from .. import WeightsError, tracker_from_config
 from ..config import DEFAULT_LR, FinetuneConfig, load_config
-from ..finetune import AdapterError, finetune as run_finetune, save_adapter
+from ..finetune import AdapterError, save_adapter
+from ..finetune import finetune as run_finetune
 from ..images import ImageLoadError, is_image_file, load_image
 from ..references import MASK_SUFFIX, ReferencesError, load_support
 from .options import (
-    DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_default, config_option, model_option, warn_random_weights,
+    DEVICE,
+    IMAGE_SIZE,
+    QUIET,
+    WEIGHTS,
+    config_default,
+    config_option,
+    model_option,
+    warn_random_weights,
 )
 
 console = Console(stderr=True)

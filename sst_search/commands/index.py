@@ -13,8 +13,16 @@ from .. import ReferencesError, Store, StoreError, WeightsError
 from ..config import load_config
 from .errors import ITEMS_FAILED, console, exit_codes, report
 from .options import (
-    ADAPTER, EMBEDDER_WEIGHTS, IMAGE_SIZE, QUIET, WEIGHTS, config_option, db_option, mode_option,
-    model_option, warn_random_weights,
+    ADAPTER,
+    EMBEDDER_WEIGHTS,
+    IMAGE_SIZE,
+    QUIET,
+    WEIGHTS,
+    config_option,
+    db_option,
+    mode_option,
+    model_option,
+    warn_random_weights,
 )
 
 

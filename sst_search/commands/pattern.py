@@ -49,7 +49,14 @@ def map_(
     """
     from .. import Store, StoreError, atlas_cells, atlas_image, publish_snapshot
     from ..map_view import map_table, save_map
-    from ..pattern_map import METHODS, MapError, build_map, default_embedder, load_map, refresh_map
+    from ..pattern_map import (
+        METHODS,
+        MapError,
+        build_map,
+        default_embedder,
+        load_map,
+        refresh_map,
+    )
     from ..store.maps import map_state
 
     if method not in METHODS:
@@ -98,8 +105,8 @@ def convergence(
 
     Exit status: 0 done, 2 no such store, trait or column, or fewer than two groups.
     """
-    from ..convergence import convergence as compute
     from .. import MapError, Store, StoreError, default_embedder
+    from ..convergence import convergence as compute
     from ..store.snapshots import SnapshotError, resolve_snapshot
 
     with exit_codes(StoreError, MapError, SnapshotError):

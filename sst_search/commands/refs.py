@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..annotations import FORMATS, AnnotationError, import_annotations
 from .. import ReferencesError
+from ..annotations import FORMATS, AnnotationError, import_annotations
 from .options import db_option
 
 console = Console(stderr=True)
@@ -65,9 +65,10 @@ def refs_suggest(
             paths = {s.key: store.get_specimen(s.key)["path"] for s in suggestions}
         failed: list[tuple[str, str]] = []
     else:
+        from indexer.collection import CollectionError, load_collection
+
         from .. import EmbedderError, embedder_from_config
         from ..config import EmbeddingConfig
-        from indexer.collection import CollectionError, load_collection
 
         try:
             items = [i for i in load_collection(collection) if i.group == group]

@@ -14,7 +14,15 @@ from ..references import ReferencesError, load_support
 from ..segmentation_run import DuplicateStemError, expand_queries, run_segmentation
 from ..tracking import parse_orientation
 from .options import (
-    ADAPTER, DEVICE, IMAGE_SIZE, QUIET, WEIGHTS, config_default, config_option, mode_option, model_option,
+    ADAPTER,
+    DEVICE,
+    IMAGE_SIZE,
+    QUIET,
+    WEIGHTS,
+    config_default,
+    config_option,
+    mode_option,
+    model_option,
     warn_random_weights,
 )
 
@@ -99,8 +107,8 @@ def segment(
 
 
 def _segment_instances(queries, support, support_mask, traits, out, config_file, model_settings, background) -> None:
-    from ..instance_export import run_instance_segmentation
     from ..builder import build_instance_finder
+    from ..instance_export import run_instance_segmentation
     from ..references import InstanceSpec, load_instance_reference, load_instance_spec
 
     if len(support) != len(support_mask):

@@ -7,11 +7,18 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from ..review import remeasure_stale
 from .. import Store, StoreError
-from ..store.snapshots import (current_version, list_versions, pointer_path, pointer_problem, publish_snapshot,
-                               restore_newest_intact, versions_dir)
-from ..store.review import salvage_decisions
+from ..mask_review import remeasure_stale
+from ..store.review_tables import salvage_decisions
+from ..store.snapshots import (
+    current_version,
+    list_versions,
+    pointer_path,
+    pointer_problem,
+    publish_snapshot,
+    restore_newest_intact,
+    versions_dir,
+)
 from ..store.verify import Problem, verify_files
 from .errors import STORAGE_FAULT, console, exit_codes
 from .options import db_option

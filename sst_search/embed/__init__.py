@@ -28,7 +28,12 @@ from sst_search.embed.base import (
     l2_normalize,
     masked_square_crop,
 )
-from sst_search.embed.clip import OPEN_CLIP_SPECS, OpenClipEmbedder, OpenClipSpec, open_clip_fingerprint
+from sst_search.embed.clip import (
+    OPEN_CLIP_SPECS,
+    OpenClipEmbedder,
+    OpenClipSpec,
+    open_clip_fingerprint,
+)
 from sst_search.embed.color import ColorPatternEmbedder
 
 COLOR_PATTERN = "color-pattern"

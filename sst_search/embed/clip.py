@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sst_search.embed.base import EmbedderError, Region, TraitEmbedder, crop_box, l2_normalize, masked_square_crop
+from sst_search.embed.base import (
+    EmbedderError,
+    Region,
+    TraitEmbedder,
+    crop_box,
+    l2_normalize,
+    masked_square_crop,
+)
 from sst_search.weights import ResolvedWeights, resolve_open_clip_weights
 
 if TYPE_CHECKING:

@@ -14,7 +14,13 @@ from .datasets import (
     load_neon_beetles,
     load_record_mask,
 )
-from .eval_seg import EvaluationInputError, MaskPair, SegEvalReport, evaluate_folders, evaluate_masks
+from .eval_seg import (
+    EvaluationInputError,
+    MaskPair,
+    SegEvalReport,
+    evaluate_folders,
+    evaluate_masks,
+)
 from .metrics import (
     PairStatus,
     RetrievalScores,

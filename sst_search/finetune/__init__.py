@@ -1,5 +1,6 @@
 """One-shot cycle-consistent fine-tuning (OC-CCL) of the SST tracker, and its adapters."""
 
+from ..config import FinetuneConfig
 from .adapter import (
     AdapterError,
     AdapterMismatchError,
@@ -9,7 +10,6 @@ from .adapter import (
     load_adapter,
     save_adapter,
 )
-from ..config import FinetuneConfig
 from .roundtrip import RoundTrip, cycle_loss, round_trip
 from .train import FinetuneResult, finetune
 

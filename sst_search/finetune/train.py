@@ -21,7 +21,13 @@ from ..config import FinetuneConfig
 from ..references import Support
 from ..sam2_predictor import autocast
 from .adapter import prepare_trainable
-from .roundtrip import cycle_loss, encode_backbone, frame_features, resize_masks, round_trip
+from .roundtrip import (
+    cycle_loss,
+    encode_backbone,
+    frame_features,
+    resize_masks,
+    round_trip,
+)
 
 
 @dataclass

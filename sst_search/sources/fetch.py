@@ -295,7 +295,12 @@ class Fetcher:
 
     def _retried(self, url: str, cached: dict | None) -> dict | bytes:
         """:meth:`_attempt` with backoff retries; every failure becomes a :class:`FetchError` saying why."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+        from tenacity import (
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential,
+        )
 
         httpx = self._httpx
         transient = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, _Transient)

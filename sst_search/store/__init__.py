@@ -8,7 +8,12 @@ the crash-safety rules. The FAISS side, which needs no SQL, is :mod:`sst_search.
 """
 
 from sst_search.store.core import Store
-from sst_search.store.records import SpecimenRecord, TraitMask, masks_from_label_map, specimen_id
+from sst_search.store.records import (
+    SpecimenRecord,
+    TraitMask,
+    masks_from_label_map,
+    specimen_id,
+)
 from sst_search.store.rle import decode_mask, encode_mask
 from sst_search.store.schema import SPECIMEN_TRAIT, STATUSES
 from sst_search.store.snapshot_catalog import SnapshotStore

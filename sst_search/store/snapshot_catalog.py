@@ -80,7 +80,9 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
 
     def __getattr__(self, name: str):
         """A writer's method asked of a snapshot says why it is missing, as the live store's would."""
-        from sst_search.store.core import Store  # the live store is built on this module
+        from sst_search.store.core import (
+            Store,  # the live store is built on this module
+        )
 
         if not name.startswith("__") and hasattr(Store, name):
             self.require_writer()

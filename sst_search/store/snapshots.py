@@ -43,8 +43,8 @@ import duckdb
 
 from sst_search.store import vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
-from sst_search.vector_search.indexes import file_mode
 from sst_search.store.verify import verify_files
+from sst_search.vector_search.indexes import file_mode
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,11 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from sst_search.store.catalog import VECTOR_BATCH_ROWS, duckdb_memory_limit, vector_batch
+from sst_search.store.catalog import (
+    VECTOR_BATCH_ROWS,
+    duckdb_memory_limit,
+    vector_batch,
+)
 from sst_search.store.verify import SAMPLE, Problem, index_states
 from sst_search.vector_search import at_rest
 from sst_search.vector_search.at_rest import IndexKey

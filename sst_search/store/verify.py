@@ -22,9 +22,9 @@ import duckdb
 import faiss
 import numpy as np
 
-from sst_search.vector_search import indexes
 from sst_search.errors import first_line
 from sst_search.store.errors import StoreError, is_lock_conflict
+from sst_search.vector_search import indexes
 from sst_search.weights import sha256_file
 
 #: Vectors compared per index: enough to catch a swapped or garbled file, cheap for any size.
@@ -166,7 +166,7 @@ def check_indexes(con: duckdb.DuckDBPyConnection, faiss_dir: Path, sample: int =
 def check_corrections(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
     """Corrected masks whose measurements are older than the correction (a correction killed
     half-way before corrections were written in one transaction)."""
-    from sst_search.store.review import stale_measurements
+    from sst_search.store.review_tables import stale_measurements
 
     return [Problem(str(db_path), f"specimen {sid}: the measurements of {trait!r} predate its corrected mask "
                                   f"(`sst-search measure --db {db_path}` measures the stored masks again)", "review")
@@ -191,7 +191,9 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = 
             try:
                 problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
                 if not problems:
-                    from sst_search.store import vectors_at_rest  # it builds on this module's checks
+                    from sst_search.store import (
+                        vectors_at_rest,  # it builds on this module's checks
+                    )
 
                     problems = vectors_at_rest.check_all(con, db_path, sample)
                 if corrections:

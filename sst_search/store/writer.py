@@ -11,7 +11,7 @@ the ``vectors`` table when the store is next opened (writer) or used (reader).
 Earlier masks, metadata, measurements and vectors of a re-written specimen are replaced,
 not merged, so a re-processed item never keeps vectors of a trait it no longer has; a
 curator's corrections are re-applied in the same transaction
-(:data:`~sst_search.store.review.REAPPLY_CORRECTIONS`).
+(:data:`~sst_search.store.review_tables.REAPPLY_CORRECTIONS`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from sst_search.config import IndexConfig
 from sst_search.store.connection import Connection
 from sst_search.store.generations import apply_committed, bump, keys_of_registered_ids
 from sst_search.store.records import SpecimenRecord
-from sst_search.store.review import REAPPLY_CORRECTIONS
-from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS, SPECIMEN_COLUMNS
+from sst_search.store.review_tables import REAPPLY_CORRECTIONS
+from sst_search.store.schema import SPECIMEN_COLUMNS, TRAIT_MEASUREMENTS_COLUMNS
 from sst_search.vector_search.cache import IndexKey
 
 if TYPE_CHECKING:

@@ -52,7 +52,12 @@ import numpy as np
 
 from sst_search.config import IndexConfig, PlanConfig
 from sst_search.vector_search.indexes import ivf_of
-from sst_search.vector_search.vector_table import AdmittedLists, ListLayout, VectorTable, sorted_rows
+from sst_search.vector_search.vector_table import (
+    AdmittedLists,
+    ListLayout,
+    VectorTable,
+    sorted_rows,
+)
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
 #: float16 rows from which :func:`widened` uses torch rather than numpy (a re-rank's few stay with numpy).

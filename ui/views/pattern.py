@@ -9,9 +9,27 @@ import pandas as pd
 import streamlit as st
 
 from sst_search import (
-    METHODS, SPECIMEN_TRAIT, Convergence, MapError, SearchEngine, Store, StoreError, TraitMap, atlas_cells, atlas_image,
-    build_map, color_columns, convergence, default_embedder, export, load_map, map_figure, map_table, publish_snapshot,
-    selected_rows, trait_thumbnails,
+    METHODS,
+    SPECIMEN_TRAIT,
+    Convergence,
+    MapError,
+    SearchEngine,
+    Store,
+    StoreError,
+    TraitMap,
+    atlas_cells,
+    atlas_image,
+    build_map,
+    color_columns,
+    convergence,
+    default_embedder,
+    export,
+    load_map,
+    map_figure,
+    map_table,
+    publish_snapshot,
+    selected_rows,
+    trait_thumbnails,
 )
 
 from ..render import escape_markdown, trait_label

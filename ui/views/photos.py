@@ -8,7 +8,14 @@ import numpy as np
 import streamlit as st
 
 from sst_search import (
-    ImageLoadError, InstanceSource, SearchEngine, decode_mask, instance_sources, load_image, source_of_item, trait_color,
+    ImageLoadError,
+    InstanceSource,
+    SearchEngine,
+    decode_mask,
+    instance_sources,
+    load_image,
+    source_of_item,
+    trait_color,
 )
 
 from ..render import escape_markdown

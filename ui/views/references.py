@@ -8,8 +8,16 @@ import numpy as np
 import streamlit as st
 
 from sst_search import (
-    TRAITS_FILE, ImageLoadError, ReferencesError, SearchEngine, load_image, load_traits, references_dir_of,
-    save_support, suggest_from_store, unique_stem,
+    TRAITS_FILE,
+    ImageLoadError,
+    ReferencesError,
+    SearchEngine,
+    load_image,
+    load_traits,
+    references_dir_of,
+    save_support,
+    suggest_from_store,
+    unique_stem,
 )
 
 from ..editor import mask_editor, reset, segmenter_or_error

@@ -7,8 +7,18 @@ import pandas as pd
 import streamlit as st
 
 from sst_search import (
-    EmbedderError, ImageLoadError, QueryError, ReferencesError, ReviewItem, SearchEngine, decide, default_reviewer,
-    load_image, promote, references_dir_of, review_queue,
+    EmbedderError,
+    ImageLoadError,
+    QueryError,
+    ReferencesError,
+    ReviewItem,
+    SearchEngine,
+    decide,
+    default_reviewer,
+    load_image,
+    promote,
+    references_dir_of,
+    review_queue,
 )
 
 from ..editor import mask_editor, segmenter_or_error

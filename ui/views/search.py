@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from sst_search import UPLOAD_FORMATS, Filter, ImageLoadError, QueryError, SearchEngine, load_image
+from sst_search import (
+    UPLOAD_FORMATS,
+    Filter,
+    ImageLoadError,
+    QueryError,
+    SearchEngine,
+    load_image,
+)
 
 from ..render import escape_markdown, result_grid, trait_label
 from ..state import cache_key, specimen_labels

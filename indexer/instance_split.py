@@ -20,10 +20,10 @@ from pathlib import Path
 from sst_search.builder import build_instance_finder, tracker_from_config
 from sst_search.config import Config
 from sst_search.images import ImageLoadError, load_image, save_image
-from sst_search.instances import InstanceFinder, crop_instance
+from sst_search.instance_finding import InstanceFinder, crop_instance
 from sst_search.references import load_instance_references, references_fingerprint
 from sst_search.store import Store, encode_mask
-from sst_search.store.instances import (
+from sst_search.store.instance_tables import (
     InstanceRow,
     InstanceSource,
     instance_source_states,

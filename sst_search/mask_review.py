@@ -19,10 +19,25 @@ import numpy as np
 from .config import Config
 from .images import ImageLoadError, load_image
 from .measure import measure_label_map, resolve_scale
+from .references import (
+    MASK_SUFFIX,
+    TRAITS_FILE,
+    ReferencesError,
+    Support,
+    load_support,
+    save_support,
+    unique_stem,
+)
 from .remeasuring import remeasure
-from .references import MASK_SUFFIX, TRAITS_FILE, ReferencesError, Support, load_support, save_support, unique_stem
 from .store import SPECIMEN_TRAIT, Store
-from .store.review import ReviewItem, decisions, record_decision, review_queue, stale_measurements, trait_id_of
+from .store.review_tables import (
+    ReviewItem,
+    decisions,
+    record_decision,
+    review_queue,
+    stale_measurements,
+    trait_id_of,
+)
 from .store.snapshots import publish_snapshot
 
 if TYPE_CHECKING:

@@ -34,7 +34,13 @@ import numpy as np
 from .config import InstancesConfig
 from .masks import bbox, iou_matrix, logits_to_masks
 from .references import InstanceReference
-from .sam2_predictor import EncodedFrame, InMemoryVideoPredictor, MaskProposer, TrackingSession, encode_images
+from .sam2_predictor import (
+    EncodedFrame,
+    InMemoryVideoPredictor,
+    MaskProposer,
+    TrackingSession,
+    encode_images,
+)
 
 #: Where a candidate came from.
 PROPOSAL, FORWARD, GIVEN = "proposal", "forward", "given"
