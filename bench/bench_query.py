@@ -177,7 +177,7 @@ def lance_equal_recall(args, work: Path, config: IndexConfig, ids, vectors, grou
               f"{f', {sub_vectors} sub-vectors' if kind == 'IVF_PQ' else ''}, {config.train_niter} k-means iterations "
               f"on {config.train_per_list} rows per partition, scalar indexes): {time.perf_counter() - t:.1f} s; "
               f"{load()}")
-        settings = lance_sweep.ladder(kind, partitions, config.nprobe_for(partitions), refines, efs)
+        settings = lance_sweep.ladder(kind, partitions, config.nprobe_for(partitions), refines, efs, args.k)
 
         def make_run(name, table=table):
             return lambda setting: lance_sweep.searcher(table, vectors, query_rows, query_ids, args.k,

@@ -54,8 +54,10 @@ class Outcome:
     tried: list[tuple[Setting, float]] = field(default_factory=list)
 
 
-def ladder(kind: str, partitions: int, first_nprobes: int, refines: Sequence[int], efs: Sequence[int]) -> list[Setting]:
-    """Settings cheapest first: partitions probed double up to all of them; ef and refine grow within each."""
+def ladder(kind: str, partitions: int, first_nprobes: int, refines: Sequence[int], efs: Sequence[int],
+           k: int) -> list[Setting]:
+    """Settings cheapest first: partitions probed double up to all of them; ef and refine grow within each.
+    An HNSW search fetching ``refine * k`` candidates needs ``ef`` at least that (LanceDB refuses less)."""
     probes, n = [], max(1, first_nprobes)
     while n < partitions:
         probes.append(n)
@@ -64,7 +66,8 @@ def ladder(kind: str, partitions: int, first_nprobes: int, refines: Sequence[int
     if kind == "IVF_PQ":
         return [Setting(p, refine=r) for p in probes for r in refines]
     # SQ codes cap recall below full precision; a refine pass re-scores candidates on the raw vectors
-    return [Setting(p, ef=e, refine=r) for p in probes for e in efs for r in (None, *refines)]
+    settings = [Setting(p, ef=max(e, k * (r or 1)), refine=r) for p in probes for e in efs for r in (None, *refines)]
+    return list(dict.fromkeys(settings))
 
 
 def build_table(work: Path, kind: str, columns: dict[str, pa.Array], vectors: np.ndarray, partitions: int,
