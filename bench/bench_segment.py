@@ -144,7 +144,7 @@ def _run_recipe(support, queries, model: str, image_size: int, device: str) -> t
             for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
                 if frame_idx:
                     best, idx = logits[:, 0].max(dim=0)
-                    torch.where(best > 0, torch.tensor(obj_ids)[idx], 0).to(torch.uint8).numpy()
+                    torch.where(best > 0, torch.tensor(obj_ids, device=idx.device)[idx], 0).to(torch.uint8).cpu().numpy()
                     n_maps += 1
     if n_maps != len(queries):
         raise RuntimeError(f"recipe: {n_maps} label maps for {len(queries)} queries")
