@@ -122,3 +122,18 @@ def test_instance_items_cut_from_drawer_photos_are_mapped_with_their_crops(tmp_p
         assert {c.specimen_id for c in cells if c.specimen_id is not None} <= items
     result = runner.invoke(app, ["map", "--db", str(db), "--trait", trait, "--method", "pca", "--out", str(tmp_path / "m.csv")])
     assert result.exit_code == 0 and "RANDOM weights" in result.output, result.output
+
+
+def test_a_gallery_page_reads_only_its_own_masks_from_a_snapshot(url_db):
+    """Thumbnails of a few specimens leave the trait's other masks unread (a lasso's first gallery
+    page on a million-specimen snapshot); a search's ask loads them all, and both give the same."""
+    db, _ = url_db
+    with Store.open(resolve_snapshot(db), read_only=True) as store:
+        trait = _trait(store)
+        ids = store.population(EMBEDDER, trait)[:2].tolist()
+        pictures = trait_thumbnails(store, ids, trait, 32)
+        assert all(p is not None for p in pictures.values())
+        assert not store.columns().holds_trait_masks(trait)
+        few = store.trait_mask_of(trait, ids, hold=False)
+        held = store.trait_mask_of(trait, ids)
+        assert store.columns().holds_trait_masks(trait) and sorted(few) == sorted(ids) and few == held

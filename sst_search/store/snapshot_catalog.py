@@ -52,8 +52,12 @@ class SnapshotCatalog(Catalog):
         """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`)."""
         return listing_of(self.columns().listing(np.asarray(specimen_ids, np.int64)).to_pylist())
 
-    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]):
-        """:meth:`Catalog.trait_mask_of`, from memory (:meth:`SnapshotColumns.trait_masks`)."""
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int], *, hold: bool = True):
+        """:meth:`Catalog.trait_mask_of`, from memory (:meth:`SnapshotColumns.trait_masks`); with
+        ``hold=False`` and the trait's masks not loaded yet, only these specimens' are read
+        (48 of a million in milliseconds, where loading them all takes seconds)."""
+        if not hold and not self.columns().holds_trait_masks(trait_name):
+            return super().trait_mask_of(trait_name, specimen_ids)
         ids = np.asarray([int(i) for i in specimen_ids], np.int64)
         table = self.columns().trait_masks(trait_name, ids)
         return masks_by_specimen(tuple(r.values()) for r in table.to_pylist())
