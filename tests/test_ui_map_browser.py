@@ -1,7 +1,8 @@
 """The Map page in a real browser: the map is built from the page and drawn by its WebGL scatter;
 a lasso dragged over part of it collects exactly the specimens inside, the gallery shows them and
-the export holds them; a box collects as many as lie inside it; a point hovered is named and, when
-clicked, shown beside the map and opens its specimen page. Where each point lies on the screen is
+the export holds them; a box collects as many as lie inside it; the points are drawn again after
+the page showed another view; a point hovered is named and, when clicked, shown beside the map
+and opens its specimen page. Where each point lies on the screen is
 worked out here from the stored map and the view the scatter reports, not asked of the scatter."""
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ def test_lasso_box_hover_and_click_on_the_map(app_server, chromium, ui_db, tmp_p
     drag(page, "Box", [(left, top), (right, middle)])
     expect(cards.locator("[data-testid='stCaptionContainer']")).to_have_text(boxed)
     page.get_by_text(f"Selection: {len(boxed)} specimens").wait_for()
+
+    # Away to the atlas and back: the map's new frame, in the same session, gets its points again.
+    view = page.locator("[data-testid='stRadio']").filter(has_text="Convergence")
+    view.get_by_text("Atlas", exact=True).click()
+    expect(page.locator(SCATTER)).to_have_count(0)
+    view.get_by_text("Map", exact=True).click()
+    expect(scatter.locator("body")).to_have_attribute("data-drawn", str(len(points)))
 
     # A point on its own is named when hovered; clicked, it shows its crop and catalogNumber beside
     # the map, and opens its specimen page.

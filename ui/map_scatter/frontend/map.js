@@ -416,7 +416,8 @@ function render(args) {
     const pair = `${args.points_token} ${args.colors_token}`;
     if (requested !== pair) {
       requested = pair;
-      state.need = `${pair} ${++needs}`;
+      // unique across frames: a frame re-created later must not repeat an ask already answered
+      state.need = `${pair} ${Date.now()}-${++needs}-${Math.random().toString(36).slice(2)}`;
       setValue(state);
     }
     return;
