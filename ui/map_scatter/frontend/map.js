@@ -18,7 +18,7 @@ const gl = glCanvas.getContext("webgl", {antialias: false, alpha: false});
 // by the token Python gave it.
 const held = {points: null, colors: null};
 let n = 0, xy = null, labels = null, labelStart = null, groups = null, groupNames = [];
-let codes = null, palette = [], numericLegend = false;
+let codes = null, palette = [];
 let bounds = null, view = null;
 let selected = null;            // a byte per point while a selection exists
 let hits = [], query = null;   // rows of a search result
@@ -406,9 +406,8 @@ function render(args) {
   }
   if (args.xy) takePoints(args);
   palette = args.palette;
-  numericLegend = args.numeric;
   if (args.codes) { held.colors = args.colors_token; codes = args.codes; }
-  showLegend(args.color_name, args.legend, numericLegend);
+  showLegend(args.color_name, args.legend, args.numeric);
   hits = args.hits || [];
   query = args.query ?? null;
   if (held.points !== args.points_token || held.colors !== args.colors_token) {
