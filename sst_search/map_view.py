@@ -9,6 +9,7 @@ second, no plotting library needed); the HTML is a plotly ``Scattergl`` figure.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -65,8 +66,15 @@ def categories(values: pd.Series) -> list[str]:
 MISSING_CODE = 255
 
 
-def color_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray, list[tuple[str, tuple[int, int, int]]]]:
-    """``(codes, palette, legend)``: one byte per point indexing ``palette`` (RGB rows), so the
+class ColorCodes(NamedTuple):
+    codes: np.ndarray  # uint8 per point
+    palette: np.ndarray  # RGB rows the codes index
+    legend: list[tuple[str, tuple[int, int, int]]]
+    numeric: bool  # a ramp between two values, rather than categories
+
+
+def color_codes(values: pd.Series) -> ColorCodes:
+    """One byte per point indexing a palette of RGB rows, and the legend: so the
     app's scatter receives a million colours as a million bytes. Text: a code per frequent
     category, the last palette entry for the rest; numbers: a 255-step viridis ramp between
     the smallest and largest value, code :data:`MISSING_CODE` (grey) for missing ones."""
@@ -77,21 +85,21 @@ def color_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray, list[tuple[s
         codes = np.full(len(numbers), MISSING_CODE, np.uint8)
         codes[finite] = np.round((MISSING_CODE - 1) * (numbers[finite] - lo) / ((hi - lo) or 1)).astype(np.uint8)
         steps = np.round(np.linspace(0, 255, MISSING_CODE)).astype(np.uint8)[:, None]
-        palette = np.vstack([cv2.applyColorMap(steps, cv2.COLORMAP_VIRIDIS)[:, 0, ::-1], [PALETTE[-1]]])
-        return codes, palette, [(f"{lo:.4g}", tuple(int(c) for c in palette[0])),
-                                (f"{hi:.4g}", tuple(int(c) for c in palette[MISSING_CODE - 1]))]
+        palette = np.vstack([cv2.applyColorMap(steps, cv2.COLORMAP_VIRIDIS)[:, 0, ::-1], [PALETTE[-1]]]).astype(np.uint8)
+        return ColorCodes(codes, palette, [(f"{lo:.4g}", tuple(int(c) for c in palette[0])),
+                                           (f"{hi:.4g}", tuple(int(c) for c in palette[MISSING_CODE - 1]))], True)
     names = categories(values)
     found = pd.Categorical(values.astype(str).where(values.notna(), None), categories=names).codes
     codes = np.where(found < 0, MAX_CATEGORIES, found).astype(np.uint8)
     legend = [(n, PALETTE[i]) for i, n in enumerate(names)]
     if (codes == MAX_CATEGORIES).any():
         legend.append(("other / none", PALETTE[-1]))
-    return codes, np.asarray(PALETTE, np.uint8), legend
+    return ColorCodes(codes, np.asarray(PALETTE, np.uint8), legend, False)
 
 
 def point_colors(values: pd.Series) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int]]]]:
     """RGB per point and the legend (:func:`color_codes` looked up)."""
-    codes, palette, legend = color_codes(values)
+    codes, palette, legend, _ = color_codes(values)
     return palette[codes], legend
 
 

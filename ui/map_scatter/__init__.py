@@ -25,7 +25,7 @@ import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 
-from sst_search.map_view import color_codes, is_numeric
+from sst_search import color_codes
 
 _scatter = components.declare_component("map_scatter", path=str(Path(__file__).parent / "frontend"))
 
@@ -76,9 +76,8 @@ def points_of(table: pd.DataFrame, token: str) -> Points:
 
 
 def colors_of(values: pd.Series, name: str, token: str) -> Colors:
-    codes, palette, legend = color_codes(values)
-    return Colors(token, name, codes.tobytes(), palette.tolist(), [(n, list(rgb)) for n, rgb in legend],
-                  is_numeric(values))
+    codes, palette, legend, numeric = color_codes(values)
+    return Colors(token, name, codes.tobytes(), palette.tolist(), [(n, list(rgb)) for n, rgb in legend], numeric)
 
 
 def decode_rows(selection: dict, count: int) -> np.ndarray:
