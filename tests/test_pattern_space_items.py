@@ -124,16 +124,18 @@ def test_instance_items_cut_from_drawer_photos_are_mapped_with_their_crops(tmp_p
     assert result.exit_code == 0 and "RANDOM weights" in result.output, result.output
 
 
-def test_a_gallery_page_reads_only_its_own_masks_from_a_snapshot(url_db):
-    """Thumbnails of a few specimens leave the trait's other masks unread (a lasso's first gallery
-    page on a million-specimen snapshot); a search's ask loads them all, and both give the same."""
+def test_a_gallery_page_reads_only_its_own_rows_and_masks_from_a_snapshot(url_db):
+    """Thumbnails of a few specimens leave the other specimens' rows and the trait's other masks
+    unread (a lasso's first gallery page on a million-specimen snapshot); a search's ask loads
+    them all, and both give the same."""
     db, _ = url_db
     with Store.open(resolve_snapshot(db), read_only=True) as store:
         trait = _trait(store)
         ids = store.population(EMBEDDER, trait)[:2].tolist()
         pictures = trait_thumbnails(store, ids, trait, 32)
         assert all(p is not None for p in pictures.values())
-        assert not store.columns().holds_trait_masks(trait)
-        few = store.trait_mask_of(trait, ids, hold=False)
-        held = store.trait_mask_of(trait, ids)
-        assert store.columns().holds_trait_masks(trait) and sorted(few) == sorted(ids) and few == held
+        assert store.loaded_columns() is None
+        few = store.trait_mask_of(trait, ids, hold=False), store.listing(ids, hold=False)
+        held = store.trait_mask_of(trait, ids), store.listing(ids)
+        assert store.columns().holds_trait_masks(trait) and store.columns().holds_listing()
+        assert sorted(few[0]) == sorted(few[1]) == sorted(ids) and few == held

@@ -140,9 +140,10 @@ class Catalog:
         filters = list(filters)
         return SqlAdmission(self, filters) if filters else None
 
-    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
+    def listing(self, specimen_ids: Sequence[int], *, hold: bool = True) -> dict[int, dict]:
         """``{specimen_id: {path, group_name, status, metadata (parsed)}}`` of the given specimens,
-        whatever their status: what a search joins to its hits."""
+        whatever their status: what a search joins to its hits. ``hold``: as for
+        :meth:`trait_mask_of` (a snapshot's reader may load every specimen's)."""
         rows = self.query_dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
                                 "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
         return listing_of(rows)
