@@ -12,7 +12,7 @@ const glCanvas = document.getElementById("gl");
 const overlay = document.getElementById("overlay");
 const ink = overlay.getContext("2d");
 const tip = document.getElementById("tip");
-const gl = glCanvas.getContext("webgl", {antialias: false, alpha: false});
+const gl = glCanvas.getContext("webgl", {antialias: false, alpha: false, depth: false, stencil: false});
 
 // What the frame holds: the points (coordinates, labels, groups) and one colouring, each named
 // by the token Python gave it.
@@ -25,6 +25,7 @@ let hits = [], query = null;   // rows of a search result
 let mode = "pan";
 let requested = null, needs = 0;
 let lastHeight = 0;
+let report = false;             // the next frame draws new points or colours: say so when it is finished
 // What Python reads (the component's value): the pick, on which points, and any data asked for.
 const state = {token: null, selection: null, clicked: null, need: null};
 
@@ -118,9 +119,15 @@ function draw() {
     gl.uniform1f(uni("u_size"), pointSize());
     gl.uniform1f(uni("u_round"), pointSize() >= 4 ? 1 : 0);
     gl.drawArrays(gl.POINTS, 0, n);
-    gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));  // the frame is finished
     glCanvas.dataset.view = JSON.stringify([view.x0, view.x1, view.y0, view.y1]);
-    document.body.dataset.drawn = String(n);
+    if (report) {
+      // Waiting for the frame blocks this thread, which the page around it shares: only when
+      // new data was drawn (data-drawn tells a reader every point is on the screen), not on
+      // every pan, zoom or selection.
+      gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+      document.body.dataset.drawn = String(n);
+      report = false;
+    }
   }
   drawOverlay();
 }
@@ -151,6 +158,11 @@ function nearest(px, py, radius = 10) {
 }
 
 function label(row) {
+  if (!labelStart) {  // where each line starts, found on the first hover rather than before the first frame
+    labelStart = new Uint32Array(n + 1);
+    for (let i = 0, k = 1; i < labels.length && k <= n; i++) if (labels[i] === 10) labelStart[k++] = i + 1;
+    labelStart[n] = labels.length + 1;
+  }
   const text = new TextDecoder().decode(labels.subarray(labelStart[row], labelStart[row + 1] - 1));
   return {catalogNumber: text, group: groupNames[groups[row]] ?? ""};
 }
@@ -238,21 +250,21 @@ function packed(mask, count) {
 function pick(selectionMode, mask) {
   let count = 0;
   for (let i = 0; i < n; i++) count += mask[i];
-  selected = mask;
-  uploadColors();
   state.token = held.points;
   state.selection = {mode: selectionMode, count, ...packed(mask, count)};
   state.clicked = null;
-  setValue(state);
+  setValue(state);  // first: the page's answer is what the curator waits for, the dimming can follow
+  selected = mask;
+  uploadColors();
   redraw();
 }
 function clearPick() {
   if (state.selection === null && state.clicked === null) return;
-  selected = null;
-  uploadColors();
   state.selection = null;
   state.clicked = null;
   setValue(state);
+  selected = null;
+  uploadColors();
   redraw();
 }
 
@@ -288,12 +300,11 @@ window.addEventListener("mouseup", e => {
   if (!done.moved) {
     const row = nearest(p[0], p[1]);
     if (row < 0) { clearPick(); return; }
-    selected = null;
-    uploadColors();
     state.token = held.points;
     state.selection = null;
     state.clicked = row;
     setValue(state);
+    if (selected) { selected = null; uploadColors(); }
   } else if (done.mode === "lasso" && done.path.length > 2) {
     pick("lasso", insidePolygon(done.path.map(([x, y]) => [toDataX(x), toDataY(y)])));
   } else if (done.mode === "box") {
@@ -376,9 +387,7 @@ function takePoints(args) {
   xy = typed(args.xy, Float32Array);
   n = xy.length / 2;
   labels = args.labels;
-  labelStart = new Uint32Array(n + 1);
-  for (let i = 0, k = 1; i < labels.length && k <= n; i++) if (labels[i] === 10) labelStart[k++] = i + 1;
-  labelStart[n] = labels.length + 1;
+  labelStart = null;
   groups = typed(args.groups, args.group_width === 4 ? Uint32Array : Uint16Array);
   groupNames = args.group_names;
   let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
@@ -422,7 +431,10 @@ function render(args) {
     return;
   }
   requested = null;
-  if (args.xy || args.codes) uploadColors();
+  if (args.xy || args.codes) {
+    uploadColors();
+    report = true;
+  }
   redraw();
 }
 
