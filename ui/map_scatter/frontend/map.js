@@ -20,7 +20,7 @@ const held = {points: null, colors: null};
 let n = 0, xy = null, labels = null, labelStart = null, groups = null, groupNames = [];
 let codes = null, palette = [];
 let bounds = null, view = null;
-let selected = null;            // a byte per point while a selection exists
+let selected = null;            // the selected rows (Int32Array) while a selection exists
 let hits = [], query = null;   // rows of a search result
 let mode = "pan";
 let requested = null, needs = 0;
@@ -65,8 +65,6 @@ gl.vertexAttribPointer(at("a_xy"), 2, gl.FLOAT, false, 0, 0);
 gl.bindBuffer(gl.ARRAY_BUFFER, rgbaBuffer);
 gl.enableVertexAttribArray(at("a_rgba"));
 gl.vertexAttribPointer(at("a_rgba"), 4, gl.UNSIGNED_BYTE, true, 0, 0);
-gl.enable(gl.BLEND);
-gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
 
 // The bytes Streamlit hands over may start anywhere in the message's buffer: copy when a typed
 // view of them would be misaligned.
@@ -80,7 +78,7 @@ function pointSize() {
   return css * window.devicePixelRatio;
 }
 
-// Colours (with the selection as alpha) written again when either changes: n bytes x 4.
+// Colours written again when they change: n bytes x 4.
 function uploadColors() {
   if (!n || !codes) return;
   const rgba = new Uint8Array(4 * n), lut = new Uint8Array(4 * 256);
@@ -88,14 +86,20 @@ function uploadColors() {
   for (let i = 0; i < n; i++) {
     const k = 4 * codes[i];
     rgba[4 * i] = lut[k]; rgba[4 * i + 1] = lut[k + 1]; rgba[4 * i + 2] = lut[k + 2];
-    rgba[4 * i + 3] = selected && !selected[i] ? 40 : 255;
+    rgba[4 * i + 3] = 255;
   }
   gl.bindBuffer(gl.ARRAY_BUFFER, rgbaBuffer);
   gl.bufferData(gl.ARRAY_BUFFER, rgba, gl.STATIC_DRAW);
 }
 
-let frame = 0;
-const redraw = () => { if (!frame) frame = requestAnimationFrame(draw); };
+// The points are drawn again only when the view, the data or the colours changed: in software
+// WebGL a million points take most of a second, so a lasso being dragged or a hover redraws
+// the overlay alone.
+let frame = 0, pointsStale = true;
+const redraw = (points = true) => {
+  pointsStale ||= points;
+  if (!frame) frame = requestAnimationFrame(draw);
+};
 
 function fitCanvas(canvas, w, h) {
   const dpr = window.devicePixelRatio;
@@ -108,8 +112,14 @@ function fitCanvas(canvas, w, h) {
 function draw() {
   frame = 0;
   const w = stage.clientWidth, h = stage.clientHeight;
-  fitCanvas(glCanvas, w, h);
   fitCanvas(overlay, w, h);
+  if (pointsStale) drawPoints(w, h);
+  drawOverlay();
+}
+
+function drawPoints(w, h) {
+  pointsStale = false;
+  fitCanvas(glCanvas, w, h);
   gl.viewport(0, 0, glCanvas.width, glCanvas.height);
   gl.clearColor(1, 1, 1, 1);
   gl.clear(gl.COLOR_BUFFER_BIT);
@@ -129,7 +139,6 @@ function draw() {
       report = false;
     }
   }
-  drawOverlay();
 }
 
 // -- view: data <-> screen (CSS pixels of the stage) -----------------------------------------
@@ -177,11 +186,45 @@ function ring(row, radius, stroke, fill) {
   ink.strokeStyle = stroke;
   ink.stroke();
 }
+// A selection is shown on the overlay: a white veil over the map with the selected points
+// stamped on it in their colours, written pixel by pixel (milliseconds for tens of thousands)
+// and kept until the view, the selection or the colours change. Redrawing a million points in
+// software WebGL instead would hold up the page's answer to the selection by a second.
+let veil = null, veilKey = "", veilSeq = 0;
+function selectionLayer() {
+  const w = overlay.width, h = overlay.height;
+  const key = [veilSeq, held.colors, w, h, view.x0, view.x1, view.y0, view.y1].join(" ");
+  if (veil && veilKey === key) return veil;
+  const image = new ImageData(w, h), pixels = new Uint32Array(image.data.buffer);
+  pixels.fill(0xbfffffff);  // white at 75% (little-endian RGBA)
+  const size = Math.max(1, Math.round(pointSize())), r = (size - 1) / 2, stamp = [];
+  for (let dy = 0; dy < size; dy++) for (let dx = 0; dx < size; dx++) {
+    if (size < 4 || (dx - r) ** 2 + (dy - r) ** 2 <= (r + 0.5) ** 2) stamp.push([dx - Math.floor(r), dy - Math.floor(r)]);
+  }
+  const lut = new Uint32Array(256);
+  palette.forEach((c, i) => { lut[i] = (0xff << 24 | c[2] << 16 | c[1] << 8 | c[0]) >>> 0; });
+  const sx = w / (view.x1 - view.x0), sy = h / (view.y1 - view.y0);
+  for (const row of selected) {
+    const cx = Math.round((xy[2 * row] - view.x0) * sx), cy = Math.round((view.y1 - xy[2 * row + 1]) * sy);
+    if (cx < -size || cy < -size || cx > w + size || cy > h + size) continue;
+    const color = lut[codes[row]];
+    for (const [dx, dy] of stamp) {
+      const x = cx + dx, y = cy + dy;
+      if (x >= 0 && y >= 0 && x < w && y < h) pixels[y * w + x] = color;
+    }
+  }
+  veil = image;
+  veilKey = key;
+  return image;
+}
+
 function drawOverlay() {
   const dpr = window.devicePixelRatio;
-  ink.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ink.setTransform(1, 0, 0, 1, 0, 0);
   ink.clearRect(0, 0, overlay.width, overlay.height);
   if (!n || !view) return;
+  if (selected && codes) ink.putImageData(selectionLayer(), 0, 0);
+  ink.setTransform(dpr, 0, 0, dpr, 0, 0);
   for (const row of hits) if (row < n) ring(row, 7, "black");
   if (query !== null && query < n) ring(query, 10, "black", "gold");
   if (state.clicked !== null && state.clicked < n) ring(state.clicked, 8, "#d62728");
@@ -237,12 +280,8 @@ function base64(bytes) {
   return btoa(text);
 }
 // A selection as Python reads it: row numbers (int32) when few, else a bit per point.
-function packed(mask, count) {
-  if (count * 32 <= n) {
-    const rows = new Int32Array(count);
-    for (let i = 0, k = 0; i < n; i++) if (mask[i]) rows[k++] = i;
-    return {rows: base64(new Uint8Array(rows.buffer))};
-  }
+function packed(mask, rows) {
+  if (rows.length * 32 <= n) return {rows: base64(new Uint8Array(rows.buffer))};
   const bits = new Uint8Array(Math.ceil(n / 8));
   for (let i = 0; i < n; i++) if (mask[i]) bits[i >> 3] |= 1 << (i & 7);
   return {bitmap: base64(bits)};
@@ -250,22 +289,25 @@ function packed(mask, count) {
 function pick(selectionMode, mask) {
   let count = 0;
   for (let i = 0; i < n; i++) count += mask[i];
+  const rows = new Int32Array(count);
+  for (let i = 0, k = 0; i < n; i++) if (mask[i]) rows[k++] = i;
   state.token = held.points;
-  state.selection = {mode: selectionMode, count, ...packed(mask, count)};
+  state.selection = {mode: selectionMode, count, ...packed(mask, rows)};
   state.clicked = null;
-  setValue(state);  // first: the page's answer is what the curator waits for, the dimming can follow
-  selected = mask;
-  uploadColors();
-  redraw();
+  setValue(state);
+  showSelection(rows);
+}
+function showSelection(rows) {
+  selected = rows;
+  veilSeq++;
+  redraw(false);
 }
 function clearPick() {
   if (state.selection === null && state.clicked === null) return;
   state.selection = null;
   state.clicked = null;
   setValue(state);
-  selected = null;
-  uploadColors();
-  redraw();
+  showSelection(null);
 }
 
 // -- mouse -----------------------------------------------------------------------------------
@@ -290,7 +332,7 @@ window.addEventListener("mousemove", e => {
   } else {
     drag.path.push(p);
   }
-  redraw();
+  redraw(drag.mode === "pan");
 });
 window.addEventListener("mouseup", e => {
   if (!drag) return;
@@ -304,14 +346,14 @@ window.addEventListener("mouseup", e => {
     state.selection = null;
     state.clicked = row;
     setValue(state);
-    if (selected) { selected = null; uploadColors(); }
+    if (selected) showSelection(null);
   } else if (done.mode === "lasso" && done.path.length > 2) {
     pick("lasso", insidePolygon(done.path.map(([x, y]) => [toDataX(x), toDataY(y)])));
   } else if (done.mode === "box") {
     const [a, b] = [done.path[0], p];
     pick("box", insideBox(toDataX(a[0]), toDataX(b[0]), toDataY(a[1]), toDataY(b[1])));
   }
-  redraw();
+  redraw(false);
 });
 let hoverAt = null;
 function hover(p) {
@@ -322,7 +364,7 @@ function hover(p) {
     hoverAt = null;
     const inStage = px >= 0 && py >= 0 && px < stage.clientWidth && py < stage.clientHeight;
     const row = inStage ? nearest(px, py) : -1;
-    if (row !== hovered) { hovered = row; redraw(); }
+    if (row !== hovered) { hovered = row; redraw(false); }
     if (row < 0) { tip.hidden = true; return; }
     const {catalogNumber, group} = label(row);
     tip.textContent = group ? `${catalogNumber} · ${group}` : catalogNumber;
@@ -331,7 +373,7 @@ function hover(p) {
     tip.style.top = `${Math.max(py - 28, 0)}px`;
   });
 }
-overlay.addEventListener("mouseleave", () => { tip.hidden = true; hovered = -1; redraw(); });
+overlay.addEventListener("mouseleave", () => { tip.hidden = true; hovered = -1; redraw(false); });
 overlay.addEventListener("wheel", e => {
   if (!view) return;
   e.preventDefault();
@@ -439,5 +481,11 @@ function render(args) {
 }
 
 window.addEventListener("message", e => { if (e.data && e.data.type === "streamlit:render") render(e.data.args); });
-window.addEventListener("resize", redraw);
+// A resize (the page around grew a scrollbar when the gallery appeared) redraws once it settles:
+// the page shares this thread, and its new content comes first.
+let resizing = 0;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(redraw, 300);
+});
 send("streamlit:componentReady", {apiVersion: 1});
