@@ -455,9 +455,13 @@ function render(args) {
     stage.style.height = `${height - 34}px`;
     send("streamlit:setFrameHeight", {height});
   }
-  if (args.xy) takePoints(args);
+  // The same arguments come again when the page resizes the frame: data already held is kept,
+  // with the view and the selection on it.
+  const newPoints = args.xy && args.points_token !== held.points;
+  const newColors = args.codes && (newPoints || args.colors_token !== held.colors);
+  if (newPoints) takePoints(args);
   palette = args.palette;
-  if (args.codes) { held.colors = args.colors_token; codes = args.codes; }
+  if (newColors) { held.colors = args.colors_token; codes = args.codes; }
   showLegend(args.color_name, args.legend, args.numeric);
   hits = args.hits || [];
   query = args.query ?? null;
@@ -473,11 +477,13 @@ function render(args) {
     return;
   }
   requested = null;
-  if (args.xy || args.codes) {
+  if (newPoints || newColors) {
     uploadColors();
     report = true;
+    redraw();
+  } else {
+    redraw(false);  // highlights only
   }
-  redraw();
 }
 
 window.addEventListener("message", e => { if (e.data && e.data.type === "streamlit:render") render(e.data.args); });
