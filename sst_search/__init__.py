@@ -31,7 +31,7 @@ The public surface, for notebooks, the app, the CLI and the batch indexer::
   :func:`default_reviewer`, :func:`references_dir_of`
 - pattern space: :func:`build_map`, :func:`load_map`, :class:`TraitMap`, :data:`METHODS`,
   :func:`default_embedder`, :func:`map_table`, :func:`map_figure`, :func:`color_columns`,
-  :func:`selected_rows`, :func:`atlas_cells`, :func:`atlas_image`, :func:`trait_thumbnail`, :func:`trait_thumbnails`,
+  :func:`color_codes`, :func:`atlas_cells`, :func:`atlas_image`, :func:`trait_thumbnail`, :func:`trait_thumbnails`,
   the module :mod:`convergence` and its :class:`Convergence`
 - errors a caller may catch: :class:`QueryError`, :class:`ReferencesError`,
   :class:`ImageLoadError`, :class:`WeightsError`, :class:`EmbedderError`, :class:`StoreError`,
@@ -120,7 +120,7 @@ _EXPORTS = {
     "map_table": "sst_search.map_view",
     "map_figure": "sst_search.map_view",
     "color_columns": "sst_search.map_view",
-    "selected_rows": "sst_search.map_view",
+    "color_codes": "sst_search.map_view",
     "atlas_cells": "sst_search.pattern_atlas",
     "atlas_image": "sst_search.pattern_atlas",
     "trait_thumbnail": "sst_search.thumbnails",

@@ -1,14 +1,15 @@
 """A trait map as a table and a picture: what ``sst-search map --out`` writes and the app draws.
 
 The same table (coordinates, group, catalogNumber, the colouring column) feeds the PNG, the
-interactive HTML and the app's WebGL scatter, so all three show the same points in the same
-colours. The PNG is rasterised with NumPy and OpenCV (a million points in well under a
+interactive HTML and the app's WebGL scatter (``ui/map_scatter``), so all three show the same
+points in the same colours. The PNG is rasterised with NumPy and OpenCV (a million points in well under a
 second, no plotting library needed); the HTML is a plotly ``Scattergl`` figure.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -61,25 +62,45 @@ def categories(values: pd.Series) -> list[str]:
     return [str(v) for v in values.dropna().astype(str).value_counts().index[:MAX_CATEGORIES]]
 
 
-def point_colors(values: pd.Series) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int]]]]:
-    """RGB per point and the legend: categories for text, a viridis ramp for numbers."""
+#: Colour code of a point whose numeric value is missing (the ramp takes codes 0 to 254).
+MISSING_CODE = 255
+
+
+class ColorCodes(NamedTuple):
+    codes: np.ndarray  # uint8 per point
+    palette: np.ndarray  # RGB rows the codes index
+    legend: list[tuple[str, tuple[int, int, int]]]
+    numeric: bool  # a ramp between two values, rather than categories
+
+
+def color_codes(values: pd.Series) -> ColorCodes:
+    """One byte per point indexing a palette of RGB rows, and the legend: so the
+    app's scatter receives a million colours as a million bytes. Text: a code per frequent
+    category, the last palette entry for the rest; numbers: a 255-step viridis ramp between
+    the smallest and largest value, code :data:`MISSING_CODE` (grey) for missing ones."""
     if is_numeric(values):
         numbers = values.astype(float).to_numpy()
         finite = np.isfinite(numbers)
         lo, hi = (numbers[finite].min(), numbers[finite].max()) if finite.any() else (0.0, 1.0)
-        scaled = np.zeros(len(numbers), np.uint8)
-        scaled[finite] = np.round(255 * (numbers[finite] - lo) / ((hi - lo) or 1)).astype(np.uint8)
-        ramp = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_VIRIDIS)[:, 0, ::-1]
-        colors = ramp[scaled]
-        colors[~finite] = PALETTE[-1]
-        return colors, [(f"{lo:.4g}", tuple(int(c) for c in ramp[0])), (f"{hi:.4g}", tuple(int(c) for c in ramp[-1]))]
+        codes = np.full(len(numbers), MISSING_CODE, np.uint8)
+        codes[finite] = np.round((MISSING_CODE - 1) * (numbers[finite] - lo) / ((hi - lo) or 1)).astype(np.uint8)
+        steps = np.round(np.linspace(0, 255, MISSING_CODE)).astype(np.uint8)[:, None]
+        palette = np.vstack([cv2.applyColorMap(steps, cv2.COLORMAP_VIRIDIS)[:, 0, ::-1], [PALETTE[-1]]]).astype(np.uint8)
+        return ColorCodes(codes, palette, [(f"{lo:.4g}", tuple(int(c) for c in palette[0])),
+                                           (f"{hi:.4g}", tuple(int(c) for c in palette[MISSING_CODE - 1]))], True)
     names = categories(values)
-    lookup = {n: i for i, n in enumerate(names)}
-    index = np.array([lookup.get(str(v), MAX_CATEGORIES) if v is not None else MAX_CATEGORIES for v in values])
+    found = pd.Categorical(values.astype(str).where(values.notna(), None), categories=names).codes
+    codes = np.where(found < 0, MAX_CATEGORIES, found).astype(np.uint8)
     legend = [(n, PALETTE[i]) for i, n in enumerate(names)]
-    if (index == MAX_CATEGORIES).any():
+    if (codes == MAX_CATEGORIES).any():
         legend.append(("other / none", PALETTE[-1]))
-    return np.asarray(PALETTE, np.uint8)[index], legend
+    return ColorCodes(codes, np.asarray(PALETTE, np.uint8), legend, False)
+
+
+def point_colors(values: pd.Series) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int]]]]:
+    """RGB per point and the legend (:func:`color_codes` looked up)."""
+    codes, palette, legend, _ = color_codes(values)
+    return palette[codes], legend
 
 
 def map_png(table: pd.DataFrame, color_by: str = "group", size: int = 1200, title: str = "") -> np.ndarray:
@@ -109,26 +130,18 @@ def map_png(table: pd.DataFrame, color_by: str = "group", size: int = 1200, titl
     return out
 
 
-#: Maps up to this many points carry catalogNumber and group per point for hovering; larger ones
-#: leave hover labels out (per-point strings, or even ids, would be most of the page's bytes and
-#: parse time) and name a point, with its crop, when it is clicked.
+#: Maps up to this many points carry catalogNumber and group per point for hovering in the HTML
+#: export; larger ones leave hover labels out (per-point strings would be most of the file).
 HOVER_MAX = 20_000
-#: A highlighted hit's ring and the query's disc, in screen pixels.
-HIT_RING, QUERY_DISC = 7, 10
 
 
-def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", highlight: dict | None = None):
-    """``(figure, rows)``: a plotly figure of the map, one WebGL (``Scattergl``) trace per category
-    in one flat colour (a per-point colour array costs the browser seconds at 100,000 points),
-    or one trace with a colour scale for numbers; and for each trace the table rows its points
-    are, in order (a selection names points by trace and position). Coordinates travel as
-    float32 typed arrays; hover labels only up to :data:`HOVER_MAX` points. ``highlight``:
-    ``{"query": id or None, "hits": [ids]}``, drawn as rings and a disc that a lasso does not
-    select (a search result on the map)."""
+def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = ""):
+    """The map as a plotly figure (what ``sst-search map --out FILE.html`` writes): one WebGL
+    (``Scattergl``) trace per category in one flat colour, or one trace with a colour scale
+    for numbers; coordinates as float32 typed arrays, hover labels up to :data:`HOVER_MAX` points."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    rows_per_trace: list[np.ndarray] = []
     labelled = len(table) <= HOVER_MAX
     label = (table["catalogNumber"].fillna(table["specimen_id"].astype(str)) + "<br>"
              + table["group"].fillna("").astype(str)).to_numpy() if labelled else None
@@ -137,7 +150,6 @@ def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", hi
     def add(rows: np.ndarray, name: str, marker: dict) -> None:
         hover = {"text": label[rows], "hovertemplate": "%{text}<extra></extra>"} if labelled else {"hoverinfo": "none"}
         fig.add_trace(go.Scattergl(x=x[rows], y=y[rows], mode="markers", name=name, marker=marker, **hover))
-        rows_per_trace.append(rows)
 
     values = table[color_by] if color_by in table else pd.Series([None] * len(table))
     if is_numeric(values):
@@ -152,35 +164,8 @@ def map_figure(table: pd.DataFrame, color_by: str = "group", title: str = "", hi
                 add(rows, name, {"size": 6, "color": f"rgb{tuple(PALETTE[code])}"})
     fig.update_layout(title=title, dragmode="zoom", height=640, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
-                      legend={"itemsizing": "constant"}, shapes=highlight_shapes(table, highlight))
-    return fig, rows_per_trace
-
-
-def highlight_shapes(table: pd.DataFrame, highlight: dict | None) -> list[dict]:
-    """Rings around the hits and a disc on the query, sized in pixels at the points' positions:
-    shapes, not traces, so a lasso over them still selects map rows only."""
-    if not highlight:
-        return []
-    ids = table["specimen_id"]
-    hits = np.flatnonzero(ids.isin([int(i) for i in highlight.get("hits") or []]).to_numpy())
-    query = np.flatnonzero((ids == int(highlight["query"])).to_numpy()) if highlight.get("query") is not None else []
-
-    def at(row: int, radius: int, style: dict) -> dict:
-        return {"type": "circle", "xref": "x", "yref": "y", "xsizemode": "pixel", "ysizemode": "pixel",
-                "xanchor": float(table["x"].iat[row]), "yanchor": float(table["y"].iat[row]),
-                "x0": -radius, "x1": radius, "y0": -radius, "y1": radius, "layer": "above", **style}
-
-    return ([at(int(r), HIT_RING, {"line": {"width": 2, "color": "black"}, "name": "hit"}) for r in hits]
-            + [at(int(r), QUERY_DISC, {"fillcolor": "gold", "line": {"width": 1, "color": "black"}, "name": "query"})
-               for r in query])
-
-
-def selected_rows(points: list[dict], rows_per_trace: list[np.ndarray]) -> np.ndarray:
-    """Table rows of the points of a plotly selection (``curve_number``, ``point_index``), each once."""
-    pairs = np.array([(p.get("curve_number", -1), p.get("point_index", -1)) for p in points], np.int64).reshape(-1, 2)
-    found = [rows[pairs[(pairs[:, 0] == curve) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(rows)), 1]]
-             for curve, rows in enumerate(rows_per_trace)]
-    return np.unique(np.concatenate([np.zeros(0, np.int64), *found]))
+                      legend={"itemsizing": "constant"})
+    return fig
 
 
 def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str = "") -> None:
@@ -192,7 +177,7 @@ def save_map(table: pd.DataFrame, out: Path, color_by: str = "group", title: str
         if not ok:
             raise OSError(f"{out}: could not write the picture")
     elif suffix == ".html":
-        map_figure(table, color_by, title)[0].write_html(out, include_plotlyjs=True)
+        map_figure(table, color_by, title).write_html(out, include_plotlyjs=True)
     elif suffix == ".parquet":
         table.to_parquet(out, index=False)
     elif suffix == ".csv":

@@ -29,10 +29,11 @@ def trait_thumbnail(store: Store, specimen_id: int, trait: str, size: int = 128)
 
 def trait_thumbnails(store: Store, specimen_ids: Sequence[int], trait: str, size: int = 128) -> dict[int, np.ndarray | None]:
     """:func:`trait_thumbnail` of many specimens, their paths and masks read in one query each
-    (a gallery page or an atlas, not one catalog round trip per card)."""
+    (a gallery page or an atlas, not one catalog round trip per card), and only theirs: a page
+    of cards must not load the listing and masks of a million specimens."""
     ids = [int(i) for i in specimen_ids]
-    listing = store.listing(ids)
-    masks = store.trait_mask_of(trait, ids)
+    listing = store.listing(ids, hold=False)
+    masks = store.trait_mask_of(trait, ids, hold=False)
     out: dict[int, np.ndarray | None] = {}
     for sid in ids:
         found = masks.get(sid)

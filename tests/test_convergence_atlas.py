@@ -3,7 +3,6 @@ with a mimic pair: melpomene painted with erato's hindwing bar, alba's left as i
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -84,7 +83,8 @@ def test_map_command_writes_map_atlas_and_convergence_csv(mimic_db, tmp_path, mo
 
 
 def test_map_page_shows_a_search_result_on_the_map(mimic_db, monkeypatch):
-    """The Search page's last result on the map of its trait: the query as a disc, its hits ringed."""
+    """The Search page's last result on the map of its trait: the query as a disc, its hits ringed;
+    the points are sent once per session, not on every rerun."""
     from streamlit.testing.v1 import AppTest
 
     from sst_search.pattern_map import build_map
@@ -105,11 +105,13 @@ def test_map_page_shows_a_search_result_on_the_map(mimic_db, monkeypatch):
     at.run()
     at.selectbox(key="map_trait").set_value(TRAIT).run()
     assert not at.exception, at.exception
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    # every map point, in float32 typed arrays (one trace per group); shapes mark the result
-    x = [np.frombuffer(base64.b64decode(t["x"]["bdata"]), t["x"]["dtype"]) for t in spec["data"]]
-    assert sum(map(len, x)) == len(tmap) and all(column.dtype == np.float32 for column in x)
-    shapes = spec["layout"]["shapes"]
-    hits = tmap.xy[np.isin(tmap.ids, [r.specimen_id for r in results])]
-    assert sorted(s["xanchor"] for s in shapes if s["name"] == "hit") == pytest.approx(sorted(hits[:, 0]))
-    assert [s["xanchor"] for s in shapes if s["name"] == "query"] == pytest.approx(tmap.xy[tmap.ids == query][:, 0].tolist())
+    scatter = at.get("component_instance")[0].proto
+    args, binary = json.loads(scatter.json_args), {a.key: a.bytes for a in scatter.special_args}
+    # every map point as float32 pairs, in the map's (id) order; the result's hits and query as map rows
+    assert np.array_equal(np.frombuffer(binary["xy"], np.float32).reshape(-1, 2), tmap.xy.astype(np.float32))
+    assert len(binary["codes"]) == len(tmap)
+    assert sorted(tmap.ids[args["hits"]]) == sorted(r.specimen_id for r in results)
+    assert tmap.ids[args["query"]] == query
+    at.run()  # a rerun of the same map and colouring: the browser holds the points, none are sent again
+    again = at.get("component_instance")[0].proto
+    assert not again.special_args and json.loads(again.json_args)["hits"] == args["hits"]

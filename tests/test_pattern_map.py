@@ -105,3 +105,19 @@ def test_umap_map_is_seeded_stored_placed_on_reindex_and_refitted_when_vectors_c
         refit = map_state(store, EMBEDDER, TRAIT)
         assert refit.fitted_at > fitted_at and refit.added_since_fit == 0
         assert map_points(store, EMBEDDER, TRAIT).fitted.all()
+
+
+def test_a_selection_from_the_map_scatter_decodes_to_the_same_rows_either_way():
+    """The scatter sends a small selection as int32 row numbers and a large one as a bitmap;
+    both name the same rows, and rows beyond the map are dropped."""
+    import base64
+
+    from ui.map_scatter import decode_rows
+
+    mask = np.random.default_rng(3).random(1_003) < 0.3
+    rows = np.flatnonzero(mask)
+    as_rows = {"rows": base64.b64encode(np.append(rows, [5_000, -1]).astype("<i4").tobytes()).decode()}
+    as_bits = {"bitmap": base64.b64encode(np.packbits(mask, bitorder="little").tobytes()).decode()}
+    assert np.array_equal(decode_rows(as_rows, len(mask)), rows)
+    assert np.array_equal(decode_rows(as_bits, len(mask)), rows)
+    assert len(decode_rows({"rows": ""}, len(mask))) == 0

@@ -77,8 +77,7 @@ def test_url_items_map_atlas_and_convergence_from_their_fetched_copies(url_db):
             assert (atlas[y:y + 18, x:x + 32] == pictures[cell.specimen_id][:18]).all()
         result = convergence(store, EMBEDDER, trait, "group")
         assert result.mean.shape == (2, 2) and np.isfinite(result.mean.to_numpy()).all()
-        figure, rows = map_figure(table)
-        assert sum(len(t.x) for t in figure.data) == len(tmap) == sum(map(len, rows))
+        assert sum(len(t.x) for t in map_figure(table).data) == len(tmap)
 
 
 def test_map_and_convergence_commands_from_another_directory_with_relative_paths(url_db, tmp_path, monkeypatch):
@@ -123,3 +122,20 @@ def test_instance_items_cut_from_drawer_photos_are_mapped_with_their_crops(tmp_p
         assert {c.specimen_id for c in cells if c.specimen_id is not None} <= items
     result = runner.invoke(app, ["map", "--db", str(db), "--trait", trait, "--method", "pca", "--out", str(tmp_path / "m.csv")])
     assert result.exit_code == 0 and "RANDOM weights" in result.output, result.output
+
+
+def test_a_gallery_page_reads_only_its_own_rows_and_masks_from_a_snapshot(url_db):
+    """Thumbnails of a few specimens leave the other specimens' rows and the trait's other masks
+    unread (a lasso's first gallery page on a million-specimen snapshot); a search's ask loads
+    them all, and both give the same."""
+    db, _ = url_db
+    with Store.open(resolve_snapshot(db), read_only=True) as store:
+        trait = _trait(store)
+        ids = store.population(EMBEDDER, trait)[:2].tolist()
+        pictures = trait_thumbnails(store, ids, trait, 32)
+        assert all(p is not None for p in pictures.values())
+        assert store.loaded_columns() is None
+        few = store.trait_mask_of(trait, ids, hold=False), store.listing(ids, hold=False)
+        held = store.trait_mask_of(trait, ids), store.listing(ids)
+        assert store.columns().holds_trait_masks(trait) and store.columns().holds_listing()
+        assert sorted(few[0]) == sorted(few[1]) == sorted(ids) and few == held

@@ -1,9 +1,13 @@
-"""The Map page in a real browser: the map is built from the page, a lasso dragged over part of it
-collects exactly the specimens inside, the gallery shows them and the export holds them; a point
-clicked is shown beside the map and opens its specimen page."""
+"""The Map page in a real browser: the map is built from the page and drawn by its WebGL scatter;
+a lasso dragged over part of it collects exactly the specimens inside, the gallery shows them and
+the export holds them; a box collects as many as lie inside it; the points are drawn again after
+the page showed another view; a point hovered is named and, when clicked, shown beside the map
+and opens its specimen page. Where each point lies on the screen is
+worked out here from the stored map and the view the scatter reports, not asked of the scatter."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -12,6 +16,8 @@ import pytest
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
+from sst_search.map_view import map_table
+from sst_search.pattern_map import load_map
 from sst_search.store import Store
 from sst_search.store.snapshots import resolve_snapshot
 from tests.app_server import ARTIFACTS
@@ -20,26 +26,34 @@ from ui.render import trait_label
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=30_000)
 
-#: Every point of the map with its position on the screen and its hover label (catalogNumber<br>group).
-POINTS_JS = """() => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-  const area = gd.querySelector('.nsewdrag').getBoundingClientRect();
-  return gd._fullData.flatMap(t => Array.from(t.x).map((x, i) => ({
-    px: area.left + xa.l2p(x), py: area.top + ya.l2p(t.y[i]), label: String(t.text[i]).split('<br>')[0]})));
-}"""
+SCATTER = "iframe[title$='map_scatter']"
 
 
-def lasso(page, polygon):
-    page.locator(".modebar-btn[data-title='Lasso Select']").click()  # the map opens in zoom mode
-    page.mouse.move(*polygon[0])
+def screen_points(page, ui_db, embedder, trait) -> list[dict]:
+    """Every point of the published map at its place on the page, from the stored coordinates and
+    the scatter's current view (``data-view``: the data range its canvas spans)."""
+    frame = page.locator(SCATTER).element_handle().content_frame()
+    canvas = frame.locator("#overlay")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x0, x1, y0, y1 = json.loads(frame.locator("#gl").get_attribute("data-view"))
+    with Store.open(resolve_snapshot(ui_db), read_only=True) as store:
+        table = map_table(store, load_map(store, embedder, trait))
+    return [{"px": box["x"] + (x - x0) / (x1 - x0) * box["width"], "py": box["y"] + (y1 - y) / (y1 - y0) * box["height"],
+             "label": str(number)} for x, y, number in zip(table["x"], table["y"], table["catalogNumber"])]
+
+
+def drag(page, tool: str, path: list[tuple[float, float]]) -> None:
+    """Pick ``tool`` above the map and drag the mouse along ``path`` on its canvas."""
+    page.frame_locator(SCATTER).get_by_role("button", name=tool, exact=True).click()
+    page.mouse.move(*path[0])
     page.mouse.down()
-    for x, y in [*polygon[1:], polygon[0]]:
+    for x, y in path[1:]:
         page.mouse.move(x, y, steps=8)
     page.mouse.up()
 
 
-def test_lasso_on_the_map_shows_exactly_the_specimens_inside(app_server, chromium, ui_db, tmp_path):
+def test_lasso_box_hover_and_click_on_the_map(app_server, chromium, ui_db, tmp_path):
     with Store.open(resolve_snapshot(ui_db), read_only=True) as store:  # the index with the most points
         embedder, trait = max(store.index_keys(), key=lambda key: (len(store.population(*key)), key))
     page = chromium.new_page(viewport={"width": 1400, "height": 1400})
@@ -50,20 +64,21 @@ def test_lasso_on_the_map_shows_exactly_the_specimens_inside(app_server, chromiu
     page.get_by_role("option", name=trait_label(trait), exact=True).click()
     page.get_by_text("pca", exact=True).click()
     page.get_by_role("button", name="Build the map").click()
-    page.locator(".js-plotly-plot .nsewdrag").wait_for()
-    page.wait_for_function("() => document.querySelector('.js-plotly-plot')._fullData.length > 0")
+    scatter = page.frame_locator(SCATTER)
     expect(page.get_by_text("the map's neighbourhoods are not meaningful")).to_be_visible()
 
-    points = page.evaluate(POINTS_JS)
+    scatter.locator("body[data-drawn]").wait_for()
+    points = screen_points(page, ui_db, embedder, trait)
     assert len(points) >= 4
+    expect(scatter.locator("body")).to_have_attribute("data-drawn", str(len(points)))  # every point drawn
 
     xs = sorted({round(p["px"], 1) for p in points})
     split = (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2  # between two columns of points: none on the edge
     top, bottom = min(p["py"] for p in points) - 15, max(p["py"] for p in points) + 15
-    left = min(p["px"] for p in points) - 15
+    left, right = min(p["px"] for p in points) - 15, max(p["px"] for p in points) + 15
     inside = {p["label"] for p in points if p["px"] < split}
     assert 0 < len(inside) < len({p["label"] for p in points})
-    lasso(page, [(left, top), (split, top), (split, bottom), (left, bottom)])
+    drag(page, "Lasso", [(left, top), (split, top), (split, bottom), (left, bottom), (left, top)])
 
     page.get_by_text(f"Selection: {len(inside)} specimens").wait_for()
     cards = page.locator("[class*='st-key-map-sel-']:not([class*='open'])")
@@ -81,20 +96,36 @@ def test_lasso_on_the_map_shows_exactly_the_specimens_inside(app_server, chromiu
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(tmp_path / "map.png", ARTIFACTS / "ui_map.png")
 
-    # A point clicked (here one outside the first selection, back in zoom mode) shows its crop and
-    # catalogNumber beside the map, and opens its specimen page.
-    alone = [p for p in points if p["px"] > split  # no other point under the cursor
-             and all(q is p or abs(q["px"] - p["px"]) + abs(q["py"] - p["py"]) > 12 for q in points)]
-    label = alone[0]["label"]
-    page.locator(".js-plotly-plot").scroll_into_view_if_needed()  # the download button scrolled the page
-    page.locator(".modebar-btn[data-title='Zoom']").click()
-    one = next(p for p in page.evaluate(POINTS_JS) if p["label"] == label)
-    page.mouse.move(one["px"], one["py"])  # plotly reports a click on the point its hover found
-    page.locator(".hoverlayer .hovertext").first.wait_for()
+    # A box over the upper part of the map collects as many specimens as lie inside it.
+    points = screen_points(page, ui_db, embedder, trait)  # the download button scrolled the page
+    ys = sorted({round(p["py"], 1) for p in points})
+    middle = (ys[len(ys) // 2 - 1] + ys[len(ys) // 2]) / 2
+    top, left, right = min(ys) - 15, min(p["px"] for p in points) - 15, max(p["px"] for p in points) + 15
+    boxed = [p["label"] for p in points if p["py"] < middle]  # in the map's order, as the gallery shows them
+    assert 0 < len(boxed) < len(points) and set(boxed) != inside
+    drag(page, "Box", [(left, top), (right, middle)])
+    expect(cards.locator("[data-testid='stCaptionContainer']")).to_have_text(boxed)
+    page.get_by_text(f"Selection: {len(boxed)} specimens").wait_for()
+
+    # Away to the atlas and back: the map's new frame, in the same session, gets its points again.
+    view = page.locator("[data-testid='stRadio']").filter(has_text="Convergence")
+    view.get_by_text("Atlas", exact=True).click()
+    expect(page.locator(SCATTER)).to_have_count(0)
+    view.get_by_text("Map", exact=True).click()
+    expect(scatter.locator("body")).to_have_attribute("data-drawn", str(len(points)))
+
+    # A point on its own is named when hovered; clicked, it shows its crop and catalogNumber beside
+    # the map, and opens its specimen page.
+    points = screen_points(page, ui_db, embedder, trait)
+    alone = [p for p in points if all(q is p or abs(q["px"] - p["px"]) + abs(q["py"] - p["py"]) > 24 for q in points)]
+    one = alone[0]
+    page.mouse.move(one["px"], one["py"])
+    expect(scatter.locator("#tip")).to_contain_text(one["label"])
     page.mouse.click(one["px"], one["py"])
     panel = page.locator(".st-key-map-point")
     expect(panel).to_contain_text(one["label"])
     expect(panel.locator("img")).to_have_count(1)
+    expect(page.get_by_text(re.compile(r"Selection: \d+ specimens"))).to_have_count(0)  # a click replaces the box
     panel.get_by_role("button", name="Open specimen").click()
     page.get_by_role("heading", name="Specimen", exact=True).wait_for()
     expect(page.get_by_role("combobox", name="Specimen", exact=True)).to_have_value(re.compile(re.escape(one["label"])))

@@ -119,6 +119,14 @@ class SnapshotColumns:
         found, rows = self.rows_of(np.asarray(ids, np.int64))
         return self._listing.take(pa.array(rows[found]))
 
+    def holds_listing(self) -> bool:
+        """Whether :meth:`listing` has loaded every specimen's row already."""
+        return self._listing is not None
+
+    def holds_trait_masks(self, trait_name: str) -> bool:
+        """Whether :meth:`trait_masks` has loaded that trait's masks already."""
+        return trait_name in self._trait_masks
+
     def trait_masks(self, trait_name: str, ids: np.ndarray) -> pa.Table:
         """``trait_masks`` rows of one trait on ``ids`` (one per specimen: its lowest trait id),
         from that trait's masks loaded once: a search joins its hits without a scan of the

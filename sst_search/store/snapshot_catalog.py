@@ -48,12 +48,27 @@ class SnapshotCatalog(Catalog):
         columns = self.columns()
         return MaskAdmission(columns, compile_mask(scope_filters(filters), self.metadata_keys(), self.measured_traits(), columns))
 
-    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
-        """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`)."""
+    def loaded_columns(self) -> SnapshotColumns | None:
+        """:meth:`columns` when something loaded them already; None rather than read every
+        specimen id for a one-off ask."""
+        return self.__dict__.get("_catalog_memo", {}).get("columns")
+
+    def listing(self, specimen_ids: Sequence[int], *, hold: bool = True) -> dict[int, dict]:
+        """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`); with
+        ``hold=False`` and the listing not loaded yet, only these specimens' rows are read
+        (48 of a million in milliseconds, where loading them all takes a second)."""
+        held = self.loaded_columns()
+        if not hold and not (held and held.holds_listing()):
+            return super().listing(specimen_ids)
         return listing_of(self.columns().listing(np.asarray(specimen_ids, np.int64)).to_pylist())
 
-    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]):
-        """:meth:`Catalog.trait_mask_of`, from memory (:meth:`SnapshotColumns.trait_masks`)."""
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int], *, hold: bool = True):
+        """:meth:`Catalog.trait_mask_of`, from memory (:meth:`SnapshotColumns.trait_masks`); with
+        ``hold=False`` and the trait's masks not loaded yet, only these specimens' are read
+        (48 of a million in milliseconds, where loading them all takes seconds)."""
+        held = self.loaded_columns()
+        if not hold and not (held and held.holds_trait_masks(trait_name)):
+            return super().trait_mask_of(trait_name, specimen_ids)
         ids = np.asarray([int(i) for i in specimen_ids], np.int64)
         table = self.columns().trait_masks(trait_name, ids)
         return masks_by_specimen(tuple(r.values()) for r in table.to_pylist())

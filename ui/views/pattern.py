@@ -25,13 +25,12 @@ from sst_search import (
     default_embedder,
     export,
     load_map,
-    map_figure,
     map_table,
     publish_snapshot,
-    selected_rows,
     trait_thumbnails,
 )
 
+from ..map_scatter import Colors, Points, colors_of, map_scatter, points_of
 from ..render import escape_markdown, trait_label
 from ..state import cache_key, live_db, load_engine, open_specimen
 
@@ -52,12 +51,18 @@ def _table(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by:
     return map_table(_engine.store, _map(_engine, key, embedder, trait), color_by)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _points(_engine: SearchEngine, key: str, embedder: str, trait: str) -> Points:
+    """The map's points as the scatter takes them, packed once per snapshot and map."""
+    table = _table(_engine, key, embedder, trait, "group")
+    return points_of(table, f"{key}/{embedder}/{trait}")
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _figure(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by: str, title: str,
-            highlight: dict | None):
-    """The figure and its rows per trace, built once per map, colouring and highlight: a lasso's
-    rerun only reads the selection."""
-    return map_figure(_table(_engine, key, embedder, trait, color_by), color_by, title, highlight)
+def _colors(_engine: SearchEngine, key: str, embedder: str, trait: str, color_by: str) -> Colors:
+    """One colouring of the map's points, packed once per snapshot, map and column."""
+    table = _table(_engine, key, embedder, trait, color_by)
+    return colors_of(table[color_by], color_by, f"{key}/{embedder}/{trait}/{color_by}")
 
 
 #: Encoded thumbnails kept per snapshot and trait before the oldest are dropped.
@@ -103,20 +108,30 @@ def _build(embedder: str, trait: str, method: str) -> None:
     st.rerun()
 
 
-def _highlight(trait: str) -> dict | None:
-    """The Search page's last result, when it searched this trait: its query and hits."""
+def _highlight(table: pd.DataFrame, trait: str) -> tuple[list[int], int | None] | None:
+    """The Search page's last result, when it searched this trait: the map rows of its hits and
+    of its query specimen."""
     results = st.session_state.get("results")
     if not results or results[0].trait_name != trait:
         return None
     query = st.session_state.get("query_specimen") if st.session_state.get("query_mode") == "Specimen" else None
-    return {"query": query, "hits": [r.specimen_id for r in results]}
+    rows = _rows_of(table, [r.specimen_id for r in results] + ([int(query)] if query is not None else []))
+    hits = [r for r in rows[:len(results)] if r is not None]
+    return hits, rows[-1] if query is not None else None
+
+
+def _rows_of(table: pd.DataFrame, ids: list[int]) -> list[int | None]:
+    """Map rows of a few ids (the table is sorted by id); None for an id not on the map."""
+    column = table["specimen_id"].to_numpy()
+    at = np.minimum(np.searchsorted(column, ids), len(column) - 1)
+    return [int(r) if len(column) and column[r] == i else None for r, i in zip(at, ids)]
 
 
 def _catalog_numbers(table: pd.DataFrame, ids: list[int]) -> dict[int, str | None]:
-    """catalogNumber of a few ids, looked up in the map's table (sorted by id) without a
-    dictionary of a million rows per rerun."""
-    at = np.searchsorted(table["specimen_id"].to_numpy(), ids)
-    return dict(zip(ids, table["catalogNumber"].to_numpy()[at]))
+    """catalogNumber of a few ids, looked up in the map's table without a dictionary of a
+    million rows per rerun."""
+    numbers = table["catalogNumber"].to_numpy()
+    return {sid: None if row is None else numbers[row] for sid, row in zip(ids, _rows_of(table, ids))}
 
 
 def _gallery(engine: SearchEngine, table: pd.DataFrame, ids: list[int], trait: str, prefix: str,
@@ -178,25 +193,23 @@ def _map_view(engine: SearchEngine, tmap: TraitMap, embedder: str, trait: str) -
     key = cache_key(engine)
     color_by = st.selectbox("Colour by", color_columns(engine.store), key="map_color")
     table = _table(engine, key, embedder, trait, color_by)
-    highlight = _highlight(trait)
+    highlight = _highlight(table, trait)
     title = f"{trait_label(trait)}: {len(table):,} specimens ({tmap.method}, seed {tmap.seed})"
-    figure, rows_per_trace = _figure(engine, key, embedder, trait, color_by, title, highlight)
     left, right = st.columns([4, 1])
     with left:
-        event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                key=f"map-chart-{embedder}-{trait}-{color_by}", config={"displaylogo": False})
-    selection = event.selection if event else None
-    rows = selected_rows(selection.points, rows_per_trace) if selection else np.zeros(0, np.int64)
-    dragged = bool(selection and (selection.box or selection.lasso))
+        picked = map_scatter(_points(engine, key, embedder, trait), _colors(engine, key, embedder, trait, color_by),
+                             key=f"map-scatter-{embedder}-{trait}", title=title,
+                             hits=highlight[0] if highlight else None, query=highlight[1] if highlight else None)
     with right:
-        st.caption("Click a point to see it. To collect specimens, pick Lasso or Box Select in the chart's "
-                   "toolbar and drag over the map.")
+        st.caption("Drag to move the map, the wheel zooms, a double-click shows all of it. Hover a point for its "
+                   "catalogNumber, click it to see it. To collect specimens, pick Lasso or Box above the map and "
+                   "drag over it.")
         if highlight:
             st.caption("Search result shown: the query (gold disc) and its hits (rings).")
-        if len(rows) == 1:  # a clicked point, or a lasso around one
-            _point(engine, table, int(rows[0]), trait)
-    if dragged or len(rows) > 1:
-        _selection(engine, table, rows, embedder, trait)
+        if len(picked.rows) == 1:  # a clicked point, or a lasso around one
+            _point(engine, table, int(picked.rows[0]), trait)
+    if picked.mode in ("lasso", "box"):
+        _selection(engine, table, picked.rows, embedder, trait)
 
 
 def _atlas_view(engine: SearchEngine, tmap: TraitMap, trait: str) -> None:
