@@ -153,7 +153,9 @@ def main() -> None:
         s50, s95 = np.percentile(shard_ms, [50, 95])
         print(f"{name:<12} {o50:>8.1f} {o95:>8.1f} {a50:>10.1f} {a95:>10.1f} {s50:>8.1f} {s95:>8.1f} {s95 - o95:>9.1f} "
               f"{same:>8.3f}", flush=True)
-    print(f"\n{load()}")
+    after = [psutil.Process(pid).memory_info().rss for pid in pids]
+    print("\nshards resident after the searches (their filter columns and masks loaded): "
+          + ", ".join(f"{rss / 2**30:.2f}" for rss in after) + f" GiB; {load()}")
     sharded.close()
     single.close()
     ray.shutdown()
