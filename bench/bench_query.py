@@ -42,6 +42,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import cache, cached_property
 from pathlib import Path
+from typing import Self
 
 import faiss
 import lance_sweep
@@ -236,6 +238,34 @@ def build_chunks(db: Path, config: IndexConfig, chunks) -> None:
         store.finish_run(run, {"indexed": n})
 
 
+class PeakMemory:
+    """The largest anonymous and file-backed resident memory of this process while the block
+    runs, sampled from /proc/self/status: a mapped file's pages count in RSS, but the OS can
+    drop them at will, while anonymous memory (arrays, DuckDB's buffers, the index) it cannot."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.anon, self.file = every, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            with open("/proc/self/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh)
+            self.anon = max(self.anon, int(fields["RssAnon"].split()[0]) * 1024)
+            self.file = max(self.file, int(fields["RssFile"].split()[0]) * 1024)
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def mapped_resident(path: Path) -> int:
     """Bytes of the file at ``path`` this process has resident through its mappings."""
     return sum(m.rss for m in psutil.Process().memory_maps(grouped=True) if m.path == str(path))
@@ -364,12 +394,14 @@ def main() -> None:
         print(f"reusing the store in {work} (build not timed); DuckDB file {db.stat().st_size / 2**30:.2f} GiB")
     else:
         t = time.perf_counter()
-        build_chunks(db, config, ((p.ids, p.vectors, *data.columns(p)) for p in data.parts()))
+        with PeakMemory() as peaks:
+            build_chunks(db, config, ((p.ids, p.vectors, *data.columns(p)) for p in data.parts()))
         build_s = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(f"build through Store.write_chunks, {args.chunk:,} vectors a chunk (catalog + masks + float16 vectors at "
               f"rest + {args.approx} index + flush): {build_s:.1f} s ({args.n / build_s:,.0f} vectors/s); peak RSS "
-              f"{peak / 2**30:.2f} GiB (before {rss0 / 2**30:.2f} GiB); {load()}")
+              f"{peak / 2**30:.2f} GiB (before {rss0 / 2**30:.2f} GiB), of which at most {peaks.anon / 2**30:.2f} GiB "
+              f"anonymous memory and {peaks.file / 2**30:.2f} GiB mapped file pages (sampled each 0.2 s); {load()}")
 
     if not reuse or current_version(db) is None:
         t = time.perf_counter()
