@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -290,7 +289,7 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
             if _vector_count(store, key) != stream.count:  # older vectors too, or a specimen in two chunks
                 continue
             stream.finish()
-            index = _streamed_index(stream, store.index_cache.config)
+            index = indexes.build_index_from(stream.rows, stream.ids, stream.dim, store.index_cache.config, VECTOR_CHUNK)
             stream.publish(generations[key])
             store.index_cache.replace(key, index, generations[key])
     finally:
@@ -306,18 +305,6 @@ def _spill(chunk: Chunk, streams: dict[IndexKey, at_rest.StreamedVectors], root:
             dims.setdefault(key, matrix.shape[1])
             streams[key] = at_rest.StreamedVectors(root, key, matrix.shape[1])
         streams[key].append(vids, matrix)
-
-
-def _streamed_index(stream: at_rest.StreamedVectors, config: IndexConfig) -> faiss.Index:
-    """The index of a stream's vectors: trained on the sample :func:`indexes.training_rows`
-    picks, then filled chunk by chunk, never from one matrix of them all."""
-    seed = config.train_seed
-    index = indexes.new_index(stream.count, stream.dim, config,
-                              lambda size: stream.rows(indexes.training_rows(stream.count, size, seed)))
-    for start in range(0, stream.count, VECTOR_CHUNK):
-        part = slice(start, start + VECTOR_CHUNK)
-        index.add_with_ids(stream.rows(part), stream.ids[part])
-    return index
 
 
 def _vector_count(store: Store, key: IndexKey) -> int:

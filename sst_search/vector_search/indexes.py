@@ -58,6 +58,20 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
     return index
 
 
+def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.ndarray, dim: int,
+                     config: IndexConfig, chunk: int = 200_000) -> faiss.Index:
+    """:func:`build_index` of vectors read ``chunk`` rows at a time, ``rows(positions)``
+    giving float32 rows (widened from a float16 file, say): trained on the sample
+    :func:`training_rows` picks and filled chunk by chunk, so no float32 matrix of them all
+    is ever made."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    n = len(ids)
+    index = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
+    for start in range(0, n, chunk):
+        index.add_with_ids(np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk])
+    return index
+
+
 def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], np.ndarray]) -> faiss.Index:
     """An empty index of the right kind for ``n`` vectors, trained (IVF) on ``training(size)``,
     the float32 rows of a sample of ``size``: a streamed build draws them from vectors it
