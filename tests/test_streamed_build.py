@@ -119,6 +119,9 @@ def test_the_stream_is_consumed_lazily_and_no_earlier_chunk_is_kept(tmp_path):
 
     with Store.open(tmp_path / "s.duckdb", index_config=CONFIG) as store:
         assert store.write_chunks(stream()) == N
+        # the index built from the stream is the store's at the committed generation: nothing rebuilds it
+        streamed = store.index_cache.in_memory(KEY, store.generations()[KEY])
+        assert streamed is not None and streamed.ntotal == N and store.index(*KEY) is streamed
     assert pulled == list(range(6))
 
 

@@ -324,7 +324,7 @@ def _checked(chunk: Chunk, dims: Mapping[IndexKey, int]) -> Chunk | None:
     int64 ids and float32 matrices, or None when it holds no specimens; refuses what the
     store would hold wrong."""
     specimens = chunk.specimens
-    vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in chunk.vectors.items()}
+    vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in (chunk.vectors or {}).items()}
     unknown = set(specimens.column_names) - set(SPECIMEN_COLUMNS.names)
     missing = {"specimen_id", "path", "status"} - set(specimens.column_names)
     if unknown or missing:
