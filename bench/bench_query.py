@@ -2,10 +2,14 @@
 
 Builds a store of ``--n`` synthetic trait vectors (dim 512, clustered like species,
 L2-normalised) with metadata per specimen (group, locality, eventDate) and a trait mask
-per specimen (COCO RLE, as the indexer writes them) through the
-product's own write path (:meth:`Store.write_columns`: catalog rows, vectors and the FAISS
-index of the configured kind), then times ``SearchEngine.search``, the code path the app
-uses, and measures recall@10 against exact search under the same filter. The same vectors
+per specimen (COCO RLE, as the indexer writes them) through the product's own streamed
+write path (:meth:`Store.write_chunks`: catalog rows, float16 vectors at rest and the
+FAISS index of the configured kind), from a collection made ``--chunk`` vectors at a time
+(:class:`Synthetic`), then times ``SearchEngine.search``, the code path the app uses, and
+measures recall@10 against exact search under the same filter, computed chunk by chunk:
+nothing holds the whole collection, so build and searches run in one process and its
+memory grows with ``--n`` only by the index and the pages of the mapped float16 file the
+searches touch (LanceDB, which is given the whole collection, only where that fits). The same vectors
 and metadata go into LanceDB tables (an IVF_PQ and an IVF_HNSW_SQ index), searched with
 its prefilter, in the same run, at equal recall: per scenario, the cheapest LanceDB setting
 (partitions probed, refine factor, ef) that reaches ``--lance-target`` recall@10
@@ -24,7 +28,8 @@ exact scans and re-ranking read the mapped float16 rows. ``--float32`` runs the 
 again on the live store, whose vectors are read from the catalog as float32 (the reader
 before vectors at rest), for the recall cost of float16.
 
-Printed: build time, bytes per vector of the index in RAM (and of the file), process RSS,
+Printed: build time and its peak memory, disk bytes per vector (the DuckDB file, the
+index file, the float16 file), bytes per vector of the index in RAM, process RSS,
 per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
 results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
 LanceDB figures at equal recall with the ratio of p95s and both engines' throughput with
