@@ -7,6 +7,8 @@ generations in one DuckDB transaction, then updates the in-memory FAISS indexes
 their generation. After a SIGKILL at any point the database holds either the whole batch or
 none of it, and any FAISS file whose generation disagrees with the database is rebuilt from
 the ``vectors`` table when the store is next opened (writer) or used (reader).
+:func:`write_chunks`, the bulk path for a stream too large to hold, commits chunk by chunk
+with the same guarantee per chunk; its files at rest are temporary until the last commit.
 
 Earlier masks, metadata, measurements and vectors of a re-written specimen are replaced,
 not merged, so a re-processed item never keeps vectors of a trait it no longer has; a
