@@ -2,10 +2,14 @@
 
 Builds a store of ``--n`` synthetic trait vectors (dim 512, clustered like species,
 L2-normalised) with metadata per specimen (group, locality, eventDate) and a trait mask
-per specimen (COCO RLE, as the indexer writes them) through the
-product's own write path (:meth:`Store.write_columns`: catalog rows, vectors and the FAISS
-index of the configured kind), then times ``SearchEngine.search``, the code path the app
-uses, and measures recall@10 against exact search under the same filter. The same vectors
+per specimen (COCO RLE, as the indexer writes them) through the product's own streamed
+write path (:meth:`Store.write_chunks`: catalog rows, float16 vectors at rest and the
+FAISS index of the configured kind), from a collection made ``--chunk`` vectors at a time
+(:class:`Synthetic`), then times ``SearchEngine.search``, the code path the app uses, and
+measures recall@10 against exact search under the same filter, computed chunk by chunk:
+nothing holds the whole collection, so build and searches run in one process and its
+memory grows with ``--n`` only by the index and the pages of the mapped float16 file the
+searches touch (LanceDB, which is given the whole collection, only where that fits). The same vectors
 and metadata go into LanceDB tables (an IVF_PQ and an IVF_HNSW_SQ index), searched with
 its prefilter, in the same run, at equal recall: per scenario, the cheapest LanceDB setting
 (partitions probed, refine factor, ef) that reaches ``--lance-target`` recall@10
@@ -24,7 +28,8 @@ exact scans and re-ranking read the mapped float16 rows. ``--float32`` runs the 
 again on the live store, whose vectors are read from the catalog as float32 (the reader
 before vectors at rest), for the recall cost of float16.
 
-Printed: build time, bytes per vector of the index in RAM (and of the file), process RSS,
+Printed: build time and its peak memory, disk bytes per vector (the DuckDB file, the
+index file, the float16 file), bytes per vector of the index in RAM, process RSS,
 per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
 results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
 LanceDB figures at equal recall with the ratio of p95s and both engines' throughput with
@@ -39,13 +44,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date
+from functools import cache, cached_property
 from pathlib import Path
+from typing import Self
 
 import faiss
 import lance_sweep
@@ -63,10 +74,15 @@ from sst_search.store.snapshots import (
     publish_snapshot,
     resolve_snapshot,
 )
+from sst_search.store.writer import Chunk
 from sst_search.vector_search.at_rest import vector_paths, vectors_dir
-from sst_search.vector_search.indexes import ivf_of
+from sst_search.vector_search.indexes import index_paths, ivf_of
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
+#: Vectors per chunk of a streamed build (and of the ground truth's pass over the collection).
+CHUNK = 100_000
+#: Event dates are uniform over DAYS days from START.
+DAYS, START = 27_000, np.datetime64(date(1950, 1, 1))
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
 
 
@@ -84,14 +100,84 @@ def clustered_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) 
     return out, labels
 
 
+@dataclass(frozen=True)
+class Part:
+    """Rows ``start..start + len(ids)`` of a :class:`Synthetic` collection."""
+
+    start: int
+    ids: np.ndarray
+    vectors: np.ndarray
+    groups: np.ndarray
+    locality_codes: np.ndarray
+    days: np.ndarray
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """A synthetic collection made chunk by chunk, each chunk from its own seed: any chunk
+    can be made again alone, so the build, the queries and the exact ground truth each make
+    the rows they need and none holds all of them (10 million x 768 float32 are 31 GB).
+    Vectors are unit vectors around ``clusters`` centres (species x morphs); a specimen's
+    group is its cluster modulo ``groups`` (a species' specimens look alike); locality and
+    event date are independent of the vectors."""
+
+    n: int
+    dim: int
+    clusters: int
+    groups: int
+    noise: float
+    chunk: int = 100_000
+    seed: int = 0
+
+    @cached_property
+    def centres(self) -> np.ndarray:
+        centres = np.random.default_rng([self.seed, 1 << 30]).standard_normal((self.clusters, self.dim)).astype(np.float32)
+        return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def part(self, i: int) -> Part:
+        start = i * self.chunk
+        rows = min(self.chunk, self.n - start)
+        rng = np.random.default_rng([self.seed, i])
+        labels = rng.integers(self.clusters, size=rows)
+        x = self.centres[labels] + self.noise * rng.standard_normal((rows, self.dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        ids = rng.integers(1, 1 << 62, size=rows, dtype=np.int64)  # ids look like specimen_id() hashes
+        return Part(start, ids, x, labels % self.groups, rng.integers(len(LOCALITIES), size=rows),
+                    rng.integers(0, DAYS, size=rows))
+
+    def parts(self) -> Iterator[Part]:
+        for i in range(-(-self.n // self.chunk)):
+            yield self.part(i)
+
+    def rows(self, rows: np.ndarray) -> Part:
+        """The given rows (positions in the collection), making only the chunks that hold them."""
+        taken = []
+        for i in np.unique(rows // self.chunk):
+            part, wanted = self.part(int(i)), rows[rows // self.chunk == i] - i * self.chunk
+            taken.append((rows // self.chunk == i, Part(-1, part.ids[wanted], part.vectors[wanted], part.groups[wanted],
+                                                        part.locality_codes[wanted], part.days[wanted])))
+        out = {f: np.empty((len(rows), *getattr(taken[0][1], f).shape[1:]), getattr(taken[0][1], f).dtype)
+               for f in ("ids", "vectors", "groups", "locality_codes", "days")}
+        for where, part in taken:
+            for f, array in out.items():
+                array[where] = getattr(part, f)
+        return Part(-1, **out)
+
+    def columns(self, part: Part) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """``(group names, localities, ISO event dates)`` of a part, as Arrow arrays built from
+        codes (numpy text arrays of 10 million rows cost gigabytes)."""
+        group_names = pa.array([f"g{g:02d}" for g in range(self.groups)]).take(pa.array(part.groups))
+        localities = pa.array(LOCALITIES).take(pa.array(part.locality_codes))
+        return group_names, localities, pa.array(START + part.days.astype("timedelta64[D]")).cast(pa.string())
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def trait_mask_rows(ids: np.ndarray, seed: int, shapes: int = 64, size: int = 512) -> pa.Table:
-    """One mask per specimen, as the indexer stores them (COCO RLE of an elliptical band at
-    ``size`` px): ``shapes`` distinct ones cycled, so a search's per-hit mask join reads rows
-    of a realistic size from a table of a realistic length."""
+@cache
+def mask_shapes(seed: int, shapes: int = 64, size: int = 512) -> pa.Table:
+    """``shapes`` trait masks as the indexer stores them (COCO RLE of an elliptical band at ``size`` px)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     shapes_rows = []
@@ -101,11 +187,17 @@ def trait_mask_rows(ids: np.ndarray, seed: int, shapes: int = 64, size: int = 51
         ys, xs = np.nonzero(mask)
         shapes_rows.append({"area": int(mask.sum()), "bbox_x0": int(xs.min()), "bbox_y0": int(ys.min()),
                             "bbox_x1": int(xs.max()) + 1, "bbox_y1": int(ys.max()) + 1, "rle": encode_mask(mask)})
+    table = pa.Table.from_pylist(shapes_rows)
+    return table.set_column(5, "rle", table.column("rle").cast(pa.large_string()))  # > 2 GiB at 10M
+
+
+def trait_mask_rows(ids: np.ndarray, seed: int, shapes: int = 64) -> pa.Table:
+    """One mask per specimen, the :func:`mask_shapes` cycled, so a search's per-hit mask join
+    reads rows of a realistic size from a table of a realistic length."""
     # Arrow repeats the few shapes natively: at 10 million rows Python lists would not fit in memory.
-    shapes_table = pa.Table.from_pylist(shapes_rows)
-    shapes_table = shapes_table.set_column(5, "rle", shapes_table.column("rle").cast(pa.large_string()))  # > 2 GiB at 10M
-    table = shapes_table.take(pa.array(np.arange(len(ids)) % shapes))
+    table = mask_shapes(seed, shapes).take(pa.array(np.arange(len(ids)) % shapes))
     n = len(ids)
+    rng = np.random.default_rng([seed, int(ids[0]) if n else 0])
     return table.add_column(0, "specimen_id", pa.array(ids)).add_column(1, "trait_id", pa.array(np.ones(n, np.int32))) \
         .add_column(2, "trait_name", repeated(TRAIT, n)).append_column("quality", pa.array(rng.random(n))) \
         .append_column("source", repeated("sst", n))
@@ -117,21 +209,66 @@ def repeated(value: str, n: int) -> pa.Array:
 
 
 def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, localities, dates) -> None:
-    """The product's bulk write path: catalog, metadata, masks, vectors and index in one call."""
-    n = len(ids)
+    """The product's bulk write path for a collection held in memory, in chunks of :data:`CHUNK`."""
+    build_chunks(db, config, (
+        (ids[s], vectors[s], group_names[s], localities[s], dates[s])
+        for s in (slice(a, a + CHUNK) for a in range(0, len(ids), CHUNK))))
+
+
+def build_chunks(db: Path, config: IndexConfig, chunks) -> None:
+    """The product's streamed bulk write path (:meth:`Store.write_chunks`): catalog,
+    metadata, masks, vectors at rest and index, from ``(ids, vectors, group names,
+    localities, dates)`` chunks made one at a time."""
+
+    def stream():
+        start = 0
+        for ids, vectors, group_names, localities, dates in chunks:
+            n = len(ids)
+            yield Chunk(
+                pa.table({"specimen_id": ids,
+                          "path": pc.binary_join_element_wise(
+                              "images/", pc.cast(pa.array(np.arange(start, start + n)), pa.string()), ".png", ""),
+                          "group_name": group_names, "status": repeated("indexed", n)}),
+                metadata=pa.table({"specimen_id": np.concatenate([ids, ids]),
+                                   "key": pa.concat_arrays([repeated("locality", n), repeated("eventDate", n)]),
+                                   "value": pa.concat_arrays([localities, dates])}),
+                masks=trait_mask_rows(ids, seed=2),
+                vectors={(EMBEDDER, TRAIT): (ids, vectors)},
+            )
+            start += n
+
     with Store.open(db, index_config=config) as store:
-        store.write_columns(
-            pa.table({"specimen_id": ids,
-                      "path": pc.binary_join_element_wise("images/", pc.cast(pa.array(np.arange(n)), pa.string()), ".png", ""),
-                      "group_name": group_names, "status": repeated("indexed", n)}),
-            metadata=pa.table({"specimen_id": np.concatenate([ids, ids]),
-                               "key": pa.concat_arrays([repeated("locality", n), repeated("eventDate", n)]),
-                               "value": pa.concat_arrays([localities, dates])}),
-            masks=trait_mask_rows(ids, seed=2),
-            vectors={(EMBEDDER, TRAIT): (ids, vectors)},
-        )
+        n = store.write_chunks(stream())
         run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
         store.finish_run(run, {"indexed": n})
+
+
+class PeakMemory:
+    """The largest anonymous and file-backed resident memory of this process while the block
+    runs, sampled from /proc/self/status: a mapped file's pages count in RSS, but the OS can
+    drop them at will, while anonymous memory (arrays, DuckDB's buffers, the index) it cannot."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.anon, self.file = every, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            with open("/proc/self/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh)
+            self.anon = max(self.anon, int(fields["RssAnon"].split()[0]) * 1024)
+            self.file = max(self.file, int(fields["RssFile"].split()[0]) * 1024)
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def mapped_resident(path: Path) -> int:
@@ -144,10 +281,26 @@ def index_bytes_in_ram(index: faiss.Index) -> int:
     return int(faiss.serialize_index(index).nbytes)
 
 
-def exact_top(scores: np.ndarray, ids: np.ndarray, passing: np.ndarray, k: int) -> set[int]:
-    masked = np.where(passing, scores, -np.inf)
-    top = np.argpartition(-masked, k)[:k]
-    return {int(ids[j]) for j in top if np.isfinite(masked[j])}
+def exact_truth(data: Synthetic, asked: Part, passing: dict, k: int) -> dict[str, list[set[int]]]:
+    """Per scenario, each query's exact top ``k`` ids among the rows passing its filter (the
+    query itself left out): one chunk of the collection at a time, a running top ``k`` per
+    query, so memory holds one chunk's scores, never the collection."""
+    q = len(asked.ids)
+    best = {name: (np.full((q, k), -np.inf, np.float32), np.zeros((q, k), np.int64)) for name in passing}
+    for part in data.parts():
+        scores = asked.vectors @ part.vectors.T
+        scores[asked.ids[:, None] == part.ids[None, :]] = -np.inf
+        for name, admitted in passing.items():
+            top_scores, top_ids = best[name]
+            masked = np.where(admitted(part), scores, -np.inf)
+            keep = min(k, masked.shape[1])
+            cand = np.argpartition(-masked, keep - 1, axis=1)[:, :keep]
+            merged_scores = np.concatenate([top_scores, np.take_along_axis(masked, cand, 1)], axis=1)
+            merged_ids = np.concatenate([top_ids, part.ids[cand]], axis=1)
+            order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
+            best[name] = np.take_along_axis(merged_scores, order, 1), np.take_along_axis(merged_ids, order, 1)
+    return {name: [{int(i) for i, s in zip(ids, sc, strict=True) if np.isfinite(s)} for ids, sc in zip(*best[name][::-1])]
+            for name in passing}
 
 
 def timed(fn, queries):
@@ -221,6 +374,7 @@ def main() -> None:
                          "configured one (e.g. 0.25,1): the selector's latency/recall trade-off")
     ap.add_argument("--float32", action="store_true",
                     help="also run the scenarios on the live store's float32 vectors (the recall cost of float16 at rest)")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true",
                     help="search the store a run with the same --n/--dim/--clusters/--groups/--noise/--approx left in "
@@ -236,19 +390,8 @@ def main() -> None:
     proc = psutil.Process()
     print(f"n {args.n:,}  dim {args.dim}  clusters {args.clusters}  groups {args.groups}  cpus {os.cpu_count()}  "
           f"faiss threads {faiss.omp_get_max_threads()}  {load()}")
-
-    vectors, clusters = clustered_vectors(args.n, args.dim, args.clusters, args.noise, seed=0)
-    rng = np.random.default_rng(1)
-    ids = rng.choice(1 << 62, size=args.n, replace=False).astype(np.int64)  # ids look like specimen_id() hashes
-    groups = clusters % args.groups  # a species' specimens look alike
-    # Text columns as Arrow arrays built from codes: numpy text arrays of 10 million rows cost gigabytes.
+    data = Synthetic(args.n, args.dim, args.clusters, args.groups, args.noise, chunk=args.chunk)
     group_name = [f"g{g:02d}" for g in range(args.groups)]
-    group_names = pa.array(group_name).take(pa.array(groups))
-    locality_codes = rng.integers(len(LOCALITIES), size=args.n)
-    localities = pa.array(LOCALITIES).take(pa.array(locality_codes))
-    days = rng.integers(0, 27_000, size=args.n)
-    start = np.datetime64(date(1950, 1, 1))
-    dates = pa.array(start + days.astype("timedelta64[D]")).cast(pa.string())  # ISO dates, as a manifest gives them
 
     config = IndexConfig(exact_threshold=min(50_000, args.n - 1), approximate=args.approx)
     rss0 = proc.memory_info().rss
@@ -256,51 +399,55 @@ def main() -> None:
         print(f"reusing the store in {work} (build not timed); DuckDB file {db.stat().st_size / 2**30:.2f} GiB")
     else:
         t = time.perf_counter()
-        build_store(db, config, ids, vectors, group_names, localities, dates)
+        with PeakMemory() as peaks:
+            build_chunks(db, config, ((p.ids, p.vectors, *data.columns(p)) for p in data.parts()))
         build_s = time.perf_counter() - t
-        print(f"build through Store.write_columns (catalog + masks + vectors + {args.approx} index + flush): "
-              f"{build_s:.1f} s ({args.n / build_s:,.0f} vectors/s); DuckDB file {db.stat().st_size / 2**30:.2f} GiB; "
-              f"{load()}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(f"build through Store.write_chunks, {args.chunk:,} vectors a chunk (catalog + masks + float16 vectors at "
+              f"rest + {args.approx} index + flush): {build_s:.1f} s ({args.n / build_s:,.0f} vectors/s); peak RSS "
+              f"{peak / 2**30:.2f} GiB (before {rss0 / 2**30:.2f} GiB), of which at most {peaks.anon / 2**30:.2f} GiB "
+              f"anonymous memory and {peaks.file / 2**30:.2f} GiB mapped file pages (sampled each 0.2 s); {load()}")
 
     if not reuse or current_version(db) is None:
         t = time.perf_counter()
         snapshot = publish_snapshot(db)
-        print(f"publish (copy, verify, float16 vectors at rest): {time.perf_counter() - t:.1f} s; {load()}")
+        print(f"publish (copy, verify, float16 vectors at rest moved in): {time.perf_counter() - t:.1f} s; {load()}")
     else:
         snapshot = resolve_snapshot(db)
     at_rest_file = vector_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))[0]
-    print(f"vectors at rest: {at_rest_file.stat().st_size / args.n:.0f} bytes/vector on disk "
-          f"(float32 in RAM was {4 * args.dim + 8})")
+    index_file = index_paths(Path(f"{snapshot}.faiss"), EMBEDDER, TRAIT)[0]
+    on_disk = {"DuckDB file (catalog, masks, float32 vectors)": snapshot.stat().st_size,
+               "FAISS index file": index_file.stat().st_size,
+               "float16 vectors at rest + ids": at_rest_file.stat().st_size + vector_paths(
+                   vectors_dir(snapshot), (EMBEDDER, TRAIT))[1].stat().st_size}
+    print("disk bytes per vector: " + "; ".join(f"{what} {size / args.n:,.0f}" for what, size in on_disk.items())
+          + f"; total {sum(on_disk.values()) / args.n:,.0f} (one published version; the live store holds as much again)")
 
-    query_rows = rng.choice(args.n, size=args.queries, replace=False)
-    query_ids = ids[query_rows]
-    other = (groups[query_rows] + args.groups // 2) % args.groups
-    recent_day = np.sort(days)[int(0.99 * args.n)]
-    recent = str(start + np.timedelta64(int(recent_day), "D"))
-    ridge = np.isin(locality_codes, [i for i, name in enumerate(LOCALITIES) if "ridge" in name.lower()])
-    # scenario -> (our filters of query j, LanceDB where clause of query j, which vectors pass)
+    rng = np.random.default_rng(1)
+    query_rows = np.sort(rng.choice(args.n, size=args.queries, replace=False))
+    asked = data.rows(query_rows)
+    query_ids = asked.ids
+    other = (asked.groups + args.groups // 2) % args.groups
+    recent_day = int(np.ceil(0.99 * DAYS))  # event days are uniform: 1% of the specimens reach it
+    recent = str(START + np.timedelta64(recent_day, "D"))
+    ridge = np.array(["ridge" in name.lower() for name in LOCALITIES])
+    # scenario -> (our filters of query j, LanceDB where clause of query j, which rows of a part pass for each query)
     scenarios = {
-        "none": (lambda j: [], lambda j: None, lambda j: np.ones(args.n, bool)),
-        "group-own": (lambda j: [Filter(field="group", op="==", value=group_name[groups[query_rows[j]]])],
-                      lambda j: f"group_name = '{group_name[groups[query_rows[j]]]}'",
-                      lambda j: groups == groups[query_rows[j]]),
+        "none": (lambda j: [], lambda j: None, lambda p: np.ones((1, len(p.ids)), bool)),
+        "group-own": (lambda j: [Filter(field="group", op="==", value=group_name[asked.groups[j]])],
+                      lambda j: f"group_name = '{group_name[asked.groups[j]]}'",
+                      lambda p: p.groups[None, :] == asked.groups[:, None]),
         "locality": (lambda j: [Filter(field="locality", op="contains", value="ridge")],
-                     lambda j: "lower(locality) LIKE '%ridge%'", lambda j: ridge),
+                     lambda j: "lower(locality) LIKE '%ridge%'", lambda p: ridge[p.locality_codes][None, :]),
         "group-other": (lambda j: [Filter(field="group", op="==", value=f"g{other[j]:02d}")],
-                        lambda j: f"group_name = 'g{other[j]:02d}'", lambda j: groups == other[j]),
+                        lambda j: f"group_name = 'g{other[j]:02d}'", lambda p: p.groups[None, :] == other[:, None]),
         "date-1%": (lambda j: [Filter(field="eventDate", op=">=", value=recent)],
-                    lambda j: f"eventDate >= '{recent}'", lambda j: days >= recent_day),
+                    lambda j: f"eventDate >= '{recent}'", lambda p: (p.days >= recent_day)[None, :]),
     }
     t = time.perf_counter()
-    truth = {name: [] for name in scenarios}
-    for j, row in enumerate(query_rows):
-        scores = vectors @ vectors[row]
-        scores[row] = -np.inf
-        for name, (_, _, passing) in scenarios.items():
-            truth[name].append(exact_top(scores, ids, passing(j), args.k))
-    print(f"exact ground truth: {time.perf_counter() - t:.1f} s")
-    if args.no_lance:
-        del vectors  # the engine holds its own copy; at 10 million vectors two do not fit in 24 GiB with the rest
+    truth = exact_truth(data, asked, {name: passing for name, (_, _, passing) in scenarios.items()}, args.k)
+    print(f"exact ground truth, chunk by chunk: {time.perf_counter() - t:.1f} s; process RSS "
+          f"{proc.memory_info().rss / 2**30:.2f} GiB")
 
     rss_before_open = proc.memory_info().rss
     engine = SearchEngine.open(db)
@@ -394,7 +541,8 @@ def main() -> None:
     engine = None  # its snapshot arrays: LanceDB gets the memory back
 
     if not args.no_lance:
-        lance_equal_recall(args, work, config, ids, vectors, group_names, localities, dates, query_rows, query_ids,
+        whole = data.rows(np.arange(args.n))
+        lance_equal_recall(args, work, config, whole.ids, whole.vectors, *data.columns(whole), query_rows, query_ids,
                            scenarios, truth, ours_p95)
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,16 +1,20 @@
 """Ray-sharded search against one store: the fan-out's added latency and each shard's memory.
 
-Builds (or, with ``--reuse``, reopens) the same synthetic store as bench_query.py through
-the product's write path, publishes it, then times the same queries, under the same
-filters, through one :class:`~sst_search.store.Store` and through
-:class:`~sst_search.sharding.ShardedIndex` with ``--shards`` Ray actors on a local cluster.
-Printed per scenario: p50 / p95 of both, the fan-out's added p95, the overlap of the sharded
-top k with the single store's (1.000 when both search exactly; below it where the single
-store's index is approximate and the smaller shards' are exact), and per shard its vector count, resident memory and
-build time. These per-shard figures are what docs/scaling.md extrapolates from.
+Builds (or, with ``--reuse``, reopens) the same synthetic store as bench_query.py (the same
+chunks from the same seeds, through the streamed write path; ``--reuse`` also takes a store
+bench_query.py left in ``--workdir`` with the same ``--n``/``--dim``/``--clusters``/``--groups``),
+publishes it, then times the same queries, under the same filters, through one
+:class:`~sst_search.store.Store` (the published snapshot, float16 vectors at rest) and
+through :class:`~sst_search.sharding.ShardedIndex` with ``--shards`` Ray actors on a local
+cluster. Printed per scenario: p50 / p95 of the single store, of one shard asked alone
+through Ray, and of the fan-out, the fan-out's added p95 over the single store, and the overlap of the sharded top
+k with the single store's (1.000 when both search exactly; below it where the single
+store's index is approximate and the smaller shards' are exact). Per shard: its vector
+count, index bytes per vector and resident memory. These per-shard figures are what
+docs/scaling.md extrapolates from.
 
     python bench/bench_shard.py --n 200000 --shards 4            # development size
-    nice python bench/bench_shard.py --n 10000000 --dim 128 --shards 4 --workdir /data/b --reuse
+    nice python bench/bench_shard.py --n 4000000 --dim 128 --shards 4 --workdir /data/b --reuse
 """
 
 from __future__ import annotations
@@ -24,13 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pyarrow as pa
 from bench_query import (
     EMBEDDER,
-    LOCALITIES,
     TRAIT,
-    build_store,
-    clustered_vectors,
+    Synthetic,
+    build_chunks,
     load,
 )
 
@@ -43,15 +45,16 @@ from sst_search.store.snapshots import (
     publish_snapshot,
     resolve_snapshot,
 )
+from sst_search.vector_search.indexes import bytes_per_vector
 
 
-def scenarios(groups: np.ndarray, group_count: int, query_rows: np.ndarray) -> dict[str, list[list[Filter]]]:
-    """Filters of each query per scenario: none, the query's own group, another group, a locality."""
-    own = [[Filter(field="group", op="==", value=f"g{groups[r]:02d}")] for r in query_rows]
-    other = [[Filter(field="group", op="==", value=f"g{(groups[r] + group_count // 2) % group_count:02d}")]
-             for r in query_rows]
-    ridge = [[Filter(field="locality", op="contains", value="ridge")] for _ in query_rows]
-    return {"none": [[] for _ in query_rows], "group-own": own, "locality": ridge, "group-other": other}
+def scenarios(groups: np.ndarray, group_count: int) -> dict[str, list[list[Filter]]]:
+    """Filters of each query (of the queries' ``groups``) per scenario: none, the query's own
+    group, another group, a locality."""
+    own = [[Filter(field="group", op="==", value=f"g{g:02d}")] for g in groups]
+    other = [[Filter(field="group", op="==", value=f"g{(g + group_count // 2) % group_count:02d}")] for g in groups]
+    ridge = [[Filter(field="locality", op="contains", value="ridge")] for _ in groups]
+    return {"none": [[] for _ in groups], "group-own": own, "locality": ridge, "group-other": other}
 
 
 class Opened:
@@ -89,27 +92,20 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_shard_"))
     db = work / "bench.duckdb"
     print(f"n {args.n:,}  dim {args.dim}  shards {args.shards}  cpus {os.cpu_count()}  {load()}")
-    vectors, clusters = clustered_vectors(args.n, args.dim, args.clusters, 0.05, seed=0)
-    rng = np.random.default_rng(1)
-    ids = rng.choice(1 << 62, size=args.n, replace=False).astype(np.int64)
-    groups = clusters % args.groups
+    data = Synthetic(args.n, args.dim, args.clusters, args.groups, 0.05)
     if not (args.reuse and db.is_file()):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        group_names = pa.array([f"g{g:02d}" for g in range(args.groups)]).take(pa.array(groups))
-        localities = pa.array(LOCALITIES).take(pa.array(rng.integers(len(LOCALITIES), size=args.n)))
-        dates = pa.array(["2000-01-01"] * args.n)
         t = time.perf_counter()
-        build_store(db, IndexConfig(exact_threshold=min(50_000, args.n - 1)), ids, vectors, group_names, localities,
-                    dates)
+        build_chunks(db, IndexConfig(exact_threshold=min(50_000, args.n - 1)),
+                     ((p.ids, p.vectors, *data.columns(p)) for p in data.parts()))
         print(f"build {time.perf_counter() - t:.1f} s; {load()}")
     if current_version(db) is None:
         publish_snapshot(db)
     snapshot = resolve_snapshot(db)
-    query_rows = np.random.default_rng(2).choice(args.n, size=args.queries, replace=False)
-    queries, skips = vectors[query_rows], ids[query_rows]
-    del vectors
-    filters = scenarios(groups, args.groups, query_rows)
+    asked = data.rows(np.sort(np.random.default_rng(2).choice(args.n, size=args.queries, replace=False)))
+    queries, skips = asked.vectors, asked.ids
+    filters = scenarios(asked.groups, args.groups)
 
     import ray
 
@@ -125,14 +121,16 @@ def main() -> None:
     ray.kill(empty)
     print(f"{args.shards} shards started (each opens the snapshot, reads its vectors, builds its index) in "
           f"{start_s:.1f} s; {load()}")
-    for i, (info, rss) in enumerate(zip(sharded.shards, shard_rss, strict=True)):
-        print(f"  shard {i}: {info['vectors']:,} vectors, {info['kind']} index, resident {rss / 2**30:.2f} GiB, "
+    index_bytes = ray.get([a.__ray_call__.remote(lambda self: bytes_per_vector(self.index)) for a in sharded.actors])
+    for i, (info, rss, per) in enumerate(zip(sharded.shards, shard_rss, index_bytes, strict=True)):
+        print(f"  shard {i}: {info['vectors']:,} vectors, {info['kind']} index of {per:.0f} bytes/vector, "
+              f"resident {rss / 2**30:.2f} GiB, "
               f"{(rss - base) / max(1, info['vectors']):.0f} bytes/vector above an actor with the catalog open and "
               f"no vectors ({base / 2**30:.2f} GiB)")
 
     single = Store.open(snapshot, read_only=True)
-    print(f"\n{'filter':<12} {'one p50':>8} {'one p95':>8} {'shard p50':>9} {'shard p95':>9} {'added p95':>9} "
-          f"{'overlap':>8}")
+    print(f"\n{'filter':<12} {'one p50':>8} {'one p95':>8} {'shard0 p50':>10} {'shard0 p95':>10} {'fan p50':>8} "
+          f"{'fan p95':>8} {'added p95':>9} {'overlap':>8}")
     for name, per_query in filters.items():
         def one(j, per_query=per_query):
             return single.filtered_search(EMBEDDER, TRAIT, queries[j], args.k, single.admission(per_query[j]),
@@ -141,15 +139,23 @@ def main() -> None:
         def fanned(j, per_query=per_query):
             return sharded.search(queries[j], args.k, per_query[j], skip=int(skips[j]))
 
+        def shard0(j, per_query=per_query):
+            return ray.get(sharded.actors[0].search.remote(queries[j], args.k, per_query[j], int(skips[j])))
+
         for j in range(3):
-            one(j), fanned(j)
+            one(j), fanned(j), shard0(j)
         one_ms, one_ids = timed(one, args.queries)
+        alone_ms, _ = timed(shard0, args.queries)
         shard_ms, shard_ids = timed(fanned, args.queries)
         same = np.mean([len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(one_ids, shard_ids, strict=True)])
         o50, o95 = np.percentile(one_ms, [50, 95])
+        a50, a95 = np.percentile(alone_ms, [50, 95])
         s50, s95 = np.percentile(shard_ms, [50, 95])
-        print(f"{name:<12} {o50:>8.1f} {o95:>8.1f} {s50:>9.1f} {s95:>9.1f} {s95 - o95:>9.1f} {same:>8.3f}", flush=True)
-    print(f"\n{load()}")
+        print(f"{name:<12} {o50:>8.1f} {o95:>8.1f} {a50:>10.1f} {a95:>10.1f} {s50:>8.1f} {s95:>8.1f} {s95 - o95:>9.1f} "
+              f"{same:>8.3f}", flush=True)
+    after = [psutil.Process(pid).memory_info().rss for pid in pids]
+    print("\nshards resident after the searches (their filter columns and masks loaded): "
+          + ", ".join(f"{rss / 2**30:.2f}" for rss in after) + f" GiB; {load()}")
     sharded.close()
     single.close()
     ray.shutdown()

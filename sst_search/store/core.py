@@ -117,6 +117,11 @@ class Store(IndexedStore, Catalog):
         """Bulk upsert, column-wise (see :func:`writer.write_columns`)."""
         writer.write_columns(self, specimens, metadata, masks, vectors, measurements)
 
+    def write_chunks(self, chunks: Iterable[writer.Chunk]) -> int:
+        """Bulk upsert of a stream of chunks, one in memory at a time, in one transaction
+        (see :func:`writer.write_chunks`); returns the vectors written."""
+        return writer.write_chunks(self, chunks)
+
     def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
         """Replace the measurements of these specimens, leaving masks and vectors alone; one transaction."""
         writer.replace_measurements(self, rows_by_specimen)

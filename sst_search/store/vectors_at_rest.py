@@ -9,6 +9,8 @@ here, with the rest of the store's SQL.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,14 +30,32 @@ from sst_search.vector_search.indexes import atomic_write
 
 def write_snapshot(db_path: Path) -> None:
     """Write the vectors at rest of every index of the (staged, not yet published) store at
-    ``db_path``, streaming from its catalog: one batch of float32 rows in memory at a time."""
+    ``db_path``: moved from its FAISS folder where a streamed build left them at the
+    catalog's generation (:func:`~sst_search.store.writer.write_chunks`), else streamed from
+    its catalog, one batch of float32 rows in memory at a time. The publish checks both
+    kinds against the catalog (:func:`check_snapshot`) before readers see them."""
     root = at_rest.vectors_dir(db_path)
+    built = at_rest.live_dir(db_path.with_name(db_path.name + ".faiss"))
     con = _connect(db_path)
     try:
         for embedder, trait, generation, dim in index_states(con):
-            _write_index(con, root, (embedder, trait), generation, dim)
+            if not _move_built(built, root, (embedder, trait), generation, dim):
+                _write_index(con, root, (embedder, trait), generation, dim)
     finally:
         con.close()
+    shutil.rmtree(built, ignore_errors=True)  # what is left is stale: the snapshot's FAISS folder holds indexes only
+
+
+def _move_built(built: Path, root: Path, key: IndexKey, generation: int, dim: int) -> bool:
+    """Move the files a streamed build left for ``key`` into ``root`` when their manifest
+    vouches for ``generation`` and their sizes (the manifest last); False when it does not."""
+    manifest = at_rest.read_manifest(built, key)
+    if manifest is None or manifest.get("dim") != dim or at_rest.unusable(built, key, manifest, generation):
+        return False
+    for source, target in zip(at_rest.vector_paths(built, key), at_rest.vector_paths(root, key)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    return True
 
 
 def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:

@@ -7,6 +7,8 @@ generations in one DuckDB transaction, then updates the in-memory FAISS indexes
 their generation. After a SIGKILL at any point the database holds either the whole batch or
 none of it, and any FAISS file whose generation disagrees with the database is rebuilt from
 the ``vectors`` table when the store is next opened (writer) or used (reader).
+:func:`write_chunks`, the bulk path for a stream too large to hold, commits chunk by chunk
+with the same guarantee per chunk; its files at rest are temporary until the last commit.
 
 Earlier masks, metadata, measurements and vectors of a re-written specimen are replaced,
 not merged, so a re-processed item never keeps vectors of a trait it no longer has; a
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +35,7 @@ from sst_search.store.generations import apply_committed, bump, keys_of_register
 from sst_search.store.records import SpecimenRecord
 from sst_search.store.review_tables import REAPPLY_CORRECTIONS
 from sst_search.store.schema import SPECIMEN_COLUMNS, TRAIT_MEASUREMENTS_COLUMNS
+from sst_search.vector_search import at_rest, indexes
 from sst_search.vector_search.cache import IndexKey
 
 if TYPE_CHECKING:
@@ -191,6 +196,18 @@ def write_batch(store: Store, records: Sequence[SpecimenRecord]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Some specimens of a bulk write, with what hangs off them: the arguments of
+    :func:`write_columns`, one piece of the stream :func:`write_chunks` takes."""
+
+    specimens: pa.Table
+    metadata: pa.Table | None = None
+    masks: pa.Table | None = None
+    vectors: Mapping[IndexKey, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    measurements: pa.Table | None = None
+
+
 def write_columns(
     store: Store,
     specimens: pa.Table,
@@ -205,10 +222,111 @@ def write_columns(
     columns of ``specimens``, ``specimen_metadata``, ``trait_masks`` and
     ``trait_measurements`` (``updated_at`` and ``measured_at`` are set here); ``vectors`` maps
     ``(embedder, trait)`` to ``(specimen ids, (n, dim) float32 unit vectors)``. DuckDB
-    ingests the Arrow buffers directly; indexes are built once, from the matrices in
-    hand, instead of per row.
+    ingests the Arrow buffers directly; indexes are updated once, from the matrices in
+    hand, instead of per row. For more vectors than fit in memory twice, see :func:`write_chunks`.
     """
-    vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in (vectors or {}).items()}
+    dims = store.index_dims()
+    chunk = _checked(Chunk(specimens, metadata, masks, vectors or {}, measurements), dims)
+    if chunk is None:
+        return
+    ids = _ids_of(chunk)
+    with store.connection.transaction({"_ids": _id_table(ids)}):
+        old_keys = keys_of_registered_ids(store.con)
+    touched = old_keys | set(chunk.vectors)
+    # Each index in memory for the incremental update below; what index() does, with the
+    # generations read once for the batch instead of twice per index.
+    current = store.generations() if touched & set(dims) else {}
+    for key in touched & set(dims):
+        store.index_cache.index(key, current[key], dims[key], writable=True)
+    with store.connection.transaction():
+        _insert(store, chunk)
+        generations = bump(store, touched, {k: m.shape[1] for k, (_, m) in chunk.vectors.items()})
+    for key in touched:  # the last streamed build's vectors at rest no longer match the catalog
+        at_rest.drop(at_rest.live_dir(store.faiss_dir), key)
+    apply_committed(store, touched, ids, chunk.vectors, generations)
+
+
+def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
+    """The bulk upsert of :func:`write_columns` for a stream of chunks, holding one chunk at a
+    time: for collections whose vectors do not fit in memory twice (10 million of dim 768 are
+    31 GB as float32). Returns the vectors written.
+
+    ``chunks`` is consumed lazily. Each chunk is one transaction (rows, vectors and the
+    generations of the indexes it touches, as :func:`write_columns` commits them): DuckDB
+    keeps the Arrow tables a transaction reads until it commits, so one transaction for the
+    stream would hold every chunk. Each chunk's vectors also go, as float16, into a spill
+    file per index (:class:`~sst_search.vector_search.at_rest.StreamedVectors`). After the
+    last chunk, each index the stream wrote in full gets its vectors at rest in id order and
+    a FAISS index trained on a fixed-seed sample and filled chunk by chunk from them; the
+    files get their names and the manifest of the committed generation, so
+    :func:`~sst_search.store.snapshots.publish_snapshot` moves them into the snapshot
+    instead of writing them again, and the index is held for the next flush.
+
+    If the stream raises or the process dies, the chunks already committed stay (a re-run
+    upserts them again), nothing is published, only temporary files are left (removed here,
+    or when the store is next opened), and the indexes the stream touched are stale, so they
+    are rebuilt from the catalog when next used, as is an index that also holds vectors
+    written before the stream.
+    """
+    dims = store.index_dims()
+    streams: dict[IndexKey, at_rest.StreamedVectors] = {}
+    touched: set[IndexKey] = set()
+    root = at_rest.live_dir(store.faiss_dir)
+    try:
+        for raw in chunks:
+            chunk = _checked(raw, dims)
+            if chunk is None:
+                continue
+            with store.connection.transaction():
+                keys = _insert(store, chunk) | set(chunk.vectors)
+                bump(store, keys, {k: m.shape[1] for k, (_, m) in chunk.vectors.items()})
+            for key in keys - touched:
+                store.index_cache.forget(key)  # stale now: its memory goes before the next chunk comes
+                at_rest.drop(root, key)
+            touched |= keys
+            _spill(chunk, streams, root, dims)
+            del raw, chunk  # before the next chunk is made: one in memory at a time
+        generations = store.generations()
+        for key, stream in streams.items():
+            if _vector_count(store, key) != stream.count:  # older vectors too, or a specimen in two chunks
+                continue
+            stream.finish()
+            index = indexes.build_index_from(stream.rows, stream.ids, stream.dim, store.index_cache.config, VECTOR_CHUNK)
+            stream.publish(generations[key])
+            store.index_cache.replace(key, index, generations[key])
+    finally:
+        for stream in streams.values():
+            stream.discard()
+    return sum(s.count for s in streams.values())
+
+
+def _spill(chunk: Chunk, streams: dict[IndexKey, at_rest.StreamedVectors], root: Path,
+           dims: dict[IndexKey, int]) -> None:
+    for key, (vids, matrix) in chunk.vectors.items():
+        if key not in streams:
+            dims.setdefault(key, matrix.shape[1])
+            streams[key] = at_rest.StreamedVectors(root, key, matrix.shape[1])
+        streams[key].append(vids, matrix)
+
+
+def _vector_count(store: Store, key: IndexKey) -> int:
+    return store.con.execute("SELECT count(*) FROM vectors WHERE embedder = ? AND trait_name = ?", list(key)).fetchone()[0]
+
+
+def _id_table(ids: np.ndarray) -> pa.Table:
+    return pa.table({"specimen_id": pa.array(ids, pa.int64())})
+
+
+def _ids_of(chunk: Chunk) -> np.ndarray:
+    return chunk.specimens.column("specimen_id").to_numpy().astype(np.int64)
+
+
+def _checked(chunk: Chunk, dims: Mapping[IndexKey, int]) -> Chunk | None:
+    """``chunk`` with its optional specimen columns filled in (NULL) and its vectors as
+    int64 ids and float32 matrices, or None when it holds no specimens; refuses what the
+    store would hold wrong."""
+    specimens = chunk.specimens
+    vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in (chunk.vectors or {}).items()}
     unknown = set(specimens.column_names) - set(SPECIMEN_COLUMNS.names)
     missing = {"specimen_id", "path", "status"} - set(specimens.column_names)
     if unknown or missing:
@@ -218,11 +336,10 @@ def write_columns(
             specimens = specimens.append_column(column, pa.nulls(len(specimens), column.type))
     ids = specimens.column("specimen_id").to_numpy().astype(np.int64)
     if len(ids) == 0:
-        return
+        return None
     if len(np.unique(ids)) != len(ids):
         raise ValueError("a batch lists the same specimen_id twice")
     indexed = ids[np.asarray(specimens.column("status").to_pylist()) == "indexed"]
-    dims = store.index_dims()
     for key, (vids, matrix) in vectors.items():
         name = f"{key[0]}/{key[1]}"
         if matrix.ndim != 2 or len(matrix) != len(vids):
@@ -233,52 +350,49 @@ def write_columns(
             raise ValueError(f"{name}: vectors for specimens that are not in this batch as 'indexed'")
         if not np.isfinite(matrix).all() or np.abs(np.linalg.norm(matrix, axis=1) - 1.0).max(initial=0) > 1e-3:
             raise ValueError(f"{name}: vectors must be finite and L2-normalised")
-    id_table = pa.table({"specimen_id": pa.array(ids, pa.int64())})
-    with store.connection.transaction({"_ids": id_table}):
+    return replace(chunk, specimens=specimens, vectors=vectors)
+
+
+def _insert(store: Store, chunk: Chunk) -> set[IndexKey]:
+    """Inside a transaction: replace the chunk's specimens and everything hanging off them;
+    returns the indexes that held vectors of them."""
+    tables = {"_ids": _id_table(_ids_of(chunk)),
+              "_new_specimens": chunk.specimens.append_column("updated_at", pa.array([now()] * len(chunk.specimens)))}
+    for name, table in (("_new_metadata", chunk.metadata), ("_new_masks", chunk.masks),
+                        ("_new_measurements", chunk.measurements)):
+        if table is not None:
+            tables[name] = table
+    with store.connection.registered(tables):
         old_keys = keys_of_registered_ids(store.con)
-    touched = old_keys | set(vectors)
-    # Each index in memory for the incremental update below; what index() does, with the
-    # generations read once for the batch instead of twice per index.
-    current = store.generations() if touched & set(dims) else {}
-    for key in touched & set(dims):
-        store.index_cache.index(key, current[key], dims[key], writable=True)
-    tables = {"_ids": id_table, "_new_specimens": specimens.append_column("updated_at", pa.array([now()] * len(ids)))}
-    if metadata is not None:
-        tables["_new_metadata"] = metadata
-    if masks is not None:
-        tables["_new_masks"] = masks
-    if measurements is not None:
-        tables["_new_measurements"] = measurements
-    with store.connection.transaction(tables):
         delete_children(store.connection)
-        store.connection.insert_select("specimens", "_new_specimens", (*specimens.column_names, "updated_at"), replace=True)
-        if metadata is not None:
+        store.connection.insert_select("specimens", "_new_specimens", (*chunk.specimens.column_names, "updated_at"),
+                                       replace=True)
+        if chunk.metadata is not None:
             store.connection.insert_select("specimen_metadata", "_new_metadata", ("specimen_id", "key", "value"))
-        if masks is not None:
-            store.connection.insert_select("trait_masks", "_new_masks", masks.column_names)
+        if chunk.masks is not None:
+            store.connection.insert_select("trait_masks", "_new_masks", chunk.masks.column_names)
         store.connection.execute(REAPPLY_CORRECTIONS)
-        if measurements is not None:
+        if chunk.measurements is not None:
             store.connection.execute(MEASUREMENT_INSERT)
         # Every index's rows go in together, flushed once VECTOR_CHUNK rows are held: a batch of a few
         # specimens pays one insert, not one per trait.
-        chunks, rows = [], 0
-        for key, (vids, matrix) in vectors.items():
+        parts, rows = [], 0
+        for key, (vids, matrix) in chunk.vectors.items():
             for start in range(0, len(vids), VECTOR_CHUNK):
                 part = slice(start, start + VECTOR_CHUNK)
                 flat = pa.array(matrix[part].ravel())
-                chunks.append(pa.table({
+                parts.append(pa.table({
                     "embedder": pa.array([key[0]] * len(vids[part])), "trait_name": pa.array([key[1]] * len(vids[part])),
                     "specimen_id": vids[part], "faiss_id": vids[part],
                     "vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32())),
                 }))
-                rows += len(chunks[-1])
+                rows += len(parts[-1])
                 if rows >= VECTOR_CHUNK:
-                    _insert_vectors(store, chunks)
-                    chunks, rows = [], 0
-        if chunks:
-            _insert_vectors(store, chunks)
-        generations = bump(store, touched, {k: m.shape[1] for k, (_, m) in vectors.items()})
-    apply_committed(store, touched, ids, vectors, generations)
+                    _insert_vectors(store, parts)
+                    parts, rows = [], 0
+        if parts:
+            _insert_vectors(store, parts)
+    return old_keys
 
 
 def _insert_vectors(store: Store, chunks: list[pa.Table]) -> None:

@@ -29,21 +29,31 @@ manifest's (a truncated file is never mapped); checksums are checked only by a v
 :mod:`sst_search.store.vectors_at_rest`), since hashing at open would read every vector. A
 snapshot published before vectors at rest existed has no folder: its readers read float32
 vectors from the catalog, and the next publish writes the folder.
+
+A streamed bulk build (:class:`StreamedVectors`) writes the same three files per index into
+the live store's FAISS folder (:func:`live_dir`) as the chunks arrive, with the manifest of
+the generation it committed; a publish copies them with that folder and moves them into the
+snapshot when the manifest still matches the catalog, instead of writing them again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable
+import mmap
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
 from sst_search.errors import first_line
-from sst_search.vector_search.indexes import atomic_write
+from sst_search.vector_search.indexes import atomic_write, file_mode
 from sst_search.weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -56,9 +66,20 @@ DTYPE = np.dtype(np.float16)
 TOLERANCE = 1e-3
 
 
+#: Rows gathered per block when a streamed matrix is written out in id order.
+SORT_BLOCK = 65_536
+
+
 def vectors_dir(db_path: str | Path) -> Path:
     db_path = Path(db_path)
     return db_path.with_name(db_path.name + ".vectors")
+
+
+def live_dir(faiss_dir: Path) -> Path:
+    """Where a live store keeps the vectors at rest of its last streamed build: inside its
+    FAISS folder, which a publish copies with the catalog, so the publish moves them into the
+    snapshot instead of writing them again from the catalog (see :class:`StreamedVectors`)."""
+    return faiss_dir / ".vectors"
 
 
 def vector_paths(root: Path, key: IndexKey) -> tuple[Path, Path, Path]:
@@ -178,3 +199,131 @@ def check_files(root: Path, key: IndexKey, generation: int, dim: int
     why = shape_problem(ids, matrix, manifest) or (None if dim == manifest.get("dim") else
                                                    f"vectors at rest have dimension {manifest.get('dim')}, catalog {dim}")
     return why, ids, matrix
+
+
+def _temp(root: Path, name: str) -> Path:
+    """A new, empty ``*.tmp`` file in ``root`` (a writer that dies leaves it for
+    :func:`~sst_search.vector_search.indexes.remove_leftovers`, never under a real name)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=name + ".", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, file_mode())
+    return Path(tmp)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+class StreamedVectors:
+    """One index's vectors as a streamed bulk write hands them over, chunk by chunk, turned
+    into its vectors at rest without ever holding them all in memory.
+
+    Chunks are appended as float16 to a spill file in arrival order (the only copy besides
+    the catalog's); :meth:`finish` writes the matrix in id order under temporary names by
+    gathering blocks of the mapped spill, and :meth:`rows` serves the index its training
+    sample and its chunks to add. Nothing has a real name until :meth:`publish`, which the
+    writer calls after the catalog committed, with the committed generation: a write that
+    dies or raises leaves only ``*.tmp`` files (:meth:`discard` removes them), never a
+    partial matrix a manifest vouches for.
+    """
+
+    def __init__(self, root: Path, key: IndexKey, dim: int) -> None:
+        self.root, self.key, self.dim = root, key, dim
+        self._name = vector_paths(root, key)[0].name
+        self._spill_path = _temp(vector_paths(root, key)[0].parent, self._name + ".spill")
+        self._spill = open(self._spill_path, "wb")  # noqa: SIM115 (closed by finish or discard)
+        self._ids: list[np.ndarray] = []
+        self._temps: list[Path] = [self._spill_path]
+        self._map: mmap.mmap | None = None
+        self._mapped = np.zeros((0, dim), DTYPE)
+        #: The ids in arrival order (after :meth:`finish`).
+        self.ids = np.zeros(0, np.int64)
+        #: Rows appended so far.
+        self.count = 0
+        self._sha256 = ""
+
+    def append(self, ids: np.ndarray, matrix: np.ndarray) -> None:
+        if matrix.shape != (len(ids), self.dim):
+            raise ValueError(f"{self.key[0]}/{self.key[1]}: a chunk of vectors of shape {matrix.shape} "
+                             f"for {len(ids)} ids of an index of dim {self.dim}")
+        self._spill.write(np.ascontiguousarray(matrix, DTYPE).tobytes())
+        self._ids.append(np.asarray(ids, np.int64))
+        self.count += len(ids)
+
+    def rows(self, positions: np.ndarray | slice) -> np.ndarray:
+        """float32 rows of the stream, by position in arrival order (after :meth:`finish`)."""
+        rows = np.asarray(self._mapped[positions], np.float32)
+        self._unmap_pages()
+        return rows
+
+    def _unmap_pages(self) -> None:
+        """Let go of the spill's pages this process has mapped: they stay in the page cache,
+        but do not count as this process's memory, which would otherwise grow by the whole
+        spill file (15 GB at 10 million x 768) as the sort and the index read it."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def finish(self) -> None:
+        """After the last chunk: the ids and matrix files in id order, under temporary names.
+        A specimen listed twice in the stream is refused (its vector would be in the file twice)."""
+        self._spill.close()
+        self.ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+        self._ids = []
+        if self.count:
+            with open(self._spill_path, "rb") as fh:
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mapped = np.frombuffer(self._map, DTYPE).reshape(self.count, self.dim)
+        order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[order]
+        repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
+        if len(repeated):
+            raise ValueError(f"{self.key[0]}/{self.key[1]}: the stream lists specimen {int(repeated[0])} twice")
+        ids_tmp, matrix_tmp = _temp(self._spill_path.parent, self._name + ".ids"), _temp(self._spill_path.parent, self._name)
+        self._temps += [ids_tmp, matrix_tmp]
+        save_array(ids_tmp, sorted_ids)
+        digest = hashlib.sha256()
+        write_matrix(str(matrix_tmp), self.key, sorted_ids, self.dim, self._in_id_order(order), digest.update)
+        for path in (ids_tmp, matrix_tmp):
+            _fsync(path)
+        self._sha256 = digest.hexdigest()
+
+    def _in_id_order(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Blocks of ``(ids, rows)`` in id order, each gathered from the spill in file order."""
+        for start in range(0, len(order), SORT_BLOCK):
+            wanted = order[start : start + SORT_BLOCK]
+            by_offset = np.argsort(wanted)
+            block = np.empty((len(wanted), self.dim), DTYPE)
+            block[by_offset] = self._mapped[wanted[by_offset]]
+            self._unmap_pages()
+            yield self.ids[wanted], block
+
+    def publish(self, generation: int) -> None:
+        """Give the finished files their names and write the manifest for ``generation``
+        (the catalog's, committed): the old manifest goes first, so between the renames no
+        manifest vouches for a file it does not describe."""
+        matrix_path, ids_path, manifest_path = vector_paths(self.root, self.key)
+        manifest_path.unlink(missing_ok=True)
+        os.replace(self._temps[1], ids_path)
+        os.replace(self._temps[2], matrix_path)
+        write_manifest(self.root, self.key, generation, self.dim, self.count, self._sha256)
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove every temporary file left (all of them when the write did not commit)."""
+        self._mapped = np.zeros((0, self.dim), DTYPE)
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view still held elsewhere: closed when it goes
+                self._map.close()
+            self._map = None
+        if not self._spill.closed:
+            self._spill.close()
+        for path in self._temps:
+            path.unlink(missing_ok=True)
+
+
+def drop(root: Path, key: IndexKey) -> None:
+    """Forget ``key``'s files in ``root`` (a live store's, once the catalog moved past them)."""
+    for path in reversed(vector_paths(root, key)):  # the manifest first
+        path.unlink(missing_ok=True)

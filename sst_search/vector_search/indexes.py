@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -51,9 +52,33 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
     """A fresh index of the right kind for ``len(ids)`` vectors."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    kind = config.kind_for(len(ids))
+    index = new_index(len(ids), dim, config, lambda size: training_sample(vectors, size, config.train_seed))
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.ndarray, dim: int,
+                     config: IndexConfig, chunk: int = 200_000) -> faiss.Index:
+    """:func:`build_index` of vectors read ``chunk`` rows at a time, ``rows(positions)``
+    giving float32 rows (widened from a float16 file, say): trained on the sample
+    :func:`training_rows` picks and filled chunk by chunk, so no float32 matrix of them all
+    is ever made."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    n = len(ids)
+    index = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
+    for start in range(0, n, chunk):
+        index.add_with_ids(np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk])
+    return index
+
+
+def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], np.ndarray]) -> faiss.Index:
+    """An empty index of the right kind for ``n`` vectors, trained (IVF) on ``training(size)``,
+    the float32 rows of a sample of ``size``: a streamed build draws them from vectors it
+    does not hold in memory (see :func:`training_rows`)."""
+    kind = config.kind_for(n)
     if kind == "ivf":
-        nlist = config.nlist_for(len(ids))
+        nlist = config.nlist_for(n)
         try:
             index = faiss.index_factory(dim, config.factory.format(nlist=nlist), faiss.METRIC_INNER_PRODUCT)
         except (RuntimeError, KeyError, IndexError, ValueError) as exc:
@@ -62,7 +87,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
         if ivf is None:
             raise ValueError(f"index.factory {config.factory!r} builds no IVF index; use approximate: hnsw for graphs")
         _bound_training(index, ivf, config)
-        index.train(training_sample(vectors, nlist * config.train_per_list, config.train_seed))
+        index.train(np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32))
         ivf.nprobe = config.nprobe_for(nlist)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -71,8 +96,6 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexCon
         index = faiss.IndexIDMap2(hnsw)
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    if len(ids):
-        index.add_with_ids(vectors, ids)
     return index
 
 
@@ -98,10 +121,14 @@ def _bound_training(index: faiss.Index, ivf: faiss.IndexIVF, config: IndexConfig
 def training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     """A fixed-seed sample of ``size`` rows (all rows when fewer): k-means on the sample costs
     ``size / n`` of training on everything and yields the same clustering for the same vectors."""
-    if len(vectors) <= size:
-        return vectors
-    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
-    return vectors[rows]
+    return vectors if len(vectors) <= size else vectors[training_rows(len(vectors), size, seed)]
+
+
+def training_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Which of ``n`` rows, ascending, :func:`training_sample` takes."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
 def needs_rebuild(index: faiss.Index, n: int, config: IndexConfig) -> bool:
