@@ -18,7 +18,6 @@ import psutil
 import pytest
 
 from tests.fixtures import build_once_per_run
-from tests.ui_index import build_ui_index
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -52,6 +51,8 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 def ui_db(tmp_path_factory, worker_id) -> Path:
     """The app index (:func:`tests.ui_index.build_ui_index`): segmenting it with SAM 2 costs
     seconds, so it is built once per run and shared by the workers."""
+    from tests.ui_index import build_ui_index  # imports the indexer (torch, SAM 2): not at conftest import
+
     return build_once_per_run(tmp_path_factory, worker_id, "ui-index", build_ui_index)
 
 
