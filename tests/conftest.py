@@ -71,15 +71,31 @@ def references(synthetic):
     return load_references(synthetic.references)
 
 
-@pytest.fixture(scope="session")
+#: The test a worker runs after the one being torn down (None after its last), for fixtures that
+#: stop a costly service as soon as the next test does not need it.
+_NEXT_TEST: dict[str, pytest.Item | None] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    _NEXT_TEST["item"] = nextitem
+    return (yield)
+
+
+@pytest.fixture
 def ray_cluster():
-    """One local Ray cluster of 2 CPUs for every test that needs Ray: starting one costs
-    seconds, and runners join an initialised cluster instead of starting their own."""
+    """One local Ray cluster of 2 CPUs for the tests that need Ray, which run one after another
+    on one worker (:func:`pytest_collection_modifyitems`): starting one costs seconds, and
+    runners join an initialised cluster instead of starting their own. It is shut down after
+    the last of them, not at the end of the run: its seven idle processes keep using CPU."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
-    ray.shutdown()
+    following = _NEXT_TEST.get("item")
+    if following is None or "ray_cluster" not in following.fixturenames:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
