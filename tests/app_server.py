@@ -43,7 +43,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
                     return
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)  # the browser tests wait on this: a coarse poll costs them up to its interval
     pytest.fail(f"the app server was not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
