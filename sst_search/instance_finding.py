@@ -128,7 +128,8 @@ class InstanceFinder:
     """
 
     def __init__(self, predictor: InMemoryVideoPredictor, config: InstancesConfig | None = None):
-        from .sam2_predictor import MaskProposer  # loads SAM 2's image predictor: only where instances are found
+        # Loads SAM 2's image predictor (torchvision): only where instances are found.
+        from .sam2_predictor import MaskProposer
 
         self.predictor = predictor
         self.config = config or InstancesConfig()

@@ -13,14 +13,22 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
 
 import pytest
 
-from tests.app_server import app_server, chromium, ui_db  # noqa: F401  (session fixtures of the app tests)
+from tests.app_server import (  # noqa: F401  (fixtures of the app tests)
+    app_server,
+    app_server_process,
+    chromium,
+    chromium_process,
+    ui_db,
+)
 from tests.fixtures import (
     INDEXED_PER_SPECIES,
     INDEXED_SEED,
     INDEXED_SPECIES,
+    NEXT_TEST,
     TEST_IMAGE_SIZE,
     build_once_per_run,
     index_synthetic,
+    needed_next,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,14 +79,9 @@ def references(synthetic):
     return load_references(synthetic.references)
 
 
-#: The test a worker runs after the one being torn down (None after its last), for fixtures that
-#: stop a costly service as soon as the next test does not need it.
-_NEXT_TEST: dict[str, pytest.Item | None] = {}
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    _NEXT_TEST["item"] = nextitem
+    NEXT_TEST["item"] = nextitem  # for the fixtures that stop a service early (tests.fixtures.needed_next)
     return (yield)
 
 
@@ -93,8 +96,7 @@ def ray_cluster():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
-    following = _NEXT_TEST.get("item")
-    if following is None or "ray_cluster" not in following.fixturenames:
+    if not needed_next("ray_cluster"):
         ray.shutdown()
 
 
