@@ -37,7 +37,6 @@ from .references import InstanceReference
 from .sam2_predictor import (
     EncodedFrame,
     InMemoryVideoPredictor,
-    MaskProposer,
     TrackingSession,
     encode_images,
 )
@@ -129,6 +128,9 @@ class InstanceFinder:
     """
 
     def __init__(self, predictor: InMemoryVideoPredictor, config: InstancesConfig | None = None):
+        # Loads SAM 2's image predictor (torchvision): only where instances are found.
+        from .sam2_predictor import MaskProposer
+
         self.predictor = predictor
         self.config = config or InstancesConfig()
         c = self.config

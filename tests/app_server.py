@@ -1,7 +1,10 @@
-"""Session fixtures of the browser tests: one `sst-search ui` server on the app index and one
-headless Chromium, shared by every browser test (each test opens its own page, so its own
-Streamlit session). Starting either costs seconds; stopping the server still checks that a
-SIGTERM to `sst-search ui` alone stops the Streamlit server too."""
+"""Fixtures of the browser tests: one `sst-search ui` server on the app index and one headless
+Chromium, shared by every browser test (each test opens its own page, so its own Streamlit
+session). Starting either costs seconds, so the first browser test starts them; the browser
+tests run one after another on one worker (conftest's ``pytest_collection_modifyitems``) and
+the last of them stops both, instead of leaving them idle, using CPU, until the end of the run.
+Stopping the server still checks that a SIGTERM to `sst-search ui` alone stops the Streamlit
+server too."""
 
 from __future__ import annotations
 
@@ -17,8 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fixtures import build_once_per_run
-from tests.ui_index import build_ui_index
+from tests.fixtures import build_once_per_run, needed_next
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -44,7 +46,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
                     return
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)  # the browser tests wait on this: a coarse poll costs them up to its interval
     pytest.fail(f"the app server was not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
@@ -52,31 +54,57 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 def ui_db(tmp_path_factory, worker_id) -> Path:
     """The app index (:func:`tests.ui_index.build_ui_index`): segmenting it with SAM 2 costs
     seconds, so it is built once per run and shared by the workers."""
+    # It imports the indexer (torch, SAM 2): here, not when conftest imports this module.
+    from tests.ui_index import build_ui_index
+
     return build_once_per_run(tmp_path_factory, worker_id, "ui-index", build_ui_index)
 
 
-@pytest.fixture(scope="session")
-def app_server(ui_db, tmp_path_factory):
-    """``sst-search ui`` on a free port; the whole process group is stopped afterwards, pass or fail."""
-    db = ui_db
-    port = _free_port()
-    log = tmp_path_factory.mktemp("app-server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sst_search.cli", "ui", "--db", str(db), "--port", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        _wait_healthy(port, proc, log)
-        server_procs = psutil.Process(proc.pid).children(recursive=True)
-        yield f"http://127.0.0.1:{port}"
-        # SIGTERM to `sst-search ui` alone (as a service manager sends it) stops the Streamlit server too.
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        _, alive = psutil.wait_procs(server_procs, timeout=15)
-        assert server_procs and not alive, f"still running after SIGTERM to `sst-search ui`: {alive}"
-    finally:
+class _AppServer:
+    """``sst-search ui`` on ``db`` at a free port, started on first use; :meth:`stop` stops the
+    whole process group, pass or fail."""
+
+    def __init__(self, db: Path, log: Path):
+        self.db, self.log = db, log
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.server_procs: list[psutil.Process] = []
+
+    def start(self) -> str:
+        if self.proc is not None:
+            return self.url
+        port = _free_port()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sst_search.cli", "ui", "--db", str(self.db), "--port", str(port)],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            _wait_healthy(port, self.proc, self.log)
+        except BaseException:
+            self._kill_group(self.proc)
+            self.proc = None
+            raise
+        self.server_procs = psutil.Process(self.proc.pid).children(recursive=True)
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            # SIGTERM to `sst-search ui` alone (as a service manager sends it) stops the Streamlit server too.
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+            _, alive = psutil.wait_procs(self.server_procs, timeout=15)
+            assert self.server_procs and not alive, f"still running after SIGTERM to `sst-search ui`: {alive}"
+        finally:
+            self._kill_group(proc)
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen) -> None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=10)
@@ -87,18 +115,66 @@ def app_server(ui_db, tmp_path_factory):
             proc.wait()
 
 
+class _Chromium:
+    """Headless Chromium through Playwright, launched on first use."""
+
+    def __init__(self):
+        self.playwright = self.browser = None
+
+    def start(self):
+        if self.browser is None:
+            from playwright.sync_api import sync_playwright
+
+            self.playwright = sync_playwright().start()
+            try:
+                self.browser = self.playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            except BaseException:
+                self.stop()
+                raise
+        return self.browser
+
+    def stop(self) -> None:
+        browser, playwright, self.browser, self.playwright = self.browser, self.playwright, None, None
+        try:
+            if browser is not None:
+                browser.close()
+        finally:
+            if playwright is not None:
+                playwright.stop()
+
+
 @pytest.fixture(scope="session")
-def chromium():
+def app_server_process(ui_db, tmp_path_factory):
+    """The one app server of this worker's run; whatever the tests left running stops at its end."""
+    server = _AppServer(ui_db, tmp_path_factory.mktemp("app-server") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app_server(app_server_process):
+    """The app server's URL; the last browser test in a row stops the server."""
+    yield app_server_process.start()
+    if not needed_next("app_server"):
+        app_server_process.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium_process():
+    """The one Chromium of this worker's run; stopped at its end if still running."""
     if not CHROMIUM.is_file():
         message = f"{CHROMIUM} not found: install Chromium (apt-get install chromium) to run the browser tests"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
+    browser = _Chromium()
+    yield browser
+    browser.stop()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+
+@pytest.fixture
+def chromium(chromium_process):
+    """The browser; the last browser test in a row closes it."""
+    yield chromium_process.start()
+    if not needed_next("chromium"):
+        chromium_process.stop()

@@ -13,14 +13,22 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
 
 import pytest
 
-from tests.app_server import app_server, chromium, ui_db  # noqa: F401  (session fixtures of the app tests)
+from tests.app_server import (  # noqa: F401  (fixtures of the app tests)
+    app_server,
+    app_server_process,
+    chromium,
+    chromium_process,
+    ui_db,
+)
 from tests.fixtures import (
     INDEXED_PER_SPECIES,
     INDEXED_SEED,
     INDEXED_SPECIES,
+    NEXT_TEST,
     TEST_IMAGE_SIZE,
     build_once_per_run,
     index_synthetic,
+    needed_next,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,15 +79,25 @@ def references(synthetic):
     return load_references(synthetic.references)
 
 
-@pytest.fixture(scope="session")
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    NEXT_TEST["item"] = nextitem  # for the fixtures that stop a service early (tests.fixtures.needed_next)
+    return (yield)
+
+
+@pytest.fixture
 def ray_cluster():
-    """One local Ray cluster of 2 CPUs for every test that needs Ray: starting one costs
-    seconds, and runners join an initialised cluster instead of starting their own."""
+    """One local Ray cluster of 2 CPUs for the tests that need Ray, which run one after another
+    on one worker (:func:`pytest_collection_modifyitems`): starting one costs seconds, and
+    runners join an initialised cluster instead of starting their own. It is shut down after
+    the last of them, not at the end of the run: its seven idle processes keep using CPU."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
-    ray.shutdown()
+    if not needed_next("ray_cluster"):
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,19 @@ def index_synthetic(root: Path, species: int, per_species: int, seed: int, confi
 INDEXED_SPECIES, INDEXED_PER_SPECIES, INDEXED_SEED = 3, 5, 11
 
 
+#: The test this worker runs after the one being torn down (``None`` after its last), set by
+#: conftest's ``pytest_runtest_teardown``.
+NEXT_TEST: dict = {}
+
+
+def needed_next(fixture: str) -> bool:
+    """Whether the test this worker runs next uses ``fixture``: fixtures of costly services (a
+    Ray cluster, the app server, Chromium) stop as soon as it does not, instead of idling,
+    using CPU, until the end of the run."""
+    following = NEXT_TEST.get("item")
+    return following is not None and fixture in following.fixturenames
+
+
 def build_once_per_run(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], T]) -> T:
     """``build(folder)``, run once per test run even under xdist: the first worker to ask builds
     it in a folder of the run's temporary directory that every worker shares, the others wait

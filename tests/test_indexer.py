@@ -195,15 +195,16 @@ def test_ray_engine_produces_the_same_catalog(tmp_path, ray_cluster):
     # Intra-op reductions depend on the thread count, so the local run uses one thread like
     # each Ray actor does; then the two catalogs must be identical, masks and vectors included.
     # It builds its own SAM 2: the session's caches support features computed with more threads.
-    # Four items in commits of two: both actors get work and the writer commits twice.
-    collection = generate_collection(tmp_path / "syn", species=2, per_species=2, seed=3)
+    # Two items (two groups, so two supports) in commits of one: both actors get work and the
+    # writer commits twice. Each actor starts a process that builds its own SAM 2: seconds each.
+    collection = generate_collection(tmp_path / "syn", species=2, per_species=1, seed=3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         local = _index(collection, tmp_path / "local.duckdb")
     finally:
         torch.set_num_threads(threads)
-    ray_run = _index(collection, tmp_path / "ray.duckdb", _config(indexer={"engine": "ray", "num_workers": 2, "commit_every": 2}))
+    ray_run = _index(collection, tmp_path / "ray.duckdb", _config(indexer={"engine": "ray", "num_workers": 2, "commit_every": 1}))
     assert local.counts == ray_run.counts
     def catalog(store):
         ids = store.specimen_ids(status=None).tolist()

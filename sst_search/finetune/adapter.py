@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from ..sam2_predictor import ADAPTABLE_MODULES, IMAGE_FEATURE_PARAMETERS
@@ -129,6 +128,10 @@ def _lora_spec(rank: int, alpha: float | None) -> dict:
 
 
 def _inject_lora(predictor: nn.Module, lora: dict) -> None:
+    # peft imports transformers (seconds): loaded only where a LoRA is built, not by every
+    # process that imports the fine-tuning package or reads an adapter's fingerprint.
+    from peft import LoraConfig, inject_adapter_in_model
+
     config = LoraConfig(
         r=lora["rank"], lora_alpha=lora["alpha"], target_modules=list(lora["targets"]), lora_dropout=0.0, bias="none"
     )

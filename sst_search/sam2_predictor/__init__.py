@@ -57,7 +57,6 @@ from .predictor import (
     IMAGE_FEATURE_PARAMETERS,
     InMemoryVideoPredictor,
 )
-from .prompts import MaskProposer, image_predictor
 from .session import FrameOutput, TrackingSession
 
 __all__ = [
@@ -84,3 +83,16 @@ __all__ = [
     "resize_masks",
     "track",
 ]
+
+#: Names loaded on first use: SAM 2's image predictor (prompts) imports torchvision and with it
+#: torch._dynamo, a second or more of start-up that a process which only tracks (an index run,
+#: a Ray actor, a CLI command) would pay for nothing.
+_PROMPTS = ("MaskProposer", "image_predictor")
+
+
+def __getattr__(name: str):
+    if name in _PROMPTS:
+        from . import prompts
+
+        return getattr(prompts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
