@@ -196,7 +196,7 @@ def test_an_opq_pq_factory_builds_is_read_back_and_keeps_recall_with_refine(tmp_
                             vectors={(EMBEDDER, TRAIT): (ids, vectors)})
     with Store.open(tmp_path / "opq.duckdb", read_only=True) as reader:
         assert reader.status()["indexes"][0]["kind"] == "ivf"  # the manifest records what was built
-        assert reader.index_config.factory == config.factory
+        assert reader.index_config.tiers == config.tiers
         index = faiss.downcast_index(reader.index(EMBEDDER, TRAIT))
         assert isinstance(index, faiss.IndexPreTransform)
         assert isinstance(faiss.downcast_VectorTransform(index.chain.at(0)), faiss.LinearTransform)  # OPQ, as saved

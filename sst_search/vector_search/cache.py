@@ -126,7 +126,7 @@ class IndexCache:
         """Persist every index changed since the last flush (atomic per file)."""
         for key in sorted(self._dirty):
             index, generation = self._indexes[key]
-            indexes.save_index(self.faiss_dir, *key, index, generation)
+            indexes.save_index(self.faiss_dir, *key, index, generation, indexes.factory_of(index, self.config))
         self._dirty.clear()
 
     def file_state(self, key: IndexKey, generation: int) -> tuple[FileState, dict | None]:
