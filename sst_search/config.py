@@ -126,6 +126,12 @@ class IndexConfig(_Strict):
         "tier takes every larger index (e.g. 'IVF{nlist},Flat', 'OPQ64,IVF{nlist},PQ64', 'IVF{nlist},RaBitQ')",
     )
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
+    posting_fields: list[str] = Field(
+        default_factory=lambda: ["group"],
+        description="filter fields (group, or a metadata key) whose values get their vectors listed per IVF list when "
+        "a snapshot is published, so the first search under such a filter costs what the rest do; a field with more "
+        "than posting_max_values values is left out")
+    posting_max_values: int = Field(4096, ge=1, description="most values of a posting field (each costs 8 bytes a list)")
 
     @model_validator(mode="before")
     @classmethod
