@@ -15,10 +15,11 @@ specimen (:class:`RowMask`):
     avoids the query's neighbourhood (e.g. "specimens of *another* species most like this
     one"), and the first ``k`` survivors are the few admitted items that happen to sit in the
     lists an unfiltered search probes, not the admitted set's nearest. When the admitted
-    rows are known (a snapshot's mask) on an IVF index, their count per list
-    (:class:`~sst_search.vector_search.vector_table.AdmittedLists`, kept per filter) tells
-    before searching whether the lists nearest the query hold the filter's share, so a
-    post-filter that would fall through is not tried.
+    rows are known on an IVF index, their count per list
+    (:class:`~sst_search.vector_search.vector_table.ListCounts`: read off the filter's
+    postings written with the snapshot, or counted once from a snapshot's mask and kept per
+    filter) tells before searching whether the lists nearest the query hold the filter's
+    share, so a post-filter that would fall through is not tried.
 ``selector``
     Between the two. FAISS searches only the admitted vectors. An IVF index is not probed in
     its usual nearest ``nprobe`` lists alone, which may hold few admitted vectors or none (a
