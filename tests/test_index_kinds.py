@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
+from sst_search.cli import app
 from sst_search.config import IndexConfig, IndexTier, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
@@ -62,6 +64,9 @@ def test_each_size_gets_its_tier_recorded_with_measured_bytes_per_vector(tmp_pat
     # SQ8 stores a byte a dimension (+ 8 for the id), RaBitQ about a bit: measured, not assumed
     assert DIM + 8 <= rows["middle"]["index_bytes_per_vector"] < 4 * DIM
     assert rows["large"]["index_bytes_per_vector"] < 0.6 * rows["middle"]["index_bytes_per_vector"]
+    shown = CliRunner().invoke(app, ["status", "--db", str(db)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert rows["large"]["factory"] in shown.output and f"{rows['large']['index_bytes_per_vector']:,.0f}" in shown.output
     snapshot = publish_snapshot(db)
     with Store.open(snapshot, read_only=True) as store:
         row = next(r for r in store.status()["indexes"] if r["trait"] == "large")

@@ -50,16 +50,16 @@ class SnapshotCatalog(Catalog):
         scoped = scope_filters(filters)
         conditions = [resolve(f, self.metadata_keys(), self.measured_traits()) for f in scoped]  # errors first
 
-        def masked() -> MaskAdmission:
+        def mask() -> tuple[SnapshotColumns, np.ndarray]:
             columns = self.columns()
-            return MaskAdmission(columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns))
+            return columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns)
 
         field = filters[0].field
         if (len(filters) == 1 and conditions[0].op in ("==", "in") and conditions[0].source in ("specimen", "metadata")
                 and field in self.remember("posting_fields", lambda: self.recorded_index_config().posting_fields)):
             value = conditions[0].value
-            return PostedAdmission(field, list(value) if isinstance(value, list) else [value], masked)
-        return masked()
+            return PostedAdmission(field, list(value) if isinstance(value, list) else [value], mask)
+        return MaskAdmission(*mask())
 
     def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
         """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`)."""

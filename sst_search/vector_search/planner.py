@@ -213,7 +213,7 @@ class _Admitted:
     row_mask: np.ndarray | None
     count: int
     want: int
-    posted: ListCounts | None = None
+    counted: ListCounts | None = None
 
     @classmethod
     def of(cls, q: _Query, share: _Share) -> _Admitted:
@@ -223,12 +223,13 @@ class _Admitted:
         rows = _admitted_rows(share.admission, q.table) if share.row_mask is None else None
         count = (len(rows) if rows is not None else share.counted.count if share.counted is not None
                  else int(np.count_nonzero(share.row_mask)))
-        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)))
+        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)),
+                   share.counted)
 
     def listed(self) -> np.ndarray:
-        if self.posted is not None:
-            return self.posted.rows()
-        return self.rows if self.rows is not None else np.flatnonzero(self.row_mask)
+        if self.rows is not None:
+            return self.rows
+        return self.counted.rows() if self.counted is not None else np.flatnonzero(self.row_mask)
 
     def mask(self, n: int) -> np.ndarray:
         return self.row_mask if self.row_mask is not None else _mask_of(self.rows, n)

@@ -178,7 +178,7 @@ class AdmittedLists(ListCounts):
 
     def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
         lists = layout.row_lists[mask]
-        self.layout, self.mask = layout, mask
+        self.layout, self.mask, self._rows = layout, mask, None
         # a row the index lacks is not probed
         super().__init__(layout.sizes, np.bincount(lists[lists >= 0], minlength=len(layout.sizes)))
 
@@ -187,7 +187,10 @@ class AdmittedLists(ListCounts):
         return rows[self.mask[rows]]
 
     def rows(self) -> np.ndarray:
-        return np.flatnonzero(self.mask)
+        """Listed once per filter: an exact scan under it then touches only its rows."""
+        if self._rows is None:
+            self._rows = np.flatnonzero(self.mask)
+        return self._rows
 
     def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
         rows = self.layout.rows_in(lists)
