@@ -331,7 +331,8 @@ def main() -> None:
             vector = engine.store.vectors_of(EMBEDDER, TRAIT, [int(query_ids[j])])[1][0]
             outcome = engine.store.filtered_search(EMBEDDER, TRAIT, vector, args.k, engine.admission(filters_of(j)),
                                                    skip=int(query_ids[j]))
-            count[outcome.plan + ("+fallback" if outcome.fallbacks else "") + ("/posted" if outcome.posted else "")] += 1
+            posted = getattr(outcome, "posted", False)  # the filter answered from its postings (older code: no such field)
+            count[outcome.plan + ("+fallback" if outcome.fallbacks else "") + ("/posted" if posted else "")] += 1
         return ",".join(f"{p}:{c}" for p, c in sorted(count.items()))
 
     header = (f"{'':<7}{'filter':<12} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10} {'exact k':>8} "
