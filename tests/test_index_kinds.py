@@ -93,21 +93,20 @@ def test_an_index_that_grows_into_the_next_tier_is_rebuilt_as_that_tier(tmp_path
 
 
 KINDS = {"sq8": "IVF{nlist},SQ8", "rabitq": "IVF{nlist},RaBitQ", "pq": "IVF{nlist},PQ16x4"}
-N = 4_000
+#: One trait per kind, sized into its tier of :data:`BY_SIZE`.
+SIZES = {"sq8": 1_900, "rabitq": 2_500, "pq": 3_000}
+BY_SIZE = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
+    IndexTier(up_to=2_000, factory=KINDS["sq8"]), IndexTier(up_to=2_600, factory=KINDS["rabitq"], refine=10),
+    IndexTier(factory=KINDS["pq"], refine=10)])
 
 
 @pytest.fixture(scope="module")
 def kinds_published(tmp_path_factory):
-    """One published store per code kind: 4,000 vectors of dim 64, 4 groups, a 2% locality."""
-    out = {}
-    for name, factory in KINDS.items():
-        db = tmp_path_factory.mktemp(f"kind_{name}") / "k.duckdb"
-        config = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39,
-                             tiers=[IndexTier(factory=factory, refine=None if name == "sq8" else 10)])
-        data = write(db, config, {"t": N})
-        publish_snapshot(db)
-        out[name] = (db, *data["t"])
-    return out
+    """One published store, one trait per code kind (dim 64, 4 groups, a 2% locality)."""
+    db = tmp_path_factory.mktemp("kinds") / "k.duckdb"
+    data = write(db, BY_SIZE, SIZES)
+    publish_snapshot(db)
+    return db, data
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -118,17 +117,19 @@ def kinds_published(tmp_path_factory):
     ([Filter(field="locality", op="==", value="rare")], "exact", 20_000),
 ])
 def test_every_plan_keeps_recall_and_exactly_k_for_every_code_kind(kinds_published, kind, filters, plan, exact_max):
-    db, ids, vectors = kinds_published[kind]
-    rows = np.arange(N)
-    passing = {"group": rows % 4 == 1, "locality": rows % 50 == 0}[filters[0].field] if filters else np.ones(N, bool)
+    db, data = kinds_published
+    ids, vectors = data[kind]
+    rows = np.arange(len(ids))
+    passing = {"group": rows % 4 == 1, "locality": rows % 50 == 0}[filters[0].field] if filters else rows >= 0
     recalls = []
     with SearchEngine.open(db) as engine:
         store = engine.store
-        assert store.vector_table(EMBEDDER, "t").matrix.dtype == np.float16  # re-ranked by the float16 at rest
+        assert read_manifest(store.faiss_dir, EMBEDDER, kind)["factory"].endswith(KINDS[kind].split(",")[-1])
+        assert store.vector_table(EMBEDDER, kind).matrix.dtype == np.float16  # re-ranked by the float16 at rest
         store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         admission = engine.admission(filters) if filters else None
-        for row in range(0, N, 97):
-            outcome = store.filtered_search(EMBEDDER, "t", vectors[row], 10, admission, skip=int(ids[row]))
+        for row in range(0, len(ids), 83):
+            outcome = store.filtered_search(EMBEDDER, kind, vectors[row], 10, admission, skip=int(ids[row]))
             assert outcome.plan == plan
             found = [sid for sid, _ in outcome.hits]
             assert len(found) == 10 == len(set(found)) and set(found) <= set(ids[passing].tolist())

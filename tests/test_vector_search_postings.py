@@ -40,15 +40,25 @@ def add(store: Store, ids: np.ndarray, vectors: np.ndarray, groups: np.ndarray) 
                                   "status": ["indexed"] * n}), vectors={KEY: (ids, vectors)})
 
 
-@pytest.fixture()
-def collection(tmp_path):
-    db = tmp_path / "p.duckdb"
+def published(db):
     ids = np.random.default_rng(0).choice(1 << 62, size=N, replace=False).astype(np.int64)
     data = {"ids": ids, "vectors": clustered(N, 1), "groups": group_of(N, 2)}
     with Store.open(db, index_config=CONFIG) as store:
         add(store, data["ids"], data["vectors"], data["groups"])
     publish_snapshot(db)
     return db, data
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A published collection the tests only read."""
+    return published(tmp_path_factory.mktemp("postings") / "p.duckdb")
+
+
+@pytest.fixture()
+def collection(tmp_path):
+    """A published collection of the test's own, to change."""
+    return published(tmp_path / "p.duckdb")
 
 
 def search_all(db, data, filters, passing, plan=None, exact_max=20_000, posted=True, reader=SearchEngine.open):
@@ -75,8 +85,8 @@ def search_all(db, data, filters, passing, plan=None, exact_max=20_000, posted=T
 
 @pytest.mark.parametrize(("value", "plan", "exact_max"), [
     ("g1", "postfilter", 20_000), ("rare", "selector", 10), ("rare", "exact", 20_000), (["g1", "rare"], None, 20_000)])
-def test_a_group_filter_is_searched_from_the_postings_without_building_a_mask(collection, value, plan, exact_max):
-    db, data = collection
+def test_a_group_filter_is_searched_from_the_postings_without_building_a_mask(shared, value, plan, exact_max):
+    db, data = shared
     snapshot = resolve_snapshot(db)
     assert posting_paths(vectors_dir(snapshot), KEY, "group")["rows"].is_file()
     op = "in" if isinstance(value, list) else "=="
