@@ -76,7 +76,7 @@ def test_each_size_gets_its_tier_recorded_with_measured_bytes_per_vector(tmp_pat
 def test_an_index_that_grows_into_the_next_tier_is_rebuilt_as_that_tier(tmp_path):
     db = tmp_path / "grow.duckdb"
     data = write(db, TIERED, {"t": 1_500})
-    assert read_manifest(db.with_name(db.name + ".faiss"), EMBEDDER, "t")["codes"] == "IndexIVFScalarQuantizer"
+    assert read_manifest(db.with_name(db.name + ".faiss"), EMBEDDER, "t")["codes"] == f"IndexIVFScalarQuantizer/{DIM}"
     more = 1_200
     ids = np.random.default_rng(9).choice(1 << 62, size=more, replace=False).astype(np.int64)
     with Store.open(db) as store:
@@ -86,13 +86,13 @@ def test_an_index_that_grows_into_the_next_tier_is_rebuilt_as_that_tier(tmp_path
         assert store.index(EMBEDDER, "t").ntotal == 2_700
         assert store.check_consistency() == []
     manifest = read_manifest(db.with_name(db.name + ".faiss"), EMBEDDER, "t")
-    assert manifest["codes"] == "IndexIVFRaBitQ" and manifest["factory"].endswith(",RaBitQ")
+    assert manifest["codes"].startswith("IndexIVFRaBitQ/") and manifest["factory"].endswith(",RaBitQ")
     with Store.open(db, read_only=True) as store:
         hits = store.filtered_search(EMBEDDER, "t", data["t"][1][3], 5).hits
     assert hits[0][0] == int(data["t"][0][3])
 
 
-KINDS = {"sq8": "IVF{nlist},SQ8", "rabitq": "IVF{nlist},RaBitQ", "pq": "IVF{nlist},PQ16x4"}
+KINDS = {"sq8": "IVF{nlist},SQ8", "rabitq": "IVF{nlist},RaBitQ2", "pq": "IVF{nlist},PQ16x4"}
 #: One trait per kind, sized into its tier of :data:`BY_SIZE`.
 SIZES = {"sq8": 1_900, "rabitq": 2_500, "pq": 3_000}
 BY_SIZE = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
@@ -159,7 +159,7 @@ def test_a_store_written_before_tiers_opens_and_keeps_building_its_kind(tmp_path
     with Store.open(db) as store:  # the next change rebuilds as the recorded factory, not the new defaults
         store.remove_specimens([int(data["t"][0][0])])
         store.repair_indexes(deep=True)
-    assert read_manifest(faiss_dir, EMBEDDER, "t")["codes"] == "IndexIVFFlat"
+    assert read_manifest(faiss_dir, EMBEDDER, "t")["codes"] == f"IndexIVFFlat/{4 * DIM}"
 
 
 def test_tiers_must_ascend_and_end_unbounded():
@@ -167,4 +167,4 @@ def test_tiers_must_ascend_and_end_unbounded():
         IndexConfig(tiers=[IndexTier(up_to=10, factory="IVF{nlist},SQ8")])
     with pytest.raises(ValueError, match="not both"):
         IndexConfig.model_validate({"factory": "IVF{nlist},SQ8", "tiers": [{"factory": "IVF{nlist},Flat"}]})
-    assert IndexConfig().tier_for(10**9).factory == "IVF{nlist},RaBitQ" and IndexConfig().refine_for(10**9) == 10
+    assert IndexConfig().tier_for(10**9).factory == "IVF{nlist},RaBitQ2" and IndexConfig().refine_for(10**9) == 10

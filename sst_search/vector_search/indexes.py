@@ -83,14 +83,15 @@ def ivf_from_factory(factory: str, dim: int, nlist: int) -> faiss.Index:
 
 
 def code_kind(index: faiss.Index) -> str:
-    """What an index stores per vector, as its FAISS classes (``OPQMatrix+IndexIVFPQ``): two
-    indexes of one factory string share it, whatever their size or training."""
+    """What an index stores per vector, as its FAISS classes and an IVF's code bytes
+    (``OPQMatrix+IndexIVFPQ/16``): two indexes of one factory string share it, whatever their
+    size or training; one-bit and two-bit RaBitQ do not."""
     parts = []
     if isinstance(index, faiss.IndexPreTransform):
         parts = [type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__ for i in range(index.chain.size())]
     ivf = ivf_of(index)
     inner = faiss.downcast_index(ivf) if ivf is not None else faiss.downcast_index(index)
-    return "+".join([*parts, type(inner).__name__])
+    return "+".join([*parts, type(inner).__name__]) + (f"/{ivf.code_size}" if ivf is not None else "")
 
 
 def tier_code_kind(config: IndexConfig, n: int, dim: int) -> str:
