@@ -363,7 +363,7 @@ def test_the_selector_tests_membership_against_the_smaller_side_of_the_probed_li
     for share, kind in ((1.0, None), (0.9, "IDSelectorNot"), (0.1, "IDSelectorBatch")):
         mask = np.zeros(n, bool)
         mask[rows[: int(share * len(rows))]] = True
-        selector = _list_selector(layout, mask, table.ids, lists)
+        selector = _list_selector(AdmittedLists(layout, mask), table.ids, lists)
         assert (type(selector).__name__ if selector is not None else None) == kind
         if selector is not None:
             assert [selector.is_member(int(i)) for i in table.ids[rows]] == mask[rows].tolist()
