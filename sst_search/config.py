@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -91,18 +91,67 @@ class PlanConfig(_Strict):
     seed: int = Field(0, description="seed of that sample")
 
 
+class IndexTier(_Strict):
+    """One size band of :attr:`IndexConfig.tiers`: indexes of at most ``up_to`` vectors (no
+    bound when None) are built from ``factory``."""
+
+    up_to: int | None = Field(None, gt=0, description="most vectors an index of this tier holds (null: no bound)")
+    factory: str = Field(description="FAISS factory string of an IVF index, {nlist} filled in from the size")
+    refine: int | None = Field(
+        None, ge=1, description="re-rank refine*k candidates by the stored vectors (null: index.refine); coarser "
+        "codes need more candidates for the same recall")
+
+
+#: The approximate tiers by default, bounds measured by bench/bench_index_kinds.py (bench/README.md):
+#: SQ8 codes (dim + 8 bytes a vector) keep recall@10 >= 0.99 with 4k candidates re-ranked, but at
+#: ten million vectors of dim 768 they alone take 7.7 GB; two-bit RaBitQ codes take about a
+#: quarter of that and, with 10k candidates re-ranked by the float16 vectors at rest, keep
+#: recall@10 >= 0.95 under every plan (one-bit codes did not under the selector: 0.73 at 1M).
+DEFAULT_TIERS = (
+    IndexTier(up_to=2_000_000, factory="IVF{nlist},SQ8"),
+    IndexTier(up_to=None, factory="IVF{nlist},RaBitQ2", refine=10),
+)
+
+
 class IndexConfig(_Strict):
-    """Which FAISS index a trait gets, by size. A store records the one it was written
-    with, and readers that rebuild a stale index use that, never their own defaults."""
+    """Which FAISS index a trait gets, by size: exact below ``exact_threshold`` vectors, then
+    the first of ``tiers`` whose bound the size is within. A store records the one it was
+    written with, and readers that rebuild a stale index use that, never their own defaults."""
 
     exact_threshold: int = Field(50_000, description="vectors per trait index below which search is exact")
     approximate: Literal["hnsw", "ivf"] = Field("ivf", description="index family above exact_threshold")
-    factory: str = Field(
-        "IVF{nlist},SQ8",
-        description="ivf: FAISS factory string, {nlist} filled in from the size (e.g. 'IVF{nlist},Flat', "
-        "'OPQ64,IVF{nlist},PQ64'); the default keeps recall@10 >= 0.95 at ~530 bytes/vector for dim 512",
+    tiers: list[IndexTier] = Field(
+        default_factory=lambda: [t.model_copy() for t in DEFAULT_TIERS],
+        description="ivf: FAISS factory string by size above exact_threshold, smallest bound first; the last "
+        "tier takes every larger index (e.g. 'IVF{nlist},Flat', 'OPQ64,IVF{nlist},PQ64', 'IVF{nlist},RaBitQ')",
     )
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
+    posting_fields: list[str] = Field(
+        default_factory=lambda: ["group"],
+        description="filter fields (group, or a metadata key) whose values get their vectors listed per IVF list when "
+        "a snapshot is published, so the first search under such a filter costs what the rest do; a field with more "
+        "than posting_max_values values is left out")
+    posting_max_values: int = Field(4096, ge=1, description="most values of a posting field (each costs 8 bytes a list)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_factory(cls, data: object) -> object:
+        """``factory: <string>``, the single IVF kind of configs and stores written before
+        tiers, is one tier for every size: an older store keeps building the kind it has."""
+        if isinstance(data, dict) and "factory" in data:
+            data = dict(data)
+            factory = data.pop("factory")
+            if "tiers" in data:
+                raise ValueError("index: give tiers or the older factory, not both")
+            data["tiers"] = [{"up_to": None, "factory": factory}]
+        return data
+
+    @model_validator(mode="after")
+    def _tiers_ascend(self) -> IndexConfig:
+        bounds = [t.up_to for t in self.tiers]
+        if not bounds or bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(bounds[:-1]):
+            raise ValueError(f"index.tiers: bounds must ascend and the last be null (no bound), got {bounds}")
+        return self
     nlist_factor: float = Field(
         4.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist, recall at "
         "a given probed share too")
@@ -127,6 +176,14 @@ class IndexConfig(_Strict):
 
     def kind_for(self, n: int) -> str:
         return "flat" if n <= self.exact_threshold else self.approximate
+
+    def tier_for(self, n: int) -> IndexTier:
+        """The tier an IVF index of ``n`` vectors is built in."""
+        return next(t for t in self.tiers if t.up_to is None or n <= t.up_to)
+
+    def refine_for(self, n: int) -> int:
+        """Candidates re-ranked per result for an IVF index of ``n`` vectors."""
+        return self.tier_for(n).refine or self.refine
 
     def nlist_for(self, n: int) -> int:
         return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))

@@ -196,7 +196,7 @@ def test_an_opq_pq_factory_builds_is_read_back_and_keeps_recall_with_refine(tmp_
                             vectors={(EMBEDDER, TRAIT): (ids, vectors)})
     with Store.open(tmp_path / "opq.duckdb", read_only=True) as reader:
         assert reader.status()["indexes"][0]["kind"] == "ivf"  # the manifest records what was built
-        assert reader.index_config.factory == config.factory
+        assert reader.index_config.tiers == config.tiers
         index = faiss.downcast_index(reader.index(EMBEDDER, TRAIT))
         assert isinstance(index, faiss.IndexPreTransform)
         assert isinstance(faiss.downcast_VectorTransform(index.chain.at(0)), faiss.LinearTransform)  # OPQ, as saved
@@ -363,7 +363,7 @@ def test_the_selector_tests_membership_against_the_smaller_side_of_the_probed_li
     for share, kind in ((1.0, None), (0.9, "IDSelectorNot"), (0.1, "IDSelectorBatch")):
         mask = np.zeros(n, bool)
         mask[rows[: int(share * len(rows))]] = True
-        selector = _list_selector(layout, mask, table.ids, lists)
+        selector = _list_selector(AdmittedLists(layout, mask), table.ids, lists)
         assert (type(selector).__name__ if selector is not None else None) == kind
         if selector is not None:
             assert [selector.is_member(int(i)) for i in table.ids[rows]] == mask[rows].tolist()

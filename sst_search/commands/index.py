@@ -185,10 +185,13 @@ def _print_status(store: Store) -> None:
         groups.add_row(escape(group or "(none)"), *(str(counts.get(s, 0)) for s in statuses))
     report.print(groups)
     indexes = Table(title="indexes")
-    for col in ("embedder", "trait", "vectors", "kind", "file"):
+    for col in ("embedder", "trait", "vectors", "kind", "factory", "index B/vector", "re-rank B/vector", "file"):
         indexes.add_column(col)
     for row in st["indexes"]:
-        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]), escape(str(row["file"])))
+        measured = row["index_bytes_per_vector"]
+        indexes.add_row(escape(row["embedder"]), escape(row["trait"]), str(row["vectors"]), str(row["kind"]),
+                        escape(str(row["factory"] or "-")), "-" if measured is None else f"{measured:,.0f}",
+                        f"{row['rerank_bytes_per_vector']:,.0f} ({row['rerank']})", escape(str(row["file"])))
     report.print(indexes)
     runs = store.runs()
     if runs:

@@ -210,6 +210,33 @@ class MaskAdmission:
         return self._mask if self._columns.same_ids(table_ids) else None
 
 
+class PostedAdmission(MaskAdmission):
+    """A filter on values of one posting field (``index.posting_fields``): a search whose
+    index has the field's postings reads the admitted vectors off them (see
+    :attr:`posting`); any other question builds the filter's mask, once."""
+
+    def __init__(self, field: str, values: list[str], build: Callable[[], tuple[SnapshotColumns, np.ndarray]]) -> None:
+        #: ``(field, values)``: what the postings are asked.
+        self.posting = (field, values)
+        self._build, self._mask = build, None
+
+    def _built(self) -> None:
+        if self._mask is None:
+            self._columns, self._mask = self._build()
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        self._built()
+        return super().passes(ids)
+
+    def admitted(self) -> np.ndarray:
+        self._built()
+        return super().admitted()
+
+    def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
+        self._built()
+        return super().table_mask(table_ids)
+
+
 class SqlAdmission:
     """A filter asked of the catalog in SQL each time (a writer's catalog changes under it)."""
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sst_search.store import vectors_at_rest
+from sst_search.store import filter_postings, vectors_at_rest
 from sst_search.store import verify as vf
+from sst_search.vector_search import at_rest
 from sst_search.vector_search.cache import IndexKey
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 
 
 def status(store: IndexedStore) -> dict:
-    """Counts per status and per group, and per index: vectors, generation, file state."""
+    """Counts per status and per group, and per index: vectors, generation, file state, the
+    factory string it was built from and the bytes per vector of its file and of what its
+    re-ranking reads (stores from before these were recorded show None)."""
     con = store.con
     by_status = dict(con.execute("SELECT status, count(*) FROM specimens GROUP BY 1 ORDER BY 1").fetchall())
     groups: dict[str, dict[str, int]] = {}
@@ -34,14 +37,29 @@ def status(store: IndexedStore) -> dict:
         for e, t, n in con.execute("SELECT embedder, trait_name, count(*) FROM vectors GROUP BY 1, 2").fetchall()
     }
     index_rows = []
+    dims = store.index_dims()
     for key, generation in sorted(store.generations().items()):
         state, manifest = store.index_cache.file_state(key, generation)
+        manifest = manifest or {}
         index_rows.append(
             {"embedder": key[0], "trait": key[1], "vectors": counts.get(key, 0), "generation": generation,
-             "file": state, "kind": manifest.get("kind") if manifest else None}
+             "file": state, "kind": manifest.get("kind"), "factory": manifest.get("factory"),
+             "index_bytes_per_vector": manifest.get("bytes_per_vector"),
+             **_rerank_bytes(store, key, generation, dims.get(key, 0))}
         )
     return {"specimens": by_status, "groups": groups, "indexes": index_rows,
             "runs": con.execute("SELECT count(*) FROM runs").fetchall()[0][0]}
+
+
+def _rerank_bytes(store: IndexedStore, key: IndexKey, generation: int, dim: int) -> dict:
+    """What re-ranking and exact scans read per vector: the snapshot's float16 files at rest
+    (measured: their bytes over their rows), else the catalog's float32 vectors held in RAM."""
+    root = store.index_cache.at_rest_db
+    manifest = at_rest.read_manifest(at_rest.vectors_dir(root), key) if root is not None else None
+    if manifest and manifest.get("generation") == generation and manifest.get("count"):
+        return {"rerank": "float16 mapped",
+                "rerank_bytes_per_vector": round((manifest["bytes"] + manifest["ids_bytes"]) / manifest["count"], 1)}
+    return {"rerank": "float32 in RAM", "rerank_bytes_per_vector": 4 * dim + 8}
 
 
 def unindexed(store: IndexedStore, limit: int = 20) -> list[tuple[str, str, str | None]]:
@@ -59,7 +77,8 @@ def verify(store: IndexedStore, sample: int = vf.SAMPLE, indexes: bool = True) -
     if problems or not indexes:
         return problems
     return (vf.check_indexes(store.con, store.faiss_dir, sample)
-            or vectors_at_rest.check_all(store.con, store.db_path, sample))
+            or vectors_at_rest.check_all(store.con, store.db_path, sample)
+            or filter_postings.check_all(store.con, store.db_path))
 
 
 def check_consistency(store: IndexedStore) -> list[str]:

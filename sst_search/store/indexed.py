@@ -143,7 +143,13 @@ class IndexedStore:
         index = self.index(embedder, trait_name)
         if query.shape[0] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
-        return search_table(index, self.vector_table(embedder, trait_name), self.index_config, query, k, admission, skip)
+        posting, posted = getattr(admission, "posting", None), None
+        if posting is not None:  # a filter on a posting field: its postings, when the snapshot has them
+            postings = self.index_cache.postings((embedder, trait_name), self.generations()[(embedder, trait_name)],
+                                                 posting[0])
+            posted = postings.lists_of(posting[1]) if postings is not None else None
+        return search_table(index, self.vector_table(embedder, trait_name), self.index_config, query, k, admission, skip,
+                            posted)
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
         """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
-from sst_search.store.columns import MaskAdmission, SnapshotColumns
+from sst_search.store.columns import MaskAdmission, PostedAdmission, SnapshotColumns
 from sst_search.store.connection import Connection
-from sst_search.store.filters import Filter, compile_mask, scope_filters
+from sst_search.store.filters import Filter, compile_mask, resolve, scope_filters
 from sst_search.store.indexed import IndexedStore
 
 
@@ -39,14 +39,27 @@ class SnapshotCatalog(Catalog):
         """The snapshot's filterable fields, listing and masks in memory (loaded on first use)."""
         return self.remember("columns", lambda: SnapshotColumns(self))
 
-    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | None:
+    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | PostedAdmission | None:
         """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
-        evaluated in memory: no SQL per search; None without filters."""
+        evaluated in memory: no SQL per search; None without filters. One condition on values
+        of a posting field (``index.posting_fields``) is a :class:`PostedAdmission`, which
+        builds no mask when the searched index has the field's postings."""
         filters = list(filters)
         if not filters:
             return None
-        columns = self.columns()
-        return MaskAdmission(columns, compile_mask(scope_filters(filters), self.metadata_keys(), self.measured_traits(), columns))
+        scoped = scope_filters(filters)
+        conditions = [resolve(f, self.metadata_keys(), self.measured_traits()) for f in scoped]  # errors first
+
+        def mask() -> tuple[SnapshotColumns, np.ndarray]:
+            columns = self.columns()
+            return columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns)
+
+        field = filters[0].field
+        if (len(filters) == 1 and conditions[0].op in ("==", "in") and conditions[0].source in ("specimen", "metadata")
+                and field in self.remember("posting_fields", lambda: self.recorded_index_config().posting_fields)):
+            value = conditions[0].value
+            return PostedAdmission(field, list(value) if isinstance(value, list) else [value], mask)
+        return MaskAdmission(*mask())
 
     def loaded_columns(self) -> SnapshotColumns | None:
         """:meth:`columns` when something loaded them already; None rather than read every

@@ -10,6 +10,7 @@ new version folder and a small pointer file is switched to it atomically::
     <db>.versions/<version>/<db name>          a published copy
     <db>.versions/<version>/<db name>.faiss/   its FAISS cache
     <db>.versions/<version>/<db name>.vectors/ its vectors at rest (float16, memory-mapped by readers)
+                                               and filter postings (rows per group and IVF list)
     <db>.current               JSON pointer {"version": ..., "published_at": ...}
 
 Readers resolve the pointer once, when they open, and keep their version for as long as
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import duckdb
 
-from sst_search.store import vectors_at_rest
+from sst_search.store import filter_postings, vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.indexes import file_mode
@@ -225,6 +226,8 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
         if not problems:  # from a verified catalog only: a damaged one is reported, not copied
             vectors_at_rest.write_snapshot(staging / db_path.name)
             problems = vectors_at_rest.check_snapshot(staging / db_path.name)
+        if not problems:  # the postings' rows are the vectors at rest's
+            filter_postings.write_snapshot(staging / db_path.name)
         if problems:
             live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
             good = current_version(db_path)

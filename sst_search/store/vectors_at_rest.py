@@ -36,7 +36,7 @@ def write_snapshot(db_path: Path) -> None:
     kinds against the catalog (:func:`check_snapshot`) before readers see them."""
     root = at_rest.vectors_dir(db_path)
     built = at_rest.live_dir(db_path.with_name(db_path.name + ".faiss"))
-    con = _connect(db_path)
+    con = read_catalog(db_path)
     try:
         for embedder, trait, generation, dim in index_states(con):
             if not _move_built(built, root, (embedder, trait), generation, dim):
@@ -58,7 +58,7 @@ def _move_built(built: Path, root: Path, key: IndexKey, generation: int, dim: in
     return True
 
 
-def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:
+def read_catalog(db_path: Path) -> duckdb.DuckDBPyConnection:
     """Read-only, with the store's memory limit (sorting a large vectors table by id spills to
     disk past it) and no progress bar on the publishing process's terminal."""
     con = duckdb.connect(str(db_path), read_only=True, config={"memory_limit": duckdb_memory_limit()})
@@ -136,7 +136,7 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path, sample: int = SAMPL
 
 def check_snapshot(db_path: Path, sample: int = SAMPLE) -> list[Problem]:
     """:func:`check_all` of a store no process holds (a staged snapshot)."""
-    con = _connect(db_path)
+    con = read_catalog(db_path)
     try:
         return check_all(con, db_path, sample)
     finally:

@@ -23,6 +23,7 @@ import numpy as np
 from sst_search.config import IndexConfig
 from sst_search.vector_search import at_rest, indexes
 from sst_search.vector_search.at_rest import IndexKey
+from sst_search.vector_search.postings import Postings
 from sst_search.vector_search.vector_table import VectorTable
 from sst_search.weights import sha256_file
 
@@ -45,6 +46,9 @@ class IndexCache:
         self._indexes: dict[IndexKey, tuple[faiss.Index, int]] = {}
         self._dirty: set[IndexKey] = set()
         self._tables: dict[IndexKey, tuple[VectorTable, int | None]] = {}
+        #: sha256 of the file each index in memory was loaded from (absent: rebuilt or changed since).
+        self._loaded_from: dict[IndexKey, str] = {}
+        self._postings: dict[tuple[IndexKey, str], tuple[Postings | None, faiss.Index]] = {}
 
     def index(self, key: IndexKey, generation: int, dim: int, writable: bool) -> faiss.Index:
         """The index of ``key`` at ``generation``: from memory, else a trusted file, else rebuilt
@@ -52,6 +56,7 @@ class IndexCache:
         cached = self._indexes.get(key)
         if cached is not None and cached[1] == generation:
             return cached[0]
+        self._drop_postings(key)
         index = self._load_trusted(key, generation)
         if index is None:
             index = self.rebuild(key, dim)
@@ -59,6 +64,20 @@ class IndexCache:
                 self._dirty.add(key)
         self._indexes[key] = (index, generation)
         return index
+
+    def postings(self, key: IndexKey, generation: int, field: str) -> Postings | None:
+        """``field``'s postings of the index of ``key`` mapped from the snapshot, or None when
+        it has none that fit the index in memory (see :mod:`~sst_search.vector_search.postings`)."""
+        cached = self._indexes.get(key)
+        if self.at_rest_db is None or cached is None or cached[1] != generation:
+            return None
+        index = cached[0]
+        known = self._postings.get((key, field))
+        if known is None or known[1] is not index:
+            found = Postings.open(at_rest.vectors_dir(self.at_rest_db), key, field, generation,
+                                  self._loaded_from.get(key), index) if indexes.ivf_of(index) is not None else None
+            known = self._postings[(key, field)] = (found, index)
+        return known[0]
 
     def in_memory(self, key: IndexKey, generation: int) -> faiss.Index | None:
         """The index held in memory for ``key`` if it is at ``generation`` (consistency checks)."""
@@ -87,12 +106,20 @@ class IndexCache:
 
     def replace(self, key: IndexKey, index: faiss.Index, generation: int) -> None:
         """Hold ``index`` as ``key`` at ``generation`` and save it at the next :meth:`flush`."""
+        self._drop_postings(key)
         self._indexes[key] = (index, generation)
         self._dirty.add(key)
 
     def forget(self, key: IndexKey) -> None:
         """Drop the in-memory index (its ids changed); the next use rebuilds it."""
+        self._drop_postings(key)
         self._indexes.pop(key, None)
+
+    def _drop_postings(self, key: IndexKey) -> None:
+        """The index of ``key`` changes in memory: postings read from its file no longer fit it."""
+        self._loaded_from.pop(key, None)
+        for known in [k for k in self._postings if k[0] == key]:
+            del self._postings[known]
 
     def apply(
         self,
@@ -126,7 +153,7 @@ class IndexCache:
         """Persist every index changed since the last flush (atomic per file)."""
         for key in sorted(self._dirty):
             index, generation = self._indexes[key]
-            indexes.save_index(self.faiss_dir, *key, index, generation)
+            indexes.save_index(self.faiss_dir, *key, index, generation, indexes.factory_of(index, self.config))
         self._dirty.clear()
 
     def file_state(self, key: IndexKey, generation: int) -> tuple[FileState, dict | None]:
@@ -150,7 +177,11 @@ class IndexCache:
             index = indexes.load_index(self.faiss_dir, *key)
         except RuntimeError:
             return None
-        return index if index.ntotal == manifest.get("count", index.ntotal) else None
+        if index.ntotal != manifest.get("count", index.ntotal):
+            return None
+        if manifest.get("sha256"):
+            self._loaded_from[key] = manifest["sha256"]
+        return index
 
     def _size_matches(self, key: IndexKey, manifest: Mapping) -> bool:
         """Cheap check that catches truncated files (manifests older than the size field pass)."""

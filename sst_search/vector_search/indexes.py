@@ -79,13 +79,8 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
     kind = config.kind_for(n)
     if kind == "ivf":
         nlist = config.nlist_for(n)
-        try:
-            index = faiss.index_factory(dim, config.factory.format(nlist=nlist), faiss.METRIC_INNER_PRODUCT)
-        except (RuntimeError, KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"index.factory {config.factory!r}: not a FAISS factory string for dim {dim} ({exc})") from exc
+        index = ivf_from_factory(config.tier_for(n).factory, dim, nlist)
         ivf = ivf_of(index)
-        if ivf is None:
-            raise ValueError(f"index.factory {config.factory!r} builds no IVF index; use approximate: hnsw for graphs")
         _bound_training(index, ivf, config)
         index.train(np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32))
         ivf.nprobe = config.nprobe_for(nlist)
@@ -97,6 +92,34 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     return index
+
+
+def ivf_from_factory(factory: str, dim: int, nlist: int) -> faiss.Index:
+    """An untrained index of an ``index.tiers`` factory string, or a ValueError that names it."""
+    try:
+        index = faiss.index_factory(dim, factory.format(nlist=nlist), faiss.METRIC_INNER_PRODUCT)
+    except (RuntimeError, KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"index tier factory {factory!r}: not a FAISS factory string for dim {dim} ({exc})") from exc
+    if ivf_of(index) is None:
+        raise ValueError(f"index tier factory {factory!r} builds no IVF index; use approximate: hnsw for graphs")
+    return index
+
+
+def code_kind(index: faiss.Index) -> str:
+    """What an index stores per vector, as its FAISS classes and an IVF's code bytes
+    (``OPQMatrix+IndexIVFPQ/16``): two indexes of one factory string share it, whatever their
+    size or training; one-bit and two-bit RaBitQ do not."""
+    parts = []
+    if isinstance(index, faiss.IndexPreTransform):
+        parts = [type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__ for i in range(index.chain.size())]
+    ivf = ivf_of(index)
+    inner = faiss.downcast_index(ivf) if ivf is not None else faiss.downcast_index(index)
+    return "+".join([*parts, type(inner).__name__]) + (f"/{ivf.code_size}" if ivf is not None else "")
+
+
+def tier_code_kind(config: IndexConfig, n: int, dim: int) -> str:
+    """:func:`code_kind` of the index ``config`` builds for ``n`` vectors (an untrained one-list probe)."""
+    return code_kind(ivf_from_factory(config.tier_for(n).factory, dim, 1))
 
 
 def _bound_training(index: faiss.Index, ivf: faiss.IndexIVF, config: IndexConfig) -> None:
@@ -132,11 +155,13 @@ def training_rows(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def needs_rebuild(index: faiss.Index, n: int, config: IndexConfig) -> bool:
-    """True when ``n`` vectors call for another kind, or an IVF's clustering is outgrown."""
+    """True when ``n`` vectors call for another kind or size tier (``index.tiers``), or an
+    IVF's clustering is outgrown."""
     kind = index_kind(index)
     if kind != config.kind_for(n):
         return True
-    return kind == "ivf" and ivf_of(index).nlist * 2 < config.nlist_for(n)
+    return kind == "ivf" and (ivf_of(index).nlist * 2 < config.nlist_for(n)
+                              or code_kind(index) != tier_code_kind(config, n, index.d))
 
 
 def supports_removal(index: faiss.Index) -> bool:
@@ -205,13 +230,28 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int) -> None:
-    """Index first, manifest second: see the module docstring for why this order is safe."""
+def factory_of(index: faiss.Index, config: IndexConfig) -> str:
+    """The factory string ``index`` was built from under ``config`` (its tier's, ``{nlist}``
+    filled in), or its :func:`code_kind` when no tier of ``config`` builds that kind."""
+    kind = index_kind(index)
+    if kind != "ivf":
+        return "Flat" if kind == "flat" else f"HNSW{config.hnsw_m},Flat"
+    ivf, tier = ivf_of(index), config.tier_for(int(index.ntotal))
+    return tier.factory.format(nlist=ivf.nlist) if code_kind(index) == tier_code_kind(config, int(index.ntotal),
+                                                                                        index.d) else code_kind(index)
+
+
+def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int,
+               factory: str | None = None) -> None:
+    """Index first, manifest second: see the module docstring for why this order is safe. The
+    manifest records the ``factory`` string and the bytes per vector measured from the file
+    (``faiss.serialize_index``'s bytes, without a second copy in memory)."""
     index_path, manifest_path = index_paths(root, embedder, trait_name)
     atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
+    size = index_path.stat().st_size
     manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d,
-                "bytes_per_vector": round(bytes_per_vector(index), 1),
-                "bytes": index_path.stat().st_size, "sha256": sha256_file(index_path)}
+                "factory": factory, "codes": code_kind(index), "bytes_per_vector": round(size / max(1, index.ntotal), 1),
+                "bytes": size, "sha256": sha256_file(index_path)}
     atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
 
 

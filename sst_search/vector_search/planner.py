@@ -15,10 +15,11 @@ specimen (:class:`RowMask`):
     avoids the query's neighbourhood (e.g. "specimens of *another* species most like this
     one"), and the first ``k`` survivors are the few admitted items that happen to sit in the
     lists an unfiltered search probes, not the admitted set's nearest. When the admitted
-    rows are known (a snapshot's mask) on an IVF index, their count per list
-    (:class:`~sst_search.vector_search.vector_table.AdmittedLists`, kept per filter) tells
-    before searching whether the lists nearest the query hold the filter's share, so a
-    post-filter that would fall through is not tried.
+    rows are known on an IVF index, their count per list
+    (:class:`~sst_search.vector_search.vector_table.ListCounts`: read off the filter's
+    postings written with the snapshot, or counted once from a snapshot's mask and kept per
+    filter) tells before searching whether the lists nearest the query hold the filter's
+    share, so a post-filter that would fall through is not tried.
 ``selector``
     Between the two. FAISS searches only the admitted vectors. An IVF index is not probed in
     its usual nearest ``nprobe`` lists alone, which may hold few admitted vectors or none (a
@@ -54,7 +55,7 @@ from sst_search.config import IndexConfig, PlanConfig
 from sst_search.vector_search.indexes import ivf_of
 from sst_search.vector_search.vector_table import (
     AdmittedLists,
-    ListLayout,
+    ListCounts,
     VectorTable,
     sorted_rows,
 )
@@ -85,19 +86,17 @@ class RowMask(Protocol):
         """Boolean mask over ``table_ids`` (sorted), or None when it would cost a lookup per id."""
 
 
-def _list_selector(layout: ListLayout, mask: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> faiss.IDSelector | None:
+def _list_selector(counted: ListCounts, ids: np.ndarray, lists: np.ndarray) -> faiss.IDSelector | None:
     """A selector admitting the admitted vectors of ``lists``: None when they all pass, else
     a set of the admitted ids or of the others, whichever is smaller (a set lookup per
     scanned vector costs about as much as scoring it when the set is large, so lists mostly
     admitted test against the few that are not)."""
-    rows = layout.rows_in(lists)
-    admitted = mask[rows]
-    n = int(np.count_nonzero(admitted))
-    if n == len(rows):
+    n, total = int(counted.held[lists].sum()), int(counted.sizes[lists].sum())
+    if n == total:
         return None
-    if 2 * n <= len(rows):
-        return faiss.IDSelectorBatch(ids[rows[admitted]])
-    selector = faiss.IDSelectorNot(batch := faiss.IDSelectorBatch(ids[rows[~admitted]]))
+    if 2 * n <= total:
+        return faiss.IDSelectorBatch(ids[counted.rows_in(lists)])
+    selector = faiss.IDSelectorNot(batch := faiss.IDSelectorBatch(counted.others_in(lists, ids)))
     selector.inner = batch  # the wrapper does not keep what a selector refers to alive
     return selector
 
@@ -110,6 +109,8 @@ class SearchOutcome:
     plan: Plan
     estimated_fraction: float | None = None
     fallbacks: list[str] = field(default_factory=list)
+    #: Whether the filter's precomputed postings answered it (no mask built on the query path).
+    posted: bool = False
 
 
 def estimate_fraction(population: np.ndarray, admission: Admission, config: PlanConfig) -> float:
@@ -152,7 +153,7 @@ class _Query:
            skip: int | None) -> _Query:
         ivf = ivf_of(index)
         return cls(index, table, config, np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1)), k, skip,
-                   ivf, config.refine if ivf is not None else 1)
+                   ivf, config.refine_for(int(index.ntotal)) if ivf is not None else 1)
 
     @property
     def want(self) -> int:
@@ -165,26 +166,38 @@ class _Query:
 
 @dataclass
 class _Share:
-    """What a filter admits of one index, as far as the plans need it: the admitted rows'
+    """What a filter admits of one index, as far as the plans need it: the admitted vectors
+    counted per IVF list when given (a filter's postings: ``posted``), else the admitted rows'
     mask when known (a snapshot's), else the admission to ask; the admitted share; and, on an
-    IVF index with a known mask, the admitted vectors counted per list and the lists ranked
-    for the query (once, for whichever plan runs)."""
+    IVF index with counts, the lists ranked for the query (once, for whichever plan runs)."""
 
     admission: Admission
     row_mask: np.ndarray | None
     fraction: float
-    counted: AdmittedLists | None
+    counted: ListCounts | None
     ranking: _Ranking | None
+    posted: bool = False
 
     @classmethod
-    def of(cls, q: _Query, admission: Admission) -> _Share:
+    def of(cls, q: _Query, admission: Admission, posted: ListCounts | None = None) -> _Share:
+        if posted is not None and q.ivf is not None:
+            return cls(admission, None, posted.count / max(1, len(q.table)), posted, _Ranking(q.index, q.vector), True)
         row_mask = admission.table_mask(q.table.ids) if hasattr(admission, "table_mask") else None
-        if row_mask is not None:
+        counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
+        if counted is not None:
+            fraction = counted.count / max(1, len(row_mask))
+        elif row_mask is not None:
             fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
         else:
             fraction = estimate_fraction(q.table.ids, admission, q.config.plan)
-        counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
         return cls(admission, row_mask, fraction, counted, _Ranking(q.index, q.vector) if counted is not None else None)
+
+    def passes(self, q: _Query, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` (the index's) pass: read off the postings' codes when posted."""
+        if not self.posted:
+            return self.admission.passes(ids)
+        found, rows = sorted_rows(q.table.ids, ids)
+        return found & self.counted.passes_rows(rows)
 
     def fetch(self, q: _Query) -> int:
         """Candidates a post-filter asks the index for."""
@@ -200,16 +213,23 @@ class _Admitted:
     row_mask: np.ndarray | None
     count: int
     want: int
+    counted: ListCounts | None = None
 
     @classmethod
     def of(cls, q: _Query, share: _Share) -> _Admitted:
+        if share.posted:
+            skipped = q.skip is not None and bool(share.passes(q, np.array([q.skip], np.int64))[0])
+            return cls(None, None, share.counted.count, min(q.k, share.counted.count - skipped), share.counted)
         rows = _admitted_rows(share.admission, q.table) if share.row_mask is None else None
         count = (len(rows) if rows is not None else share.counted.count if share.counted is not None
                  else int(np.count_nonzero(share.row_mask)))
-        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)))
+        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)),
+                   share.counted)
 
     def listed(self) -> np.ndarray:
-        return self.rows if self.rows is not None else np.flatnonzero(self.row_mask)
+        if self.rows is not None:
+            return self.rows
+        return self.counted.rows() if self.counted is not None else np.flatnonzero(self.row_mask)
 
     def mask(self, n: int) -> np.ndarray:
         return self.row_mask if self.row_mask is not None else _mask_of(self.rows, n)
@@ -217,19 +237,20 @@ class _Admitted:
 
 def search_table(
     index: faiss.Index, table: VectorTable, config: IndexConfig, query: np.ndarray, k: int,
-    admission: Admission | None = None, skip: int | None = None,
+    admission: Admission | None = None, skip: int | None = None, posted: ListCounts | None = None,
 ) -> SearchOutcome:
     """Top ``k`` of ``index``, whose stored vectors are ``table``, for one ``query`` among the
     ids ``admission`` admits, without ``skip``: planned and re-ranked as ``config`` says (a
-    whole store's index, or one shard's). Picks the plan; each plan is one function below,
-    and a plan that comes up short hands over to the admitted-set plans (see the module
-    docstring)."""
+    whole store's index, or one shard's). ``posted``: the admitted vectors already counted
+    per IVF list (a filter's postings, :mod:`~sst_search.vector_search.postings`), so no
+    mask of the filter is built. Picks the plan; each plan is one function below, and a plan
+    that comes up short hands over to the admitted-set plans (see the module docstring)."""
     q = _Query.of(index, table, config, query, k, skip)
     if admission is None:
         return search_unfiltered(q)
-    share = _Share.of(q, admission)
+    share = _Share.of(q, admission, posted)
     plan = _plan(q, share)
-    outcome = SearchOutcome([], plan, share.fraction)
+    outcome = SearchOutcome([], plan, share.fraction, posted=share.posted)
     if plan == "postfilter":
         hits, fallback = search_postfilter(q, share)
         if fallback is None:
@@ -278,7 +299,7 @@ def search_postfilter(q: _Query, share: _Share) -> tuple[list[tuple[int, float]]
     else:
         hits = _index_search(q.index, q.vector, fetch)
     ids = np.fromiter((i for i, _ in hits), np.int64, len(hits))
-    passed = share.admission.passes(ids) if len(ids) else np.zeros(0, bool)
+    passed = share.passes(q, ids) if len(ids) else np.zeros(0, bool)
     passing = set(ids[passed].tolist())
     kept = _refined(q.vector, q.table, [h for h in _drop(hits, q.skip) if h[0] in passing][: q.k * q.refine], q.k,
                     q.refine)
@@ -300,10 +321,10 @@ def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: li
     the lists nearest the query that hold them); an exact scan when it finds too few (noted
     in ``fallbacks``)."""
     if q.ivf is not None:
-        mask = admitted.mask(len(q.table))
-        counted = share.counted if share.counted is not None else AdmittedLists(q.table.layout(q.index), mask)
+        counted = share.counted if share.counted is not None else AdmittedLists(q.table.layout(q.index),
+                                                                                admitted.mask(len(q.table)))
         hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking(q.index, q.vector),
-                                      counted, mask, q.want, q.refine)
+                                      counted, q.want, q.refine)
     else:
         selector = faiss.IDSelectorBatch(q.table.ids[admitted.listed()])
         hits = _faiss_search(q.index, q.table, q.vector, q.want, q.refine, faiss.SearchParameters(sel=selector))
@@ -413,7 +434,7 @@ class _Ranking:
 
 def _admitted_lists_search(
     ivf: faiss.IndexIVF, table: VectorTable, config: IndexConfig, query: np.ndarray, ranking: _Ranking,
-    counted: AdmittedLists, mask: np.ndarray, k: int, refine: int,
+    counted: ListCounts, k: int, refine: int,
 ) -> list[tuple[int, float]]:
     """The selector plan on an IVF index: see the module docstring."""
     held = counted.held[ranking.order]
@@ -421,7 +442,7 @@ def _admitted_lists_search(
     near = int(np.searchsorted(holding, ivf.nprobe))  # those an unfiltered search probes
     want = max(admitted_scan(counted, ivf, config.plan), k * refine)
     probed = holding[: max(near, int(np.searchsorted(np.cumsum(held[holding]), want)) + 1)]
-    selector = _list_selector(counted.layout, mask, table.ids, ranking.order[probed])
+    selector = _list_selector(counted, table.ids, ranking.order[probed])
     hits = ranking.search(ivf, min(int(held[probed].sum()), k * refine), probed, selector)
     return _refined(query, table, hits, k, refine)
 

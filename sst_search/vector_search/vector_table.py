@@ -127,20 +127,37 @@ class ListLayout:
         return np.concatenate([self.rows[self.starts[i] : self.starts[i + 1]] for i in lists]) if len(lists) else self.rows[:0]
 
 
-class AdmittedLists:
-    """How many of a filter's admitted vectors each IVF list holds. From the counts the plan
-    knows before searching whether the lists nearest the query hold the filter's share (a
-    post-filter would otherwise fall through) and which lists the selector must probe."""
+class ListCounts:
+    """How many of a filter's admitted vectors each IVF list holds, and the admitted rows of
+    any lists. From the counts the plan knows before searching whether the lists nearest the
+    query hold the filter's share (a post-filter would otherwise fall through) and which
+    lists the selector must probe. Counted from a filter's mask (:class:`AdmittedLists`) or
+    read off postings written with the snapshot
+    (:class:`~sst_search.vector_search.postings.PostedLists`)."""
 
-    def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
-        lists = layout.row_lists[mask]
-        self.layout, self.sizes = layout, layout.sizes
-        self.held = np.bincount(lists[lists >= 0], minlength=len(self.sizes))  # a row the index lacks is not probed
+    def __init__(self, sizes: np.ndarray, held: np.ndarray) -> None:
+        self.sizes, self.held = sizes, held
         self.holding = int(np.count_nonzero(self.held))
         self.count = int(self.held.sum())
 
     def __len__(self) -> int:
         return self.count
+
+    def rows_in(self, lists: np.ndarray) -> np.ndarray:
+        """The admitted table rows of ``lists``."""
+        raise NotImplementedError
+
+    def rows(self) -> np.ndarray:
+        """Every admitted table row."""
+        raise NotImplementedError
+
+    def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+        """The ids of ``lists`` that are not admitted."""
+        raise NotImplementedError
+
+    def passes_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Which of the table's ``rows`` are admitted."""
+        raise NotImplementedError
 
     def seen_by_postfilter(self, order: np.ndarray, nprobe: int, fetch: int, fraction: float, need: int,
                            config: PlanConfig) -> bool:
@@ -154,3 +171,30 @@ class AdmittedLists:
         candidates = near[: int(np.searchsorted(np.cumsum(self.sizes[near]), fetch)) + 1]
         return int(self.held[candidates].sum()) >= config.min_candidate_pass_ratio * fraction * int(
             self.sizes[candidates].sum())
+
+
+class AdmittedLists(ListCounts):
+    """:class:`ListCounts` of a filter's mask over the table's rows (one pass over them)."""
+
+    def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
+        lists = layout.row_lists[mask]
+        self.layout, self.mask, self._rows = layout, mask, None
+        # a row the index lacks is not probed
+        super().__init__(layout.sizes, np.bincount(lists[lists >= 0], minlength=len(layout.sizes)))
+
+    def rows_in(self, lists: np.ndarray) -> np.ndarray:
+        rows = self.layout.rows_in(lists)
+        return rows[self.mask[rows]]
+
+    def rows(self) -> np.ndarray:
+        """Listed once per filter: an exact scan under it then touches only its rows."""
+        if self._rows is None:
+            self._rows = np.flatnonzero(self.mask)
+        return self._rows
+
+    def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+        rows = self.layout.rows_in(lists)
+        return table_ids[rows[~self.mask[rows]]]
+
+    def passes_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.mask[rows]

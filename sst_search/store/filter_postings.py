@@ -1,0 +1,125 @@
+"""The catalog's side of filter postings (:mod:`sst_search.vector_search.postings`): each
+posting field's value per vector read from the catalog when a snapshot is published, the
+postings written beside the vectors at rest, and checked against the catalog and the FAISS
+file by verify.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+import pyarrow.compute as pc
+
+from sst_search.config import IndexConfig
+from sst_search.store.filters import SPECIMEN_FIELDS
+from sst_search.store.vectors_at_rest import read_catalog
+from sst_search.store.verify import Problem, index_states
+from sst_search.vector_search import at_rest, indexes, postings
+from sst_search.weights import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _recorded_config(con: duckdb.DuckDBPyConnection) -> IndexConfig:
+    rows = con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
+    return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
+
+
+def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: str, table_ids: np.ndarray,
+                max_values: int) -> tuple[list[str], np.ndarray] | None:
+    """``(values, code per vector in id order)`` of ``field`` (-1: no value, or a specimen not
+    indexed: postings answer the filter a search asks, ``status == 'indexed'`` included), or
+    None when the field is unknown or has more than ``max_values`` values."""
+    if field in SPECIMEN_FIELDS:  # the column name comes from the compiler's allow-list, never from user text
+        sql = (f"SELECT v.specimen_id, CASE WHEN s.status = 'indexed' THEN CAST({SPECIMEN_FIELDS[field]} AS VARCHAR) "
+               "END AS value FROM vectors v LEFT JOIN specimens s USING (specimen_id) "
+               "WHERE v.embedder = ? AND v.trait_name = ? ORDER BY v.specimen_id")
+        params = list(key)
+    elif con.execute("SELECT 1 FROM specimen_metadata WHERE key = ? LIMIT 1", [field]).fetchall():
+        sql = ("SELECT v.specimen_id, CASE WHEN s.status = 'indexed' THEN m.value END AS value FROM vectors v "
+               "LEFT JOIN specimens s USING (specimen_id) "
+               "LEFT JOIN specimen_metadata m ON m.specimen_id = v.specimen_id AND m.key = ? "
+               "WHERE v.embedder = ? AND v.trait_name = ? ORDER BY v.specimen_id")
+        params = [field, *key]
+    else:
+        return None
+    table = con.sql(sql, params=params).to_arrow_table()
+    if not np.array_equal(table.column("specimen_id").to_numpy(), table_ids):
+        raise RuntimeError(f"{key[0]}/{key[1]}: the vectors table changed while its postings were written")
+    encoded = pc.dictionary_encode(table.column("value").combine_chunks())
+    values = encoded.dictionary.to_pylist()
+    if len(values) > max_values:
+        log.warning("%s/%s: filter field %r has %d values, more than index.posting_max_values; no postings",
+                    *key, field, len(values))
+        return None
+    return values, pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def _each(con: duckdb.DuckDBPyConnection, db_path: Path):
+    """``(key, generation, FAISS manifest, index, table ids, field, values, codes)`` of every
+    posting field of every IVF index whose file and vectors at rest are the catalog's."""
+    config = _recorded_config(con)
+    faiss_dir, root = db_path.with_name(db_path.name + ".faiss"), at_rest.vectors_dir(db_path)
+    for embedder, trait, generation, _ in index_states(con):
+        key = (embedder, trait)
+        manifest = indexes.read_manifest(faiss_dir, *key)
+        rest = at_rest.read_manifest(root, key)
+        if (manifest is None or manifest.get("kind") != "ivf" or manifest.get("generation") != generation
+                or rest is None or rest.get("generation") != generation):
+            continue
+        index = faiss.read_index(str(indexes.index_paths(faiss_dir, *key)[0]))
+        table_ids = np.load(at_rest.vector_paths(root, key)[1], mmap_mode="r")
+        for field in config.posting_fields:
+            coded = field_codes(con, key, field, np.asarray(table_ids), config.posting_max_values)
+            if coded is not None:
+                yield key, generation, manifest, index, table_ids, field, *coded
+
+
+def write_snapshot(db_path: Path) -> None:
+    """Write the postings of the (staged, not yet published) store at ``db_path``, after its
+    vectors at rest: their rows are the vectors at rest's."""
+    con = read_catalog(db_path)
+    try:
+        for key, generation, manifest, index, table_ids, field, values, codes in _each(con, db_path):
+            rows, offsets = postings.build(index, np.asarray(table_ids), codes, len(values))
+            postings.write(at_rest.vectors_dir(db_path), key, field, generation, manifest["sha256"], values, codes,
+                           rows, offsets)
+    finally:
+        con.close()
+
+
+def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
+    """Problems of the postings beside the store at ``db_path``: each present one must be
+    current, intact, and equal to the postings the catalog and the FAISS file give now (a
+    snapshot without them is sound: its searches build masks)."""
+    root = at_rest.vectors_dir(db_path)
+    if not root.is_dir():
+        return []
+    problems = []
+    for key, generation, manifest, index, table_ids, field, values, codes in _each(con, db_path):
+        paths = postings.posting_paths(root, key, field)
+        stored = postings.read_manifest(root, key, field)
+        if stored is None:
+            continue
+        why = postings.unusable(root, key, field, stored, generation, manifest.get("sha256"))
+        if why is None:
+            why = _differs(paths, stored, index, np.asarray(table_ids), values, codes)
+        if why is not None:
+            problems.append(Problem(str(paths["manifest"]), why, "index", key))
+    return problems
+
+
+def _differs(paths: dict[str, Path], stored: dict, index: faiss.Index, table_ids: np.ndarray, values: list[str],
+             codes: np.ndarray) -> str | None:
+    for name in postings.ARRAYS:
+        if sha256_file(paths[name]) != stored.get(f"{name}_sha256"):
+            return f"{paths[name].name} does not match its manifest's checksum"
+    rows, offsets = postings.build(index, table_ids, codes, len(values))
+    if (stored.get("values") != values or not np.array_equal(np.load(paths["codes"]), codes)
+            or not np.array_equal(np.load(paths["rows"]), rows) or not np.array_equal(np.load(paths["offsets"]), offsets)):
+        return "postings differ from the catalog's values and the FAISS file's lists"
+    return None
