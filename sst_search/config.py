@@ -102,13 +102,15 @@ class IndexTier(_Strict):
         "codes need more candidates for the same recall")
 
 
-#: The approximate tiers by default, bounds measured by bench/bench_index_kinds.py (bench/README.md):
-#: SQ8 codes (dim + 8 bytes a vector) keep recall@10 >= 0.99 with 4k candidates re-ranked, but at
-#: ten million vectors of dim 768 they alone take 7.7 GB; two-bit RaBitQ codes take about a
-#: quarter of that and, with 10k candidates re-ranked by the float16 vectors at rest, keep
-#: recall@10 >= 0.95 under every plan (one-bit codes did not under the selector: 0.73 at 1M).
+#: The approximate tiers by default, from bench/bench_index_kinds.py and bench_query.py
+#: (bench/README.md): SQ8 codes (dim + 8 bytes a vector) keep recall@10 >= 0.99 with 4k
+#: candidates re-ranked, and at ten million vectors of dim 128 every filter's p95 within 10 ms
+#: but one. Two-bit RaBitQ codes take about a quarter of SQ8's bytes at dim 768 and held
+#: recall@10 0.978 at 1M, but at 10M x 128 fell to 0.93 under another group's filter with a
+#: 59 ms unfiltered p95, so they start only where SQ8's 7.7 GB per 10M vectors of dim 768
+#: would no longer fit one machine (one-bit codes: 0.73 under the selector at 1M).
 DEFAULT_TIERS = (
-    IndexTier(up_to=2_000_000, factory="IVF{nlist},SQ8"),
+    IndexTier(up_to=20_000_000, factory="IVF{nlist},SQ8"),
     IndexTier(up_to=None, factory="IVF{nlist},RaBitQ2", refine=10),
 )
 
