@@ -37,7 +37,7 @@ import numpy as np
 
 from sst_search.vector_search.at_rest import IndexKey, save_array
 from sst_search.vector_search.indexes import atomic_write, ivf_of
-from sst_search.vector_search.vector_table import ListCounts, sorted_rows
+from sst_search.vector_search.vector_table import ListCounts, ListLayout
 from sst_search.weights import sha256_file
 
 ARRAYS = ("codes", "rows", "offsets")
@@ -50,27 +50,12 @@ def posting_paths(root: Path, key: IndexKey, field: str) -> dict[str, Path]:
             "manifest": stem.with_name(stem.name + ".json")}
 
 
-def list_rows(index: faiss.Index, table_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, list of each)``: every table row the IVF index holds, list by list (ascending
-    within a list), with its list number."""
-    ivf = ivf_of(index)
-    parts, lists = [], []
-    for list_no in range(ivf.nlist):
-        size = ivf.invlists.list_size(list_no)
-        if size:
-            found, rows = sorted_rows(table_ids, faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size).copy())
-            parts.append(np.sort(rows[found]))
-            lists.append(np.full(len(parts[-1]), list_no, np.int32))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    return np.concatenate(parts), np.concatenate(lists)
-
-
 def build(index: faiss.Index, table_ids: np.ndarray, codes: np.ndarray, n_values: int
           ) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, offsets)`` of the postings of ``codes`` (one per table row, -1: none)."""
     nlist = ivf_of(index).nlist
-    rows, lists = list_rows(index, table_ids)
+    layout = ListLayout.of(index, table_ids)
+    rows, lists = layout.rows.astype(np.int64), np.repeat(np.arange(nlist, dtype=np.int32), layout.sizes)
     row_codes = codes[rows]
     keep = row_codes >= 0
     rows, lists, row_codes = rows[keep], lists[keep], row_codes[keep]

@@ -73,7 +73,7 @@ class VectorTable:
         cached = self._layout
         if cached is not None and cached[0] is index:
             return cached[1]
-        layout = ListLayout.of(index, self)
+        layout = ListLayout.of(index, self.ids)
         self._layout = (index, layout)
         return layout
 
@@ -106,18 +106,21 @@ class ListLayout:
     starts: np.ndarray  # list l holds rows[starts[l]:starts[l + 1]]
 
     @classmethod
-    def of(cls, index: faiss.Index, table: VectorTable) -> ListLayout:
+    def of(cls, index: faiss.Index, sorted_ids: np.ndarray) -> ListLayout:
+        """``sorted_ids``: the table's ids, ascending (a row is a position in them)."""
         ivf = ivf_of(index)
-        row_lists, parts = np.full(len(table), -1, np.int32), []
+        row_lists, parts = np.full(len(sorted_ids), -1, np.int32), []
         for list_no in range(ivf.nlist):
             size = ivf.invlists.list_size(list_no)
-            rows = table.rows(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)) if size else np.zeros(0, np.int64)
+            found, rows = sorted_rows(sorted_ids, faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)) if size \
+                else (np.zeros(0, bool), np.zeros(0, np.int64))
+            rows = rows[found]
             row_lists[rows] = list_no
             parts.append(rows)
         starts = np.zeros(ivf.nlist + 1, np.int64)
         np.cumsum([len(p) for p in parts], out=starts[1:])
         rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        return cls(row_lists, rows.astype(np.int32 if len(table) < 2**31 else np.int64), starts)
+        return cls(row_lists, rows.astype(np.int32 if len(sorted_ids) < 2**31 else np.int64), starts)
 
     @property
     def sizes(self) -> np.ndarray:
