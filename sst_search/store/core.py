@@ -118,8 +118,8 @@ class Store(IndexedStore, Catalog):
         writer.write_columns(self, specimens, metadata, masks, vectors, measurements)
 
     def write_chunks(self, chunks: Iterable[writer.Chunk]) -> int:
-        """Bulk upsert of a stream of chunks, one in memory at a time, in one transaction
-        (see :func:`writer.write_chunks`); returns the vectors written."""
+        """Bulk upsert of a stream of chunks, one in memory at a time and one transaction
+        each (see :func:`writer.write_chunks`); returns the vectors written."""
         return writer.write_chunks(self, chunks)
 
     def replace_measurements(self, rows_by_specimen: Mapping[int, Sequence[Mapping]]) -> None:
