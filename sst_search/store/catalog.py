@@ -399,12 +399,7 @@ class Catalog:
 
     def recorded_index_config(self) -> IndexConfig:
         """The index configuration the writer recorded; the defaults for stores from before it was recorded."""
-        try:
-            # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
-            rows = self.con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
-        except duckdb.CatalogException:  # a read-only store written before the table existed
-            return IndexConfig()
-        return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
+        return recorded_index_config(self.con)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -435,3 +430,14 @@ def masks_by_specimen(rows: Iterable[Sequence]) -> dict[int, TraitMask]:
     """:meth:`Catalog.trait_mask_of`'s answer from rows of ``specimen_id`` and :data:`MASK_COLUMNS`."""
     return {sid: TraitMask(t, n, rle, a, (x0, y0, x1, y1), q, s, o, p)
             for sid, t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows}
+
+
+def recorded_index_config(con: duckdb.DuckDBPyConnection) -> IndexConfig:
+    """The index configuration the writer recorded in the store ``con`` reads; the defaults
+    for stores from before it was recorded."""
+    try:
+        # fetchall, not fetchone: a half-read result blocks the cursor's next .sql() call
+        rows = con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
+    except duckdb.CatalogException:  # a read-only store written before the table existed
+        return IndexConfig()
+    return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()

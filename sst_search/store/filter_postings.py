@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import pyarrow.compute as pc
 
-from sst_search.config import IndexConfig
+from sst_search.store.catalog import recorded_index_config
 from sst_search.store.filters import SPECIMEN_FIELDS
 from sst_search.store.vectors_at_rest import read_catalog
 from sst_search.store.verify import Problem, index_states
@@ -22,11 +22,6 @@ from sst_search.vector_search import at_rest, indexes, postings
 from sst_search.weights import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def _recorded_config(con: duckdb.DuckDBPyConnection) -> IndexConfig:
-    rows = con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
-    return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
 
 
 def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: str, table_ids: np.ndarray,
@@ -62,7 +57,7 @@ def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: st
 def _each(con: duckdb.DuckDBPyConnection, db_path: Path):
     """``(key, generation, FAISS manifest, index, table ids, field, values, codes)`` of every
     posting field of every IVF index whose file and vectors at rest are the catalog's."""
-    config = _recorded_config(con)
+    config = recorded_index_config(con)
     faiss_dir, root = db_path.with_name(db_path.name + ".faiss"), at_rest.vectors_dir(db_path)
     for embedder, trait, generation, _ in index_states(con):
         key = (embedder, trait)
