@@ -30,10 +30,13 @@ class SnapshotCatalog(Catalog):
 
     def remember(self, name: str, compute):
         """``compute()``, once: a snapshot never changes."""
-        memo = self.__dict__.setdefault("_catalog_memo", {})
-        if name not in memo:
-            memo[name] = compute()
-        return memo[name]
+        if name not in self._remembered:
+            self._remembered[name] = compute()
+        return self._remembered[name]
+
+    @property
+    def _remembered(self) -> dict:
+        return self.__dict__.setdefault("_catalog_memo", {})
 
     def columns(self) -> SnapshotColumns:
         """The snapshot's filterable fields, listing and masks in memory (loaded on first use)."""
@@ -64,7 +67,7 @@ class SnapshotCatalog(Catalog):
     def loaded_columns(self) -> SnapshotColumns | None:
         """:meth:`columns` when something loaded them already; None rather than read every
         specimen id for a one-off ask."""
-        return self.__dict__.get("_catalog_memo", {}).get("columns")
+        return self._remembered.get("columns")
 
     def listing(self, specimen_ids: Sequence[int], *, hold: bool = True) -> dict[int, dict]:
         """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`); with
