@@ -37,7 +37,7 @@ SIZE = 128
 MODEL = "sam2.1-hiera-tiny"
 #: Training steps of the shared run: the fewest (at a higher learning rate) whose loss falls
 #: clearly, since each step costs a SAM 2 round trip on CPU.
-STEPS = 12
+STEPS = 6
 
 
 def _tracker(**kw):
@@ -55,7 +55,7 @@ def group_data(synthetic, references):
 def trained(group_data, tmp_path_factory):
     support, queries = group_data
     tracker = _tracker()
-    config = FinetuneConfig(steps=STEPS, lr=3e-3, augment=False, seed=0)
+    config = FinetuneConfig(steps=STEPS, lr=6e-3, augment=False, seed=0)
     result = finetune(tracker, support, [img for _, img in queries], config)
     path = tmp_path_factory.mktemp("adapter") / "group.adapter.pt"
     save_adapter(tracker, path, config.model_dump())
@@ -80,7 +80,8 @@ def test_cycle_loss_goes_down(trained):
     _, result, _ = trained
     cycle = [h["cycle"] for h in result.history]
     assert len(cycle) == STEPS and np.isfinite(cycle).all()
-    assert np.mean(cycle[-5:]) < np.mean(cycle[:5]) - 0.01, cycle
+    half = STEPS // 2
+    assert np.mean(cycle[half:]) < np.mean(cycle[:half]) - 0.01, cycle
     assert result.history[-1]["total"] < result.history[0]["total"]
 
 
