@@ -26,14 +26,14 @@ def test_support_frame_round_trips(references):
     from sst_search.builder import build_tracker
 
     # SAM 2 keeps masks at 1/4 of its input size; the synthetic marginal spots are a few
-    # pixels wide, so the round trip is checked at 512 px where they survive.
+    # pixels wide, so the round trip is checked at 512 px where they survive. One support, the
+    # one with the most traits: each image at 512 px costs a second of encoder on the CPU.
     tracker = build_tracker("sam2.1-hiera-tiny", weights="random", image_size=512, device="cpu")
-    for group, supports in references.items():
-        (label_map,) = tracker.reconstruct_supports(supports[:1])
-        s = supports[0]
-        assert label_map.shape == s.mask.shape
-        for tid in s.trait_ids:
-            assert mask_iou(label_map == tid, s.mask == tid) >= 0.9, (group, tid)
+    s = max((supports[0] for supports in references.values()), key=lambda s: (len(s.trait_ids), s.id))
+    (label_map,) = tracker.reconstruct_supports([s])
+    assert label_map.shape == s.mask.shape
+    for tid in s.trait_ids:
+        assert mask_iou(label_map == tid, s.mask == tid) >= 0.9, (s.id, tid)
 
 
 @pytest.mark.parametrize("mode", ["pairwise", "chain"])
