@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -60,6 +61,27 @@ def ui_db(tmp_path_factory, worker_id) -> Path:
     return build_once_per_run(tmp_path_factory, worker_id, "ui-index", build_ui_index)
 
 
+class _InBackground:
+    """A call run in a thread, so that the worker goes on with its next tests meanwhile (the
+    app server takes a second or two to shut down); :meth:`wait` re-raises what it raised."""
+
+    def __init__(self, call):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call) -> None:
+        try:
+            call()
+        except BaseException as exc:  # re-raised by wait(), in the test's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class _AppServer:
     """``sst-search ui`` on ``db`` at a free port, started on first use; :meth:`stop` stops the
     whole process group, pass or fail."""
@@ -69,8 +91,10 @@ class _AppServer:
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.server_procs: list[psutil.Process] = []
+        self._stopping: _InBackground | None = None
 
     def start(self) -> str:
+        self.wait_stopped()
         if self.proc is not None:
             return self.url
         port = _free_port()
@@ -89,6 +113,15 @@ class _AppServer:
         self.server_procs = psutil.Process(self.proc.pid).children(recursive=True)
         self.url = f"http://127.0.0.1:{port}"
         return self.url
+
+    def stop_in_background(self) -> None:
+        if self.proc is not None:
+            self._stopping = _InBackground(self.stop)
+
+    def wait_stopped(self) -> None:
+        stopping, self._stopping = self._stopping, None
+        if stopping is not None:
+            stopping.wait()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -148,15 +181,19 @@ def app_server_process(ui_db, tmp_path_factory):
     """The one app server of this worker's run; whatever the tests left running stops at its end."""
     server = _AppServer(ui_db, tmp_path_factory.mktemp("app-server") / "server.log")
     yield server
-    server.stop()
+    try:
+        server.wait_stopped()  # a failed stop fails here, at the end of the run
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def app_server(app_server_process):
-    """The app server's URL; the last browser test in a row stops the server."""
+    """The app server's URL; the last browser test in a row stops the server (in the
+    background: the worker's next tests need no server)."""
     yield app_server_process.start()
     if not needed_next("app_server"):
-        app_server_process.stop()
+        app_server_process.stop_in_background()
 
 
 @pytest.fixture(scope="session")
