@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from sst_search.store.catalog import recorded_index_config
 from sst_search.store.filters import SPECIMEN_FIELDS
-from sst_search.store.vectors_at_rest import read_catalog
 from sst_search.store.verify import Problem, index_states
 from sst_search.vector_search import at_rest, indexes, postings
 from sst_search.weights import sha256_file
@@ -74,17 +73,13 @@ def _each(con: duckdb.DuckDBPyConnection, db_path: Path):
                 yield key, generation, manifest, index, table_ids, field, *coded
 
 
-def write_snapshot(db_path: Path) -> None:
-    """Write the postings of the (staged, not yet published) store at ``db_path``, after its
-    vectors at rest: their rows are the vectors at rest's."""
-    con = read_catalog(db_path)
-    try:
-        for key, generation, manifest, index, table_ids, field, values, codes in _each(con, db_path):
-            rows, offsets = postings.build(index, np.asarray(table_ids), codes, len(values))
-            postings.write(at_rest.vectors_dir(db_path), key, field, generation, manifest["sha256"], values, codes,
-                           rows, offsets)
-    finally:
-        con.close()
+def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    """Write the postings of the (staged, not yet published) store at ``db_path``, whose
+    catalog ``con`` reads, after its vectors at rest: their rows are the vectors at rest's."""
+    for key, generation, manifest, index, table_ids, field, values, codes in _each(con, db_path):
+        rows, offsets = postings.build(index, np.asarray(table_ids), codes, len(values))
+        postings.write(at_rest.vectors_dir(db_path), key, field, generation, manifest["sha256"], values, codes,
+                       rows, offsets)
 
 
 def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:

@@ -44,7 +44,7 @@ import duckdb
 
 from sst_search.store import filter_postings, vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
-from sst_search.store.verify import verify_files
+from sst_search.store.verify import Problem, verify_files
 from sst_search.vector_search.indexes import file_mode
 
 log = logging.getLogger(__name__)
@@ -222,12 +222,8 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
         finally:
             con.close()
         _make_readable(staging)
-        problems = verify_files(staging / db_path.name)
-        if not problems:  # from a verified catalog only: a damaged one is reported, not copied
-            vectors_at_rest.write_snapshot(staging / db_path.name)
-            problems = vectors_at_rest.check_snapshot(staging / db_path.name)
-        if not problems:  # the postings' rows are the vectors at rest's
-            filter_postings.write_snapshot(staging / db_path.name)
+        # from a verified catalog only: a damaged one is reported, not copied
+        problems = verify_files(staging / db_path.name, then=lambda con: _write_for_readers(con, staging / db_path.name))
         if problems:
             live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
             good = current_version(db_path)
@@ -249,6 +245,16 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
     _write_pointer(db_path, version)
     prune_snapshots(db_path, keep)
     return root / version / db_path.name
+
+
+def _write_for_readers(con: duckdb.DuckDBPyConnection, staged: Path) -> list[Problem]:
+    """The vectors at rest and the filter postings of the verified copy at ``staged``, written
+    from its catalog and checked against it; the problems found."""
+    vectors_at_rest.write_snapshot(con, staged)
+    problems = vectors_at_rest.check_all(con, staged)
+    if not problems:  # the postings' rows are the vectors at rest's
+        filter_postings.write_snapshot(con, staged)
+    return problems
 
 
 def prune_snapshots(db_path: str | Path, keep: int = DEFAULT_KEEP) -> list[str]:

@@ -17,32 +17,24 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from sst_search.store.catalog import (
-    VECTOR_BATCH_ROWS,
-    duckdb_memory_limit,
-    vector_batch,
-)
+from sst_search.store.catalog import VECTOR_BATCH_ROWS, vector_batch
 from sst_search.store.verify import SAMPLE, Problem, index_states
 from sst_search.vector_search import at_rest
 from sst_search.vector_search.at_rest import IndexKey
 from sst_search.vector_search.indexes import atomic_write
 
 
-def write_snapshot(db_path: Path) -> None:
+def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     """Write the vectors at rest of every index of the (staged, not yet published) store at
-    ``db_path``: moved from its FAISS folder where a streamed build left them at the
-    catalog's generation (:func:`~sst_search.store.writer.write_chunks`), else streamed from
-    its catalog, one batch of float32 rows in memory at a time. The publish checks both
-    kinds against the catalog (:func:`check_snapshot`) before readers see them."""
+    ``db_path``, whose catalog ``con`` reads: moved from its FAISS folder where a streamed
+    build left them at the catalog's generation (:func:`~sst_search.store.writer.write_chunks`),
+    else streamed from its catalog, one batch of float32 rows in memory at a time. The
+    publish checks both kinds against the catalog (:func:`check_all`) before readers see them."""
     root = at_rest.vectors_dir(db_path)
     built = at_rest.live_dir(db_path.with_name(db_path.name + ".faiss"))
-    con = read_catalog(db_path)
-    try:
-        for embedder, trait, generation, dim in index_states(con):
-            if not _move_built(built, root, (embedder, trait), generation, dim):
-                _write_index(con, root, (embedder, trait), generation, dim)
-    finally:
-        con.close()
+    for embedder, trait, generation, dim in index_states(con):
+        if not _move_built(built, root, (embedder, trait), generation, dim):
+            _write_index(con, root, (embedder, trait), generation, dim)
     shutil.rmtree(built, ignore_errors=True)  # what is left is stale: the snapshot's FAISS folder holds indexes only
 
 
@@ -56,14 +48,6 @@ def _move_built(built: Path, root: Path, key: IndexKey, generation: int, dim: in
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
     return True
-
-
-def read_catalog(db_path: Path) -> duckdb.DuckDBPyConnection:
-    """Read-only, with the store's memory limit (sorting a large vectors table by id spills to
-    disk past it) and no progress bar on the publishing process's terminal."""
-    con = duckdb.connect(str(db_path), read_only=True, config={"memory_limit": duckdb_memory_limit()})
-    con.execute("SET enable_progress_bar = false").fetchall()
-    return con
 
 
 def _write_index(con: duckdb.DuckDBPyConnection, root: Path, key: IndexKey, generation: int, dim: int) -> None:
@@ -132,12 +116,3 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path, sample: int = SAMPL
     for embedder, trait, generation, dim in index_states(con):
         problems += check(con, root, (embedder, trait), generation, dim, sample)
     return problems
-
-
-def check_snapshot(db_path: Path, sample: int = SAMPLE) -> list[Problem]:
-    """:func:`check_all` of a store no process holds (a staged snapshot)."""
-    con = read_catalog(db_path)
-    try:
-        return check_all(con, db_path, sample)
-    finally:
-        con.close()

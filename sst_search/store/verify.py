@@ -13,7 +13,7 @@ Two kinds of damage, repaired differently:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from sst_search.errors import first_line
+from sst_search.store.catalog import duckdb_memory_limit
 from sst_search.store.errors import StoreError, is_lock_conflict
 from sst_search.vector_search import indexes
 from sst_search.weights import sha256_file
@@ -173,14 +174,27 @@ def check_corrections(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Pro
             for sid, trait in stale_measurements(con)]
 
 
-def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = False) -> list[Problem]:
+def open_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """Read-only, with the store's memory limit (sorting a large vectors table by id spills to
+    disk past it) and no progress bar on the checking or publishing process's terminal."""
+    con = duckdb.connect(str(db_path), read_only=True, config={"memory_limit": duckdb_memory_limit()})
+    con.execute("SET enable_progress_bar = false").fetchall()
+    return con
+
+
+def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = False,
+                 then: Callable[[duckdb.DuckDBPyConnection], list[Problem]] | None = None) -> list[Problem]:
     """Full check of the store at ``db_path`` (database, FAISS files, vectors at rest, and with
-    ``corrections`` the freshness of corrected masks' measurements), without changing anything."""
+    ``corrections`` the freshness of corrected masks' measurements), without changing anything.
+
+    ``then`` runs on the same connection when nothing is wrong, and its problems are returned:
+    a publish writes the files readers map from the copy it has just verified, without opening
+    the copy again (an open costs more than verifying a small store's catalog)."""
     db_path = Path(db_path)
     if not db_path.is_file():
         return [Problem(str(db_path), "no such database file", "database")]
     try:
-        con = duckdb.connect(str(db_path), read_only=True)
+        con = open_read_only(db_path)
     except duckdb.Error as exc:
         if is_lock_conflict(exc):
             raise StoreError(f"{db_path}: cannot verify while another process writes it ({first_line(exc)})") from exc
@@ -202,6 +216,8 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = 
                     problems = filter_postings.check_all(con, db_path)
                 if corrections:
                     problems += check_corrections(con, db_path)
+                if not problems and then is not None:
+                    problems = then(con)
             except duckdb.Error as exc:
                 problems = [Problem(str(db_path), f"database is damaged ({first_line(exc)})", "database")]
         return problems
