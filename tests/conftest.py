@@ -82,6 +82,15 @@ def references(synthetic):
     return load_references(synthetic.references)
 
 
+def pytest_unconfigure(config):
+    """The worker's interpreter would walk every object torch and the model libraries created
+    in a last garbage collection at exit (a second or more, after the last test): as
+    ``sst-search`` does (:func:`sst_search.cli.main`), freeze them out of it."""
+    import gc
+
+    gc.freeze()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     NEXT_TEST["item"] = nextitem  # for the fixtures that stop a service early (tests.fixtures.needed_next)
