@@ -27,7 +27,7 @@ from sst_search.vector_search.vector_table import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
-#: What a search joins to each hit from ``trait_masks``.
+#: What a search joins to each hit from ``trait_masks`` (read for the hits alone).
 MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
                 "object_score, predicted_iou")
 
@@ -43,8 +43,6 @@ class SnapshotColumns:
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._listing: pa.Table | None = None
-        self._trait_masks: dict[str, tuple[pa.Table, np.ndarray]] = {}  # rows and their specimen ids
         self._same: dict[int, tuple[np.ndarray, bool]] = {}
         self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
             "specimen_id"].astype(np.int64)
@@ -107,41 +105,6 @@ class SnapshotColumns:
     def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
         return sorted_rows(self.ids, ids)
-
-    def listing(self, ids: np.ndarray) -> pa.Table:
-        """``specimen_id, path, group_name, status, metadata`` of ``ids`` (those that exist), in
-        the order asked: a search's results joined in memory instead of by a scan per query."""
-        with self._lock:
-            if self._listing is None:
-                self._listing = whole(self._catalog.con.sql(
-                    "SELECT specimen_id, path, group_name, status, metadata FROM specimens ORDER BY specimen_id"
-                ).to_arrow_table())
-        found, rows = self.rows_of(np.asarray(ids, np.int64))
-        return self._listing.take(pa.array(rows[found]))
-
-    def holds_listing(self) -> bool:
-        """Whether :meth:`listing` has loaded every specimen's row already."""
-        return self._listing is not None
-
-    def holds_trait_masks(self, trait_name: str) -> bool:
-        """Whether :meth:`trait_masks` has loaded that trait's masks already."""
-        return trait_name in self._trait_masks
-
-    def trait_masks(self, trait_name: str, ids: np.ndarray) -> pa.Table:
-        """``trait_masks`` rows of one trait on ``ids`` (one per specimen: its lowest trait id),
-        from that trait's masks loaded once: a search joins its hits without a scan of the
-        table per query (milliseconds at millions of masks)."""
-        with self._lock:
-            if trait_name not in self._trait_masks:
-                table = whole(self._catalog.con.sql(
-                    f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
-                    "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1 ORDER BY specimen_id",
-                    params=[trait_name],
-                ).to_arrow_table())
-                self._trait_masks[trait_name] = (table, table.column("specimen_id").to_numpy())
-            table, held = self._trait_masks[trait_name]
-        found, rows = sorted_rows(held, ids)
-        return table.take(pa.array(rows[found]))
 
     def _load(self, c: Condition) -> ColumnValues:
         con = self._catalog.con
