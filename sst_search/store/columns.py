@@ -1,4 +1,4 @@
-"""A read-only snapshot's filterable fields in memory, and the two ways a filter admits ids.
+"""A read-only snapshot's filterable fields, and the two ways a filter admits ids.
 
 A search with a filter asks *which of these ids pass?* (a selectivity sample, a page of
 candidates) and *which ids pass at all?*. Answered in SQL, each costs a scan of the catalog
@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,19 +34,22 @@ MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0,
 
 if TYPE_CHECKING:
     from sst_search.store.catalog import Catalog
+    from sst_search.store.published_columns import PublishedColumns
 
 
 class SnapshotColumns:
     """Specimen ids (ascending) and, loaded on first use, the values of each filtered field."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, published: PublishedColumns | None = None) -> None:
         self._catalog = catalog
+        self._published = published
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._same: dict[int, tuple[np.ndarray, bool]] = {}
-        self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
-            "specimen_id"].astype(np.int64)
+        ids = published.ids() if published is not None else None
+        self.ids = ids if ids is not None else catalog.con.execute(
+            "SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
 
     def column(self, condition: Condition) -> ColumnValues:
         key = (condition.source, condition.column, condition.trait)
@@ -107,11 +111,19 @@ class SnapshotColumns:
         return sorted_rows(self.ids, ids)
 
     def _load(self, c: Condition) -> ColumnValues:
+        """The field's column as written at publish (:mod:`~sst_search.store.published_columns`),
+        else read from the catalog."""
+        column = None
+        if self._published is not None and c.source in ("specimen", "metadata"):
+            column = self._published.field(c.source, c.column, len(self.ids))
+        return column if column is not None else self._read(c)
+
+    def _read(self, c: Condition) -> ColumnValues:
         con = self._catalog.con
         # Column names come from the compiler's allow-lists (specimen columns, measurements), never from user text.
         if c.source == "specimen":
             table = con.sql(f"SELECT CAST({c.column} AS VARCHAR) AS v FROM specimens s ORDER BY s.specimen_id").to_arrow_table()
-            return self._text(table.column("v"), None)
+            return text_values(self._catalog.con, table.column("v"), None)
         if c.source == "metadata":
             table = con.sql("SELECT specimen_id, value AS v FROM specimen_metadata WHERE key = ?", params=[c.column]).to_arrow_table()
         else:
@@ -124,7 +136,7 @@ class SnapshotColumns:
         if pa.types.is_floating(values.type):
             column = ColumnValues(values.combine_chunks(), None, rows)
         else:
-            column = self._text(values, rows)
+            column = text_values(self._catalog.con, values, rows)
         return self._per_specimen(column)
 
     def _per_specimen(self, column: ColumnValues) -> ColumnValues:
@@ -142,16 +154,6 @@ class SnapshotColumns:
         values[rows[valid]] = column.values.filter(pa.array(valid)).to_numpy(zero_copy_only=False)
         present[rows[valid]] = True
         return ColumnValues(pa.array(values, mask=~present), None, None)
-
-    def _text(self, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
-        """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's TRY_CAST)."""
-        encoded = pc.dictionary_encode(whole(values))
-        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-        distinct = encoded.dictionary
-        numbers = self._catalog.con.sql(
-            "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
-        ).to_arrow_table().column("n").combine_chunks()
-        return ColumnValues(distinct, codes, rows, numbers)
 
 
 class MaskAdmission:
@@ -212,6 +214,18 @@ class SqlAdmission:
 
     def admitted(self) -> np.ndarray:
         return self._catalog.specimen_ids(self._filters)
+
+
+def text_values(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
+    """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's
+    TRY_CAST on ``con``, as the SQL backend compares them)."""
+    encoded = pc.dictionary_encode(whole(values))
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    distinct = encoded.dictionary
+    numbers = con.sql(
+        "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
+    ).to_arrow_table().column("n").combine_chunks()
+    return ColumnValues(distinct, codes, rows, numbers)
 
 
 def _key(c: Condition) -> tuple:

@@ -3,28 +3,41 @@
 A snapshot never changes once published, and the app's searches ask it the same things on
 every query (the catalog's fields, which specimens pass a filter). :class:`SnapshotCatalog`
 therefore remembers what it was asked and answers filters from the snapshot's columns
-(:mod:`sst_search.store.columns`) instead of a SQL round trip each time; the live
-:class:`~sst_search.store.catalog.Catalog` it derives from always asks SQL. The rows joined
-to a search's hits (their listing and masks) are read for those hits alone, as the live
-catalog reads them: a few rows in about 2 ms at a million specimens, where holding every
-specimen's row and mask made the first search load the whole trait (14 s and gigabytes at
-ten million) and the reader's memory grow with the collection.
+(:mod:`sst_search.store.columns`), mapped from the files written at publish
+(:mod:`sst_search.store.published_columns`) where it has them, instead of a SQL round trip
+each time; the live :class:`~sst_search.store.catalog.Catalog` it derives from always asks
+SQL. The rows joined to a search's hits (their listing and masks) are read for those hits
+alone, by the row ids written at publish: holding every specimen's row and mask made the
+first search load the whole trait (14 s and gigabytes at ten million) and the reader's
+memory grow with the collection.
 :class:`SnapshotStore` is the store a reader opens on it: the catalog, the FAISS indexes
 at the catalog's generations, and search; nothing that writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sst_search.store.catalog import Catalog
-from sst_search.store.columns import MaskAdmission, PostedAdmission, SnapshotColumns
+from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
+from sst_search.store.columns import (
+    MASK_COLUMNS,
+    MaskAdmission,
+    PostedAdmission,
+    SnapshotColumns,
+)
 from sst_search.store.connection import Connection
-from sst_search.store.filters import Filter, compile_mask, resolve, scope_filters
+from sst_search.store.filters import (
+    Filter,
+    compile_mask,
+    resolve,
+    scope_filters,
+)
 from sst_search.store.indexed import IndexedStore
+from sst_search.store.published_columns import PublishedColumns
+from sst_search.store.records import TraitMask
 
 
 class SnapshotCatalog(Catalog):
@@ -41,9 +54,14 @@ class SnapshotCatalog(Catalog):
     def _remembered(self) -> dict:
         return self.__dict__.setdefault("_catalog_memo", {})
 
+    def published(self) -> PublishedColumns:
+        """The columns written with the snapshot (:mod:`~sst_search.store.published_columns`)."""
+        return self.remember("published", lambda: PublishedColumns(self.db_path))
+
     def columns(self) -> SnapshotColumns:
-        """The snapshot's filterable fields in memory (loaded on first use)."""
-        return self.remember("columns", lambda: SnapshotColumns(self))
+        """The snapshot's filterable fields (loaded on first use): mapped from the columns
+        written at publish where the snapshot has them, else read from the catalog."""
+        return self.remember("columns", lambda: SnapshotColumns(self, self.published()))
 
     def admission(self, filters: Iterable[Filter]) -> MaskAdmission | PostedAdmission | None:
         """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
@@ -71,6 +89,28 @@ class SnapshotCatalog(Catalog):
         """:meth:`columns` when something (a filter) loaded them already, else None: what a
         reader holds of the snapshot besides its indexes."""
         return self._remembered.get("columns")
+
+    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
+        """:meth:`Catalog.listing`, its rows fetched by the row ids written at publish."""
+        located = self.published().row_ids(list(specimen_ids))
+        if located is not None:
+            rows = listing_of(self.query_dicts(
+                "SELECT specimen_id, path, group_name, status, metadata FROM specimens "
+                "WHERE rowid IN (SELECT unnest(?::BIGINT[]))", [located[1].tolist()]))
+            if sorted(rows) == sorted(located[0].tolist()):
+                return rows
+        return super().listing(specimen_ids)
+
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
+        """:meth:`Catalog.trait_mask_of`, its rows fetched by the row ids written at publish."""
+        specimen_ids = list(specimen_ids)
+        located = self.published().row_ids(specimen_ids, trait_name)
+        if located is not None:
+            rows = self.con.execute(f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+                                    [located[1].tolist()]).fetchall()
+            if sorted(r[0] for r in rows) == sorted(located[0].tolist()) and all(r[2] == trait_name for r in rows):
+                return masks_by_specimen(rows)
+        return super().trait_mask_of(trait_name, specimen_ids)
 
 
 class SnapshotStore(IndexedStore, SnapshotCatalog):

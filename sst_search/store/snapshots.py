@@ -42,7 +42,7 @@ from pathlib import Path
 
 import duckdb
 
-from sst_search.store import filter_postings, vectors_at_rest
+from sst_search.store import filter_postings, published_columns, vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.indexes import file_mode
@@ -228,6 +228,7 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
             problems = vectors_at_rest.check_snapshot(staging / db_path.name)
         if not problems:  # the postings' rows are the vectors at rest's
             filter_postings.write_snapshot(staging / db_path.name)
+            published_columns.write_snapshot(staging / db_path.name)
         if problems:
             live = [str(p).replace(str(staging / db_path.name), str(db_path)) for p in problems]
             good = current_version(db_path)
