@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sst_search.config import IndexConfig
+from sst_search.config import IndexConfig, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store, published_columns
 from sst_search.store.snapshots import (
@@ -20,8 +20,12 @@ from sst_search.store.snapshots import (
     resolve_snapshot,
 )
 from sst_search.store.verify import verify_files
+from sst_search.vector_search import postings
+from sst_search.vector_search.at_rest import save_array, vectors_dir
+from sst_search.vector_search.postings import layout_paths
 
 N, DIM, EMBEDDER, TRAIT = 600, 16, "e", "band"
+CONFIG = IndexConfig(exact_threshold=300, nlist_factor=0.5, train_per_list=39)  # IVF, 12 lists
 LOCALITIES = np.array(["Blue Ridge", "Ridgeway Hollow", "Cape May", "Lake Erie shore", "Big Sur"])
 FILTERS = {
     "locality contains": [Filter(field="locality", op="contains", value="ridge")],
@@ -49,7 +53,7 @@ def write_store(db):
                       "bbox_x1": np.full(N, 9, np.int32), "bbox_y1": np.full(N, 9, np.int32),
                       "rle": [f'{{"size": [9, 9], "counts": "{i}"}}' for i in ids], "quality": rng.random(N),
                       "source": ["sst"] * N})
-    with Store.open(db, index_config=IndexConfig(exact_threshold=10_000)) as store:
+    with Store.open(db, index_config=CONFIG) as store:
         store.write_columns(specimens, metadata=metadata, masks=masks, vectors={(EMBEDDER, TRAIT): (ids, vectors)})
         run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
         store.finish_run(run, {"indexed": N})
@@ -71,6 +75,7 @@ def published_before(tmp_path_factory):
     write_store(db)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(published_columns, "write_snapshot", lambda db_path: None)
+        patch.setattr(postings, "write_layout", lambda *args: None)
         publish_snapshot(db)
     assert not published_columns.columns_dir(resolve_snapshot(db)).exists()
     return db
@@ -96,16 +101,20 @@ def test_a_search_reads_only_its_hits_listing_and_masks(published, published_bef
 
 
 def _answers(db, filters):
-    """What a reader of the current snapshot admits under ``filters``, and whether the fields
-    it loaded were mapped from files."""
+    """What a reader of the current snapshot admits under ``filters`` and finds searching under
+    them on IVF plans, and which of the fields and list layout it used came from files."""
     with SearchEngine.open(db) as engine:
+        store = engine.store
         admitted = engine.admission(filters).admitted()
-        columns = engine.store.loaded_columns()
+        store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=5)})
+        for sid in admitted[:3]:
+            found = engine.search(TRAIT, 10, specimen_id=int(sid), filters=filters, embedder=EMBEDDER)
+            assert len(found) == 10 and {r.specimen_id for r in found} <= set(admitted.tolist())
+        columns = store.loaded_columns()
         mapped = {key[1]: isinstance(column.codes, np.memmap) for key, column in columns._columns.items()}
         mapped["ids"] = isinstance(columns.ids, np.memmap)
-        found = engine.search(TRAIT, 10, specimen_id=int(admitted[0]), filters=filters,
-                              embedder=EMBEDDER)
-        assert {r.specimen_id for r in found} <= set(admitted.tolist())
+        mapped["layout"] = isinstance(store.vector_table(EMBEDDER, TRAIT).layout(store.index(EMBEDDER, TRAIT)).rows,
+                                      np.memmap)
     return admitted, mapped
 
 
@@ -153,3 +162,10 @@ def test_a_publish_dying_mid_columns_publishes_nothing_and_verify_names_a_damage
     problems = verify_files(snapshot)
     assert [p.path for p in problems] == [str(damaged.with_name("metadata.locality.json"))]
     assert "codes.npy does not match its manifest's checksum" in problems[0].what
+    damaged.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0xFF]))  # repaired
+    layout = layout_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))
+    layout["rows"].chmod(0o644)
+    rows = np.load(layout["rows"])
+    save_array(layout["rows"], rows[::-1].copy())  # the same bytes' size, another order
+    problems = verify_files(snapshot)
+    assert [(p.path, p.kind) for p in problems] == [(str(layout["manifest"]), "index")], problems
