@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
-from sst_search.store.columns import MASK_COLUMNS, SqlAdmission
+from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, SqlAdmission
 from sst_search.store.filters import Filter, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
@@ -143,8 +143,8 @@ class Catalog:
     def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
         """``{specimen_id: {path, group_name, status, metadata (parsed)}}`` of the given specimens,
         whatever their status: what a search joins to its hits, read for them alone."""
-        rows = self.query_dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
-                                "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
+        rows = self.query_dicts(f"SELECT {LISTING_COLUMNS} FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+                                [[int(i) for i in specimen_ids]])
         return listing_of(rows)
 
     def specimen_ids(

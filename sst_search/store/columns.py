@@ -28,7 +28,8 @@ from sst_search.vector_search.vector_table import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
-#: What a search joins to each hit from ``trait_masks`` (read for the hits alone).
+#: What a search joins to each hit from ``specimens`` and ``trait_masks`` (read for the hits alone).
+LISTING_COLUMNS = "specimen_id, path, group_name, status, metadata"
 MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
                 "object_score, predicted_iou")
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
 from sst_search.store.columns import (
+    LISTING_COLUMNS,
     MASK_COLUMNS,
     MaskAdmission,
     PostedAdmission,
@@ -95,9 +96,9 @@ class SnapshotCatalog(Catalog):
         located = self.published().row_ids(list(specimen_ids))
         if located is not None:
             rows = listing_of(self.query_dicts(
-                "SELECT specimen_id, path, group_name, status, metadata FROM specimens "
-                "WHERE rowid IN (SELECT unnest(?::BIGINT[]))", [located[1].tolist()]))
-            if sorted(rows) == sorted(located[0].tolist()):
+                f"SELECT {LISTING_COLUMNS} FROM specimens WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+                [located[1].tolist()]))
+            if rows.keys() == set(located[0].tolist()):
                 return rows
         return super().listing(specimen_ids)
 
@@ -108,7 +109,7 @@ class SnapshotCatalog(Catalog):
         if located is not None:
             rows = self.con.execute(f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
                                     [located[1].tolist()]).fetchall()
-            if sorted(r[0] for r in rows) == sorted(located[0].tolist()) and all(r[2] == trait_name for r in rows):
+            if {r[0] for r in rows} == set(located[0].tolist()) and all(r[2] == trait_name for r in rows):
                 return masks_by_specimen(rows)
         return super().trait_mask_of(trait_name, specimen_ids)
 
