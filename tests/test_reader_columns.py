@@ -53,6 +53,7 @@ def write_store(db):
                       "bbox_x1": np.full(N, 9, np.int32), "bbox_y1": np.full(N, 9, np.int32),
                       "rle": [f'{{"size": [9, 9], "counts": "{i}"}}' for i in ids], "quality": rng.random(N),
                       "source": ["sst"] * N})
+    masks = masks.filter(pa.array(np.arange(N) % 20 != 3))  # a few specimens lack the trait's mask
     with Store.open(db, index_config=CONFIG) as store:
         store.write_columns(specimens, metadata=metadata, masks=masks, vectors={(EMBEDDER, TRAIT): (ids, vectors)})
         run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
@@ -64,7 +65,9 @@ def write_store(db):
 def published(tmp_path_factory):
     db = tmp_path_factory.mktemp("reader-columns") / "c.duckdb"
     ids = write_store(db)
-    publish_snapshot(db)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(published_columns, "BATCH", 100)  # rows spread over several record batches
+        publish_snapshot(db)
     return db, ids
 
 
@@ -83,8 +86,8 @@ def published_before(tmp_path_factory):
 
 @pytest.mark.parametrize("which", ["published", "published before"])
 def test_a_search_reads_only_its_hits_listing_and_masks(published, published_before, which):
-    """The hits' rows come by the row ids written at publish, or by specimen id from a
-    snapshot without them: the same rows as the catalog's either way."""
+    """The hits' rows are sliced out of the files written at publish, or asked of the catalog
+    for a snapshot without them: the same rows as the catalog's either way."""
     db = published[0] if which == "published" else published_before
     ids = published[1]
     with SearchEngine.open(db) as engine, Store.open(db, read_only=True) as live:
@@ -92,21 +95,25 @@ def test_a_search_reads_only_its_hits_listing_and_masks(published, published_bef
         assert len(results) == 10
         assert engine.store.loaded_columns() is None  # no filter: not even the specimen ids were read
         hits = [r.specimen_id for r in results]
-        assert (engine.store.published().row_ids(hits, TRAIT) is not None) == (which == "published")
+        assert (engine.store.published().rows(hits, TRAIT) is not None) == (which == "published")
         truth, listing = live.trait_mask_of(TRAIT, hits), live.listing(hits)
         assert [(r.trait_id, r._rle, r.area, r.bbox, r.quality) for r in results] == [
-            (truth[s].trait_id, truth[s].rle, truth[s].area, tuple(truth[s].bbox), truth[s].quality) for s in hits]
+            (truth[s].trait_id, truth[s].rle, truth[s].area, tuple(truth[s].bbox), truth[s].quality) if s in truth
+            else (None, None, None, None, None) for s in hits]
+        everyone = ids.tolist()
+        assert engine.store.trait_mask_of(TRAIT, everyone) == live.trait_mask_of(TRAIT, everyone)
+        assert engine.store.listing(everyone) == live.listing(everyone)
+        assert len(live.trait_mask_of(TRAIT, everyone)) == N - N // 20
+        if which == "published":  # and not by falling back to the catalog
+            published_masks = engine.store.published().rows(everyone, TRAIT)
+            assert {r["specimen_id"]: r["rle"] for r in published_masks} == {
+                s: m.rle for s, m in live.trait_mask_of(TRAIT, everyone).items()}
         assert [(r.path, r.group) for r in results] == [(listing[s]["path"], listing[s]["group_name"]) for s in hits]
         assert engine.store.listing([*hits, 12345]).keys() == set(hits)  # an unknown id is left out
-        if which == "published":  # row ids that fetch other rows than asked: asked again by specimen id
+        if which == "published":  # rows of other specimens than asked (files out of step): asked of the catalog
             published = engine.store.published()
-            located = published.row_ids
-
-            def shifted(ids, trait=None):
-                found, rowids = located(ids, trait)
-                return found, rowids + 1
-
-            published.row_ids = shifted
+            located = published.rows
+            published.rows = lambda ids, trait=None: located([i + 7 for i in ids], trait)
             assert engine.store.listing(hits) == listing and engine.store.trait_mask_of(TRAIT, hits) == truth
 
 

@@ -1,38 +1,41 @@
-"""Columns written with a snapshot for its readers: the specimen ids, where each specimen's
-row and trait mask sit in the catalog, and each text field a filter can name as a code per
-specimen, all memory-mapped.
+"""Columns written with a snapshot for its readers: the specimen ids, each specimen's
+listing and trait masks in specimen order, and each text field a filter can name as a code
+per specimen, all memory-mapped.
 
 Read from the catalog, each of these costs a scan of a whole table on a reader's query path,
-growing with the collection: the first search under a locality or a date filter encoded the
-field's column (28 s and 15 s at ten million specimens), the first filtered search read every
-specimen id, and the listing and masks joined to a search's hits, looked up by specimen id
-(a hash of the image's path, so spread over every row group), cost a scan each (13 ms at a
-million). Written at publish instead, a filter maps two files and compares the field's few
-distinct values, then gathers one int32 per specimen, and the hits' rows are fetched by row
-id, which DuckDB reads from the hits' row groups alone (about 1.5 ms for ten hits).
+or memory that grows with the collection: the first search under a locality or a date
+filter encoded the field's column (28 s and 15 s at ten million specimens), the first
+filtered search read every specimen id, and the listing and masks a search joins to its
+hits were either all held in memory (14 s to load at ten million, about 1.2 KB per
+specimen) or asked of DuckDB per search (by specimen id, a hash of the image's path spread
+over every row group: a scan, 13 ms at a million; by row id, 2 ms a query, DuckDB's
+per-query floor). Written at publish instead, a filter maps two files and compares the
+field's few distinct values, then gathers one int32 per specimen, and a hit's rows are
+sliced out of mapped Arrow files (0.3 ms for ten), touching only their pages. The price is
+a second copy of the masks on disk (their RLE text, about 420 bytes a mask on the bench).
 
 Layout, in ``<snapshot>.vectors/columns/`` beside the vectors at rest and the postings::
 
-    specimens.ids.npy, specimens.rowids.npy   (specimens,) int64: ids ascending, and the
-                                              catalog row id of each in ``specimens``
-    masks.<trait>.rowids.npy                  (specimens,) int64: row id in ``trait_masks``
-                                              of the specimen's mask of that trait (its
-                                              lowest trait id), -1: none
-    <source>.<column>.codes.npy               (specimens,) int32: index into the values
-                                              (-1: no value), for the specimen columns but
-                                              ``path`` and every metadata key
-    <source>.<column>.values.arrow            Arrow IPC: ``value`` (distinct, text) and
-                                              ``number`` (DuckDB's TRY_CAST to DOUBLE)
-    <stem>.json                               manifest: specimens, bytes and sha256 per file
+    specimens.ids.npy                  (specimens,) int64, ascending: the order of every
+                                       file below
+    specimens.rows.arrow               each specimen's listing row (what a search shows of
+                                       a hit), Arrow IPC in record batches
+    masks.<trait>.rows.arrow           each specimen's mask row of that trait (its lowest
+                                       trait id; all null where it has none)
+    <source>.<column>.codes.npy        (specimens,) int32: index into the values (-1: no
+                                       value), for the specimen columns but ``path`` and
+                                       every metadata key
+    <source>.<column>.values.arrow     ``value`` (distinct, text) and ``number`` (DuckDB's
+                                       TRY_CAST to DOUBLE)
+    <stem>.json                        manifest: specimens, bytes and sha256 per file
 
-Row ids are positions in the one file that never changes once published, read from the
-staging copy that becomes the snapshot. Everything is written inside that copy before the
-snapshot pointer moves, like the postings, each file under a temporary name, fsynced and
-renamed, its manifest last: a publish that dies half-way leaves no version to point at. A
-reader uses a set of files only when its manifest is there and every file has the size it
-records, else it reads the catalog as before (a snapshot published before these files
-existed still searches); a row fetched by row id whose specimen id is not the one asked for
-is asked again by specimen id. verify checks each file against its manifest's checksum.
+Everything is written inside the staging copy before the snapshot pointer moves, like the
+postings, each file under a temporary name, fsynced and renamed, its manifest last: a
+publish that dies half-way leaves no version to point at. A reader uses a set of files only
+when its manifest is there and every file has the size it records, else it reads the
+catalog as before (a snapshot published before these files existed still searches); a row
+whose specimen id is not the one asked for sends the ask to the catalog. verify checks each
+file against its manifest's checksum.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import ipc
 
-from sst_search.store.columns import text_values
+from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
 from sst_search.store.filters import SPECIMEN_FIELDS, ColumnValues
 from sst_search.store.verify import Problem
 from sst_search.vector_search.at_rest import save_array, vectors_dir
@@ -58,6 +61,10 @@ from sst_search.weights import sha256_file
 #: Specimen fields not written: a path is unique per specimen, so its "dictionary" is the column itself.
 UNCOLUMNED = {"path"}
 SPECIMENS = "specimens"
+#: Files of a set that are Arrow IPC files rather than ``.npy`` arrays.
+ARROW_FILES = ("values", "rows")
+#: Rows per record batch of a ``rows`` file: a hit's row is sliced out of its batch.
+BATCH = 100_000
 
 
 def columns_dir(db_path: str | Path) -> Path:
@@ -73,8 +80,8 @@ def masks_stem(trait: str) -> str:
 
 
 def file_paths(root: Path, stem: str, names: list[str]) -> dict[str, Path]:
-    """The files of one set (``values`` is the Arrow file, any other name an array) and its ``manifest``."""
-    return {**{name: root / (f"{stem}.values.arrow" if name == "values" else f"{stem}.{name}.npy") for name in names},
+    """The files of one set (:data:`ARROW_FILES` are Arrow IPC files, any other name an array) and its ``manifest``."""
+    return {**{name: root / f"{stem}.{name}.{'arrow' if name in ARROW_FILES else 'npy'}" for name in names},
             "manifest": root / f"{stem}.json"}
 
 
@@ -101,36 +108,40 @@ def write_snapshot(db_path: Path) -> None:
     root = columns_dir(db_path)
     con = duckdb.connect(str(db_path), read_only=True)
     try:
-        rows = con.execute("SELECT specimen_id, rowid FROM specimens ORDER BY specimen_id").fetchnumpy()
-        ids, n = rows["specimen_id"].astype(np.int64), len(rows["specimen_id"])
-        write(root, SPECIMENS, n, {"ids": ids, "rowids": rows["rowid"].astype(np.int64)})
+        ids = con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
+        n = len(ids)
+        write(root, SPECIMENS, n, {"ids": ids},
+              {"rows": con.sql(f"SELECT {LISTING_COLUMNS} FROM specimens ORDER BY specimen_id").to_arrow_reader(BATCH)})
         for (trait,) in con.execute("SELECT DISTINCT trait_name FROM trait_masks ORDER BY 1").fetchall():
-            masks = con.execute(
-                "SELECT specimen_id, rowid FROM trait_masks WHERE trait_name = ? "
-                "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1", [trait]).fetchnumpy()
-            found, at = sorted_rows(ids, masks["specimen_id"].astype(np.int64))
-            rowids = np.full(n, -1, np.int64)
-            rowids[at[found]] = masks["rowid"][found]
-            write(root, masks_stem(trait), n, {"rowids": rowids})
+            masks = con.sql(  # one row per specimen (null where it has no such mask), its lowest trait id
+                f"SELECT m.* FROM specimens s LEFT JOIN (SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
+                "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1) m "
+                "ON m.specimen_id = s.specimen_id ORDER BY s.specimen_id", params=[trait]).to_arrow_reader(BATCH)
+            write(root, masks_stem(trait), n, {}, {"rows": masks})
         for source, column in fields(con):
             values = read_field(con, source, column)
             write(root, field_stem(source, column), n, {"codes": values.codes.astype(np.int32)},
-                  pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers}))
+                  {"values": pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers})})
     finally:
         con.close()
 
 
-def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: pa.Table | None = None) -> None:
-    names = [*arrays, *(["values"] if values is not None else [])]
+def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray],
+          tables: dict[str, pa.Table | pa.RecordBatchReader] | None = None) -> None:
+    """One set of files: ``arrays`` as ``.npy``, ``tables`` as Arrow IPC files (a reader's
+    batches written as they come, so millions of masks are never all in memory), manifest last."""
+    tables = tables or {}
+    names = [*arrays, *tables]
     paths = file_paths(root, stem, names)
     for name, array in arrays.items():
         atomic_write(paths[name], lambda tmp, array=array: save_array(tmp, array))
-    if values is not None:
-        def write_values(tmp: str) -> None:
-            with ipc.new_file(tmp, values.schema) as writer:
-                writer.write_table(values)
+    for name, table in tables.items():
+        def write_table(tmp: str, table=table) -> None:
+            with ipc.new_file(tmp, table.schema) as writer:
+                for batch in (table.to_batches() if isinstance(table, pa.Table) else table):
+                    writer.write_batch(batch)
 
-        atomic_write(paths["values"], write_values)
+        atomic_write(paths[name], write_table)
     manifest = {"specimens": n, "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
                                           for name in names}}
     atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
@@ -173,18 +184,22 @@ class PublishedColumns:
         manifest = _manifest(paths["manifest"])
         if manifest is None or set(manifest["files"]) != set(names) or _unusable(paths, manifest, n) is not None:
             return None
+        size = manifest["specimens"]
         try:
-            found = {name: np.load(paths[name], mmap_mode="r") for name in names if name != "values"}
+            found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in ARROW_FILES}
             if "values" in names:
                 found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
+            if "rows" in names:
+                found["rows"] = MappedRows(ipc.open_file(pa.memory_map(str(paths["rows"]))))
         except (OSError, ValueError, pa.ArrowException):
             return None
-        size = manifest["specimens"]
-        return found if all(a.shape == (size,) for name, a in found.items() if name != "values") else None
+        if not all(a.shape == (size,) for name, a in found.items() if name not in ARROW_FILES):
+            return None
+        return found if "rows" not in found or len(found["rows"]) == size else None
 
     def ids(self) -> np.ndarray | None:
         """The snapshot's specimen ids, ascending."""
-        found = self._open(SPECIMENS, ["ids", "rowids"], None)
+        found = self._open(SPECIMENS, ["ids", "rows"], None)
         return None if found is None else found["ids"]
 
     def field(self, source: str, column: str, n: int) -> ColumnValues | None:
@@ -196,21 +211,38 @@ class PublishedColumns:
         return ColumnValues(values.column("value").combine_chunks(), found["codes"], None,
                             values.column("number").combine_chunks())
 
-    def row_ids(self, ids: list[int], trait: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(specimen ids, catalog row ids)`` of those of ``ids`` that have a row (``trait``: a
-        mask of that trait); None: no usable files, ask by specimen id."""
-        specimens = self._open(SPECIMENS, ["ids", "rowids"], None)
+    def rows(self, ids: list[int], trait: str | None = None) -> list[dict] | None:
+        """The listing rows (``trait``: the mask rows of that trait) of those of ``ids`` that
+        have one, as the catalog holds them; None: no usable files, ask the catalog."""
+        specimens = self._open(SPECIMENS, ["ids", "rows"], None)
         if specimens is None:
             return None
-        rowids = specimens["rowids"]
+        table = specimens["rows"]
         if trait is not None:
-            masks = self._open(masks_stem(trait), ["rowids"], len(specimens["ids"]))
+            masks = self._open(masks_stem(trait), ["rows"], len(specimens["ids"]))
             if masks is None:
                 return None
-            rowids = masks["rowids"]
+            table = masks["rows"]
         found, at = sorted_rows(specimens["ids"], np.asarray(ids, np.int64))
-        picked = np.asarray(rowids[at[found]], np.int64)
-        return np.asarray(specimens["ids"][at[found]])[picked >= 0], picked[picked >= 0]
+        return [row for row in table.take(at[found]) if row["specimen_id"] is not None]
+
+
+class MappedRows:
+    """The rows of a mapped Arrow file, a few at a time: each record batch is a view on the
+    mapping, and a row is sliced out of its batch (0.3 ms for ten mask rows, where taking
+    from the file as one table would first concatenate every batch)."""
+
+    def __init__(self, reader: ipc.RecordBatchFileReader) -> None:
+        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._starts = np.zeros(len(self._batches) + 1, np.int64)
+        np.cumsum([b.num_rows for b in self._batches], out=self._starts[1:])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def take(self, rows: np.ndarray) -> list[dict]:
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        return [self._batches[b].slice(int(r - self._starts[b]), 1).to_pylist()[0] for r, b in zip(rows, which)]
 
 
 def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:

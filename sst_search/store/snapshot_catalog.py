@@ -23,8 +23,6 @@ import numpy as np
 
 from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
 from sst_search.store.columns import (
-    LISTING_COLUMNS,
-    MASK_COLUMNS,
     MaskAdmission,
     PostedAdmission,
     SnapshotColumns,
@@ -92,26 +90,27 @@ class SnapshotCatalog(Catalog):
         return self._remembered.get("columns")
 
     def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
-        """:meth:`Catalog.listing`, its rows fetched by the row ids written at publish."""
-        located = self.published().row_ids(list(specimen_ids))
-        if located is not None:
-            rows = listing_of(self.query_dicts(
-                f"SELECT {LISTING_COLUMNS} FROM specimens WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
-                [located[1].tolist()]))
-            if rows.keys() == set(located[0].tolist()):
-                return rows
-        return super().listing(specimen_ids)
+        """:meth:`Catalog.listing`, sliced out of the listing written at publish."""
+        rows = self._published_rows(list(specimen_ids))
+        return listing_of(rows) if rows is not None else super().listing(specimen_ids)
 
     def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
-        """:meth:`Catalog.trait_mask_of`, its rows fetched by the row ids written at publish."""
+        """:meth:`Catalog.trait_mask_of`, sliced out of the trait's masks written at publish."""
         specimen_ids = list(specimen_ids)
-        located = self.published().row_ids(specimen_ids, trait_name)
-        if located is not None:
-            rows = self.con.execute(f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
-                                    [located[1].tolist()]).fetchall()
-            if {r[0] for r in rows} == set(located[0].tolist()) and all(r[2] == trait_name for r in rows):
-                return masks_by_specimen(rows)
-        return super().trait_mask_of(trait_name, specimen_ids)
+        rows = self._published_rows(specimen_ids, trait_name)
+        if rows is None:
+            return super().trait_mask_of(trait_name, specimen_ids)
+        return masks_by_specimen(tuple(row.values()) for row in rows)
+
+    def _published_rows(self, specimen_ids: list[int], trait_name: str | None = None) -> list[dict] | None:
+        """The published rows of ``specimen_ids`` (None: ask the catalog), each checked to be
+        the one asked for."""
+        rows = self.published().rows(specimen_ids, trait_name)
+        asked = set(specimen_ids)
+        if rows is None or not all(r["specimen_id"] in asked and r.get("trait_name", trait_name) == trait_name
+                                   for r in rows):
+            return None
+        return rows
 
 
 class SnapshotStore(IndexedStore, SnapshotCatalog):
