@@ -11,7 +11,8 @@ specimen) or asked of DuckDB per search (by specimen id, a hash of the image's p
 over every row group: a scan, 13 ms at a million; by row id, 2 ms a query, DuckDB's
 per-query floor). Written at publish instead, a filter maps two files and compares the
 field's few distinct values, then gathers one int32 per specimen, and a hit's rows are
-sliced out of mapped Arrow files (0.3 ms for ten), touching only their pages. The price is
+read from Arrow files in small record batches (a positional read of the batch
+around each hit, under a millisecond for ten), leaving nothing resident. The price is
 a second copy of the masks on disk (their RLE text, about 420 bytes a mask on the bench).
 
 Layout, in ``<snapshot>.vectors/columns/`` beside the vectors at rest and the postings::
@@ -63,8 +64,9 @@ UNCOLUMNED = {"path"}
 SPECIMENS = "specimens"
 #: Files of a set that are Arrow IPC files rather than ``.npy`` arrays.
 ARROW_FILES = ("values", "rows")
-#: Rows per record batch of a ``rows`` file: a hit's row is sliced out of its batch.
-BATCH = 100_000
+#: Rows per record batch of a ``rows`` file: a hit's row is read with the batch holding it
+#: (about 100 KB of masks on the bench).
+BATCH = 256
 
 
 def columns_dir(db_path: str | Path) -> Path:
@@ -136,15 +138,34 @@ def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray],
     for name, array in arrays.items():
         atomic_write(paths[name], lambda tmp, array=array: save_array(tmp, array))
     for name, table in tables.items():
-        def write_table(tmp: str, table=table) -> None:
+        def write_table(tmp: str, table=table, name=name) -> None:
+            batches = table.to_batches() if isinstance(table, pa.Table) else table
             with ipc.new_file(tmp, table.schema) as writer:
-                for batch in (table.to_batches() if isinstance(table, pa.Table) else table):
+                for batch in (rebatched(batches, BATCH) if name == "rows" else batches):
                     writer.write_batch(batch)
 
         atomic_write(paths[name], write_table)
-    manifest = {"specimens": n, "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
-                                          for name in names}}
+    manifest = {"specimens": n, **({"batch": BATCH} if "rows" in tables else {}),
+                "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
+                          for name in names}}
     atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+
+
+def rebatched(batches, size: int):
+    """``batches`` cut into batches of exactly ``size`` rows (the last one fewer), so a row's
+    batch is its number divided by ``size``."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= size:
+            table = pa.Table.from_batches(pending)
+            yield from table.slice(0, size).combine_chunks().to_batches()
+            rest = table.slice(size)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
 
 def _manifest(path: Path) -> dict | None:
@@ -190,12 +211,12 @@ class PublishedColumns:
             if "values" in names:
                 found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
             if "rows" in names:
-                found["rows"] = MappedRows(ipc.open_file(pa.memory_map(str(paths["rows"]))))
+                found["rows"] = RowFile(paths["rows"], manifest.get("batch"), size)
         except (OSError, ValueError, pa.ArrowException):
             return None
         if not all(a.shape == (size,) for name, a in found.items() if name not in ARROW_FILES):
             return None
-        return found if "rows" not in found or len(found["rows"]) == size else None
+        return found
 
     def ids(self) -> np.ndarray | None:
         """The snapshot's specimen ids, ascending."""
@@ -227,22 +248,27 @@ class PublishedColumns:
         return [row for row in table.take(at[found]) if row["specimen_id"] is not None]
 
 
-class MappedRows:
-    """The rows of a mapped Arrow file, a few at a time: each record batch is a view on the
-    mapping, and a row is sliced out of its batch (0.3 ms for ten mask rows, where taking
-    from the file as one table would first concatenate every batch)."""
+class RowFile:
+    """The rows of an Arrow file in record batches of ``batch`` rows, a few at a time: each is
+    read with its batch (a positional read, about 100 KB), sliced out, and the batch dropped.
+    Read through a memory mapping instead, each row's 13 columns would map 13 pieces of the
+    file with the kernel's fault-around (64 KB each): a reader then holds the whole file
+    resident after a few hundred searches."""
 
-    def __init__(self, reader: ipc.RecordBatchFileReader) -> None:
-        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        self._starts = np.zeros(len(self._batches) + 1, np.int64)
-        np.cumsum([b.num_rows for b in self._batches], out=self._starts[1:])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
+    def __init__(self, path: Path, batch: int | None, rows: int) -> None:
+        self._reader = ipc.open_file(pa.OSFile(str(path)))
+        if not isinstance(batch, int) or batch < 1 or self._reader.num_record_batches != -(-rows // batch):
+            raise ValueError(f"{path.name}: not in record batches of the manifest's size")
+        self._batch = batch
+        self._lock = threading.Lock()  # one reader object, shared by the app's threads
 
     def take(self, rows: np.ndarray) -> list[dict]:
-        which = np.searchsorted(self._starts, rows, side="right") - 1
-        return [self._batches[b].slice(int(r - self._starts[b]), 1).to_pylist()[0] for r, b in zip(rows, which)]
+        out = []
+        for b in np.unique(rows // self._batch):
+            with self._lock:
+                batch = self._reader.get_batch(int(b))
+            out += batch.take(pa.array(rows[rows // self._batch == b] - b * self._batch)).to_pylist()
+        return out
 
 
 def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:

@@ -7,7 +7,7 @@ therefore remembers what it was asked and answers filters from the snapshot's co
 (:mod:`sst_search.store.published_columns`) where it has them, instead of a SQL round trip
 each time; the live :class:`~sst_search.store.catalog.Catalog` it derives from always asks
 SQL. The rows joined to a search's hits (their listing and masks) are read for those hits
-alone, by the row ids written at publish: holding every specimen's row and mask made the
+alone, from the copies written at publish: holding every specimen's row and mask made the
 first search load the whole trait (14 s and gigabytes at ten million) and the reader's
 memory grow with the collection.
 :class:`SnapshotStore` is the store a reader opens on it: the catalog, the FAISS indexes
