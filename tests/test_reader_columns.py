@@ -179,6 +179,8 @@ def test_a_publish_dying_mid_columns_publishes_nothing_and_verify_names_a_damage
     problems = verify_files(snapshot)
     assert [p.path for p in problems] == [str(damaged.with_name("metadata.locality.json"))]
     assert "codes.npy does not match its manifest's checksum" in problems[0].what
+    with Store.open(snapshot, read_only=True) as reader:  # the store's own check says the same
+        assert [p.path for p in reader.verify()] == [problems[0].path]
     damaged.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0xFF]))  # repaired
     layout = layout_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))
     layout["rows"].chmod(0o644)
