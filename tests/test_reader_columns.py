@@ -66,7 +66,7 @@ def published(tmp_path_factory):
     db = tmp_path_factory.mktemp("reader-columns") / "c.duckdb"
     ids = write_store(db)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(published_columns, "BATCH", 100)  # rows spread over several record batches
+        patch.setattr(published_columns, "CHUNK", 100)  # the rows written over several chunks
         publish_snapshot(db)
     return db, ids
 

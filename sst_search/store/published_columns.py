@@ -1,6 +1,6 @@
 """Columns written with a snapshot for its readers: the specimen ids, each specimen's
 listing and trait masks in specimen order, and each text field a filter can name as a code
-per specimen, all memory-mapped.
+per specimen.
 
 Read from the catalog, each of these costs a scan of a whole table on a reader's query path,
 or memory that grows with the collection: the first search under a locality or a date
@@ -10,25 +10,25 @@ hits were either all held in memory (14 s to load at ten million, about 1.2 KB p
 specimen) or asked of DuckDB per search (by specimen id, a hash of the image's path spread
 over every row group: a scan, 13 ms at a million; by row id, 2 ms a query, DuckDB's
 per-query floor). Written at publish instead, a filter maps two files and compares the
-field's few distinct values, then gathers one int32 per specimen, and a hit's rows are
-read from Arrow files in small record batches (a positional read of the batch
-around each hit, under a millisecond for ten), leaving nothing resident. The price is
-a second copy of the masks on disk (their RLE text, about 420 bytes a mask on the bench).
+field's few distinct values, then gathers one int32 per specimen, and a hit's listing and
+mask are one positional read each (:class:`RowFile`), nothing held. The price is a second
+copy of the masks on disk (their RLE text as JSON, about 440 bytes a mask on the bench).
 
 Layout, in ``<snapshot>.vectors/columns/`` beside the vectors at rest and the postings::
 
     specimens.ids.npy                  (specimens,) int64, ascending: the order of every
                                        file below
-    specimens.rows.arrow               each specimen's listing row (what a search shows of
-                                       a hit), Arrow IPC in record batches
-    masks.<trait>.rows.arrow           each specimen's mask row of that trait (its lowest
-                                       trait id; all null where it has none)
+    specimens.rows.bin, .offsets.npy   each specimen's listing row as a JSON array, back to
+                                       back; (specimens + 1,) int64 offsets into it
+    masks.<trait>.rows.bin, .offsets.npy  each specimen's mask row of that trait (its lowest
+                                       trait id; empty where it has none)
     <source>.<column>.codes.npy        (specimens,) int32: index into the values (-1: no
                                        value), for the specimen columns but ``path`` and
                                        every metadata key
     <source>.<column>.values.arrow     ``value`` (distinct, text) and ``number`` (DuckDB's
-                                       TRY_CAST to DOUBLE)
-    <stem>.json                        manifest: specimens, bytes and sha256 per file
+                                       TRY_CAST to DOUBLE), Arrow IPC
+    <stem>.json                        manifest: specimens, the rows' column names, bytes
+                                       and sha256 per file
 
 Everything is written inside the staging copy before the snapshot pointer moves, like the
 postings, each file under a temporary name, fsynced and renamed, its manifest last: a
@@ -42,6 +42,7 @@ file against its manifest's checksum.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -62,11 +63,13 @@ from sst_search.weights import sha256_file
 #: Specimen fields not written: a path is unique per specimen, so its "dictionary" is the column itself.
 UNCOLUMNED = {"path"}
 SPECIMENS = "specimens"
-#: Files of a set that are Arrow IPC files rather than ``.npy`` arrays.
-ARROW_FILES = ("values", "rows")
-#: Rows per record batch of a ``rows`` file: a hit's row is read with the batch holding it
-#: (about 100 KB of masks on the bench).
-BATCH = 256
+#: Files of a set that are not ``.npy`` arrays: an Arrow IPC file, and rows as JSON text.
+SUFFIXES = {"values": "arrow", "rows": "bin"}
+#: Rows of a ``rows`` file read from DuckDB at a time when it is written.
+CHUNK = 100_000
+#: The listing columns as JSON values (``metadata`` is a JSON column: kept as its text, as
+#: the catalog's reads return it).
+LISTING_JSON = "json_array(specimen_id, path, group_name, status, metadata::VARCHAR)::VARCHAR"
 
 
 def columns_dir(db_path: str | Path) -> Path:
@@ -82,8 +85,8 @@ def masks_stem(trait: str) -> str:
 
 
 def file_paths(root: Path, stem: str, names: list[str]) -> dict[str, Path]:
-    """The files of one set (:data:`ARROW_FILES` are Arrow IPC files, any other name an array) and its ``manifest``."""
-    return {**{name: root / f"{stem}.{name}.{'arrow' if name in ARROW_FILES else 'npy'}" for name in names},
+    """The files of one set (:data:`SUFFIXES`; any other name an array) and its ``manifest``."""
+    return {**{name: root / f"{stem}.{name}.{SUFFIXES.get(name, 'npy')}" for name in names},
             "manifest": root / f"{stem}.json"}
 
 
@@ -112,60 +115,64 @@ def write_snapshot(db_path: Path) -> None:
     try:
         ids = con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
         n = len(ids)
-        write(root, SPECIMENS, n, {"ids": ids},
-              {"rows": con.sql(f"SELECT {LISTING_COLUMNS} FROM specimens ORDER BY specimen_id").to_arrow_reader(BATCH)})
+        listing = con.sql(f"SELECT {LISTING_JSON} AS r FROM specimens ORDER BY specimen_id").to_arrow_reader(CHUNK)
+        write(root, SPECIMENS, n, {"ids": ids}, rows=(LISTING_COLUMNS, listing))
         for (trait,) in con.execute("SELECT DISTINCT trait_name FROM trait_masks ORDER BY 1").fetchall():
-            masks = con.sql(  # one row per specimen (null where it has no such mask), its lowest trait id
-                f"SELECT m.* FROM specimens s LEFT JOIN (SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
+            masks = con.sql(  # one row per specimen (empty where it has no such mask), its lowest trait id
+                f"SELECT CASE WHEN m.specimen_id IS NULL THEN '' ELSE json_array({_qualified(MASK_COLUMNS)})::VARCHAR "
+                f"END AS r FROM specimens s LEFT JOIN (SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
                 "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1) m "
-                "ON m.specimen_id = s.specimen_id ORDER BY s.specimen_id", params=[trait]).to_arrow_reader(BATCH)
-            write(root, masks_stem(trait), n, {}, {"rows": masks})
+                "ON m.specimen_id = s.specimen_id ORDER BY s.specimen_id", params=[trait]).to_arrow_reader(CHUNK)
+            write(root, masks_stem(trait), n, {}, rows=(MASK_COLUMNS, masks))
         for source, column in fields(con):
             values = read_field(con, source, column)
             write(root, field_stem(source, column), n, {"codes": values.codes.astype(np.int32)},
-                  {"values": pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers})})
+                  pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers}))
     finally:
         con.close()
 
 
-def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray],
-          tables: dict[str, pa.Table | pa.RecordBatchReader] | None = None) -> None:
-    """One set of files: ``arrays`` as ``.npy``, ``tables`` as Arrow IPC files (a reader's
-    batches written as they come, so millions of masks are never all in memory), manifest last."""
-    tables = tables or {}
-    names = [*arrays, *tables]
+def _qualified(columns: str) -> str:
+    return ", ".join(f"m.{c.strip()}" for c in columns.split(","))
+
+
+def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: pa.Table | None = None,
+          rows: tuple[str, pa.RecordBatchReader] | None = None) -> None:
+    """One set of files, its manifest last: ``arrays`` as ``.npy``; ``values`` as an Arrow
+    IPC file; ``rows`` (``(columns, reader of one JSON array per row)``) as their JSON text
+    back to back plus their offsets, written a chunk at a time (millions of masks are never
+    all in memory)."""
+    names = [*arrays, *(["values"] if values is not None else []), *(["rows", "offsets"] if rows else [])]
     paths = file_paths(root, stem, names)
     for name, array in arrays.items():
         atomic_write(paths[name], lambda tmp, array=array: save_array(tmp, array))
-    for name, table in tables.items():
-        def write_table(tmp: str, table=table, name=name) -> None:
-            batches = table.to_batches() if isinstance(table, pa.Table) else table
-            with ipc.new_file(tmp, table.schema) as writer:
-                for batch in (rebatched(batches, BATCH) if name == "rows" else batches):
-                    writer.write_batch(batch)
+    if values is not None:
+        def write_values(tmp: str) -> None:
+            with ipc.new_file(tmp, values.schema) as writer:
+                writer.write_table(values)
 
-        atomic_write(paths[name], write_table)
-    manifest = {"specimens": n, **({"batch": BATCH} if "rows" in tables else {}),
+        atomic_write(paths["values"], write_values)
+    if rows is not None:
+        ends: list[np.ndarray] = []
+
+        def write_rows(tmp: str) -> None:
+            written = 0
+            with open(tmp, "wb") as fh:
+                for batch in rows[1]:
+                    text = batch.column(0).cast(pa.large_string())
+                    _, offsets, data = text.buffers()
+                    bounds = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
+                    fh.write(memoryview(data)[bounds[0]:bounds[-1]])
+                    ends.append(bounds[1:] - bounds[0] + written)
+                    written += int(bounds[-1] - bounds[0])
+
+        atomic_write(paths["rows"], write_rows)
+        offsets = np.concatenate([np.zeros(1, np.int64), *ends])
+        atomic_write(paths["offsets"], lambda tmp: save_array(tmp, offsets))
+    manifest = {"specimens": n, **({"columns": [c.strip() for c in rows[0].split(",")]} if rows else {}),
                 "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
                           for name in names}}
     atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
-
-
-def rebatched(batches, size: int):
-    """``batches`` cut into batches of exactly ``size`` rows (the last one fewer), so a row's
-    batch is its number divided by ``size``."""
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    for batch in batches:
-        pending.append(batch)
-        held += batch.num_rows
-        while held >= size:
-            table = pa.Table.from_batches(pending)
-            yield from table.slice(0, size).combine_chunks().to_batches()
-            rest = table.slice(size)
-            pending, held = rest.to_batches(), rest.num_rows
-    if held:
-        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
 
 def _manifest(path: Path) -> dict | None:
@@ -207,20 +214,20 @@ class PublishedColumns:
             return None
         size = manifest["specimens"]
         try:
-            found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in ARROW_FILES}
+            found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in SUFFIXES}
             if "values" in names:
                 found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
             if "rows" in names:
-                found["rows"] = RowFile(paths["rows"], manifest.get("batch"), size)
+                found["rows"] = RowFile(paths["rows"], found.pop("offsets"), manifest.get("columns"))
         except (OSError, ValueError, pa.ArrowException):
             return None
-        if not all(a.shape == (size,) for name, a in found.items() if name not in ARROW_FILES):
-            return None
-        return found
+        lengths = {"offsets": size + 1}
+        return found if all(a.shape == (lengths.get(name, size),) for name, a in found.items()
+                            if name not in SUFFIXES) else None
 
     def ids(self) -> np.ndarray | None:
         """The snapshot's specimen ids, ascending."""
-        found = self._open(SPECIMENS, ["ids", "rows"], None)
+        found = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
         return None if found is None else found["ids"]
 
     def field(self, source: str, column: str, n: int) -> ColumnValues | None:
@@ -235,39 +242,39 @@ class PublishedColumns:
     def rows(self, ids: list[int], trait: str | None = None) -> list[dict] | None:
         """The listing rows (``trait``: the mask rows of that trait) of those of ``ids`` that
         have one, as the catalog holds them; None: no usable files, ask the catalog."""
-        specimens = self._open(SPECIMENS, ["ids", "rows"], None)
+        specimens = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
         if specimens is None:
             return None
         table = specimens["rows"]
         if trait is not None:
-            masks = self._open(masks_stem(trait), ["rows"], len(specimens["ids"]))
+            masks = self._open(masks_stem(trait), ["rows", "offsets"], len(specimens["ids"]))
             if masks is None:
                 return None
             table = masks["rows"]
         found, at = sorted_rows(specimens["ids"], np.asarray(ids, np.int64))
-        return [row for row in table.take(at[found]) if row["specimen_id"] is not None]
+        return table.take(at[found])
 
 
 class RowFile:
-    """The rows of an Arrow file in record batches of ``batch`` rows, a few at a time: each is
-    read with its batch (a positional read, about 100 KB), sliced out, and the batch dropped.
-    Read through a memory mapping instead, each row's 13 columns would map 13 pieces of the
-    file with the kernel's fault-around (64 KB each): a reader then holds the whole file
-    resident after a few hundred searches."""
+    """Rows stored as JSON text back to back, a few read at a time: a row is one positional
+    read at its offset (7 microseconds), nothing mapped. Sliced out of a memory-mapped
+    columnar file instead, each of a row's columns would map its own piece of the file with
+    the kernel's fault-around (64 KB each), and a reader would hold the whole file resident
+    after a few hundred searches; read with a record batch, a row cost 0.1 ms."""
 
-    def __init__(self, path: Path, batch: int | None, rows: int) -> None:
-        self._reader = ipc.open_file(pa.OSFile(str(path)))
-        if not isinstance(batch, int) or batch < 1 or self._reader.num_record_batches != -(-rows // batch):
-            raise ValueError(f"{path.name}: not in record batches of the manifest's size")
-        self._batch = batch
-        self._lock = threading.Lock()  # one reader object, shared by the app's threads
+    def __init__(self, path: Path, offsets: np.ndarray, columns: list[str] | None) -> None:
+        if not isinstance(columns, list) or offsets.dtype != np.int64:
+            raise ValueError(f"{path.name}: its manifest names no columns")
+        self._file = open(path, "rb")  # noqa: SIM115 -- held for the snapshot's lifetime
+        self._offsets, self._columns = offsets, columns
 
     def take(self, rows: np.ndarray) -> list[dict]:
         out = []
-        for b in np.unique(rows // self._batch):
-            with self._lock:
-                batch = self._reader.get_batch(int(b))
-            out += batch.take(pa.array(rows[rows // self._batch == b] - b * self._batch)).to_pylist()
+        for row in rows:
+            start, end = (int(x) for x in self._offsets[row:row + 2])
+            if end > start:
+                out.append(dict(zip(self._columns, json.loads(os.pread(self._file.fileno(), end - start, start)),
+                                    strict=True)))
         return out
 
 
