@@ -188,3 +188,9 @@ def test_a_publish_dying_mid_columns_publishes_nothing_and_verify_names_a_damage
     save_array(layout["rows"], rows[::-1].copy())  # the same bytes' size, another order
     problems = verify_files(snapshot)
     assert [(p.path, p.kind) for p in problems] == [(str(layout["manifest"]), "index")], problems
+    rows = published_columns.file_paths(root, published_columns.masks_stem(TRAIT), ["rows"])["rows"]
+    rows.chmod(0o644)
+    rows.write_bytes(b"x" * rows.stat().st_size)  # garbled in place: a reader's search still gets the catalog's masks
+    with Store.open(snapshot, read_only=True) as reader, Store.open(db, read_only=True) as live:
+        some = live.population(EMBEDDER, TRAIT)[:5].tolist()
+        assert reader.trait_mask_of(TRAIT, some) == live.trait_mask_of(TRAIT, some) != {}

@@ -217,13 +217,14 @@ class PublishedColumns:
             found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in SUFFIXES}
             if "values" in names:
                 found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
+            if any(a.shape != ((size + 1,) if name == "offsets" else (size,)) for name, a in found.items()
+                   if name not in SUFFIXES):
+                return None
             if "rows" in names:
                 found["rows"] = RowFile(paths["rows"], found.pop("offsets"), manifest.get("columns"))
         except (OSError, ValueError, pa.ArrowException):
             return None
-        lengths = {"offsets": size + 1}
-        return found if all(a.shape == (lengths.get(name, size),) for name, a in found.items()
-                            if name not in SUFFIXES) else None
+        return found
 
     def ids(self) -> np.ndarray | None:
         """The snapshot's specimen ids, ascending."""
@@ -245,14 +246,14 @@ class PublishedColumns:
         specimens = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
         if specimens is None:
             return None
-        table = specimens["rows"]
+        file = specimens["rows"]
         if trait is not None:
             masks = self._open(masks_stem(trait), ["rows", "offsets"], len(specimens["ids"]))
             if masks is None:
                 return None
-            table = masks["rows"]
+            file = masks["rows"]
         found, at = sorted_rows(specimens["ids"], np.asarray(ids, np.int64))
-        return table.take(at[found])
+        return file.take(at[found])
 
 
 class RowFile:

@@ -105,7 +105,10 @@ class SnapshotCatalog(Catalog):
     def _published_rows(self, specimen_ids: list[int], trait_name: str | None = None) -> list[dict] | None:
         """The published rows of ``specimen_ids`` (None: ask the catalog), each checked to be
         the one asked for."""
-        rows = self.published().rows(specimen_ids, trait_name)
+        try:
+            rows = self.published().rows(specimen_ids, trait_name)
+        except (OSError, ValueError):  # a damaged file (verify names it): the catalog still answers
+            rows = None
         asked = set(specimen_ids)
         if rows is None or not all(r["specimen_id"] in asked and r.get("trait_name", trait_name) == trait_name
                                    for r in rows):
