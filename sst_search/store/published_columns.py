@@ -162,7 +162,8 @@ def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: 
                     text = batch.column(0).cast(pa.large_string())
                     _, offsets, data = text.buffers()
                     bounds = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
-                    fh.write(memoryview(data)[bounds[0]:bounds[-1]])
+                    if bounds[-1] > bounds[0]:  # a chunk of specimens none of which has the mask has no text
+                        fh.write(memoryview(data)[bounds[0]:bounds[-1]])
                     ends.append(bounds[1:] - bounds[0] + written)
                     written += int(bounds[-1] - bounds[0])
 
