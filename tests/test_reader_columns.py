@@ -44,7 +44,8 @@ def write_store(db):
     dates = (np.datetime64("2020-01-01") + days.astype("timedelta64[D]")).astype(str)
     dated = rng.random(N) < 0.9  # some specimens have no date: a missing value never passes
     specimens = pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids],
-                          "group_name": [f"g{i % 3}" for i in range(N)], "status": ["indexed"] * N})
+                          "group_name": [f"g{i % 3}" for i in range(N)], "status": ["indexed"] * N,
+                          "metadata": [f'{{"catalogNumber": "C-{i}", "n": {i}}}' for i in ids]})
     metadata = pa.table({"specimen_id": np.concatenate([ids, ids[dated]]),
                          "key": ["locality"] * N + ["eventDate"] * int(dated.sum()),
                          "value": np.concatenate([LOCALITIES[rng.integers(0, len(LOCALITIES), N)], dates[dated]])})
@@ -104,6 +105,7 @@ def test_a_search_reads_only_its_hits_listing_and_masks(published, published_bef
         everyone = ids.tolist()
         assert engine.store.trait_mask_of(TRAIT, everyone) == live.trait_mask_of(TRAIT, everyone)
         assert engine.store.listing(everyone) == live.listing(everyone)
+        assert engine.store.listing(everyone[:1])[ids[0]]["metadata"] == {"catalogNumber": f"C-{ids[0]}", "n": int(ids[0])}
         assert len(live.trait_mask_of(TRAIT, everyone)) == N - 200 - (N - 200) // 20
         if which == "published":  # and not by falling back to the catalog
             published_masks = engine.store.published().rows(everyone, TRAIT)

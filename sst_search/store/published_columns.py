@@ -67,9 +67,6 @@ SPECIMENS = "specimens"
 SUFFIXES = {"values": "arrow", "rows": "bin"}
 #: Rows of a ``rows`` file read from DuckDB at a time when it is written.
 CHUNK = 100_000
-#: The listing columns as JSON values (``metadata`` is a JSON column: kept as its text, as
-#: the catalog's reads return it).
-LISTING_JSON = "json_array(specimen_id, path, group_name, status, metadata::VARCHAR)::VARCHAR"
 
 
 def columns_dir(db_path: str | Path) -> Path:
@@ -115,11 +112,12 @@ def write_snapshot(db_path: Path) -> None:
     try:
         ids = con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
         n = len(ids)
-        listing = con.sql(f"SELECT {LISTING_JSON} AS r FROM specimens ORDER BY specimen_id").to_arrow_reader(CHUNK)
+        listing = con.sql(f"SELECT {_json_row(LISTING_COLUMNS)} AS r FROM specimens ORDER BY specimen_id"
+                          ).to_arrow_reader(CHUNK)
         write(root, SPECIMENS, n, {"ids": ids}, rows=(LISTING_COLUMNS, listing))
         for (trait,) in con.execute("SELECT DISTINCT trait_name FROM trait_masks ORDER BY 1").fetchall():
             masks = con.sql(  # one row per specimen (empty where it has no such mask), its lowest trait id
-                f"SELECT CASE WHEN m.specimen_id IS NULL THEN '' ELSE json_array({_qualified(MASK_COLUMNS)})::VARCHAR "
+                f"SELECT CASE WHEN m.specimen_id IS NULL THEN '' ELSE {_json_row(MASK_COLUMNS, 'm.')} "
                 f"END AS r FROM specimens s LEFT JOIN (SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
                 "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1) m "
                 "ON m.specimen_id = s.specimen_id ORDER BY s.specimen_id", params=[trait]).to_arrow_reader(CHUNK)
@@ -132,8 +130,12 @@ def write_snapshot(db_path: Path) -> None:
         con.close()
 
 
-def _qualified(columns: str) -> str:
-    return ", ".join(f"m.{c.strip()}" for c in columns.split(","))
+def _json_row(columns: str, prefix: str = "") -> str:
+    """SQL for one row of ``columns`` as a JSON array, in their order (the ``metadata`` JSON
+    column as its text, as the catalog's reads return it)."""
+    names = [c.strip() for c in columns.split(",")]
+    return "json_array(" + ", ".join(f"{prefix}{c}::VARCHAR" if c == "metadata" else f"{prefix}{c}" for c in names) + \
+        ")::VARCHAR"
 
 
 def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: pa.Table | None = None,
