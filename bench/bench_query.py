@@ -276,6 +276,35 @@ def mapped_resident(path: Path) -> int:
     return sum(m.rss for m in psutil.Process().memory_maps(grouped=True) if m.path == str(path))
 
 
+def memory_status() -> dict[str, int]:
+    """This process's anonymous and file-backed resident bytes (/proc/self/status)."""
+    with open("/proc/self/status") as fh:
+        fields = dict(line.split(":", 1) for line in fh)
+    return {name: int(fields[name].split()[0]) * 1024 for name in ("RssAnon", "RssFile")}
+
+
+def reader_memory(snapshot: Path, at_rest_file: Path, index_bytes: int, before: dict[str, int], con) -> dict[str, int]:
+    """Where a reader's resident memory grew since ``before``: the mapped files of the
+    snapshot by kind (the float16 vectors, their ids, postings and list layouts, the reader
+    columns), the index (its serialised size), DuckDB's own buffers, and the anonymous rest
+    (arrays a search keeps per filter, Python objects, allocator slack)."""
+    root = vectors_dir(snapshot)
+    files = Counter()
+    for m in psutil.Process().memory_maps(grouped=True):
+        path = Path(m.path)
+        if root not in path.parents:
+            continue
+        kind = ("float16 vectors" if path == at_rest_file else "reader columns" if path.parent.name == "columns"
+                else "vector ids" if path.name.endswith(".ids.npy") else "postings and list layouts")
+        files[kind] += m.rss
+    now = memory_status()
+    duck = int(con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0])
+    anon = now["RssAnon"] - before["RssAnon"]
+    return {**files, "other mapped files and libraries": now["RssFile"] - before["RssFile"] - sum(files.values()),
+            "index in RAM": index_bytes, "DuckDB buffers": duck,
+            "other anonymous memory": anon - index_bytes - duck}
+
+
 def index_bytes_in_ram(index: faiss.Index) -> int:
     """Bytes the index occupies in memory (its serialised size: codes, ids, centroids)."""
     return int(faiss.serialize_index(index).nbytes)
@@ -366,6 +395,9 @@ def main() -> None:
     ap.add_argument("--lance-refines", default="10,50", help="IVF_PQ refine factors tried at each nprobes")
     ap.add_argument("--lance-efs", default="64,256", help="IVF_HNSW_SQ ef values tried at each nprobes")
     ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
+    ap.add_argument("--scenarios", default="none,group-own,locality,group-other,date-1%",
+                    help="comma-separated scenarios to run (e.g. group-own --queries 40: a reader's memory after "
+                         "opening and 40 own-group searches)")
     ap.add_argument("--nprobe-factors", default="",
                     help="comma-separated nprobe factors (lists probed = factor * sqrt(nlist)), each timed on the same "
                          "index after the configured one (e.g. 1,4): the latency/recall trade-off from one build")
@@ -444,21 +476,20 @@ def main() -> None:
         "date-1%": (lambda j: [Filter(field="eventDate", op=">=", value=recent)],
                     lambda j: f"eventDate >= '{recent}'", lambda p: (p.days >= recent_day)[None, :]),
     }
+    scenarios = {name: scenarios[name] for name in args.scenarios.split(",")}
     t = time.perf_counter()
     truth = exact_truth(data, asked, {name: passing for name, (_, _, passing) in scenarios.items()}, args.k)
     print(f"exact ground truth, chunk by chunk: {time.perf_counter() - t:.1f} s; process RSS "
           f"{proc.memory_info().rss / 2**30:.2f} GiB")
 
-    rss_before_open = proc.memory_info().rss
-    engine = SearchEngine.open(db)
+    rss_before_open, status_before_open = proc.memory_info().rss, memory_status()
     t = time.perf_counter()
+    engine = SearchEngine.open(db)
     index = engine.store.index(EMBEDDER, TRAIT)
     ram = index_bytes_in_ram(index)
     population = engine.store.population(EMBEDDER, TRAIT)
     engine.store.vectors_of(EMBEDDER, TRAIT, population[:1])  # maps the vectors at rest
-    open_s, t = time.perf_counter() - t, time.perf_counter()
-    engine.store.trait_mask_of(TRAIT, population[:1])
-    print(f"trait masks held for the per-hit join: loaded in {time.perf_counter() - t:.1f} s")
+    open_s = time.perf_counter() - t
     print(f"engine open + index load {open_s:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
           f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); stored vectors for re-ranking and exact "
           f"scans: {engine.store.vector_table(EMBEDDER, TRAIT).matrix.dtype} "
@@ -518,6 +549,8 @@ def main() -> None:
     print(f"after open and {len(scenarios) * (args.queries + 20)} searches: the reader grew {grown / 2**20:.0f} MiB = "
           f"{grown / args.n:.0f} bytes/vector, {mapped_resident(at_rest_file) / 2**20:.1f} MiB of the "
           f"{at_rest_file.stat().st_size / 2**20:.1f} MiB float16 file resident (shared with other readers)")
+    print("  of which, bytes/vector: " + "; ".join(f"{what} {size / args.n:,.0f}" for what, size in reader_memory(
+        snapshot, at_rest_file, ram, status_before_open, engine.store.con).items()))
 
     work_items = [(name, j) for j in range(args.queries) for name in scenarios]
     t = time.perf_counter()

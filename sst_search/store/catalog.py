@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
-from sst_search.store.columns import MASK_COLUMNS, SqlAdmission
+from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, SqlAdmission
 from sst_search.store.filters import Filter, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
@@ -140,12 +140,11 @@ class Catalog:
         filters = list(filters)
         return SqlAdmission(self, filters) if filters else None
 
-    def listing(self, specimen_ids: Sequence[int], *, hold: bool = True) -> dict[int, dict]:
+    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
         """``{specimen_id: {path, group_name, status, metadata (parsed)}}`` of the given specimens,
-        whatever their status: what a search joins to its hits. ``hold``: as for
-        :meth:`trait_mask_of` (a snapshot's reader may load every specimen's)."""
-        rows = self.query_dicts("SELECT specimen_id, path, group_name, status, metadata FROM specimens "
-                                "WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in specimen_ids]])
+        whatever their status: what a search joins to its hits, read for them alone."""
+        rows = self.query_dicts(f"SELECT {LISTING_COLUMNS} FROM specimens WHERE specimen_id IN (SELECT unnest(?::BIGINT[]))",
+                                [[int(i) for i in specimen_ids]])
         return listing_of(rows)
 
     def specimen_ids(
@@ -271,12 +270,11 @@ class Catalog:
             for t, n, rle, a, x0, y0, x1, y1, q, s, o, p in rows
         ]
 
-    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int], *, hold: bool = True) -> dict[int, TraitMask]:
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
         """``{specimen_id: mask}`` of one trait on the given specimens (those without it are left
-        out; of two traits drawn under one name, the lower trait id). ``hold``: whether a reader
-        of a published snapshot may load the trait's masks of every specimen to answer this and
-        later asks from memory (a search, asked again and again); False for a one-off page of
-        a few (a gallery, an atlas). The live catalog always reads only the ones asked for."""
+        out; of two traits drawn under one name, the lower trait id), read for them alone: the
+        rows are stored in specimen order, so DuckDB's zone maps skip all but the hits' row
+        groups (about 2 ms for ten hits at a million masks)."""
         rows = self.con.execute(
             f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? AND specimen_id IN (SELECT unnest(?::BIGINT[])) "
             "ORDER BY trait_id DESC", [trait_name, [int(i) for i in specimen_ids]],  # the lowest trait id is written last, and kept

@@ -1,4 +1,4 @@
-"""A read-only snapshot's filterable fields in memory, and the two ways a filter admits ids.
+"""A read-only snapshot's filterable fields, and the two ways a filter admits ids.
 
 A search with a filter asks *which of these ids pass?* (a selectivity sample, a page of
 candidates) and *which ids pass at all?*. Answered in SQL, each costs a scan of the catalog
@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,27 +28,29 @@ from sst_search.vector_search.vector_table import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
-#: What a search joins to each hit from ``trait_masks``.
+#: What a search joins to each hit from ``specimens`` and ``trait_masks`` (read for the hits alone).
+LISTING_COLUMNS = "specimen_id, path, group_name, status, metadata"
 MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
                 "object_score, predicted_iou")
 
 if TYPE_CHECKING:
     from sst_search.store.catalog import Catalog
+    from sst_search.store.published_columns import PublishedColumns
 
 
 class SnapshotColumns:
     """Specimen ids (ascending) and, loaded on first use, the values of each filtered field."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, published: PublishedColumns | None = None) -> None:
         self._catalog = catalog
+        self._published = published
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._listing: pa.Table | None = None
-        self._trait_masks: dict[str, tuple[pa.Table, np.ndarray]] = {}  # rows and their specimen ids
         self._same: dict[int, tuple[np.ndarray, bool]] = {}
-        self.ids = catalog.con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()[
-            "specimen_id"].astype(np.int64)
+        ids = published.ids() if published is not None else None
+        self.ids = ids if ids is not None else catalog.con.execute(
+            "SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
 
     def column(self, condition: Condition) -> ColumnValues:
         key = (condition.source, condition.column, condition.trait)
@@ -108,47 +111,20 @@ class SnapshotColumns:
         """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
         return sorted_rows(self.ids, ids)
 
-    def listing(self, ids: np.ndarray) -> pa.Table:
-        """``specimen_id, path, group_name, status, metadata`` of ``ids`` (those that exist), in
-        the order asked: a search's results joined in memory instead of by a scan per query."""
-        with self._lock:
-            if self._listing is None:
-                self._listing = whole(self._catalog.con.sql(
-                    "SELECT specimen_id, path, group_name, status, metadata FROM specimens ORDER BY specimen_id"
-                ).to_arrow_table())
-        found, rows = self.rows_of(np.asarray(ids, np.int64))
-        return self._listing.take(pa.array(rows[found]))
-
-    def holds_listing(self) -> bool:
-        """Whether :meth:`listing` has loaded every specimen's row already."""
-        return self._listing is not None
-
-    def holds_trait_masks(self, trait_name: str) -> bool:
-        """Whether :meth:`trait_masks` has loaded that trait's masks already."""
-        return trait_name in self._trait_masks
-
-    def trait_masks(self, trait_name: str, ids: np.ndarray) -> pa.Table:
-        """``trait_masks`` rows of one trait on ``ids`` (one per specimen: its lowest trait id),
-        from that trait's masks loaded once: a search joins its hits without a scan of the
-        table per query (milliseconds at millions of masks)."""
-        with self._lock:
-            if trait_name not in self._trait_masks:
-                table = whole(self._catalog.con.sql(
-                    f"SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
-                    "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1 ORDER BY specimen_id",
-                    params=[trait_name],
-                ).to_arrow_table())
-                self._trait_masks[trait_name] = (table, table.column("specimen_id").to_numpy())
-            table, held = self._trait_masks[trait_name]
-        found, rows = sorted_rows(held, ids)
-        return table.take(pa.array(rows[found]))
-
     def _load(self, c: Condition) -> ColumnValues:
+        """The field's column as written at publish (:mod:`~sst_search.store.published_columns`),
+        else read from the catalog."""
+        column = None
+        if self._published is not None and c.source in ("specimen", "metadata"):
+            column = self._published.field(c.source, c.column, len(self.ids))
+        return column if column is not None else self._read(c)
+
+    def _read(self, c: Condition) -> ColumnValues:
         con = self._catalog.con
         # Column names come from the compiler's allow-lists (specimen columns, measurements), never from user text.
         if c.source == "specimen":
             table = con.sql(f"SELECT CAST({c.column} AS VARCHAR) AS v FROM specimens s ORDER BY s.specimen_id").to_arrow_table()
-            return self._text(table.column("v"), None)
+            return text_values(self._catalog.con, table.column("v"), None)
         if c.source == "metadata":
             table = con.sql("SELECT specimen_id, value AS v FROM specimen_metadata WHERE key = ?", params=[c.column]).to_arrow_table()
         else:
@@ -161,7 +137,7 @@ class SnapshotColumns:
         if pa.types.is_floating(values.type):
             column = ColumnValues(values.combine_chunks(), None, rows)
         else:
-            column = self._text(values, rows)
+            column = text_values(self._catalog.con, values, rows)
         return self._per_specimen(column)
 
     def _per_specimen(self, column: ColumnValues) -> ColumnValues:
@@ -179,16 +155,6 @@ class SnapshotColumns:
         values[rows[valid]] = column.values.filter(pa.array(valid)).to_numpy(zero_copy_only=False)
         present[rows[valid]] = True
         return ColumnValues(pa.array(values, mask=~present), None, None)
-
-    def _text(self, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
-        """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's TRY_CAST)."""
-        encoded = pc.dictionary_encode(whole(values))
-        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-        distinct = encoded.dictionary
-        numbers = self._catalog.con.sql(
-            "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
-        ).to_arrow_table().column("n").combine_chunks()
-        return ColumnValues(distinct, codes, rows, numbers)
 
 
 class MaskAdmission:
@@ -249,6 +215,18 @@ class SqlAdmission:
 
     def admitted(self) -> np.ndarray:
         return self._catalog.specimen_ids(self._filters)
+
+
+def text_values(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
+    """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's
+    TRY_CAST on ``con``, as the SQL backend compares them)."""
+    encoded = pc.dictionary_encode(whole(values))
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    distinct = encoded.dictionary
+    numbers = con.sql(
+        "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
+    ).to_arrow_table().column("n").combine_chunks()
+    return ColumnValues(distinct, codes, rows, numbers)
 
 
 def _key(c: Condition) -> tuple:

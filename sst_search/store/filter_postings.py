@@ -1,11 +1,12 @@
 """The catalog's side of filter postings (:mod:`sst_search.vector_search.postings`): each
 posting field's value per vector read from the catalog when a snapshot is published, the
-postings written beside the vectors at rest, and checked against the catalog and the FAISS
-file by verify.
+postings and each IVF index's list layout written beside the vectors at rest, and checked
+against the catalog and the FAISS file by verify.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sst_search.store.catalog import recorded_index_config
 from sst_search.store.filters import SPECIMEN_FIELDS
 from sst_search.store.verify import Problem, index_states
 from sst_search.vector_search import at_rest, indexes, postings
+from sst_search.vector_search.vector_table import ListLayout
 from sst_search.weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,9 @@ def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: st
     return values, pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
-def _each(con: duckdb.DuckDBPyConnection, db_path: Path):
-    """``(key, generation, FAISS manifest, index, table ids, field, values, codes)`` of every
-    posting field of every IVF index whose file and vectors at rest are the catalog's."""
-    config = recorded_index_config(con)
+def _ivf_indexes(con: duckdb.DuckDBPyConnection, db_path: Path):
+    """``(key, generation, FAISS manifest, index, table ids, list layout)`` of every IVF index
+    whose file and vectors at rest are the catalog's."""
     faiss_dir, root = db_path.with_name(db_path.name + ".faiss"), at_rest.vectors_dir(db_path)
     for embedder, trait, generation, _ in index_states(con):
         key = (embedder, trait)
@@ -66,49 +67,82 @@ def _each(con: duckdb.DuckDBPyConnection, db_path: Path):
                 or rest is None or rest.get("generation") != generation):
             continue
         index = faiss.read_index(str(indexes.index_paths(faiss_dir, *key)[0]))
-        table_ids = np.load(at_rest.vector_paths(root, key)[1], mmap_mode="r")
-        for field in config.posting_fields:
-            coded = field_codes(con, key, field, np.asarray(table_ids), config.posting_max_values)
-            if coded is not None:
-                yield key, generation, manifest, index, table_ids, field, *coded
+        table_ids = np.asarray(np.load(at_rest.vector_paths(root, key)[1], mmap_mode="r"))
+        yield key, generation, manifest, index, table_ids, ListLayout.of(index, table_ids)
+
+
+def _fields(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, table_ids: np.ndarray):
+    """``(field, values, codes)`` of every posting field of one index."""
+    config = recorded_index_config(con)
+    for field in config.posting_fields:
+        coded = field_codes(con, key, field, table_ids, config.posting_max_values)
+        if coded is not None:
+            yield field, *coded
 
 
 def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
-    """Write the postings of the (staged, not yet published) store at ``db_path``, whose
-    catalog ``con`` reads, after its vectors at rest: their rows are the vectors at rest's."""
-    for key, generation, manifest, index, table_ids, field, values, codes in _each(con, db_path):
-        rows, offsets = postings.build(index, np.asarray(table_ids), codes, len(values))
-        postings.write(at_rest.vectors_dir(db_path), key, field, generation, manifest["sha256"], values, codes,
-                       rows, offsets)
+    """Write the postings and list layout of each IVF index of the (staged, not yet
+    published) store at ``db_path``, whose catalog ``con`` reads, after its vectors at rest:
+    their rows are the vectors at rest's."""
+    root = at_rest.vectors_dir(db_path)
+    for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
+        postings.write_layout(root, key, generation, manifest["sha256"], layout)
+        for field, values, codes in _fields(con, key, table_ids):
+            rows, offsets = postings.build(layout, codes, len(values))
+            postings.write(root, key, field, generation, manifest["sha256"], values, codes, rows, offsets)
 
 
 def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
-    """Problems of the postings beside the store at ``db_path``: each present one must be
-    current, intact, and equal to the postings the catalog and the FAISS file give now (a
-    snapshot without them is sound: its searches build masks)."""
+    """Problems of the postings and list layouts beside the store at ``db_path``: each present
+    one must be current, intact, and equal to what the catalog and the FAISS file give now
+    (a snapshot without them is sound: its searches build masks and read the lists)."""
     root = at_rest.vectors_dir(db_path)
     if not root.is_dir():
         return []
     problems = []
-    for key, generation, manifest, index, table_ids, field, values, codes in _each(con, db_path):
-        paths = postings.posting_paths(root, key, field)
-        stored = postings.read_manifest(root, key, field)
-        if stored is None:
-            continue
-        why = postings.unusable(root, key, field, stored, generation, manifest.get("sha256"))
-        if why is None:
-            why = _differs(paths, stored, index, np.asarray(table_ids), values, codes)
-        if why is not None:
-            problems.append(Problem(str(paths["manifest"]), why, "index", key))
+    for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
+        paths = postings.layout_paths(root, key)
+        stored = _read_json(paths["manifest"])
+        if stored is not None:
+            why = postings.layout_unusable(root, key, stored, generation, manifest.get("sha256")) or _layout_differs(
+                paths, stored, layout)
+            if why is not None:
+                problems.append(Problem(str(paths["manifest"]), why, "index", key))
+        for field, values, codes in _fields(con, key, table_ids):
+            paths = postings.posting_paths(root, key, field)
+            stored = postings.read_manifest(root, key, field)
+            if stored is None:
+                continue
+            why = postings.unusable(root, key, field, stored, generation, manifest.get("sha256"))
+            if why is None:
+                why = _differs(paths, stored, layout, values, codes)
+            if why is not None:
+                problems.append(Problem(str(paths["manifest"]), why, "index", key))
     return problems
 
 
-def _differs(paths: dict[str, Path], stored: dict, index: faiss.Index, table_ids: np.ndarray, values: list[str],
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _layout_differs(paths: dict[str, Path], stored: dict, layout: ListLayout) -> str | None:
+    for name in postings.LAYOUT_ARRAYS:
+        if sha256_file(paths[name]) != stored.get(f"{name}_sha256"):
+            return f"{paths[name].name} does not match its manifest's checksum"
+        if not np.array_equal(np.load(paths[name]), getattr(layout, name)):
+            return "list layout differs from the FAISS file's lists"
+    return None
+
+
+def _differs(paths: dict[str, Path], stored: dict, layout: ListLayout, values: list[str],
              codes: np.ndarray) -> str | None:
     for name in postings.ARRAYS:
         if sha256_file(paths[name]) != stored.get(f"{name}_sha256"):
             return f"{paths[name].name} does not match its manifest's checksum"
-    rows, offsets = postings.build(index, table_ids, codes, len(values))
+    rows, offsets = postings.build(layout, codes, len(values))
     if (stored.get("values") != values or not np.array_equal(np.load(paths["codes"]), codes)
             or not np.array_equal(np.load(paths["rows"]), rows) or not np.array_equal(np.load(paths["offsets"]), offsets)):
         return "postings differ from the catalog's values and the FAISS file's lists"

@@ -1,11 +1,15 @@
 """A published snapshot's catalog, and the read-only store around it.
 
 A snapshot never changes once published, and the app's searches ask it the same things on
-every query (the catalog's fields, which specimens pass a filter, the listing of the hits,
-a trait's masks). :class:`SnapshotCatalog` therefore remembers what it was asked and answers
-filters, listings and masks from the snapshot's columns in memory
-(:mod:`sst_search.store.columns`) instead of a SQL round trip each time; the live
-:class:`~sst_search.store.catalog.Catalog` it derives from always asks SQL.
+every query (the catalog's fields, which specimens pass a filter). :class:`SnapshotCatalog`
+therefore remembers what it was asked and answers filters from the snapshot's columns
+(:mod:`sst_search.store.columns`), mapped from the files written at publish
+(:mod:`sst_search.store.published_columns`) where it has them, instead of a SQL round trip
+each time; the live :class:`~sst_search.store.catalog.Catalog` it derives from always asks
+SQL. The rows joined to a search's hits (their listing and masks) are read for those hits
+alone, from the copies written at publish: holding every specimen's row and mask made the
+first search load the whole trait (14 s and gigabytes at ten million) and the reader's
+memory grow with the collection.
 :class:`SnapshotStore` is the store a reader opens on it: the catalog, the FAISS indexes
 at the catalog's generations, and search; nothing that writes.
 """
@@ -18,10 +22,21 @@ from pathlib import Path
 import numpy as np
 
 from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
-from sst_search.store.columns import MaskAdmission, PostedAdmission, SnapshotColumns
+from sst_search.store.columns import (
+    MaskAdmission,
+    PostedAdmission,
+    SnapshotColumns,
+)
 from sst_search.store.connection import Connection
-from sst_search.store.filters import Filter, compile_mask, resolve, scope_filters
+from sst_search.store.filters import (
+    Filter,
+    compile_mask,
+    resolve,
+    scope_filters,
+)
 from sst_search.store.indexed import IndexedStore
+from sst_search.store.published_columns import PublishedColumns
+from sst_search.store.records import TraitMask
 
 
 class SnapshotCatalog(Catalog):
@@ -38,9 +53,14 @@ class SnapshotCatalog(Catalog):
     def _remembered(self) -> dict:
         return self.__dict__.setdefault("_catalog_memo", {})
 
+    def published(self) -> PublishedColumns:
+        """The columns written with the snapshot (:mod:`~sst_search.store.published_columns`)."""
+        return self.remember("published", lambda: PublishedColumns(self.db_path))
+
     def columns(self) -> SnapshotColumns:
-        """The snapshot's filterable fields, listing and masks in memory (loaded on first use)."""
-        return self.remember("columns", lambda: SnapshotColumns(self))
+        """The snapshot's filterable fields (loaded on first use): mapped from the columns
+        written at publish where the snapshot has them, else read from the catalog."""
+        return self.remember("columns", lambda: SnapshotColumns(self, self.published()))
 
     def admission(self, filters: Iterable[Filter]) -> MaskAdmission | PostedAdmission | None:
         """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
@@ -65,29 +85,35 @@ class SnapshotCatalog(Catalog):
         return MaskAdmission(*mask())
 
     def loaded_columns(self) -> SnapshotColumns | None:
-        """:meth:`columns` when something loaded them already; None rather than read every
-        specimen id for a one-off ask."""
+        """:meth:`columns` when something (a filter) loaded them already, else None: what a
+        reader holds of the snapshot besides its indexes."""
         return self._remembered.get("columns")
 
-    def listing(self, specimen_ids: Sequence[int], *, hold: bool = True) -> dict[int, dict]:
-        """:meth:`Catalog.listing`, from memory (:meth:`SnapshotColumns.listing`); with
-        ``hold=False`` and the listing not loaded yet, only these specimens' rows are read
-        (48 of a million in milliseconds, where loading them all takes a second)."""
-        held = self.loaded_columns()
-        if not hold and not (held and held.holds_listing()):
-            return super().listing(specimen_ids)
-        return listing_of(self.columns().listing(np.asarray(specimen_ids, np.int64)).to_pylist())
+    def listing(self, specimen_ids: Sequence[int]) -> dict[int, dict]:
+        """:meth:`Catalog.listing`, sliced out of the listing written at publish."""
+        rows = self._published_rows(list(specimen_ids))
+        return listing_of(rows) if rows is not None else super().listing(specimen_ids)
 
-    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int], *, hold: bool = True):
-        """:meth:`Catalog.trait_mask_of`, from memory (:meth:`SnapshotColumns.trait_masks`); with
-        ``hold=False`` and the trait's masks not loaded yet, only these specimens' are read
-        (48 of a million in milliseconds, where loading them all takes seconds)."""
-        held = self.loaded_columns()
-        if not hold and not (held and held.holds_trait_masks(trait_name)):
+    def trait_mask_of(self, trait_name: str, specimen_ids: Iterable[int]) -> dict[int, TraitMask]:
+        """:meth:`Catalog.trait_mask_of`, sliced out of the trait's masks written at publish."""
+        specimen_ids = list(specimen_ids)
+        rows = self._published_rows(specimen_ids, trait_name)
+        if rows is None:
             return super().trait_mask_of(trait_name, specimen_ids)
-        ids = np.asarray([int(i) for i in specimen_ids], np.int64)
-        table = self.columns().trait_masks(trait_name, ids)
-        return masks_by_specimen(tuple(r.values()) for r in table.to_pylist())
+        return masks_by_specimen(tuple(row.values()) for row in rows)
+
+    def _published_rows(self, specimen_ids: list[int], trait_name: str | None = None) -> list[dict] | None:
+        """The published rows of ``specimen_ids`` (None: ask the catalog), each checked to be
+        the one asked for."""
+        try:
+            rows = self.published().rows(specimen_ids, trait_name)
+        except (OSError, ValueError):  # a damaged file (verify names it): the catalog still answers
+            rows = None
+        asked = set(specimen_ids)
+        if rows is None or not all(r["specimen_id"] in asked and r.get("trait_name", trait_name) == trait_name
+                                   for r in rows):
+            return None
+        return rows
 
 
 class SnapshotStore(IndexedStore, SnapshotCatalog):

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import duckdb
 
-from sst_search.store import filter_postings, vectors_at_rest
+from sst_search.store import filter_postings, published_columns, vectors_at_rest
 from sst_search.store.errors import StoreDamagedError, StoreError
 from sst_search.store.verify import Problem, verify_files
 from sst_search.vector_search.indexes import file_mode
@@ -248,12 +248,14 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
 
 
 def _write_for_readers(con: duckdb.DuckDBPyConnection, staged: Path) -> list[Problem]:
-    """The vectors at rest and the filter postings of the verified copy at ``staged``, written
-    from its catalog and checked against it; the problems found."""
+    """The vectors at rest, the filter postings and the reader columns of the verified copy at
+    ``staged``, written from its catalog (the vectors at rest checked against it); the
+    problems found."""
     vectors_at_rest.write_snapshot(con, staged)
     problems = vectors_at_rest.check_all(con, staged)
     if not problems:  # the postings' rows are the vectors at rest's
         filter_postings.write_snapshot(con, staged)
+        published_columns.write_snapshot(con, staged)
     return problems
 
 

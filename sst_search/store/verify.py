@@ -214,6 +214,10 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = 
                     from sst_search.store import filter_postings
 
                     problems = filter_postings.check_all(con, db_path)
+                if not problems:
+                    from sst_search.store import published_columns
+
+                    problems = published_columns.check_all(con, db_path)
                 if corrections:
                     problems += check_corrections(con, db_path)
                 if not problems and then is not None:

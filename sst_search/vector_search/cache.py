@@ -23,8 +23,8 @@ import numpy as np
 from sst_search.config import IndexConfig
 from sst_search.vector_search import at_rest, indexes
 from sst_search.vector_search.at_rest import IndexKey
-from sst_search.vector_search.postings import Postings
-from sst_search.vector_search.vector_table import VectorTable
+from sst_search.vector_search.postings import Postings, open_layout
+from sst_search.vector_search.vector_table import ListLayout, VectorTable
 from sst_search.weights import sha256_file
 
 #: Reads ``(ids, (n, dim) matrix)`` of one index's vectors from the catalog.
@@ -79,6 +79,14 @@ class IndexCache:
             known = self._postings[(key, field)] = (found, index)
         return known[0]
 
+    def _stored_layout(self, key: IndexKey, generation: int | None, index: faiss.Index, rows: int) -> ListLayout | None:
+        """The list layout written with the snapshot for ``index``, when ``index`` is the one
+        loaded from the file it was read from (an index rebuilt in memory has other lists)."""
+        cached = self._indexes.get(key)
+        if cached is None or cached[0] is not index or cached[1] != generation or indexes.ivf_of(index) is None:
+            return None
+        return open_layout(at_rest.vectors_dir(self.at_rest_db), key, generation, self._loaded_from.get(key), index, rows)
+
     def in_memory(self, key: IndexKey, generation: int) -> faiss.Index | None:
         """The index held in memory for ``key`` if it is at ``generation`` (consistency checks)."""
         cached = self._indexes.get(key)
@@ -92,7 +100,8 @@ class IndexCache:
             mapped = None if self.at_rest_db is None else at_rest.open_vectors(
                 at_rest.vectors_dir(self.at_rest_db), key, generation)
             if mapped is not None:
-                table = VectorTable(*mapped, presorted=True)
+                table = VectorTable(*mapped, presorted=True,
+                                    stored_layout=lambda index: self._stored_layout(key, generation, index, len(mapped[0])))
             else:
                 ids, matrix = self._read_vectors(*key)
                 table = VectorTable(ids, np.ascontiguousarray(matrix, np.float32))

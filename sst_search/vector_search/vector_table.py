@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -40,14 +41,18 @@ class VectorTable:
     re-ranking look up a few rows per search in microseconds, where a DuckDB query over the
     ``vectors`` table costs a scan. The matrix is float32 in memory, or float16 mapped from a
     snapshot's file (:mod:`~sst_search.vector_search.at_rest`): rows become float32 as they are read.
-    ``presorted``: the ids are known to ascend (a mapped file's; checking would read them all)."""
+    ``presorted``: the ids are known to ascend (a mapped file's; checking would read them all).
+    ``stored_layout``: the :class:`ListLayout` written with the snapshot for an index, if it
+    has one that fits it (else it is read off the index's lists)."""
 
-    def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False) -> None:
+    def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False,
+                 stored_layout: Callable[[faiss.Index], ListLayout | None] | None = None) -> None:
         ids = np.asarray(ids, np.int64)
         if not presorted and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
             order = np.argsort(ids, kind="stable")
             ids, matrix = ids[order], matrix[order]
         self.ids, self.matrix = ids, matrix
+        self._stored_layout = stored_layout
         self._lock = threading.Lock()
         self._layout: tuple[faiss.Index, ListLayout] | None = None
         self._admitted: OrderedDict[int, tuple[weakref.ref, faiss.Index, AdmittedLists]] = OrderedDict()
@@ -68,12 +73,14 @@ class VectorTable:
         return self.ids[rows], np.asarray(self.matrix[rows], np.float32)
 
     def layout(self, index: faiss.Index) -> ListLayout:
-        """Where these vectors sit in ``index`` (which holds exactly them), read from its
-        inverted lists once per index."""
+        """Where these vectors sit in ``index`` (which holds exactly them): written with the
+        snapshot, else read from its inverted lists, once per index."""
         cached = self._layout
         if cached is not None and cached[0] is index:
             return cached[1]
-        layout = ListLayout.of(index, self.ids)
+        layout = self._stored_layout(index) if self._stored_layout else None
+        if layout is None:
+            layout = ListLayout.of(index, self.ids)
         self._layout = (index, layout)
         return layout
 

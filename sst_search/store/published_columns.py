@@ -1,0 +1,301 @@
+"""Columns written with a snapshot for its readers: the specimen ids, each specimen's
+listing and trait masks in specimen order, and each text field a filter can name as a code
+per specimen.
+
+Read from the catalog, each of these costs a scan of a whole table on a reader's query path,
+or memory that grows with the collection: the first search under a locality or a date
+filter encoded the field's column (28 s and 15 s at ten million specimens), the first
+filtered search read every specimen id, and the listing and masks a search joins to its
+hits were either all held in memory (14 s to load at ten million, about 1.2 KB per
+specimen) or asked of DuckDB per search (by specimen id, a hash of the image's path spread
+over every row group: a scan, 13 ms at a million; by row id, 2 ms a query, DuckDB's
+per-query floor). Written at publish instead, a filter maps two files and compares the
+field's few distinct values, then gathers one int32 per specimen, and a hit's listing and
+mask are one positional read each (:class:`RowFile`), nothing held. The price is a second
+copy of the masks on disk (their RLE text as JSON, about 440 bytes a mask on the bench).
+
+Layout, in ``<snapshot>.vectors/columns/`` beside the vectors at rest and the postings::
+
+    specimens.ids.npy                  (specimens,) int64, ascending: the order of every
+                                       file below
+    specimens.rows.bin, .offsets.npy   each specimen's listing row as a JSON array, back to
+                                       back; (specimens + 1,) int64 offsets into it
+    masks.<trait>.rows.bin, .offsets.npy  each specimen's mask row of that trait (its lowest
+                                       trait id; empty where it has none)
+    <source>.<column>.codes.npy        (specimens,) int32: index into the values (-1: no
+                                       value), for the specimen columns but ``path`` and
+                                       every metadata key
+    <source>.<column>.values.arrow     ``value`` (distinct, text) and ``number`` (DuckDB's
+                                       TRY_CAST to DOUBLE), Arrow IPC
+    <stem>.json                        manifest: specimens, the rows' column names, bytes
+                                       and sha256 per file
+
+Everything is written inside the staging copy before the snapshot pointer moves, like the
+postings, each file under a temporary name, fsynced and renamed, its manifest last: a
+publish that dies half-way leaves no version to point at. A reader uses a set of files only
+when its manifest is there and every file has the size it records, else it reads the
+catalog as before (a snapshot published before these files existed still searches); a row
+whose specimen id is not the one asked for sends the ask to the catalog. verify checks each
+file against its manifest's checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from pyarrow import ipc
+
+from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
+from sst_search.store.filters import SPECIMEN_FIELDS, ColumnValues
+from sst_search.store.verify import Problem
+from sst_search.vector_search.at_rest import save_array, vectors_dir
+from sst_search.vector_search.indexes import atomic_write
+from sst_search.vector_search.vector_table import sorted_rows
+from sst_search.weights import sha256_file
+
+#: Specimen fields not written: a path is unique per specimen, so its "dictionary" is the column itself.
+UNCOLUMNED = {"path"}
+SPECIMENS = "specimens"
+#: Files of a set that are not ``.npy`` arrays: an Arrow IPC file, and rows as JSON text.
+SUFFIXES = {"values": "arrow", "rows": "bin"}
+#: Rows of a ``rows`` file read from DuckDB at a time when it is written.
+CHUNK = 100_000
+
+
+def columns_dir(db_path: str | Path) -> Path:
+    return vectors_dir(db_path) / "columns"
+
+
+def field_stem(source: str, column: str) -> str:
+    return f"{quote(source, safe='')}.{quote(column, safe='')}"
+
+
+def masks_stem(trait: str) -> str:
+    return f"masks.{quote(trait, safe='')}"
+
+
+def file_paths(root: Path, stem: str, names: list[str]) -> dict[str, Path]:
+    """The files of one set (:data:`SUFFIXES`; any other name an array) and its ``manifest``."""
+    return {**{name: root / f"{stem}.{name}.{SUFFIXES.get(name, 'npy')}" for name in names},
+            "manifest": root / f"{stem}.json"}
+
+
+def fields(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """``(source, column)`` of every field written: the specimen columns a filter names (but
+    ``path``) and every metadata key."""
+    keys = [k for (k,) in con.execute("SELECT DISTINCT key FROM specimen_metadata ORDER BY 1").fetchall()]
+    return [("specimen", c) for f, c in SPECIMEN_FIELDS.items() if f not in UNCOLUMNED] + [("metadata", k) for k in keys]
+
+
+def read_field(con: duckdb.DuckDBPyConnection, source: str, column: str) -> ColumnValues:
+    """One field's values, one entry per specimen in specimen id order (null: none)."""
+    if source == "specimen":  # column names come from the compiler's allow-list, never from user text
+        table = con.sql(f"SELECT CAST({column} AS VARCHAR) AS v FROM specimens s ORDER BY s.specimen_id").to_arrow_table()
+    else:  # one value per specimen and key: the key is specimen_metadata's primary key with the id
+        table = con.sql("SELECT m.value AS v FROM specimens s LEFT JOIN specimen_metadata m "
+                        "ON m.specimen_id = s.specimen_id AND m.key = ? ORDER BY s.specimen_id",
+                        params=[column]).to_arrow_table()
+    return text_values(con, table.column("v"), None)
+
+
+def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    """Write the columns of the (staged, not yet published) store at ``db_path``, whose catalog ``con`` reads."""
+    root = columns_dir(db_path)
+    ids = con.execute("SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
+    n = len(ids)
+    listing = con.sql(f"SELECT {_json_row(LISTING_COLUMNS)} AS r FROM specimens ORDER BY specimen_id"
+                      ).to_arrow_reader(CHUNK)
+    write(root, SPECIMENS, n, {"ids": ids}, rows=(LISTING_COLUMNS, listing))
+    for (trait,) in con.execute("SELECT DISTINCT trait_name FROM trait_masks ORDER BY 1").fetchall():
+        masks = con.sql(  # one row per specimen (empty where it has no such mask), its lowest trait id
+            f"SELECT CASE WHEN m.specimen_id IS NULL THEN '' ELSE {_json_row(MASK_COLUMNS, 'm.')} "
+            f"END AS r FROM specimens s LEFT JOIN (SELECT {MASK_COLUMNS} FROM trait_masks WHERE trait_name = ? "
+            "QUALIFY row_number() OVER (PARTITION BY specimen_id ORDER BY trait_id) = 1) m "
+            "ON m.specimen_id = s.specimen_id ORDER BY s.specimen_id", params=[trait]).to_arrow_reader(CHUNK)
+        write(root, masks_stem(trait), n, {}, rows=(MASK_COLUMNS, masks))
+    for source, column in fields(con):
+        values = read_field(con, source, column)
+        write(root, field_stem(source, column), n, {"codes": values.codes.astype(np.int32)},
+              pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers}))
+
+
+def _json_row(columns: str, prefix: str = "") -> str:
+    """SQL for one row of ``columns`` as a JSON array, in their order (the ``metadata`` JSON
+    column as its text, as the catalog's reads return it)."""
+    names = [c.strip() for c in columns.split(",")]
+    return "json_array(" + ", ".join(f"{prefix}{c}::VARCHAR" if c == "metadata" else f"{prefix}{c}" for c in names) + \
+        ")::VARCHAR"
+
+
+def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: pa.Table | None = None,
+          rows: tuple[str, pa.RecordBatchReader] | None = None) -> None:
+    """One set of files, its manifest last: ``arrays`` as ``.npy``; ``values`` as an Arrow
+    IPC file; ``rows`` (``(columns, reader of one JSON array per row)``) as their JSON text
+    back to back plus their offsets, written a chunk at a time (millions of masks are never
+    all in memory)."""
+    names = [*arrays, *(["values"] if values is not None else []), *(["rows", "offsets"] if rows else [])]
+    paths = file_paths(root, stem, names)
+    for name, array in arrays.items():
+        atomic_write(paths[name], lambda tmp, array=array: save_array(tmp, array))
+    if values is not None:
+        def write_values(tmp: str) -> None:
+            with ipc.new_file(tmp, values.schema) as writer:
+                writer.write_table(values)
+
+        atomic_write(paths["values"], write_values)
+    if rows is not None:
+        ends: list[np.ndarray] = []
+
+        def write_rows(tmp: str) -> None:
+            written = 0
+            with open(tmp, "wb") as fh:
+                for batch in rows[1]:
+                    text = batch.column(0).cast(pa.large_string())
+                    _, offsets, data = text.buffers()
+                    bounds = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
+                    if bounds[-1] > bounds[0]:  # a chunk of specimens none of which has the mask has no text
+                        fh.write(memoryview(data)[bounds[0]:bounds[-1]])
+                    ends.append(bounds[1:] - bounds[0] + written)
+                    written += int(bounds[-1] - bounds[0])
+
+        atomic_write(paths["rows"], write_rows)
+        offsets = np.concatenate([np.zeros(1, np.int64), *ends])
+        atomic_write(paths["offsets"], lambda tmp: save_array(tmp, offsets))
+    manifest = {"specimens": n, **({"columns": [c.strip() for c in rows[0].split(",")]} if rows else {}),
+                "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
+                          for name in names}}
+    atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+
+
+def _manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def _unusable(paths: dict[str, Path], manifest: dict, n: int | None) -> str | None:
+    """Why the files cannot be trusted without reading them, or None."""
+    if n is not None and manifest.get("specimens") != n:
+        return f"written for {manifest.get('specimens')} specimens, the catalog has {n}"
+    for name, path in paths.items():
+        if name != "manifest" and (not path.is_file() or path.stat().st_size != manifest["files"].get(name, {}).get("bytes")):
+            return f"{path.name} is missing or not the size its manifest says"
+    return None
+
+
+class PublishedColumns:
+    """The columns of one snapshot, each set mapped on first use (None: not usable, read the catalog)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.root = columns_dir(db_path)
+        self._lock = threading.Lock()
+        self._sets: dict[str, dict | None] = {}
+
+    def _open(self, stem: str, names: list[str], n: int | None) -> dict | None:
+        with self._lock:
+            if stem not in self._sets:
+                self._sets[stem] = self._map(stem, names, n)
+            return self._sets[stem]
+
+    def _map(self, stem: str, names: list[str], n: int | None) -> dict | None:
+        paths = file_paths(self.root, stem, names)
+        manifest = _manifest(paths["manifest"])
+        if manifest is None or set(manifest["files"]) != set(names) or _unusable(paths, manifest, n) is not None:
+            return None
+        size = manifest["specimens"]
+        try:
+            found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in SUFFIXES}
+            if "values" in names:
+                found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
+            if any(a.shape != ((size + 1,) if name == "offsets" else (size,)) for name, a in found.items()
+                   if name not in SUFFIXES):
+                return None
+            if "rows" in names:
+                found["rows"] = RowFile(paths["rows"], found.pop("offsets"), manifest.get("columns"))
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        return found
+
+    def ids(self) -> np.ndarray | None:
+        """The snapshot's specimen ids, ascending."""
+        found = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
+        return None if found is None else found["ids"]
+
+    def field(self, source: str, column: str, n: int) -> ColumnValues | None:
+        """One filter field's column over the ``n`` specimens of :meth:`ids`."""
+        found = self._open(field_stem(source, column), ["codes", "values"], n)
+        if found is None or found["codes"].dtype != np.int32:
+            return None
+        values = found["values"]
+        return ColumnValues(values.column("value").combine_chunks(), found["codes"], None,
+                            values.column("number").combine_chunks())
+
+    def rows(self, ids: list[int], trait: str | None = None) -> list[dict] | None:
+        """The listing rows (``trait``: the mask rows of that trait) of those of ``ids`` that
+        have one, as the catalog holds them; None: no usable files, ask the catalog."""
+        specimens = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
+        if specimens is None:
+            return None
+        file = specimens["rows"]
+        if trait is not None:
+            masks = self._open(masks_stem(trait), ["rows", "offsets"], len(specimens["ids"]))
+            if masks is None:
+                return None
+            file = masks["rows"]
+        found, at = sorted_rows(specimens["ids"], np.asarray(ids, np.int64))
+        return file.take(at[found])
+
+
+class RowFile:
+    """Rows stored as JSON text back to back, a few read at a time: a row is one positional
+    read at its offset (7 microseconds), nothing mapped. Sliced out of a memory-mapped
+    columnar file instead, each of a row's columns would map its own piece of the file with
+    the kernel's fault-around (64 KB each), and a reader would hold the whole file resident
+    after a few hundred searches; read with a record batch, a row cost 0.1 ms."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, columns: list[str] | None) -> None:
+        if not isinstance(columns, list) or offsets.dtype != np.int64:
+            raise ValueError(f"{path.name}: its manifest names no columns")
+        self._file = open(path, "rb")  # noqa: SIM115 -- held for the snapshot's lifetime
+        self._offsets, self._columns = offsets, columns
+
+    def take(self, rows: np.ndarray) -> list[dict]:
+        out = []
+        for row in rows:
+            start, end = (int(x) for x in self._offsets[row:row + 2])
+            if end > start:
+                out.append(dict(zip(self._columns, json.loads(os.pread(self._file.fileno(), end - start, start)),
+                                    strict=True)))
+        return out
+
+
+def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
+    """Problems of the columns beside the store at ``db_path``: each set present must be intact
+    (its manifest's sizes and checksums) and written for the catalog's specimens (a snapshot
+    without them is sound: its readers ask the catalog)."""
+    root = columns_dir(db_path)
+    if not root.is_dir():
+        return []
+    n = con.execute("SELECT count(*) FROM specimens").fetchone()[0]
+    problems = []
+    for path in sorted(root.glob("*.json")):
+        manifest = _manifest(path)
+        if manifest is None:
+            problems.append(Problem(str(path), "manifest does not read", "database"))
+            continue
+        paths = file_paths(root, path.name.removesuffix(".json"), list(manifest["files"]))
+        why = _unusable(paths, manifest, n) or next(
+            (f"{paths[name].name} does not match its manifest's checksum" for name in manifest["files"]
+             if sha256_file(paths[name]) != manifest["files"][name].get("sha256")), None)
+        if why is not None:
+            problems.append(Problem(str(path), why, "database"))
+    return problems

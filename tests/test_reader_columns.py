@@ -1,0 +1,199 @@
+"""What a reader of a published snapshot reads, on a real DuckDB catalog and real FAISS
+indexes: a search joins only its hits' listing and masks (nothing loaded for the whole
+trait); a locality or date filter is answered from the columns written at publish, with the
+catalog's exact answer, and from the catalog as before where a snapshot lacks them; a
+publish that dies writing them publishes nothing, and verify names a damaged one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sst_search.config import IndexConfig, PlanConfig
+from sst_search.query import Filter, SearchEngine
+from sst_search.store import Store, published_columns
+from sst_search.store.snapshots import (
+    current_version,
+    list_versions,
+    publish_snapshot,
+    resolve_snapshot,
+)
+from sst_search.store.verify import verify_files
+from sst_search.vector_search import postings
+from sst_search.vector_search.at_rest import save_array, vectors_dir
+from sst_search.vector_search.postings import layout_paths
+
+N, DIM, EMBEDDER, TRAIT = 600, 16, "e", "band"
+CONFIG = IndexConfig(exact_threshold=300, nlist_factor=0.5, train_per_list=39)  # IVF, 12 lists
+LOCALITIES = np.array(["Blue Ridge", "Ridgeway Hollow", "Cape May", "Lake Erie shore", "Big Sur"])
+FILTERS = {
+    "locality contains": [Filter(field="locality", op="contains", value="ridge")],
+    "locality equals": [Filter(field="locality", op="==", value="Cape May")],
+    "date range": [Filter(field="eventDate", op=">=", value="2021-10-01")],
+    "date and group": [Filter(field="eventDate", op="<", value="2020-03-01"), Filter(field="group", op="==", value="g1")],
+}
+
+
+def write_store(db):
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, N + 1, dtype=np.int64) * 7
+    vectors = rng.standard_normal((N, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    days = rng.integers(0, 730, N)
+    dates = (np.datetime64("2020-01-01") + days.astype("timedelta64[D]")).astype(str)
+    dated = rng.random(N) < 0.9  # some specimens have no date: a missing value never passes
+    specimens = pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids],
+                          "group_name": [f"g{i % 3}" for i in range(N)], "status": ["indexed"] * N,
+                          "metadata": [f'{{"catalogNumber": "C-{i}", "n": {i}}}' for i in ids]})
+    metadata = pa.table({"specimen_id": np.concatenate([ids, ids[dated]]),
+                         "key": ["locality"] * N + ["eventDate"] * int(dated.sum()),
+                         "value": np.concatenate([LOCALITIES[rng.integers(0, len(LOCALITIES), N)], dates[dated]])})
+    masks = pa.table({"specimen_id": ids, "trait_id": np.ones(N, np.int32), "trait_name": [TRAIT] * N,
+                      "area": rng.integers(10, 99, N), "bbox_x0": np.zeros(N, np.int32), "bbox_y0": np.zeros(N, np.int32),
+                      "bbox_x1": np.full(N, 9, np.int32), "bbox_y1": np.full(N, 9, np.int32),
+                      "rle": [f'{{"size": [9, 9], "counts": "{i}"}}' for i in ids], "quality": rng.random(N),
+                      "source": ["sst"] * N})
+    lacking = (np.arange(N) % 20 == 3) | ((np.arange(N) >= 200) & (np.arange(N) < 400))  # incl. whole chunks
+    masks = masks.filter(pa.array(~lacking))
+    with Store.open(db, index_config=CONFIG) as store:
+        store.write_columns(specimens, metadata=metadata, masks=masks, vectors={(EMBEDDER, TRAIT): (ids, vectors)})
+        run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
+        store.finish_run(run, {"indexed": N})
+    return ids
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    db = tmp_path_factory.mktemp("reader-columns") / "c.duckdb"
+    ids = write_store(db)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(published_columns, "CHUNK", 100)  # the rows written over several chunks
+        publish_snapshot(db)
+    return db, ids
+
+
+@pytest.fixture(scope="module")
+def published_before(tmp_path_factory):
+    """The same collection published as before the filter columns existed."""
+    db = tmp_path_factory.mktemp("reader-columns-before") / "c.duckdb"
+    write_store(db)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(published_columns, "write_snapshot", lambda con, db_path: None)
+        patch.setattr(postings, "write_layout", lambda *args: None)
+        publish_snapshot(db)
+    assert not published_columns.columns_dir(resolve_snapshot(db)).exists()
+    return db
+
+
+@pytest.mark.parametrize("which", ["published", "published before"])
+def test_a_search_reads_only_its_hits_listing_and_masks(published, published_before, which):
+    """The hits' rows are sliced out of the files written at publish, or asked of the catalog
+    for a snapshot without them: the same rows as the catalog's either way."""
+    db = published[0] if which == "published" else published_before
+    ids = published[1]
+    with SearchEngine.open(db) as engine, Store.open(db, read_only=True) as live:
+        results = engine.search(TRAIT, 10, specimen_id=int(ids[5]), embedder=EMBEDDER)
+        assert len(results) == 10
+        assert engine.store.loaded_columns() is None  # no filter: not even the specimen ids were read
+        hits = [r.specimen_id for r in results]
+        assert (engine.store.published().rows(hits, TRAIT) is not None) == (which == "published")
+        truth, listing = live.trait_mask_of(TRAIT, hits), live.listing(hits)
+        assert [(r.trait_id, r._rle, r.area, r.bbox, r.quality) for r in results] == [
+            (truth[s].trait_id, truth[s].rle, truth[s].area, tuple(truth[s].bbox), truth[s].quality) if s in truth
+            else (None, None, None, None, None) for s in hits]
+        everyone = ids.tolist()
+        assert engine.store.trait_mask_of(TRAIT, everyone) == live.trait_mask_of(TRAIT, everyone)
+        assert engine.store.listing(everyone) == live.listing(everyone)
+        assert engine.store.listing(everyone[:1])[ids[0]]["metadata"] == {"catalogNumber": f"C-{ids[0]}", "n": int(ids[0])}
+        assert len(live.trait_mask_of(TRAIT, everyone)) == N - 200 - (N - 200) // 20
+        if which == "published":  # and not by falling back to the catalog
+            published_masks = engine.store.published().rows(everyone, TRAIT)
+            assert {r["specimen_id"]: r["rle"] for r in published_masks} == {
+                s: m.rle for s, m in live.trait_mask_of(TRAIT, everyone).items()}
+        assert [(r.path, r.group) for r in results] == [(listing[s]["path"], listing[s]["group_name"]) for s in hits]
+        assert engine.store.listing([*hits, 12345]).keys() == set(hits)  # an unknown id is left out
+        if which == "published":  # rows of other specimens than asked (files out of step): asked of the catalog
+            published = engine.store.published()
+            located = published.rows
+            published.rows = lambda ids, trait=None: located([i + 7 for i in ids], trait)
+            assert engine.store.listing(hits) == listing and engine.store.trait_mask_of(TRAIT, hits) == truth
+
+
+def _answers(db, filters):
+    """What a reader of the current snapshot admits under ``filters`` and finds searching under
+    them on IVF plans, and which of the fields and list layout it used came from files."""
+    with SearchEngine.open(db) as engine:
+        store = engine.store
+        admitted = engine.admission(filters).admitted()
+        store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=5)})
+        for sid in admitted[:3]:
+            found = engine.search(TRAIT, 10, specimen_id=int(sid), filters=filters, embedder=EMBEDDER)
+            assert len(found) == 10 and {r.specimen_id for r in found} <= set(admitted.tolist())
+        columns = store.loaded_columns()
+        mapped = {key[1]: isinstance(column.codes, np.memmap) for key, column in columns._columns.items()}
+        mapped["ids"] = isinstance(columns.ids, np.memmap)
+        mapped["layout"] = isinstance(store.vector_table(EMBEDDER, TRAIT).layout(store.index(EMBEDDER, TRAIT)).rows,
+                                      np.memmap)
+    return admitted, mapped
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_locality_and_date_filters_give_the_catalogs_answer_mapped_and_not(published, published_before, name):
+    db, _ = published
+    filters = FILTERS[name]
+    with Store.open(db, read_only=True) as live:
+        exact = live.specimen_ids(filters)  # the catalog's answer, in SQL
+    assert 0 < len(exact) < N
+    admitted, mapped = _answers(db, filters)
+    assert np.array_equal(admitted, exact)
+    assert mapped and all(mapped.values()), mapped  # status, locality, eventDate, group: all from files
+    admitted, mapped = _answers(published_before, filters)  # from the catalog, as before
+    assert np.array_equal(admitted, exact) and not any(mapped.values())
+
+
+def test_a_publish_dying_mid_columns_publishes_nothing_and_verify_names_a_damaged_one(tmp_path, monkeypatch):
+    db = tmp_path / "d.duckdb"
+    write_store(db)
+    publish_snapshot(db)
+    before, versions = current_version(db), list_versions(db)
+    writes = []
+
+    def dies_on_the_third(path, write):
+        writes.append(path)
+        if len(writes) == 3:
+            raise KeyboardInterrupt  # the process stopped half-way through the columns
+        real(path, write)
+
+    real = published_columns.atomic_write
+    monkeypatch.setattr(published_columns, "atomic_write", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        publish_snapshot(db)
+    monkeypatch.undo()
+    assert current_version(db) == before and list_versions(db) == versions
+    snapshot = resolve_snapshot(db)
+    assert verify_files(snapshot) == []
+    root = published_columns.columns_dir(snapshot)
+    damaged = published_columns.file_paths(root, "metadata.locality", ["codes"])["codes"]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.chmod(0o644)
+    damaged.write_bytes(bytes(data))
+    problems = verify_files(snapshot)
+    assert [p.path for p in problems] == [str(damaged.with_name("metadata.locality.json"))]
+    assert "codes.npy does not match its manifest's checksum" in problems[0].what
+    with Store.open(snapshot, read_only=True) as reader:  # the store's own check says the same
+        assert [p.path for p in reader.verify()] == [problems[0].path]
+    damaged.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0xFF]))  # repaired
+    layout = layout_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))
+    layout["rows"].chmod(0o644)
+    rows = np.load(layout["rows"])
+    save_array(layout["rows"], rows[::-1].copy())  # the same bytes' size, another order
+    problems = verify_files(snapshot)
+    assert [(p.path, p.kind) for p in problems] == [(str(layout["manifest"]), "index")], problems
+    rows = published_columns.file_paths(root, published_columns.masks_stem(TRAIT), ["rows"])["rows"]
+    rows.chmod(0o644)
+    rows.write_bytes(b"x" * rows.stat().st_size)  # garbled in place: a reader's search still gets the catalog's masks
+    with Store.open(snapshot, read_only=True) as reader, Store.open(db, read_only=True) as live:
+        some = live.population(EMBEDDER, TRAIT)[:5].tolist()
+        assert reader.trait_mask_of(TRAIT, some) == live.trait_mask_of(TRAIT, some) != {}
