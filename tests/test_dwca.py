@@ -14,7 +14,7 @@ from indexer.collection import CollectionError, load_collection
 from indexer.job import run_index
 from sst_search.store import Store, specimen_id
 from sst_search.synthetic import generate_collection
-from tests.fixtures import random_weights_config
+from tests.fixtures import TEST_IMAGE_SIZE, random_weights_config
 from tests.image_server import ImageServer
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -88,7 +88,8 @@ def test_dwca_with_iiif_images_is_indexed_with_provenance_and_shown_anywhere(ser
     assert summary.counts["indexed"] == 3 and summary.counts["failed"] == 2, summary.failures
     reasons = " | ".join(r for _, r in summary.failures)
     assert "HTTP 404" in reasons and "'urn:occ:3' has no image" in reasons
-    assert server.sizes == ["!128,128", "!128,128"]  # IIIF at the model's input size, never full
+    size = f"!{TEST_IMAGE_SIZE},{TEST_IMAGE_SIZE}"
+    assert server.sizes == [size, size]  # IIIF at the model's input size, never full
 
     key = f"urn:occ:0|{iiif}"
     with Store.open(db, read_only=True) as store:

@@ -1,4 +1,4 @@
-"""OC-CCL fine-tuning with the real SAM 2.1 hiera-t architecture (random weights, 128 px)."""
+"""OC-CCL fine-tuning with the real SAM 2.1 hiera-t architecture (random weights, the tests' input size)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ from sst_search.finetune.roundtrip import (
 from sst_search.images import load_image
 from sst_search.sam2_predictor import encode_images
 from sst_search.tracking import TrackingSession
+from tests.fixtures import TEST_IMAGE_SIZE
 
-SIZE = 128
+SIZE = TEST_IMAGE_SIZE
 MODEL = "sam2.1-hiera-tiny"
 #: Training steps of the shared run: the fewest (at a higher learning rate) whose loss falls
 #: clearly, since each step costs a SAM 2 round trip on CPU.
@@ -161,7 +162,7 @@ def test_loaded_adapter_reproduces_predictions_and_changes_them(trained, group_d
 def test_adapter_for_another_base_is_refused(trained, other, tmp_path, tracker):
     _, _, path = trained
     if other == "image_size":
-        kw = {"image_size": 96}
+        kw = {"image_size": 64}
     elif other == "model":
         kw = {"model": "sam2.1-hiera-small"}
     else:  # the same values saved as a checkpoint file: a different weights digest
@@ -212,5 +213,5 @@ def test_cli_is_deterministic_and_feeds_segment(synthetic, tmp_path):
     ]  # fmt: skip
     ok = runner.invoke(app, [*seg, "--image-size", str(SIZE), "--out", str(tmp_path / "seg")])
     assert ok.exit_code == 0, ok.output
-    wrong = runner.invoke(app, [*seg, "--image-size", "96", "--out", str(tmp_path / "seg2")])
+    wrong = runner.invoke(app, [*seg, "--image-size", "64", "--out", str(tmp_path / "seg2")])
     assert wrong.exit_code == 2 and "image_size" in wrong.output

@@ -102,7 +102,7 @@ def test_fingerprint_changes_redo_only_affected_items(tmp_path, tracker):
     traits.write_text(traits.read_text().replace("forewing_band", "forewing_band_renamed"))
     assert _index(collection, db, tracker=tracker).counts["indexed"] == 2
     # Another SAM 2 input size changes every SST fingerprint.
-    assert _index(collection, db, _config(segmentation={"image_size": 96})).counts["indexed"] == 4
+    assert _index(collection, db, _config(segmentation={"image_size": 64})).counts["indexed"] == 4
     assert _index(collection, db, force=True, tracker=tracker).counts["indexed"] == 4
 
 

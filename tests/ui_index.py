@@ -10,8 +10,8 @@ from indexer.job import run_index
 from sst_search.synthetic import generate_collection
 from tests.fixtures import random_weights_config
 
-#: SAM 2 input size: with random weights the masks mean nothing anyway, and 128 keeps it quick.
-IMAGE_SIZE = 128
+#: SAM 2 input size: with random weights the masks mean nothing anyway, and 96 keeps it quick.
+IMAGE_SIZE = 96
 BROKEN = "images/broken.png"
 # auto orientation: the catalog then records how each specimen was turned
 UI_CONFIG = random_weights_config(segmentation={"image_size": IMAGE_SIZE, "orientation": "auto"})
