@@ -36,9 +36,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # whole paths in it, and temporary paths (longer under xdist: .../popen-gw0/...) must not be cut.
 os.environ.setdefault("COLUMNS", "300")
 os.environ.setdefault("SST_SEARCH_ALLOW_DOWNLOAD", "0")
-# UMAP's kernels are compiled by numba once per process; LLVM's full optimisation of them costs
-# seconds more than it saves on the tests' maps of tens of points. Set before umap is imported.
-os.environ.setdefault("NUMBA_OPT", "0")
 
 
 #: Fixtures that take seconds to set up and serve every test of the run (or module) that asks for
