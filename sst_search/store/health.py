@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sst_search.store import filter_postings, published_columns, vectors_at_rest
 from sst_search.store import verify as vf
 from sst_search.vector_search import at_rest
 from sst_search.vector_search.cache import IndexKey
@@ -76,10 +75,7 @@ def verify(store: IndexedStore, sample: int = vf.SAMPLE, indexes: bool = True) -
     problems = vf.check_database(store.con, store.db_path)
     if problems or not indexes:
         return problems
-    return (vf.check_indexes(store.con, store.faiss_dir, sample)
-            or vectors_at_rest.check_all(store.con, store.db_path, sample)
-            or filter_postings.check_all(store.con, store.db_path)
-            or published_columns.check_all(store.con, store.db_path))
+    return vf.check_beside(store.con, store.db_path, store.faiss_dir, sample)
 
 
 def check_consistency(store: IndexedStore) -> list[str]:

@@ -182,6 +182,15 @@ def open_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def check_beside(con: duckdb.DuckDBPyConnection, db_path: Path, faiss_dir: Path, sample: int = SAMPLE) -> list[Problem]:
+    """Problems of the files beside the catalog, each kind checked once those it builds on are
+    sound: the FAISS files, the vectors at rest, the filter postings, the reader columns."""
+    from sst_search.store import filter_postings, published_columns, vectors_at_rest  # they build on this module
+
+    return (check_indexes(con, faiss_dir, sample) or vectors_at_rest.check_all(con, db_path, sample)
+            or filter_postings.check_all(con, db_path) or published_columns.check_all(con, db_path))
+
+
 def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = False,
                  then: Callable[[duckdb.DuckDBPyConnection], list[Problem]] | None = None) -> list[Problem]:
     """Full check of the store at ``db_path`` (database, FAISS files, vectors at rest, and with
@@ -203,21 +212,7 @@ def verify_files(db_path: str | Path, sample: int = SAMPLE, corrections: bool = 
         problems = check_database(con, db_path)
         if not problems:
             try:
-                problems = check_indexes(con, db_path.with_name(db_path.name + ".faiss"), sample)
-                if not problems:
-                    from sst_search.store import (
-                        vectors_at_rest,  # it builds on this module's checks
-                    )
-
-                    problems = vectors_at_rest.check_all(con, db_path, sample)
-                if not problems:
-                    from sst_search.store import filter_postings
-
-                    problems = filter_postings.check_all(con, db_path)
-                if not problems:
-                    from sst_search.store import published_columns
-
-                    problems = published_columns.check_all(con, db_path)
+                problems = check_beside(con, db_path, db_path.with_name(db_path.name + ".faiss"), sample)
                 if corrections:
                     problems += check_corrections(con, db_path)
                 if not problems and then is not None:
