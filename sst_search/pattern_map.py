@@ -35,6 +35,7 @@ its *signature*, its projection on a fixed random direction, stored with each po
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -148,9 +149,27 @@ def _principal_axes(sample: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]
     return mean.astype(np.float32), (axes * np.where(signs == 0, 1, signs)[:, None]).astype(np.float32)
 
 
-def _umap(reduced: np.ndarray, seed: int) -> np.ndarray:
-    import umap
+@functools.cache
+def _umap_module():
+    """umap-learn, with its numba kernels compiled once per installation instead of once per process.
 
+    umap-learn declares its kernels (neighbour smoothing, membership strengths, the layout's
+    epochs) without numba's on-disk cache, so every process that fits a map compiles them again:
+    about 5 s on two cores before a 12-point map can be drawn, in each app worker and each
+    ``sst-search map``. Turning numba's cache on for them (what ``cache=True`` would have done)
+    makes that the first process's cost only; the compiled code is the same."""
+    import umap
+    from numba.core.registry import CPUDispatcher
+
+    for module in (umap.umap_, umap.layouts, umap.utils, umap.distances, umap.spectral):
+        for kernel in vars(module).values():
+            if isinstance(kernel, CPUDispatcher) and kernel.py_func.__module__ == module.__name__:
+                kernel.enable_caching()
+    return umap
+
+
+def _umap(reduced: np.ndarray, seed: int) -> np.ndarray:
+    umap = _umap_module()
     m = len(reduced)
     k = min(UMAP_NEIGHBOURS, m - 1)
     index = faiss.IndexFlatL2(reduced.shape[1])
