@@ -8,8 +8,12 @@ import os
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
     # Each xdist worker (and the CLI runs it starts) gets its share of the cores: torch's default,
     # one thread per core in every worker, oversubscribes the machine and stalls in thread barriers.
-    # Set before anything imports torch, which reads it once.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    # Set before anything imports torch, which reads it once. numba (under umap) shares torch's
+    # OpenMP runtime and sets its thread count to NUMBA_NUM_THREADS (all cores) when its
+    # threading layer starts: torch in that worker would then run two threads from there on.
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+    os.environ.setdefault("NUMBA_NUM_THREADS", share)
 
 import pytest
 
