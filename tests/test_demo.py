@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from sst_search.cli import app
+from sst_search.pattern_map import load_map
 from sst_search.store import Store
 
 
@@ -12,17 +13,22 @@ def test_demo_builds_a_searchable_index_and_scores_it(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
         app, ["demo", "--out", str(out), "--species", "2", "--per-species", "2", "--weights", "random",
-              "--image-size", "128", "--embedder", "color-pattern"],
-    )  # the smallest demo that still has a query and results in each species
+              "--image-size", "128", "--embedder", "color-pattern", "--maps", "pca"],
+    )  # the smallest demo that still has a query and results in each species (PCA maps: no numba)
     assert result.exit_code == 0, result.output
     assert "RANDOM" in result.output
     assert "overall mIoU" in result.output
     assert "forewing_band" in result.output.split("overall mIoU")[0]  # the score table names traits
     assert "looks most like SYN-000001's" in result.output  # the query by catalogNumber, not an internal id
     assert "1. SYN-" in result.output
-    with Store.open(out / "index.duckdb", read_only=True) as store:
+    with Store.open(out / "index.duckdb", read_only=True) as store:  # the published snapshot
         assert store.status()["specimens"] == {"indexed": 4}
         assert store.check_consistency() == []
+        maps = {trait: load_map(store, embedder, trait) for embedder, trait in store.index_keys()}
+        points = {trait: len(store.population(embedder, trait)) for embedder, trait in store.index_keys()}
+    assert "forewing_band" in maps and all(m is not None and m.method == "pca" for m in maps.values())
+    assert {trait: len(m) for trait, m in maps.items()} == points  # every vector has its point
+    assert f"pattern maps (pca): {', '.join(sorted(maps))}" in result.output
     assert len(list((out / "predictions").rglob("*.png"))) == 4
 
 

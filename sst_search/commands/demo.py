@@ -67,13 +67,17 @@ def demo(
                                                                                 f"{RANDOM_IMAGE_SIZE} with random weights)."),
     embedder: str | None = typer.Option(None, "--embedder", help="Default: bioclip if its weights can be had, else color-pattern."),
     engine: str | None = typer.Option(None, "--engine", help="local | ray.", show_default=config_default(IndexerConfig, "engine")),
+    maps: str = typer.Option("umap", "--maps", help="Pattern map of every trait: umap, pca or none."),
     ui: bool = typer.Option(False, "--ui", help="Start the search app on the demo index afterwards."),
     port: int = typer.Option(8501, "--port"),
 ) -> None:
-    """Generate a synthetic collection, index it, score the masks against the ground truth
-    and run a sample trait search."""
+    """Generate a synthetic collection, index it, score the masks against the ground truth,
+    run a sample trait search and map every trait's pattern space."""
     from .. import index
+    from ..pattern_map import METHODS
 
+    if maps != "none" and maps not in METHODS:
+        raise typer.BadParameter(f"one of {', '.join(METHODS)} or none", param_hint="--maps")
     collection = generate_collection(out / "collection", species=species, per_species=per_species, seed=0)
     console.print(f"collection: {escape(str(collection.manifest))} ({species} species x {per_species} specimens)")
     config = load_config(model=model, engine=engine)
@@ -96,6 +100,8 @@ def demo(
     report = evaluate_folders(predictions, collection.ground_truth, trait_names=load_trait_names(collection.references))
     console.print(report)
     _sample_search(db, collection.groups[0])
+    if maps != "none":
+        _map_every_trait(db, maps)
     console.print(f"\nindex: {escape(str(db))}\nbrowse it: sst-search ui --db {escape(str(db))}")
     if ui:
         subprocess.run([sys.executable, "-m", "sst_search.cli", "ui", "--db", str(db), "--port", str(port)], check=False)
@@ -120,3 +126,22 @@ def _sample_search(db: Path, group: str) -> None:
     for r in results:
         label = r.metadata.get("catalogNumber") or Path(r.path).name
         console.print(f"  {r.rank}. {escape(str(label))} ({escape(str(Path(r.path).name))}, {escape(str(r.group))}) score {r.score:.3f}")
+
+
+def _map_every_trait(db: Path, method: str) -> None:
+    """Fit and publish the pattern map of every indexed trait, so the app's map page opens on a
+    stored map. The first UMAP fit on a machine also compiles umap-learn's numba kernels (seconds,
+    once per installation), which later maps, in the app or the CLI, then load from disk."""
+    from .. import MapError, build_map, publish_snapshot
+
+    mapped = []
+    with Store.open(db) as store:
+        for embedder, trait in store.index_keys():
+            try:
+                build_map(store, embedder, trait, method)
+            except MapError as exc:  # a trait found on fewer than three specimens has no map
+                console.print(f"[yellow]{escape(trait)}: no map ({escape(str(exc))})[/yellow]")
+                continue
+            mapped.append(trait)
+    publish_snapshot(db)
+    console.print(f"\npattern maps ({method}): {escape(', '.join(mapped))}")
