@@ -50,7 +50,8 @@ class ImageServer:
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # clients killed mid-response on purpose
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # A short poll: shutdown() waits for the loop to notice, up to one interval (0.5 s by default).
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()

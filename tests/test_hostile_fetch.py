@@ -26,21 +26,22 @@ def server(tmp_path_factory):
     srv.close()
 
 
-def _fetch(server, tmp_path, *paths: str) -> tuple[list[Item], float]:
+def _fetch(server, tmp_path, *paths: str, config: FetchConfig = CONFIG) -> tuple[list[Item], float]:
     items = [Item(f"{server.url}{p}", None, "g", source=f"{server.url}{p}") for p in paths]
     started = time.monotonic()
-    out = fetch_items(items, ImageCache(tmp_path / "cache"), CONFIG, size=SIZE)
+    out = fetch_items(items, ImageCache(tmp_path / "cache"), config, size=SIZE)
     return out, time.monotonic() - started
 
 
 def test_a_trickling_server_costs_one_item_at_most_timeout_times_retries(server, tmp_path):
-    server.trickle_seconds, server.trickle_bytes = 0.1, 100  # 10 s for the whole body; never a 1 s gap
+    config = CONFIG.model_copy(update={"timeout": 0.5})
+    server.trickle_seconds, server.trickle_bytes = 0.05, 100  # 5 s for the whole body; never a 0.5 s gap
     good = next(iter(server.images))
-    (trickled, fetched), took = _fetch(server, tmp_path, "/fail/trickle", f"/img/{good}")
+    (trickled, fetched), took = _fetch(server, tmp_path, "/fail/trickle", f"/img/{good}", config=config)
     assert trickled.path is None and "timed out after 2 attempts" in trickled.error, trickled.error
     assert fetched.path is not None and fetched.error is None
-    # two attempts of 1 s, a 0.05 s backoff, and some slack for a loaded machine
-    assert took < CONFIG.timeout * CONFIG.retries + 1.5, took
+    # two attempts of 0.5 s, a 0.05 s backoff, and some slack for a loaded machine
+    assert took < config.timeout * config.retries + 1.5, took
 
 
 def test_an_iiif_service_answering_everything_with_its_info_json_fails_one_item(server, tmp_path):
