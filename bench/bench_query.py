@@ -29,7 +29,7 @@ again on the live store, whose vectors are read from the catalog as float32 (the
 before vectors at rest), for the recall cost of float16.
 
 Printed: build time and its peak memory, disk bytes per vector (the DuckDB file, the
-index file, the float16 file), bytes per vector of the index in RAM, process RSS,
+index file, its postings and list layouts, the float16 file, the reader columns), bytes per vector of the index in RAM, process RSS,
 per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
 results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
 LanceDB figures at equal recall with the ratio of p95s and both engines' throughput with
@@ -68,6 +68,7 @@ import pyarrow.compute as pc
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
+from sst_search.store.published_columns import columns_dir
 from sst_search.store.rle import encode_mask
 from sst_search.store.snapshots import (
     current_version,
@@ -99,6 +100,11 @@ def clustered_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) 
         out[part] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out, labels
 
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of every file under ``root`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 @dataclass(frozen=True)
 class Part:
@@ -446,12 +452,15 @@ def main() -> None:
         print(f"publish (copy, verify, float16 vectors at rest moved in): {time.perf_counter() - t:.1f} s; {load()}")
     else:
         snapshot = resolve_snapshot(db)
-    at_rest_file = vector_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))[0]
+    at_rest = vector_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))
+    at_rest_file = at_rest[0]
     index_file = index_paths(Path(f"{snapshot}.faiss"), EMBEDDER, TRAIT)[0]
+    float16_bytes, columns_bytes = sum(p.stat().st_size for p in at_rest), _tree_bytes(columns_dir(snapshot))
     on_disk = {"DuckDB file (catalog, masks, float32 vectors)": snapshot.stat().st_size,
                "FAISS index file": index_file.stat().st_size,
-               "float16 vectors at rest + ids": at_rest_file.stat().st_size + vector_paths(
-                   vectors_dir(snapshot), (EMBEDDER, TRAIT))[1].stat().st_size}
+               "float16 vectors at rest + ids": float16_bytes,
+               "filter postings and list layouts": _tree_bytes(vectors_dir(snapshot)) - float16_bytes - columns_bytes,
+               "reader columns (listing, masks, filter codes)": columns_bytes}
     print("disk bytes per vector: " + "; ".join(f"{what} {size / args.n:,.0f}" for what, size in on_disk.items())
           + f"; total {sum(on_disk.values()) / args.n:,.0f} (one published version; the live store holds as much again)")
 
