@@ -164,7 +164,10 @@ def _umap_module():
     for module in (umap.umap_, umap.layouts, umap.utils, umap.distances, umap.spectral):
         for kernel in vars(module).values():
             if isinstance(kernel, CPUDispatcher) and kernel.py_func.__module__ == module.__name__:
-                kernel.enable_caching()
+                try:
+                    kernel.enable_caching()
+                except RuntimeError:  # numba finds nowhere writable to cache: compile in memory, as before
+                    return umap
     return umap
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,10 @@ def test_umap_map_is_seeded_stored_placed_on_reindex_and_refitted_when_vectors_c
         fitted_at = map_state(store, EMBEDDER, TRAIT).fitted_at
         assert np.array_equal(before.ids, store.population(EMBEDDER, TRAIT)) and before.fitted.all()
     assert np.array_equal(before.xy, again.xy)  # same seed, same coordinates, bit for bit
+    import umap  # its kernels are in numba's disk cache (written, or read back): compiled once per install
+
+    kernel = umap.umap_.smooth_knn_dist
+    assert list(Path(kernel._cache.cache_path or "").glob(f"*.{kernel.py_func.__qualname__}-*.nbi"))
     assert np.isfinite(before.xy).all() and np.ptp(before.xy, axis=0).min() > 0
     with Store.open(db, read_only=True) as reader:  # stored: a reader gets the same map back
         stored = load_map(reader, EMBEDDER, TRAIT)
