@@ -5,7 +5,6 @@ One test fits UMAP on the store: its first fit in a process compiles umap-learn'
 from __future__ import annotations
 
 import shutil
-
 from pathlib import Path
 
 import numpy as np
