@@ -220,6 +220,9 @@ def test_two_reader_processes_share_the_mapped_vector_pages_and_copy_none_of_the
         for reader in readers:  # the first search maps the file: no float32 copy of the vectors (20 MB) appears
             said, grown = reader.stdout.readline().split()
             assert said == "searched" and int(grown) < N * DIM * 4 / 4
+            # its re-rank read its few dozen rows: no page of the mapping, nor the 64 KB the kernel
+            # maps in around each page touched, became resident
+            assert _mapped(reader.pid, matrix)[0] < 64 * 1024
         for reader in readers:
             reader.stdin.write("\n")
             reader.stdin.flush()

@@ -100,7 +100,7 @@ class IndexCache:
             mapped = None if self.at_rest_db is None else at_rest.open_vectors(
                 at_rest.vectors_dir(self.at_rest_db), key, generation)
             if mapped is not None:
-                table = VectorTable(*mapped, presorted=True,
+                table = VectorTable(*mapped, presorted=True, row_reader=at_rest.RowReader(mapped[1]),
                                     stored_layout=lambda index: self._stored_layout(key, generation, index, len(mapped[0])))
             else:
                 ids, matrix = self._read_vectors(*key)

@@ -364,7 +364,7 @@ def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -
     (float16 at rest: scored in float32 from the rounded components)."""
     if len(rows) == 0:
         return []
-    matrix = widened(table.matrix[rows])
+    matrix = widened(table.gather(rows))
     query = np.ascontiguousarray(query, np.float32)
     scores = np.empty(len(rows), np.float32)
     # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is

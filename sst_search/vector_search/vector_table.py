@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import PlanConfig
+from sst_search.vector_search.at_rest import RowReader
 from sst_search.vector_search.indexes import ivf_of
 
 #: Filters whose admitted vectors a table keeps counted per IVF list (a few KB each).
@@ -46,13 +47,15 @@ class VectorTable:
     has one that fits it (else it is read off the index's lists)."""
 
     def __init__(self, ids: np.ndarray, matrix: np.ndarray, presorted: bool = False,
-                 stored_layout: Callable[[faiss.Index], ListLayout | None] | None = None) -> None:
+                 stored_layout: Callable[[faiss.Index], ListLayout | None] | None = None,
+                 row_reader: RowReader | None = None) -> None:
         ids = np.asarray(ids, np.int64)
         if not presorted and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
             order = np.argsort(ids, kind="stable")
             ids, matrix = ids[order], matrix[order]
         self.ids, self.matrix = ids, matrix
         self._stored_layout = stored_layout
+        self._row_reader = row_reader
         self._lock = threading.Lock()
         self._layout: tuple[faiss.Index, ListLayout] | None = None
         self._admitted: OrderedDict[int, tuple[weakref.ref, faiss.Index, AdmittedLists]] = OrderedDict()
@@ -70,7 +73,14 @@ class VectorTable:
         if not len(self.ids):
             return self.ids, np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
         rows = self.rows(ids)
-        return self.ids[rows], np.asarray(self.matrix[rows], np.float32)
+        return self.ids[rows], np.asarray(self.gather(rows), np.float32)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The matrix's ``rows`` as stored (float16 at rest); a few from a mapped file are read
+        rather than touched through the mapping (:class:`~sst_search.vector_search.at_rest.RowReader`)."""
+        if self._row_reader is not None and len(rows) <= self._row_reader.MAX_ROWS:
+            return self._row_reader.read(rows)
+        return self.matrix[rows]
 
     def layout(self, index: faiss.Index) -> ListLayout:
         """Where these vectors sit in ``index`` (which holds exactly them): written with the
