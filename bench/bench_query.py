@@ -410,6 +410,9 @@ def main() -> None:
     ap.add_argument("--selector-scans", default="",
                     help="comma-separated index.plan.selector_scan values, each timed on the same index after the "
                          "configured one (e.g. 0.25,1): the selector's latency/recall trade-off")
+    ap.add_argument("--exact-max", type=int, default=None,
+                    help="index.plan.exact_max recorded with the store (readers use it): filters passing more go "
+                         "through the index's codes and re-rank a few float16 rows instead of scanning float16 rows")
     ap.add_argument("--float32", action="store_true",
                     help="also run the scenarios on the live store's float32 vectors (the recall cost of float16 at rest)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
@@ -432,6 +435,8 @@ def main() -> None:
     group_name = [f"g{g:02d}" for g in range(args.groups)]
 
     config = IndexConfig(exact_threshold=min(50_000, args.n - 1), approximate=args.approx)
+    if args.exact_max is not None:
+        config = config.model_copy(update={"plan": config.plan.model_copy(update={"exact_max": args.exact_max})})
     rss0 = proc.memory_info().rss
     if reuse:
         print(f"reusing the store in {work} (build not timed); DuckDB file {db.stat().st_size / 2**30:.2f} GiB")
