@@ -9,6 +9,10 @@ one copy of a page for every process mapping it. float16 halves the file; a unit
 components lose at most 2^-12 each, so a re-ranked cosine moves by about 1e-3 at most (see
 the README for the measured recall).
 
+A re-rank's few dozen rows are read with ``pread`` (:class:`RowReader`) rather than touched
+through the mapping, which would fault in 64 KB around each; exact scans of many rows use
+the mapping.
+
 This module is the file format and the mapping, with no SQL: the publish streams the
 catalog's rows into :func:`write_matrix` (:mod:`sst_search.store.vectors_at_rest`), and a
 reader's :class:`~sst_search.vector_search.cache.IndexCache` maps them with :func:`open_vectors`.
