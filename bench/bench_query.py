@@ -413,6 +413,9 @@ def main() -> None:
     ap.add_argument("--exact-max", type=int, default=None,
                     help="index.plan.exact_max recorded with the store (readers use it): filters passing more go "
                          "through the index's codes and re-rank a few float16 rows instead of scanning float16 rows")
+    ap.add_argument("--exact-maxes", default="",
+                    help="comma-separated index.plan.exact_max values, each timed on the same index after the "
+                         "configured one (e.g. 2000,5000): which filters are better scanned exactly")
     ap.add_argument("--float32", action="store_true",
                     help="also run the scenarios on the live store's float32 vectors (the recall cost of float16 at rest)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
@@ -581,10 +584,11 @@ def main() -> None:
             scenario_table(f"\nsst-search, nprobe factor {factor:g} (nprobe {ivf.nprobe})")
         ivf.nprobe = configured
     recorded = engine.store.index_config
-    for scan in (float(f) for f in args.selector_scans.split(",") if f.strip()):
-        engine.store.index_cache.config = recorded.model_copy(
-            update={"plan": recorded.plan.model_copy(update={"selector_scan": scan})})
-        scenario_table(f"\nsst-search, selector_scan {scan:g}")
+    for field, values in (("selector_scan", args.selector_scans), ("exact_max", args.exact_maxes)):
+        for value in (type(getattr(recorded.plan, field))(v) for v in values.split(",") if v.strip()):
+            engine.store.index_cache.config = recorded.model_copy(
+                update={"plan": recorded.plan.model_copy(update={field: value})})
+            scenario_table(f"\nsst-search, {field} {value:g}")
     engine.store.index_cache.config = recorded
     engine.close()
     if args.float32:
