@@ -25,7 +25,7 @@ from sst_search.store.snapshots import (
     resolve_snapshot,
 )
 from sst_search.store.verify import verify_files
-from sst_search.vector_search.at_rest import vector_paths, vectors_dir
+from sst_search.vector_search.at_rest import RowReader, vector_paths, vectors_dir
 
 N, DIM, EMBEDDER, TRAIT = 40_000, 128, "e", "t"
 KEY = (EMBEDDER, TRAIT)
@@ -109,6 +109,20 @@ def test_every_plan_reads_the_mapped_float16_vectors_with_recall_and_exactly_k(p
     # A 1% filter unrelated to the clusters leaves ~1 admitted vector per cluster: the selector's
     # SQ8 lists then rank far neighbours coarsely (recall ~0.5 here, float32 or float16 alike).
     assert np.mean(found_all) >= {"exact": 0.99, "selector": 0.4}.get(plan, 0.9)
+
+
+def test_a_few_rows_are_read_from_the_file_and_many_through_the_mapping_and_both_are_the_rows(published):
+    db, ids, vectors, _ = published
+    with Store.open(resolve_snapshot(db), read_only=True) as store:
+        table = store.vector_table(*KEY)
+        few = np.array([5, 0, N - 1, 17, 5], np.int64)  # out of order, the last row, one twice
+        many = np.random.default_rng(2).choice(N, size=RowReader.MAX_ROWS + 1, replace=False)
+        for rows in (few, many):
+            assert np.array_equal(table.gather(rows), np.asarray(table.matrix)[rows])
+        asked = table.ids[few]
+        found, matrix = table.lookup(asked)  # a query's own vector, a re-rank's candidates: read
+        original = vectors[np.argsort(ids)][few]
+        assert np.array_equal(found, asked) and np.abs(matrix - original).max() < 2**-10  # float16's rounding
 
 
 def test_a_snapshot_published_before_vectors_at_rest_opens_and_the_next_publish_writes_them(tmp_path):
