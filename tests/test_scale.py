@@ -369,3 +369,33 @@ def test_the_selector_tests_membership_against_the_smaller_side_of_the_probed_li
             assert [selector.is_member(int(i)) for i in table.ids[rows]] == mask[rows].tolist()
         assert AdmittedLists(layout, mask).held[lists].sum() == np.count_nonzero(mask)
     assert ivf_of(index).nlist > len(lists)
+
+
+@pytest.mark.parametrize("follows_the_vectors", [True, False])
+def test_a_filter_that_follows_the_vectors_is_searched_by_codes_and_a_scattered_one_is_scanned(follows_the_vectors):
+    """Between exact_min and exact_max admitted vectors, their per-list counts decide: two of
+    80 clusters fill the lists that hold them, and the selector finds their nearest in the
+    index's codes; the same number scattered at random are a sliver of every list, and are
+    scanned exactly."""
+    from sst_search.vector_search.indexes import build_index
+    from sst_search.vector_search.planner import search_table
+    from sst_search.vector_search.vector_table import VectorTable
+
+    n, dim = 20_000, 32
+    vectors, labels, ids = _clustered_vectors(3, n, dim, clusters=80, noise=0.3)
+    config = IndexConfig(exact_threshold=1_000, factory="IVF{nlist},SQ8", refine=4, train_niter=4,
+                         plan=PlanConfig(exact_min=100))
+    index, table = build_index(vectors, ids, dim, config), VectorTable(ids, vectors)
+    clusters = np.isin(labels, [5, 6])  # 2.5%: below the post-filter's share
+    passing = clusters if follows_the_vectors else np.random.default_rng(4).permutation(clusters)
+    counted = table.admitted_lists(index, np.isin(table.ids, ids[passing]))
+    recalls = []
+    for row in np.flatnonzero(passing)[:10]:
+        outcome = search_table(index, table, config, vectors[row], 10, _Admitted(ids[passing]), skip=int(ids[row]),
+                               posted=counted)
+        assert outcome.plan == ("selector" if follows_the_vectors else "exact")
+        found = [sid for sid, _ in outcome.hits]
+        assert len(found) == 10 and set(np.isin(found, ids[passing])) == {True}
+        expected = _exact(vectors, ids, row, passing, 10)
+        recalls.append(len(set(found) & set(expected)) / 10)
+    assert np.mean(recalls) >= (0.95 if follows_the_vectors else 1.0)

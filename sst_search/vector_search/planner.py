@@ -33,6 +33,9 @@ specimen (:class:`RowMask`):
     when all do (specimen ids are 63-bit hashes, too sparse for a bitmap).
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
+    Between ``exact_min`` and ``exact_max`` only when they are scattered over the IVF lists
+    (:func:`scans_exactly`); concentrated ones, a filter that follows the vectors, go to the
+    selector, whose codes find them without reading every admitted row.
 
 :func:`search_table` picks the plan; each is one function (:func:`search_unfiltered`,
 :func:`search_postfilter`, :func:`search_exact`, :func:`search_selector`). Every plan
@@ -260,7 +263,7 @@ def search_table(
     admitted = _Admitted.of(q, share)
     if admitted.want <= 0:
         return outcome
-    if admitted.count <= config.plan.exact_max:
+    if scans_exactly(config.plan, admitted.count, admitted.counted):
         outcome.hits = search_exact(q, admitted)
         if plan != "exact":
             outcome.fallbacks.append("exact scan of the admitted set")
@@ -279,8 +282,22 @@ def _plan(q: _Query, share: _Share) -> Plan:
     if plan == "postfilter" and counted is not None and not counted.seen_by_postfilter(
         share.ranking.order, q.ivf.nprobe, share.fetch(q), share.fraction, q.want, q.config.plan
     ):
-        plan = "exact" if counted.count <= q.config.plan.exact_max else "selector"
+        plan = "exact" if scans_exactly(q.config.plan, counted.count, counted) else "selector"
     return plan
+
+
+def scans_exactly(config: PlanConfig, count: int, counted: ListCounts | None) -> bool:
+    """Whether ``count`` admitted vectors are scanned exactly rather than found by the selector:
+    at most ``exact_min`` of them always; up to ``exact_max`` unless their per-list counts show
+    them concentrated, at least ``concentrated_share`` of the IVF lists that hold them. Such a
+    filter follows the vectors (a group), and the index's codes find its nearest; a scan would
+    read each admitted row, and at high dimension those rows span every page of the float16
+    file. Scattered ones (a 1% date) keep the scan: the selector's recall drops there."""
+    if count > config.exact_max:
+        return False
+    if count <= config.exact_min or counted is None or not counted.holding:
+        return True
+    return count < config.concentrated_share * int(counted.sizes[counted.held > 0].sum())
 
 
 def search_unfiltered(q: _Query) -> SearchOutcome:
