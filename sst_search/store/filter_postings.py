@@ -6,7 +6,6 @@ against the catalog and the FAISS file by verify.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
     problems = []
     for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
         paths = postings.layout_paths(root, key)
-        stored = _read_json(paths["manifest"])
+        stored = indexes.read_json(paths["manifest"])
         if stored is not None:
             why = postings.layout_unusable(root, key, stored, generation, manifest.get("sha256")) or _layout_differs(
                 paths, stored, layout)
@@ -119,13 +118,6 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
             if why is not None:
                 problems.append(Problem(str(paths["manifest"]), why, "index", key))
     return problems
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _layout_differs(paths: dict[str, Path], stored: dict, layout: ListLayout) -> str | None:

@@ -56,7 +56,7 @@ from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
 from sst_search.store.filters import SPECIMEN_FIELDS, ColumnValues
 from sst_search.store.verify import Problem
 from sst_search.vector_search.at_rest import save_array, vectors_dir
-from sst_search.vector_search.indexes import atomic_write
+from sst_search.vector_search.indexes import atomic_write, read_json, write_json
 from sst_search.vector_search.vector_table import sorted_rows
 from sst_search.weights import sha256_file
 
@@ -171,15 +171,12 @@ def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: 
     manifest = {"specimens": n, **({"columns": [c.strip() for c in rows[0].split(",")]} if rows else {}),
                 "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
                           for name in names}}
-    atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+    write_json(paths["manifest"], manifest)
 
 
 def _manifest(path: Path) -> dict | None:
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+    manifest = read_json(path)
+    return manifest if manifest is not None and isinstance(manifest.get("files"), dict) else None
 
 
 def _unusable(paths: dict[str, Path], manifest: dict, n: int | None) -> str | None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import mmap
 import os
@@ -57,7 +56,7 @@ from urllib.parse import quote
 import numpy as np
 
 from sst_search.errors import first_line
-from sst_search.vector_search.indexes import atomic_write, file_mode
+from sst_search.vector_search.indexes import file_mode, read_json, write_json
 from sst_search.weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -94,10 +93,7 @@ def vector_paths(root: Path, key: IndexKey) -> tuple[Path, Path, Path]:
 
 
 def read_manifest(root: Path, key: IndexKey) -> dict | None:
-    try:
-        return json.loads(vector_paths(root, key)[2].read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(vector_paths(root, key)[2])
 
 
 def open_vectors(root: Path, key: IndexKey, generation: int | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -207,7 +203,7 @@ def write_manifest(root: Path, key: IndexKey, generation: int, dim: int, count: 
     manifest = {"generation": generation, "count": count, "dim": dim, "dtype": DTYPE.name,
                 "bytes": matrix_path.stat().st_size, "sha256": matrix_sha256,
                 "ids_bytes": ids_path.stat().st_size, "ids_sha256": sha256_file(ids_path)}
-    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+    write_json(manifest_path, manifest)
 
 
 def check_files(root: Path, key: IndexKey, generation: int, dim: int

@@ -230,6 +230,22 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def write_json(path: Path, manifest: dict) -> None:
+    """``manifest`` as JSON at ``path``, atomically: the last file written of a set, which
+    vouches for the others."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+
+
+def read_json(path: Path) -> dict | None:
+    """The manifest at ``path``, or None when it is missing or does not parse: its files are
+    then not used (readers fall back, verify says why)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def factory_of(index: faiss.Index, config: IndexConfig) -> str:
     """The factory string ``index`` was built from under ``config`` (its tier's, ``{nlist}``
     filled in), or its :func:`code_kind` when no tier of ``config`` builds that kind."""
@@ -252,17 +268,14 @@ def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, g
     manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d,
                 "factory": factory, "codes": code_kind(index), "bytes_per_vector": round(size / max(1, index.ntotal), 1),
                 "bytes": size, "sha256": sha256_file(index_path)}
-    atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+    write_json(manifest_path, manifest)
 
 
 def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
     index_path, manifest_path = index_paths(root, embedder, trait_name)
     if not (index_path.is_file() and manifest_path.is_file()):
         return None
-    try:
-        return json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(manifest_path)
 
 
 def load_index(root: Path, embedder: str, trait_name: str) -> faiss.Index:

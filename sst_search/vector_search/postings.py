@@ -28,7 +28,6 @@ loaded: an index rebuilt in memory has other lists, and its searches build masks
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,7 +35,7 @@ import faiss
 import numpy as np
 
 from sst_search.vector_search.at_rest import IndexKey, save_array
-from sst_search.vector_search.indexes import atomic_write, ivf_of
+from sst_search.vector_search.indexes import atomic_write, ivf_of, read_json, write_json
 from sst_search.vector_search.vector_table import ListCounts, ListLayout
 from sst_search.weights import sha256_file
 
@@ -79,14 +78,11 @@ def write(root: Path, key: IndexKey, field: str, generation: int, index_sha256: 
                 "index_sha256": index_sha256,
                 **{f"{name}_bytes": paths[name].stat().st_size for name in ARRAYS},
                 **{f"{name}_sha256": sha256_file(paths[name]) for name in ARRAYS}}
-    atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+    write_json(paths["manifest"], manifest)
 
 
 def read_manifest(root: Path, key: IndexKey, field: str) -> dict | None:
-    try:
-        return json.loads(posting_paths(root, key, field)["manifest"].read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(posting_paths(root, key, field)["manifest"])
 
 
 def unusable(root: Path, key: IndexKey, field: str, manifest: dict, generation: int, index_sha256: str | None
@@ -120,7 +116,7 @@ def write_layout(root: Path, key: IndexKey, generation: int, index_sha256: str, 
     manifest = {"generation": generation, "index_sha256": index_sha256,
                 **{f"{name}_bytes": paths[name].stat().st_size for name in LAYOUT_ARRAYS},
                 **{f"{name}_sha256": sha256_file(paths[name]) for name in LAYOUT_ARRAYS}}
-    atomic_write(paths["manifest"], lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+    write_json(paths["manifest"], manifest)
 
 
 def layout_unusable(root: Path, key: IndexKey, manifest: dict, generation: int, index_sha256: str | None) -> str | None:
@@ -141,11 +137,8 @@ def open_layout(root: Path, key: IndexKey, generation: int, index_sha256: str | 
     """The layout written with the snapshot, mapped read-only, if it fits ``index`` (loaded
     from the file of ``index_sha256``) over a table of ``rows`` rows; else None."""
     paths = layout_paths(root, key)
-    try:
-        manifest = json.loads(paths["manifest"].read_text())
-    except (OSError, ValueError):
-        return None
-    if layout_unusable(root, key, manifest, generation, index_sha256) is not None:
+    manifest = read_json(paths["manifest"])
+    if manifest is None or layout_unusable(root, key, manifest, generation, index_sha256) is not None:
         return None
     try:
         arrays = {name: np.load(paths[name], mmap_mode="r") for name in LAYOUT_ARRAYS}
