@@ -41,6 +41,7 @@ file against its manifest's checksum.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -150,26 +151,30 @@ def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: 
                 writer.write_table(values)
 
         atomic_write(paths["values"], write_values)
+    digests: dict[str, str] = {}  # of the files hashed as they are written (the rows: gigabytes at millions)
     if rows is not None:
         ends: list[np.ndarray] = []
 
         def write_rows(tmp: str) -> None:
-            written = 0
+            written, digest = 0, hashlib.sha256()
             with open(tmp, "wb") as fh:
                 for batch in rows[1]:
                     text = batch.column(0).cast(pa.large_string())
                     _, offsets, data = text.buffers()
                     bounds = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
                     if bounds[-1] > bounds[0]:  # a chunk of specimens none of which has the mask has no text
-                        fh.write(memoryview(data)[bounds[0]:bounds[-1]])
+                        chunk = memoryview(data)[bounds[0]:bounds[-1]]
+                        fh.write(chunk)
+                        digest.update(chunk)
                     ends.append(bounds[1:] - bounds[0] + written)
                     written += int(bounds[-1] - bounds[0])
+            digests["rows"] = digest.hexdigest()
 
         atomic_write(paths["rows"], write_rows)
         offsets = np.concatenate([np.zeros(1, np.int64), *ends])
         atomic_write(paths["offsets"], lambda tmp: save_array(tmp, offsets))
     manifest = {"specimens": n, **({"columns": [c.strip() for c in rows[0].split(",")]} if rows else {}),
-                "files": {name: {"bytes": paths[name].stat().st_size, "sha256": sha256_file(paths[name])}
+                "files": {name: {"bytes": paths[name].stat().st_size, "sha256": digests.get(name) or sha256_file(paths[name])}
                           for name in names}}
     write_json(paths["manifest"], manifest)
 
