@@ -179,7 +179,7 @@ def test_damaged_faiss_file_is_reported_then_rebuilt_before_publishing(store, da
         assert s.check_consistency() == []
         vectors = s.get_vectors("color-pattern", TRAIT)
         (hits,) = s.search("color-pattern", TRAIT, vectors[1][0], k=1)
-        assert hits[0][0] == vectors[0][0] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert hits[0][0] == vectors[0][0] and hits[0][1] == pytest.approx(1.0, abs=1e-3)  # float16 in the catalog
 
 
 def test_publish_refuses_a_damaged_copy_and_keeps_every_version(store):

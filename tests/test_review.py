@@ -14,7 +14,7 @@ from sst_search.cli import app
 from sst_search.images import save_mask
 from sst_search.mask_review import decide, promote
 from sst_search.references import load_references, references_fingerprint
-from sst_search.store import Store
+from sst_search.store import Store, vector_column
 from sst_search.store.review_tables import decisions, review_queue
 from tests.review_store import LOW_QUALITY, WIDTHS, build_review_store, records
 from tests.review_store import sid as _sid
@@ -158,7 +158,7 @@ def test_a_correction_is_remeasured_and_reembedded(ui_db, tmp_path):
         assert mask.source == "corrected"
         want = embedder.embed_traits(image, label_map, [trait.trait_id])[trait.trait_id]
         ids, matrix = store.get_vectors(embedder.name, trait.trait_name, [sid])
-        assert list(ids) == [sid] and np.allclose(matrix[0], want, atol=1e-6)
+        assert list(ids) == [sid] and np.array_equal(matrix[0], vector_column.rounded(want))
         assert store.search(embedder.name, trait.trait_name, want[None], k=1)[0][0][0] == sid  # FAISS follows
         frame = store.measurements_frame(specimen_ids=[sid])
         row = frame[frame["trait_id"] == trait.trait_id].iloc[0]

@@ -9,7 +9,9 @@ import sys
 import textwrap
 import time
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from sst_search.config import IndexConfig
@@ -22,8 +24,11 @@ from sst_search.store import (
     encode_mask,
     masks_from_label_map,
     specimen_id,
+    vector_column,
 )
-from sst_search.vector_search.indexes import index_kind
+from sst_search.store.snapshots import publish_snapshot
+from sst_search.store.verify import verify_files
+from sst_search.vector_search.indexes import build_index, index_kind, save_index
 
 DIM = 16
 
@@ -81,7 +86,8 @@ def test_round_trip_search_and_catalog_counts(tmp_path):
         assert store.index("emb", "band").ntotal == 40
         assert store.check_consistency() == []
         hits = store.search("emb", "band", vectors[7], k=5)[0]
-        assert hits[0][0] == records[7].specimen_id and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        # stored as float16: a cosine moves by less than 1e-3
+        assert hits[0][0] == records[7].specimen_id and hits[0][1] == pytest.approx(1.0, abs=1e-3)
         expected = np.argsort(-(vectors @ vectors[7]))[:5]
         assert [h[0] for h in hits] == [records[j].specimen_id for j in expected]
         # metadata filters are SQL; filtered search returns only candidates
@@ -106,7 +112,7 @@ def test_round_trip_search_and_catalog_counts(tmp_path):
         label_map = reader.label_map(records[3].specimen_id)
         assert (label_map == 1).sum() == masks[0].area and label_map.shape == (24, 32)
         ids, matrix = reader.get_vectors("emb", "band", [records[5].specimen_id])
-        np.testing.assert_allclose(matrix[0], vectors[5])
+        np.testing.assert_array_equal(matrix[0], vector_column.rounded(vectors[5]))  # float16, exactly
         with pytest.raises(RuntimeError, match="read-only"):
             reader.remove_specimens(ids)
 
@@ -175,6 +181,65 @@ DIES_UNFLUSHED = textwrap.dedent(
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
+
+
+def _as_written_before_float16(db, vectors_by_id):
+    """Give the store at ``db`` the float32 ``FLOAT[]`` vectors column of stores written
+    before vectors were kept as float16, holding ``vectors_by_id``'s exact values, and FAISS
+    files built from them."""
+    con = duckdb.connect(str(db))
+    keys = con.execute("SELECT embedder, trait_name, specimen_id, faiss_id FROM vectors").fetchall()
+    matrix = np.stack([vectors_by_id[(t, s)] for _, t, s, _ in keys])
+    con.execute("DROP TABLE vectors")
+    con.execute("CREATE TABLE vectors (embedder VARCHAR NOT NULL, trait_name VARCHAR NOT NULL, specimen_id BIGINT NOT NULL, "
+                "faiss_id BIGINT NOT NULL, vector FLOAT[] NOT NULL, PRIMARY KEY (embedder, trait_name, specimen_id))")
+    old = pa.table({"embedder": [k[0] for k in keys], "trait_name": [k[1] for k in keys],
+                    "specimen_id": pa.array([k[2] for k in keys], pa.int64()), "faiss_id": pa.array([k[3] for k in keys], pa.int64()),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), DIM).cast(pa.list_(pa.float32()))})
+    con.register("old", old)
+    con.execute("INSERT INTO vectors SELECT * FROM old")
+    for embedder, trait, generation in con.execute("SELECT embedder, trait_name, generation FROM index_state").fetchall():
+        rows = [i for i, k in enumerate(keys) if k[:2] == (embedder, trait)]
+        index = build_index(matrix[rows], np.array([keys[i][2] for i in rows], np.int64), DIM, IndexConfig())
+        save_index(db.with_name(db.name + ".faiss"), embedder, trait, index, generation)
+    con.close()
+
+
+def test_a_store_written_with_float32_vectors_is_read_as_it_is_and_migrated_by_a_writer(tmp_path):
+    db = tmp_path / "old.duckdb"
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 30)
+    records = _records(vectors)
+    with Store.open(db) as store:
+        store.write_batch(records)
+        generation = store.generations()[("emb", "band")]
+    written = {(t, r.specimen_id): v for r in records for (_, t), v in r.vectors.items()}
+    _as_written_before_float16(db, written)
+
+    # read as it is: a snapshot of the old kind publishes, verifies and answers
+    snapshot = publish_snapshot(db)
+    assert verify_files(snapshot) == []
+    with Store.open(db, read_only=True) as reader:
+        ids, matrix = reader.get_vectors("emb", "band", [records[4].specimen_id])
+        np.testing.assert_array_equal(matrix[0], vectors[4])  # the float32 values, as stored
+        assert reader.search("emb", "band", vectors[4], k=1)[0][0][0] == records[4].specimen_id
+
+    # a migration killed half-way left its partial table behind: the next one starts over
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE vectors_float16 AS SELECT embedder, trait_name, specimen_id, faiss_id, "
+                "[1::SMALLINT] AS vector FROM vectors LIMIT 3")
+    con.close()
+    with Store.open(db) as store:
+        kinds = store.con.execute("SELECT table_name, data_type FROM duckdb_columns() "
+                                  "WHERE column_name = 'vector' ORDER BY 1").fetchall()
+        assert kinds == [("vectors", "SMALLINT[]")]
+        assert store.generations()[("emb", "band")] == generation + 1  # the float32-built indexes are stale
+        ids, matrix = store.get_vectors("emb", "band")
+        order = {r.specimen_id: i for i, r in enumerate(records)}
+        np.testing.assert_array_equal(matrix, vector_column.rounded(vectors[[order[int(i)] for i in ids]]))
+        assert store.check_consistency() == []
+        assert store.search("emb", "band", vectors[4], k=1)[0][0][0] == records[4].specimen_id
+    assert verify_files(publish_snapshot(db)) == []
 
 
 def test_stale_or_missing_faiss_files_are_rebuilt_on_open(tmp_path):

@@ -25,6 +25,7 @@ from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, SqlAdmission
 from sst_search.store.filters import Filter, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
+from sst_search.store import vector_column
 from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS
 from sst_search.vector_search.cache import IndexKey
 
@@ -54,8 +55,7 @@ def duckdb_memory_limit() -> str:
 
 def vector_batch(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, (rows, dim) matrix)`` of one non-empty batch of ``(specimen_id, vector)`` rows."""
-    values = batch.column(1).flatten().to_numpy(zero_copy_only=False)
-    return batch.column(0).to_numpy().astype(np.int64, copy=False), values.reshape(len(batch), -1)
+    return batch.column(0).to_numpy().astype(np.int64, copy=False), vector_column.decode(batch.column(1), len(batch))
 
 
 def _vector_rows(batches: pa.RecordBatchReader, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from sst_search.store import writer
+from sst_search.store import vector_column, writer
 from sst_search.store.generations import apply_committed, bump
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
@@ -116,7 +116,8 @@ def record_decision(
         corrected = TraitMask.from_mask(trait_id, trait_name, mask, source="corrected")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     sid = int(specimen_id)
-    vectors = vectors or {}
+    # the values the catalog keeps, so the cached indexes updated below equal ones rebuilt from it
+    vectors = {key: vector_column.rounded(np.asarray(vec)[None])[0] for key, vec in (vectors or {}).items()}
     known = store.generations()
     for key in vectors:
         if key in known:
@@ -148,7 +149,7 @@ def _write_vectors(store, sid: int, vectors: dict[tuple[str, str], np.ndarray]) 
     for (embedder, trait), vec in vectors.items():
         store.connection.execute("DELETE FROM vectors WHERE embedder = ? AND trait_name = ? AND specimen_id = ?", [embedder, trait, sid])
         store.connection.execute("INSERT INTO vectors (embedder, trait_name, specimen_id, faiss_id, vector) VALUES (?, ?, ?, ?, ?)",
-                    [embedder, trait, sid, sid, np.asarray(vec, np.float32).tolist()])
+                    [embedder, trait, sid, sid, vector_column.parameter(vec)])
     return bump(store, vectors, {k: len(v) for k, v in vectors.items()})
 
 

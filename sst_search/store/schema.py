@@ -75,7 +75,9 @@ Tables and columns:
     - ``embedder VARCHAR``: embedder name (e.g. ``bioclip``, ``color-pattern``).
     - ``trait_name VARCHAR``: the trait, or ``__specimen__`` for the whole-specimen vector.
     - ``specimen_id BIGINT``, ``faiss_id BIGINT`` (equal to ``specimen_id``).
-    - ``vector FLOAT[]``: L2-normalised embedding.
+    - ``vector SMALLINT[]``: the L2-normalised embedding's float16 bit patterns (see
+      :mod:`sst_search.store.vector_column`; ``FLOAT[]`` in stores written before, migrated
+      when a writer opens them).
     - primary key ``(embedder, trait_name, specimen_id)``.
 
 ``index_state``: one row per FAISS index.
@@ -153,6 +155,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 from sst_search.measure import FIELDS
+from sst_search.store import vector_column
+
+#: Rows copied at a time when a store's vectors are migrated.
+MIGRATION_BATCH = 32_768
 
 SPECIMEN_TRAIT = "__specimen__"
 STATUSES = ("indexed", "failed", "no_reference", "pending")
@@ -234,7 +240,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     trait_name VARCHAR NOT NULL,
     specimen_id BIGINT NOT NULL,
     faiss_id BIGINT NOT NULL,
-    vector FLOAT[] NOT NULL,
+    vector SMALLINT[] NOT NULL,
     PRIMARY KEY (embedder, trait_name, specimen_id)
 );
 CREATE TABLE IF NOT EXISTS index_state (
@@ -328,9 +334,21 @@ CREATE TABLE IF NOT EXISTS store_settings (
 
 
 def migrate(con) -> None:
-    """Bring a store created by an older version up to this schema.
+    """Bring a store created by an older version up to this schema; each step does nothing
+    to a store already past it."""
+    _allow_corrected_masks(con)
+    _store_vectors_as_float16(con)
 
-    Stores created before reviewer corrections existed have a ``trait_masks.source`` CHECK
+
+def _table_ddl(table: str, named: str | None = None) -> str:
+    """The ``CREATE TABLE`` statement of ``table`` in :data:`DDL`, optionally under another name."""
+    create = DDL[DDL.index(f"CREATE TABLE IF NOT EXISTS {table} ("):]
+    create = create[: create.index(";") + 1]
+    return create if named is None else create.replace(f" {table} (", f" {named} (", 1)
+
+
+def _allow_corrected_masks(con) -> None:
+    """Stores created before reviewer corrections existed have a ``trait_masks.source`` CHECK
     without ``corrected``; DuckDB cannot alter a CHECK, so the table is rebuilt once, in one
     transaction, keeping every column (including ones added later by ``ALTER TABLE``).
     """
@@ -342,12 +360,10 @@ def migrate(con) -> None:
     columns = con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'trait_masks' ORDER BY column_index"
     ).fetchall()
-    create = DDL[DDL.index("CREATE TABLE IF NOT EXISTS trait_masks"):]
-    create = create[: create.index(";") + 1]
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("ALTER TABLE trait_masks RENAME TO trait_masks_before_migration")
-        con.execute(create)
+        con.execute(_table_ddl("trait_masks"))
         fresh = {name for (name,) in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'trait_masks'").fetchall()}
         for name, dtype in columns:
@@ -356,6 +372,38 @@ def migrate(con) -> None:
         names = ", ".join(f'"{name}"' for name, _ in columns)
         con.execute(f"INSERT INTO trait_masks ({names}) SELECT {names} FROM trait_masks_before_migration")
         con.execute("DROP TABLE trait_masks_before_migration")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _store_vectors_as_float16(con) -> None:
+    """Stores written before vectors were kept as float16 hold them as ``FLOAT[]``: copied,
+    a batch at a time, into a table of the new kind, which then takes the old one's place in
+    one transaction. A migration killed half-way leaves the old table whole and starts over.
+    Every index's generation moves on, so the FAISS files (built from the float32 values)
+    are rebuilt from the catalog's float16 ones."""
+    kind = con.execute("SELECT data_type FROM duckdb_columns() "
+                       "WHERE table_name = 'vectors' AND column_name = 'vector'").fetchall()
+    if not kind or kind[0][0] == vector_column.SQL_TYPE:
+        return
+    columns = ("embedder", "trait_name", "specimen_id", "faiss_id")
+    con.execute("DROP TABLE IF EXISTS vectors_float16")
+    con.execute(_table_ddl("vectors", "vectors_float16"))
+    reader = con.cursor().sql(f"SELECT {', '.join(columns)}, vector FROM vectors").to_arrow_reader(MIGRATION_BATCH)
+    for batch in reader:
+        if len(batch):
+            con.register("_float16_rows", pa.table(
+                [*(batch.column(c) for c in columns), vector_column.encode(vector_column.decode(batch.column("vector"), len(batch)))],
+                names=[*columns, "vector"]))
+            con.execute("INSERT INTO vectors_float16 SELECT * FROM _float16_rows")
+            con.unregister("_float16_rows")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DROP TABLE vectors")
+        con.execute("ALTER TABLE vectors_float16 RENAME TO vectors")
+        con.execute("UPDATE index_state SET generation = generation + 1")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

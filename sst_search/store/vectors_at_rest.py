@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 
 from sst_search.store.catalog import VECTOR_BATCH_ROWS, vector_batch
-from sst_search.store.verify import SAMPLE, Problem, index_states
+from sst_search.store.verify import SAMPLE, Problem, catalog_vectors, index_states
 from sst_search.vector_search import at_rest
 from sst_search.vector_search.at_rest import IndexKey
 from sst_search.vector_search.indexes import atomic_write
@@ -94,12 +94,7 @@ def check(con: duckdb.DuckDBPyConnection, root: Path, key: IndexKey, generation:
     if not len(ids):
         return []
     rows = np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))
-    found = con.execute(
-        "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ? "
-        "AND specimen_id IN (SELECT unnest(?::BIGINT[])) ORDER BY specimen_id",
-        [*key, ids[rows].tolist()],
-    ).fetchall()
-    expected = np.asarray([v for _, v in found], np.float32)
+    _, expected = catalog_vectors(con, key, np.asarray(ids[rows]))
     wrong = int((np.abs(np.asarray(matrix[rows], np.float32) - expected) > at_rest.TOLERANCE).any(axis=1).sum())
     if wrong:
         return problem(f"{wrong} of {len(rows)} sampled vectors at rest differ from the catalog's")

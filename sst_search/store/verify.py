@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from sst_search.errors import first_line
+from sst_search.store import vector_column
 from sst_search.store.catalog import duckdb_memory_limit
 from sst_search.store.errors import StoreError, is_lock_conflict
 from sst_search.vector_search import indexes
@@ -144,17 +145,21 @@ def check_index(
                        f"({missing} missing from FAISS, {extra} not in catalog)")
     if not len(ids):
         return []
-    picks = ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))]
-    rows = con.execute(
+    found, expected = catalog_vectors(con, key, ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))])
+    wrong = _mismatches(index, found, expected)
+    if wrong:
+        return problem(f"{wrong} of {len(found)} sampled vectors differ from the catalog's (a file of another index?)")
+    return []
+
+
+def catalog_vectors(con: duckdb.DuckDBPyConnection, key: tuple[str, str], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, matrix)`` of the catalog's vectors of ``ids`` in index ``key``, in id order (a sample to compare with)."""
+    table = con.sql(
         "SELECT specimen_id, vector FROM vectors WHERE embedder = ? AND trait_name = ? "
         "AND specimen_id IN (SELECT unnest(?::BIGINT[])) ORDER BY specimen_id",
-        [*key, picks.tolist()],
-    ).fetchall()
-    expected = np.asarray([r[1] for r in rows], np.float32)
-    wrong = _mismatches(index, np.asarray([r[0] for r in rows], np.int64), expected)
-    if wrong:
-        return problem(f"{wrong} of {len(rows)} sampled vectors differ from the catalog's (a file of another index?)")
-    return []
+        params=[*key, [int(i) for i in ids]],
+    ).to_arrow_table()
+    return table.column(0).to_numpy().astype(np.int64), vector_column.decode(table.column(1), len(table))
 
 
 def check_indexes(con: duckdb.DuckDBPyConnection, faiss_dir: Path, sample: int = SAMPLE) -> list[Problem]:

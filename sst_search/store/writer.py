@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
+from sst_search.store import vector_column
 from sst_search.store.connection import Connection
 from sst_search.store.generations import apply_committed, bump, keys_of_registered_ids
 from sst_search.store.records import SpecimenRecord
@@ -323,7 +324,7 @@ def _ids_of(chunk: Chunk) -> np.ndarray:
 
 def _checked(chunk: Chunk, dims: Mapping[IndexKey, int]) -> Chunk | None:
     """``chunk`` with its optional specimen columns filled in (NULL) and its vectors as
-    int64 ids and float32 matrices, or None when it holds no specimens; refuses what the
+    int64 ids and float32 matrices of the values the catalog keeps (float16), or None when it holds no specimens; refuses what the
     store would hold wrong."""
     specimens = chunk.specimens
     vectors = {key: (np.asarray(i, np.int64), np.asarray(m, np.float32)) for key, (i, m) in (chunk.vectors or {}).items()}
@@ -350,6 +351,8 @@ def _checked(chunk: Chunk, dims: Mapping[IndexKey, int]) -> Chunk | None:
             raise ValueError(f"{name}: vectors for specimens that are not in this batch as 'indexed'")
         if not np.isfinite(matrix).all() or np.abs(np.linalg.norm(matrix, axis=1) - 1.0).max(initial=0) > 1e-3:
             raise ValueError(f"{name}: vectors must be finite and L2-normalised")
+    # what the catalog will hold, so the indexes updated from these matrices equal ones rebuilt from it
+    vectors = {key: (vids, vector_column.rounded(matrix)) for key, (vids, matrix) in vectors.items()}
     return replace(chunk, specimens=specimens, vectors=vectors)
 
 
@@ -380,11 +383,10 @@ def _insert(store: Store, chunk: Chunk) -> set[IndexKey]:
         for key, (vids, matrix) in chunk.vectors.items():
             for start in range(0, len(vids), VECTOR_CHUNK):
                 part = slice(start, start + VECTOR_CHUNK)
-                flat = pa.array(matrix[part].ravel())
                 parts.append(pa.table({
                     "embedder": pa.array([key[0]] * len(vids[part])), "trait_name": pa.array([key[1]] * len(vids[part])),
                     "specimen_id": vids[part], "faiss_id": vids[part],
-                    "vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32())),
+                    "vector": vector_column.encode(matrix[part]),
                 }))
                 rows += len(parts[-1])
                 if rows >= VECTOR_CHUNK:
