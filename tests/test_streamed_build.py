@@ -19,6 +19,7 @@ from sst_search.store.snapshots import current_version, publish_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.store.writer import Chunk
 from sst_search.vector_search.at_rest import live_dir, vector_paths, vectors_dir
+from sst_search.vector_search.indexes import index_paths
 
 N, DIM, KEY = 3_000, 32, ("e", "t")
 #: IVF above 500 vectors: the stream's index is trained on a sample, then filled chunk by chunk.
@@ -167,3 +168,24 @@ def test_a_specimen_in_two_chunks_is_upserted_and_its_index_rebuilt_from_the_cat
     assert not vector_paths(live_dir(Path(f"{db}.faiss")), KEY)[0].exists()
     snapshot = publish_snapshot(db)  # the snapshot's vectors at rest come from the catalog instead
     assert len(np.load(vector_paths(vectors_dir(snapshot), KEY)[1])) == 1_000
+
+
+def test_a_publish_links_the_build_files_and_a_later_write_leaves_the_published_ones_as_they_were(tmp_path):
+    """The published FAISS file and the streamed build's vectors at rest share the live files'
+    blocks instead of being stored twice; the writer replaces a live file rather than rewriting
+    it, so the version keeps the bytes it verified."""
+    ids, vectors = _data()
+    db = tmp_path / "store.duckdb"
+    with Store.open(db, index_config=CONFIG) as store:
+        store.write_chunks(_chunks(ids, vectors, 1000))
+    snapshot = publish_snapshot(db)
+    live_faiss, published_faiss = Path(f"{db}.faiss"), Path(f"{snapshot}.faiss")
+    live_index, published_index = (index_paths(folder, *KEY)[0] for folder in (live_faiss, published_faiss))
+    assert live_index.samefile(published_index)
+    assert vector_paths(live_dir(live_faiss), KEY)[0].samefile(vector_paths(vectors_dir(snapshot), KEY)[0])
+    before = published_index.read_bytes()
+    changed = _chunk(ids, vectors[::-1].copy(), 0, 10)  # ten specimens get other vectors
+    with Store.open(db) as store:
+        store.write_columns(changed.specimens, changed.metadata, vectors=changed.vectors)
+    assert not live_index.samefile(published_index)
+    assert published_index.read_bytes() == before and verify_files(snapshot) == []

@@ -216,9 +216,8 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
             shutil.copy2(db_path, staging / db_path.name)
             faiss_dir = _faiss_dir(db_path)
             if faiss_dir.is_dir():
-                shutil.copytree(
-                    faiss_dir, staging / faiss_dir.name, ignore=shutil.ignore_patterns("*.tmp")
-                )
+                shutil.copytree(faiss_dir, staging / faiss_dir.name, ignore=shutil.ignore_patterns("*.tmp"),
+                                copy_function=_link_or_copy)
         finally:
             con.close()
         _make_readable(staging)
@@ -245,6 +244,18 @@ def publish_snapshot(db_path: str | Path, keep: int = DEFAULT_KEEP) -> Path:
     _write_pointer(db_path, version)
     prune_snapshots(db_path, keep)
     return root / version / db_path.name
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A published FAISS file shares the live one's blocks: the live files are replaced, never
+    rewritten in place (:func:`~sst_search.vector_search.indexes.atomic_write` renames a new
+    file over the old name), so a later write leaves the version's link as it was, and a
+    FAISS index or a streamed build's vectors at rest (gigabytes at millions of vectors) is
+    not stored twice. A copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _write_for_readers(con: duckdb.DuckDBPyConnection, staged: Path) -> list[Problem]:
