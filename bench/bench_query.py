@@ -429,6 +429,9 @@ def main() -> None:
     ap.add_argument("--exact-maxes", default="",
                     help="comma-separated index.plan.exact_max values, each timed on the same index after the "
                          "configured one (e.g. 2000,5000): which filters are better scanned exactly")
+    ap.add_argument("--two-level-lists", type=int, default=None,
+                    help="index.two_level_lists recorded with the store: from this many IVF lists, the lists are trained "
+                         "and the build's vectors filed in two levels (1: always; a large number: never)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true",
@@ -451,6 +454,8 @@ def main() -> None:
     config = IndexConfig(exact_threshold=min(50_000, args.n - 1), approximate=args.approx)
     if args.exact_max is not None:
         config = config.model_copy(update={"plan": config.plan.model_copy(update={"exact_max": args.exact_max})})
+    if args.two_level_lists is not None:
+        config = config.model_copy(update={"two_level_lists": args.two_level_lists})
     rss0 = proc.memory_info().rss
     if reuse:
         print(f"reusing the store in {work} (build not timed); DuckDB file {db.stat().st_size / 2**30:.2f} GiB")

@@ -23,8 +23,10 @@ from urllib.parse import quote
 
 import faiss
 import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned
 
 from sst_search.config import IndexConfig
+from sst_search.vector_search import two_level
 from sst_search.weights import sha256_file
 
 
@@ -50,12 +52,8 @@ def bytes_per_vector(index: faiss.Index) -> float:
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, config: IndexConfig) -> faiss.Index:
     """A fresh index of the right kind for ``len(ids)`` vectors."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    index = new_index(len(ids), dim, config, lambda size: training_sample(vectors, size, config.train_seed))
-    if len(ids):
-        index.add_with_ids(vectors, ids)
-    return index
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
+    return build_index_from(lambda rows: vectors[rows], ids, dim, config)
 
 
 def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.ndarray, dim: int,
@@ -66,23 +64,35 @@ def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.n
     is ever made."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n = len(ids)
-    index = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
+    index, lists = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
     for start in range(0, n, chunk):
-        index.add_with_ids(np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk])
+        part, part_ids = np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk]
+        if lists is None:
+            index.add_with_ids(part, part_ids)
+        else:
+            add_preassigned(index, part, lists.assign(part), part_ids)
     return index
 
 
-def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], np.ndarray]) -> faiss.Index:
+def new_index(n: int, dim: int, config: IndexConfig,
+              training: Callable[[int], np.ndarray]) -> tuple[faiss.Index, two_level.TwoLevelLists | None]:
     """An empty index of the right kind for ``n`` vectors, trained (IVF) on ``training(size)``,
     the float32 rows of a sample of ``size``: a streamed build draws them from vectors it
-    does not hold in memory (see :func:`training_rows`)."""
+    does not hold in memory (see :func:`training_rows`). An IVF index of at least
+    ``config.two_level_lists`` lists (and no transform before them) has its lists trained in
+    two levels, returned with it to file the build's vectors (:mod:`two_level`); None otherwise."""
+    lists = None
     kind = config.kind_for(n)
     if kind == "ivf":
         nlist = config.nlist_for(n)
         index = ivf_from_factory(config.tier_for(n).factory, dim, nlist)
         ivf = ivf_of(index)
         _bound_training(index, ivf, config)
-        index.train(np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32))
+        sample = np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32)
+        if nlist >= config.two_level_lists and isinstance(index, faiss.IndexIVF):
+            lists = two_level.train(sample, nlist, config.train_niter, config.train_seed)
+            ivf.quantizer.add(lists.centroids)  # the one-level training of the lists is then skipped
+        index.train(sample)
         ivf.nprobe = config.nprobe_for(nlist)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -91,7 +101,7 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
         index = faiss.IndexIDMap2(hnsw)
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    return index
+    return index, lists
 
 
 def ivf_from_factory(factory: str, dim: int, nlist: int) -> faiss.Index:
