@@ -11,6 +11,11 @@ top 10 of the float32 vectors. Vectors are clustered like bench_query.py's.
 
     python bench/bench_index_kinds.py --sizes 100000,400000 --dim 128
     python bench/bench_index_kinds.py --sizes 200000 --dim 512 --kinds "IVF{nlist},SQ8:4,IVF{nlist},RaBitQ:10"
+    python bench/bench_index_kinds.py --sizes 1000000 --dim 768 --kinds "IVF{nlist},SQ8:4" --two-level-lists 1,1000000000
+
+``--two-level-lists`` builds each kind once per value of ``index.two_level_lists`` (1: lists
+trained and vectors filed in two levels; a large number: in one), and the ``nearest`` column
+gives the share of vectors filed in the list whose centroid is nearest (1.000 in one level).
 """
 
 from __future__ import annotations
@@ -49,12 +54,14 @@ class _Group:
         return self.mask
 
 
-def measure(n: int, dim: int, factory: str, refine: int, queries: int, groups: int, k: int = 10) -> str:
+def measure(n: int, dim: int, factory: str, refine: int, queries: int, groups: int, two_level_lists: int,
+            k: int = 10) -> str:
     vectors, clusters = clustered_vectors(n, dim, clusters=max(20, n // 500), noise=0.05, seed=0)
     ids = np.sort(np.random.default_rng(1).choice(1 << 62, size=n, replace=False).astype(np.int64))
     group = clusters % groups
     config = IndexConfig(exact_threshold=0, tiers=[IndexTier(factory=factory.replace("{m}", str(dim // 8)),
-                                                             refine=refine)])
+                                                             refine=refine)],
+                         two_level_lists=two_level_lists)
     t = time.perf_counter()
     index = build_index(vectors, ids, dim, config)
     build_s = time.perf_counter() - t
@@ -78,9 +85,21 @@ def measure(n: int, dim: int, factory: str, refine: int, queries: int, groups: i
             truth = np.argpartition(-(scores if passing is None else np.where(passing, scores, -np.inf)), k)[:k]
             recalls[name].append(len({h for h, _ in hits} & set(ids[truth].tolist())) / k)
     ivf = faiss.extract_index_ivf(index)
-    return (f"{n:>9,} {dim:>4} {factory.replace('{m}', str(dim // 8)):<22} {refine:>6} {ivf.nlist:>6} "
+    nearest = np.mean(filed_lists(ivf, ids[:100_000]) == ivf.quantizer.search(vectors[:100_000], 1)[1][:, 0]) \
+        if isinstance(index, faiss.IndexIVF) else float("nan")
+    return (f"{n:>9,} {dim:>4} {factory.replace('{m}', str(dim // 8)):<22} {refine:>6} {ivf.nlist:>6} {nearest:>7.3f} "
             f"{index_bpv:>8.0f} {2 * dim + 8:>9} {np.mean(recalls['none']):>7.3f} {np.mean(recalls['group-other']):>7.3f} "
             f"{np.percentile(latencies, 95):>7.1f} {build_s:>7.1f}")
+
+
+def filed_lists(ivf: faiss.IndexIVF, ids: np.ndarray) -> np.ndarray:
+    """The list each of ``ids`` was filed in."""
+    where = {}
+    for number in range(ivf.nlist):
+        size = ivf.invlists.list_size(number)
+        if size:
+            where.update(dict.fromkeys(faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size).tolist(), number))
+    return np.array([where[int(i)] for i in ids])
 
 
 def main() -> None:
@@ -91,6 +110,8 @@ def main() -> None:
                     help="comma-separated FACTORY:REFINE ({nlist} from the size, {m} = dim/8 sub-quantizers)")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--groups", type=int, default=20)
+    ap.add_argument("--two-level-lists", default=str(IndexConfig().two_level_lists),
+                    help="comma-separated index.two_level_lists values, each kind built once per value")
     args = ap.parse_args()
     parts = args.kinds.split(",")
     kinds = []
@@ -100,12 +121,13 @@ def main() -> None:
         else:
             kinds.append(part)
     print(f"cpus {os.cpu_count()}  faiss {faiss.__version__}  {load()}")
-    print(f"{'n':>9} {'dim':>4} {'factory':<22} {'refine':>6} {'nlist':>6} {'index B/v':>8} {'f16 B/v':>9} "
+    print(f"{'n':>9} {'dim':>4} {'factory':<22} {'refine':>6} {'nlist':>6} {'nearest':>7} {'index B/v':>8} {'f16 B/v':>9} "
           f"{'R@10':>7} {'R@10 oth':>7} {'p95 ms':>7} {'build s':>7}")
     for n in (int(s) for s in args.sizes.split(",")):
         for kind in kinds:
             factory, refine = kind.rsplit(":", 1)
-            print(measure(n, args.dim, factory, int(refine), args.queries, args.groups), flush=True)
+            for two_level_lists in (int(v) for v in args.two_level_lists.split(",")):
+                print(measure(n, args.dim, factory, int(refine), args.queries, args.groups, two_level_lists), flush=True)
     print(load())
 
 
