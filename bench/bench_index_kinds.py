@@ -14,8 +14,7 @@ top 10 of the float32 vectors. Vectors are clustered like bench_query.py's.
     python bench/bench_index_kinds.py --sizes 1000000 --dim 768 --kinds "IVF{nlist},SQ8:4" --two-level-lists 1,1000000000
 
 ``--two-level-lists`` builds each kind once per value of ``index.two_level_lists`` (1: lists
-trained and vectors filed in two levels; a large number: in one), and the ``nearest`` column
-gives the share of vectors filed in the list whose centroid is nearest (1.000 in one level).
+trained in two levels; a large number: in one).
 """
 
 from __future__ import annotations
@@ -85,21 +84,10 @@ def measure(n: int, dim: int, factory: str, refine: int, queries: int, groups: i
             truth = np.argpartition(-(scores if passing is None else np.where(passing, scores, -np.inf)), k)[:k]
             recalls[name].append(len({h for h, _ in hits} & set(ids[truth].tolist())) / k)
     ivf = faiss.extract_index_ivf(index)
-    nearest = np.mean(filed_lists(ivf, ids[:100_000]) == ivf.quantizer.search(vectors[:100_000], 1)[1][:, 0]) \
-        if isinstance(index, faiss.IndexIVF) else float("nan")
-    return (f"{n:>9,} {dim:>4} {factory.replace('{m}', str(dim // 8)):<22} {refine:>6} {ivf.nlist:>6} {nearest:>7.3f} "
+    levels = 2 if ivf.nlist >= two_level_lists and isinstance(index, faiss.IndexIVF) else 1
+    return (f"{n:>9,} {dim:>4} {factory.replace('{m}', str(dim // 8)):<22} {refine:>6} {ivf.nlist:>6} {levels:>6} "
             f"{index_bpv:>8.0f} {2 * dim + 8:>9} {np.mean(recalls['none']):>7.3f} {np.mean(recalls['group-other']):>7.3f} "
             f"{np.percentile(latencies, 95):>7.1f} {build_s:>7.1f}")
-
-
-def filed_lists(ivf: faiss.IndexIVF, ids: np.ndarray) -> np.ndarray:
-    """The list each of ``ids`` was filed in."""
-    where = {}
-    for number in range(ivf.nlist):
-        size = ivf.invlists.list_size(number)
-        if size:
-            where.update(dict.fromkeys(faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size).tolist(), number))
-    return np.array([where[int(i)] for i in ids])
 
 
 def main() -> None:
@@ -121,7 +109,7 @@ def main() -> None:
         else:
             kinds.append(part)
     print(f"cpus {os.cpu_count()}  faiss {faiss.__version__}  {load()}")
-    print(f"{'n':>9} {'dim':>4} {'factory':<22} {'refine':>6} {'nlist':>6} {'nearest':>7} {'index B/v':>8} {'f16 B/v':>9} "
+    print(f"{'n':>9} {'dim':>4} {'factory':<22} {'refine':>6} {'nlist':>6} {'levels':>6} {'index B/v':>8} {'f16 B/v':>9} "
           f"{'R@10':>7} {'R@10 oth':>7} {'p95 ms':>7} {'build s':>7}")
     for n in (int(s) for s in args.sizes.split(",")):
         for kind in kinds:

@@ -184,8 +184,8 @@ class IndexConfig(_Strict):
     train_niter: int = Field(10, description="ivf: k-means iterations")
     train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
     two_level_lists: int = Field(
-        4096, ge=1, description="ivf: from this many lists (about a million vectors), train the lists and file a build's "
-        "vectors in two levels: sqrt(nlist) coarse clusters first (at 10M vectors, 12,649 lists cost hours in one level)")
+        4096, ge=1, description="ivf: from this many lists (about a million vectors), train the lists in two levels: "
+        "sqrt(nlist) coarse clusters first (one-level k-means grows with nlist squared: hours at 10M vectors)")
     plan: PlanConfig = PlanConfig()
 
     def kind_for(self, n: int) -> str:

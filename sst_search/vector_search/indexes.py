@@ -23,7 +23,6 @@ from urllib.parse import quote
 
 import faiss
 import numpy as np
-from faiss.contrib.ivf_tools import add_preassigned
 
 from sst_search.config import IndexConfig
 from sst_search.vector_search import two_level
@@ -64,24 +63,18 @@ def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.n
     is ever made."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n = len(ids)
-    index, lists = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
+    index = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
     for start in range(0, n, chunk):
-        part, part_ids = np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk]
-        if lists is None:
-            index.add_with_ids(part, part_ids)
-        else:
-            add_preassigned(index, part, lists.assign(part), part_ids)
+        index.add_with_ids(np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk])
     return index
 
 
-def new_index(n: int, dim: int, config: IndexConfig,
-              training: Callable[[int], np.ndarray]) -> tuple[faiss.Index, two_level.TwoLevelLists | None]:
+def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], np.ndarray]) -> faiss.Index:
     """An empty index of the right kind for ``n`` vectors, trained (IVF) on ``training(size)``,
     the float32 rows of a sample of ``size``: a streamed build draws them from vectors it
     does not hold in memory (see :func:`training_rows`). An IVF index of at least
     ``config.two_level_lists`` lists (and no transform before them) has its lists trained in
-    two levels, returned with it to file the build's vectors (:mod:`two_level`); None otherwise."""
-    lists = None
+    two levels (:mod:`two_level`)."""
     kind = config.kind_for(n)
     if kind == "ivf":
         nlist = config.nlist_for(n)
@@ -90,8 +83,8 @@ def new_index(n: int, dim: int, config: IndexConfig,
         _bound_training(index, ivf, config)
         sample = np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32)
         if nlist >= config.two_level_lists and isinstance(index, faiss.IndexIVF):
-            lists = two_level.train(sample, nlist, config.train_niter, config.train_seed)
-            ivf.quantizer.add(lists.centroids)  # the one-level training of the lists is then skipped
+            # with the quantizer filled, FAISS's training skips the lists and trains the codes alone
+            ivf.quantizer.add(two_level.train(sample, nlist, config.train_niter, config.train_seed))
         index.train(sample)
         ivf.nprobe = config.nprobe_for(nlist)
     elif kind == "hnsw":
@@ -101,7 +94,7 @@ def new_index(n: int, dim: int, config: IndexConfig,
         index = faiss.IndexIDMap2(hnsw)
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    return index, lists
+    return index
 
 
 def ivf_from_factory(factory: str, dim: int, nlist: int) -> faiss.Index:
@@ -288,5 +281,7 @@ def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
     return read_json(manifest_path)
 
 
-def load_index(root: Path, embedder: str, trait_name: str) -> faiss.Index:
-    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]))
+def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False) -> faiss.Index:
+    """The index in its file; ``mapped``: memory-mapped, read-only, its pages shared by every
+    process that maps the file (see :mod:`sst_search.vector_search.cache`)."""
+    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
