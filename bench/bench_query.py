@@ -302,31 +302,27 @@ def memory_status() -> dict[str, int]:
     return {name: int(fields[name].split()[0]) * 1024 for name in ("RssAnon", "RssFile")}
 
 
-def reader_memory(snapshot: Path, at_rest_file: Path, index_bytes: int, before: dict[str, int], con) -> dict[str, int]:
+def reader_memory(snapshot: Path, at_rest_file: Path, index_file: Path, before: dict[str, int], con) -> dict[str, int]:
     """Where a reader's resident memory grew since ``before``: the mapped files of the
-    snapshot by kind (the float16 vectors, their ids, postings and list layouts, the reader
-    columns), the index (its serialised size), DuckDB's own buffers, and the anonymous rest
-    (arrays a search keeps per filter, Python objects, allocator slack)."""
+    snapshot by kind (the FAISS index, the float16 vectors, their ids, postings and list
+    layouts, the reader columns), DuckDB's own buffers, and the anonymous rest (arrays a
+    search keeps per filter, Python objects, allocator slack; an index read into memory
+    rather than mapped)."""
     root = vectors_dir(snapshot)
     files = Counter()
     for m in psutil.Process().memory_maps(grouped=True):
         path = Path(m.path)
-        if root not in path.parents:
-            continue
-        kind = ("float16 vectors" if path == at_rest_file else "reader columns" if path.parent.name == "columns"
-                else "vector ids" if path.name.endswith(".ids.npy") else "postings and list layouts")
-        files[kind] += m.rss
+        if path == index_file:
+            files["index (mapped)"] += m.rss
+        elif root in path.parents:
+            kind = ("float16 vectors" if path == at_rest_file else "reader columns" if path.parent.name == "columns"
+                    else "vector ids" if path.name.endswith(".ids.npy") else "postings and list layouts")
+            files[kind] += m.rss
     now = memory_status()
     duck = int(con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()[0])
     anon = now["RssAnon"] - before["RssAnon"]
     return {**files, "other mapped files and libraries": now["RssFile"] - before["RssFile"] - sum(files.values()),
-            "index in RAM": index_bytes, "DuckDB buffers": duck,
-            "other anonymous memory": anon - index_bytes - duck}
-
-
-def index_bytes_in_ram(index: faiss.Index) -> int:
-    """Bytes the index occupies in memory (its serialised size: codes, ids, centroids)."""
-    return int(faiss.serialize_index(index).nbytes)
+            "DuckDB buffers": duck, "other anonymous memory": anon - duck}
 
 
 def exact_truth(data: Synthetic, asked: Part, passing: dict, k: int) -> dict[str, list[set[int]]]:
@@ -521,12 +517,13 @@ def main() -> None:
     t = time.perf_counter()
     engine = SearchEngine.open(db)
     index = engine.store.index(EMBEDDER, TRAIT)
-    ram = index_bytes_in_ram(index)
     population = engine.store.population(EMBEDDER, TRAIT)
     engine.store.vectors_of(EMBEDDER, TRAIT, population[:1])  # maps the vectors at rest
     open_s = time.perf_counter() - t
-    print(f"engine open + index load {open_s:.1f} s; index in RAM {ram / 2**20:.0f} MiB = "
-          f"{ram / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}); stored vectors for re-ranking and exact "
+    index_mib = index_file.stat().st_size / 2**20
+    print(f"engine open + index load {open_s:.1f} s; index file {index_mib:.0f} MiB = "
+          f"{index_file.stat().st_size / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}), "
+          f"{mapped_resident(index_file) / 2**20:.1f} MiB of it resident (mapped); stored vectors for re-ranking and exact "
           f"scans: {engine.store.vector_table(EMBEDDER, TRAIT).matrix.dtype} "
           f"{'mapped from the snapshot' if isinstance(engine.store.vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
           f"{mapped_resident(at_rest_file) / 2**20:.1f} MiB of them resident; process RSS "
@@ -585,7 +582,7 @@ def main() -> None:
           f"{grown / args.n:.0f} bytes/vector, {mapped_resident(at_rest_file) / 2**20:.1f} MiB of the "
           f"{at_rest_file.stat().st_size / 2**20:.1f} MiB float16 file resident (shared with other readers)")
     print("  of which, bytes/vector: " + "; ".join(f"{what} {size / args.n:,.0f}" for what, size in reader_memory(
-        snapshot, at_rest_file, ram, status_before_open, engine.store.con).items()))
+        snapshot, at_rest_file, index_file, status_before_open, engine.store.con).items()))
 
     work_items = [(name, j) for j in range(args.queries) for name in scenarios]
     t = time.perf_counter()
