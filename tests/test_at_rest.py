@@ -26,6 +26,7 @@ from sst_search.store.snapshots import (
 )
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.at_rest import RowReader, vector_paths, vectors_dir
+from sst_search.vector_search.indexes import index_paths
 
 N, DIM, EMBEDDER, TRAIT = 40_000, 128, "e", "t"
 KEY = (EMBEDDER, TRAIT)
@@ -227,6 +228,7 @@ def _mapped(pid: int, path: Path) -> tuple[int, int]:
 def test_two_reader_processes_share_the_mapped_vector_pages_and_copy_none_of_them(published):
     db = published[0]
     matrix = vector_paths(vectors_dir(resolve_snapshot(db)), KEY)[0]
+    index_file = index_paths(Path(f"{resolve_snapshot(db)}.faiss"), *KEY)[0]
     size = matrix.stat().st_size
     readers = [subprocess.Popen([sys.executable, "-c", _READER, str(db)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -237,6 +239,7 @@ def test_two_reader_processes_share_the_mapped_vector_pages_and_copy_none_of_the
             # its re-rank read its few dozen rows: no page of the mapping, nor the 64 KB the kernel
             # maps in around each page touched, became resident
             assert _mapped(reader.pid, matrix)[0] < 64 * 1024
+            assert _mapped(reader.pid, index_file)[0] > 0  # the index is mapped, not read into the process
         for reader in readers:
             reader.stdin.write("\n")
             reader.stdin.flush()
