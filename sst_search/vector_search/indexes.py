@@ -144,14 +144,10 @@ def _bound_training(index: faiss.Index, ivf: faiss.IndexIVF, config: IndexConfig
         ivf.do_polysemous_training = False
 
 
-def training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A fixed-seed sample of ``size`` rows (all rows when fewer): k-means on the sample costs
-    ``size / n`` of training on everything and yields the same clustering for the same vectors."""
-    return vectors if len(vectors) <= size else vectors[training_rows(len(vectors), size, seed)]
-
-
 def training_rows(n: int, size: int, seed: int) -> np.ndarray:
-    """Which of ``n`` rows, ascending, :func:`training_sample` takes."""
+    """Which of ``n`` rows, ascending, an index is trained on: a fixed-seed sample of ``size``
+    (all rows when fewer), so k-means costs ``size / n`` of training on everything and the
+    same vectors give the same clustering."""
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
