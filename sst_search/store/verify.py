@@ -66,14 +66,17 @@ def index_states(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, in
     return con.execute("SELECT embedder, trait_name, generation, dim FROM index_state ORDER BY 1, 2").fetchall()
 
 
-def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
-    """The stored vectors of ``ids``, as the index would score them."""
+def reconstruct(index: faiss.Index, ids: Iterable[int], own: bool = False) -> np.ndarray:
+    """The stored vectors of ``ids``, as the index would score them; ``own``: the index is the
+    caller's to change (one it loaded to check), else it is left as it was."""
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexIVF):
-        # IVF lists hold ids, not positions: look them up through a hash table, on a copy so
-        # the caller's index (maybe the one serving searches) is left as it was.
-        clone = faiss.clone_index(inner)  # owns the copy: keep it referenced while in use
-        inner = faiss.downcast_index(clone)
+        # IVF lists hold ids, not positions: look them up through a hash table, on a copy
+        # unless the index is the caller's own (maybe it serves searches). A copy of a
+        # 10-million-vector index is gigabytes, so verify, which loads (maps) its own, skips it.
+        if not own:
+            clone = faiss.clone_index(inner)  # owns the copy: keep it referenced while in use
+            inner = faiss.downcast_index(clone)
         inner.set_direct_map_type(faiss.DirectMap.Hashtable)
     ids = [int(i) for i in ids]
     if not ids:
@@ -81,7 +84,7 @@ def reconstruct(index: faiss.Index, ids: Iterable[int]) -> np.ndarray:
     return np.stack([inner.reconstruct(i) for i in ids]).astype(np.float32)
 
 
-def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray) -> int:
+def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray, own: bool) -> int:
     """How many of ``ids`` the index does not hold as ``expected``. Exact indexes must give the
     vectors back to float precision; compressed codes (SQ/PQ) only close to them (cosine >= 0.5,
     while another trait's vector scores near 0); indexes that cannot reconstruct must find each
@@ -89,7 +92,7 @@ def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray) -> in
     ivf = indexes.ivf_of(index)
     lossy = ivf is not None and ivf.code_size < 4 * index.d
     try:
-        got = reconstruct(index, ids)
+        got = reconstruct(index, ids, own)
     except RuntimeError:
         scores, labels = index.search(expected, min(10, max(1, index.ntotal)))
         floor = 0.5 if lossy else 0.999
@@ -115,7 +118,7 @@ def check_index(
     def problem(what: str) -> list[Problem]:
         return [Problem(where, what, "index", key)]
 
-    manifest = None
+    manifest, own = None, index is None
     if index is None:
         manifest = indexes.read_manifest(faiss_dir, *key)
         if manifest is None:
@@ -126,8 +129,8 @@ def check_index(
             return problem(f"FAISS file is {index_path.stat().st_size} bytes, its manifest says {manifest['bytes']}")
         if manifest.get("sha256") and sha256_file(index_path) != manifest["sha256"]:
             return problem("FAISS file does not match its manifest's checksum")
-        try:
-            index = faiss.read_index(str(index_path))
+        try:  # mapped: the checksum has just read the file, and a second copy in memory is gigabytes
+            index = indexes.load_index(faiss_dir, *key, mapped=True)
         except RuntimeError as exc:
             return problem(f"FAISS file does not load ({first_line(exc)})")
     ids = con.execute(
@@ -146,7 +149,7 @@ def check_index(
     if not len(ids):
         return []
     found, expected = catalog_vectors(con, key, ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))])
-    wrong = _mismatches(index, found, expected)
+    wrong = _mismatches(index, found, expected, own)
     if wrong:
         return problem(f"{wrong} of {len(found)} sampled vectors differ from the catalog's (a file of another index?)")
     return []
