@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 import pyarrow.compute as pc
 
@@ -65,7 +64,7 @@ def _ivf_indexes(con: duckdb.DuckDBPyConnection, db_path: Path):
         if (manifest is None or manifest.get("kind") != "ivf" or manifest.get("generation") != generation
                 or rest is None or rest.get("generation") != generation):
             continue
-        index = faiss.read_index(str(indexes.index_paths(faiss_dir, *key)[0]))
+        index = indexes.load_index(faiss_dir, *key, mapped=True)  # its lists' ids are read, not its codes
         table_ids = np.asarray(np.load(at_rest.vector_paths(root, key)[1], mmap_mode="r"))
         yield key, generation, manifest, index, table_ids, ListLayout.of(index, table_ids)
 
