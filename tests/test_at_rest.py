@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from sst_search.store.snapshots import (
 )
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.at_rest import RowReader, vector_paths, vectors_dir
-from sst_search.vector_search.indexes import index_paths
+from sst_search.vector_search.indexes import index_paths, load_index
 
 N, DIM, EMBEDDER, TRAIT = 40_000, 128, "e", "t"
 KEY = (EMBEDDER, TRAIT)
@@ -252,3 +253,18 @@ def test_two_reader_processes_share_the_mapped_vector_pages_and_copy_none_of_the
         for reader in readers:
             reader.stdin.close()
             reader.wait(30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="bytes read per process need Linux's /proc")
+def test_a_mapped_index_file_is_read_into_the_page_cache_in_the_background(published):
+    faiss_dir = Path(f"{resolve_snapshot(published[0])}.faiss")
+    size = index_paths(faiss_dir, *KEY)[0].stat().st_size
+
+    def bytes_read() -> int:
+        return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["rchar"])
+
+    before = bytes_read()
+    index = load_index(faiss_dir, *KEY, mapped=True)
+    for thread in [t for t in threading.enumerate() if t.name.startswith("read-ahead")]:
+        thread.join(30)
+    assert index.ntotal == N and bytes_read() - before >= size

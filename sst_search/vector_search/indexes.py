@@ -14,9 +14,11 @@ wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -27,6 +29,9 @@ import numpy as np
 from sst_search.config import IndexConfig
 from sst_search.vector_search import two_level
 from sst_search.weights import sha256_file
+
+#: Bytes read at a time when a mapped index's file is read into the page cache.
+READ_AHEAD_BLOCK = 16 << 20
 
 
 def index_kind(index: faiss.Index) -> str:
@@ -279,5 +284,24 @@ def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
 
 def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False) -> faiss.Index:
     """The index in its file; ``mapped``: memory-mapped, read-only, its pages shared by every
-    process that maps the file (see :mod:`sst_search.vector_search.cache`)."""
-    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+    process that maps the file (see :mod:`sst_search.vector_search.cache`), and read into the
+    page cache in the background."""
+    path = index_paths(root, embedder, trait_name)[0]
+    if mapped:
+        _read_ahead(path)
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+
+
+def _read_ahead(path: Path) -> None:
+    """Read the whole file once, in a background thread, so that the page cache holds it:
+    searches of a mapped index touch lists all over it, and each page they find missing is a
+    read from disk (from a cold cache, unfiltered searches of an 8M x 768 index took 1 to 1.8 s
+    each; reading its 5.8 GB file in order took 10 s). The kernel's own read-ahead advice
+    (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s."""
+    def read() -> None:
+        buffer = bytearray(READ_AHEAD_BLOCK)
+        with contextlib.suppress(OSError), open(path, "rb", buffering=0) as fh:
+            while fh.readinto(buffer):
+                pass
+
+    threading.Thread(target=read, name=f"read-ahead {path.name}", daemon=True).start()
