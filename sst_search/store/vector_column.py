@@ -42,8 +42,8 @@ def parameter(vector: np.ndarray) -> list[int]:
 
 
 def decode(column: pa.Array | pa.ChunkedArray, rows: int) -> np.ndarray:
-    """The ``(rows, dim)`` float32 matrix of a ``vector`` column read through Arrow: float16
-    bit patterns, or the float32 lists of a store written before."""
+    """The ``(rows, dim)`` float32 matrix of a non-empty ``vector`` column read through Arrow:
+    float16 bit patterns, or the float32 lists of a store written before."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.flatten().to_numpy(zero_copy_only=False)
