@@ -148,7 +148,8 @@ def check_index(
                        f"({missing} missing from FAISS, {extra} not in catalog)")
     if not len(ids):
         return []
-    found, expected = catalog_vectors(con, key, ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))])
+    picks = ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(np.int64))]
+    found, expected = catalog_vectors(con, key, picks)
     wrong = _mismatches(index, found, expected, own)
     if wrong:
         return problem(f"{wrong} of {len(found)} sampled vectors differ from the catalog's (a file of another index?)")
