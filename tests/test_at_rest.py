@@ -27,7 +27,7 @@ from sst_search.store.snapshots import (
 )
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.at_rest import RowReader, vector_paths, vectors_dir
-from sst_search.vector_search.indexes import index_paths, load_index
+from sst_search.vector_search.indexes import index_paths
 
 N, DIM, EMBEDDER, TRAIT = 40_000, 128, "e", "t"
 KEY = (EMBEDDER, TRAIT)
@@ -263,8 +263,9 @@ def test_a_mapped_index_file_is_read_into_the_page_cache_in_the_background(publi
     def bytes_read() -> int:
         return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["rchar"])
 
-    before = bytes_read()
-    index = load_index(faiss_dir, *KEY, mapped=True)
-    for thread in [t for t in threading.enumerate() if t.name.startswith("read-ahead")]:
-        thread.join(30)
-    assert index.ntotal == N and bytes_read() - before >= size
+    with SearchEngine.open(published[0]) as engine:
+        before = bytes_read()
+        index = engine.store.index(*KEY)  # mapped for searching
+        for thread in [t for t in threading.enumerate() if t.name.startswith("read-ahead")]:
+            thread.join(30)
+        assert index.ntotal == N and bytes_read() - before >= size

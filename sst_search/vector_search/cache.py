@@ -189,6 +189,8 @@ class IndexCache:
         path = indexes.index_paths(self.faiss_dir, *key)[0]
         if not mapped and manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
             return None
+        if mapped:
+            indexes.read_ahead(path)
         try:
             index = indexes.load_index(self.faiss_dir, *key, mapped=mapped)
         except RuntimeError:

@@ -284,20 +284,17 @@ def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
 
 def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False) -> faiss.Index:
     """The index in its file; ``mapped``: memory-mapped, read-only, its pages shared by every
-    process that maps the file (see :mod:`sst_search.vector_search.cache`), and read into the
-    page cache in the background."""
-    path = index_paths(root, embedder, trait_name)[0]
-    if mapped:
-        _read_ahead(path)
-    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+    process that maps the file (see :mod:`sst_search.vector_search.cache`)."""
+    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
 
 
-def _read_ahead(path: Path) -> None:
+def read_ahead(path: Path) -> None:
     """Read the whole file once, in a background thread, so that the page cache holds it:
     searches of a mapped index touch lists all over it, and each page they find missing is a
     read from disk (from a cold cache, unfiltered searches of an 8M x 768 index took 1 to 1.8 s
     each; reading its 5.8 GB file in order took 10 s). The kernel's own read-ahead advice
-    (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s."""
+    (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s. Only for an index that will be
+    searched: verify and the postings map one to read a sample or the lists' ids."""
     def read() -> None:
         buffer = bytearray(READ_AHEAD_BLOCK)
         with contextlib.suppress(OSError), open(path, "rb", buffering=0) as fh:
