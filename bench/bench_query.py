@@ -84,7 +84,20 @@ EMBEDDER, TRAIT = "bench", "forewing_band"
 CHUNK = 100_000
 #: Event dates are uniform over DAYS days from START.
 DAYS, START = 27_000, np.datetime64(date(1950, 1, 1))
+#: The first day of the latest 1% of event dates (event days are uniform), and its ISO date.
+RECENT_DAY = int(np.ceil(0.99 * DAYS))
+RECENT = str(START + np.timedelta64(RECENT_DAY, "D"))
+SCENARIOS = ("none", "group-own", "locality", "group-other", "date-1%")
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
+
+
+def scenario_filters(name: str, own: str, other: str) -> list[Filter]:
+    """The product's filters of scenario ``name`` for a query of group ``own``, ``other``
+    being the group a query is searched against in ``group-other``."""
+    return {"none": [], "group-own": [Filter(field="group", op="==", value=own)],
+            "locality": [Filter(field="locality", op="contains", value="ridge")],
+            "group-other": [Filter(field="group", op="==", value=other)],
+            "date-1%": [Filter(field="eventDate", op=">=", value=RECENT)]}[name]
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -410,7 +423,7 @@ def main() -> None:
     ap.add_argument("--lance-refines", default="10,50", help="IVF_PQ refine factors tried at each nprobes")
     ap.add_argument("--lance-efs", default="64,256", help="IVF_HNSW_SQ ef values tried at each nprobes")
     ap.add_argument("--no-lance", action="store_true", help="skip the LanceDB comparison")
-    ap.add_argument("--scenarios", default="none,group-own,locality,group-other,date-1%",
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma-separated scenarios to run (e.g. group-own --queries 40: a reader's memory after "
                          "opening and 40 own-group searches)")
     ap.add_argument("--nprobe-factors", default="",
@@ -427,7 +440,7 @@ def main() -> None:
                          "configured one (e.g. 2000,5000): which filters are better scanned exactly")
     ap.add_argument("--two-level-lists", type=int, default=None,
                     help="index.two_level_lists recorded with the store: from this many IVF lists, the lists are trained "
-                         "and the build's vectors filed in two levels (1: always; a large number: never)")
+                         "in two levels (1: always; a large number: never)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true",
@@ -491,23 +504,19 @@ def main() -> None:
     asked = data.rows(query_rows)
     query_ids = asked.ids
     other = (asked.groups + args.groups // 2) % args.groups
-    recent_day = int(np.ceil(0.99 * DAYS))  # event days are uniform: 1% of the specimens reach it
-    recent = str(START + np.timedelta64(recent_day, "D"))
     ridge = np.array(["ridge" in name.lower() for name in LOCALITIES])
-    # scenario -> (our filters of query j, LanceDB where clause of query j, which rows of a part pass for each query)
-    scenarios = {
-        "none": (lambda j: [], lambda j: None, lambda p: np.ones((1, len(p.ids)), bool)),
-        "group-own": (lambda j: [Filter(field="group", op="==", value=group_name[asked.groups[j]])],
-                      lambda j: f"group_name = '{group_name[asked.groups[j]]}'",
+    # scenario -> (LanceDB where clause of query j, which rows of a part pass for each query)
+    theirs = {
+        "none": (lambda j: None, lambda p: np.ones((1, len(p.ids)), bool)),
+        "group-own": (lambda j: f"group_name = '{group_name[asked.groups[j]]}'",
                       lambda p: p.groups[None, :] == asked.groups[:, None]),
-        "locality": (lambda j: [Filter(field="locality", op="contains", value="ridge")],
-                     lambda j: "lower(locality) LIKE '%ridge%'", lambda p: ridge[p.locality_codes][None, :]),
-        "group-other": (lambda j: [Filter(field="group", op="==", value=f"g{other[j]:02d}")],
-                        lambda j: f"group_name = 'g{other[j]:02d}'", lambda p: p.groups[None, :] == other[:, None]),
-        "date-1%": (lambda j: [Filter(field="eventDate", op=">=", value=recent)],
-                    lambda j: f"eventDate >= '{recent}'", lambda p: (p.days >= recent_day)[None, :]),
+        "locality": (lambda j: "lower(locality) LIKE '%ridge%'", lambda p: ridge[p.locality_codes][None, :]),
+        "group-other": (lambda j: f"group_name = 'g{other[j]:02d}'", lambda p: p.groups[None, :] == other[:, None]),
+        "date-1%": (lambda j: f"eventDate >= '{RECENT}'", lambda p: (p.days >= RECENT_DAY)[None, :]),
     }
-    scenarios = {name: scenarios[name] for name in args.scenarios.split(",")}
+    # scenario -> (our filters of query j, its LanceDB where clause, which rows pass)
+    scenarios = {name: (lambda j, name=name: scenario_filters(name, group_name[asked.groups[j]], f"g{other[j]:02d}"),
+                        *theirs[name]) for name in args.scenarios.split(",")}
     t = time.perf_counter()
     truth = exact_truth(data, asked, {name: passing for name, (_, _, passing) in scenarios.items()}, args.k)
     print(f"exact ground truth, chunk by chunk: {time.perf_counter() - t:.1f} s; process RSS "

@@ -26,20 +26,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-
-#: bench_query's collection: its embedder and trait, and event dates uniform over DAYS days from START.
-EMBEDDER, TRAIT = "bench", "forewing_band"
-DAYS, START = 27_000, np.datetime64("1950-01-01")
-SCENARIOS = ("none", "group-own", "locality", "group-other", "date-1%")
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+from bench_query import EMBEDDER, SCENARIOS, TRAIT, load, scenario_filters
 
 
 def memory() -> dict[str, int]:
@@ -52,7 +43,7 @@ def memory() -> dict[str, int]:
 def reader(db: str, queries: int, k: int, seed: int, pipe) -> None:
     """One reader process: imports, open, searches, reporting its memory at each step through
     ``pipe``; then it waits for word to exit, so that its pages stay mapped meanwhile."""
-    from sst_search.query import Filter, SearchEngine
+    from sst_search.query import SearchEngine
 
     report = {"imports": memory()}
     t = time.perf_counter()
@@ -64,19 +55,12 @@ def reader(db: str, queries: int, k: int, seed: int, pipe) -> None:
     asked = [int(i) for i in rng.choice(population, size=queries, replace=False)]
     groups = {sid: row["group_name"] for sid, row in engine.store.listing(asked).items()}
     names = sorted(set(groups.values()))
-    recent = str(START + np.timedelta64(int(np.ceil(0.99 * DAYS)), "D"))
-
-    def filters(name: str, sid: int) -> list:
-        own = groups[sid]
-        return {"none": [], "group-own": [Filter(field="group", op="==", value=own)],
-                "locality": [Filter(field="locality", op="contains", value="ridge")],
-                "group-other": [Filter(field="group", op="==", value=names[(names.index(own) + len(names) // 2) % len(names)])],
-                "date-1%": [Filter(field="eventDate", op=">=", value=recent)]}[name]
-
     latencies = []
     for j, sid in enumerate(asked):
+        own = groups[sid]
+        filters = scenario_filters(SCENARIOS[j % len(SCENARIOS)], own, names[(names.index(own) + len(names) // 2) % len(names)])
         t = time.perf_counter()
-        engine.search(TRAIT, k, specimen_id=sid, filters=filters(SCENARIOS[j % len(SCENARIOS)], sid), embedder=EMBEDDER)
+        engine.search(TRAIT, k, specimen_id=sid, filters=filters, embedder=EMBEDDER)
         latencies.append(1000 * (time.perf_counter() - t))
     report["searched"] = memory()
     report["p50"], report["p95"] = (float(x) for x in np.percentile(latencies, [50, 95]))

@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow as pa
 
 from sst_search.config import IndexConfig
+from sst_search.store import vector_column
 from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, SqlAdmission
 from sst_search.store.filters import Filter, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
-from sst_search.store import vector_column
 from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS
 from sst_search.vector_search.cache import IndexKey
 
