@@ -1,6 +1,6 @@
 """Index kinds by size (``index.tiers``) on a real DuckDB catalog and real FAISS indexes: the
 tier each size gets, its factory string and measured bytes per vector recorded in the store
-and shown by status; recall and exactly k under every plan for SQ8, RaBitQ and PQ codes
+and shown by status; recall and exactly k under every plan for SQ8, RaBitQ, PQ and fast-scan PQ codes
 re-ranked by the float16 vectors at rest; a store written before tiers existed."""
 
 from __future__ import annotations
@@ -92,12 +92,13 @@ def test_an_index_that_grows_into_the_next_tier_is_rebuilt_as_that_tier(tmp_path
     assert hits[0][0] == int(data["t"][0][3])
 
 
-KINDS = {"sq8": "IVF{nlist},SQ8", "rabitq": "IVF{nlist},RaBitQ2", "pq": "IVF{nlist},PQ16x4"}
+KINDS = {"sq8": "IVF{nlist},SQ8", "rabitq": "IVF{nlist},RaBitQ2", "pq": "IVF{nlist},PQ16x4",
+         "fastscan": "IVF{nlist},PQ{half_dim}x4fs"}
 #: One trait per kind, sized into its tier of :data:`BY_SIZE`.
-SIZES = {"sq8": 1_900, "rabitq": 2_500, "pq": 3_000}
+SIZES = {"sq8": 1_900, "rabitq": 2_500, "pq": 3_000, "fastscan": 3_300}
 BY_SIZE = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
     IndexTier(up_to=2_000, factory=KINDS["sq8"]), IndexTier(up_to=2_600, factory=KINDS["rabitq"], refine=10),
-    IndexTier(factory=KINDS["pq"], refine=10)])
+    IndexTier(up_to=3_100, factory=KINDS["pq"], refine=10), IndexTier(factory=KINDS["fastscan"], refine=20)])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,8 @@ def test_every_plan_keeps_recall_and_exactly_k_for_every_code_kind(kinds_publish
     recalls = []
     with SearchEngine.open(db) as engine:
         store = engine.store
-        assert read_manifest(store.faiss_dir, EMBEDDER, kind)["factory"].endswith(KINDS[kind].split(",")[-1])
+        assert read_manifest(store.faiss_dir, EMBEDDER, kind)["factory"].endswith(
+            KINDS[kind].split(",")[-1].format(half_dim=DIM // 2))
         assert store.vector_table(EMBEDDER, kind).matrix.dtype == np.float16  # re-ranked by the float16 at rest
         store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         admission = engine.admission(filters) if filters else None
@@ -167,4 +169,10 @@ def test_tiers_must_ascend_and_end_unbounded():
         IndexConfig(tiers=[IndexTier(up_to=10, factory="IVF{nlist},SQ8")])
     with pytest.raises(ValueError, match="not both"):
         IndexConfig.model_validate({"factory": "IVF{nlist},SQ8", "tiers": [{"factory": "IVF{nlist},Flat"}]})
-    assert IndexConfig().tier_for(10**9).factory == "IVF{nlist},RaBitQ2" and IndexConfig().refine_for(10**9) == 10
+    with pytest.raises(ValueError, match="tiers"):  # the last tier must take every width
+        IndexConfig(tiers=[IndexTier(factory="IVF{nlist},SQ8", min_dim=256)])
+    with pytest.raises(ValueError, match="tiers"):  # an unbounded tier for every width leaves the next unreachable
+        IndexConfig(tiers=[IndexTier(factory="IVF{nlist},SQ8"), IndexTier(factory="IVF{nlist},Flat")])
+    wide, narrow = IndexConfig().tier_for(10**9, 768), IndexConfig().tier_for(10**9, 128)
+    assert wide.factory == "IVF{nlist},PQ{half_dim}x4fs" and IndexConfig().refine_for(10**9, 768) == 20
+    assert narrow.factory == "IVF{nlist},SQ8" and IndexConfig().tier_for(10**6, 768).factory == "IVF{nlist},SQ8"

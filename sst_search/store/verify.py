@@ -68,8 +68,11 @@ def index_states(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, in
 
 def reconstruct(index: faiss.Index, ids: Iterable[int], own: bool = False) -> np.ndarray:
     """The stored vectors of ``ids``, as the index would score them; ``own``: the index is the
-    caller's to change (one it loaded to check), else it is left as it was."""
+    caller's to change (one it loaded to check), else it is left as it was. A RuntimeError
+    where the index cannot give its vectors back."""
     inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIVFFastScan):  # FAISS 1.15 crashes decoding a fast-scan list's codes
+        raise RuntimeError("fast-scan codes cannot be reconstructed")
     if isinstance(inner, faiss.IndexIVF):
         # IVF lists hold ids, not positions: look them up through a hash table, on a copy
         # unless the index is the caller's own (maybe it serves searches). A copy of a
@@ -88,13 +91,17 @@ def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray, own: 
     """How many of ``ids`` the index does not hold as ``expected``. Exact indexes must give the
     vectors back to float precision; compressed codes (SQ/PQ) only close to them (cosine >= 0.5,
     while another trait's vector scores near 0); indexes that cannot reconstruct must find each
-    vector's own id among its nearest neighbours."""
+    vector's own id, with such a score, among the sample's ids alone (in the whole index, a
+    coarse code may rank the vector's near-twins above it)."""
     ivf = indexes.ivf_of(index)
     lossy = ivf is not None and ivf.code_size < 4 * index.d
     try:
         got = reconstruct(index, ids, own)
     except RuntimeError:
-        scores, labels = index.search(expected, min(10, max(1, index.ntotal)))
+        selector = faiss.IDSelectorBatch(np.asarray(ids, np.int64))
+        params = (faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe) if ivf is not None
+                  else faiss.SearchParameters(sel=selector))
+        scores, labels = index.search(expected, min(10, len(ids)), params=params)
         floor = 0.5 if lossy else 0.999
         return sum(1 for i, sid in enumerate(ids) if not (scores[i][labels[i] == sid] >= floor).any())
     if lossy:

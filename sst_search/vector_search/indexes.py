@@ -83,7 +83,7 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
     kind = config.kind_for(n)
     if kind == "ivf":
         nlist = config.nlist_for(n)
-        index = ivf_from_factory(config.tier_for(n).factory, dim, nlist)
+        index = ivf_from_factory(config.tier_for(n, dim).factory, dim, nlist)
         ivf = ivf_of(index)
         _bound_training(index, ivf, config)
         sample = np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32)
@@ -102,10 +102,17 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
     return index
 
 
+def filled_factory(factory: str, dim: int, nlist: int) -> str:
+    """An ``index.tiers`` factory string for one index: ``{nlist}`` from its size, and
+    ``{half_dim}`` (one 4-bit PQ sub-quantizer per two dimensions, ``PQ{half_dim}x4fs``) from
+    its width, so one tier serves every embedder's width."""
+    return factory.format(nlist=nlist, half_dim=dim // 2)
+
+
 def ivf_from_factory(factory: str, dim: int, nlist: int) -> faiss.Index:
     """An untrained index of an ``index.tiers`` factory string, or a ValueError that names it."""
     try:
-        index = faiss.index_factory(dim, factory.format(nlist=nlist), faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, filled_factory(factory, dim, nlist), faiss.METRIC_INNER_PRODUCT)
     except (RuntimeError, KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"index tier factory {factory!r}: not a FAISS factory string for dim {dim} ({exc})") from exc
     if ivf_of(index) is None:
@@ -127,7 +134,7 @@ def code_kind(index: faiss.Index) -> str:
 
 def tier_code_kind(config: IndexConfig, n: int, dim: int) -> str:
     """:func:`code_kind` of the index ``config`` builds for ``n`` vectors (an untrained one-list probe)."""
-    return code_kind(ivf_from_factory(config.tier_for(n).factory, dim, 1))
+    return code_kind(ivf_from_factory(config.tier_for(n, dim).factory, dim, 1))
 
 
 def _bound_training(index: faiss.Index, ivf: faiss.IndexIVF, config: IndexConfig) -> None:
@@ -251,14 +258,15 @@ def read_json(path: Path) -> dict | None:
 
 
 def factory_of(index: faiss.Index, config: IndexConfig) -> str:
-    """The factory string ``index`` was built from under ``config`` (its tier's, ``{nlist}``
-    filled in), or its :func:`code_kind` when no tier of ``config`` builds that kind."""
+    """The factory string ``index`` was built from under ``config`` (its tier's,
+    :func:`filled_factory`), or its :func:`code_kind` when no tier of ``config`` builds that kind."""
     kind = index_kind(index)
     if kind != "ivf":
         return "Flat" if kind == "flat" else f"HNSW{config.hnsw_m},Flat"
-    ivf, tier = ivf_of(index), config.tier_for(int(index.ntotal))
-    return tier.factory.format(nlist=ivf.nlist) if code_kind(index) == tier_code_kind(config, int(index.ntotal),
-                                                                                        index.d) else code_kind(index)
+    n, tier = int(index.ntotal), config.tier_for(int(index.ntotal), index.d)
+    if code_kind(index) != tier_code_kind(config, n, index.d):
+        return code_kind(index)
+    return filled_factory(tier.factory, index.d, ivf_of(index).nlist)
 
 
 def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int,
