@@ -12,6 +12,7 @@ top 10 of the float32 vectors. Vectors are clustered like bench_query.py's.
     python bench/bench_index_kinds.py --sizes 100000,400000 --dim 128
     python bench/bench_index_kinds.py --sizes 200000 --dim 512 --kinds "IVF{nlist},SQ8:4,IVF{nlist},RaBitQ:10"
     python bench/bench_index_kinds.py --sizes 1000000 --dim 768 --kinds "IVF{nlist},SQ8:4" --two-level-lists 1,1000000000
+    python bench/bench_index_kinds.py --sizes 1000000 --dim 768 --kinds "IVF{nlist},SQ8:4,IVF{nlist},PQ{half_dim}x4fs:20"
 
 ``--two-level-lists`` builds each kind once per value of ``index.two_level_lists`` (1: lists
 trained in two levels; a large number: in one).
@@ -34,7 +35,8 @@ from sst_search.vector_search.indexes import build_index
 from sst_search.vector_search.planner import search_table
 from sst_search.vector_search.vector_table import VectorTable
 
-DEFAULT_KINDS = "IVF{nlist},SQ8:4,IVF{nlist},RaBitQ:4,IVF{nlist},RaBitQ:10,IVF{nlist},PQ{m}x8:10"
+DEFAULT_KINDS = ("IVF{nlist},SQ8:4,IVF{nlist},RaBitQ:4,IVF{nlist},RaBitQ:10,IVF{nlist},PQ{m}x8:10,"
+                 "IVF{nlist},PQ{half_dim}x4fs:20")
 
 
 class _Group:
@@ -85,7 +87,8 @@ def measure(n: int, dim: int, factory: str, refine: int, queries: int, groups: i
             recalls[name].append(len({h for h, _ in hits} & set(ids[truth].tolist())) / k)
     ivf = faiss.extract_index_ivf(index)
     levels = 2 if ivf.nlist >= two_level_lists and isinstance(index, faiss.IndexIVF) else 1
-    return (f"{n:>9,} {dim:>4} {factory.replace('{m}', str(dim // 8)):<22} {refine:>6} {ivf.nlist:>6} {levels:>6} "
+    shown = factory.replace("{m}", str(dim // 8)).replace("{half_dim}", str(dim // 2))
+    return (f"{n:>9,} {dim:>4} {shown:<22} {refine:>6} {ivf.nlist:>6} {levels:>6} "
             f"{index_bpv:>8.0f} {2 * dim + 8:>9} {np.mean(recalls['none']):>7.3f} {np.mean(recalls['group-other']):>7.3f} "
             f"{np.percentile(latencies, 95):>7.1f} {build_s:>7.1f}")
 
@@ -95,7 +98,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,400000")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--kinds", default=DEFAULT_KINDS,
-                    help="comma-separated FACTORY:REFINE ({nlist} from the size, {m} = dim/8 sub-quantizers)")
+                    help="comma-separated FACTORY:REFINE ({nlist} from the size, {m} = dim/8 sub-quantizers, "
+                         "{half_dim} = dim/2)")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--groups", type=int, default=20)
     ap.add_argument("--two-level-lists", default=str(IndexConfig().two_level_lists),

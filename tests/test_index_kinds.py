@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -16,8 +17,9 @@ from sst_search.cli import app
 from sst_search.config import IndexConfig, IndexTier, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
-from sst_search.store.snapshots import publish_snapshot
-from sst_search.vector_search.indexes import index_paths, read_manifest
+from sst_search.store import verify
+from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
+from sst_search.vector_search.indexes import build_index, index_paths, is_fast_scan, read_manifest
 
 DIM, EMBEDDER = 64, "e"
 TIERED = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
@@ -128,6 +130,7 @@ def test_every_plan_keeps_recall_and_exactly_k_for_every_code_kind(kinds_publish
         assert read_manifest(store.faiss_dir, EMBEDDER, kind)["factory"].endswith(
             KINDS[kind].split(",")[-1].format(half_dim=DIM // 2))
         assert store.vector_table(EMBEDDER, kind).matrix.dtype == np.float16  # re-ranked by the float16 at rest
+        assert is_fast_scan(store.index(EMBEDDER, kind)) == (kind == "fastscan")
         store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         admission = engine.admission(filters) if filters else None
         for row in range(0, len(ids), 83):
@@ -176,3 +179,22 @@ def test_tiers_must_ascend_and_end_unbounded():
     wide, narrow = IndexConfig().tier_for(10**9, 768), IndexConfig().tier_for(10**9, 128)
     assert wide.factory == "IVF{nlist},PQ{half_dim}x4fs" and IndexConfig().refine_for(10**9, 768) == 20
     assert narrow.factory == "IVF{nlist},SQ8" and IndexConfig().tier_for(10**6, 768).factory == "IVF{nlist},SQ8"
+
+
+def test_verify_tells_a_fast_scan_index_of_the_catalogs_vectors_from_one_of_other_vectors(kinds_published):
+    """Fast-scan codes cannot be reconstructed: verify scores each sampled vector among the
+    sample's ids instead, which a coarse code of the same vector passes and another's fails."""
+    db, data = kinds_published
+    ids, vectors = data["fastscan"]
+    key = (EMBEDDER, "fastscan")
+    con = duckdb.connect(str(resolve_snapshot(db)), read_only=True)
+    try:
+        generation = next(g for e, t, g, _ in verify.index_states(con) if (e, t) == key)
+        faiss_dir = resolve_snapshot(db).with_name(db.name + ".faiss")
+        assert verify.check_index(con, faiss_dir, key, generation, DIM) == []
+        others = build_index(clustered(len(ids), seed=99), ids, DIM, BY_SIZE)
+        assert is_fast_scan(others)
+        problems = verify.check_index(con, faiss_dir, key, generation, DIM, index=others)
+    finally:
+        con.close()
+    assert len(problems) == 1 and "sampled vectors differ" in problems[0].what

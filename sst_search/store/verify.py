@@ -70,9 +70,9 @@ def reconstruct(index: faiss.Index, ids: Iterable[int], own: bool = False) -> np
     """The stored vectors of ``ids``, as the index would score them; ``own``: the index is the
     caller's to change (one it loaded to check), else it is left as it was. A RuntimeError
     where the index cannot give its vectors back."""
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, faiss.IndexIVFFastScan):  # FAISS 1.15 crashes decoding a fast-scan list's codes
+    if indexes.is_fast_scan(index):
         raise RuntimeError("fast-scan codes cannot be reconstructed")
+    inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexIVF):
         # IVF lists hold ids, not positions: look them up through a hash table, on a copy
         # unless the index is the caller's own (maybe it serves searches). A copy of a

@@ -189,12 +189,12 @@ class IndexCache:
         path = indexes.index_paths(self.faiss_dir, *key)[0]
         if not mapped and manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
             return None
-        if mapped:
-            indexes.read_ahead(path)
         try:
             index = indexes.load_index(self.faiss_dir, *key, mapped=mapped)
         except RuntimeError:
             return None
+        if mapped and not indexes.is_fast_scan(index):  # a fast-scan index's file was read whole just now
+            indexes.read_ahead(path)
         if index.ntotal != manifest.get("count", index.ntotal):
             return None
         if manifest.get("sha256"):

@@ -296,6 +296,15 @@ def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False)
     return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
 
 
+def is_fast_scan(index: faiss.Index) -> bool:
+    """Whether the index keeps fast-scan codes (``PQ..x4fs``), packed in blocks for FAISS's
+    SIMD kernels: ``load_index(mapped=True)`` reads such lists into the process (a copy per
+    reader, dim / 2 bytes a vector) where it maps array lists, and FAISS 1.15 crashes
+    reconstructing their vectors."""
+    ivf = ivf_of(index)
+    return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
+
+
 def read_ahead(path: Path) -> None:
     """Read the whole file once, in a background thread, so that the page cache holds it:
     searches of a mapped index touch lists all over it, and each page they find missing is a
