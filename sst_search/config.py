@@ -102,14 +102,11 @@ class PlanConfig(_Strict):
 
 class IndexTier(_Strict):
     """One size band of :attr:`IndexConfig.tiers`: indexes of at most ``up_to`` vectors (no
-    bound when None) and at least ``min_dim`` dimensions are built from ``factory``. The width
-    matters because a code's speed does: fast-scan PQ beats SQ8 at dim 768 and loses to it
-    at dim 128, where SQ8's byte a dimension is cheap to scan."""
+    bound when None) are built from ``factory``."""
 
     up_to: int | None = Field(None, gt=0, description="most vectors an index of this tier holds (null: no bound)")
-    min_dim: int = Field(0, ge=0, description="narrowest vectors this tier takes (narrower go on to the next tier)")
     factory: str = Field(description="FAISS factory string of an IVF index, {nlist} filled in from the size and "
-                         "{half_dim} (dim // 2) from the width")
+                         "{half_dim} (dim // 2) from the width, e.g. IVF{nlist},PQ{half_dim}x4fs")
     refine: int | None = Field(
         None, ge=1, description="re-rank refine*k candidates by the stored vectors (null: index.refine); coarser "
         "codes need more candidates for the same recall")
@@ -117,20 +114,17 @@ class IndexTier(_Strict):
 
 #: The approximate tiers by default, from bench/bench_index_kinds.py and bench_query.py
 #: (bench/README.md): SQ8 codes (dim + 8 bytes a vector) keep recall@10 >= 0.99 with 4k
-#: candidates re-ranked, and readers map their file (one copy in memory for every process).
-#: Above two million vectors a search scans too many of them: an unfiltered search at
-#: 8M x 768 read about 110 MB of SQ8 codes and took 21-33 ms p95 on two cores. Fast-scan PQ
-#: with a 4-bit sub-quantizer per two dimensions (dim / 2 bytes) is scanned with SIMD table
-#: look-ups, 4.4x faster than SQ8 at 1M x 768, and keeps recall@10 0.97+ re-ranking 20k
-#: candidates (0.974 under another group's filter, against SQ8's 0.980). Its lists are read
-#: into each process (FAISS cannot map them), a quarter of SQ8's bytes. At dim 128 it is no
-#: faster than SQ8 and loses recall (2M x 128: p95 6.6 against 6.2 ms, recall@10 0.942), so
-#: narrower vectors keep SQ8 at every size (6.7 ms p95 at 10M x 128). Two-bit RaBitQ was
-#: slower and lost recall under a filter (0.93 at 10M x 128).
+#: candidates re-ranked, and at ten million vectors of dim 128 every filter's p95 within 10 ms
+#: but one. Two-bit RaBitQ codes take about a quarter of SQ8's bytes at dim 768 and held
+#: recall@10 0.978 at 1M, but at 10M x 128 fell to 0.93 under another group's filter with a
+#: 59 ms unfiltered p95, so they start only where SQ8's 7.7 GB per 10M vectors of dim 768
+#: would no longer fit one machine (one-bit codes: 0.73 under the selector at 1M). Fast-scan
+#: PQ (``IVF{nlist},PQ{half_dim}x4fs``, re-ranking 20k) scanned 4.4x faster than SQ8 at
+#: 1M x 768 but at 8M x 768 was slower (unfiltered p95 49 against 21-33 ms) and lost recall
+#: under filters (0.878-0.930), so it is not a default.
 DEFAULT_TIERS = (
-    IndexTier(up_to=2_000_000, factory="IVF{nlist},SQ8"),
-    IndexTier(up_to=None, min_dim=256, factory="IVF{nlist},PQ{half_dim}x4fs", refine=20),
-    IndexTier(up_to=None, factory="IVF{nlist},SQ8"),
+    IndexTier(up_to=20_000_000, factory="IVF{nlist},SQ8"),
+    IndexTier(up_to=None, factory="IVF{nlist},RaBitQ2", refine=10),
 )
 
 
@@ -170,13 +164,8 @@ class IndexConfig(_Strict):
     @model_validator(mode="after")
     def _tiers_ascend(self) -> IndexConfig:
         bounds = [t.up_to for t in self.tiers]
-        bounded = [b for b in bounds if b is not None]
-        # an unbounded tier before the last would leave the ones after it unreachable, unless it
-        # takes only wide vectors
-        if (not bounds or bounds[-1] is not None or self.tiers[-1].min_dim or bounded != sorted(bounded)
-                or any(t.up_to is None and not t.min_dim for t in self.tiers[:-1])):
-            raise ValueError(f"index.tiers: bounds must ascend and the last be null (no bound) with no min_dim, "
-                             f"got {bounds}")
+        if not bounds or bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(bounds[:-1]):
+            raise ValueError(f"index.tiers: bounds must ascend and the last be null (no bound), got {bounds}")
         return self
     nlist_factor: float = Field(
         4.0, description="ivf: nlist = nlist_factor * sqrt(n); training and adding cost grow with nlist, recall at "
@@ -206,13 +195,13 @@ class IndexConfig(_Strict):
     def kind_for(self, n: int) -> str:
         return "flat" if n <= self.exact_threshold else self.approximate
 
-    def tier_for(self, n: int, dim: int) -> IndexTier:
-        """The tier an IVF index of ``n`` vectors of ``dim`` dimensions is built in."""
-        return next(t for t in self.tiers if (t.up_to is None or n <= t.up_to) and dim >= t.min_dim)
+    def tier_for(self, n: int) -> IndexTier:
+        """The tier an IVF index of ``n`` vectors is built in."""
+        return next(t for t in self.tiers if t.up_to is None or n <= t.up_to)
 
-    def refine_for(self, n: int, dim: int) -> int:
-        """Candidates re-ranked per result for an IVF index of ``n`` vectors of ``dim`` dimensions."""
-        return self.tier_for(n, dim).refine or self.refine
+    def refine_for(self, n: int) -> int:
+        """Candidates re-ranked per result for an IVF index of ``n`` vectors."""
+        return self.tier_for(n).refine or self.refine
 
     def nlist_for(self, n: int) -> int:
         return max(1, min(n // 39 or 1, int(round(self.nlist_factor * math.sqrt(n)))))

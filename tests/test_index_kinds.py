@@ -172,13 +172,7 @@ def test_tiers_must_ascend_and_end_unbounded():
         IndexConfig(tiers=[IndexTier(up_to=10, factory="IVF{nlist},SQ8")])
     with pytest.raises(ValueError, match="not both"):
         IndexConfig.model_validate({"factory": "IVF{nlist},SQ8", "tiers": [{"factory": "IVF{nlist},Flat"}]})
-    with pytest.raises(ValueError, match="tiers"):  # the last tier must take every width
-        IndexConfig(tiers=[IndexTier(factory="IVF{nlist},SQ8", min_dim=256)])
-    with pytest.raises(ValueError, match="tiers"):  # an unbounded tier for every width leaves the next unreachable
-        IndexConfig(tiers=[IndexTier(factory="IVF{nlist},SQ8"), IndexTier(factory="IVF{nlist},Flat")])
-    wide, narrow = IndexConfig().tier_for(10**9, 768), IndexConfig().tier_for(10**9, 128)
-    assert wide.factory == "IVF{nlist},PQ{half_dim}x4fs" and IndexConfig().refine_for(10**9, 768) == 20
-    assert narrow.factory == "IVF{nlist},SQ8" and IndexConfig().tier_for(10**6, 768).factory == "IVF{nlist},SQ8"
+    assert IndexConfig().tier_for(10**9).factory == "IVF{nlist},RaBitQ2" and IndexConfig().refine_for(10**9) == 10
 
 
 def test_verify_tells_a_fast_scan_index_of_the_catalogs_vectors_from_one_of_other_vectors(kinds_published):

@@ -83,7 +83,7 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
     kind = config.kind_for(n)
     if kind == "ivf":
         nlist = config.nlist_for(n)
-        index = ivf_from_factory(config.tier_for(n, dim).factory, dim, nlist)
+        index = ivf_from_factory(config.tier_for(n).factory, dim, nlist)
         ivf = ivf_of(index)
         _bound_training(index, ivf, config)
         sample = np.ascontiguousarray(training(nlist * config.train_per_list), dtype=np.float32)
@@ -134,7 +134,7 @@ def code_kind(index: faiss.Index) -> str:
 
 def tier_code_kind(config: IndexConfig, n: int, dim: int) -> str:
     """:func:`code_kind` of the index ``config`` builds for ``n`` vectors (an untrained one-list probe)."""
-    return code_kind(ivf_from_factory(config.tier_for(n, dim).factory, dim, 1))
+    return code_kind(ivf_from_factory(config.tier_for(n).factory, dim, 1))
 
 
 def _bound_training(index: faiss.Index, ivf: faiss.IndexIVF, config: IndexConfig) -> None:
@@ -263,7 +263,7 @@ def factory_of(index: faiss.Index, config: IndexConfig) -> str:
     kind = index_kind(index)
     if kind != "ivf":
         return "Flat" if kind == "flat" else f"HNSW{config.hnsw_m},Flat"
-    n, tier = int(index.ntotal), config.tier_for(int(index.ntotal), index.d)
+    n, tier = int(index.ntotal), config.tier_for(int(index.ntotal))
     if code_kind(index) != tier_code_kind(config, n, index.d):
         return code_kind(index)
     return filled_factory(tier.factory, index.d, ivf_of(index).nlist)

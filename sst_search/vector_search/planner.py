@@ -156,7 +156,7 @@ class _Query:
            skip: int | None) -> _Query:
         ivf = ivf_of(index)
         return cls(index, table, config, np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1)), k, skip,
-                   ivf, config.refine_for(int(index.ntotal), index.d) if ivf is not None else 1)
+                   ivf, config.refine_for(int(index.ntotal)) if ivf is not None else 1)
 
     @property
     def want(self) -> int:
