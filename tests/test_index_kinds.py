@@ -19,7 +19,7 @@ from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
 from sst_search.store import verify
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
-from sst_search.vector_search.indexes import build_index, index_paths, is_fast_scan, ivf_of, read_manifest
+from sst_search.vector_search.indexes import build_index, index_paths, is_fast_scan, read_manifest
 
 DIM, EMBEDDER = 64, "e"
 TIERED = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
@@ -130,9 +130,7 @@ def test_every_plan_keeps_recall_and_exactly_k_for_every_code_kind(kinds_publish
         assert read_manifest(store.faiss_dir, EMBEDDER, kind)["factory"].endswith(
             KINDS[kind].split(",")[-1].format(half_dim=DIM // 2))
         assert store.vector_table(EMBEDDER, kind).matrix.dtype == np.float16  # re-ranked by the float16 at rest
-        index = store.index(EMBEDDER, kind)
-        assert is_fast_scan(index) == (kind == "fastscan")
-        assert ivf_of(index).parallel_mode == 1  # one query's probed lists split over FAISS's threads
+        assert is_fast_scan(store.index(EMBEDDER, kind)) == (kind == "fastscan")
         store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         admission = engine.admission(filters) if filters else None
         for row in range(0, len(ids), 83):
@@ -189,7 +187,7 @@ def test_verify_tells_a_fast_scan_index_of_the_catalogs_vectors_from_one_of_othe
         faiss_dir = resolve_snapshot(db).with_name(db.name + ".faiss")
         assert verify.check_index(con, faiss_dir, key, generation, DIM) == []
         others = build_index(clustered(len(ids), seed=99), ids, DIM, BY_SIZE)
-        assert is_fast_scan(others) and ivf_of(others).parallel_mode == 1
+        assert is_fast_scan(others)
         problems = verify.check_index(con, faiss_dir, key, generation, DIM, index=others)
     finally:
         con.close()

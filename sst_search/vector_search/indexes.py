@@ -92,7 +92,6 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
             ivf.quantizer.add(two_level.train(sample, nlist, config.train_niter, config.train_seed))
         index.train(sample)
         ivf.nprobe = config.nprobe_for(nlist)
-        split_probes(index)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = config.hnsw_ef_construction
@@ -294,21 +293,7 @@ def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
 def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False) -> faiss.Index:
     """The index in its file; ``mapped``: memory-mapped, read-only, its pages shared by every
     process that maps the file (see :mod:`sst_search.vector_search.cache`)."""
-    return split_probes(faiss.read_index(str(index_paths(root, embedder, trait_name)[0]),
-                                         faiss.IO_FLAG_MMAP_IFC if mapped else 0))
-
-
-def split_probes(index: faiss.Index) -> faiss.Index:
-    """``index``, its IVF searches splitting one query's probed lists over FAISS's threads
-    (``parallel_mode`` 1). By default FAISS spreads a search's *queries* over threads, and a
-    search here is one query, so one core scanned while the others idled. Measured at
-    1M x 768 with SQ8 codes, FAISS alone: one query at a time p50 2.56 -> 1.48 ms; eight
-    searching threads 746 -> 700 queries/s, p95 24.4 -> 16-19 ms. FAISS does not save the
-    mode in the file, so it is set on every IVF index made or loaded."""
-    ivf = ivf_of(index)
-    if ivf is not None:
-        ivf.parallel_mode = 1
-    return index
+    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
 
 
 def is_fast_scan(index: faiss.Index) -> bool:
