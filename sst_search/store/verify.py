@@ -97,10 +97,8 @@ def _mismatches(index: faiss.Index, ids: np.ndarray, expected: np.ndarray, own: 
     lossy = ivf is not None and ivf.code_size < 4 * index.d
     try:
         got = reconstruct(index, ids, own)
-    except RuntimeError:
-        selector = faiss.IDSelectorBatch(np.asarray(ids, np.int64))
-        params = (faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe) if ivf is not None
-                  else faiss.SearchParameters(sel=selector))
+    except RuntimeError:  # IVF codes only (RaBitQ, fast-scan): flat and HNSW indexes give vectors back
+        params = faiss.SearchParametersIVF(sel=faiss.IDSelectorBatch(np.asarray(ids, np.int64)), nprobe=ivf.nprobe)
         scores, labels = index.search(expected, min(10, len(ids)), params=params)
         floor = 0.5 if lossy else 0.999
         return sum(1 for i, sid in enumerate(ids) if not (scores[i][labels[i] == sid] >= floor).any())

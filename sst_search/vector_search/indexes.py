@@ -263,10 +263,10 @@ def factory_of(index: faiss.Index, config: IndexConfig) -> str:
     kind = index_kind(index)
     if kind != "ivf":
         return "Flat" if kind == "flat" else f"HNSW{config.hnsw_m},Flat"
-    n, tier = int(index.ntotal), config.tier_for(int(index.ntotal))
-    if code_kind(index) != tier_code_kind(config, n, index.d):
-        return code_kind(index)
-    return filled_factory(tier.factory, index.d, ivf_of(index).nlist)
+    n, codes = int(index.ntotal), code_kind(index)
+    if codes != tier_code_kind(config, n, index.d):
+        return codes
+    return filled_factory(config.tier_for(n).factory, index.d, ivf_of(index).nlist)
 
 
 def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int,
