@@ -55,6 +55,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig, PlanConfig
+from sst_search.vector_search import split_scan
 from sst_search.vector_search.indexes import ivf_of
 from sst_search.vector_search.vector_table import (
     AdmittedLists,
@@ -184,7 +185,7 @@ class _Share:
     @classmethod
     def of(cls, q: _Query, admission: Admission, posted: ListCounts | None = None) -> _Share:
         if posted is not None and q.ivf is not None:
-            return cls(admission, None, posted.count / max(1, len(q.table)), posted, _Ranking(q.index, q.vector), True)
+            return cls(admission, None, posted.count / max(1, len(q.table)), posted, _Ranking.of(q), True)
         row_mask = admission.table_mask(q.table.ids) if hasattr(admission, "table_mask") else None
         counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
         if counted is not None:
@@ -193,7 +194,7 @@ class _Share:
             fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
         else:
             fraction = estimate_fraction(q.table.ids, admission, q.config.plan)
-        return cls(admission, row_mask, fraction, counted, _Ranking(q.index, q.vector) if counted is not None else None)
+        return cls(admission, row_mask, fraction, counted, _Ranking.of(q) if counted is not None else None)
 
     def passes(self, q: _Query, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` (the index's) pass: read off the postings' codes when posted."""
@@ -301,8 +302,13 @@ def scans_exactly(config: PlanConfig, count: int, counted: ListCounts | None) ->
 
 
 def search_unfiltered(q: _Query) -> SearchOutcome:
-    """The ``unfiltered`` plan: the index's own top ``k``, re-ranked."""
-    return SearchOutcome(q.top(_faiss_search(q.index, q.table, q.vector, q.want, q.refine)), "unfiltered")
+    """The ``unfiltered`` plan: the index's own top ``k``, re-ranked (on an IVF index, its
+    nearest ``nprobe`` lists scanned in parts at once: :mod:`split_scan`)."""
+    if q.ivf is None:
+        return SearchOutcome(q.top(_faiss_search(q.index, q.table, q.vector, q.want, q.refine)), "unfiltered")
+    nprobe = min(q.ivf.nprobe, q.ivf.nlist)
+    hits = _Ranking.of(q, depth=nprobe).search(q.ivf, q.want * max(1, q.refine), slice(0, nprobe))
+    return SearchOutcome(q.top(_refined(q.vector, q.table, hits, q.want, q.refine)), "unfiltered")
 
 
 def search_postfilter(q: _Query, share: _Share) -> tuple[list[tuple[int, float]], str | None]:
@@ -329,8 +335,10 @@ def search_postfilter(q: _Query, share: _Share) -> tuple[list[tuple[int, float]]
 
 
 def search_exact(q: _Query, admitted: _Admitted) -> list[tuple[int, float]]:
-    """The ``exact`` plan: every admitted vector scored."""
-    return q.top(exact_top(q.vector[0], q.table, admitted.listed(), q.want))
+    """The ``exact`` plan: every admitted vector scored (in parts at once: :mod:`split_scan`)."""
+    rows = admitted.listed()
+    parts = split_scan.parts_for(q.config.plan, len(rows), len(rows) * q.table.matrix.shape[1])
+    return q.top(exact_top(q.vector[0], q.table, rows, q.want, parts))
 
 
 def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: list[str]) -> list[tuple[int, float]]:
@@ -340,7 +348,7 @@ def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: li
     if q.ivf is not None:
         counted = share.counted if share.counted is not None else AdmittedLists(q.table.layout(q.index),
                                                                                 admitted.mask(len(q.table)))
-        hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking(q.index, q.vector),
+        hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking.of(q),
                                       counted, q.want, q.refine)
     else:
         selector = faiss.IDSelectorBatch(q.table.ids[admitted.listed()])
@@ -376,18 +384,26 @@ def _admitted_rows(admission: Admission, table: VectorTable) -> np.ndarray:
     return table.rows(admitted)
 
 
-def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
+def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int, parts: int = 1
+              ) -> list[tuple[int, float]]:
     """Top ``k`` of the table's ``rows`` by the exact inner product of their stored vectors
-    (float16 at rest: scored in float32 from the rounded components)."""
+    (float16 at rest: scored in float32 from the rounded components); ``parts`` > 1 scores
+    that many runs of the rows at once."""
     if len(rows) == 0:
         return []
-    matrix = widened(table.gather(rows))
     query = np.ascontiguousarray(query, np.float32)
     scores = np.empty(len(rows), np.float32)
-    # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is
-    # too small to pay for waking BLAS threads, which costs milliseconds when the CPUs are busy.
-    faiss.fvec_inner_products_ny(faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
-                                 matrix.shape[1], len(rows))
+    bounds = np.linspace(0, len(rows), max(1, parts) + 1).astype(int)
+
+    def score(p: int) -> None:
+        run = slice(bounds[p], bounds[p + 1])
+        matrix = widened(table.gather(rows[run]))
+        # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is
+        # too small to pay for waking BLAS threads, which costs milliseconds when the CPUs are busy.
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(scores[run]), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
+                                     matrix.shape[1], len(matrix))
+
+    split_scan.run_in_parts(score, max(1, parts))
     top = np.argsort(-scores, kind="stable")[:k] if len(scores) <= 4 * k else _top_unsorted(scores, k)
     return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
 
@@ -422,31 +438,29 @@ def admitted_scan(admitted: AdmittedLists, ivf: faiss.IndexIVF, config: PlanConf
 
 class _Ranking:
     """The IVF lists by closeness to one query (through an OPQ rotation, if any), ranked once
-    for whichever plan a search takes."""
+    for whichever plan a search takes (the nearest ``depth`` of them, else all)."""
 
-    def __init__(self, index: faiss.Index, query: np.ndarray) -> None:
+    def __init__(self, index: faiss.Index, query: np.ndarray, plan: PlanConfig, depth: int | None = None) -> None:
         ivf = ivf_of(index)
+        self.plan = plan
         self.coarse = _coarse_input(index, query)
-        scores, order = ivf.quantizer.search(self.coarse, ivf.nlist)
+        scores, order = ivf.quantizer.search(self.coarse, depth or ivf.nlist)
         self.scores, self.order = scores[0], order[0]
+
+    @classmethod
+    def of(cls, q: _Query, depth: int | None = None) -> _Ranking:
+        return cls(q.index, q.vector, q.config.plan, depth)
 
     def search(
         self, ivf: faiss.IndexIVF, n: int, picks: slice | np.ndarray, selector: faiss.IDSelector | None = None
     ) -> list[tuple[int, float]]:
         """The index's own top ``n`` in the lists ``picks`` picks out of the ranking, among
         what ``selector`` admits."""
-        lists = np.ascontiguousarray(self.order[picks], np.int64)
-        scores = np.ascontiguousarray(self.scores[picks], np.float32)
-        n = max(1, min(n, int(ivf.ntotal)))
-        # FAISS reads nprobe assigned lists per query from the parameters (the index's own nprobe without them).
-        params = faiss.SearchParametersIVF(nprobe=len(lists))
-        if selector is not None:
-            params.sel = selector
-        found, labels = np.empty(n, np.float32), np.empty(n, np.int64)
-        # FAISS's Python wrapper of search_preassigned refuses search parameters (the selector); the C++ method takes them.
-        ivf.search_preassigned_c(1, faiss.swig_ptr(self.coarse), n, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
-                                 faiss.swig_ptr(found), faiss.swig_ptr(labels), False, params)
-        return [(int(i), float(s)) for i, s in zip(labels, found) if i >= 0]
+        lists, scores = self.order[picks], self.scores[picks]
+        parts = split_scan.parts_for(self.plan, len(lists), len(lists) * ivf.ntotal / max(1, ivf.nlist) * ivf.d)
+        found, labels = split_scan.scan_lists(ivf, self.coarse, lists, scores, max(1, min(n, int(ivf.ntotal))),
+                                              selector, parts)
+        return [(int(i), float(s)) for i, s in zip(labels, found)]
 
 
 def _admitted_lists_search(
