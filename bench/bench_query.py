@@ -203,6 +203,19 @@ class Synthetic:
         return group_names, localities, pa.array(START + part.days.astype("timedelta64[D]")).cast(pa.string())
 
 
+def timed_parts(data: Synthetic, spent: list[float]) -> Iterator[Part]:
+    """``data``'s parts, adding the seconds spent making them to ``spent[0]``: the synthetic
+    collection is made while the build runs, and is not the product's work."""
+    parts = data.parts()
+    while True:
+        t = time.perf_counter()
+        part = next(parts, None)
+        spent[0] += time.perf_counter() - t
+        if part is None:
+            return
+        yield part
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -432,6 +445,10 @@ def main() -> None:
     ap.add_argument("--selector-scans", default="",
                     help="comma-separated index.plan.selector_scan values, each timed on the same index after the "
                          "configured one (e.g. 0.25,1): the selector's latency/recall trade-off")
+    ap.add_argument("--scan-parts", default="",
+                    help="comma-separated index.plan.scan_parts values, each timed on the same index after the "
+                         "configured one (e.g. 1,0: one scan, then the automatic split): what splitting one query's "
+                         "probed lists over the cores gains, both sides in one run")
     ap.add_argument("--exact-max", type=int, default=None,
                     help="index.plan.exact_max recorded with the store (readers use it): filters passing more go "
                          "through the index's codes and re-rank a few float16 rows instead of scanning float16 rows")
@@ -469,15 +486,17 @@ def main() -> None:
     if reuse:
         print(f"reusing the store in {work} (build not timed); DuckDB file {db.stat().st_size / 2**30:.2f} GiB")
     else:
-        t = time.perf_counter()
+        t, making = time.perf_counter(), [0.0]
         with PeakMemory() as peaks:
-            build_chunks(db, config, ((p.ids, p.vectors, *data.columns(p)) for p in data.parts()))
+            build_chunks(db, config, ((p.ids, p.vectors, *data.columns(p)) for p in timed_parts(data, making)))
         build_s = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(f"build through Store.write_chunks, {args.chunk:,} vectors a chunk (catalog + masks + float16 vectors at "
               f"rest + {args.approx} index + flush): {build_s:.1f} s ({args.n / build_s:,.0f} vectors/s); peak RSS "
               f"{peak / 2**30:.2f} GiB (before {rss0 / 2**30:.2f} GiB), of which at most {peaks.anon / 2**30:.2f} GiB "
               f"anonymous memory and {peaks.file / 2**30:.2f} GiB mapped file pages (sampled each 0.2 s); {load()}")
+        print(f"  of which making the synthetic chunks {making[0]:.1f} s: the product's path {build_s - making[0]:.1f} s "
+              f"({args.n / (build_s - making[0]):,.0f} vectors/s)")
 
     if not reuse or current_version(db) is None:
         t = time.perf_counter()
@@ -593,13 +612,16 @@ def main() -> None:
     print("  of which, bytes/vector: " + "; ".join(f"{what} {size / args.n:,.0f}" for what, size in reader_memory(
         snapshot, at_rest_file, index_file, status_before_open, engine.store.con).items()))
 
-    work_items = [(name, j) for j in range(args.queries) for name in scenarios]
-    t = time.perf_counter()
-    with ThreadPoolExecutor(args.threads) as pool:
-        concurrent = list(pool.map(lambda item: timed(ours(item[0]), [item[1]])[0][0], work_items))
-    wall = time.perf_counter() - t
-    print(f"{args.threads} threads, all scenarios mixed: p50 {np.percentile(concurrent, 50):.1f} ms, "
-          f"p95 {np.percentile(concurrent, 95):.1f} ms, {len(work_items) / wall:.0f} queries/s; {load()}")
+    def threaded() -> None:
+        work_items = [(name, j) for j in range(args.queries) for name in scenarios]
+        t = time.perf_counter()
+        with ThreadPoolExecutor(args.threads) as pool:
+            concurrent = list(pool.map(lambda item: timed(ours(item[0]), [item[1]])[0][0], work_items))
+        wall = time.perf_counter() - t
+        print(f"{args.threads} threads, all scenarios mixed: p50 {np.percentile(concurrent, 50):.1f} ms, "
+              f"p95 {np.percentile(concurrent, 95):.1f} ms, {len(work_items) / wall:.0f} queries/s; {load()}")
+
+    threaded()
     print(f"process RSS {proc.memory_info().rss / 2**30:.2f} GiB")
     if ivf is not None:
         configured = ivf.nprobe
@@ -608,11 +630,14 @@ def main() -> None:
             scenario_table(f"\nsst-search, nprobe factor {factor:g} (nprobe {ivf.nprobe})")
         ivf.nprobe = configured
     recorded = engine.store.index_config
-    for field, values in (("selector_scan", args.selector_scans), ("exact_max", args.exact_maxes)):
+    for field, values in (("selector_scan", args.selector_scans), ("exact_max", args.exact_maxes),
+                          ("scan_parts", args.scan_parts)):
         for value in (type(getattr(recorded.plan, field))(v) for v in values.split(",") if v.strip()):
             engine.store.index_cache.config = recorded.model_copy(
                 update={"plan": recorded.plan.model_copy(update={field: value})})
             scenario_table(f"\nsst-search, {field} {value:g}")
+            if field == "scan_parts":  # splitting a scan trades throughput for latency: both, in one run
+                threaded()
     engine.store.index_cache.config = recorded
     engine.close()
     engine = None  # its snapshot arrays: LanceDB gets the memory back
