@@ -122,3 +122,18 @@ def test_small_scans_are_not_split_and_one_part_means_never():
     assert wide == min(split_scan.available_cpus(), split_scan.MAX_AUTO_PARTS)
     assert split_scan.parts_for(PlanConfig(scan_parts=1), 200, 200 * 700 * 768) == 1
     assert split_scan.parts_for(PlanConfig(scan_parts=8, scan_split_min=0), 3, 3 * 10 * 8) == 3
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_lists_are_ranked_as_the_quantizer_ranks_them(ranked, collection, parts):
+    from sst_search.vector_search.planner import _Ranking
+
+    index, ivf, _, _, _ = ranked
+    vectors = collection[0]
+    plan = PlanConfig(scan_parts=parts, scan_split_min=0)
+    for row in range(0, N, 1499):
+        coarse = _coarse_input(index, vectors[row : row + 1])
+        scores, lists = ivf.quantizer.search(coarse, ivf.nlist)
+        whole, near = _Ranking(index, vectors[row : row + 1], plan), _Ranking(index, vectors[row : row + 1], plan, 7)
+        assert whole.order.tolist() == lists[0].tolist() and np.allclose(whole.scores, scores[0], atol=1e-5)
+        assert near.order.tolist() == lists[0][:7].tolist()

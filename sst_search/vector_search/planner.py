@@ -393,17 +393,15 @@ def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int, p
         return []
     query = np.ascontiguousarray(query, np.float32)
     scores = np.empty(len(rows), np.float32)
-    bounds = np.linspace(0, len(rows), max(1, parts) + 1).astype(int)
 
-    def score(p: int) -> None:
-        run = slice(bounds[p], bounds[p + 1])
+    def score(run: slice) -> None:
         matrix = widened(table.gather(rows[run]))
         # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is
         # too small to pay for waking BLAS threads, which costs milliseconds when the CPUs are busy.
         faiss.fvec_inner_products_ny(faiss.swig_ptr(scores[run]), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
                                      matrix.shape[1], len(matrix))
 
-    split_scan.run_in_parts(score, max(1, parts))
+    split_scan.in_runs(len(rows), parts, score)
     top = np.argsort(-scores, kind="stable")[:k] if len(scores) <= 4 * k else _top_unsorted(scores, k)
     return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
 
@@ -444,8 +442,19 @@ class _Ranking:
         ivf = ivf_of(index)
         self.plan = plan
         self.coarse = _coarse_input(index, query)
-        scores, order = ivf.quantizer.search(self.coarse, depth or ivf.nlist)
-        self.scores, self.order = scores[0], order[0]
+        depth = min(depth or ivf.nlist, ivf.nlist)
+        centroids = _inner_product_centroids(ivf)
+        if centroids is None:
+            scores, order = ivf.quantizer.search(self.coarse, depth)
+            self.scores, self.order = scores[0], order[0]
+            return
+        # Scored apart from FAISS's flat search, which for one query runs on one core and ranks
+        # through a heap as deep as the ranking: at 11,314 lists of dim 768 it took 3.2 ms for all
+        # of them, this 1.3 ms on one core.
+        scores = split_scan.inner_products(self.coarse[0], centroids, plan)
+        near = np.argpartition(-scores, depth - 1)[:depth] if depth < len(scores) else np.arange(len(scores))
+        self.order = near[np.argsort(-scores[near], kind="stable")]
+        self.scores = scores[self.order]
 
     @classmethod
     def of(cls, q: _Query, depth: int | None = None) -> _Ranking:
@@ -476,6 +485,15 @@ def _admitted_lists_search(
     selector = _list_selector(counted, table.ids, ranking.order[probed])
     hits = ranking.search(ivf, min(int(held[probed].sum()), k * refine), probed, selector)
     return _refined(query, table, hits, k, refine)
+
+
+def _inner_product_centroids(ivf: faiss.IndexIVF) -> np.ndarray | None:
+    """The IVF lists' centroids as a float32 matrix viewing the quantizer's own memory, when the
+    quantizer is a flat inner-product index (else None: ranked by the quantizer's search)."""
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    return faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d).reshape(quantizer.ntotal, quantizer.d)
 
 
 def _coarse_input(index: faiss.Index, query: np.ndarray) -> np.ndarray:

@@ -87,6 +87,28 @@ def run_in_parts(part: Callable[[int], T], parts: int) -> list[T]:
     return done
 
 
+def in_runs(count: int, parts: int, run: Callable[[slice], None]) -> None:
+    """``run`` over ``parts`` consecutive runs of ``range(count)`` at once (each writes its own
+    slice of a shared output)."""
+    bounds = np.linspace(0, count, max(1, parts) + 1).astype(int).tolist()
+    run_in_parts(lambda p: run(slice(bounds[p], bounds[p + 1])), max(1, parts))
+
+
+def inner_products(query: np.ndarray, matrix: np.ndarray, config: PlanConfig) -> np.ndarray:
+    """``matrix @ query`` (float32, C-contiguous rows) in runs scored at once: FAISS's
+    single-threaded SIMD kernel in each, since a BLAS matrix-vector product wakes BLAS's own
+    threads, which costs milliseconds when the cores are busy."""
+    query = np.ascontiguousarray(query, np.float32)
+    scores = np.empty(len(matrix), np.float32)
+
+    def run(rows: slice) -> None:
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(scores[rows]), faiss.swig_ptr(query),
+                                     faiss.swig_ptr(matrix[rows]), matrix.shape[1], rows.stop - rows.start)
+
+    in_runs(len(matrix), parts_for(config, len(matrix), matrix.size), run)
+    return scores
+
+
 def scan_lists(ivf: faiss.IndexIVF, coarse: np.ndarray, lists: np.ndarray, scores: np.ndarray, n: int,
                selector: faiss.IDSelector | None, parts: int) -> tuple[np.ndarray, np.ndarray]:
     """The top ``n`` ``(scores, ids)`` of one query (``coarse``: as the IVF index sees it) in
