@@ -98,7 +98,7 @@ class PlanConfig(_Strict):
     )
     scan_parts: int = Field(
         0, ge=0, description="IVF: split one query's scan of its probed lists into this many parts, scanned on as many "
-        "cores at once (0: one per CPU the process may use, at most 4; 1: never split). At 1M x 768 with SQ8 codes "
+        "cores at once (0: one per CPU the process may use, at most FAISS's thread count and 4; 1: never split). At 1M x 768 with SQ8 codes "
         "one scan took 4.6 ms p50, two parts 2.8 ms (sst_search.vector_search.list_scan)"
     )
     scan_split_min: int = Field(

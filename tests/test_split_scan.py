@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import faiss
 import numpy as np
 import pytest
 
@@ -119,7 +120,13 @@ def test_small_scans_are_not_split_and_one_part_means_never():
     auto = PlanConfig()
     assert split_scan.parts_for(auto, 20, 20 * 100 * 64) == 1  # 128k components: not worth a hand-off
     wide = split_scan.parts_for(auto, 200, 200 * 700 * 768)
-    assert wide == min(split_scan.available_cpus(), split_scan.MAX_AUTO_PARTS)
+    assert wide == split_scan.automatic_parts() == min(split_scan.available_cpus(), faiss.omp_get_max_threads(), 4)
+    threads = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)  # as Ray sets it in a one-CPU actor: the shard does not split
+        assert split_scan.parts_for(auto, 200, 200 * 700 * 768) == 1
+    finally:
+        faiss.omp_set_num_threads(threads)
     assert split_scan.parts_for(PlanConfig(scan_parts=1), 200, 200 * 700 * 768) == 1
     assert split_scan.parts_for(PlanConfig(scan_parts=8, scan_split_min=0), 3, 3 * 10 * 8) == 3
 

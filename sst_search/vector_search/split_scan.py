@@ -48,11 +48,19 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def automatic_parts() -> int:
+    """Parts when ``scan_parts`` is 0: one per CPU the process may use, but no more than the
+    threads FAISS was given (``OMP_NUM_THREADS``, which Ray sets to an actor's CPUs, so the
+    shards of a sharded search do not each split over every core) and at most
+    :data:`MAX_AUTO_PARTS`."""
+    return max(1, min(available_cpus(), faiss.omp_get_max_threads(), MAX_AUTO_PARTS))
+
+
 def parts_for(config: PlanConfig, pieces: int, components: float) -> int:
     """How many parts a scan of ``pieces`` (lists or rows) scoring ``components`` (codes x
-    dimension) is split into: ``scan_parts`` (0: one per available CPU, at most
-    :data:`MAX_AUTO_PARTS`), fewer so that each part scores at least ``scan_split_min``."""
-    wanted = config.scan_parts or min(available_cpus(), MAX_AUTO_PARTS)
+    dimension) is split into: ``scan_parts`` (0: :func:`automatic_parts`), fewer so that
+    each part scores at least ``scan_split_min``."""
+    wanted = config.scan_parts or automatic_parts()
     return max(1, min(wanted, pieces, int(components // max(1, config.scan_split_min))))
 
 
