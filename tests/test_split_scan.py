@@ -144,3 +144,24 @@ def test_lists_are_ranked_as_the_quantizer_ranks_them(ranked, collection, parts)
         whole, near = _Ranking(index, vectors[row : row + 1], plan), _Ranking(index, vectors[row : row + 1], plan, 7)
         assert whole.order.tolist() == lists[0].tolist() and np.allclose(whole.scores, scores[0], atol=1e-5)
         assert near.order.tolist() == lists[0][:7].tolist()
+
+
+def test_while_another_scan_runs_the_caller_runs_every_part_itself():
+    """The cores are busy then: handing parts to the pool would only add its cost."""
+    started, release = threading.Event(), threading.Event()
+
+    def other_scan(_: int) -> None:
+        started.set()
+        release.wait(20)
+
+    other = threading.Thread(target=split_scan.run_in_parts, args=(other_scan, 1))
+    other.start()
+    try:
+        assert started.wait(20)
+        busy = split_scan.run_in_parts(lambda p: (p, threading.current_thread().name), 3)
+    finally:
+        release.set()
+        other.join(20)
+    assert busy == [(p, threading.current_thread().name) for p in range(3)]
+    alone = split_scan.run_in_parts(lambda p: (time.sleep(0.05), threading.current_thread().name)[1], 2)
+    assert alone[0] == threading.current_thread().name and alone[1].startswith("scan-part")

@@ -38,6 +38,9 @@ T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+#: Scans running :func:`run_in_parts` now, in every thread of the process.
+_running = 0
+_running_lock = threading.Lock()
 
 
 def available_cpus() -> int:
@@ -84,15 +87,28 @@ if hasattr(os, "register_at_fork"):
 
 def run_in_parts(part: Callable[[int], T], parts: int) -> list[T]:
     """``[part(0), ..., part(parts - 1)]``: the first run by the caller, the others on the
-    shared pool, each taken back by the caller if the pool has not started it by then."""
-    if parts <= 1:
-        return [part(0)]
-    pool = _shared_pool()
-    others = [pool.submit(part, p) for p in range(1, parts)]
-    done = [part(0)]
-    for p, future in enumerate(others, start=1):
-        done.append(part(p) if future.cancel() else future.result())
-    return done
+    shared pool, each taken back by the caller if the pool has not started it by then.
+
+    While another scan runs in the process, the caller runs every part itself, one after
+    another: the cores are busy already, and handing parts over only adds its cost (eight
+    threads searching a 1M x 512 store did 233-251 queries/s with every scan handed over in
+    two parts, 281 with none, in one run)."""
+    global _running
+    with _running_lock:
+        _running += 1
+        alone = _running == 1
+    try:
+        if parts <= 1 or not alone:
+            return [part(p) for p in range(parts)]
+        pool = _shared_pool()
+        others = [pool.submit(part, p) for p in range(1, parts)]
+        done = [part(0)]
+        for p, future in enumerate(others, start=1):
+            done.append(part(p) if future.cancel() else future.result())
+        return done
+    finally:
+        with _running_lock:
+            _running -= 1
 
 
 def in_runs(count: int, parts: int, run: Callable[[slice], None]) -> None:
