@@ -371,20 +371,22 @@ def test_the_selector_tests_membership_against_the_smaller_side_of_the_probed_li
     assert ivf_of(index).nlist > len(lists)
 
 
-@pytest.mark.parametrize("follows_the_vectors", [True, False])
-def test_a_filter_that_follows_the_vectors_is_searched_by_codes_and_a_scattered_one_is_scanned(follows_the_vectors):
+@pytest.mark.parametrize(("follows_the_vectors", "scattered_scan"), [(True, 4.0), (False, 4.0), (False, 0.0)])
+def test_a_filter_that_follows_the_vectors_is_searched_by_codes_and_a_scattered_one_deeper_or_scanned(
+        follows_the_vectors, scattered_scan):
     """Between exact_min and exact_max admitted vectors, their per-list counts decide: two of
     80 clusters fill the lists that hold them, and the selector finds their nearest in the
-    index's codes; the same number scattered at random are a sliver of every list, and are
-    scanned exactly."""
-    from sst_search.vector_search.indexes import build_index
-    from sst_search.vector_search.planner import search_table
+    index's codes; the same number scattered at random are a sliver of every list, and the
+    selector goes deeper for them (``scattered_scan`` times what an unfiltered search of them
+    would score, against ``selector_scan``), or they are scanned exactly (``scattered_scan`` 0)."""
+    from sst_search.vector_search.indexes import build_index, ivf_of
+    from sst_search.vector_search.planner import admitted_scan, search_table
     from sst_search.vector_search.vector_table import VectorTable
 
     n, dim = 20_000, 32
     vectors, labels, ids = _clustered_vectors(3, n, dim, clusters=80, noise=0.3)
     config = IndexConfig(exact_threshold=1_000, factory="IVF{nlist},SQ8", refine=4, train_niter=4,
-                         plan=PlanConfig(exact_min=100))
+                         plan=PlanConfig(exact_min=100, scattered_scan=scattered_scan))
     index, table = build_index(vectors, ids, dim, config), VectorTable(ids, vectors)
     clusters = np.isin(labels, [5, 6])  # 2.5%: below the post-filter's share
     passing = clusters if follows_the_vectors else np.random.default_rng(4).permutation(clusters)
@@ -393,9 +395,13 @@ def test_a_filter_that_follows_the_vectors_is_searched_by_codes_and_a_scattered_
     for row in np.flatnonzero(passing)[:10]:
         outcome = search_table(index, table, config, vectors[row], 10, _Admitted(ids[passing]), skip=int(ids[row]),
                                posted=counted)
-        assert outcome.plan == ("selector" if follows_the_vectors else "exact")
+        assert outcome.plan == ("exact" if scattered_scan == 0 else "selector")
         found = [sid for sid, _ in outcome.hits]
         assert len(found) == 10 and set(np.isin(found, ids[passing])) == {True}
         expected = _exact(vectors, ids, row, passing, 10)
         recalls.append(len(set(found) & set(expected)) / 10)
-    assert np.mean(recalls) >= (0.95 if follows_the_vectors else 1.0)
+    assert np.mean(recalls) >= (1.0 if scattered_scan == 0 else 0.95)
+    deeper = admitted_scan(counted, ivf_of(index), config.plan) / admitted_scan(
+        counted, ivf_of(index), config.plan.model_copy(update={"scattered_scan": 0.0}))
+    assert deeper == pytest.approx(1.0 if follows_the_vectors or scattered_scan == 0
+                                   else scattered_scan / config.plan.selector_scan, rel=0.05)

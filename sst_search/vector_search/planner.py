@@ -33,9 +33,11 @@ specimen (:class:`RowMask`):
     when all do (specimen ids are 63-bit hashes, too sparse for a bitmap).
 ``exact``
     Few pass. Their stored vectors are scored directly: no approximate index can miss them.
-    Between ``exact_min`` and ``exact_max`` only when they are scattered over the IVF lists
-    (:func:`scans_exactly`); concentrated ones, a filter that follows the vectors, go to the
-    selector, whose codes find them without reading every admitted row.
+    Between ``exact_min`` and ``exact_max`` only where their per-list counts are unknown, or
+    when ``scattered_scan`` is 0 and they are scattered over the IVF lists
+    (:func:`scans_exactly`); otherwise the selector's codes find them without reading every
+    admitted row (deeper for a scattered filter), so a reader does not end up holding the
+    whole float16 file.
 
 :func:`search_table` picks the plan; each is one function (:func:`search_unfiltered`,
 :func:`search_postfilter`, :func:`search_exact`, :func:`search_selector`). Every plan
@@ -289,16 +291,24 @@ def _plan(q: _Query, share: _Share) -> Plan:
 
 def scans_exactly(config: PlanConfig, count: int, counted: ListCounts | None) -> bool:
     """Whether ``count`` admitted vectors are scanned exactly rather than found by the selector:
-    at most ``exact_min`` of them always; up to ``exact_max`` unless their per-list counts show
-    them concentrated, at least ``concentrated_share`` of the IVF lists that hold them. Such a
-    filter follows the vectors (a group), and the index's codes find its nearest; a scan would
-    read each admitted row, and at high dimension those rows span every page of the float16
-    file. Scattered ones (a 1% date) keep the scan: the selector's recall drops there."""
+    at most ``exact_min`` of them always; up to ``exact_max`` when their per-list counts are
+    unknown, or show them scattered (:func:`scattered`) and ``scattered_scan`` is 0. A filter
+    that follows the vectors (a group) fills the lists that hold it, and the index's codes
+    find its nearest; a scan would read each admitted row, and at high dimension those rows
+    span every page of the float16 file. A scattered one (a 1% date) is a sliver of every
+    list: its nearest lie further from the query's lists, so the selector goes deeper
+    (``scattered_scan``), which still reads no admitted row but the few it re-ranks."""
     if count > config.exact_max:
         return False
     if count <= config.exact_min or counted is None or not counted.holding:
         return True
-    return count < config.concentrated_share * int(counted.sizes[counted.held > 0].sum())
+    return config.scattered_scan == 0 and scattered(config, counted)
+
+
+def scattered(config: PlanConfig, counted: ListCounts) -> bool:
+    """Whether the admitted vectors make up less than ``concentrated_share`` of the IVF lists
+    that hold them: a filter unrelated to the vectors, not one that follows them."""
+    return counted.count < config.concentrated_share * int(counted.sizes[counted.held > 0].sum())
 
 
 def search_unfiltered(q: _Query) -> SearchOutcome:
@@ -423,15 +433,19 @@ def widened(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def admitted_scan(admitted: AdmittedLists, ivf: faiss.IndexIVF, config: PlanConfig) -> int:
+def admitted_scan(admitted: ListCounts, ivf: faiss.IndexIVF, config: PlanConfig) -> int:
     """How many admitted vectors the selector scores at least: ``selector_scan`` times what an
     unfiltered search would score (its ``nprobe`` lists) if the admitted vectors were a
     collection of their own, spread over the lists that hold them. A filter that picks out a
     few clusters fills its lists, and the selector then reaches as far as an unfiltered
-    search does; one unrelated to the vectors thins every list, and the lists an unfiltered
-    search probes hold enough."""
-    per_list = len(admitted) / max(1, admitted.holding)
-    return int(math.ceil(min(len(admitted), config.selector_scan * ivf.nprobe * per_list)))
+    search does; one unrelated to the vectors thins every list, and is scored
+    ``scattered_scan`` times instead, since its nearest lie further out (where it has
+    between ``exact_min`` and ``exact_max`` vectors and ``scattered_scan`` is set)."""
+    per_list = admitted.count / max(1, admitted.holding)
+    share = config.selector_scan
+    if config.scattered_scan and config.exact_min < admitted.count <= config.exact_max and scattered(config, admitted):
+        share = config.scattered_scan
+    return int(math.ceil(min(admitted.count, share * ivf.nprobe * per_list)))
 
 
 class _Ranking:
