@@ -81,15 +81,16 @@ class PlanConfig(_Strict):
         0.5, description="post-filter: use the admitted-set plans when the candidates pass at less than this "
         "times the filter's share (the filter avoids the query's neighbourhood)"
     )
-    exact_max: int = Field(20_000, description="scan the admitted vectors exactly when at most this many pass")
+    exact_max: int = Field(20_000, description="scan the admitted vectors exactly when at most this many pass and "
+                           "their count per IVF list is not known, or they are scattered and scattered_scan is 0")
     exact_min: int = Field(2_000, description="scan the admitted vectors exactly when at most this many pass, "
                            "wherever they sit in the index")
     concentrated_share: float = Field(
         0.25, gt=0, le=1, description="between exact_min and exact_max, search the index's codes (the selector) "
         "instead when the admitted vectors make up at least this share of the IVF lists holding them: the filter "
         "follows the vectors (a group), its nearest are found without reading every admitted row (at 200,000 x 768 "
-        "an own-group scan read every page of the float16 file), where a filter unrelated to them (a 1% date) "
-        "needs the scan (recall 0.83 through the selector at 1M x 512)"
+        "an own-group scan read every page of the float16 file); one scattered over the lists (a 1% date) is "
+        "searched as scattered_scan says"
     )
     scattered_scan: float = Field(
         4.0, ge=0, description="between exact_min and exact_max, a filter scattered over the IVF lists (under "

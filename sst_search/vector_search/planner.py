@@ -464,7 +464,7 @@ class _Ranking:
             return
         # Scored apart from FAISS's flat search, which for one query runs on one core and ranks
         # through a heap as deep as the ranking: at 11,314 lists of dim 768 it took 3.2 ms for all
-        # of them, this 1.3 ms on one core.
+        # of them (1.7 ms for the nearest 213), this 1.9 ms (1.3) on one core, and it splits.
         scores = split_scan.inner_products(self.coarse[0], centroids, plan)
         near = np.argpartition(-scores, depth - 1)[:depth] if depth < len(scores) else np.arange(len(scores))
         self.order = near[np.argsort(-scores[near], kind="stable")]
