@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from filelock import FileLock
 
 T = TypeVar("T")
@@ -86,3 +87,17 @@ def build_once_per_run(tmp_path_factory, worker_id: str, name: str, build: Calla
         result = build(folder)
         built.write_bytes(pickle.dumps(result))
         return result
+
+
+class AdmittedIds:
+    """A filter given by the ids it admits: the planner's two questions (which of these pass,
+    which pass at all) answered from a sorted array, for tests of the planner on its own."""
+
+    def __init__(self, admitted: np.ndarray) -> None:
+        self._admitted = np.sort(np.asarray(admitted, np.int64))
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self._admitted)
+
+    def admitted(self) -> np.ndarray:
+        return self._admitted

@@ -18,6 +18,7 @@ from sst_search.query import Filter, SearchEngine
 from sst_search.store import SPECIMEN_TRAIT, Store
 from sst_search.vector_search.indexes import bytes_per_vector
 from ui.state import engine_session, load_engine
+from tests.fixtures import AdmittedIds
 
 N, DIM, EMBEDDER, TRAIT = 50_000, 8, "e", "t"
 RARE = 5  # 1 in 10,000 specimens
@@ -236,7 +237,7 @@ def test_a_filter_that_avoids_the_query_neighbourhood_is_not_answered_from_the_p
     query /= np.linalg.norm(query)
     table = VectorTable(ids, vectors)
     config = IndexConfig(plan=PlanConfig(overfetch=30, exact_max=n))
-    outcome = search_table(index, table, config, query, 10, _Admitted(admitted))
+    outcome = search_table(index, table, config, query, 10, AdmittedIds(admitted))
     expected = [int(i) for i in admitted[np.argsort(-(vectors[admitted] @ query))[:10]]]
     assert outcome.plan == "postfilter" and outcome.fallbacks and "candidates passed" in outcome.fallbacks[0]
     assert [sid for sid, _ in outcome.hits] == expected
@@ -252,18 +253,6 @@ def _clustered_vectors(seed: int, n: int, dim: int, clusters: int, noise: float)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors, labels, rng.choice(1 << 62, size=n, replace=False).astype(np.int64)
 
-
-class _Admitted:
-    """A filter given by the ids it admits."""
-
-    def __init__(self, admitted: np.ndarray) -> None:
-        self._admitted = np.sort(np.asarray(admitted, np.int64))
-
-    def passes(self, ids: np.ndarray) -> np.ndarray:
-        return np.isin(ids, self._admitted)
-
-    def admitted(self) -> np.ndarray:
-        return self._admitted
 
 
 def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_rotation():
@@ -290,7 +279,7 @@ def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_r
         rotated = faiss.downcast_VectorTransform(index.chain.at(0)).apply(vectors[row : row + 1])
         held_near = int(admitted.held[ivf.quantizer.search(rotated, ivf.nprobe)[1][0]].sum())
         faiss.cvar.indexIVF_stats.reset()
-        outcome = search_table(index, table, config, vectors[row], 10, _Admitted(ids[passing]), skip=int(ids[row]))
+        outcome = search_table(index, table, config, vectors[row], 10, AdmittedIds(ids[passing]), skip=int(ids[row]))
         assert outcome.plan == "selector" and len(outcome.hits) == 10
         assert set(np.isin([sid for sid, _ in outcome.hits], ids[passing])) == {True}
         # scored: the admitted vectors of the lists an unfiltered search probes, or about a tenth of
@@ -393,7 +382,7 @@ def test_a_filter_that_follows_the_vectors_is_searched_by_codes_and_a_scattered_
     counted = table.admitted_lists(index, np.isin(table.ids, ids[passing]))
     recalls = []
     for row in np.flatnonzero(passing)[:10]:
-        outcome = search_table(index, table, config, vectors[row], 10, _Admitted(ids[passing]), skip=int(ids[row]),
+        outcome = search_table(index, table, config, vectors[row], 10, AdmittedIds(ids[passing]), skip=int(ids[row]),
                                posted=counted)
         assert outcome.plan == ("exact" if scattered_scan == 0 else "selector")
         found = [sid for sid, _ in outcome.hits]

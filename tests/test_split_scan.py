@@ -17,21 +17,10 @@ from sst_search.vector_search import split_scan
 from sst_search.vector_search.indexes import build_index, ivf_of
 from sst_search.vector_search.planner import _coarse_input, search_table
 from sst_search.vector_search.vector_table import VectorTable
+from tests.fixtures import AdmittedIds
 
 N, DIM = 12_000, 32
 
-
-class _Admitted:
-    """A filter given by the ids it admits."""
-
-    def __init__(self, admitted: np.ndarray) -> None:
-        self._admitted = np.sort(np.asarray(admitted, np.int64))
-
-    def passes(self, ids: np.ndarray) -> np.ndarray:
-        return np.isin(ids, self._admitted)
-
-    def admitted(self) -> np.ndarray:
-        return self._admitted
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +44,8 @@ def test_a_split_scan_gives_the_hits_of_one_scan_under_every_plan(collection, fa
     vectors, labels, ids = collection
     index = build_index(vectors, ids, DIM, _config(factory, 1))
     table = VectorTable(ids, vectors)
-    filters = {"unfiltered": None, "postfilter": _Admitted(ids[labels % 2 == 0]),
-               "selector": _Admitted(ids[np.isin(labels, [7, 8])]), "exact": _Admitted(ids[::200])}
+    filters = {"unfiltered": None, "postfilter": AdmittedIds(ids[labels % 2 == 0]),
+               "selector": AdmittedIds(ids[np.isin(labels, [7, 8])]), "exact": AdmittedIds(ids[::200])}
     for plan, admission in filters.items():
         for row in range(0, N, 997):
             split, one = (search_table(index, table, _config(factory, parts), vectors[row], 10, admission,
