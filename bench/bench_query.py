@@ -636,7 +636,7 @@ def main() -> None:
             engine.store.index_cache.config = recorded.model_copy(
                 update={"plan": recorded.plan.model_copy(update={field: value})})
             scenario_table(f"\nsst-search, {field} {value:g}")
-            if field == "scan_parts":  # splitting a scan trades throughput for latency: both, in one run
+            if field == "scan_parts":  # whether splitting scans costs throughput: both sides, in one run
                 threaded()
     engine.store.index_cache.config = recorded
     engine.close()

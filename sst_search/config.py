@@ -106,9 +106,10 @@ class PlanConfig(_Strict):
         "query's neighbourhood: 0.25 -> recall@10 0.942, 0.5 -> 0.992, 1 -> 0.998)"
     )
     scan_parts: int = Field(
-        0, ge=0, description="IVF: split one query's scan of its probed lists into this many parts, scanned on as many "
-        "cores at once (0: one per CPU the process may use, at most FAISS's thread count and 4; 1: never split). At 1M x 768 with SQ8 codes "
-        "one scan took 4.6 ms p50, two parts 2.8 ms (sst_search.vector_search.list_scan)"
+        0, ge=0, description="split one query's scan (its probed IVF lists, an exact scan's rows) into this many "
+        "parts, scanned on as many cores at once (0: one per CPU the process may use, at most FAISS's thread count "
+        "and 4; 1: never split). At 8M x 768 with SQ8 codes an unfiltered search's scan took 18.7 ms in one part, "
+        "10.5 ms in two (sst_search.vector_search.split_scan)"
     )
     scan_split_min: int = Field(
         1_000_000, ge=0, description="split a scan only into parts that each score at least this many code "

@@ -14,8 +14,9 @@ GIL, and the parts' top hits merged, which gives the hits of one scan. An exact 
 are cut into runs, each gathered, widened and scored apart. The caller runs one part and a
 small shared pool of threads the others (:func:`run_in_parts`). A scan too small to pay for
 the hand-off is not split. A part the pool has not started by the time the caller finished
-its own is taken back and run by the caller: when every core is busy with other searches (a
-loaded app), a search costs what one scan costs, not a wait in a queue.
+its own is taken back and run by the caller, and while another scan runs in the process
+every part stays with its caller: when the cores are busy with other searches (a loaded
+app), a search costs what one scan costs, not a wait in a queue or a hand-off.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ def _shared_pool() -> ThreadPoolExecutor:
 
 
 def _forget_pool() -> None:
-    """In a forked child: the parent's pool threads do not exist there."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
+    """In a forked child: the parent's pool threads, and the scans its other threads ran, do
+    not exist there."""
+    global _pool, _pool_lock, _running, _running_lock
+    _pool, _pool_lock, _running, _running_lock = None, threading.Lock(), 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
