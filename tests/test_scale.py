@@ -254,7 +254,6 @@ def _clustered_vectors(seed: int, n: int, dim: int, clusters: int, noise: float)
     return vectors, labels, rng.choice(1 << 62, size=n, replace=False).astype(np.int64)
 
 
-
 def test_the_selector_probes_the_lists_holding_admitted_vectors_through_an_opq_rotation():
     """An OPQ + IVF-PQ index, and a filter admitting 2 of 80 clusters, none of them the
     query's. The selector plan probes the lists that hold admitted vectors, nearest first:
