@@ -140,3 +140,32 @@ def test_verify_checks_the_postings_and_a_snapshot_without_them_still_searches(c
     _, recall = search_all(db, data, [Filter(field="group", op="==", value="rare")], data["groups"] == "rare",
                            "selector", 10, posted=False)
     assert recall >= 0.95
+
+
+@pytest.mark.parametrize("with_nulls", [False, True])
+def test_the_ids_a_posted_filter_does_not_admit_are_those_of_the_lists_less_the_admitted(tmp_path, with_nulls):
+    """The selector's complement (the ids of the probed lists a filter does not admit), read
+    off the other values' postings, is the lists' ids less the admitted ones; specimens
+    without a value are in no posting, and are still among those not admitted."""
+    db = tmp_path / "p.duckdb"
+    ids = np.random.default_rng(5).choice(1 << 62, size=N, replace=False).astype(np.int64)
+    groups = group_of(N, 6).astype(object)
+    if with_nulls:
+        groups[::50] = None
+    with Store.open(db, index_config=CONFIG) as store:
+        add(store, ids, clustered(N, 7), groups)
+    publish_snapshot(db)
+    with SearchEngine.open(db) as engine:
+        store = engine.store
+        index, table = store.index(*KEY), store.vector_table(*KEY)
+        postings = store.index_cache.postings(KEY, store.generations()[KEY], "group")
+        nlist = len(postings.sizes)
+        for values in (["g1"], ["g1", "rare"], ["rare"]):
+            posted = postings.lists_of(values)
+            for lists in (np.arange(nlist), np.arange(0, nlist, 3), np.array([nlist - 1])):
+                others = np.sort(posted.others_in(lists, table.ids))
+                listed = postings.list_ids(lists)
+                admitted = table.ids[posted.rows_in(lists)]
+                assert others.tolist() == np.sort(np.setdiff1d(listed, admitted)).tolist()
+                assert len(others) + len(admitted) == len(listed)
+        assert index.ntotal == N

@@ -188,6 +188,16 @@ class Postings:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i]..ends[i]`` of every range, concatenated, without a Python loop."""
+    lengths = ends - starts
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    if not len(lengths):
+        return np.zeros(0, np.int64)
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+
+
 class PostedLists(ListCounts):
     """:class:`~sst_search.vector_search.vector_table.ListCounts` read off postings: ``nlist``
     counts per value summed, and the rows of a few lists sliced out; nothing the size of the
@@ -210,6 +220,18 @@ class PostedLists(ListCounts):
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+        """The ids of ``lists`` the filter does not admit: read off the other values' postings
+        when every id of those lists has a value (no sort: at 2M x 768 an own-group selector's
+        set difference of the lists' ids took 4 ms a search); else the lists' ids less the
+        admitted ones."""
+        lists = np.asarray(lists, np.int64)
+        offsets = self.postings.offsets
+        if len(offsets) * len(lists) <= 4 * int(self.postings.sizes[lists].sum()):  # few values: cheap to read
+            starts, ends = np.asarray(offsets[:, lists]), np.asarray(offsets[:, lists + 1])
+            if int((ends - starts).sum()) == int(self.postings.sizes[lists].sum()):  # no id without a value
+                others = np.ones(len(offsets), bool)
+                others[self.value_codes] = False
+                return table_ids[self.postings.rows[_ranges(starts[others].ravel(), ends[others].ravel())]]
         return np.setdiff1d(self.postings.list_ids(lists), table_ids[self.rows_in(lists)], assume_unique=True)
 
     def passes_rows(self, rows: np.ndarray) -> np.ndarray:
