@@ -316,7 +316,7 @@ def search_unfiltered(q: _Query) -> SearchOutcome:
     nearest ``nprobe`` lists scanned in parts at once: :mod:`split_scan`)."""
     if q.ivf is None:
         return SearchOutcome(q.top(_faiss_search(q.index, q.table, q.vector, q.want, q.refine)), "unfiltered")
-    nprobe = min(q.ivf.nprobe, q.ivf.nlist)
+    nprobe = q.ivf.nprobe  # the ranking holds at most nlist lists
     hits = _Ranking.of(q, depth=nprobe).search(q.ivf, q.want * max(1, q.refine), slice(0, nprobe))
     return SearchOutcome(q.top(_refined(q.vector, q.table, hits, q.want, q.refine)), "unfiltered")
 
@@ -404,14 +404,8 @@ def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int, p
     query = np.ascontiguousarray(query, np.float32)
     scores = np.empty(len(rows), np.float32)
 
-    def score(run: slice) -> None:
-        matrix = widened(table.gather(rows[run]))
-        # FAISS's single-threaded SIMD kernel, not BLAS: one matrix-vector product per search is
-        # too small to pay for waking BLAS threads, which costs milliseconds when the CPUs are busy.
-        faiss.fvec_inner_products_ny(faiss.swig_ptr(scores[run]), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
-                                     matrix.shape[1], len(matrix))
-
-    split_scan.in_runs(len(rows), parts, score)
+    split_scan.in_runs(len(rows), parts,
+                       lambda run: split_scan.score_into(scores[run], query, widened(table.gather(rows[run]))))
     top = np.argsort(-scores, kind="stable")[:k] if len(scores) <= 4 * k else _top_unsorted(scores, k)
     return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
 

@@ -212,8 +212,9 @@ class PostedLists(ListCounts):
                          np.zeros(len(postings.sizes), np.int64))
 
     def rows_in(self, lists: np.ndarray) -> np.ndarray:
-        parts = [self.postings.rows[s[i]:s[i + 1]] for s in self._starts for i in lists if s[i + 1] > s[i]]
-        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        lists = np.asarray(lists, np.int64)
+        ranges = _ranges(self._starts[:, lists].ravel(), self._starts[:, lists + 1].ravel())
+        return np.asarray(self.postings.rows[ranges], np.int64)
 
     def rows(self) -> np.ndarray:
         parts = [self.postings.rows[s[0]:s[-1]] for s in self._starts]
@@ -225,10 +226,10 @@ class PostedLists(ListCounts):
         set difference of the lists' ids took 4 ms a search); else the lists' ids less the
         admitted ones."""
         lists = np.asarray(lists, np.int64)
-        offsets = self.postings.offsets
-        if len(offsets) * len(lists) <= 4 * int(self.postings.sizes[lists].sum()):  # few values: cheap to read
+        offsets, listed = self.postings.offsets, int(self.postings.sizes[lists].sum())
+        if len(offsets) * len(lists) <= 4 * listed:  # few values: cheap to read
             starts, ends = np.asarray(offsets[:, lists]), np.asarray(offsets[:, lists + 1])
-            if int((ends - starts).sum()) == int(self.postings.sizes[lists].sum()):  # no id without a value
+            if int((ends - starts).sum()) == listed:  # no id without a value
                 others = np.ones(len(offsets), bool)
                 others[self.value_codes] = False
                 return table_ids[self.postings.rows[_ranges(starts[others].ravel(), ends[others].ravel())]]

@@ -120,18 +120,20 @@ def in_runs(count: int, parts: int, run: Callable[[slice], None]) -> None:
     run_in_parts(lambda p: run(slice(bounds[p], bounds[p + 1])), max(1, parts))
 
 
+def score_into(scores: np.ndarray, query: np.ndarray, matrix: np.ndarray) -> None:
+    """``scores[:] = matrix @ query`` (float32, C-contiguous rows) with FAISS's single-threaded
+    SIMD kernel: a BLAS matrix-vector product wakes BLAS's own threads, which costs
+    milliseconds when the cores are busy, and this runs in one part of a split scan."""
+    faiss.fvec_inner_products_ny(faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(matrix),
+                                 matrix.shape[1], len(matrix))
+
+
 def inner_products(query: np.ndarray, matrix: np.ndarray, config: PlanConfig) -> np.ndarray:
-    """``matrix @ query`` (float32, C-contiguous rows) in runs scored at once: FAISS's
-    single-threaded SIMD kernel in each, since a BLAS matrix-vector product wakes BLAS's own
-    threads, which costs milliseconds when the cores are busy."""
+    """``matrix @ query`` (float32, C-contiguous rows) in runs scored at once."""
     query = np.ascontiguousarray(query, np.float32)
     scores = np.empty(len(matrix), np.float32)
-
-    def run(rows: slice) -> None:
-        faiss.fvec_inner_products_ny(faiss.swig_ptr(scores[rows]), faiss.swig_ptr(query),
-                                     faiss.swig_ptr(matrix[rows]), matrix.shape[1], rows.stop - rows.start)
-
-    in_runs(len(matrix), parts_for(config, len(matrix), matrix.size), run)
+    in_runs(len(matrix), parts_for(config, len(matrix), matrix.size),
+            lambda rows: score_into(scores[rows], query, matrix[rows]))
     return scores
 
 
