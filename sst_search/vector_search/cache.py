@@ -187,14 +187,17 @@ class IndexCache:
         if state != "fresh":
             return None
         path = indexes.index_paths(self.faiss_dir, *key)[0]
+        lists = indexes.lists_path(self.faiss_dir, *key, manifest)
         if not mapped and manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
+            return None
+        if not mapped and lists is not None and sha256_file(lists) != manifest["lists"]["sha256"]:
             return None
         try:
             index = indexes.load_index(self.faiss_dir, *key, mapped=mapped)
         except RuntimeError:
             return None
-        if mapped and not indexes.is_fast_scan(index):  # a fast-scan index's file was read whole just now
-            indexes.read_ahead(path)
+        if mapped:  # the file searches read from: the lists file of a fast-scan index
+            indexes.read_ahead(lists or path)
         if index.ntotal != manifest.get("count", index.ntotal):
             return None
         if manifest.get("sha256"):
@@ -204,5 +207,8 @@ class IndexCache:
     def _size_matches(self, key: IndexKey, manifest: Mapping) -> bool:
         """Cheap check that catches truncated files (manifests older than the size field pass)."""
         size = manifest.get("bytes")
-        return size is None or indexes.index_paths(self.faiss_dir, *key)[0].stat().st_size == size
+        if size is not None and indexes.index_paths(self.faiss_dir, *key)[0].stat().st_size != size:
+            return False
+        lists = indexes.lists_path(self.faiss_dir, *key, manifest)
+        return lists is None or (lists.is_file() and lists.stat().st_size == manifest["lists"]["bytes"])
 

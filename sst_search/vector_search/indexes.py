@@ -15,8 +15,10 @@ wrong answer.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -27,7 +29,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
-from sst_search.vector_search import two_level
+from sst_search.vector_search import fast_scan_lists, two_level
 from sst_search.weights import sha256_file
 
 #: Bytes read at a time when a mapped index's file is read into the page cache.
@@ -104,9 +106,9 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
 
 def filled_factory(factory: str, dim: int, nlist: int) -> str:
     """An ``index.tiers`` factory string for one index: ``{nlist}`` from its size, and
-    ``{half_dim}`` (one 4-bit PQ sub-quantizer per two dimensions, ``PQ{half_dim}x4fs``) from
-    its width, so one tier serves every embedder's width."""
-    return factory.format(nlist=nlist, half_dim=dim // 2)
+    ``{half_dim}`` or ``{dim}`` (a 4-bit PQ sub-quantizer per two dimensions or per dimension,
+    ``PQ{half_dim}x4fs``) from its width, so one tier serves every embedder's width."""
+    return factory.format(nlist=nlist, half_dim=dim // 2, dim=dim)
 
 
 def ivf_from_factory(factory: str, dim: int, nlist: int) -> faiss.Index:
@@ -272,15 +274,60 @@ def factory_of(index: faiss.Index, config: IndexConfig) -> str:
 def save_index(root: Path, embedder: str, trait_name: str, index: faiss.Index, generation: int,
                factory: str | None = None) -> None:
     """Index first, manifest second: see the module docstring for why this order is safe. The
-    manifest records the ``factory`` string and the bytes per vector measured from the file
-    (``faiss.serialize_index``'s bytes, without a second copy in memory)."""
+    manifest records the ``factory`` string and the bytes per vector measured from the files
+    (``faiss.serialize_index``'s bytes, without a second copy in memory).
+
+    A fast-scan index's lists go first, to a lists file of their own named by its checksum
+    (:mod:`fast_scan_lists`), which the index file then names: a file of that name never
+    changes, so a reader of the old index keeps reading the old lists, and one that finds
+    the new manifest finds both new files in place."""
     index_path, manifest_path = index_paths(root, embedder, trait_name)
-    atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
+    lists = _save_lists(index_path, index) if is_fast_scan(index) else None
+    if lists is None:
+        atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
+    else:
+        with fast_scan_lists.pointing_at(ivf_of(index), lists["file"], lists["bytes"]):
+            atomic_write(index_path, lambda tmp: faiss.write_index(index, tmp))
     size = index_path.stat().st_size
+    stored = size + (lists["bytes"] if lists else 0)
     manifest = {"generation": generation, "count": int(index.ntotal), "kind": index_kind(index), "dim": index.d,
-                "factory": factory, "codes": code_kind(index), "bytes_per_vector": round(size / max(1, index.ntotal), 1),
-                "bytes": size, "sha256": sha256_file(index_path)}
+                "factory": factory, "codes": code_kind(index), "bytes_per_vector": round(stored / max(1, index.ntotal), 1),
+                "bytes": size, "sha256": sha256_file(index_path), "lists": lists}
     write_json(manifest_path, manifest)
+    _remove_other_lists(index_path, lists["file"] if lists else None)
+
+
+def _save_lists(index_path: Path, index: faiss.Index) -> dict:
+    """Write the fast-scan lists beside ``index_path``; their manifest entry."""
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_name(f"{index_path.name}.lists.tmp")
+    try:
+        size = fast_scan_lists.write(ivf_of(index), tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        name = f"{index_path.name.removesuffix('.index')}.{digest[:16]}.lists"
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, index_path.with_name(name))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"file": name, "bytes": size, "sha256": digest}
+
+
+def _remove_other_lists(index_path: Path, keep: str | None) -> None:
+    """Lists files of earlier saves of this index: readers that mapped one keep its pages
+    (a published version links its own)."""
+    stem = index_path.name.removesuffix(".index")
+    for path in index_path.parent.glob(glob.escape(stem) + ".*.lists"):
+        # "t.<digest>.lists", not "t.x.<digest>.lists" of a trait called "t.x"
+        if path.name != keep and re.fullmatch(r"[0-9a-f]{16}", path.name[len(stem) + 1 : -len(".lists")]):
+            path.unlink(missing_ok=True)
+
+
+def lists_path(root: Path, embedder: str, trait_name: str, manifest: dict | None) -> Path | None:
+    """The lists file a manifest names (fast-scan indexes), or None."""
+    lists = (manifest or {}).get("lists")
+    return index_paths(root, embedder, trait_name)[0].with_name(lists["file"]) if lists else None
 
 
 def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
@@ -291,16 +338,27 @@ def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
 
 
 def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False) -> faiss.Index:
-    """The index in its file; ``mapped``: memory-mapped, read-only, its pages shared by every
-    process that maps the file (see :mod:`sst_search.vector_search.cache`)."""
-    return faiss.read_index(str(index_paths(root, embedder, trait_name)[0]), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+    """The index in its files; ``mapped``: memory-mapped, read-only, its pages shared by every
+    process that maps the file (see :mod:`sst_search.vector_search.cache`). A fast-scan
+    index's lists file is mapped either way, and copied into memory for a writer."""
+    path = index_paths(root, embedder, trait_name)[0]
+    lists = lists_path(root, embedder, trait_name, read_manifest(root, embedder, trait_name))
+    if lists is None:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+    index = faiss.read_index(str(path), fast_scan_lists.READ_FLAGS)
+    try:
+        fast_scan_lists.attach(ivf_of(index), lists)
+    except OSError as exc:
+        raise RuntimeError(f"lists file {lists.name}: {exc}") from exc
+    if not mapped:
+        fast_scan_lists.into_memory(ivf_of(index))
+    return index
 
 
 def is_fast_scan(index: faiss.Index) -> bool:
     """Whether the index keeps fast-scan codes (``PQ..x4fs``), packed in blocks for FAISS's
-    SIMD kernels: ``load_index(mapped=True)`` reads such lists into the process (a copy per
-    reader, dim / 2 bytes a vector) where it maps array lists, and FAISS 1.15 crashes
-    reconstructing their vectors."""
+    SIMD kernels: they are saved to a lists file of their own (:mod:`fast_scan_lists`), and
+    FAISS 1.15 crashes reconstructing their vectors."""
     ivf = ivf_of(index)
     return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
 
