@@ -65,7 +65,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sst_search.config import IndexConfig
+from sst_search.config import IndexConfig, IndexTier
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
 from sst_search.store.published_columns import columns_dir
@@ -455,6 +455,12 @@ def main() -> None:
     ap.add_argument("--exact-maxes", default="",
                     help="comma-separated index.plan.exact_max values, each timed on the same index after the "
                          "configured one (e.g. 2000,5000): which filters are better scanned exactly")
+    ap.add_argument("--factory", default=None,
+                    help="one index.tiers factory string for every size, e.g. 'IVF{nlist},PQ{half_dim}x4fs' "
+                         "(default: IndexConfig's tiers)")
+    ap.add_argument("--refine", type=int, default=None, help="with --factory: candidates re-ranked per result, x k")
+    ap.add_argument("--refines", default="",
+                    help="also search with each of these refine factors (comma-separated), on the same index")
     ap.add_argument("--two-level-lists", type=int, default=None,
                     help="index.two_level_lists recorded with the store: from this many IVF lists, the lists are trained "
                          "in two levels (1: always; a large number: never)")
@@ -482,6 +488,8 @@ def main() -> None:
         config = config.model_copy(update={"plan": config.plan.model_copy(update={"exact_max": args.exact_max})})
     if args.two_level_lists is not None:
         config = config.model_copy(update={"two_level_lists": args.two_level_lists})
+    if args.factory is not None:
+        config = config.model_copy(update={"tiers": [IndexTier(factory=args.factory, refine=args.refine)]})
     rss0 = proc.memory_info().rss
     if reuse:
         print(f"reusing the store in {work} (build not timed); DuckDB file {db.stat().st_size / 2**30:.2f} GiB")
@@ -638,6 +646,10 @@ def main() -> None:
             scenario_table(f"\nsst-search, {field} {value:g}")
             if field == "scan_parts":  # whether splitting scans costs throughput: both sides, in one run
                 threaded()
+    for refine in (int(r) for r in args.refines.split(",") if r.strip()):
+        engine.store.index_cache.config = recorded.model_copy(
+            update={"tiers": [tier.model_copy(update={"refine": refine}) for tier in recorded.tiers]})
+        scenario_table(f"\nsst-search, refine {refine}")
     engine.store.index_cache.config = recorded
     engine.close()
     engine = None  # its snapshot arrays: LanceDB gets the memory back
