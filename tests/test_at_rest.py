@@ -127,6 +127,21 @@ def test_a_few_rows_are_read_from_the_file_and_many_through_the_mapping_and_both
         assert np.array_equal(found, asked) and np.abs(matrix - original).max() < 2**-10  # float16's rounding
 
 
+@pytest.mark.skipif(not hasattr(os, "POSIX_FADV_DONTNEED"), reason="evicting a file's pages needs posix_fadvise")
+def test_rows_read_cold_half_cached_or_without_non_blocking_reads_are_the_rows(published):
+    """A re-rank's rows the page cache lacks are asked of the disk all at once, then read."""
+    matrix = np.load(vector_paths(vectors_dir(resolve_snapshot(published[0])), KEY)[0], mmap_mode="r")
+    rows = np.random.default_rng(4).choice(N, size=200, replace=False)
+    with open(matrix.filename, "rb") as fh:
+        for cached in (np.array([], np.int64), rows[::2]):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            RowReader(matrix).read(cached)
+            assert np.array_equal(RowReader(matrix).read(rows), matrix[rows])
+    blocking = RowReader(matrix)
+    blocking._nowait = False  # as on a file system without RWF_NOWAIT
+    assert np.array_equal(blocking.read(rows[::-1]), matrix[rows[::-1]])
+
+
 def test_a_snapshot_published_before_vectors_at_rest_opens_and_the_next_publish_writes_them(tmp_path):
     db = tmp_path / "old.duckdb"
     ids, vectors, _ = _write(db, 300, 16, IndexConfig())
