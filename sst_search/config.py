@@ -75,7 +75,7 @@ class PlanConfig(_Strict):
     near one FAISS search in cost."""
 
     postfilter_min_fraction: float = Field(0.05, description="post-filter when at least this share of items passes")
-    overfetch: float = Field(3.0, description="post-filter: fetch overfetch*k/share candidates")
+    overfetch: float = Field(3.0, description="post-filter: fetch max(overfetch, refine)*k/share candidates")
     max_postfilter_fetch: int = Field(4096, description="post-filter: never fetch more candidates than this")
     min_candidate_pass_ratio: float = Field(
         0.5, description="post-filter: use the admitted-set plans when the candidates pass at less than this "
