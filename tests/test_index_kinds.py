@@ -20,6 +20,7 @@ from sst_search.store import Store
 from sst_search.store import verify
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.vector_search.indexes import build_index, index_paths, is_fast_scan, read_manifest
+from sst_search.vector_search.planner import choose_plan
 
 DIM, EMBEDDER = 64, "e"
 TIERED = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
@@ -192,3 +193,13 @@ def test_verify_tells_a_fast_scan_index_of_the_catalogs_vectors_from_one_of_othe
     finally:
         con.close()
     assert len(problems) == 1 and "sampled vectors differ" in problems[0].what
+
+
+def test_a_postfilter_fetches_enough_candidates_for_k_times_refine_survivors():
+    """Coarse codes re-rank more candidates; a post-filter then needs as many survivors, so a
+    filter whose fetch would pass ``max_postfilter_fetch`` goes to the admitted-set plans."""
+    plan = PlanConfig()
+    assert choose_plan(0.05, 10**7, 10, plan) == "postfilter"  # 3 x 10 / 0.05 = 600 candidates
+    assert choose_plan(0.05, 10**7, 10, plan, refine=20) == "postfilter"  # 4,000
+    assert choose_plan(0.05, 10**7, 10, plan, refine=40) == "selector"  # 8,000 > 4,096
+    assert choose_plan(0.05, 10**7, 10, plan, refine=2) == "postfilter"
