@@ -30,26 +30,27 @@ import numpy as np
 READ_FLAGS = faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY
 
 
-def block_lists(ivf: faiss.IndexIVF) -> faiss.BlockInvertedLists:
+def _block_lists(ivf: faiss.IndexIVF) -> faiss.BlockInvertedLists:
     lists = faiss.downcast_InvertedLists(ivf.invlists)
     if not isinstance(lists, faiss.BlockInvertedLists):
         raise TypeError(f"expected a fast-scan index's block lists, got {type(lists).__name__}")
     return lists
 
 
-def _layout(lists: faiss.InvertedLists, per_block: int, code_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(sizes, capacities, offsets)`` of every list in the file, capacities in whole blocks."""
+def _layout(lists: faiss.BlockInvertedLists) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """``(code_size, sizes, capacities, offsets)`` of the lists in the file: a code's share of
+    a block, and every list's capacity in whole blocks."""
+    code_size = lists.block_size // lists.n_per_block
     sizes = np.array([lists.list_size(i) for i in range(lists.nlist)], np.int64)
-    capacities = -(-sizes // per_block) * per_block
+    capacities = -(-sizes // lists.n_per_block) * lists.n_per_block
     ends = np.cumsum(capacities * (code_size + 8))
-    return sizes, capacities, ends - capacities * (code_size + 8)
+    return code_size, sizes, capacities, ends - capacities * (code_size + 8)
 
 
 def write(ivf: faiss.IndexIVF, path: Path | str) -> int:
     """Write the index's block lists to ``path`` in the on-disk layout; returns its size."""
-    lists = block_lists(ivf)
-    per_block, code_size = lists.n_per_block, lists.block_size // lists.n_per_block
-    sizes, capacities, _ = _layout(lists, per_block, code_size)
+    lists = _block_lists(ivf)
+    code_size, sizes, capacities, _ = _layout(lists)
     total = 0
     with open(path, "wb") as fh:
         for i in np.flatnonzero(sizes):
@@ -66,9 +67,7 @@ def write(ivf: faiss.IndexIVF, path: Path | str) -> int:
 
 def _on_disk(ivf: faiss.IndexIVF, path: Path | str, total: int) -> faiss.OnDiskInvertedLists:
     """The header of the lists file at ``path``: sizes and offsets as :func:`write` laid them out."""
-    lists = block_lists(ivf)
-    per_block, code_size = lists.n_per_block, lists.block_size // lists.n_per_block
-    sizes, capacities, offsets = _layout(lists, per_block, code_size)
+    code_size, sizes, capacities, offsets = _layout(_block_lists(ivf))
     on_disk = faiss.OnDiskInvertedLists(ivf.nlist, code_size, str(path))
     on_disk.lists.clear()
     for size, capacity, offset in zip(sizes.tolist(), capacities.tolist(), offsets.tolist(), strict=True):
@@ -87,7 +86,7 @@ def pointing_at(ivf: faiss.IndexIVF, name: str, total: int) -> Iterator[None]:
     """The index, for the time of the block, holds the header of a lists file called ``name``
     (as :func:`write` wrote it) instead of its own lists: what ``faiss.write_index`` then
     writes. Its own lists are back afterwards, unchanged and still its own."""
-    own = block_lists(ivf)
+    own = _block_lists(ivf)
     on_disk = _on_disk(ivf, name, total)
     ivf.own_invlists = False
     ivf.replace_invlists(on_disk, False)
