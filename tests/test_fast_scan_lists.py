@@ -4,6 +4,7 @@ missing or half-written lists file; two reader processes sharing the lists' page
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.indexes import index_paths, ivf_of, lists_path, load_index, read_manifest
+from sst_search.weights import sha256_file
 
 N, DIM, EMBEDDER, TRAIT = 6_000, 64, "e", "t"
 KEY = (EMBEDDER, TRAIT)
@@ -197,3 +199,23 @@ def test_two_reader_processes_share_the_pages_of_the_lists_file(published):
         for reader in readers:
             reader.stdin.close()
             reader.wait(30)
+
+
+def test_a_fast_scan_index_saved_with_its_lists_inside_still_opens_and_verifies(tmp_path):
+    """As every fast-scan index was saved before lists files: FAISS reads its lists in."""
+    db = tmp_path / "old.duckdb"
+    ids, vectors = _store(db)
+    index_file, manifest_file = index_paths(_faiss_dir(db), *KEY)
+    manifest = read_manifest(_faiss_dir(db), *KEY)
+    lists = lists_path(_faiss_dir(db), *KEY, manifest)
+    faiss.write_index(load_index(_faiss_dir(db), *KEY), str(index_file))
+    lists.unlink()
+    del manifest["lists"]
+    manifest.update(bytes=index_file.stat().st_size, sha256=sha256_file(index_file))
+    manifest_file.write_text(json.dumps(manifest))
+    snapshot = publish_snapshot(db)
+    assert verify_files(snapshot) == [] and not list(_faiss_dir(snapshot).rglob("*.lists"))
+    with SearchEngine.open(db) as engine:
+        index = engine.store.index(*KEY)
+        assert isinstance(faiss.downcast_InvertedLists(ivf_of(index).invlists), faiss.BlockInvertedLists)
+        assert engine.store.filtered_search(*KEY, vectors[11], 3).hits[0][0] == int(ids[11])
