@@ -21,7 +21,13 @@ from sst_search.query import SearchEngine
 from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
-from sst_search.vector_search.indexes import index_paths, ivf_of, lists_path, load_index, read_manifest
+from sst_search.vector_search.indexes import (
+    index_paths,
+    ivf_of,
+    lists_path,
+    load_index,
+    read_manifest,
+)
 from sst_search.weights import sha256_file
 
 N, DIM, EMBEDDER, TRAIT = 6_000, 64, "e", "t"
