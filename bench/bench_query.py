@@ -77,7 +77,7 @@ from sst_search.store.snapshots import (
 )
 from sst_search.store.writer import Chunk
 from sst_search.vector_search.at_rest import vector_paths, vectors_dir
-from sst_search.vector_search.indexes import index_paths, ivf_of
+from sst_search.vector_search.indexes import index_paths, ivf_of, lists_path, read_manifest
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 #: Vectors per chunk of a streamed build (and of the ground truth's pass over the collection).
@@ -328,7 +328,7 @@ def memory_status() -> dict[str, int]:
     return {name: int(fields[name].split()[0]) * 1024 for name in ("RssAnon", "RssFile")}
 
 
-def reader_memory(snapshot: Path, at_rest_file: Path, index_file: Path, before: dict[str, int], con) -> dict[str, int]:
+def reader_memory(snapshot: Path, at_rest_file: Path, index_files: list[Path], before: dict[str, int], con) -> dict[str, int]:
     """Where a reader's resident memory grew since ``before``: the mapped files of the
     snapshot by kind (the FAISS index, the float16 vectors, their ids, postings and list
     layouts, the reader columns), DuckDB's own buffers, and the anonymous rest (arrays a
@@ -338,7 +338,7 @@ def reader_memory(snapshot: Path, at_rest_file: Path, index_file: Path, before: 
     files = Counter()
     for m in psutil.Process().memory_maps(grouped=True):
         path = Path(m.path)
-        if path == index_file:
+        if path in index_files:
             files["index (mapped)"] += m.rss
         elif root in path.parents:
             kind = ("float16 vectors" if path == at_rest_file else "reader columns" if path.parent.name == "columns"
@@ -515,9 +515,14 @@ def main() -> None:
     at_rest = vector_paths(vectors_dir(snapshot), (EMBEDDER, TRAIT))
     at_rest_file = at_rest[0]
     index_file = index_paths(Path(f"{snapshot}.faiss"), EMBEDDER, TRAIT)[0]
+    # A fast-scan index's codes are in its lists file: the index file holds the rest.
+    lists_file = lists_path(Path(f"{snapshot}.faiss"), EMBEDDER, TRAIT,
+                            read_manifest(Path(f"{snapshot}.faiss"), EMBEDDER, TRAIT))
+    index_files = [index_file] + ([lists_file] if lists_file else [])
+    index_bytes = sum(p.stat().st_size for p in index_files)
     float16_bytes, columns_bytes = sum(p.stat().st_size for p in at_rest), _tree_bytes(columns_dir(snapshot))
     on_disk = {"DuckDB file (catalog, masks, float16 vectors)": snapshot.stat().st_size,
-               "FAISS index file": index_file.stat().st_size,
+               "FAISS index files": index_bytes,
                "float16 vectors at rest + ids": float16_bytes,
                "filter postings and list layouts": _tree_bytes(vectors_dir(snapshot)) - float16_bytes - columns_bytes,
                "reader columns (listing, masks, filter codes)": columns_bytes}
@@ -556,10 +561,9 @@ def main() -> None:
     population = engine.store.population(EMBEDDER, TRAIT)
     engine.store.vectors_of(EMBEDDER, TRAIT, population[:1])  # maps the vectors at rest
     open_s = time.perf_counter() - t
-    index_mib = index_file.stat().st_size / 2**20
-    print(f"engine open + index load {open_s:.1f} s; index file {index_mib:.0f} MiB = "
-          f"{index_file.stat().st_size / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}), "
-          f"{mapped_resident(index_file) / 2**20:.1f} MiB of it resident (mapped); stored vectors for re-ranking and exact "
+    print(f"engine open + index load {open_s:.1f} s; index files {index_bytes / 2**20:.0f} MiB = "
+          f"{index_bytes / args.n:.0f} bytes/vector (raw float32: {4 * args.dim}), "
+          f"{sum(mapped_resident(p) for p in index_files) / 2**20:.1f} MiB of them resident (mapped); stored vectors for re-ranking and exact "
           f"scans: {engine.store.vector_table(EMBEDDER, TRAIT).matrix.dtype} "
           f"{'mapped from the snapshot' if isinstance(engine.store.vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
           f"{mapped_resident(at_rest_file) / 2**20:.1f} MiB of them resident; process RSS "
@@ -618,7 +622,7 @@ def main() -> None:
           f"{grown / args.n:.0f} bytes/vector, {mapped_resident(at_rest_file) / 2**20:.1f} MiB of the "
           f"{at_rest_file.stat().st_size / 2**20:.1f} MiB float16 file resident (shared with other readers)")
     print("  of which, bytes/vector: " + "; ".join(f"{what} {size / args.n:,.0f}" for what, size in reader_memory(
-        snapshot, at_rest_file, index_file, status_before_open, engine.store.con).items()))
+        snapshot, at_rest_file, index_files, status_before_open, engine.store.con).items()))
 
     def threaded() -> None:
         work_items = [(name, j) for j in range(args.queries) for name in scenarios]
