@@ -126,7 +126,7 @@ class IndexTier(_Strict):
 
     up_to: int | None = Field(None, gt=0, description="most vectors an index of this tier holds (null: no bound)")
     factory: str = Field(description="FAISS factory string of an IVF index, {nlist} filled in from the size and "
-                         "{half_dim} (dim // 2) from the width, e.g. IVF{nlist},PQ{half_dim}x4fs")
+                         "{dim} or {half_dim} (dim // 2) from the width, e.g. IVF{nlist},PQ{dim}x4fs")
     refine: int | None = Field(
         None, ge=1, description="re-rank refine*k candidates by the stored vectors (null: index.refine); coarser "
         "codes need more candidates for the same recall")
@@ -134,16 +134,20 @@ class IndexTier(_Strict):
 
 #: The approximate tiers by default, from bench/bench_index_kinds.py and bench_query.py
 #: (bench/README.md): SQ8 codes (dim + 8 bytes a vector) keep recall@10 >= 0.99 with 4k
-#: candidates re-ranked, and at ten million vectors of dim 128 every filter's p95 within 10 ms
-#: but one. Two-bit RaBitQ codes take about a quarter of SQ8's bytes at dim 768 and held
-#: recall@10 0.978 at 1M, but at 10M x 128 fell to 0.93 under another group's filter with a
-#: 59 ms unfiltered p95, so they start only where SQ8's 7.7 GB per 10M vectors of dim 768
-#: would no longer fit one machine (one-bit codes: 0.73 under the selector at 1M). Fast-scan
-#: PQ (``IVF{nlist},PQ{half_dim}x4fs``, re-ranking 20k) scanned 4.4x faster than SQ8 at
-#: 1M x 768 but at 8M x 768 was slower (unfiltered p95 49 against 21-33 ms) and lost recall
-#: under filters (0.878-0.930), so it is not a default.
+#: candidates re-ranked and every filter's p95 within 10 ms up to 2M vectors. Above that
+#: their scan is most of a search (18.7 of 23.9 ms at 8M x 768), and fast-scan PQ with a
+#: 4-bit sub-quantizer per dimension (``PQ{dim}x4fs``: dim / 2 + 8 bytes, scanned by
+#: SIMD table look-ups, its lists mapped from a file of their own) halved every scenario's
+#: p95 at 8M x 768 (5.2-9.0 ms against 6.2-24.5) at SQ8's recall (0.958-0.998 against
+#: 0.962-1.000) with the same 4k re-ranked. Two-bit codes (``PQ{half_dim}x4fs``) needed
+#: 20k re-ranked rows, read from a float16 file the page cache could not hold, and still
+#: lost recall under another group's filter (0.932). Two-bit RaBitQ codes held recall@10
+#: 0.978 at 1M but at 10M x 128 fell to 0.93 under another group's filter with a 59 ms
+#: unfiltered p95, so they start only where 4-bit codes (3.9 GB per 10M vectors of dim
+#: 768) would no longer fit one machine (one-bit codes: 0.73 under the selector at 1M).
 DEFAULT_TIERS = (
-    IndexTier(up_to=20_000_000, factory="IVF{nlist},SQ8"),
+    IndexTier(up_to=2_000_000, factory="IVF{nlist},SQ8"),
+    IndexTier(up_to=20_000_000, factory="IVF{nlist},PQ{dim}x4fs"),
     IndexTier(up_to=None, factory="IVF{nlist},RaBitQ2", refine=10),
 )
 

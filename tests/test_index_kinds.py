@@ -19,7 +19,7 @@ from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
 from sst_search.store import verify
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
-from sst_search.vector_search.indexes import build_index, index_paths, is_fast_scan, read_manifest
+from sst_search.vector_search.indexes import build_index, filled_factory, index_paths, is_fast_scan, read_manifest
 from sst_search.vector_search.planner import choose_plan
 
 DIM, EMBEDDER = 64, "e"
@@ -96,12 +96,13 @@ def test_an_index_that_grows_into_the_next_tier_is_rebuilt_as_that_tier(tmp_path
 
 
 KINDS = {"sq8": "IVF{nlist},SQ8", "rabitq": "IVF{nlist},RaBitQ2", "pq": "IVF{nlist},PQ16x4",
-         "fastscan": "IVF{nlist},PQ{half_dim}x4fs"}
+         "fastscan": "IVF{nlist},PQ{half_dim}x4fs", "fastscan4": "IVF{nlist},PQ{dim}x4fs"}
 #: One trait per kind, sized into its tier of :data:`BY_SIZE`.
-SIZES = {"sq8": 1_900, "rabitq": 2_500, "pq": 3_000, "fastscan": 3_300}
+SIZES = {"sq8": 1_900, "rabitq": 2_500, "pq": 3_000, "fastscan": 3_300, "fastscan4": 3_600}
 BY_SIZE = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39, tiers=[
     IndexTier(up_to=2_000, factory=KINDS["sq8"]), IndexTier(up_to=2_600, factory=KINDS["rabitq"], refine=10),
-    IndexTier(up_to=3_100, factory=KINDS["pq"], refine=10), IndexTier(factory=KINDS["fastscan"], refine=20)])
+    IndexTier(up_to=3_100, factory=KINDS["pq"], refine=10), IndexTier(up_to=3_400, factory=KINDS["fastscan"], refine=20),
+    IndexTier(factory=KINDS["fastscan4"])])
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +130,9 @@ def test_every_plan_keeps_recall_and_exactly_k_for_every_code_kind(kinds_publish
     with SearchEngine.open(db) as engine:
         store = engine.store
         assert read_manifest(store.faiss_dir, EMBEDDER, kind)["factory"].endswith(
-            KINDS[kind].split(",")[-1].format(half_dim=DIM // 2))
+            KINDS[kind].split(",")[-1].format(half_dim=DIM // 2, dim=DIM))
         assert store.vector_table(EMBEDDER, kind).matrix.dtype == np.float16  # re-ranked by the float16 at rest
-        assert is_fast_scan(store.index(EMBEDDER, kind)) == (kind == "fastscan")
+        assert is_fast_scan(store.index(EMBEDDER, kind)) == kind.startswith("fastscan")
         store.index_cache.config = store.index_config.model_copy(update={"plan": PlanConfig(exact_max=exact_max)})
         admission = engine.admission(filters) if filters else None
         for row in range(0, len(ids), 83):
@@ -174,6 +175,9 @@ def test_tiers_must_ascend_and_end_unbounded():
     with pytest.raises(ValueError, match="not both"):
         IndexConfig.model_validate({"factory": "IVF{nlist},SQ8", "tiers": [{"factory": "IVF{nlist},Flat"}]})
     assert IndexConfig().tier_for(10**9).factory == "IVF{nlist},RaBitQ2" and IndexConfig().refine_for(10**9) == 10
+    assert IndexConfig().tier_for(2_000_000).factory == "IVF{nlist},SQ8"
+    assert IndexConfig().tier_for(8_000_000).factory == "IVF{nlist},PQ{dim}x4fs" and IndexConfig().refine_for(8_000_000) == 4
+    assert filled_factory("IVF{nlist},PQ{dim}x4fs", 768, 11_314) == "IVF11314,PQ768x4fs"
 
 
 def test_verify_tells_a_fast_scan_index_of_the_catalogs_vectors_from_one_of_other_vectors(kinds_published):
