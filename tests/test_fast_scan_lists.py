@@ -33,7 +33,7 @@ from sst_search.weights import sha256_file
 N, DIM, EMBEDDER, TRAIT = 6_000, 64, "e", "t"
 KEY = (EMBEDDER, TRAIT)
 FAST_SCAN = IndexConfig(exact_threshold=1_000, nlist_factor=1.0, train_per_list=39,
-                        tiers=[IndexTier(factory="IVF{nlist},PQ{half_dim}x4fs", refine=10)])
+                        tiers=[IndexTier(factory="IVF{nlist},PQ{dim}x4fs")])  # the default above 2M
 
 
 def _clustered(n: int, seed: int) -> np.ndarray:
