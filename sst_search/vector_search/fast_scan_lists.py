@@ -85,7 +85,9 @@ def _on_disk(ivf: faiss.IndexIVF, path: Path | str, total: int) -> faiss.OnDiskI
 def pointing_at(ivf: faiss.IndexIVF, name: str, total: int) -> Iterator[None]:
     """The index, for the time of the block, holds the header of a lists file called ``name``
     (as :func:`write` wrote it) instead of its own lists: what ``faiss.write_index`` then
-    writes. Its own lists are back afterwards, unchanged and still its own."""
+    writes. Its own lists are back afterwards, unchanged and still its own. Only a writer
+    saves an index, right after the write that changed it, and like that change the save
+    must not run while another thread searches the same index object."""
     own = _block_lists(ivf)
     on_disk = _on_disk(ivf, name, total)
     ivf.own_invlists = False
