@@ -134,17 +134,10 @@ def check_index(
             return problem(f"FAISS file is {index_path.stat().st_size} bytes, its manifest says {manifest['bytes']}")
         if manifest.get("sha256") and sha256_file(index_path) != manifest["sha256"]:
             return problem("FAISS file does not match its manifest's checksum")
-        lists = indexes.lists_path(faiss_dir, *key, manifest)
-        if lists is not None:
-            if not lists.is_file():
-                return problem(f"FAISS lists file {lists.name} is missing")
-            if lists.stat().st_size != manifest["lists"]["bytes"]:
-                return problem(f"FAISS lists file {lists.name} is {lists.stat().st_size} bytes, "
-                               f"its manifest says {manifest['lists']['bytes']}")
-            if sha256_file(lists) != manifest["lists"]["sha256"]:
-                return problem(f"FAISS lists file {lists.name} does not match its manifest's checksum")
+        if (wrong := indexes.lists_problem(faiss_dir, *key, manifest, checksum=True)) is not None:
+            return problem(wrong)
         try:  # mapped: the checksum has just read the file, and a second copy in memory is gigabytes
-            index = indexes.load_index(faiss_dir, *key, mapped=True)
+            index = indexes.load_index(faiss_dir, *key, mapped=True, manifest=manifest)
         except RuntimeError as exc:
             return problem(f"FAISS file does not load ({first_line(exc)})")
     ids = con.execute(

@@ -190,10 +190,10 @@ class IndexCache:
         lists = indexes.lists_path(self.faiss_dir, *key, manifest)
         if not mapped and manifest.get("sha256") and sha256_file(path) != manifest["sha256"]:
             return None
-        if not mapped and lists is not None and sha256_file(lists) != manifest["lists"]["sha256"]:
+        if not mapped and indexes.lists_problem(self.faiss_dir, *key, manifest, checksum=True) is not None:
             return None
         try:
-            index = indexes.load_index(self.faiss_dir, *key, mapped=mapped)
+            index = indexes.load_index(self.faiss_dir, *key, mapped=mapped, manifest=manifest)
         except RuntimeError:
             return None
         if mapped:  # the file searches read from: the lists file of a fast-scan index
@@ -209,6 +209,5 @@ class IndexCache:
         size = manifest.get("bytes")
         if size is not None and indexes.index_paths(self.faiss_dir, *key)[0].stat().st_size != size:
             return False
-        lists = indexes.lists_path(self.faiss_dir, *key, manifest)
-        return lists is None or (lists.is_file() and lists.stat().st_size == manifest["lists"]["bytes"])
+        return indexes.lists_problem(self.faiss_dir, *key, manifest, checksum=False) is None
 

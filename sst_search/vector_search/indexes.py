@@ -330,6 +330,21 @@ def lists_path(root: Path, embedder: str, trait_name: str, manifest: dict | None
     return index_paths(root, embedder, trait_name)[0].with_name(lists["file"]) if lists else None
 
 
+def lists_problem(root: Path, embedder: str, trait_name: str, manifest: dict, checksum: bool) -> str | None:
+    """What is wrong with the lists file a manifest names (missing, another size, and with
+    ``checksum`` other content), or None when it matches or there is none."""
+    path = lists_path(root, embedder, trait_name, manifest)
+    if path is None:
+        return None
+    if not path.is_file():
+        return f"FAISS lists file {path.name} is missing"
+    if path.stat().st_size != manifest["lists"]["bytes"]:
+        return f"FAISS lists file {path.name} is {path.stat().st_size} bytes, its manifest says {manifest['lists']['bytes']}"
+    if checksum and sha256_file(path) != manifest["lists"]["sha256"]:
+        return f"FAISS lists file {path.name} does not match its manifest's checksum"
+    return None
+
+
 def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
     index_path, manifest_path = index_paths(root, embedder, trait_name)
     if not (index_path.is_file() and manifest_path.is_file()):
@@ -337,12 +352,14 @@ def read_manifest(root: Path, embedder: str, trait_name: str) -> dict | None:
     return read_json(manifest_path)
 
 
-def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False) -> faiss.Index:
+def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False,
+               manifest: dict | None = None) -> faiss.Index:
     """The index in its files; ``mapped``: memory-mapped, read-only, its pages shared by every
     process that maps the file (see :mod:`sst_search.vector_search.cache`). A fast-scan
-    index's lists file is mapped either way, and copied into memory for a writer."""
+    index's lists file is mapped either way, and copied into memory for a writer.
+    ``manifest``: the one the caller has read already."""
     path = index_paths(root, embedder, trait_name)[0]
-    lists = lists_path(root, embedder, trait_name, read_manifest(root, embedder, trait_name))
+    lists = lists_path(root, embedder, trait_name, manifest or read_manifest(root, embedder, trait_name))
     if lists is None:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
     index = faiss.read_index(str(path), fast_scan_lists.READ_FLAGS)
