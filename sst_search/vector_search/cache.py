@@ -204,6 +204,19 @@ class IndexCache:
             self._loaded_from[key] = manifest["sha256"]
         return index
 
+    def trained(self, key: IndexKey, generation: int) -> faiss.Index | None:
+        """A new, empty index trained as the stored IVF index of ``key`` at ``generation`` is
+        (:func:`~sst_search.vector_search.indexes.emptied`), for vectors that are a part of
+        it; None when there is no such file (not kept in the cache)."""
+        state, manifest = self.file_state(key, generation)
+        if state != "fresh":
+            return None
+        try:
+            index = indexes.load_index(self.faiss_dir, *key, mapped=True, manifest=manifest)
+        except RuntimeError:
+            return None
+        return indexes.emptied(index) if indexes.ivf_of(index) is not None else None
+
     def _size_matches(self, key: IndexKey, manifest: Mapping) -> bool:
         """Cheap check that catches truncated files (manifests older than the size field pass)."""
         size = manifest.get("bytes")

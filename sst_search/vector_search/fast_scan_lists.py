@@ -110,12 +110,17 @@ def attach(ivf: faiss.IndexIVF, path: Path) -> None:
     lists.do_mmap()
 
 
+def empty_lists(ivf: faiss.IndexIVF) -> faiss.BlockInvertedLists:
+    """Empty in-memory block lists of the index's code layout (owned by the caller)."""
+    packer = faiss.downcast_index(ivf).get_CodePacker()
+    packer.this.disown()  # the block lists delete it
+    return faiss.BlockInvertedLists(ivf.nlist, packer)
+
+
 def into_memory(ivf: faiss.IndexIVF) -> None:
     """Replace mapped lists by in-memory block lists, for a writer that adds or removes."""
     mapped = faiss.downcast_InvertedLists(ivf.invlists)
-    packer = faiss.downcast_index(ivf).get_CodePacker()
-    packer.this.disown()  # the block lists delete it
-    own = faiss.BlockInvertedLists(ivf.nlist, packer)
+    own = empty_lists(ivf)
     for i in range(ivf.nlist):
         size = mapped.list_size(i)
         if not size:

@@ -71,7 +71,14 @@ def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.n
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n = len(ids)
     index = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
-    for start in range(0, n, chunk):
+    return add_from(index, rows, ids, chunk)
+
+
+def add_from(index: faiss.Index, rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.ndarray,
+             chunk: int = 200_000) -> faiss.Index:
+    """``index`` with the vectors ``rows(positions)`` gives added under ``ids``, ``chunk`` at a time."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    for start in range(0, len(ids), chunk):
         index.add_with_ids(np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk])
     return index
 
@@ -369,6 +376,23 @@ def load_index(root: Path, embedder: str, trait_name: str, mapped: bool = False,
         raise RuntimeError(f"lists file {lists.name}: {exc}") from exc
     if not mapped:
         fast_scan_lists.into_memory(ivf_of(index))
+    return index
+
+
+def emptied(index: faiss.Index) -> faiss.Index:
+    """``index`` (an IVF index, its lists mapped or not) with empty lists of its own, and
+    its trained coarse quantizer and codes kept: vectors added to it fall in the same lists
+    and get the same codes as in ``index``. A shard (:mod:`sst_search.sharding`) fills one
+    with its part of a published index instead of training an index of its own: no
+    training pass, and its candidates are exactly the published index's among its vectors."""
+    ivf = ivf_of(index)
+    if ivf is None:
+        raise TypeError(f"only an IVF index can be emptied, not a {index_kind(index)} one")
+    lists = fast_scan_lists.empty_lists(ivf) if is_fast_scan(index) else faiss.ArrayInvertedLists(ivf.nlist,
+                                                                                                 ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()
+    ivf.ntotal = index.ntotal = 0
     return index
 
 
