@@ -132,11 +132,14 @@ class RowReader:
     #: Rows up to which a gather is read; more go through the mapping.
     MAX_ROWS = 256
 
-    def __init__(self, matrix: np.memmap) -> None:
+    def __init__(self, matrix: np.memmap, positions: np.ndarray | None = None) -> None:
+        """``positions``: the file's rows that rows ``0, 1, ...`` asked of the reader are (a
+        :class:`RowSubset`'s); None: the file's own rows."""
         self.dim, self.dtype = matrix.shape[1], matrix.dtype
         self._offset, self._width = matrix.offset, matrix.shape[1] * matrix.itemsize
         self._file = open(matrix.filename, "rb")  # noqa: SIM115 (closed with the reader)
         self._nowait = hasattr(os, "RWF_NOWAIT")
+        self._positions = positions
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """The rows, those the page cache holds first; the kernel is then asked for all the
@@ -147,7 +150,7 @@ class RowReader:
         if not len(rows):
             return out
         view, width = memoryview(out).cast("B"), self._width
-        rows = rows.tolist()
+        rows = (rows if self._positions is None else self._positions[rows]).tolist()
         late = [i for i, row in enumerate(rows) if not self._read_cached(view[i * width : (i + 1) * width], row)]
         if len(late) > 1:
             for i in late:
@@ -175,6 +178,23 @@ class RowReader:
     def _read(self, into: memoryview, row: int) -> None:
         if os.preadv(self._file.fileno(), [into], self._offset + row * self._width) != self._width:
             raise OSError(f"{self._file.name}: row {row} lies beyond the end of the file")
+
+
+class RowSubset:
+    """Some rows of a mapped matrix, indexed as a matrix of their own: a shard's part of a
+    snapshot's vectors at rest (:mod:`sst_search.sharding`), read from the one file that every
+    shard on a machine maps, where a copy of each part would hold the whole file again in
+    anonymous memory (15 GB at 10M x 768)."""
+
+    def __init__(self, matrix: np.ndarray, positions: np.ndarray) -> None:
+        self.matrix, self.positions = matrix, positions
+        self.shape, self.dtype, self.ndim = (len(positions), matrix.shape[1]), matrix.dtype, 2
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, rows: np.ndarray | slice) -> np.ndarray:
+        return self.matrix[self.positions[rows]]
 
 
 def unusable(root: Path, key: IndexKey, manifest: dict, generation: int | None) -> str | None:
