@@ -2,19 +2,22 @@
 
 Each actor opens the published snapshot read-only (DuckDB allows any number of reading
 processes) and holds one shard of one ``(embedder, trait)`` index: the vectors whose
-``specimen_id % shards`` is its number, copied as float16 from the snapshot's vectors at
-rest (float32 from the catalog for a snapshot without them), and a FAISS index built from
-them, a chunk at a time, with the :class:`~sst_search.config.IndexConfig` the writer recorded. A search sends the query
+``specimen_id % shards`` is its number, read where they lie in the snapshot's mapped
+vectors at rest (float32 from the catalog for a snapshot without them), and a FAISS index of
+them: the published IVF index's trained quantizer and codes filled with the shard's vectors,
+a chunk at a time (else an index trained on them, of the kind the writer recorded). A search sends the query
 vector and the filters to every shard; each answers its own top ``k`` through the same
 planner as a single store (:func:`~sst_search.vector_search.planner.search_table`: exactly ``k``
 whenever ``k`` of its specimens pass, filters evaluated against its snapshot), and the
 driver keeps the best ``k`` of the union. The global top ``k`` lie among the shards' top
-``k``, so under exact search the merged answer equals one index's answer.
+``k``, so under exact search the merged answer equals one index's answer; under the
+published index's lists, each shard probes the lists the single index would.
 
-Use it when one machine cannot hold an index's vectors and codes (about 1 KB per vector of
-dim 512 in memory for exact scans and re-ranking, plus the index): the catalog stays one
-DuckDB file on shared storage, and adding machines to the Ray cluster adds memory. On one
-machine a single :class:`~sst_search.store.Store` is faster (no fan-out).
+Use it when one machine cannot hold an index's codes and the pages its searches touch, or
+answer its queries fast enough: the catalog and the vectors at rest stay files on shared
+storage, each machine reads the rows of its shards, and adding machines to the Ray cluster
+adds memory and cores. On one machine a single :class:`~sst_search.store.Store` is faster
+(no fan-out).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from sst_search.store import Store
 from sst_search.store.filters import Filter
 from sst_search.store.snapshots import resolve_snapshot
 from sst_search.vector_search import at_rest
-from sst_search.vector_search.indexes import build_index_from, index_kind
+from sst_search.vector_search.indexes import add_from, build_index_from, index_kind
 from sst_search.vector_search.planner import search_table
 from sst_search.vector_search.vector_table import VectorTable
 
@@ -38,24 +42,41 @@ class IndexShard:
 
     def __init__(self, db_path: str, embedder: str, trait: str, shard: int, shards: int) -> None:
         self.store = Store.open(db_path, read_only=True)
-        ids, matrix = self._shard_vectors((embedder, trait), shard, shards)
-        self.table = VectorTable(ids, matrix, presorted=True)
-        self.index = build_index_from(lambda rows: np.asarray(matrix[rows], np.float32), ids, matrix.shape[1],
-                                      self.store.index_config) if len(ids) else None
+        key = (embedder, trait)
+        self.table = self._shard_table(key, shard, shards)
+        self.index = self._shard_index(key) if len(self.table) else None
 
-    def _shard_vectors(self, key: tuple[str, str], shard: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
-        """The shard's ids, ascending, and vectors: float16 rows copied out of the snapshot's
-        mapped vectors at rest (2 bytes per dimension held, and no scan of the catalog's
-        vectors table, which would fill this process's DuckDB buffers with every shard's
-        rows), else float32 from the catalog (a store published before vectors at rest)."""
+    def _shard_table(self, key: tuple[str, str], shard: int, shards: int) -> VectorTable:
+        """The shard's ids, ascending, and its rows of the snapshot's mapped vectors at rest,
+        read where they lie (:class:`~sst_search.vector_search.at_rest.RowSubset`): shards on
+        one machine share the file's pages, and none fills the DuckDB buffers with a scan of
+        the catalog's vectors. Float32 from the catalog for a store published before vectors
+        at rest."""
         mapped = at_rest.open_vectors(at_rest.vectors_dir(self.store.db_path), key,
                                       self.store.generations().get(key))
         if mapped is None:
             ids, matrix = self.store.get_vectors(*key, shard=(shard, shards))
-            return ids, np.ascontiguousarray(matrix, np.float32)
-        all_ids, all_rows = mapped
-        rows = np.flatnonzero(np.asarray(all_ids) % shards == shard)
-        return np.asarray(all_ids[rows]), np.asarray(all_rows[rows])
+            return VectorTable(ids, np.ascontiguousarray(matrix, np.float32), presorted=True)
+        all_ids, matrix = mapped
+        positions = np.flatnonzero(np.asarray(all_ids) % shards == shard)
+        return VectorTable(np.asarray(all_ids[positions]), at_rest.RowSubset(matrix, positions), presorted=True,
+                           row_reader=at_rest.RowReader(matrix, positions))
+
+    def _shard_index(self, key: tuple[str, str]) -> faiss.Index:
+        """The published IVF index's quantizer and codes, filled with the shard's vectors
+        (:meth:`~sst_search.vector_search.cache.IndexCache.trained`): no training, and the
+        shards' candidates together are the published index's. An index trained on the
+        shard's vectors where the snapshot has no such index file (a flat or graph index, or
+        a file that is missing or stale)."""
+        matrix, ids = self.table.matrix, self.table.ids
+
+        def rows(positions: np.ndarray | slice) -> np.ndarray:
+            return np.asarray(matrix[positions], np.float32)
+
+        trained = self.store.index_cache.trained(key, self.store.generations()[key])
+        if trained is None:
+            return build_index_from(rows, ids, matrix.shape[1], self.store.index_config)
+        return add_from(trained, rows, ids)
 
     def describe(self) -> dict:
         """How many vectors the shard holds and which index kind it built."""

@@ -1,16 +1,23 @@
-"""Shards of a published snapshot take their vectors from its float16 vectors at rest (no
-scan of the catalog's vectors table) and still merge to the single snapshot's answer."""
+"""Shards of a published snapshot read their vectors where they lie in its float16 vectors
+at rest (no copy, no scan of the catalog's vectors table), fill the published IVF index's
+trained lists instead of training their own, and still merge to the single snapshot's answer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import faiss
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from sst_search.config import IndexConfig
 from sst_search.query import Filter
 from sst_search.sharding import IndexShard
 from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot
+from sst_search.vector_search.at_rest import vector_paths, vectors_dir
+from sst_search.vector_search.indexes import index_kind, ivf_of
 
 N, DIM, KEY = 1_200, 16, ("e", "t")
 
@@ -29,7 +36,8 @@ def test_shards_of_a_snapshot_hold_its_float16_rows_and_merge_to_its_answer(tmp_
     shards = [IndexShard(str(snapshot), *KEY, i, 3) for i in range(3)]
     try:
         for i, shard in enumerate(shards):
-            assert shard.table.matrix.dtype == np.float16 and not isinstance(shard.table.matrix, np.memmap)
+            assert shard.table.matrix.dtype == np.float16 and isinstance(shard.table.matrix.matrix, np.memmap)
+            assert Path(shard.table.matrix.matrix.filename) == vector_paths(vectors_dir(snapshot), KEY)[0]
             assert (shard.table.ids % 3 == i).all()
         held = np.concatenate([s.table.ids for s in shards])
         assert np.array_equal(np.sort(held), np.sort(ids))
@@ -40,6 +48,52 @@ def test_shards_of_a_snapshot_hold_its_float16_rows_and_merge_to_its_answer(tmp_
                     merged = sorted((h for s in shards for h in s.search(vectors[row], 10, filters, int(ids[row]))),
                                     key=lambda h: (-h[1], h[0]))[:10]
                     assert [i for i, _ in merged] == [i for i, _ in expected.hits]
+    finally:
+        for shard in shards:
+            shard.store.close()
+
+
+def _lists(index: faiss.Index) -> list[set[int]]:
+    invlists = ivf_of(index).invlists
+    return [set(faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).tolist()) if invlists.list_size(i)
+            else set() for i in range(invlists.nlist)]
+
+
+@pytest.mark.parametrize("factory", ["IVF{nlist},SQ8", "IVF{nlist},PQ{dim}x4fs"])
+def test_shards_of_a_published_ivf_index_fill_its_lists_and_find_at_least_its_neighbours(tmp_path, factory):
+    """Each shard's vectors sit in the lists the published index put them in (its quantizer,
+    not one trained on the shard), so the shards probe the lists the single index probes and
+    their merged answer is at least as close to the exact one."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((40, DIM)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 4 * N)] + 0.3 * rng.standard_normal((4 * N, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(4 * N, dtype=np.int64) * 7 + 3
+    db = tmp_path / "ivf.duckdb"
+    config = IndexConfig(exact_threshold=500, factory=factory, nprobe_factor=0.5)
+    with Store.open(db, index_config=config) as store:
+        store.write_columns(pa.table({"specimen_id": ids, "path": [f"/i/{i}" for i in range(len(ids))],
+                                      "status": ["indexed"] * len(ids)}), vectors={KEY: (ids, vectors)})
+    snapshot = publish_snapshot(db)
+    shards = [IndexShard(str(snapshot), *KEY, i, 3) for i in range(3)]
+    try:
+        with Store.open(snapshot, read_only=True) as one:
+            published = one.index(*KEY)
+            assert index_kind(published) == "ivf" and ivf_of(published).nprobe < ivf_of(published).nlist
+            whole = _lists(published)
+            for shard in shards:
+                assert shard.index.ntotal == len(shard.table)
+                assert all(part <= full for part, full in zip(_lists(shard.index), whole, strict=True))
+            exact_found = single_found = sharded_found = 0
+            for row in range(0, 4 * N, 97):
+                exact = set(ids[np.argsort(-(vectors @ vectors[row]))[:10]].tolist())
+                single = one.filtered_search(*KEY, vectors[row], 10).hits
+                merged = sorted((h for s in shards for h in s.search(vectors[row], 10, [], None)),
+                                key=lambda h: (-h[1], h[0]))[:10]
+                exact_found += 10
+                single_found += len(exact & {i for i, _ in single})
+                sharded_found += len(exact & {i for i, _ in merged})
+            assert sharded_found >= single_found > 0.5 * exact_found
     finally:
         for shard in shards:
             shard.store.close()
