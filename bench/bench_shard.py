@@ -115,18 +115,19 @@ def main() -> None:
     sharded = ShardedIndex(db, EMBEDDER, TRAIT, shards=args.shards, num_cpus=1)
     start_s = time.perf_counter() - t
     pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in sharded.actors])
-    shard_rss = [psutil.Process(pid).memory_info().rss for pid in pids]
+    shard_memory = [psutil.Process(pid).memory_full_info() for pid in pids]
     empty = ray.remote(num_cpus=0)(Opened).remote(str(snapshot))  # imports and an open catalog, no vectors
-    base = psutil.Process(ray.get(empty.pid.remote())).memory_info().rss
+    base = psutil.Process(ray.get(empty.pid.remote())).memory_full_info()
     ray.kill(empty)
-    print(f"{args.shards} shards started (each opens the snapshot, reads its vectors, builds its index) in "
+    print(f"{args.shards} shards started (each opens the snapshot, maps its vectors, fills its index) in "
           f"{start_s:.1f} s; {load()}")
     index_bytes = ray.get([a.__ray_call__.remote(lambda self: bytes_per_vector(self.index)) for a in sharded.actors])
-    for i, (info, rss, per) in enumerate(zip(sharded.shards, shard_rss, index_bytes, strict=True)):
+    for i, (info, memory, per) in enumerate(zip(sharded.shards, shard_memory, index_bytes, strict=True)):
         print(f"  shard {i}: {info['vectors']:,} vectors, {info['kind']} index of {per:.0f} bytes/vector, "
-              f"resident {rss / 2**30:.2f} GiB, "
-              f"{(rss - base) / max(1, info['vectors']):.0f} bytes/vector above an actor with the catalog open and "
-              f"no vectors ({base / 2**30:.2f} GiB)")
+              f"resident {memory.rss / 2**30:.2f} GiB (its own {memory.uss / 2**30:.2f}, its share of pages shared "
+              f"with other processes {memory.pss / 2**30:.2f}); its own pages are "
+              f"{(memory.uss - base.uss) / max(1, info['vectors']):.0f} bytes/vector above an actor with the catalog "
+              f"open and no vectors ({base.uss / 2**30:.2f} GiB its own, {base.rss / 2**30:.2f} GiB resident)")
 
     single = Store.open(snapshot, read_only=True)
     print(f"\n{'filter':<12} {'one p50':>8} {'one p95':>8} {'shard0 p50':>10} {'shard0 p95':>10} {'fan p50':>8} "
@@ -153,9 +154,9 @@ def main() -> None:
         s50, s95 = np.percentile(shard_ms, [50, 95])
         print(f"{name:<12} {o50:>8.1f} {o95:>8.1f} {a50:>10.1f} {a95:>10.1f} {s50:>8.1f} {s95:>8.1f} {s95 - o95:>9.1f} "
               f"{same:>8.3f}", flush=True)
-    after = [psutil.Process(pid).memory_info().rss for pid in pids]
-    print("\nshards resident after the searches (their filter columns and masks loaded): "
-          + ", ".join(f"{rss / 2**30:.2f}" for rss in after) + f" GiB; {load()}")
+    after = [psutil.Process(pid).memory_full_info() for pid in pids]
+    print("\nshards after the searches (their filter columns and masks loaded), resident / own GiB: "
+          + ", ".join(f"{m.rss / 2**30:.2f} / {m.uss / 2**30:.2f}" for m in after) + f"; {load()}")
     sharded.close()
     single.close()
     ray.shutdown()
