@@ -119,7 +119,7 @@ def main() -> None:
     empty = ray.remote(num_cpus=0)(Opened).remote(str(snapshot))  # imports and an open catalog, no vectors
     base = psutil.Process(ray.get(empty.pid.remote())).memory_full_info()
     ray.kill(empty)
-    print(f"{args.shards} shards started (each opens the snapshot, maps its vectors, fills its index) in "
+    print(f"{args.shards} shards started (each opens the snapshot, maps its vectors, copies its entries of the index) in "
           f"{start_s:.1f} s; {load()}")
     index_bytes = ray.get([a.__ray_call__.remote(lambda self: bytes_per_vector(self.index)) for a in sharded.actors])
     for i, (info, memory, per) in enumerate(zip(sharded.shards, shard_memory, index_bytes, strict=True)):

@@ -4,8 +4,8 @@ Each actor opens the published snapshot read-only (DuckDB allows any number of r
 processes) and holds one shard of one ``(embedder, trait)`` index: the vectors whose
 ``specimen_id % shards`` is its number, read where they lie in the snapshot's mapped
 vectors at rest (float32 from the catalog for a snapshot without them), and a FAISS index of
-them: the published IVF index's trained quantizer and codes filled with the shard's vectors,
-a chunk at a time (else an index trained on them, of the kind the writer recorded). A search sends the query
+them: the published IVF index's entries of those vectors, their codes copied from its lists
+(else an index trained on them, of the kind the writer recorded). A search sends the query
 vector and the filters to every shard; each answers its own top ``k`` through the same
 planner as a single store (:func:`~sst_search.vector_search.planner.search_table`: exactly ``k``
 whenever ``k`` of its specimens pass, filters evaluated against its snapshot), and the
@@ -32,7 +32,7 @@ from sst_search.store import Store
 from sst_search.store.filters import Filter
 from sst_search.store.snapshots import resolve_snapshot
 from sst_search.vector_search import at_rest
-from sst_search.vector_search.indexes import add_from, build_index_from, index_kind
+from sst_search.vector_search.indexes import build_index_from, copy_part, index_kind
 from sst_search.vector_search.planner import search_table
 from sst_search.vector_search.vector_table import VectorTable
 
@@ -44,7 +44,7 @@ class IndexShard:
         self.store = Store.open(db_path, read_only=True)
         key = (embedder, trait)
         self.table = self._shard_table(key, shard, shards)
-        self.index = self._shard_index(key) if len(self.table) else None
+        self.index = self._shard_index(key, shard, shards) if len(self.table) else None
 
     def _shard_table(self, key: tuple[str, str], shard: int, shards: int) -> VectorTable:
         """The shard's ids, ascending, and its rows of the snapshot's mapped vectors at rest,
@@ -62,21 +62,19 @@ class IndexShard:
         return VectorTable(np.asarray(all_ids[positions]), at_rest.RowSubset(matrix, positions), presorted=True,
                            row_reader=at_rest.RowReader(matrix, positions))
 
-    def _shard_index(self, key: tuple[str, str]) -> faiss.Index:
-        """The published IVF index's quantizer and codes, filled with the shard's vectors
-        (:meth:`~sst_search.vector_search.cache.IndexCache.trained`): no training, and the
-        shards' candidates together are the published index's. An index trained on the
-        shard's vectors where the snapshot has no such index file (a flat or graph index, or
-        a file that is missing or stale)."""
-        matrix, ids = self.table.matrix, self.table.ids
-
-        def rows(positions: np.ndarray | slice) -> np.ndarray:
-            return np.asarray(matrix[positions], np.float32)
-
+    def _shard_index(self, key: tuple[str, str], shard: int, shards: int) -> faiss.Index:
+        """The published IVF index's entries of the shard's vectors, codes copied from its
+        lists into an index with its quantizer and codes
+        (:meth:`~sst_search.vector_search.cache.IndexCache.trained`): no vector is read or
+        encoded, and the shards' candidates together are the published index's. An index
+        trained on the shard's vectors where the snapshot has no such index file (a flat or
+        graph index, or a file that is missing or stale)."""
         trained = self.store.index_cache.trained(key, self.store.generations()[key])
-        if trained is None:
-            return build_index_from(rows, ids, matrix.shape[1], self.store.index_config)
-        return add_from(trained, rows, ids)
+        if trained is not None:
+            return copy_part(self.store.index(*key), trained, shards, shard)
+        matrix = self.table.matrix
+        return build_index_from(lambda positions: np.asarray(matrix[positions], np.float32), self.table.ids,
+                                matrix.shape[1], self.store.index_config)
 
     def describe(self) -> dict:
         """How many vectors the shard holds and which index kind it built."""

@@ -18,7 +18,7 @@ that add to or remove from a loaded index get their lists back in memory
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import faiss
@@ -133,3 +133,36 @@ def into_memory(ivf: faiss.IndexIVF) -> None:
         faiss.memcpy(own.get_ids(i), faiss.swig_ptr(ids), size * 8)
     ivf.replace_invlists(own, True)
     own.this.disown()
+
+
+def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[[np.ndarray], np.ndarray]) -> int:
+    """Add to ``target``'s empty block lists the entries of ``source``'s lists (mapped or in
+    memory, the same quantizer and codes) whose ids ``keep`` admits, codes copied as they
+    are; returns how many. FAISS's own subset copy reads block-packed codes as if they lay
+    one after another, so each list's blocks are unpacked, the kept codes taken out and
+    packed again here."""
+    packer = faiss.downcast_index(source).get_CodePacker()
+    code_size, block_size, per_block = packer.code_size, packer.block_size, packer.nvec
+    added = 0
+    for list_no in range(source.nlist):
+        size = source.invlists.list_size(list_no)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(source.invlists.get_ids(list_no), size)
+        kept = np.flatnonzero(keep(ids))
+        if not len(kept):
+            continue
+        codes = faiss.rev_swig_ptr(source.invlists.get_codes(list_no), -(-size // per_block) * block_size)
+        flat = np.empty((-(-size // per_block) * per_block, code_size), np.uint8)
+        for block in range(len(flat) // per_block):
+            packer.unpack_all(faiss.swig_ptr(codes[block * block_size :]), faiss.swig_ptr(flat[block * per_block :]))
+        chosen = np.zeros((-(-len(kept) // per_block) * per_block, code_size), np.uint8)
+        chosen[: len(kept)] = flat[kept]
+        packed = np.empty(len(chosen) * code_size, np.uint8)
+        for block in range(len(chosen) // per_block):
+            packer.pack_all(faiss.swig_ptr(chosen[block * per_block :]), faiss.swig_ptr(packed[block * block_size :]))
+        target.invlists.add_entries(list_no, len(kept), faiss.swig_ptr(np.ascontiguousarray(ids[kept])),
+                                    faiss.swig_ptr(packed))
+        added += len(kept)
+    target.ntotal += added
+    return added
