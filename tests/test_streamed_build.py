@@ -189,3 +189,24 @@ def test_a_publish_links_the_build_files_and_a_later_write_leaves_the_published_
         store.write_columns(changed.specimens, changed.metadata, vectors=changed.vectors)
     assert not live_index.samefile(published_index)
     assert published_index.read_bytes() == before and verify_files(snapshot) == []
+
+
+def test_an_index_build_that_fails_beside_the_sorted_write_leaves_no_file_and_no_thread(tmp_path, monkeypatch):
+    """The index is built while the vectors at rest are written in id order, in another
+    thread: when the build raises, the write is waited for and its files removed all the same."""
+    import threading
+
+    from sst_search.vector_search import indexes
+
+    def failing_build(rows, ids, dim, config, chunk):
+        rows(slice(0, 100))  # reads the spill while the sorted write reads it too
+        raise MemoryError("no room for the index")
+
+    monkeypatch.setattr(indexes, "build_index_from", failing_build)
+    ids, vectors = _data()
+    db = tmp_path / "s.duckdb"
+    with Store.open(db, index_config=CONFIG) as store:
+        with pytest.raises(MemoryError, match="no room"):
+            store.write_chunks(_chunks(ids, vectors, 500))
+    assert [p for p in Path(f"{db}.faiss").rglob("*") if p.is_file()] == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("sorted vectors")]

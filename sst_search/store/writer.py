@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -257,8 +258,9 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
     keeps the Arrow tables a transaction reads until it commits, so one transaction for the
     stream would hold every chunk. Each chunk's vectors also go, as float16, into a spill
     file per index (:class:`~sst_search.vector_search.at_rest.StreamedVectors`). After the
-    last chunk, each index the stream wrote in full gets its vectors at rest in id order and
-    a FAISS index trained on a fixed-seed sample and filled chunk by chunk from them; the
+    last chunk, each index the stream wrote in full gets its vectors at rest in id order and,
+    at the same time, a FAISS index trained on a fixed-seed sample and filled chunk by chunk
+    from the spill; the
     files get their names and the manifest of the committed generation, so
     :func:`~sst_search.store.snapshots.publish_snapshot` moves them into the snapshot
     instead of writing them again, and the index is held for the next flush.
@@ -291,8 +293,12 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
         for key, stream in streams.items():
             if _vector_count(store, key) != stream.count:  # older vectors too, or a specimen in two chunks
                 continue
-            stream.finish()
-            index = indexes.build_index_from(stream.rows, stream.ids, stream.dim, store.index_cache.config, VECTOR_CHUNK)
+            stream.close()
+            with ThreadPoolExecutor(1, thread_name_prefix="sorted vectors") as sorter:
+                written = sorter.submit(stream.write_sorted)  # the disk's work, beside the cores' below
+                index = indexes.build_index_from(stream.rows, stream.ids, stream.dim, store.index_cache.config,
+                                                 VECTOR_CHUNK)
+                written.result()
             stream.publish(generations[key])
             store.index_cache.replace(key, index, generations[key])
     finally:

@@ -301,9 +301,11 @@ class StreamedVectors:
     into its vectors at rest without ever holding them all in memory.
 
     Chunks are appended as float16 to a spill file in arrival order (the only copy besides
-    the catalog's); :meth:`finish` writes the matrix in id order under temporary names by
-    gathering blocks of the mapped spill, and :meth:`rows` serves the index its training
-    sample and its chunks to add. Nothing has a real name until :meth:`publish`, which the
+    the catalog's); after :meth:`close`, :meth:`rows` serves the index its training sample and
+    its chunks to add, and :meth:`write_sorted` writes the matrix in id order under temporary
+    names by gathering blocks of the mapped spill (both may run at once, in two threads: the
+    index's build is CPU-bound, the sorted write mostly waits for the disk). Nothing has a
+    real name until :meth:`publish`, which the
     writer calls after the catalog committed, with the committed generation: a write that
     dies or raises leaves only ``*.tmp`` files (:meth:`discard` removes them), never a
     partial matrix a manifest vouches for.
@@ -320,6 +322,7 @@ class StreamedVectors:
         self._mapped = np.zeros((0, dim), DTYPE)
         #: The ids in arrival order (after :meth:`finish`).
         self.ids = np.zeros(0, np.int64)
+        self._order = np.zeros(0, np.int64)
         #: Rows appended so far.
         self.count = 0
         self._sha256 = ""
@@ -333,7 +336,7 @@ class StreamedVectors:
         self.count += len(ids)
 
     def rows(self, positions: np.ndarray | slice) -> np.ndarray:
-        """float32 rows of the stream, by position in arrival order (after :meth:`finish`)."""
+        """float32 rows of the stream, by position in arrival order (after :meth:`close`)."""
         rows = np.asarray(self._mapped[positions], np.float32)
         self._unmap_pages()
         return rows
@@ -345,9 +348,9 @@ class StreamedVectors:
         if self._map is not None:
             self._map.madvise(mmap.MADV_DONTNEED)
 
-    def finish(self) -> None:
-        """After the last chunk: the ids and matrix files in id order, under temporary names.
-        A specimen listed twice in the stream is refused (its vector would be in the file twice)."""
+    def close(self) -> None:
+        """After the last chunk: the spill mapped for :meth:`rows`, and the ids checked. A
+        specimen listed twice in the stream is refused (its vector would be in the file twice)."""
         self._spill.close()
         self.ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
         self._ids = []
@@ -355,11 +358,16 @@ class StreamedVectors:
             with open(self._spill_path, "rb") as fh:
                 self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             self._mapped = np.frombuffer(self._map, DTYPE).reshape(self.count, self.dim)
-        order = np.argsort(self.ids, kind="stable")
-        sorted_ids = self.ids[order]
+        self._order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[self._order]
         repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
         if len(repeated):
             raise ValueError(f"{self.key[0]}/{self.key[1]}: the stream lists specimen {int(repeated[0])} twice")
+
+    def write_sorted(self) -> None:
+        """After :meth:`close`: the ids and matrix files in id order, under temporary names."""
+        order = self._order
+        sorted_ids = self.ids[order]
         ids_tmp, matrix_tmp = _temp(self._spill_path.parent, self._name + ".ids"), _temp(self._spill_path.parent, self._name)
         self._temps += [ids_tmp, matrix_tmp]
         save_array(ids_tmp, sorted_ids)
