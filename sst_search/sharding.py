@@ -32,7 +32,7 @@ from sst_search.store import Store
 from sst_search.store.filters import Filter
 from sst_search.store.snapshots import resolve_snapshot
 from sst_search.vector_search import at_rest
-from sst_search.vector_search.indexes import build_index_from, copy_part, index_kind
+from sst_search.vector_search.indexes import build_index_from, index_kind
 from sst_search.vector_search.planner import search_table
 from sst_search.vector_search.vector_table import VectorTable
 
@@ -65,13 +65,13 @@ class IndexShard:
     def _shard_index(self, key: tuple[str, str], shard: int, shards: int) -> faiss.Index:
         """The published IVF index's entries of the shard's vectors, codes copied from its
         lists into an index with its quantizer and codes
-        (:meth:`~sst_search.vector_search.cache.IndexCache.trained`): no vector is read or
+        (:meth:`~sst_search.vector_search.cache.IndexCache.part`): no vector is read or
         encoded, and the shards' candidates together are the published index's. An index
         trained on the shard's vectors where the snapshot has no such index file (a flat or
         graph index, or a file that is missing or stale)."""
-        trained = self.store.index_cache.trained(key, self.store.generations()[key])
-        if trained is not None:
-            return copy_part(self.store.index(*key), trained, shards, shard)
+        copied = self.store.index_cache.part(key, self.store.generations()[key], shards, shard)
+        if copied is not None:
+            return copied
         matrix = self.table.matrix
         return build_index_from(lambda positions: np.asarray(matrix[positions], np.float32), self.table.ids,
                                 matrix.shape[1], self.store.index_config)

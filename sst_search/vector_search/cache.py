@@ -204,18 +204,22 @@ class IndexCache:
             self._loaded_from[key] = manifest["sha256"]
         return index
 
-    def trained(self, key: IndexKey, generation: int) -> faiss.Index | None:
-        """A new, empty index trained as the stored IVF index of ``key`` at ``generation`` is
-        (:func:`~sst_search.vector_search.indexes.emptied`), for vectors that are a part of
-        it; None when there is no such file (not kept in the cache)."""
+    def part(self, key: IndexKey, generation: int, parts: int, part: int) -> faiss.Index | None:
+        """A new index holding the stored IVF index's entries of ``key`` at ``generation``
+        whose ids modulo ``parts`` are ``part`` (:func:`~sst_search.vector_search.indexes.copy_part`),
+        or None when there is no such file. Neither index is kept in the cache: the stored
+        one is read from its mapped file once, and the part is the caller's."""
         state, manifest = self.file_state(key, generation)
         if state != "fresh":
             return None
         try:
-            index = indexes.load_index(self.faiss_dir, *key, mapped=True, manifest=manifest)
+            source = indexes.load_index(self.faiss_dir, *key, mapped=True, manifest=manifest)
+            target = indexes.load_index(self.faiss_dir, *key, mapped=True, manifest=manifest)
         except RuntimeError:
             return None
-        return indexes.emptied(index) if indexes.ivf_of(index) is not None else None
+        if indexes.ivf_of(source) is None:
+            return None
+        return indexes.copy_part(source, indexes.emptied(target), parts, part)
 
     def _size_matches(self, key: IndexKey, manifest: Mapping) -> bool:
         """Cheap check that catches truncated files (manifests older than the size field pass)."""
