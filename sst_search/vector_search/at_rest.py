@@ -320,7 +320,7 @@ class StreamedVectors:
         self._temps: list[Path] = [self._spill_path]
         self._map: mmap.mmap | None = None
         self._mapped = np.zeros((0, dim), DTYPE)
-        #: The ids in arrival order (after :meth:`finish`).
+        #: The ids in arrival order (after :meth:`close`).
         self.ids = np.zeros(0, np.int64)
         self._order = np.zeros(0, np.int64)
         #: Rows appended so far.
