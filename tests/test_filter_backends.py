@@ -114,10 +114,15 @@ def test_one_snapshot_answers_filter_after_filter_from_remembered_masks(snapshot
     with Store.open(snapshot, read_only=True) as reader, Store.open(snapshot, read_only=True) as other:
         for filters in FILTERS + FILTERS[::-1]:
             assert reader.admission(filters).admitted().tolist() == other.specimen_ids(filters).tolist()
-        # the mask doubles as an index's row mask only over exactly the snapshot's specimens
+        # the mask doubles as an index's row mask over the snapshot's specimens or some of
+        # them (a trait not every specimen has, a shard), the same array search after search
         every, admission = reader.specimen_ids(status=None), reader.admission(FILTERS[0])
         assert admission.table_mask(every).tolist() == np.isin(every, admission.admitted()).tolist()
-        assert admission.table_mask(every[1:]) is None
+        some = every[1::2]
+        rows_mask = admission.table_mask(some)
+        assert rows_mask.tolist() == np.isin(some, admission.admitted()).tolist()
+        assert reader.admission(FILTERS[0]).table_mask(some) is rows_mask
+        assert admission.table_mask(np.append(some, every.max() + 1)) is None  # an id that is no specimen
 
 
 def test_the_snapshot_joins_the_masks_sql_joins(snapshot, tmp_path):

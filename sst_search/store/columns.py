@@ -28,6 +28,8 @@ from sst_search.vector_search.vector_table import sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
+#: Masks a snapshot keeps over the rows of an index that holds some of its specimens.
+TABLE_MASKS_KEPT = 16
 #: What a search joins to each hit from ``specimens`` and ``trait_masks`` (read for the hits alone).
 LISTING_COLUMNS = "specimen_id, path, group_name, status, metadata"
 MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, quality, source, "
@@ -47,7 +49,8 @@ class SnapshotColumns:
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._same: dict[int, tuple[np.ndarray, bool]] = {}
+        self._tables: dict[int, tuple[np.ndarray, slice | np.ndarray | None]] = {}
+        self._table_masks: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         ids = published.ids() if published is not None else None
         self.ids = ids if ids is not None else catalog.con.execute(
             "SELECT specimen_id FROM specimens ORDER BY 1").fetchnumpy()["specimen_id"].astype(np.int64)
@@ -95,17 +98,48 @@ class SnapshotColumns:
                 self._masks.popitem(last=False)
         return mask
 
-    def same_ids(self, ids: np.ndarray) -> bool:
-        """Whether ``ids`` are the snapshot's specimen ids, row for row (checked once per array:
-        an index's id array lives as long as its generation)."""
+    def table_rows(self, ids: np.ndarray) -> slice | np.ndarray | None:
+        """Where the ids of an index (``ids``, ascending) lie among the snapshot's specimens:
+        all of them row for row (``slice(None)``), or the rows of some of them (a trait that
+        not every specimen has, a shard's index, :mod:`sst_search.sharding`); None when some
+        id is no specimen. Worked out once per array: an index's id array lives as long as
+        its generation."""
         with self._lock:
-            known = self._same.get(id(ids))
+            known = self._tables.get(id(ids))
             if known is not None and known[0] is ids:
                 return known[1]
-        same = len(ids) == len(self.ids) and bool(np.array_equal(ids, self.ids))
+        if len(ids) == len(self.ids) and np.array_equal(ids, self.ids):
+            rows: slice | np.ndarray | None = slice(None)
+        else:
+            found, rows = self.rows_of(ids)
+            rows = rows if found.all() else None
         with self._lock:
-            self._same[id(ids)] = (ids, same)
-        return same
+            self._tables[id(ids)] = (ids, rows)
+        return rows
+
+    def table_mask(self, mask: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+        """``mask``, over the snapshot's specimens, over the rows of an index whose ids are
+        ``ids`` instead (None where :meth:`table_rows` is): the mask itself when they are the
+        snapshot's specimens, else its entries at their rows, remembered per mask and index
+        (the last :data:`TABLE_MASKS_KEPT`), so that a filter yields the same array search
+        after search and what the index keeps per filter array (its admitted rows per list)
+        is found again."""
+        rows = self.table_rows(ids)
+        if rows is None or isinstance(rows, slice):
+            return None if rows is None else mask
+        key = (id(mask), id(ids))
+        with self._lock:
+            known = self._table_masks.get(key)
+            if known is not None and known[0] is mask and known[1] is ids:
+                self._table_masks.move_to_end(key)
+                return known[2]
+        rows_mask = mask[rows]
+        rows_mask.flags.writeable = False
+        with self._lock:
+            self._table_masks[key] = (mask, ids, rows_mask)
+            while len(self._table_masks) > TABLE_MASKS_KEPT:
+                self._table_masks.popitem(last=False)
+        return rows_mask
 
     def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, rows)``: which ``ids`` are specimens, and their rows in :attr:`ids`."""
@@ -171,9 +205,10 @@ class MaskAdmission:
         return self._columns.ids[self._mask]
 
     def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
-        """The mask itself when the index holds exactly the snapshot's specimens (see
+        """The mask over the rows of an index that holds the snapshot's specimens or some of
+        them (:meth:`SnapshotColumns.table_mask`; see
         :class:`~sst_search.vector_search.planner.RowMask`)."""
-        return self._mask if self._columns.same_ids(table_ids) else None
+        return self._columns.table_mask(self._mask, table_ids)
 
 
 class PostedAdmission(MaskAdmission):

@@ -86,8 +86,8 @@ class Admission(Protocol):
 
 class RowMask(Protocol):
     """An admission that may also know which rows of an index's id array pass, without a
-    lookup per id (a snapshot's mask when the index holds every specimen): the plan then
-    reads the exact share and the admitted rows off it."""
+    lookup per id per search (a snapshot's mask, over the rows of an index of its specimens
+    or of some of them): the plan then reads the exact share and the admitted rows off it."""
 
     def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
         """Boolean mask over ``table_ids`` (sorted), or None when it would cost a lookup per id."""
