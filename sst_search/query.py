@@ -99,6 +99,12 @@ class SearchEngine:
         old.close()
         return True
 
+    def warm(self) -> None:
+        """Read the snapshot's index files into the page cache now (:meth:`Store.warm`): a
+        long-lived reader, the app, pays once at opening what its first searches would
+        otherwise each pay, waiting on the disk."""
+        self.store.warm()
+
     def close(self) -> None:
         self.store.close()
 

@@ -225,3 +225,32 @@ def test_a_fast_scan_index_saved_with_its_lists_inside_still_opens_and_verifies(
         index = engine.store.index(*KEY)
         assert isinstance(faiss.downcast_InvertedLists(ivf_of(index).invlists), faiss.BlockInvertedLists)
         assert engine.store.filtered_search(*KEY, vectors[11], 3).hits[0][0] == int(ids[11])
+
+
+def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, monkeypatch):
+    """The app warms its engine on opening: it gets the snapshot's indexes loaded and waits
+    for the read of their lists files, which otherwise runs beside the first searches."""
+    import threading
+    import time
+
+    from sst_search.vector_search import indexes
+
+    read: list[Path] = []
+
+    def slow_read_ahead(path: Path) -> threading.Thread:
+        def read_file() -> None:
+            time.sleep(0.3)
+            read.append(Path(path))
+
+        thread = threading.Thread(target=read_file)
+        thread.start()
+        return thread
+
+    monkeypatch.setattr(indexes, "read_ahead", slow_read_ahead)
+    db = published[0]
+    with SearchEngine.open(db) as engine:
+        engine.warm()
+        snapshot = resolve_snapshot(db)
+        assert read == [lists_path(_faiss_dir(snapshot), *KEY, read_manifest(_faiss_dir(snapshot), *KEY))]
+        engine.warm()  # read already: nothing to wait for
+        assert len(read) == 1

@@ -48,7 +48,9 @@ def live_db() -> str:
 def load_engine(db: str) -> SearchEngine:
     """The latest published snapshot, read-only; "Reload index" clears this to pick up a newer one.
     SAM 2 (labeling, uploads) is built from ``--weights`` when the app was started with it."""
-    return SearchEngine.open(Path(db), weights=weights_from_args(sys.argv[1:]))
+    engine = SearchEngine.open(Path(db), weights=weights_from_args(sys.argv[1:]))
+    engine.warm()  # under the spinner, not in the first searches
+    return engine
 
 
 @contextmanager

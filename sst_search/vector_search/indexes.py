@@ -410,17 +410,21 @@ def is_fast_scan(index: faiss.Index) -> bool:
     return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
 
 
-def read_ahead(path: Path) -> None:
+def read_ahead(path: Path) -> threading.Thread:
     """Read the whole file once, in a background thread, so that the page cache holds it:
     searches of a mapped index touch lists all over it, and each page they find missing is a
     read from disk (from a cold cache, unfiltered searches of an 8M x 768 index took 1 to 1.8 s
     each; reading its 5.8 GB file in order took 10 s). The kernel's own read-ahead advice
     (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s. Only for an index that will be
-    searched: verify and the postings map one to read a sample or the lists' ids."""
+    searched: verify and the postings map one to read a sample or the lists' ids. Returns the
+    thread, which a reader that wants the file read before it searches joins
+    (:meth:`~sst_search.vector_search.cache.IndexCache.warm`)."""
     def read() -> None:
         buffer = bytearray(READ_AHEAD_BLOCK)
         with contextlib.suppress(OSError), open(path, "rb", buffering=0) as fh:
             while fh.readinto(buffer):
                 pass
 
-    threading.Thread(target=read, name=f"read-ahead {path.name}", daemon=True).start()
+    thread = threading.Thread(target=read, name=f"read-ahead {path.name}", daemon=True)
+    thread.start()
+    return thread
