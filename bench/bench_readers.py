@@ -5,10 +5,11 @@ A search app runs several worker processes, and CLI readers come and go beside t
 store's files are memory-mapped so that the OS holds one copy of each page for all of them.
 This runs two fresh reader processes, one after the other, on a store that
 ``bench/bench_query.py --workdir DIR`` built and published (or any published store with one
-IVF index). Each imports the library, opens the store with ``SearchEngine.open`` (as the app
-does), and runs the same ``--queries`` searches: query specimens drawn with a fixed seed,
-cycling through bench_query's five filter scenarios (none, own group, locality contains
-"ridge", another group, the latest 1% of event dates). The first reader stays alive while the
+IVF index). Each imports the library, opens the store with ``SearchEngine.open`` and warms
+it (``SearchEngine.warm``: its index files read into the page cache), as the app does, and
+runs the same ``--queries`` searches: query specimens drawn with a fixed seed, cycling
+through bench_query's five filter scenarios (none, own group, locality contains "ridge",
+another group, the latest 1% of event dates). The first reader stays alive while the
 second runs. For each it prints, from psutil's ``memory_full_info``:
 
 - RSS: everything resident in the process, its imports (torch, FAISS, DuckDB) included;
@@ -50,6 +51,9 @@ def reader(db: str, queries: int, k: int, seed: int, pipe) -> None:
     engine = SearchEngine.open(db)
     population = engine.store.population(EMBEDDER, TRAIT)
     report["open_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    engine.warm()  # as the app does on opening
+    report["warm_s"] = time.perf_counter() - t
     report["open"] = memory()
     rng = np.random.default_rng(seed)
     asked = [int(i) for i in rng.choice(population, size=queries, replace=False)]
@@ -79,7 +83,7 @@ def start(context, db: str, queries: int, k: int, seed: int):
 
 def show(name: str, report: dict) -> None:
     n = report["vectors"]
-    print(f"{name}: open {report['open_s']:.1f} s; searches p50 {report['p50']:.1f} ms, p95 {report['p95']:.1f} ms; {load()}")
+    print(f"{name}: open {report['open_s']:.1f} s, warm {report['warm_s']:.1f} s; searches p50 {report['p50']:.1f} ms, p95 {report['p95']:.1f} ms; {load()}")
     for step in ("imports", "open", "searched"):
         m = report[step]
         print(f"  after {step:<9} RSS {m['rss'] / 2**30:6.2f} GiB  USS {m['uss'] / 2**30:6.2f} GiB  "
