@@ -233,6 +233,7 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
     import threading
     import time
 
+    from sst_search.store import snapshot_catalog
     from sst_search.vector_search import indexes
 
     read: list[Path] = []
@@ -246,7 +247,9 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
         thread.start()
         return thread
 
+    read_whole: list[Path] = []
     monkeypatch.setattr(indexes, "read_ahead", slow_read_ahead)
+    monkeypatch.setattr(snapshot_catalog, "read_through", read_whole.append)
     db = published[0]
     with SearchEngine.open(db) as engine:
         engine.warm()
@@ -254,3 +257,8 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
         assert read == [lists_path(_faiss_dir(snapshot), *KEY, read_manifest(_faiss_dir(snapshot), *KEY))]
         engine.warm()  # read already: nothing to wait for
         assert len(read) == 1
+    # beside the snapshot: what filters and plans read whole, not what searches read a row at a time
+    names = {p.name for p in read_whole}
+    assert {"t.ids.npy", "t.group.codes.npy", "t.group.rows.npy", "t.row_lists.npy", "specimens.ids.npy",
+            "specimen.s.group_name.codes.npy"} <= names
+    assert not names & {"t.npy", "specimens.rows.bin", "specimens.offsets.npy"}

@@ -74,6 +74,13 @@ def columns_dir(db_path: str | Path) -> Path:
     return vectors_dir(db_path) / "columns"
 
 
+def per_hit_files(db_path: str | Path) -> set[Path]:
+    """The listing and mask rows files and their offsets: a search reads an entry of each per
+    hit, so a reader need not hold them (several GB at ten million specimens)."""
+    rows = columns_dir(db_path).glob(f"*.rows.{SUFFIXES['rows']}")
+    return {p for r in rows for p in (r, r.with_name(r.name.removesuffix(f"rows.{SUFFIXES['rows']}") + "offsets.npy"))}
+
+
 def field_stem(source: str, column: str) -> str:
     return f"{quote(source, safe='')}.{quote(column, safe='')}"
 

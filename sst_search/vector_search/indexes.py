@@ -418,13 +418,16 @@ def read_ahead(path: Path) -> threading.Thread:
     (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s. Only for an index that will be
     searched: verify and the postings map one to read a sample or the lists' ids. Returns the
     thread, which a reader that wants the file read before it searches joins
-    (:meth:`~sst_search.vector_search.cache.IndexCache.warm`)."""
-    def read() -> None:
-        buffer = bytearray(READ_AHEAD_BLOCK)
-        with contextlib.suppress(OSError), open(path, "rb", buffering=0) as fh:
-            while fh.readinto(buffer):
-                pass
-
-    thread = threading.Thread(target=read, name=f"read-ahead {path.name}", daemon=True)
+    (:meth:`~sst_search.vector_search.cache.IndexCache.read`)."""
+    thread = threading.Thread(target=read_through, args=(path,), name=f"read-ahead {path.name}", daemon=True)
     thread.start()
     return thread
+
+
+def read_through(path: Path) -> None:
+    """Read the whole file once, in order, into the page cache (a file that cannot be read is
+    left to the search that needs it to report)."""
+    buffer = bytearray(READ_AHEAD_BLOCK)
+    with contextlib.suppress(OSError), open(path, "rb", buffering=0) as fh:
+        while fh.readinto(buffer):
+            pass
