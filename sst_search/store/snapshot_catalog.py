@@ -138,10 +138,10 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
     def warm(self, keys: Iterable[IndexKey] | None = None) -> None:
         """:meth:`IndexedStore.warm`, and also the files beside the snapshot that a filter or
         a plan reads whole read into the page cache: specimen and vector ids, filter codes,
-        postings, list layouts (about 50 bytes a vector). At 10M x 768, the first locality or
-        date filter of a cold reader took 300-400 ms, most of it reading them. Not the
-        float16 vectors or the hits' listing and mask rows, which searches read a few rows
-        at a time."""
+        postings, list layouts, the offsets of the hits' rows (about 60 bytes a vector). At
+        10M x 768, the first locality or date filter of a cold reader took 300-400 ms, most
+        of it reading them. Not the float16 vectors or the hits' listing and mask rows, which
+        searches read a few rows at a time."""
         super().warm(keys)
         root = at_rest.vectors_dir(self.db_path)
         if not root.is_dir():
