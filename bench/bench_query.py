@@ -468,6 +468,11 @@ def main() -> None:
                          "in two levels (1: always; a large number: never)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
+    ap.add_argument("--nprobe-factor", type=float, default=None,
+                    help="search with this nprobe factor instead of the one the index was built with (what a store "
+                         "indexed with it would probe), in every table")
+    ap.add_argument("--selector-scan", type=float, default=None,
+                    help="search with this index.plan.selector_scan instead of the one the store recorded, in every table")
     ap.add_argument("--no-warm", action="store_true",
                     help="search right after opening, as a one-off reader (the CLI) does, instead of first warming "
                          "the engine (SearchEngine.warm) as the app does")
@@ -570,6 +575,12 @@ def main() -> None:
     if not args.no_warm:
         engine.warm()
     warm_s = time.perf_counter() - t
+    if args.nprobe_factor is not None and ivf_of(index) is not None:  # the cached index the engine searches
+        ivf_of(index).nprobe = IndexConfig(nprobe_factor=args.nprobe_factor).nprobe_for(ivf_of(index).nlist)
+    if args.selector_scan is not None:
+        recorded = engine.store.index_config
+        engine.store.index_cache.config = recorded.model_copy(
+            update={"plan": recorded.plan.model_copy(update={"selector_scan": args.selector_scan})})
     print(f"engine open + index load {open_s:.1f} s; "
           f"{f'warm (its files read into the page cache, as the app does) {warm_s:.1f} s; ' if not args.no_warm else 'not warmed; '}"
           f"index files {index_bytes / 2**20:.0f} MiB = "

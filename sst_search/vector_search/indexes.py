@@ -93,7 +93,7 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
             # with the quantizer filled, FAISS's training skips the lists and trains the codes alone
             ivf.quantizer.add(two_level.train(sample, nlist, config.train_niter, config.train_seed))
         index.train(sample)
-        ivf.nprobe = config.nprobe_for(nlist)
+        ivf.nprobe = config.nprobe_for(nlist, n)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = config.hnsw_ef_construction
