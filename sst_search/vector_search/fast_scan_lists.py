@@ -161,8 +161,8 @@ def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[
         packed = np.empty(len(chosen) * code_size, np.uint8)
         for block in range(len(chosen) // per_block):
             packer.pack_all(faiss.swig_ptr(chosen[block * per_block :]), faiss.swig_ptr(packed[block * block_size :]))
-        target.invlists.add_entries(list_no, len(kept), faiss.swig_ptr(np.ascontiguousarray(ids[kept])),
-                                    faiss.swig_ptr(packed))
+        kept_ids = np.ascontiguousarray(ids[kept])  # held here: swig_ptr keeps no reference to the array
+        target.invlists.add_entries(list_no, len(kept), faiss.swig_ptr(kept_ids), faiss.swig_ptr(packed))
         added += len(kept)
     target.ntotal += added
     return added
