@@ -133,7 +133,8 @@ class IndexTier(_Strict):
         "codes need more candidates for the same recall")
     nprobe_factor: float | None = Field(
         None, gt=0, description="lists probed per search = nprobe_factor * sqrt(nlist) for this tier's indexes (null: "
-        "index.nprobe_factor); codes scanned faster than their neighbours are lost can probe fewer lists")
+        "index.nprobe_factor); fast-scan codes kept their recall with fewer lists probed (10M x 768: 169 lists "
+        "instead of 225, recall@10 0.998 both, p95 5.7 instead of 9.0 ms)")
 
 
 #: The approximate tiers by default, from bench/bench_index_kinds.py and bench_query.py

@@ -210,7 +210,7 @@ class IndexCache:
     def read(self, key: IndexKey) -> None:
         """Wait until the mapped file of the loaded index of ``key`` has been read into the
         page cache (at once when it was not mapped or was read already): an IVF search reads
-        a few hundred lists spread over the whole file (about 70 MB of fast-scan codes a query
+        a few hundred lists spread over the whole file (50-70 MB of fast-scan codes a query
         at 10M x 768), so a search of a cold file waits on the disk for up to a second, where
         the same search of a warm one takes milliseconds."""
         reading = self._reading.pop(key, None)
