@@ -125,8 +125,10 @@ class SnapshotColumns:
         after search and what the index keeps per filter array (its admitted rows per list)
         is found again."""
         rows = self.table_rows(ids)
-        if rows is None or isinstance(rows, slice):
-            return None if rows is None else mask
+        if rows is None:
+            return None
+        if isinstance(rows, slice):
+            return mask
         key = (id(mask), id(ids))
         with self._lock:
             known = self._table_masks.get(key)

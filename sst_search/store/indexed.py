@@ -95,11 +95,11 @@ class IndexedStore:
             raise KeyError(f"no vectors for embedder {embedder!r}, trait {trait_name!r} (indexes: {known})")
         return self.index_cache.index(key, generation, self.index_dims()[key], writable=self.saves_rebuilt_indexes)
 
-    def warm(self, keys: Iterable[IndexKey] | None = None) -> None:
-        """Load the indexes of ``keys`` (every index when None) and have their files read
-        into the page cache before returning (:meth:`IndexCache.read`): for a long-lived
-        reader, the app, whose first searches would otherwise each wait on the disk."""
-        for key in self.index_keys() if keys is None else keys:
+    def warm(self) -> None:
+        """Load every index and have its file read into the page cache before returning
+        (:meth:`IndexCache.read`): for a long-lived reader, the app, whose first searches
+        would otherwise each wait on the disk."""
+        for key in self.index_keys():
             self.index(*key)
             self.index_cache.read(key)
 

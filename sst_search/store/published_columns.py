@@ -56,7 +56,7 @@ from pyarrow import ipc
 from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
 from sst_search.store.filters import SPECIMEN_FIELDS, ColumnValues
 from sst_search.store.verify import Problem
-from sst_search.vector_search.at_rest import save_array, vectors_dir
+from sst_search.vector_search.at_rest import save_array, vectors_dir, will_need
 from sst_search.vector_search.indexes import atomic_write, read_json, write_json
 from sst_search.vector_search.vector_table import sorted_rows
 from sst_search.weights import sha256_file
@@ -286,9 +286,7 @@ class RowFile:
             start, end = (int(x) for x in self._offsets[row:row + 2])
             if end > start:
                 spans.append((start, end - start))
-        if len(spans) > 1:
-            for start, size in spans:
-                os.posix_fadvise(fd, start, size, os.POSIX_FADV_WILLNEED)
+        will_need(fd, spans)
         return [dict(zip(self._columns, json.loads(os.pread(fd, size, start)), strict=True)) for start, size in spans]
 
 

@@ -38,7 +38,6 @@ from sst_search.store.indexed import IndexedStore
 from sst_search.store.published_columns import PublishedColumns, per_hit_files
 from sst_search.store.records import TraitMask
 from sst_search.vector_search import at_rest
-from sst_search.vector_search.at_rest import IndexKey
 from sst_search.vector_search.indexes import read_through
 
 
@@ -135,14 +134,14 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
             store.index_cache.config = store.recorded_index_config()
         return store
 
-    def warm(self, keys: Iterable[IndexKey] | None = None) -> None:
+    def warm(self) -> None:
         """:meth:`IndexedStore.warm`, and also the files beside the snapshot that a filter or
         a plan reads whole read into the page cache: specimen and vector ids, filter codes,
         postings, list layouts, the offsets of the hits' rows (about 60 bytes a vector). At
         10M x 768, the first locality or date filter of a cold reader took 300-400 ms, most
         of it reading them. Not the float16 vectors or the hits' listing and mask rows, which
         searches read a few rows at a time."""
-        super().warm(keys)
+        super().warm()
         root = at_rest.vectors_dir(self.db_path)
         if not root.is_dir():
             return

@@ -152,9 +152,7 @@ class RowReader:
         view, width = memoryview(out).cast("B"), self._width
         rows = (rows if self._positions is None else self._positions[rows]).tolist()
         late = [i for i, row in enumerate(rows) if not self._read_cached(view[i * width : (i + 1) * width], row)]
-        if len(late) > 1:
-            for i in late:
-                os.posix_fadvise(self._file.fileno(), self._offset + rows[i] * width, width, os.POSIX_FADV_WILLNEED)
+        will_need(self._file.fileno(), [(self._offset + rows[i] * width, width) for i in late])
         for i in late:
             self._read(view[i * width : (i + 1) * width], rows[i])
         return out
@@ -180,6 +178,15 @@ class RowReader:
             raise OSError(f"{self._file.name}: row {row} lies beyond the end of the file")
 
 
+def will_need(fd: int, spans: list[tuple[int, int]]) -> None:
+    """Ask the kernel for every ``(offset, size)`` span of the file at once, before they are
+    read one after another: a cold read of many rows then waits about one disk read. One
+    span is just read."""
+    if len(spans) > 1:
+        for offset, size in spans:
+            os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+
+
 class RowSubset:
     """Some rows of a mapped matrix, indexed as a matrix of their own: a shard's part of a
     snapshot's vectors at rest (:mod:`sst_search.sharding`), read from the one file that every
@@ -189,9 +196,6 @@ class RowSubset:
     def __init__(self, matrix: np.ndarray, positions: np.ndarray) -> None:
         self.matrix, self.positions = matrix, positions
         self.shape, self.dtype, self.ndim = (len(positions), matrix.shape[1]), matrix.dtype, 2
-
-    def __len__(self) -> int:
-        return len(self.positions)
 
     def __getitem__(self, rows: np.ndarray | slice) -> np.ndarray:
         return self.matrix[self.positions[rows]]

@@ -152,9 +152,10 @@ def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[
         kept = np.flatnonzero(keep(ids))
         if not len(kept):
             continue
-        codes = faiss.rev_swig_ptr(source.invlists.get_codes(list_no), -(-size // per_block) * block_size)
-        flat = np.empty((-(-size // per_block) * per_block, code_size), np.uint8)
-        for block in range(len(flat) // per_block):
+        blocks = -(-size // per_block)
+        codes = faiss.rev_swig_ptr(source.invlists.get_codes(list_no), blocks * block_size)
+        flat = np.empty((blocks * per_block, code_size), np.uint8)
+        for block in range(blocks):
             packer.unpack_all(faiss.swig_ptr(codes[block * block_size :]), faiss.swig_ptr(flat[block * per_block :]))
         chosen = np.zeros((-(-len(kept) // per_block) * per_block, code_size), np.uint8)
         chosen[: len(kept)] = flat[kept]
