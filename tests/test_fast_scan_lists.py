@@ -238,7 +238,7 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
 
     read: list[Path] = []
 
-    def slow_read_ahead(path: Path) -> threading.Thread:
+    def slow_read_ahead(path: Path, index: faiss.Index) -> threading.Thread:
         def read_file() -> None:
             time.sleep(0.3)
             read.append(Path(path))
@@ -262,3 +262,14 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
     assert {"t.ids.npy", "t.group.codes.npy", "t.group.rows.npy", "t.row_lists.npy", "specimens.ids.npy",
             "specimen.s.group_name.codes.npy", "specimens.offsets.npy"} <= names
     assert not names & {"t.npy", "specimens.rows.bin"}
+
+
+def test_warming_maps_in_every_page_of_the_lists_before_the_first_search(published):
+    """A page that is in the page cache but not in the reader's page tables costs a fault on
+    a search's first touch: warming leaves them all mapped."""
+    db = published[0]
+    snapshot = resolve_snapshot(db)
+    lists = lists_path(_faiss_dir(snapshot), *KEY, read_manifest(_faiss_dir(snapshot), *KEY))
+    with SearchEngine.open(db) as engine:
+        engine.warm()
+        assert _mapping(os.getpid(), lists)[1] > 0.95 * lists.stat().st_size

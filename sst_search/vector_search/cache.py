@@ -200,7 +200,7 @@ class IndexCache:
         except RuntimeError:
             return None
         if mapped:  # the file searches read from: the lists file of a fast-scan index
-            self._reading[key] = indexes.read_ahead(lists or path)
+            self._reading[key] = indexes.read_ahead(lists or path, index)
         if index.ntotal != manifest.get("count", index.ntotal):
             return None
         if manifest.get("sha256"):

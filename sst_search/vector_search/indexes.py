@@ -439,18 +439,44 @@ def is_fast_scan(index: faiss.Index) -> bool:
     return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
 
 
-def read_ahead(path: Path) -> threading.Thread:
+def read_ahead(path: Path, index: faiss.Index | None = None) -> threading.Thread:
     """Read the whole file once, in a background thread, so that the page cache holds it:
     searches of a mapped index touch lists all over it, and each page they find missing is a
     read from disk (from a cold cache, unfiltered searches of an 8M x 768 index took 1 to 1.8 s
     each; reading its 5.8 GB file in order took 10 s). The kernel's own read-ahead advice
-    (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s. Only for an index that will be
+    (``POSIX_FADV_WILLNEED``) had read 2.5 GB of it after 38 s. Then the lists of ``index``,
+    the file mapped, are mapped in (:func:`map_in`). Only for an index that will be
     searched: verify and the postings map one to read a sample or the lists' ids. Returns the
     thread, which a reader that wants the file read before it searches joins
     (:meth:`~sst_search.vector_search.cache.IndexCache.read`)."""
-    thread = threading.Thread(target=read_through, args=(path,), name=f"read-ahead {path.name}", daemon=True)
+
+    def read() -> None:
+        read_through(path)
+        if index is not None:
+            map_in(index)
+
+    thread = threading.Thread(target=read, name=f"read-ahead {path.name}", daemon=True)
     thread.start()
     return thread
+
+
+def map_in(index: faiss.Index) -> None:
+    """Touch every page of a mapped IVF index's lists, so that this process's page tables
+    hold them: a page in the page cache but not yet mapped costs a fault on its first touch,
+    and a search reads 50 MB of lists at 10M x 768. Measured at 1M x 768 from a cold cache,
+    after reading the file: the first pass of 40 unfiltered searches took p50 / p95 6.0 / 7.2 ms,
+    4.9 / 5.6 ms with the lists mapped in (a second pass: 3.7 / 4.0). A shared file's
+    pages, so other readers do not pay for them again."""
+    ivf = ivf_of(index)
+    if ivf is None:
+        return
+    lists, page = ivf.invlists, 4096
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if size:
+            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * ivf.code_size)
+            ids = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+            codes[::page].max(), ids[:: page // 8].max()  # a read of a byte of each page maps it in
 
 
 def read_through(path: Path) -> None:
