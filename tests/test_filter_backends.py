@@ -138,3 +138,27 @@ def test_the_snapshot_joins_the_masks_sql_joins(snapshot, tmp_path):
         assert in_memory == in_sql and 7 not in in_memory
         doubled = [sid for sid in ids if len(reader.trait_masks(sid)) == 2]
         assert doubled and {in_memory[sid].trait_id for sid in doubled} == {1}
+
+
+def test_a_warmed_snapshot_answers_its_first_filter_without_asking_the_catalog(snapshot, tmp_path, monkeypatch):
+    """What every filtered search asks first (the metadata keys, the measured traits, the
+    indexed specimens' mask) is asked when the reader warms, not on the first query's path;
+    the field's values are the columns published with the snapshot."""
+    import shutil
+
+    from sst_search.store.snapshot_catalog import SnapshotStore
+    from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
+
+    db = tmp_path / "p.duckdb"
+    shutil.copy(snapshot, db)
+    publish_snapshot(db)
+    with Store.open(resolve_snapshot(db), read_only=True) as reader, Store.open(snapshot, read_only=True) as other:
+        expected = other.specimen_ids(FILTERS[3]).tolist()
+        reader.warm()
+
+        def no_sql(self):
+            raise AssertionError("a query asked the catalog")
+
+        monkeypatch.setattr(SnapshotStore, "con", property(no_sql))
+        assert reader.admission(FILTERS[3]).admitted().tolist() == expected
+        assert reader.admission([Filter(field="group", op="==", value="g1")]).admitted().tolist()
