@@ -155,9 +155,10 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
 
     def _prepare_filters(self) -> None:
         """Ask once what the first filtered search would otherwise ask on its query path: the
-        catalog's metadata keys and measured traits (a scan of every specimen's metadata:
-        8 ms of a first filtered search's 33 at 1M x 768), the mask of the indexed specimens every filter is scoped to, and per
-        index its rows among the specimens, its list layout and its postings."""
+        catalog's metadata keys and measured traits (a scan of every specimen's metadata: 8 ms
+        of a first filtered search's 33 at 1M x 768), the mask of the indexed specimens every
+        filter is scoped to, and per index its rows among the specimens, its list layout and
+        its postings."""
         keys, traits, posting_fields = self.metadata_keys(), self.measured_traits(), self.posting_fields()
         columns = self.columns()
         compile_mask(scope_filters([]), keys, traits, columns)
