@@ -221,10 +221,6 @@ class IndexConfig(_Strict):
     two_level_lists: int = Field(
         4096, ge=1, description="ivf: from this many lists (about a million vectors), train the lists in two levels: "
         "sqrt(nlist) coarse clusters first (one-level k-means grows with nlist squared: hours at 10M vectors)")
-    assign_groups: int = Field(
-        16, ge=0, description="ivf, lists trained in two levels: a bulk build files each vector in the nearest list "
-        "among the centroids of its assign_groups nearest groups of lists (of sqrt(nlist)) instead of among all lists, "
-        "a third of the cost at 12,649 lists; 0: among all lists")
     plan: PlanConfig = PlanConfig()
 
     def kind_for(self, n: int) -> str:

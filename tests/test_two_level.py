@@ -8,9 +8,9 @@ import faiss
 import numpy as np
 import pytest
 
-from sst_search.config import IndexConfig, IndexTier
+from sst_search.config import IndexConfig
 from sst_search.vector_search import two_level
-from sst_search.vector_search.indexes import add_assigned, build_index, build_index_from, ivf_of, training_rows
+from sst_search.vector_search.indexes import build_index, build_index_from, ivf_of, training_rows
 
 N, DIM = 30_000, 32
 
@@ -66,43 +66,3 @@ def test_two_level_training_gives_the_asked_number_of_unit_centroids_or_says_why
     assert len(np.unique(centroids, axis=0)) == 100
     with pytest.raises(ValueError, match="cannot be trained"):
         two_level.train(vectors[:50], 100, niter=5, seed=1)
-
-
-def _lists_of(index: faiss.Index) -> dict[int, int]:
-    """Which list each id is filed in."""
-    ivf = ivf_of(index)
-    return {int(i): list_no for list_no in range(ivf.nlist)
-            for i in faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), ivf.invlists.list_size(list_no))}
-
-
-@pytest.mark.parametrize("factory", ["IVF{nlist},SQ8", "IVF{nlist},PQ{half_dim}x4fs"])
-def test_a_bulk_build_files_vectors_among_their_nearest_groups_of_lists_as_every_list_would(vectors, factory):
-    ids = np.arange(N, dtype=np.int64)
-    tiers = [IndexTier(factory=factory)]
-    grouped = build_index(vectors, ids, DIM, _config(1).model_copy(update={"tiers": tiers, "assign_groups": 4}))
-    every = build_index(vectors, ids, DIM, _config(1).model_copy(update={"tiers": tiers, "assign_groups": 0}))
-    assert grouped.ntotal == every.ntotal == N
-    filed, nearest = _lists_of(grouped), _lists_of(every)
-    assert sorted(filed) == list(range(N))
-    assert np.mean([filed[i] != nearest[i] for i in range(N)]) < 0.01  # 4 of 26 groups compared
-    assert sum(filed[i] != nearest[i] for i in range(N)) > 0  # the groups, not every list, were compared
-    queries = vectors[::300]
-    assert _recall(grouped, vectors, queries) >= _recall(every, vectors, queries) - 0.01
-
-
-def test_codes_packed_into_fast_scan_lists_by_hand_equal_faiss_own(vectors):
-    index = faiss.index_factory(DIM, "IVF64,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
-    index.train(vectors[:5_000])
-    copy = faiss.clone_index(index)
-    ids = np.random.default_rng(5).choice(1 << 40, size=N, replace=False).astype(np.int64)
-    lists = index.quantizer.search(vectors, 1)[1][:, 0]
-    for start in range(0, N, 7_001):  # chunks that end inside blocks
-        part = slice(start, start + 7_001)
-        index.add_with_ids(vectors[part], ids[part])
-        add_assigned(copy, vectors[part], ids[part], lists[part])
-    for one in (index, copy):
-        one.nprobe = 8
-    assert copy.ntotal == N
-    assert _lists_of(copy) == _lists_of(index)
-    expected, got = index.search(vectors[:100], 10), copy.search(vectors[:100], 10)
-    assert np.array_equal(expected[1], got[1]) and np.array_equal(expected[0], got[0])

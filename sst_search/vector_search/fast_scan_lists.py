@@ -136,11 +136,13 @@ def into_memory(ivf: faiss.IndexIVF) -> None:
 
 
 def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[[np.ndarray], np.ndarray]) -> int:
-    """Add to ``target``'s block lists the entries of ``source``'s lists (mapped or in
+    """Add to ``target``'s empty block lists the entries of ``source``'s lists (mapped or in
     memory, the same quantizer and codes) whose ids ``keep`` admits, codes copied as they
     are; returns how many. FAISS's own subset copy reads block-packed codes as if they lay
-    one after another, so each list's blocks are unpacked and the kept codes appended."""
+    one after another, so each list's blocks are unpacked, the kept codes taken out and
+    packed again here."""
     packer = faiss.downcast_index(source).get_CodePacker()
+    code_size, block_size, per_block = packer.code_size, packer.block_size, packer.nvec
     added = 0
     for list_no in range(source.nlist):
         size = source.invlists.list_size(list_no)
@@ -150,57 +152,18 @@ def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[
         kept = np.flatnonzero(keep(ids))
         if not len(kept):
             continue
-        blocks = -(-size // packer.nvec)
-        codes = faiss.rev_swig_ptr(source.invlists.get_codes(list_no), blocks * packer.block_size)
-        _append(_block_lists(target), packer, list_no, ids[kept], _unpacked(packer, codes, blocks)[kept])
+        blocks = -(-size // per_block)
+        codes = faiss.rev_swig_ptr(source.invlists.get_codes(list_no), blocks * block_size)
+        flat = np.empty((blocks * per_block, code_size), np.uint8)
+        for block in range(blocks):
+            packer.unpack_all(faiss.swig_ptr(codes[block * block_size :]), faiss.swig_ptr(flat[block * per_block :]))
+        chosen = np.zeros((-(-len(kept) // per_block) * per_block, code_size), np.uint8)
+        chosen[: len(kept)] = flat[kept]
+        packed = np.empty(len(chosen) * code_size, np.uint8)
+        for block in range(len(chosen) // per_block):
+            packer.pack_all(faiss.swig_ptr(chosen[block * per_block :]), faiss.swig_ptr(packed[block * block_size :]))
+        kept_ids = np.ascontiguousarray(ids[kept])  # held here: swig_ptr keeps no reference to the array
+        target.invlists.add_entries(list_no, len(kept), faiss.swig_ptr(kept_ids), faiss.swig_ptr(packed))
         added += len(kept)
     target.ntotal += added
     return added
-
-
-def add_assigned(ivf: faiss.IndexIVF, x: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> None:
-    """Add the float32 rows ``x`` to the lists ``lists`` names, one per row, encoded by the
-    index: FAISS's fast-scan ``add_core`` ignores the lists it is given (it files the codes
-    as if they were not block-packed), so the codes are made here and packed into each
-    list's blocks."""
-    x = np.ascontiguousarray(x, np.float32)
-    ids, lists = np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(lists, np.int64)
-    fast = faiss.downcast_index(ivf)
-    packer = fast.get_CodePacker()
-    codes = np.empty((len(x), packer.code_size), np.uint8)
-    fast.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes))
-    order = np.argsort(lists, kind="stable")
-    bounds = np.flatnonzero(np.diff(lists[order])) + 1
-    block_lists = _block_lists(ivf)
-    for rows in np.split(order, bounds):
-        if len(rows):
-            _append(block_lists, packer, int(lists[rows[0]]), ids[rows], codes[rows])
-    ivf.ntotal += len(x)
-
-
-def _unpacked(packer: faiss.CodePacker, codes: np.ndarray, blocks: int) -> np.ndarray:
-    """The codes of ``blocks`` packed blocks, one row a vector."""
-    flat = np.empty((blocks * packer.nvec, packer.code_size), np.uint8)
-    for block in range(blocks):
-        packer.unpack_all(faiss.swig_ptr(codes[block * packer.block_size :]), faiss.swig_ptr(flat[block * packer.nvec :]))
-    return flat
-
-
-def _append(lists: faiss.BlockInvertedLists, packer: faiss.CodePacker, list_no: int, ids: np.ndarray,
-            codes: np.ndarray) -> None:
-    """Append entries (ids, unpacked codes) to one block list: the list's last, partly
-    filled block is unpacked and packed again with the new codes after its own."""
-    per_block, block_size = packer.nvec, packer.block_size
-    size = lists.list_size(list_no)
-    first = size // per_block
-    lists.resize(list_no, size + len(ids))
-    blocks = -(-(size + len(ids)) // per_block)
-    packed = faiss.rev_swig_ptr(lists.get_codes(list_no), blocks * block_size)
-    head = size - first * per_block
-    flat = np.zeros(((blocks - first) * per_block, packer.code_size), np.uint8)
-    if head:
-        flat[:per_block] = _unpacked(packer, packed[first * block_size :], 1)
-    flat[head : head + len(ids)] = codes
-    for block in range(blocks - first):
-        packer.pack_all(faiss.swig_ptr(flat[block * per_block :]), faiss.swig_ptr(packed[(first + block) * block_size :]))
-    faiss.rev_swig_ptr(lists.get_ids(list_no), size + len(ids))[size:] = ids

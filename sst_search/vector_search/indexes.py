@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import math
 import os
 import re
 import tempfile
@@ -72,36 +71,9 @@ def build_index_from(rows: Callable[[np.ndarray | slice], np.ndarray], ids: np.n
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n = len(ids)
     index = new_index(n, dim, config, lambda size: rows(training_rows(n, size, config.train_seed)))
-    assigner = list_assigner(index, config)
     for start in range(0, n, chunk):
-        x, part = np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk]
-        if assigner is None:
-            index.add_with_ids(x, part)
-        else:
-            add_assigned(index, x, part, assigner.assign(x))
+        index.add_with_ids(np.ascontiguousarray(rows(slice(start, start + chunk)), np.float32), ids[start : start + chunk])
     return index
-
-
-def list_assigner(index: faiss.Index, config: IndexConfig) -> two_level.ListAssigner | None:
-    """The :class:`~two_level.ListAssigner` a bulk build files vectors through: for an IVF
-    index of two-level lists (``config.two_level_lists``, no transform before them) when
-    ``config.assign_groups`` is fewer than its groups; else None (FAISS compares each vector
-    with every list)."""
-    ivf = ivf_of(index)
-    if (ivf is None or not isinstance(index, faiss.IndexIVF) or ivf.nlist < config.two_level_lists
-            or not 0 < config.assign_groups < round(math.sqrt(ivf.nlist))):
-        return None
-    return two_level.ListAssigner(ivf.quantizer.reconstruct_n(0, ivf.nlist), config.assign_groups,
-                                  config.train_niter, config.train_seed)
-
-
-def add_assigned(index: faiss.Index, x: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> None:
-    """Add float32 rows ``x`` with ``ids`` to an IVF index, each in the list ``lists`` names."""
-    if is_fast_scan(index):
-        fast_scan_lists.add_assigned(ivf_of(index), x, ids, lists)
-        return
-    x, ids, lists = (np.ascontiguousarray(a, t) for a, t in ((x, np.float32), (ids, np.int64), (lists, np.int64)))
-    ivf_of(index).add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
 
 def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], np.ndarray]) -> faiss.Index:

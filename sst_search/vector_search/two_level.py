@@ -8,12 +8,13 @@ lists at 10 million vectors. In two levels, ``sqrt(nlist)`` coarse centroids are
 first, then each coarse cluster's share of the lists on the training vectors it holds, so an
 iteration compares a vector with ``2 sqrt(nlist)`` centroids instead of ``nlist``.
 
-The result is an ordinary IVF quantizer. Filing a vector in the list of its nearest
-centroid then costs ``nlist`` dot products a vector, which at 10M x 768 was the build's
-largest part (6.6 s per 100,000 vectors against 12,649 lists: about 660 of its 1,875 s).
-A bulk build files vectors through a
-:class:`ListAssigner` instead: the centroids are grouped once, and a vector is compared
-with the centroids of its ``probe`` nearest groups only, in one matrix product a group.
+The result is an ordinary IVF quantizer, and vectors are filed in it as before, each in the
+list of its nearest centroid, though at 10M x 768 that is the build's largest part (6.6 s per
+100,000 vectors against 12,649 lists). Filing each vector only among the lists of its nearest
+groups of lists is not done: at 1M x 768, 8 nearest coarse clusters saved less and cost
+recall under a filter; at 10M x 768, 16 of 112 groups of the 12,649 lists built in 1,539 s
+instead of 1,875, but put 1.35% of the bench's vectors in far lists (a mean loss of 0.41 in
+inner product each), and recall@10 under another group's filter fell from 0.970 to 0.732.
 bench/bench_index_kinds.py ``--two-level-lists`` compares build time and recall.
 """
 
@@ -60,52 +61,3 @@ def _share(counts: np.ndarray, nlist: int) -> np.ndarray:
         spare = np.where(share > 1, share - wanted, -np.inf)
         share[int(np.argmax(spare))] -= 1
     return share
-
-
-class ListAssigner:
-    """The list of an IVF index's ``centroids`` that each vector falls in, found among the
-    centroids of its ``probe`` nearest groups (``sqrt(nlist)`` groups, k-means of the
-    centroids) instead of among all of them.
-
-    A vector whose nearest centroid lies in another group is filed in the best list of the
-    groups it was compared with, a near neighbour of its own: measured on 50,000 clustered
-    unit vectors of dim 768 against 12,649 lists, 16 of 112 groups filed 0.01% of them
-    elsewhere (8 groups: 0.1%) and took a third of the time of comparing with every centroid.
-    Searches still find such a vector when they probe its list, so recall barely moves;
-    bench/bench_query.py states it on the product's index."""
-
-    def __init__(self, centroids: np.ndarray, probe: int, niter: int, seed: int):
-        centroids = np.ascontiguousarray(centroids, np.float32)
-        ngroups = max(1, int(round(math.sqrt(len(centroids)))))
-        self.groups = _kmeans(centroids, ngroups, niter, seed)
-        owner = np.argmax(centroids @ self.groups.T, axis=1)
-        self.members = [np.flatnonzero(owner == g) for g in range(ngroups)]
-        self.centroids = [np.ascontiguousarray(centroids[m]) for m in self.members]
-        self.probe = min(probe, ngroups)
-
-    def assign(self, x: np.ndarray, batch: int = 16_384) -> np.ndarray:
-        """The list number of each row of ``x`` (unit vectors, float32)."""
-        lists = np.empty(len(x), np.int64)
-        for start in range(0, len(x), batch):
-            lists[start : start + batch] = self._assign(np.ascontiguousarray(x[start : start + batch], np.float32))
-        return lists
-
-    def _assign(self, x: np.ndarray) -> np.ndarray:
-        near = np.argpartition(-(x @ self.groups.T), self.probe - 1, axis=1)[:, : self.probe]
-        rows = np.repeat(np.arange(len(x)), self.probe)
-        groups = near.ravel()
-        order = np.argsort(groups, kind="stable")
-        rows, bounds = rows[order], np.searchsorted(groups[order], np.arange(len(self.groups) + 1))
-        best = np.full(len(x), -np.inf, np.float32)
-        lists = np.zeros(len(x), np.int64)
-        for g, members in enumerate(self.members):
-            mine = rows[bounds[g] : bounds[g + 1]]
-            if not len(mine) or not len(members):
-                continue
-            scores = x[mine] @ self.centroids[g].T
-            top = np.argmax(scores, axis=1)
-            value = scores[np.arange(len(mine)), top]
-            better = value > best[mine]
-            best[mine[better]] = value[better]
-            lists[mine[better]] = members[top[better]]
-        return lists
