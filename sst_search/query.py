@@ -275,8 +275,7 @@ class SearchEngine:
         if not hits:
             return []
         ids = [sid for sid, _ in hits]
-        rows = self.store.listing(ids)
-        masks = self.store.trait_mask_of(trait, ids)
+        rows, masks = self.store.hits_rows(trait, ids)
         out = []
         for rank, (sid, score) in enumerate(hits, start=1):
             row, m = rows[sid], masks.get(sid)

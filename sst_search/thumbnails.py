@@ -32,8 +32,7 @@ def trait_thumbnails(store: Store, specimen_ids: Sequence[int], trait: str, size
     (a gallery page or an atlas, not one catalog round trip per card), and only theirs: a page
     of cards must not load the listing and masks of a million specimens."""
     ids = [int(i) for i in specimen_ids]
-    listing = store.listing(ids)
-    masks = store.trait_mask_of(trait, ids)
+    listing, masks = store.hits_rows(trait, ids)
     out: dict[int, np.ndarray | None] = {}
     for sid in ids:
         found = masks.get(sid)

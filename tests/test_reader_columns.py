@@ -120,6 +120,25 @@ def test_a_search_reads_only_its_hits_listing_and_masks(published, published_bef
             assert engine.store.listing(hits) == listing and engine.store.trait_mask_of(TRAIT, hits) == truth
 
 
+def test_a_search_asks_the_disk_for_its_hits_listing_and_mask_rows_before_reading_either(published, monkeypatch):
+    """From a cold page cache each file's rows wait one disk read; both files are asked for
+    first, so the two waits overlap."""
+    import os
+
+    db, ids = published
+    events: list[tuple[str, int]] = []
+    asked = published_columns.will_need
+    monkeypatch.setattr(published_columns, "will_need", lambda fd, spans: (events.append(("ask", fd)), asked(fd, spans)))
+    read = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: (events.append(("read", fd)), read(fd, size, offset))[1])
+    with SearchEngine.open(db) as engine, Store.open(db, read_only=True) as live:
+        results = engine.search(TRAIT, 10, specimen_id=int(ids[5]), embedder=EMBEDDER)
+        hits = [r.specimen_id for r in results]
+        assert engine.store.hits_rows(TRAIT, hits) == live.hits_rows(TRAIT, hits)
+    first_read = next(i for i, (what, _) in enumerate(events) if what == "read")
+    assert len({fd for what, fd in events[:first_read] if what == "ask"}) == 2  # the listing's file and the masks'
+
+
 def _answers(db, filters):
     """What a reader of the current snapshot admits under ``filters`` and finds searching under
     them on IVF plans, and which of the fields and list layout it used came from files."""

@@ -281,6 +281,11 @@ class Catalog:
         ).fetchall()
         return masks_by_specimen(rows)
 
+    def hits_rows(self, trait_name: str, specimen_ids: Sequence[int]) -> tuple[dict[int, dict], dict[int, TraitMask]]:
+        """:meth:`listing` and :meth:`trait_mask_of` of the same specimens (a search's hits, a
+        page of cards): what a result joins to each hit."""
+        return self.listing(specimen_ids), self.trait_mask_of(trait_name, specimen_ids)
+
     def label_map(self, specimen_id: int, replacing: Mapping[int, np.ndarray] | None = None) -> np.ndarray | None:
         """The specimen's label map rebuilt from its stored masks (None without masks);
         ``replacing`` ``{trait_id: mask}``: as it will be once those masks are stored."""

@@ -251,6 +251,20 @@ class PublishedColumns:
     def rows(self, ids: list[int], trait: str | None = None) -> list[dict] | None:
         """The listing rows (``trait``: the mask rows of that trait) of those of ``ids`` that
         have one, as the catalog holds them; None: no usable files, ask the catalog."""
+        found = self._row_file(ids, trait)
+        return None if found is None else found[0].take(found[1])
+
+    def ask(self, ids: list[int], traits: list[str | None]) -> None:
+        """Ask the disk for the rows :meth:`rows` will read of each of ``traits`` (None: the
+        listing), all files at once."""
+        for trait in traits:
+            found = self._row_file(ids, trait)
+            if found is not None:
+                found[0].ask(found[1])
+
+    def _row_file(self, ids: list[int], trait: str | None) -> tuple[RowFile, np.ndarray] | None:
+        """The rows file of the listing or of ``trait``'s masks, and the rows of those of
+        ``ids`` that are specimens; None: no usable files."""
         specimens = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
         if specimens is None:
             return None
@@ -261,7 +275,7 @@ class PublishedColumns:
                 return None
             file = masks["rows"]
         found, at = sorted_rows(specimens["ids"], np.asarray(ids, np.int64))
-        return file.take(at[found])
+        return file, at[found]
 
 
 class RowFile:
@@ -279,15 +293,22 @@ class RowFile:
 
     def take(self, rows: np.ndarray) -> list[dict]:
         """The rows (empty ones left out); the disk is asked for all of them at once
-        (``POSIX_FADV_WILLNEED``) before they are read, so the hits of a search of a cold
-        file wait about one disk read, not one per hit."""
-        fd, spans = self._file.fileno(), []
+        (:meth:`ask`) before they are read, so the hits of a search of a cold file wait about
+        one disk read, not one per hit."""
+        spans = self.ask(rows)
+        fd = self._file.fileno()
+        return [dict(zip(self._columns, json.loads(os.pread(fd, size, start)), strict=True)) for start, size in spans]
+
+    def ask(self, rows: np.ndarray) -> list[tuple[int, int]]:
+        """Ask the disk for the rows (``POSIX_FADV_WILLNEED``) without reading them; their
+        ``(offset, size)`` spans, empty rows left out."""
+        spans = []
         for row in rows:
             start, end = (int(x) for x in self._offsets[row:row + 2])
             if end > start:
                 spans.append((start, end - start))
-        will_need(fd, spans)
-        return [dict(zip(self._columns, json.loads(os.pread(fd, size, start)), strict=True)) for start, size in spans]
+        will_need(self._file.fileno(), spans)
+        return spans
 
 
 def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
