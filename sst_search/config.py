@@ -159,6 +159,10 @@ DEFAULT_TIERS = (
 )
 
 
+#: Filter fields posted by default: the group and the Darwin Core terms collections filter by most.
+POSTING_FIELDS = ("group", "locality", "country", "stateProvince", "eventDate", "year", "sex", "lifeStage")
+
+
 class IndexConfig(_Strict):
     """Which FAISS index a trait gets, by size: exact below ``exact_threshold`` vectors, then
     the first of ``tiers`` whose bound the size is within. A store records the one it was
@@ -173,11 +177,13 @@ class IndexConfig(_Strict):
     )
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
     posting_fields: list[str] = Field(
-        default_factory=lambda: ["group"],
-        description="filter fields (group, or a metadata key) whose values get their vectors listed per IVF list when "
-        "a snapshot is published, so the first search under such a filter costs what the rest do; a field with more "
-        "than posting_max_values values is left out")
-    posting_max_values: int = Field(4096, ge=1, description="most values of a posting field (each costs 8 bytes a list)")
+        default_factory=lambda: list(POSTING_FIELDS),
+        description="filter fields (group, or a metadata key) whose vectors are listed per IVF list by value when a "
+        "snapshot is published, so the first search under a condition on one of them (any operator: a group, a "
+        "locality containing a word, a date range) costs what the rest do; fields the collection lacks are skipped")
+    posting_max_values: int = Field(
+        1024, ge=1, description="most ranges of values a posting field is listed in: one value each up to this many, "
+        "else this many ranges of neighbouring values (each range costs 4 bytes a list)")
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,8 @@ them still searches."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -17,6 +19,7 @@ from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.vector_search.at_rest import vectors_dir
 from sst_search.vector_search.postings import posting_paths
+from sst_search.vector_search.vector_table import AdmittedLists
 
 DIM, KEY, N = 32, ("e", "t"), 3_000
 CONFIG = IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39)
@@ -142,30 +145,89 @@ def test_verify_checks_the_postings_and_a_snapshot_without_them_still_searches(c
     assert recall >= 0.95
 
 
-@pytest.mark.parametrize("with_nulls", [False, True])
-def test_the_ids_a_posted_filter_does_not_admit_are_those_of_the_lists_less_the_admitted(tmp_path, with_nulls):
-    """The selector's complement (the ids of the probed lists a filter does not admit), read
-    off the other values' postings, is the lists' ids less the admitted ones; specimens
-    without a value are in no posting, and are still among those not admitted."""
+def dated(tmp_path, with_nulls: bool):
+    """A published collection with an event date on 2,000 days (more values than postings
+    list one by one: ranges with rows to check at their ends), a locality, a year, some
+    specimens not indexed, and (``with_nulls``) some without a locality."""
     db = tmp_path / "p.duckdb"
-    ids = np.random.default_rng(5).choice(1 << 62, size=N, replace=False).astype(np.int64)
-    groups = group_of(N, 6).astype(object)
+    rng = np.random.default_rng(5)
+    ids = rng.choice(1 << 62, size=N, replace=False).astype(np.int64)
+    days = [str(np.datetime64("1950-01-01") + d) for d in rng.integers(0, 2_000, N)]
+    places = np.array(["Ridge top", "Lower ridge", "Valley", "Cerro Azul"])[rng.integers(0, 4, N)].astype(object)
     if with_nulls:
-        groups[::50] = None
-    with Store.open(db, index_config=CONFIG) as store:
-        add(store, ids, clustered(N, 7), groups)
+        places[::50] = None
+    indexed = rng.random(N) >= 0.05
+    has = [i for i in range(N) if places[i] is not None]
+    vectors = clustered(N, 7)
+    with Store.open(db, index_config=CONFIG.model_copy(update={"posting_max_values": 64})) as store:
+        store.write_columns(
+            pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids], "group_name": group_of(N, 6),
+                      "status": np.where(indexed, "indexed", "failed")}),
+            metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has]]),
+                               "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has),
+                               "value": days + [d[:4] for d in days] + places[has].tolist()}),
+            vectors={KEY: (ids[indexed], vectors[indexed])})
     publish_snapshot(db)
+    return db, {"ids": ids[indexed], "vectors": vectors[indexed], "dates": np.array(days)[indexed],
+                "places": np.char.lower(np.where(places == None, "", places).astype(str))[indexed]}  # noqa: E711
+
+
+CONDITIONS = [Filter(field="eventDate", op=">=", value="1955-01-01"), Filter(field="eventDate", op="<", value="1950-02-03"),
+              Filter(field="eventDate", op="==", value="1951-03-04"), Filter(field="eventDate", op="!=", value="1951-03-04"),
+              Filter(field="eventDate", op="contains", value="-03-"), Filter(field="year", op=">", value=1952.0),
+              Filter(field="year", op="in", value=["1950", "1954"]), Filter(field="locality", op="contains", value="RIDGE"),
+              Filter(field="locality", op="!=", value="Valley"), Filter(field="locality", op="not in", value=["Cerro Azul"]),
+              Filter(field="group", op="==", value="rare"), Filter(field="group", op="<=", value="g1")]
+
+
+@pytest.mark.parametrize("with_nulls", [False, True])
+def test_postings_answer_any_condition_as_its_mask_does(tmp_path, with_nulls):
+    """For conditions of every operator on fields of few and of many values (ranges that pass
+    whole, in part, in several runs), the counts per list, the admitted rows of some lists,
+    the ids of those lists not admitted and each row's pass read off the postings equal
+    what the condition's mask over the rows gives; specimens without a value, or not
+    indexed, are in no posting and never pass."""
+    db, _ = dated(tmp_path, with_nulls)
     with SearchEngine.open(db) as engine:
         store = engine.store
         index, table = store.index(*KEY), store.vector_table(*KEY)
-        postings = store.index_cache.postings(KEY, store.generations()[KEY], "group")
-        nlist = len(postings.sizes)
-        for values in (["g1"], ["g1", "rare"], ["rare"]):
-            posted = postings.lists_of(values)
-            for lists in (np.arange(nlist), np.arange(0, nlist, 3), np.array([nlist - 1])):
-                others = np.sort(posted.others_in(lists, table.ids))
-                listed = postings.list_ids(lists)
-                admitted = table.ids[posted.rows_in(lists)]
-                assert others.tolist() == np.sort(np.setdiff1d(listed, admitted)).tolist()
-                assert len(others) + len(admitted) == len(listed)
-        assert index.ntotal == N
+        layout, generation = table.layout(index), store.generations()[KEY]
+        partial_seen = 0
+        for condition in CONDITIONS:
+            admission = engine.admission([condition])
+            posted = admission.posted(store.index_cache.postings(KEY, generation, condition.field))
+            mask = admission.table_mask(table.ids)
+            counted = AdmittedLists(layout, mask)
+            assert 0 < posted.count < len(table) and np.array_equal(posted.held, counted.held), condition
+            assert np.array_equal(posted.passes_rows(np.arange(len(table))), mask)
+            for lists in (np.arange(len(posted.sizes)), np.arange(1, len(posted.sizes), 3)):
+                assert sorted(posted.rows_in(lists).tolist()) == sorted(counted.rows_in(lists).tolist())
+                assert sorted(posted.others_in(lists, table.ids).tolist()) == sorted(
+                    counted.others_in(lists, table.ids).tolist())
+            partial_seen += len(posted._partial)
+        assert partial_seen  # some condition passed a range in part
+
+
+def test_a_date_range_and_a_locality_are_searched_from_the_postings(tmp_path):
+    """A date range and a locality's word, the bench's two filters unrelated to the vectors,
+    are answered from their fields' postings (no mask, no per-list histogram of one), with
+    exactly k and recall."""
+    db, data = dated(tmp_path, False)
+    for condition, passing in ((CONDITIONS[0], data["dates"] >= "1955-01-01"),
+                               (CONDITIONS[7], np.char.find(data["places"], "ridge") >= 0)):
+        (layout, admitted_lists, masks), recall = search_all(db, data, [condition], passing)
+        assert recall >= 0.95 and admitted_lists == {} and masks == {}, (condition, recall)
+
+
+def test_postings_of_an_older_format_are_not_read_and_verify_passes_them(collection):
+    """A snapshot published before this format (manifest without it) still verifies and
+    searches, from masks, until it is published again."""
+    db, data = collection
+    snapshot = resolve_snapshot(db)
+    manifest = posting_paths(vectors_dir(snapshot), KEY, "group")["manifest"]
+    written = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in written.items() if k != "format"} | {"values": ["g0", "g1"]}))
+    assert verify_files(snapshot) == []
+    _, recall = search_all(db, data, [Filter(field="group", op="==", value="rare")], data["groups"] == "rare",
+                           "selector", 10, posted=False)
+    assert recall >= 0.95

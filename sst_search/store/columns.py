@@ -36,6 +36,7 @@ MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0,
                 "object_score, predicted_iou")
 
 if TYPE_CHECKING:
+    from sst_search.vector_search.postings import PostedLists, Postings
     from sst_search.store.catalog import Catalog
     from sst_search.store.published_columns import PublishedColumns
 
@@ -214,14 +215,22 @@ class MaskAdmission:
 
 
 class PostedAdmission(MaskAdmission):
-    """A filter on values of one posting field (``index.posting_fields``): a search whose
-    index has the field's postings reads the admitted vectors off them (see
-    :attr:`posting`); any other question builds the filter's mask, once."""
+    """A filter of one condition on a posting field (``index.posting_fields``): a search
+    whose index has the field's postings reads the admitted vectors off them (see
+    :attr:`posting` and :meth:`posted`); any other question builds the filter's mask, once."""
 
-    def __init__(self, field: str, values: list[str], build: Callable[[], tuple[SnapshotColumns, np.ndarray]]) -> None:
-        #: ``(field, values)``: what the postings are asked.
-        self.posting = (field, values)
+    def __init__(self, field: str, condition: Condition, build: Callable[[], tuple[SnapshotColumns, np.ndarray]]
+                 ) -> None:
+        #: ``(field, condition)``: what the postings are asked.
+        self.posting = (field, condition)
         self._build, self._mask = build, None
+
+    def posted(self, postings: Postings) -> PostedLists:
+        """The condition's admitted vectors read off ``postings`` of its field: evaluated on
+        the field's distinct values, kept by the postings per condition."""
+        condition = self.posting[1]
+        return postings.admitted(_key(condition), lambda values, numbers: condition_mask(
+            condition, ColumnValues(values, None, None, numbers), len(values)))
 
     def _built(self) -> None:
         if self._mask is None:

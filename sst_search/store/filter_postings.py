@@ -6,28 +6,29 @@ against the catalog and the FAISS file by verify.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow.compute as pc
+import pyarrow as pa
 
 from sst_search.store.catalog import recorded_index_config
+from sst_search.store.columns import text_values
 from sst_search.store.filters import SPECIMEN_FIELDS
 from sst_search.store.verify import Problem, index_states
 from sst_search.vector_search import at_rest, indexes, postings
 from sst_search.vector_search.vector_table import ListLayout
 from sst_search.weights import sha256_file
 
-log = logging.getLogger(__name__)
 
-
-def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: str, table_ids: np.ndarray,
-                max_values: int) -> tuple[list[str], np.ndarray] | None:
-    """``(values, code per vector in id order)`` of ``field`` (-1: no value, or a specimen not
-    indexed: postings answer the filter a search asks, ``status == 'indexed'`` included), or
-    None when the field is unknown or has more than ``max_values`` values."""
+def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: str, table_ids: np.ndarray
+                ) -> tuple[pa.Array, pa.Array, np.ndarray] | None:
+    """``(distinct values, their numbers, code per vector in id order)`` of ``field``, the
+    values ordered (:func:`~sst_search.vector_search.postings.ordered_values`; code -1: no
+    value, or a specimen not indexed: postings answer the filter a search asks,
+    ``status == 'indexed'`` included), or None when the field is unknown. The values and
+    numbers are what a snapshot's columns give a filter (:func:`text_values`), so a condition
+    passes the same values on either."""
     if field in SPECIMEN_FIELDS:  # the column name comes from the compiler's allow-list, never from user text
         sql = (f"SELECT v.specimen_id, CASE WHEN s.status = 'indexed' THEN CAST({SPECIMEN_FIELDS[field]} AS VARCHAR) "
                "END AS value FROM vectors v LEFT JOIN specimens s USING (specimen_id) "
@@ -44,13 +45,8 @@ def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: st
     table = con.sql(sql, params=params).to_arrow_table()
     if not np.array_equal(table.column("specimen_id").to_numpy(), table_ids):
         raise RuntimeError(f"{key[0]}/{key[1]}: the vectors table changed while its postings were written")
-    encoded = pc.dictionary_encode(table.column("value").combine_chunks())
-    values = encoded.dictionary.to_pylist()
-    if len(values) > max_values:
-        log.warning("%s/%s: filter field %r has %d values, more than index.posting_max_values; no postings",
-                    *key, field, len(values))
-        return None
-    return values, pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    column = text_values(con, table.column("value"), None)
+    return postings.ordered_values(column.values, column.numbers, column.codes)
 
 
 def _ivf_indexes(con: duckdb.DuckDBPyConnection, db_path: Path):
@@ -70,12 +66,13 @@ def _ivf_indexes(con: duckdb.DuckDBPyConnection, db_path: Path):
 
 
 def _fields(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, table_ids: np.ndarray):
-    """``(field, values, codes)`` of every posting field of one index."""
+    """``(field, values, numbers, ranges, codes)`` of every posting field of one index."""
     config = recorded_index_config(con)
     for field in config.posting_fields:
-        coded = field_codes(con, key, field, table_ids, config.posting_max_values)
+        coded = field_codes(con, key, field, table_ids)
         if coded is not None:
-            yield field, *coded
+            values, numbers, codes = coded
+            yield field, values, numbers, postings.value_ranges(codes, len(values), config.posting_max_values), codes
 
 
 def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
@@ -85,9 +82,10 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     root = at_rest.vectors_dir(db_path)
     for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
         postings.write_layout(root, key, generation, manifest["sha256"], layout)
-        for field, values, codes in _fields(con, key, table_ids):
-            rows, offsets = postings.build(layout, codes, len(values))
-            postings.write(root, key, field, generation, manifest["sha256"], values, codes, rows, offsets)
+        for field, values, numbers, ranges, codes in _fields(con, key, table_ids):
+            rows, counts = postings.build(layout, codes, ranges)
+            postings.write(root, key, field, generation, manifest["sha256"], values, numbers, ranges, codes, rows,
+                           counts)
 
 
 def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
@@ -106,14 +104,15 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
                 paths, stored, layout)
             if why is not None:
                 problems.append(Problem(str(paths["manifest"]), why, "index", key))
-        for field, values, codes in _fields(con, key, table_ids):
+        for field, values, numbers, ranges, codes in _fields(con, key, table_ids):
             paths = postings.posting_paths(root, key, field)
             stored = postings.read_manifest(root, key, field)
-            if stored is None:
+            if stored is None or postings.older_format(stored):  # not read: searches build masks
                 continue
             why = postings.unusable(root, key, field, stored, generation, manifest.get("sha256"))
             if why is None:
-                why = _differs(paths, stored, layout, values, codes)
+                why = _differs(paths, stored, layout, pa.table({"value": values, "number": numbers, "range": ranges}),
+                               codes)
             if why is not None:
                 problems.append(Problem(str(paths["manifest"]), why, "index", key))
     return problems
@@ -128,13 +127,17 @@ def _layout_differs(paths: dict[str, Path], stored: dict, layout: ListLayout) ->
     return None
 
 
-def _differs(paths: dict[str, Path], stored: dict, layout: ListLayout, values: list[str],
+def _differs(paths: dict[str, Path], stored: dict, layout: ListLayout, dictionary: pa.Table,
              codes: np.ndarray) -> str | None:
-    for name in postings.ARRAYS:
+    for name in postings.FILES:
         if sha256_file(paths[name]) != stored.get(f"{name}_sha256"):
             return f"{paths[name].name} does not match its manifest's checksum"
-    rows, offsets = postings.build(layout, codes, len(values))
-    if (stored.get("values") != values or not np.array_equal(np.load(paths["codes"]), codes)
-            or not np.array_equal(np.load(paths["rows"]), rows) or not np.array_equal(np.load(paths["offsets"]), offsets)):
+    rows, counts = postings.build(layout, codes, dictionary.column("range").to_numpy())
+    written = postings.read_dictionary(paths["values"])
+    if (written.column("value").to_pylist() != dictionary.column("value").to_pylist()
+            or not written.column("number").equals(dictionary.column("number").cast(pa.float64()))
+            or not np.array_equal(written.column("range").to_numpy(), dictionary.column("range").to_numpy())
+            or not np.array_equal(np.load(paths["codes"]), codes)
+            or not np.array_equal(np.load(paths["rows"]), rows) or not np.array_equal(np.load(paths["counts"]), counts)):
         return "postings differ from the catalog's values and the FAISS file's lists"
     return None

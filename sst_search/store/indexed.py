@@ -155,7 +155,7 @@ class IndexedStore:
         if posting is not None:  # a filter on a posting field: its postings, when the snapshot has them
             postings = self.index_cache.postings((embedder, trait_name), self.generations()[(embedder, trait_name)],
                                                  posting[0])
-            posted = postings.lists_of(posting[1]) if postings is not None else None
+            posted = admission.posted(postings) if postings is not None else None
         return search_table(index, self.vector_table(embedder, trait_name), self.index_config, query, k, admission, skip,
                             posted)
 

@@ -1,93 +1,159 @@
-"""Filter postings: for each value of a filter field (``group`` by default, see
-``index.posting_fields``), which rows of an IVF index's vector table hold it, list by list,
+"""Filter postings: for each filter field of ``index.posting_fields`` (group, locality, event
+date ...), which rows of an IVF index's vector table hold which values, list by list,
 written when a snapshot is published.
 
 A filter passing a share of the collection needs, per search, the share itself, how many
 admitted vectors each IVF list holds (the plan and the selector read them), the admitted
 rows of the lists probed, and whether a few candidate ids pass. Built from a filter's mask
 on the first search under it, these cost a pass over every vector (the mask, then a
-histogram of the admitted rows' lists): about 4 ms at a million vectors, 66 ms at ten
-million, paid by the first search under every new filter. Postings precompute them per
-value, so a search under ``group == X`` reads ``nlist`` counts and the rows of the lists it
-probes from mapped files, whatever the collection's size.
+histogram of the admitted rows' lists): about 4 ms at a million vectors, 40-80 ms at ten
+million, paid by the first search under every new filter. Postings precompute them for any
+condition on one field: the condition is evaluated on the field's distinct values (a few
+thousand, where the rows are millions), and the values are posted in ranges of neighbouring
+values (one value each up to ``index.posting_max_values`` of them, else that many ranges of
+about equal size). A range all of whose values pass is read off its counts per list; only
+the rows of a range that some of its values pass are checked one by one. A group, a
+locality, a date range then costs ``nlist`` counts per range boundary plus a range's rows at
+each end, whatever the collection's size.
 
 Layout, beside the vectors at rest (:mod:`.at_rest`), per index and field::
 
     <trait>.<field>.codes.npy     (n,) int32: each table row's value (-1: none, or not indexed)
-    <trait>.<field>.rows.npy      table rows ordered by value, then IVF list, then row
-    <trait>.<field>.offsets.npy   (values, nlist + 1) int64: value v's rows of list l are
-                                  rows[offsets[v, l]:offsets[v, l + 1]]
-    <trait>.<field>.json          manifest: generation, field, values, nlist, the FAISS file's
-                                  sha256 the lists were read from, bytes and sha256 of each file
+    <trait>.<field>.values.arrow  the distinct values, ordered (as numbers when all are), with
+                                  each one's number (DuckDB's TRY_CAST, for numeric conditions)
+                                  and range
+    <trait>.<field>.rows.npy      table rows ordered by IVF list, then range, then row
+    <trait>.<field>.counts.npy    (ranges + 1, nlist) int32: rows of list l in ranges below r;
+                                  list l's rows of ranges r0..r1 are
+                                  rows[start[l] + counts[r0, l]:start[l] + counts[r1, l]]
+    <trait>.<field>.json          manifest: format, generation, field, ranges, nlist, the FAISS
+                                  file's sha256 the lists were read from, bytes and sha256 of each file
 
 Written like the vectors at rest (temporary name, fsync, rename, manifest last, inside the
 staging copy verified before the pointer moves). A reader uses them only when the manifest's
-generation is the catalog's and its FAISS sha256 is that of the index file the reader
-loaded: an index rebuilt in memory has other lists, and its searches build masks as before.
+format is this one, its generation is the catalog's and its FAISS sha256 is that of the index
+file the reader loaded: an index rebuilt in memory has other lists, and its searches build
+masks as before (so do a snapshot's postings of an older format, until it is published again).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from urllib.parse import quote
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sst_search.vector_search.at_rest import IndexKey, save_array
 from sst_search.vector_search.indexes import atomic_write, ivf_of, read_json, write_json
 from sst_search.vector_search.vector_table import ListCounts, ListLayout
 from sst_search.weights import sha256_file
 
-ARRAYS = ("codes", "rows", "offsets")
+#: The postings' format; a manifest of another (an older publish's) is not read.
+FORMAT = 2
+ARRAYS = ("codes", "rows", "counts")
+FILES = (*ARRAYS, "values")
 LAYOUT_ARRAYS = ("row_lists", "rows", "starts")
+#: Conditions whose admitted lists a field's postings keep (``nlist`` counts each).
+ADMITTED_KEPT = 64
 
 
 def posting_paths(root: Path, key: IndexKey, field: str) -> dict[str, Path]:
-    """The files of one field's postings (``codes``, ``rows``, ``offsets``, ``manifest``)."""
+    """The files of one field's postings (``codes``, ``values``, ``rows``, ``counts``, ``manifest``)."""
     stem = root / quote(key[0], safe="") / f"{quote(key[1], safe='')}.{quote(field, safe='')}"
     return {**{name: stem.with_name(f"{stem.name}.{name}.npy") for name in ARRAYS},
-            "manifest": stem.with_name(stem.name + ".json")}
+            "values": stem.with_name(stem.name + ".values.arrow"), "manifest": stem.with_name(stem.name + ".json")}
 
 
-def build(layout: ListLayout, codes: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, offsets)`` of the postings of ``codes`` (one per table row, -1: none) over
-    the index's lists as ``layout`` has them."""
-    nlist = len(layout.starts) - 1
-    rows, lists = layout.rows.astype(np.int64), np.repeat(np.arange(nlist, dtype=np.int32), layout.sizes)
+def ordered_values(values: pa.Array, numbers: pa.Array, codes: np.ndarray) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """``(values, numbers, codes)`` with the distinct values sorted (by number when every one
+    is a number, else as text, which orders ISO dates) and the codes renumbered: a range
+    condition then passes a run of neighbouring values."""
+    if len(values) and numbers.null_count == 0:
+        order = np.argsort(numbers.to_numpy(zero_copy_only=False), kind="stable")
+    else:
+        order = np.asarray(pc.sort_indices(values), np.int64)
+    renumber = np.empty(len(order) + 1, np.int32)
+    renumber[order] = np.arange(len(order), dtype=np.int32)
+    renumber[-1] = -1  # code -1 (no value) stays
+    return values.take(pa.array(order)), numbers.take(pa.array(order)), renumber[codes]
+
+
+def value_ranges(codes: np.ndarray, n_values: int, max_ranges: int) -> np.ndarray:
+    """The range of each (ordered) value: its own up to ``max_ranges`` values, else runs of
+    neighbouring values holding about equal numbers of rows (a value with more rows than a
+    range's share is a range of its own)."""
+    if n_values <= max_ranges:
+        return np.arange(n_values, dtype=np.int32)
+    rows = np.bincount(codes[codes >= 0], minlength=n_values).astype(np.int64)
+    before = np.cumsum(rows) - rows
+    share = before * max_ranges // max(1, int(rows.sum()))
+    return np.unique(share, return_inverse=True)[1].astype(np.int32)
+
+
+def build(layout: ListLayout, codes: np.ndarray, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, counts)`` of the postings of ``codes`` (one per table row, -1: none), whose
+    values lie in ``ranges``, over the index's lists as ``layout`` has them."""
+    nlist, n_ranges = len(layout.starts) - 1, int(ranges.max()) + 1 if len(ranges) else 0
+    rows, lists = layout.rows.astype(np.int64), np.repeat(np.arange(nlist, dtype=np.int64), layout.sizes)
     row_codes = codes[rows]
     keep = row_codes >= 0
-    rows, lists, row_codes = rows[keep], lists[keep], row_codes[keep]
-    order = np.lexsort((rows, lists, row_codes))
-    rows = rows[order].astype(np.int32 if len(codes) < 2**31 else np.int64)
-    slot = row_codes[order].astype(np.int64) * nlist + lists[order]
-    bounds = np.searchsorted(slot, np.arange(n_values * nlist + 1, dtype=np.int64))
-    offsets = np.empty((n_values, nlist + 1), np.int64)
-    offsets[:, :nlist] = bounds[:-1].reshape(n_values, nlist)
-    offsets[:, nlist] = bounds[nlist::nlist]
-    return rows, offsets
+    cell = lists[keep] * n_ranges + ranges[row_codes[keep]]
+    rows = rows[keep][np.argsort(cell, kind="stable")].astype(np.int32 if len(codes) < 2**31 else np.int64)
+    per_cell = np.bincount(cell, minlength=nlist * n_ranges).reshape(nlist, n_ranges)
+    counts = np.zeros((n_ranges + 1, nlist), np.int32)
+    np.cumsum(per_cell.T, axis=0, out=counts[1:])
+    return rows, counts
 
 
-def write(root: Path, key: IndexKey, field: str, generation: int, index_sha256: str, values: list[str],
-          codes: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> None:
+def write(root: Path, key: IndexKey, field: str, generation: int, index_sha256: str, values: pa.Array,
+          numbers: pa.Array, ranges: np.ndarray, codes: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> None:
+    """The files of one field's postings, the manifest last."""
     paths = posting_paths(root, key, field)
-    arrays = {"codes": codes.astype(np.int32), "rows": rows, "offsets": offsets}
+    arrays = {"codes": codes.astype(np.int32), "rows": rows, "counts": counts}
     for name, array in arrays.items():
         atomic_write(paths[name], lambda tmp, array=array: save_array(tmp, array))
-    manifest = {"generation": generation, "field": field, "values": values, "nlist": int(offsets.shape[1] - 1),
-                "index_sha256": index_sha256,
-                **{f"{name}_bytes": paths[name].stat().st_size for name in ARRAYS},
-                **{f"{name}_sha256": sha256_file(paths[name]) for name in ARRAYS}}
+    dictionary = pa.table({"value": values.cast(pa.large_string()), "number": numbers.cast(pa.float64()),
+                           "range": pa.array(ranges, pa.int32())})
+    atomic_write(paths["values"], lambda tmp: _write_table(tmp, dictionary))
+    manifest = {"format": FORMAT, "generation": generation, "field": field, "values": len(values),
+                "ranges": int(counts.shape[0] - 1), "nlist": int(counts.shape[1]), "index_sha256": index_sha256,
+                **{f"{name}_bytes": paths[name].stat().st_size for name in FILES},
+                **{f"{name}_sha256": sha256_file(paths[name]) for name in FILES}}
     write_json(paths["manifest"], manifest)
+
+
+def _write_table(path: str, table: pa.Table) -> None:
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_dictionary(path: Path) -> pa.Table:
+    """The values file, mapped (its text is not copied)."""
+    with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
+        return reader.read_all()
 
 
 def read_manifest(root: Path, key: IndexKey, field: str) -> dict | None:
     return read_json(posting_paths(root, key, field)["manifest"])
 
 
+def older_format(manifest: dict) -> bool:
+    """Whether the manifest is an older publish's postings: sound, but not read (the
+    snapshot's searches build masks until it is published again)."""
+    return manifest.get("format") != FORMAT
+
+
 def unusable(root: Path, key: IndexKey, field: str, manifest: dict, generation: int, index_sha256: str | None
              ) -> str | None:
     """Why the files cannot be trusted without reading them, or None."""
+    if older_format(manifest):
+        return f"postings are of an older format ({manifest.get('format', 1)}, now {FORMAT})"
     if manifest.get("generation") != generation:
         return f"postings are stale (generation {manifest.get('generation')}, catalog {generation})"
     if index_sha256 is None or manifest.get("index_sha256") != index_sha256:
@@ -151,15 +217,28 @@ def open_layout(root: Path, key: IndexKey, generation: int, index_sha256: str | 
 
 
 class Postings:
-    """One field's postings of one index, mapped read-only."""
+    """One field's postings of one index, mapped read-only. :meth:`admitted` hands out the
+    :class:`PostedLists` of a condition, kept per condition (a filter paged through or
+    repeated by many users then costs nothing)."""
 
-    def __init__(self, manifest: dict, codes: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
-                 index: faiss.Index) -> None:
-        self.values = {v: i for i, v in enumerate(manifest["values"])}
-        self.codes, self.rows, self.offsets = codes, rows, offsets
+    def __init__(self, manifest: dict, codes: np.ndarray, rows: np.ndarray, counts: np.ndarray,
+                 dictionary: pa.Table, index: faiss.Index) -> None:
+        self.manifest = manifest
+        self.codes, self.rows, self.counts = codes, rows, counts
+        #: The distinct values, ordered, and each one's number (null where it is not one).
+        self.values = dictionary.column("value").combine_chunks()
+        self.numbers = dictionary.column("number").combine_chunks()
+        self.value_ranges = dictionary.column("range").to_numpy()
+        self.values_per_range = np.bincount(self.value_ranges, minlength=counts.shape[0] - 1)
         ivf = ivf_of(index)
         self.sizes = np.fromiter((ivf.invlists.list_size(i) for i in range(ivf.nlist)), np.int64, ivf.nlist)
+        valued = np.asarray(counts[-1], np.int64)
+        #: Where each list's rows begin in :attr:`rows`, and whether every row of it has a value.
+        self.starts = np.concatenate([[0], np.cumsum(valued)])
+        self.all_valued = valued == self.sizes
         self._invlists = ivf.invlists
+        self._lock = threading.Lock()
+        self._admitted: OrderedDict[Hashable, PostedLists] = OrderedDict()
 
     @classmethod
     def open(cls, root: Path, key: IndexKey, field: str, generation: int, index_sha256: str | None,
@@ -170,22 +249,41 @@ class Postings:
         paths = posting_paths(root, key, field)
         try:
             arrays = {name: np.load(paths[name], mmap_mode="r") for name in ARRAYS}
-        except (OSError, ValueError):
+            dictionary = read_dictionary(paths["values"])
+        except (OSError, ValueError, pa.ArrowException):
             return None
-        if arrays["offsets"].shape != (len(manifest["values"]), ivf_of(index).nlist + 1):
+        nlist = ivf_of(index).nlist
+        if (arrays["counts"].shape != (manifest.get("ranges", -1) + 1, nlist) or len(dictionary) != manifest["values"]
+                or arrays["rows"].shape[0] != int(arrays["counts"][-1].sum())):
             return None
-        return cls(manifest, arrays["codes"], arrays["rows"], arrays["offsets"], index)
+        return cls(manifest, arrays["codes"], arrays["rows"], arrays["counts"], dictionary, index)
 
-    def lists_of(self, values: list[str]) -> PostedLists:
-        """The admitted rows of a filter passing any of ``values``."""
-        codes = sorted({self.values[v] for v in values if v in self.values})
-        return PostedLists(self, np.asarray(codes, np.int64))
+    def admitted(self, condition: Hashable, hit: Callable[[pa.Array, pa.Array], np.ndarray]) -> PostedLists:
+        """The admitted rows of ``condition``, which passes the values ``hit(values, numbers)``
+        says (a boolean per distinct value)."""
+        with self._lock:
+            known = self._admitted.get(condition)
+            if known is not None:
+                self._admitted.move_to_end(condition)
+                return known
+        posted = PostedLists(self, np.asarray(hit(self.values, self.numbers), bool))
+        with self._lock:
+            self._admitted[condition] = posted
+            while len(self._admitted) > ADMITTED_KEPT:
+                self._admitted.popitem(last=False)
+        return posted
 
     def list_ids(self, lists: np.ndarray) -> np.ndarray:
         """Every id the index holds in ``lists``."""
         parts = [faiss.rev_swig_ptr(self._invlists.get_ids(int(i)), int(self.sizes[i])).copy()
                  for i in lists if self.sizes[i]]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def segments(self, lists: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Positions in :attr:`rows` of ranges ``low[i]..high[i]`` (exclusive) of each of ``lists``."""
+        base = self.starts[lists]
+        return _ranges((base + np.asarray(self.counts[np.ix_(low, lists)], np.int64)).ravel(),
+                       (base + np.asarray(self.counts[np.ix_(high, lists)], np.int64)).ravel())
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -198,42 +296,63 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
 
 
-class PostedLists(ListCounts):
-    """:class:`~sst_search.vector_search.vector_table.ListCounts` read off postings: ``nlist``
-    counts per value summed, and the rows of a few lists sliced out; nothing the size of the
-    collection is touched."""
+def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, past)`` of each run of True in ``flags``."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
-    def __init__(self, postings: Postings, codes: np.ndarray) -> None:
-        self.postings, self.value_codes = postings, codes
-        starts = np.asarray(postings.offsets[codes], np.int64) if len(codes) else np.zeros((0, len(postings.sizes) + 1),
-                                                                                             np.int64)
-        self._starts = starts
-        super().__init__(postings.sizes, np.diff(starts, axis=1).sum(axis=0) if len(codes) else
-                         np.zeros(len(postings.sizes), np.int64))
+
+class PostedLists(ListCounts):
+    """:class:`~sst_search.vector_search.vector_table.ListCounts` of a condition read off
+    postings: the ranges all of whose values pass are counted per list from the range
+    boundaries of each run of them; the rows of the ranges only some of whose values pass
+    are checked one by one. Nothing the size of the collection is touched unless the
+    condition passes values scattered over most ranges."""
+
+    def __init__(self, postings: Postings, hit: np.ndarray) -> None:
+        self.postings = postings
+        self._hit = np.append(hit, False)  # code -1 (no value) never passes
+        passing = np.bincount(postings.value_ranges[hit], minlength=len(postings.values_per_range))
+        full = (passing == postings.values_per_range) & (passing > 0)
+        self._first, self._past = _runs(full)
+        self._partial = np.flatnonzero((passing > 0) & ~full)
+        nlist = len(postings.sizes)
+        held = np.zeros(nlist, np.int64)
+        for first, past in zip(self._first, self._past):
+            held += postings.counts[past]
+            held -= postings.counts[first]
+        if len(self._partial):
+            every = np.arange(nlist, dtype=np.int64)
+            spans = (np.asarray(postings.counts[self._partial + 1], np.int64)
+                     - np.asarray(postings.counts[self._partial], np.int64))
+            rows = np.asarray(postings.rows[postings.segments(every, self._partial, self._partial + 1)], np.int64)
+            lists = np.repeat(np.tile(every, len(self._partial)), spans.ravel())
+            held += np.bincount(lists[self._hit[postings.codes[rows]]], minlength=nlist)
+        super().__init__(postings.sizes, held)
 
     def rows_in(self, lists: np.ndarray) -> np.ndarray:
         lists = np.asarray(lists, np.int64)
-        ranges = _ranges(self._starts[:, lists].ravel(), self._starts[:, lists + 1].ravel())
-        return np.asarray(self.postings.rows[ranges], np.int64)
+        rows = self.postings.rows
+        whole = np.asarray(rows[self.postings.segments(lists, self._first, self._past)], np.int64)
+        if not len(self._partial):
+            return whole
+        some = np.asarray(rows[self.postings.segments(lists, self._partial, self._partial + 1)], np.int64)
+        return np.concatenate([whole, some[self.passes_rows(some)]])
 
     def rows(self) -> np.ndarray:
-        parts = [self.postings.rows[s[0]:s[-1]] for s in self._starts]
-        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return self.rows_in(np.arange(len(self.postings.sizes)))
 
     def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
-        """The ids of ``lists`` the filter does not admit: read off the other values' postings
-        when every id of those lists has a value (no sort: at 2M x 768 an own-group selector's
-        set difference of the lists' ids took 4 ms a search); else the lists' ids less the
+        """The ids of ``lists`` the filter does not admit: their rows that fail it, when every
+        row of those lists has a value (no sort: at 2M x 768 an own-group selector's set
+        difference of the lists' ids took 4 ms a search); else the lists' ids less the
         admitted ones."""
         lists = np.asarray(lists, np.int64)
-        offsets, listed = self.postings.offsets, int(self.postings.sizes[lists].sum())
-        if len(offsets) * len(lists) <= 4 * listed:  # few values: cheap to read
-            starts, ends = np.asarray(offsets[:, lists]), np.asarray(offsets[:, lists + 1])
-            if int((ends - starts).sum()) == listed:  # no id without a value
-                others = np.ones(len(offsets), bool)
-                others[self.value_codes] = False
-                return table_ids[self.postings.rows[_ranges(starts[others].ravel(), ends[others].ravel())]]
+        if self.postings.all_valued[lists].all():
+            posted = self.postings
+            rows = np.asarray(posted.rows[_ranges(posted.starts[lists], posted.starts[lists + 1])], np.int64)
+            return table_ids[rows[~self.passes_rows(rows)]]
         return np.setdiff1d(self.postings.list_ids(lists), table_ids[self.rows_in(lists)], assume_unique=True)
 
     def passes_rows(self, rows: np.ndarray) -> np.ndarray:
-        return np.isin(np.asarray(self.postings.codes[rows]), self.value_codes)
+        return self._hit[self.postings.codes[rows]]
