@@ -13,6 +13,7 @@ hands out :class:`SqlAdmission`, which asks SQL each time.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -24,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
-from sst_search.vector_search.vector_table import sorted_rows
+from sst_search.vector_search.postings import JointLists
+from sst_search.vector_search.vector_table import ListCounts, sorted_rows
 
 #: Condition masks a snapshot keeps (one byte per specimen each).
 MASKS_KEPT = 64
@@ -36,9 +38,9 @@ MASK_COLUMNS = ("specimen_id, trait_id, trait_name, rle, area, bbox_x0, bbox_y0,
                 "object_score, predicted_iou")
 
 if TYPE_CHECKING:
-    from sst_search.vector_search.postings import PostedLists, Postings
     from sst_search.store.catalog import Catalog
     from sst_search.store.published_columns import PublishedColumns
+    from sst_search.vector_search.postings import Postings
 
 
 class SnapshotColumns:
@@ -215,22 +217,26 @@ class MaskAdmission:
 
 
 class PostedAdmission(MaskAdmission):
-    """A filter of one condition on a posting field (``index.posting_fields``): a search
-    whose index has the field's postings reads the admitted vectors off them (see
+    """A filter whose conditions are all on posting fields (``index.posting_fields``): a
+    search whose index has those fields' postings reads the admitted vectors off them (see
     :attr:`posting` and :meth:`posted`); any other question builds the filter's mask, once."""
 
-    def __init__(self, field: str, condition: Condition, build: Callable[[], tuple[SnapshotColumns, np.ndarray]]
+    def __init__(self, posting: list[tuple[str, Condition]], build: Callable[[], tuple[SnapshotColumns, np.ndarray]]
                  ) -> None:
-        #: ``(field, condition)``: what the postings are asked.
-        self.posting = (field, condition)
+        #: ``(field, condition)`` of each condition: what the postings are asked.
+        self.posting = posting
         self._build, self._mask = build, None
 
-    def posted(self, postings: Postings) -> PostedLists:
-        """The condition's admitted vectors read off ``postings`` of its field: evaluated on
-        the field's distinct values, kept by the postings per condition."""
-        condition = self.posting[1]
-        return postings.admitted(_key(condition), lambda values, numbers: condition_mask(
-            condition, ColumnValues(values, None, None, numbers), len(values)))
+    def posted(self, postings: Sequence[Postings]) -> ListCounts:
+        """The admitted vectors read off ``postings``, one per condition (of its field): each
+        condition evaluated on its field's distinct values and kept by its postings per
+        condition, several joined (:class:`~sst_search.vector_search.postings.JointLists`)."""
+        parts = [found.admitted(_key(condition), functools.partial(_passing_values, condition))
+                 for found, (_, condition) in zip(postings, self.posting)]
+        if len(parts) == 1:
+            return parts[0]
+        return postings[0].kept(("and", *sorted(map(repr, (_key(c) for _, c in self.posting)))),
+                                lambda: JointLists(parts))
 
     def _built(self) -> None:
         if self._mask is None:
@@ -273,6 +279,11 @@ def text_values(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray, rows: n
         "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
     ).to_arrow_table().column("n").combine_chunks()
     return ColumnValues(distinct, codes, rows, numbers)
+
+
+def _passing_values(condition: Condition, values: pa.Array, numbers: pa.Array) -> np.ndarray:
+    """Which of a field's distinct ``values`` (with their ``numbers``) pass ``condition``."""
+    return condition_mask(condition, ColumnValues(values, None, None, numbers), len(values))
 
 
 def _key(c: Condition) -> tuple:

@@ -152,10 +152,10 @@ class IndexedStore:
         if query.shape[0] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         posting, posted = getattr(admission, "posting", None), None
-        if posting is not None:  # a filter on a posting field: its postings, when the snapshot has them
-            postings = self.index_cache.postings((embedder, trait_name), self.generations()[(embedder, trait_name)],
-                                                 posting[0])
-            posted = admission.posted(postings) if postings is not None else None
+        if posting is not None:  # conditions on posting fields: their postings, when the snapshot has them
+            generation = self.generations()[(embedder, trait_name)]
+            found = [self.index_cache.postings((embedder, trait_name), generation, field) for field, _ in posting]
+            posted = admission.posted(found) if all(p is not None for p in found) else None
         return search_table(index, self.vector_table(embedder, trait_name), self.index_config, query, k, admission, skip,
                             posted)
 

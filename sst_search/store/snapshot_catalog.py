@@ -67,10 +67,10 @@ class SnapshotCatalog(Catalog):
 
     def admission(self, filters: Iterable[Filter]) -> MaskAdmission | PostedAdmission | None:
         """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
-        evaluated in memory: no SQL per search; None without filters. One condition on a
-        posting field (``index.posting_fields``), whatever its operator, is a
-        :class:`PostedAdmission`, which builds no mask when the searched index has the
-        field's postings."""
+        evaluated in memory: no SQL per search; None without filters. Conditions all on
+        posting fields (``index.posting_fields``), whatever their operators, are a
+        :class:`PostedAdmission`, which builds no mask when the searched index has those
+        fields' postings."""
         filters = list(filters)
         if not filters:
             return None
@@ -81,9 +81,9 @@ class SnapshotCatalog(Catalog):
             columns = self.columns()
             return columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns)
 
-        if (len(filters) == 1 and conditions[0].source in ("specimen", "metadata")
-                and filters[0].field in self.posting_fields()):
-            return PostedAdmission(filters[0].field, conditions[0], mask)
+        posting = list(zip((f.field for f in filters), conditions))  # the scope's status condition left out
+        if all(c.source in ("specimen", "metadata") and field in self.posting_fields() for field, c in posting):
+            return PostedAdmission(posting, mask)
         return MaskAdmission(*mask())
 
     def posting_fields(self) -> list[str]:

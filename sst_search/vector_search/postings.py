@@ -238,7 +238,7 @@ class Postings:
         self.all_valued = valued == self.sizes
         self._invlists = ivf.invlists
         self._lock = threading.Lock()
-        self._admitted: OrderedDict[Hashable, PostedLists] = OrderedDict()
+        self._admitted: OrderedDict[Hashable, ListCounts] = OrderedDict()
 
     @classmethod
     def open(cls, root: Path, key: IndexKey, field: str, generation: int, index_sha256: str | None,
@@ -261,17 +261,21 @@ class Postings:
     def admitted(self, condition: Hashable, hit: Callable[[pa.Array, pa.Array], np.ndarray]) -> PostedLists:
         """The admitted rows of ``condition``, which passes the values ``hit(values, numbers)``
         says (a boolean per distinct value)."""
+        return self.kept(condition, lambda: PostedLists(self, np.asarray(hit(self.values, self.numbers), bool)))
+
+    def kept(self, key: Hashable, make: Callable[[], ListCounts]) -> ListCounts:
+        """What ``make`` gives, kept under ``key`` (the last :data:`ADMITTED_KEPT`)."""
         with self._lock:
-            known = self._admitted.get(condition)
+            known = self._admitted.get(key)
             if known is not None:
-                self._admitted.move_to_end(condition)
+                self._admitted.move_to_end(key)
                 return known
-        posted = PostedLists(self, np.asarray(hit(self.values, self.numbers), bool))
+        made = make()
         with self._lock:
-            self._admitted[condition] = posted
+            self._admitted[key] = made
             while len(self._admitted) > ADMITTED_KEPT:
                 self._admitted.popitem(last=False)
-        return posted
+        return made
 
     def list_ids(self, lists: np.ndarray) -> np.ndarray:
         """Every id the index holds in ``lists``."""
@@ -316,19 +320,31 @@ class PostedLists(ListCounts):
         full = (passing == postings.values_per_range) & (passing > 0)
         self._first, self._past = _runs(full)
         self._partial = np.flatnonzero((passing > 0) & ~full)
-        nlist = len(postings.sizes)
-        held = np.zeros(nlist, np.int64)
+        held = np.zeros(len(postings.sizes), np.int64)
         for first, past in zip(self._first, self._past):
             held += postings.counts[past]
             held -= postings.counts[first]
         if len(self._partial):
-            every = np.arange(nlist, dtype=np.int64)
-            spans = (np.asarray(postings.counts[self._partial + 1], np.int64)
-                     - np.asarray(postings.counts[self._partial], np.int64))
-            rows = np.asarray(postings.rows[postings.segments(every, self._partial, self._partial + 1)], np.int64)
-            lists = np.repeat(np.tile(every, len(self._partial)), spans.ravel())
-            held += np.bincount(lists[self._hit[postings.codes[rows]]], minlength=nlist)
+            held += np.bincount(self._segment_rows(self._partial, self._partial + 1)[1], minlength=len(held))
         super().__init__(postings.sizes, held)
+
+    def _segment_rows(self, low: np.ndarray, high: np.ndarray, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, their lists)`` of ranges ``low[i]..high[i]`` in every list, the rows that
+        fail the condition left out when ``check``."""
+        posted, every = self.postings, np.arange(len(self.postings.sizes), dtype=np.int64)
+        spans = np.asarray(posted.counts[high], np.int64) - np.asarray(posted.counts[low], np.int64)
+        rows = np.asarray(posted.rows[posted.segments(every, low, high)], np.int64)
+        lists = np.repeat(np.tile(every, len(low)), spans.ravel())
+        if not check:
+            return rows, lists
+        keep = self.passes_rows(rows)
+        return rows[keep], lists[keep]
+
+    def listed(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, their lists)`` of every admitted vector."""
+        whole = self._segment_rows(self._first, self._past, check=False)
+        some = self._segment_rows(self._partial, self._partial + 1)
+        return np.concatenate([whole[0], some[0]]), np.concatenate([whole[1], some[1]])
 
     def rows_in(self, lists: np.ndarray) -> np.ndarray:
         lists = np.asarray(lists, np.int64)
@@ -356,3 +372,39 @@ class PostedLists(ListCounts):
 
     def passes_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._hit[self.postings.codes[rows]]
+
+
+class JointLists(ListCounts):
+    """:class:`~sst_search.vector_search.vector_table.ListCounts` of several posted conditions
+    at once (``locality contains ridge`` and ``eventDate >= 2020``): the admitted vectors of
+    the one that admits fewest, each checked against the others. A conjunction costs a pass
+    over its most selective condition's vectors, never over the collection's, and is kept
+    like a single condition (:meth:`Postings.kept`)."""
+
+    def __init__(self, parts: list[PostedLists]) -> None:
+        parts = sorted(parts, key=len)
+        self._driver, self._others = parts[0], parts[1:]
+        rows, lists = self._driver.listed()
+        keep = self._others_pass(rows)
+        self._rows, nlist = np.sort(rows[keep]), len(self._driver.sizes)
+        super().__init__(self._driver.sizes, np.bincount(lists[keep], minlength=nlist).astype(np.int64))
+
+    def _others_pass(self, rows: np.ndarray) -> np.ndarray:
+        keep = np.ones(len(rows), bool)
+        for other in self._others:
+            keep &= other.passes_rows(rows)
+        return keep
+
+    def rows_in(self, lists: np.ndarray) -> np.ndarray:
+        rows = self._driver.rows_in(lists)
+        return rows[self._others_pass(rows)]
+
+    def rows(self) -> np.ndarray:
+        return self._rows
+
+    def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+        lists = np.asarray(lists, np.int64)
+        return np.setdiff1d(self._driver.postings.list_ids(lists), table_ids[self.rows_in(lists)], assume_unique=True)
+
+    def passes_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._driver.passes_rows(rows) & self._others_pass(rows)
