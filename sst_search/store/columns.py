@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sst_search.kept import Kept
 from sst_search.store.filters import ColumnValues, Condition, Filter, condition_mask
 from sst_search.vector_search.postings import JointLists
 from sst_search.vector_search.vector_table import ListCounts, sorted_rows
@@ -51,7 +52,7 @@ class SnapshotColumns:
         self._published = published
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
-        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._masks: Kept[np.ndarray] = Kept(MASKS_KEPT)
         self._tables: dict[int, tuple[np.ndarray, slice | np.ndarray | None]] = {}
         self._table_masks: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         ids = published.ids() if published is not None else None
@@ -88,18 +89,12 @@ class SnapshotColumns:
         return self._remembered(frozenset(map(_key, conditions)), conjunction)
 
     def _remembered(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        with self._lock:
-            mask = self._masks.get(key)
-            if mask is not None:
-                self._masks.move_to_end(key)
-                return mask
-        mask = compute()
-        mask.flags.writeable = False  # shared by every search that repeats the filter
-        with self._lock:
-            self._masks[key] = mask
-            while len(self._masks) > MASKS_KEPT:
-                self._masks.popitem(last=False)
-        return mask
+        def shared() -> np.ndarray:
+            mask = compute()
+            mask.flags.writeable = False  # shared by every search that repeats the filter
+            return mask
+
+        return self._masks.get(key, shared)
 
     def table_rows(self, ids: np.ndarray) -> slice | np.ndarray | None:
         """Where the ids of an index (``ids``, ascending) lie among the snapshot's specimens:

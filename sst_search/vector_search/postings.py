@@ -38,8 +38,6 @@ masks as before (so do a snapshot's postings of an older format, until it is pub
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from urllib.parse import quote
@@ -49,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sst_search.kept import Kept
 from sst_search.vector_search.at_rest import IndexKey, save_array
 from sst_search.vector_search.indexes import atomic_write, ivf_of, read_json, write_json
 from sst_search.vector_search.vector_table import ListCounts, ListLayout
@@ -237,8 +236,7 @@ class Postings:
         self.starts = np.concatenate([[0], np.cumsum(valued)])
         self.all_valued = valued == self.sizes
         self._invlists = ivf.invlists
-        self._lock = threading.Lock()
-        self._admitted: OrderedDict[Hashable, ListCounts] = OrderedDict()
+        self._admitted: Kept[ListCounts] = Kept(ADMITTED_KEPT)
 
     @classmethod
     def open(cls, root: Path, key: IndexKey, field: str, generation: int, index_sha256: str | None,
@@ -265,17 +263,7 @@ class Postings:
 
     def kept(self, key: Hashable, make: Callable[[], ListCounts]) -> ListCounts:
         """What ``make`` gives, kept under ``key`` (the last :data:`ADMITTED_KEPT`)."""
-        with self._lock:
-            known = self._admitted.get(key)
-            if known is not None:
-                self._admitted.move_to_end(key)
-                return known
-        made = make()
-        with self._lock:
-            self._admitted[key] = made
-            while len(self._admitted) > ADMITTED_KEPT:
-                self._admitted.popitem(last=False)
-        return made
+        return self._admitted.get(key, make)
 
     def list_ids(self, lists: np.ndarray) -> np.ndarray:
         """Every id the index holds in ``lists``."""
