@@ -302,7 +302,7 @@ class PostedLists(ListCounts):
     condition passes values scattered over most ranges."""
 
     def __init__(self, postings: Postings, hit: np.ndarray) -> None:
-        self.postings = postings
+        self.postings, self._rows = postings, None
         self._hit = np.append(hit, False)  # code -1 (no value) never passes
         passing = np.bincount(postings.value_ranges[hit], minlength=len(postings.values_per_range))
         full = (passing == postings.values_per_range) & (passing > 0)
@@ -345,7 +345,10 @@ class PostedLists(ListCounts):
         return np.concatenate([whole, some[self.passes_rows(some)]])
 
     def rows(self) -> np.ndarray:
-        return self.rows_in(np.arange(len(self.postings.sizes)))
+        """Listed once per condition: an exact scan under it then touches only its rows."""
+        if self._rows is None:
+            self._rows = self.rows_in(np.arange(len(self.postings.sizes)))
+        return self._rows
 
     def others_in(self, lists: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
         """The ids of ``lists`` the filter does not admit, when every row of those lists has a
