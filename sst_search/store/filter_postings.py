@@ -111,8 +111,7 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
                 continue
             why = postings.unusable(root, key, field, stored, generation, manifest.get("sha256"))
             if why is None:
-                why = _differs(paths, stored, layout, pa.table({"value": values, "number": numbers, "range": ranges}),
-                               codes)
+                why = _differs(paths, stored, layout, values, numbers, ranges, codes)
             if why is not None:
                 problems.append(Problem(str(paths["manifest"]), why, "index", key))
     return problems
@@ -127,16 +126,16 @@ def _layout_differs(paths: dict[str, Path], stored: dict, layout: ListLayout) ->
     return None
 
 
-def _differs(paths: dict[str, Path], stored: dict, layout: ListLayout, dictionary: pa.Table,
-             codes: np.ndarray) -> str | None:
+def _differs(paths: dict[str, Path], stored: dict, layout: ListLayout, values: pa.Array, numbers: pa.Array,
+             ranges: np.ndarray, codes: np.ndarray) -> str | None:
     for name in postings.FILES:
         if sha256_file(paths[name]) != stored.get(f"{name}_sha256"):
             return f"{paths[name].name} does not match its manifest's checksum"
-    rows, counts = postings.build(layout, codes, dictionary.column("range").to_numpy())
+    rows, counts = postings.build(layout, codes, ranges)
     written = postings.read_dictionary(paths["values"])
-    if (written.column("value").to_pylist() != dictionary.column("value").to_pylist()
-            or not written.column("number").equals(dictionary.column("number").cast(pa.float64()))
-            or not np.array_equal(written.column("range").to_numpy(), dictionary.column("range").to_numpy())
+    if (written.column("value").to_pylist() != values.to_pylist()
+            or not written.column("number").equals(pa.chunked_array([numbers.cast(pa.float64())]))
+            or not np.array_equal(written.column("range").to_numpy(), ranges)
             or not np.array_equal(np.load(paths["codes"]), codes)
             or not np.array_equal(np.load(paths["rows"]), rows) or not np.array_equal(np.load(paths["counts"]), counts)):
         return "postings differ from the catalog's values and the FAISS file's lists"
