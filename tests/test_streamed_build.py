@@ -158,6 +158,30 @@ def test_a_stream_that_fails_publishes_nothing_leaves_no_partial_file_and_a_reru
         int(ids[j]) for j in np.argsort(-(vectors @ vectors[7]))[1:2]]
 
 
+def test_a_stream_checkpoints_once_at_its_end_and_leaves_duckdb_s_threshold_as_it_was(tmp_path):
+    ids, vectors = _data()
+    db = tmp_path / "s.duckdb"
+
+    def threshold(store: Store) -> str:
+        return store.con.execute("SELECT current_setting('checkpoint_threshold')").fetchone()[0]
+
+    with Store.open(db, index_config=CONFIG) as store:
+        before, during = threshold(store), []
+
+        def watched():
+            for chunk in _chunks(ids, vectors, 500):
+                during.append((threshold(store), Path(f"{db}.wal").stat().st_size if Path(f"{db}.wal").exists() else 0))
+                yield chunk
+
+        assert store.write_chunks(watched()) == N
+        assert {t for t, _ in during} == {"1.0 GiB"} and before != "1.0 GiB" and threshold(store) == before
+        assert during[-1][1] > during[1][1] > 0  # the log grew chunk by chunk, no checkpoint between
+        wal = Path(f"{db}.wal")
+        assert not wal.exists() or wal.stat().st_size == 0  # checkpointed at the end
+    with Store.open(db, read_only=True) as store:
+        assert len(store.population(*KEY)) == N
+
+
 def test_a_specimen_in_two_chunks_is_upserted_and_its_index_rebuilt_from_the_catalog(tmp_path):
     ids, vectors = _data(1_000)
     db = tmp_path / "s.duckdb"

@@ -256,12 +256,13 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
     ``chunks`` is consumed lazily. Each chunk is one transaction (rows, vectors and the
     generations of the indexes it touches, as :func:`write_columns` commits them): DuckDB
     keeps the Arrow tables a transaction reads until it commits, so one transaction for the
-    stream would hold every chunk. Each chunk's vectors also go, as float16, into a spill
-    file per index (:class:`~sst_search.vector_search.at_rest.StreamedVectors`). After the
-    last chunk, each index the stream wrote in full gets its vectors at rest in id order and,
-    at the same time, a FAISS index trained on a fixed-seed sample and filled chunk by chunk
-    from the spill; the
-    files get their names and the manifest of the committed generation, so
+    stream would hold every chunk; DuckDB checkpoints once, after the last
+    (:meth:`~sst_search.store.connection.Connection.few_checkpoints`). Each chunk's vectors
+    also go, as float16, into a spill file per index
+    (:class:`~sst_search.vector_search.at_rest.StreamedVectors`). After the last chunk, each
+    index the stream wrote in full gets its vectors at rest in id order and, at the same
+    time, a FAISS index trained on a fixed-seed sample and filled chunk by chunk from the
+    spill (:class:`~sst_search.vector_search.indexes.Filling`); the files get their names and the manifest of the committed generation, so
     :func:`~sst_search.store.snapshots.publish_snapshot` moves them into the snapshot
     instead of writing them again, and the index is held for the next flush.
 
@@ -276,7 +277,7 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
     touched: set[IndexKey] = set()
     root = at_rest.live_dir(store.faiss_dir)
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="spill") as spiller:
+        with store.connection.few_checkpoints(), ThreadPoolExecutor(1, thread_name_prefix="spill") as spiller:
             for raw in chunks:
                 chunk = _checked(raw, dims)
                 if chunk is None:
