@@ -28,6 +28,21 @@ def test_a_transaction_commits_its_block_rolls_back_on_error_and_unregisters_its
             store.con.execute("SELECT * FROM _new_runs").fetchall()
 
 
+def test_a_statement_that_fails_inside_registered_tables_is_the_error_raised(tmp_path):
+    """DuckDB aborts the transaction when a statement fails, and then refuses to unregister
+    the statement's tables: the constraint that failed is what the caller is told, not that
+    the transaction is aborted, and the store writes on afterwards."""
+    with Store.open(tmp_path / "t.duckdb") as store:
+        runs = pa.table({"run_id": pa.array(["a", None]), "started_at": pa.array([0, 1], pa.timestamp("s"))})
+        insert = "INSERT INTO runs (run_id, started_at) SELECT run_id, started_at FROM _new_runs"
+        with pytest.raises(duckdb.ConstraintException, match="NOT NULL"), store.connection.transaction():
+            with store.connection.registered({"_new_runs": runs}):
+                store.connection.execute(insert)
+        with store.connection.transaction({"_new_runs": runs.slice(0, 1)}):
+            store.connection.execute(insert)
+        assert _runs(store) == 1
+
+
 def test_a_read_only_opening_is_a_snapshot_store_that_reads_and_refuses_to_write(tmp_path):
     db = tmp_path / "s.duckdb"
     record = SpecimenRecord(specimen_id=specimen_id("a.png"), path="/x/a.png", status="failed", error="bad")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -113,9 +113,13 @@ class Connection:
             con.register(name, table)
         try:
             yield con
-        finally:
-            for name in tables:
-                con.unregister(name)
+        except BaseException:
+            for name in tables:  # a transaction the error aborted refuses this; the error itself is what to tell
+                with suppress(duckdb.Error):
+                    con.unregister(name)
+            raise
+        for name in tables:
+            con.unregister(name)
 
     @contextmanager
     def transaction(self, tables: Mapping[str, pa.Table] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
