@@ -14,7 +14,7 @@ import pytest
 
 from sst_search.config import IndexConfig
 from sst_search.query import Filter, SearchEngine
-from sst_search.store import Store
+from sst_search.store import Store, writer
 from sst_search.store.snapshots import current_version, publish_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.store.writer import Chunk
@@ -180,6 +180,25 @@ def test_a_stream_checkpoints_once_at_its_end_and_leaves_duckdb_s_threshold_as_i
         assert not wal.exists() or wal.stat().st_size == 0  # checkpointed at the end
     with Store.open(db, read_only=True) as store:
         assert len(store.population(*KEY)) == N
+
+
+def test_a_failing_insert_is_the_error_told_even_when_its_spill_fails_too(tmp_path, monkeypatch):
+    ids, vectors = _data()
+
+    def full_disk(*args, **kwargs):
+        raise OSError("no space left for the spill")
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("the catalog refused the chunk")
+
+    monkeypatch.setattr(writer, "_spill", full_disk)
+    with Store.open(tmp_path / "s.duckdb", index_config=CONFIG) as store:
+        with pytest.raises(OSError, match="no space left"):  # alone, the spill's error is raised
+            store.write_chunks(_chunks(ids, vectors, 500))
+        monkeypatch.setattr(writer, "_insert", refused)
+        with pytest.raises(RuntimeError, match="catalog refused"):
+            store.write_chunks(_chunks(ids, vectors, 500))
+    assert current_version(tmp_path / "s.duckdb") is None
 
 
 def test_a_specimen_in_two_chunks_is_upserted_and_its_index_rebuilt_from_the_catalog(tmp_path):

@@ -289,8 +289,10 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
                     with store.connection.transaction():
                         keys = _insert(store, chunk) | set(chunk.vectors)
                         bump(store, keys, {k: m.shape[1] for k, (_, m) in chunk.vectors.items()})
-                finally:
-                    spilled.result()
+                except BaseException:
+                    spilled.exception()  # waited for, its own error left: the catalog's is the one to tell
+                    raise
+                spilled.result()
                 for key in keys - touched:
                     store.index_cache.forget(key)  # stale now: its memory goes before the next chunk comes
                     at_rest.drop(root, key)
