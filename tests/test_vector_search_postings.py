@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sst_search.config import IndexConfig, PlanConfig
+from sst_search.config import POSTING_FIELDS, IndexConfig, PlanConfig
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
+from sst_search.store.writer import measurement_table, now
 from sst_search.vector_search.at_rest import vectors_dir
 from sst_search.vector_search.postings import posting_paths
 from sst_search.vector_search.vector_table import AdmittedLists
@@ -147,8 +148,10 @@ def test_verify_checks_the_postings_and_a_snapshot_without_them_still_searches(c
 
 def dated(tmp_path, with_nulls: bool):
     """A published collection with an event date on 2,000 days (more values than postings
-    list one by one: ranges with rows to check at their ends), a locality, a year, some
-    specimens not indexed, and (``with_nulls``) some without a locality."""
+    list one by one: ranges with rows to check at their ends), a locality, a year, a wing
+    area measured on most specimens (posted: ``<trait>.<measurement>`` in
+    ``index.posting_fields``), some specimens not indexed, and (``with_nulls``) some without a
+    locality."""
     db = tmp_path / "p.duckdb"
     rng = np.random.default_rng(5)
     ids = rng.choice(1 << 62, size=N, replace=False).astype(np.int64)
@@ -158,17 +161,23 @@ def dated(tmp_path, with_nulls: bool):
         places[::50] = None
     indexed = rng.random(N) >= 0.05
     has = [i for i in range(N) if places[i] is not None]
+    areas = np.round(rng.gamma(4.0, 10.0, N), 2).tolist()  # a measurement of many values (ranges passed in part)
     vectors = clustered(N, 7)
-    with Store.open(db, index_config=CONFIG.model_copy(update={"posting_max_values": 64})) as store:
+    config = CONFIG.model_copy(update={"posting_max_values": 64, "posting_fields": [*POSTING_FIELDS, "wing.area_mm2"]})
+    with Store.open(db, index_config=config) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids], "group_name": group_of(N, 6),
                       "status": np.where(indexed, "indexed", "failed")}),
             metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has]]),
                                "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has),
                                "value": days + [d[:4] for d in days] + places[has].tolist()}),
+            measurements=measurement_table({int(ids[k]): [{"trait_id": 1, "trait_name": "wing", "unit": "mm", "area_mm2": areas[k]}]
+                                            for k in range(N) if k % 9}, now()),
             vectors={KEY: (ids[indexed], vectors[indexed])})
     publish_snapshot(db)
+    measured_areas = np.where(np.arange(N) % 9 > 0, areas, np.nan)
     return db, {"ids": ids[indexed], "vectors": vectors[indexed], "dates": np.array(days)[indexed],
+                "areas": measured_areas[indexed],
                 "places": np.char.lower(np.where(places == None, "", places).astype(str))[indexed]}  # noqa: E711
 
 
@@ -177,11 +186,13 @@ CONDITIONS = [Filter(field="eventDate", op=">=", value="1955-01-01"), Filter(fie
               Filter(field="eventDate", op="contains", value="-03-"), Filter(field="year", op=">", value=1952.0),
               Filter(field="year", op="in", value=["1950", "1954"]), Filter(field="locality", op="contains", value="RIDGE"),
               Filter(field="locality", op="!=", value="Valley"), Filter(field="locality", op="not in", value=["Cerro Azul"]),
-              Filter(field="group", op="==", value="rare"), Filter(field="group", op="<=", value="g1")]
+              Filter(field="group", op="==", value="rare"), Filter(field="group", op="<=", value="g1"),
+              Filter(field="wing.area_mm2", op=">", value=40.0), Filter(field="wing.area_mm2", op="<=", value=12.5),
+              Filter(field="wing.area_mm2", op="!=", value=30.0)]
 
 
 JOINED = [[CONDITIONS[0], CONDITIONS[7]], [CONDITIONS[6], CONDITIONS[11], CONDITIONS[9]],
-          [CONDITIONS[0], Filter(field="eventDate", op="<", value="1955-03-01")]]
+          [CONDITIONS[0], Filter(field="eventDate", op="<", value="1955-03-01")], [CONDITIONS[12], CONDITIONS[7]]]
 
 
 @pytest.mark.parametrize("with_nulls", [False, True])
@@ -213,13 +224,15 @@ def test_postings_answer_any_condition_as_its_mask_does(tmp_path, with_nulls):
         assert partial_seen  # some condition passed a range in part
 
 
-def test_a_date_range_and_a_locality_are_searched_from_the_postings(tmp_path):
+def test_a_date_range_a_locality_and_a_measurement_are_searched_from_the_postings(tmp_path):
     """A date range and a locality's word, the bench's two filters unrelated to the vectors,
-    and both at once, are answered from their fields' postings (no mask, no per-list
-    histogram of one), with exactly k and recall."""
+    a trait's measured area, and two at once, are answered from their fields' postings (no
+    mask, no per-list histogram of one), with exactly k and recall."""
     db, data = dated(tmp_path, False)
     recent, ridge = data["dates"] >= "1955-01-01", np.char.find(data["places"], "ridge") >= 0
-    for filters, passing in (([CONDITIONS[0]], recent), ([CONDITIONS[7]], ridge), (JOINED[0], recent & ridge)):
+    large = np.nan_to_num(data["areas"], nan=-1.0) > 40.0
+    for filters, passing in (([CONDITIONS[0]], recent), ([CONDITIONS[7]], ridge), (JOINED[0], recent & ridge),
+                             ([CONDITIONS[12]], large), (JOINED[3], large & ridge)):
         (layout, admitted_lists, masks), recall = search_all(db, data, filters, passing)
         assert recall >= 0.95 and admitted_lists == {} and masks == 0, (filters, recall)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sst_search.store.catalog import recorded_index_config
 from sst_search.store.columns import text_values
-from sst_search.store.filters import SPECIMEN_FIELDS
+from sst_search.measure import FIELD_NAMES as MEASURED
+from sst_search.store.filters import CONFIDENCE_FIELDS, SPECIMEN_FIELDS
 from sst_search.store.verify import Problem, index_states
 from sst_search.vector_search import at_rest, indexes, postings
 from sst_search.vector_search.vector_table import ListLayout
@@ -40,13 +42,40 @@ def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: st
                "LEFT JOIN specimen_metadata m ON m.specimen_id = v.specimen_id AND m.key = ? "
                "WHERE v.embedder = ? AND v.trait_name = ? ORDER BY v.specimen_id")
         params = [field, *key]
+    elif (measured := _measured(con, field)) is not None:
+        table_name, trait, column = measured
+        sql = (f"SELECT v.specimen_id, CASE WHEN s.status = 'indexed' THEN x.{column} END AS value FROM vectors v "
+               f"LEFT JOIN specimens s USING (specimen_id) "
+               f"LEFT JOIN {table_name} x ON x.specimen_id = v.specimen_id AND x.trait_name = ? "
+               "WHERE v.embedder = ? AND v.trait_name = ? ORDER BY v.specimen_id")
+        params = [trait, *key]
     else:
         return None
     table = con.sql(sql, params=params).to_arrow_table()
-    if not np.array_equal(table.column("specimen_id").to_numpy(), table_ids):
+    found = table.column("specimen_id").to_numpy()
+    if len(found) > len(table_ids) and np.array_equal(np.unique(found), table_ids):
+        return None  # a trait measured on several instances of a specimen: one value a vector cannot say which
+    if not np.array_equal(found, table_ids):
         raise RuntimeError(f"{key[0]}/{key[1]}: the vectors table changed while its postings were written")
-    column = text_values(con, table.column("value"), None)
+    values = table.column("value")
+    if pa.types.is_floating(values.type):  # a measurement: its numbers as they are, not read back from text
+        encoded = pc.dictionary_encode(values.combine_chunks())
+        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+        return postings.ordered_values(encoded.dictionary.cast(pa.string()), encoded.dictionary, codes)
+    column = text_values(con, values, None)
     return postings.ordered_values(column.values, column.numbers, column.codes)
+
+
+def _measured(con: duckdb.DuckDBPyConnection, field: str) -> tuple[str, str, str] | None:
+    """``(table, trait, column)`` of a ``<trait>.<measurement or confidence>`` field some
+    specimen has, else None; the column is checked against the filter compiler's allow-lists."""
+    trait, _, column = field.rpartition(".")
+    table = "trait_masks" if column in CONFIDENCE_FIELDS else "trait_measurements" if column in MEASURED else None
+    if not trait or table is None:
+        return None
+    if not con.execute(f"SELECT 1 FROM {table} WHERE trait_name = ? LIMIT 1", [trait]).fetchall():
+        return None
+    return table, trait, column
 
 
 def _ivf_indexes(con: duckdb.DuckDBPyConnection, db_path: Path):

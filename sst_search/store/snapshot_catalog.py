@@ -82,7 +82,7 @@ class SnapshotCatalog(Catalog):
             return columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns)
 
         posting = list(zip((f.field for f in filters), conditions))  # the scope's status condition left out
-        if all(c.source in ("specimen", "metadata") and field in self.posting_fields() for field, c in posting):
+        if all(field in self.posting_fields() for field, _ in posting):
             return PostedAdmission(posting, mask)
         return MaskAdmission(*mask())
 
