@@ -178,7 +178,8 @@ class IndexConfig(_Strict):
     refine: int = Field(4, ge=1, description="ivf: re-rank refine*k candidates by the stored float vectors")
     posting_fields: list[str] = Field(
         default_factory=lambda: list(POSTING_FIELDS),
-        description="filter fields (group, or a metadata key) whose vectors are listed per IVF list by value when a "
+        description="filter fields (group, a metadata key, or a <trait>.<measurement>) whose vectors are listed per "
+        "IVF list by value when a "
         "snapshot is published, so the first search under a condition on one of them (any operator: a group, a "
         "locality containing a word, a date range) costs what the rest do; fields the collection lacks are skipped")
     posting_max_values: int = Field(
