@@ -82,14 +82,15 @@ class Filling:
     """How a build adds its vectors to a new index. An IVF index of
     ``config.fast_assignment_lists`` lists or more (no transform before them) gets each in the
     list :class:`~list_assignment.NearestLists` finds where the CPU multiplies bfloat16
-    matrices (the lists FAISS would choose, in half its time); otherwise FAISS compares each
+    matrices (the lists FAISS would choose, in about half its time); otherwise FAISS compares each
     vector with every list itself. Call :meth:`finish` after the last :meth:`add`."""
 
     def __init__(self, index: faiss.Index, config: IndexConfig) -> None:
         self.index = index
         self.nearest = (list_assignment.nearest_lists_for(index) if isinstance(index, faiss.IndexIVF)
                         and index.nlist >= config.fast_assignment_lists else None)
-        self._blocks = fast_scan_lists.AssignedAdds(index) if self.nearest and is_fast_scan(index) else None
+        self._blocks = (fast_scan_lists.AssignedAdds(index) if self.nearest is not None and is_fast_scan(index)
+                        else None)
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Add float32 rows ``x`` with int64 ``ids``."""

@@ -23,6 +23,9 @@ BATCH = 8_192
 #: Candidates kept per vector from the bfloat16 scores.
 CANDIDATES = 8
 
+#: The widest vectors :func:`score_error` bounds (its float32 accumulation term).
+MAX_DIM = 4_096
+
 
 def score_error(rounding: np.ndarray, norms: np.ndarray, centroid_rounding: float, centroid_norm: float,
                 scores: np.ndarray) -> np.ndarray:
@@ -98,6 +101,6 @@ def nearest_lists_for(ivf: faiss.IndexIVF) -> NearestLists | None:
     CPU has bfloat16 matrix units; None where FAISS should file the vectors itself."""
     quantizer = faiss.downcast_index(ivf.quantizer)
     flat_ip = isinstance(quantizer, faiss.IndexFlat) and quantizer.metric_type == faiss.METRIC_INNER_PRODUCT
-    if not flat_ip or not matrix_units():
+    if not flat_ip or quantizer.d > MAX_DIM or not matrix_units():
         return None
     return NearestLists(quantizer.reconstruct_n(0, quantizer.ntotal))
