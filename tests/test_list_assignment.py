@@ -71,7 +71,7 @@ def test_a_bfloat16_score_is_never_further_from_the_exact_one_than_its_bound():
     assert off.max() > bound.max() / 20  # the bound is not vacuous either
 
 
-@pytest.mark.parametrize("factory", ["IVF{nlist},PQ{dim}x4fs", "IVF{nlist},SQ8"])
+@pytest.mark.parametrize("factory", ["IVF{nlist},PQ{dim}x4fs", "IVF{nlist},SQ8", "IVF{nlist},RaBitQ"])
 def test_an_index_filled_through_the_bfloat16_lists_equals_one_faiss_filled(collection, factory, monkeypatch):
     x, ids = collection
     tier = [{"up_to": None, "factory": factory}]
