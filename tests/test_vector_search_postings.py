@@ -171,8 +171,8 @@ def dated(tmp_path, with_nulls: bool):
             metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has]]),
                                "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has),
                                "value": days + [d[:4] for d in days] + places[has].tolist()}),
-            measurements=measurement_table({int(ids[k]): [{"trait_id": 1, "trait_name": "wing", "unit": "mm", "area_mm2": areas[k]}]
-                                            for k in range(N) if k % 9}, now()),
+            measurements=measurement_table({int(ids[k]): [{"trait_id": 1, "trait_name": "wing", "unit": "mm",
+                                                           "area_mm2": areas[k]}] for k in range(N) if k % 9}, now()),
             vectors={KEY: (ids[indexed], vectors[indexed])})
     publish_snapshot(db)
     measured_areas = np.where(np.arange(N) % 9 > 0, areas, np.nan)

@@ -262,7 +262,8 @@ def write_chunks(store: Store, chunks: Iterable[Chunk]) -> int:
     (:class:`~sst_search.vector_search.at_rest.StreamedVectors`). After the last chunk, each
     index the stream wrote in full gets its vectors at rest in id order and, at the same
     time, a FAISS index trained on a fixed-seed sample and filled chunk by chunk from the
-    spill (:class:`~sst_search.vector_search.indexes.Filling`); the files get their names and the manifest of the committed generation, so
+    spill (:class:`~sst_search.vector_search.indexes.Filling`); the files get their names
+    and the manifest of the committed generation, so
     :func:`~sst_search.store.snapshots.publish_snapshot` moves them into the snapshot
     instead of writing them again, and the index is held for the next flush.
 

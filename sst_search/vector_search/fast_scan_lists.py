@@ -166,10 +166,10 @@ class AssignedAdds:
     """Vectors added to a fast-scan IVF index in the lists given for them (FAISS's
     ``add_core`` takes the lists, but files fast-scan codes as if they were not packed in
     blocks). The codes are made as the vectors come, and packed into their lists' blocks
-    ``every`` (:data:`FILING`) vectors at a time: each filing unpacks and packs again every touched list's
-    last, partly filled block, so at 12,649 lists a filing per 200,000 vectors cost a third
-    of the codes' encoding, and one per million a tenth of it. Call :meth:`flush` after the
-    last :meth:`add`."""
+    ``every`` (:data:`FILING`) vectors at a time: each filing unpacks and packs again every
+    touched list's last, partly filled block, and at 12,649 lists a filing per 200,000
+    vectors cost a third as much as encoding them. Call :meth:`flush` after the last
+    :meth:`add`."""
 
     def __init__(self, ivf: faiss.IndexIVF, every: int | None = None) -> None:
         self.ivf, self.every = ivf, every or FILING
@@ -205,7 +205,8 @@ def _unpacked(packer: faiss.CodePacker, codes: np.ndarray, blocks: int) -> np.nd
     """The codes of ``blocks`` packed blocks, one row a vector."""
     flat = np.empty((blocks * packer.nvec, packer.code_size), np.uint8)
     for block in range(blocks):
-        packer.unpack_all(faiss.swig_ptr(codes[block * packer.block_size :]), faiss.swig_ptr(flat[block * packer.nvec :]))
+        packer.unpack_all(faiss.swig_ptr(codes[block * packer.block_size :]),
+                          faiss.swig_ptr(flat[block * packer.nvec :]))
     return flat
 
 
@@ -225,5 +226,6 @@ def _append(lists: faiss.BlockInvertedLists, packer: faiss.CodePacker, list_no: 
         flat[:per_block] = _unpacked(packer, packed[first * block_size :], 1)
     flat[head : head + len(ids)] = codes
     for block in range(blocks - first):
-        packer.pack_all(faiss.swig_ptr(flat[block * per_block :]), faiss.swig_ptr(packed[(first + block) * block_size :]))
+        packer.pack_all(faiss.swig_ptr(flat[block * per_block :]),
+                        faiss.swig_ptr(packed[(first + block) * block_size :]))
     faiss.rev_swig_ptr(lists.get_ids(list_no), size + len(ids))[size:] = ids
