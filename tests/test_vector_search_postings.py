@@ -162,22 +162,24 @@ def dated(tmp_path, with_nulls: bool):
     indexed = rng.random(N) >= 0.05
     has = [i for i in range(N) if places[i] is not None]
     areas = np.round(rng.gamma(4.0, 10.0, N), 2).tolist()  # a measurement of many values (ranges passed in part)
+    habitats = np.array(["forest", "meadow", "swamp"])[rng.integers(0, 3, N)].tolist()  # not posted
     vectors = clustered(N, 7)
     config = CONFIG.model_copy(update={"posting_max_values": 64, "posting_fields": [*POSTING_FIELDS, "wing.area_mm2"]})
     with Store.open(db, index_config=config) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids], "group_name": group_of(N, 6),
                       "status": np.where(indexed, "indexed", "failed")}),
-            metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has]]),
-                               "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has),
-                               "value": days + [d[:4] for d in days] + places[has].tolist()}),
+            metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has], ids]),
+                               "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has) + ["habitat"] * N,
+                               "value": days + [d[:4] for d in days] + places[has].tolist() + habitats}),
             measurements=measurement_table({int(ids[k]): [{"trait_id": 1, "trait_name": "wing", "unit": "mm",
-                                                           "area_mm2": areas[k]}] for k in range(N) if k % 9}, now()),
+                                                           "area_mm2": areas[k], "perimeter_mm": areas[k] / 3 + k % 7}]
+                                            for k in range(N) if k % 9}, now()),
             vectors={KEY: (ids[indexed], vectors[indexed])})
     publish_snapshot(db)
     measured_areas = np.where(np.arange(N) % 9 > 0, areas, np.nan)
     return db, {"ids": ids[indexed], "vectors": vectors[indexed], "dates": np.array(days)[indexed],
-                "areas": measured_areas[indexed],
+                "areas": measured_areas[indexed], "habitats": np.array(habitats)[indexed],
                 "places": np.char.lower(np.where(places == None, "", places).astype(str))[indexed]}  # noqa: E711
 
 
@@ -194,13 +196,20 @@ CONDITIONS = [Filter(field="eventDate", op=">=", value="1955-01-01"), Filter(fie
 JOINED = [[CONDITIONS[0], CONDITIONS[7]], [CONDITIONS[6], CONDITIONS[11], CONDITIONS[9]],
           [CONDITIONS[0], Filter(field="eventDate", op="<", value="1955-03-01")], [CONDITIONS[12], CONDITIONS[7]]]
 
+#: A posted condition with others on fields without postings (a metadata key, a measurement).
+MIXED = [[CONDITIONS[0], Filter(field="habitat", op="==", value="forest")],
+         [CONDITIONS[10], Filter(field="habitat", op="!=", value="swamp"),
+          Filter(field="wing.perimeter_mm", op=">", value=12.0)],
+         [CONDITIONS[12], CONDITIONS[7], Filter(field="wing.perimeter_mm", op="<=", value=20.0)]]
+
 
 @pytest.mark.parametrize("with_nulls", [False, True])
 def test_postings_answer_any_condition_as_its_mask_does(tmp_path, with_nulls):
     """For conditions of every operator on fields of few and of many values (ranges that pass
-    whole, in part, in several runs), and for conjunctions of them, the counts per list, the
-    admitted rows of some lists, the ids of those lists not admitted and each row's pass
-    read off the postings equal what the filter's mask over the rows gives; specimens
+    whole, in part, in several runs), for conjunctions of them, and for conjunctions with
+    conditions on fields without postings (asked of the posted rows alone), the counts per
+    list, the admitted rows of some lists, the ids of those lists not admitted and each
+    row's pass read off the postings equal what the filter's mask over the rows gives; specimens
     without a value, or not indexed, are in no posting and never pass."""
     db, _ = dated(tmp_path, with_nulls)
     with SearchEngine.open(db) as engine:
@@ -208,9 +217,12 @@ def test_postings_answer_any_condition_as_its_mask_does(tmp_path, with_nulls):
         index, table = store.index(*KEY), store.vector_table(*KEY)
         layout, generation = table.layout(index), store.generations()[KEY]
         partial_seen = 0
-        for filters in [[c] for c in CONDITIONS] + JOINED:
+        for filters in [[c] for c in CONDITIONS] + JOINED + MIXED:
             admission = engine.admission(filters)
-            posted = admission.posted([store.index_cache.postings(KEY, generation, f.field) for f in filters])
+            assert [f for f, _ in admission.posting] == [f.field for f in filters if f.field != "habitat"
+                                                         and f.field != "wing.perimeter_mm"]
+            posted = admission.posted([store.index_cache.postings(KEY, generation, field)
+                                       for field, _ in admission.posting], table.ids)
             mask = admission.table_mask(table.ids)
             counted = AdmittedLists(layout, mask)
             assert 0 < posted.count < len(table) and np.array_equal(posted.held, counted.held), filters
@@ -226,13 +238,15 @@ def test_postings_answer_any_condition_as_its_mask_does(tmp_path, with_nulls):
 
 def test_a_date_range_a_locality_and_a_measurement_are_searched_from_the_postings(tmp_path):
     """A date range and a locality's word, the bench's two filters unrelated to the vectors,
-    a trait's measured area, and two at once, are answered from their fields' postings (no
-    mask, no per-list histogram of one), with exactly k and recall."""
+    a trait's measured area, two at once, and a date range with a field that has no postings
+    are answered from the postings (no mask, no per-list histogram of one), with exactly k
+    and recall."""
     db, data = dated(tmp_path, False)
     recent, ridge = data["dates"] >= "1955-01-01", np.char.find(data["places"], "ridge") >= 0
     large = np.nan_to_num(data["areas"], nan=-1.0) > 40.0
     for filters, passing in (([CONDITIONS[0]], recent), ([CONDITIONS[7]], ridge), (JOINED[0], recent & ridge),
-                             ([CONDITIONS[12]], large), (JOINED[3], large & ridge)):
+                             ([CONDITIONS[12]], large), (JOINED[3], large & ridge),
+                             (MIXED[0], recent & (data["habitats"] == "forest"))):
         (layout, admitted_lists, masks), recall = search_all(db, data, filters, passing)
         assert recall >= 0.95 and admitted_lists == {} and masks == 0, (filters, recall)
 

@@ -212,26 +212,34 @@ class MaskAdmission:
 
 
 class PostedAdmission(MaskAdmission):
-    """A filter whose conditions are all on posting fields (``index.posting_fields``): a
-    search whose index has those fields' postings reads the admitted vectors off them (see
-    :attr:`posting` and :meth:`posted`); any other question builds the filter's mask, once."""
+    """A filter with conditions on posting fields (``index.posting_fields``): a search whose
+    index has those fields' postings reads the admitted vectors off them (see :attr:`posting`
+    and :meth:`posted`), and asks its other conditions (``checked``) of those vectors alone;
+    any other question builds the filter's mask, once."""
 
-    def __init__(self, posting: list[tuple[str, Condition]], build: Callable[[], tuple[SnapshotColumns, np.ndarray]]
-                 ) -> None:
-        #: ``(field, condition)`` of each condition: what the postings are asked.
+    def __init__(self, posting: list[tuple[str, Condition]], build: Callable[[], tuple[SnapshotColumns, np.ndarray]],
+                 checked: Sequence[Condition] = (), columns: Callable[[], SnapshotColumns] | None = None) -> None:
+        #: ``(field, condition)`` of each condition on a posting field: what the postings are asked.
         self.posting = posting
+        self._checked, self._snapshot_columns = list(checked), columns
         self._build, self._mask = build, None
 
-    def posted(self, postings: Sequence[Postings]) -> ListCounts:
-        """The admitted vectors read off ``postings``, one per condition (of its field): each
-        condition evaluated on its field's distinct values and kept by its postings per
-        condition, several joined (:class:`~sst_search.vector_search.postings.JointLists`)."""
+    def posted(self, postings: Sequence[Postings], table_ids: np.ndarray) -> ListCounts | None:
+        """The admitted vectors read off ``postings``, one per posted condition (of its field):
+        each condition evaluated on its field's distinct values and kept by its postings per
+        condition, several joined (:class:`~sst_search.vector_search.postings.JointLists`)
+        and the other conditions asked of the rows they admit (:class:`ConditionCheck`, for
+        the index whose ids are ``table_ids``); None when one of those cannot be asked row by
+        row (a field with several values for one specimen)."""
         parts = [found.admitted(_key(condition), functools.partial(_passing_values, condition))
                  for found, (_, condition) in zip(postings, self.posting)]
-        if len(parts) == 1:
+        if len(parts) == 1 and not self._checked:
             return parts[0]
-        return postings[0].kept(("and", *sorted(map(repr, (_key(c) for _, c in self.posting)))),
-                                lambda: JointLists(parts))
+        checks = [ConditionCheck.of(self._snapshot_columns(), c, table_ids) for c in self._checked]
+        if any(check is None for check in checks):
+            return None
+        keys = [_key(c) for _, c in self.posting] + [("checked", *_key(c)) for c in self._checked]
+        return postings[0].kept(("and", *sorted(map(repr, keys))), lambda: JointLists(parts, checks))
 
     def _built(self) -> None:
         if self._mask is None:
@@ -248,6 +256,33 @@ class PostedAdmission(MaskAdmission):
     def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
         self._built()
         return super().table_mask(table_ids)
+
+
+class ConditionCheck:
+    """A condition on a field without postings, asked of an index's table rows one by one:
+    the rows a posted condition admits, not every specimen (a mask is a pass over all of
+    them). Its field's column is loaded as a mask would load it."""
+
+    def __init__(self, condition: Condition, column: ColumnValues, specimen_rows: slice | np.ndarray) -> None:
+        self._condition, self._column, self._specimen_rows = condition, column, specimen_rows
+        self._hit = (np.append(_passing_values(condition, column.values, column.numbers), False)
+                     if column.codes is not None else None)  # code -1 (no value) never passes
+
+    @classmethod
+    def of(cls, columns: SnapshotColumns, condition: Condition, table_ids: np.ndarray) -> ConditionCheck | None:
+        """The check for the index whose ids are ``table_ids``; None when the field has several
+        values for one specimen (instances measured apart) or an id is no specimen."""
+        column, rows = columns.column(condition), columns.table_rows(table_ids)
+        if column.rows is not None or rows is None:
+            return None
+        return cls(condition, column, rows)
+
+    def passes_rows(self, rows: np.ndarray) -> np.ndarray:
+        specimens = rows if isinstance(self._specimen_rows, slice) else self._specimen_rows[rows]
+        if self._hit is not None:
+            return self._hit[self._column.codes[specimens]]
+        values = self._column.values.take(pa.array(specimens))
+        return condition_mask(self._condition, ColumnValues(values, None, None), len(specimens))
 
 
 class SqlAdmission:

@@ -155,7 +155,8 @@ class IndexedStore:
         if posting is not None:  # conditions on posting fields: their postings, when the snapshot has them
             generation = self.generations()[(embedder, trait_name)]
             found = [self.index_cache.postings((embedder, trait_name), generation, field) for field, _ in posting]
-            posted = admission.posted(found) if all(p is not None for p in found) else None
+            table = self.vector_table(embedder, trait_name)
+            posted = admission.posted(found, table.ids) if all(p is not None for p in found) else None
         return search_table(index, self.vector_table(embedder, trait_name), self.index_config, query, k, admission, skip,
                             posted)
 

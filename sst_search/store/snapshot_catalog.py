@@ -67,10 +67,10 @@ class SnapshotCatalog(Catalog):
 
     def admission(self, filters: Iterable[Filter]) -> MaskAdmission | PostedAdmission | None:
         """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
-        evaluated in memory: no SQL per search; None without filters. Conditions all on
-        posting fields (``index.posting_fields``), whatever their operators, are a
+        evaluated in memory: no SQL per search; None without filters. A filter with a
+        condition on a posting field (``index.posting_fields``), whatever its operator, is a
         :class:`PostedAdmission`, which builds no mask when the searched index has those
-        fields' postings."""
+        fields' postings: its other conditions are asked of the vectors they admit."""
         filters = list(filters)
         if not filters:
             return None
@@ -81,9 +81,11 @@ class SnapshotCatalog(Catalog):
             columns = self.columns()
             return columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns)
 
-        posting = list(zip((f.field for f in filters), conditions))  # the scope's status condition left out
-        if all(field in self.posting_fields() for field, _ in posting):
-            return PostedAdmission(posting, mask)
+        fields = list(zip((f.field for f in filters), conditions))  # the scope's status condition left out
+        posting = [(field, c) for field, c in fields if field in self.posting_fields()]
+        if posting:
+            checked = [c for field, c in fields if field not in self.posting_fields()]
+            return PostedAdmission(posting, mask, checked, self.columns)
         return MaskAdmission(*mask())
 
     def posting_fields(self) -> list[str]:

@@ -38,8 +38,9 @@ masks as before (so do a snapshot's postings of an older format, until it is pub
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 import faiss
@@ -370,16 +371,23 @@ class PostedLists(ListCounts):
         return self._hit[self.postings.codes[rows]]
 
 
-class JointLists(ListCounts):
-    """:class:`~sst_search.vector_search.vector_table.ListCounts` of several posted conditions
-    at once (``locality contains ridge`` and ``eventDate >= 2020``): the admitted vectors of
-    the one that admits fewest, each checked against the others. A conjunction costs a pass
-    over its most selective condition's vectors, never over the collection's, and is kept
-    like a single condition (:meth:`Postings.kept`)."""
+class RowCheck(Protocol):
+    """A condition asked of table rows one by one, with no postings of its own."""
 
-    def __init__(self, parts: list[PostedLists]) -> None:
+    def passes_rows(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+class JointLists(ListCounts):
+    """:class:`~sst_search.vector_search.vector_table.ListCounts` of several conditions at once
+    (``locality contains ridge`` and ``eventDate >= 2020``), at least one of them posted: the
+    admitted vectors of the posted one that admits fewest, each checked against the others
+    (``checks``: conditions on fields without postings, asked of those rows alone). A
+    conjunction costs a pass over its most selective posted condition's vectors, never over
+    the collection's, and is kept like a single condition (:meth:`Postings.kept`)."""
+
+    def __init__(self, parts: list[PostedLists], checks: Sequence[RowCheck] = ()) -> None:
         parts = sorted(parts, key=len)
-        self._driver, self._others = parts[0], parts[1:]
+        self._driver, self._others = parts[0], [*parts[1:], *checks]
         rows, lists = self._driver.listed()
         keep = self._others_pass(rows)
         self._rows, nlist = np.sort(rows[keep]), len(self._driver.sizes)
