@@ -151,14 +151,13 @@ class IndexedStore:
         index = self.index(embedder, trait_name)
         if query.shape[0] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
+        table = self.vector_table(embedder, trait_name)
         posting, posted = getattr(admission, "posting", None), None
         if posting is not None:  # conditions on posting fields: their postings, when the snapshot has them
             generation = self.generations()[(embedder, trait_name)]
             found = [self.index_cache.postings((embedder, trait_name), generation, field) for field, _ in posting]
-            table = self.vector_table(embedder, trait_name)
             posted = admission.posted(found, table.ids) if all(p is not None for p in found) else None
-        return search_table(index, self.vector_table(embedder, trait_name), self.index_config, query, k, admission, skip,
-                            posted)
+        return search_table(index, table, self.index_config, query, k, admission, skip, posted)
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:
         """Sorted ids of one index's vectors (what selectivity samples are drawn from)."""
