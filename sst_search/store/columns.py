@@ -302,13 +302,17 @@ class SqlAdmission:
 def text_values(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray, rows: np.ndarray | None) -> ColumnValues:
     """Distinct values plus a code per entry, and the distinct values as numbers (DuckDB's
     TRY_CAST on ``con``, as the SQL backend compares them)."""
-    encoded = pc.dictionary_encode(whole(values))
-    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-    distinct = encoded.dictionary
+    distinct, codes = distinct_codes(values)
     numbers = con.sql(
         "SELECT TRY_CAST(v AS DOUBLE) AS n FROM (SELECT unnest(?::VARCHAR[]) AS v)", params=[distinct.to_pylist()]
     ).to_arrow_table().column("n").combine_chunks()
     return ColumnValues(distinct, codes, rows, numbers)
+
+
+def distinct_codes(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """``(distinct values, int32 code per entry)``, code -1 for a missing value."""
+    encoded = pc.dictionary_encode(whole(values))
+    return encoded.dictionary, pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 def _passing_values(condition: Condition, values: pa.Array, numbers: pa.Array) -> np.ndarray:

@@ -11,10 +11,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sst_search.store.catalog import recorded_index_config
-from sst_search.store.columns import text_values
+from sst_search.store.columns import distinct_codes, text_values
 from sst_search.measure import FIELD_NAMES as MEASURED
 from sst_search.store.filters import CONFIDENCE_FIELDS, SPECIMEN_FIELDS
 from sst_search.store.verify import Problem, index_states
@@ -59,9 +58,8 @@ def field_codes(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, field: st
         raise RuntimeError(f"{key[0]}/{key[1]}: the vectors table changed while its postings were written")
     values = table.column("value")
     if pa.types.is_floating(values.type):  # a measurement: its numbers as they are, not read back from text
-        encoded = pc.dictionary_encode(values.combine_chunks())
-        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-        return postings.ordered_values(encoded.dictionary.cast(pa.string()), encoded.dictionary, codes)
+        numbers, codes = distinct_codes(values)
+        return postings.ordered_values(numbers.cast(pa.string()), numbers, codes)
     column = text_values(con, values, None)
     return postings.ordered_values(column.values, column.numbers, column.codes)
 
