@@ -14,7 +14,9 @@ import pytest
 
 from sst_search.config import POSTING_FIELDS, IndexConfig, PlanConfig
 from sst_search.query import Filter, SearchEngine
+from sst_search.sharding import IndexShard
 from sst_search.store import Store
+from sst_search.store.columns import read_off_postings
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.store.writer import measurement_table, now
@@ -223,17 +225,63 @@ def test_postings_answer_any_condition_as_its_mask_does(tmp_path, with_nulls):
                                                          and f.field != "wing.perimeter_mm"]
             posted = admission.posted([store.index_cache.postings(KEY, generation, field)
                                        for field, _ in admission.posting], table.ids)
-            mask = admission.table_mask(table.ids)
-            counted = AdmittedLists(layout, mask)
-            assert 0 < posted.count < len(table) and np.array_equal(posted.held, counted.held), filters
-            assert np.array_equal(posted.passes_rows(np.arange(len(table))), mask)
-            assert np.array_equal(np.sort(posted.rows()), np.flatnonzero(mask))
-            for lists in (np.arange(len(posted.sizes)), np.arange(1, len(posted.sizes), 3)):
-                assert sorted(posted.rows_in(lists).tolist()) == sorted(counted.rows_in(lists).tolist())
-                assert sorted(posted.others_in(lists, table.ids).tolist()) == sorted(
-                    counted.others_in(lists, table.ids).tolist())
+            assert 0 < posted.count < len(table), filters
+            assert_as_masked(posted, admission.table_mask(table.ids), layout, table.ids, filters)
             partial_seen += len(getattr(posted, "_partial", ()))
         assert partial_seen  # some condition passed a range in part
+
+
+def assert_as_masked(posted, mask, layout, table_ids, filters) -> None:
+    """``posted`` (read off postings) admits what ``mask`` over the table's rows does: the
+    counts per list, each row's pass, the admitted rows of some lists, and the ids of those
+    lists not admitted."""
+    counted = AdmittedLists(layout, mask)
+    assert posted.count == np.count_nonzero(mask) and np.array_equal(posted.held, counted.held), filters
+    assert np.array_equal(posted.passes_rows(np.arange(len(table_ids))), mask)
+    assert np.array_equal(np.sort(posted.rows()), np.flatnonzero(mask))
+    for lists in (np.arange(len(posted.sizes)), np.arange(1, len(posted.sizes), 3)):
+        assert sorted(posted.rows_in(lists).tolist()) == sorted(counted.rows_in(lists).tolist())
+        assert sorted(posted.others_in(lists, table_ids).tolist()) == sorted(counted.others_in(lists, table_ids).tolist())
+
+
+def test_shards_read_every_condition_off_the_postings_over_their_own_rows(tmp_path):
+    """Each shard of a published index (:class:`~sst_search.sharding.IndexShard`) takes the
+    snapshot's postings over its own rows when it starts: the shards' merged answers under a
+    date range, a group and a mixed filter have exactly k and recall, and no shard builds a
+    mask for them; for every condition, conjunction and mixed filter, what a shard reads off
+    its postings equals its mask over its rows."""
+    db, data = dated(tmp_path, with_nulls=True)
+    snapshot = str(resolve_snapshot(db))
+    ids, vectors = data["ids"], data["vectors"]
+    with Store.open(snapshot, read_only=True) as one:
+        rare = np.isin(ids, one.admission([CONDITIONS[10]]).admitted())
+    recent = data["dates"] >= "1955-01-01"
+    shards = [IndexShard(snapshot, *KEY, i, 3) for i in range(3)]
+    try:
+        started = [len(shard.store.columns()._masks) for shard in shards]  # the scope's, built when it started
+        for filters, passing in (([CONDITIONS[0]], recent), ([CONDITIONS[10]], rare),
+                                 (MIXED[0], recent & (data["habitats"] == "forest"))):
+            recalls = []
+            for row in range(0, len(ids), 41):
+                merged = sorted((h for s in shards for h in s.search(vectors[row], 10, filters, int(ids[row]))),
+                                key=lambda h: (-h[1], h[0]))[:10]
+                found = [i for i, _ in merged]
+                assert len(found) == 10 == len(set(found)) and set(found) <= set(ids[passing].tolist())
+                scores = np.where(passing, vectors @ vectors[row], -np.inf)
+                scores[row] = -np.inf
+                recalls.append(len(set(found) & set(ids[np.argsort(-scores)[:10]].tolist())) / 10)
+            assert np.mean(recalls) >= 0.95, filters
+        assert [len(shard.store.columns()._masks) for shard in shards] == started
+        for shard in shards:
+            assert set(shard.postings) == {"group", "locality", "eventDate", "year", "wing.area_mm2"}
+            layout = shard.table.layout(shard.index)
+            for filters in [[c] for c in CONDITIONS] + JOINED + MIXED:
+                admission = shard.store.admission(filters)
+                posted = read_off_postings(admission, shard.postings.get, shard.table.ids)
+                assert_as_masked(posted, admission.table_mask(shard.table.ids), layout, shard.table.ids, filters)
+    finally:
+        for shard in shards:
+            shard.store.close()
 
 
 def test_a_date_range_a_locality_and_a_measurement_are_searched_from_the_postings(tmp_path):

@@ -258,6 +258,19 @@ class PostedAdmission(MaskAdmission):
         return super().table_mask(table_ids)
 
 
+def read_off_postings(admission: object, postings_of: Callable[[str], Postings | None], table_ids: np.ndarray
+                      ) -> ListCounts | None:
+    """The vectors ``admission`` admits of the index whose ids are ``table_ids``, read off
+    that index's postings (``postings_of(field)``), when its filter has conditions on posting
+    fields (:class:`PostedAdmission`) and the index has all of their postings; else None (the
+    search builds the filter's mask)."""
+    posting = getattr(admission, "posting", None)
+    if posting is None:
+        return None
+    found = [postings_of(field) for field, _ in posting]
+    return admission.posted(found, table_ids) if all(p is not None for p in found) else None
+
+
 class ConditionCheck:
     """A condition on a field without postings, asked of an index's table rows one by one:
     the rows a posted condition admits, not every specimen (a mask is a pass over all of

@@ -23,6 +23,7 @@ import numpy as np
 from sst_search.config import IndexConfig
 from sst_search.store import health
 from sst_search.store import verify as vf
+from sst_search.store.columns import read_off_postings
 from sst_search.store.connection import Connection, repair_hint
 from sst_search.store.errors import StoreDamagedError, storage_fault
 from sst_search.vector_search.cache import IndexCache, IndexKey
@@ -152,11 +153,9 @@ class IndexedStore:
         if query.shape[0] != index.d:
             raise ValueError(f"{embedder}/{trait_name}: query of dim {query.shape[0]}, index of dim {index.d}")
         table = self.vector_table(embedder, trait_name)
-        posting, posted = getattr(admission, "posting", None), None
-        if posting is not None:  # conditions on posting fields: their postings, when the snapshot has them
-            generation = self.generations()[(embedder, trait_name)]
-            found = [self.index_cache.postings((embedder, trait_name), generation, field) for field, _ in posting]
-            posted = admission.posted(found, table.ids) if all(p is not None for p in found) else None
+        key = (embedder, trait_name)
+        posted = read_off_postings(admission, lambda field: self.index_cache.postings(key, self.generations()[key], field),
+                                   table.ids)
         return search_table(index, table, self.index_config, query, k, admission, skip, posted)
 
     def population(self, embedder: str, trait_name: str) -> np.ndarray:

@@ -164,15 +164,10 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
         self._prepare_filters()
 
     def _prepare_filters(self) -> None:
-        """Ask once what the first filtered search would otherwise ask on its query path: the
-        catalog's metadata keys and measured traits (a scan of every specimen's metadata: 8 ms
-        of a first filtered search's 33 at 1M x 768), the mask of the indexed specimens every
-        filter is scoped to, and per index its rows among the specimens, its list layout and
-        its postings."""
-        keys, traits, posting_fields = self.metadata_keys(), self.measured_traits(), self.posting_fields()
-        columns = self.columns()
-        compile_mask(scope_filters([]), keys, traits, columns)
-        generations = self.generations()
+        """Ask once what the first filtered search would otherwise ask on its query path:
+        :meth:`prepare_conditions`, and per index its rows among the specimens, its list
+        layout and its postings."""
+        columns, generations, posting_fields = self.prepare_conditions(), self.generations(), self.posting_fields()
         for key in self.index_keys():
             index, table = self.index(*key), self.vector_table(*key)
             columns.table_rows(table.ids)
@@ -180,6 +175,17 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
                 table.layout(index)
                 for field in posting_fields:
                     self.index_cache.postings(key, generations[key], field)
+
+    def prepare_conditions(self) -> SnapshotColumns:
+        """Ask once what resolving and scoping any filter asks: the catalog's metadata keys and
+        measured traits (a scan of every specimen's metadata: 8 ms of a first filtered
+        search's 33 at 1M x 768), the posting fields and the mask of the indexed specimens
+        every filter is scoped to. Returns the columns they were loaded into."""
+        keys, traits = self.metadata_keys(), self.measured_traits()
+        self.posting_fields()
+        columns = self.columns()
+        compile_mask(scope_filters([]), keys, traits, columns)
+        return columns
 
     def require_writer(self) -> None:
         raise RuntimeError(f"{self.db_path}: store is open read-only")

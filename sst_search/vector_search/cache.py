@@ -234,6 +234,17 @@ class IndexCache:
             return None
         return indexes.copy_part(source, indexes.emptied(target), parts, part)
 
+    def part_postings(self, key: IndexKey, generation: int, field: str, part: faiss.Index, positions: np.ndarray
+                      ) -> Postings | None:
+        """``field``'s postings of the stored index of ``key`` at ``generation`` over the rows
+        ``positions`` of its vector table, whose entries ``part`` holds (:meth:`part`), or
+        None when the snapshot has none that fit that file."""
+        state, manifest = self.file_state(key, generation)
+        if state != "fresh" or self.at_rest_db is None or indexes.ivf_of(part) is None:
+            return None
+        return Postings.open(at_rest.vectors_dir(self.at_rest_db), key, field, generation, manifest.get("sha256"),
+                             part, positions)
+
     def _size_matches(self, key: IndexKey, manifest: Mapping) -> bool:
         """Cheap check that catches truncated files (manifests older than the size field pass)."""
         size = manifest.get("bytes")

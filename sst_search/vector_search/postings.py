@@ -241,7 +241,14 @@ class Postings:
 
     @classmethod
     def open(cls, root: Path, key: IndexKey, field: str, generation: int, index_sha256: str | None,
-             index: faiss.Index) -> Postings | None:
+             index: faiss.Index, positions: np.ndarray | None = None) -> Postings | None:
+        """The postings written with the snapshot, mapped read-only, if they fit ``index``
+        (loaded from the file of ``index_sha256``); else None. With ``positions`` (ascending
+        rows of the index's vector table), those rows' postings alone, renumbered, for
+        ``index`` holding just their entries of the stored index's lists: a shard's
+        (:mod:`sst_search.sharding`). That costs a pass over the posted rows when the shard
+        starts, so that its searches read their filters off postings, as the whole store's do,
+        and build no mask over the catalog's specimens."""
         manifest = read_manifest(root, key, field)
         if manifest is None or unusable(root, key, field, manifest, generation, index_sha256) is not None:
             return None
@@ -255,6 +262,8 @@ class Postings:
         if (arrays["counts"].shape != (manifest.get("ranges", -1) + 1, nlist) or len(dictionary) != manifest["values"]
                 or arrays["rows"].shape[0] != int(arrays["counts"][-1].sum())):
             return None
+        if positions is not None:
+            arrays = _subset(arrays, np.asarray(positions, np.int64))
         return cls(manifest, arrays["codes"], arrays["rows"], arrays["counts"], dictionary, index)
 
     def admitted(self, condition: Hashable, hit: Callable[[pa.Array, pa.Array], np.ndarray]) -> PostedLists:
@@ -277,6 +286,24 @@ class Postings:
         base = self.starts[lists]
         return _ranges((base + np.asarray(self.counts[np.ix_(low, lists)], np.int64)).ravel(),
                        (base + np.asarray(self.counts[np.ix_(high, lists)], np.int64)).ravel())
+
+
+def _subset(arrays: dict[str, np.ndarray], positions: np.ndarray) -> dict[str, np.ndarray]:
+    """``codes``, ``rows`` and ``counts`` over the table rows ``positions`` (ascending) alone,
+    renumbered 0.. in their order: the posted rows kept in the order they lie (by list, then
+    range, then row) and counted again per list and range."""
+    codes, rows, counts = arrays["codes"], np.asarray(arrays["rows"]), np.asarray(arrays["counts"], np.int64)
+    n_ranges, nlist = counts.shape[0] - 1, counts.shape[1]
+    renumber = np.full(len(codes), -1, np.int64)
+    renumber[positions] = np.arange(len(positions))
+    kept = renumber[rows]
+    keep = kept >= 0
+    cells = np.repeat(np.arange(nlist * n_ranges, dtype=np.int64), np.diff(counts, axis=0).T.ravel())[keep]
+    per_cell = np.bincount(cells, minlength=nlist * n_ranges).reshape(nlist, n_ranges)
+    subset_counts = np.zeros((n_ranges + 1, nlist), np.int32)
+    np.cumsum(per_cell.T, axis=0, out=subset_counts[1:])
+    return {"codes": np.asarray(codes[positions], np.int32), "rows": kept[keep].astype(rows.dtype),
+            "counts": subset_counts}
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
