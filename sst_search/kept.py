@@ -35,5 +35,10 @@ class Kept(Generic[T]):
                 self._values.popitem(last=False)
         return made
 
+    def known(self, key: Hashable) -> T | None:
+        """The value kept under ``key``, or None; nothing is made."""
+        with self._lock:
+            return self._values.get(key)
+
     def __len__(self) -> int:
         return len(self._values)

@@ -179,9 +179,11 @@ def dated(tmp_path, with_nulls: bool):
                                             for k in range(N) if k % 9}, now()),
             vectors={KEY: (ids[indexed], vectors[indexed])})
     publish_snapshot(db)
-    measured_areas = np.where(np.arange(N) % 9 > 0, areas, np.nan)
+    measured = np.arange(N) % 9 > 0
+    perimeters = np.where(measured, np.asarray(areas) / 3 + np.arange(N) % 7, np.nan)
     return db, {"ids": ids[indexed], "vectors": vectors[indexed], "dates": np.array(days)[indexed],
-                "areas": measured_areas[indexed], "habitats": np.array(habitats)[indexed],
+                "areas": np.where(measured, areas, np.nan)[indexed], "perimeters": perimeters[indexed],
+                "habitats": np.array(habitats)[indexed],
                 "places": np.char.lower(np.where(places == None, "", places).astype(str))[indexed]}  # noqa: E711
 
 
@@ -297,6 +299,42 @@ def test_a_date_range_a_locality_and_a_measurement_are_searched_from_the_posting
                              (MIXED[0], recent & (data["habitats"] == "forest"))):
         (layout, admitted_lists, masks), recall = search_all(db, data, filters, passing)
         assert recall >= 0.95 and admitted_lists == {} and masks == 0, (filters, recall)
+
+
+def test_a_filter_without_postings_builds_its_mask_only_when_a_search_needs_every_vector_it_admits(tmp_path):
+    """Conditions on fields without postings alone (a metadata key, a measurement) are asked
+    specimen by specimen: a broad filter is searched by post-filtering with no mask built; a
+    selective one builds its mask on its first search (the admitted set is needed) and its
+    later searches read it. Both give exactly k with recall, and each id's pass, asked
+    before the mask exists, is the mask's."""
+    db, data = dated(tmp_path, False)
+    ids, vectors = data["ids"], data["vectors"]
+    broad = [Filter(field="habitat", op="!=", value="swamp"), Filter(field="wing.perimeter_mm", op=">", value=8.0)]
+    selective = [Filter(field="wing.perimeter_mm", op=">", value=30.0)]
+    perimeters = np.nan_to_num(data["perimeters"], nan=-1.0)
+    with SearchEngine.open(db) as engine:
+        store = engine.store
+        for filters, passing, plan, masked in ((broad, (data["habitats"] != "swamp") & (perimeters > 8.0), "postfilter",
+                                                 False), (selective, perimeters > 30.0, "exact", True)):
+            assert 0.01 < passing.mean() < 0.05 or plan == "postfilter"
+            masks = len(store.columns()._masks)
+            asked = np.concatenate([ids[::7], [12345, -1]])  # and two ids of no specimen
+            before = engine.admission(filters).passes(asked)
+            recalls, shares = [], []
+            for row in range(0, len(ids), 37):
+                outcome = store.filtered_search(*KEY, vectors[row], 10, engine.admission(filters), skip=int(ids[row]))
+                assert outcome.plan == plan and not outcome.posted, outcome
+                shares.append(outcome.estimated_fraction)
+                found = [sid for sid, _ in outcome.hits]
+                assert len(found) == 10 == len(set(found)) and set(found) <= set(ids[passing].tolist())
+                scores = np.where(passing, vectors @ vectors[row], -np.inf)
+                scores[row] = -np.inf
+                recalls.append(len(set(found) & set(ids[np.argsort(-scores)[:10]].tolist())) / 10)
+            assert np.mean(recalls) >= 0.95 and (len(store.columns()._masks) > masks) == masked, filters
+            # a mask once built is read by the filter's later searches: their share is exact, not sampled
+            assert (set(shares[1:]) == {passing.mean()}) == masked, shares
+            expected = np.concatenate([passing[::7], [False, False]])
+            assert np.array_equal(before, expected) and np.array_equal(engine.admission(filters).passes(asked), expected)
 
 
 def test_postings_of_an_older_format_are_not_read_and_verify_passes_them(collection):

@@ -71,7 +71,8 @@ class SnapshotColumns:
         :data:`MASKS_KEPT`): every search repeats ``status == 'indexed'``, and people page
         and re-query under the same filter, which then costs nothing instead of a pass over
         every specimen."""
-        return self._remembered(_key(condition), lambda: condition_mask(condition, self.column(condition), len(self.ids)))
+        return self._remembered(_mask_key([condition]), lambda: condition_mask(condition, self.column(condition),
+                                                                              len(self.ids)))
 
     def all_of(self, conditions: Sequence[Condition]) -> np.ndarray:
         """Which specimens pass every one of ``conditions``, remembered like each condition's
@@ -86,7 +87,11 @@ class SnapshotColumns:
                 mask &= self.condition_mask(condition)
             return mask
 
-        return self._remembered(frozenset(map(_key, conditions)), conjunction)
+        return self._remembered(_mask_key(conditions), conjunction)
+
+    def known_mask(self, conditions: Sequence[Condition]) -> np.ndarray | None:
+        """:meth:`all_of` when a search built it already, else None (nothing is built)."""
+        return self._masks.known(_mask_key(conditions))
 
     def _remembered(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
         def shared() -> np.ndarray:
@@ -271,6 +276,46 @@ def read_off_postings(admission: object, postings_of: Callable[[str], Postings |
     return admission.posted(found, table_ids) if all(p is not None for p in found) else None
 
 
+class CheckedAdmission(MaskAdmission):
+    """A filter on fields without postings alone, asked of specimens one by one until a
+    search needs every vector it admits (:class:`~sst_search.vector_search.planner.DeferredMask`).
+    Its share is then sampled, and a broad filter (a measurement above a bound, a
+    segmentation's confidence, most specimens' basis of record) is searched by post-filtering
+    the index's candidates, which asks a few thousand specimens: no pass over every one
+    (40-80 ms at ten million). The mask is built for a search that needs the admitted set (a
+    selective filter, or a post-filter that falls through) and remembered as every mask is,
+    so the filter's later searches read it."""
+
+    def __init__(self, columns: SnapshotColumns, conditions: Sequence[Condition],
+                 checks: Sequence[ConditionCheck]) -> None:
+        super().__init__(columns, columns.known_mask(conditions))
+        self._conditions, self._checks = list(conditions), list(checks)
+
+    def passes(self, ids: np.ndarray) -> np.ndarray:
+        if self._mask is not None:
+            return super().passes(ids)
+        found, rows = self._columns.rows_of(np.asarray(ids, np.int64))
+        rows, keep = np.where(found, rows, 0), found.copy()
+        for check in self._checks:
+            keep &= check.passes_rows(rows)
+        return keep
+
+    def _needed(self) -> None:
+        if self._mask is None:
+            self._mask = self._columns.all_of(self._conditions)
+
+    def admitted(self) -> np.ndarray:
+        self._needed()
+        return super().admitted()
+
+    def table_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
+        return super().table_mask(table_ids) if self._mask is not None else None
+
+    def needed_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
+        self._needed()
+        return super().table_mask(table_ids)
+
+
 class ConditionCheck:
     """A condition on a field without postings, asked of an index's table rows one by one:
     the rows a posted condition admits, not every specimen (a mask is a pass over all of
@@ -282,10 +327,13 @@ class ConditionCheck:
                      if column.codes is not None else None)  # code -1 (no value) never passes
 
     @classmethod
-    def of(cls, columns: SnapshotColumns, condition: Condition, table_ids: np.ndarray) -> ConditionCheck | None:
-        """The check for the index whose ids are ``table_ids``; None when the field has several
-        values for one specimen (instances measured apart) or an id is no specimen."""
-        column, rows = columns.column(condition), columns.table_rows(table_ids)
+    def of(cls, columns: SnapshotColumns, condition: Condition, table_ids: np.ndarray | None = None
+           ) -> ConditionCheck | None:
+        """The check for the index whose ids are ``table_ids`` (None: for the snapshot's
+        specimens' own rows); None when the field has several values for one specimen
+        (instances measured apart) or an id is no specimen."""
+        column = columns.column(condition)
+        rows = columns.table_rows(table_ids) if table_ids is not None else slice(None)
         if column.rows is not None or rows is None:
             return None
         return cls(condition, column, rows)
@@ -335,6 +383,11 @@ def _passing_values(condition: Condition, values: pa.Array, numbers: pa.Array) -
 
 def _key(c: Condition) -> tuple:
     return (c.source, c.column, c.trait, c.op, repr(c.value), c.numeric)
+
+
+def _mask_key(conditions: Sequence[Condition]) -> Hashable:
+    """The key a conjunction's mask is remembered under (one condition's is its own)."""
+    return _key(conditions[0]) if len(conditions) == 1 else frozenset(map(_key, conditions))
 
 
 def whole(data: pa.Table | pa.ChunkedArray) -> pa.Table | pa.Array:

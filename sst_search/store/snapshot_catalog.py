@@ -24,6 +24,8 @@ import numpy as np
 
 from sst_search.store.catalog import Catalog, listing_of, masks_by_specimen
 from sst_search.store.columns import (
+    CheckedAdmission,
+    ConditionCheck,
     MaskAdmission,
     PostedAdmission,
     SnapshotColumns,
@@ -65,12 +67,15 @@ class SnapshotCatalog(Catalog):
         written at publish where the snapshot has them, else read from the catalog."""
         return self.remember("columns", lambda: SnapshotColumns(self, self.published()))
 
-    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | PostedAdmission | None:
-        """The indexed specimens passing ``filters`` as a mask over the snapshot's specimens,
-        evaluated in memory: no SQL per search; None without filters. A filter with a
+    def admission(self, filters: Iterable[Filter]) -> MaskAdmission | None:
+        """The indexed specimens passing ``filters``, evaluated in memory against the
+        snapshot's columns: no SQL per search; None without filters. A filter with a
         condition on a posting field (``index.posting_fields``), whatever its operator, is a
         :class:`PostedAdmission`, which builds no mask when the searched index has those
-        fields' postings: its other conditions are asked of the vectors they admit."""
+        fields' postings: its other conditions are asked of the vectors they admit. Any other
+        is a :class:`CheckedAdmission`, asked specimen by specimen until a search needs every
+        vector it admits (a mask over the specimens, built then), or, on a field with several
+        values for one specimen, that mask at once."""
         filters = list(filters)
         if not filters:
             return None
@@ -86,7 +91,11 @@ class SnapshotCatalog(Catalog):
         if posting:
             checked = [c for field, c in fields if field not in self.posting_fields()]
             return PostedAdmission(posting, mask, checked, self.columns)
-        return MaskAdmission(*mask())
+        columns = self.columns()
+        checks = [ConditionCheck.of(columns, c) for c in conditions]
+        if any(check is None for check in checks):  # a field with several values for one specimen
+            return MaskAdmission(*mask())
+        return CheckedAdmission(columns, conditions, checks)
 
     def posting_fields(self) -> list[str]:
         """The fields the snapshot's indexes have postings of (``index.posting_fields``)."""

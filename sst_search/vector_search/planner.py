@@ -93,6 +93,15 @@ class RowMask(Protocol):
         """Boolean mask over ``table_ids`` (sorted), or None when it would cost a lookup per id."""
 
 
+class DeferredMask(RowMask, Protocol):
+    """A row mask built only when a plan needs every admitted vector: until then
+    :meth:`table_mask` is None and :meth:`passes` asks the ids one by one, so a broad filter
+    searched by post-filtering never pays a pass over the collection."""
+
+    def needed_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
+        """:meth:`table_mask`, built now if it was not."""
+
+
 def _list_selector(counted: ListCounts, ids: np.ndarray, lists: np.ndarray) -> faiss.IDSelector | None:
     """A selector admitting the admitted vectors of ``lists``: None when they all pass, else
     a set of the admitted ids or of the others, whichever is smaller (a set lookup per
@@ -229,11 +238,14 @@ class _Admitted:
         if share.posted:
             skipped = q.skip is not None and bool(share.passes(q, np.array([q.skip], np.int64))[0])
             return cls(None, None, share.counted.count, min(q.k, share.counted.count - skipped), share.counted)
-        rows = _admitted_rows(share.admission, q.table) if share.row_mask is None else None
-        count = (len(rows) if rows is not None else share.counted.count if share.counted is not None
-                 else int(np.count_nonzero(share.row_mask)))
-        return cls(rows, share.row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, share.row_mask)),
-                   share.counted)
+        row_mask, counted = share.row_mask, share.counted
+        if row_mask is None and hasattr(share.admission, "needed_mask"):  # a deferred mask: needed now
+            row_mask = share.admission.needed_mask(q.table.ids)
+            counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
+        rows = _admitted_rows(share.admission, q.table) if row_mask is None else None
+        count = (len(rows) if rows is not None else counted.count if counted is not None
+                 else int(np.count_nonzero(row_mask)))
+        return cls(rows, row_mask, count, min(q.k, count - _admits(q.table, q.skip, rows, row_mask)), counted)
 
     def listed(self) -> np.ndarray:
         if self.rows is not None:
@@ -359,8 +371,8 @@ def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: li
     the lists nearest the query that hold them); an exact scan when it finds too few (noted
     in ``fallbacks``)."""
     if q.ivf is not None:
-        counted = share.counted if share.counted is not None else AdmittedLists(q.table.layout(q.index),
-                                                                                admitted.mask(len(q.table)))
+        counted = admitted.counted if admitted.counted is not None else AdmittedLists(q.table.layout(q.index),
+                                                                                      admitted.mask(len(q.table)))
         hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking.of(q),
                                       counted, q.want, q.refine)
     else:
