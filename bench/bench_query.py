@@ -21,6 +21,8 @@ Filters (each a scenario):
   locality        locality contains "ridge" (a fifth of the specimens, unrelated to vectors)
   group-other     group == another group (no neighbour passes)
   date-1%         eventDate >= a date that 1% of the specimens reach
+  unposted-90%    preparations in (pinned, papered): 90%, on a field without postings
+  unposted-1%     preparations == slide: 1%, on a field without postings
 
 The store is then published (:func:`publish_snapshot`, which writes each index's vectors
 at rest as a float16 file) and searched through the snapshot, as the app searches it:
@@ -89,8 +91,13 @@ DAYS, START = 27_000, np.datetime64(date(1950, 1, 1))
 #: The first day of the latest 1% of event dates (event days are uniform), and its ISO date.
 RECENT_DAY = int(np.ceil(0.99 * DAYS))
 RECENT = str(START + np.timedelta64(RECENT_DAY, "D"))
-SCENARIOS = ("none", "group-own", "locality", "group-other", "date-1%")
+SCENARIOS = ("none", "group-own", "locality", "group-other", "date-1%", "unposted-90%", "unposted-1%")
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
+#: A specimen's preparation (Darwin Core ``preparations``, not among the default posting
+#: fields) and each one's share, independent of the vectors.
+PREPARATIONS, PREPARATION_SHARES = ("pinned", "papered", "spread", "slide"), (0.6, 0.3, 0.09, 0.01)
+#: The metadata keys of the synthetic collection, in the order of :meth:`Synthetic.columns`' arrays after the group.
+METADATA_KEYS = ("locality", "eventDate", "preparations")
 
 
 def scenario_filters(name: str, own: str, other: str) -> list[Filter]:
@@ -99,7 +106,9 @@ def scenario_filters(name: str, own: str, other: str) -> list[Filter]:
     return {"none": [], "group-own": [Filter(field="group", op="==", value=own)],
             "locality": [Filter(field="locality", op="contains", value="ridge")],
             "group-other": [Filter(field="group", op="==", value=other)],
-            "date-1%": [Filter(field="eventDate", op=">=", value=RECENT)]}[name]
+            "date-1%": [Filter(field="eventDate", op=">=", value=RECENT)],
+            "unposted-90%": [Filter(field="preparations", op="in", value=["pinned", "papered"])],
+            "unposted-1%": [Filter(field="preparations", op="==", value="slide")]}[name]
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +153,10 @@ class Part:
     groups: np.ndarray
     locality_codes: np.ndarray
     days: np.ndarray
+    preparation_codes: np.ndarray
+
+
+PART_FIELDS = ("ids", "vectors", "groups", "locality_codes", "days", "preparation_codes")
 
 
 @dataclass(frozen=True)
@@ -152,8 +165,8 @@ class Synthetic:
     can be made again alone, so the build, the queries and the exact ground truth each make
     the rows they need and none holds all of them (10 million x 768 float32 are 31 GB).
     Vectors are unit vectors around ``clusters`` centres (species x morphs); a specimen's
-    group is its cluster modulo ``groups`` (a species' specimens look alike); locality and
-    event date are independent of the vectors."""
+    group is its cluster modulo ``groups`` (a species' specimens look alike); locality, event
+    date and preparation are independent of the vectors."""
 
     n: int
     dim: int
@@ -176,8 +189,9 @@ class Synthetic:
         x = self.centres[labels] + self.noise * rng.standard_normal((rows, self.dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         ids = rng.integers(1, 1 << 62, size=rows, dtype=np.int64)  # ids look like specimen_id() hashes
-        return Part(start, ids, x, labels % self.groups, rng.integers(len(LOCALITIES), size=rows),
-                    rng.integers(0, DAYS, size=rows))
+        localities, days = rng.integers(len(LOCALITIES), size=rows), rng.integers(0, DAYS, size=rows)
+        preparations = rng.choice(len(PREPARATIONS), size=rows, p=PREPARATION_SHARES)  # drawn last: the rest as before
+        return Part(start, ids, x, labels % self.groups, localities, days, preparations)
 
     def parts(self) -> Iterator[Part]:
         for i in range(-(-self.n // self.chunk)):
@@ -188,21 +202,22 @@ class Synthetic:
         taken = []
         for i in np.unique(rows // self.chunk):
             part, wanted = self.part(int(i)), rows[rows // self.chunk == i] - i * self.chunk
-            taken.append((rows // self.chunk == i, Part(-1, part.ids[wanted], part.vectors[wanted], part.groups[wanted],
-                                                        part.locality_codes[wanted], part.days[wanted])))
+            taken.append((rows // self.chunk == i, Part(-1, *(getattr(part, f)[wanted] for f in PART_FIELDS))))
         out = {f: np.empty((len(rows), *getattr(taken[0][1], f).shape[1:]), getattr(taken[0][1], f).dtype)
-               for f in ("ids", "vectors", "groups", "locality_codes", "days")}
+               for f in PART_FIELDS}
         for where, part in taken:
             for f, array in out.items():
                 array[where] = getattr(part, f)
         return Part(-1, **out)
 
-    def columns(self, part: Part) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """``(group names, localities, ISO event dates)`` of a part, as Arrow arrays built from
-        codes (numpy text arrays of 10 million rows cost gigabytes)."""
+    def columns(self, part: Part) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+        """``(group names, localities, ISO event dates, preparations)`` of a part, as Arrow
+        arrays built from codes (numpy text arrays of 10 million rows cost gigabytes)."""
         group_names = pa.array([f"g{g:02d}" for g in range(self.groups)]).take(pa.array(part.groups))
         localities = pa.array(LOCALITIES).take(pa.array(part.locality_codes))
-        return group_names, localities, pa.array(START + part.days.astype("timedelta64[D]")).cast(pa.string())
+        preparations = pa.array(PREPARATIONS).take(pa.array(part.preparation_codes))
+        return (group_names, localities, pa.array(START + part.days.astype("timedelta64[D]")).cast(pa.string()),
+                preparations)
 
 
 def timed_parts(data: Synthetic, spent: list[float]) -> Iterator[Part]:
@@ -265,20 +280,21 @@ def build_store(db: Path, config: IndexConfig, ids, vectors, group_names, locali
 def build_chunks(db: Path, config: IndexConfig, chunks) -> None:
     """The product's streamed bulk write path (:meth:`Store.write_chunks`): catalog,
     metadata, masks, vectors at rest and index, from ``(ids, vectors, group names,
-    localities, dates)`` chunks made one at a time."""
+    localities, dates[, preparations])`` chunks (the metadata of :data:`METADATA_KEYS` a
+    chunk has) made one at a time."""
 
     def stream():
         start = 0
-        for ids, vectors, group_names, localities, dates in chunks:
+        for ids, vectors, group_names, *metadata in chunks:
             n = len(ids)
             yield Chunk(
                 pa.table({"specimen_id": ids,
                           "path": pc.binary_join_element_wise(
                               "images/", pc.cast(pa.array(np.arange(start, start + n)), pa.string()), ".png", ""),
                           "group_name": group_names, "status": repeated("indexed", n)}),
-                metadata=pa.table({"specimen_id": np.concatenate([ids, ids]),
-                                   "key": pa.concat_arrays([repeated("locality", n), repeated("eventDate", n)]),
-                                   "value": pa.concat_arrays([localities, dates])}),
+                metadata=pa.table({"specimen_id": np.concatenate([ids] * len(metadata)),
+                                   "key": pa.concat_arrays([repeated(key, n) for key in METADATA_KEYS[:len(metadata)]]),
+                                   "value": pa.concat_arrays(metadata)}),
                 masks=trait_mask_rows(ids, seed=2),
                 vectors={(EMBEDDER, TRAIT): (ids, vectors)},
             )
@@ -385,13 +401,14 @@ def timed(fn, queries):
 
 
 def lance_equal_recall(args, work: Path, config: IndexConfig, ids, vectors, group_names, localities, dates,
-                       query_rows, query_ids, scenarios, truth, ours_p95: dict[str, float]) -> None:
+                       preparations, query_rows, query_ids, scenarios, truth, ours_p95: dict[str, float]) -> None:
     """LanceDB per index kind at the cheapest setting reaching ``--lance-target`` recall, per scenario."""
     # LanceDB's documented defaults: sqrt(rows) partitions, dim/16 sub-vectors (dim/8 when 16 does not
     # divide it); k-means bounded to our own training budget (iterations, rows sampled per partition).
     partitions = max(1, round(np.sqrt(args.n)))
     sub_vectors = args.dim // 16 if args.dim % 16 == 0 else args.dim // 8
-    columns = {"id": ids, "group_name": group_names, "locality": localities, "eventDate": dates}
+    columns = {"id": ids, "group_name": group_names, "locality": localities, "eventDate": dates,
+               "preparations": preparations}
     refines = [int(r) for r in args.lance_refines.split(",") if r.strip()]
     efs = [int(e) for e in args.lance_efs.split(",") if e.strip()]
     for kind in (k.strip().upper() for k in args.lance_kinds.split(",") if k.strip()):
@@ -555,6 +572,8 @@ def main() -> None:
         "locality": (lambda j: "lower(locality) LIKE '%ridge%'", lambda p: ridge[p.locality_codes][None, :]),
         "group-other": (lambda j: f"group_name = 'g{other[j]:02d}'", lambda p: p.groups[None, :] == other[:, None]),
         "date-1%": (lambda j: f"eventDate >= '{RECENT}'", lambda p: (p.days >= RECENT_DAY)[None, :]),
+        "unposted-90%": (lambda j: "preparations IN ('pinned', 'papered')", lambda p: (p.preparation_codes < 2)[None, :]),
+        "unposted-1%": (lambda j: "preparations = 'slide'", lambda p: (p.preparation_codes == 3)[None, :]),
     }
     # scenario -> (our filters of query j, its LanceDB where clause, which rows pass)
     scenarios = {name: (lambda j, name=name: scenario_filters(name, group_name[asked.groups[j]], f"g{other[j]:02d}"),
