@@ -160,7 +160,14 @@ DEFAULT_TIERS = (
 
 
 #: Filter fields posted by default: the group and the Darwin Core terms collections filter by most.
-POSTING_FIELDS = ("group", "locality", "country", "stateProvince", "eventDate", "year", "sex", "lifeStage")
+#: The filter fields posted by default: a specimen's group, where and when it was collected,
+#: its sex and life stage, its name and ranks, type status, holding institution and
+#: collection, and collector (the Darwin Core terms a museum filters by). Any other field is
+#: searched without postings: broad filters by post-filtering, selective ones from a mask
+#: built on their first search.
+POSTING_FIELDS = ("group", "locality", "country", "stateProvince", "eventDate", "year", "sex", "lifeStage",
+                  "scientificName", "genus", "family", "order", "typeStatus", "institutionCode", "collectionCode",
+                  "recordedBy")
 
 
 class IndexConfig(_Strict):

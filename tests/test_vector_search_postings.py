@@ -150,10 +150,10 @@ def test_verify_checks_the_postings_and_a_snapshot_without_them_still_searches(c
 
 def dated(tmp_path, with_nulls: bool):
     """A published collection with an event date on 2,000 days (more values than postings
-    list one by one: ranges with rows to check at their ends), a locality, a year, a wing
-    area measured on most specimens (posted: ``<trait>.<measurement>`` in
-    ``index.posting_fields``), some specimens not indexed, and (``with_nulls``) some without a
-    locality."""
+    list one by one: ranges with rows to check at their ends), a locality, a year, a genus, a
+    wing area measured on most specimens (posted: ``<trait>.<measurement>`` in
+    ``index.posting_fields``), a habitat and a wing perimeter (not posted), some specimens
+    not indexed, and (``with_nulls``) some without a locality."""
     db = tmp_path / "p.duckdb"
     rng = np.random.default_rng(5)
     ids = rng.choice(1 << 62, size=N, replace=False).astype(np.int64)
@@ -165,15 +165,17 @@ def dated(tmp_path, with_nulls: bool):
     has = [i for i in range(N) if places[i] is not None]
     areas = np.round(rng.gamma(4.0, 10.0, N), 2).tolist()  # a measurement of many values (ranges passed in part)
     habitats = np.array(["forest", "meadow", "swamp"])[rng.integers(0, 3, N)].tolist()  # not posted
+    genera = [f"Genus{g}" for g in rng.integers(0, 12, N)]  # a Darwin Core term posted by default
     vectors = clustered(N, 7)
     config = CONFIG.model_copy(update={"posting_max_values": 64, "posting_fields": [*POSTING_FIELDS, "wing.area_mm2"]})
     with Store.open(db, index_config=config) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids], "group_name": group_of(N, 6),
                       "status": np.where(indexed, "indexed", "failed")}),
-            metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has], ids]),
-                               "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has) + ["habitat"] * N,
-                               "value": days + [d[:4] for d in days] + places[has].tolist() + habitats}),
+            metadata=pa.table({"specimen_id": np.concatenate([ids, ids, ids[has], ids, ids]),
+                               "key": ["eventDate"] * N + ["year"] * N + ["locality"] * len(has) + ["habitat"] * N
+                               + ["genus"] * N,
+                               "value": days + [d[:4] for d in days] + places[has].tolist() + habitats + genera}),
             measurements=measurement_table({int(ids[k]): [{"trait_id": 1, "trait_name": "wing", "unit": "mm",
                                                            "area_mm2": areas[k], "perimeter_mm": areas[k] / 3 + k % 7}]
                                             for k in range(N) if k % 9}, now()),
@@ -194,7 +196,7 @@ CONDITIONS = [Filter(field="eventDate", op=">=", value="1955-01-01"), Filter(fie
               Filter(field="locality", op="!=", value="Valley"), Filter(field="locality", op="not in", value=["Cerro Azul"]),
               Filter(field="group", op="==", value="rare"), Filter(field="group", op="<=", value="g1"),
               Filter(field="wing.area_mm2", op=">", value=40.0), Filter(field="wing.area_mm2", op="<=", value=12.5),
-              Filter(field="wing.area_mm2", op="!=", value=30.0)]
+              Filter(field="wing.area_mm2", op="!=", value=30.0), Filter(field="genus", op="in", value=["Genus3", "Genus7"])]
 
 
 JOINED = [[CONDITIONS[0], CONDITIONS[7]], [CONDITIONS[6], CONDITIONS[11], CONDITIONS[9]],
@@ -275,7 +277,7 @@ def test_shards_read_every_condition_off_the_postings_over_their_own_rows(tmp_pa
             assert np.mean(recalls) >= 0.95, filters
         assert [len(shard.store.columns()._masks) for shard in shards] == started
         for shard in shards:
-            assert set(shard.postings) == {"group", "locality", "eventDate", "year", "wing.area_mm2"}
+            assert set(shard.postings) == {"group", "locality", "eventDate", "year", "genus", "wing.area_mm2"}
             layout = shard.table.layout(shard.index)
             for filters in [[c] for c in CONDITIONS] + JOINED + MIXED:
                 admission = shard.store.admission(filters)
