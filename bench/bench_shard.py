@@ -30,10 +30,12 @@ import numpy as np
 import psutil
 from bench_query import (
     EMBEDDER,
+    SCENARIOS,
     TRAIT,
     Synthetic,
     build_chunks,
     load,
+    scenario_filters,
 )
 
 from sst_search.config import IndexConfig
@@ -49,12 +51,10 @@ from sst_search.vector_search.indexes import bytes_per_vector
 
 
 def scenarios(groups: np.ndarray, group_count: int) -> dict[str, list[list[Filter]]]:
-    """Filters of each query (of the queries' ``groups``) per scenario: none, the query's own
-    group, another group, a locality."""
-    own = [[Filter(field="group", op="==", value=f"g{g:02d}")] for g in groups]
-    other = [[Filter(field="group", op="==", value=f"g{(g + group_count // 2) % group_count:02d}")] for g in groups]
-    ridge = [[Filter(field="locality", op="contains", value="ridge")] for _ in groups]
-    return {"none": [[] for _ in groups], "group-own": own, "locality": ridge, "group-other": other}
+    """Filters of each query (of the queries' ``groups``) per scenario of bench_query.py."""
+    names = [f"g{g:02d}" for g in range(group_count)]
+    return {name: [scenario_filters(name, names[g], names[(g + group_count // 2) % group_count]) for g in groups]
+            for name in SCENARIOS}
 
 
 class Opened:
@@ -158,8 +158,10 @@ def main() -> None:
         print(f"{name:<12} {o50:>8.1f} {o95:>8.1f} {a50:>10.1f} {a95:>10.1f} {s50:>8.1f} {s95:>8.1f} {s95 - o95:>9.1f} "
               f"{same:>8.3f}", flush=True)
     after = [psutil.Process(pid).memory_full_info() for pid in pids]
+    masks = ray.get([a.__ray_call__.remote(lambda self: self.store.columns().masks_kept) for a in sharded.actors])
     print("\nshards after the searches (their filter columns and masks loaded), resident / own GiB: "
-          + ", ".join(f"{m.rss / 2**30:.2f} / {m.uss / 2**30:.2f}" for m in after) + f"; {load()}")
+          + ", ".join(f"{m.rss / 2**30:.2f} / {m.uss / 2**30:.2f}" for m in after) + f"; masks over the catalog's "
+          f"specimens each keeps (the indexed specimens' one built at start): {masks}; {load()}")
     sharded.close()
     single.close()
     ray.shutdown()

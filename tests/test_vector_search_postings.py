@@ -85,7 +85,7 @@ def search_all(db, data, filters, passing, plan=None, exact_max=20_000, posted=T
             scores[row] = -np.inf
             recalls.append(len(set(found) & set(ids[np.argsort(-scores)[:10]].tolist())) / 10)
         table = store.vector_table(*KEY)
-        built = (table._layout, dict(table._admitted), len(store.columns()._masks) if posted else None)
+        built = (table._layout, dict(table._admitted), store.columns().masks_kept if posted else None)
     return built, float(np.mean(recalls))
 
 
@@ -262,7 +262,7 @@ def test_shards_read_every_condition_off_the_postings_over_their_own_rows(tmp_pa
     recent = data["dates"] >= "1955-01-01"
     shards = [IndexShard(snapshot, *KEY, i, 3) for i in range(3)]
     try:
-        started = [len(shard.store.columns()._masks) for shard in shards]  # the scope's, built when it started
+        started = [shard.store.columns().masks_kept for shard in shards]  # the scope's, built when it started
         for filters, passing in (([CONDITIONS[0]], recent), ([CONDITIONS[10]], rare),
                                  (MIXED[0], recent & (data["habitats"] == "forest"))):
             recalls = []
@@ -275,7 +275,7 @@ def test_shards_read_every_condition_off_the_postings_over_their_own_rows(tmp_pa
                 scores[row] = -np.inf
                 recalls.append(len(set(found) & set(ids[np.argsort(-scores)[:10]].tolist())) / 10)
             assert np.mean(recalls) >= 0.95, filters
-        assert [len(shard.store.columns()._masks) for shard in shards] == started
+        assert [shard.store.columns().masks_kept for shard in shards] == started
         for shard in shards:
             assert set(shard.postings) == {"group", "locality", "eventDate", "year", "genus", "wing.area_mm2"}
             layout = shard.table.layout(shard.index)
@@ -319,7 +319,7 @@ def test_a_filter_without_postings_builds_its_mask_only_when_a_search_needs_ever
         for filters, passing, plan, masked in ((broad, (data["habitats"] != "swamp") & (perimeters > 8.0), "postfilter",
                                                  False), (selective, perimeters > 30.0, "exact", True)):
             assert 0.01 < passing.mean() < 0.05 or plan == "postfilter"
-            masks = len(store.columns()._masks)
+            masks = store.columns().masks_kept
             asked = np.concatenate([ids[::7], [12345, -1]])  # and two ids of no specimen
             before = engine.admission(filters).passes(asked)
             recalls, shares = [], []
@@ -332,7 +332,7 @@ def test_a_filter_without_postings_builds_its_mask_only_when_a_search_needs_ever
                 scores = np.where(passing, vectors @ vectors[row], -np.inf)
                 scores[row] = -np.inf
                 recalls.append(len(set(found) & set(ids[np.argsort(-scores)[:10]].tolist())) / 10)
-            assert np.mean(recalls) >= 0.95 and (len(store.columns()._masks) > masks) == masked, filters
+            assert np.mean(recalls) >= 0.95 and (store.columns().masks_kept > masks) == masked, filters
             # a mask once built is read by the filter's later searches: their share is exact, not sampled
             assert (set(shares[1:]) == {passing.mean()}) == masked, shares
             expected = np.concatenate([passing[::7], [False, False]])

@@ -89,6 +89,11 @@ class SnapshotColumns:
 
         return self._remembered(_mask_key(conditions), conjunction)
 
+    @property
+    def masks_kept(self) -> int:
+        """How many condition and filter masks the snapshot keeps (one byte per specimen each)."""
+        return len(self._masks)
+
     def known_mask(self, conditions: Sequence[Condition]) -> np.ndarray | None:
         """:meth:`all_of` when a search built it already, else None (nothing is built)."""
         return self._masks.known(_mask_key(conditions))
