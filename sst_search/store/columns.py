@@ -53,6 +53,7 @@ class SnapshotColumns:
         self._lock = threading.Lock()
         self._columns: dict[tuple[str, str, str | None], ColumnValues] = {}
         self._masks: Kept[np.ndarray] = Kept(MASKS_KEPT)
+        self._shares: Kept[tuple[np.ndarray, float]] = Kept(MASKS_KEPT)
         self._tables: dict[int, tuple[np.ndarray, slice | np.ndarray | None]] = {}
         self._table_masks: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         ids = published.ids() if published is not None else None
@@ -88,6 +89,13 @@ class SnapshotColumns:
             return mask
 
         return self._remembered(_mask_key(conditions), conjunction)
+
+    def remembered_share(self, key: Hashable, population: np.ndarray, estimate: Callable[[], float]) -> float:
+        """``estimate()`` kept under ``key`` for the index whose ids are ``population`` (the
+        array itself: an index's id array lives as long as its generation), the last
+        :data:`MASKS_KEPT`."""
+        known = self._shares.get((key, id(population)), lambda: (population, estimate()))
+        return known[1] if known[0] is population else estimate()
 
     @property
     def masks_kept(self) -> int:
@@ -319,6 +327,9 @@ class CheckedAdmission(MaskAdmission):
     def needed_mask(self, table_ids: np.ndarray) -> np.ndarray | None:
         self._needed()
         return super().table_mask(table_ids)
+
+    def remembered_share(self, population: np.ndarray, sample: Hashable, estimate: Callable[[], float]) -> float:
+        return self._columns.remembered_share((_mask_key(self._conditions), sample), population, estimate)
 
 
 class ConditionCheck:
