@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 from sst_search.kept import Kept
 from sst_search.vector_search.at_rest import IndexKey, save_array
 from sst_search.vector_search.indexes import atomic_write, ivf_of, read_json, write_json
-from sst_search.vector_search.vector_table import ListCounts, ListLayout
+from sst_search.vector_search.vector_table import ListCounts, ListLayout, spans
 from sst_search.weights import sha256_file
 
 #: The postings' format; a manifest of another (an older publish's) is not read.
@@ -284,7 +284,7 @@ class Postings:
     def segments(self, lists: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         """Positions in :attr:`rows` of ranges ``low[i]..high[i]`` (exclusive) of each of ``lists``."""
         base = self.starts[lists]
-        return _ranges((base + np.asarray(self.counts[np.ix_(low, lists)], np.int64)).ravel(),
+        return spans((base + np.asarray(self.counts[np.ix_(low, lists)], np.int64)).ravel(),
                        (base + np.asarray(self.counts[np.ix_(high, lists)], np.int64)).ravel())
 
 
@@ -304,16 +304,6 @@ def _subset(arrays: dict[str, np.ndarray], positions: np.ndarray) -> dict[str, n
     np.cumsum(per_cell.T, axis=0, out=subset_counts[1:])
     return {"codes": np.asarray(codes[positions], np.int32), "rows": kept[keep].astype(rows.dtype),
             "counts": subset_counts}
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i]..ends[i]`` of every range, concatenated, without a Python loop."""
-    lengths = ends - starts
-    keep = lengths > 0
-    starts, lengths = starts[keep], lengths[keep]
-    if not len(lengths):
-        return np.zeros(0, np.int64)
-    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
 
 
 def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,16 @@ def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np
     return sorted_ids[rows] == ids, rows
 
 
+def spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i]..ends[i]`` of every range, concatenated, without a Python loop."""
+    lengths = ends - starts
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    if not len(lengths):
+        return np.zeros(0, np.int64)
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+
+
 class VectorTable:
     """One index's stored vectors, sorted by id: a query's own vector, exact scans and
     re-ranking look up a few rows per search in microseconds, where a DuckDB query over the
@@ -147,7 +157,8 @@ class ListLayout:
         return np.diff(self.starts)
 
     def rows_in(self, lists: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.rows[self.starts[i] : self.starts[i + 1]] for i in lists]) if len(lists) else self.rows[:0]
+        lists = np.asarray(lists, np.int64)
+        return self.rows[spans(self.starts[lists], self.starts[lists + 1])]
 
 
 class ListCounts:
