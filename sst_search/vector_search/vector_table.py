@@ -28,6 +28,8 @@ from sst_search.vector_search.indexes import ivf_of
 ADMITTED_KEPT = 64
 #: Rows from which a filter's mask is counted per list in parts at once.
 COUNT_SPLIT_ROWS = 1_000_000
+#: The share of a table's rows up to which a mask's admitted rows are listed by IVF list.
+GROUPED_SHARE = 1 / 16
 
 
 def sorted_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,12 +213,26 @@ class AdmittedLists(ListCounts):
     """:class:`ListCounts` of a filter's mask over the table's rows (one pass over them)."""
 
     def __init__(self, layout: ListLayout, mask: np.ndarray) -> None:
-        self.layout, self.mask, self._rows = layout, mask, None
+        self.layout, self.mask, self._rows, self._by_list = layout, mask, None, None
         super().__init__(layout.sizes, _held(layout, mask))
 
     def rows_in(self, lists: np.ndarray) -> np.ndarray:
-        rows = self.layout.rows_in(lists)
-        return rows[self.mask[rows]]
+        """A few admitted rows (at most :data:`GROUPED_SHARE` of the table) are read grouped
+        by list, listed once per filter: the selector under a scattered 1% filter probes
+        hundreds of lists, and checking each of their rows against the mask took 2.6 ms a
+        search at 10M; else the lists' rows checked against the mask."""
+        if self.count > GROUPED_SHARE * len(self.mask):
+            rows = self.layout.rows_in(lists)
+            return rows[self.mask[rows]]
+        if self._by_list is None:
+            rows = self.rows()
+            lists_of = self.layout.row_lists[rows]
+            kept = lists_of >= 0  # a row the index lacks is in no list
+            order = np.argsort(lists_of[kept], kind="stable")
+            self._by_list = rows[kept][order], np.concatenate([[0], np.cumsum(self.held)])
+        grouped, starts = self._by_list
+        lists = np.asarray(lists, np.int64)
+        return grouped[spans(starts[lists], starts[lists + 1])]
 
     def rows(self) -> np.ndarray:
         """Listed once per filter: an exact scan under it then touches only its rows."""
