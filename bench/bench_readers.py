@@ -8,8 +8,9 @@ This runs two fresh reader processes, one after the other, on a store that
 IVF index). Each imports the library, opens the store with ``SearchEngine.open`` and warms
 it (``SearchEngine.warm``: its index files read into the page cache), as the app does, and
 runs the same ``--queries`` searches: query specimens drawn with a fixed seed, cycling
-through bench_query's five filter scenarios (none, own group, locality contains "ridge",
-another group, the latest 1% of event dates). The first reader stays alive while the
+through bench_query's seven filter scenarios (none, own group, locality contains "ridge",
+another group, the latest 1% of event dates, and 90% and 1% of a field without postings).
+The first reader stays alive while the
 second runs. For each it prints, from psutil's ``memory_full_info``:
 
 - RSS: everything resident in the process, its imports (torch, FAISS, DuckDB) included;
@@ -97,7 +98,7 @@ def show(name: str, report: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", required=True, type=Path, help="a published store (bench_query's --workdir holds one)")
-    ap.add_argument("--queries", type=int, default=500, help="searches per reader, the five scenarios in turn")
+    ap.add_argument("--queries", type=int, default=500, help="searches per reader, the scenarios in turn")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
