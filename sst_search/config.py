@@ -159,7 +159,6 @@ DEFAULT_TIERS = (
 )
 
 
-#: Filter fields posted by default: the group and the Darwin Core terms collections filter by most.
 #: The filter fields posted by default: a specimen's group, where and when it was collected,
 #: its sex and life stage, its name and ranks, type status, holding institution and
 #: collection, and collector (the Darwin Core terms a museum filters by). Any other field is

@@ -285,7 +285,7 @@ class Postings:
         """Positions in :attr:`rows` of ranges ``low[i]..high[i]`` (exclusive) of each of ``lists``."""
         base = self.starts[lists]
         return spans((base + np.asarray(self.counts[np.ix_(low, lists)], np.int64)).ravel(),
-                       (base + np.asarray(self.counts[np.ix_(high, lists)], np.int64)).ravel())
+                     (base + np.asarray(self.counts[np.ix_(high, lists)], np.int64)).ravel())
 
 
 def _subset(arrays: dict[str, np.ndarray], positions: np.ndarray) -> dict[str, np.ndarray]:
