@@ -12,9 +12,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from sst_search.measure import FIELD_NAMES as MEASURED
 from sst_search.store.catalog import recorded_index_config
 from sst_search.store.columns import distinct_codes, text_values
-from sst_search.measure import FIELD_NAMES as MEASURED
 from sst_search.store.filters import CONFIDENCE_FIELDS, SPECIMEN_FIELDS
 from sst_search.store.verify import Problem, index_states
 from sst_search.vector_search import at_rest, indexes, postings

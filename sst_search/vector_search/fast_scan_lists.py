@@ -140,7 +140,7 @@ def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[
     memory, the same quantizer and codes) whose ids ``keep`` admits, codes copied as they
     are; returns how many. FAISS's own subset copy reads block-packed codes as if they lay
     one after another, so each list's blocks are unpacked and the kept codes appended."""
-    packer = faiss.downcast_index(source).get_CodePacker()
+    packer, block_lists = faiss.downcast_index(source).get_CodePacker(), _block_lists(target)
     added = 0
     for list_no in range(source.nlist):
         size = source.invlists.list_size(list_no)
@@ -152,7 +152,7 @@ def copy_entries(source: faiss.IndexIVF, target: faiss.IndexIVF, keep: Callable[
             continue
         blocks = -(-size // packer.nvec)
         codes = faiss.rev_swig_ptr(source.invlists.get_codes(list_no), blocks * packer.block_size)
-        _append(_block_lists(target), packer, list_no, ids[kept], _unpacked(packer, codes, blocks)[kept])
+        _append(block_lists, packer, list_no, ids[kept], _unpacked(packer, codes, blocks)[kept])
         added += len(kept)
     target.ntotal += added
     return added
