@@ -84,7 +84,7 @@ class SnapshotCatalog(Catalog):
 
         def mask() -> tuple[SnapshotColumns, np.ndarray]:
             columns = self.columns()
-            return columns, compile_mask(scoped, self.metadata_keys(), self.measured_traits(), columns)
+            return columns, columns.all_of(conditions)
 
         fields = list(zip((f.field for f in filters), conditions))  # the scope's status condition left out
         posting = [(field, c) for field, c in fields if field in self.posting_fields()]
