@@ -46,29 +46,28 @@ class IndexShard:
     def __init__(self, db_path: str, embedder: str, trait: str, shard: int, shards: int) -> None:
         self.store = Store.open(db_path, read_only=True)
         key = (embedder, trait)
-        self._positions: np.ndarray | None = None  # the shard's rows of the snapshot's vector table, when mapped
-        self.table = self._shard_table(key, shard, shards)
+        self.table, positions = self._shard_table(key, shard, shards)
         copied = self.store.index_cache.part(key, self.store.generations()[key], shards, shard) if len(self.table) else None
         self.index = copied if copied is not None else self._trained_index() if len(self.table) else None
         #: Each posting field's postings over the shard's rows (empty where the index was trained here).
-        self.postings = self._shard_postings(key, copied) if copied is not None else {}
+        self.postings = self._shard_postings(key, copied, positions) if copied is not None else {}
         self._prepare()
 
-    def _shard_table(self, key: tuple[str, str], shard: int, shards: int) -> VectorTable:
+    def _shard_table(self, key: tuple[str, str], shard: int, shards: int) -> tuple[VectorTable, np.ndarray | None]:
         """The shard's ids, ascending, and its rows of the snapshot's mapped vectors at rest,
         read where they lie (:class:`~sst_search.vector_search.at_rest.RowSubset`): shards on
         one machine share the file's pages, and none fills the DuckDB buffers with a scan of
-        the catalog's vectors. Float32 from the catalog for a store published before vectors
-        at rest."""
+        the catalog's vectors; with the positions of those rows in the file. Float32 from the
+        catalog (and no positions) for a store published before vectors at rest."""
         mapped = at_rest.open_vectors(at_rest.vectors_dir(self.store.db_path), key,
                                       self.store.generations().get(key))
         if mapped is None:
             ids, matrix = self.store.get_vectors(*key, shard=(shard, shards))
-            return VectorTable(ids, np.ascontiguousarray(matrix, np.float32), presorted=True)
+            return VectorTable(ids, np.ascontiguousarray(matrix, np.float32), presorted=True), None
         all_ids, matrix = mapped
-        self._positions = positions = np.flatnonzero(np.asarray(all_ids) % shards == shard)
+        positions = np.flatnonzero(np.asarray(all_ids) % shards == shard)
         return VectorTable(np.asarray(all_ids[positions]), at_rest.RowSubset(matrix, positions), presorted=True,
-                           row_reader=at_rest.RowReader(matrix, positions))
+                           row_reader=at_rest.RowReader(matrix, positions)), positions
 
     def _trained_index(self) -> faiss.Index:
         """An index trained on the shard's vectors, of the kind the writer recorded, where the
@@ -81,15 +80,17 @@ class IndexShard:
         return build_index_from(lambda positions: np.asarray(matrix[positions], np.float32), self.table.ids,
                                 matrix.shape[1], self.store.index_config)
 
-    def _shard_postings(self, key: tuple[str, str], copied: faiss.Index) -> dict[str, Postings]:
-        """The snapshot's postings of each posting field over the shard's rows: a shard's
-        first search under a group, a locality or a date then reads it off them, as a single
-        store does, instead of building a mask over every specimen of the catalog (an
-        own-group search's p95 was 74 ms for one shard of 10M x 768, 13 ms at p50)."""
-        if self._positions is None:
+    def _shard_postings(self, key: tuple[str, str], copied: faiss.Index, positions: np.ndarray | None
+                        ) -> dict[str, Postings]:
+        """The snapshot's postings of each posting field over the shard's rows (``positions``
+        of the vector table): a shard's first search under a group, a locality or a date then
+        reads it off them, as a single store does, instead of building a mask over every
+        specimen of the catalog (an own-group search's p95 was 74 ms for one shard of 10M x
+        768, 13 ms at p50)."""
+        if positions is None:
             return {}
         generation = self.store.generations()[key]
-        found = {field: self.store.index_cache.part_postings(key, generation, field, copied, self._positions)
+        found = {field: self.store.index_cache.part_postings(key, generation, field, copied, positions)
                  for field in self.store.posting_fields()}
         return {field: postings for field, postings in found.items() if postings is not None}
 
