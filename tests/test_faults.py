@@ -120,7 +120,8 @@ def _empty(path):
     os.truncate(path, 0)
 
 
-@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty], ids=["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("damage", [_truncate, pytest.param(_garbage, marks=pytest.mark.slow),
+                                    pytest.param(_empty, marks=pytest.mark.slow)], ids=["truncated", "garbage", "empty"])
 def test_damaged_database_stops_the_run_and_verify_repair_restores_it(store, damage):
     db, coll, ids, version = store
     damage(db)

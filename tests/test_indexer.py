@@ -158,6 +158,7 @@ def test_bad_files_missing_references_and_provided_masks(collection, tmp_path, t
         assert store.unmeasured_specimens() == [] and len(store.measurements_frame(specimen_ids=[unmeasured])) > 0
 
 
+@pytest.mark.slow  # a whole CLI run killed and resumed; the fetch and store kill tests stay in the quick suite
 def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
     # Four items, committed one at a time: killed after two commits, two are left to resume.
     coll = generate_collection(tmp_path / "syn", species=2, per_species=2, seed=5)
@@ -191,6 +192,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # two actor processes each import torch and build SAM 2; Ray's sharded search stays quick
 def test_ray_engine_produces_the_same_catalog(tmp_path, ray_cluster):
     # Intra-op reductions depend on the thread count, so the local run uses one thread like
     # each Ray actor does; then the two catalogs must be identical, masks and vectors included.

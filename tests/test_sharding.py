@@ -37,6 +37,7 @@ FILTERS = [[], [Filter(field="group", op="==", value="g1")], [Filter(field="loca
            [Filter(field="group", op="!=", value="g0"), Filter(field="locality", op="==", value="common")]]
 
 
+@pytest.mark.slow  # starts a Ray cluster and three actor processes; the shards themselves are tested without Ray below
 def test_shards_merge_to_the_single_index_answer(ray_cluster, store_path):
     db, ids, vectors = store_path
     with ShardedIndex(db, EMBEDDER, TRAIT, shards=3, num_cpus=0.5) as sharded, Store.open(db, read_only=True) as one:
