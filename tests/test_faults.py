@@ -163,7 +163,8 @@ def _remove_faiss(db):
     _faiss_file(db).unlink()
 
 
-@pytest.mark.parametrize("damage", [_swap, _truncate_faiss, _noise_faiss, _remove_faiss],
+@pytest.mark.parametrize("damage", [_swap, _truncate_faiss, pytest.param(_noise_faiss, marks=pytest.mark.slow),
+                                    pytest.param(_remove_faiss, marks=pytest.mark.slow)],
                          ids=["swapped", "truncated", "zeroed", "missing"])
 def test_damaged_faiss_file_is_reported_then_rebuilt_before_publishing(store, damage):
     db, coll, ids, version = store
@@ -340,7 +341,8 @@ def test_repair_falls_back_to_an_older_snapshot_when_the_newest_is_damaged_too(s
     assert verify_files(db) == []
 
 
-@pytest.mark.parametrize("pointer", ["garbage{", '{"version": "20000101T000000000000Z-gone"}', '{"version": 7}'])
+@pytest.mark.parametrize("pointer", ["garbage{", '{"version": "20000101T000000000000Z-gone"}',
+                                     pytest.param('{"version": 7}', marks=pytest.mark.slow)])
 def test_a_bad_snapshot_pointer_is_reported_and_repaired(store, pointer):
     db, _, ids, _ = store
     snap.pointer_path(db).write_text(pointer)

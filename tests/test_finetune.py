@@ -158,7 +158,8 @@ def test_loaded_adapter_reproduces_predictions_and_changes_them(trained, group_d
     assert (adapted - _logits(base, support, image)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("other", ["image_size", "model", "weights_sha256"])
+@pytest.mark.parametrize("other", ["image_size", pytest.param("model", marks=pytest.mark.slow),  # each builds another SAM 2
+                                   pytest.param("weights_sha256", marks=pytest.mark.slow)])
 def test_adapter_for_another_base_is_refused(trained, other, tmp_path, tracker):
     _, _, path = trained
     if other == "image_size":
