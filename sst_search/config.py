@@ -191,6 +191,10 @@ class IndexConfig(_Strict):
     posting_max_values: int = Field(
         1024, ge=1, description="most ranges of values a posting field is listed in: one value each up to this many, "
         "else this many ranges of neighbouring values (each range costs 4 bytes a list)")
+    posting_categorical_values: int = Field(
+        1024, ge=0, description="ivf: every other metadata field with at most this many distinct values (a "
+        "preparation, a basis of record, a country code) is posted too, so that a selective condition on it builds no "
+        "mask on its first search (8 bytes a vector per field); 0 posts posting_fields alone")
 
     @model_validator(mode="before")
     @classmethod

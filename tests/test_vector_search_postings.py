@@ -17,6 +17,7 @@ from sst_search.query import Filter, SearchEngine
 from sst_search.sharding import IndexShard
 from sst_search.store import Store
 from sst_search.store.columns import read_off_postings
+from sst_search.store.filter_postings import posted_fields
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.store.writer import measurement_table, now
@@ -148,12 +149,13 @@ def test_verify_checks_the_postings_and_a_snapshot_without_them_still_searches(c
     assert recall >= 0.95
 
 
-def dated(tmp_path, with_nulls: bool):
+def dated(tmp_path, with_nulls: bool, categorical: int = 0):
     """A published collection with an event date on 2,000 days (more values than postings
     list one by one: ranges with rows to check at their ends), a locality, a year, a genus, a
     wing area measured on most specimens (posted: ``<trait>.<measurement>`` in
-    ``index.posting_fields``), a habitat and a wing perimeter (not posted), some specimens
-    not indexed, and (``with_nulls``) some without a locality."""
+    ``index.posting_fields``), a habitat of three values and a wing perimeter (not posted;
+    ``categorical`` 3 or more posts the habitat), some specimens not indexed, and
+    (``with_nulls``) some without a locality."""
     db = tmp_path / "p.duckdb"
     rng = np.random.default_rng(5)
     ids = rng.choice(1 << 62, size=N, replace=False).astype(np.int64)
@@ -167,7 +169,8 @@ def dated(tmp_path, with_nulls: bool):
     habitats = np.array(["forest", "meadow", "swamp"])[rng.integers(0, 3, N)].tolist()  # not posted
     genera = [f"Genus{g}" for g in rng.integers(0, 12, N)]  # a Darwin Core term posted by default
     vectors = clustered(N, 7)
-    config = CONFIG.model_copy(update={"posting_max_values": 64, "posting_fields": [*POSTING_FIELDS, "wing.area_mm2"]})
+    config = CONFIG.model_copy(update={"posting_max_values": 64, "posting_fields": [*POSTING_FIELDS, "wing.area_mm2"],
+                                       "posting_categorical_values": categorical})
     with Store.open(db, index_config=config) as store:
         store.write_columns(
             pa.table({"specimen_id": ids, "path": [f"img/{i}.png" for i in ids], "group_name": group_of(N, 6),
@@ -337,6 +340,36 @@ def test_a_filter_without_postings_builds_its_mask_only_when_a_search_needs_ever
             assert (set(shares[1:]) == {passing.mean()}) == masked, shares
             expected = np.concatenate([passing[::7], [False, False]])
             assert np.array_equal(before, expected) and np.array_equal(engine.admission(filters).passes(asked), expected)
+
+
+def test_a_metadata_field_of_few_values_is_posted_though_not_listed(tmp_path):
+    """A metadata key of at most ``index.posting_categorical_values`` distinct values (a
+    habitat) is posted at publish though ``index.posting_fields`` does not name it; a reader
+    learns it from the postings written, and its conditions, alone or with others, are read
+    off them (no mask) as their masks would admit, with exactly k and recall. A key of more
+    values, and a measurement, are not posted; verify passes the snapshot."""
+    db, data = dated(tmp_path, False, categorical=3)
+    with Store.open(db, read_only=True) as store:
+        config = store.recorded_index_config()
+        assert posted_fields(store.con, config)[len(config.posting_fields):] == ["habitat"]
+        fewer = config.model_copy(update={"posting_categorical_values": 2})
+        assert posted_fields(store.con, fewer) == config.posting_fields
+    habitat = [Filter(field="habitat", op="==", value="swamp"), Filter(field="habitat", op="not in", value=["forest"])]
+    with SearchEngine.open(db) as engine:
+        store = engine.store
+        assert store.posting_fields() == [*POSTING_FIELDS, "wing.area_mm2", "habitat"]
+        index, table = store.index(*KEY), store.vector_table(*KEY)
+        layout, generation = table.layout(index), store.generations()[KEY]
+        for filters in ([habitat[0]], [habitat[1]], [CONDITIONS[0], habitat[0]], MIXED[1]):
+            admission = engine.admission(filters)
+            assert "habitat" in [f for f, _ in admission.posting]
+            posted = read_off_postings(admission, lambda field: store.index_cache.postings(KEY, generation, field),
+                                       table.ids)
+            assert_as_masked(posted, admission.table_mask(table.ids), layout, table.ids, filters)
+    swamp = data["habitats"] == "swamp"
+    (_, admitted_lists, masks), recall = search_all(db, data, [habitat[0]], swamp)
+    assert recall >= 0.95 and admitted_lists == {} and masks == 0
+    assert verify_files(resolve_snapshot(db)) == []
 
 
 def test_postings_of_an_older_format_are_not_read_and_verify_passes_them(collection):

@@ -40,7 +40,7 @@ from sst_search.store.filters import (
 from sst_search.store.indexed import IndexedStore
 from sst_search.store.published_columns import PublishedColumns, per_hit_files
 from sst_search.store.records import TraitMask
-from sst_search.vector_search import at_rest
+from sst_search.vector_search import at_rest, postings
 from sst_search.vector_search.indexes import ivf_of, read_through
 
 
@@ -98,8 +98,14 @@ class SnapshotCatalog(Catalog):
         return CheckedAdmission(columns, conditions, checks)
 
     def posting_fields(self) -> list[str]:
-        """The fields the snapshot's indexes have postings of (``index.posting_fields``)."""
-        return self.remember("posting_fields", lambda: self.recorded_index_config().posting_fields)
+        """The fields the snapshot's indexes may have postings of: ``index.posting_fields``,
+        then those of few values its publish posted too
+        (:func:`~sst_search.store.filter_postings.posted_fields`)."""
+        def fields() -> list[str]:
+            listed = self.recorded_index_config().posting_fields
+            return [*listed, *sorted(postings.fields_posted(at_rest.vectors_dir(self.db_path)) - set(listed))]
+
+        return self.remember("posting_fields", fields)
 
     def loaded_columns(self) -> SnapshotColumns | None:
         """:meth:`columns` when something (a filter) loaded them already, else None: what a

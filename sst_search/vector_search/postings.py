@@ -143,6 +143,18 @@ def read_manifest(root: Path, key: IndexKey, field: str) -> dict | None:
     return read_json(posting_paths(root, key, field)["manifest"])
 
 
+def fields_posted(root: Path) -> set[str]:
+    """The fields some index at ``root`` has postings of in this format: a publish posts
+    fields of few values beyond those a reader's configuration lists, which the reader
+    learns from the manifests (a few dozen small files)."""
+    found = set()
+    for path in root.glob("*/*.json"):
+        manifest = read_json(path)
+        if manifest is not None and not older_format(manifest) and isinstance(manifest.get("field"), str):
+            found.add(manifest["field"])
+    return found
+
+
 def older_format(manifest: dict) -> bool:
     """Whether the manifest is an older publish's postings: sound, but not read (the
     snapshot's searches build masks until it is published again)."""
