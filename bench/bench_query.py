@@ -21,8 +21,10 @@ Filters (each a scenario):
   locality        locality contains "ridge" (a fifth of the specimens, unrelated to vectors)
   group-other     group == another group (no neighbour passes)
   date-1%         eventDate >= a date that 1% of the specimens reach
-  unposted-90%    preparations in (pinned, papered): 90%, on a field without postings
-  unposted-1%     preparations == slide: 1%, on a field without postings
+  prep-90%        preparations in (pinned, papered): 90%, on a field of four values that
+                  ``index.posting_fields`` does not name (posted at publish for its few values;
+                  ``--categorical-values 0``: a field without postings)
+  prep-1%         preparations == slide: 1%, on the same field
 
 The store is then published (:func:`publish_snapshot`, which writes each index's vectors
 at rest as a float16 file) and searched through the snapshot, as the app searches it:
@@ -82,6 +84,7 @@ from sst_search.store.snapshots import (
 from sst_search.store.writer import Chunk
 from sst_search.vector_search.at_rest import vector_paths, vectors_dir
 from sst_search.vector_search.indexes import index_paths, ivf_of, lists_path, read_manifest
+from sst_search.vector_search.postings import fields_posted
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 #: Vectors per chunk of a streamed build (and of the ground truth's pass over the collection).
@@ -91,10 +94,10 @@ DAYS, START = 27_000, np.datetime64(date(1950, 1, 1))
 #: The first day of the latest 1% of event dates (event days are uniform), and its ISO date.
 RECENT_DAY = int(np.ceil(0.99 * DAYS))
 RECENT = str(START + np.timedelta64(RECENT_DAY, "D"))
-SCENARIOS = ("none", "group-own", "locality", "group-other", "date-1%", "unposted-90%", "unposted-1%")
+SCENARIOS = ("none", "group-own", "locality", "group-other", "date-1%", "prep-90%", "prep-1%")
 LOCALITIES = ("O'Brien's \"Ridge\", 1200 m", "Río Napo", "Cerro Azul", "Station 7 (light trap)", "Finca La Esperanza")
 #: A specimen's preparation (Darwin Core ``preparations``, not among the default posting
-#: fields) and each one's share, independent of the vectors.
+#: fields, posted for its few values) and each one's share, independent of the vectors.
 PREPARATIONS, PREPARATION_SHARES = ("pinned", "papered", "spread", "slide"), (0.6, 0.3, 0.09, 0.01)
 #: The metadata keys of the synthetic collection, in the order of :meth:`Synthetic.columns`' arrays after the group.
 METADATA_KEYS = ("locality", "eventDate", "preparations")
@@ -107,8 +110,8 @@ def scenario_filters(name: str, own: str, other: str) -> list[Filter]:
             "locality": [Filter(field="locality", op="contains", value="ridge")],
             "group-other": [Filter(field="group", op="==", value=other)],
             "date-1%": [Filter(field="eventDate", op=">=", value=RECENT)],
-            "unposted-90%": [Filter(field="preparations", op="in", value=["pinned", "papered"])],
-            "unposted-1%": [Filter(field="preparations", op="==", value="slide")]}[name]
+            "prep-90%": [Filter(field="preparations", op="in", value=["pinned", "papered"])],
+            "prep-1%": [Filter(field="preparations", op="==", value="slide")]}[name]
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -483,6 +486,10 @@ def main() -> None:
     ap.add_argument("--two-level-lists", type=int, default=None,
                     help="index.two_level_lists recorded with the store: from this many IVF lists, the lists are trained "
                          "in two levels (1: always; a large number: never)")
+    ap.add_argument("--categorical-values", type=int, default=None,
+                    help="index.posting_categorical_values recorded with the store: metadata fields of at most this "
+                         "many values are posted at publish (0: only index.posting_fields, so the prep scenarios "
+                         "filter on a field without postings)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="vectors per chunk of the streamed build and ground truth")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--nprobe-factor", type=float, default=None,
@@ -515,6 +522,8 @@ def main() -> None:
         config = config.model_copy(update={"plan": config.plan.model_copy(update={"exact_max": args.exact_max})})
     if args.two_level_lists is not None:
         config = config.model_copy(update={"two_level_lists": args.two_level_lists})
+    if args.categorical_values is not None:
+        config = config.model_copy(update={"posting_categorical_values": args.categorical_values})
     if args.factory is not None:
         config = config.model_copy(update={"tiers": [IndexTier(factory=args.factory, refine=args.refine)]})
     rss0 = proc.memory_info().rss
@@ -572,8 +581,8 @@ def main() -> None:
         "locality": (lambda j: "lower(locality) LIKE '%ridge%'", lambda p: ridge[p.locality_codes][None, :]),
         "group-other": (lambda j: f"group_name = 'g{other[j]:02d}'", lambda p: p.groups[None, :] == other[:, None]),
         "date-1%": (lambda j: f"eventDate >= '{RECENT}'", lambda p: (p.days >= RECENT_DAY)[None, :]),
-        "unposted-90%": (lambda j: "preparations IN ('pinned', 'papered')", lambda p: (p.preparation_codes < 2)[None, :]),
-        "unposted-1%": (lambda j: "preparations = 'slide'", lambda p: (p.preparation_codes == 3)[None, :]),
+        "prep-90%": (lambda j: "preparations IN ('pinned', 'papered')", lambda p: (p.preparation_codes < 2)[None, :]),
+        "prep-1%": (lambda j: "preparations = 'slide'", lambda p: (p.preparation_codes == 3)[None, :]),
     }
     # scenario -> (our filters of query j, its LanceDB where clause, which rows pass)
     scenarios = {name: (lambda j, name=name: scenario_filters(name, group_name[asked.groups[j]], f"g{other[j]:02d}"),
@@ -608,7 +617,8 @@ def main() -> None:
           f"scans: {engine.store.vector_table(EMBEDDER, TRAIT).matrix.dtype} "
           f"{'mapped from the snapshot' if isinstance(engine.store.vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
           f"{mapped_resident(at_rest_file) / 2**20:.1f} MiB of them resident; process RSS "
-          f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)\n")
+          f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)")
+    print(f"fields with postings: {', '.join(sorted(fields_posted(vectors_dir(snapshot))))}\n")
 
     def ours(name):
         filters_of = scenarios[name][0]
