@@ -84,7 +84,7 @@ from sst_search.store.snapshots import (
 from sst_search.store.writer import Chunk
 from sst_search.vector_search.at_rest import vector_paths, vectors_dir
 from sst_search.vector_search.indexes import index_paths, ivf_of, lists_path, read_manifest
-from sst_search.vector_search.postings import fields_posted
+from sst_search.vector_search.postings import fields_with_postings
 
 EMBEDDER, TRAIT = "bench", "forewing_band"
 #: Vectors per chunk of a streamed build (and of the ground truth's pass over the collection).
@@ -618,7 +618,7 @@ def main() -> None:
           f"{'mapped from the snapshot' if isinstance(engine.store.vector_table(EMBEDDER, TRAIT).matrix, np.memmap) else 'in RAM'}, "
           f"{mapped_resident(at_rest_file) / 2**20:.1f} MiB of them resident; process RSS "
           f"{proc.memory_info().rss / 2**30:.2f} GiB (before build {rss0 / 2**30:.2f} GiB, the bench's own arrays included)")
-    print(f"fields with postings: {', '.join(sorted(fields_posted(vectors_dir(snapshot))))}\n")
+    print(f"fields with postings: {', '.join(sorted(fields_with_postings(vectors_dir(snapshot))))}\n")
 
     def ours(name):
         filters_of = scenarios[name][0]

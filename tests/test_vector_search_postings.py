@@ -17,7 +17,7 @@ from sst_search.query import Filter, SearchEngine
 from sst_search.sharding import IndexShard
 from sst_search.store import Store
 from sst_search.store.columns import read_off_postings
-from sst_search.store.filter_postings import posted_fields
+from sst_search.store.filter_postings import fields_to_post
 from sst_search.store.snapshots import publish_snapshot, resolve_snapshot
 from sst_search.store.verify import verify_files
 from sst_search.store.writer import measurement_table, now
@@ -351,9 +351,9 @@ def test_a_metadata_field_of_few_values_is_posted_though_not_listed(tmp_path):
     db, data = dated(tmp_path, False, categorical=3)
     with Store.open(db, read_only=True) as store:
         config = store.recorded_index_config()
-        assert posted_fields(store.con, config)[len(config.posting_fields):] == ["habitat"]
+        assert fields_to_post(store.con, config)[len(config.posting_fields):] == ["habitat"]
         fewer = config.model_copy(update={"posting_categorical_values": 2})
-        assert posted_fields(store.con, fewer) == config.posting_fields
+        assert fields_to_post(store.con, fewer) == config.posting_fields
     habitat = [Filter(field="habitat", op="==", value="swamp"), Filter(field="habitat", op="not in", value=["forest"])]
     with SearchEngine.open(db) as engine:
         store = engine.store

@@ -93,13 +93,13 @@ def _ivf_indexes(con: duckdb.DuckDBPyConnection, db_path: Path):
         yield key, generation, manifest, index, table_ids, ListLayout.of(index, table_ids)
 
 
-def posted_fields(con: duckdb.DuckDBPyConnection, config: IndexConfig) -> list[str]:
+def fields_to_post(con: duckdb.DuckDBPyConnection, config: IndexConfig) -> list[str]:
     """The fields posted: ``posting_fields``, then every other metadata key with at most
     ``posting_categorical_values`` distinct values. A museum's table has many such columns
     (a preparation, a basis of record, a sex) no default list can name; a selective
     condition on one, unposted, built its mask on its first search (59-70 ms at ten million
     vectors). A field of many values (a catalogue number, a free-text remark) is left out:
-    its postings would cost as much, and its conditions are rarely asked."""
+    it costs as much to post, and ``posting_fields`` names it where its filters need it."""
     if config.posting_categorical_values == 0:
         return list(config.posting_fields)
     listed = set(config.posting_fields)
@@ -124,7 +124,7 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     their rows are the vectors at rest's."""
     root = at_rest.vectors_dir(db_path)
     config = recorded_index_config(con)
-    fields = posted_fields(con, config)
+    fields = fields_to_post(con, config)
     for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
         postings.write_layout(root, key, generation, manifest["sha256"], layout)
         for field, values, numbers, ranges, codes in _fields(con, key, table_ids, config, fields):
@@ -142,7 +142,7 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
         return []
     problems = []
     config = recorded_index_config(con)
-    fields = posted_fields(con, config)
+    fields = fields_to_post(con, config)
     for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
         paths = postings.layout_paths(root, key)
         stored = indexes.read_json(paths["manifest"])

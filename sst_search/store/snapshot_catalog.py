@@ -100,10 +100,10 @@ class SnapshotCatalog(Catalog):
     def posting_fields(self) -> list[str]:
         """The fields the snapshot's indexes may have postings of: ``index.posting_fields``,
         then those of few values its publish posted too
-        (:func:`~sst_search.store.filter_postings.posted_fields`)."""
+        (:func:`~sst_search.store.filter_postings.fields_to_post`)."""
         def fields() -> list[str]:
             listed = self.recorded_index_config().posting_fields
-            return [*listed, *sorted(postings.fields_posted(at_rest.vectors_dir(self.db_path)) - set(listed))]
+            return [*listed, *sorted(postings.fields_with_postings(at_rest.vectors_dir(self.db_path)) - set(listed))]
 
         return self.remember("posting_fields", fields)
 

@@ -143,7 +143,7 @@ def read_manifest(root: Path, key: IndexKey, field: str) -> dict | None:
     return read_json(posting_paths(root, key, field)["manifest"])
 
 
-def fields_posted(root: Path) -> set[str]:
+def fields_with_postings(root: Path) -> set[str]:
     """The fields some index at ``root`` has postings of in this format: a publish posts
     fields of few values beyond those a reader's configuration lists, which the reader
     learns from the manifests (a few dozen small files)."""
