@@ -156,6 +156,7 @@ def test_clip_text_tower_embeds_strings_and_lists(clip):
     assert not np.allclose(many[0], many[1])
 
 
+@pytest.mark.slow  # builds ViT-S/32 twice and hashes its 90 MB checkpoint; SAM 2's checkpoint loading is tested quickly
 def test_clip_loads_an_explicit_checkpoint_and_records_its_sha256(tmp_path):
     source = create_embedder("clip", weights="random", model_name="ViT-S-32", pretrained=None, device="cpu")
     ckpt = tmp_path / "vit-s-32.pt"

@@ -153,6 +153,7 @@ t._add(t.Path(sys.argv[1]), np.arange(1, 51, dtype=np.int64) * 7 + 3, t._cluster
 """
 
 
+@pytest.mark.slow  # a writer process killed mid-write; the publish killed mid-write is tested quickly (test_at_rest.py)
 def test_a_writer_killed_while_writing_the_lists_leaves_the_last_good_files(tmp_path):
     db = tmp_path / "k.duckdb"
     ids, vectors = _store(db)

@@ -188,6 +188,7 @@ def test_unreadable_adapter_is_a_clear_error(tmp_path):
         apply_adapter(_tracker(), bad)
 
 
+@pytest.mark.slow  # two fine-tuning runs through the CLI; fine-tuning and adapters are tested quickly above
 def test_cli_is_deterministic_and_feeds_segment(synthetic, tmp_path):
     from sst_search.cli import app
 

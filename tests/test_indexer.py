@@ -192,7 +192,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tracker):
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # two actor processes each import torch and build SAM 2; Ray's sharded search stays quick
+@pytest.mark.slow  # a Ray cluster and two actor processes that each import torch and build SAM 2
 def test_ray_engine_produces_the_same_catalog(tmp_path, ray_cluster):
     # Intra-op reductions depend on the thread count, so the local run uses one thread like
     # each Ray actor does; then the two catalogs must be identical, masks and vectors included.
