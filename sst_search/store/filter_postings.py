@@ -108,14 +108,15 @@ def fields_to_post(con: duckdb.DuckDBPyConnection, config: IndexConfig) -> list[
     return [*config.posting_fields, *(key for (key,) in few if key not in listed)]
 
 
-def _fields(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, table_ids: np.ndarray, config: IndexConfig,
-            fields: list[str]):
-    """``(field, values, numbers, ranges, codes)`` of each of ``fields`` one index has."""
+def _fields(con: duckdb.DuckDBPyConnection, key: at_rest.IndexKey, table_ids: np.ndarray, fields: list[str],
+            max_values: int):
+    """``(field, values, numbers, ranges, codes)`` of each of ``fields`` one index has, in at
+    most ``max_values`` ranges of values each."""
     for field in fields:
         coded = field_codes(con, key, field, table_ids)
         if coded is not None:
             values, numbers, codes = coded
-            yield field, values, numbers, postings.value_ranges(codes, len(values), config.posting_max_values), codes
+            yield field, values, numbers, postings.value_ranges(codes, len(values), max_values), codes
 
 
 def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
@@ -127,7 +128,7 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     fields = fields_to_post(con, config)
     for key, generation, manifest, index, table_ids, layout in _ivf_indexes(con, db_path):
         postings.write_layout(root, key, generation, manifest["sha256"], layout)
-        for field, values, numbers, ranges, codes in _fields(con, key, table_ids, config, fields):
+        for field, values, numbers, ranges, codes in _fields(con, key, table_ids, fields, config.posting_max_values):
             rows, counts = postings.build(layout, codes, ranges)
             postings.write(root, key, field, generation, manifest["sha256"], values, numbers, ranges, codes, rows,
                            counts)
@@ -151,7 +152,7 @@ def check_all(con: duckdb.DuckDBPyConnection, db_path: Path) -> list[Problem]:
                 paths, stored, layout)
             if why is not None:
                 problems.append(Problem(str(paths["manifest"]), why, "index", key))
-        for field, values, numbers, ranges, codes in _fields(con, key, table_ids, config, fields):
+        for field, values, numbers, ranges, codes in _fields(con, key, table_ids, fields, config.posting_max_values):
             paths = postings.posting_paths(root, key, field)
             stored = postings.read_manifest(root, key, field)
             if stored is None or postings.older_format(stored):  # not read: searches build masks
