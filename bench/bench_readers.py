@@ -9,7 +9,7 @@ IVF index). Each imports the library, opens the store with ``SearchEngine.open``
 it (``SearchEngine.warm``: its index files read into the page cache), as the app does, and
 runs the same ``--queries`` searches: query specimens drawn with a fixed seed, cycling
 through bench_query's seven filter scenarios (none, own group, locality contains "ridge",
-another group, the latest 1% of event dates, and 90% and 1% of a field without postings).
+another group, the latest 1% of event dates, and 90% and 1% of the preparations field).
 The first reader stays alive while the
 second runs. For each it prints, from psutil's ``memory_full_info``:
 
