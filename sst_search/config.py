@@ -10,18 +10,28 @@ so moving a job to Ray or a bigger batch never re-indexes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+_reported: set[str] = set()
 
 
 Mode = Literal["pairwise", "chain"]
@@ -416,3 +426,32 @@ def _load_file(path: Path) -> Config:
 def stable_hash(obj: object, length: int = 16) -> str:
     """Hash of a JSON-able object that does not depend on key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def recorded(model: type[Model], data: Mapping[str, Any] | str, source: str = "the store") -> Model:
+    """A configuration a store recorded, read by this version. Settings a newer version added
+    are left out, with a warning once per process: during a rolling upgrade an older reader
+    must still open a store a newer writer wrote. A config file's unknown keys stay errors
+    (:func:`load_config`): there they are typos, here they are someone else's settings."""
+    raw = json.loads(data) if isinstance(data, str) else copy.deepcopy(dict(data))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        unknown = [error["loc"] for error in exc.errors() if error["type"] == "extra_forbidden"]
+        if not unknown:
+            raise
+        for *parents, key in unknown:
+            try:
+                section = raw
+                for step in parents:
+                    section = section[step]
+                del section[key]
+            except (KeyError, IndexError, TypeError):  # a key a validator made, not one the store wrote
+                raise exc from None
+    names = ", ".join("".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in loc).lstrip(".")
+                      for loc in unknown)
+    if (message := f"{source} records settings this version of sst-search does not know, ignored: {names}"
+        ) not in _reported:
+        _reported.add(message)
+        log.warning(message)
+    return model.model_validate(raw)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .builder import embedder_from_config, tracker_from_config
-from .config import Config
+from .config import Config, recorded
 from .embed import NoTextTowerError
 from .errors import QueryError
 from .references import (
@@ -53,7 +53,7 @@ class QueryEncoder:
     def config(self) -> Config:
         if "config" not in self.run:
             raise QueryError("this index records no configuration; pass tracker= and embedder= explicitly")
-        config = Config.model_validate(self.run["config"])
+        config = recorded(Config, self.run["config"], "the indexing run")
         if self._weights:
             config.segmentation = config.segmentation.model_copy(update={"weights": self._weights})
         return config

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Config
+from .config import Config, recorded
 from .images import ImageLoadError, load_image
 from .measure import measure_label_map, resolve_scale
 from .references import (
@@ -109,7 +109,7 @@ def _refreshed(store: Store, specimen_id: int, trait_name: str, mask: np.ndarray
 def _run_config(store: Store) -> Config:
     """The configuration of the latest indexing run (its scale settings measure corrections)."""
     runs = [json.loads(r["fingerprint"] or "{}") for r in store.runs()]
-    return next((Config.model_validate(fp["config"]) for fp in reversed(runs) if "config" in fp), Config())
+    return next((recorded(Config, fp["config"], "the indexing run") for fp in reversed(runs) if "config" in fp), Config())
 
 
 def remeasure_stale(store: Store) -> int:

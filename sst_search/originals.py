@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import FetchConfig
+from .config import FetchConfig, recorded
 from .images import ImageLoadError, load_image
 from .sources.fetch import Fetcher, FetchError, ImageCache
 from .store import Store
@@ -30,7 +30,7 @@ class Originals:
         run = store.last_run_fingerprint()
         self._full = store.full_sources()
         self._cache = cache or (ImageCache(run["image_cache"]) if run.get("image_cache") else None)
-        self._config = config or FetchConfig.model_validate((run.get("config") or {}).get("fetch") or {})
+        self._config = config or recorded(FetchConfig, (run.get("config") or {}).get("fetch") or {}, "the indexing run")
         self._fetcher: Fetcher | None = None
 
     def load(self, specimen_id: int, path: str) -> np.ndarray:

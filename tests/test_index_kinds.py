@@ -169,6 +169,25 @@ def test_a_store_written_before_tiers_opens_and_keeps_building_its_kind(tmp_path
     assert read_manifest(faiss_dir, EMBEDDER, "t")["codes"] == f"IndexIVFFlat/{4 * DIM}"
 
 
+def test_a_store_a_newer_version_wrote_opens_with_its_new_settings_ignored(tmp_path, caplog):
+    """A rolling upgrade: an older reader opens a store whose writer recorded settings it
+    does not know (at the top, in the plan, in a tier), and says which it ignored."""
+    db = tmp_path / "newer.duckdb"
+    data = write(db, IndexConfig(exact_threshold=500, nlist_factor=1.0, train_per_list=39), {"t": 1_000})
+    with Store.open(db) as store:
+        newer = json.loads(store.index_config.model_dump_json())
+        newer["posting_sketches"] = 4
+        newer["plan"]["lookahead"] = 2
+        newer["tiers"][0]["bits"] = 6
+        store.con.execute("UPDATE store_settings SET value = ? WHERE key = 'index_config'", [json.dumps(newer)])
+    with caplog.at_level("WARNING", logger="sst_search.config"), Store.open(db, read_only=True) as store:
+        assert store.index_config.exact_threshold == 500 and store.index_config.nlist_factor == 1.0
+        assert store.filtered_search(EMBEDDER, "t", data["t"][1][7], 3).hits[0][0] == int(data["t"][0][7])
+        assert store.verify() == []
+    warned = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warned) == 1 and all(key in warned[0] for key in ("posting_sketches", "plan.lookahead", "tiers[0].bits"))
+
+
 def test_tiers_must_ascend_and_end_unbounded():
     with pytest.raises(ValueError, match="tiers"):
         IndexConfig(tiers=[IndexTier(up_to=10, factory="IVF{nlist},SQ8")])

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sst_search.config import IndexConfig
+from sst_search.config import IndexConfig, recorded
 from sst_search.store import vector_column
 from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, SqlAdmission
 from sst_search.store.filters import Filter, scope_where
@@ -443,4 +443,4 @@ def recorded_index_config(con: duckdb.DuckDBPyConnection) -> IndexConfig:
         rows = con.execute("SELECT value FROM store_settings WHERE key = 'index_config'").fetchall()
     except duckdb.CatalogException:  # a read-only store written before the table existed
         return IndexConfig()
-    return IndexConfig.model_validate_json(rows[0][0]) if rows else IndexConfig()
+    return recorded(IndexConfig, rows[0][0], "the store's index settings") if rows else IndexConfig()
