@@ -130,9 +130,14 @@ def test_lists_are_ranked_as_the_quantizer_ranks_them(ranked, collection, parts)
     for row in range(0, N, 1499):
         coarse = _coarse_input(index, vectors[row : row + 1])
         scores, lists = ivf.quantizer.search(coarse, ivf.nlist)
-        whole, near = _Ranking(index, vectors[row : row + 1], plan), _Ranking(index, vectors[row : row + 1], plan, 7)
+        whole, near = _Ranking(index, vectors[row : row + 1], plan, ivf.nlist), _Ranking(index, vectors[row : row + 1], plan, 7)
         assert whole.order.tolist() == lists[0].tolist() and np.allclose(whole.scores, scores[0], atol=1e-5)
         assert near.order.tolist() == lists[0][:7].tolist()
+        # The selector's lists, ranked from the nearest few alone: every third list holds a filter's vectors.
+        held = (np.arange(ivf.nlist) % 3 == row % 3).astype(np.int64)
+        holding, holding_scores, among_probed = _Ranking(index, vectors[row : row + 1], plan, ivf.nprobe).holding(held)
+        assert holding.tolist() == [j for j in lists[0] if held[j]] and np.allclose(holding_scores, scores[0][held[lists[0]] > 0], atol=1e-5)
+        assert among_probed == int(held[lists[0][: ivf.nprobe]].sum())
 
 
 def test_while_another_scan_runs_the_caller_runs_every_part_itself():
