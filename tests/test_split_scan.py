@@ -121,7 +121,8 @@ def test_small_scans_are_not_split_and_one_part_means_never():
 
 
 @pytest.mark.parametrize("parts", [1, 3])
-def test_lists_are_ranked_as_the_quantizer_ranks_them(ranked, collection, parts):
+def test_lists_are_ranked_as_the_quantizer_ranks_them(ranked, collection, parts, monkeypatch):
+    from sst_search.vector_search import planner
     from sst_search.vector_search.planner import _Ranking
 
     index, ivf, _, _, _ = ranked
@@ -135,9 +136,14 @@ def test_lists_are_ranked_as_the_quantizer_ranks_them(ranked, collection, parts)
         assert near.order.tolist() == lists[0][:7].tolist()
         # The selector's lists, ranked from the nearest few alone: every third list holds a filter's vectors.
         held = (np.arange(ivf.nlist) % 3 == row % 3).astype(np.int64)
-        holding, holding_scores, among_probed = _Ranking(index, vectors[row : row + 1], plan, ivf.nprobe).holding(held)
-        assert holding.tolist() == [j for j in lists[0] if held[j]] and np.allclose(holding_scores, scores[0][held[lists[0]] > 0], atol=1e-5)
-        assert among_probed == int(held[lists[0][: ivf.nprobe]].sum())
+        expected = [j for j in lists[0] if held[j]]
+        for first, want in ((planner.HOLDING_FIRST, N), (1, 1), (1, N)):  # 1: ranked nprobe deep first
+            monkeypatch.setattr(planner, "HOLDING_FIRST", first)
+            holding, holding_scores, among_probed = _Ranking(index, vectors[row : row + 1], plan, ivf.nprobe).holding(
+                held, want)
+            assert holding.tolist() == expected[: len(holding)] and among_probed == int(held[lists[0][: ivf.nprobe]].sum())
+            assert np.allclose(holding_scores, scores[0][held[lists[0]] > 0][: len(holding)], atol=1e-5)
+            assert len(holding) == (ivf.nprobe if want == 1 else len(expected))  # only the nearest when they hold enough
 
 
 def test_while_another_scan_runs_the_caller_runs_every_part_itself():

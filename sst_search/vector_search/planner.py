@@ -73,6 +73,8 @@ Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
 TORCH_WIDEN_ROWS = 256
 #: Elements below which torch converts in the calling thread (``at::internal::GRAIN_SIZE``).
 TORCH_GRAIN = 32_768
+#: Lists holding a filter's vectors ranked first for the selector, in multiples of ``nprobe``.
+HOLDING_FIRST = 8
 
 
 class Admission(Protocol):
@@ -505,16 +507,24 @@ class _Ranking:
         order = lists[np.argsort(-self.all_scores[lists], kind="stable")]
         return order, self.all_scores[order]
 
-    def holding(self, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """The lists with ``held`` > 0, nearest first, their scores, and how many of them are
-        among the nearest ``nprobe`` (the lists an unfiltered search probes; ranked at least
-        that deep)."""
+    def holding(self, held: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The nearest lists with ``held`` > 0, nearest first, enough to hold ``want`` admitted
+        vectors (or all of them), their scores, and how many are among the nearest ``nprobe``
+        (the lists an unfiltered search probes; ranked at least that deep). A filter held by
+        most lists (a 1% date) reads a few hundred of them: the nearest :data:`HOLDING_FIRST`
+        times ``nprobe`` are ranked first, and all only when those hold too few."""
         near = int(np.count_nonzero(held[self.order[: self.ivf.nprobe]]))
         if self.all_scores is None:  # the quantizer ranks: asked again for all of them
             scores, order = self.ivf.quantizer.search(self.coarse, self.ivf.nlist)
             keep = held[order[0]] > 0
             return order[0][keep], scores[0][keep], near
-        return *self._ranked(np.flatnonzero(held)), near
+        lists = np.flatnonzero(held)
+        depth = HOLDING_FIRST * self.ivf.nprobe
+        if len(lists) > depth:
+            nearest = np.sort(lists[np.argpartition(-self.all_scores[lists], depth - 1)[:depth]])
+            if int(held[nearest].sum()) >= want:
+                lists = nearest
+        return *self._ranked(lists), near
 
     def search(self, n: int, lists: np.ndarray, scores: np.ndarray, selector: faiss.IDSelector | None = None
                ) -> list[tuple[int, float]]:
@@ -536,9 +546,9 @@ def _admitted_lists_search(
     counted: ListCounts, k: int, refine: int,
 ) -> list[tuple[int, float]]:
     """The selector plan on an IVF index: see the module docstring."""
-    lists, scores, near = ranking.holding(counted.held)  # near: those an unfiltered search probes
-    held = counted.held[lists]
     want = max(admitted_scan(counted, ivf, config.plan), k * refine)
+    lists, scores, near = ranking.holding(counted.held, want)  # near: those an unfiltered search probes
+    held = counted.held[lists]
     probed = max(near, int(np.searchsorted(np.cumsum(held), want)) + 1)
     selector = _list_selector(counted, table.ids, lists[:probed])
     hits = ranking.search(min(int(held[:probed].sum()), k * refine), lists[:probed], scores[:probed], selector)
