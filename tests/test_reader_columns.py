@@ -1,7 +1,8 @@
 """What a reader of a published snapshot reads, on a real DuckDB catalog and real FAISS
 indexes: a search joins only its hits' listing and masks (nothing loaded for the whole
-trait); a locality or date filter is answered from the columns written at publish, with the
-catalog's exact answer, and from the catalog as before where a snapshot lacks them; a
+trait); a locality, date, measurement or confidence filter is answered from the columns
+written at publish, with the catalog's exact answer (missing values included), and from the
+catalog as before where a snapshot lacks them or a trait has several entries per specimen; a
 publish that dies writing them publishes nothing, and verify names a damaged one."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sst_search.store.snapshots import (
     resolve_snapshot,
 )
 from sst_search.store.verify import verify_files
+from sst_search.store.writer import replace_measurements
 from sst_search.vector_search import postings
 from sst_search.vector_search.at_rest import save_array, vectors_dir
 from sst_search.vector_search.postings import layout_paths
@@ -32,7 +34,15 @@ FILTERS = {
     "locality equals": [Filter(field="locality", op="==", value="Cape May")],
     "date range": [Filter(field="eventDate", op=">=", value="2021-10-01")],
     "date and group": [Filter(field="eventDate", op="<", value="2020-03-01"), Filter(field="group", op="==", value="g1")],
+    "area above": [Filter(field=f"{TRAIT}.area_mm2", op=">", value=60.0)],
+    "area not equal": [Filter(field=f"{TRAIT}.area_mm2", op="!=", value=50.0)],  # a missing area never passes
+    "colour and quality": [Filter(field=f"{TRAIT}.dominant_color", op="in", value=["#e0a040", "#202020"]),
+                           Filter(field=f"{TRAIT}.quality", op="<", value=0.7)],
+    "object score": [Filter(field=f"{TRAIT}.object_score", op=">=", value=0.5)],
+    "instances' area": [Filter(field="spot.area_mm2", op=">", value=3.0)],  # two spots measured apart: the catalog's
 }
+#: Fields read from the catalog however the snapshot was published (traits with several entries per specimen).
+UNPUBLISHED = {"area_mm2 of spot"}
 
 
 def write_store(db):
@@ -56,8 +66,18 @@ def write_store(db):
                       "source": ["sst"] * N})
     lacking = (np.arange(N) % 20 == 3) | ((np.arange(N) >= 200) & (np.arange(N) < 400))  # incl. whole chunks
     masks = masks.filter(pa.array(~lacking))
+    colours = np.array(["#e0a040", "#202020", "#f0f0f0"])
+    measured = {int(sid): [{"trait_id": 1, "trait_name": TRAIT, "unit": "mm", "dominant_color": colours[i % 3],
+                            "area_mm2": None if i % 11 == 0 else float(rng.uniform(20, 90))}]
+                for i, sid in enumerate(ids) if i % 7 != 0}
+    for i, sid in enumerate(ids[:30]):  # instances: two spots per specimen, measured apart
+        measured.setdefault(int(sid), []).extend(
+            {"trait_id": t, "trait_name": "spot", "unit": "mm", "area_mm2": float(i + t)} for t in (2, 3))
+    masks = masks.append_column("object_score", pa.array(np.where(np.arange(len(masks)) % 4 == 0, np.nan, 1.0) *
+                                                         rng.uniform(0, 1, len(masks)), from_pandas=True))
     with Store.open(db, index_config=CONFIG) as store:
         store.write_columns(specimens, metadata=metadata, masks=masks, vectors={(EMBEDDER, TRAIT): (ids, vectors)})
+        replace_measurements(store, measured)
         run = store.begin_run({"embedder": {"embedder": EMBEDDER, "model": "synthetic", "weights": "none"}})
         store.finish_run(run, {"indexed": N})
     return ids
@@ -149,8 +169,11 @@ def _answers(db, filters):
         for sid in admitted[:3]:
             found = engine.search(TRAIT, 10, specimen_id=int(sid), filters=filters, embedder=EMBEDDER)
             assert len(found) == 10 and {r.specimen_id for r in found} <= set(admitted.tolist())
-        columns = store.loaded_columns()
-        mapped = {key[1]: isinstance(column.codes, np.memmap) for key, column in columns._columns.items()}
+        columns, files = store.loaded_columns(), store.published()
+        mapped = {(key[1] if key[2] is None else f"{key[1]} of {key[2]}"):
+                  isinstance(column.codes, np.memmap) or files._sets.get(
+                      (published_columns.field_stem(*key[:2], key[2]), "numbers", "valid")) is not None
+                  for key, column in columns._columns.items()}
         mapped["ids"] = isinstance(columns.ids, np.memmap)
         mapped["layout"] = isinstance(store.vector_table(EMBEDDER, TRAIT).layout(store.index(EMBEDDER, TRAIT)).rows,
                                       np.memmap)
@@ -166,7 +189,8 @@ def test_locality_and_date_filters_give_the_catalogs_answer_mapped_and_not(publi
     assert 0 < len(exact) < N
     admitted, mapped = _answers(db, filters)
     assert np.array_equal(admitted, exact)
-    assert mapped and all(mapped.values()), mapped  # status, locality, eventDate, group: all from files
+    assert mapped and all(v for k, v in mapped.items() if k not in UNPUBLISHED), mapped  # all from files
+    assert not any(mapped.get(k) for k in UNPUBLISHED)
     admitted, mapped = _answers(published_before, filters)  # from the catalog, as before
     assert np.array_equal(admitted, exact) and not any(mapped.values())
 

@@ -166,9 +166,7 @@ class SnapshotColumns:
     def _load(self, c: Condition) -> ColumnValues:
         """The field's column as written at publish (:mod:`~sst_search.store.published_columns`),
         else read from the catalog."""
-        column = None
-        if self._published is not None and c.source in ("specimen", "metadata"):
-            column = self._published.field(c.source, c.column, len(self.ids))
+        column = None if self._published is None else self._published.field(c.source, c.column, len(self.ids), c.trait)
         return column if column is not None else self._read(c)
 
     def _read(self, c: Condition) -> ColumnValues:

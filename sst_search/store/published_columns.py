@@ -1,6 +1,6 @@
 """Columns written with a snapshot for its readers: the specimen ids, each specimen's
 listing and trait masks in specimen order, and each text field a filter can name as a code
-per specimen.
+per specimen, and each trait's measurements and mask confidences as numbers per specimen.
 
 Read from the catalog, each of these costs a scan of a whole table on a reader's query path,
 or memory that grows with the collection: the first search under a locality or a date
@@ -27,6 +27,15 @@ Layout, in ``<snapshot>.vectors/columns/`` beside the vectors at rest and the po
                                        every metadata key
     <source>.<column>.values.arrow     ``value`` (distinct, text) and ``number`` (DuckDB's
                                        TRY_CAST to DOUBLE), Arrow IPC
+    measurement.<trait>.<column>.numbers.npy, .valid.npy
+    confidence.<trait>.<column>.numbers.npy, .valid.npy
+                                       (specimens,) float64 per trait and numeric
+                                       measurement or mask confidence (0 where none), and
+                                       its validity as bits (numpy's little bit order); a
+                                       text measurement (the dominant colour) as codes and
+                                       values like a text field. Only columns some specimen
+                                       has a value in, of traits with at most one mask per
+                                       specimen (instances measured apart read the catalog)
     <stem>.json                        manifest: specimens, the rows' column names, bytes
                                        and sha256 per file
 
@@ -51,10 +60,12 @@ from urllib.parse import quote
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyarrow import ipc
 
 from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
-from sst_search.store.filters import SPECIMEN_FIELDS, ColumnValues
+from sst_search.measure import FIELDS as MEASUREMENT_FIELDS
+from sst_search.store.filters import CONFIDENCE_FIELDS, SPECIMEN_FIELDS, ColumnValues
 from sst_search.store.verify import Problem
 from sst_search.vector_search.at_rest import save_array, vectors_dir, will_need
 from sst_search.vector_search.indexes import atomic_write, read_json, write_json
@@ -68,6 +79,11 @@ SPECIMENS = "specimens"
 SUFFIXES = {"values": "arrow", "rows": "bin"}
 #: Rows of a ``rows`` file read from DuckDB at a time when it is written.
 CHUNK = 100_000
+#: Per-trait columns of each filter source: the table they live in and their names and SQL types.
+TRAIT_COLUMNS = {"measurement": ("trait_measurements", [(f.name, f.sql_type) for f in MEASUREMENT_FIELDS]),
+                 "confidence": ("trait_masks", [(name, "DOUBLE") for name in CONFIDENCE_FIELDS])}
+#: Per-trait columns read from DuckDB in one query when they are written (8 bytes a specimen each).
+TRAIT_COLUMNS_AT_ONCE = 8
 
 
 def columns_dir(db_path: str | Path) -> Path:
@@ -81,8 +97,8 @@ def per_hit_files(db_path: str | Path) -> set[Path]:
     return set(columns_dir(db_path).glob(f"*.rows.{SUFFIXES['rows']}"))
 
 
-def field_stem(source: str, column: str) -> str:
-    return f"{quote(source, safe='')}.{quote(column, safe='')}"
+def field_stem(source: str, column: str, trait: str | None = None) -> str:
+    return ".".join(quote(part, safe="") for part in (source, *([trait] if trait is not None else []), column))
 
 
 def masks_stem(trait: str) -> str:
@@ -129,9 +145,48 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
             "ON m.specimen_id = s.specimen_id ORDER BY s.specimen_id", params=[trait]).to_arrow_reader(CHUNK)
         write(root, masks_stem(trait), n, {}, rows=(MASK_COLUMNS, masks))
     for source, column in fields(con):
-        values = read_field(con, source, column)
-        write(root, field_stem(source, column), n, {"codes": values.codes.astype(np.int32)},
-              pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers}))
+        write_text(root, field_stem(source, column), n, read_field(con, source, column))
+    for source, trait, columns in trait_fields(con):
+        for start in range(0, len(columns), TRAIT_COLUMNS_AT_ONCE):
+            _write_trait_columns(con, root, n, source, trait, columns[start : start + TRAIT_COLUMNS_AT_ONCE])
+
+
+def write_text(root: Path, stem: str, n: int, values: ColumnValues) -> None:
+    write(root, stem, n, {"codes": values.codes.astype(np.int32)},
+          pa.table({"value": values.values.cast(pa.large_string()), "number": values.numbers}))
+
+
+def trait_fields(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """``(source, trait, [(column, SQL type)])`` of the per-trait columns written: those some
+    specimen has a value in, of each trait no specimen has two entries of."""
+    found = []
+    for source, (table, columns) in TRAIT_COLUMNS.items():
+        counts = ", ".join(f"count({name})" for name, _ in columns)
+        for trait, single, *filled in con.execute(
+                f"SELECT trait_name, count(*) = count(DISTINCT specimen_id), {counts} FROM {table} GROUP BY 1 ORDER BY 1"
+        ).fetchall():
+            kept = [column for column, count in zip(columns, filled, strict=True) if count]
+            if single and kept:
+                found.append((source, trait, kept))
+    return found
+
+
+def _write_trait_columns(con: duckdb.DuckDBPyConnection, root: Path, n: int, source: str, trait: str,
+                         columns: list[tuple[str, str]]) -> None:
+    """Some of one trait's columns, one entry per specimen in specimen order, each as its set."""
+    table = TRAIT_COLUMNS[source][0]  # table and column names come from the allow-lists above
+    read = con.sql(f"SELECT {', '.join(f'x.{name}' for name, _ in columns)} FROM specimens s LEFT JOIN {table} x "
+                   "ON x.specimen_id = s.specimen_id AND x.trait_name = ? ORDER BY s.specimen_id",
+                   params=[trait]).to_arrow_table()
+    for (name, sql_type), values in zip(columns, read.columns, strict=True):
+        stem = field_stem(source, name, trait)
+        if sql_type != "DOUBLE":
+            write_text(root, stem, n, text_values(con, values, None))
+            continue
+        values = values.combine_chunks()
+        numbers = pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        valid = np.packbits(values.is_valid().to_numpy(zero_copy_only=False), bitorder="little")
+        write(root, stem, n, {"numbers": numbers, "valid": valid})
 
 
 def _json_row(columns: str, prefix: str = "") -> str:
@@ -207,15 +262,17 @@ class PublishedColumns:
     def __init__(self, db_path: Path) -> None:
         self.root = columns_dir(db_path)
         self._lock = threading.Lock()
-        self._sets: dict[str, dict | None] = {}
+        self._sets: dict[tuple[str, ...], dict | None] = {}
 
-    def _open(self, stem: str, names: list[str], n: int | None) -> dict | None:
+    def _open(self, stem: str, names: list[str], n: int | None, shaped: dict[str, tuple[int]] | None = None
+              ) -> dict | None:
+        """The set's files mapped (``shaped``: arrays not of one entry per specimen)."""
         with self._lock:
-            if stem not in self._sets:
-                self._sets[stem] = self._map(stem, names, n)
-            return self._sets[stem]
+            if (stem, *names) not in self._sets:
+                self._sets[(stem, *names)] = self._map(stem, names, n, shaped or {})
+            return self._sets[(stem, *names)]
 
-    def _map(self, stem: str, names: list[str], n: int | None) -> dict | None:
+    def _map(self, stem: str, names: list[str], n: int | None, shaped: dict[str, tuple[int]]) -> dict | None:
         paths = file_paths(self.root, stem, names)
         manifest = _manifest(paths["manifest"])
         if manifest is None or set(manifest["files"]) != set(names) or _unusable(paths, manifest, n) is not None:
@@ -225,8 +282,8 @@ class PublishedColumns:
             found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in SUFFIXES}
             if "values" in names:
                 found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
-            if any(a.shape != ((size + 1,) if name == "offsets" else (size,)) for name, a in found.items()
-                   if name not in SUFFIXES):
+            if any(a.shape != shaped.get(name, (size + 1,) if name == "offsets" else (size,))
+                   for name, a in found.items() if name not in SUFFIXES):
                 return None
             if "rows" in names:
                 found["rows"] = RowFile(paths["rows"], found.pop("offsets"), manifest.get("columns"))
@@ -239,9 +296,17 @@ class PublishedColumns:
         found = self._open(SPECIMENS, ["ids", "rows", "offsets"], None)
         return None if found is None else found["ids"]
 
-    def field(self, source: str, column: str, n: int) -> ColumnValues | None:
-        """One filter field's column over the ``n`` specimens of :meth:`ids`."""
-        found = self._open(field_stem(source, column), ["codes", "values"], n)
+    def field(self, source: str, column: str, n: int, trait: str | None = None) -> ColumnValues | None:
+        """One filter field's column over the ``n`` specimens of :meth:`ids` (a measurement's
+        or a confidence's: of ``trait``)."""
+        stem = field_stem(source, column, trait)
+        numbers = self._open(stem, ["numbers", "valid"], n, shaped={"valid": ((n + 7) // 8,)}) if trait else None
+        if numbers is not None:
+            if numbers["numbers"].dtype != np.float64 or numbers["valid"].dtype != np.uint8:
+                return None
+            return ColumnValues(pa.Array.from_buffers(pa.float64(), n, [pa.py_buffer(numbers["valid"]),
+                                                                         pa.py_buffer(numbers["numbers"])]))
+        found = self._open(stem, ["codes", "values"], n)
         if found is None or found["codes"].dtype != np.int32:
             return None
         values = found["values"]
