@@ -534,7 +534,7 @@ class _Ranking:
         parts = split_scan.parts_for(self.plan, len(lists), len(lists) * ivf.ntotal / max(1, ivf.nlist) * ivf.d)
         found, labels = split_scan.scan_lists(ivf, self.coarse, lists, scores, max(1, min(n, int(ivf.ntotal))),
                                               selector, parts)
-        return [(int(i), float(s)) for i, s in zip(labels, found)]
+        return list(zip(labels.tolist(), found.tolist()))  # a post-filter's thousands: 4x faster than per item
 
     def search_nearest(self, n: int, lists: int) -> list[tuple[int, float]]:
         """The index's own top ``n`` in the nearest ``lists`` lists."""
@@ -592,7 +592,7 @@ def _index_search(
 ) -> list[tuple[int, float]]:
     """The index's own top ``n`` (approximate scores for compressed codes)."""
     scores, labels = index.search(query, min(max(1, int(index.ntotal)), n), params=params)
-    return [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
+    return [(i, s) for i, s in zip(labels[0].tolist(), scores[0].tolist()) if i >= 0]
 
 
 def _refined(query: np.ndarray, table: VectorTable, hits: list[tuple[int, float]], k: int, refine: int) -> list[tuple[int, float]]:
