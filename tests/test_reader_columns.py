@@ -181,7 +181,7 @@ def _answers(db, filters):
 
 
 @pytest.mark.parametrize("name", FILTERS)
-def test_locality_and_date_filters_give_the_catalogs_answer_mapped_and_not(published, published_before, name):
+def test_metadata_measurement_and_confidence_filters_give_the_catalogs_answer_mapped_and_not(published, published_before, name):
     db, _ = published
     filters = FILTERS[name]
     with Store.open(db, read_only=True) as live:
