@@ -216,7 +216,7 @@ class _Share:
     @classmethod
     def of(cls, q: _Query, admission: Admission, posted: ListCounts | None = None) -> _Share:
         if posted is not None and q.ivf is not None:
-            return cls(admission, None, posted.count / max(1, len(q.table)), posted, _Ranking.of(q, q.ivf.nprobe), True)
+            return cls(admission, None, posted.count / max(1, len(q.table)), posted, _Ranking.of(q), True)
         row_mask = admission.table_mask(q.table.ids) if hasattr(admission, "table_mask") else None
         counted = q.table.admitted_lists(q.index, row_mask) if row_mask is not None and q.ivf is not None else None
         if counted is not None:
@@ -225,7 +225,7 @@ class _Share:
             fraction = np.count_nonzero(row_mask) / max(1, len(row_mask))
         else:
             fraction = sampled_share(q.table.ids, admission, q.config.plan)
-        return cls(admission, row_mask, fraction, counted, _Ranking.of(q, q.ivf.nprobe) if q.ivf is not None else None)
+        return cls(admission, row_mask, fraction, counted, _Ranking.of(q) if q.ivf is not None else None)
 
     def passes(self, q: _Query, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` (the index's) pass: read off the postings' codes when posted."""
@@ -348,8 +348,7 @@ def search_unfiltered(q: _Query) -> SearchOutcome:
     nearest ``nprobe`` lists scanned in parts at once: :mod:`split_scan`)."""
     if q.ivf is None:
         return SearchOutcome(q.top(_faiss_search(q.index, q.table, q.vector, q.want, q.refine)), "unfiltered")
-    nprobe = q.ivf.nprobe  # the ranking holds at most nlist lists
-    hits = _Ranking.of(q, nprobe).search_nearest(q.want * max(1, q.refine), nprobe)
+    hits = _Ranking.of(q).search_nearest(q.want * max(1, q.refine), q.ivf.nprobe)
     return SearchOutcome(q.top(_refined(q.vector, q.table, hits, q.want, q.refine)), "unfiltered")
 
 
@@ -390,7 +389,7 @@ def search_selector(q: _Query, share: _Share, admitted: _Admitted, fallbacks: li
     if q.ivf is not None:
         counted = admitted.counted if admitted.counted is not None else AdmittedLists(q.table.layout(q.index),
                                                                                       admitted.mask(len(q.table)))
-        hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking.of(q, q.ivf.nprobe),
+        hits = _admitted_lists_search(q.ivf, q.table, q.config, q.vector, share.ranking or _Ranking.of(q),
                                       counted, q.want, q.refine)
     else:
         selector = faiss.IDSelectorBatch(q.table.ids[admitted.listed()])
@@ -499,8 +498,9 @@ class _Ranking:
         self.order, self.scores = self._ranked(near)
 
     @classmethod
-    def of(cls, q: _Query, depth: int) -> _Ranking:
-        return cls(q.index, q.vector, q.config.plan, depth)
+    def of(cls, q: _Query) -> _Ranking:
+        """``q``'s ranking as deep as every plan starts reading: the ``nprobe`` nearest lists."""
+        return cls(q.index, q.vector, q.config.plan, q.ivf.nprobe)
 
     def _ranked(self, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``lists`` (ascending) nearest first, ties by list number, and their scores."""
