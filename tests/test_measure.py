@@ -191,7 +191,7 @@ def test_measurement_filters_compile_to_parameters_and_select_the_right_specimen
     hits = engine.search("__specimen__", k=5, specimen_id=1, embedder="test",
                          filters=[Filter(field=f"{NASTY_TRAIT}.area_mm2", op="<", value=3.5)])
     assert sorted(h.specimen_id for h in hits) == [2, 3]
-    where, params = compile_filters([parse_filter(f"{NASTY_TRAIT}.L_mean < 50")], set(), engine.measured_traits())
+    where, params = compile_filters([parse_filter(f"{NASTY_TRAIT}.L_mean < 50")], set(), engine.store.filter_traits())
     assert NASTY_TRAIT not in where and "'" not in where and params == [NASTY_TRAIT, 50.0]
     for bad, why in [(f"{NASTY_TRAIT}.area_mm2 > 1; DROP TABLE specimens", "not a number"),
                      ("band'; --.area_px > 1", "no trait"), (f"{NASTY_TRAIT}.area_px; -- > 1", "unknown filter field"),

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from sst_search.config import IndexConfig, PlanConfig
+from sst_search.errors import QueryError
 from sst_search.query import Filter, SearchEngine
 from sst_search.store import Store, published_columns
 from sst_search.store.snapshots import (
@@ -39,6 +40,7 @@ FILTERS = {
     "colour and quality": [Filter(field=f"{TRAIT}.dominant_color", op="in", value=["#e0a040", "#202020"]),
                            Filter(field=f"{TRAIT}.quality", op="<", value=0.7)],
     "object score": [Filter(field=f"{TRAIT}.object_score", op=">=", value=0.5)],
+    "quality of a trait never measured": [Filter(field="wing.quality", op=">", value=0.3)],
     "instances' area": [Filter(field="spot.area_mm2", op=">", value=3.0)],  # two spots measured apart: the catalog's
 }
 #: Fields read from the catalog however the snapshot was published (traits with several entries per specimen).
@@ -75,6 +77,9 @@ def write_store(db):
             {"trait_id": t, "trait_name": "spot", "unit": "mm", "area_mm2": float(i + t)} for t in (2, 3))
     masks = masks.append_column("object_score", pa.array(np.where(np.arange(len(masks)) % 4 == 0, np.nan, 1.0) *
                                                          rng.uniform(0, 1, len(masks)), from_pandas=True))
+    wings = masks.slice(0, 250).set_column(1, "trait_id", pa.array(np.full(250, 4, np.int32)))  # masks, never measured
+    masks = pa.concat_tables([masks, wings.set_column(2, "trait_name", pa.array(["wing"] * 250))
+                              .set_column(9, "quality", pa.array(rng.random(250)))])
     with Store.open(db, index_config=CONFIG) as store:
         store.write_columns(specimens, metadata=metadata, masks=masks, vectors={(EMBEDDER, TRAIT): (ids, vectors)})
         replace_measurements(store, measured)
@@ -193,6 +198,15 @@ def test_metadata_measurement_and_confidence_filters_give_the_catalogs_answer_ma
     assert not any(mapped.get(k) for k in UNPUBLISHED)
     admitted, mapped = _answers(published_before, filters)  # from the catalog, as before
     assert np.array_equal(admitted, exact) and not any(mapped.values())
+
+
+def test_a_confidence_needs_masks_and_a_measurement_needs_measurements(published):
+    with SearchEngine.open(published[0]) as engine:
+        assert len(engine.filter_ids([Filter(field="wing.object_score", op=">", value=0.1)])) > 0
+        with pytest.raises(QueryError, match="no trait 'wing' measured; measured traits: \\['band', 'spot'\\]"):
+            engine.filter_ids([Filter(field="wing.area_mm2", op=">", value=1.0)])
+        with pytest.raises(QueryError, match="no trait 'tail' has masks; traits with masks: \\['band', 'wing'\\]"):
+            engine.filter_ids([Filter(field="tail.quality", op=">", value=0.1)])
 
 
 def test_a_publish_dying_mid_columns_publishes_nothing_and_verify_names_a_damaged_one(tmp_path, monkeypatch):

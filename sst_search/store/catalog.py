@@ -23,7 +23,7 @@ import pyarrow as pa
 from sst_search.config import IndexConfig, recorded
 from sst_search.store import vector_column
 from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, SqlAdmission
-from sst_search.store.filters import Filter, scope_where
+from sst_search.store.filters import Filter, TraitNames, scope_where
 from sst_search.store.records import TraitMask
 from sst_search.store.rle import decode_mask
 from sst_search.store.schema import TRAIT_MEASUREMENTS_COLUMNS
@@ -363,6 +363,11 @@ class Catalog:
         return self.remember("measured_traits", lambda: [
             r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_measurements ORDER BY 1").fetchall()])
 
+    def filter_traits(self) -> TraitNames:
+        """The traits per-trait filters may name: measured ones, and every one with masks for confidences."""
+        return self.remember("filter_traits", lambda: TraitNames(frozenset(self.measured_traits()), frozenset(
+            r[0] for r in self.con.execute("SELECT DISTINCT trait_name FROM trait_masks").fetchall())))
+
     # -- vectors -------------------------------------------------------------------------
 
     def embedders(self) -> list[str]:
@@ -420,7 +425,7 @@ class Catalog:
     def _scope_where(self, filters: Iterable[Filter], status, groups, specimen_ids) -> tuple[str, list]:
         """WHERE clause over ``specimens s``; the catalog is asked for its fields only when there are filters."""
         filters = list(filters)
-        known = (self.metadata_keys(), self.measured_traits()) if filters else (set(), ())
+        known = (self.metadata_keys(), self.filter_traits()) if filters else (set(), TraitNames())
         return scope_where(filters, *known, status=status, groups=groups, specimen_ids=specimen_ids)
 
 

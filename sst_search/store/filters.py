@@ -37,6 +37,15 @@ SPECIMEN_FIELDS = {"group": "s.group_name", "path": "s.path", "status": "s.statu
 OPS = ("==", "!=", "in", "not in", "contains", ">=", "<=", ">", "<")
 
 
+@dataclass(frozen=True)
+class TraitNames:
+    """The traits a ``<trait>.<column>`` filter may name. They differ by column: a trait has
+    mask confidences as soon as it has masks, but measurements only once it was measured."""
+
+    measured: frozenset[str] = frozenset()
+    masked: frozenset[str] = frozenset()
+
+
 class Filter(BaseModel):
     """One metadata or measurement condition, e.g. ``Filter(field="locality", op="contains", value="Ridge")``
     or ``Filter(field="forewing_band.area_mm2", op=">", value=40)`` (``<trait>.<measurement>``,
@@ -112,7 +121,7 @@ class Condition:
     trait: str | None = None
 
 
-def resolve(f: Filter, metadata_keys: Collection[str], measured_traits: Collection[str] = ()) -> Condition:
+def resolve(f: Filter, metadata_keys: Collection[str], traits: TraitNames = TraitNames()) -> Condition:
     """The checks every backend shares: known field, allowed operator, value of the right kind.
     A field that is neither a specimen column nor a metadata key but has a dot is a trait
     measurement (or a mask confidence)."""
@@ -121,7 +130,7 @@ def resolve(f: Filter, metadata_keys: Collection[str], measured_traits: Collecti
     if f.op in ("in", "not in") and not isinstance(f.value, list):
         raise QueryError(f"filter on {f.field!r}: {f.op!r} needs a list of values")
     if f.field not in SPECIMEN_FIELDS and f.field not in metadata_keys and "." in f.field:
-        return _measurement(f, measured_traits)
+        return _measurement(f, traits)
     if f.field in SPECIMEN_FIELDS:
         source, column = "specimen", SPECIMEN_FIELDS[f.field]
     elif f.field in metadata_keys:
@@ -136,16 +145,20 @@ def resolve(f: Filter, metadata_keys: Collection[str], measured_traits: Collecti
     return Condition(source, column, f.op, value, numeric)
 
 
-def _measurement(f: Filter, measured_traits: Collection[str]) -> Condition:
+def _measurement(f: Filter, traits: TraitNames) -> Condition:
     trait, _, column = f.field.rpartition(".")
     if column not in _MEASUREMENT_TYPES and column not in CONFIDENCE_FIELDS:
         raise QueryError(f"unknown filter field {f.field!r}: {column!r} is not a measurement or confidence; "
                          f"measurements: {sorted(_MEASUREMENT_TYPES)}, confidences: {list(CONFIDENCE_FIELDS)}")
-    if trait not in measured_traits:
-        known = sorted(measured_traits)
+    source = "confidence" if column in CONFIDENCE_FIELDS else "measurement"
+    if source == "confidence" and trait not in traits.masked:
+        known = sorted(traits.masked)
+        hint = f"traits with masks: {known}" if known else "this index has no trait masks yet"
+        raise QueryError(f"unknown filter field {f.field!r}: no trait {trait!r} has masks; {hint}")
+    if source == "measurement" and trait not in traits.measured:
+        known = sorted(traits.measured)
         hint = f"measured traits: {known}" if known else "this index has no measurements yet (run `sst-search measure`)"
         raise QueryError(f"unknown filter field {f.field!r}: no trait {trait!r} measured; {hint}")
-    source = "confidence" if column in CONFIDENCE_FIELDS else "measurement"
     if _MEASUREMENT_TYPES.get(column) == "VARCHAR":  # the dominant colour, '#rrggbb'
         value = list(f.value) if f.op in ("in", "not in") else str(f.value)
         return Condition(source, column, f.op, value, False, trait)
@@ -182,12 +195,12 @@ def condition_sql(c: Condition) -> tuple[str, list]:
 
 
 def compile_filters(
-    filters: Iterable[Filter], metadata_keys: set[str], measured_traits: Collection[str] = ()
+    filters: Iterable[Filter], metadata_keys: set[str], traits: TraitNames = TraitNames()
 ) -> tuple[str, list]:
     """``(where_clause, params)`` over ``specimens s``; unknown fields are errors."""
     clauses, params = [], []
     for f in filters:
-        cond, values = condition_sql(resolve(f, metadata_keys, measured_traits))
+        cond, values = condition_sql(resolve(f, metadata_keys, traits))
         clauses.append(cond)
         params += values
     return " AND ".join(clauses) or "TRUE", params
@@ -221,12 +234,12 @@ class ColumnSource(Protocol):
 
 
 def compile_mask(
-    filters: Iterable[Filter], metadata_keys: set[str], measured_traits: Collection[str], columns: ColumnSource
+    filters: Iterable[Filter], metadata_keys: set[str], traits: TraitNames, columns: ColumnSource
 ) -> np.ndarray:
     """Which of ``columns.ids`` pass every filter: the same conditions as :func:`compile_filters`,
     evaluated on each field's distinct values and spread to the specimens with one gather, so
     a filter over a million specimens costs milliseconds and no query."""
-    conditions = [resolve(f, metadata_keys, measured_traits) for f in filters]
+    conditions = [resolve(f, metadata_keys, traits) for f in filters]
     return columns.all_of(conditions) if conditions else np.ones(len(columns.ids), bool)
 
 
@@ -285,14 +298,14 @@ def scope_filters(filters: Iterable[Filter], status: str | None = "indexed", gro
 def scope_where(
     filters: Iterable[Filter] = (),
     metadata_keys: set[str] = frozenset(),
-    measured_traits: Collection[str] = (),
+    traits: TraitNames = TraitNames(),
     *,
     status: str | None = "indexed",
     groups: Iterable[str] | None = None,
     specimen_ids: Iterable[int] | None = None,
 ) -> tuple[str, list]:
     """:func:`compile_filters` plus the selections readers share: a status, some groups, some ids."""
-    where, params = compile_filters(scope_filters(filters, status, groups), set(metadata_keys), measured_traits)
+    where, params = compile_filters(scope_filters(filters, status, groups), set(metadata_keys), traits)
     if specimen_ids is not None:
         where += " AND s.specimen_id IN (SELECT unnest(?::BIGINT[]))"
         params.append([int(i) for i in specimen_ids])

@@ -80,7 +80,7 @@ class SnapshotCatalog(Catalog):
         if not filters:
             return None
         scoped = scope_filters(filters)
-        conditions = [resolve(f, self.metadata_keys(), self.measured_traits()) for f in scoped]  # errors first
+        conditions = [resolve(f, self.metadata_keys(), self.filter_traits()) for f in scoped]  # errors first
 
         def mask() -> tuple[SnapshotColumns, np.ndarray]:
             columns = self.columns()
@@ -193,10 +193,10 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
 
     def prepare_conditions(self) -> SnapshotColumns:
         """Ask once what resolving and scoping any filter asks: the catalog's metadata keys and
-        measured traits (a scan of every specimen's metadata: 8 ms of a first filtered
+        the traits per-trait filters may name (a scan of every specimen's metadata: 8 ms of a first filtered
         search's 33 at 1M x 768), the posting fields and the mask of the indexed specimens
         every filter is scoped to. Returns the columns they were loaded into."""
-        keys, traits = self.metadata_keys(), self.measured_traits()
+        keys, traits = self.metadata_keys(), self.filter_traits()
         self.posting_fields()
         columns = self.columns()
         compile_mask(scope_filters([]), keys, traits, columns)
