@@ -176,8 +176,9 @@ def _answers(db, filters):
             assert len(found) == 10 and {r.specimen_id for r in found} <= set(admitted.tolist())
         columns, files = store.loaded_columns(), store.published()
         mapped = {(key[1] if key[2] is None else f"{key[1]} of {key[2]}"):
-                  isinstance(column.codes, np.memmap) or files._sets.get(
-                      (published_columns.field_stem(*key[:2], key[2]), "numbers", "valid")) is not None
+                  isinstance(column.codes, np.memmap) or key[1] in ((files._sets.get(
+                      (published_columns.trait_stem(key[0], key[2] or ""), "numbers", "valid")) or {})
+                      .get("manifest", {}).get("columns") or [])
                   for key, column in columns._columns.items()}
         mapped["ids"] = isinstance(columns.ids, np.memmap)
         mapped["layout"] = isinstance(store.vector_table(EMBEDDER, TRAIT).layout(store.index(EMBEDDER, TRAIT)).rows,

@@ -27,15 +27,20 @@ Layout, in ``<snapshot>.vectors/columns/`` beside the vectors at rest and the po
                                        every metadata key
     <source>.<column>.values.arrow     ``value`` (distinct, text) and ``number`` (DuckDB's
                                        TRY_CAST to DOUBLE), Arrow IPC
-    measurement.<trait>.<column>.numbers.npy, .valid.npy
-    confidence.<trait>.<column>.numbers.npy, .valid.npy
-                                       (specimens,) float64 per trait and numeric
-                                       measurement or mask confidence (0 where none), and
-                                       its validity as bits (numpy's little bit order); a
-                                       text measurement (the dominant colour) as codes and
-                                       values like a text field. Only columns some specimen
-                                       has a value in, of traits with at most one mask per
-                                       specimen (instances measured apart read the catalog)
+    measurement.<trait>.numbers.npy, .valid.npy
+    confidence.<trait>.numbers.npy, .valid.npy
+                                       (columns, specimens) float64: a trait's numeric
+                                       measurements or mask confidences (0 where none), one
+                                       row per column its manifest names, and their validity
+                                       as bits (numpy's little bit order), (columns,
+                                       ceil(specimens / 8)) uint8; the trait's name has its
+                                       dots escaped. One set per trait, not per column: a
+                                       publish writes and syncs a few files per trait, not
+                                       dozens. The text measurement (the dominant colour) is
+                                       ``measurement.<trait>.dominant_color`` codes and values,
+                                       like a text field. Only columns some specimen has a
+                                       value in, of traits with at most one mask per specimen
+                                       (instances measured apart read the catalog)
     <stem>.json                        manifest: specimens, the rows' column names, bytes
                                        and sha256 per file
 
@@ -54,6 +59,8 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -99,6 +106,12 @@ def per_hit_files(db_path: str | Path) -> set[Path]:
 
 def field_stem(source: str, column: str, trait: str | None = None) -> str:
     return ".".join(quote(part, safe="") for part in (source, *([trait] if trait is not None else []), column))
+
+
+def trait_stem(source: str, trait: str) -> str:
+    """The stem of a trait's numeric columns: its name's dots escaped, so no trait's stem is
+    another trait's text column (``measurement.<trait>.<column>``)."""
+    return f"{source}.{quote(trait, safe='').replace('.', '%2E')}"
 
 
 def masks_stem(trait: str) -> str:
@@ -147,8 +160,12 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     for source, column in fields(con):
         write_text(root, field_stem(source, column), n, read_field(con, source, column))
     for source, trait, columns in trait_fields(con):
-        for start in range(0, len(columns), TRAIT_COLUMNS_AT_ONCE):
-            _write_trait_columns(con, root, n, source, trait, columns[start : start + TRAIT_COLUMNS_AT_ONCE])
+        for column, _ in (c for c in columns if c[1] != "DOUBLE"):
+            values = _trait_query(con, source, trait, [column]).column(0)
+            write_text(root, field_stem(source, column, trait), n, text_values(con, values, None))
+        numeric = [column for column, sql_type in columns if sql_type == "DOUBLE"]
+        if numeric:
+            _write_numeric_columns(con, root, n, source, trait, numeric)
 
 
 def write_text(root: Path, stem: str, n: int, values: ColumnValues) -> None:
@@ -171,22 +188,31 @@ def trait_fields(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, list[tu
     return found
 
 
-def _write_trait_columns(con: duckdb.DuckDBPyConnection, root: Path, n: int, source: str, trait: str,
-                         columns: list[tuple[str, str]]) -> None:
-    """Some of one trait's columns, one entry per specimen in specimen order, each as its set."""
+def _trait_query(con: duckdb.DuckDBPyConnection, source: str, trait: str, columns: list[str]) -> pa.Table:
+    """Some of one trait's columns, one entry per specimen in specimen order."""
     table = TRAIT_COLUMNS[source][0]  # table and column names come from the allow-lists above
-    read = con.sql(f"SELECT {', '.join(f'x.{name}' for name, _ in columns)} FROM specimens s LEFT JOIN {table} x "
+    return con.sql(f"SELECT {', '.join(f'x.{name}' for name in columns)} FROM specimens s LEFT JOIN {table} x "
                    "ON x.specimen_id = s.specimen_id AND x.trait_name = ? ORDER BY s.specimen_id",
                    params=[trait]).to_arrow_table()
-    for (name, sql_type), values in zip(columns, read.columns, strict=True):
-        stem = field_stem(source, name, trait)
-        if sql_type != "DOUBLE":
-            write_text(root, stem, n, text_values(con, values, None))
-            continue
-        values = values.combine_chunks()
-        numbers = pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        valid = np.packbits(values.is_valid().to_numpy(zero_copy_only=False), bitorder="little")
-        write(root, stem, n, {"numbers": numbers, "valid": valid})
+
+
+def _write_numeric_columns(con: duckdb.DuckDBPyConnection, root: Path, n: int, source: str, trait: str,
+                           columns: list[str]) -> None:
+    """A trait's numeric columns as one set: the numbers streamed to their file a few columns
+    per query (8 bytes a specimen each: gigabytes at ten million), the validity bits, an
+    eighth of a byte a specimen, gathered meanwhile and written after them."""
+    valid = np.empty((len(columns), (n + 7) // 8), np.uint8)
+
+    def numbers() -> Iterator[np.ndarray]:
+        for start in range(0, len(columns), TRAIT_COLUMNS_AT_ONCE):
+            read = _trait_query(con, source, trait, columns[start : start + TRAIT_COLUMNS_AT_ONCE])
+            for j, values in enumerate(read.columns, start):
+                values = values.combine_chunks()
+                valid[j] = np.packbits(values.is_valid().to_numpy(zero_copy_only=False), bitorder="little")
+                yield pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+    write(root, trait_stem(source, trait), n, {"numbers": Streamed(np.dtype(np.float64), (len(columns), n), numbers()),
+                                                "valid": valid}, columns=columns)
 
 
 def _json_row(columns: str, prefix: str = "") -> str:
@@ -197,16 +223,41 @@ def _json_row(columns: str, prefix: str = "") -> str:
         ")::VARCHAR"
 
 
-def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: pa.Table | None = None,
-          rows: tuple[str, pa.RecordBatchReader] | None = None) -> None:
-    """One set of files, its manifest last: ``arrays`` as ``.npy``; ``values`` as an Arrow
-    IPC file; ``rows`` (``(columns, reader of one JSON array per row)``) as their JSON text
-    back to back plus their offsets, written a chunk at a time (millions of masks are never
-    all in memory)."""
+@dataclass(frozen=True)
+class Streamed:
+    """An array of ``shape`` given as its rows (``shape[1:]`` each), in order, written as
+    they come: never all in memory."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    rows: Iterator[np.ndarray]
+
+    def save(self, path: str) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        count = 0
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            for row in self.rows:
+                if row.shape != self.shape[1:]:
+                    raise ValueError(f"{path}: a row of shape {row.shape} for an array of {self.shape}")
+                fh.write(np.ascontiguousarray(row, self.dtype).tobytes())
+                count += 1
+        if count != self.shape[0]:
+            raise ValueError(f"{path}: {count} rows written of {self.shape[0]}")
+
+
+def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray | Streamed], values: pa.Table | None = None,
+          rows: tuple[str, pa.RecordBatchReader] | None = None, columns: list[str] | None = None) -> None:
+    """One set of files, its manifest last: ``arrays`` as ``.npy``, in their order (a
+    :class:`Streamed` one as its rows come); ``values`` as an Arrow IPC file; ``rows``
+    (``(columns, reader of one JSON array per row)``) as their JSON text back to back plus
+    their offsets, written a chunk at a time (millions of masks are never all in memory).
+    ``columns``: the names of the arrays' rows (a trait's columns), for the manifest."""
     names = [*arrays, *(["values"] if values is not None else []), *(["rows", "offsets"] if rows else [])]
     paths = file_paths(root, stem, names)
     for name, array in arrays.items():
-        atomic_write(paths[name], lambda tmp, array=array: save_array(tmp, array))
+        atomic_write(paths[name], array.save if isinstance(array, Streamed) else
+                     lambda tmp, array=array: save_array(tmp, array))
     if values is not None:
         def write_values(tmp: str) -> None:
             with ipc.new_file(tmp, values.schema) as writer:
@@ -235,7 +286,9 @@ def write(root: Path, stem: str, n: int, arrays: dict[str, np.ndarray], values: 
         atomic_write(paths["rows"], write_rows)
         offsets = np.concatenate([np.zeros(1, np.int64), *ends])
         atomic_write(paths["offsets"], lambda tmp: save_array(tmp, offsets))
-    manifest = {"specimens": n, **({"columns": [c.strip() for c in rows[0].split(",")]} if rows else {}),
+    if rows:
+        columns = [c.strip() for c in rows[0].split(",")]
+    manifest = {"specimens": n, **({"columns": columns} if columns is not None else {}),
                 "files": {name: {"bytes": paths[name].stat().st_size, "sha256": digests.get(name) or sha256_file(paths[name])}
                           for name in names}}
     write_json(paths["manifest"], manifest)
@@ -264,15 +317,17 @@ class PublishedColumns:
         self._lock = threading.Lock()
         self._sets: dict[tuple[str, ...], dict | None] = {}
 
-    def _open(self, stem: str, names: list[str], n: int | None, shaped: dict[str, tuple[int]] | None = None
-              ) -> dict | None:
-        """The set's files mapped (``shaped``: arrays not of one entry per specimen)."""
+    def _open(self, stem: str, names: list[str], n: int | None,
+              shaped: Callable[[dict], dict[str, tuple[int, ...]]] | None = None) -> dict | None:
+        """The set's files mapped (``shaped``: from its manifest, the shapes of arrays not of
+        one entry per specimen)."""
         with self._lock:
             if (stem, *names) not in self._sets:
-                self._sets[(stem, *names)] = self._map(stem, names, n, shaped or {})
+                self._sets[(stem, *names)] = self._map(stem, names, n, shaped or (lambda manifest: {}))
             return self._sets[(stem, *names)]
 
-    def _map(self, stem: str, names: list[str], n: int | None, shaped: dict[str, tuple[int]]) -> dict | None:
+    def _map(self, stem: str, names: list[str], n: int | None,
+             shaped: Callable[[dict], dict[str, tuple[int, ...]]]) -> dict | None:
         paths = file_paths(self.root, stem, names)
         manifest = _manifest(paths["manifest"])
         if manifest is None or set(manifest["files"]) != set(names) or _unusable(paths, manifest, n) is not None:
@@ -282,9 +337,11 @@ class PublishedColumns:
             found = {name: np.load(paths[name], mmap_mode="r") for name in names if name not in SUFFIXES}
             if "values" in names:
                 found["values"] = ipc.open_file(pa.memory_map(str(paths["values"]))).read_all()
-            if any(a.shape != shaped.get(name, (size + 1,) if name == "offsets" else (size,))
+            shapes = shaped(manifest)
+            if any(a.shape != shapes.get(name, (size + 1,) if name == "offsets" else (size,))
                    for name, a in found.items() if name not in SUFFIXES):
                 return None
+            found["manifest"] = manifest
             if "rows" in names:
                 found["rows"] = RowFile(paths["rows"], found.pop("offsets"), manifest.get("columns"))
         except (OSError, ValueError, pa.ArrowException):
@@ -299,19 +356,31 @@ class PublishedColumns:
     def field(self, source: str, column: str, n: int, trait: str | None = None) -> ColumnValues | None:
         """One filter field's column over the ``n`` specimens of :meth:`ids` (a measurement's
         or a confidence's: of ``trait``)."""
-        stem = field_stem(source, column, trait)
-        numbers = self._open(stem, ["numbers", "valid"], n, shaped={"valid": ((n + 7) // 8,)}) if trait else None
-        if numbers is not None:
-            if numbers["numbers"].dtype != np.float64 or numbers["valid"].dtype != np.uint8:
-                return None
-            return ColumnValues(pa.Array.from_buffers(pa.float64(), n, [pa.py_buffer(numbers["valid"]),
-                                                                         pa.py_buffer(numbers["numbers"])]))
-        found = self._open(stem, ["codes", "values"], n)
+        numeric = self._numeric(source, column, n, trait) if trait is not None else None
+        if numeric is not None:
+            return numeric
+        found = self._open(field_stem(source, column, trait), ["codes", "values"], n)
         if found is None or found["codes"].dtype != np.int32:
             return None
         values = found["values"]
         return ColumnValues(values.column("value").combine_chunks(), found["codes"], None,
                             values.column("number").combine_chunks())
+
+    def _numeric(self, source: str, column: str, n: int, trait: str) -> ColumnValues | None:
+        """A trait's numeric column, a row of its set (None: not among them, or no usable set)."""
+
+        def shaped(manifest: dict) -> dict[str, tuple[int, ...]]:
+            width = len(manifest.get("columns") or [])
+            return {"numbers": (width, n), "valid": (width, (n + 7) // 8)}
+
+        found = self._open(trait_stem(source, trait), ["numbers", "valid"], n, shaped)
+        if found is None or column not in (found["manifest"].get("columns") or []):
+            return None
+        if found["numbers"].dtype != np.float64 or found["valid"].dtype != np.uint8:
+            return None
+        row = found["manifest"]["columns"].index(column)
+        return ColumnValues(pa.Array.from_buffers(pa.float64(), n, [pa.py_buffer(found["valid"][row]),
+                                                                     pa.py_buffer(found["numbers"][row])]))
 
     def rows(self, ids: list[int], trait: str | None = None) -> list[dict] | None:
         """The listing rows (``trait``: the mask rows of that trait) of those of ``ids`` that
