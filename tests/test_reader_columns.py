@@ -94,6 +94,7 @@ def published(tmp_path_factory):
     ids = write_store(db)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(published_columns, "CHUNK", 100)  # the rows written over several chunks
+        patch.setattr(published_columns, "TRAIT_QUERY_BYTES", 8 * N)  # a trait's columns one per query
         publish_snapshot(db)
     return db, ids
 

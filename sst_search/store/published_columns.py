@@ -89,8 +89,9 @@ CHUNK = 100_000
 #: Per-trait columns of each filter source: the table they live in and their names and SQL types.
 TRAIT_COLUMNS = {"measurement": ("trait_measurements", [(f.name, f.sql_type) for f in MEASUREMENT_FIELDS]),
                  "confidence": ("trait_masks", [(name, "DOUBLE") for name in CONFIDENCE_FIELDS])}
-#: Per-trait columns read from DuckDB in one query when they are written (8 bytes a specimen each).
-TRAIT_COLUMNS_AT_ONCE = 8
+#: Bytes of a trait's columns read from DuckDB in one query when they are written (8 a
+#: specimen per column): all of them at once for a small store, 8 at ten million specimens.
+TRAIT_QUERY_BYTES = 640 << 20
 
 
 def columns_dir(db_path: str | Path) -> Path:
@@ -202,10 +203,11 @@ def _write_numeric_columns(con: duckdb.DuckDBPyConnection, root: Path, n: int, s
     per query (8 bytes a specimen each: gigabytes at ten million), the validity bits, an
     eighth of a byte a specimen, gathered meanwhile and written after them."""
     valid = np.empty((len(columns), (n + 7) // 8), np.uint8)
+    at_once = max(1, TRAIT_QUERY_BYTES // (8 * max(1, n)))
 
     def numbers() -> Iterator[np.ndarray]:
-        for start in range(0, len(columns), TRAIT_COLUMNS_AT_ONCE):
-            read = _trait_query(con, source, trait, columns[start : start + TRAIT_COLUMNS_AT_ONCE])
+        for start in range(0, len(columns), at_once):
+            read = _trait_query(con, source, trait, columns[start : start + at_once])
             for j, values in enumerate(read.columns, start):
                 values = values.combine_chunks()
                 valid[j] = np.packbits(values.is_valid().to_numpy(zero_copy_only=False), bitorder="little")
