@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sst_search.vector_search.half_precision import to_float16, to_float32
+
 #: The column type of ``vectors.vector``.
 SQL_TYPE = "SMALLINT[]"
 
@@ -26,12 +28,12 @@ SQL_TYPE = "SMALLINT[]"
 def rounded(matrix: np.ndarray) -> np.ndarray:
     """``matrix`` (float32) holding the values the catalog will: what the writer indexes, so
     that its in-memory index equals one rebuilt from the catalog later."""
-    return np.asarray(matrix, np.float32).astype(np.float16).astype(np.float32)
+    return to_float32(to_float16(np.asarray(matrix, np.float32)))
 
 
 def encode(matrix: np.ndarray) -> pa.ListArray:
     """The ``vector`` column of the rows of ``matrix``, as an Arrow list array DuckDB ingests."""
-    halves = np.ascontiguousarray(np.asarray(matrix, np.float32).astype(np.float16))
+    halves = to_float16(np.asarray(matrix, np.float32))
     flat = pa.array(halves.view(np.int16).ravel())
     return pa.FixedSizeListArray.from_arrays(flat, halves.shape[1]).cast(pa.list_(pa.int16()))
 

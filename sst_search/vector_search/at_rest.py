@@ -57,6 +57,7 @@ from urllib.parse import quote
 import numpy as np
 
 from sst_search.errors import first_line
+from sst_search.vector_search.half_precision import to_float16, to_float32
 from sst_search.vector_search.indexes import file_mode, read_json, write_json
 from sst_search.weights import sha256_file
 
@@ -247,7 +248,7 @@ def write_matrix(path: str, key: IndexKey, ids: np.ndarray, dim: int,
         for batch_ids, values in batches:
             if values.shape[1] != dim or not np.array_equal(batch_ids, ids[at : at + len(batch_ids)]):
                 raise RuntimeError(f"{key[0]}/{key[1]}: the vectors table changed while it was written at rest")
-            put(np.ascontiguousarray(values, DTYPE).tobytes())
+            put(to_float16(values).tobytes())
             at += len(batch_ids)
     if at != len(ids):
         raise RuntimeError(f"{key[0]}/{key[1]}: {at} vectors read for {len(ids)} ids")
@@ -335,13 +336,13 @@ class StreamedVectors:
         if matrix.shape != (len(ids), self.dim):
             raise ValueError(f"{self.key[0]}/{self.key[1]}: a chunk of vectors of shape {matrix.shape} "
                              f"for {len(ids)} ids of an index of dim {self.dim}")
-        self._spill.write(np.ascontiguousarray(matrix, DTYPE).tobytes())
+        self._spill.write(to_float16(matrix).tobytes())
         self._ids.append(np.asarray(ids, np.int64))
         self.count += len(ids)
 
     def rows(self, positions: np.ndarray | slice) -> np.ndarray:
         """float32 rows of the stream, by position in arrival order (after :meth:`close`)."""
-        rows = np.asarray(self._mapped[positions], np.float32)
+        rows = to_float32(self._mapped[positions])
         self._unmap_pages()
         return rows
 
