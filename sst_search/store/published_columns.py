@@ -161,10 +161,10 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     for source, column in fields(con):
         write_text(root, field_stem(source, column), n, read_field(con, source, column))
     for source, trait, columns in trait_fields(con):
-        for column, _ in (c for c in columns if c[1] != "DOUBLE"):
-            values = _trait_query(con, source, trait, [column]).column(0)
-            write_text(root, field_stem(source, column, trait), n, text_values(con, values, None))
-        numeric = [column for column, sql_type in columns if sql_type == "DOUBLE"]
+        numeric = [name for name, sql_type in columns if sql_type == "DOUBLE"]
+        for name in (name for name, _ in columns if name not in numeric):  # the dominant colour
+            values = _trait_query(con, source, trait, [name]).column(0)
+            write_text(root, field_stem(source, name, trait), n, text_values(con, values, None))
         if numeric:
             _write_numeric_columns(con, root, n, source, trait, numeric)
 
@@ -372,7 +372,8 @@ class PublishedColumns:
         """A trait's numeric column, a row of its set (None: not among them, or no usable set)."""
 
         def shaped(manifest: dict) -> dict[str, tuple[int, ...]]:
-            width = len(manifest.get("columns") or [])
+            names = manifest.get("columns")
+            width = len(names) if isinstance(names, list) else -1  # no list of names: no shape fits
             return {"numbers": (width, n), "valid": (width, (n + 7) // 8)}
 
         found = self._open(trait_stem(source, trait), ["numbers", "valid"], n, shaped)
