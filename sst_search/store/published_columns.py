@@ -70,8 +70,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import ipc
 
-from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
 from sst_search.measure import FIELDS as MEASUREMENT_FIELDS
+from sst_search.store.columns import LISTING_COLUMNS, MASK_COLUMNS, text_values
 from sst_search.store.filters import CONFIDENCE_FIELDS, SPECIMEN_FIELDS, ColumnValues
 from sst_search.store.verify import Problem
 from sst_search.vector_search.at_rest import save_array, vectors_dir, will_need
