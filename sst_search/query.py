@@ -24,7 +24,7 @@ from .images import load_image
 from .measure import FIELDS as MEASUREMENT_FIELDS
 from .references import Support
 from .store import SPECIMEN_TRAIT, Store, decode_mask
-from .store.filters import Filter, compile_filters, parse_filter
+from .store.filters import CONFIDENCE_FIELDS, Filter, compile_filters, parse_filter
 from .store.indexed import MAX_K
 from .store.snapshots import resolve_snapshot
 from .vector_search.planner import Admission
@@ -147,9 +147,12 @@ class SearchEngine:
         """Traits with measurements, what ``<trait>.<measurement>`` filters accept (cached per snapshot)."""
         return self.store.measured_traits()
 
-    def measurement_fields(self) -> list[str]:
-        """Every ``<trait>.<measurement>`` filter field this index can answer."""
-        return [f"{t}.{m.name}" for t in self.measured_traits() for m in MEASUREMENT_FIELDS]
+    def trait_fields(self) -> list[str]:
+        """Every ``<trait>.<column>`` filter field this index can answer: the measurements of
+        each measured trait, the mask confidences of each trait with masks."""
+        traits = self.store.filter_traits()
+        return ([f"{t}.{m.name}" for t in sorted(traits.measured) for m in MEASUREMENT_FIELDS]
+                + [f"{t}.{c}" for t in sorted(traits.masked) for c in CONFIDENCE_FIELDS])
 
     def filter_ids(self, filters: list[Filter] | None, group: str | None = None) -> np.ndarray | None:
         """Ids of indexed specimens passing the filters (None when there are none to apply)."""

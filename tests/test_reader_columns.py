@@ -204,6 +204,11 @@ def test_metadata_measurement_and_confidence_filters_give_the_catalogs_answer_ma
 
 def test_a_confidence_needs_masks_and_a_measurement_needs_measurements(published):
     with SearchEngine.open(published[0]) as engine:
+        fields = engine.trait_fields()  # what the Search page offers
+        assert {"wing.object_score", "wing.quality", "band.area_mm2", "band.predicted_iou", "spot.area_mm2"} <= set(fields)
+        assert not {"wing.area_mm2", "spot.quality"} & set(fields)
+        for field in fields:
+            engine.filter_ids([Filter(field=field, op="!=", value="#000000" if "color" in field else -1.0)])
         assert len(engine.filter_ids([Filter(field="wing.object_score", op=">", value=0.1)])) > 0
         with pytest.raises(QueryError, match="no trait 'wing' measured; measured traits: \\['band', 'spot'\\]"):
             engine.filter_ids([Filter(field="wing.area_mm2", op=">", value=1.0)])

@@ -82,7 +82,8 @@ def test_search_filters_directions_and_clear_errors(app, engine):
     others = engine.search(trait, 10, specimen_id=query)
     keep = others[-1].metadata["catalogNumber"]
     app.number_input(key="filter_count").set_value(1).run(timeout=TIMEOUT)
-    assert f"{trait}.area_mm2" in app.selectbox(key="filter_field_0").options  # measurements filter too
+    options = app.selectbox(key="filter_field_0").options
+    assert f"{trait}.area_mm2" in options and f"{trait}.object_score" in options  # measurements and confidences too
     app.selectbox(key="filter_field_0").set_value("catalogNumber")
     app.selectbox(key="filter_op_0").set_value("in")
     app.text_input(key="filter_value_0").input(f"{keep}, NO-SUCH-NUMBER")

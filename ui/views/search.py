@@ -54,8 +54,8 @@ def _filters(engine: SearchEngine, group: str) -> list[Filter]:
     filters = []
     if st.checkbox(f"Only specimens of {group}", key="only_group"):
         filters.append(Filter(field="group", op="==", value=group))
-    fields = sorted(engine.metadata_keys()) + ["group", "path"] + engine.measurement_fields()
-    count = st.number_input("Metadata and measurement filters", min_value=0, max_value=MAX_FILTERS, value=0, key="filter_count")
+    fields = sorted(engine.metadata_keys()) + ["group", "path"] + engine.trait_fields()
+    count = st.number_input("Metadata, measurement and mask confidence filters", min_value=0, max_value=MAX_FILTERS, value=0, key="filter_count")
     for i in range(int(count)):
         c1, c2, c3 = st.columns([2, 1, 2])
         field = c1.selectbox("Field", fields, key=f"filter_field_{i}")
