@@ -143,10 +143,6 @@ class SearchEngine:
     def metadata_keys(self) -> set[str]:
         return self.store.metadata_keys()
 
-    def measured_traits(self) -> list[str]:
-        """Traits with measurements, what ``<trait>.<measurement>`` filters accept (cached per snapshot)."""
-        return self.store.measured_traits()
-
     def trait_fields(self) -> list[str]:
         """Every ``<trait>.<column>`` filter field this index can answer: the measurements of
         each measured trait, the mask confidences of each trait with masks."""
