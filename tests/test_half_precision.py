@@ -22,5 +22,6 @@ def test_conversions_equal_numpys_bit_for_bit_on_ties_subnormals_and_specials(ro
     assert np.array_equal(halves.view(np.int16), expected.view(np.int16))
     mapped = halves.copy()
     mapped.flags.writeable = False  # a read-only mapping (a spill file)
-    back = to_float32(mapped)
-    assert back.dtype == np.float32 and np.array_equal(back, halves.astype(np.float32), equal_nan=True)
+    for one_thread in (False, True):  # a build's whole-matrix copy; a search's pieces below torch's grain
+        back = to_float32(mapped, one_thread=one_thread)
+        assert back.dtype == np.float32 and np.array_equal(back, halves.astype(np.float32), equal_nan=True)

@@ -60,6 +60,7 @@ import numpy as np
 
 from sst_search.config import IndexConfig, PlanConfig
 from sst_search.vector_search import split_scan
+from sst_search.vector_search.half_precision import to_float32
 from sst_search.vector_search.indexes import ivf_of
 from sst_search.vector_search.vector_table import (
     AdmittedLists,
@@ -69,10 +70,8 @@ from sst_search.vector_search.vector_table import (
 )
 
 Plan = Literal["postfilter", "selector", "exact", "unfiltered"]
-#: float16 rows from which :func:`widened` uses torch rather than numpy (a re-rank's few stay with numpy).
+#: float16 rows an exact scan widens through torch rather than numpy (a re-rank's few stay with numpy).
 TORCH_WIDEN_ROWS = 256
-#: Elements below which torch converts in the calling thread (``at::internal::GRAIN_SIZE``).
-TORCH_GRAIN = 32_768
 #: Lists holding a filter's vectors ranked first for the selector, in multiples of ``nprobe``.
 HOLDING_FIRST = 8
 
@@ -436,26 +435,10 @@ def exact_top(query: np.ndarray, table: VectorTable, rows: np.ndarray, k: int, p
     scores = np.empty(len(rows), np.float32)
 
     split_scan.in_runs(len(rows), parts,
-                       lambda run: split_scan.score_into(scores[run], query, widened(table.gather(rows[run]))))
+                       lambda run: split_scan.score_into(
+                           scores[run], query, to_float32(table.gather(rows[run]), TORCH_WIDEN_ROWS, one_thread=True)))
     top = np.argsort(-scores, kind="stable")[:k] if len(scores) <= 4 * k else _top_unsorted(scores, k)
     return [(int(table.ids[rows[j]]), float(scores[j])) for j in top]
-
-
-def widened(rows: np.ndarray) -> np.ndarray:
-    """``rows`` gathered from a table's matrix, as contiguous float32. Many float16 rows (an
-    exact scan) go through torch's vectorised conversion in pieces below its parallel grain,
-    so no worker thread wakes: 5,000 rows of dim 768 took 1.6 ms against numpy's 11.9 on a
-    busy 2-core machine (FAISS's decoder wakes its OpenMP threads, which cost tens of ms there)."""
-    if rows.dtype != np.float16 or len(rows) < TORCH_WIDEN_ROWS:
-        return np.ascontiguousarray(rows, np.float32)
-    import torch  # loaded already wherever a search engine runs (its encoders); a bare Store pays it once
-
-    out = np.empty(rows.shape, np.float32)
-    source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(out)
-    step = max(1, TORCH_GRAIN // max(1, rows.shape[1]))
-    for start in range(0, len(rows), step):
-        target[start : start + step].copy_(source[start : start + step])
-    return out
 
 
 def admitted_scan(admitted: ListCounts, ivf: faiss.IndexIVF, config: PlanConfig) -> int:
