@@ -165,6 +165,16 @@ def test_a_search_asks_the_disk_for_its_hits_listing_and_mask_rows_before_readin
     assert len({fd for what, fd in events[:first_read] if what == "ask"}) == 2  # the listing's file and the masks'
 
 
+def _from_files(files, key, column) -> bool:
+    """Whether a loaded field came from the snapshot's files: a text field's codes are mapped,
+    a trait's number is a row of its mapped set."""
+    if isinstance(column.codes, np.memmap):
+        return True
+    source, name, trait = key
+    numbers = files._sets.get((published_columns.trait_stem(source, trait), "numbers", "valid")) if trait else None
+    return numbers is not None and name in numbers["manifest"]["columns"]
+
+
 def _answers(db, filters):
     """What a reader of the current snapshot admits under ``filters`` and finds searching under
     them on IVF plans, and which of the fields and list layout it used came from files."""
@@ -176,10 +186,7 @@ def _answers(db, filters):
             found = engine.search(TRAIT, 10, specimen_id=int(sid), filters=filters, embedder=EMBEDDER)
             assert len(found) == 10 and {r.specimen_id for r in found} <= set(admitted.tolist())
         columns, files = store.loaded_columns(), store.published()
-        mapped = {(key[1] if key[2] is None else f"{key[1]} of {key[2]}"):
-                  isinstance(column.codes, np.memmap) or key[1] in ((files._sets.get(
-                      (published_columns.trait_stem(key[0], key[2] or ""), "numbers", "valid")) or {})
-                      .get("manifest", {}).get("columns") or [])
+        mapped = {(key[1] if key[2] is None else f"{key[1]} of {key[2]}"): _from_files(files, key, column)
                   for key, column in columns._columns.items()}
         mapped["ids"] = isinstance(columns.ids, np.memmap)
         mapped["layout"] = isinstance(store.vector_table(EMBEDDER, TRAIT).layout(store.index(EMBEDDER, TRAIT)).rows,
