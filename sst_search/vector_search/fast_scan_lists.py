@@ -24,6 +24,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from sst_search.vector_search import one_dim_codes
+
 #: Read flags for an index whose lists live in a lists file: its lists' header is read and
 #: the file is mapped here (:func:`attach`), not by FAISS, which would print to stdout
 #: while resolving the file's folder.
@@ -174,14 +176,18 @@ class AssignedAdds:
     def __init__(self, ivf: faiss.IndexIVF, every: int | None = None) -> None:
         self.ivf, self.every = ivf, every or FILING
         self._fast = faiss.downcast_index(ivf)
+        self._encoder = one_dim_codes.encoder_for(ivf)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, x: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> None:
         """Encode float32 rows ``x`` with ``ids``, each for the list ``lists`` names."""
         x = np.ascontiguousarray(x, np.float32)
         lists = np.ascontiguousarray(lists, np.int64)
-        codes = np.empty((len(x), self._fast.code_size), np.uint8)
-        self._fast.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes))
+        if self._encoder is not None:
+            codes = self._encoder.encode(x)
+        else:
+            codes = np.empty((len(x), self._fast.code_size), np.uint8)
+            self._fast.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes))
         self._pending.append((np.asarray(ids, np.int64), lists, codes))
         if sum(len(ids) for ids, _, _ in self._pending) >= self.every:
             self.flush()

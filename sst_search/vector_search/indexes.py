@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
-from sst_search.vector_search import fast_scan_lists, list_assignment, two_level
+from sst_search.vector_search import fast_scan_lists, list_assignment, one_dim_codes, two_level
 from sst_search.weights import sha256_file
 
 #: Bytes read at a time when a mapped index's file is read into the page cache.
@@ -126,6 +126,7 @@ def new_index(n: int, dim: int, config: IndexConfig, training: Callable[[int], n
             # with the quantizer filled, FAISS's training skips the lists and trains the codes alone
             ivf.quantizer.add(two_level.train(sample, nlist, config.train_niter, config.train_seed))
         index.train(sample)
+        one_dim_codes.sort_codebooks(ivf)
         ivf.nprobe = config.nprobe_for(nlist, n)
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
