@@ -251,7 +251,8 @@ class IndexConfig(_Strict):
     fast_assignment_lists: int = Field(
         1024, ge=1, description="ivf: from this many lists, a build files vectors in their lists by bfloat16 matrix "
         "products where the CPU has matrix units for them (AMX), checked in float32 wherever bfloat16 could have "
-        "chosen another list, so the lists are FAISS's own: half the time of its float32 comparison with every list")
+        "chosen another list, so the lists are FAISS's own: half the time of its float32 comparison with every list; "
+        "and packs a fast-scan index's codes into its lists a million vectors at a time, on any CPU")
     plan: PlanConfig = PlanConfig()
 
     def kind_for(self, n: int) -> str:

@@ -71,18 +71,21 @@ def test_a_bfloat16_score_is_never_further_from_the_exact_one_than_its_bound():
     assert off.max() > bound.max() / 20  # the bound is not vacuous either
 
 
-@pytest.mark.parametrize("factory", ["IVF{nlist},PQ{dim}x4fs", "IVF{nlist},SQ8", "IVF{nlist},RaBitQ"])
-def test_an_index_filled_through_the_bfloat16_lists_equals_one_faiss_filled(collection, factory, monkeypatch):
+@pytest.mark.parametrize(("factory", "units"), [("IVF{nlist},PQ{dim}x4fs", True), ("IVF{nlist},PQ{dim}x4fs", False),
+                                               ("IVF{nlist},SQ8", True), ("IVF{nlist},RaBitQ", True)])
+def test_an_index_filled_through_the_bfloat16_lists_equals_one_faiss_filled(collection, factory, units, monkeypatch):
     x, ids = collection
     tier = [{"up_to": None, "factory": factory}]
     faiss_filled = IndexConfig(exact_threshold=100, tiers=tier, fast_assignment_lists=10**9)
     ours = IndexConfig(exact_threshold=100, tiers=tier, fast_assignment_lists=1)
-    monkeypatch.setattr(list_assignment, "matrix_units", lambda: True)  # this CPU's units or not, the path runs
+    # this CPU's units or not, the path runs (without them, fast-scan codes are still packed a filing at a time)
+    monkeypatch.setattr(list_assignment, "matrix_units", lambda: units)
     # several filings, each appending to lists whose last block is partly filled
     monkeypatch.setattr(fast_scan_lists, "FILING", 1_700)
     want = build_index_from(lambda rows: x[rows], ids, DIM, faiss_filled, chunk=1_000)
     got = build_index_from(lambda rows: x[rows], ids, DIM, ours, chunk=1_000)
-    assert Filling(got, ours).nearest is not None and Filling(want, faiss_filled).nearest is None
+    assert (Filling(got, ours).nearest is not None) == units and Filling(want, faiss_filled).nearest is None
+    assert (Filling(got, ours)._blocks is not None) == ("fs" in factory)
     assert got.ntotal == want.ntotal == len(x)
     for index in (got, want):
         ivf_of(index).nprobe = 8

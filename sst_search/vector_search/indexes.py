@@ -82,23 +82,25 @@ class Filling:
     """How a build adds its vectors to a new index. An IVF index of
     ``config.fast_assignment_lists`` lists or more (no transform before them) gets each in the
     list :class:`~list_assignment.NearestLists` finds where the CPU multiplies bfloat16
-    matrices (the lists FAISS would choose, in about half its time); otherwise FAISS compares each
-    vector with every list itself. Call :meth:`finish` after the last :meth:`add`."""
+    matrices (the lists FAISS would choose, in about half its time), and a fast-scan one of
+    that size has its codes packed in its lists' blocks a filing at a time
+    (:class:`~fast_scan_lists.AssignedAdds`, with FAISS's lists where there are no matrix
+    units); otherwise FAISS files each vector itself. Call :meth:`finish` after the last
+    :meth:`add`."""
 
     def __init__(self, index: faiss.Index, config: IndexConfig) -> None:
         self.index = index
-        self.nearest = (list_assignment.nearest_lists_for(index) if isinstance(index, faiss.IndexIVF)
-                        and index.nlist >= config.fast_assignment_lists else None)
-        self._blocks = (fast_scan_lists.AssignedAdds(index) if self.nearest is not None and is_fast_scan(index)
-                        else None)
+        large = isinstance(index, faiss.IndexIVF) and index.nlist >= config.fast_assignment_lists
+        self.nearest = list_assignment.nearest_lists_for(index) if large else None
+        self._blocks = fast_scan_lists.AssignedAdds(index) if large and is_fast_scan(index) else None
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Add float32 rows ``x`` with int64 ``ids``."""
-        if self.nearest is None:
+        if self.nearest is None and self._blocks is None:
             self.index.add_with_ids(x, ids)
             return
         x, ids = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(ids, np.int64)
-        lists = self.nearest.assign(x)
+        lists = self.nearest.assign(x) if self.nearest is not None else self.index.quantizer.assign(x, 1)[:, 0]
         if self._blocks is not None:
             self._blocks.add(x, ids, lists)
         else:
