@@ -69,6 +69,7 @@ class OneDimEncoder:
         self.dim = centroids.shape[0]
 
     def encode(self, x: np.ndarray) -> np.ndarray:
+        """The codes of float32 rows ``x``, as FAISS's ``encode_vectors`` writes them."""
         torch = self._torch
         x = np.ascontiguousarray(x, np.float32)
         codes = np.empty((len(x), (self.dim + 1) // 2), np.uint8)
