@@ -246,8 +246,9 @@ class IndexConfig(_Strict):
     train_niter: int = Field(10, description="ivf: k-means iterations")
     train_seed: int = Field(1234, description="ivf: seed of the training sample and clustering (same vectors, same index)")
     two_level_lists: int = Field(
-        4096, ge=1, description="ivf: from this many lists (about a million vectors), train the lists in two levels: "
-        "sqrt(nlist) coarse clusters first (one-level k-means grows with nlist squared: hours at 10M vectors)")
+        4000, ge=1, description="ivf: from this many lists (a million vectors), train the lists in two levels: "
+        "sqrt(nlist) coarse clusters first (one-level k-means grows with nlist squared: hours at 10M vectors; at 1M "
+        "x 768 a build took 167.9 s in one level and 34.7 s in two, recall@10 equal)")
     fast_assignment_lists: int = Field(
         1024, ge=1, description="ivf: from this many lists, a build files vectors in their lists by bfloat16 matrix "
         "products where the CPU has matrix units for them (AMX), checked in float32 wherever bfloat16 could have "
