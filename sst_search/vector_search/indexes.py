@@ -29,7 +29,12 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig
-from sst_search.vector_search import fast_scan_lists, list_assignment, one_dim_codes, two_level
+from sst_search.vector_search import (
+    fast_scan_lists,
+    list_assignment,
+    one_dim_codes,
+    two_level,
+)
 from sst_search.weights import sha256_file
 
 #: Bytes read at a time when a mapped index's file is read into the page cache.
