@@ -70,17 +70,17 @@ def ranked(collection):
 
 def test_parts_run_on_the_pools_threads_when_it_is_free(ranked, monkeypatch):
     _, ivf, coarse, lists, scores = ranked
-    threads, scan_part = set(), split_scan._scan_part
+    threads, scan_part = set(), split_scan.scan_part
 
     def recorded(*args):
         threads.add(threading.current_thread().name)
         time.sleep(0.05)  # long enough that the pool starts its part before the caller is done
         return scan_part(*args)
 
-    monkeypatch.setattr(split_scan, "_scan_part", recorded)
+    monkeypatch.setattr(split_scan, "scan_part", recorded)
     values, found = split_scan.scan_lists(ivf, coarse, lists, scores, 20, None, parts=2)
     assert any(name.startswith("scan-part") for name in threads) and threading.current_thread().name in threads
-    monkeypatch.setattr(split_scan, "_scan_part", scan_part)
+    monkeypatch.setattr(split_scan, "scan_part", scan_part)
     one = split_scan.scan_lists(ivf, coarse, lists, scores, 20, None, parts=1)
     assert found.tolist() == one[1].tolist() and np.allclose(values, one[0])
 
