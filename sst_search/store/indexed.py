@@ -26,6 +26,7 @@ from sst_search.store import verify as vf
 from sst_search.store.columns import read_off_postings
 from sst_search.store.connection import Connection, repair_hint
 from sst_search.store.errors import StoreDamagedError, storage_fault
+from sst_search.vector_search import coded_centroids
 from sst_search.vector_search.cache import IndexCache, IndexKey
 from sst_search.vector_search.planner import Admission, SearchOutcome, search_table
 from sst_search.vector_search.vector_table import VectorTable
@@ -97,11 +98,11 @@ class IndexedStore:
         return self.index_cache.index(key, generation, self.index_dims()[key], writable=self.saves_rebuilt_indexes)
 
     def warm(self) -> None:
-        """Load every index and have its file read into the page cache before returning
-        (:meth:`IndexCache.read`): for a long-lived reader, the app, whose first searches
-        would otherwise each wait on the disk."""
+        """Load every index, code its centroids for ranking (:mod:`coded_centroids`) and have
+        its file read into the page cache before returning (:meth:`IndexCache.read`): for a
+        long-lived reader, the app, whose first searches would otherwise each pay for them."""
         for key in self.index_keys():
-            self.index(*key)
+            coded_centroids.for_index(self.index(*key))
             self.index_cache.read(key)
 
     def search(

@@ -59,7 +59,7 @@ import faiss
 import numpy as np
 
 from sst_search.config import IndexConfig, PlanConfig
-from sst_search.vector_search import split_scan
+from sst_search.vector_search import coded_centroids, split_scan
 from sst_search.vector_search.half_precision import to_float32
 from sst_search.vector_search.indexes import ivf_of
 from sst_search.vector_search.vector_table import (
@@ -460,54 +460,79 @@ class _Ranking:
     """The IVF lists by closeness to one query (through an OPQ rotation, if any), scored once
     for whichever plan a search takes and ranked as far as it reads: the nearest ``depth``
     (a post-filter's and an unfiltered search's probes), or those holding a filter's vectors
-    (the selector's, :meth:`holding`). Ranking all 12,649 lists of a 10M store took about
-    1 ms a search, a tenth of its budget, for the few hundred a plan reads."""
+    (the selector's, :meth:`holding`). Ranking all 12,649 lists of a 10M store in float32
+    reads 39 MB a search; a fast-scan index's lists are found among their coded centroids'
+    nearest (:mod:`~sst_search.vector_search.coded_centroids`) and only those scored in
+    float32. Either way the lists a plan reads are ranked by their float32 scores."""
 
     def __init__(self, index: faiss.Index, query: np.ndarray, plan: PlanConfig, depth: int) -> None:
         self.ivf, self.plan = ivf_of(index), plan
         self.coarse = _coarse_input(index, query)
         depth = min(depth, self.ivf.nlist)
-        centroids = _inner_product_centroids(self.ivf)
-        if centroids is None:
-            self.all_scores = None
+        self.centroids = coded_centroids.flat_centroids(self.ivf)
+        self.all_scores: np.ndarray | None = None
+        self.coded: coded_centroids.CodedCentroids | None = None
+        if self.centroids is None:
             scores, order = self.ivf.quantizer.search(self.coarse, depth)
             self.scores, self.order = scores[0], order[0]
             return
-        # Scored apart from FAISS's flat search, which for one query runs on one core and ranks
-        # through a heap as deep as the ranking: at 11,314 lists of dim 768 it took 3.2 ms for all
-        # of them (1.7 ms for the nearest 213), this 1.9 ms (1.3) on one core, and it splits.
-        self.all_scores = split_scan.inner_products(self.coarse[0], centroids, plan)
-        near = np.argpartition(-self.all_scores, depth - 1)[:depth] if depth < self.ivf.nlist else np.arange(depth)
-        self.order, self.scores = self._ranked(near)
+        self.coded = coded_centroids.for_index(index)
+        if self.coded is not None:
+            near, _ = self.coded.candidates(self.coarse, coded_centroids.CANDIDATES * depth, plan)
+        else:
+            # Scored apart from FAISS's flat search, which for one query runs on one core and ranks
+            # through a heap as deep as the ranking: at 11,314 lists of dim 768 it took 3.2 ms for all
+            # of them (1.7 ms for the nearest 213), this 1.9 ms (1.3) on one core, and it splits.
+            self.all_scores = split_scan.inner_products(self.coarse[0], self.centroids, plan)
+            near = np.argpartition(-self.all_scores, depth - 1)[:depth] if depth < self.ivf.nlist else np.arange(depth)
+        self.order, self.scores = self._ranked(near, depth)
 
     @classmethod
     def of(cls, q: _Query) -> _Ranking:
         """``q``'s ranking as deep as every plan starts reading: the ``nprobe`` nearest lists."""
         return cls(q.index, q.vector, q.config.plan, q.ivf.nprobe)
 
-    def _ranked(self, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``lists`` (ascending) nearest first, ties by list number, and their scores."""
-        order = lists[np.argsort(-self.all_scores[lists], kind="stable")]
-        return order, self.all_scores[order]
+    def _ranked(self, lists: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest ``depth`` (all) of ``lists`` by their float32 scores, nearest first, ties
+        by list number, and their scores."""
+        lists = np.asarray(lists, np.int64)
+        scores = self.all_scores[lists] if self.all_scores is not None else self.coded.scores(self.coarse, lists)
+        order = np.lexsort((lists, -scores))[:depth]
+        return lists[order], scores[order]
 
     def holding(self, held: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The nearest lists with ``held`` > 0, nearest first, enough to hold ``want`` admitted
         vectors (or all of them), their scores, and how many are among the nearest ``nprobe``
         (the lists an unfiltered search probes; ranked at least that deep). A filter held by
         most lists (a 1% date) reads a few hundred of them: the nearest :data:`HOLDING_FIRST`
-        times ``nprobe`` are ranked first, and all only when those hold too few."""
+        times ``nprobe`` are ranked first (by their coded centroids where the index has them,
+        then in float32), and all only when those hold too few."""
         near = int(np.count_nonzero(held[self.order[: self.ivf.nprobe]]))
-        if self.all_scores is None:  # the quantizer ranks: asked again for all of them
+        if self.centroids is None:  # the quantizer ranks: asked again for all of them
             scores, order = self.ivf.quantizer.search(self.coarse, self.ivf.nlist)
             keep = held[order[0]] > 0
             return order[0][keep], scores[0][keep], near
         lists = np.flatnonzero(held)
         depth = HOLDING_FIRST * self.ivf.nprobe
         if len(lists) > depth:
-            nearest = np.sort(lists[np.argpartition(-self.all_scores[lists], depth - 1)[:depth]])
+            if self.all_scores is not None:
+                nearest = lists[np.argpartition(-self.all_scores[lists], depth - 1)[:depth]]
+            else:
+                nearest = self._coded_holding(held, want, depth)
             if int(held[nearest].sum()) >= want:
                 lists = nearest
         return *self._ranked(lists), near
+
+    def _coded_holding(self, held: np.ndarray, want: int, depth: int) -> np.ndarray:
+        """Of the nearest ``depth`` lists with ``held`` > 0 by their coded centroids, the first
+        :data:`~sst_search.vector_search.coded_centroids.CANDIDATES` times as many as hold
+        ``want`` admitted vectors in the codes' order (at least ``nprobe``): the lists a
+        selector reads are the float32 ranking's first among them, and the rest, scored
+        in float32 too, is not read (a 1% date held by every list reads a few hundred)."""
+        lists, coded = self.coded.candidates(self.coarse, depth, self.plan, held > 0)
+        lists = lists[np.argsort(-coded, kind="stable")]
+        reach = int(np.searchsorted(np.cumsum(held[lists]), want)) + 1
+        return lists[: coded_centroids.CANDIDATES * max(reach, self.ivf.nprobe)]
 
     def search(self, n: int, lists: np.ndarray, scores: np.ndarray, selector: faiss.IDSelector | None = None
                ) -> list[tuple[int, float]]:
@@ -536,15 +561,6 @@ def _admitted_lists_search(
     selector = _list_selector(counted, table.ids, lists[:probed])
     hits = ranking.search(min(int(held[:probed].sum()), k * refine), lists[:probed], scores[:probed], selector)
     return _refined(query, table, hits, k, refine)
-
-
-def _inner_product_centroids(ivf: faiss.IndexIVF) -> np.ndarray | None:
-    """The IVF lists' centroids as a float32 matrix viewing the quantizer's own memory, when the
-    quantizer is a flat inner-product index (else None: ranked by the quantizer's search)."""
-    quantizer = faiss.downcast_index(ivf.quantizer)
-    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.metric_type != faiss.METRIC_INNER_PRODUCT:
-        return None
-    return faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d).reshape(quantizer.ntotal, quantizer.d)
 
 
 def _coarse_input(index: faiss.Index, query: np.ndarray) -> np.ndarray:
