@@ -524,15 +524,18 @@ class _Ranking:
         return *self._ranked(lists), near
 
     def _coded_holding(self, held: np.ndarray, want: int, depth: int) -> np.ndarray:
-        """Of the nearest ``depth`` lists with ``held`` > 0 by their coded centroids, the first
-        :data:`~sst_search.vector_search.coded_centroids.CANDIDATES` times as many as hold
-        ``want`` admitted vectors in the codes' order (at least ``nprobe``): the lists a
-        selector reads are the float32 ranking's first among them, and the rest, scored
-        in float32 too, is not read (a 1% date held by every list reads a few hundred)."""
-        lists, coded = self.coded.candidates(self.coarse, depth, self.plan, held > 0)
+        """The nearest lists with ``held`` > 0 by their coded centroids, as many as hold ``want``
+        admitted vectors in the codes' order and twice ``nprobe`` more (at most ``depth``):
+        the lists a selector reads are the float32 ranking's first among them. Asked of the
+        codes: twice as many as the filter's average list count says hold ``want``, and that
+        margin (a 1% date held by every list reads a few hundred)."""
+        margin = (coded_centroids.CANDIDATES - 1) * self.ivf.nprobe
+        holding = np.count_nonzero(held)
+        reach = math.ceil(want * holding / max(1, int(held.sum())))
+        lists, coded = self.coded.candidates(self.coarse, min(depth, 2 * reach + margin), self.plan, held > 0)
         lists = lists[np.argsort(-coded, kind="stable")]
         reach = int(np.searchsorted(np.cumsum(held[lists]), want)) + 1
-        return lists[: coded_centroids.CANDIDATES * max(reach, self.ivf.nprobe)]
+        return lists[: reach + margin]
 
     def search(self, n: int, lists: np.ndarray, scores: np.ndarray, selector: faiss.IDSelector | None = None
                ) -> list[tuple[int, float]]:
