@@ -3,8 +3,8 @@ for a query reads an eighth of the bytes.
 
 Every IVF search first ranks the lists by the inner product of the query with their
 centroids. At 10M x 768 that is 12,649 float32 centroids, 39 MB read for each query, and a
-search's scan of its 169 lists has pushed them out of the caches by the next one: 1.7-2.1 ms
-of a 6-7 ms search on two cores, bound by memory. The fast-scan tier's codes
+search's scan of its 169 lists has pushed them out of the caches by the next one: 1.4-2.1 ms
+p50 on two cores, bound by memory, beside the scan's 4.4-5.1. The fast-scan tier's codes
 (``PQ{dim}x4fs``, not residual) are trained on the vectors the centroids are means of, so the
 same product quantizer codes the centroids in 384 bytes each (4.9 MB), and FAISS's fast-scan
 kernel scores them all through the query's lookup table in about 0.6 ms.
@@ -12,7 +12,7 @@ kernel scores them all through the query's lookup table in about 0.6 ms.
 The codes only choose candidates: the nearest :data:`CANDIDATES` times as many lists as a
 plan reads, which are then scored exactly in float32 and ranked on those scores. On the
 10M x 768 bench store the exact nearest 169 lists were among three times as many coded
-candidates for each of 200 queries (twice as many missed up to 1.8% of them).
+candidates for each of 200 queries (twice as many missed up to 1.8% of a query's lists).
 
 The centroids are coded once per loaded index (:func:`for_index`, which the app's warm-up
 calls): into a fast-scan IVF of their own whose :data:`PARTS` lists each hold a share of
