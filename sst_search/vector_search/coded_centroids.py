@@ -39,6 +39,7 @@ PARTS = split_scan.MAX_AUTO_PARTS
 
 _coded: weakref.WeakKeyDictionary[faiss.Index, CodedCentroids | None] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_UNKNOWN = object()
 
 
 class CodedCentroids:
@@ -60,28 +61,24 @@ class CodedCentroids:
         numbers = np.arange(len(centroids), dtype=np.int64)
         adds.add(centroids, numbers, numbers % lists)
         adds.flush()
+        self._lists, self._no_scores = np.arange(lists, dtype=np.int64), np.zeros(lists, np.float32)
 
     def candidates(self, coarse: np.ndarray, n: int, plan: PlanConfig, admitted: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
         """About the nearest ``n`` lists by their coded centroids (among ``admitted``, a bool
         per list, when given), unordered (each part's nearest share of ``n``), and their
         scores by the codes."""
-        lists = self.ivf.nlist
-        parts = split_scan.parts_for(plan, lists, self.centroids.size)
+        parts = split_scan.parts_for(plan, len(self._lists), self.centroids.size)
         selector = None
         if admitted is not None:  # the bitmap stays referenced here while the selector points at it
             bitmap = np.packbits(admitted, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(admitted), faiss.swig_ptr(bitmap))
-        numbers, zeros = np.arange(lists, dtype=np.int64), np.zeros(lists, np.float32)
         share = max(1, -(-n // parts))
         found = split_scan.run_in_parts(
-            lambda p: split_scan.scan_part(self.ivf, coarse, numbers[p::parts], zeros[p::parts], share, selector),
+            lambda p: split_scan.scan_part(self.ivf, coarse, self._lists[p::parts], self._no_scores[p::parts], share,
+                                           selector),
             parts)
         return np.concatenate([ids for _, ids in found]), np.concatenate([values for values, _ in found])
-
-    def scores(self, coarse: np.ndarray, lists: np.ndarray) -> np.ndarray:
-        """The exact float32 inner products of ``coarse`` (one row) with ``lists``' centroids."""
-        return split_scan.row_inner_products(coarse[0], self.centroids, lists)
 
 
 def flat_centroids(ivf: faiss.IndexIVF) -> np.ndarray | None:
@@ -96,7 +93,10 @@ def flat_centroids(ivf: faiss.IndexIVF) -> np.ndarray | None:
 def for_index(index: faiss.Index) -> CodedCentroids | None:
     """The coded centroids of ``index``, made on its first call (about 0.2 s at 12,649 lists of
     dim 768): None unless it is a fast-scan IVF of non-residual codes scored by inner product
-    with a flat quantizer."""
+    with a flat quantizer. Asked on every search, so a known index is looked up without the lock."""
+    known = _coded.get(index, _UNKNOWN)
+    if known is not _UNKNOWN:
+        return known
     with _lock:
         if index in _coded:
             return _coded[index]

@@ -469,14 +469,13 @@ class _Ranking:
         self.ivf, self.plan = ivf_of(index), plan
         self.coarse = _coarse_input(index, query)
         depth = min(depth, self.ivf.nlist)
-        self.centroids = coded_centroids.flat_centroids(self.ivf)
+        self.coded = coded_centroids.for_index(index)
+        self.centroids = self.coded.centroids if self.coded is not None else coded_centroids.flat_centroids(self.ivf)
         self.all_scores: np.ndarray | None = None
-        self.coded: coded_centroids.CodedCentroids | None = None
         if self.centroids is None:
             scores, order = self.ivf.quantizer.search(self.coarse, depth)
             self.scores, self.order = scores[0], order[0]
             return
-        self.coded = coded_centroids.for_index(index)
         if self.coded is not None:
             near, _ = self.coded.candidates(self.coarse, coded_centroids.CANDIDATES * depth, plan)
         else:
@@ -496,7 +495,8 @@ class _Ranking:
         """The nearest ``depth`` (all) of ``lists`` by their float32 scores, nearest first, ties
         by list number, and their scores."""
         lists = np.asarray(lists, np.int64)
-        scores = self.all_scores[lists] if self.all_scores is not None else self.coded.scores(self.coarse, lists)
+        scores = (self.all_scores[lists] if self.all_scores is not None
+                  else split_scan.row_inner_products(self.coarse[0], self.centroids, lists))
         order = np.lexsort((lists, -scores))[:depth]
         return lists[order], scores[order]
 
