@@ -72,13 +72,15 @@ def test_a_filter_s_held_lists_are_ranked_as_in_float32(collection):
             assert near == np.count_nonzero(held[_nearest(exact, np.arange(ivf.nlist), ivf.nprobe)])
 
 
-def test_the_hits_are_those_of_the_float32_ranking(collection, monkeypatch):
+def test_the_hits_are_those_of_the_float32_ranking(collection):
+    """``coded_candidates: 0`` turns the codes off: every list is scored in float32, with the same hits."""
     vectors, ids, index, config = collection
     table = VectorTable(ids, vectors)
     rows = range(3, N, N // QUERIES)
     coded = [search_table(index, table, config, vectors[row], 10, skip=int(ids[row])).hits for row in rows]
-    monkeypatch.setattr(coded_centroids, "for_index", lambda index: None)  # every list scored in float32
-    assert coded == [search_table(index, table, config, vectors[row], 10, skip=int(ids[row])).hits for row in rows]
+    float32 = config.model_copy(update={"plan": config.plan.model_copy(update={"coded_candidates": 0})})
+    assert _Ranking(index, vectors[:1], float32.plan, ivf_of(index).nprobe).coded is None
+    assert coded == [search_table(index, table, float32, vectors[row], 10, skip=int(ids[row])).hits for row in rows]
 
 
 @pytest.mark.parametrize("factory", ["IVF{nlist},SQ8", "IVF{nlist},PQ{half_dim}x4fs"])

@@ -9,8 +9,8 @@ p50 on two cores, bound by memory, beside the scan's 4.4-5.1. The fast-scan tier
 same product quantizer codes the centroids in 384 bytes each (4.9 MB), and FAISS's fast-scan
 kernel scores them all through the query's lookup table in about 0.6 ms.
 
-The codes only choose candidates: the nearest :data:`CANDIDATES` times as many lists as a
-plan reads, which are then scored exactly in float32 and ranked on those scores. On the
+The codes only choose candidates: the nearest ``index.plan.coded_candidates`` times as many
+lists as a plan reads, which are then scored exactly in float32 and ranked on those scores. On the
 10M x 768 bench store the exact nearest 169 lists were among three times as many coded
 candidates for each of 200 queries (twice as many missed up to 1.8% of a query's lists).
 
@@ -32,8 +32,6 @@ from sst_search.vector_search import split_scan
 from sst_search.vector_search.fast_scan_lists import AssignedAdds
 from sst_search.vector_search.indexes import ivf_of
 
-#: Coded candidates per list a plan reads, scored again exactly.
-CANDIDATES = 3
 #: Lists the coded centroids are dealt into: the most parts a ranking splits into.
 PARTS = split_scan.MAX_AUTO_PARTS
 

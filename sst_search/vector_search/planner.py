@@ -469,7 +469,7 @@ class _Ranking:
         self.ivf, self.plan = ivf_of(index), plan
         self.coarse = _coarse_input(index, query)
         depth = min(depth, self.ivf.nlist)
-        self.coded = coded_centroids.for_index(index)
+        self.coded = coded_centroids.for_index(index) if plan.coded_candidates else None
         self.centroids = self.coded.centroids if self.coded is not None else coded_centroids.flat_centroids(self.ivf)
         self.all_scores: np.ndarray | None = None
         if self.centroids is None:
@@ -477,7 +477,7 @@ class _Ranking:
             self.scores, self.order = scores[0], order[0]
             return
         if self.coded is not None:
-            near, _ = self.coded.candidates(self.coarse, coded_centroids.CANDIDATES * depth, plan)
+            near, _ = self.coded.candidates(self.coarse, plan.coded_candidates * depth, plan)
         else:
             # Scored apart from FAISS's flat search, which for one query runs on one core and ranks
             # through a heap as deep as the ranking: at 11,314 lists of dim 768 it took 3.2 ms for all
@@ -529,7 +529,7 @@ class _Ranking:
         the lists a selector reads are the float32 ranking's first among them. Asked of the
         codes: twice as many as the filter's average list count says hold ``want``, and that
         margin (a 1% date held by every list reads a few hundred)."""
-        margin = (coded_centroids.CANDIDATES - 1) * self.ivf.nprobe
+        margin = (self.plan.coded_candidates - 1) * self.ivf.nprobe
         holding = np.count_nonzero(held)
         reach = math.ceil(want * holding / max(1, int(held.sum())))
         lists, coded = self.coded.candidates(self.coarse, min(depth, 2 * reach + margin), self.plan, held > 0)
