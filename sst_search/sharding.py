@@ -33,7 +33,7 @@ from sst_search.store import Store
 from sst_search.store.columns import read_off_postings
 from sst_search.store.filters import Filter
 from sst_search.store.snapshots import resolve_snapshot
-from sst_search.vector_search import at_rest
+from sst_search.vector_search import at_rest, coded_centroids
 from sst_search.vector_search.indexes import build_index_from, index_kind, ivf_of
 from sst_search.vector_search.planner import search_table
 from sst_search.vector_search.postings import Postings
@@ -96,12 +96,14 @@ class IndexShard:
 
     def _prepare(self) -> None:
         """Ask when the shard starts what its first searches would otherwise ask: the filters'
-        resolution and scope, the shard's rows among the specimens and its IVF list layout (a
-        pass over every list, seconds at millions of vectors)."""
+        resolution and scope, the shard's rows among the specimens, its IVF list layout (a
+        pass over every list, seconds at millions of vectors) and its lists' coded centroids
+        (0.2 s at 12,649 lists of dim 768)."""
         columns = self.store.prepare_conditions()
         columns.table_rows(self.table.ids)
         if self.index is not None and ivf_of(self.index) is not None:
             self.table.layout(self.index)
+            coded_centroids.for_index(self.index)
 
     def describe(self) -> dict:
         """How many vectors the shard holds and which index kind it built."""

@@ -16,6 +16,7 @@ from sst_search.query import Filter
 from sst_search.sharding import IndexShard
 from sst_search.store import Store
 from sst_search.store.snapshots import publish_snapshot
+from sst_search.vector_search import coded_centroids
 from sst_search.vector_search.at_rest import vector_paths, vectors_dir
 from sst_search.vector_search.indexes import index_kind, ivf_of
 
@@ -84,6 +85,8 @@ def test_shards_of_a_published_ivf_index_copy_its_entries_and_find_at_least_its_
             probe = faiss.SearchParametersIVF(nprobe=ivf_of(published).nprobe)
             for number, shard in enumerate(shards):
                 assert shard.index.ntotal == len(shard.table)
+                # a fast-scan shard coded its lists' centroids when it started, not on its first search
+                assert (coded_centroids._coded.get(shard.index) is not None) == factory.endswith("x4fs")
                 assert _lists(shard.index) == [{i for i in full if i % 3 == number} for full in whole]
                 # the shard's codes are the published index's: the same scores for its vectors
                 probe.sel = faiss.IDSelectorBatch(shard.table.ids)
