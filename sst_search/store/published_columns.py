@@ -426,7 +426,9 @@ class RowFile:
         if not isinstance(columns, list) or offsets.dtype != np.int64:
             raise ValueError(f"{path.name}: its manifest names no columns")
         self._file = open(path, "rb")  # noqa: SIM115 -- held for the snapshot's lifetime
-        self._offsets, self._columns = offsets, columns
+        # A plain view of the mapped offsets: numpy's memmap subclass costs microseconds per
+        # index taken, a fifth of a search's time for its ten hits' rows at 10M specimens.
+        self._offsets, self._columns = np.asarray(offsets), columns
 
     def take(self, rows: np.ndarray) -> list[dict]:
         """The rows (empty ones left out); the disk is asked for all of them at once
@@ -439,11 +441,10 @@ class RowFile:
     def ask(self, rows: np.ndarray) -> list[tuple[int, int]]:
         """Ask the disk for the rows (``POSIX_FADV_WILLNEED``) without reading them; their
         ``(offset, size)`` spans, empty rows left out."""
-        spans = []
-        for row in rows:
-            start, end = (int(x) for x in self._offsets[row:row + 2])
-            if end > start:
-                spans.append((start, end - start))
+        rows = np.asarray(rows, np.int64)
+        starts, sizes = self._offsets[rows], self._offsets[rows + 1] - self._offsets[rows]
+        kept = sizes > 0
+        spans = list(zip(starts[kept].tolist(), sizes[kept].tolist(), strict=True))
         will_need(self._file.fileno(), spans)
         return spans
 
