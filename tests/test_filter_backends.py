@@ -162,3 +162,17 @@ def test_a_warmed_snapshot_answers_its_first_filter_without_asking_the_catalog(s
         monkeypatch.setattr(SnapshotStore, "con", property(no_sql))
         assert reader.admission(FILTERS[3]).admitted().tolist() == expected
         assert reader.admission([Filter(field="group", op="==", value="g1")]).admitted().tolist()
+
+
+def test_the_warm_up_runs_every_operator_s_kernels(monkeypatch):
+    """A reader's warm-up (``prepare_conditions``) evaluates each operator once, on text and
+    on numbers where it applies, so no first search under a filter initialises Arrow's kernels."""
+    from sst_search.store import filters
+
+    seen = []
+    evaluate = filters.condition_mask
+    monkeypatch.setattr(filters, "condition_mask",
+                        lambda c, col, n: seen.append((c.op, c.numeric)) or evaluate(c, col, n))
+    filters.prepare_kernels()
+    assert {op for op, _ in seen} == set(filters.OPS)
+    assert {op for op, numeric in seen if numeric} == {"==", "!=", ">=", "<=", ">", "<"}

@@ -34,6 +34,7 @@ from sst_search.store.connection import Connection
 from sst_search.store.filters import (
     Filter,
     compile_mask,
+    prepare_kernels,
     resolve,
     scope_filters,
 )
@@ -195,11 +196,13 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
         """Ask once what resolving and scoping any filter asks: the catalog's metadata keys and
         the traits per-trait filters may name (a scan of every specimen's metadata: 8 ms of a first filtered
         search's 33 at 1M x 768), the posting fields and the mask of the indexed specimens
-        every filter is scoped to. Returns the columns they were loaded into."""
+        every filter is scoped to; and each operator's Arrow kernels run once
+        (:func:`prepare_kernels`). Returns the columns they were loaded into."""
         keys, traits = self.metadata_keys(), self.filter_traits()
         self.posting_fields()
         columns = self.columns()
         compile_mask(scope_filters([]), keys, traits, columns)
+        prepare_kernels()
         return columns
 
     def require_writer(self) -> None:
