@@ -165,3 +165,11 @@ def test_while_another_scan_runs_the_caller_runs_every_part_itself():
     assert busy == [(p, threading.current_thread().name) for p in range(3)]
     alone = split_scan.run_in_parts(lambda p: (time.sleep(0.05), threading.current_thread().name)[1], 2)
     assert alone[0] == threading.current_thread().name and alone[1].startswith("scan-part")
+
+
+def test_the_warm_up_starts_every_pool_thread(monkeypatch):
+    """``start_pool`` leaves the pool with all its threads running, so no first split scan
+    waits for one to start."""
+    monkeypatch.setattr(split_scan, "_pool", None)  # a new pool, as in a reader that has not searched yet
+    split_scan.start_pool()
+    assert len(split_scan._pool._threads) == split_scan._pool_threads()

@@ -26,7 +26,7 @@ from sst_search.store import verify as vf
 from sst_search.store.columns import read_off_postings
 from sst_search.store.connection import Connection, repair_hint
 from sst_search.store.errors import StoreDamagedError, storage_fault
-from sst_search.vector_search import coded_centroids
+from sst_search.vector_search import coded_centroids, split_scan
 from sst_search.vector_search.cache import IndexCache, IndexKey
 from sst_search.vector_search.planner import Admission, SearchOutcome, search_table
 from sst_search.vector_search.vector_table import VectorTable
@@ -100,10 +100,12 @@ class IndexedStore:
     def warm(self) -> None:
         """Load every index, code its centroids for ranking (:mod:`coded_centroids`) and have
         its file read into the page cache before returning (:meth:`IndexCache.read`): for a
-        long-lived reader, the app, whose first searches would otherwise each pay for them."""
+        long-lived reader, the app, whose first searches would otherwise each pay for them;
+        and start the threads that split a search's scan (:func:`split_scan.start_pool`)."""
         for key in self.index_keys():
             coded_centroids.for_index(self.index(*key))
             self.index_cache.read(key)
+        split_scan.start_pool()
 
     def search(
         self,

@@ -59,7 +59,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -398,6 +398,13 @@ class PublishedColumns:
             found = self._row_file(ids, trait)
             if found is not None:
                 found[0].ask(found[1])
+
+    def open_rows(self, traits: Iterable[str | None]) -> None:
+        """Open the rows files of each of ``traits`` (None: the listing) as :meth:`rows` does
+        (a reader's warm-up: the first search's hits otherwise read their manifests and map
+        their offsets)."""
+        for trait in traits:
+            self._row_file([], trait)
 
     def _row_file(self, ids: list[int], trait: str | None) -> tuple[RowFile, np.ndarray] | None:
         """The rows file of the listing or of ``trait``'s masks, and the rows of those of

@@ -170,7 +170,7 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
         postings, list layouts, the offsets of the hits' rows (about 60 bytes a vector). At
         10M x 768, the first locality or date filter of a cold reader took 300-400 ms, most
         of it reading them. Not the float16 vectors or the hits' listing and mask rows, which
-        searches read a few rows at a time."""
+        searches read a few rows at a time (their files are opened)."""
         super().warm()
         root = at_rest.vectors_dir(self.db_path)
         if root.is_dir():
@@ -178,6 +178,7 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
             for path in sorted(p for p in root.rglob("*") if p.is_file() and p not in by_row):
                 read_through(path)
         self._prepare_filters()
+        self.published().open_rows([None, *sorted({trait for _, trait in self.index_keys()})])
 
     def _prepare_filters(self) -> None:
         """Ask once what the first filtered search would otherwise ask on its query path:

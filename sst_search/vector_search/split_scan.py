@@ -68,12 +68,25 @@ def parts_for(config: PlanConfig, pieces: int, components: float) -> int:
     return max(1, min(wanted, pieces, int(components // max(1, config.scan_split_min))))
 
 
+def _pool_threads() -> int:
+    return max(1, available_cpus() - 1)
+
+
 def _shared_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, available_cpus() - 1), thread_name_prefix="scan-part")
+            _pool = ThreadPoolExecutor(max_workers=_pool_threads(), thread_name_prefix="scan-part")
         return _pool
+
+
+def start_pool() -> None:
+    """Start the shared pool's threads now (a reader's warm-up): a pool starts a thread on a
+    submission that finds none idle, and the first split scan of a reader paid for it."""
+    threads = _pool_threads()
+    together = threading.Barrier(threads)
+    for started in [_shared_pool().submit(together.wait, 5) for _ in range(threads)]:
+        started.result()
 
 
 def _forget_pool() -> None:
