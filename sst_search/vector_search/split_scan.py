@@ -21,6 +21,7 @@ app), a search costs what one scan costs, not a wait in a queue or a hand-off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -82,11 +83,14 @@ def _shared_pool() -> ThreadPoolExecutor:
 
 def start_pool() -> None:
     """Start the shared pool's threads now (a reader's warm-up): a pool starts a thread on a
-    submission that finds none idle, and the first split scan of a reader paid for it."""
+    submission that finds none idle, and the first split scan of a reader paid for it. Each
+    thread waits for the others, so none takes two of the tasks; a pool busy with searches
+    already has its threads, and a wait that times out behind them is not an error."""
     threads = _pool_threads()
     together = threading.Barrier(threads)
-    for started in [_shared_pool().submit(together.wait, 5) for _ in range(threads)]:
-        started.result()
+    for started in [_shared_pool().submit(together.wait, 1) for _ in range(threads)]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            started.result()
 
 
 def _forget_pool() -> None:
