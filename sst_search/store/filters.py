@@ -289,9 +289,9 @@ def prepare_kernels() -> None:
     for numeric, value, values in ((False, "a", pa.array(["a"])), (True, 1.0, pa.array([1.0]))):
         column = ColumnValues(values, None, None, values)
         for op in OPS:
-            given = [value] if op in ("in", "not in") else value
-            if numeric and op in ("in", "not in", "contains"):
+            if numeric and op in ("in", "not in", "contains"):  # text operators only
                 continue
+            given = [value] if op in ("in", "not in") else value
             condition_mask(Condition("specimen", "warm-up", op, given, numeric), column, 1)
 
 

@@ -530,9 +530,8 @@ class _Ranking:
         codes: twice as many as the filter's average list count says hold ``want``, and that
         margin (a 1% date held by every list reads a few hundred)."""
         margin = (self.plan.coded_candidates - 1) * self.ivf.nprobe
-        holding = np.count_nonzero(held)
-        reach = math.ceil(want * holding / max(1, int(held.sum())))
-        lists, coded = self.coded.candidates(self.coarse, min(depth, 2 * reach + margin), self.plan, held > 0)
+        estimated = math.ceil(want * np.count_nonzero(held) / max(1, int(held.sum())))
+        lists, coded = self.coded.candidates(self.coarse, min(depth, 2 * estimated + margin), self.plan, held > 0)
         lists = lists[np.argsort(-coded, kind="stable")]
         reach = int(np.searchsorted(np.cumsum(held[lists]), want)) + 1
         return lists[: reach + margin]
