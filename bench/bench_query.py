@@ -238,8 +238,30 @@ def timed_parts(data: Synthetic, spent: list[float]) -> Iterator[Part]:
         yield part
 
 
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``: user ... steal), None where there are none."""
+    try:
+        with open("/proc/stat") as fh:
+            return [int(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+_last_cpu_times = _cpu_times()
+
+
 def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    """The load average, and the share of the CPU time since the last figure that the host
+    took from this virtual machine for others (steal): a run the host slowed says so, where
+    the load average counts only this machine's own work."""
+    global _last_cpu_times
+    figure = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    now = _cpu_times()
+    if now is not None and _last_cpu_times is not None and sum(now) > sum(_last_cpu_times):
+        spent = [b - a for a, b in zip(_last_cpu_times, now, strict=True)]
+        figure += f", stolen {100 * spent[7] / sum(spent):.1f}%"
+    _last_cpu_times = now
+    return figure
 
 
 @cache
@@ -681,6 +703,7 @@ def main() -> None:
             rest_p95 = f"{np.percentile(rest, 95):>8.1f}" if len(rest) else f"{'-':>8}"
             print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f} "
                   f"{len(firsts):>6} {np.median(firsts):>9.1f} {firsts.max():>9.1f} {rest_p95}  {plans(name)}", flush=True)
+        print(f"{'':<7}over the table: {load()}")
         return p95s
 
     ivf = ivf_of(index)
