@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -262,6 +263,21 @@ def load() -> str:
         figure += f", stolen {100 * spent[7] / sum(spent):.1f}%"
     _last_cpu_times = now
     return figure
+
+
+def memory_read_rate(size: int = 512 * 2**20) -> str:
+    """How fast one core reads memory now (GB/s, the best of three sums of a fresh ``size``
+    array): an IVF scan is bound by it, and on a virtual machine the host's other guests take
+    a share of it that neither the load average nor the stolen time shows (on the 10M x 768
+    store, searches that took 6-7 ms p50 took 14-17 ms 50 minutes later, with nothing else
+    running and no time stolen, when one core read 6 GB/s where it had read 12 that day)."""
+    words = np.ones(size // 8, np.uint64)
+    best = math.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        words.sum()
+        best = min(best, time.perf_counter() - t)
+    return f"memory read {size / best / 1e9:.1f} GB/s (one core)"
 
 
 @cache
@@ -684,7 +700,7 @@ def main() -> None:
         distinct filter (each group, say) is timed with the rest, and also printed apart
         ("first query under each filter": firsts, their p50 and max; the p95 of the rest).
         Returns the p95 of each scenario, first queries included."""
-        print(f"{title}, {load()}\n{header}")
+        print(f"{title}, {load()}, {memory_read_rate()}\n{header}")
         p95s = {}
         for name in scenarios:
             latencies, results = timed(ours(name), range(args.queries))
@@ -703,7 +719,7 @@ def main() -> None:
             rest_p95 = f"{np.percentile(rest, 95):>8.1f}" if len(rest) else f"{'-':>8}"
             print(f"{'':<7}{name:<12} {p50:>8.1f} {p95:>8.1f} {np.mean(recalls):>10.3f} {exact_k:>8.2f} "
                   f"{len(firsts):>6} {np.median(firsts):>9.1f} {firsts.max():>9.1f} {rest_p95}  {plans(name)}", flush=True)
-        print(f"{'':<7}over the table: {load()}")
+        print(f"{'':<7}over the table: {load()}; after it, {memory_read_rate()}")
         return p95s
 
     ivf = ivf_of(index)
