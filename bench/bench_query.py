@@ -40,8 +40,10 @@ index file, its postings and list layouts, the float16 file, the reader columns)
 per scenario p50/p95 latency, recall@10, the share of queries answered with exactly k
 results and the plans used; p95 with ``--threads`` concurrent searching threads; and the
 LanceDB figures at equal recall with the ratio of p95s and both engines' throughput with
-``--threads`` threads. The load average is printed with the figures:
-on a shared machine they are only comparable within one run.
+``--threads`` threads. The load average is printed with the figures, with the share of CPU
+time the host took (stolen) and, around the scenario table, one core's memory read rate:
+on a shared machine they are only comparable within one run, and a memory-bound search
+follows the host's memory bandwidth, which its other guests can halve.
 
     python bench/bench_query.py --n 100000            # development size
     nice python bench/bench_query.py --n 1000000      # the issue's configuration
