@@ -26,6 +26,7 @@ from sst_search.vector_search.indexes import (
     ivf_of,
     lists_path,
     load_index,
+    map_in_files,
     read_manifest,
 )
 from sst_search.weights import sha256_file
@@ -251,6 +252,8 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
     read_whole: list[Path] = []
     monkeypatch.setattr(indexes, "read_ahead", slow_read_ahead)
     monkeypatch.setattr(snapshot_catalog, "read_through", read_whole.append)
+    mapped_in: list[Path] = []
+    monkeypatch.setattr(snapshot_catalog, "map_in_files", mapped_in.extend)
     db = published[0]
     with SearchEngine.open(db) as engine:
         engine.warm()
@@ -263,6 +266,20 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
     assert {"t.ids.npy", "t.group.codes.npy", "t.group.rows.npy", "t.row_lists.npy", "specimens.ids.npy",
             "specimen.s.group_name.codes.npy", "specimens.offsets.npy"} <= names
     assert not names & {"t.npy", "specimens.rows.bin"}
+    assert set(mapped_in) == set(read_whole)  # ...and then mapped in, as the lists are
+
+
+def test_mapping_in_files_fills_the_page_tables_of_their_mappings(tmp_path):
+    """What warming does to the files a filter reads whole: their pages are in the page
+    cache, and a first touch here and there would map in only its neighbourhood."""
+    path = tmp_path / "codes.npy"
+    np.save(path, np.arange(16 << 20, dtype=np.int32))  # 64 MiB; a touch maps in up to 2 MiB around it
+    codes = np.load(path, mmap_mode="r")
+    codes[len(codes) // 2]
+    size = path.stat().st_size
+    assert _mapping(os.getpid(), path)[1] < 0.1 * size
+    map_in_files([tmp_path / "." / "codes.npy"])  # the same file by another name
+    assert _mapping(os.getpid(), path)[1] > 0.99 * size
 
 
 def test_warming_maps_in_every_page_of_the_lists_before_the_first_search(published):

@@ -42,7 +42,7 @@ from sst_search.store.indexed import IndexedStore
 from sst_search.store.published_columns import PublishedColumns, per_hit_files
 from sst_search.store.records import TraitMask
 from sst_search.vector_search import at_rest, postings
-from sst_search.vector_search.indexes import ivf_of, read_through
+from sst_search.vector_search.indexes import ivf_of, map_in_files, read_through
 
 
 class SnapshotCatalog(Catalog):
@@ -169,16 +169,20 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
         a plan reads whole read into the page cache: specimen and vector ids, filter codes,
         postings, list layouts, the offsets of the hits' rows (about 60 bytes a vector). At
         10M x 768, the first locality or date filter of a cold reader took 300-400 ms, most
-        of it reading them. Not the float16 vectors or the hits' listing and mask rows, which
-        searches read a few rows at a time (their files are opened)."""
+        of it reading them; their mappings are then filled in (:func:`map_in_files`). Not the
+        float16 vectors or the hits' listing and mask rows, which searches read a few rows at a
+        time (their files are opened)."""
         super().warm()
         root = at_rest.vectors_dir(self.db_path)
+        whole: list[Path] = []
         if root.is_dir():
             by_row = per_hit_files(self.db_path) | {at_rest.vector_paths(root, key)[0] for key in self.index_keys()}
-            for path in sorted(p for p in root.rglob("*") if p.is_file() and p not in by_row):
+            whole = sorted(p for p in root.rglob("*") if p.is_file() and p not in by_row)
+            for path in whole:
                 read_through(path)
         self._prepare_filters()
         self.published().open_rows([None, *sorted({trait for _, trait in self.index_keys()})])
+        map_in_files(whole)
 
     def _prepare_filters(self) -> None:
         """Ask once what the first filtered search would otherwise ask on its query path:

@@ -15,13 +15,14 @@ wrong answer.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import json
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,6 +40,8 @@ from sst_search.weights import sha256_file
 
 #: Bytes read at a time when a mapped index's file is read into the page cache.
 READ_AHEAD_BLOCK = 16 << 20
+#: Linux's ``madvise`` advice that maps a range's pages in (5.14 on; Python 3.11 lacks the name).
+MADV_POPULATE_READ = 22
 
 
 def index_kind(index: faiss.Index) -> str:
@@ -490,6 +493,28 @@ def map_in(index: faiss.Index) -> None:
             codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * ivf.code_size)
             ids = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
             codes[::page].max(), ids[:: page // 8].max()  # a read of a byte of each page maps it in
+
+
+def map_in_files(paths: Iterable[Path]) -> None:
+    """Fill this process's page tables for its mappings of ``paths`` (Linux's
+    ``MADV_POPULATE_READ``), read into the page cache already: a page there but not mapped
+    costs a fault on its first touch, and a filter's first search touches pages all over its
+    postings. At 10M x 768 the first search under a date range faulted in 78 MB of them,
+    1-4 ms more than the next one. Elsewhere (no ``/proc/self/maps``, a kernel before 5.14)
+    this does nothing and the first touches fault as before."""
+    wanted = {os.path.realpath(p) for p in paths}  # the maps name files by their real paths
+    try:
+        with open("/proc/self/maps") as fh:
+            spans = [line.split(maxsplit=5) for line in fh]
+    except OSError:
+        return
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for span in spans:
+        if len(span) == 6 and span[5].rstrip("\n") in wanted:
+            start, end = (int(address, 16) for address in span[0].split("-"))
+            if madvise(start, end - start, MADV_POPULATE_READ) != 0:
+                return  # not offered by this kernel
 
 
 def read_through(path: Path) -> None:
