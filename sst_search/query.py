@@ -100,10 +100,12 @@ class SearchEngine:
         return True
 
     def warm(self) -> None:
-        """Read the snapshot's index files into the page cache now (:meth:`Store.warm`): a
-        long-lived reader, the app, pays once at opening what its first searches would
-        otherwise each pay, waiting on the disk."""
+        """Read the snapshot's index files into the page cache now (:meth:`Store.warm`) and
+        search each index once (:meth:`Store.search_each_index`): a long-lived reader, the
+        app, pays once at opening what its first searches would otherwise each pay, waiting
+        on the disk or setting up."""
         self.store.warm()
+        self.store.search_each_index()
 
     def close(self) -> None:
         self.store.close()

@@ -269,6 +269,23 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
     assert set(mapped_in) == set(read_whole)  # ...and then mapped in, as the lists are
 
 
+def test_warming_searches_each_index_once_for_its_first_stored_vector(published, monkeypatch):
+    """A process's first search sets up what later ones find ready; warming pays for it."""
+    from sst_search.store.indexed import IndexedStore
+
+    db, ids, vectors = published
+    asked: list[tuple] = []
+    search = IndexedStore.filtered_search
+    monkeypatch.setattr(IndexedStore, "filtered_search",
+                        lambda store, *a, **kw: asked.append(a) or search(store, *a, **kw))
+    with SearchEngine.open(db) as engine:
+        engine.warm()
+    assert len(asked) == 1
+    (embedder, trait, vector, k), first = asked[0], int(np.argmin(ids))
+    assert (embedder, trait, k) == (*KEY, 10)
+    np.testing.assert_allclose(vector, vectors[first], atol=1e-3)  # stored as float16
+
+
 def test_mapping_in_files_fills_the_page_tables_of_their_mappings(tmp_path):
     """What warming does to the files a filter reads whole: their pages are in the page
     cache, and a first touch here and there would map in only its neighbourhood."""
