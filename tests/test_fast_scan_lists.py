@@ -266,7 +266,9 @@ def test_warming_a_reader_returns_once_its_lists_file_has_been_read(published, m
     assert {"t.ids.npy", "t.group.codes.npy", "t.group.rows.npy", "t.row_lists.npy", "specimens.ids.npy",
             "specimen.s.group_name.codes.npy", "specimens.offsets.npy"} <= names
     assert not names & {"t.npy", "specimens.rows.bin"}
-    assert set(mapped_in) == set(read_whole)  # ...and then mapped in, as the lists are
+    # ...and then mapped in, as the lists are, but for the counts a filter reads a few rows of
+    assert set(mapped_in) == {p for p in read_whole if not p.name.endswith(".counts.npy")}
+    assert "t.group.counts.npy" in names and "t.group.rows.npy" in {p.name for p in mapped_in}
 
 
 def test_warming_searches_each_index_once_for_its_first_stored_vector(published, monkeypatch):

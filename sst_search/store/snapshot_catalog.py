@@ -169,9 +169,10 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
         a plan reads whole read into the page cache: specimen and vector ids, filter codes,
         postings, list layouts, the offsets of the hits' rows (about 60 bytes a vector). At
         10M x 768, the first locality or date filter of a cold reader took 300-400 ms, most
-        of it reading them; their mappings are then filled in (:func:`map_in_files`). Not the
-        float16 vectors or the hits' listing and mask rows, which searches read a few rows at a
-        time (their files are opened)."""
+        of it reading them. Their mappings are then filled in (:func:`map_in_files`), but for
+        the postings' counts, read a few rows at a time. Not the float16 vectors or the hits'
+        listing and mask rows, which searches read a few rows at a time (their files are
+        opened)."""
         super().warm()
         root = at_rest.vectors_dir(self.db_path)
         whole: list[Path] = []
@@ -182,7 +183,7 @@ class SnapshotStore(IndexedStore, SnapshotCatalog):
                 read_through(path)
         self._prepare_filters()
         self.published().open_rows([None, *sorted({trait for _, trait in self.index_keys()})])
-        map_in_files(whole)
+        map_in_files(p for p in whole if not postings.read_by_range(p))
 
     def _prepare_filters(self) -> None:
         """Ask once what the first filtered search would otherwise ask on its query path:

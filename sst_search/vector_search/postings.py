@@ -70,6 +70,14 @@ def posting_paths(root: Path, key: IndexKey, field: str) -> dict[str, Path]:
             "values": stem.with_name(stem.name + ".values.arrow"), "manifest": stem.with_name(stem.name + ".json")}
 
 
+def read_by_range(path: Path) -> bool:
+    """Whether ``path`` holds a field's counts per range and list, of which a condition reads
+    only its range boundaries' rows (``nlist`` counts each): a reader maps those in as it
+    reads them, where a field's codes and rows are read all over (``ranges x nlist x 4``
+    bytes a field: 7 MB at 200,000 vectors, 35 bytes a vector, mostly never read)."""
+    return path.name.endswith(".counts.npy")
+
+
 def ordered_values(values: pa.Array, numbers: pa.Array, codes: np.ndarray) -> tuple[pa.Array, pa.Array, np.ndarray]:
     """``(values, numbers, codes)`` with the distinct values sorted (by number when every one
     is a number, else as text, which orders ISO dates) and the codes renumbered: a range
