@@ -291,14 +291,16 @@ def test_warming_searches_each_index_once_for_its_first_stored_vector(published,
 def test_mapping_in_files_fills_the_page_tables_of_their_mappings(tmp_path):
     """What warming does to the files a filter reads whole: their pages are in the page
     cache, and a first touch here and there would map in only its neighbourhood."""
-    path = tmp_path / "codes.npy"
+    path, small = tmp_path / "codes.npy", tmp_path / "small.npy"
     np.save(path, np.arange(16 << 20, dtype=np.int32))  # 64 MiB; a touch maps in up to 2 MiB around it
-    codes = np.load(path, mmap_mode="r")
+    np.save(small, np.arange(1 << 20, dtype=np.int32))  # 4 MiB: left to fault in as touched
+    codes, _ = np.load(path, mmap_mode="r"), np.load(small, mmap_mode="r")
     codes[len(codes) // 2]
     size = path.stat().st_size
     assert _mapping(os.getpid(), path)[1] < 0.1 * size
-    map_in_files([tmp_path / "." / "codes.npy"])  # the same file by another name
+    map_in_files([tmp_path / "." / "codes.npy", small])  # the same file by another name
     assert _mapping(os.getpid(), path)[1] > 0.99 * size
+    assert _mapping(os.getpid(), small)[1] == 0
 
 
 def test_warming_maps_in_every_page_of_the_lists_before_the_first_search(published):
