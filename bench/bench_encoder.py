@@ -43,6 +43,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
+from machine_load import load
 
 from sst_search.config import SegmentationConfig
 
@@ -56,10 +57,6 @@ TIE = 1e-5
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def make_encoder(name: str, predictor, build: Callable) -> tuple[Callable, int]:
@@ -146,7 +143,7 @@ def run_size(image_size: int, args, images: list, support_image, support_mask) -
         first = time.perf_counter() - t0
         encoders[name] = (encode, per_call)
         rows.append({"variant": name, "first_call": first, "first_call_cpu": cpu_seconds() - c0, "wall": [], "cpu": []})
-        print(f"  {image_size} px {name:>13}: first call {first:7.2f} s  load {_load()}", flush=True)
+        print(f"  {image_size} px {name:>13}: first call {first:7.2f} s  {load()}", flush=True)
     for _ in range(args.reps):
         for row in rows:
             encode, per_call = encoders[row["variant"]]
@@ -207,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         mask[h // 4 : 3 * h // 4, cols[t] : cols[t + 1]] = t + 1
     print(f"model {args.model}, CPU ({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads), "
           f"random weights; {len(images)} frames per round, {args.reps} interleaved rounds; K={K} traits tracked")
-    print(f"load average at start: {_load()}")
+    print(f"at start: {load()}")
     for size in (int(s) for s in args.image_size.split(",")):
         rows = run_size(size, args, images, ref.image, mask)
-        print(f"{size} px (load {_load()}):")
+        print(f"{size} px ({load()}):")
         print(f"  {'variant':>13} | {'s/frame':>8} | {'vs default, paired by round':>27} | {'CPU s/frame':>11} | {'first call s':>12} | "
               f"{'features diff':>13} | {'logits diff':>11} | maps identical (pixels differing, of them not float ties)")
         for r in rows:
@@ -221,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['features_diff']:13.2e} | {r['logits_diff']:11.2e} | {r['maps_identical']} "
                   f"({r['pixels_differ']}, {r['decided_differ']} not ties)",
                   flush=True)
-    print(f"load average at end: {_load()}; total wall time {time.perf_counter() - started:.0f} s")
+    print(f"at end: {load()}; total wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 

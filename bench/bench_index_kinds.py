@@ -28,7 +28,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from bench_query import clustered_vectors, load
+from bench_query import clustered_vectors
+from machine_load import load
 
 from sst_search.config import IndexConfig, IndexTier
 from sst_search.vector_search.indexes import build_index

@@ -38,7 +38,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_query import EMBEDDER, TRAIT, build_store, clustered_vectors, load, repeated  # noqa: E402
+from bench_query import EMBEDDER, TRAIT, build_store, clustered_vectors, repeated  # noqa: E402
+from machine_load import load  # noqa: E402
 
 from sst_search.config import IndexConfig  # noqa: E402
 

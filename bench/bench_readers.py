@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_query import EMBEDDER, SCENARIOS, TRAIT, load, scenario_filters
+from bench_query import EMBEDDER, SCENARIOS, TRAIT, scenario_filters
+from machine_load import load
 
 
 def memory() -> dict[str, int]:

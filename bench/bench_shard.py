@@ -34,9 +34,9 @@ from bench_query import (
     TRAIT,
     Synthetic,
     build_chunks,
-    load,
     scenario_filters,
 )
+from machine_load import load
 
 from sst_search.config import IndexConfig
 from sst_search.query import Filter
