@@ -499,12 +499,12 @@ def map_in(index: faiss.Index) -> None:
             codes[::page].max(), ids[:: page // 8].max()  # a read of a byte of each page maps it in
 
 
-def map_in_files(paths: Iterable[Path], smallest: int = MAP_IN_SMALLEST) -> None:
+def map_in_files(paths: Iterable[Path]) -> None:
     """Fill this process's page tables for its mappings of ``paths`` (Linux's
     ``MADV_POPULATE_READ``), read into the page cache already: a page there but not mapped
     costs a fault on its first touch, and a filter's first search touches pages all over its
     postings. At 10M x 768 the first search under a date range faulted in 78 MB of them,
-    1-4 ms more than the next one. Mappings under ``smallest`` bytes are left to fault in
+    1-4 ms more than the next one. Mappings under :data:`MAP_IN_SMALLEST` are left to fault in
     as they are touched, since each fault maps in 64 KB or more around it and filling them
     would make all of them resident (at 200,000 vectors, 32 bytes a vector more in a
     reader). Elsewhere (no ``/proc/self/maps``, a kernel before 5.14) this does nothing and
@@ -520,7 +520,7 @@ def map_in_files(paths: Iterable[Path], smallest: int = MAP_IN_SMALLEST) -> None
     for span in spans:
         if len(span) == 6 and span[5].rstrip("\n") in wanted:
             start, end = (int(address, 16) for address in span[0].split("-"))
-            if end - start >= smallest and madvise(start, end - start, MADV_POPULATE_READ) != 0:
+            if end - start >= MAP_IN_SMALLEST and madvise(start, end - start, MADV_POPULATE_READ) != 0:
                 return  # not offered by this kernel
 
 
